@@ -1,0 +1,393 @@
+//! Everything that happens in a run is an [`Event`].
+//!
+//! The engine emits events, a [`StateStore`](crate::StateStore) appends them
+//! durably *before* the engine acts on them, and [`RunState::apply`]
+//! (crate::RunState::apply) folds them into the state a person reads.
+//! Resuming a run is replaying its journal.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{AgentId, BatchId, GateReport, PhaseName, RoleName, RunId, TicketId, Timestamp, Usage};
+
+/// Unique id of an event, chosen by whoever emits it. Appending an event
+/// whose id is already in the journal is a no-op, which makes re-sending
+/// after a lost acknowledgement safe.
+///
+/// Serialized as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId(pub u128);
+
+impl EventId {
+    /// A fresh id: the current time in the high bits (so ids sort roughly
+    /// by creation) and process-random bits below.
+    pub fn random() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_u128(std::process::id().into());
+        let rand = h.finish();
+        let now = Timestamp::now().0;
+        EventId((u128::from(now) << 80) | (u128::from(n & 0xffff) << 64) | u128::from(rand))
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({self})")
+    }
+}
+
+impl FromStr for EventId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u128::from_str_radix(s, 16).map(EventId)
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        s.parse()
+            .map_err(|_| serde::de::Error::custom(format!("invalid event id {s:?}")))
+    }
+}
+
+impl JsonSchema for EventId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EventId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": "^[0-9a-f]{1,32}$"})
+    }
+}
+
+/// One thing that happened, with its id and time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    /// Unique id (idempotency key).
+    pub id: EventId,
+    /// When it happened.
+    pub at: Timestamp,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// An event happening now with a fresh id.
+    pub fn now(kind: EventKind) -> Self {
+        Event {
+            id: EventId::random(),
+            at: Timestamp::now(),
+            kind,
+        }
+    }
+}
+
+/// What a gate was checking: a ticket's phase or a merged batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum GateScope {
+    /// A phase of a ticket.
+    Phase {
+        /// The ticket.
+        ticket: TicketId,
+        /// The phase.
+        phase: PhaseName,
+        /// The attempt (1-based).
+        attempt: u32,
+    },
+    /// A batch after its tickets were merged.
+    Batch {
+        /// The batch.
+        batch: BatchId,
+    },
+}
+
+/// A person's answer to an escalated ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Accept the work as it is and move on.
+    Approve,
+    /// Try the phase again (with the person's note as feedback).
+    Retry,
+    /// Skip the ticket; dependents are blocked.
+    Skip,
+    /// Stop the whole run.
+    Abort,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Every ticket done and every batch merged.
+    Completed,
+    /// Some tickets failed or were blocked; nothing more can run.
+    Failed,
+    /// Waiting for decisions on escalated tickets.
+    Paused,
+    /// Stopped by the user.
+    Cancelled,
+    /// The budget was spent.
+    BudgetExhausted,
+    /// A person aborted the run.
+    Aborted,
+}
+
+/// Everything that can happen in a run.
+///
+/// Serialized adjacently tagged: `{"type": "ticket_done", "data": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A run began (or was resumed with `resumed = true`).
+    RunStarted {
+        /// The run.
+        run: RunId,
+        /// The plan's name.
+        plan: String,
+        /// Fingerprint of the plan and policy the run uses.
+        fingerprint: String,
+        /// Whether this continues an earlier journal.
+        #[serde(default)]
+        resumed: bool,
+    },
+    /// All dependencies of a ticket are done.
+    TicketReady {
+        /// The ticket.
+        ticket: TicketId,
+    },
+    /// A phase attempt began.
+    PhaseStarted {
+        /// The ticket.
+        ticket: TicketId,
+        /// The phase.
+        phase: PhaseName,
+        /// 1-based attempt.
+        attempt: u32,
+    },
+    /// An agent is about to be started (written ahead).
+    AgentStarted {
+        /// The ticket.
+        ticket: TicketId,
+        /// The phase.
+        phase: PhaseName,
+        /// 1-based attempt.
+        attempt: u32,
+        /// The invocation id.
+        agent: AgentId,
+        /// The role it plays.
+        role: RoleName,
+        /// The backend's name.
+        backend: String,
+    },
+    /// Something an agent reported while working.
+    AgentOutput {
+        /// The invocation id.
+        agent: AgentId,
+        /// A line of progress.
+        text: String,
+    },
+    /// An agent finished (successfully or not).
+    AgentFinished {
+        /// The ticket.
+        ticket: TicketId,
+        /// The invocation id.
+        agent: AgentId,
+        /// Whether it claims success.
+        success: bool,
+        /// Its summary, or the error.
+        summary: String,
+        /// Tokens and cost.
+        usage: Usage,
+        /// Backend session id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
+        /// The error kind, when it could not run to the end.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<crate::AgentErrorKind>,
+    },
+    /// A gate began.
+    GateStarted {
+        /// What it checks.
+        scope: GateScope,
+        /// The gate's name.
+        gate: String,
+    },
+    /// A gate finished.
+    GateFinished {
+        /// What it checked.
+        scope: GateScope,
+        /// Its report.
+        report: GateReport,
+    },
+    /// A phase passed its gates; `checkpoint` is the rollback commit.
+    PhasePassed {
+        /// The ticket.
+        ticket: TicketId,
+        /// The phase.
+        phase: PhaseName,
+        /// The attempt that passed.
+        attempt: u32,
+        /// The checkpoint commit, when the phase checkpoints.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<String>,
+    },
+    /// An attempt failed; `feedback` is what the next attempt is shown.
+    AttemptFailed {
+        /// The ticket.
+        ticket: TicketId,
+        /// The phase.
+        phase: PhaseName,
+        /// The failed attempt.
+        attempt: u32,
+        /// The failing gate reports, as feedback.
+        feedback: String,
+    },
+    /// The work tree was reset to a checkpoint.
+    RolledBack {
+        /// The ticket.
+        ticket: TicketId,
+        /// The phase whose checkpoint it went back to (none: the base).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase: Option<PhaseName>,
+        /// The commit.
+        commit: String,
+    },
+    /// The pipeline restarts from an earlier phase with a feedback file.
+    PhaseRestarted {
+        /// The ticket.
+        ticket: TicketId,
+        /// The phase it restarts from.
+        from: PhaseName,
+        /// The feedback file written into the work tree.
+        feedback_file: String,
+    },
+    /// A ticket needs a person; it pauses until a decision is recorded.
+    Escalated {
+        /// The ticket.
+        ticket: TicketId,
+        /// The phase it stopped in.
+        phase: PhaseName,
+        /// The question.
+        question: String,
+        /// What the person needs to know.
+        context: String,
+        /// The answers that make sense.
+        options: Vec<Decision>,
+    },
+    /// A person answered.
+    DecisionRecorded {
+        /// The ticket.
+        ticket: TicketId,
+        /// The answer.
+        decision: Decision,
+        /// A note (for `retry`, the feedback the agent is shown).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// A ticket passed every phase.
+    TicketDone {
+        /// The ticket.
+        ticket: TicketId,
+    },
+    /// A ticket failed for good.
+    TicketFailed {
+        /// The ticket.
+        ticket: TicketId,
+        /// Why.
+        reason: String,
+    },
+    /// A ticket cannot run because a dependency failed or was skipped.
+    TicketBlocked {
+        /// The ticket.
+        ticket: TicketId,
+        /// The dependency that failed.
+        by: TicketId,
+    },
+    /// A ticket was skipped by decision.
+    TicketSkipped {
+        /// The ticket.
+        ticket: TicketId,
+    },
+    /// A batch's tickets were merged and its gates passed.
+    BatchMerged {
+        /// The batch.
+        batch: BatchId,
+        /// The merge commit.
+        commit: String,
+    },
+    /// A batch could not be merged or failed its gates.
+    BatchFailed {
+        /// The batch.
+        batch: BatchId,
+        /// Why (conflicting files, failing gate).
+        reason: String,
+    },
+    /// The budget was spent; no new work is dispatched.
+    BudgetExhausted {
+        /// Tokens spent so far.
+        tokens: u64,
+        /// Dollars spent so far.
+        usd: f64,
+    },
+    /// The run stopped.
+    RunFinished {
+        /// How.
+        outcome: RunOutcome,
+    },
+}
+
+impl EventKind {
+    /// The ticket the event is about, if any.
+    pub fn ticket(&self) -> Option<&TicketId> {
+        use EventKind::*;
+        match self {
+            TicketReady { ticket }
+            | PhaseStarted { ticket, .. }
+            | AgentStarted { ticket, .. }
+            | AgentFinished { ticket, .. }
+            | PhasePassed { ticket, .. }
+            | AttemptFailed { ticket, .. }
+            | RolledBack { ticket, .. }
+            | PhaseRestarted { ticket, .. }
+            | Escalated { ticket, .. }
+            | DecisionRecorded { ticket, .. }
+            | TicketDone { ticket }
+            | TicketFailed { ticket, .. }
+            | TicketBlocked { ticket, .. }
+            | TicketSkipped { ticket } => Some(ticket),
+            GateStarted {
+                scope: GateScope::Phase { ticket, .. },
+                ..
+            }
+            | GateFinished {
+                scope: GateScope::Phase { ticket, .. },
+                ..
+            } => Some(ticket),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Declarative descriptions of agent backends, keyed by role in a plan.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::RoleName;
+
+/// The agent that plays one role, with an optional fallback role.
+///
+/// ```toml
+/// [agents.security]
+/// fallback = "generalist"
+/// max_concurrency = 2
+/// backend = { kind = "claude_code", model = "opus", max_turns = 30 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Which backend runs this role, and its settings.
+    pub backend: BackendSpec,
+    /// The role to use instead while this role's backend is unavailable
+    /// (circuit open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<RoleName>,
+    /// At most this many tasks of this role at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Stop the agent after this many seconds (default: the policy's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// How the prompt reaches a command agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptVia {
+    /// Written to the program's standard input.
+    #[default]
+    Stdin,
+    /// Written to a file whose path replaces `{prompt_file}` in argv.
+    File,
+    /// Replaces the argv element `{prompt}`, as one argument (no shell).
+    Arg,
+}
+
+/// A backend and its settings, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum BackendSpec {
+    /// Any program.
+    Command {
+        /// Program and arguments (no shell).
+        argv: Vec<String>,
+        /// How the prompt is passed.
+        #[serde(default)]
+        prompt_via: PromptVia,
+        /// Environment variables passed through from orch's environment
+        /// (everything else is dropped; `PATH` and `HOME` always pass).
+        #[serde(default)]
+        env_allow: Vec<String>,
+        /// Environment variables set for the program.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// Claude Code in headless mode (`claude -p --output-format stream-json`).
+    ClaudeCode {
+        /// The executable (default `claude`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<String>,
+        /// `--model`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// `--max-turns`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_turns: Option<u32>,
+        /// `--allowedTools`.
+        #[serde(default)]
+        allowed_tools: Vec<String>,
+        /// `--permission-mode` (acceptEdits, auto, bypassPermissions, ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        permission_mode: Option<String>,
+        /// `--append-system-prompt`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        append_system_prompt: Option<String>,
+        /// Further arguments, appended as given.
+        #[serde(default)]
+        extra_args: Vec<String>,
+    },
+    /// OpenAI Codex CLI (`codex exec --json`).
+    Codex {
+        /// The executable (default `codex`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<String>,
+        /// `--model`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// `--sandbox` (read-only, workspace-write, danger-full-access).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox: Option<String>,
+        /// Further arguments, appended as given.
+        #[serde(default)]
+        extra_args: Vec<String>,
+    },
+    /// The Anthropic Messages API.
+    Anthropic {
+        /// Model name.
+        model: String,
+        /// Environment variable holding the API key (default `ANTHROPIC_API_KEY`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_env: Option<String>,
+        /// Base URL (default `https://api.anthropic.com`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_url: Option<String>,
+        /// `max_tokens` of each request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_tokens: Option<u32>,
+        /// File in the work tree the answer is written to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_file: Option<String>,
+    },
+    /// Any OpenAI-compatible Chat Completions endpoint.
+    OpenaiCompatible {
+        /// Model name.
+        model: String,
+        /// Environment variable holding the API key (none for local servers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_env: Option<String>,
+        /// Base URL, e.g. `http://127.0.0.1:8000/v1`.
+        base_url: String,
+        /// `max_tokens` of each request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_tokens: Option<u32>,
+        /// File in the work tree the answer is written to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_file: Option<String>,
+    },
+    /// A backend registered by the embedding program under `name`.
+    Custom {
+        /// The name it was registered under.
+        name: String,
+        /// Settings passed to it as JSON.
+        #[serde(default)]
+        settings: BTreeMap<String, serde_json::Value>,
+    },
+}
+
+impl BackendSpec {
+    /// The `kind` tag, e.g. `"claude_code"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendSpec::Command { .. } => "command",
+            BackendSpec::ClaudeCode { .. } => "claude_code",
+            BackendSpec::Codex { .. } => "codex",
+            BackendSpec::Anthropic { .. } => "anthropic",
+            BackendSpec::OpenaiCompatible { .. } => "openai_compatible",
+            BackendSpec::Custom { .. } => "custom",
+        }
+    }
+}

@@ -1,0 +1,776 @@
+//! The plan: tickets, batches, the phase pipeline, agents by role, policy.
+//!
+//! A [`Plan`] is plain data. [`Plan::validate`] checks every reference inside
+//! it (ids, roles, phases, batches) and reports each problem with the path of
+//! the offending key; the file loader ([`crate::plan::load`], feature
+//! `plan-files`) turns those paths into file, line and column. Cycle
+//! detection and the rest of the graph analysis live in `orch-graph`.
+
+mod agent_spec;
+mod effort;
+mod gate_spec;
+#[cfg(feature = "plan-files")]
+pub mod load;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use agent_spec::{AgentSpec, BackendSpec, PromptVia};
+pub use effort::{Effort, EffortError, MAX_EFFORT_MINUTES, Size};
+pub use gate_spec::{
+    BuiltinPatterns, CommandGateSpec, CoverageFormat, CoverageGateSpec, FilesGateSpec, GateSpec,
+    GroupGateSpec, MetricGateSpec, PatternRule, PatternsGateSpec, TestFormat, TestsGateSpec,
+};
+
+use crate::{BatchId, PhaseName, RoleName, TicketId, id::check_id};
+
+/// Ticket priority; P0 is the most urgent.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+pub enum Priority {
+    /// Must be done first.
+    P0,
+    /// High.
+    P1,
+    /// Normal (the default).
+    #[default]
+    P2,
+    /// Low.
+    P3,
+}
+
+/// One unit of work, done by one agent at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ticket {
+    /// Unique id, safe as a branch component and a file name.
+    pub id: TicketId,
+    /// One-line title.
+    pub title: String,
+    /// What to do and why: the context an agent needs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// What must be true when the ticket is done.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acceptance_criteria: Vec<String>,
+    /// Priority (default P2).
+    #[serde(default)]
+    pub priority: Priority,
+    /// Estimated agent time.
+    pub effort: Effort,
+    /// Tickets that must be done before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<TicketId>,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// The role that does this ticket's phases unless a phase names its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoleName>,
+    /// The batch (pull request) this ticket ships in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchId>,
+}
+
+/// A git branch name made of `/`-separated components, each a valid id.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct BranchName(String);
+
+impl BranchName {
+    /// Validates a branch name.
+    ///
+    /// # Errors
+    /// [`crate::IdError`] for the first component that breaks the id rule.
+    pub fn new(s: &str) -> Result<Self, crate::IdError> {
+        for part in s.split('/') {
+            check_id(part).map_err(|rule| crate::IdError {
+                what: "branch name component",
+                value: part.chars().take(80).collect(),
+                rule,
+            })?;
+        }
+        Ok(BranchName(s.to_owned()))
+    }
+
+    /// The branch name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BranchName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for BranchName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for BranchName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        BranchName::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for BranchName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "BranchName".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A git branch: '/'-separated components, each a valid id",
+            "pattern": "^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$"
+        })
+    }
+}
+
+/// One pull request's worth of tickets, merged together and gated again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    /// Unique id.
+    pub id: BatchId,
+    /// Title of the pull request.
+    pub title: String,
+    /// The branch its tickets merge into (default `orch/<batch id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<BranchName>,
+    /// Its tickets (a ticket may instead name its batch with `batch = "..."`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tickets: Vec<TicketId>,
+    /// Batches that must merge before this one. Batches are also merged in
+    /// the order they are listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<BatchId>,
+    /// Gates for this batch in addition to the plan's `batch_gates`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateSpec>,
+}
+
+impl Batch {
+    /// The branch name, defaulting to `orch/<id>`.
+    pub fn branch_name(&self) -> String {
+        match &self.branch {
+            Some(b) => b.as_str().to_owned(),
+            None => format!("orch/{}", self.id),
+        }
+    }
+}
+
+/// What happens when a phase has used all its attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExhaustAction {
+    /// Fail the ticket; its dependents become blocked, other work goes on.
+    Fail,
+    /// Ask a person (decision queue) and pause this ticket (the default).
+    #[default]
+    Escalate,
+    /// Write the failures to a feedback file and restart from `restart_from`.
+    Restart,
+}
+
+/// One phase of the per-ticket pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSpec {
+    /// Unique name, e.g. `implementation`.
+    pub name: PhaseName,
+    /// The role that runs it (default: the ticket's role, then the plan's
+    /// `default_role`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoleName>,
+    /// What the agent is asked to do in this phase.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instructions: String,
+    /// Gates that must pass before the ticket moves on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateSpec>,
+    /// Commit the work tree when the phase passes (a rollback point).
+    /// Default true.
+    #[serde(default = "yes")]
+    pub checkpoint: bool,
+    /// Attempts before `on_exhausted` applies (default: the policy's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// What to do when attempts are spent.
+    #[serde(default)]
+    pub on_exhausted: ExhaustAction,
+    /// With `on_exhausted = "restart"`: the (same or earlier) phase to
+    /// restart from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_from: Option<PhaseName>,
+    /// With `on_exhausted = "restart"`: how many restarts before escalating
+    /// (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_restarts: Option<u32>,
+    /// With `on_exhausted = "restart"`: the feedback file written into the
+    /// work tree (default `docs/feedback/{ticket}-{phase}.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_file: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Spending limits for a run. Dispatch stops when one is reached.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Most input + output tokens over the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Most US dollars over the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_usd: Option<f64>,
+}
+
+/// Time limits, in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// One agent run (default 3600).
+    #[serde(default = "hour")]
+    pub agent_secs: u64,
+    /// One gate (default 1800).
+    #[serde(default = "half_hour")]
+    pub gate_secs: u64,
+    /// An agent silent this long is stopped as stalled (default 600).
+    #[serde(default = "ten_min")]
+    pub stall_secs: u64,
+}
+
+fn hour() -> u64 {
+    3600
+}
+fn half_hour() -> u64 {
+    1800
+}
+fn ten_min() -> u64 {
+    600
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            agent_secs: hour(),
+            gate_secs: half_hour(),
+            stall_secs: ten_min(),
+        }
+    }
+}
+
+/// How a run behaves: concurrency, attempts, budget, time limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Most tickets in flight at once (default 4).
+    #[serde(default = "four")]
+    pub max_concurrency: u32,
+    /// Per-role limits on tickets in flight.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_concurrency: BTreeMap<RoleName, u32>,
+    /// Attempts per phase unless the phase says otherwise (default 3).
+    #[serde(default = "three")]
+    pub max_attempts: u32,
+    /// Spending limits.
+    #[serde(default)]
+    pub budget: Budget,
+    /// Time limits.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+fn four() -> u32 {
+    4
+}
+fn three() -> u32 {
+    3
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_concurrency: four(),
+            role_concurrency: BTreeMap::new(),
+            max_attempts: three(),
+            budget: Budget::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// A whole plan: what to do, in which order, by whom, checked how.
+///
+/// ```
+/// let plan = orch_core::Plan::from_toml_str(r#"
+///     name = "demo"
+///     [agents.dev]
+///     backend = { kind = "command", argv = ["./agent.sh"] }
+///     [[phases]]
+///     name = "implement"
+///     role = "dev"
+///     [[tickets]]
+///     id = "T-1"
+///     title = "First"
+///     effort = "1h"
+///     [[tickets]]
+///     id = "T-2"
+///     title = "Second"
+///     effort = "S (2h)"
+///     depends_on = ["T-1"]
+/// "#).unwrap();
+/// assert_eq!(plan.tickets.len(), 2);
+/// assert_eq!(plan.total_effort_minutes(), 180);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// The plan's name.
+    pub name: String,
+    /// What the plan is for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The role used when neither the phase nor the ticket names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_role: Option<RoleName>,
+    /// How the run behaves.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Agent backends by role.
+    #[serde(default)]
+    pub agents: BTreeMap<RoleName, AgentSpec>,
+    /// The pipeline every ticket goes through, in order.
+    #[serde(default)]
+    pub phases: Vec<PhaseSpec>,
+    /// Gates every batch must pass after its tickets are merged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch_gates: Vec<GateSpec>,
+    /// Batches (pull requests), in merge order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<Batch>,
+    /// The tickets.
+    #[serde(default)]
+    pub tickets: Vec<Ticket>,
+}
+
+/// One problem found by [`Plan::validate`], addressed by the path of the
+/// offending key (e.g. `tickets[3].depends_on[0]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the document: `tickets[3].depends_on[0]`, `phases[1].role`.
+    pub path: String,
+    /// What is wrong, naming the offending ticket, role or key.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl Plan {
+    /// Sum of all tickets' effort, in minutes.
+    pub fn total_effort_minutes(&self) -> u64 {
+        self.tickets
+            .iter()
+            .map(|t| u64::from(t.effort.minutes()))
+            .sum()
+    }
+
+    /// The ticket with this id.
+    pub fn ticket(&self, id: &str) -> Option<&Ticket> {
+        self.tickets.iter().find(|t| t.id.as_str() == id)
+    }
+
+    /// The role that runs `phase` for `ticket`: the phase's role, else the
+    /// ticket's, else the plan's default.
+    pub fn role_for<'a>(
+        &'a self,
+        ticket: &'a Ticket,
+        phase: &'a PhaseSpec,
+    ) -> Option<&'a RoleName> {
+        phase
+            .role
+            .as_ref()
+            .or(ticket.role.as_ref())
+            .or(self.default_role.as_ref())
+    }
+
+    /// The batch each ticket belongs to (from `ticket.batch` or
+    /// `batch.tickets`), for tickets that have one. Assumes a valid plan.
+    pub fn batch_of(&self) -> HashMap<&TicketId, &BatchId> {
+        let mut out = HashMap::new();
+        for b in &self.batches {
+            for t in &b.tickets {
+                out.insert(t, &b.id);
+            }
+        }
+        for t in &self.tickets {
+            if let Some(b) = &t.batch {
+                out.insert(&t.id, b);
+            }
+        }
+        out
+    }
+
+    /// Checks every reference in the plan. Cycles are checked by `orch-graph`.
+    ///
+    /// # Errors
+    /// Every problem found, in document order, each with its key path.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let mut v = Validator::default();
+        v.run(self);
+        if v.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(v.problems)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn run(&mut self, plan: &Plan) {
+        if plan.tickets.is_empty() {
+            self.push(
+                "tickets",
+                "the plan has no tickets; add at least one [[tickets]]",
+            );
+        }
+        if plan.phases.is_empty() {
+            self.push(
+                "phases",
+                "the plan has no phases; add at least one [[phases]]",
+            );
+        }
+        let roles: HashSet<&str> = plan.agents.keys().map(RoleName::as_str).collect();
+        let role_ok = |r: &RoleName| roles.contains(r.as_str());
+        let known_roles = || {
+            let mut r: Vec<_> = roles.iter().copied().collect();
+            r.sort_unstable();
+            if r.is_empty() {
+                "no roles are defined under [agents]".to_owned()
+            } else {
+                format!("known roles: {}", r.join(", "))
+            }
+        };
+
+        // Policy.
+        if plan.policy.max_concurrency == 0 {
+            self.push("policy.max_concurrency", "must be at least 1");
+        }
+        if plan.policy.max_attempts == 0 {
+            self.push("policy.max_attempts", "must be at least 1");
+        }
+        for (role, n) in &plan.policy.role_concurrency {
+            if !role_ok(role) {
+                self.push(
+                    format!("policy.role_concurrency.{role}"),
+                    format!("unknown role \"{role}\"; {}", known_roles()),
+                );
+            } else if *n == 0 {
+                self.push(
+                    format!("policy.role_concurrency.{role}"),
+                    "must be at least 1",
+                );
+            }
+        }
+        if let Some(r) = &plan.default_role
+            && !role_ok(r)
+        {
+            self.push(
+                "default_role",
+                format!("unknown role \"{r}\"; {}", known_roles()),
+            );
+        }
+
+        // Agents.
+        for (role, spec) in &plan.agents {
+            if let Some(fb) = &spec.fallback {
+                if fb == role {
+                    self.push(
+                        format!("agents.{role}.fallback"),
+                        format!("role \"{role}\" cannot be its own fallback"),
+                    );
+                } else if !role_ok(fb) {
+                    self.push(
+                        format!("agents.{role}.fallback"),
+                        format!("unknown fallback role \"{fb}\"; {}", known_roles()),
+                    );
+                }
+            }
+            if spec.max_concurrency == Some(0) {
+                self.push(
+                    format!("agents.{role}.max_concurrency"),
+                    "must be at least 1",
+                );
+            }
+            if let BackendSpec::Command { argv, .. } = &spec.backend
+                && argv.first().is_none_or(String::is_empty)
+            {
+                self.push(
+                    format!("agents.{role}.backend.argv"),
+                    "argv must name a program",
+                );
+            }
+        }
+
+        // Phases.
+        let mut phase_index: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in plan.phases.iter().enumerate() {
+            if let Some(first) = phase_index.insert(p.name.as_str(), i) {
+                self.push(
+                    format!("phases[{i}].name"),
+                    format!(
+                        "duplicate phase \"{}\" (first defined at phases[{first}])",
+                        p.name
+                    ),
+                );
+            }
+            if let Some(r) = &p.role
+                && !role_ok(r)
+            {
+                self.push(
+                    format!("phases[{i}].role"),
+                    format!(
+                        "phase \"{}\" names unknown role \"{r}\"; {}",
+                        p.name,
+                        known_roles()
+                    ),
+                );
+            }
+            if p.max_attempts == Some(0) {
+                self.push(format!("phases[{i}].max_attempts"), "must be at least 1");
+            }
+            self.gates(&format!("phases[{i}].gates"), &p.gates);
+        }
+        for (i, p) in plan.phases.iter().enumerate() {
+            match (p.on_exhausted, &p.restart_from) {
+                (ExhaustAction::Restart, None) => self.push(
+                    format!("phases[{i}].on_exhausted"),
+                    format!(
+                        "phase \"{}\" restarts when exhausted but has no `restart_from`",
+                        p.name
+                    ),
+                ),
+                (ExhaustAction::Restart, Some(from)) => match phase_index.get(from.as_str()) {
+                    None => self.push(
+                        format!("phases[{i}].restart_from"),
+                        format!(
+                            "phase \"{}\" restarts from unknown phase \"{from}\"",
+                            p.name
+                        ),
+                    ),
+                    Some(&j) if j > i => self.push(
+                        format!("phases[{i}].restart_from"),
+                        format!(
+                            "phase \"{}\" restarts from \"{from}\", which comes after it",
+                            p.name
+                        ),
+                    ),
+                    Some(_) => {}
+                },
+                (_, Some(_)) => self.push(
+                    format!("phases[{i}].restart_from"),
+                    "`restart_from` needs on_exhausted = \"restart\"",
+                ),
+                _ => {}
+            }
+        }
+
+        // Batches.
+        let mut batch_index: HashMap<&str, usize> = HashMap::new();
+        for (k, b) in plan.batches.iter().enumerate() {
+            if let Some(first) = batch_index.insert(b.id.as_str(), k) {
+                self.push(
+                    format!("batches[{k}].id"),
+                    format!(
+                        "duplicate batch id \"{}\" (first defined at batches[{first}])",
+                        b.id
+                    ),
+                );
+            }
+            self.gates(&format!("batches[{k}].gates"), &b.gates);
+        }
+        self.gates("batch_gates", &plan.batch_gates);
+        for (k, b) in plan.batches.iter().enumerate() {
+            for (j, d) in b.depends_on.iter().enumerate() {
+                if !batch_index.contains_key(d.as_str()) {
+                    self.push(
+                        format!("batches[{k}].depends_on[{j}]"),
+                        format!("batch \"{}\" depends on unknown batch \"{d}\"", b.id),
+                    );
+                } else if d == &b.id {
+                    self.push(
+                        format!("batches[{k}].depends_on[{j}]"),
+                        format!("batch \"{}\" depends on itself", b.id),
+                    );
+                }
+            }
+        }
+
+        // Tickets.
+        let mut ticket_index: HashMap<&str, usize> = HashMap::with_capacity(plan.tickets.len());
+        for (i, t) in plan.tickets.iter().enumerate() {
+            if let Some(first) = ticket_index.insert(t.id.as_str(), i) {
+                self.push(
+                    format!("tickets[{i}].id"),
+                    format!(
+                        "duplicate ticket id \"{}\" (first defined at tickets[{first}])",
+                        t.id
+                    ),
+                );
+                // Keep the first definition as the one references resolve to.
+                ticket_index.insert(t.id.as_str(), first);
+            }
+        }
+        // Batch membership from both directions.
+        let mut member_of: HashMap<&str, (&str, String)> = HashMap::new();
+        for (k, b) in plan.batches.iter().enumerate() {
+            for (j, t) in b.tickets.iter().enumerate() {
+                let path = format!("batches[{k}].tickets[{j}]");
+                if !ticket_index.contains_key(t.as_str()) {
+                    self.push(
+                        path,
+                        format!("batch \"{}\" lists unknown ticket \"{t}\"", b.id),
+                    );
+                } else if let Some((other, _)) = member_of.get(t.as_str()) {
+                    self.push(
+                        path,
+                        format!(
+                            "ticket \"{t}\" is listed in batch \"{}\" and in batch \"{other}\"",
+                            b.id
+                        ),
+                    );
+                } else {
+                    member_of.insert(t.as_str(), (b.id.as_str(), path));
+                }
+            }
+        }
+        for (i, t) in plan.tickets.iter().enumerate() {
+            if let Some(b) = &t.batch {
+                if !batch_index.contains_key(b.as_str()) {
+                    let known: Vec<&str> = plan.batches.iter().map(|b| b.id.as_str()).collect();
+                    self.push(
+                        format!("tickets[{i}].batch"),
+                        format!(
+                            "ticket \"{}\" is in unknown batch \"{b}\"; {}",
+                            t.id,
+                            if known.is_empty() {
+                                "no [[batches]] are defined".to_owned()
+                            } else {
+                                format!("known batches: {}", known.join(", "))
+                            }
+                        ),
+                    );
+                } else if let Some((other, _)) = member_of.get(t.id.as_str())
+                    && *other != b.as_str()
+                {
+                    self.push(
+                        format!("tickets[{i}].batch"),
+                        format!(
+                            "ticket \"{}\" says batch \"{b}\" but batch \"{other}\" lists it",
+                            t.id
+                        ),
+                    );
+                }
+            }
+            if let Some(r) = &t.role
+                && !role_ok(r)
+            {
+                self.push(
+                    format!("tickets[{i}].role"),
+                    format!(
+                        "ticket \"{}\" names unknown role \"{r}\"; {}",
+                        t.id,
+                        known_roles()
+                    ),
+                );
+            }
+            for p in &plan.phases {
+                if plan.role_for(t, p).is_none() {
+                    self.push(
+                        format!("tickets[{i}]"),
+                        format!(
+                            "ticket \"{}\" has no role for phase \"{}\": set the ticket's `role`, the phase's `role` or the plan's `default_role`",
+                            t.id, p.name
+                        ),
+                    );
+                    break;
+                }
+            }
+            let mut seen: HashSet<&str> = HashSet::new();
+            for (j, d) in t.depends_on.iter().enumerate() {
+                let path = format!("tickets[{i}].depends_on[{j}]");
+                if d == &t.id {
+                    self.push(path, format!("ticket \"{}\" depends on itself", t.id));
+                } else if !ticket_index.contains_key(d.as_str()) {
+                    self.push(
+                        path,
+                        format!("ticket \"{}\" depends on unknown ticket \"{d}\"", t.id),
+                    );
+                } else if !seen.insert(d.as_str()) {
+                    self.push(
+                        path,
+                        format!("ticket \"{}\" lists dependency \"{d}\" twice", t.id),
+                    );
+                }
+            }
+        }
+    }
+
+    fn gates(&mut self, base: &str, gates: &[GateSpec]) {
+        for (g, gate) in gates.iter().enumerate() {
+            let mut found = Vec::new();
+            gate.check(&mut found);
+            for (field, msg) in found {
+                self.push(format!("{base}[{g}].{field}"), msg);
+            }
+        }
+    }
+}
+
+/// The JSON Schema of plan files, generated from the types, pretty-printed.
+/// The same text is committed at `schema/plan.schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Plan);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
+}

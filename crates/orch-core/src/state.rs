@@ -1,0 +1,541 @@
+//! [`RunState`]: the pure fold of a run's events.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AgentErrorKind, AgentId, BatchId, Decision, Event, EventKind, GateReport, GateScope, PhaseName,
+    RoleName, RunId, RunOutcome, TicketId, Timestamp, Usage,
+};
+
+/// Where a ticket stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketStatus {
+    /// Waiting for dependencies.
+    #[default]
+    Pending,
+    /// Dependencies done; waiting for an agent.
+    Ready,
+    /// A phase is running.
+    Running,
+    /// Escalated; waiting for a person's decision.
+    AwaitingDecision,
+    /// Every phase passed.
+    Done,
+    /// Failed for good.
+    Failed,
+    /// A dependency failed or was skipped.
+    Blocked,
+    /// Skipped by decision.
+    Skipped,
+}
+
+impl TicketStatus {
+    /// Done, failed, blocked or skipped: nothing more will happen.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TicketStatus::Done
+                | TicketStatus::Failed
+                | TicketStatus::Blocked
+                | TicketStatus::Skipped
+        )
+    }
+}
+
+/// Measurements of one ticket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TicketMetrics {
+    /// Wall time of each passed phase (last attempt's start to pass), ms.
+    pub phase_ms: BTreeMap<PhaseName, u64>,
+    /// Tests that ran in the latest test gate.
+    pub tests_ran: Option<u64>,
+    /// Line coverage from the latest coverage gate, percent.
+    pub coverage: Option<f64>,
+    /// Failed attempts over all phases.
+    pub failed_attempts: u32,
+    /// Times the work tree was rolled back.
+    pub rollbacks: u32,
+}
+
+/// Everything known about one ticket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TicketState {
+    /// Where it stands.
+    pub status: TicketStatus,
+    /// The current (or last) phase.
+    pub phase: Option<PhaseName>,
+    /// The current attempt of that phase (1-based; 0 before the first).
+    pub attempt: u32,
+    /// Phases passed, in order.
+    pub phases_passed: Vec<PhaseName>,
+    /// Rollback commit of each passed phase that checkpointed.
+    pub checkpoints: BTreeMap<PhaseName, String>,
+    /// Gates passed over all attempts.
+    pub gates_passed: u32,
+    /// Gates failed over all attempts.
+    pub gates_failed: u32,
+    /// The agent currently working on it.
+    pub agent: Option<AgentId>,
+    /// Why it failed, is blocked or is waiting.
+    pub reason: Option<String>,
+    /// Feedback for the next attempt of the current phase.
+    pub feedback: Vec<String>,
+    /// When the current phase attempt started.
+    pub phase_started_at: Option<Timestamp>,
+    /// When work on it started.
+    pub started_at: Option<Timestamp>,
+    /// When it reached a final status.
+    pub finished_at: Option<Timestamp>,
+    /// Tokens and cost.
+    pub usage: Usage,
+    /// Measurements.
+    pub metrics: TicketMetrics,
+}
+
+/// Status of one agent invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Running.
+    Running,
+    /// Ran to the end and claims success.
+    Succeeded,
+    /// Ran to the end and reports failure.
+    Failed,
+    /// Could not run to the end.
+    Errored,
+}
+
+/// One row of the agent registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentRecord {
+    /// The ticket.
+    pub ticket: TicketId,
+    /// The phase.
+    pub phase: PhaseName,
+    /// The attempt.
+    pub attempt: u32,
+    /// The role.
+    pub role: RoleName,
+    /// The backend's name.
+    pub backend: String,
+    /// Status.
+    pub status: AgentStatus,
+    /// Started.
+    pub started_at: Timestamp,
+    /// Last event about it.
+    pub updated_at: Timestamp,
+    /// Tokens and cost.
+    pub usage: Usage,
+    /// The error kind, when it errored.
+    pub error: Option<AgentErrorKind>,
+    /// The summary or error message.
+    pub summary: String,
+}
+
+/// One gate result, for the test log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GateRun {
+    /// What it checked.
+    pub scope: GateScope,
+    /// When it finished.
+    pub at: Timestamp,
+    /// Its report.
+    pub report: GateReport,
+}
+
+/// One question for a person, with its answer once given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DecisionItem {
+    /// The ticket.
+    pub ticket: TicketId,
+    /// The phase it stopped in.
+    pub phase: PhaseName,
+    /// The question.
+    pub question: String,
+    /// Context.
+    pub context: String,
+    /// The answers that make sense.
+    pub options: Vec<Decision>,
+    /// When it was asked.
+    pub asked_at: Timestamp,
+    /// The answer, once given.
+    pub answer: Option<Decision>,
+    /// The note given with the answer.
+    pub note: Option<String>,
+    /// When it was answered.
+    pub answered_at: Option<Timestamp>,
+}
+
+/// Where a batch stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    /// Tickets still in progress.
+    #[default]
+    Open,
+    /// Merged and gated.
+    Merged,
+    /// Merge conflict or failed gates.
+    Failed,
+}
+
+/// Everything known about one batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BatchState {
+    /// Where it stands.
+    pub status: BatchStatus,
+    /// The merge commit.
+    pub commit: Option<String>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Batch gate results: (passed, total) of the latest run of gates.
+    pub gates_passed: u32,
+    /// Gates run on the batch.
+    pub gates_total: u32,
+}
+
+/// Where the run stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// No `RunStarted` yet.
+    #[default]
+    NotStarted,
+    /// Running.
+    Running,
+    /// Stopped.
+    Finished(RunOutcome),
+}
+
+/// The state of a run: the fold of its events.
+///
+/// `apply` is pure and total: any event sequence can be folded (events about
+/// unknown tickets create them), and folding the persisted journal gives
+/// exactly the live state.
+///
+/// ```
+/// use orch_core::{Event, EventKind, RunState, TicketStatus};
+/// let t: orch_core::TicketId = "T-1".parse().unwrap();
+/// let mut s = RunState::default();
+/// s.apply(&Event::now(EventKind::TicketReady { ticket: t.clone() }));
+/// s.apply(&Event::now(EventKind::TicketDone { ticket: t.clone() }));
+/// assert_eq!(s.tickets[&t].status, TicketStatus::Done);
+/// assert_eq!(s.events, 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunState {
+    /// The run, once started.
+    pub run: Option<RunId>,
+    /// The plan's name.
+    pub plan: String,
+    /// The fingerprint recorded when the run started.
+    pub fingerprint: String,
+    /// Where the run stands.
+    pub status: RunStatus,
+    /// First `RunStarted`.
+    pub started_at: Option<Timestamp>,
+    /// Last event.
+    pub updated_at: Option<Timestamp>,
+    /// Events folded.
+    pub events: u64,
+    /// Tickets that have had any event.
+    pub tickets: BTreeMap<TicketId, TicketState>,
+    /// Batches that have had any event.
+    pub batches: BTreeMap<BatchId, BatchState>,
+    /// Every agent invocation.
+    pub agents: BTreeMap<AgentId, AgentRecord>,
+    /// Every gate result, in order.
+    pub gate_runs: Vec<GateRun>,
+    /// Every escalation, in order, with answers.
+    pub decisions: Vec<DecisionItem>,
+    /// Tokens and cost of the whole run.
+    pub usage: Usage,
+    /// Whether the budget was spent.
+    pub budget_exhausted: bool,
+}
+
+impl RunState {
+    /// Folds a sequence of events from scratch.
+    pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> RunState {
+        let mut s = RunState::default();
+        for e in events {
+            s.apply(e);
+        }
+        s
+    }
+
+    /// The open questions (escalations not yet answered).
+    pub fn open_decisions(&self) -> impl Iterator<Item = &DecisionItem> {
+        self.decisions.iter().filter(|d| d.answer.is_none())
+    }
+
+    /// Number of tickets in each status.
+    pub fn count(&self, status: TicketStatus) -> usize {
+        self.tickets.values().filter(|t| t.status == status).count()
+    }
+
+    fn ticket(&mut self, id: &TicketId) -> &mut TicketState {
+        self.tickets.entry(id.clone()).or_default()
+    }
+
+    /// Folds one event into the state.
+    pub fn apply(&mut self, event: &Event) {
+        let at = event.at;
+        self.events += 1;
+        self.updated_at = Some(self.updated_at.map_or(at, |u| u.max(at)));
+        match &event.kind {
+            EventKind::RunStarted {
+                run,
+                plan,
+                fingerprint,
+                ..
+            } => {
+                self.run = Some(run.clone());
+                self.plan.clone_from(plan);
+                self.fingerprint.clone_from(fingerprint);
+                self.status = RunStatus::Running;
+                self.started_at.get_or_insert(at);
+            }
+            EventKind::TicketReady { ticket } => {
+                let t = self.ticket(ticket);
+                if t.status == TicketStatus::Pending {
+                    t.status = TicketStatus::Ready;
+                }
+            }
+            EventKind::PhaseStarted {
+                ticket,
+                phase,
+                attempt,
+            } => {
+                let t = self.ticket(ticket);
+                t.status = TicketStatus::Running;
+                t.phase = Some(phase.clone());
+                t.attempt = *attempt;
+                t.phase_started_at = Some(at);
+                t.started_at.get_or_insert(at);
+                t.reason = None;
+            }
+            EventKind::AgentStarted {
+                ticket,
+                phase,
+                attempt,
+                agent,
+                role,
+                backend,
+            } => {
+                self.ticket(ticket).agent = Some(agent.clone());
+                self.agents.insert(
+                    agent.clone(),
+                    AgentRecord {
+                        ticket: ticket.clone(),
+                        phase: phase.clone(),
+                        attempt: *attempt,
+                        role: role.clone(),
+                        backend: backend.clone(),
+                        status: AgentStatus::Running,
+                        started_at: at,
+                        updated_at: at,
+                        usage: Usage::default(),
+                        error: None,
+                        summary: String::new(),
+                    },
+                );
+            }
+            EventKind::AgentOutput { agent, .. } => {
+                if let Some(a) = self.agents.get_mut(agent) {
+                    a.updated_at = at;
+                }
+            }
+            EventKind::AgentFinished {
+                ticket,
+                agent,
+                success,
+                summary,
+                usage,
+                error,
+                ..
+            } => {
+                self.usage += *usage;
+                let t = self.ticket(ticket);
+                t.usage += *usage;
+                if t.agent.as_ref() == Some(agent) {
+                    t.agent = None;
+                }
+                if let Some(a) = self.agents.get_mut(agent) {
+                    a.updated_at = at;
+                    a.usage += *usage;
+                    a.error = *error;
+                    a.summary.clone_from(summary);
+                    a.status = match (error, success) {
+                        (Some(_), _) => AgentStatus::Errored,
+                        (None, true) => AgentStatus::Succeeded,
+                        (None, false) => AgentStatus::Failed,
+                    };
+                }
+            }
+            EventKind::GateStarted { .. } => {}
+            EventKind::GateFinished { scope, report } => {
+                match scope {
+                    GateScope::Phase { ticket, .. } => {
+                        let t = self.ticket(ticket);
+                        if report.passed() {
+                            t.gates_passed += 1;
+                        } else {
+                            t.gates_failed += 1;
+                        }
+                        if let Some(c) = report.evidence.tests {
+                            t.metrics.tests_ran = Some(c.ran());
+                        }
+                        if let Some(c) = report.evidence.line_coverage {
+                            t.metrics.coverage = Some(c);
+                        }
+                    }
+                    GateScope::Batch { batch } => {
+                        let b = self.batches.entry(batch.clone()).or_default();
+                        b.gates_total += 1;
+                        b.gates_passed += u32::from(report.passed());
+                    }
+                }
+                self.gate_runs.push(GateRun {
+                    scope: scope.clone(),
+                    at,
+                    report: report.clone(),
+                });
+            }
+            EventKind::PhasePassed {
+                ticket,
+                phase,
+                checkpoint,
+                ..
+            } => {
+                let t = self.ticket(ticket);
+                if let Some(start) = t.phase_started_at {
+                    t.metrics
+                        .phase_ms
+                        .insert(phase.clone(), at.millis_since(start));
+                }
+                if !t.phases_passed.contains(phase) {
+                    t.phases_passed.push(phase.clone());
+                }
+                if let Some(c) = checkpoint {
+                    t.checkpoints.insert(phase.clone(), c.clone());
+                }
+                t.feedback.clear();
+            }
+            EventKind::AttemptFailed {
+                ticket, feedback, ..
+            } => {
+                let t = self.ticket(ticket);
+                t.metrics.failed_attempts += 1;
+                t.feedback.push(feedback.clone());
+            }
+            EventKind::RolledBack { ticket, .. } => {
+                self.ticket(ticket).metrics.rollbacks += 1;
+            }
+            EventKind::PhaseRestarted { ticket, from, .. } => {
+                let t = self.ticket(ticket);
+                // Phases from `from` on must pass again.
+                if let Some(pos) = t.phases_passed.iter().position(|p| p == from) {
+                    for p in t.phases_passed.split_off(pos) {
+                        t.checkpoints.remove(&p);
+                    }
+                }
+                t.feedback.clear();
+            }
+            EventKind::Escalated {
+                ticket,
+                phase,
+                question,
+                context,
+                options,
+            } => {
+                let t = self.ticket(ticket);
+                t.status = TicketStatus::AwaitingDecision;
+                t.reason = Some(question.clone());
+                t.agent = None;
+                self.decisions.push(DecisionItem {
+                    ticket: ticket.clone(),
+                    phase: phase.clone(),
+                    question: question.clone(),
+                    context: context.clone(),
+                    options: options.clone(),
+                    asked_at: at,
+                    answer: None,
+                    note: None,
+                    answered_at: None,
+                });
+            }
+            EventKind::DecisionRecorded {
+                ticket,
+                decision,
+                note,
+            } => {
+                if let Some(d) = self
+                    .decisions
+                    .iter_mut()
+                    .rev()
+                    .find(|d| &d.ticket == ticket && d.answer.is_none())
+                {
+                    d.answer = Some(*decision);
+                    d.note.clone_from(note);
+                    d.answered_at = Some(at);
+                }
+                let t = self.ticket(ticket);
+                if t.status == TicketStatus::AwaitingDecision {
+                    t.status = TicketStatus::Ready;
+                    t.reason = None;
+                }
+                if *decision == Decision::Retry
+                    && let Some(n) = note
+                {
+                    t.feedback
+                        .push(format!("A person asked for another attempt: {n}"));
+                }
+            }
+            EventKind::TicketDone { ticket } => {
+                let t = self.ticket(ticket);
+                t.status = TicketStatus::Done;
+                t.finished_at = Some(at);
+                t.agent = None;
+                t.reason = None;
+            }
+            EventKind::TicketFailed { ticket, reason } => {
+                let t = self.ticket(ticket);
+                t.status = TicketStatus::Failed;
+                t.finished_at = Some(at);
+                t.agent = None;
+                t.reason = Some(reason.clone());
+            }
+            EventKind::TicketBlocked { ticket, by } => {
+                let t = self.ticket(ticket);
+                t.status = TicketStatus::Blocked;
+                t.finished_at = Some(at);
+                t.reason = Some(format!("blocked by {by}"));
+            }
+            EventKind::TicketSkipped { ticket } => {
+                let t = self.ticket(ticket);
+                t.status = TicketStatus::Skipped;
+                t.finished_at = Some(at);
+                t.reason = Some("skipped by decision".into());
+            }
+            EventKind::BatchMerged { batch, commit } => {
+                let b = self.batches.entry(batch.clone()).or_default();
+                b.status = BatchStatus::Merged;
+                b.commit = Some(commit.clone());
+                b.reason = None;
+            }
+            EventKind::BatchFailed { batch, reason } => {
+                let b = self.batches.entry(batch.clone()).or_default();
+                b.status = BatchStatus::Failed;
+                b.reason = Some(reason.clone());
+            }
+            EventKind::BudgetExhausted { .. } => self.budget_exhausted = true,
+            EventKind::RunFinished { outcome } => self.status = RunStatus::Finished(*outcome),
+        }
+    }
+}

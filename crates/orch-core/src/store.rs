@@ -1,0 +1,231 @@
+//! The [`StateStore`] contract: a durable, ordered journal of events per run.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Event, RunId, RunState, TicketId, Timestamp};
+
+/// An event as stored: its position in the run's journal and the event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// 1-based position in the run's journal, without gaps.
+    pub seq: u64,
+    /// The event.
+    pub event: Event,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The storage could not be read or written (disk full, connection lost).
+    Io,
+    /// The stored data is damaged or not a journal of this program.
+    Corrupt,
+    /// The database was written by a newer version of orch.
+    TooNew,
+    /// An event id was re-used for a different event.
+    Conflict,
+    /// The run does not exist.
+    NotFound,
+    /// The store is busy or temporarily unreachable.
+    Unavailable,
+}
+
+/// A store operation failed. Nothing already persisted is lost.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state store: {message}")]
+pub struct StoreError {
+    /// What went wrong, for the engine.
+    pub kind: StoreErrorKind,
+    /// What went wrong, for a person (names the file or database).
+    pub message: String,
+}
+
+impl StoreError {
+    /// An error of `kind`.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Unavailable)
+    }
+}
+
+/// A durable, ordered journal of events, one per run.
+///
+/// # Contract
+///
+/// * **Durable**: when `append` returns `Ok`, the events survive a crash of
+///   the process (and, for disk-backed stores, of the machine).
+/// * **Ordered, no gaps**: events of a run get consecutive `seq` numbers
+///   from 1 in the order of `append` calls; a batch is appended atomically,
+///   all or nothing.
+/// * **Idempotent**: appending an event whose [`EventId`](crate::EventId) is
+///   already in the run's journal stores nothing and returns the `seq` it
+///   already has; re-using an id for a different event is
+///   [`StoreErrorKind::Conflict`].
+/// * `state` equals folding `read(run, 0, ..)` with [`RunState::apply`].
+///
+/// # Cancellation
+///
+/// Dropping an `append` future before it completes may or may not have
+/// persisted the batch (never part of it); re-appending the same events is
+/// safe because of idempotency.
+///
+/// # Example
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use std::sync::Mutex;
+/// use async_trait::async_trait;
+/// use orch_core::*;
+///
+/// /// A minimal in-memory store (orch-state has a complete one).
+/// #[derive(Default)]
+/// struct VecStore(Mutex<BTreeMap<RunId, Vec<Event>>>);
+///
+/// #[async_trait]
+/// impl StateStore for VecStore {
+///     async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+///         let mut runs = self.0.lock().unwrap();
+///         let journal = runs.entry(run.clone()).or_default();
+///         let mut seqs = Vec::new();
+///         for e in events {
+///             match journal.iter().position(|x| x.id == e.id) {
+///                 Some(i) if journal[i] == *e => seqs.push(i as u64 + 1),
+///                 Some(_) => return Err(StoreError::new(StoreErrorKind::Conflict, "id reused")),
+///                 None => { journal.push(e.clone()); seqs.push(journal.len() as u64) }
+///             }
+///         }
+///         Ok(seqs)
+///     }
+///     async fn read(&self, run: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+///         let runs = self.0.lock().unwrap();
+///         Ok(runs.get(run).into_iter().flatten().enumerate()
+///             .map(|(i, e)| StoredEvent { seq: i as u64 + 1, event: e.clone() })
+///             .filter(|s| s.seq > after).take(limit).collect())
+///     }
+///     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
+///         Ok(self.0.lock().unwrap().keys().cloned().collect())
+///     }
+/// }
+///
+/// let store: std::sync::Arc<dyn StateStore> = std::sync::Arc::new(VecStore::default());
+/// let run: RunId = "r1".parse().unwrap();
+/// let done = Event::now(EventKind::TicketDone { ticket: "T-1".parse().unwrap() });
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// rt.block_on(async {
+///     assert_eq!(store.append(&run, &[done.clone()]).await.unwrap(), [1]);
+///     assert_eq!(store.append(&run, &[done]).await.unwrap(), [1]); // idempotent
+///     let state = store.state(&run).await.unwrap();
+///     assert_eq!(state.count(TicketStatus::Done), 1);
+/// });
+/// ```
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Appends `events` to `run`'s journal, atomically and durably, and
+    /// returns each event's `seq`.
+    ///
+    /// # Errors
+    /// [`StoreError`]; on error nothing of the batch was stored.
+    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError>;
+
+    /// Reads up to `limit` events of `run` with `seq > after`, in order. An
+    /// unknown run has no events.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the journal cannot be read.
+    async fn read(
+        &self,
+        run: &RunId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The runs that have a journal.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn runs(&self) -> Result<Vec<RunId>, StoreError>;
+
+    /// The folded state of `run`. The default implementation reads the
+    /// whole journal in pages and folds it; stores may keep a snapshot.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the journal cannot be read.
+    async fn state(&self, run: &RunId) -> Result<RunState, StoreError> {
+        const PAGE: usize = 10_000;
+        let mut state = RunState::default();
+        let mut after = 0;
+        loop {
+            let page = self.read(run, after, PAGE).await?;
+            for e in &page {
+                state.apply(&e.event);
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = last.seq,
+                _ => return Ok(state),
+            }
+        }
+    }
+}
+
+/// A claim by one worker on one ticket, valid until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The run.
+    pub run: RunId,
+    /// The ticket claimed.
+    pub ticket: TicketId,
+    /// The worker holding it.
+    pub worker: String,
+    /// Fencing token: grows with every new claim of the ticket, so a worker
+    /// whose lease expired can be told apart from the new holder.
+    pub token: u64,
+    /// When the claim lapses unless renewed.
+    pub expires_at: Timestamp,
+}
+
+/// Lease-based claiming of tickets, for stores shared by many workers on
+/// many machines (PostgreSQL). Single-process runs do not need it.
+///
+/// # Contract
+///
+/// * `claim` succeeds for at most one worker per (run, ticket) at a time; a
+///   lease that has expired may be claimed again, with a larger `token`.
+/// * `renew` extends a lease only while it is still held by that token.
+/// * `release` gives it up; releasing a lease no longer held is a no-op.
+#[async_trait]
+pub trait TicketLeases: Send + Sync {
+    /// Claims `ticket` for `worker` for `ttl`. `Ok(None)` when someone else
+    /// holds it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    async fn claim(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// Extends `lease` by `ttl`; `Ok(false)` when it was lost.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Gives `lease` up.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+}

@@ -1,0 +1,2 @@
+//! The `orch` command.
+fn main() {}
