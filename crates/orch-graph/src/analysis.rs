@@ -7,14 +7,12 @@ use crate::graph::{Ix, PlanGraph};
 
 /// Timing of every ticket with unlimited agents, in minutes.
 ///
-/// Computed in two linear passes over the topological order.
+/// Levels and earliest starts come with the graph's topological order (one
+/// fused pass); the analysis adds one backward pass for the tails, then
+/// slack and the critical path. It borrows the graph.
 #[derive(Debug, Clone)]
-pub struct Analysis {
-    /// Wave (level) of each ticket: 0 for tickets without dependencies,
-    /// else one more than its deepest dependency.
-    pub level: Vec<u32>,
-    /// Earliest start of each ticket.
-    pub earliest_start: Vec<u64>,
+pub struct Analysis<'g> {
+    graph: &'g PlanGraph,
     /// Longest path from each ticket to the end, its own effort included.
     pub tail: Vec<u64>,
     /// Length of the critical path: the shortest possible makespan.
@@ -23,13 +21,11 @@ pub struct Analysis {
     pub critical_path: Vec<Ix>,
 }
 
-impl Analysis {
+impl<'g> Analysis<'g> {
     /// Analyses `g`. O(tickets + edges).
-    pub fn new(g: &PlanGraph) -> Analysis {
+    pub fn new(g: &'g PlanGraph) -> Analysis<'g> {
         let n = g.len();
-        // Levels and earliest starts come with the topological order.
-        let level = g.level.clone();
-        let es = g.earliest_start.clone();
+        let es = &g.earliest_start;
         // Longest path to the end, pulled from the dependents in reverse
         // topological order.
         let (off, succs) = g.dependents_csr();
@@ -65,18 +61,27 @@ impl Analysis {
                 .min();
         }
         Analysis {
-            level,
-            earliest_start: es,
+            graph: g,
             tail,
             length,
             critical_path: path,
         }
     }
 
+    /// Wave of ticket `t`: 0 without dependencies, else one more than its
+    /// deepest dependency.
+    pub fn level(&self, t: Ix) -> u32 {
+        self.graph.level[t as usize]
+    }
+
+    /// Earliest start of ticket `t`.
+    pub fn earliest_start(&self, t: Ix) -> u64 {
+        self.graph.earliest_start[t as usize]
+    }
+
     /// Slack of ticket `t`: how long it can slip without delaying the end.
     pub fn slack(&self, t: Ix) -> u64 {
-        let t = t as usize;
-        self.length - self.tail[t] - self.earliest_start[t]
+        self.length - self.tail[t as usize] - self.earliest_start(t)
     }
 
     /// Latest start of ticket `t` that does not delay the end.
@@ -86,9 +91,10 @@ impl Analysis {
 
     /// Tickets per wave.
     pub fn waves(&self) -> Vec<Vec<Ix>> {
-        let depth = self.level.iter().max().map_or(0, |&m| m as usize + 1);
+        let level = &self.graph.level;
+        let depth = level.iter().max().map_or(0, |&m| m as usize + 1);
         let mut w = vec![Vec::new(); depth];
-        for (t, &l) in self.level.iter().enumerate() {
+        for (t, &l) in level.iter().enumerate() {
             w[l as usize].push(t as Ix);
         }
         w

@@ -112,9 +112,9 @@ impl BatchGraph {
                 }
                 if bd > bt {
                     return Err(GraphError::BatchOrder {
-                        ticket: g.id(t).clone(),
+                        ticket: g.ticket_id(t),
                         batch: plan.batches[bt as usize].id.clone(),
-                        dependency: g.id(d).clone(),
+                        dependency: g.ticket_id(d),
                         dependency_batch: plan.batches[bd as usize].id.clone(),
                     });
                 }

@@ -79,6 +79,22 @@ pub enum GraphError {
     },
 }
 
+/// Ids back to back, and where each ends.
+struct IdArena(String, Vec<u32>);
+
+impl<'a> FromIterator<&'a str> for IdArena {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let mut bytes = String::with_capacity(iter.size_hint().0 * 10);
+        let mut end = Vec::with_capacity(iter.size_hint().0);
+        for id in iter {
+            bytes.push_str(id);
+            end.push(bytes.len() as u32);
+        }
+        IdArena(bytes, end)
+    }
+}
+
 /// The reverse of a CSR adjacency: for each target, the sources.
 fn reverse(n: usize, off: &[u32], targets: &[Ix]) -> (Vec<u32>, Vec<Ix>) {
     let mut rev_off = vec![0u32; n + 1];
@@ -138,7 +154,10 @@ fn render_cycle(c: &[TicketId]) -> String {
 /// ```
 #[derive(Clone)]
 pub struct PlanGraph {
-    pub(crate) ids: Vec<TicketId>,
+    /// All ids, back to back; `id_end[t]` is where ticket `t`'s id ends.
+    /// One buffer instead of a million small allocations.
+    id_bytes: String,
+    id_end: Vec<u32>,
     pub(crate) effort: Vec<u32>,
     pub(crate) priority: Vec<Priority>,
     /// Number of dependencies of each ticket.
@@ -217,7 +236,7 @@ impl PlanGraph {
         let succ = reverse(n, &dep_off, &deps);
         let indegree = dep_off.windows(2).map(|w| w[1] - w[0]).collect();
         Self::from_parts(
-            plan.tickets.iter().map(|t| t.id.clone()).collect(),
+            IdArena::from_iter(plan.tickets.iter().map(|t| t.id.as_str())),
             plan.tickets.iter().map(|t| t.effort.minutes()).collect(),
             plan.tickets.iter().map(|t| t.priority).collect(),
             indegree,
@@ -231,7 +250,7 @@ impl PlanGraph {
     ///
     /// # Errors
     /// As [`PlanGraph::from_plan`], and [`GraphError::IndexOutOfRange`].
-    pub fn build(nodes: Vec<Node>, edges: &[(Ix, Ix)]) -> Result<PlanGraph, GraphError> {
+    pub fn build(nodes: &[Node], edges: &[(Ix, Ix)]) -> Result<PlanGraph, GraphError> {
         let n = nodes.len();
         let mut indegree = vec![0u32; n];
         let mut off = vec![0u32; n + 1];
@@ -260,18 +279,10 @@ impl PlanGraph {
             *slot += 1;
         }
         drop(fill);
-        let mut ids = Vec::with_capacity(n);
-        let mut effort = Vec::with_capacity(n);
-        let mut priority = Vec::with_capacity(n);
-        for nd in nodes {
-            ids.push(nd.id);
-            effort.push(nd.effort_minutes);
-            priority.push(nd.priority);
-        }
         Self::from_parts(
-            ids,
-            effort,
-            priority,
+            IdArena::from_iter(nodes.iter().map(|nd| nd.id.as_str())),
+            nodes.iter().map(|nd| nd.effort_minutes).collect(),
+            nodes.iter().map(|nd| nd.priority).collect(),
             indegree,
             OnceLock::new(),
             (off, succs),
@@ -279,21 +290,22 @@ impl PlanGraph {
     }
 
     fn from_parts(
-        ids: Vec<TicketId>,
+        ids: IdArena,
         effort: Vec<u32>,
         priority: Vec<Priority>,
         indegree: Vec<u32>,
         deps: OnceLock<(Vec<u32>, Vec<Ix>)>,
         succ: (Vec<u32>, Vec<Ix>),
     ) -> Result<PlanGraph, GraphError> {
-        let n = ids.len();
+        let n = ids.1.len();
         if n == 0 {
             return Err(GraphError::Empty);
         }
         let g = PlanGraph {
             level: Vec::new(),
             earliest_start: Vec::new(),
-            ids,
+            id_bytes: ids.0,
+            id_end: ids.1,
             effort,
             priority,
             indegree,
@@ -428,21 +440,19 @@ impl PlanGraph {
                 }
                 path.push(start);
                 path.reverse();
-                path.into_iter()
-                    .map(|i| self.ids[i as usize].clone())
-                    .collect()
+                path.into_iter().map(|i| self.ticket_id(i)).collect()
             })
             .collect()
     }
 
     /// Number of tickets.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.id_end.len()
     }
 
     /// Always false: an empty plan is refused when building.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.id_end.is_empty()
     }
 
     /// Number of dependency edges.
@@ -451,17 +461,26 @@ impl PlanGraph {
     }
 
     /// The id of ticket `t`.
-    pub fn id(&self, t: Ix) -> &TicketId {
-        &self.ids[t as usize]
+    pub fn id(&self, t: Ix) -> &str {
+        let t = t as usize;
+        let start = if t == 0 {
+            0
+        } else {
+            self.id_end[t - 1] as usize
+        };
+        &self.id_bytes[start..self.id_end[t] as usize]
+    }
+
+    /// The id of ticket `t` as a [`TicketId`].
+    pub fn ticket_id(&self, t: Ix) -> TicketId {
+        // Every id entered the graph as a validated TicketId.
+        TicketId::new(self.id(t)).expect("ids in a PlanGraph were validated on entry")
     }
 
     /// The index of the ticket with this id (linear scan; keep your own map
     /// for many look-ups).
     pub fn index_of(&self, id: &str) -> Option<Ix> {
-        self.ids
-            .iter()
-            .position(|x| x.as_str() == id)
-            .map(|i| i as Ix)
+        (0..self.len() as Ix).find(|&t| self.id(t) == id)
     }
 
     /// Effort of ticket `t`, minutes.
@@ -516,8 +535,8 @@ impl PlanGraph {
     /// algorithms. Node indices equal [`Ix`].
     pub fn to_petgraph(&self) -> DiGraph<TicketId, ()> {
         let mut g = DiGraph::with_capacity(self.len(), self.edge_count());
-        for id in &self.ids {
-            g.add_node(id.clone());
+        for t in 0..self.len() as Ix {
+            g.add_node(self.ticket_id(t));
         }
         for t in 0..self.len() as Ix {
             for &d in self.dependencies(t) {
@@ -530,8 +549,8 @@ impl PlanGraph {
     /// Bytes of heap memory held by the graph (ids included).
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        self.ids.capacity() * size_of::<TicketId>()
-            + self.ids.iter().map(|i| i.as_str().len()).sum::<usize>()
+        self.id_bytes.capacity()
+            + self.id_end.capacity() * 4
             + self.effort.capacity() * 4
             + self.priority.capacity() * size_of::<Priority>()
             + self.indegree.capacity() * 4

@@ -146,15 +146,15 @@ pub fn analyze(plan: &Plan, max_agents: u32) -> Result<Report, GraphError> {
     let a = Analysis::new(&g);
     let total = g.total_effort();
     let critical: HashSet<Ix> = a.critical_path.iter().copied().collect();
-    let ids = |v: &[Ix]| v.iter().map(|&t| g.id(t).clone()).collect::<Vec<_>>();
+    let ids = |v: &[Ix]| v.iter().map(|&t| g.ticket_id(t)).collect::<Vec<_>>();
     let rows = (0..g.len() as Ix)
         .map(|t| TicketRow {
-            id: g.id(t).clone(),
+            id: g.ticket_id(t),
             priority: g.priority(t),
             effort_minutes: g.effort(t),
-            wave: a.level[t as usize],
-            earliest_start: a.earliest_start[t as usize],
-            earliest_finish: a.earliest_start[t as usize] + u64::from(g.effort(t)),
+            wave: a.level(t),
+            earliest_start: a.earliest_start(t),
+            earliest_finish: a.earliest_start(t) + u64::from(g.effort(t)),
             latest_start: a.latest_start(t),
             slack: a.slack(t),
             critical: critical.contains(&t),

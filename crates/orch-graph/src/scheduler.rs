@@ -91,12 +91,10 @@ pub enum SchedulerError {
     NoSuchTicket(Ix),
 }
 
-/// Everything a transition touches about one ticket, in one record, so a
-/// transition costs one cache miss per ticket it touches.
+/// Everything a transition touches about one ticket, in one 8-byte record.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     waiting: u32,
-    rank: u32,
     class: u16,
     status: Status,
 }
@@ -108,6 +106,10 @@ struct Slot {
 /// ticket's effort plus the longest chain of dependents after it), then in
 /// plan order, so the same plan always schedules the same way. Every
 /// transition costs amortized O(1) plus the dependency edges it touches.
+///
+/// Internally tickets are renumbered by rank and the scheduler keeps its own
+/// dependents adjacency in that numbering, so dispatching walks memory
+/// nearly in order.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -141,8 +143,15 @@ struct Slot {
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     graph: Arc<PlanGraph>,
+    /// Per ticket, indexed by rank.
     slots: Vec<Slot>,
+    /// Rank → ticket.
     by_rank: Vec<Ix>,
+    /// Ticket → rank.
+    rank_of: Vec<u32>,
+    /// Dependents by rank, in CSR form.
+    succ_off: Vec<u32>,
+    succs: Vec<u32>,
     ready: Vec<RankSet>,
     class_limit: Vec<u32>,
     class_running: Vec<u32>,
@@ -158,20 +167,31 @@ impl Scheduler {
         let tail = Analysis::new(&graph).tail;
         let mut by_rank: Vec<Ix> = (0..n as Ix).collect();
         by_rank.sort_unstable_by_key(|&t| (graph.priority(t), Reverse(tail[t as usize]), t));
-        let mut slots: Vec<Slot> = (0..n as Ix)
-            .map(|t| Slot {
-                waiting: graph.dependency_count(t) as u32,
-                rank: 0,
-                class: 0,
-                status: Status::Pending,
+        let mut rank_of = vec![0u32; n];
+        for (r, &t) in by_rank.iter().enumerate() {
+            rank_of[t as usize] = r as u32;
+        }
+        let mut succ_off = Vec::with_capacity(n + 1);
+        let mut succs = Vec::with_capacity(graph.edge_count());
+        succ_off.push(0);
+        let slots: Vec<Slot> = by_rank
+            .iter()
+            .map(|&t| {
+                succs.extend(graph.dependents(t).iter().map(|&s| rank_of[s as usize]));
+                succ_off.push(succs.len() as u32);
+                Slot {
+                    waiting: graph.dependency_count(t) as u32,
+                    class: 0,
+                    status: Status::Pending,
+                }
             })
             .collect();
-        for (r, &t) in by_rank.iter().enumerate() {
-            slots[t as usize].rank = r as u32;
-        }
         let mut s = Scheduler {
             slots,
             by_rank,
+            rank_of,
+            succ_off,
+            succs,
             ready: vec![RankSet::new(n)],
             class_limit: vec![u32::MAX],
             class_running: vec![0],
@@ -181,9 +201,9 @@ impl Scheduler {
             graph,
         };
         s.counts[Status::Pending.slot()] = n;
-        for t in 0..n as Ix {
-            if s.slots[t as usize].waiting == 0 {
-                s.set(t, Status::Ready);
+        for r in 0..n as u32 {
+            if s.slots[r as usize].waiting == 0 {
+                s.set(r, Status::Ready);
             }
         }
         s
@@ -209,13 +229,9 @@ impl Scheduler {
             "every class needs a limit entry"
         );
         let n = self.graph.len();
-        let ready: Vec<Ix> = self
-            .ready
-            .iter()
-            .flat_map(|r| r.iter().map(|rk| self.by_rank[rk]))
-            .collect();
-        for (slot, c) in self.slots.iter_mut().zip(class_of) {
-            slot.class = c;
+        let ready: Vec<usize> = self.ready.iter().flat_map(RankSet::iter).collect();
+        for (t, c) in class_of.into_iter().enumerate() {
+            self.slots[self.rank_of[t] as usize].class = c;
         }
         self.class_limit = limits
             .into_iter()
@@ -225,9 +241,8 @@ impl Scheduler {
         self.ready = (0..self.class_limit.len())
             .map(|_| RankSet::new(n))
             .collect();
-        for t in ready {
-            let slot = self.slots[t as usize];
-            self.ready[slot.class as usize].insert(slot.rank as usize);
+        for r in ready {
+            self.ready[self.slots[r].class as usize].insert(r);
         }
         self
     }
@@ -239,7 +254,7 @@ impl Scheduler {
 
     /// Status of ticket `t`.
     pub fn status(&self, t: Ix) -> Status {
-        self.slots[t as usize].status
+        self.slots[self.rank_of[t as usize] as usize].status
     }
 
     /// Number of tickets in each status.
@@ -273,9 +288,10 @@ impl Scheduler {
         r.into_iter().map(|rk| self.by_rank[rk as usize]).collect()
     }
 
-    fn set(&mut self, t: Ix, to: Status) {
-        let slot = &mut self.slots[t as usize];
-        let (from, class, rank) = (slot.status, slot.class as usize, slot.rank as usize);
+    /// Moves the ticket of rank `rank` to `to`.
+    fn set(&mut self, rank: u32, to: Status) {
+        let slot = &mut self.slots[rank as usize];
+        let (from, class, rank) = (slot.status, slot.class as usize, rank as usize);
         slot.status = to;
         if from == Status::Ready {
             self.ready[class].remove(rank);
@@ -295,15 +311,22 @@ impl Scheduler {
         self.counts[to.slot()] += 1;
     }
 
-    fn check(&self, t: Ix, action: &'static str, allowed: &[Status]) -> Result<(), SchedulerError> {
-        let Some(from) = self.slots.get(t as usize).map(|s| s.status) else {
+    /// The rank of `t` when its status is one of `allowed`.
+    fn check(
+        &self,
+        t: Ix,
+        action: &'static str,
+        allowed: &[Status],
+    ) -> Result<u32, SchedulerError> {
+        let Some(&rank) = self.rank_of.get(t as usize) else {
             return Err(SchedulerError::NoSuchTicket(t));
         };
+        let from = self.slots[rank as usize].status;
         if allowed.contains(&from) {
-            Ok(())
+            Ok(rank)
         } else {
             Err(SchedulerError::InvalidTransition {
-                ticket: self.graph.id(t).clone(),
+                ticket: self.graph.ticket_id(t),
                 from,
                 action,
             })
@@ -320,9 +343,8 @@ impl Scheduler {
             .filter(|&c| self.class_running[c] < self.class_limit[c])
             .filter_map(|c| self.ready[c].first())
             .min()?;
-        let t = self.by_rank[best];
-        self.set(t, Status::Running);
-        Some(t)
+        self.set(best as u32, Status::Running);
+        Some(self.by_rank[best])
     }
 
     /// Starts ready ticket `t`.
@@ -330,12 +352,12 @@ impl Scheduler {
     /// # Errors
     /// When `t` is not ready or no slot is free for it.
     pub fn start(&mut self, t: Ix) -> Result<(), SchedulerError> {
-        self.check(t, "start", &[Status::Ready])?;
-        let c = self.slots[t as usize].class as usize;
+        let r = self.check(t, "start", &[Status::Ready])?;
+        let c = self.slots[r as usize].class as usize;
         if self.running >= self.max_running || self.class_running[c] >= self.class_limit[c] {
-            return Err(SchedulerError::NoCapacity(self.graph.id(t).clone()));
+            return Err(SchedulerError::NoCapacity(self.graph.ticket_id(t)));
         }
-        self.set(t, Status::Running);
+        self.set(r, Status::Running);
         Ok(())
     }
 
@@ -344,11 +366,11 @@ impl Scheduler {
     /// # Errors
     /// When `t` is not running.
     pub fn complete(&mut self, t: Ix) -> Result<usize, SchedulerError> {
-        self.check(t, "complete", &[Status::Running])?;
-        self.set(t, Status::Done);
-        let graph = Arc::clone(&self.graph);
+        let r = self.check(t, "complete", &[Status::Running])? as usize;
+        self.set(r as u32, Status::Done);
         let mut newly = 0;
-        for &s in graph.dependents(t) {
+        for i in self.succ_off[r] as usize..self.succ_off[r + 1] as usize {
+            let s = self.succs[i];
             let slot = &mut self.slots[s as usize];
             slot.waiting -= 1;
             if slot.waiting == 0 && slot.status == Status::Pending {
@@ -365,9 +387,9 @@ impl Scheduler {
     /// # Errors
     /// When `t` is pending or already final.
     pub fn fail(&mut self, t: Ix) -> Result<Vec<Ix>, SchedulerError> {
-        self.check(t, "fail", &[Status::Ready, Status::Running, Status::Paused])?;
-        self.set(t, Status::Failed);
-        Ok(self.block_dependents(t))
+        let r = self.check(t, "fail", &[Status::Ready, Status::Running, Status::Paused])?;
+        self.set(r, Status::Failed);
+        Ok(self.block_dependents(r))
     }
 
     /// Skips `t` (pending, ready or paused); its dependents become blocked,
@@ -376,9 +398,9 @@ impl Scheduler {
     /// # Errors
     /// When `t` is running or already final.
     pub fn skip(&mut self, t: Ix) -> Result<Vec<Ix>, SchedulerError> {
-        self.check(t, "skip", &[Status::Pending, Status::Ready, Status::Paused])?;
-        self.set(t, Status::Skipped);
-        Ok(self.block_dependents(t))
+        let r = self.check(t, "skip", &[Status::Pending, Status::Ready, Status::Paused])?;
+        self.set(r, Status::Skipped);
+        Ok(self.block_dependents(r))
     }
 
     /// Pauses running ticket `t` (escalated to a person); frees its slot.
@@ -386,8 +408,8 @@ impl Scheduler {
     /// # Errors
     /// When `t` is not running.
     pub fn pause(&mut self, t: Ix) -> Result<(), SchedulerError> {
-        self.check(t, "pause", &[Status::Running])?;
-        self.set(t, Status::Paused);
+        let r = self.check(t, "pause", &[Status::Running])?;
+        self.set(r, Status::Paused);
         Ok(())
     }
 
@@ -396,22 +418,27 @@ impl Scheduler {
     /// # Errors
     /// When `t` is neither paused nor running.
     pub fn requeue(&mut self, t: Ix) -> Result<(), SchedulerError> {
-        self.check(t, "requeue", &[Status::Paused, Status::Running])?;
-        self.set(t, Status::Ready);
+        let r = self.check(t, "requeue", &[Status::Paused, Status::Running])?;
+        self.set(r, Status::Ready);
         Ok(())
     }
 
-    fn block_dependents(&mut self, t: Ix) -> Vec<Ix> {
-        let graph = Arc::clone(&self.graph);
+    /// Blocks every not-yet-final ticket that depends, transitively, on the
+    /// ticket of rank `rank`; returns them.
+    fn block_dependents(&mut self, rank: u32) -> Vec<Ix> {
         let mut blocked = Vec::new();
-        let mut queue: VecDeque<Ix> = graph.dependents(t).iter().copied().collect();
-        while let Some(s) = queue.pop_front() {
-            if self.slots[s as usize].status.is_final() {
-                continue;
+        let mut queue: VecDeque<u32> = VecDeque::from([rank]);
+        while let Some(r) = queue.pop_front() {
+            let r = r as usize;
+            for i in self.succ_off[r] as usize..self.succ_off[r + 1] as usize {
+                let s = self.succs[i];
+                if self.slots[s as usize].status.is_final() {
+                    continue;
+                }
+                self.set(s, Status::Blocked);
+                blocked.push(self.by_rank[s as usize]);
+                queue.push_back(s);
             }
-            self.set(s, Status::Blocked);
-            blocked.push(s);
-            queue.extend(graph.dependents(s).iter().copied());
         }
         blocked
     }

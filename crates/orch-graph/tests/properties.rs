@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 fn graph(n: usize, deps: u32, seed: u64) -> PlanGraph {
     let (nodes, edges) = random_dag(n, deps, seed);
-    PlanGraph::build(nodes, &edges).unwrap()
+    PlanGraph::build(&nodes, &edges).unwrap()
 }
 
 /// Longest path by effort, by trying every path (small graphs only).
@@ -82,7 +82,7 @@ proptest! {
             prop_assert!(g.dependencies(w[1]).contains(&w[0]));
         }
         for t in 0..n as Ix {
-            prop_assert!(a.earliest_start[t as usize] + a.slack(t) + a.tail[t as usize] == a.length);
+            prop_assert!(a.earliest_start(t) + a.slack(t) + a.tail[t as usize] == a.length);
         }
     }
 
@@ -116,7 +116,7 @@ fn ready_order_is_priority_then_longest_remaining_path() {
     };
     // B (P0) first despite being short; then C (P1, long tail via D); then A (P1).
     let g = PlanGraph::build(
-        vec![
+        &[
             node("A", 60, P1),
             node("B", 10, P0),
             node("C", 30, P1),
@@ -163,7 +163,7 @@ fn skip_blocks_dependents_transitively() {
         priority: Default::default(),
     };
     let g = PlanGraph::build(
-        vec![node("A"), node("B"), node("C"), node("D")],
+        &[node("A"), node("B"), node("C"), node("D")],
         &[(1, 0), (2, 1), (3, 0)],
     )
     .unwrap();

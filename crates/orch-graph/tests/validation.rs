@@ -117,7 +117,7 @@ fn index_errors_from_the_builder() {
         priority: Default::default(),
     }];
     assert_eq!(
-        PlanGraph::build(nodes, &[(0, 5)]).unwrap_err(),
+        PlanGraph::build(&nodes, &[(0, 5)]).unwrap_err(),
         GraphError::IndexOutOfRange { index: 5, len: 1 }
     );
 }
