@@ -77,8 +77,8 @@ fn run(cli: Cli) -> Result<(), String> {
                         plan.tickets.len(),
                         plan.batches.len(),
                         plan.phases.len(),
-                        orch_graph::hours(r.total_effort_minutes),
-                        orch_graph::hours(r.critical_path_minutes),
+                        orch_core::format_minutes(r.total_effort_minutes),
+                        orch_core::format_minutes(r.critical_path_minutes),
                     ),
                     Err(e) => {
                         eprintln!("{e}");

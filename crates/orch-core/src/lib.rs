@@ -70,7 +70,7 @@ pub use id::{AgentId, BatchId, IdError, IdRule, PhaseName, RoleName, RunId, Tick
 pub use plan::load::{Diagnostic, Format, MAX_PLAN_BYTES, PlanError, PlanErrorKind};
 pub use plan::{
     AgentSpec, BackendSpec, Batch, BranchName, Effort, ExhaustAction, GateSpec, PhaseSpec, Plan,
-    Policy, Priority, Problem, Size, Ticket,
+    Policy, Priority, Problem, Size, Ticket, format_minutes,
 };
 pub use state::{
     AgentRecord, AgentStatus, BatchState, BatchStatus, DecisionItem, GateRun, RunState, RunStatus,

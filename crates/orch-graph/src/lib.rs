@@ -35,5 +35,5 @@ mod scheduler;
 pub use analysis::{Analysis, Schedule, simulate};
 pub use batches::BatchGraph;
 pub use graph::{GraphError, Ix, Node, PlanGraph};
-pub use report::{BatchReport, BatchRow, Makespan, Report, TicketRow, analyze, hours};
+pub use report::{BatchReport, BatchRow, Makespan, Report, TicketRow, analyze};
 pub use scheduler::{Counts, Scheduler, SchedulerError, Status};

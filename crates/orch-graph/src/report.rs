@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use orch_core::{BatchId, Plan, Priority, TicketId};
+use orch_core::{BatchId, Plan, Priority, TicketId, format_minutes as hours};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Analysis, simulate};
@@ -212,15 +212,6 @@ pub fn analyze(plan: &Plan, max_agents: u32) -> Result<Report, GraphError> {
         rows,
         batches,
     })
-}
-
-/// Minutes as `16h`, `1h30m` or `45m`.
-pub fn hours(m: u64) -> String {
-    match (m / 60, m % 60) {
-        (0, m) => format!("{m}m"),
-        (h, 0) => format!("{h}h"),
-        (h, m) => format!("{h}h{m:02}m"),
-    }
 }
 
 fn node_id(id: &str) -> String {

@@ -1,7 +1,8 @@
 //! The analysis of scenario 1, checked against figures worked out by hand.
 
 use orch_core::Plan;
-use orch_graph::{analyze, hours};
+use orch_core::format_minutes as hours;
+use orch_graph::analyze;
 
 fn plan() -> Plan {
     Plan::from_path(concat!(

@@ -171,11 +171,18 @@ impl FromStr for Effort {
     }
 }
 
-fn fmt_minutes(m: u32, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// Minutes as `45m`, `16h` or `1h05m` (the form effort strings use).
+///
+/// ```
+/// assert_eq!(orch_core::format_minutes(65), "1h05m");
+/// assert_eq!(orch_core::format_minutes(960), "16h");
+/// assert_eq!(orch_core::format_minutes(5), "5m");
+/// ```
+pub fn format_minutes(m: u64) -> String {
     match (m / 60, m % 60) {
-        (0, m) => write!(f, "{m}m"),
-        (h, 0) => write!(f, "{h}h"),
-        (h, m) => write!(f, "{h}h{m}m"),
+        (0, m) => format!("{m}m"),
+        (h, 0) => format!("{h}h"),
+        (h, m) => format!("{h}h{m:02}m"),
     }
 }
 
@@ -184,11 +191,14 @@ impl fmt::Display for Effort {
         match self.size {
             Some(size) if size.default_minutes() == self.minutes => f.write_str(size.as_str()),
             Some(size) => {
-                write!(f, "{} (", size.as_str())?;
-                fmt_minutes(self.minutes, f)?;
-                f.write_str(")")
+                write!(
+                    f,
+                    "{} ({})",
+                    size.as_str(),
+                    format_minutes(self.minutes.into())
+                )
             }
-            None => fmt_minutes(self.minutes, f),
+            None => f.write_str(&format_minutes(self.minutes.into())),
         }
     }
 }

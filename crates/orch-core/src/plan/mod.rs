@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use agent_spec::{AgentSpec, BackendSpec, PromptVia};
-pub use effort::{Effort, EffortError, MAX_EFFORT_MINUTES, Size};
+pub use effort::{Effort, EffortError, MAX_EFFORT_MINUTES, Size, format_minutes};
 pub use gate_spec::{
     BuiltinPatterns, CommandGateSpec, CoverageFormat, CoverageGateSpec, FilesGateSpec, GateSpec,
     GroupGateSpec, MetricGateSpec, PatternRule, PatternsGateSpec, TestFormat, TestsGateSpec,
