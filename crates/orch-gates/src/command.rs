@@ -1,0 +1,265 @@
+//! [`CommandGate`] and [`TestsGate`]: gates that run a process.
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use orch_core::plan::{CommandGateSpec, TestFormat, TestsGateSpec};
+use orch_core::{Evidence, Gate, GateContext, GateError, GateReport};
+
+use crate::common::{EXCERPT_LINES, cancelled, config, inside, report, stale_or_missing, timeout};
+use crate::process::{self, Exit};
+use crate::results::{self, TestResults};
+
+fn command(
+    gate: &str,
+    ctx: &GateContext,
+    argv: &[String],
+    shell: bool,
+    cwd: Option<&str>,
+    env: &BTreeMap<String, String>,
+    timeout_secs: Option<u64>,
+) -> Result<process::Command, GateError> {
+    Ok(process::Command {
+        argv: argv.to_vec(),
+        shell,
+        cwd: match cwd {
+            Some(c) => inside(gate, &ctx.workdir, c)?,
+            None => ctx.workdir.clone(),
+        },
+        env: env.clone(),
+        timeout: timeout(ctx, timeout_secs),
+    })
+}
+
+/// Runs a command; passes when it exits with status 0 and leaves nothing
+/// running. Fails, each with its own reason, on a non-zero status, a
+/// signal, the time limit (the whole process group is killed), a command
+/// that does not exist, and children that outlive it.
+#[derive(Debug, Clone)]
+pub struct CommandGate {
+    name: String,
+    spec: CommandGateSpec,
+}
+
+impl CommandGate {
+    /// A gate for `spec`.
+    ///
+    /// # Errors
+    /// [`GateError`] (config) when argv is empty, or `shell` is set with
+    /// more than one element.
+    pub fn new(spec: CommandGateSpec) -> Result<Self, GateError> {
+        let name = spec.name.clone().unwrap_or_else(|| spec.argv.join(" "));
+        if spec.argv.first().is_none_or(String::is_empty) {
+            return Err(config(&name, "argv must name a program"));
+        }
+        if spec.shell && spec.argv.len() != 1 {
+            return Err(config(
+                &name,
+                "with shell = true, argv must be one command string",
+            ));
+        }
+        Ok(CommandGate { name, spec })
+    }
+}
+
+#[async_trait]
+impl Gate for CommandGate {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn check(&self, ctx: &GateContext) -> Result<GateReport, GateError> {
+        let started = Instant::now();
+        let s = &self.spec;
+        let cmd = command(
+            &self.name,
+            ctx,
+            &s.argv,
+            s.shell,
+            s.cwd.as_deref(),
+            &s.env,
+            s.timeout_secs,
+        )?;
+        let out = process::run(&cmd, &ctx.cancel).await;
+        if out.exit == Exit::Cancelled {
+            return Err(cancelled(&self.name));
+        }
+        let evidence = Evidence {
+            exit_code: match out.exit {
+                Exit::Code(c) => Some(c),
+                _ => None,
+            },
+            ..Evidence::default()
+        };
+        let reason = format!("`{}` {}", self.name, out.describe());
+        Ok(report(
+            &self.name,
+            out.success(),
+            reason,
+            evidence,
+            started,
+            out.excerpt(EXCERPT_LINES),
+        ))
+    }
+}
+
+/// Runs tests and reads their results. Passes only when the command exits
+/// with status 0, at least `min_tests` tests ran, none failed, and (for
+/// JUnit) the report was written during this check.
+#[derive(Debug, Clone)]
+pub struct TestsGate {
+    name: String,
+    spec: TestsGateSpec,
+}
+
+impl TestsGate {
+    /// A gate for `spec`.
+    ///
+    /// # Errors
+    /// [`GateError`] (config) when argv is empty or `junit` has no report.
+    pub fn new(spec: TestsGateSpec) -> Result<Self, GateError> {
+        let name = spec.name.clone().unwrap_or_else(|| spec.argv.join(" "));
+        if spec.argv.first().is_none_or(String::is_empty) {
+            return Err(config(&name, "argv must name a program"));
+        }
+        if spec.format == TestFormat::Junit && spec.report.is_none() {
+            return Err(config(
+                &name,
+                "format junit needs `report`, the XML file the command writes",
+            ));
+        }
+        Ok(TestsGate { name, spec })
+    }
+}
+
+#[async_trait]
+impl Gate for TestsGate {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn check(&self, ctx: &GateContext) -> Result<GateReport, GateError> {
+        let started = Instant::now();
+        // File times have coarse resolution on some file systems; a report
+        // written by this run is never older than this.
+        let began = SystemTime::now() - std::time::Duration::from_millis(5);
+        let s = &self.spec;
+        let cmd = command(
+            &self.name,
+            ctx,
+            &s.argv,
+            false,
+            s.cwd.as_deref(),
+            &s.env,
+            s.timeout_secs,
+        )?;
+        let out = process::run(&cmd, &ctx.cancel).await;
+        if out.exit == Exit::Cancelled {
+            return Err(cancelled(&self.name));
+        }
+        let excerpt = out.excerpt(EXCERPT_LINES);
+        let mut evidence = Evidence {
+            exit_code: match out.exit {
+                Exit::Code(c) => Some(c),
+                _ => None,
+            },
+            ..Evidence::default()
+        };
+        let fail = |reason: String, evidence: Evidence| {
+            Ok(report(
+                &self.name,
+                false,
+                reason,
+                evidence,
+                started,
+                excerpt.clone(),
+            ))
+        };
+        if matches!(
+            out.exit,
+            Exit::NotFound(_) | Exit::SpawnFailed(_) | Exit::TimedOut(_)
+        ) {
+            return fail(format!("test command {}", out.describe()), evidence);
+        }
+        let parsed: Result<TestResults, String> = match s.format {
+            TestFormat::Libtest => results::libtest(&out.stdout.text()).map_err(|e| e.0),
+            TestFormat::Nextest => {
+                let text = format!("{}\n{}", out.stdout.text(), out.stderr.text());
+                results::nextest(&text).map_err(|e| e.0)
+            }
+            TestFormat::Junit => {
+                let rel = s.report.as_deref().unwrap_or_default();
+                let path = inside(&self.name, &ctx.workdir, rel)?;
+                match stale_or_missing(&path, rel, began) {
+                    Some(why) => Err(why),
+                    None => match std::fs::read(&path) {
+                        Ok(bytes) => {
+                            results::junit(&bytes).map_err(|e| format!("report {rel}: {}", e.0))
+                        }
+                        Err(e) => Err(format!("cannot read report {rel}: {e}")),
+                    },
+                }
+            }
+        };
+        let r = match parsed {
+            Ok(r) => r,
+            Err(why) => {
+                return fail(
+                    format!("{why}; the test command {}", out.describe()),
+                    evidence,
+                );
+            }
+        };
+        evidence.tests = Some(r.counts);
+        evidence.failures.clone_from(&r.failures);
+        let c = r.counts;
+        let reason = if c.failed > 0 {
+            let names: Vec<&str> = r.failures.iter().take(5).map(|f| f.name.as_str()).collect();
+            let more = r.failures.len().saturating_sub(5);
+            Some(format!(
+                "{} of {} tests failed{}{}{}",
+                c.failed,
+                c.ran(),
+                if names.is_empty() { "" } else { ": " },
+                names.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ))
+        } else if c.ran() < u64::from(s.min_tests) {
+            Some(if c.ran() == 0 {
+                format!(
+                    "no tests ran ({} skipped); at least {} must run",
+                    c.skipped, s.min_tests
+                )
+            } else {
+                format!(
+                    "only {} tests ran; at least {} must run",
+                    c.ran(),
+                    s.min_tests
+                )
+            })
+        } else if !out.success() {
+            Some(format!(
+                "the results show no failures, but the test command {}",
+                out.describe()
+            ))
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => fail(r, evidence),
+            None => Ok(report(
+                &self.name,
+                true,
+                format!("{} passed, {} skipped", c.passed, c.skipped),
+                evidence,
+                started,
+                excerpt,
+            )),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Helpers shared by the gates.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use orch_core::{Evidence, GateContext, GateError, GateErrorKind, GateReport, GateStatus};
+
+/// Lines of output shown in a report's excerpt.
+pub(crate) const EXCERPT_LINES: usize = 40;
+
+pub(crate) fn report(
+    gate: &str,
+    passed: bool,
+    reason: impl Into<String>,
+    evidence: Evidence,
+    started: Instant,
+    excerpt: String,
+) -> GateReport {
+    GateReport {
+        gate: gate.to_owned(),
+        status: if passed {
+            GateStatus::Passed
+        } else {
+            GateStatus::Failed
+        },
+        reason: reason.into(),
+        evidence,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        excerpt,
+        children: Vec::new(),
+    }
+}
+
+pub(crate) fn config(gate: &str, message: impl Into<String>) -> GateError {
+    GateError {
+        kind: GateErrorKind::Config,
+        gate: gate.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// `rel` resolved inside `workdir`. Absolute paths and `..` that would
+/// leave the work tree are refused: a gate reads only the work tree.
+pub(crate) fn inside(gate: &str, workdir: &Path, rel: &str) -> Result<PathBuf, GateError> {
+    let p = Path::new(rel);
+    let mut depth = 0i32;
+    for c in p.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => depth -= 1,
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(config(
+                    gate,
+                    format!("path {rel:?} must be relative to the work tree"),
+                ));
+            }
+        }
+        if depth < 0 {
+            return Err(config(gate, format!("path {rel:?} leaves the work tree")));
+        }
+    }
+    Ok(workdir.join(p))
+}
+
+/// Why a report file cannot be trusted, if it cannot.
+pub(crate) fn stale_or_missing(path: &Path, rel: &str, since: SystemTime) -> Option<String> {
+    match std::fs::metadata(path) {
+        Err(_) => Some(format!("report {rel} is missing")),
+        Ok(m) if !m.is_file() => Some(format!("report {rel} is not a file")),
+        Ok(m) => match m.modified() {
+            Ok(t) if t < since => Some(format!(
+                "report {rel} is stale: it was written before this check began"
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot read the time of report {rel}: {e}")),
+        },
+    }
+}
+
+pub(crate) fn cancelled(gate: &str) -> GateError {
+    GateError {
+        kind: GateErrorKind::Cancelled,
+        gate: gate.to_owned(),
+        message: "cancelled".into(),
+    }
+}
+
+pub(crate) fn timeout(ctx: &GateContext, secs: Option<u64>) -> std::time::Duration {
+    secs.map_or(ctx.timeout, std::time::Duration::from_secs)
+}

@@ -1,0 +1,159 @@
+//! [`CoverageGate`]: line (and branch) coverage against thresholds.
+
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use orch_core::plan::{CoverageFormat, CoverageGateSpec};
+use orch_core::{Evidence, Gate, GateContext, GateError, GateReport};
+
+use crate::common::{EXCERPT_LINES, cancelled, config, inside, report, stale_or_missing, timeout};
+use crate::coverage_parse::{self, Coverage};
+use crate::process::{self, Exit};
+
+/// Reads a coverage report (optionally running the command that writes it
+/// first) and compares line and branch coverage with the thresholds. A
+/// missing report, one older than the check (or than the phase, when no
+/// command is given), or one that covers no lines fails.
+#[derive(Debug, Clone)]
+pub struct CoverageGate {
+    name: String,
+    spec: CoverageGateSpec,
+}
+
+impl CoverageGate {
+    /// A gate for `spec`.
+    ///
+    /// # Errors
+    /// [`GateError`] (config) for thresholds outside 0-100 or an empty argv.
+    pub fn new(spec: CoverageGateSpec) -> Result<Self, GateError> {
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("coverage {}", spec.report));
+        for v in [Some(spec.min_line_percent), spec.min_branch_percent]
+            .into_iter()
+            .flatten()
+        {
+            if !(0.0..=100.0).contains(&v) {
+                return Err(config(&name, format!("{v} is not a percentage (0-100)")));
+            }
+        }
+        if spec
+            .argv
+            .as_ref()
+            .is_some_and(|a| a.first().is_none_or(String::is_empty))
+        {
+            return Err(config(&name, "argv must name a program"));
+        }
+        Ok(CoverageGate { name, spec })
+    }
+}
+
+#[async_trait]
+impl Gate for CoverageGate {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn check(&self, ctx: &GateContext) -> Result<GateReport, GateError> {
+        let started = Instant::now();
+        let s = &self.spec;
+        let path = inside(&self.name, &ctx.workdir, &s.report)?;
+        let mut since = ctx.since;
+        let mut excerpt = String::new();
+        let mut evidence = Evidence::default();
+        if let Some(argv) = &s.argv {
+            since = SystemTime::now() - std::time::Duration::from_millis(5);
+            let cmd = process::Command {
+                argv: argv.clone(),
+                shell: false,
+                cwd: ctx.workdir.clone(),
+                env: Default::default(),
+                timeout: timeout(ctx, s.timeout_secs),
+            };
+            let out = process::run(&cmd, &ctx.cancel).await;
+            if out.exit == Exit::Cancelled {
+                return Err(cancelled(&self.name));
+            }
+            excerpt = out.excerpt(EXCERPT_LINES);
+            if let Exit::Code(c) = out.exit {
+                evidence.exit_code = Some(c);
+            }
+            if !out.success() {
+                let reason = format!("coverage command `{}` {}", argv.join(" "), out.describe());
+                return Ok(report(
+                    &self.name, false, reason, evidence, started, excerpt,
+                ));
+            }
+        }
+        if let Some(why) = stale_or_missing(&path, &s.report, since) {
+            return Ok(report(&self.name, false, why, evidence, started, excerpt));
+        }
+        let parsed = std::fs::read(&path)
+            .map_err(|e| crate::results::ParseError(format!("cannot read: {e}")))
+            .and_then(|bytes| parse(s.format, &bytes));
+        let cov = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("report {} is unreadable: {}", s.report, e.0);
+                return Ok(report(
+                    &self.name, false, reason, evidence, started, excerpt,
+                ));
+            }
+        };
+        evidence.line_coverage = cov.line_percent();
+        evidence.branch_coverage = cov.branch_percent();
+        let Some(line) = cov.line_percent() else {
+            let reason = format!("report {} covers no lines", s.report);
+            return Ok(report(
+                &self.name, false, reason, evidence, started, excerpt,
+            ));
+        };
+        let mut problems = Vec::new();
+        if line < s.min_line_percent {
+            problems.push(format!(
+                "line coverage {line:.1}% ({}/{} lines) is below {}%",
+                cov.lines_covered, cov.lines_total, s.min_line_percent
+            ));
+        }
+        match (s.min_branch_percent, cov.branch_percent()) {
+            (Some(min), Some(b)) if b < min => problems.push(format!(
+                "branch coverage {b:.1}% ({}/{} branches) is below {min}%",
+                cov.branches_covered, cov.branches_total
+            )),
+            (Some(_), None) => problems.push(format!(
+                "a branch threshold is set but report {} has no branch data",
+                s.report
+            )),
+            _ => {}
+        }
+        let passed = problems.is_empty();
+        let reason = if passed {
+            match cov.branch_percent() {
+                Some(b) => format!("line coverage {line:.1}%, branch coverage {b:.1}%"),
+                None => format!(
+                    "line coverage {line:.1}% (at least {}%)",
+                    s.min_line_percent
+                ),
+            }
+        } else {
+            problems.join("; ")
+        };
+        Ok(report(
+            &self.name, passed, reason, evidence, started, excerpt,
+        ))
+    }
+}
+
+fn parse(format: CoverageFormat, bytes: &[u8]) -> Result<Coverage, crate::results::ParseError> {
+    let text = || {
+        std::str::from_utf8(bytes)
+            .map_err(|e| crate::results::ParseError(format!("not UTF-8 text: {e}")))
+    };
+    match format {
+        CoverageFormat::Lcov => coverage_parse::lcov(text()?),
+        CoverageFormat::Cobertura => coverage_parse::cobertura(bytes),
+        CoverageFormat::LlvmCovJson => coverage_parse::llvm_cov_json(text()?),
+        CoverageFormat::CoveragePyJson => coverage_parse::coverage_py_json(text()?),
+    }
+}

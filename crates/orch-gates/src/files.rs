@@ -1,0 +1,342 @@
+//! [`FilesGate`] and [`MetricGate`]: documents and measurements in the
+//! work tree.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use globset::{Glob, GlobMatcher};
+use orch_core::plan::{FilesGateSpec, MetricGateSpec};
+use orch_core::{Evidence, Gate, GateContext, GateError, GateReport};
+
+use crate::common::{config, inside, report, stale_or_missing};
+
+/// Largest file the gates read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+enum PathRule {
+    Literal(String),
+    Glob(String, GlobMatcher),
+}
+
+/// Paths or globs must match files that are non-empty and, for documents,
+/// within word bounds, containing the named terms and headings.
+pub struct FilesGate {
+    name: String,
+    spec: FilesGateSpec,
+    rules: Vec<PathRule>,
+}
+
+impl std::fmt::Debug for FilesGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilesGate")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FilesGate {
+    /// A gate for `spec`.
+    ///
+    /// # Errors
+    /// [`GateError`] (config) for an invalid glob, no paths, or min above max.
+    pub fn new(spec: FilesGateSpec) -> Result<Self, GateError> {
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("files {}", spec.paths.join(", ")));
+        if spec.paths.is_empty() {
+            return Err(config(&name, "name at least one path"));
+        }
+        if let (Some(lo), Some(hi)) = (spec.min_words, spec.max_words)
+            && lo > hi
+        {
+            return Err(config(
+                &name,
+                format!("min_words {lo} is above max_words {hi}"),
+            ));
+        }
+        let rules = spec
+            .paths
+            .iter()
+            .map(|p| {
+                if p.contains(['*', '?', '[', '{']) {
+                    Glob::new(p)
+                        .map(|g| PathRule::Glob(p.clone(), g.compile_matcher()))
+                        .map_err(|e| config(&name, format!("invalid glob {p:?}: {e}")))
+                } else {
+                    Ok(PathRule::Literal(p.clone()))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(FilesGate { name, spec, rules })
+    }
+}
+
+/// Files under `root` (relative paths, sorted), skipping `.git`.
+fn all_files(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for entry in ignore::WalkBuilder::new(root)
+        .standard_filters(false)
+        .filter_entry(|e| e.file_name() != ".git")
+        .build()
+        .flatten()
+    {
+        if entry.file_type().is_some_and(|t| t.is_file())
+            && let Ok(rel) = entry.path().strip_prefix(root)
+        {
+            out.push((
+                rel.to_string_lossy().into_owned(),
+                entry.path().to_path_buf(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Words of a Markdown document outside code fences: whitespace-separated
+/// tokens with at least one letter or digit.
+pub fn word_count(text: &str) -> u32 {
+    let mut fenced = false;
+    let mut n = 0u32;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            n += line
+                .split_whitespace()
+                .filter(|w| w.chars().any(char::is_alphanumeric))
+                .count() as u32;
+        }
+    }
+    n
+}
+
+fn has_heading(text: &str, section: &str) -> bool {
+    let want = section.to_lowercase();
+    text.lines().any(|l| {
+        let t = l.trim_start();
+        t.starts_with('#')
+            && t.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .contains(&want)
+    })
+}
+
+#[async_trait]
+impl Gate for FilesGate {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn check(&self, ctx: &GateContext) -> Result<GateReport, GateError> {
+        let started = Instant::now();
+        let s = &self.spec;
+        let mut listing: Option<Vec<(String, PathBuf)>> = None;
+        let mut problems: Vec<String> = Vec::new();
+        let mut checked = 0;
+        let mut words_seen = None;
+        for rule in &self.rules {
+            let matched: Vec<(String, PathBuf)> = match rule {
+                PathRule::Literal(p) => {
+                    let path = inside(&self.name, &ctx.workdir, p)?;
+                    if path.is_file() {
+                        vec![(p.clone(), path)]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                PathRule::Glob(_, m) => listing
+                    .get_or_insert_with(|| all_files(&ctx.workdir))
+                    .iter()
+                    .filter(|(rel, _)| m.is_match(rel))
+                    .cloned()
+                    .collect(),
+            };
+            if matched.is_empty() {
+                let p = match rule {
+                    PathRule::Literal(p) | PathRule::Glob(p, _) => p,
+                };
+                problems.push(format!("no file matches {p}"));
+                continue;
+            }
+            for (rel, path) in matched {
+                checked += 1;
+                let meta = std::fs::metadata(&path).ok();
+                let len = meta.map_or(0, |m| m.len());
+                if len > MAX_FILE_BYTES {
+                    problems.push(format!("{rel} is larger than {MAX_FILE_BYTES} bytes"));
+                    continue;
+                }
+                if s.non_empty && len == 0 {
+                    problems.push(format!("{rel} is empty"));
+                    continue;
+                }
+                let needs_text = s.min_words.is_some()
+                    || s.max_words.is_some()
+                    || !s.contains.is_empty()
+                    || !s.sections.is_empty();
+                if !needs_text {
+                    continue;
+                }
+                let text = match std::fs::read(&path) {
+                    Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                    Err(e) => {
+                        problems.push(format!("cannot read {rel}: {e}"));
+                        continue;
+                    }
+                };
+                let words = word_count(&text);
+                words_seen.get_or_insert(words);
+                if let Some(lo) = s.min_words.filter(|lo| words < *lo) {
+                    problems.push(format!(
+                        "{rel} has {words} words; at least {lo} are required"
+                    ));
+                }
+                if let Some(hi) = s.max_words.filter(|hi| words > *hi) {
+                    problems.push(format!("{rel} has {words} words; at most {hi} are allowed"));
+                }
+                let lower = text.to_lowercase();
+                for term in &s.contains {
+                    if !lower.contains(&term.to_lowercase()) {
+                        problems.push(format!("{rel} does not mention {term:?}"));
+                    }
+                }
+                for section in &s.sections {
+                    if !has_heading(&text, section) {
+                        problems.push(format!("{rel} has no \"{section}\" heading"));
+                    }
+                }
+            }
+        }
+        let evidence = Evidence {
+            measured: words_seen.map(f64::from),
+            ..Evidence::default()
+        };
+        let passed = problems.is_empty();
+        let reason = if passed {
+            format!("{checked} file(s) present and meet the rules")
+        } else {
+            problems.join("; ")
+        };
+        Ok(report(
+            &self.name,
+            passed,
+            reason,
+            evidence,
+            started,
+            String::new(),
+        ))
+    }
+}
+
+/// A number read from a JSON file (by JSON pointer) must be within bounds.
+/// The file must have been written during the phase being checked.
+#[derive(Debug, Clone)]
+pub struct MetricGate {
+    name: String,
+    spec: MetricGateSpec,
+}
+
+impl MetricGate {
+    /// A gate for `spec`.
+    ///
+    /// # Errors
+    /// [`GateError`] (config) without bounds, or with a pointer that does not
+    /// start with `/`.
+    pub fn new(spec: MetricGateSpec) -> Result<Self, GateError> {
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("metric {}{}", spec.file, spec.pointer));
+        if spec.min.is_none() && spec.max.is_none() {
+            return Err(config(&name, "give `max`, `min` or both"));
+        }
+        if !(spec.pointer.is_empty() || spec.pointer.starts_with('/')) {
+            return Err(config(
+                &name,
+                format!("{:?} is not a JSON pointer", spec.pointer),
+            ));
+        }
+        Ok(MetricGate { name, spec })
+    }
+}
+
+#[async_trait]
+impl Gate for MetricGate {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn check(&self, ctx: &GateContext) -> Result<GateReport, GateError> {
+        let started = Instant::now();
+        let s = &self.spec;
+        let path = inside(&self.name, &ctx.workdir, &s.file)?;
+        let fail = |reason: String, evidence: Evidence| {
+            Ok(report(
+                &self.name,
+                false,
+                reason,
+                evidence,
+                started,
+                String::new(),
+            ))
+        };
+        if let Some(why) = stale_or_missing(&path, &s.file, ctx.since) {
+            return fail(why, Evidence::default());
+        }
+        let value: serde_json::Value = match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                return fail(
+                    format!("{} is not valid JSON: {e}", s.file),
+                    Evidence::default(),
+                );
+            }
+        };
+        let Some(v) = value.pointer(&s.pointer) else {
+            return fail(
+                format!("{} has no value at {}", s.file, s.pointer),
+                Evidence::default(),
+            );
+        };
+        let Some(x) = v.as_f64() else {
+            return fail(
+                format!("{}{} is {v}, not a number", s.file, s.pointer),
+                Evidence::default(),
+            );
+        };
+        let evidence = Evidence {
+            measured: Some(x),
+            ..Evidence::default()
+        };
+        let what = format!("{}{} = {x}", s.file, s.pointer);
+        if let Some(max) = s.max.filter(|m| x > *m) {
+            return fail(format!("{what}, above the maximum {max}"), evidence);
+        }
+        if let Some(min) = s.min.filter(|m| x < *m) {
+            return fail(format!("{what}, below the minimum {min}"), evidence);
+        }
+        let bounds = match (s.min, s.max) {
+            (Some(lo), Some(hi)) => format!("within {lo}..={hi}"),
+            (None, Some(hi)) => format!("at most {hi}"),
+            (Some(lo), None) => format!("at least {lo}"),
+            (None, None) => String::new(),
+        };
+        Ok(report(
+            &self.name,
+            true,
+            format!("{what}, {bounds}"),
+            evidence,
+            started,
+            String::new(),
+        ))
+    }
+}

@@ -1,0 +1,262 @@
+//! [`PatternsGate`]: forbidden patterns in files (secrets, PII, non-ASCII
+//! log messages, your own regexes), respecting `.gitignore`.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use orch_core::plan::{BuiltinPatterns, PatternsGateSpec};
+use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, Hit};
+use regex::Regex;
+
+use crate::common::{config, report};
+use crate::files::MAX_FILE_BYTES;
+
+/// A named rule, with an optional check that confirms a match (Luhn for
+/// card numbers) to keep false alarms down.
+struct Rule {
+    name: String,
+    regex: Regex,
+    confirm: Option<fn(&str) -> bool>,
+}
+
+fn luhn(s: &str) -> bool {
+    let digits: Vec<u32> = s.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// The rules of a built-in set: `(name, regex, confirm)`.
+pub fn builtin(set: BuiltinPatterns) -> Vec<(&'static str, &'static str)> {
+    match set {
+        BuiltinPatterns::Secrets => vec![
+            ("AWS access key id", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+            (
+                "private key",
+                r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |PGP |ENCRYPTED )?PRIVATE KEY(?: BLOCK)?-----",
+            ),
+            ("GitHub token", r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
+            ("Anthropic API key", r"\bsk-ant-[A-Za-z0-9_\-]{20,}"),
+            ("OpenAI API key", r"\bsk-(?:proj-)?[A-Za-z0-9]{32,}\b"),
+            ("Slack token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
+            ("Google API key", r"\bAIza[0-9A-Za-z_\-]{35}\b"),
+            (
+                "hard-coded credential",
+                r#"(?i)\b(?:password|passwd|secret|api[_-]?key|access[_-]?token)\s*[:=]\s*["'][^"'\s]{8,}["']"#,
+            ),
+        ],
+        BuiltinPatterns::Pii => vec![
+            (
+                "e-mail address",
+                r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+            ),
+            ("US social security number", r"\b\d{3}-\d{2}-\d{4}\b"),
+            ("payment card number", r"\b(?:\d[ -]?){12,18}\d\b"),
+            (
+                "phone number",
+                r"\+\d{1,3}[ -]?\(?\d{2,4}\)?[ -]?\d{3,4}[ -]?\d{3,4}\b",
+            ),
+        ],
+        BuiltinPatterns::NonAsciiLogs => vec![(
+            "non-ASCII in a log message",
+            r#"(?:\b(?:log|tracing)::)?\b(?:trace|debug|info|warn|warning|error|println|eprintln|print|logger\.\w+|logging\.\w+|console\.\w+)!?\s*\(.*["'][^"'\n]*[^\x00-\x7F][^"'\n]*["']"#,
+        )],
+    }
+}
+
+/// Fails when any selected file matches a forbidden pattern; reports
+/// `file:line` of each hit, up to `max_hits`. Files ignored by `.gitignore`
+/// (and `.git` itself) are not scanned; binary files are skipped.
+pub struct PatternsGate {
+    name: String,
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+    rules: Vec<Rule>,
+    max_hits: usize,
+}
+
+impl std::fmt::Debug for PatternsGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatternsGate")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn globs(name: &str, patterns: &[String]) -> Result<GlobSet, GateError> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(Glob::new(p).map_err(|e| config(name, format!("invalid glob {p:?}: {e}")))?);
+    }
+    b.build().map_err(|e| config(name, e.to_string()))
+}
+
+impl PatternsGate {
+    /// A gate for `spec`.
+    ///
+    /// # Errors
+    /// [`GateError`] (config) for an invalid regex or glob, or no patterns.
+    pub fn new(spec: PatternsGateSpec) -> Result<Self, GateError> {
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| "forbidden patterns".into());
+        let mut rules = Vec::new();
+        for set in &spec.builtin {
+            for (rule, re) in builtin(*set) {
+                rules.push(Rule {
+                    name: rule.to_owned(),
+                    regex: Regex::new(re).map_err(|e| config(&name, e.to_string()))?,
+                    confirm: (rule == "payment card number").then_some(luhn as fn(&str) -> bool),
+                });
+            }
+        }
+        for p in &spec.patterns {
+            rules.push(Rule {
+                name: p.name.clone(),
+                regex: Regex::new(&p.regex)
+                    .map_err(|e| config(&name, format!("pattern {:?}: {e}", p.name)))?,
+                confirm: None,
+            });
+        }
+        if rules.is_empty() {
+            return Err(config(&name, "give at least one pattern or builtin set"));
+        }
+        Ok(PatternsGate {
+            include: if spec.include.is_empty() {
+                None
+            } else {
+                Some(globs(&name, &spec.include)?)
+            },
+            exclude: globs(&name, &spec.exclude)?,
+            rules,
+            max_hits: spec.max_hits as usize,
+            name,
+        })
+    }
+}
+
+#[async_trait]
+impl Gate for PatternsGate {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn check(&self, ctx: &GateContext) -> Result<GateReport, GateError> {
+        let started = Instant::now();
+        let root = ctx.workdir.clone();
+        let mut hits: Vec<Hit> = Vec::new();
+        let mut total = 0usize;
+        let mut scanned = 0usize;
+        let walker = ignore::WalkBuilder::new(&root)
+            .hidden(false)
+            .require_git(false)
+            .filter_entry(|e| e.file_name() != ".git")
+            .build();
+        for entry in walker.flatten() {
+            if ctx.cancel.is_cancelled() {
+                return Err(crate::common::cancelled(&self.name));
+            }
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
+                continue;
+            }
+            let Ok(rel) = entry.path().strip_prefix(&root) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy().into_owned();
+            if self.include.as_ref().is_some_and(|g| !g.is_match(&rel))
+                || self.exclude.is_match(&rel)
+            {
+                continue;
+            }
+            if entry.metadata().map_or(true, |m| m.len() > MAX_FILE_BYTES) {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            if bytes[..bytes.len().min(8192)].contains(&0) {
+                continue; // binary
+            }
+            scanned += 1;
+            let text = String::from_utf8_lossy(&bytes);
+            for (i, line) in text.lines().enumerate() {
+                for rule in &self.rules {
+                    let found = rule
+                        .regex
+                        .find_iter(line)
+                        .any(|m| rule.confirm.is_none_or(|c| c(m.as_str())));
+                    if found {
+                        total += 1;
+                        if hits.len() < self.max_hits {
+                            hits.push(Hit {
+                                file: rel.clone(),
+                                line: i as u64 + 1,
+                                rule: rule.name.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let passed = total == 0;
+        let reason = if passed {
+            format!("no forbidden patterns in {scanned} files")
+        } else {
+            let first: Vec<String> = hits
+                .iter()
+                .take(3)
+                .map(|h| format!("{}:{} ({})", h.file, h.line, h.rule))
+                .collect();
+            format!(
+                "{total} forbidden pattern hit(s){}: {}",
+                if total > hits.len() {
+                    format!(", first {} listed", hits.len())
+                } else {
+                    String::new()
+                },
+                first.join(", ")
+            )
+        };
+        let evidence = Evidence {
+            hits,
+            measured: Some(total as f64),
+            ..Evidence::default()
+        };
+        Ok(report(
+            &self.name,
+            passed,
+            reason,
+            evidence,
+            started,
+            String::new(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::luhn;
+
+    #[test]
+    fn luhn_accepts_test_cards_only() {
+        assert!(luhn("4111 1111 1111 1111"));
+        assert!(luhn("5500-0000-0000-0004"));
+        assert!(!luhn("4111 1111 1111 1112"));
+        assert!(!luhn("1234"));
+    }
+}

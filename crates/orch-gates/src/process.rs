@@ -1,0 +1,335 @@
+//! Running a command the way every gate does: argv (no shell unless asked),
+//! its own process group, a timeout and cancellation that kill the whole
+//! group, output captured with a cap that keeps head and tail, and
+//! detection of children that outlive the command.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use orch_core::Cancellation;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Bytes kept from the start and from the end of each output stream.
+pub const KEEP_BYTES: usize = 512 * 1024;
+
+/// Output of one stream, capped: the first and last [`KEEP_BYTES`] bytes.
+#[derive(Debug, Default, Clone)]
+pub struct Captured {
+    head: Vec<u8>,
+    tail: VecDeque<u8>,
+    total: u64,
+    keep: usize,
+}
+
+impl Captured {
+    fn new(keep: usize) -> Self {
+        Captured {
+            keep,
+            ..Captured::default()
+        }
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        let room = self.keep.saturating_sub(self.head.len());
+        let take = room.min(bytes.len());
+        self.head.extend_from_slice(&bytes[..take]);
+        bytes = &bytes[take..];
+        if bytes.len() >= self.keep {
+            bytes = &bytes[bytes.len() - self.keep..];
+            self.tail.clear();
+        }
+        let overflow = (self.tail.len() + bytes.len()).saturating_sub(self.keep);
+        self.tail.drain(..overflow);
+        self.tail.extend(bytes);
+    }
+
+    /// Bytes written to the stream in all.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Bytes dropped from the middle.
+    pub fn dropped(&self) -> u64 {
+        self.total - (self.head.len() + self.tail.len()) as u64
+    }
+
+    /// The kept text (lossy UTF-8), with a marker where bytes were dropped.
+    pub fn text(&self) -> String {
+        let mut s = String::from_utf8_lossy(&self.head).into_owned();
+        if self.dropped() > 0 {
+            s.push_str(&format!("\n[... {} bytes dropped ...]\n", self.dropped()));
+        }
+        let (a, b) = self.tail.as_slices();
+        let mut tail = Vec::with_capacity(a.len() + b.len());
+        tail.extend_from_slice(a);
+        tail.extend_from_slice(b);
+        s.push_str(&String::from_utf8_lossy(&tail));
+        s
+    }
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this status.
+    Code(i32),
+    /// It was killed by this signal (not by us).
+    Signal(i32),
+    /// It ran past its time limit; its process group was killed.
+    TimedOut(Duration),
+    /// It was cancelled; its process group was killed.
+    Cancelled,
+    /// The program does not exist.
+    NotFound(String),
+    /// The program could not be started for another reason.
+    SpawnFailed(String),
+}
+
+/// What running a command produced.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// How it ended.
+    pub exit: Exit,
+    /// Standard output.
+    pub stdout: Captured,
+    /// Standard error.
+    pub stderr: Captured,
+    /// Processes of its group were still running after it exited (they
+    /// were killed).
+    pub lingering: bool,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+impl Output {
+    /// Whether it exited with status 0 and left nothing running.
+    pub fn success(&self) -> bool {
+        self.exit == Exit::Code(0) && !self.lingering
+    }
+
+    /// A one-line description of how it ended, for reports.
+    pub fn describe(&self) -> String {
+        let base = match &self.exit {
+            Exit::Code(0) => "exited with status 0".to_owned(),
+            Exit::Code(c) => format!("exited with status {c}"),
+            Exit::Signal(s) => format!(
+                "was killed by signal {s}{}",
+                Signal::try_from(*s)
+                    .map(|x| format!(" ({x})"))
+                    .unwrap_or_default()
+            ),
+            Exit::TimedOut(t) => format!(
+                "timed out after {}s; its process group was killed",
+                t.as_secs_f64().round()
+            ),
+            Exit::Cancelled => "was cancelled; its process group was killed".to_owned(),
+            Exit::NotFound(p) => format!("command not found: {p}"),
+            Exit::SpawnFailed(e) => format!("could not be started: {e}"),
+        };
+        if self.lingering {
+            format!("{base}, but left processes running (they were killed)")
+        } else {
+            base
+        }
+    }
+
+    /// The last `lines` lines of stdout and of stderr, labelled.
+    pub fn excerpt(&self, lines: usize) -> String {
+        let mut s = String::new();
+        for (name, c) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let text = c.text();
+            let text = text.trim_end();
+            if text.is_empty() {
+                continue;
+            }
+            let all: Vec<&str> = text.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            s.push_str(&format!(
+                "--- {name} (last {} of {} lines)\n",
+                all.len() - start,
+                all.len()
+            ));
+            for l in &all[start..] {
+                let l: String = l.chars().take(300).collect();
+                s.push_str(&l);
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// Program and arguments; with `shell`, one command string.
+    pub argv: Vec<String>,
+    /// Run `argv[0]` with `sh -c`.
+    pub shell: bool,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Variables added to the inherited environment.
+    pub env: BTreeMap<String, String>,
+    /// Time limit.
+    pub timeout: Duration,
+}
+
+/// Kills the process group when dropped (the future was dropped, or we are
+/// done and want no orphans).
+struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+    fn alive(&self) -> bool {
+        self.0
+            .is_some_and(|pgid| killpg(Pid::from_raw(pgid), None).is_ok())
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn pump<R: AsyncRead + Unpin>(mut r: R, keep: usize) -> Captured {
+    let mut c = Captured::new(keep);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return c,
+            Ok(n) => c.push(&buf[..n]),
+        }
+    }
+}
+
+/// Runs `cmd` to the end, its time limit, or cancellation.
+pub async fn run(cmd: &Command, cancel: &Cancellation) -> Output {
+    let started = Instant::now();
+    let finish = |exit, stdout, stderr, lingering| Output {
+        exit,
+        stdout,
+        stderr,
+        lingering,
+        duration: started.elapsed(),
+    };
+    let (program, args): (&str, Vec<&str>) = if cmd.shell {
+        (
+            "sh",
+            vec!["-c", cmd.argv.first().map_or("", String::as_str)],
+        )
+    } else {
+        match cmd.argv.split_first() {
+            Some((p, rest)) => (p.as_str(), rest.iter().map(String::as_str).collect()),
+            None => {
+                return finish(
+                    Exit::SpawnFailed("empty argv".into()),
+                    Captured::default(),
+                    Captured::default(),
+                    false,
+                );
+            }
+        }
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(&args)
+        .current_dir(&cmd.cwd)
+        .envs(&cmd.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let exit = if e.kind() == std::io::ErrorKind::NotFound {
+                if cmd.cwd.is_dir() {
+                    Exit::NotFound(program.to_owned())
+                } else {
+                    Exit::SpawnFailed(format!(
+                        "working directory {} does not exist",
+                        cmd.cwd.display()
+                    ))
+                }
+            } else {
+                Exit::SpawnFailed(format!("{program}: {e}"))
+            };
+            return finish(exit, Captured::default(), Captured::default(), false);
+        }
+    };
+    let mut group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+    let out = tokio::spawn(pump(child.stdout.take().expect("piped"), KEEP_BYTES));
+    let err = tokio::spawn(pump(child.stderr.take().expect("piped"), KEEP_BYTES));
+
+    let exit = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                match (s.code(), s.signal()) {
+                    (Some(c), _) => Exit::Code(c),
+                    (None, Some(sig)) => Exit::Signal(sig),
+                    (None, None) => Exit::SpawnFailed("no exit status".into()),
+                }
+            }
+            Err(e) => Exit::SpawnFailed(format!("waiting for {program}: {e}")),
+        },
+        () = tokio::time::sleep(cmd.timeout) => {
+            group.kill();
+            let _ = child.wait().await;
+            Exit::TimedOut(cmd.timeout)
+        }
+        () = cancel.cancelled() => {
+            group.kill();
+            let _ = child.wait().await;
+            Exit::Cancelled
+        }
+    };
+    // Anything left in the group outlived the command: kill it, so its
+    // pipes close and nothing runs on after the gate.
+    let lingering = matches!(exit, Exit::Code(_) | Exit::Signal(_)) && group.alive();
+    group.kill();
+    group.0 = None;
+    // A process that left the group may still hold a pipe; stop waiting.
+    let grace = Duration::from_secs(5);
+    let stdout = tokio::time::timeout(grace, out)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let stderr = tokio::time::timeout(grace, err)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    finish(exit, stdout, stderr, lingering)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captured_keeps_head_and_tail() {
+        let mut c = Captured::new(4);
+        c.push(b"abcdefgh");
+        c.push(b"ij");
+        c.push(b"klmnop");
+        assert_eq!(c.total(), 16);
+        assert_eq!(c.dropped(), 8);
+        assert_eq!(c.text(), "abcd\n[... 8 bytes dropped ...]\nmnop");
+        let mut small = Captured::new(10);
+        small.push(b"hello");
+        assert_eq!(small.text(), "hello");
+    }
+}
