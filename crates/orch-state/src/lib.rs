@@ -1,10 +1,23 @@
 //! # orch-state
 //!
-//! Durable run state for orch: SQLite, in-memory and PostgreSQL stores, state files, git checkpoints.
+//! Where a run lives, so it survives a crash and a person can read where it
+//! stands:
 //!
-//! Implementations of [`StateStore`](orch_core::StateStore) live here. This crate depends on
-//! `orch-core` only, never on its sibling crates.
-//!
-//! Status: the contract is defined in `orch-core`; the implementations
-//! are tracked in the project's open issues and are not part of this
-//! release yet, so this crate exports nothing.
+//! * [`StateStore`](orch_core::StateStore) backends: [`SqliteStore`] (the
+//!   embedded default: WAL, fsync per commit, group commit of concurrent
+//!   appends, versioned schema) and [`MemoryStore`]; both pass the shared
+//!   [`conformance`] suite.
+//! * [`views`]: `ORCHESTRATOR_STATE.md`, `AGENT_REGISTRY.md`,
+//!   `TEST_RESULTS.md`, `DECISION_QUEUE.md` and one JSON file per ticket,
+//!   rendered from the folded state and written atomically.
+//! * [`git`]: a worktree per ticket, checkpoint commits as rollback points,
+//!   batch merges that report conflicts as a result.
+
+pub mod conformance;
+pub mod git;
+mod memory;
+mod sqlite;
+pub mod views;
+
+pub use memory::MemoryStore;
+pub use sqlite::{SCHEMA_VERSION, SqliteStore};

@@ -1,0 +1,334 @@
+//! The conformance suite every [`StateStore`] runs: the memory store, the
+//! SQLite store, and any backend you write (the PostgreSQL store runs it
+//! too). Each check panics with a message on the first violation, so call
+//! it from a test:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use orch_core::StateStore;
+//! let store: Arc<dyn StateStore> = Arc::new(orch_state::MemoryStore::new());
+//! let open = move || Arc::clone(&store);
+//! let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+//! rt.block_on(orch_state::conformance::run_all(&open));
+//! ```
+//!
+//! `open` returns the store; calling it again must give a store over the
+//! same data (for disk stores, reopen the file), which is how durability
+//! across reopen is checked.
+
+use std::sync::Arc;
+
+use orch_core::{
+    Event, EventId, EventKind, RunId, RunState, StateStore, StoreErrorKind, TicketId, TicketStatus,
+    Timestamp,
+};
+
+/// Opens the store under test (again).
+pub type Open<'a> = &'a (dyn Fn() -> Arc<dyn StateStore> + Send + Sync);
+
+fn run(name: &str) -> RunId {
+    RunId::new(name).expect("valid run id")
+}
+
+fn t(i: u64) -> TicketId {
+    TicketId::new(format!("T-{i}")).expect("valid ticket id")
+}
+
+fn ev(id: u128, kind: EventKind) -> Event {
+    Event {
+        id: EventId(id),
+        at: Timestamp(1_700_000_000_000 + id as u64),
+        kind,
+    }
+}
+
+/// Runs every check.
+pub async fn run_all(open: Open<'_>) {
+    ordering(open).await;
+    reopen(open).await;
+    idempotent(open).await;
+    batches_are_atomic(open).await;
+    concurrent_appenders(open).await;
+    folded_state(open).await;
+    listing_runs(open).await;
+}
+
+/// Events get consecutive seqs from 1 in append order; reads page.
+pub async fn ordering(open: Open<'_>) {
+    let s = open();
+    let r = run("conf-ordering");
+    let mut seqs = Vec::new();
+    for i in 0..25u64 {
+        seqs.extend(
+            s.append(
+                &r,
+                &[ev(
+                    u128::from(i) + 1,
+                    EventKind::TicketReady { ticket: t(i) },
+                )],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    seqs.extend(
+        s.append(
+            &r,
+            &[
+                ev(100, EventKind::TicketDone { ticket: t(0) }),
+                ev(101, EventKind::TicketDone { ticket: t(1) }),
+            ],
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        seqs,
+        (1..=27).collect::<Vec<u64>>(),
+        "seqs are consecutive from 1"
+    );
+    let all = s.read(&r, 0, 1000).await.unwrap();
+    assert_eq!(all.len(), 27);
+    assert!(all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
+    assert_eq!(all[25].event.id, EventId(100), "batch order kept");
+    let page = s.read(&r, 10, 5).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [11, 12, 13, 14, 15]
+    );
+    assert!(s.read(&r, 27, 10).await.unwrap().is_empty());
+    assert!(
+        s.read(&run("conf-no-such-run"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "unknown run has no events"
+    );
+}
+
+/// What was appended is there after reopening, byte for byte.
+pub async fn reopen(open: Open<'_>) {
+    let r = run("conf-reopen");
+    let events: Vec<Event> = (0..10u64)
+        .map(|i| {
+            ev(
+                1000 + u128::from(i),
+                EventKind::AgentOutput {
+                    agent: "a-1".parse().unwrap(),
+                    text: format!("line {i} ✓ \"quoted\""),
+                },
+            )
+        })
+        .collect();
+    {
+        let s = open();
+        s.append(&r, &events).await.unwrap();
+    }
+    let s = open();
+    let back: Vec<Event> = s
+        .read(&r, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(back, events, "journal survives reopen unchanged");
+    let more = s
+        .append(&r, &[ev(2000, EventKind::TicketReady { ticket: t(1) })])
+        .await
+        .unwrap();
+    assert_eq!(more, [11], "numbering continues after reopen");
+}
+
+/// Re-appending an event id is a no-op returning its seq; the same id with
+/// different content is a conflict that stores nothing.
+pub async fn idempotent(open: Open<'_>) {
+    let s = open();
+    let r = run("conf-idempotent");
+    let a = ev(1, EventKind::TicketReady { ticket: t(1) });
+    let b = ev(2, EventKind::TicketReady { ticket: t(2) });
+    assert_eq!(s.append(&r, &[a.clone(), b.clone()]).await.unwrap(), [1, 2]);
+    assert_eq!(
+        s.append(&r, &[b.clone(), a.clone()]).await.unwrap(),
+        [2, 1],
+        "re-append returns existing seqs"
+    );
+    assert_eq!(
+        s.append(
+            &r,
+            &[a.clone(), ev(3, EventKind::TicketDone { ticket: t(1) })]
+        )
+        .await
+        .unwrap(),
+        [1, 3]
+    );
+    let mut forged = a.clone();
+    forged.kind = EventKind::TicketDone { ticket: t(9) };
+    let e = s.append(&r, &[forged]).await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Conflict, "{e}");
+    assert_eq!(
+        s.read(&r, 0, 100).await.unwrap().len(),
+        3,
+        "nothing stored by the conflict"
+    );
+    // The same id twice in one batch is stored once.
+    assert_eq!(
+        s.append(
+            &r,
+            &[
+                ev(4, EventKind::TicketDone { ticket: t(2) }),
+                ev(4, EventKind::TicketDone { ticket: t(2) })
+            ]
+        )
+        .await
+        .unwrap(),
+        [4, 4]
+    );
+}
+
+/// A batch with a conflicting event stores none of its events.
+pub async fn batches_are_atomic(open: Open<'_>) {
+    let s = open();
+    let r = run("conf-atomic");
+    let a = ev(1, EventKind::TicketReady { ticket: t(1) });
+    s.append(&r, std::slice::from_ref(&a)).await.unwrap();
+    let mut forged = a.clone();
+    forged.kind = EventKind::TicketDone { ticket: t(1) };
+    let e = s
+        .append(
+            &r,
+            &[ev(2, EventKind::TicketReady { ticket: t(2) }), forged],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Conflict);
+    let all = s.read(&r, 0, 100).await.unwrap();
+    assert_eq!(all.len(), 1, "the failed batch left nothing behind");
+    assert_eq!(
+        s.append(&r, &[ev(2, EventKind::TicketReady { ticket: t(2) })])
+            .await
+            .unwrap(),
+        [2],
+        "no gap"
+    );
+}
+
+/// Many tasks appending at once: every acknowledged event is stored once,
+/// seqs have no gaps, each task's events keep their order.
+pub async fn concurrent_appenders(open: Open<'_>) {
+    let s = open();
+    let r = run("conf-concurrent");
+    let tasks = 16u128;
+    let per = 40u128;
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let (s, r) = (Arc::clone(&s), r.clone());
+        handles.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..per {
+                let id = task * 1000 + i + 1;
+                let seq = s
+                    .append(
+                        &r,
+                        &[ev(
+                            id,
+                            EventKind::AgentOutput {
+                                agent: "a-1".parse().unwrap(),
+                                text: format!("{task}:{i}"),
+                            },
+                        )],
+                    )
+                    .await
+                    .unwrap();
+                acked.push((id, seq[0]));
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for h in handles {
+        acked.extend(h.await.unwrap());
+    }
+    let all = s.read(&r, 0, 100_000).await.unwrap();
+    assert_eq!(all.len() as u128, tasks * per);
+    assert!(
+        all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1),
+        "no gaps"
+    );
+    for (id, seq) in acked {
+        assert_eq!(
+            all[seq as usize - 1].event.id,
+            EventId(id),
+            "acknowledged seq points at the event"
+        );
+    }
+    for task in 0..tasks {
+        let mine: Vec<u128> = all
+            .iter()
+            .map(|e| e.event.id.0)
+            .filter(|id| id / 1000 == task)
+            .collect();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "per-task order kept");
+    }
+}
+
+/// `state` is the fold of the journal.
+pub async fn folded_state(open: Open<'_>) {
+    let s = open();
+    let r = run("conf-state");
+    let mut events = vec![ev(
+        1,
+        EventKind::RunStarted {
+            run: r.clone(),
+            plan: "p".into(),
+            fingerprint: "f".into(),
+            resumed: false,
+        },
+    )];
+    for i in 0..30u64 {
+        events.push(ev(
+            10 + u128::from(i),
+            EventKind::TicketReady { ticket: t(i) },
+        ));
+        if i % 3 == 0 {
+            events.push(ev(
+                100 + u128::from(i),
+                EventKind::TicketDone { ticket: t(i) },
+            ));
+        }
+    }
+    for chunk in events.chunks(7) {
+        s.append(&r, chunk).await.unwrap();
+    }
+    let state = s.state(&r).await.unwrap();
+    assert_eq!(state, RunState::fold(&events));
+    assert_eq!(state.count(TicketStatus::Done), 10);
+    assert_eq!(state.run.as_ref(), Some(&r));
+}
+
+/// Every run with a journal is listed, once.
+pub async fn listing_runs(open: Open<'_>) {
+    let s = open();
+    for name in ["conf-list-a", "conf-list-b"] {
+        s.append(
+            &run(name),
+            &[ev(1, EventKind::TicketReady { ticket: t(1) })],
+        )
+        .await
+        .unwrap();
+        s.append(
+            &run(name),
+            &[ev(2, EventKind::TicketReady { ticket: t(2) })],
+        )
+        .await
+        .unwrap();
+    }
+    let runs = s.runs().await.unwrap();
+    for name in ["conf-list-a", "conf-list-b"] {
+        assert_eq!(
+            runs.iter().filter(|r| r.as_str() == name).count(),
+            1,
+            "{name} listed once in {runs:?}"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Git isolation: a worktree and branch per ticket, checkpoint commits as
+//! rollback points, and batch merges that report conflicts as a result.
+//!
+//! Uses the `git` command (gix cannot create worktrees; git2 needs
+//! libgit2). Every call is argv, never a shell string. Ids are validated, so
+//! they are safe in branch names and paths.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use orch_core::{BatchId, RunId, TicketId};
+
+/// A git command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitError {
+    /// The command line.
+    pub command: String,
+    /// What git said.
+    pub message: String,
+}
+
+impl std::fmt::Display for GitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` failed: {}", self.command, self.message.trim())
+    }
+}
+
+impl std::error::Error for GitError {}
+
+/// A repository orch works in.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    root: PathBuf,
+    worktrees: PathBuf,
+}
+
+/// A ticket's worktree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worktree {
+    /// Where it is checked out.
+    pub path: PathBuf,
+    /// Its branch, `orch/<run>/<ticket>`.
+    pub branch: String,
+}
+
+/// The result of merging a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeOutcome {
+    /// Every ticket branch merged; the batch branch is at `commit`.
+    Merged {
+        /// The merge result.
+        commit: String,
+    },
+    /// `branch` conflicts in `files`; the batch branch is left as it was
+    /// before that merge, and the ticket branches are untouched.
+    Conflict {
+        /// The ticket branch that could not be merged.
+        branch: String,
+        /// The conflicting files.
+        files: Vec<String>,
+    },
+}
+
+fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .map_err(|e| GitError {
+            command: format!("git {}", args.join(" ")),
+            message: format!("cannot run git: {e}"),
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    } else {
+        Err(GitError {
+            command: format!("git {}", args.join(" ")),
+            message: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+/// The trailer that marks a checkpoint commit, so a checkpoint made before
+/// a crash is recognised instead of made twice.
+pub const CHECKPOINT_TRAILER: &str = "Orch-Checkpoint";
+
+impl Repo {
+    /// A repository at `root`; worktrees go under `root/.orch/worktrees`.
+    ///
+    /// # Errors
+    /// When `root` is not inside a git work tree.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Repo, GitError> {
+        let root = root.into();
+        let top = run_git(&root, &["rev-parse", "--show-toplevel"])?;
+        let root = PathBuf::from(top);
+        Ok(Repo {
+            worktrees: root.join(".orch").join("worktrees"),
+            root,
+        })
+    }
+
+    /// The repository's top directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Runs git in the repository.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn git(&self, args: &[&str]) -> Result<String, GitError> {
+        run_git(&self.root, args)
+    }
+
+    /// The commit `rev` names.
+    ///
+    /// # Errors
+    /// When `rev` does not name a commit.
+    pub fn resolve(&self, rev: &str) -> Result<String, GitError> {
+        self.git(&["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
+    }
+
+    /// The branch of a ticket's worktree.
+    pub fn ticket_branch(run: &RunId, ticket: &TicketId) -> String {
+        format!("orch/{run}/{ticket}")
+    }
+
+    /// Creates (or, after a crash, finds) the worktree of `ticket` on
+    /// branch `orch/<run>/<ticket>`, starting from `base`.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn worktree(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        base: &str,
+    ) -> Result<Worktree, GitError> {
+        let branch = Self::ticket_branch(run, ticket);
+        let path = self.worktrees.join(run.as_str()).join(ticket.as_str());
+        if path.join(".git").exists() {
+            return Ok(Worktree { path, branch });
+        }
+        // A directory left half-made by a crash, or a stale registration.
+        let _ = self.git(&["worktree", "prune"]);
+        if path.exists() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+        std::fs::create_dir_all(path.parent().unwrap_or(&self.worktrees)).map_err(|e| {
+            GitError {
+                command: "mkdir".into(),
+                message: format!("{}: {e}", path.display()),
+            }
+        })?;
+        let p = path.to_string_lossy().into_owned();
+        if self.resolve(&branch).is_ok() {
+            self.git(&["worktree", "add", &p, &branch])?;
+        } else {
+            self.git(&["worktree", "add", "-b", &branch, &p, base])?;
+        }
+        Ok(Worktree { path, branch })
+    }
+
+    /// Removes a worktree (the branch stays).
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn remove_worktree(&self, wt: &Worktree) -> Result<(), GitError> {
+        self.git(&["worktree", "remove", "--force", &wt.path.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// Worktrees of `run` that orch created and that are not in `active`:
+    /// left behind by a crash.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn stale_worktrees(
+        &self,
+        run: &RunId,
+        active: &[TicketId],
+    ) -> Result<Vec<Worktree>, GitError> {
+        let list = self.git(&["worktree", "list", "--porcelain"])?;
+        let prefix = format!("refs/heads/orch/{run}/");
+        let mut out = Vec::new();
+        let mut path: Option<PathBuf> = None;
+        for line in list.lines() {
+            if let Some(p) = line.strip_prefix("worktree ") {
+                path = Some(PathBuf::from(p));
+            } else if let Some(b) = line.strip_prefix("branch ")
+                && let (Some(ticket), Some(p)) = (b.strip_prefix(&prefix), path.take())
+                && !active.iter().any(|a| a.as_str() == ticket)
+            {
+                out.push(Worktree {
+                    path: p,
+                    branch: b.trim_start_matches("refs/heads/").to_owned(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits everything in the worktree as the checkpoint `key` (e.g.
+    /// `run/ticket/phase/attempt`) and returns the commit. If the branch
+    /// head already is that checkpoint (made before a crash), returns it
+    /// without committing again.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn checkpoint(&self, wt: &Worktree, key: &str, message: &str) -> Result<String, GitError> {
+        let head_msg = run_git(&wt.path, &["log", "-1", "--format=%B"]).unwrap_or_default();
+        let trailer = format!("{CHECKPOINT_TRAILER}: {key}");
+        if head_msg.lines().any(|l| l.trim() == trailer) {
+            return run_git(&wt.path, &["rev-parse", "HEAD"]);
+        }
+        run_git(&wt.path, &["add", "-A"])?;
+        let msg = format!("{message}\n\n{trailer}\n");
+        run_git(
+            &wt.path,
+            &[
+                "-c",
+                "user.name=orch",
+                "-c",
+                "user.email=orch@localhost",
+                "commit",
+                "--allow-empty",
+                "--no-verify",
+                "-q",
+                "-m",
+                &msg,
+            ],
+        )?;
+        run_git(&wt.path, &["rev-parse", "HEAD"])
+    }
+
+    /// Resets the worktree to `commit` and removes untracked files (ignored
+    /// files such as build output stay).
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn rollback(&self, wt: &Worktree, commit: &str) -> Result<(), GitError> {
+        run_git(&wt.path, &["reset", "--hard", "-q", commit])?;
+        run_git(&wt.path, &["clean", "-fd", "-q"])?;
+        Ok(())
+    }
+
+    /// Merges `branches` one by one into the batch branch (created from
+    /// `base` if missing), in a worktree of its own. A conflict is a result
+    /// naming the branch and files, not an error: the failed merge is
+    /// aborted and nothing is lost. Merges done before a crash are
+    /// recognised (a branch already merged is skipped).
+    ///
+    /// # Errors
+    /// When git fails for another reason.
+    pub fn merge_batch(
+        &self,
+        run: &RunId,
+        batch: &BatchId,
+        batch_branch: &str,
+        base: &str,
+        branches: &[String],
+    ) -> Result<MergeOutcome, GitError> {
+        let path = self
+            .worktrees
+            .join(run.as_str())
+            .join(format!("batch-{batch}"));
+        let p = path.to_string_lossy().into_owned();
+        if !path.join(".git").exists() {
+            let _ = self.git(&["worktree", "prune"]);
+            if self.resolve(batch_branch).is_ok() {
+                self.git(&["worktree", "add", "-f", &p, batch_branch])?;
+            } else {
+                self.git(&["worktree", "add", "-b", batch_branch, &p, base])?;
+            }
+        }
+        for b in branches {
+            // Already merged (before a crash)?
+            if run_git(&path, &["merge-base", "--is-ancestor", b, "HEAD"]).is_ok() {
+                continue;
+            }
+            let msg = format!("Merge {b} into {batch_branch}");
+            let merged = run_git(
+                &path,
+                &[
+                    "-c",
+                    "user.name=orch",
+                    "-c",
+                    "user.email=orch@localhost",
+                    "merge",
+                    "--no-ff",
+                    "--no-edit",
+                    "-q",
+                    "-m",
+                    &msg,
+                    b,
+                ],
+            );
+            if merged.is_err() {
+                let files =
+                    run_git(&path, &["diff", "--name-only", "--diff-filter=U"]).unwrap_or_default();
+                let files: Vec<String> = files.lines().map(str::to_owned).collect();
+                let _ = run_git(&path, &["merge", "--abort"]);
+                if files.is_empty() {
+                    return Err(merged.err().unwrap_or_else(|| GitError {
+                        command: "git merge".into(),
+                        message: "failed".into(),
+                    }));
+                }
+                return Ok(MergeOutcome::Conflict {
+                    branch: b.clone(),
+                    files,
+                });
+            }
+        }
+        Ok(MergeOutcome::Merged {
+            commit: run_git(&path, &["rev-parse", "HEAD"])?,
+        })
+    }
+
+    /// The worktree a batch is merged in (after [`Repo::merge_batch`]).
+    pub fn batch_worktree(&self, run: &RunId, batch: &BatchId) -> PathBuf {
+        self.worktrees
+            .join(run.as_str())
+            .join(format!("batch-{batch}"))
+    }
+}

@@ -1,0 +1,122 @@
+//! [`MemoryStore`]: the journal in memory, for tests and for programs that
+//! want no persistence.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use orch_core::{Event, EventId, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent};
+
+#[derive(Default)]
+struct Journal {
+    events: Vec<Event>,
+    by_id: HashMap<EventId, u64>,
+}
+
+/// A [`StateStore`] that keeps everything in memory. "Durable" means "until
+/// the process exits"; otherwise it keeps the whole contract (order,
+/// idempotency, atomic batches), so it can stand in for a real store.
+///
+/// ```
+/// use orch_core::{Event, EventKind, StateStore, TicketStatus};
+/// let store = orch_state::MemoryStore::new();
+/// let run = "r1".parse().unwrap();
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// rt.block_on(async {
+///     let done = Event::now(EventKind::TicketDone { ticket: "T-1".parse().unwrap() });
+///     assert_eq!(store.append(&run, &[done]).await.unwrap(), [1]);
+///     assert_eq!(store.state(&run).await.unwrap().count(TicketStatus::Done), 1);
+/// });
+/// ```
+#[derive(Default)]
+pub struct MemoryStore {
+    runs: Mutex<(Vec<RunId>, HashMap<RunId, Journal>)>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        let mut guard = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let (order, runs) = &mut *guard;
+        if !runs.contains_key(run) {
+            order.push(run.clone());
+        }
+        let j = runs.entry(run.clone()).or_default();
+        // Check the whole batch first: all or nothing.
+        let mut seqs = Vec::with_capacity(events.len());
+        let mut fresh: HashMap<EventId, usize> = HashMap::new();
+        let mut next = j.events.len() as u64;
+        for (i, e) in events.iter().enumerate() {
+            if let Some(&seq) = j.by_id.get(&e.id) {
+                if j.events[seq as usize - 1] != *e {
+                    return Err(conflict(e.id));
+                }
+                seqs.push(seq);
+            } else if let Some(&first) = fresh.get(&e.id) {
+                if events[first] != *e {
+                    return Err(conflict(e.id));
+                }
+                seqs.push(seqs[first]);
+            } else {
+                next += 1;
+                fresh.insert(e.id, i);
+                seqs.push(next);
+            }
+        }
+        for (i, e) in events.iter().enumerate() {
+            if fresh.get(&e.id) == Some(&i) {
+                j.events.push(e.clone());
+                j.by_id.insert(e.id, j.events.len() as u64);
+            }
+        }
+        Ok(seqs)
+    }
+
+    async fn read(
+        &self,
+        run: &RunId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let guard = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(guard
+            .1
+            .get(run)
+            .map(|j| {
+                j.events
+                    .iter()
+                    .enumerate()
+                    .skip(usize::try_from(after).unwrap_or(usize::MAX))
+                    .take(limit)
+                    .map(|(i, e)| StoredEvent {
+                        seq: i as u64 + 1,
+                        event: e.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
+        Ok(self
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone())
+    }
+}
+
+pub(crate) fn conflict(id: EventId) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Conflict,
+        format!("event id {id} is already in the journal with different content"),
+    )
+}

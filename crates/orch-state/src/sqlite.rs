@@ -1,0 +1,431 @@
+//! [`SqliteStore`]: the embedded default. WAL, `synchronous = FULL`, one
+//! writer thread that commits concurrent appends together (group commit).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use async_trait::async_trait;
+use orch_core::{
+    Event, EventId, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::memory::conflict;
+
+/// The schema version this build writes. Version history:
+/// 1 — `runs` and `events` tables.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Most appends committed in one transaction.
+const GROUP_MAX: usize = 1024;
+
+const MIGRATIONS: &[&str] = &[
+    // 1
+    "CREATE TABLE runs (
+        run TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE events (
+        run TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        id BLOB NOT NULL,
+        at INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (run, seq)
+     ) STRICT, WITHOUT ROWID;
+     CREATE UNIQUE INDEX events_by_id ON events (run, id);",
+];
+
+struct Request {
+    run: RunId,
+    events: Vec<Event>,
+    reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+}
+
+/// A [`StateStore`] in one SQLite file.
+///
+/// An append returns only after its transaction is committed with
+/// `synchronous = FULL` in WAL mode, i.e. after fsync: it survives a crash
+/// of the process and of the machine. Appends from concurrent tasks are
+/// queued to one writer thread, which commits everything queued in one
+/// transaction (one fsync), each append in its own savepoint so that a
+/// failing append fails alone.
+///
+/// Opening a file written by a newer schema, or a file that is not an orch
+/// database, fails with a clear error and changes nothing.
+///
+/// ```
+/// use orch_core::{Event, EventKind, StateStore};
+/// let dir = tempfile::tempdir().unwrap();
+/// let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+/// rt.block_on(async {
+///     let run = "r1".parse().unwrap();
+///     let store = orch_state::SqliteStore::open(dir.path().join("orch.db")).unwrap();
+///     let e = Event::now(EventKind::TicketReady { ticket: "T-1".parse().unwrap() });
+///     store.append(&run, &[e.clone()]).await.unwrap();
+///     drop(store);
+///     let again = orch_state::SqliteStore::open(dir.path().join("orch.db")).unwrap();
+///     assert_eq!(again.read(&run, 0, 10).await.unwrap()[0].event, e);
+/// });
+/// ```
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<Request>>>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(path: &Path, e: &rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseCorrupt, DatabaseLocked, NotADatabase};
+    let kind = match e.sqlite_error_code() {
+        Some(NotADatabase | DatabaseCorrupt) => StoreErrorKind::Corrupt,
+        Some(DatabaseBusy | DatabaseLocked) => StoreErrorKind::Unavailable,
+        _ => StoreErrorKind::Io,
+    };
+    let what = match kind {
+        StoreErrorKind::Corrupt => "is damaged or not an orch database",
+        _ => "failed",
+    };
+    StoreError::new(kind, format!("{} {what}: {e}", path.display()))
+}
+
+fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| err(path, &e))?;
+    // Reading the schema first makes SQLite read the header: a damaged or
+    // foreign file fails here, before anything is written.
+    let _: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(|e| err(path, &e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| err(path, &e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::new(
+            StoreErrorKind::Io,
+            format!("{}: cannot switch to WAL mode (got {mode})", path.display()),
+        ));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| err(path, &e))?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| err(path, &e))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::new(
+            StoreErrorKind::TooNew,
+            format!(
+                "{} was written by a newer orch (schema version {version}; this build knows up to {SCHEMA_VERSION}); upgrade orch to open it",
+                path.display()
+            ),
+        ));
+    }
+    if version == 0 {
+        // A non-empty database without our version is someone else's.
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .map_err(|e| err(path, &e))?;
+        if tables > 0 {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!(
+                    "{} is an SQLite database, but not an orch journal",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(|e| err(path, &e))?;
+        tx.execute_batch(sql).map_err(|e| err(path, &e))?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(|e| err(path, &e))?;
+        tx.commit().map_err(|e| err(path, &e))?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the journal at `path`.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::TooNew`] for a newer schema,
+    /// [`StoreErrorKind::Corrupt`] for a damaged or foreign file (nothing is
+    /// written to it), [`StoreErrorKind::Io`] otherwise.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut writer = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err(&path, &e))?;
+        configure(&writer, &path)?;
+        migrate(&mut writer, &path)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err(&path, &e))?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| err(&path, &e))?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        let wpath = path.clone();
+        let handle = thread::Builder::new()
+            .name("orch-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, &wpath, &rx))
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Io,
+                    format!("cannot start the writer thread: {e}"),
+                )
+            })?;
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(handle)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &Path) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn, &path)
+        })
+        .await
+        .map_err(|e| StoreError::new(StoreErrorKind::Io, format!("reader task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer once the queue is drained.
+        drop(self.writer.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(h) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let results = commit_group(&mut conn, path, &group);
+        match results {
+            Ok(results) => {
+                for (req, res) in group.into_iter().zip(results) {
+                    let _ = req.reply.send(res);
+                }
+            }
+            Err(e) => {
+                for req in group {
+                    let _ = req.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Appends every request of the group in one transaction; each request in
+/// its own savepoint. Returns per-request results once committed.
+fn commit_group(
+    conn: &mut Connection,
+    path: &Path,
+    group: &[Request],
+) -> Result<Vec<Result<Vec<u64>, StoreError>>, StoreError> {
+    let mut tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| err(path, &e))?;
+    let mut results = Vec::with_capacity(group.len());
+    for req in group {
+        let mut sp = tx.savepoint().map_err(|e| err(path, &e))?;
+        match append_one(&sp, path, &req.run, &req.events) {
+            Ok(seqs) => {
+                sp.commit().map_err(|e| err(path, &e))?;
+                results.push(Ok(seqs));
+            }
+            Err(e) => {
+                sp.rollback().map_err(|e| err(path, &e))?;
+                drop(sp);
+                results.push(Err(e));
+            }
+        }
+    }
+    tx.commit().map_err(|e| err(path, &e))?;
+    Ok(results)
+}
+
+fn append_one(
+    conn: &Connection,
+    path: &Path,
+    run: &RunId,
+    events: &[Event],
+) -> Result<Vec<u64>, StoreError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO runs (run, created_at) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![run.as_str(), Timestamp::now().0 as i64]))
+        .map_err(|e| err(path, &e))?;
+    let mut next: u64 = conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM events WHERE run = ?1")
+        .and_then(|mut s| s.query_row([run.as_str()], |r| r.get::<_, i64>(0)))
+        .map_err(|e| err(path, &e))? as u64;
+    let mut find = conn
+        .prepare_cached("SELECT seq, body FROM events WHERE run = ?1 AND id = ?2")
+        .map_err(|e| err(path, &e))?;
+    let mut insert = conn
+        .prepare_cached("INSERT INTO events (run, seq, id, at, body) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .map_err(|e| err(path, &e))?;
+    let mut seqs = Vec::with_capacity(events.len());
+    for e in events {
+        let body = serde_json::to_string(e).map_err(|x| {
+            StoreError::new(StoreErrorKind::Io, format!("cannot encode event: {x}"))
+        })?;
+        let id = e.id.0.to_be_bytes();
+        let existing: Option<(i64, String)> = find
+            .query_row(params![run.as_str(), &id[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(|x| err(path, &x))?;
+        match existing {
+            Some((seq, old)) if old == body => seqs.push(seq as u64),
+            Some(_) => return Err(conflict(EventId(e.id.0))),
+            None => {
+                next += 1;
+                insert
+                    .execute(params![
+                        run.as_str(),
+                        next as i64,
+                        &id[..],
+                        e.at.0 as i64,
+                        body
+                    ])
+                    .map_err(|x| err(path, &x))?;
+                seqs.push(next);
+            }
+        }
+    }
+    Ok(seqs)
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        let sender = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::new(StoreErrorKind::Io, "store is closed"))?;
+        sender
+            .send(Request {
+                run: run.clone(),
+                events: events.to_vec(),
+                reply,
+            })
+            .map_err(|_| {
+                StoreError::new(
+                    StoreErrorKind::Io,
+                    format!("{}: the writer stopped", self.path.display()),
+                )
+            })?;
+        rx.await.map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Io,
+                format!("{}: the writer stopped", self.path.display()),
+            )
+        })?
+    }
+
+    async fn read(
+        &self,
+        run: &RunId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let run = run.clone();
+        self.blocking(move |conn, path| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, body FROM events WHERE run = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+                .map_err(|e| err(path, &e))?;
+            let rows = stmt
+                .query_map(params![run.as_str(), after as i64, limit.min(i64::MAX as usize) as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(|e| err(path, &e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, body) = row.map_err(|e| err(path, &e))?;
+                let event: Event = serde_json::from_str(&body).map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        format!("{}: event {seq} of run {run} cannot be decoded: {e}", path.display()),
+                    )
+                })?;
+                out.push(StoredEvent { seq: seq as u64, event });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
+        self.blocking(|conn, path| {
+            let mut stmt = conn
+                .prepare_cached("SELECT run FROM runs ORDER BY created_at, run")
+                .map_err(|e| err(path, &e))?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(|e| err(path, &e))?;
+            let mut out = Vec::new();
+            for r in rows {
+                let name = r.map_err(|e| err(path, &e))?;
+                out.push(RunId::new(&name).map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        format!("{}: bad run id: {e}", path.display()),
+                    )
+                })?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

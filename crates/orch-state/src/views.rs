@@ -1,0 +1,475 @@
+//! The state files a person reads — `ORCHESTRATOR_STATE.md`,
+//! `AGENT_REGISTRY.md`, `TEST_RESULTS.md`, `DECISION_QUEUE.md` and one JSON
+//! file per ticket — rendered from a [`RunState`] and written atomically.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use orch_core::{
+    AgentStatus, BatchStatus, Decision, GateScope, Plan, RunState, RunStatus, TicketId,
+    TicketStatus, Timestamp,
+};
+
+/// The rendered files: name (relative to the state directory) → contents.
+pub type Views = BTreeMap<String, String>;
+
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn ts(t: Option<Timestamp>) -> String {
+    t.map_or_else(|| "—".into(), |t| t.to_string())
+}
+
+/// Where a batch stands, in the team's words: planning, in progress,
+/// testing, merging, complete (or failed).
+fn batch_phase(state: &RunState, plan: &Plan, batch: &orch_core::Batch) -> &'static str {
+    if let Some(b) = state.batches.get(&batch.id) {
+        match b.status {
+            BatchStatus::Merged => return "complete",
+            BatchStatus::Failed => return "failed",
+            BatchStatus::Open if b.gates_total > 0 => return "testing",
+            BatchStatus::Open => {}
+        }
+    }
+    let members = members(plan, &batch.id);
+    let statuses: Vec<TicketStatus> = members
+        .iter()
+        .map(|t| {
+            state
+                .tickets
+                .get(*t)
+                .map_or(TicketStatus::Pending, |s| s.status)
+        })
+        .collect();
+    if !statuses.is_empty() && statuses.iter().all(|s| *s == TicketStatus::Done) {
+        "merging"
+    } else if statuses
+        .iter()
+        .any(|s| *s != TicketStatus::Pending && *s != TicketStatus::Ready)
+    {
+        "in progress"
+    } else {
+        "planning"
+    }
+}
+
+fn members<'a>(plan: &'a Plan, batch: &orch_core::BatchId) -> Vec<&'a TicketId> {
+    plan.batch_of()
+        .into_iter()
+        .filter(|(_, b)| *b == batch)
+        .map(|(t, _)| t)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Test counts of a batch: its latest batch-scope test gate, else the sum
+/// of its tickets' latest test gates.
+fn batch_tests(state: &RunState, plan: &Plan, batch: &orch_core::BatchId) -> Option<(u64, u64)> {
+    let latest_batch = state.gate_runs.iter().rev().find_map(|g| match &g.scope {
+        GateScope::Batch { batch: b } if b == batch => g.report.evidence.tests,
+        _ => None,
+    });
+    if let Some(c) = latest_batch {
+        return Some((c.passed, c.ran()));
+    }
+    let mut sum = None;
+    for t in members(plan, batch) {
+        let latest = state.gate_runs.iter().rev().find_map(|g| match &g.scope {
+            GateScope::Phase { ticket, .. } if ticket == t => g.report.evidence.tests,
+            _ => None,
+        });
+        if let Some(c) = latest {
+            let (p, n) = sum.unwrap_or((0, 0));
+            sum = Some((p + c.passed, n + c.ran()));
+        }
+    }
+    sum
+}
+
+/// Renders every view of `state`. With the plan, views also list tickets
+/// that have not started and group work by batch.
+pub fn render(state: &RunState, plan: Option<&Plan>) -> Views {
+    let mut out = Views::new();
+    out.insert(
+        "ORCHESTRATOR_STATE.md".into(),
+        orchestrator_state(state, plan),
+    );
+    out.insert("AGENT_REGISTRY.md".into(), agent_registry(state));
+    out.insert("TEST_RESULTS.md".into(), test_results(state));
+    out.insert("DECISION_QUEUE.md".into(), decision_queue(state));
+    for (id, t) in &state.tickets {
+        let mut v = serde_json::to_value(t).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("id".into(), id.as_str().into());
+        }
+        out.insert(
+            format!("tickets/{id}.json"),
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+        );
+    }
+    out
+}
+
+fn orchestrator_state(state: &RunState, plan: Option<&Plan>) -> String {
+    let mut s = String::from("# Orchestrator state\n\n");
+    let run = state.run.as_ref().map_or("—", |r| r.as_str());
+    let status = match state.status {
+        RunStatus::NotStarted => "not started".to_owned(),
+        RunStatus::Running => "running".to_owned(),
+        RunStatus::Finished(o) => format!("finished ({})", format!("{o:?}").to_lowercase()),
+    };
+    let _ = writeln!(s, "- Run: `{run}` (plan `{}`)", state.plan);
+    let _ = writeln!(s, "- Status: {status}");
+    let _ = writeln!(
+        s,
+        "- Started: {}; last update: {}",
+        ts(state.started_at),
+        ts(state.updated_at)
+    );
+    let _ = writeln!(
+        s,
+        "- Usage: {} tokens, ${:.2}{}",
+        state.usage.total_tokens(),
+        state.usage.cost_usd,
+        if state.budget_exhausted {
+            " — budget exhausted, no new work is dispatched"
+        } else {
+            ""
+        }
+    );
+    if let Some(plan) = plan.filter(|p| !p.batches.is_empty()) {
+        let current = plan
+            .batches
+            .iter()
+            .find(|b| !matches!(batch_phase(state, plan, b), "complete"));
+        let _ = writeln!(
+            s,
+            "- Current batch: {}",
+            current.map_or_else(
+                || "none (all complete)".to_owned(),
+                |b| format!("{} {} — {}", b.id, b.title, batch_phase(state, plan, b))
+            )
+        );
+        s.push_str("\n## Batches\n\n| batch | title | status | tests |\n|---|---|---|---|\n");
+        for b in &plan.batches {
+            let tests = batch_tests(state, plan, &b.id).map_or_else(
+                || "—".to_owned(),
+                |(p, n)| format!("{}: {p}/{n} passed", b.id),
+            );
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {tests} |",
+                b.id,
+                md_cell(&b.title),
+                batch_phase(state, plan, b)
+            );
+        }
+    }
+    let by = |st: TicketStatus| -> Vec<(&TicketId, &orch_core::TicketState)> {
+        state
+            .tickets
+            .iter()
+            .filter(|(_, t)| t.status == st)
+            .collect()
+    };
+    s.push_str("\n## Completed\n\n");
+    let done = by(TicketStatus::Done);
+    if done.is_empty() {
+        s.push_str("None yet.\n");
+    }
+    for (id, t) in done {
+        let title = plan
+            .and_then(|p| p.ticket(id.as_str()))
+            .map_or("", |t| t.title.as_str());
+        let _ = writeln!(
+            s,
+            "- {id} {title} — {} phase(s), {} failed attempt(s), finished {}",
+            t.phases_passed.len(),
+            t.metrics.failed_attempts,
+            ts(t.finished_at)
+        );
+    }
+    s.push_str("\n## In progress\n\n");
+    let running = by(TicketStatus::Running);
+    if running.is_empty() {
+        s.push_str("Nothing running.\n");
+    }
+    for (id, t) in running {
+        let _ = writeln!(
+            s,
+            "- {id} — phase {} attempt {}, agent `{}`",
+            t.phase.as_ref().map_or("—", |p| p.as_str()),
+            t.attempt,
+            t.agent.as_ref().map_or("—", |a| a.as_str())
+        );
+    }
+    s.push_str("\n## Failed, blocked or waiting\n\n");
+    let mut any = false;
+    for st in [
+        TicketStatus::Failed,
+        TicketStatus::Blocked,
+        TicketStatus::AwaitingDecision,
+        TicketStatus::Skipped,
+    ] {
+        for (id, t) in by(st) {
+            any = true;
+            let label = match st {
+                TicketStatus::Failed => "failed",
+                TicketStatus::Blocked => "blocked",
+                TicketStatus::AwaitingDecision => "waiting for a decision",
+                _ => "skipped",
+            };
+            let _ = writeln!(
+                s,
+                "- {id} — {label}: {}",
+                t.reason.as_deref().unwrap_or("—")
+            );
+        }
+    }
+    if !any {
+        s.push_str("None.\n");
+    }
+    s.push_str("\n## Next actions\n\n");
+    let mut next = Vec::new();
+    for d in state.open_decisions() {
+        let opts: Vec<String> = d
+            .options
+            .iter()
+            .map(|o| format!("--{}", format!("{o:?}").to_lowercase()))
+            .collect();
+        next.push(format!(
+            "Decide on {}: `orch decide {} {}` (see DECISION_QUEUE.md)",
+            d.ticket,
+            d.ticket,
+            opts.join("|")
+        ));
+    }
+    for (id, _) in by(TicketStatus::Ready) {
+        next.push(format!("Start {id} (ready)"));
+    }
+    if let Some(plan) = plan {
+        let pending: Vec<&str> = plan
+            .tickets
+            .iter()
+            .filter(|t| {
+                state
+                    .tickets
+                    .get(&t.id)
+                    .is_none_or(|s| s.status == TicketStatus::Pending)
+            })
+            .map(|t| t.id.as_str())
+            .collect();
+        if !pending.is_empty() {
+            next.push(format!("Waiting on dependencies: {}", pending.join(", ")));
+        }
+    }
+    if next.is_empty() {
+        next.push(match state.status {
+            RunStatus::Finished(_) => "None: the run has finished.".into(),
+            _ => "Resume the run: `orch resume`".into(),
+        });
+    }
+    for n in next {
+        let _ = writeln!(s, "- {n}");
+    }
+    s
+}
+
+fn agent_registry(state: &RunState) -> String {
+    let mut s = String::from(
+        "# Agent registry\n\n| agent | ticket | phase | attempt | role | backend | status | started | last update | tokens | cost |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (id, a) in &state.agents {
+        let status = match (a.status, a.error) {
+            (AgentStatus::Errored, Some(k)) => {
+                format!("errored ({})", format!("{k:?}").to_lowercase())
+            }
+            (st, _) => format!("{st:?}").to_lowercase(),
+        };
+        let _ = writeln!(
+            s,
+            "| {id} | {} | {} | {} | {} | {} | {status} | {} | {} | {} | ${:.4} |",
+            a.ticket,
+            a.phase,
+            a.attempt,
+            a.role,
+            md_cell(&a.backend),
+            a.started_at,
+            a.updated_at,
+            a.usage.total_tokens(),
+            a.usage.cost_usd
+        );
+    }
+    s
+}
+
+fn test_results(state: &RunState) -> String {
+    let mut s = String::from(
+        "# Test results\n\nEvery gate run, oldest first. A failure later passed by the same gate on the same ticket is marked fixed.\n\n| time | scope | gate | result | tests | reason |\n|---|---|---|---|---|---|\n",
+    );
+    for (i, g) in state.gate_runs.iter().enumerate() {
+        let scope = match &g.scope {
+            GateScope::Phase {
+                ticket,
+                phase,
+                attempt,
+            } => format!("{ticket} {phase} #{attempt}"),
+            GateScope::Batch { batch } => format!("batch {batch}"),
+        };
+        let tests = g.report.evidence.tests.map_or_else(
+            || "—".to_owned(),
+            |c| {
+                format!(
+                    "{}/{} passed{}",
+                    c.passed,
+                    c.ran(),
+                    if c.skipped > 0 {
+                        format!(", {} skipped", c.skipped)
+                    } else {
+                        String::new()
+                    }
+                )
+            },
+        );
+        let result = if g.report.passed() {
+            "passed".to_owned()
+        } else {
+            // Fixed later?
+            let fixed = state.gate_runs[i + 1..].iter().find(|later| {
+                later.report.gate == g.report.gate
+                    && later.report.passed()
+                    && match (&later.scope, &g.scope) {
+                        (
+                            GateScope::Phase {
+                                ticket: a,
+                                phase: p,
+                                ..
+                            },
+                            GateScope::Phase {
+                                ticket: b,
+                                phase: q,
+                                ..
+                            },
+                        ) => a == b && p == q,
+                        (a, b) => a == b,
+                    }
+            });
+            match fixed.map(|f| &f.scope) {
+                Some(GateScope::Phase { attempt, .. }) => {
+                    format!("FAILED (fixed on attempt {attempt})")
+                }
+                Some(GateScope::Batch { .. }) => "FAILED (fixed later)".to_owned(),
+                None => "FAILED".to_owned(),
+            }
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {scope} | {} | {result} | {tests} | {} |",
+            g.at,
+            md_cell(&g.report.gate),
+            md_cell(&g.report.reason)
+        );
+    }
+    s
+}
+
+fn decision_queue(state: &RunState) -> String {
+    let mut s = String::from("# Decision queue\n\n");
+    let open: Vec<_> = state.open_decisions().collect();
+    s.push_str("## Open\n\n");
+    if open.is_empty() {
+        s.push_str("No open questions.\n");
+    }
+    for d in open {
+        let _ = writeln!(s, "### {} ({}) — asked {}\n", d.ticket, d.phase, d.asked_at);
+        let _ = writeln!(s, "**Question:** {}\n", d.question);
+        let _ = writeln!(s, "**Context:**\n\n{}\n", d.context.trim_end());
+        s.push_str("**Options:**\n\n");
+        for o in &d.options {
+            let (flag, what) = match o {
+                Decision::Approve => ("--approve", "accept the work as it is and continue"),
+                Decision::Retry => (
+                    "--retry NOTE",
+                    "try the phase again; NOTE is shown to the agent",
+                ),
+                Decision::Skip => ("--skip", "skip the ticket; its dependents are blocked"),
+                Decision::Abort => ("--abort", "stop the whole run"),
+            };
+            let _ = writeln!(s, "- `orch decide {} {flag}` — {what}", d.ticket);
+        }
+        s.push('\n');
+    }
+    let answered: Vec<_> = state
+        .decisions
+        .iter()
+        .filter(|d| d.answer.is_some())
+        .collect();
+    if !answered.is_empty() {
+        s.push_str("## Answered\n\n| ticket | question | answer | note | answered |\n|---|---|---|---|---|\n");
+        for d in answered {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                d.ticket,
+                md_cell(&d.question),
+                d.answer
+                    .map(|a| format!("{a:?}").to_lowercase())
+                    .unwrap_or_default(),
+                md_cell(d.note.as_deref().unwrap_or("")),
+                ts(d.answered_at)
+            );
+        }
+    }
+    s
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same
+/// directory, fsync, rename over the target, fsync the directory. A reader
+/// sees the old file or the new one, never half of one.
+///
+/// # Errors
+/// The I/O error, with the path.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(dir).map_err(named)?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(named)
+}
+
+/// Renders and writes every view into `dir`. Files are rewritten only when
+/// their contents changed.
+///
+/// # Errors
+/// The first I/O error, naming the file.
+pub fn write_views(dir: &Path, state: &RunState, plan: Option<&Plan>) -> std::io::Result<()> {
+    for (name, contents) in render(state, plan) {
+        let path = dir.join(&name);
+        if std::fs::read(&path).is_ok_and(|old| old == contents.as_bytes()) {
+            continue;
+        }
+        write_atomic(&path, contents.as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Worktrees, checkpoints, rollback and batch merges on real repositories.
+
+use std::path::Path;
+use std::process::Command;
+
+use orch_state::git::{MergeOutcome, Repo};
+
+fn sh(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn repo() -> (tempfile::TempDir, Repo) {
+    let d = tempfile::tempdir().unwrap();
+    sh(d.path(), &["init", "-q", "-b", "main"]);
+    sh(d.path(), &["config", "user.email", "t@example.com"]);
+    sh(d.path(), &["config", "user.name", "t"]);
+    std::fs::write(d.path().join(".gitignore"), ".orch/\n").unwrap();
+    std::fs::write(d.path().join("app.txt"), "line 1\nline 2\nline 3\n").unwrap();
+    sh(d.path(), &["add", "-A"]);
+    sh(d.path(), &["commit", "-q", "-m", "base"]);
+    let r = Repo::open(d.path()).unwrap();
+    (d, r)
+}
+
+#[test]
+fn worktree_checkpoint_rollback() {
+    let (_d, repo) = repo();
+    let run = "r1".parse().unwrap();
+    let t = "SEC-001".parse().unwrap();
+    let wt = repo.worktree(&run, &t, "main").unwrap();
+    assert_eq!(wt.branch, "orch/r1/SEC-001");
+    assert!(wt.path.join("app.txt").is_file());
+    // Creating it again (resume after a crash) finds the same worktree.
+    assert_eq!(repo.worktree(&run, &t, "main").unwrap(), wt);
+
+    std::fs::write(wt.path.join("fix.txt"), "escaped\n").unwrap();
+    let c1 = repo
+        .checkpoint(&wt, "r1/SEC-001/plan/1", "SEC-001: plan passed")
+        .unwrap();
+    // The same checkpoint key again is recognised, not committed twice.
+    assert_eq!(
+        repo.checkpoint(&wt, "r1/SEC-001/plan/1", "SEC-001: plan passed")
+            .unwrap(),
+        c1
+    );
+    assert_eq!(sh(&wt.path, &["rev-list", "--count", "HEAD"]), "2");
+
+    std::fs::write(wt.path.join("app.txt"), "broken\n").unwrap();
+    std::fs::write(wt.path.join("junk.txt"), "junk\n").unwrap();
+    repo.rollback(&wt, &c1).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(wt.path.join("app.txt")).unwrap(),
+        "line 1\nline 2\nline 3\n"
+    );
+    assert!(
+        !wt.path.join("junk.txt").exists(),
+        "untracked files removed"
+    );
+    assert!(
+        wt.path.join("fix.txt").exists(),
+        "the checkpoint's work kept"
+    );
+
+    // Stale worktrees after a crash: the ones not active.
+    let other = repo
+        .worktree(&run, &"SEC-002".parse().unwrap(), "main")
+        .unwrap();
+    let stale = repo
+        .stale_worktrees(&run, std::slice::from_ref(&t))
+        .unwrap();
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].branch, "orch/r1/SEC-002");
+    repo.remove_worktree(&other).unwrap();
+    assert!(!other.path.exists());
+    assert!(repo.stale_worktrees(&run, &[t]).unwrap().is_empty());
+}
+
+#[test]
+fn batch_merge_and_conflicts() {
+    let (_d, repo) = repo();
+    let run = "r1".parse().unwrap();
+    let edit = |ticket: &str, file: &str, text: &str| {
+        let wt = repo
+            .worktree(&run, &ticket.parse().unwrap(), "main")
+            .unwrap();
+        std::fs::write(wt.path.join(file), text).unwrap();
+        repo.checkpoint(&wt, &format!("r1/{ticket}/implement/1"), ticket)
+            .unwrap();
+        wt.branch
+    };
+    let a = edit("A", "a.txt", "a\n");
+    let b = edit("B", "b.txt", "b\n");
+    let batch = "PR1".parse().unwrap();
+    let out = repo
+        .merge_batch(&run, &batch, "orch/pr1", "main", &[a.clone(), b.clone()])
+        .unwrap();
+    let MergeOutcome::Merged { commit } = out else {
+        panic!("{out:?}")
+    };
+    let wt = repo.batch_worktree(&run, &batch);
+    assert!(wt.join("a.txt").is_file() && wt.join("b.txt").is_file());
+    // Merging again (resume) recognises both merges.
+    assert_eq!(
+        repo.merge_batch(&run, &batch, "orch/pr1", "main", &[a, b])
+            .unwrap(),
+        MergeOutcome::Merged {
+            commit: commit.clone()
+        }
+    );
+
+    // Two tickets that change the same line conflict: a result, not an error.
+    let c = edit("C", "app.txt", "line 1\nC's line 2\nline 3\n");
+    let d = edit("D", "app.txt", "line 1\nD's line 2\nline 3\n");
+    let batch2 = "PR2".parse().unwrap();
+    let out = repo
+        .merge_batch(&run, &batch2, "orch/pr2", "main", &[c, d.clone()])
+        .unwrap();
+    assert_eq!(
+        out,
+        MergeOutcome::Conflict {
+            branch: d,
+            files: vec!["app.txt".into()]
+        }
+    );
+    // Nothing lost: the batch branch holds C's change, clean; D's branch is intact.
+    let wt2 = repo.batch_worktree(&run, &batch2);
+    assert_eq!(
+        std::fs::read_to_string(wt2.join("app.txt")).unwrap(),
+        "line 1\nC's line 2\nline 3\n"
+    );
+    assert_eq!(sh(&wt2, &["status", "--porcelain"]), "");
+    assert_eq!(
+        sh(repo.root(), &["show", "orch/r1/D:app.txt"]),
+        "line 1\nD's line 2\nline 3"
+    );
+}

@@ -1,0 +1,274 @@
+//! The state files, rendered from a run's events.
+
+use orch_core::*;
+use orch_state::views;
+
+fn plan() -> Plan {
+    Plan::from_path(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/plans/production-readiness.toml"
+    ))
+    .unwrap()
+}
+
+fn events() -> Vec<Event> {
+    let mut at = 1_795_400_000_000u64;
+    let mut n = 0u128;
+    let mut e = |kind| {
+        at += 60_000;
+        n += 1;
+        Event {
+            id: EventId(n),
+            at: Timestamp(at),
+            kind,
+        }
+    };
+    let t = |s: &str| -> TicketId { s.parse().unwrap() };
+    let p: PhaseName = "implement".parse().unwrap();
+    let tests = |passed: u64, failed: u64| GateReport {
+        gate: "cargo test".into(),
+        status: if failed == 0 {
+            GateStatus::Passed
+        } else {
+            GateStatus::Failed
+        },
+        reason: format!("{passed} passed, {failed} failed"),
+        evidence: Evidence {
+            tests: Some(TestCounts {
+                passed,
+                failed,
+                skipped: 0,
+            }),
+            ..Evidence::default()
+        },
+        duration_ms: 900,
+        excerpt: String::new(),
+        children: vec![],
+    };
+    let mut v = vec![e(EventKind::RunStarted {
+        run: "r1".parse().unwrap(),
+        plan: "production-readiness".into(),
+        fingerprint: "f".into(),
+        resumed: false,
+    })];
+    for id in [
+        "INFRA-002",
+        "INFRA-003",
+        "SEC-001",
+        "SEC-002",
+        "SEC-005",
+        "PAY-001",
+    ] {
+        let agent: AgentId = format!("{id}.implement.1").parse().unwrap();
+        v.push(e(EventKind::TicketReady { ticket: t(id) }));
+        v.push(e(EventKind::PhaseStarted {
+            ticket: t(id),
+            phase: p.clone(),
+            attempt: 1,
+        }));
+        v.push(e(EventKind::AgentStarted {
+            ticket: t(id),
+            phase: p.clone(),
+            attempt: 1,
+            agent: agent.clone(),
+            role: "backend".parse().unwrap(),
+            backend: "claude_code".into(),
+        }));
+        v.push(e(EventKind::AgentFinished {
+            ticket: t(id),
+            agent,
+            success: true,
+            summary: "done".into(),
+            usage: Usage {
+                input_tokens: 1000,
+                output_tokens: 200,
+                cost_usd: 0.05,
+            },
+            session_id: None,
+            error: None,
+        }));
+        if id == "SEC-001" {
+            v.push(e(EventKind::GateFinished {
+                scope: GateScope::Phase {
+                    ticket: t(id),
+                    phase: p.clone(),
+                    attempt: 1,
+                },
+                report: tests(7, 1),
+            }));
+            v.push(e(EventKind::AttemptFailed {
+                ticket: t(id),
+                phase: p.clone(),
+                attempt: 1,
+                feedback: "1 test failed".into(),
+            }));
+            v.push(e(EventKind::PhaseStarted {
+                ticket: t(id),
+                phase: p.clone(),
+                attempt: 2,
+            }));
+            v.push(e(EventKind::GateFinished {
+                scope: GateScope::Phase {
+                    ticket: t(id),
+                    phase: p.clone(),
+                    attempt: 2,
+                },
+                report: tests(8, 0),
+            }));
+        } else {
+            v.push(e(EventKind::GateFinished {
+                scope: GateScope::Phase {
+                    ticket: t(id),
+                    phase: p.clone(),
+                    attempt: 1,
+                },
+                report: tests(8, 0),
+            }));
+        }
+        v.push(e(EventKind::PhasePassed {
+            ticket: t(id),
+            phase: p.clone(),
+            attempt: 1,
+            checkpoint: Some("abc123".into()),
+        }));
+        v.push(e(EventKind::TicketDone { ticket: t(id) }));
+    }
+    v.push(e(EventKind::GateFinished {
+        scope: GateScope::Batch {
+            batch: "PR1".parse().unwrap(),
+        },
+        report: tests(47, 0),
+    }));
+    v.push(e(EventKind::BatchMerged {
+        batch: "PR1".parse().unwrap(),
+        commit: "m1".into(),
+    }));
+    // SEC-003 escalated; INFRA-004 running.
+    v.push(e(EventKind::PhaseStarted {
+        ticket: t("SEC-003"),
+        phase: p.clone(),
+        attempt: 3,
+    }));
+    v.push(e(EventKind::Escalated {
+        ticket: t("SEC-003"),
+        phase: p.clone(),
+        question: "Three attempts failed: refresh-token rotation test keeps failing".into(),
+        context: "Last failure: test auth::refresh_rotates".into(),
+        options: vec![Decision::Approve, Decision::Retry, Decision::Skip],
+    }));
+    v.push(e(EventKind::PhaseStarted {
+        ticket: t("INFRA-004"),
+        phase: p.clone(),
+        attempt: 1,
+    }));
+    v.push(e(EventKind::AgentStarted {
+        ticket: t("INFRA-004"),
+        phase: p,
+        attempt: 1,
+        agent: "INFRA-004.implement.1".parse().unwrap(),
+        role: "devops".parse().unwrap(),
+        backend: "codex".into(),
+    }));
+    v
+}
+
+#[test]
+fn views_say_where_the_run_stands() {
+    let plan = plan();
+    let state = RunState::fold(&events());
+    let v = views::render(&state, Some(&plan));
+    let s = &v["ORCHESTRATOR_STATE.md"];
+    assert!(
+        s.contains("- Current batch: PR2 auth-hardening — in progress"),
+        "{s}"
+    );
+    assert!(
+        s.contains("| PR1 | foundation-security | complete | PR1: 47/47 passed |"),
+        "{s}"
+    );
+    assert!(s.contains("| PR3 | data-layer | in progress | — |"), "{s}");
+    assert!(
+        s.contains("- SEC-001 Fix XSS in customer autocomplete — 1 phase(s), 1 failed attempt(s)"),
+        "{s}"
+    );
+    assert!(
+        s.contains("- INFRA-004 — phase implement attempt 1, agent `INFRA-004.implement.1`"),
+        "{s}"
+    );
+    assert!(
+        s.contains("- SEC-003 — waiting for a decision: Three attempts failed"),
+        "{s}"
+    );
+    assert!(
+        s.contains("`orch decide SEC-003 --approve|--retry|--skip`"),
+        "{s}"
+    );
+    assert!(s.contains("- Usage: 7200 tokens, $0.30"), "{s}");
+
+    let a = &v["AGENT_REGISTRY.md"];
+    assert!(
+        a.contains(
+            "| INFRA-004.implement.1 | INFRA-004 | implement | 1 | devops | codex | running |"
+        ),
+        "{a}"
+    );
+    assert!(
+        a.contains(
+            "| SEC-001.implement.1 | SEC-001 | implement | 1 | backend | claude_code | succeeded |"
+        ),
+        "{a}"
+    );
+
+    let t = &v["TEST_RESULTS.md"];
+    assert!(t.contains("| SEC-001 implement #1 | cargo test | FAILED (fixed on attempt 2) | 7/8 passed | 7 passed, 1 failed |"), "{t}");
+    assert!(
+        t.contains("| batch PR1 | cargo test | passed | 47/47 passed |"),
+        "{t}"
+    );
+
+    let d = &v["DECISION_QUEUE.md"];
+    assert!(d.contains("### SEC-003 (implement)"), "{d}");
+    assert!(
+        d.contains(
+            "- `orch decide SEC-003 --retry NOTE` — try the phase again; NOTE is shown to the agent"
+        ),
+        "{d}"
+    );
+
+    let j: serde_json::Value = serde_json::from_str(&v["tickets/SEC-001.json"]).unwrap();
+    assert_eq!(j["id"], "SEC-001");
+    assert_eq!(j["status"], "done");
+    assert_eq!(j["checkpoints"]["implement"], "abc123");
+    assert_eq!(j["metrics"]["failed_attempts"], 1);
+}
+
+#[test]
+fn views_are_written_atomically_and_only_when_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan();
+    let state = RunState::fold(&events());
+    views::write_views(dir.path(), &state, Some(&plan)).unwrap();
+    let p = dir.path().join("ORCHESTRATOR_STATE.md");
+    let first = std::fs::metadata(&p).unwrap().modified().unwrap();
+    assert!(dir.path().join("tickets/SEC-001.json").is_file());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    views::write_views(dir.path(), &state, Some(&plan)).unwrap();
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().modified().unwrap(),
+        first,
+        "unchanged files are not rewritten"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary files left");
+    // A file that cannot be written names itself.
+    let err =
+        views::write_atomic(&dir.path().join("ORCHESTRATOR_STATE.md/inside"), b"x").unwrap_err();
+    assert!(
+        err.to_string().contains("ORCHESTRATOR_STATE.md/inside"),
+        "{err}"
+    );
+}
