@@ -1,2 +1,220 @@
-//! placeholder
-fn main() {}
+//! Benchmarks for issue #6's figures:
+//!
+//! * fsync latency of the disk (4 KiB write + fsync), the physical limit;
+//! * durable appends per second on SQLite, one appender (one commit, one
+//!   fsync per event) and 64 concurrent appenders (group commit);
+//! * reopen a journal of 1,000,000 events (100,000 tickets) and fold it.
+//!
+//! Run: `cargo bench -p orch-state --bench append`. The database lives in a
+//! temporary directory next to the target directory (same disk as CI).
+
+use std::hint::black_box;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use orch_core::*;
+use orch_state::SqliteStore;
+
+fn tmpdir() -> tempfile::TempDir {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-tmp");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
+
+fn output(i: u64) -> Event {
+    Event::now(EventKind::AgentOutput {
+        agent: "bench-1".parse().unwrap(),
+        text: format!("line {i}: compiling orch-core v0.1.0"),
+    })
+}
+
+/// The events of one ticket's life: 10 per ticket.
+fn ticket_life(t: u64, out: &mut Vec<Event>) {
+    let ticket: TicketId = format!("T{t:06}").parse().unwrap();
+    let phase: PhaseName = "implement".parse().unwrap();
+    let agent: AgentId = format!("T{t:06}.implement.1").parse().unwrap();
+    out.push(Event::now(EventKind::TicketReady {
+        ticket: ticket.clone(),
+    }));
+    out.push(Event::now(EventKind::PhaseStarted {
+        ticket: ticket.clone(),
+        phase: phase.clone(),
+        attempt: 1,
+    }));
+    out.push(Event::now(EventKind::AgentStarted {
+        ticket: ticket.clone(),
+        phase: phase.clone(),
+        attempt: 1,
+        agent: agent.clone(),
+        role: "dev".parse().unwrap(),
+        backend: "claude_code".into(),
+    }));
+    for i in 0..3 {
+        out.push(Event::now(EventKind::AgentOutput {
+            agent: agent.clone(),
+            text: format!("step {i}"),
+        }));
+    }
+    out.push(Event::now(EventKind::AgentFinished {
+        ticket: ticket.clone(),
+        agent,
+        success: true,
+        summary: "done".into(),
+        usage: Usage {
+            input_tokens: 1200,
+            output_tokens: 300,
+            cost_usd: 0.01,
+        },
+        session_id: Some("s".into()),
+        error: None,
+    }));
+    out.push(Event::now(EventKind::GateFinished {
+        scope: GateScope::Phase {
+            ticket: ticket.clone(),
+            phase: phase.clone(),
+            attempt: 1,
+        },
+        report: GateReport {
+            gate: "cargo test".into(),
+            status: GateStatus::Passed,
+            reason: "12 passed, 0 skipped".into(),
+            evidence: Evidence {
+                tests: Some(TestCounts {
+                    passed: 12,
+                    failed: 0,
+                    skipped: 0,
+                }),
+                exit_code: Some(0),
+                ..Evidence::default()
+            },
+            duration_ms: 4000,
+            excerpt: String::new(),
+            children: vec![],
+        },
+    }));
+    out.push(Event::now(EventKind::PhasePassed {
+        ticket: ticket.clone(),
+        phase,
+        attempt: 1,
+        checkpoint: Some("0123456789abcdef0123456789abcdef01234567".into()),
+    }));
+    out.push(Event::now(EventKind::TicketDone { ticket }));
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // The physical limit: one 4 KiB write + fsync.
+    {
+        let dir = tmpdir();
+        let mut f = std::fs::File::create(dir.path().join("fsync")).unwrap();
+        let buf = vec![7u8; 4096];
+        let n = 2000;
+        let start = Instant::now();
+        for _ in 0..n {
+            f.write_all(&buf).unwrap();
+            f.sync_data().unwrap();
+        }
+        let per = start.elapsed() / n;
+        eprintln!(
+            "fsync latency: {:.1} µs per 4 KiB write + fdatasync ({:.0} fsyncs/s)",
+            per.as_secs_f64() * 1e6,
+            1.0 / per.as_secs_f64()
+        );
+    }
+
+    let mut g = c.benchmark_group("sqlite_append");
+    g.sample_size(10).measurement_time(Duration::from_secs(6));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("single_appender", |b| {
+        let dir = tmpdir();
+        let store = SqliteStore::open(dir.path().join("b.db")).unwrap();
+        let run: RunId = "bench".parse().unwrap();
+        let mut i = 0;
+        b.to_async(&rt).iter(|| {
+            i += 1;
+            let e = output(i);
+            let (store, run) = (&store, &run);
+            async move { black_box(store.append(run, &[e]).await.unwrap()) }
+        });
+    });
+    const TASKS: u64 = 64;
+    const PER_TASK: u64 = 200;
+    g.throughput(Throughput::Elements(TASKS * PER_TASK));
+    g.bench_function("64_appenders_group_commit", |b| {
+        let dir = tmpdir();
+        let store = Arc::new(SqliteStore::open(dir.path().join("b.db")).unwrap());
+        let run: RunId = "bench".parse().unwrap();
+        b.to_async(&rt).iter(|| {
+            let (store, run) = (Arc::clone(&store), run.clone());
+            async move {
+                let mut tasks = Vec::new();
+                for t in 0..TASKS {
+                    let (store, run) = (Arc::clone(&store), run.clone());
+                    tasks.push(tokio::spawn(async move {
+                        for i in 0..PER_TASK {
+                            store
+                                .append(&run, &[output(t * 1_000_000 + i)])
+                                .await
+                                .unwrap();
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+        });
+        eprintln!(
+            "group commit: {} appends in {} commits ({:.1} per fsync)",
+            store.stats().appends(),
+            store.stats().commits(),
+            store.stats().appends() as f64 / store.stats().commits().max(1) as f64
+        );
+    });
+    g.finish();
+
+    // 1,000,000 events of 100,000 tickets.
+    let dir = tmpdir();
+    let path = dir.path().join("big.db");
+    let run: RunId = "big".parse().unwrap();
+    rt.block_on(async {
+        let store = SqliteStore::open(&path).unwrap();
+        let mut batch = Vec::with_capacity(10_000);
+        for t in 0..100_000u64 {
+            ticket_life(t, &mut batch);
+            if batch.len() >= 10_000 {
+                store.append(&run, &batch).await.unwrap();
+                batch.clear();
+            }
+        }
+        store.append(&run, &batch).await.unwrap();
+    });
+    eprintln!(
+        "journal of 1,000,000 events: {} MiB on disk",
+        std::fs::metadata(&path).unwrap().len() >> 20
+    );
+    let mut g = c.benchmark_group("sqlite_reopen");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.bench_function("reopen_and_fold_1M_events", |b| {
+        b.to_async(&rt).iter(|| {
+            let (path, run) = (path.clone(), run.clone());
+            async move {
+                let store = SqliteStore::open(&path).unwrap();
+                let s = store.state(&run).await.unwrap();
+                assert_eq!(s.events, 1_000_000);
+                black_box(s.count(TicketStatus::Done))
+            }
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -20,4 +20,4 @@ mod sqlite;
 pub mod views;
 
 pub use memory::MemoryStore;
-pub use sqlite::{SCHEMA_VERSION, SqliteStore};
+pub use sqlite::{SCHEMA_VERSION, SqliteStore, Stats};

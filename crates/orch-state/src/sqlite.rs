@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use orch_core::{
     Event, EventId, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp,
 };
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::oneshot;
 
 use crate::memory::conflict;
@@ -39,10 +39,36 @@ const MIGRATIONS: &[&str] = &[
      CREATE UNIQUE INDEX events_by_id ON events (run, id);",
 ];
 
+/// An event encoded by the caller (so the writer thread only writes).
+struct Encoded {
+    id: [u8; 16],
+    at: i64,
+    body: String,
+}
+
 struct Request {
     run: RunId,
-    events: Vec<Event>,
+    events: Vec<Encoded>,
     reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+}
+
+/// Counters of the writer: how well appends are grouped.
+#[derive(Debug, Default)]
+pub struct Stats {
+    commits: std::sync::atomic::AtomicU64,
+    appends: std::sync::atomic::AtomicU64,
+}
+
+impl Stats {
+    /// Transactions committed (each one fsync).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `append` calls committed.
+    pub fn appends(&self) -> u64 {
+        self.appends.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A [`StateStore`] in one SQLite file.
@@ -73,6 +99,7 @@ struct Request {
 /// ```
 pub struct SqliteStore {
     path: PathBuf,
+    stats: Arc<Stats>,
     writer: Mutex<Option<mpsc::Sender<Request>>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
@@ -188,9 +215,11 @@ impl SqliteStore {
             .map_err(|e| err(&path, &e))?;
         let (tx, rx) = mpsc::channel::<Request>();
         let wpath = path.clone();
+        let stats = Arc::new(Stats::default());
+        let wstats = Arc::clone(&stats);
         let handle = thread::Builder::new()
             .name("orch-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, &wpath, &rx))
+            .spawn(move || writer_loop(writer, &wpath, &rx, &wstats))
             .map_err(|e| {
                 StoreError::new(
                     StoreErrorKind::Io,
@@ -199,10 +228,16 @@ impl SqliteStore {
             })?;
         Ok(SqliteStore {
             path,
+            stats,
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(handle)),
             reader: Arc::new(Mutex::new(reader)),
         })
+    }
+
+    /// Writer counters (commits, appends).
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// The database file.
@@ -235,8 +270,16 @@ impl Drop for SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<Request>) {
+/// How long the writer waits for a group to fill up to the size of the
+/// previous one. Appenders that just got their answer append again within
+/// this time, so under load each fsync carries about one append per
+/// appender; a lone appender never waits (its groups have size 1).
+const GROUP_WAIT: std::time::Duration = std::time::Duration::from_micros(300);
+
+fn writer_loop(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<Request>, stats: &Stats) {
+    let mut last_size = 1;
     while let Ok(first) = rx.recv() {
+        let deadline = std::time::Instant::now() + GROUP_WAIT;
         let mut group = vec![first];
         while group.len() < GROUP_MAX {
             match rx.try_recv() {
@@ -244,7 +287,21 @@ fn writer_loop(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<Request>) 
                 Err(_) => break,
             }
         }
+        while group.len() < last_size.min(GROUP_MAX) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        last_size = group.len();
         let results = commit_group(&mut conn, path, &group);
+        stats
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .appends
+            .fetch_add(group.len() as u64, std::sync::atomic::Ordering::Relaxed);
         match results {
             Ok(results) => {
                 for (req, res) in group.into_iter().zip(results) {
@@ -260,8 +317,11 @@ fn writer_loop(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<Request>) 
     }
 }
 
-/// Appends every request of the group in one transaction; each request in
-/// its own savepoint. Returns per-request results once committed.
+/// Appends every request of the group in one transaction (one fsync).
+/// The last seq of each run is read once per group, under the write lock,
+/// so other processes writing the same file are safe. A single-event
+/// append is one INSERT; a multi-event append runs in a savepoint so it is
+/// all or nothing. Returns per-request results once committed.
 fn commit_group(
     conn: &mut Connection,
     path: &Path,
@@ -270,72 +330,88 @@ fn commit_group(
     let mut tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| err(path, &e))?;
+    let mut last: std::collections::HashMap<&RunId, u64> = std::collections::HashMap::new();
     let mut results = Vec::with_capacity(group.len());
     for req in group {
-        let mut sp = tx.savepoint().map_err(|e| err(path, &e))?;
-        match append_one(&sp, path, &req.run, &req.events) {
-            Ok(seqs) => {
-                sp.commit().map_err(|e| err(path, &e))?;
-                results.push(Ok(seqs));
+        if !last.contains_key(&req.run) {
+            let max: i64 = tx
+                .prepare_cached("SELECT coalesce(max(seq), 0) FROM events WHERE run = ?1")
+                .and_then(|mut s| s.query_row([req.run.as_str()], |r| r.get(0)))
+                .map_err(|e| err(path, &e))?;
+            if max == 0 {
+                tx.prepare_cached("INSERT OR IGNORE INTO runs (run, created_at) VALUES (?1, ?2)")
+                    .and_then(|mut s| {
+                        s.execute(params![req.run.as_str(), Timestamp::now().0 as i64])
+                    })
+                    .map_err(|e| err(path, &e))?;
             }
-            Err(e) => {
-                sp.rollback().map_err(|e| err(path, &e))?;
-                drop(sp);
-                results.push(Err(e));
-            }
+            last.insert(&req.run, max as u64);
         }
+        let before = last[&req.run];
+        let mut next = before;
+        let res = if req.events.len() == 1 {
+            append_events(&tx, path, &req.run, &req.events, &mut next)
+        } else {
+            let sp = tx.savepoint().map_err(|e| err(path, &e))?;
+            let r = append_events(&sp, path, &req.run, &req.events, &mut next);
+            if r.is_ok() {
+                sp.commit().map_err(|e| err(path, &e))?;
+            } // else dropped: rolled back
+            r
+        };
+        if res.is_err() {
+            next = before;
+        }
+        last.insert(&req.run, next);
+        results.push(res);
     }
     tx.commit().map_err(|e| err(path, &e))?;
     Ok(results)
 }
 
-fn append_one(
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn append_events(
     conn: &Connection,
     path: &Path,
     run: &RunId,
-    events: &[Event],
+    events: &[Encoded],
+    next: &mut u64,
 ) -> Result<Vec<u64>, StoreError> {
-    conn.prepare_cached("INSERT OR IGNORE INTO runs (run, created_at) VALUES (?1, ?2)")
-        .and_then(|mut s| s.execute(params![run.as_str(), Timestamp::now().0 as i64]))
-        .map_err(|e| err(path, &e))?;
-    let mut next: u64 = conn
-        .prepare_cached("SELECT coalesce(max(seq), 0) FROM events WHERE run = ?1")
-        .and_then(|mut s| s.query_row([run.as_str()], |r| r.get::<_, i64>(0)))
-        .map_err(|e| err(path, &e))? as u64;
-    let mut find = conn
-        .prepare_cached("SELECT seq, body FROM events WHERE run = ?1 AND id = ?2")
-        .map_err(|e| err(path, &e))?;
     let mut insert = conn
         .prepare_cached("INSERT INTO events (run, seq, id, at, body) VALUES (?1, ?2, ?3, ?4, ?5)")
         .map_err(|e| err(path, &e))?;
     let mut seqs = Vec::with_capacity(events.len());
     for e in events {
-        let body = serde_json::to_string(e).map_err(|x| {
-            StoreError::new(StoreErrorKind::Io, format!("cannot encode event: {x}"))
-        })?;
-        let id = e.id.0.to_be_bytes();
-        let existing: Option<(i64, String)> = find
-            .query_row(params![run.as_str(), &id[..]], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(|x| err(path, &x))?;
-        match existing {
-            Some((seq, old)) if old == body => seqs.push(seq as u64),
-            Some(_) => return Err(conflict(EventId(e.id.0))),
-            None => {
-                next += 1;
-                insert
-                    .execute(params![
-                        run.as_str(),
-                        next as i64,
-                        &id[..],
-                        e.at.0 as i64,
-                        body
-                    ])
-                    .map_err(|x| err(path, &x))?;
-                seqs.push(next);
+        match insert.execute(params![
+            run.as_str(),
+            (*next + 1) as i64,
+            &e.id[..],
+            e.at,
+            e.body
+        ]) {
+            Ok(_) => {
+                *next += 1;
+                seqs.push(*next);
             }
+            Err(x) if is_unique_violation(&x) => {
+                // The id is already there: the same event (a re-send) or a conflict.
+                let (seq, old): (i64, String) = conn
+                    .prepare_cached("SELECT seq, body FROM events WHERE run = ?1 AND id = ?2")
+                    .and_then(|mut s| {
+                        s.query_row(params![run.as_str(), &e.id[..]], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                    })
+                    .map_err(|x| err(path, &x))?;
+                if old != e.body {
+                    return Err(conflict(EventId(u128::from_be_bytes(e.id))));
+                }
+                seqs.push(seq as u64);
+            }
+            Err(x) => return Err(err(path, &x)),
         }
     }
     Ok(seqs)
@@ -354,10 +430,22 @@ impl StateStore for SqliteStore {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| StoreError::new(StoreErrorKind::Io, "store is closed"))?;
+        let encoded = events
+            .iter()
+            .map(|e| {
+                Ok(Encoded {
+                    id: e.id.0.to_be_bytes(),
+                    at: e.at.0 as i64,
+                    body: serde_json::to_string(e).map_err(|x| {
+                        StoreError::new(StoreErrorKind::Io, format!("cannot encode event: {x}"))
+                    })?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         sender
             .send(Request {
                 run: run.clone(),
-                events: events.to_vec(),
+                events: encoded,
                 reply,
             })
             .map_err(|_| {
@@ -404,6 +492,70 @@ impl StateStore for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    /// Reads and folds on two threads: one reads rows in order while the
+    /// other decodes and folds them.
+    async fn state(&self, run: &RunId) -> Result<orch_core::RunState, StoreError> {
+        const CHUNK: usize = 4096;
+        let reader = Arc::clone(&self.reader);
+        let path = self.path.clone();
+        let run = run.clone();
+        tokio::task::spawn_blocking(move || {
+            let (tx, rx) = mpsc::sync_channel::<Vec<(i64, String)>>(8);
+            let (ppath, prun) = (path.clone(), run.clone());
+            let producer = thread::spawn(move || -> Result<(), StoreError> {
+                let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+                let mut stmt = conn
+                    .prepare_cached("SELECT seq, body FROM events WHERE run = ?1 ORDER BY seq")
+                    .map_err(|e| err(&ppath, &e))?;
+                let mut rows = stmt.query([prun.as_str()]).map_err(|e| err(&ppath, &e))?;
+                let mut chunk = Vec::with_capacity(CHUNK);
+                while let Some(row) = rows.next().map_err(|e| err(&ppath, &e))? {
+                    chunk.push((
+                        row.get(0).map_err(|e| err(&ppath, &e))?,
+                        row.get(1).map_err(|e| err(&ppath, &e))?,
+                    ));
+                    if chunk.len() == CHUNK
+                        && tx
+                            .send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))
+                            .is_err()
+                    {
+                        return Ok(()); // the folder stopped on an error
+                    }
+                }
+                let _ = tx.send(chunk);
+                Ok(())
+            });
+            let mut state = orch_core::RunState::default();
+            let mut failure = None;
+            'fold: for chunk in rx {
+                for (seq, body) in chunk {
+                    match serde_json::from_str::<Event>(&body) {
+                        Ok(e) => state.apply(&e),
+                        Err(e) => {
+                            failure = Some(StoreError::new(
+                                StoreErrorKind::Corrupt,
+                                format!(
+                                    "{}: event {seq} of run {run} cannot be decoded: {e}",
+                                    path.display()
+                                ),
+                            ));
+                            break 'fold;
+                        }
+                    }
+                }
+            }
+            let produced = producer
+                .join()
+                .map_err(|_| StoreError::new(StoreErrorKind::Io, "the reader thread panicked"))?;
+            match failure {
+                Some(e) => Err(e),
+                None => produced.map(|()| state),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::new(StoreErrorKind::Io, format!("fold task failed: {e}")))?
     }
 
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
