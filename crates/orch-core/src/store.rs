@@ -166,11 +166,12 @@ pub trait StateStore: Send + Sync {
         let mut after = 0;
         loop {
             let page = self.read(run, after, PAGE).await?;
-            for e in &page {
-                state.apply(&e.event);
+            let (len, last) = (page.len(), page.last().map(|e| e.seq));
+            for e in page {
+                state.apply_owned(e.event);
             }
-            match page.last() {
-                Some(last) if page.len() == PAGE => after = last.seq,
+            match last {
+                Some(seq) if len == PAGE => after = seq,
                 _ => return Ok(state),
             }
         }

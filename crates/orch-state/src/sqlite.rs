@@ -494,16 +494,36 @@ impl StateStore for SqliteStore {
         .await
     }
 
-    /// Reads and folds on two threads: one reads rows in order while the
-    /// other decodes and folds them.
+    /// Reads and folds on two threads: one reads rows in order and decodes
+    /// every other chunk; the other decodes the rest and folds, in order.
     async fn state(&self, run: &RunId) -> Result<orch_core::RunState, StoreError> {
-        const CHUNK: usize = 4096;
+        const CHUNK: usize = 2048;
+        enum Chunk {
+            Raw(Vec<(i64, String)>),
+            Decoded(Vec<Event>),
+        }
         let reader = Arc::clone(&self.reader);
         let path = self.path.clone();
         let run = run.clone();
         tokio::task::spawn_blocking(move || {
-            let (tx, rx) = mpsc::sync_channel::<Vec<(i64, String)>>(8);
-            let (ppath, prun) = (path.clone(), run.clone());
+            let (dpath, drun) = (path.clone(), run.clone());
+            let decode = move |rows: Vec<(i64, String)>| -> Result<Vec<Event>, StoreError> {
+                rows.into_iter()
+                    .map(|(seq, body)| {
+                        serde_json::from_str::<Event>(&body).map_err(|e| {
+                            StoreError::new(
+                                StoreErrorKind::Corrupt,
+                                format!(
+                                    "{}: event {seq} of run {drun} cannot be decoded: {e}",
+                                    dpath.display()
+                                ),
+                            )
+                        })
+                    })
+                    .collect()
+            };
+            let (tx, rx) = mpsc::sync_channel::<Chunk>(8);
+            let (ppath, prun, pdecode) = (path.clone(), run.clone(), decode.clone());
             let producer = thread::spawn(move || -> Result<(), StoreError> {
                 let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
                 let mut stmt = conn
@@ -511,47 +531,54 @@ impl StateStore for SqliteStore {
                     .map_err(|e| err(&ppath, &e))?;
                 let mut rows = stmt.query([prun.as_str()]).map_err(|e| err(&ppath, &e))?;
                 let mut chunk = Vec::with_capacity(CHUNK);
+                let mut n = 0usize;
+                let send = |rows: Vec<(i64, String)>, n: &mut usize| -> Result<bool, StoreError> {
+                    *n += 1;
+                    let c = if (*n).is_multiple_of(2) {
+                        Chunk::Decoded(pdecode(rows)?)
+                    } else {
+                        Chunk::Raw(rows)
+                    };
+                    Ok(tx.send(c).is_ok())
+                };
                 while let Some(row) = rows.next().map_err(|e| err(&ppath, &e))? {
                     chunk.push((
                         row.get(0).map_err(|e| err(&ppath, &e))?,
                         row.get(1).map_err(|e| err(&ppath, &e))?,
                     ));
                     if chunk.len() == CHUNK
-                        && tx
-                            .send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))
-                            .is_err()
+                        && !send(
+                            std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)),
+                            &mut n,
+                        )?
                     {
                         return Ok(()); // the folder stopped on an error
                     }
                 }
-                let _ = tx.send(chunk);
+                send(chunk, &mut n)?;
                 Ok(())
             });
             let mut state = orch_core::RunState::default();
             let mut failure = None;
-            'fold: for chunk in rx {
-                for (seq, body) in chunk {
-                    match serde_json::from_str::<Event>(&body) {
-                        Ok(e) => state.apply(&e),
-                        Err(e) => {
-                            failure = Some(StoreError::new(
-                                StoreErrorKind::Corrupt,
-                                format!(
-                                    "{}: event {seq} of run {run} cannot be decoded: {e}",
-                                    path.display()
-                                ),
-                            ));
-                            break 'fold;
-                        }
+            for chunk in rx {
+                let events = match chunk {
+                    Chunk::Decoded(events) => Ok(events),
+                    Chunk::Raw(rows) => decode(rows),
+                };
+                match events {
+                    Ok(events) => events.into_iter().for_each(|e| state.apply_owned(e)),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
                     }
                 }
             }
             let produced = producer
                 .join()
                 .map_err(|_| StoreError::new(StoreErrorKind::Io, "the reader thread panicked"))?;
-            match failure {
-                Some(e) => Err(e),
-                None => produced.map(|()| state),
+            match (failure, produced) {
+                (Some(e), _) | (None, Err(e)) => Err(e),
+                (None, Ok(())) => Ok(state),
             }
         })
         .await
