@@ -5,9 +5,9 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use orch_core::plan::{CommandGateSpec, TestFormat, TestsGateSpec};
-use orch_core::{Evidence, Gate, GateContext, GateError, GateReport};
+use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
-use crate::common::{EXCERPT_LINES, cancelled, config, inside, report, stale_or_missing, timeout};
+use crate::common::{EXCERPT_LINES, cancelled, checked, inside, report, stale_or_missing, timeout};
 use crate::process::{self, Exit};
 use crate::results::{self, TestResults};
 
@@ -49,16 +49,7 @@ impl CommandGate {
     /// [`GateError`] (config) when argv is empty, or `shell` is set with
     /// more than one element.
     pub fn new(spec: CommandGateSpec) -> Result<Self, GateError> {
-        let name = spec.name.clone().unwrap_or_else(|| spec.argv.join(" "));
-        if spec.argv.first().is_none_or(String::is_empty) {
-            return Err(config(&name, "argv must name a program"));
-        }
-        if spec.shell && spec.argv.len() != 1 {
-            return Err(config(
-                &name,
-                "with shell = true, argv must be one command string",
-            ));
-        }
+        let name = checked(GateSpec::Command(spec.clone()))?;
         Ok(CommandGate { name, spec })
     }
 }
@@ -119,16 +110,7 @@ impl TestsGate {
     /// # Errors
     /// [`GateError`] (config) when argv is empty or `junit` has no report.
     pub fn new(spec: TestsGateSpec) -> Result<Self, GateError> {
-        let name = spec.name.clone().unwrap_or_else(|| spec.argv.join(" "));
-        if spec.argv.first().is_none_or(String::is_empty) {
-            return Err(config(&name, "argv must name a program"));
-        }
-        if spec.format == TestFormat::Junit && spec.report.is_none() {
-            return Err(config(
-                &name,
-                "format junit needs `report`, the XML file the command writes",
-            ));
-        }
+        let name = checked(GateSpec::Tests(spec.clone()))?;
         Ok(TestsGate { name, spec })
     }
 }

@@ -3,7 +3,9 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use orch_core::{Evidence, GateContext, GateError, GateErrorKind, GateReport, GateStatus};
+use orch_core::{
+    Evidence, GateContext, GateError, GateErrorKind, GateReport, GateSpec, GateStatus,
+};
 
 /// Lines of output shown in a report's excerpt.
 pub(crate) const EXCERPT_LINES: usize = 40;
@@ -75,6 +77,16 @@ pub(crate) fn stale_or_missing(path: &Path, rel: &str, since: SystemTime) -> Opt
             Ok(_) => None,
             Err(e) => Some(format!("cannot read the time of report {rel}: {e}")),
         },
+    }
+}
+
+/// Checks a spec with the same rules plan validation uses
+/// ([`GateSpec::problems`]) and returns the gate's name.
+pub(crate) fn checked(spec: GateSpec) -> Result<String, GateError> {
+    let name = spec.display_name();
+    match spec.problems().into_iter().next() {
+        Some((field, problem)) => Err(config(&name, format!("{field}: {problem}"))),
+        None => Ok(name),
     }
 }
 

@@ -4,9 +4,9 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use orch_core::plan::{CoverageFormat, CoverageGateSpec};
-use orch_core::{Evidence, Gate, GateContext, GateError, GateReport};
+use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
-use crate::common::{EXCERPT_LINES, cancelled, config, inside, report, stale_or_missing, timeout};
+use crate::common::{EXCERPT_LINES, cancelled, checked, inside, report, stale_or_missing, timeout};
 use crate::coverage_parse::{self, Coverage};
 use crate::process::{self, Exit};
 
@@ -26,25 +26,7 @@ impl CoverageGate {
     /// # Errors
     /// [`GateError`] (config) for thresholds outside 0-100 or an empty argv.
     pub fn new(spec: CoverageGateSpec) -> Result<Self, GateError> {
-        let name = spec
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("coverage {}", spec.report));
-        for v in [Some(spec.min_line_percent), spec.min_branch_percent]
-            .into_iter()
-            .flatten()
-        {
-            if !(0.0..=100.0).contains(&v) {
-                return Err(config(&name, format!("{v} is not a percentage (0-100)")));
-            }
-        }
-        if spec
-            .argv
-            .as_ref()
-            .is_some_and(|a| a.first().is_none_or(String::is_empty))
-        {
-            return Err(config(&name, "argv must name a program"));
-        }
+        let name = checked(GateSpec::Coverage(spec.clone()))?;
         Ok(CoverageGate { name, spec })
     }
 }

@@ -115,10 +115,7 @@ pub fn cobertura(xml: &[u8]) -> Result<Coverage, ParseError> {
     loop {
         match reader.read_event_into(&mut buf) {
             Err(e) => {
-                return Err(ParseError(format!(
-                    "not valid XML at byte {}: {e}",
-                    reader.error_position()
-                )));
+                return Err(crate::results::xml_error(reader.error_position(), e));
             }
             Ok(Event::Start(e) | Event::Empty(e)) => {
                 if e.name().local_name().as_ref() != "coverage" {
@@ -145,10 +142,7 @@ pub fn cobertura(xml: &[u8]) -> Result<Coverage, ParseError> {
                 loop {
                     match reader.read_event_into(&mut buf) {
                         Err(e) => {
-                            return Err(ParseError(format!(
-                                "not valid XML at byte {}: {e}",
-                                reader.error_position()
-                            )));
+                            return Err(crate::results::xml_error(reader.error_position(), e));
                         }
                         Ok(Event::Start(_)) => depth += 1,
                         Ok(Event::End(_)) => depth -= 1,

@@ -7,9 +7,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use globset::{Glob, GlobMatcher};
 use orch_core::plan::{FilesGateSpec, MetricGateSpec};
-use orch_core::{Evidence, Gate, GateContext, GateError, GateReport};
+use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
-use crate::common::{config, inside, report, stale_or_missing};
+use crate::common::{checked, config, inside, report, stale_or_missing};
 
 /// Largest file the gates read, in bytes.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
@@ -41,21 +41,7 @@ impl FilesGate {
     /// # Errors
     /// [`GateError`] (config) for an invalid glob, no paths, or min above max.
     pub fn new(spec: FilesGateSpec) -> Result<Self, GateError> {
-        let name = spec
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("files {}", spec.paths.join(", ")));
-        if spec.paths.is_empty() {
-            return Err(config(&name, "name at least one path"));
-        }
-        if let (Some(lo), Some(hi)) = (spec.min_words, spec.max_words)
-            && lo > hi
-        {
-            return Err(config(
-                &name,
-                format!("min_words {lo} is above max_words {hi}"),
-            ));
-        }
+        let name = checked(GateSpec::Files(spec.clone()))?;
         let rules = spec
             .paths
             .iter()
@@ -249,19 +235,7 @@ impl MetricGate {
     /// [`GateError`] (config) without bounds, or with a pointer that does not
     /// start with `/`.
     pub fn new(spec: MetricGateSpec) -> Result<Self, GateError> {
-        let name = spec
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("metric {}{}", spec.file, spec.pointer));
-        if spec.min.is_none() && spec.max.is_none() {
-            return Err(config(&name, "give `max`, `min` or both"));
-        }
-        if !(spec.pointer.is_empty() || spec.pointer.starts_with('/')) {
-            return Err(config(
-                &name,
-                format!("{:?} is not a JSON pointer", spec.pointer),
-            ));
-        }
+        let name = checked(GateSpec::Metric(spec.clone()))?;
         Ok(MetricGate { name, spec })
     }
 }

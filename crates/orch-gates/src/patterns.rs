@@ -6,10 +6,10 @@ use std::time::Instant;
 use async_trait::async_trait;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use orch_core::plan::{BuiltinPatterns, PatternsGateSpec};
-use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, Hit};
+use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec, Hit};
 use regex::Regex;
 
-use crate::common::{config, report};
+use crate::common::{checked, config, report};
 use crate::files::MAX_FILE_BYTES;
 
 /// A named rule, with an optional check that confirms a match (Luhn for
@@ -111,10 +111,7 @@ impl PatternsGate {
     /// # Errors
     /// [`GateError`] (config) for an invalid regex or glob, or no patterns.
     pub fn new(spec: PatternsGateSpec) -> Result<Self, GateError> {
-        let name = spec
-            .name
-            .clone()
-            .unwrap_or_else(|| "forbidden patterns".into());
+        let name = checked(GateSpec::ForbiddenPatterns(spec.clone()))?;
         let mut rules = Vec::new();
         for set in &spec.builtin {
             for (rule, re) in builtin(*set) {
@@ -132,9 +129,6 @@ impl PatternsGate {
                     .map_err(|e| config(&name, format!("pattern {:?}: {e}", p.name)))?,
                 confirm: None,
             });
-        }
-        if rules.is_empty() {
-            return Err(config(&name, "give at least one pattern or builtin set"));
         }
         Ok(PatternsGate {
             include: if spec.include.is_empty() {

@@ -22,6 +22,11 @@ pub struct TestResults {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError(pub String);
 
+/// A quick-xml error at a byte position, as a [`ParseError`].
+pub(crate) fn xml_error(position: u64, e: impl std::fmt::Display) -> ParseError {
+    ParseError(format!("not valid XML at byte {position}: {e}"))
+}
+
 const MESSAGE_LINES: usize = 12;
 
 fn message(lines: &[&str]) -> String {
@@ -199,12 +204,9 @@ pub fn junit(xml: &[u8]) -> Result<TestResults, ParseError> {
     let mut in_failure_text = false;
     let mut text = String::new();
     loop {
-        let ev = reader.read_event_into(&mut buf).map_err(|e| {
-            ParseError(format!(
-                "not valid XML at byte {}: {e}",
-                reader.error_position()
-            ))
-        })?;
+        let ev = reader
+            .read_event_into(&mut buf)
+            .map_err(|e| crate::results::xml_error(reader.error_position(), e))?;
         match ev {
             Event::Start(ref e) | Event::Empty(ref e) => {
                 let empty = matches!(ev, Event::Empty(_));

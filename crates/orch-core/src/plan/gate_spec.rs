@@ -281,9 +281,16 @@ impl GateSpec {
         }
     }
 
-    /// Checks what can be checked without running anything; returns
-    /// `(field, problem)` pairs.
-    pub(crate) fn check(&self, out: &mut Vec<(String, String)>) {
+    /// What is wrong with the spec that can be seen without running
+    /// anything, as `(field, problem)` pairs (empty when it is fine). Plan
+    /// validation and the gate constructors in `orch-gates` both use it.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        self.check(&mut out);
+        out
+    }
+
+    fn check(&self, out: &mut Vec<(String, String)>) {
         let argv = |out: &mut Vec<(String, String)>, argv: &[String], shell: bool| {
             if argv.is_empty() || argv[0].is_empty() {
                 out.push(("argv".into(), "argv must name a program".into()));

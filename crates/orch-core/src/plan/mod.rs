@@ -757,9 +757,7 @@ impl Validator {
 
     fn gates(&mut self, base: &str, gates: &[GateSpec]) {
         for (g, gate) in gates.iter().enumerate() {
-            let mut found = Vec::new();
-            gate.check(&mut found);
-            for (field, msg) in found {
+            for (field, msg) in gate.problems() {
                 self.push(format!("{base}[{g}].{field}"), msg);
             }
         }
