@@ -1,10 +1,21 @@
 //! # orch-agents
 //!
-//! Agent backends for orch: command agents, Claude Code, Codex and HTTP APIs.
+//! [`Agent`](orch_core::Agent) backends and what they share.
 //!
-//! Implementations of [`Agent`](orch_core::Agent) live here. This crate depends on
-//! `orch-core` only, never on its sibling crates.
+//! This release has the parts every CLI backend builds on, and the agent
+//! the tests and examples use:
 //!
-//! Status: the contract is defined in `orch-core`; the implementations
-//! are tracked in the project's open issues and are not part of this
-//! release yet, so this crate exports nothing.
+//! * [`stream`]: parsers for Claude Code's `stream-json` and Codex's
+//!   `exec --json` event streams, turning each line into progress and the
+//!   end of the stream into an outcome or a classified error;
+//! * [`ScriptedAgent`]: canned behaviour per (ticket, phase, attempt) that
+//!   really writes files.
+//!
+//! The process-driving backends (command, Claude Code, Codex), the HTTP
+//! backends, and the resilience layer (retry, circuit breaker, admission
+//! control, routing, accounting) are still to come; see the open issue.
+
+mod scripted;
+pub mod stream;
+
+pub use scripted::{ScriptedAgent, Step, TaskFn};
