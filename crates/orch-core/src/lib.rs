@@ -42,6 +42,9 @@
 //!
 //! * `plan-files` (default): load plans from TOML, YAML and JSON with
 //!   located errors ([`Plan::from_path`]).
+//! * `process` (off by default): the one process runner that gates and
+//!   agents share (process groups, timeouts, stall watchdog, capped
+//!   capture); it brings tokio and nix.
 
 mod agent;
 mod cancel;
@@ -50,6 +53,8 @@ mod event;
 mod gate;
 pub mod id;
 pub mod plan;
+#[cfg(feature = "process")]
+pub mod process;
 mod state;
 mod store;
 mod time;

@@ -8,8 +8,8 @@ use orch_core::plan::{CommandGateSpec, TestFormat, TestsGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
 use crate::common::{EXCERPT_LINES, cancelled, checked, inside, report, stale_or_missing, timeout};
-use crate::process::{self, Exit};
 use crate::results::{self, TestResults};
+use orch_core::process::{self, Exit};
 
 fn command(
     gate: &str,
@@ -29,6 +29,7 @@ fn command(
         },
         env: env.clone(),
         timeout: timeout(ctx, timeout_secs),
+        ..Default::default()
     })
 }
 

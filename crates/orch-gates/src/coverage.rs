@@ -8,7 +8,7 @@ use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
 use crate::common::{EXCERPT_LINES, cancelled, checked, inside, report, stale_or_missing, timeout};
 use crate::coverage_parse::{self, Coverage};
-use crate::process::{self, Exit};
+use orch_core::process::{self, Exit};
 
 /// Reads a coverage report (optionally running the command that writes it
 /// first) and compares line and branch coverage with the thresholds. A
@@ -52,6 +52,7 @@ impl Gate for CoverageGate {
                 cwd: ctx.workdir.clone(),
                 env: Default::default(),
                 timeout: timeout(ctx, s.timeout_secs),
+                ..Default::default()
             };
             let out = process::run(&cmd, &ctx.cancel).await;
             if out.exit == Exit::Cancelled {

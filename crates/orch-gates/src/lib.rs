@@ -38,8 +38,10 @@ pub mod coverage_parse;
 mod files;
 mod group;
 mod patterns;
-pub mod process;
 pub mod results;
+
+/// The process runner, shared with agents (it lives in orch-core).
+pub use orch_core::process;
 
 use std::sync::Arc;
 

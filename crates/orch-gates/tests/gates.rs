@@ -202,6 +202,7 @@ async fn output_is_capped_keeping_head_and_tail() {
         cwd: d.path().to_path_buf(),
         env: Default::default(),
         timeout: Duration::from_secs(60),
+        ..Default::default()
     };
     let out = orch_gates::process::run(&cmd, &Cancellation::new()).await;
     assert!(out.success());

@@ -8,13 +8,17 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::Cancellation;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use orch_core::Cancellation;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Bytes kept from the start and from the end of each output stream.
 pub const KEEP_BYTES: usize = 512 * 1024;
+
+/// Longest stdout line delivered to a line callback; the rest of a longer
+/// line is dropped, so memory stays bounded whatever a program prints.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 /// Output of one stream, capped: the first and last [`KEEP_BYTES`] bytes.
 #[derive(Debug, Default, Clone)]
@@ -46,6 +50,12 @@ impl Captured {
         let overflow = (self.tail.len() + bytes.len()).saturating_sub(self.keep);
         self.tail.drain(..overflow);
         self.tail.extend(bytes);
+    }
+
+    /// Counts `n` bytes the program wrote that were not kept (the excess of
+    /// an overlong line).
+    fn skipped(&mut self, n: u64) {
+        self.total += n;
     }
 
     /// Bytes written to the stream in all.
@@ -82,6 +92,8 @@ pub enum Exit {
     Signal(i32),
     /// It ran past its time limit; its process group was killed.
     TimedOut(Duration),
+    /// It printed nothing for this long; its process group was killed.
+    Stalled(Duration),
     /// It was cancelled; its process group was killed.
     Cancelled,
     /// The program does not exist.
@@ -125,6 +137,10 @@ impl Output {
             ),
             Exit::TimedOut(t) => format!(
                 "timed out after {}s; its process group was killed",
+                t.as_secs_f64().round()
+            ),
+            Exit::Stalled(t) => format!(
+                "printed nothing for {}s and was stopped; its process group was killed",
                 t.as_secs_f64().round()
             ),
             Exit::Cancelled => "was cancelled; its process group was killed".to_owned(),
@@ -173,10 +189,32 @@ pub struct Command {
     pub shell: bool,
     /// Working directory.
     pub cwd: PathBuf,
-    /// Variables added to the inherited environment.
+    /// Variables added to the environment.
     pub env: BTreeMap<String, String>,
+    /// Start from an empty environment (then only `env` is set).
+    pub env_clear: bool,
+    /// Written to standard input, which is then closed (default: no input).
+    pub stdin: Option<Vec<u8>>,
     /// Time limit.
     pub timeout: Duration,
+    /// Stop the program when it prints nothing on stdout for this long.
+    pub stall: Option<Duration>,
+}
+
+impl Default for Command {
+    /// No program, the current directory, 30 minutes, no stall limit.
+    fn default() -> Self {
+        Command {
+            argv: Vec::new(),
+            shell: false,
+            cwd: PathBuf::from("."),
+            env: BTreeMap::new(),
+            env_clear: false,
+            stdin: None,
+            timeout: Duration::from_secs(1800),
+            stall: None,
+        }
+    }
 }
 
 /// Kills the process group when dropped (the future was dropped, or we are
@@ -212,8 +250,48 @@ async fn pump<R: AsyncRead + Unpin>(mut r: R, keep: usize) -> Captured {
     }
 }
 
+/// Reads one line (up to and including `\n`) into `buf`, keeping at most
+/// `cap` bytes of it. Returns the bytes consumed (0 at end of stream) and
+/// whether the line ended. Cancel-safe: bytes already read stay in `buf`.
+async fn read_line_capped<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<(usize, bool)> {
+    let mut total = 0;
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok((total, false));
+        }
+        let (used, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        let room = cap.saturating_sub(buf.len());
+        buf.extend_from_slice(&available[..used.min(room)]);
+        r.consume(used);
+        total += used;
+        if done {
+            return Ok((total, true));
+        }
+    }
+}
+
 /// Runs `cmd` to the end, its time limit, or cancellation.
 pub async fn run(cmd: &Command, cancel: &Cancellation) -> Output {
+    run_lines(cmd, cancel, &mut |_: &str| {}).await
+}
+
+/// Runs `cmd` like [`run`], handing each stdout line (without its line
+/// end, at most [`MAX_LINE_BYTES`]) to `on_line` as it arrives. With
+/// `cmd.stall`, a program that prints nothing on stdout for that long is
+/// stopped ([`Exit::Stalled`]).
+pub async fn run_lines(
+    cmd: &Command,
+    cancel: &Cancellation,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Output {
     let started = Instant::now();
     let finish = |exit, stdout, stderr, lingering| Output {
         exit,
@@ -241,11 +319,18 @@ pub async fn run(cmd: &Command, cancel: &Cancellation) -> Output {
         }
     };
     let mut command = tokio::process::Command::new(program);
+    if cmd.env_clear {
+        command.env_clear();
+    }
     command
         .args(&args)
         .current_dir(&cmd.cwd)
         .envs(&cmd.env)
-        .stdin(Stdio::null())
+        .stdin(if cmd.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -269,44 +354,106 @@ pub async fn run(cmd: &Command, cancel: &Cancellation) -> Output {
         }
     };
     let mut group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
-    let out = tokio::spawn(pump(child.stdout.take().expect("piped"), KEEP_BYTES));
+    if let (Some(input), Some(mut pipe)) = (cmd.stdin.clone(), child.stdin.take()) {
+        // A program that does not read its input must not block us.
+        tokio::spawn(async move {
+            let _ = pipe.write_all(&input).await;
+            let _ = pipe.shutdown().await;
+        });
+    }
     let err = tokio::spawn(pump(child.stderr.take().expect("piped"), KEEP_BYTES));
-
-    let exit = tokio::select! {
-        status = child.wait() => match status {
-            Ok(s) => {
-                use std::os::unix::process::ExitStatusExt;
-                match (s.code(), s.signal()) {
-                    (Some(c), _) => Exit::Code(c),
-                    (None, Some(sig)) => Exit::Signal(sig),
-                    (None, None) => Exit::SpawnFailed("no exit status".into()),
+    let mut reader = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut stdout = Captured::new(KEEP_BYTES);
+    let mut line: Vec<u8> = Vec::new();
+    // Bytes of the current line read so far (more than `line` holds when
+    // the line is longer than MAX_LINE_BYTES).
+    let mut consumed = 0usize;
+    let mut eof = false;
+    let mut deliver = |line: &mut Vec<u8>, consumed: &mut usize, stdout: &mut Captured| {
+        stdout.push(line);
+        stdout.skipped((*consumed - line.len()) as u64);
+        *consumed = 0;
+        let text = String::from_utf8_lossy(line);
+        on_line(text.trim_end_matches(['\n', '\r']));
+        line.clear();
+    };
+    let deadline = tokio::time::Instant::now() + cmd.timeout;
+    let mut last_output = tokio::time::Instant::now();
+    let exit = loop {
+        let stall_at = cmd
+            .stall
+            .map_or(deadline, |s| (last_output + s).min(deadline));
+        tokio::select! {
+            r = read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES), if !eof => match r {
+                Ok((n, ended)) if n > 0 => {
+                    last_output = tokio::time::Instant::now();
+                    consumed += n;
+                    if ended {
+                        deliver(&mut line, &mut consumed, &mut stdout);
+                    }
                 }
+                _ => {
+                    eof = true;
+                    if consumed > 0 {
+                        deliver(&mut line, &mut consumed, &mut stdout);
+                    }
+                }
+            },
+            status = child.wait() => break match status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    match (s.code(), s.signal()) {
+                        (Some(c), _) => Exit::Code(c),
+                        (None, Some(sig)) => Exit::Signal(sig),
+                        (None, None) => Exit::SpawnFailed("no exit status".into()),
+                    }
+                }
+                Err(e) => Exit::SpawnFailed(format!("waiting for {program}: {e}")),
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                group.kill();
+                let _ = child.wait().await;
+                break Exit::TimedOut(cmd.timeout);
             }
-            Err(e) => Exit::SpawnFailed(format!("waiting for {program}: {e}")),
-        },
-        () = tokio::time::sleep(cmd.timeout) => {
-            group.kill();
-            let _ = child.wait().await;
-            Exit::TimedOut(cmd.timeout)
-        }
-        () = cancel.cancelled() => {
-            group.kill();
-            let _ = child.wait().await;
-            Exit::Cancelled
+            () = tokio::time::sleep_until(stall_at), if cmd.stall.is_some() => {
+                group.kill();
+                let _ = child.wait().await;
+                break Exit::Stalled(cmd.stall.unwrap_or_default());
+            }
+            () = cancel.cancelled() => {
+                group.kill();
+                let _ = child.wait().await;
+                break Exit::Cancelled;
+            }
         }
     };
     // Anything left in the group outlived the command: kill it, so its
-    // pipes close and nothing runs on after the gate.
+    // pipes close and nothing runs on after us.
     let lingering = matches!(exit, Exit::Code(_) | Exit::Signal(_)) && group.alive();
     group.kill();
     group.0 = None;
-    // A process that left the group may still hold a pipe; stop waiting.
+    // The rest of stdout; a process that left the group may still hold a
+    // pipe, so stop waiting after a grace period.
     let grace = Duration::from_secs(5);
-    let stdout = tokio::time::timeout(grace, out)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    if !eof {
+        let _ = tokio::time::timeout(grace, async {
+            loop {
+                match read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES).await {
+                    Ok((n, ended)) if n > 0 => {
+                        consumed += n;
+                        if ended {
+                            deliver(&mut line, &mut consumed, &mut stdout);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        })
+        .await;
+        if consumed > 0 {
+            deliver(&mut line, &mut consumed, &mut stdout);
+        }
+    }
     let stderr = tokio::time::timeout(grace, err)
         .await
         .ok()
