@@ -2,20 +2,25 @@
 //!
 //! [`Agent`](orch_core::Agent) backends and what they share.
 //!
-//! This release has the parts every CLI backend builds on, and the agent
-//! the tests and examples use:
-//!
+//! * [`CommandAgent`], [`ClaudeCodeAgent`], [`CodexAgent`]: agents that run
+//!   a program in its own process group, with a time limit, cancellation
+//!   and a stall watchdog that kill the group, bounded memory, and a
+//!   redacted transcript ([`from_spec`] builds them from a plan);
 //! * [`stream`]: parsers for Claude Code's `stream-json` and Codex's
 //!   `exec --json` event streams, turning each line into progress and the
 //!   end of the stream into an outcome or a classified error;
+//! * [`Redactor`]: secrets out of transcripts and progress;
 //! * [`ScriptedAgent`]: canned behaviour per (ticket, phase, attempt) that
-//!   really writes files.
+//!   really writes files, for tests and examples.
 //!
-//! The process-driving backends (command, Claude Code, Codex), the HTTP
-//! backends, and the resilience layer (retry, circuit breaker, admission
-//! control, routing, accounting) are still to come; see the open issue.
+//! The HTTP backends and the resilience layer (retry, circuit breaker,
+//! admission control, routing, accounting) are still to come.
 
+mod cli;
+mod redact;
 mod scripted;
 pub mod stream;
 
+pub use cli::{AgentDefaults, ClaudeCodeAgent, CodexAgent, CommandAgent, from_spec};
+pub use redact::{REDACTED, Redactor, is_secret_name};
 pub use scripted::{ScriptedAgent, Step, TaskFn};

@@ -1,0 +1,476 @@
+//! Agents that run a program: [`CommandAgent`] (any CLI),
+//! [`ClaudeCodeAgent`] (`claude -p --output-format stream-json`) and
+//! [`CodexAgent`] (`codex exec --json`). All run through orch-core's
+//! process runner: their own process group, a time limit and cancellation
+//! that kill the group, a stall watchdog, bounded memory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orch_core::process::{self, Exit, Output};
+use orch_core::{
+    Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentSpec, AgentTask,
+    BackendSpec, Progress, plan::PromptVia,
+};
+
+use crate::redact::Redactor;
+use crate::stream::{self, ClaudeStream, CodexStream};
+
+/// Limits and places every process agent uses, from the plan's policy.
+#[derive(Debug, Clone)]
+pub struct AgentDefaults {
+    /// Time limit of one run (a role's `timeout_secs` overrides it).
+    pub timeout: Duration,
+    /// Stop an agent silent on stdout for this long.
+    pub stall: Duration,
+    /// Where transcripts go (`<dir>/<agent id>.log`); none: not written.
+    pub transcripts: Option<PathBuf>,
+}
+
+impl Default for AgentDefaults {
+    fn default() -> Self {
+        AgentDefaults {
+            timeout: Duration::from_secs(3600),
+            stall: Duration::from_secs(600),
+            transcripts: None,
+        }
+    }
+}
+
+/// Maps how a process ended, when it did not run to the end, to an error.
+fn process_error(out: &Output, program: &str) -> Option<AgentError> {
+    let (kind, msg) = match &out.exit {
+        Exit::TimedOut(_) => (AgentErrorKind::TimedOut, out.describe()),
+        Exit::Stalled(_) => (AgentErrorKind::Stalled, out.describe()),
+        Exit::Cancelled => (AgentErrorKind::Cancelled, out.describe()),
+        Exit::NotFound(p) => (
+            AgentErrorKind::Spawn,
+            format!("{p} is not installed or not on PATH"),
+        ),
+        Exit::SpawnFailed(e) => (AgentErrorKind::Spawn, e.clone()),
+        Exit::Code(_) | Exit::Signal(_) => return None,
+    };
+    Some(AgentError::new(kind, format!("{program} {msg}")))
+}
+
+/// Runs `cmd`, redacting every stdout line, feeding it to `on_line`, and
+/// writing the redacted transcript.
+async fn run_redacted(
+    cmd: &process::Command,
+    task: &AgentTask,
+    ctx: &AgentContext,
+    redactor: &Redactor,
+    transcripts: Option<&PathBuf>,
+    mut on_line: impl FnMut(&str) + Send,
+) -> (Output, Option<PathBuf>) {
+    let mut cb = |line: &str| on_line(&redactor.redact(line));
+    let out = process::run_lines(cmd, &ctx.cancel, &mut cb).await;
+    let transcript = transcripts.and_then(|dir| {
+        let path = dir.join(format!("{}.log", task.agent_id));
+        let text = format!(
+            "$ {}\n--- stdout ({} bytes)\n{}\n--- stderr ({} bytes)\n{}\n--- {}\n",
+            cmd.argv.first().map_or("", String::as_str),
+            out.stdout.total(),
+            redactor.redact(&out.stdout.text()),
+            out.stderr.total(),
+            redactor.redact(&out.stderr.text()),
+            out.describe()
+        );
+        std::fs::create_dir_all(dir).ok()?;
+        std::fs::write(&path, text).ok()?;
+        Some(path)
+    });
+    (out, transcript)
+}
+
+fn exit_of(out: &Output) -> stream::Exit {
+    match out.exit {
+        Exit::Signal(s) => stream::Exit::Signal(s),
+        Exit::Code(c) => stream::Exit::Code(c),
+        _ => stream::Exit::Code(-1),
+    }
+}
+
+fn task_env(task: &AgentTask) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("ORCH_RUN".into(), task.run.to_string()),
+        ("ORCH_TICKET".into(), task.ticket.id.to_string()),
+        ("ORCH_PHASE".into(), task.phase.to_string()),
+        ("ORCH_ATTEMPT".into(), task.attempt.to_string()),
+        ("ORCH_AGENT_ID".into(), task.agent_id.to_string()),
+    ])
+}
+
+/// Runs any program. The prompt goes to stdin, to a file whose path
+/// replaces `{prompt_file}` in argv, or into the argv element `{prompt}`
+/// (never through a shell). The environment is cleared except `PATH`,
+/// `HOME`, the names in `env_allow`, the spec's `env` and `ORCH_*`
+/// variables describing the task. Exit status 0 is success.
+#[derive(Debug, Clone)]
+pub struct CommandAgent {
+    argv: Vec<String>,
+    prompt_via: PromptVia,
+    env_allow: Vec<String>,
+    env: BTreeMap<String, String>,
+    timeout: Duration,
+    defaults: AgentDefaults,
+}
+
+impl CommandAgent {
+    /// An agent running `argv`.
+    ///
+    /// # Errors
+    /// [`AgentErrorKind::Config`] for an empty argv, or a prompt placeholder
+    /// missing from argv.
+    pub fn new(
+        argv: Vec<String>,
+        prompt_via: PromptVia,
+        env_allow: Vec<String>,
+        env: BTreeMap<String, String>,
+        defaults: AgentDefaults,
+    ) -> Result<Self, AgentError> {
+        if argv.first().is_none_or(String::is_empty) {
+            return Err(AgentError::new(
+                AgentErrorKind::Config,
+                "argv must name a program",
+            ));
+        }
+        let need = match prompt_via {
+            PromptVia::Arg => Some("{prompt}"),
+            PromptVia::File => Some("{prompt_file}"),
+            PromptVia::Stdin => None,
+        };
+        if let Some(p) = need
+            && !argv.iter().any(|a| a == p)
+        {
+            return Err(AgentError::new(
+                AgentErrorKind::Config,
+                format!("prompt_via needs an argv element {p:?}"),
+            ));
+        }
+        Ok(CommandAgent {
+            argv,
+            prompt_via,
+            env_allow,
+            env,
+            timeout: defaults.timeout,
+            defaults,
+        })
+    }
+}
+
+#[async_trait]
+impl Agent for CommandAgent {
+    fn backend(&self) -> &str {
+        "command"
+    }
+
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let mut env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k == "PATH" || k == "HOME" || self.env_allow.contains(k))
+            .collect();
+        env.extend(self.env.clone());
+        env.extend(task_env(&task));
+        let redactor = Redactor::new(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut prompt_file = None;
+        let mut argv = self.argv.clone();
+        for a in &mut argv {
+            if a == "{prompt}" && self.prompt_via == PromptVia::Arg {
+                a.clone_from(&task.prompt);
+            } else if a == "{prompt_file}" && self.prompt_via == PromptVia::File {
+                let dir = std::env::temp_dir().join("orch-prompts");
+                let path = dir.join(format!(
+                    "{}-{}-{}.md",
+                    task.run,
+                    task.agent_id,
+                    std::process::id()
+                ));
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::write(&path, &task.prompt))
+                    .map_err(|e| {
+                        AgentError::new(AgentErrorKind::Crashed, format!("{}: {e}", path.display()))
+                    })?;
+                *a = path.to_string_lossy().into_owned();
+                prompt_file = Some(path);
+            }
+        }
+        let cmd = process::Command {
+            argv,
+            cwd: task.workdir.clone(),
+            env,
+            env_clear: true,
+            stdin: (self.prompt_via == PromptVia::Stdin).then(|| task.prompt.clone().into_bytes()),
+            timeout: self.timeout,
+            stall: Some(self.defaults.stall),
+            ..Default::default()
+        };
+        let last = Mutex::new(String::new());
+        let (out, transcript) = run_redacted(
+            &cmd,
+            &task,
+            ctx,
+            &redactor,
+            self.defaults.transcripts.as_ref(),
+            |line| {
+                if !line.trim().is_empty() {
+                    line.clone_into(&mut last.lock().unwrap_or_else(|e| e.into_inner()));
+                    ctx.progress.progress(
+                        &task.agent_id,
+                        Progress::Text {
+                            text: line.to_owned(),
+                        },
+                    );
+                }
+            },
+        )
+        .await;
+        if let Some(p) = prompt_file {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Some(e) = process_error(&out, &self.argv[0]) {
+            return Err(e);
+        }
+        let last = last.into_inner().unwrap_or_else(|e| e.into_inner());
+        let success = out.exit == Exit::Code(0);
+        let summary = if success {
+            last
+        } else {
+            let err = redactor.redact(
+                out.stderr
+                    .text()
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or(""),
+            );
+            format!("{} {}: {err}", self.argv[0], out.describe())
+        };
+        Ok(AgentOutcome {
+            success,
+            summary: summary.chars().take(2000).collect(),
+            transcript,
+            ..AgentOutcome::default()
+        })
+    }
+}
+
+/// Claude Code in headless mode: `claude -p --output-format stream-json
+/// --verbose`, the prompt on stdin, every event line parsed
+/// ([`ClaudeStream`]) into progress and the outcome.
+#[derive(Debug, Clone)]
+pub struct ClaudeCodeAgent {
+    argv: Vec<String>,
+    timeout: Duration,
+    defaults: AgentDefaults,
+}
+
+impl ClaudeCodeAgent {
+    /// The argv for the settings of a `claude_code` backend.
+    pub fn argv(spec: &BackendSpec) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        if let BackendSpec::ClaudeCode {
+            binary,
+            model,
+            max_turns,
+            allowed_tools,
+            permission_mode,
+            append_system_prompt,
+            extra_args,
+        } = spec
+        {
+            a.push(binary.clone().unwrap_or_else(|| "claude".into()));
+            a.extend(["-p", "--output-format", "stream-json", "--verbose"].map(String::from));
+            if let Some(m) = model {
+                a.extend(["--model".into(), m.clone()]);
+            }
+            if let Some(n) = max_turns {
+                a.extend(["--max-turns".into(), n.to_string()]);
+            }
+            if !allowed_tools.is_empty() {
+                a.extend(["--allowedTools".into(), allowed_tools.join(",")]);
+            }
+            if let Some(p) = permission_mode {
+                a.extend(["--permission-mode".into(), p.clone()]);
+            }
+            if let Some(s) = append_system_prompt {
+                a.extend(["--append-system-prompt".into(), s.clone()]);
+            }
+            a.extend(extra_args.iter().cloned());
+        }
+        a
+    }
+}
+
+#[async_trait]
+impl Agent for ClaudeCodeAgent {
+    fn backend(&self) -> &str {
+        "claude_code"
+    }
+
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let cmd = process::Command {
+            argv: self.argv.clone(),
+            cwd: task.workdir.clone(),
+            env: task_env(&task),
+            stdin: Some(task.prompt.clone().into_bytes()),
+            timeout: self.timeout,
+            stall: Some(self.defaults.stall),
+            ..Default::default()
+        };
+        let parser = Mutex::new(ClaudeStream::new());
+        let redactor = Redactor::from_process_env();
+        let (out, transcript) = run_redacted(
+            &cmd,
+            &task,
+            ctx,
+            &redactor,
+            self.defaults.transcripts.as_ref(),
+            |line| {
+                let progress = parser
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_line(line);
+                for p in progress {
+                    ctx.progress.progress(&task.agent_id, p);
+                }
+            },
+        )
+        .await;
+        if let Some(e) = process_error(&out, &self.argv[0]) {
+            return Err(e);
+        }
+        let parser = parser.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut outcome = parser.finish(exit_of(&out))?;
+        outcome.transcript = transcript;
+        Ok(outcome)
+    }
+}
+
+/// OpenAI Codex CLI: `codex exec --json`, the prompt as the last argument,
+/// every event line parsed ([`CodexStream`]).
+#[derive(Debug, Clone)]
+pub struct CodexAgent {
+    argv: Vec<String>,
+    timeout: Duration,
+    defaults: AgentDefaults,
+}
+
+impl CodexAgent {
+    /// The argv (without the prompt) for the settings of a `codex` backend.
+    pub fn argv(spec: &BackendSpec) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        if let BackendSpec::Codex {
+            binary,
+            model,
+            sandbox,
+            extra_args,
+        } = spec
+        {
+            a.push(binary.clone().unwrap_or_else(|| "codex".into()));
+            a.extend(["exec", "--json"].map(String::from));
+            if let Some(m) = model {
+                a.extend(["--model".into(), m.clone()]);
+            }
+            if let Some(s) = sandbox {
+                a.extend(["--sandbox".into(), s.clone()]);
+            }
+            a.extend(extra_args.iter().cloned());
+        }
+        a
+    }
+}
+
+#[async_trait]
+impl Agent for CodexAgent {
+    fn backend(&self) -> &str {
+        "codex"
+    }
+
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let mut argv = self.argv.clone();
+        argv.push(task.prompt.clone());
+        let cmd = process::Command {
+            argv,
+            cwd: task.workdir.clone(),
+            env: task_env(&task),
+            timeout: self.timeout,
+            stall: Some(self.defaults.stall),
+            ..Default::default()
+        };
+        let parser = Mutex::new(CodexStream::new());
+        let redactor = Redactor::from_process_env();
+        let (out, transcript) = run_redacted(
+            &cmd,
+            &task,
+            ctx,
+            &redactor,
+            self.defaults.transcripts.as_ref(),
+            |line| {
+                let progress = parser
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_line(line);
+                for p in progress {
+                    ctx.progress.progress(&task.agent_id, p);
+                }
+            },
+        )
+        .await;
+        if let Some(e) = process_error(&out, &self.argv[0]) {
+            return Err(e);
+        }
+        let parser = parser.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut outcome = parser.finish(exit_of(&out))?;
+        outcome.transcript = transcript;
+        Ok(outcome)
+    }
+}
+
+/// Builds the agent an [`AgentSpec`] describes.
+///
+/// # Errors
+/// [`AgentErrorKind::Config`] for a bad spec, or a backend kind this crate
+/// does not provide yet (HTTP backends) or that the program must register
+/// itself (`custom`).
+pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn Agent>, AgentError> {
+    let mut d = defaults.clone();
+    if let Some(t) = spec.timeout_secs {
+        d.timeout = Duration::from_secs(t);
+    }
+    Ok(match &spec.backend {
+        BackendSpec::Command {
+            argv,
+            prompt_via,
+            env_allow,
+            env,
+        } => Arc::new(CommandAgent::new(
+            argv.clone(),
+            *prompt_via,
+            env_allow.clone(),
+            env.clone(),
+            d,
+        )?),
+        b @ BackendSpec::ClaudeCode { .. } => Arc::new(ClaudeCodeAgent {
+            argv: ClaudeCodeAgent::argv(b),
+            timeout: d.timeout,
+            defaults: d,
+        }),
+        b @ BackendSpec::Codex { .. } => Arc::new(CodexAgent {
+            argv: CodexAgent::argv(b),
+            timeout: d.timeout,
+            defaults: d,
+        }),
+        other => {
+            return Err(AgentError::new(
+                AgentErrorKind::Config,
+                format!(
+                    "backend kind {:?} is not provided by orch-agents yet; register your own Agent for this role",
+                    other.kind()
+                ),
+            ));
+        }
+    })
+}

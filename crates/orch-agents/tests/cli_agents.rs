@@ -1,0 +1,384 @@
+//! Process agents against stand-ins: small scripts that replay the lines
+//! the real CLIs printed (tests/fixtures), hang, stall, flood or leak.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orch_agents::{AgentDefaults, REDACTED, from_spec};
+use orch_core::{
+    AgentContext, AgentErrorKind, AgentId, AgentSpec, AgentTask, Cancellation, Progress,
+};
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An executable script in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn task(dir: &Path, prompt: &str) -> AgentTask {
+    AgentTask {
+        run: "r1".parse().unwrap(),
+        agent_id: "T-1.implement.1".parse().unwrap(),
+        ticket: Arc::new(
+            serde_json::from_str(r#"{"id":"T-1","title":"t","effort":"1h"}"#).unwrap(),
+        ),
+        phase: "implement".parse().unwrap(),
+        role: "dev".parse().unwrap(),
+        prompt: prompt.into(),
+        workdir: dir.to_path_buf(),
+        feedback: vec![],
+        attempt: 1,
+    }
+}
+
+fn spec(json: serde_json::Value) -> AgentSpec {
+    serde_json::from_value(json).unwrap()
+}
+
+fn defaults(transcripts: Option<PathBuf>) -> AgentDefaults {
+    AgentDefaults {
+        timeout: Duration::from_secs(60),
+        stall: Duration::from_secs(60),
+        transcripts,
+    }
+}
+
+type Seen = Arc<Mutex<Vec<Progress>>>;
+
+fn ctx() -> (AgentContext, Seen) {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    (
+        AgentContext {
+            cancel: Cancellation::new(),
+            progress: Arc::new(move |_: &AgentId, p: Progress| s.lock().unwrap().push(p)),
+        },
+        seen,
+    )
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => !matches!(
+            stat.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+    }
+}
+
+#[tokio::test]
+async fn claude_code_stand_in_success_and_argv() {
+    let d = tempfile::tempdir().unwrap();
+    let claude = script(
+        d.path(),
+        "claude",
+        &format!(
+            "printf '%s\\n' \"$@\" > argv.txt\ncat > prompt.txt\ncat {}",
+            fixture("claude_tool.jsonl")
+        ),
+    );
+    let agent = from_spec(&spec(serde_json::json!({"backend": {"kind": "claude_code", "binary": claude,
+        "model": "sonnet", "max_turns": 7, "allowed_tools": ["Bash", "Edit"], "permission_mode": "acceptEdits"}})),
+        &defaults(None)).unwrap();
+    let (c, seen) = ctx();
+    let out = agent.run(task(d.path(), "Fix the XSS"), &c).await.unwrap();
+    assert!(out.success);
+    assert_eq!(out.summary, "Hello from the mock.");
+    assert_eq!(out.usage.output_tokens, 37);
+    let argv = std::fs::read_to_string(d.path().join("argv.txt")).unwrap();
+    assert_eq!(
+        argv,
+        "-p\n--output-format\nstream-json\n--verbose\n--model\nsonnet\n--max-turns\n7\n--allowedTools\nBash,Edit\n--permission-mode\nacceptEdits\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("prompt.txt")).unwrap(),
+        "Fix the XSS",
+        "prompt on stdin"
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|p| matches!(p, Progress::ToolUse { name, .. } if name == "Bash"))
+    );
+}
+
+#[tokio::test]
+async fn claude_code_failures_are_classified() {
+    let d = tempfile::tempdir().unwrap();
+    for (fixture_name, code, kind) in [
+        ("claude_maxturns.jsonl", 1, AgentErrorKind::MaxTurns),
+        ("claude_529.jsonl", 1, AgentErrorKind::Overloaded),
+    ] {
+        let claude = script(
+            d.path(),
+            "claude",
+            &format!("cat >/dev/null\ncat {}\nexit {code}", fixture(fixture_name)),
+        );
+        let agent = from_spec(
+            &spec(serde_json::json!({"backend": {"kind": "claude_code", "binary": claude}})),
+            &defaults(None),
+        )
+        .unwrap();
+        let e = agent.run(task(d.path(), "p"), &ctx().0).await.unwrap_err();
+        assert_eq!(e.kind, kind, "{fixture_name}: {e}");
+    }
+    // Non-zero exit mid-stream: two lines, then exit 3.
+    let claude = script(
+        d.path(),
+        "claude",
+        &format!(
+            "cat >/dev/null\nhead -n 2 {}\nexit 3",
+            fixture("claude_tool.jsonl")
+        ),
+    );
+    let agent = from_spec(
+        &spec(serde_json::json!({"backend": {"kind": "claude_code", "binary": claude}})),
+        &defaults(None),
+    )
+    .unwrap();
+    let e = agent.run(task(d.path(), "p"), &ctx().0).await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Crashed);
+    assert_eq!(
+        e.message,
+        "the stream ended after 2 lines without a result (exit status 3)"
+    );
+    // Not installed.
+    let agent = from_spec(&spec(serde_json::json!({"backend": {"kind": "claude_code", "binary": "no-such-claude-orch"}})), &defaults(None)).unwrap();
+    let e = agent.run(task(d.path(), "p"), &ctx().0).await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Spawn);
+    assert_eq!(
+        e.message,
+        "no-such-claude-orch no-such-claude-orch is not installed or not on PATH"
+    );
+}
+
+#[tokio::test]
+async fn codex_stand_in() {
+    let d = tempfile::tempdir().unwrap();
+    let codex = script(
+        d.path(),
+        "codex",
+        &format!(
+            "printf '%s\\n' \"$@\" > argv.txt\ncat {}",
+            fixture("codex_tool.jsonl")
+        ),
+    );
+    let agent = from_spec(&spec(serde_json::json!({"backend": {"kind": "codex", "binary": codex, "sandbox": "workspace-write"}})), &defaults(None)).unwrap();
+    let out = agent
+        .run(task(d.path(), "Add retries"), &ctx().0)
+        .await
+        .unwrap();
+    assert_eq!(out.summary, "Hello from the mock.");
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("argv.txt")).unwrap(),
+        "exec\n--json\n--sandbox\nworkspace-write\nAdd retries\n"
+    );
+}
+
+#[tokio::test]
+async fn hung_agents_are_killed_on_timeout_stall_and_cancel_leaving_no_process() {
+    let d = tempfile::tempdir().unwrap();
+    let hang = script(
+        d.path(),
+        "hang",
+        "echo $$ > hang.pid\nsleep 300 &\necho $! > child.pid\necho started\nwait",
+    );
+    let pids = |d: &Path| -> Vec<i32> {
+        ["hang.pid", "child.pid"]
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(d.join(f))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    // Timeout.
+    let mut df = defaults(None);
+    df.timeout = Duration::from_secs(1);
+    let agent = from_spec(
+        &spec(serde_json::json!({"backend": {"kind": "command", "argv": [hang]}})),
+        &df,
+    )
+    .unwrap();
+    let e = agent.run(task(d.path(), ""), &ctx().0).await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::TimedOut, "{e}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        pids(d.path()).iter().all(|p| !alive(*p)),
+        "process group gone after timeout"
+    );
+    // Stall: prints one line, then nothing.
+    let mut df = defaults(None);
+    df.stall = Duration::from_secs(1);
+    let agent = from_spec(
+        &spec(serde_json::json!({"backend": {"kind": "command", "argv": [hang]}})),
+        &df,
+    )
+    .unwrap();
+    let e = agent.run(task(d.path(), ""), &ctx().0).await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Stalled, "{e}");
+    assert!(e.is_retryable());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        pids(d.path()).iter().all(|p| !alive(*p)),
+        "process group gone after stall"
+    );
+    // Cancellation.
+    let agent = from_spec(
+        &spec(serde_json::json!({"backend": {"kind": "command", "argv": [hang]}})),
+        &defaults(None),
+    )
+    .unwrap();
+    let (c, _) = ctx();
+    let cancel = c.cancel.clone();
+    let t = task(d.path(), "");
+    let h = tokio::spawn(async move { agent.run(t, &c).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel.cancel();
+    let e = h.await.unwrap().unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Cancelled);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        pids(d.path()).iter().all(|p| !alive(*p)),
+        "process group gone after cancel"
+    );
+}
+
+#[tokio::test]
+async fn ten_megabytes_of_output_stay_bounded_and_secrets_are_redacted() {
+    let d = tempfile::tempdir().unwrap();
+    let logs = d.path().join("transcripts");
+    let flood = script(
+        d.path(),
+        "flood",
+        "i=0\nwhile [ $i -lt 100000 ]; do echo \"line $i of a long run with a hundred characters of padding ...............................\"; i=$((i+1)); done\nhead -c 2000000 /dev/zero | tr '\\0' y\necho\necho \"key is $MY_API_KEY and sk-ant-api03-ABCDEFGHIJKLMNOPQRSTUVWX\"\necho done",
+    );
+    let agent = from_spec(
+        &spec(
+            serde_json::json!({"backend": {"kind": "command", "argv": [flood],
+        "env": {"MY_API_KEY": "s3cr3t-value-123456"}}}),
+        ),
+        &defaults(Some(logs.clone())),
+    )
+    .unwrap();
+    let (c, seen) = ctx();
+    let out = agent.run(task(d.path(), ""), &c).await.unwrap();
+    assert!(out.success);
+    assert_eq!(out.summary, "done");
+    let transcript = std::fs::read_to_string(out.transcript.unwrap()).unwrap();
+    assert!(
+        transcript.len() < 1_100_000,
+        "transcript capped: {} bytes",
+        transcript.len()
+    );
+    assert!(transcript.contains("bytes dropped ...]"));
+    assert!(
+        !transcript.contains("s3cr3t-value-123456") && !transcript.contains("sk-ant-api03"),
+        "secrets redacted"
+    );
+    assert!(transcript.contains(&format!("key is {REDACTED} and {REDACTED}")));
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().any(|p| matches!(p, Progress::Text { text } if text == &format!("key is {REDACTED} and {REDACTED}"))));
+    assert!(
+        !seen
+            .iter()
+            .any(|p| matches!(p, Progress::Text { text } if text.contains("s3cr3t")))
+    );
+    let long = seen
+        .iter()
+        .filter_map(|p| match p {
+            Progress::Text { text } => Some(text.len()),
+            _ => None,
+        })
+        .max()
+        .unwrap();
+    assert!(
+        long <= orch_core::process::MAX_LINE_BYTES,
+        "the 2 MB line was cut to {long}"
+    );
+}
+
+#[tokio::test]
+async fn command_agent_prompt_paths_and_environment() {
+    let d = tempfile::tempdir().unwrap();
+    let show = script(
+        d.path(),
+        "show",
+        "echo \"arg=$1\"\n[ -n \"$2\" ] && echo \"file=$(cat \"$2\")\"\necho \"stdin=$(cat)\"\necho \"ticket=$ORCH_TICKET home=${HOME:+set} leak=${CARGO_PKG_NAME:-unset}\"",
+    );
+    let run = |json: serde_json::Value| {
+        let d = d.path().to_path_buf();
+        async move {
+            let agent = from_spec(&spec(json), &defaults(None)).unwrap();
+            let (c, seen) = ctx();
+            agent.run(task(&d, "the prompt"), &c).await.unwrap();
+            let texts: Vec<String> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|p| match p {
+                    Progress::Text { text } => Some(text.clone()),
+                    _ => None,
+                })
+                .collect();
+            texts
+        }
+    };
+    let t = run(serde_json::json!({"backend": {"kind": "command", "argv": [show]}})).await;
+    assert_eq!(
+        t,
+        ["arg=", "stdin=the prompt", "ticket=T-1 home=set leak=unset"]
+    );
+    let t = run(serde_json::json!({"backend": {"kind": "command", "argv": [show, "{prompt}"], "prompt_via": "arg"}})).await;
+    assert_eq!(t[0], "arg=the prompt");
+    let t = run(serde_json::json!({"backend": {"kind": "command", "argv": [show, "x", "{prompt_file}"], "prompt_via": "file", "env_allow": ["CARGO_PKG_NAME"]}})).await;
+    assert_eq!(t[1], "file=the prompt");
+    assert_eq!(
+        t[3], "ticket=T-1 home=set leak=orch-agents",
+        "allow-listed variables pass"
+    );
+    // Failure: non-zero exit is an outcome, not an error.
+    let fail = script(
+        d.path(),
+        "fail",
+        "echo working\necho 'cannot compile' >&2\nexit 2",
+    );
+    let agent = from_spec(
+        &spec(serde_json::json!({"backend": {"kind": "command", "argv": [fail]}})),
+        &defaults(None),
+    )
+    .unwrap();
+    let out = agent.run(task(d.path(), ""), &ctx().0).await.unwrap();
+    assert!(!out.success);
+    assert!(
+        out.summary
+            .ends_with("exited with status 2: cannot compile"),
+        "{}",
+        out.summary
+    );
+    // A bad spec is refused.
+    let e = from_spec(
+        &spec(
+            serde_json::json!({"backend": {"kind": "command", "argv": ["x"], "prompt_via": "arg"}}),
+        ),
+        &defaults(None),
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.kind, AgentErrorKind::Config);
+}
