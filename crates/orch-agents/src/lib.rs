@@ -10,17 +10,23 @@
 //!   `exec --json` event streams, turning each line into progress and the
 //!   end of the stream into an outcome or a classified error;
 //! * [`Redactor`]: secrets out of transcripts and progress;
+//! * [`Backend`] and [`Router`]: retry with backoff honouring
+//!   `retry-after`, a circuit breaker, admission control (a rate limit
+//!   pauses every task of that backend), routing by role with fallback, and
+//!   token/cost accounting against the budget;
 //! * [`ScriptedAgent`]: canned behaviour per (ticket, phase, attempt) that
 //!   really writes files, for tests and examples.
 //!
-//! The HTTP backends and the resilience layer (retry, circuit breaker,
-//! admission control, routing, accounting) are still to come.
+//! The HTTP backends (Anthropic Messages, OpenAI-compatible) are still to
+//! come.
 
 mod cli;
 mod redact;
+mod resilience;
 mod scripted;
 pub mod stream;
 
 pub use cli::{AgentDefaults, ClaudeCodeAgent, CodexAgent, CommandAgent, from_spec};
 pub use redact::{REDACTED, Redactor, is_secret_name};
+pub use resilience::{Backend, Breaker, BreakerConfig, BreakerState, Ledger, RetryConfig, Router};
 pub use scripted::{ScriptedAgent, Step, TaskFn};

@@ -1,0 +1,515 @@
+//! Resilience around a backend: retry with backoff that honours
+//! `retry-after`, a circuit breaker, admission control, routing by role
+//! with fallback, and token/cost accounting against the budget.
+//!
+//! The teams' rule: 429 → wait longer (the time asked for), 529/5xx →
+//! retry, other 4xx → fail fast.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orch_core::plan::Budget;
+use orch_core::{
+    Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Plan, RoleName,
+    TicketId, Usage,
+};
+use tokio::time::Instant;
+
+use crate::cli::{AgentDefaults, from_spec};
+
+/// Circuit breaker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit (default 5).
+    pub failures: u32,
+    /// How long it stays open before one probe is let through (default 30 s).
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a circuit breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls are refused until the cool-down has passed.
+    Open,
+    /// One probe call is let through; its result closes or reopens it.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+struct BreakerInner {
+    state: BreakerState,
+    failures: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+/// A circuit breaker: opens after N consecutive failures, half-opens after
+/// a cool-down.
+#[derive(Debug)]
+pub struct Breaker {
+    cfg: BreakerConfig,
+    inner: Mutex<BreakerInner>,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(cfg: BreakerConfig) -> Self {
+        Breaker {
+            cfg,
+            inner: Mutex::new(BreakerInner {
+                state: BreakerState::Closed,
+                failures: 0,
+                open_until: None,
+                probing: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its state now (an open breaker whose cool-down has passed reads as
+    /// half-open).
+    pub fn state(&self) -> BreakerState {
+        let b = self.lock();
+        match (b.state, b.open_until) {
+            (BreakerState::Open, Some(t)) if Instant::now() >= t => BreakerState::HalfOpen,
+            (s, _) => s,
+        }
+    }
+
+    /// Whether a call may go through now (takes the probe slot when
+    /// half-open).
+    pub fn allow(&self) -> bool {
+        let mut b = self.lock();
+        if b.state == BreakerState::Open && b.open_until.is_some_and(|t| Instant::now() >= t) {
+            b.state = BreakerState::HalfOpen;
+            b.probing = false;
+        }
+        match b.state {
+            BreakerState::Closed => true,
+            BreakerState::Open => false,
+            BreakerState::HalfOpen if b.probing => false,
+            BreakerState::HalfOpen => {
+                b.probing = true;
+                true
+            }
+        }
+    }
+
+    /// A call succeeded: close.
+    pub fn success(&self) {
+        let mut b = self.lock();
+        b.state = BreakerState::Closed;
+        b.failures = 0;
+        b.probing = false;
+        b.open_until = None;
+    }
+
+    /// A call failed in a way that says the backend is unwell.
+    pub fn failure(&self) {
+        let mut b = self.lock();
+        b.failures += 1;
+        if b.state == BreakerState::HalfOpen || b.failures >= self.cfg.failures {
+            b.state = BreakerState::Open;
+            b.open_until = Some(Instant::now() + self.cfg.cooldown);
+            b.probing = false;
+        }
+    }
+}
+
+/// Retry settings for errors a retry can fix (rate limited, overloaded).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryConfig {
+    /// Retries after the first call (default 3).
+    pub retries: u32,
+    /// First backoff (default 1 s), doubled each retry.
+    pub base: Duration,
+    /// Longest backoff (default 60 s).
+    pub max: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            retries: 3,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The wait before retry `n` (0-based): what the backend asked for, or
+    /// exponential backoff, plus up to 25% jitter.
+    pub fn delay(&self, n: u32, retry_after: Option<Duration>) -> Duration {
+        static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+        let base = retry_after
+            .unwrap_or_else(|| self.base.saturating_mul(1u32 << n.min(16)).min(self.max));
+        let mut x = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        let jitter = base.mul_f64((x % 1000) as f64 / 4000.0);
+        base + jitter
+    }
+}
+
+/// Whether an error says the backend (not the task) is unwell.
+fn counts_against_backend(kind: AgentErrorKind) -> bool {
+    matches!(
+        kind,
+        AgentErrorKind::Overloaded
+            | AgentErrorKind::RateLimited
+            | AgentErrorKind::Crashed
+            | AgentErrorKind::Spawn
+            | AgentErrorKind::Protocol
+            | AgentErrorKind::Auth
+            | AgentErrorKind::Stalled
+            | AgentErrorKind::TimedOut
+    )
+}
+
+/// An agent wrapped with a circuit breaker, admission control and retries.
+///
+/// * At most `max_concurrency` tasks run on it at once; the others wait.
+/// * When it answers "rate limited" with a delay, every task for it waits
+///   that long, not just the one that was told.
+/// * Rate-limited and overloaded calls are retried with backoff and jitter.
+/// * After N consecutive failures its circuit opens: calls fail at once with
+///   [`AgentErrorKind::Unavailable`] until the cool-down has passed.
+pub struct Backend {
+    name: String,
+    agent: Arc<dyn Agent>,
+    breaker: Breaker,
+    permits: tokio::sync::Semaphore,
+    paused_until: Mutex<Option<Instant>>,
+    retry: RetryConfig,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("name", &self.name)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// Wraps `agent`.
+    pub fn new(
+        name: impl Into<String>,
+        agent: Arc<dyn Agent>,
+        max_concurrency: u32,
+        breaker: BreakerConfig,
+        retry: RetryConfig,
+    ) -> Self {
+        Backend {
+            name: name.into(),
+            agent,
+            breaker: Breaker::new(breaker),
+            permits: tokio::sync::Semaphore::new(max_concurrency.max(1) as usize),
+            paused_until: Mutex::new(None),
+            retry,
+        }
+    }
+
+    /// Its circuit breaker.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Until when every task for it waits (after a rate limit).
+    pub fn paused_until(&self) -> Option<Instant> {
+        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none_or(|t| t < until) {
+            *p = Some(until);
+        }
+    }
+}
+
+#[async_trait]
+impl Agent for Backend {
+    fn backend(&self) -> &str {
+        self.agent.backend()
+    }
+
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let mut retry = 0;
+        let mut spent = Usage::default();
+        loop {
+            if !self.breaker.allow() {
+                let mut e = AgentError::new(
+                    AgentErrorKind::Unavailable,
+                    format!("backend {} is unavailable: its circuit is open", self.name),
+                );
+                e.usage = spent;
+                return Err(e);
+            }
+            if let Some(until) = self.paused_until() {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    () = ctx.cancel.cancelled() => return Err(AgentError::new(AgentErrorKind::Cancelled, "cancelled while waiting for the backend")),
+                }
+            }
+            let permit = tokio::select! {
+                p = self.permits.acquire() => p.map_err(|_| AgentError::new(AgentErrorKind::Unavailable, "backend closed"))?,
+                () = ctx.cancel.cancelled() => return Err(AgentError::new(AgentErrorKind::Cancelled, "cancelled while waiting for a slot")),
+            };
+            let result = self.agent.run(task.clone(), ctx).await;
+            drop(permit);
+            match result {
+                Ok(mut out) => {
+                    self.breaker.success();
+                    out.usage += spent;
+                    return Ok(out);
+                }
+                Err(mut e) => {
+                    spent += e.usage;
+                    if counts_against_backend(e.kind) {
+                        self.breaker.failure();
+                    }
+                    if e.kind == AgentErrorKind::RateLimited
+                        && let Some(d) = e.retry_after
+                    {
+                        self.pause(d);
+                    }
+                    let retryable = matches!(
+                        e.kind,
+                        AgentErrorKind::RateLimited | AgentErrorKind::Overloaded
+                    );
+                    if !retryable || retry >= self.retry.retries {
+                        e.usage = spent;
+                        return Err(e);
+                    }
+                    let wait = self.retry.delay(retry, e.retry_after);
+                    retry += 1;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = ctx.cancel.cancelled() => return Err(AgentError::new(AgentErrorKind::Cancelled, "cancelled during backoff")),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Tokens and cost per ticket, per role and for the run.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    /// Per ticket.
+    pub per_ticket: BTreeMap<TicketId, Usage>,
+    /// Per role.
+    pub per_role: BTreeMap<RoleName, Usage>,
+    /// The whole run.
+    pub total: Usage,
+}
+
+impl Ledger {
+    /// Records usage.
+    pub fn record(&mut self, ticket: &TicketId, role: &RoleName, usage: Usage) {
+        *self.per_ticket.entry(ticket.clone()).or_default() += usage;
+        *self.per_role.entry(role.clone()).or_default() += usage;
+        self.total += usage;
+    }
+
+    /// Why the budget is spent, if it is.
+    pub fn exceeded(&self, budget: &Budget) -> Option<String> {
+        if let Some(max) = budget
+            .max_tokens
+            .filter(|m| self.total.total_tokens() >= *m)
+        {
+            return Some(format!(
+                "{} tokens used; the budget is {max}",
+                self.total.total_tokens()
+            ));
+        }
+        if let Some(max) = budget.max_usd.filter(|m| self.total.cost_usd >= *m) {
+            return Some(format!(
+                "${:.2} spent; the budget is ${max:.2}",
+                self.total.cost_usd
+            ));
+        }
+        None
+    }
+}
+
+/// The agents of a plan by role, with fallbacks and a ledger.
+pub struct Router {
+    backends: BTreeMap<RoleName, Arc<Backend>>,
+    fallback: BTreeMap<RoleName, RoleName>,
+    budget: Budget,
+    ledger: Mutex<Ledger>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("roles", &self.backends.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// Builds every role of `plan`: `custom` agents (by role name) take
+    /// precedence, then `custom` backends registered by name for
+    /// `kind = "custom"`, then the built-in backends ([`from_spec`]).
+    ///
+    /// # Errors
+    /// [`AgentErrorKind::Config`] for a role that cannot be built.
+    pub fn from_plan(
+        plan: &Plan,
+        defaults: &AgentDefaults,
+        custom: &HashMap<String, Arc<dyn Agent>>,
+    ) -> Result<Router, AgentError> {
+        let mut backends = BTreeMap::new();
+        let mut fallback = BTreeMap::new();
+        for (role, spec) in &plan.agents {
+            let agent: Arc<dyn Agent> = match (custom.get(role.as_str()), &spec.backend) {
+                (Some(a), _) => Arc::clone(a),
+                (None, orch_core::BackendSpec::Custom { name, .. }) => {
+                    custom.get(name).cloned().ok_or_else(|| {
+                        AgentError::new(
+                            AgentErrorKind::Config,
+                            format!("role {role}: no custom backend registered as {name:?}"),
+                        )
+                    })?
+                }
+                (None, _) => from_spec(spec, defaults)
+                    .map_err(|e| AgentError::new(e.kind, format!("role {role}: {}", e.message)))?,
+            };
+            let max = spec
+                .max_concurrency
+                .or_else(|| plan.policy.role_concurrency.get(role).copied())
+                .unwrap_or(plan.policy.max_concurrency);
+            backends.insert(
+                role.clone(),
+                Arc::new(Backend::new(
+                    role.as_str(),
+                    agent,
+                    max,
+                    BreakerConfig::default(),
+                    RetryConfig::default(),
+                )),
+            );
+            if let Some(fb) = &spec.fallback {
+                fallback.insert(role.clone(), fb.clone());
+            }
+        }
+        Ok(Router {
+            backends,
+            fallback,
+            budget: plan.policy.budget.clone(),
+            ledger: Mutex::new(Ledger::default()),
+        })
+    }
+
+    /// A router over explicit backends.
+    pub fn new(
+        backends: BTreeMap<RoleName, Arc<Backend>>,
+        fallback: BTreeMap<RoleName, RoleName>,
+        budget: Budget,
+    ) -> Router {
+        Router {
+            backends,
+            fallback,
+            budget,
+            ledger: Mutex::new(Ledger::default()),
+        }
+    }
+
+    /// The backend of `role`.
+    pub fn backend(&self, role: &RoleName) -> Option<&Arc<Backend>> {
+        self.backends.get(role)
+    }
+
+    /// The role that should run work meant for `role`: `role` itself, or the
+    /// first fallback in its chain whose circuit is not open.
+    ///
+    /// # Errors
+    /// [`AgentErrorKind::BudgetSpent`] when the budget is spent;
+    /// [`AgentErrorKind::Unavailable`] when every backend in the chain is
+    /// open; [`AgentErrorKind::Config`] for an unknown role.
+    pub fn route(&self, role: &RoleName) -> Result<(RoleName, Arc<Backend>), AgentError> {
+        if let Some(why) = self.ledger().exceeded(&self.budget) {
+            return Err(AgentError::new(AgentErrorKind::BudgetSpent, why));
+        }
+        let mut seen = Vec::new();
+        let mut r = role.clone();
+        loop {
+            let b = self.backends.get(&r).ok_or_else(|| {
+                AgentError::new(AgentErrorKind::Config, format!("no agent for role {r}"))
+            })?;
+            if b.breaker().state() != BreakerState::Open {
+                return Ok((r, Arc::clone(b)));
+            }
+            seen.push(r.clone());
+            match self.fallback.get(&r) {
+                Some(next) if !seen.contains(next) => r = next.clone(),
+                _ => {
+                    let chain: Vec<&str> = seen.iter().map(RoleName::as_str).collect();
+                    return Err(AgentError::new(
+                        AgentErrorKind::Unavailable,
+                        format!(
+                            "no backend available for role {role}: open circuit on {}",
+                            chain.join(" -> ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Routes, runs and records usage.
+    ///
+    /// # Errors
+    /// As [`Router::route`], and the agent's error.
+    pub async fn run(
+        &self,
+        role: &RoleName,
+        task: AgentTask,
+        ctx: &AgentContext,
+    ) -> Result<(RoleName, AgentOutcome), AgentError> {
+        let (used, backend) = self.route(role)?;
+        let ticket = task.ticket.id.clone();
+        let res = backend.run(task, ctx).await;
+        let usage = match &res {
+            Ok(o) => o.usage,
+            Err(e) => e.usage,
+        };
+        self.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&ticket, &used, usage);
+        res.map(|o| (used, o))
+    }
+
+    /// A copy of the ledger.
+    pub fn ledger(&self) -> Ledger {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}

@@ -1,0 +1,319 @@
+//! Breaker, retries, shared rate-limit pauses, admission, routing, budget.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use orch_agents::{Backend, BreakerConfig, BreakerState, RetryConfig, Router, ScriptedAgent, Step};
+use orch_core::plan::Budget;
+use orch_core::{Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Usage};
+
+fn task(ticket: &str) -> AgentTask {
+    AgentTask {
+        run: "r".parse().unwrap(),
+        agent_id: format!("{ticket}.p.1").parse().unwrap(),
+        ticket: Arc::new(
+            serde_json::from_value(serde_json::json!({"id": ticket, "title": "t", "effort": "1h"}))
+                .unwrap(),
+        ),
+        phase: "p".parse().unwrap(),
+        role: "dev".parse().unwrap(),
+        prompt: String::new(),
+        workdir: std::env::temp_dir(),
+        feedback: vec![],
+        attempt: 1,
+    }
+}
+
+fn fast_retry() -> RetryConfig {
+    RetryConfig {
+        retries: 3,
+        base: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+    }
+}
+
+/// An agent whose n-th call (0-based) does `f(n)`.
+fn counting(
+    f: impl Fn(u32) -> Result<AgentOutcome, AgentError> + Send + Sync + 'static,
+) -> (Arc<dyn Agent>, Arc<AtomicU32>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let agent = ScriptedAgent::new(
+        "fake",
+        Step::Run(Arc::new(move |_| f(c.fetch_add(1, Ordering::SeqCst)))),
+    );
+    (Arc::new(agent), calls)
+}
+
+fn ok(cost: f64) -> Result<AgentOutcome, AgentError> {
+    Ok(AgentOutcome {
+        success: true,
+        usage: Usage {
+            input_tokens: 100,
+            output_tokens: 10,
+            cost_usd: cost,
+        },
+        ..Default::default()
+    })
+}
+
+fn err(kind: AgentErrorKind) -> Result<AgentOutcome, AgentError> {
+    Err(AgentError::new(kind, format!("{kind:?}")))
+}
+
+#[tokio::test]
+async fn breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown() {
+    let (agent, calls) = counting(|n| {
+        if n < 5 {
+            err(AgentErrorKind::Crashed)
+        } else {
+            ok(0.0)
+        }
+    });
+    let b = Backend::new(
+        "x",
+        agent,
+        4,
+        BreakerConfig {
+            failures: 5,
+            cooldown: Duration::from_millis(300),
+        },
+        fast_retry(),
+    );
+    let ctx = AgentContext::detached();
+    for _ in 0..5 {
+        assert_eq!(
+            b.run(task("T-1"), &ctx).await.unwrap_err().kind,
+            AgentErrorKind::Crashed
+        );
+    }
+    assert_eq!(b.breaker().state(), BreakerState::Open);
+    let e = b.run(task("T-1"), &ctx).await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Unavailable);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        5,
+        "an open circuit does not call the agent"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(b.breaker().state(), BreakerState::HalfOpen);
+    assert!(
+        b.run(task("T-1"), &ctx).await.is_ok(),
+        "the probe goes through"
+    );
+    assert_eq!(b.breaker().state(), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn overloaded_is_retried_other_errors_fail_fast() {
+    let (agent, calls) = counting(|n| {
+        if n < 2 {
+            err(AgentErrorKind::Overloaded)
+        } else {
+            ok(0.5)
+        }
+    });
+    let b = Backend::new("x", agent, 4, BreakerConfig::default(), fast_retry());
+    assert!(b.run(task("T-1"), &AgentContext::detached()).await.is_ok());
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    let (agent, calls) = counting(|_| err(AgentErrorKind::Auth));
+    let b = Backend::new("x", agent, 4, BreakerConfig::default(), fast_retry());
+    assert_eq!(
+        b.run(task("T-1"), &AgentContext::detached())
+            .await
+            .unwrap_err()
+            .kind,
+        AgentErrorKind::Auth
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "4xx other than 429: no retry"
+    );
+
+    let (agent, calls) = counting(|_| err(AgentErrorKind::Overloaded));
+    let b = Backend::new(
+        "x",
+        agent,
+        4,
+        BreakerConfig {
+            failures: 100,
+            ..Default::default()
+        },
+        fast_retry(),
+    );
+    assert_eq!(
+        b.run(task("T-1"), &AgentContext::detached())
+            .await
+            .unwrap_err()
+            .kind,
+        AgentErrorKind::Overloaded
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "1 call + 3 retries");
+}
+
+#[tokio::test]
+async fn a_rate_limit_pauses_every_task_of_the_backend() {
+    let times: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let t = times.clone();
+    let agent = ScriptedAgent::new(
+        "fake",
+        Step::Run(Arc::new(move |task: &AgentTask| {
+            let mut v = t.lock().unwrap();
+            let first_a = task.ticket.id.as_str() == "A" && !v.iter().any(|(n, _)| n == "A");
+            v.push((task.ticket.id.to_string(), Instant::now()));
+            if first_a {
+                let mut e = AgentError::new(AgentErrorKind::RateLimited, "429");
+                e.retry_after = Some(Duration::from_millis(500));
+                Err(e)
+            } else {
+                ok(0.0)
+            }
+        })),
+    );
+    let b = Arc::new(Backend::new(
+        "x",
+        Arc::new(agent),
+        4,
+        BreakerConfig::default(),
+        fast_retry(),
+    ));
+    let start = Instant::now();
+    let a = {
+        let b = b.clone();
+        tokio::spawn(async move { b.run(task("A"), &AgentContext::detached()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bb = {
+        let b = b.clone();
+        tokio::spawn(async move { b.run(task("B"), &AgentContext::detached()).await })
+    };
+    assert!(a.await.unwrap().is_ok() && bb.await.unwrap().is_ok());
+    let v = times.lock().unwrap();
+    let b_call = v.iter().find(|(n, _)| n == "B").unwrap().1;
+    assert!(
+        b_call.duration_since(start) >= Duration::from_millis(480),
+        "B waited for A's retry-after: {:?}",
+        b_call.duration_since(start)
+    );
+    let a_retry = v.iter().filter(|(n, _)| n == "A").nth(1).unwrap().1;
+    assert!(a_retry.duration_since(start) >= Duration::from_millis(480));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+async fn admission_limits_concurrent_runs() {
+    let running = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let agent = ScriptedAgent::new(
+        "fake",
+        Step::Run(Arc::new(move |_| {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            r.fetch_sub(1, Ordering::SeqCst);
+            ok(0.0)
+        })),
+    );
+    let b = Arc::new(Backend::new(
+        "x",
+        Arc::new(agent),
+        2,
+        BreakerConfig::default(),
+        fast_retry(),
+    ));
+    let mut hs = Vec::new();
+    for i in 0..6 {
+        let b = b.clone();
+        hs.push(tokio::spawn(async move {
+            b.run(task(&format!("T-{i}")), &AgentContext::detached())
+                .await
+        }));
+    }
+    for h in hs {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_circuit_routes_to_the_fallback_role_and_budget_stops_dispatch() {
+    let (down, _) = counting(|_| err(AgentErrorKind::Overloaded));
+    let (up, up_calls) = counting(|_| ok(0.6));
+    let role = |s: &str| -> orch_core::RoleName { s.parse().unwrap() };
+    let backends = BTreeMap::from([
+        (
+            role("security"),
+            Arc::new(Backend::new(
+                "security",
+                down,
+                2,
+                BreakerConfig {
+                    failures: 2,
+                    cooldown: Duration::from_secs(60),
+                },
+                RetryConfig {
+                    retries: 0,
+                    ..fast_retry()
+                },
+            )),
+        ),
+        (
+            role("generalist"),
+            Arc::new(Backend::new(
+                "generalist",
+                up,
+                2,
+                BreakerConfig::default(),
+                fast_retry(),
+            )),
+        ),
+    ]);
+    let router = Router::new(
+        backends,
+        BTreeMap::from([(role("security"), role("generalist"))]),
+        Budget {
+            max_tokens: None,
+            max_usd: Some(1.0),
+        },
+    );
+    let ctx = AgentContext::detached();
+    for _ in 0..2 {
+        assert_eq!(
+            router
+                .run(&role("security"), task("SEC-1"), &ctx)
+                .await
+                .unwrap_err()
+                .kind,
+            AgentErrorKind::Overloaded
+        );
+    }
+    let (used, out) = router
+        .run(&role("security"), task("SEC-1"), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        used,
+        role("generalist"),
+        "the open circuit sends work to the fallback"
+    );
+    assert!(out.success);
+    assert_eq!(up_calls.load(Ordering::SeqCst), 1);
+    router
+        .run(&role("security"), task("SEC-2"), &ctx)
+        .await
+        .unwrap();
+    // $1.20 spent of a $1.00 budget: no new work.
+    let e = router
+        .run(&role("generalist"), task("SEC-3"), &ctx)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::BudgetSpent);
+    assert_eq!(e.message, "$1.20 spent; the budget is $1.00");
+    let ledger = router.ledger();
+    assert_eq!(ledger.per_role[&role("generalist")].input_tokens, 200);
+    assert_eq!(ledger.per_ticket.len(), 2);
+}
