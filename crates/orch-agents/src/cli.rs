@@ -463,11 +463,47 @@ pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn A
             timeout: d.timeout,
             defaults: d,
         }),
+        BackendSpec::Anthropic {
+            model,
+            api_key_env,
+            base_url,
+            max_tokens,
+            output_file,
+        } => Arc::new(crate::http::HttpAgent::new(
+            crate::http::Api::Anthropic,
+            base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.anthropic.com".into()),
+            model.clone(),
+            Some(
+                api_key_env
+                    .clone()
+                    .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
+            ),
+            max_tokens.unwrap_or(4096),
+            output_file.clone(),
+            d.timeout,
+        )?),
+        BackendSpec::OpenaiCompatible {
+            model,
+            api_key_env,
+            base_url,
+            max_tokens,
+            output_file,
+        } => Arc::new(crate::http::HttpAgent::new(
+            crate::http::Api::OpenAiCompatible,
+            base_url.clone(),
+            model.clone(),
+            api_key_env.clone(),
+            max_tokens.unwrap_or(4096),
+            output_file.clone(),
+            d.timeout,
+        )?),
         other => {
             return Err(AgentError::new(
                 AgentErrorKind::Config,
                 format!(
-                    "backend kind {:?} is not provided by orch-agents yet; register your own Agent for this role",
+                    "backend kind {:?} must be registered by the program (Router::from_plan's custom agents)",
                     other.kind()
                 ),
             ));

@@ -17,16 +17,18 @@
 //! * [`ScriptedAgent`]: canned behaviour per (ticket, phase, attempt) that
 //!   really writes files, for tests and examples.
 //!
-//! The HTTP backends (Anthropic Messages, OpenAI-compatible) are still to
-//! come.
+//! * [`HttpAgent`]: the Anthropic Messages API and OpenAI-compatible Chat
+//!   Completions endpoints, writing the answer into the work tree.
 
 mod cli;
+mod http;
 mod redact;
 mod resilience;
 mod scripted;
 pub mod stream;
 
 pub use cli::{AgentDefaults, ClaudeCodeAgent, CodexAgent, CommandAgent, from_spec};
+pub use http::{Api, HttpAgent};
 pub use redact::{REDACTED, Redactor, is_secret_name};
 pub use resilience::{Backend, Breaker, BreakerConfig, BreakerState, Ledger, RetryConfig, Router};
 pub use scripted::{ScriptedAgent, Step, TaskFn};

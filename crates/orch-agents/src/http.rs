@@ -1,0 +1,280 @@
+//! Agents that call an LLM API over HTTP: the Anthropic Messages API and
+//! any OpenAI-compatible Chat Completions endpoint (so local servers work
+//! too). They produce text artifacts (plans, ADRs, reviews) written into
+//! the work tree.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orch_core::{
+    Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Progress, Usage,
+};
+use serde_json::{Value, json};
+
+use crate::redact::Redactor;
+
+/// Which API an [`HttpAgent`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `POST {base}/v1/messages` with `x-api-key`.
+    Anthropic,
+    /// `POST {base}/chat/completions` with `Authorization: Bearer`.
+    OpenAiCompatible,
+}
+
+/// An agent that sends the prompt to an LLM API and writes the answer to
+/// `output_file` in the work tree.
+///
+/// The API key is read from the named environment variable when a task
+/// runs; it is never stored in the agent, logged, or shown by `Debug`.
+/// Statuses map to error kinds the retry layer acts on: 429 → rate limited
+/// (with `retry-after`), 529/5xx → overloaded, 401/403 → auth, other 4xx →
+/// config (no retry), an unreadable body → protocol.
+#[derive(Clone)]
+pub struct HttpAgent {
+    api: Api,
+    base_url: String,
+    model: String,
+    api_key_env: Option<String>,
+    max_tokens: u32,
+    output_file: Option<String>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for HttpAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpAgent")
+            .field("api", &self.api)
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field(
+                "api_key",
+                &self
+                    .api_key_env
+                    .as_ref()
+                    .map(|e| format!("${e} ({})", crate::redact::REDACTED)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpAgent {
+    /// An agent for `api` at `base_url`.
+    ///
+    /// # Errors
+    /// [`AgentErrorKind::Config`] when the HTTP client cannot be built.
+    pub fn new(
+        api: Api,
+        base_url: impl Into<String>,
+        model: impl Into<String>,
+        api_key_env: Option<String>,
+        max_tokens: u32,
+        output_file: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, AgentError> {
+        // One TLS provider for the process; installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| AgentError::new(AgentErrorKind::Config, format!("HTTP client: {e}")))?;
+        Ok(HttpAgent {
+            api,
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            model: model.into(),
+            api_key_env,
+            max_tokens,
+            output_file,
+            client,
+        })
+    }
+
+    fn request(&self, prompt: &str, key: Option<&str>) -> reqwest::RequestBuilder {
+        match self.api {
+            Api::Anthropic => {
+                let mut r = self
+                    .client
+                    .post(format!("{}/v1/messages", self.base_url))
+                    .header("anthropic-version", "2023-06-01")
+                    .json(&json!({"model": self.model, "max_tokens": self.max_tokens,
+                        "messages": [{"role": "user", "content": prompt}]}));
+                if let Some(k) = key {
+                    r = r.header("x-api-key", k);
+                }
+                r
+            }
+            Api::OpenAiCompatible => {
+                let mut r = self
+                    .client
+                    .post(format!("{}/chat/completions", self.base_url))
+                    .json(&json!({"model": self.model, "max_tokens": self.max_tokens,
+                        "messages": [{"role": "user", "content": prompt}]}));
+                if let Some(k) = key {
+                    r = r.bearer_auth(k);
+                }
+                r
+            }
+        }
+    }
+
+    /// Text and usage of a successful response body.
+    fn parse(&self, body: &Value) -> Option<(String, Usage)> {
+        match self.api {
+            Api::Anthropic => {
+                let text: String = body
+                    .get("content")?
+                    .as_array()?
+                    .iter()
+                    .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                    .filter_map(|b| b.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("");
+                let u = body.get("usage")?;
+                let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+                Some((
+                    text,
+                    Usage {
+                        input_tokens: n("input_tokens")
+                            + n("cache_creation_input_tokens")
+                            + n("cache_read_input_tokens"),
+                        output_tokens: n("output_tokens"),
+                        cost_usd: 0.0,
+                    },
+                ))
+            }
+            Api::OpenAiCompatible => {
+                let text = body
+                    .pointer("/choices/0/message/content")?
+                    .as_str()?
+                    .to_owned();
+                let n = |k: &str| {
+                    body.pointer(&format!("/usage/{k}"))
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0)
+                };
+                Some((
+                    text,
+                    Usage {
+                        input_tokens: n("prompt_tokens"),
+                        output_tokens: n("completion_tokens"),
+                        cost_usd: 0.0,
+                    },
+                ))
+            }
+        }
+    }
+}
+
+fn status_error(status: u16, retry_after: Option<Duration>, body: &str) -> AgentError {
+    let kind = match status {
+        429 => AgentErrorKind::RateLimited,
+        401 | 403 => AgentErrorKind::Auth,
+        500..=599 => AgentErrorKind::Overloaded,
+        _ => AgentErrorKind::Config,
+    };
+    let detail = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    let mut e = AgentError::new(kind, format!("HTTP {status}: {detail}"));
+    e.retry_after = retry_after;
+    e
+}
+
+#[async_trait]
+impl Agent for HttpAgent {
+    fn backend(&self) -> &str {
+        match self.api {
+            Api::Anthropic => "anthropic",
+            Api::OpenAiCompatible => "openai_compatible",
+        }
+    }
+
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let key = match &self.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(k),
+                _ => {
+                    return Err(AgentError::new(
+                        AgentErrorKind::Auth,
+                        format!("the API key variable {var} is not set"),
+                    ));
+                }
+            },
+            None => None,
+        };
+        let redactor = Redactor::new(key.as_deref().map(|k| ("API_KEY", k)));
+        let send = self.request(&task.prompt, key.as_deref()).send();
+        let response = tokio::select! {
+            r = send => r.map_err(|e| {
+                let kind = if e.is_timeout() { AgentErrorKind::TimedOut } else { AgentErrorKind::Crashed };
+                AgentError::new(kind, redactor.redact(&format!("request to {} failed: {e}", self.base_url)))
+            })?,
+            () = ctx.cancel.cancelled() => return Err(AgentError::new(AgentErrorKind::Cancelled, "cancelled")),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .map(Duration::from_secs_f64);
+        let body = response.text().await.map_err(|e| {
+            AgentError::new(
+                AgentErrorKind::Protocol,
+                format!("reading the response: {e}"),
+            )
+        })?;
+        if !(200..300).contains(&status) {
+            return Err(status_error(status, retry_after, &redactor.redact(&body)));
+        }
+        let parsed = serde_json::from_str::<Value>(&body).ok();
+        let Some((text, usage)) = parsed.as_ref().and_then(|v| self.parse(v)) else {
+            return Err(AgentError::new(
+                AgentErrorKind::Protocol,
+                format!(
+                    "unexpected response body: {}",
+                    body.chars().take(200).collect::<String>()
+                ),
+            ));
+        };
+        ctx.progress.progress(
+            &task.agent_id,
+            Progress::Text {
+                text: text.chars().take(500).collect(),
+            },
+        );
+        if let Some(rel) = &self.output_file {
+            let rel = rel
+                .replace("{ticket}", task.ticket.id.as_str())
+                .replace("{phase}", task.phase.as_str());
+            if std::path::Path::new(&rel)
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(AgentError::new(
+                    AgentErrorKind::Config,
+                    format!("output_file {rel:?} must stay in the work tree"),
+                ));
+            }
+            let path = task.workdir.join(&rel);
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&path, &text));
+            written.map_err(|e| {
+                AgentError::new(AgentErrorKind::Crashed, format!("{}: {e}", path.display()))
+            })?;
+        }
+        Ok(AgentOutcome {
+            success: !text.trim().is_empty(),
+            summary: text.chars().take(500).collect(),
+            usage,
+            ..AgentOutcome::default()
+        })
+    }
+}

@@ -1,0 +1,216 @@
+//! HTTP agents against a local stand-in server answering with the real
+//! APIs' response shapes, 429 with retry-after, 529, 500 and malformed JSON.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orch_agents::{AgentDefaults, from_spec};
+use orch_core::{AgentContext, AgentErrorKind, AgentSpec, AgentTask};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// Serves `replies` (status, extra headers, body) in order, one per
+/// connection; records each request's head and body.
+async fn server(replies: Vec<(u16, &'static str, String)>) -> (String, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        for (status, headers, body) in replies {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = sock.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            s.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf).to_string());
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(reply.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+fn task(dir: &std::path::Path) -> AgentTask {
+    AgentTask {
+        run: "r".parse().unwrap(),
+        agent_id: "ADR-1.docs.1".parse().unwrap(),
+        ticket: Arc::new(
+            serde_json::from_str(r#"{"id":"ADR-1","title":"t","effort":"1h"}"#).unwrap(),
+        ),
+        phase: "docs".parse().unwrap(),
+        role: "docs".parse().unwrap(),
+        prompt: "Write the ADR".into(),
+        workdir: dir.to_path_buf(),
+        feedback: vec![],
+        attempt: 1,
+    }
+}
+
+fn agent(json: serde_json::Value) -> Arc<dyn orch_core::Agent> {
+    let spec: AgentSpec = serde_json::from_value(json).unwrap();
+    let d = AgentDefaults {
+        timeout: Duration::from_secs(10),
+        ..AgentDefaults::default()
+    };
+    from_spec(&spec, &d).unwrap()
+}
+
+const MESSAGE: &str = r##"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"# ADR-1\n\nLatency target: 100 ms."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":50,"cache_creation_input_tokens":0,"cache_read_input_tokens":10,"output_tokens":12}}"##;
+
+#[tokio::test]
+async fn anthropic_messages_writes_the_artifact() {
+    let d = tempfile::tempdir().unwrap();
+    let (url, seen) = server(vec![(200, "", MESSAGE.into())]).await;
+    // PATH is always set: use it as the "key" variable so no environment is changed.
+    let a = agent(
+        serde_json::json!({"backend": {"kind": "anthropic", "model": "claude-sonnet-4-5", "base_url": url,
+        "api_key_env": "PATH", "output_file": "docs/adr/ADR-{ticket}.md"}}),
+    );
+    let out = a
+        .run(task(d.path()), &AgentContext::detached())
+        .await
+        .unwrap();
+    assert!(out.success);
+    assert_eq!((out.usage.input_tokens, out.usage.output_tokens), (60, 12));
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("docs/adr/ADR-ADR-1.md")).unwrap(),
+        "# ADR-1\n\nLatency target: 100 ms."
+    );
+    let req = seen.lock().unwrap()[0].clone();
+    assert!(req.starts_with("POST /v1/messages HTTP/1.1"), "{req}");
+    assert!(
+        req.to_ascii_lowercase()
+            .contains("anthropic-version: 2023-06-01")
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&req[req.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["messages"][0]["content"], "Write the ADR");
+    assert_eq!(body["model"], "claude-sonnet-4-5");
+}
+
+#[tokio::test]
+async fn statuses_map_to_error_kinds() {
+    let d = tempfile::tempdir().unwrap();
+    let (url, _) = server(vec![
+        (429, "retry-after: 7\r\n", r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#.into()),
+        (529, "", r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#.into()),
+        (500, "", r#"{"type":"error","error":{"type":"api_error","message":"Internal server error"}}"#.into()),
+        (401, "", r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#.into()),
+        (400, "", r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too large"}}"#.into()),
+        (200, "", "{not json".into()),
+    ])
+    .await;
+    let a = agent(
+        serde_json::json!({"backend": {"kind": "anthropic", "model": "m", "base_url": url, "api_key_env": "PATH"}}),
+    );
+    let ctx = AgentContext::detached();
+    let e = a.run(task(d.path()), &ctx).await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::RateLimited);
+    assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+    assert_eq!(
+        e.message,
+        "HTTP 429: Number of request tokens has exceeded your per-minute rate limit"
+    );
+    assert_eq!(
+        a.run(task(d.path()), &ctx).await.unwrap_err().kind,
+        AgentErrorKind::Overloaded
+    );
+    assert_eq!(
+        a.run(task(d.path()), &ctx).await.unwrap_err().kind,
+        AgentErrorKind::Overloaded
+    );
+    assert_eq!(
+        a.run(task(d.path()), &ctx).await.unwrap_err().kind,
+        AgentErrorKind::Auth
+    );
+    let e = a.run(task(d.path()), &ctx).await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Config);
+    assert!(!e.is_retryable());
+    assert_eq!(
+        a.run(task(d.path()), &ctx).await.unwrap_err().kind,
+        AgentErrorKind::Protocol
+    );
+}
+
+#[tokio::test]
+async fn openai_compatible_and_missing_key() {
+    let d = tempfile::tempdir().unwrap();
+    let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"local","choices":[{"index":0,"message":{"role":"assistant","content":"Review: looks good."},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":5,"total_tokens":35}}"#;
+    let (url, seen) = server(vec![(200, "", body.into())]).await;
+    let a = agent(
+        serde_json::json!({"backend": {"kind": "openai_compatible", "model": "local", "base_url": format!("{url}/v1")}}),
+    );
+    let out = a
+        .run(task(d.path()), &AgentContext::detached())
+        .await
+        .unwrap();
+    assert_eq!(out.summary, "Review: looks good.");
+    assert_eq!(out.usage.total_tokens(), 35);
+    let req = seen.lock().unwrap()[0].clone();
+    assert!(
+        req.starts_with("POST /v1/chat/completions HTTP/1.1"),
+        "{req}"
+    );
+    assert!(
+        !req.to_ascii_lowercase().contains("authorization"),
+        "no key, no header"
+    );
+
+    let a = agent(
+        serde_json::json!({"backend": {"kind": "anthropic", "model": "m", "base_url": url, "api_key_env": "ORCH_SURELY_UNSET_KEY"}}),
+    );
+    let e = a
+        .run(task(d.path()), &AgentContext::detached())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Auth);
+    assert_eq!(
+        e.message,
+        "the API key variable ORCH_SURELY_UNSET_KEY is not set"
+    );
+}
+
+#[test]
+fn debug_never_shows_the_key() {
+    let a = orch_agents::HttpAgent::new(
+        orch_agents::Api::Anthropic,
+        "http://127.0.0.1:1",
+        "m",
+        Some("ANTHROPIC_API_KEY".into()),
+        10,
+        None,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let dbg = format!("{a:?}");
+    assert!(dbg.contains("$ANTHROPIC_API_KEY ([REDACTED])"), "{dbg}");
+}
