@@ -17,7 +17,7 @@ use orch_core::{
 };
 
 use crate::redact::Redactor;
-use crate::stream::{self, ClaudeStream, CodexStream};
+use crate::stream::{self, ClaudeStream, CodexStream, StreamParser};
 
 /// Limits and places every process agent uses, from the plan's policy.
 #[derive(Debug, Clone)]
@@ -84,6 +84,44 @@ async fn run_redacted(
         Some(path)
     });
     (out, transcript)
+}
+
+/// Runs an agent CLI whose stdout is an event stream: every (redacted)
+/// line goes through `parser` to the progress sink; the end of the stream
+/// and the exit give the outcome.
+async fn run_parsed<P: StreamParser>(
+    cmd: &process::Command,
+    parser: P,
+    task: &AgentTask,
+    ctx: &AgentContext,
+    defaults: &AgentDefaults,
+) -> Result<AgentOutcome, AgentError> {
+    let parser = Mutex::new(parser);
+    let redactor = Redactor::from_process_env();
+    let (out, transcript) = run_redacted(
+        cmd,
+        task,
+        ctx,
+        &redactor,
+        defaults.transcripts.as_ref(),
+        |line| {
+            let progress = parser
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_line(line);
+            for p in progress {
+                ctx.progress.progress(&task.agent_id, p);
+            }
+        },
+    )
+    .await;
+    if let Some(e) = process_error(&out, cmd.argv.first().map_or("agent", String::as_str)) {
+        return Err(e);
+    }
+    let parser = parser.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut outcome = parser.finish(exit_of(&out))?;
+    outcome.transcript = transcript;
+    Ok(outcome)
 }
 
 fn exit_of(out: &Output) -> stream::Exit {
@@ -320,32 +358,7 @@ impl Agent for ClaudeCodeAgent {
             stall: Some(self.defaults.stall),
             ..Default::default()
         };
-        let parser = Mutex::new(ClaudeStream::new());
-        let redactor = Redactor::from_process_env();
-        let (out, transcript) = run_redacted(
-            &cmd,
-            &task,
-            ctx,
-            &redactor,
-            self.defaults.transcripts.as_ref(),
-            |line| {
-                let progress = parser
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_line(line);
-                for p in progress {
-                    ctx.progress.progress(&task.agent_id, p);
-                }
-            },
-        )
-        .await;
-        if let Some(e) = process_error(&out, &self.argv[0]) {
-            return Err(e);
-        }
-        let parser = parser.into_inner().unwrap_or_else(|e| e.into_inner());
-        let mut outcome = parser.finish(exit_of(&out))?;
-        outcome.transcript = transcript;
-        Ok(outcome)
+        run_parsed(&cmd, ClaudeStream::new(), &task, ctx, &self.defaults).await
     }
 }
 
@@ -400,32 +413,7 @@ impl Agent for CodexAgent {
             stall: Some(self.defaults.stall),
             ..Default::default()
         };
-        let parser = Mutex::new(CodexStream::new());
-        let redactor = Redactor::from_process_env();
-        let (out, transcript) = run_redacted(
-            &cmd,
-            &task,
-            ctx,
-            &redactor,
-            self.defaults.transcripts.as_ref(),
-            |line| {
-                let progress = parser
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_line(line);
-                for p in progress {
-                    ctx.progress.progress(&task.agent_id, p);
-                }
-            },
-        )
-        .await;
-        if let Some(e) = process_error(&out, &self.argv[0]) {
-            return Err(e);
-        }
-        let parser = parser.into_inner().unwrap_or_else(|e| e.into_inner());
-        let mut outcome = parser.finish(exit_of(&out))?;
-        outcome.transcript = transcript;
-        Ok(outcome)
+        run_parsed(&cmd, CodexStream::new(), &task, ctx, &self.defaults).await
     }
 }
 

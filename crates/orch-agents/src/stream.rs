@@ -40,6 +40,38 @@ pub struct Malformed {
     pub message: String,
 }
 
+/// Counts the line and parses it as JSON; a line that is not JSON is
+/// recorded in `malformed` with its number. `None` for blank and bad lines.
+fn json_line(lines: &mut usize, malformed: &mut Vec<Malformed>, line: &str) -> Option<Value> {
+    *lines += 1;
+    let line = line.trim();
+    if line.is_empty() {
+        return None;
+    }
+    match serde_json::from_str(line) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            malformed.push(Malformed {
+                line: *lines,
+                message: format!("not JSON: {e}"),
+            });
+            None
+        }
+    }
+}
+
+/// A parser of an agent CLI's event stream, fed one line at a time.
+pub trait StreamParser: Send {
+    /// Reads one line; returns the progress it carries.
+    fn push_line(&mut self, line: &str) -> Vec<Progress>;
+
+    /// The outcome, once the stream has ended and the process exited.
+    ///
+    /// # Errors
+    /// [`AgentError`] classified for the retry policy.
+    fn finish(self, exit: Exit) -> Result<AgentOutcome, AgentError>;
+}
+
 /// How the process ended, as far as the parser needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -95,20 +127,8 @@ impl ClaudeStream {
 
     /// Reads one line; returns the progress it carries.
     pub fn push_line(&mut self, line: &str) -> Vec<Progress> {
-        self.lines += 1;
-        let line = line.trim();
-        if line.is_empty() {
+        let Some(v) = json_line(&mut self.lines, &mut self.malformed, line) else {
             return Vec::new();
-        }
-        let v: Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => {
-                self.malformed.push(Malformed {
-                    line: self.lines,
-                    message: format!("not JSON: {e}"),
-                });
-                return Vec::new();
-            }
         };
         if let Some(id) = str_of(&v, "session_id") {
             self.session_id = Some(id.to_owned());
@@ -303,20 +323,8 @@ impl CodexStream {
 
     /// Reads one line; returns the progress it carries.
     pub fn push_line(&mut self, line: &str) -> Vec<Progress> {
-        self.lines += 1;
-        let line = line.trim();
-        if line.is_empty() {
+        let Some(v) = json_line(&mut self.lines, &mut self.malformed, line) else {
             return Vec::new();
-        }
-        let v: Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => {
-                self.malformed.push(Malformed {
-                    line: self.lines,
-                    message: format!("not JSON: {e}"),
-                });
-                return Vec::new();
-            }
         };
         let mut out = Vec::new();
         let item = v.get("item").cloned().unwrap_or(Value::Null);
@@ -450,5 +458,23 @@ impl CodexStream {
             session_id: self.session_id,
             transcript: None,
         })
+    }
+}
+
+impl StreamParser for ClaudeStream {
+    fn push_line(&mut self, line: &str) -> Vec<Progress> {
+        ClaudeStream::push_line(self, line)
+    }
+    fn finish(self, exit: Exit) -> Result<AgentOutcome, AgentError> {
+        ClaudeStream::finish(self, exit)
+    }
+}
+
+impl StreamParser for CodexStream {
+    fn push_line(&mut self, line: &str) -> Vec<Progress> {
+        CodexStream::push_line(self, line)
+    }
+    fn finish(self, exit: Exit) -> Result<AgentOutcome, AgentError> {
+        CodexStream::finish(self, exit)
     }
 }
