@@ -380,9 +380,10 @@ pub async fn run_lines(
     let deadline = tokio::time::Instant::now() + cmd.timeout;
     let mut last_output = tokio::time::Instant::now();
     let exit = loop {
-        let stall_at = cmd
-            .stall
-            .map_or(deadline, |s| (last_output + s).min(deadline));
+        // Not clamped to the deadline: when the time limit comes first it
+        // must be reported as a timeout. Without a stall limit the branch is
+        // disabled and this value unused.
+        let stall_at = cmd.stall.map_or(deadline, |s| last_output + s);
         tokio::select! {
             r = read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES), if !eof => match r {
                 Ok((n, ended)) if n > 0 => {
