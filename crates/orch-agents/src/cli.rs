@@ -153,7 +153,6 @@ pub struct CommandAgent {
     prompt_via: PromptVia,
     env_allow: Vec<String>,
     env: BTreeMap<String, String>,
-    timeout: Duration,
     defaults: AgentDefaults,
 }
 
@@ -194,7 +193,6 @@ impl CommandAgent {
             prompt_via,
             env_allow,
             env,
-            timeout: defaults.timeout,
             defaults,
         })
     }
@@ -241,7 +239,7 @@ impl Agent for CommandAgent {
             env,
             env_clear: true,
             stdin: (self.prompt_via == PromptVia::Stdin).then(|| task.prompt.clone().into_bytes()),
-            timeout: self.timeout,
+            timeout: self.defaults.timeout,
             stall: Some(self.defaults.stall),
             ..Default::default()
         };
@@ -301,7 +299,6 @@ impl Agent for CommandAgent {
 #[derive(Debug, Clone)]
 pub struct ClaudeCodeAgent {
     argv: Vec<String>,
-    timeout: Duration,
     defaults: AgentDefaults,
 }
 
@@ -354,7 +351,7 @@ impl Agent for ClaudeCodeAgent {
             cwd: task.workdir.clone(),
             env: task_env(&task),
             stdin: Some(task.prompt.clone().into_bytes()),
-            timeout: self.timeout,
+            timeout: self.defaults.timeout,
             stall: Some(self.defaults.stall),
             ..Default::default()
         };
@@ -367,7 +364,6 @@ impl Agent for ClaudeCodeAgent {
 #[derive(Debug, Clone)]
 pub struct CodexAgent {
     argv: Vec<String>,
-    timeout: Duration,
     defaults: AgentDefaults,
 }
 
@@ -409,7 +405,7 @@ impl Agent for CodexAgent {
             argv,
             cwd: task.workdir.clone(),
             env: task_env(&task),
-            timeout: self.timeout,
+            timeout: self.defaults.timeout,
             stall: Some(self.defaults.stall),
             ..Default::default()
         };
@@ -443,12 +439,10 @@ pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn A
         )?),
         b @ BackendSpec::ClaudeCode { .. } => Arc::new(ClaudeCodeAgent {
             argv: ClaudeCodeAgent::argv(b),
-            timeout: d.timeout,
             defaults: d,
         }),
         b @ BackendSpec::Codex { .. } => Arc::new(CodexAgent {
             argv: CodexAgent::argv(b),
-            timeout: d.timeout,
             defaults: d,
         }),
         BackendSpec::Anthropic {

@@ -260,12 +260,11 @@ impl Agent for Backend {
         let mut spent = Usage::default();
         loop {
             if !self.breaker.allow() {
-                let mut e = AgentError::new(
+                return Err(AgentError::new(
                     AgentErrorKind::Unavailable,
                     format!("backend {} is unavailable: its circuit is open", self.name),
-                );
-                e.usage = spent;
-                return Err(e);
+                )
+                .with_usage(spent));
             }
             if let Some(until) = self.paused_until() {
                 tokio::select! {
@@ -285,7 +284,7 @@ impl Agent for Backend {
                     out.usage += spent;
                     return Ok(out);
                 }
-                Err(mut e) => {
+                Err(e) => {
                     spent += e.usage;
                     if counts_against_backend(e.kind) {
                         self.breaker.failure();
@@ -300,8 +299,7 @@ impl Agent for Backend {
                         AgentErrorKind::RateLimited | AgentErrorKind::Overloaded
                     );
                     if !retryable || retry >= self.retry.retries {
-                        e.usage = spent;
-                        return Err(e);
+                        return Err(e.with_usage(spent));
                     }
                     let wait = self.retry.delay(retry, e.retry_after);
                     retry += 1;

@@ -60,6 +60,17 @@ fn json_line(lines: &mut usize, malformed: &mut Vec<Malformed>, line: &str) -> O
     }
 }
 
+/// Remembers an event type the parser does not know (once) and reports it
+/// as progress: new CLI versions add types, which must not be fatal.
+fn unknown_event(unknown: &mut Vec<String>, kind: &str) -> Progress {
+    if !unknown.iter().any(|u| u == kind) {
+        unknown.push(kind.to_owned());
+    }
+    Progress::System {
+        message: format!("unknown event type {kind:?}"),
+    }
+}
+
 /// A parser of an agent CLI's event stream, fed one line at a time.
 pub trait StreamParser: Send {
     /// Reads one line; returns the progress it carries.
@@ -198,14 +209,7 @@ impl ClaudeStream {
                 }
             }
             "result" => self.result = Some(v),
-            other => {
-                if !self.unknown.iter().any(|u| u == other) {
-                    self.unknown.push(other.to_owned());
-                }
-                out.push(Progress::System {
-                    message: format!("unknown event type {other:?}"),
-                });
-            }
+            other => out.push(unknown_event(&mut self.unknown, other)),
         }
         out
     }
@@ -272,20 +276,19 @@ impl ClaudeStream {
                 } else {
                     message
                 },
-            );
-            e.usage = usage;
+            )
+            .with_usage(usage);
             if kind == AgentErrorKind::RateLimited {
                 e.retry_after = self.retry_delay_ms.map(std::time::Duration::from_millis);
             }
             return Err(e);
         }
         if exit != Exit::Code(0) {
-            let mut e = AgentError::new(
+            return Err(AgentError::new(
                 AgentErrorKind::Crashed,
                 format!("claude reported success but exited with {exit:?}"),
-            );
-            e.usage = usage;
-            return Err(e);
+            )
+            .with_usage(usage));
         }
         Ok(AgentOutcome {
             success: true,
@@ -394,14 +397,7 @@ impl CodexStream {
                 }),
             },
             "item.started" | "item.updated" => {}
-            other => {
-                if !self.unknown.iter().any(|u| u == other) {
-                    self.unknown.push(other.to_owned());
-                }
-                out.push(Progress::System {
-                    message: format!("unknown event type {other:?}"),
-                });
-            }
+            other => out.push(unknown_event(&mut self.unknown, other)),
         }
         out
     }
@@ -412,11 +408,7 @@ impl CodexStream {
     /// [`AgentError`] on `turn.failed` (classified from its message), a
     /// non-zero exit, or a stream without a completed turn.
     pub fn finish(self, exit: Exit) -> Result<AgentOutcome, AgentError> {
-        let fail = |kind, msg: String, usage| {
-            let mut e = AgentError::new(kind, msg);
-            e.usage = usage;
-            Err(e)
-        };
+        let fail = |kind, msg: String, usage| Err(AgentError::new(kind, msg).with_usage(usage));
         if let Some(msg) = self.failed {
             let lower = msg.to_lowercase();
             let kind = if lower.contains("429") || lower.contains("rate limit") {

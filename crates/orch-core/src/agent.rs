@@ -228,6 +228,12 @@ impl AgentError {
         }
     }
 
+    /// The same error, carrying the tokens and cost spent before it.
+    pub fn with_usage(mut self, usage: Usage) -> Self {
+        self.usage = usage;
+        self
+    }
+
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         self.kind.is_retryable()
