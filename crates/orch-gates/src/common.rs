@@ -101,3 +101,32 @@ pub(crate) fn cancelled(gate: &str) -> GateError {
 pub(crate) fn timeout(ctx: &GateContext, secs: Option<u64>) -> std::time::Duration {
     secs.map_or(ctx.timeout, std::time::Duration::from_secs)
 }
+
+/// Files under `root` as (path relative to `root`, full path), sorted;
+/// `.git` is skipped. With `gitignore`, files `.gitignore` excludes (even
+/// outside a git repository) are skipped too; hidden files are kept.
+pub(crate) fn files_under(root: &Path, gitignore: bool) -> Vec<(String, PathBuf)> {
+    let mut walker = ignore::WalkBuilder::new(root);
+    if gitignore {
+        walker.hidden(false).require_git(false);
+    } else {
+        walker.standard_filters(false);
+    }
+    let mut out: Vec<(String, PathBuf)> = walker
+        .filter_entry(|e| e.file_name() != ".git")
+        .build()
+        .flatten()
+        .filter(|e| e.file_type().is_some_and(|t| t.is_file()))
+        .filter_map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .ok()?
+                .to_string_lossy()
+                .into_owned();
+            Some((rel, e.into_path()))
+        })
+        .collect();
+    out.sort();
+    out
+}

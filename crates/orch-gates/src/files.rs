@@ -1,7 +1,7 @@
 //! [`FilesGate`] and [`MetricGate`]: documents and measurements in the
 //! work tree.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -9,7 +9,7 @@ use globset::{Glob, GlobMatcher};
 use orch_core::plan::{FilesGateSpec, MetricGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
-use crate::common::{checked, config, inside, report, stale_or_missing};
+use crate::common::{checked, config, files_under, inside, report, stale_or_missing};
 
 /// Largest file the gates read, in bytes.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
@@ -57,28 +57,6 @@ impl FilesGate {
             .collect::<Result<_, _>>()?;
         Ok(FilesGate { name, spec, rules })
     }
-}
-
-/// Files under `root` (relative paths, sorted), skipping `.git`.
-fn all_files(root: &Path) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    for entry in ignore::WalkBuilder::new(root)
-        .standard_filters(false)
-        .filter_entry(|e| e.file_name() != ".git")
-        .build()
-        .flatten()
-    {
-        if entry.file_type().is_some_and(|t| t.is_file())
-            && let Ok(rel) = entry.path().strip_prefix(root)
-        {
-            out.push((
-                rel.to_string_lossy().into_owned(),
-                entry.path().to_path_buf(),
-            ));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Words of a Markdown document outside code fences: whitespace-separated
@@ -137,7 +115,7 @@ impl Gate for FilesGate {
                     }
                 }
                 PathRule::Glob(_, m) => listing
-                    .get_or_insert_with(|| all_files(&ctx.workdir))
+                    .get_or_insert_with(|| files_under(&ctx.workdir, false))
                     .iter()
                     .filter(|(rel, _)| m.is_match(rel))
                     .cloned()

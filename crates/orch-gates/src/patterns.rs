@@ -156,31 +156,19 @@ impl Gate for PatternsGate {
         let mut hits: Vec<Hit> = Vec::new();
         let mut total = 0usize;
         let mut scanned = 0usize;
-        let walker = ignore::WalkBuilder::new(&root)
-            .hidden(false)
-            .require_git(false)
-            .filter_entry(|e| e.file_name() != ".git")
-            .build();
-        for entry in walker.flatten() {
+        for (rel, path) in crate::common::files_under(&root, true) {
             if ctx.cancel.is_cancelled() {
                 return Err(crate::common::cancelled(&self.name));
             }
-            if !entry.file_type().is_some_and(|t| t.is_file()) {
-                continue;
-            }
-            let Ok(rel) = entry.path().strip_prefix(&root) else {
-                continue;
-            };
-            let rel = rel.to_string_lossy().into_owned();
             if self.include.as_ref().is_some_and(|g| !g.is_match(&rel))
                 || self.exclude.is_match(&rel)
             {
                 continue;
             }
-            if entry.metadata().map_or(true, |m| m.len() > MAX_FILE_BYTES) {
+            if std::fs::metadata(&path).map_or(true, |m| m.len() > MAX_FILE_BYTES) {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(entry.path()) else {
+            let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
             if bytes[..bytes.len().min(8192)].contains(&0) {
