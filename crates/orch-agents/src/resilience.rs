@@ -334,22 +334,7 @@ impl Ledger {
 
     /// Why the budget is spent, if it is.
     pub fn exceeded(&self, budget: &Budget) -> Option<String> {
-        if let Some(max) = budget
-            .max_tokens
-            .filter(|m| self.total.total_tokens() >= *m)
-        {
-            return Some(format!(
-                "{} tokens used; the budget is {max}",
-                self.total.total_tokens()
-            ));
-        }
-        if let Some(max) = budget.max_usd.filter(|m| self.total.cost_usd >= *m) {
-            return Some(format!(
-                "${:.2} spent; the budget is ${max:.2}",
-                self.total.cost_usd
-            ));
-        }
-        None
+        budget.exceeded(&self.total)
     }
 }
 
@@ -509,5 +494,26 @@ impl Router {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+/// The router is itself an agent: it runs each task on the backend of
+/// `task.role` (or its fallback), so the engine needs only one agent.
+#[async_trait]
+impl Agent for Router {
+    fn backend(&self) -> &str {
+        "router"
+    }
+
+    fn backend_for(&self, role: &RoleName) -> &str {
+        match self.route(role) {
+            Ok((used, _)) => self.backends.get(&used).map_or("router", |b| b.backend()),
+            Err(_) => self.backends.get(role).map_or("router", |b| b.backend()),
+        }
+    }
+
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let role = task.role.clone();
+        Router::run(self, &role, task, ctx).await.map(|(_, o)| o)
     }
 }

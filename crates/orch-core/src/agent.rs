@@ -313,4 +313,11 @@ pub trait Agent: Send + Sync {
     /// # Errors
     /// [`AgentError`] when the agent could not run to the end.
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError>;
+
+    /// The backend that runs tasks of `role`, for the agent registry. An
+    /// agent that routes by role (orch-agents' `Router`) names the backend
+    /// it picks; others are their own backend.
+    fn backend_for(&self, _role: &crate::RoleName) -> &str {
+        self.backend()
+    }
 }

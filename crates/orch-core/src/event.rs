@@ -173,11 +173,26 @@ pub enum EventKind {
         /// Whether this continues an earlier journal.
         #[serde(default)]
         resumed: bool,
+        /// Fingerprint of each part of the plan (`policy`, `ticket:<id>`,
+        /// ...), so a changed plan can be told apart part by part.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        parts: std::collections::BTreeMap<String, String>,
     },
     /// All dependencies of a ticket are done.
     TicketReady {
         /// The ticket.
         ticket: TicketId,
+    },
+    /// A ticket's work tree is ready (created, or found after a crash).
+    WorkspaceReady {
+        /// The ticket.
+        ticket: TicketId,
+        /// Where it is.
+        path: String,
+        /// The commit it started from: the rollback point before any phase
+        /// passed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base: Option<String>,
     },
     /// A phase attempt began.
     PhaseStarted {
@@ -332,6 +347,11 @@ pub enum EventKind {
         /// The ticket.
         ticket: TicketId,
     },
+    /// A batch's tickets are about to be merged (written ahead).
+    MergeStarted {
+        /// The batch.
+        batch: BatchId,
+    },
     /// A batch's tickets were merged and its gates passed.
     BatchMerged {
         /// The batch.
@@ -366,6 +386,7 @@ impl EventKind {
         use EventKind::*;
         match self {
             TicketReady { ticket }
+            | WorkspaceReady { ticket, .. }
             | PhaseStarted { ticket, .. }
             | AgentStarted { ticket, .. }
             | AgentFinished { ticket, .. }

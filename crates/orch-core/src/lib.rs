@@ -58,6 +58,7 @@ pub mod process;
 mod state;
 mod store;
 mod time;
+mod workspace;
 
 pub use agent::{
     Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Progress,
@@ -74,8 +75,8 @@ pub use id::{AgentId, BatchId, IdError, IdRule, PhaseName, RoleName, RunId, Tick
 #[cfg(feature = "plan-files")]
 pub use plan::load::{Diagnostic, Format, MAX_PLAN_BYTES, PlanError, PlanErrorKind};
 pub use plan::{
-    AgentSpec, BackendSpec, Batch, BranchName, Effort, ExhaustAction, GateSpec, PhaseSpec, Plan,
-    Policy, Priority, Problem, Size, Ticket, format_minutes,
+    AgentSpec, BackendSpec, Batch, BranchName, Budget, Effort, ExhaustAction, GateSpec, PhaseSpec,
+    Plan, Policy, Priority, Problem, Size, Ticket, format_minutes,
 };
 pub use state::{
     AgentRecord, AgentStatus, BatchState, BatchStatus, DecisionItem, GateRun, RunState, RunStatus,
@@ -83,3 +84,4 @@ pub use state::{
 };
 pub use store::{Lease, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketLeases};
 pub use time::Timestamp;
+pub use workspace::{Merged, Prepared, SharedDir, Workspace, WorkspaceError};

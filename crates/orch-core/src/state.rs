@@ -94,6 +94,22 @@ pub struct TicketState {
     pub usage: Usage,
     /// Measurements.
     pub metrics: TicketMetrics,
+    /// Where the ticket's work tree is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// The commit its work tree started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Failed attempts of the current phase since it last started afresh
+    /// (reset when a phase passes or the pipeline restarts).
+    #[serde(default)]
+    pub failed_in_phase: u32,
+    /// How many times the pipeline restarted from an earlier phase.
+    #[serde(default)]
+    pub restarts: u32,
+    /// A person's answer that the engine has not acted on yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_decision: Option<Decision>,
 }
 
 /// Status of one agent invocation.
@@ -235,6 +251,9 @@ pub struct RunState {
     pub plan: String,
     /// The fingerprint recorded when the run started.
     pub fingerprint: String,
+    /// Fingerprint of each part of the plan.
+    #[serde(default)]
+    pub fingerprint_parts: BTreeMap<String, String>,
     /// Where the run stands.
     pub status: RunStatus,
     /// First `RunStarted`.
@@ -299,11 +318,13 @@ impl RunState {
                 run,
                 plan,
                 fingerprint,
+                parts,
                 ..
             } => {
                 self.run = Some(run);
                 self.plan = plan;
                 self.fingerprint = fingerprint;
+                self.fingerprint_parts = parts;
                 self.status = RunStatus::Running;
                 self.started_at.get_or_insert(at);
             }
@@ -313,12 +334,18 @@ impl RunState {
                     t.status = TicketStatus::Ready;
                 }
             }
+            EventKind::WorkspaceReady { ticket, path, base } => {
+                let t = self.ticket(ticket);
+                t.workdir = Some(path);
+                t.base = base;
+            }
             EventKind::PhaseStarted {
                 ticket,
                 phase,
                 attempt,
             } => {
                 let t = self.ticket(ticket);
+                t.pending_decision = None;
                 t.status = TicketStatus::Running;
                 t.phase = Some(phase);
                 t.attempt = attempt;
@@ -428,12 +455,18 @@ impl RunState {
                     t.phases_passed.push(phase);
                 }
                 t.feedback.clear();
+                t.failed_in_phase = 0;
+                t.pending_decision = None;
+                if t.status == TicketStatus::AwaitingDecision {
+                    t.status = TicketStatus::Running;
+                }
             }
             EventKind::AttemptFailed {
                 ticket, feedback, ..
             } => {
                 let t = self.ticket(ticket);
                 t.metrics.failed_attempts += 1;
+                t.failed_in_phase += 1;
                 t.feedback.push(feedback);
             }
             EventKind::RolledBack { ticket, .. } => {
@@ -448,6 +481,8 @@ impl RunState {
                     }
                 }
                 t.feedback.clear();
+                t.failed_in_phase = 0;
+                t.restarts += 1;
             }
             EventKind::Escalated {
                 ticket,
@@ -491,6 +526,7 @@ impl RunState {
                 if t.status == TicketStatus::AwaitingDecision {
                     t.status = TicketStatus::Ready;
                     t.reason = None;
+                    t.pending_decision = Some(decision);
                 }
                 if let (Decision::Retry, Some(n)) = (decision, note) {
                     t.feedback
@@ -499,6 +535,7 @@ impl RunState {
             }
             EventKind::TicketDone { ticket } => {
                 let t = self.ticket(ticket);
+                t.pending_decision = None;
                 t.status = TicketStatus::Done;
                 t.finished_at = Some(at);
                 t.agent = None;
@@ -506,6 +543,7 @@ impl RunState {
             }
             EventKind::TicketFailed { ticket, reason } => {
                 let t = self.ticket(ticket);
+                t.pending_decision = None;
                 t.status = TicketStatus::Failed;
                 t.finished_at = Some(at);
                 t.agent = None;
@@ -519,10 +557,12 @@ impl RunState {
             }
             EventKind::TicketSkipped { ticket } => {
                 let t = self.ticket(ticket);
+                t.pending_decision = None;
                 t.status = TicketStatus::Skipped;
                 t.finished_at = Some(at);
                 t.reason = Some("skipped by decision".into());
             }
+            EventKind::MergeStarted { .. } => {}
             EventKind::BatchMerged { batch, commit } => {
                 let b = self.batches.entry(batch).or_default();
                 b.status = BatchStatus::Merged;

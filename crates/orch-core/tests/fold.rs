@@ -64,7 +64,8 @@ fn kind() -> impl Strategy<Value = EventKind> {
             run: "r".parse().unwrap(),
             plan: "p".into(),
             fingerprint: "f".into(),
-            resumed: false
+            resumed: false,
+            parts: Default::default(),
         }),
         ticket().prop_map(|ticket| EventKind::TicketReady { ticket }),
         (ticket(), phase(), 1u32..4).prop_map(|(ticket, phase, attempt)| EventKind::PhaseStarted {

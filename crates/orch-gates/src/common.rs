@@ -66,7 +66,13 @@ pub(crate) fn inside(gate: &str, workdir: &Path, rel: &str) -> Result<PathBuf, G
 }
 
 /// Why a report file cannot be trusted, if it cannot.
+/// File times come from the kernel's coarse clock, which lags the precise
+/// one by up to a tick: a file written just after `since` can carry an
+/// earlier time. Reports this little older still count as fresh.
+const MTIME_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub(crate) fn stale_or_missing(path: &Path, rel: &str, since: SystemTime) -> Option<String> {
+    let since = since.checked_sub(MTIME_SLACK).unwrap_or(since);
     match std::fs::metadata(path) {
         Err(_) => Some(format!("report {rel} is missing")),
         Ok(m) if !m.is_file() => Some(format!("report {rel} is not a file")),

@@ -10,6 +10,9 @@
 //!   the batch DAG and its merged-in-order schedule; all as a [`Report`]
 //!   with text, Mermaid and DOT renderings ([`analyze`]).
 //! * **Scheduling**: the ready set the engine drives ([`Scheduler`]).
+//! * **Running**: the [`Engine`] carries tickets through the plan's phases
+//!   with agents, gates, retries, escalation, checkpoints and batch merges,
+//!   journalling every step before it acts; a run resumes from its journal.
 //!
 //! Construction uses petgraph where it helps (naming cycles through its
 //! strongly connected components; [`PlanGraph::to_petgraph`] for its
@@ -26,6 +29,7 @@
 
 mod analysis;
 mod batches;
+mod engine;
 mod graph;
 pub mod random;
 mod rankset;
@@ -34,6 +38,7 @@ mod scheduler;
 
 pub use analysis::{Analysis, Schedule, simulate};
 pub use batches::BatchGraph;
+pub use engine::{Engine, EngineError, GateFactory, Observer, RunReport, decide, prompt};
 pub use graph::{GraphError, Ix, Node, PlanGraph};
 pub use report::{BatchReport, BatchRow, Makespan, Report, TicketRow, analyze};
 pub use scheduler::{Counts, Scheduler, SchedulerError, Status};

@@ -381,6 +381,17 @@ impl Scheduler {
         Ok(newly)
     }
 
+    /// Marks ready ticket `t` done without running it (restoring a run
+    /// from its journal); returns how many tickets became ready.
+    ///
+    /// # Errors
+    /// When `t` is not ready.
+    pub fn restore_done(&mut self, t: Ix) -> Result<usize, SchedulerError> {
+        let r = self.check(t, "restore", &[Status::Ready])?;
+        self.set(r, Status::Running);
+        self.complete(t)
+    }
+
     /// Marks `t` (ready, running or paused) failed; returns the tickets
     /// that became blocked (all its not-yet-final dependents, transitively).
     ///
@@ -403,12 +414,13 @@ impl Scheduler {
         Ok(self.block_dependents(r))
     }
 
-    /// Pauses running ticket `t` (escalated to a person); frees its slot.
+    /// Pauses running (or ready) ticket `t` (escalated to a person); frees
+    /// its slot.
     ///
     /// # Errors
-    /// When `t` is not running.
+    /// When `t` is neither running nor ready.
     pub fn pause(&mut self, t: Ix) -> Result<(), SchedulerError> {
-        let r = self.check(t, "pause", &[Status::Running])?;
+        let r = self.check(t, "pause", &[Status::Running, Status::Ready])?;
         self.set(r, Status::Paused);
         Ok(())
     }

@@ -283,6 +283,7 @@ pub async fn folded_state(open: Open<'_>) {
             plan: "p".into(),
             fingerprint: "f".into(),
             resumed: false,
+            parts: Default::default(),
         },
     )];
     for i in 0..30u64 {

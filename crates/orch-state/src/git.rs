@@ -94,6 +94,22 @@ impl Repo {
         let root = root.into();
         let top = run_git(&root, &["rev-parse", "--show-toplevel"])?;
         let root = PathBuf::from(top);
+        // Keep orch's worktrees out of the repository's status and cleans.
+        let common = PathBuf::from(run_git(&root, &["rev-parse", "--git-common-dir"])?);
+        let exclude = root.join(common).join("info").join("exclude");
+        let listed = std::fs::read_to_string(&exclude).unwrap_or_default();
+        if !listed.lines().any(|l| l.trim() == "/.orch/") {
+            let _ = std::fs::create_dir_all(exclude.parent().unwrap_or(&root));
+            let mut text = listed;
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str("/.orch/\n");
+            std::fs::write(&exclude, text).map_err(|e| GitError {
+                command: "write info/exclude".into(),
+                message: format!("{}: {e}", exclude.display()),
+            })?;
+        }
         Ok(Repo {
             worktrees: root.join(".orch").join("worktrees"),
             root,
@@ -274,48 +290,28 @@ impl Repo {
                 self.git(&["worktree", "add", "-b", batch_branch, &p, base])?;
             }
         }
-        for b in branches {
-            // Already merged (before a crash)?
-            if run_git(&path, &["merge-base", "--is-ancestor", b, "HEAD"]).is_ok() {
-                continue;
-            }
-            let msg = format!("Merge {b} into {batch_branch}");
-            let merged = run_git(
-                &path,
-                &[
-                    "-c",
-                    "user.name=orch",
-                    "-c",
-                    "user.email=orch@localhost",
-                    "merge",
-                    "--no-ff",
-                    "--no-edit",
-                    "-q",
-                    "-m",
-                    &msg,
-                    b,
-                ],
-            );
-            if merged.is_err() {
-                let files =
-                    run_git(&path, &["diff", "--name-only", "--diff-filter=U"]).unwrap_or_default();
-                let files: Vec<String> = files.lines().map(str::to_owned).collect();
-                let _ = run_git(&path, &["merge", "--abort"]);
-                if files.is_empty() {
-                    return Err(merged.err().unwrap_or_else(|| GitError {
-                        command: "git merge".into(),
-                        message: "failed".into(),
-                    }));
-                }
-                return Ok(MergeOutcome::Conflict {
-                    branch: b.clone(),
-                    files,
-                });
-            }
+        if let Some((branch, files)) = merge_branches(&path, batch_branch, branches)? {
+            return Ok(MergeOutcome::Conflict { branch, files });
         }
         Ok(MergeOutcome::Merged {
             commit: run_git(&path, &["rev-parse", "HEAD"])?,
         })
+    }
+
+    /// Merges `branches` (the finished tickets a ticket depends on) into
+    /// its worktree, skipping those already merged.
+    ///
+    /// # Errors
+    /// When git fails, or a branch conflicts (the merge is aborted, nothing
+    /// lost; the error names the files).
+    pub fn merge_into(&self, wt: &Worktree, branches: &[String]) -> Result<(), GitError> {
+        match merge_branches(&wt.path, &wt.branch, branches)? {
+            None => Ok(()),
+            Some((branch, files)) => Err(GitError {
+                command: format!("git merge {branch}"),
+                message: format!("conflicts in {}", files.join(", ")),
+            }),
+        }
     }
 
     /// The worktree a batch is merged in (after [`Repo::merge_batch`]).
@@ -324,4 +320,47 @@ impl Repo {
             .join(run.as_str())
             .join(format!("batch-{batch}"))
     }
+}
+
+/// Merges each of `branches` not yet merged into the checkout at `path`;
+/// on a conflict aborts that merge and returns the branch and files.
+fn merge_branches(
+    path: &Path,
+    into: &str,
+    branches: &[String],
+) -> Result<Option<(String, Vec<String>)>, GitError> {
+    for b in branches {
+        // Already merged (before a crash)?
+        if run_git(path, &["merge-base", "--is-ancestor", b, "HEAD"]).is_ok() {
+            continue;
+        }
+        let msg = format!("Merge {b} into {into}");
+        let merged = run_git(
+            path,
+            &[
+                "-c",
+                "user.name=orch",
+                "-c",
+                "user.email=orch@localhost",
+                "merge",
+                "--no-ff",
+                "--no-edit",
+                "-q",
+                "-m",
+                &msg,
+                b,
+            ],
+        );
+        if let Err(err) = merged {
+            let files =
+                run_git(path, &["diff", "--name-only", "--diff-filter=U"]).unwrap_or_default();
+            let files: Vec<String> = files.lines().map(str::to_owned).collect();
+            let _ = run_git(path, &["merge", "--abort"]);
+            if files.is_empty() {
+                return Err(err);
+            }
+            return Ok(Some((b.clone(), files)));
+        }
+    }
+    Ok(None)
 }

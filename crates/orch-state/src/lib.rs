@@ -11,13 +11,16 @@
 //!   `TEST_RESULTS.md`, `DECISION_QUEUE.md` and one JSON file per ticket,
 //!   rendered from the folded state and written atomically.
 //! * [`git`]: a worktree per ticket, checkpoint commits as rollback points,
-//!   batch merges that report conflicts as a result.
+//!   batch merges that report conflicts as a result; [`GitWorkspace`] is
+//!   the engine's [`Workspace`](orch_core::Workspace) on top of it.
 
 pub mod conformance;
 pub mod git;
 mod memory;
 mod sqlite;
 pub mod views;
+mod workspace;
 
 pub use memory::MemoryStore;
 pub use sqlite::{SCHEMA_VERSION, SqliteStore, Stats};
+pub use workspace::GitWorkspace;

@@ -50,6 +50,7 @@ fn events() -> Vec<Event> {
         plan: "production-readiness".into(),
         fingerprint: "f".into(),
         resumed: false,
+        parts: Default::default(),
     })];
     for id in [
         "INFRA-002",

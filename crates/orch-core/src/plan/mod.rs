@@ -248,6 +248,25 @@ pub struct Budget {
     pub max_usd: Option<f64>,
 }
 
+impl Budget {
+    /// Why `spent` exceeds the budget, if it does.
+    pub fn exceeded(&self, spent: &crate::Usage) -> Option<String> {
+        if let Some(max) = self.max_tokens.filter(|m| spent.total_tokens() >= *m) {
+            return Some(format!(
+                "{} tokens used; the budget is {max}",
+                spent.total_tokens()
+            ));
+        }
+        if let Some(max) = self.max_usd.filter(|m| spent.cost_usd >= *m) {
+            return Some(format!(
+                "${:.2} spent; the budget is ${max:.2}",
+                spent.cost_usd
+            ));
+        }
+        None
+    }
+}
+
 /// Time limits, in seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -400,6 +419,63 @@ impl Plan {
             .iter()
             .map(|t| u64::from(t.effort.minutes()))
             .sum()
+    }
+
+    /// A fingerprint of the plan (everything but its description), and one
+    /// per part: `policy`, `default_role`, `agent:<role>`, `phase:<name>`
+    /// (with its position), `batch_gates`, `batch:<id>`, `ticket:<id>`. A run
+    /// records them when it starts, so resuming with a changed plan can say
+    /// what changed ([`Plan::changes_since`]).
+    pub fn fingerprint(&self) -> (String, BTreeMap<String, String>) {
+        fn hash(v: &impl Serialize) -> String {
+            // FNV-1a over the JSON: stable across Rust versions, unlike
+            // `DefaultHasher`.
+            let bytes = serde_json::to_vec(v).unwrap_or_default();
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in bytes {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            format!("{h:016x}")
+        }
+        let mut parts = BTreeMap::new();
+        parts.insert("policy".to_owned(), hash(&self.policy));
+        parts.insert("default_role".to_owned(), hash(&self.default_role));
+        parts.insert("batch_gates".to_owned(), hash(&self.batch_gates));
+        for (role, spec) in &self.agents {
+            parts.insert(format!("agent:{role}"), hash(spec));
+        }
+        for (i, p) in self.phases.iter().enumerate() {
+            parts.insert(format!("phase:{}", p.name), hash(&(i, p)));
+        }
+        for b in &self.batches {
+            parts.insert(format!("batch:{}", b.id), hash(b));
+        }
+        for t in &self.tickets {
+            parts.insert(format!("ticket:{}", t.id), hash(t));
+        }
+        (hash(&parts), parts)
+    }
+
+    /// What differs between this plan and the parts recorded by
+    /// [`Plan::fingerprint`] earlier, one line per part: `ticket:T-1
+    /// changed`, `ticket:T-9 added`, `policy changed`.
+    pub fn changes_since(&self, recorded: &BTreeMap<String, String>) -> Vec<String> {
+        let (_, now) = self.fingerprint();
+        let mut out = Vec::new();
+        for (k, v) in &now {
+            match recorded.get(k) {
+                None => out.push(format!("{k} added")),
+                Some(old) if old != v => out.push(format!("{k} changed")),
+                Some(_) => {}
+            }
+        }
+        out.extend(
+            recorded
+                .keys()
+                .filter(|k| !now.contains_key(*k))
+                .map(|k| format!("{k} removed")),
+        );
+        out
     }
 
     /// The ticket with this id.

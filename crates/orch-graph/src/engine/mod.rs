@@ -1,0 +1,818 @@
+//! The run engine: dispatches ready tickets to agents, carries each through
+//! the plan's phases with gates, retries, restarts and escalations, merges
+//! batches, and writes every step to the journal before it acts.
+//!
+//! The engine is generic over the core contracts: any [`Agent`] (usually a
+//! router that picks a backend by `task.role`), any [`Gate`] (built from the
+//! plan's [`GateSpec`]s by a [`GateFactory`]), any [`StateStore`] and any
+//! [`Workspace`].
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use async_trait::async_trait;
+//! use orch_core::*;
+//! use orch_graph::{Engine, decide};
+//!
+//! /// An agent that always succeeds.
+//! struct Done;
+//! #[async_trait]
+//! impl Agent for Done {
+//!     fn backend(&self) -> &str { "done" }
+//!     async fn run(&self, t: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+//!         Ok(AgentOutcome { success: true, summary: format!("did {}", t.ticket.id), ..Default::default() })
+//!     }
+//! }
+//! # #[derive(Default)] struct Mem(std::sync::Mutex<Vec<Event>>);
+//! # #[async_trait] impl StateStore for Mem {
+//! #   async fn append(&self, _: &RunId, ev: &[Event]) -> Result<Vec<u64>, StoreError> {
+//! #     let mut j = self.0.lock().unwrap(); let mut s = vec![];
+//! #     for e in ev { match j.iter().position(|x| x.id == e.id) { Some(i) => s.push(i as u64 + 1), None => { j.push(e.clone()); s.push(j.len() as u64) } } }
+//! #     Ok(s) }
+//! #   async fn read(&self, _: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+//! #     Ok(self.0.lock().unwrap().iter().enumerate().map(|(i, e)| StoredEvent { seq: i as u64 + 1, event: e.clone() })
+//! #       .filter(|s| s.seq > after).take(limit).collect()) }
+//! #   async fn runs(&self) -> Result<Vec<RunId>, StoreError> { Ok(vec![]) }
+//! # }
+//!
+//! let plan = Plan::from_toml_str(r#"
+//!     name = "demo"
+//!     default_role = "dev"
+//!     [[phases]]
+//!     name = "implement"
+//!     [[tickets]]
+//!     id = "A"
+//!     title = "First"
+//!     effort = "1h"
+//!     [[tickets]]
+//!     id = "B"
+//!     title = "Second"
+//!     effort = "1h"
+//!     depends_on = ["A"]
+//! "#).unwrap();
+//! let store = Arc::new(Mem::default()); // orch-state has MemoryStore and SqliteStore
+//! let engine = Engine::new(plan, Arc::new(Done), store).unwrap();
+//! let rt = tokio::runtime::Runtime::new().unwrap();
+//! let report = rt.block_on(engine.run(&"r1".parse().unwrap(), Cancellation::new())).unwrap();
+//! assert_eq!(report.outcome, RunOutcome::Completed);
+//! assert_eq!(report.state.count(TicketStatus::Done), 2);
+//! ```
+
+mod journal;
+mod prompt;
+mod ticket;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_core::{
+    Agent, AgentId, BatchId, Cancellation, Decision, Event, EventKind, Gate, GateError, GateSpec,
+    Plan, Problem, Progress, RoleName, RunId, RunOutcome, RunState, RunStatus, SharedDir,
+    StateStore, StoreError, TicketId, TicketStatus, Workspace,
+};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::graph::{GraphError, Ix, PlanGraph};
+use crate::scheduler::{Scheduler, Status};
+use journal::Journal;
+pub use prompt::prompt;
+use ticket::End;
+
+/// Builds a gate from a spec (with `{ticket}` and `{phase}` already filled
+/// in). orch-gates' `from_spec` is one.
+pub type GateFactory =
+    Arc<dyn Fn(&GateSpec) -> Result<Arc<dyn Gate>, GateError> + Send + Sync + 'static>;
+
+/// Sees every event once it is durable, with the state it led to; and the
+/// agents' progress, which is not persisted. Called in journal order from
+/// the engine's tasks: keep it quick (throttle slow work such as writing
+/// state files).
+pub trait Observer: Send + Sync {
+    /// An event was appended and folded into `state`.
+    fn event(&self, event: &Event, state: &RunState);
+    /// An agent reported progress.
+    fn progress(&self, _agent: &AgentId, _progress: &Progress) {}
+    /// The run stopped (for whatever reason) in `state`.
+    fn finished(&self, _state: &RunState) {}
+}
+
+/// Why a run could not be started or went on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The plan has problems (nothing ran).
+    #[error("the plan is invalid:\n{}", list(.0.iter().map(|p| format!("{}: {}", p.path, p.message))))]
+    Plan(Vec<Problem>),
+    /// The plan's graph is invalid, e.g. a cycle (nothing ran).
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// A gate of the plan cannot be built (nothing ran).
+    #[error("phase {phase:?}: {error}")]
+    Gate {
+        /// The phase (or `batch`).
+        phase: String,
+        /// Why.
+        error: GateError,
+    },
+    /// The run's journal was started with a different plan.
+    #[error(
+        "run {run} was started with a different plan; changed since:\n{}\nresume with the plan it started with, or allow the change explicitly (`--allow-plan-change`)",
+        list(.changes.iter().cloned())
+    )]
+    PlanChanged {
+        /// The run.
+        run: RunId,
+        /// What changed, part by part.
+        changes: Vec<String>,
+    },
+    /// The state store failed; the run stopped. Nothing already persisted
+    /// is lost; resume when the store is back.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A decision was refused.
+    #[error("{0}")]
+    Decision(String),
+}
+
+fn list(items: impl Iterator<Item = String>) -> String {
+    items
+        .map(|s| format!("  - {s}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// How a run ended, and its final state.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// The folded state (equal to folding the journal).
+    pub state: RunState,
+}
+
+/// Runs a plan. See the [module docs](self).
+pub struct Engine {
+    plan: Arc<Plan>,
+    graph: Arc<PlanGraph>,
+    agent: Arc<dyn Agent>,
+    store: Arc<dyn StateStore>,
+    workspace: Arc<dyn Workspace>,
+    gates: Option<GateFactory>,
+    observers: Vec<Arc<dyn Observer>>,
+    max_concurrency: u32,
+    allow_plan_change: bool,
+    poll: Duration,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("plan", &self.plan.name)
+            .field("tickets", &self.graph.len())
+            .field("agent", &self.agent.backend())
+            .field("max_concurrency", &self.max_concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine for `plan` (validated here: problems and cycles are
+    /// refused before anything runs), sending every phase to `agent` (with
+    /// the phase's role in the task) and journalling to `store`. Work
+    /// happens in the current directory until [`Engine::workspace`] says
+    /// otherwise.
+    ///
+    /// # Errors
+    /// [`EngineError::Plan`] or [`EngineError::Graph`].
+    pub fn new(
+        plan: Plan,
+        agent: Arc<dyn Agent>,
+        store: Arc<dyn StateStore>,
+    ) -> Result<Engine, EngineError> {
+        plan.validate().map_err(EngineError::Plan)?;
+        let graph = Arc::new(PlanGraph::from_plan(&plan)?);
+        Ok(Engine {
+            max_concurrency: plan.policy.max_concurrency.max(1),
+            plan: Arc::new(plan),
+            graph,
+            agent,
+            store,
+            workspace: Arc::new(SharedDir::new(".")),
+            gates: None,
+            observers: Vec::new(),
+            allow_plan_change: false,
+            poll: Duration::from_millis(250),
+        })
+    }
+
+    /// Where tickets work: orch-state's git workspace gives each its own
+    /// worktree and branch.
+    pub fn workspace(mut self, ws: Arc<dyn Workspace>) -> Self {
+        self.workspace = ws;
+        self
+    }
+
+    /// How gates are built from the plan's specs (required when the plan
+    /// has gates).
+    pub fn gates(mut self, factory: GateFactory) -> Self {
+        self.gates = Some(factory);
+        self
+    }
+
+    /// Adds an observer (state files, progress bars, logs).
+    pub fn observe(mut self, o: Arc<dyn Observer>) -> Self {
+        self.observers.push(o);
+        self
+    }
+
+    /// Overrides the plan's `max_concurrency`.
+    pub fn max_concurrency(mut self, n: u32) -> Self {
+        self.max_concurrency = n.max(1);
+        self
+    }
+
+    /// Resume even if the plan changed since the run started.
+    pub fn allow_plan_change(mut self, yes: bool) -> Self {
+        self.allow_plan_change = yes;
+        self
+    }
+
+    /// How often the journal is read for decisions recorded by other
+    /// processes (default 250 ms).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll = d;
+        self
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Checks that every gate of the plan can be built.
+    fn check_gates(&self) -> Result<(), EngineError> {
+        let specs = self
+            .plan
+            .phases
+            .iter()
+            .flat_map(|p| p.gates.iter().map(move |g| (p.name.to_string(), g)))
+            .chain(self.plan.batch_gates.iter().map(|g| ("batch".into(), g)));
+        let first = self.plan.tickets.first().map_or("", |t| t.id.as_str());
+        for (phase, spec) in specs {
+            let Some(f) = &self.gates else {
+                return Err(EngineError::Gate {
+                    phase,
+                    error: GateError {
+                        kind: orch_core::GateErrorKind::Config,
+                        gate: spec.display_name(),
+                        message: "the plan has gates but the engine was given no gate factory"
+                            .into(),
+                    },
+                });
+            };
+            f(&spec.substitute(&[("ticket", first), ("phase", &phase)]))
+                .map_err(|error| EngineError::Gate { phase, error })?;
+        }
+        Ok(())
+    }
+
+    /// Runs (or resumes) `run` until every ticket is finished, or only
+    /// tickets waiting for a decision are left ([`RunOutcome::Paused`]), or
+    /// `cancel` fires, the budget is spent, or a person aborts.
+    ///
+    /// A run whose journal exists continues where it stopped: finished
+    /// phases are not run again, a phase that was interrupted restarts from
+    /// its checkpoint, and answered decisions take effect.
+    ///
+    /// # Errors
+    /// [`EngineError`]: a plan that differs from the one the run started
+    /// with (unless allowed), a gate that cannot be built, or a failing
+    /// store (the run stops; running agents are cancelled).
+    pub async fn run(&self, run: &RunId, cancel: Cancellation) -> Result<RunReport, EngineError> {
+        self.check_gates()?;
+        let state = self.store.state(run).await?;
+        let (fingerprint, parts) = self.plan.fingerprint();
+        let resumed = state.status != RunStatus::NotStarted;
+        if resumed && state.fingerprint != fingerprint && !self.allow_plan_change {
+            let mut changes = self.plan.changes_since(&state.fingerprint_parts);
+            if changes.is_empty() {
+                changes.push("the plan's fingerprint differs".into());
+            }
+            return Err(EngineError::PlanChanged {
+                run: run.clone(),
+                changes,
+            });
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (dtx, drx) = mpsc::unbounded_channel();
+        let work = Cancellation::new();
+        let journal = Arc::new(Journal::new(
+            self.store.clone(),
+            run.clone(),
+            state,
+            self.observers.clone(),
+            dtx,
+            self.plan.policy.budget.clone(),
+            work.clone(),
+        ));
+        journal
+            .append(vec![EventKind::RunStarted {
+                run: run.clone(),
+                plan: self.plan.name.clone(),
+                fingerprint,
+                resumed,
+                parts,
+            }])
+            .await?;
+        let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
+        let shared = Arc::new(ticket::Shared {
+            plan: self.plan.clone(),
+            graph: self.graph.clone(),
+            agent: self.agent.clone(),
+            workspace: self.workspace.clone(),
+            gates: self.gates.clone(),
+            journal,
+            work,
+        });
+        let mut d = Dispatcher::new(self, shared, tx)?;
+        d.run(rx, drx, cancel).instrument(span).await
+    }
+}
+
+/// Records a person's answer to an escalated ticket of `run`. The engine
+/// acts on it: at once if the run is going (it reads the journal), else
+/// when the run is resumed.
+///
+/// # Errors
+/// [`EngineError::Decision`] when the ticket is not waiting for a decision
+/// or the answer is not one of its options; [`EngineError::Store`].
+pub async fn decide(
+    store: &dyn StateStore,
+    run: &RunId,
+    ticket: &TicketId,
+    decision: Decision,
+    note: Option<String>,
+) -> Result<(), EngineError> {
+    let state = store.state(run).await?;
+    if state.status == RunStatus::NotStarted {
+        return Err(EngineError::Decision(format!("there is no run {run}")));
+    }
+    let Some(q) = state
+        .open_decisions()
+        .filter(|d| &d.ticket == ticket)
+        .last()
+    else {
+        let open: Vec<String> = state
+            .open_decisions()
+            .map(|d| d.ticket.to_string())
+            .collect();
+        return Err(EngineError::Decision(format!(
+            "{ticket} is not waiting for a decision (waiting: {})",
+            if open.is_empty() {
+                "none".to_owned()
+            } else {
+                open.join(", ")
+            }
+        )));
+    };
+    if !q.options.contains(&decision) {
+        return Err(EngineError::Decision(format!(
+            "{decision:?} is not an option for {ticket} (options: {:?})",
+            q.options
+        )));
+    }
+    store
+        .append(
+            run,
+            &[Event::now(EventKind::DecisionRecorded {
+                ticket: ticket.clone(),
+                decision,
+                note,
+            })],
+        )
+        .await?;
+    Ok(())
+}
+
+enum Msg {
+    Ticket(Ix, End),
+    Batch,
+}
+
+struct Dispatcher {
+    shared: Arc<ticket::Shared>,
+    sched: Scheduler,
+    tx: mpsc::UnboundedSender<Msg>,
+    poll: Duration,
+    /// Per ticket, its batch; per batch, its tickets and how many are not
+    /// final yet.
+    batch_of: Vec<Option<u32>>,
+    batches: Vec<(BatchId, Vec<Ix>, usize)>,
+    tasks: usize,
+    stop: Option<RunOutcome>,
+    fatal: Option<StoreError>,
+}
+
+impl Dispatcher {
+    fn new(
+        engine: &Engine,
+        shared: Arc<ticket::Shared>,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Result<Dispatcher, EngineError> {
+        let g = &engine.graph;
+        let plan = &engine.plan;
+        // Role classes: the role of each ticket's first phase.
+        let mut roles: Vec<&RoleName> = plan.policy.role_concurrency.keys().collect();
+        roles.sort();
+        let mut limits = vec![None];
+        limits.extend(
+            roles
+                .iter()
+                .map(|r| plan.policy.role_concurrency.get(*r).copied()),
+        );
+        let first = plan.phases.first();
+        let class_of: Vec<u16> = plan
+            .tickets
+            .iter()
+            .map(|t| {
+                first
+                    .and_then(|p| plan.role_for(t, p))
+                    .and_then(|r| roles.binary_search(&r).ok())
+                    .map_or(0, |i| i as u16 + 1)
+            })
+            .collect();
+        let mut sched = Scheduler::new(g.clone()).with_max_running(engine.max_concurrency);
+        if !roles.is_empty() {
+            sched = sched.with_classes(class_of, limits);
+        }
+        let mut batch_of = vec![None; g.len()];
+        let mut batches = Vec::new();
+        for (i, b) in plan.batches.iter().enumerate() {
+            let members: Vec<Ix> = plan
+                .tickets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.batch.as_ref() == Some(&b.id) || b.tickets.contains(&t.id))
+                .map(|(ix, _)| ix as Ix)
+                .collect();
+            for &m in &members {
+                batch_of[m as usize] = Some(i as u32);
+            }
+            let n = members.len();
+            batches.push((b.id.clone(), members, n));
+        }
+        Ok(Dispatcher {
+            shared,
+            sched,
+            tx,
+            poll: engine.poll,
+            batch_of,
+            batches,
+            tasks: 0,
+            stop: None,
+            fatal: None,
+        })
+    }
+
+    fn id(&self, t: Ix) -> TicketId {
+        self.shared.plan.tickets[t as usize].id.clone()
+    }
+
+    async fn append(&mut self, kinds: Vec<EventKind>) {
+        if kinds.is_empty() || self.fatal.is_some() {
+            return;
+        }
+        if let Err(e) = self.shared.journal.append(kinds).await {
+            self.fail_store(e);
+        }
+    }
+
+    fn fail_store(&mut self, e: StoreError) {
+        tracing::error!(error = %e, "state store failed; stopping the run");
+        self.fatal.get_or_insert(e);
+        self.halt(RunOutcome::Failed);
+    }
+
+    fn halt(&mut self, outcome: RunOutcome) {
+        self.stop.get_or_insert(outcome);
+        self.shared.work.cancel();
+    }
+
+    /// Restores the scheduler from the journal's state.
+    async fn restore(&mut self) {
+        let st = self.shared.journal.with_state(|s| s.tickets.clone());
+        let mut blocked = Vec::new();
+        let mut decided = Vec::new();
+        for &t in self.shared.graph.topological_order() {
+            let Some(ts) = st.get(&self.id(t)) else {
+                continue;
+            };
+            if self.sched.status(t).is_final() {
+                continue;
+            }
+            let r = match ts.status {
+                TicketStatus::Done => self.sched.restore_done(t).map(|_| Vec::new()),
+                TicketStatus::Failed => self.sched.fail(t),
+                TicketStatus::Skipped => self.sched.skip(t),
+                TicketStatus::AwaitingDecision => self.sched.pause(t).map(|_| Vec::new()),
+                _ => {
+                    if ts.pending_decision.is_some() {
+                        decided.push(t);
+                    }
+                    Ok(Vec::new())
+                }
+            };
+            if let Ok(b) = r {
+                blocked.extend(b.into_iter().map(|x| (x, t)));
+            }
+        }
+        self.block(blocked, &st).await;
+        for t in decided {
+            let _ = self.sched.pause(t);
+            self.decision(t).await;
+        }
+        for b in 0..self.batches.len() {
+            let members = self.batches[b].1.clone();
+            let left = members
+                .iter()
+                .filter(|&&m| !self.sched.status(m).is_final())
+                .count();
+            self.batches[b].2 = left;
+            if left == 0 {
+                self.batch_ready(b).await;
+            }
+        }
+    }
+
+    /// Records `blocked` (ticket, by) unless the journal already has them,
+    /// and counts them off their batches.
+    async fn block(
+        &mut self,
+        blocked: Vec<(Ix, Ix)>,
+        known: &BTreeMap<TicketId, orch_core::TicketState>,
+    ) {
+        let mut events = Vec::new();
+        let mut done_batches = Vec::new();
+        for (t, by) in blocked {
+            let id = self.id(t);
+            if known
+                .get(&id)
+                .is_none_or(|s| s.status != TicketStatus::Blocked)
+            {
+                events.push(EventKind::TicketBlocked {
+                    ticket: id,
+                    by: self.id(by),
+                });
+            }
+            done_batches.extend(self.count_off(t));
+        }
+        self.append(events).await;
+        for b in done_batches {
+            self.batch_ready(b).await;
+        }
+    }
+
+    /// Counts a finished ticket off its batch; returns the batch if that
+    /// was its last.
+    fn count_off(&mut self, t: Ix) -> Option<usize> {
+        let b = self.batch_of[t as usize]? as usize;
+        let left = &mut self.batches[b].2;
+        *left = left.saturating_sub(1);
+        (*left == 0).then_some(b)
+    }
+
+    /// Every ticket of batch `b` is final: merge it, or say why not.
+    async fn batch_ready(&mut self, b: usize) {
+        let (id, members, _) = self.batches[b].clone();
+        let status = self
+            .shared
+            .journal
+            .with_state(|s| s.batches.get(&id).map(|b| b.status));
+        if matches!(
+            status,
+            Some(orch_core::BatchStatus::Merged | orch_core::BatchStatus::Failed)
+        ) || members.is_empty()
+        {
+            return;
+        }
+        let not_done: Vec<String> = members
+            .iter()
+            .filter(|&&m| self.sched.status(m) != Status::Done)
+            .map(|&m| format!("{} {:?}", self.id(m), self.sched.status(m)).to_lowercase())
+            .collect();
+        if !not_done.is_empty() {
+            let reason = format!("not merged: {}", not_done.join(", "));
+            self.append(vec![EventKind::BatchFailed { batch: id, reason }])
+                .await;
+            return;
+        }
+        if self.stop.is_some() {
+            return;
+        }
+        let tickets: Vec<TicketId> = members.iter().map(|&m| self.id(m)).collect();
+        let (shared, tx) = (self.shared.clone(), self.tx.clone());
+        let span = tracing::info_span!("batch", batch = %id);
+        self.tasks += 1;
+        tokio::spawn(
+            async move {
+                let r = ticket::merge_batch(&shared, id, tickets).await;
+                if let Err(e) = r {
+                    // Reported to the dispatcher as a store failure.
+                    let _ = tx.send(Msg::Ticket(Ix::MAX, End::Store(e)));
+                }
+                let _ = tx.send(Msg::Batch);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// A recorded decision for paused ticket `t` takes effect.
+    async fn decision(&mut self, t: Ix) {
+        if self.sched.status(t) != Status::Paused {
+            return;
+        }
+        let id = self.id(t);
+        let d = self
+            .shared
+            .journal
+            .with_state(|s| s.tickets.get(&id).and_then(|t| t.pending_decision));
+        match d {
+            Some(Decision::Approve | Decision::Retry) => {
+                let _ = self.sched.requeue(t);
+            }
+            Some(Decision::Skip) => {
+                self.append(vec![EventKind::TicketSkipped { ticket: id }])
+                    .await;
+                let blocked = self.sched.skip(t).unwrap_or_default();
+                let b = self.count_off(t);
+                let known = BTreeMap::new();
+                self.block(blocked.into_iter().map(|x| (x, t)).collect(), &known)
+                    .await;
+                if let Some(b) = b {
+                    self.batch_ready(b).await;
+                }
+            }
+            Some(Decision::Abort) => self.halt(RunOutcome::Aborted),
+            None => {}
+        }
+    }
+
+    fn spawn_ticket(&mut self, t: Ix) {
+        let (shared, tx) = (self.shared.clone(), self.tx.clone());
+        let span = tracing::info_span!("ticket", ticket = %self.shared.graph.id(t));
+        self.tasks += 1;
+        tokio::spawn(
+            async move {
+                let end = ticket::run_ticket(&shared, t).await;
+                let _ = tx.send(Msg::Ticket(t, end));
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Batch => self.tasks -= 1,
+            Msg::Ticket(_, End::Store(e)) if self.fatal.is_none() => {
+                self.fail_store(e);
+            }
+            Msg::Ticket(t, end) => {
+                if t != Ix::MAX {
+                    self.tasks -= 1;
+                }
+                match end {
+                    End::Done => {
+                        let _ = self.sched.complete(t);
+                        if let Some(b) = self.count_off(t) {
+                            self.batch_ready(b).await;
+                        }
+                    }
+                    End::Failed => {
+                        let blocked = self.sched.fail(t).unwrap_or_default();
+                        let b = self.count_off(t);
+                        let known = BTreeMap::new();
+                        self.block(blocked.into_iter().map(|x| (x, t)).collect(), &known)
+                            .await;
+                        if let Some(b) = b {
+                            self.batch_ready(b).await;
+                        }
+                    }
+                    End::Escalated => {
+                        let _ = self.sched.pause(t);
+                        // Answered already (e.g. by an observer)?
+                        self.decision(t).await;
+                    }
+                    End::Interrupted | End::Store(_) => {
+                        let _ = self.sched.requeue(t);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut decisions: mpsc::UnboundedReceiver<TicketId>,
+        cancel: Cancellation,
+    ) -> Result<RunReport, EngineError> {
+        self.restore().await;
+        if let Some(why) = self
+            .shared
+            .plan
+            .policy
+            .budget
+            .exceeded(&self.shared.journal.with_state(|s| s.usage))
+        {
+            tracing::warn!(%why, "budget already spent");
+            self.halt(RunOutcome::BudgetExhausted);
+        }
+        let mut tick = tokio::time::interval(self.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.stop.is_none() && self.fatal.is_none() {
+                while let Some(t) = self.sched.next() {
+                    self.spawn_ticket(t);
+                }
+            }
+            if self.tasks == 0 {
+                // Decisions that arrived while the last tasks ended.
+                let mut more = false;
+                while let Ok(t) = decisions.try_recv() {
+                    if let Some(ix) = self.shared.graph.index_of(t.as_str()) {
+                        self.decision(ix).await;
+                        more = true;
+                    }
+                }
+                if !more || self.stop.is_some() {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                Some(msg) = rx.recv() => {
+                    self.handle(msg).await;
+                    while let Ok(msg) = rx.try_recv() {
+                        self.handle(msg).await;
+                    }
+                }
+                Some(t) = decisions.recv() => {
+                    if let Some(ix) = self.shared.graph.index_of(t.as_str()) {
+                        self.decision(ix).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Err(e) = self.shared.journal.catch_up().await {
+                        self.fail_store(e);
+                    }
+                }
+                () = cancel.cancelled(), if self.stop.is_none() => {
+                    tracing::warn!("cancelled; stopping running agents");
+                    self.halt(RunOutcome::Cancelled);
+                }
+            }
+            if self.stop.is_none()
+                && let Some((tokens, usd, why)) = self.shared.journal.budget_spent()
+            {
+                tracing::warn!(%why, "budget spent; stopping");
+                self.halt(RunOutcome::BudgetExhausted);
+                self.append(vec![EventKind::BudgetExhausted { tokens, usd }])
+                    .await;
+            }
+        }
+        if let Some(e) = self.fatal.take() {
+            self.shared.journal.finished();
+            return Err(EngineError::Store(e));
+        }
+        let outcome = match self.stop {
+            Some(o) => o,
+            None => {
+                let c = self.sched.counts();
+                let batches_ok = self.shared.journal.with_state(|s| {
+                    self.batches.iter().all(|(b, m, _)| {
+                        m.is_empty()
+                            || s.batches
+                                .get(b)
+                                .is_some_and(|b| b.status == orch_core::BatchStatus::Merged)
+                    })
+                });
+                if c.paused > 0 {
+                    RunOutcome::Paused
+                } else if c.done == self.shared.graph.len() && batches_ok {
+                    RunOutcome::Completed
+                } else {
+                    RunOutcome::Failed
+                }
+            }
+        };
+        self.append(vec![EventKind::RunFinished { outcome }]).await;
+        let state = self.shared.journal.finished();
+        if let Some(e) = self.fatal.take() {
+            return Err(EngineError::Store(e));
+        }
+        Ok(RunReport { outcome, state })
+    }
+}

@@ -1,0 +1,68 @@
+//! The prompt an agent gets for one phase of one ticket.
+
+use std::fmt::Write;
+
+use orch_core::{PhaseSpec, Plan, Ticket};
+
+/// Builds the prompt for `phase` of `ticket`: the task, its context and
+/// acceptance criteria, the phase's instructions (with `{ticket}` and
+/// `{phase}` filled in), and the feedback of earlier failed attempts.
+///
+/// ```
+/// let plan = orch_core::Plan::from_toml_str(r#"
+///     name = "demo"
+///     [[phases]]
+///     name = "implement"
+///     instructions = "Write src/{ticket}.rs."
+///     [[tickets]]
+///     id = "T-1"
+///     title = "Add a health check"
+///     effort = "1h"
+///     acceptance_criteria = ["GET /health answers 200"]
+/// "#).unwrap();
+/// let p = orch_graph::prompt(&plan, &plan.tickets[0], &plan.phases[0],
+///     &["Gate `tests` failed: 1 of 3 tests failed".to_owned()]);
+/// assert!(p.contains("# T-1: Add a health check"));
+/// assert!(p.contains("- GET /health answers 200"));
+/// assert!(p.contains("Write src/T-1.rs."));
+/// assert!(p.contains("1 of 3 tests failed"));
+/// ```
+pub fn prompt(plan: &Plan, ticket: &Ticket, phase: &PhaseSpec, feedback: &[String]) -> String {
+    let mut p = String::new();
+    let _ = writeln!(p, "# {}: {}\n", ticket.id, ticket.title);
+    if !ticket.description.is_empty() {
+        let _ = writeln!(p, "## Context\n\n{}\n", ticket.description.trim());
+    }
+    if !plan.description.is_empty() {
+        let _ = writeln!(p, "Project goal: {}\n", plan.description.trim());
+    }
+    if !ticket.acceptance_criteria.is_empty() {
+        p.push_str("## Success criteria\n\n");
+        for c in &ticket.acceptance_criteria {
+            let _ = writeln!(p, "- {c}");
+        }
+        p.push('\n');
+    }
+    let _ = writeln!(p, "## Phase: {}\n", phase.name);
+    let instructions = phase
+        .instructions
+        .replace("{ticket}", ticket.id.as_str())
+        .replace("{phase}", phase.name.as_str());
+    if !instructions.trim().is_empty() {
+        let _ = writeln!(p, "{}\n", instructions.trim());
+    }
+    if !phase.gates.is_empty() {
+        p.push_str("Your work is checked by these gates; all must pass:\n");
+        for g in &phase.gates {
+            let _ = writeln!(p, "- {}", g.display_name());
+        }
+        p.push('\n');
+    }
+    if !feedback.is_empty() {
+        p.push_str("## Feedback from earlier attempts\n\nFix these before anything else:\n\n");
+        for (i, f) in feedback.iter().enumerate() {
+            let _ = writeln!(p, "### Attempt {}\n\n{}\n", i + 1, f.trim());
+        }
+    }
+    p
+}

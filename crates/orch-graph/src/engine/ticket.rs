@@ -1,0 +1,688 @@
+//! One ticket through the phases, and one batch through its merge.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use orch_core::{
+    Agent, AgentContext, AgentErrorKind, AgentId, AgentOutcome, AgentTask, BatchId, Cancellation,
+    Decision, EventKind, ExhaustAction, GateContext, GateReport, GateScope, GateStatus, Merged,
+    PhaseName, PhaseSpec, Plan, Progress, RoleName, StoreError, TicketId, TicketState, Workspace,
+};
+use tracing::Instrument;
+
+use super::GateFactory;
+use super::journal::Journal;
+use crate::graph::{Ix, PlanGraph};
+
+/// Longest context shown with an escalated question.
+const MAX_CONTEXT: usize = 8 * 1024;
+
+pub(crate) struct Shared {
+    pub(crate) plan: Arc<Plan>,
+    pub(crate) graph: Arc<PlanGraph>,
+    pub(crate) agent: Arc<dyn Agent>,
+    pub(crate) workspace: Arc<dyn Workspace>,
+    pub(crate) gates: Option<GateFactory>,
+    pub(crate) journal: Arc<Journal>,
+    /// Cancelled to stop all running work (Ctrl-C, budget, abort, store).
+    pub(crate) work: Cancellation,
+}
+
+/// How a ticket's task ended.
+pub(crate) enum End {
+    /// Every phase passed.
+    Done,
+    /// Failed for good (recorded).
+    Failed,
+    /// Waiting for a person (recorded).
+    Escalated,
+    /// Stopped by cancellation; resumes from its checkpoint.
+    Interrupted,
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for End {
+    fn from(e: StoreError) -> Self {
+        End::Store(e)
+    }
+}
+
+/// What one attempt of a phase came to.
+enum Attempt {
+    Passed,
+    /// Failed with this feedback; `hopeless` when retrying cannot help
+    /// (an agent error that is not retryable).
+    Failed {
+        feedback: String,
+        hopeless: bool,
+    },
+    Interrupted,
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[... {} more bytes]", &s[..end], s.len() - end)
+}
+
+pub(crate) async fn run_ticket(sh: &Shared, t: Ix) -> End {
+    match pipeline(sh, t).await {
+        Ok(end) | Err(end) => end,
+    }
+}
+
+async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
+    let plan = &sh.plan;
+    let ticket = Arc::new(plan.tickets[t as usize].clone());
+    let id = ticket.id.clone();
+    let run = sh.journal.run.clone();
+    let j = &sh.journal;
+    let st: TicketState = j.with_state(|s| s.tickets.get(&id).cloned().unwrap_or_default());
+    let deps: Vec<TicketId> = sh
+        .graph
+        .dependencies(t)
+        .iter()
+        .map(|&d| plan.tickets[d as usize].id.clone())
+        .collect();
+
+    let prepared = match sh.workspace.prepare(&run, &id, &deps).await {
+        Ok(p) => p,
+        Err(e) => return fail(sh, &id, format!("cannot prepare its work tree: {e}")).await,
+    };
+    let path = prepared.path.to_string_lossy().into_owned();
+    let base = st.base.clone().or(prepared.base.clone());
+    if st.workdir.as_deref() != Some(&path) {
+        j.append(vec![EventKind::WorkspaceReady {
+            ticket: id.clone(),
+            path,
+            base: base.clone(),
+        }])
+        .await?;
+    }
+    let mut passed: Vec<PhaseName> = st.phases_passed.clone();
+    let mut checkpoints = st.checkpoints.clone();
+    let mut feedback = st.feedback.clone();
+    let mut failed = st.failed_in_phase;
+    let mut restarts = st.restarts;
+    let mut approved = st.pending_decision == Some(Decision::Approve);
+    let retry = st.pending_decision == Some(Decision::Retry);
+
+    // Interrupted mid-phase (a crash or a cancelled run): back to the last
+    // checkpoint, so the phase starts again on a known tree.
+    if st.status == orch_core::TicketStatus::Running && st.pending_decision.is_none() {
+        let last = passed.last().cloned();
+        let target = last
+            .as_ref()
+            .and_then(|p| checkpoints.get(p))
+            .or(base.as_ref());
+        if let Some(commit) = target {
+            j.append(vec![EventKind::RolledBack {
+                ticket: id.clone(),
+                phase: last.clone(),
+                commit: commit.clone(),
+            }])
+            .await?;
+            if let Err(e) = sh.workspace.rollback(&run, &id, commit).await {
+                return fail(sh, &id, format!("cannot roll back: {e}")).await;
+            }
+        }
+    }
+
+    let mut i = 0;
+    let mut fresh_retry = retry;
+    while i < plan.phases.len() {
+        let phase = &plan.phases[i];
+        if passed.contains(&phase.name) {
+            i += 1;
+            continue;
+        }
+        if approved {
+            approved = false;
+            pass(sh, &id, phase, failed.max(1), &mut checkpoints).await?;
+            passed.push(phase.name.clone());
+            (failed, i) = (0, i + 1);
+            feedback.clear();
+            continue;
+        }
+        let max = phase
+            .max_attempts
+            .unwrap_or(plan.policy.max_attempts)
+            .max(1);
+        if failed >= max && !fresh_retry {
+            // Exhausted before a crash, with no decision taken yet.
+            match exhausted_or_restart(
+                sh,
+                &id,
+                phase,
+                &feedback,
+                &mut restarts,
+                &mut passed,
+                &mut checkpoints,
+                base.as_deref(),
+                &mut i,
+            )
+            .await?
+            {
+                Some(end) => return Ok(end),
+                None => {
+                    (failed, fresh_retry) = (0, false);
+                    feedback.clear();
+                    continue;
+                }
+            }
+        }
+        fresh_retry = false;
+        let attempt = failed + 1;
+        let span = tracing::info_span!("phase", phase = %phase.name, attempt);
+        let outcome = attempt_phase(sh, &ticket, phase, attempt, &feedback, &prepared.path)
+            .instrument(span)
+            .await?;
+        match outcome {
+            Attempt::Interrupted => return Ok(End::Interrupted),
+            Attempt::Passed => {
+                pass(sh, &id, phase, attempt, &mut checkpoints).await?;
+                passed.push(phase.name.clone());
+                (failed, i) = (0, i + 1);
+                feedback.clear();
+            }
+            Attempt::Failed {
+                feedback: fb,
+                hopeless,
+            } => {
+                j.append(vec![EventKind::AttemptFailed {
+                    ticket: id.clone(),
+                    phase: phase.name.clone(),
+                    attempt,
+                    feedback: fb.clone(),
+                }])
+                .await?;
+                feedback.push(fb);
+                failed += 1;
+                if failed >= max || hopeless {
+                    if let Some(end) = exhausted_or_restart(
+                        sh,
+                        &id,
+                        phase,
+                        &feedback,
+                        &mut restarts,
+                        &mut passed,
+                        &mut checkpoints,
+                        base.as_deref(),
+                        &mut i,
+                    )
+                    .await?
+                    {
+                        return Ok(end);
+                    }
+                    failed = 0;
+                    feedback.clear();
+                }
+            }
+        }
+    }
+    j.append(vec![EventKind::TicketDone { ticket: id.clone() }])
+        .await?;
+    if let Err(e) = sh.workspace.release(&run, &id).await {
+        tracing::warn!(error = %e, "could not remove the work tree");
+    }
+    Ok(End::Done)
+}
+
+async fn fail(sh: &Shared, id: &TicketId, reason: String) -> Result<End, End> {
+    tracing::warn!(%reason, "ticket failed");
+    sh.journal
+        .append(vec![EventKind::TicketFailed {
+            ticket: id.clone(),
+            reason,
+        }])
+        .await?;
+    Ok(End::Failed)
+}
+
+/// Checkpoints a passed phase and records it.
+async fn pass(
+    sh: &Shared,
+    id: &TicketId,
+    phase: &PhaseSpec,
+    attempt: u32,
+    checkpoints: &mut std::collections::BTreeMap<PhaseName, String>,
+) -> Result<(), End> {
+    let run = &sh.journal.run;
+    let mut checkpoint = None;
+    if phase.checkpoint {
+        let key = format!("{run}/{id}/{}/{attempt}", phase.name);
+        let msg = format!("{id}: {} passed (attempt {attempt})", phase.name);
+        match sh.workspace.checkpoint(run, id, &key, &msg).await {
+            Ok(c) => checkpoint = c,
+            Err(e) => {
+                fail(sh, id, format!("cannot checkpoint {}: {e}", phase.name)).await?;
+                return Err(End::Failed);
+            }
+        }
+    }
+    if let Some(c) = &checkpoint {
+        checkpoints.insert(phase.name.clone(), c.clone());
+    }
+    sh.journal
+        .append(vec![EventKind::PhasePassed {
+            ticket: id.clone(),
+            phase: phase.name.clone(),
+            attempt,
+            checkpoint,
+        }])
+        .await?;
+    Ok(())
+}
+
+/// The phase's attempts are spent: fail, escalate, or restart from an
+/// earlier phase (returns `None` after a restart: go on from `*i`).
+#[allow(clippy::too_many_arguments)]
+async fn exhausted_or_restart(
+    sh: &Shared,
+    id: &TicketId,
+    phase: &PhaseSpec,
+    feedback: &[String],
+    restarts: &mut u32,
+    passed: &mut Vec<PhaseName>,
+    checkpoints: &mut std::collections::BTreeMap<PhaseName, String>,
+    base: Option<&str>,
+    i: &mut usize,
+) -> Result<Option<End>, End> {
+    let plan = &sh.plan;
+    let run = &sh.journal.run;
+    let last = feedback.last().map(String::as_str).unwrap_or_default();
+    let restart = match (&phase.on_exhausted, &phase.restart_from) {
+        (ExhaustAction::Restart, Some(from)) if *restarts < phase.max_restarts.unwrap_or(1) => {
+            Some(from)
+        }
+        _ => None,
+    };
+    if let Some(from) = restart {
+        let from_ix = plan
+            .phases
+            .iter()
+            .position(|p| &p.name == from)
+            .unwrap_or(0);
+        let file = phase
+            .feedback_file
+            .clone()
+            .unwrap_or_else(|| "docs/feedback/{ticket}-{phase}.md".into())
+            .replace("{ticket}", id.as_str())
+            .replace("{phase}", phase.name.as_str());
+        let before = from_ix.checked_sub(1).map(|k| plan.phases[k].name.clone());
+        let target = before
+            .as_ref()
+            .and_then(|p| checkpoints.get(p).cloned())
+            .or(base.map(str::to_owned));
+        let mut events = vec![EventKind::PhaseRestarted {
+            ticket: id.clone(),
+            from: from.clone(),
+            feedback_file: file.clone(),
+        }];
+        if let Some(c) = &target {
+            events.push(EventKind::RolledBack {
+                ticket: id.clone(),
+                phase: before.clone(),
+                commit: c.clone(),
+            });
+        }
+        sh.journal.append(events).await?;
+        if let Some(c) = &target
+            && let Err(e) = sh.workspace.rollback(run, id, c).await
+        {
+            return fail(sh, id, format!("cannot roll back: {e}"))
+                .await
+                .map(Some);
+        }
+        let workdir = sh.journal.with_state(|s| {
+            s.tickets
+                .get(id)
+                .and_then(|t| t.workdir.clone())
+                .unwrap_or_default()
+        });
+        let text = feedback_file(id, phase, feedback);
+        let path = std::path::Path::new(&workdir).join(&file);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, text));
+        if let Err(e) = written {
+            return fail(sh, id, format!("cannot write {}: {e}", path.display()))
+                .await
+                .map(Some);
+        }
+        *restarts += 1;
+        if let Some(pos) = passed.iter().position(|p| p == from) {
+            for p in passed.split_off(pos) {
+                checkpoints.remove(&p);
+            }
+        }
+        *i = from_ix;
+        return Ok(None);
+    }
+    match phase.on_exhausted {
+        ExhaustAction::Fail => {
+            let reason = format!(
+                "{} failed {} attempts: {}",
+                phase.name,
+                feedback.len(),
+                last.lines().next().unwrap_or_default()
+            );
+            fail(sh, id, reason).await.map(Some)
+        }
+        ExhaustAction::Escalate | ExhaustAction::Restart => {
+            let question = format!(
+                "{id}: phase `{}` did not pass after {} attempt(s){}. Approve the work as it is, retry with a note, skip the ticket, or abort the run?",
+                phase.name,
+                feedback.len(),
+                if *restarts > 0 {
+                    format!(" and {restarts} restart(s)")
+                } else {
+                    String::new()
+                }
+            );
+            tracing::warn!(%question, "escalated");
+            sh.journal
+                .append(vec![EventKind::Escalated {
+                    ticket: id.clone(),
+                    phase: phase.name.clone(),
+                    question,
+                    context: truncate(last, MAX_CONTEXT),
+                    options: vec![
+                        Decision::Approve,
+                        Decision::Retry,
+                        Decision::Skip,
+                        Decision::Abort,
+                    ],
+                }])
+                .await?;
+            Ok(Some(End::Escalated))
+        }
+    }
+}
+
+fn feedback_file(id: &TicketId, phase: &PhaseSpec, feedback: &[String]) -> String {
+    let mut s = format!(
+        "# Feedback for {id}: `{}` failed {} time(s)\n\nThe pipeline restarts from an earlier phase. Read this first and plan around it.\n\n",
+        phase.name,
+        feedback.len()
+    );
+    for (n, f) in feedback.iter().enumerate() {
+        s.push_str(&format!("## Attempt {}\n\n{}\n\n", n + 1, f.trim()));
+    }
+    s
+}
+
+/// One attempt: the agent, then the gates.
+async fn attempt_phase(
+    sh: &Shared,
+    ticket: &Arc<orch_core::Ticket>,
+    phase: &PhaseSpec,
+    attempt: u32,
+    feedback: &[String],
+    workdir: &std::path::Path,
+) -> Result<Attempt, End> {
+    let plan = &sh.plan;
+    let j = &sh.journal;
+    let id = &ticket.id;
+    let role: RoleName = plan
+        .role_for(ticket, phase)
+        .cloned()
+        .unwrap_or_else(|| "default".parse().expect("valid role"));
+    let agent_id: AgentId = format!("{id}.{}.{attempt}.{}", phase.name, short_id())
+        .parse()
+        .map_err(|e| {
+            End::Store(StoreError::new(
+                orch_core::StoreErrorKind::Io,
+                format!("{e}"),
+            ))
+        })?;
+    let since = SystemTime::now();
+    j.append(vec![
+        EventKind::PhaseStarted {
+            ticket: id.clone(),
+            phase: phase.name.clone(),
+            attempt,
+        },
+        EventKind::AgentStarted {
+            ticket: id.clone(),
+            phase: phase.name.clone(),
+            attempt,
+            agent: agent_id.clone(),
+            role: role.clone(),
+            backend: sh.agent.backend_for(&role).to_owned(),
+        },
+    ])
+    .await?;
+    let task = AgentTask {
+        run: j.run.clone(),
+        agent_id: agent_id.clone(),
+        ticket: ticket.clone(),
+        phase: phase.name.clone(),
+        role,
+        prompt: super::prompt(plan, ticket, phase, feedback),
+        workdir: workdir.to_path_buf(),
+        feedback: feedback.to_vec(),
+        attempt,
+    };
+    let journal = sh.journal.clone();
+    let ctx = AgentContext {
+        cancel: sh.work.clone(),
+        progress: Arc::new(move |a: &AgentId, p: Progress| journal.progress(a, &p)),
+    };
+    let result = sh.agent.run(task, &ctx).await;
+    let (finished, verdict) = match result {
+        Ok(AgentOutcome {
+            success,
+            summary,
+            usage,
+            session_id,
+            ..
+        }) => {
+            let verdict = if success {
+                None
+            } else {
+                Some(Attempt::Failed {
+                    feedback: format!("The agent reported that it did not finish: {summary}"),
+                    hopeless: false,
+                })
+            };
+            (
+                EventKind::AgentFinished {
+                    ticket: id.clone(),
+                    agent: agent_id,
+                    success,
+                    summary,
+                    usage,
+                    session_id,
+                    error: None,
+                },
+                verdict,
+            )
+        }
+        Err(e) => {
+            let verdict = if e.kind == AgentErrorKind::Cancelled || sh.work.is_cancelled() {
+                Attempt::Interrupted
+            } else {
+                Attempt::Failed {
+                    feedback: format!("The agent could not finish ({:?}): {}", e.kind, e.message),
+                    hopeless: !e.is_retryable(),
+                }
+            };
+            (
+                EventKind::AgentFinished {
+                    ticket: id.clone(),
+                    agent: agent_id,
+                    success: false,
+                    summary: e.message.clone(),
+                    usage: e.usage,
+                    session_id: None,
+                    error: Some(e.kind),
+                },
+                Some(verdict),
+            )
+        }
+    };
+    j.append(vec![finished]).await?;
+    if let Some(v) = verdict {
+        return Ok(v);
+    }
+    let vars = [("ticket", id.as_str()), ("phase", phase.name.as_str())];
+    let scope = GateScope::Phase {
+        ticket: id.clone(),
+        phase: phase.name.clone(),
+        attempt,
+    };
+    let ctx = GateContext {
+        workdir: workdir.to_path_buf(),
+        since,
+        timeout: Duration::from_secs(plan.policy.timeouts.gate_secs),
+        cancel: sh.work.clone(),
+    };
+    let reports = match run_gates(sh, &phase.gates, &vars, &scope, &ctx).await? {
+        Some(r) => r,
+        None => return Ok(Attempt::Interrupted),
+    };
+    let failing: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.passed())
+        .map(GateReport::feedback)
+        .collect();
+    Ok(if failing.is_empty() {
+        Attempt::Passed
+    } else {
+        Attempt::Failed {
+            feedback: failing.join("\n"),
+            hopeless: false,
+        }
+    })
+}
+
+/// Runs `specs` one after another, each written ahead; `None` when
+/// cancelled. A gate that cannot run counts as failed, with the reason.
+async fn run_gates(
+    sh: &Shared,
+    specs: &[orch_core::GateSpec],
+    vars: &[(&str, &str)],
+    scope: &GateScope,
+    ctx: &GateContext,
+) -> Result<Option<Vec<GateReport>>, End> {
+    let mut reports = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let spec = spec.substitute(vars);
+        let name = spec.display_name();
+        sh.journal
+            .append(vec![EventKind::GateStarted {
+                scope: scope.clone(),
+                gate: name.clone(),
+            }])
+            .await?;
+        let started = std::time::Instant::now();
+        let built = match &sh.gates {
+            Some(f) => f(&spec),
+            None => Err(orch_core::GateError {
+                kind: orch_core::GateErrorKind::Config,
+                gate: name.clone(),
+                message: "no gate factory".into(),
+            }),
+        };
+        let result = match built {
+            Ok(g) => g.check(ctx).await,
+            Err(e) => Err(e),
+        };
+        let report = match result {
+            Ok(r) => r,
+            Err(e)
+                if e.kind == orch_core::GateErrorKind::Cancelled || ctx.cancel.is_cancelled() =>
+            {
+                return Ok(None);
+            }
+            Err(e) => GateReport {
+                gate: name,
+                status: GateStatus::Failed,
+                reason: format!("the gate could not run: {}", e.message),
+                evidence: Default::default(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                excerpt: String::new(),
+                children: Vec::new(),
+            },
+        };
+        sh.journal
+            .append(vec![EventKind::GateFinished {
+                scope: scope.clone(),
+                report: report.clone(),
+            }])
+            .await?;
+        reports.push(report);
+    }
+    Ok(Some(reports))
+}
+
+/// Merges a batch and runs the batch gates on the result.
+pub(crate) async fn merge_batch(
+    sh: &Shared,
+    batch: BatchId,
+    tickets: Vec<TicketId>,
+) -> Result<(), StoreError> {
+    let j = &sh.journal;
+    j.append(vec![EventKind::MergeStarted {
+        batch: batch.clone(),
+    }])
+    .await?;
+    let fail = |reason: String| EventKind::BatchFailed {
+        batch: batch.clone(),
+        reason,
+    };
+    let merged = match sh.workspace.merge(&j.run, &batch, &tickets).await {
+        Err(e) => return j.append(vec![fail(format!("cannot merge: {e}"))]).await,
+        Ok(Merged::Conflict { ticket, files }) => {
+            let why = format!("{ticket} conflicts in {}", files.join(", "));
+            return j.append(vec![fail(why)]).await;
+        }
+        Ok(Merged::Clean { commit, path }) => (commit, path),
+    };
+    let ctx = GateContext {
+        workdir: merged.1.clone(),
+        since: SystemTime::now(),
+        timeout: Duration::from_secs(sh.plan.policy.timeouts.gate_secs),
+        cancel: sh.work.clone(),
+    };
+    let scope = GateScope::Batch {
+        batch: batch.clone(),
+    };
+    let vars = [("batch", batch.as_str())];
+    let reports = match run_gates(sh, &sh.plan.batch_gates, &vars, &scope, &ctx).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(()), // cancelled: merged again on resume
+        Err(End::Store(e)) => return Err(e),
+        Err(_) => return Ok(()),
+    };
+    let failing: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| format!("{}: {}", r.gate, r.reason))
+        .collect();
+    if failing.is_empty() {
+        j.append(vec![EventKind::BatchMerged {
+            batch: batch.clone(),
+            commit: merged.0.unwrap_or_default(),
+        }])
+        .await
+    } else {
+        j.append(vec![fail(format!(
+            "batch gates failed, not merged: {}",
+            failing.join("; ")
+        ))])
+        .await
+    }
+}
+
+fn short_id() -> String {
+    format!("{:08x}", orch_core::EventId::random().0 as u32)
+}

@@ -1,0 +1,163 @@
+//! What the `orch` command and the bundled examples share: wiring the five
+//! crates into an [`Engine`], observers that keep the state files and show
+//! progress, and the demo projects the examples run on.
+
+pub mod demo;
+mod observe;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_agents::{AgentDefaults, Router};
+use orch_core::{Agent, Plan, RunId, StateStore};
+use orch_graph::Engine;
+use orch_state::git::Repo;
+use orch_state::{GitWorkspace, SqliteStore};
+
+pub use observe::{Progress, Views};
+
+/// The error type of the wiring: every failure as a readable message.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The file in the state directory that names the latest run.
+pub const RUN_FILE: &str = "run.json";
+
+/// Where a run is and what it runs: saved as `run.json` in the state
+/// directory so `orch resume`, `orch status` and `orch decide` find it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    /// The run's id.
+    pub run: RunId,
+    /// The plan file (absolute).
+    pub plan: PathBuf,
+    /// The repository the tickets work in (absolute).
+    pub repo: PathBuf,
+    /// The concurrency asked for, if not the plan's.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+}
+
+impl RunInfo {
+    /// Reads `run.json` from `state_dir`.
+    ///
+    /// # Errors
+    /// When there is none (no run started there) or it is damaged.
+    pub fn load(state_dir: &Path) -> Result<RunInfo, Error> {
+        let path = state_dir.join(RUN_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "no run in {} ({}: {e}); start one with `orch run PLAN`",
+                state_dir.display(),
+                path.display()
+            )
+        })?;
+        Ok(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?)
+    }
+
+    /// Writes `run.json` into `state_dir` (atomically).
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub fn save(&self, state_dir: &Path) -> Result<(), Error> {
+        std::fs::create_dir_all(state_dir)?;
+        let json = serde_json::to_string_pretty(self)?;
+        orch_state::views::write_atomic(&state_dir.join(RUN_FILE), json.as_bytes())
+            .map_err(|e| format!("{}: {e}", state_dir.join(RUN_FILE).display()))?;
+        Ok(())
+    }
+}
+
+/// Opens the SQLite journal of a state directory (`<dir>/state.db`).
+///
+/// # Errors
+/// When the directory cannot be made or the database opened.
+pub fn open_store(state_dir: &Path) -> Result<Arc<SqliteStore>, Error> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+    Ok(Arc::new(SqliteStore::open(state_dir.join("state.db"))?))
+}
+
+/// The agents of a plan, by role (with fallbacks, retries, breakers and the
+/// budget), transcripts written under `<state_dir>/transcripts`.
+///
+/// # Errors
+/// When a role's backend cannot be built.
+pub fn plan_agents(
+    plan: &Plan,
+    state_dir: &Path,
+    custom: &HashMap<String, Arc<dyn Agent>>,
+) -> Result<Arc<dyn Agent>, Error> {
+    let defaults = AgentDefaults {
+        timeout: Duration::from_secs(plan.policy.timeouts.agent_secs),
+        stall: Duration::from_secs(plan.policy.timeouts.stall_secs),
+        transcripts: Some(state_dir.join("transcripts")),
+    };
+    Ok(Arc::new(Router::from_plan(plan, &defaults, custom)?))
+}
+
+/// Everything a run needs.
+pub struct Setup {
+    /// The plan.
+    pub plan: Plan,
+    /// The git repository tickets work in.
+    pub repo: PathBuf,
+    /// Where the journal and the state files go.
+    pub state_dir: PathBuf,
+    /// The agent (usually [`plan_agents`]).
+    pub agent: Arc<dyn Agent>,
+    /// Overrides the plan's concurrency.
+    pub concurrency: Option<u32>,
+    /// Resume even though the plan changed.
+    pub allow_plan_change: bool,
+    /// Show progress (bars on a terminal, lines otherwise); `false`: quiet.
+    pub progress: bool,
+}
+
+impl Setup {
+    /// The engine: SQLite journal in the state directory, a git worktree per
+    /// ticket, the gates of orch-gates, state files kept up to date.
+    ///
+    /// # Errors
+    /// A plan the engine refuses (cycle, bad gate), a repository that is not
+    /// git, a store that cannot be opened.
+    pub fn engine(&self, store: Arc<dyn StateStore>) -> Result<Engine, Error> {
+        let repo = Repo::open(&self.repo)
+            .map_err(|e| format!("{} is not a git repository: {e}", self.repo.display()))?;
+        let ws = GitWorkspace::new(repo, "HEAD")
+            .map_err(|e| format!("{}: no commit to start from: {e}", self.repo.display()))?
+            .batch_branches(
+                self.plan
+                    .batches
+                    .iter()
+                    .map(|b| (b.id.clone(), b.branch_name())),
+            );
+        let mut engine = Engine::new(self.plan.clone(), self.agent.clone(), store)?
+            .workspace(Arc::new(ws))
+            .gates(Arc::new(orch_gates::from_spec))
+            .allow_plan_change(self.allow_plan_change)
+            .observe(Arc::new(Views::new(&self.state_dir, &self.plan)));
+        if self.progress {
+            engine = engine.observe(Arc::new(Progress::new(&self.plan)));
+        }
+        if let Some(n) = self.concurrency {
+            engine = engine.max_concurrency(n);
+        }
+        Ok(engine)
+    }
+}
+
+/// A fresh run id for `plan`: its name and the time.
+pub fn new_run_id(plan: &Plan) -> RunId {
+    let now = orch_core::Timestamp::now().to_string();
+    let stamp: String = now.chars().filter(char::is_ascii_digit).take(14).collect();
+    let name: String = plan
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("{}-{stamp}", name.trim_matches('-'))
+        .parse()
+        .unwrap_or_else(|_| format!("run-{stamp}").parse().expect("valid id"))
+}
