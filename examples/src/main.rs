@@ -1,19 +1,40 @@
-//! The `orch` command: validate and analyse plan files.
+//! The `orch` command: check, analyse and run plans.
 //!
 //! ```text
 //! orch validate PLAN...                      check plans; print a one-line summary each
 //! orch analyze PLAN [--agents N] [--format text|json|mermaid|dot]
 //! orch schema                                print the JSON Schema of plan files
+//! orch run PLAN [--repo DIR] [--state DIR] [--concurrency N] [--run ID] [--allow-plan-change]
+//! orch resume [--state DIR] [--allow-plan-change]
+//! orch status [--state DIR] [--json]
+//! orch decide TICKET (--approve | --retry NOTE | --skip | --abort) [--state DIR]
 //! ```
 //!
-//! Exit codes: 0 success; 1 a plan is invalid (the error names file, line,
-//! column and key); 2 usage error.
+//! `run` works in the git repository `--repo` (default: the current
+//! directory), each ticket in a worktree under `.orch/worktrees`, with the
+//! agents the plan names by role. The journal (SQLite) and the state files
+//! go to `--state` (default `<repo>/.orch/state`). `resume`, `status` and
+//! `decide` find the latest run there.
+//!
+//! Exit codes:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success; for `run`/`resume`: every ticket done and every batch merged |
+//! | 1 | `validate`: a plan is invalid; `run`: tickets failed or were blocked, or a batch failed |
+//! | 2 | bad input: usage, a plan the engine refuses, a changed plan on resume, not a git repository, a refused decision |
+//! | 3 | paused: tickets wait for decisions (`orch decide`, then `orch resume`) |
+//! | 4 | the budget is spent |
+//! | 5 | a person aborted the run |
+//! | 6 | the state store failed (nothing persisted is lost; resume later) |
+//! | 130 | cancelled (Ctrl-C); resume continues |
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use orch_core::Plan;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use orch_core::{Cancellation, Decision, Plan, RunOutcome};
+use orch_examples::{RunInfo, Setup, open_store, plan_agents};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +68,183 @@ enum Command {
     },
     /// Print the JSON Schema of plan files.
     Schema,
+    /// Run a plan in a git repository with the agents it names.
+    Run {
+        /// The plan file.
+        plan: PathBuf,
+        /// The git repository the tickets work in.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[command(flatten)]
+        state: StateArg,
+        /// At most this many tickets at once (default: the plan's policy).
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// The run's id; a run with a journal continues. Default: the plan's
+        /// name and the time.
+        #[arg(long)]
+        run: Option<orch_core::RunId>,
+        /// Continue even though the plan changed since the run started.
+        #[arg(long)]
+        allow_plan_change: bool,
+    },
+    /// Continue the latest run (after a crash, Ctrl-C or a decision).
+    Resume {
+        #[command(flatten)]
+        state: StateArg,
+        /// Continue even though the plan changed since the run started.
+        #[arg(long)]
+        allow_plan_change: bool,
+    },
+    /// Where the latest run stands.
+    Status {
+        #[command(flatten)]
+        state: StateArg,
+        /// The folded state as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer an escalated ticket of the latest run.
+    Decide {
+        /// The ticket.
+        ticket: orch_core::TicketId,
+        #[command(flatten)]
+        answer: Answer,
+        #[command(flatten)]
+        state: StateArg,
+    },
+}
+
+#[derive(Args)]
+struct StateArg {
+    /// Where the journal and state files are (default `.orch/state` in the
+    /// repository).
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+impl StateArg {
+    fn dir(&self, repo: &std::path::Path) -> PathBuf {
+        self.state
+            .clone()
+            .unwrap_or_else(|| repo.join(".orch").join("state"))
+    }
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct Answer {
+    /// Accept the work as it is and go on.
+    #[arg(long)]
+    approve: bool,
+    /// Try the phase again, showing the agent this note.
+    #[arg(long, value_name = "NOTE")]
+    retry: Option<String>,
+    /// Skip the ticket (its dependents are blocked).
+    #[arg(long)]
+    skip: bool,
+    /// Stop the whole run.
+    #[arg(long)]
+    abort: bool,
+}
+
+/// A failure with its exit code.
+struct Fail(u8, String);
+
+impl From<orch_examples::Error> for Fail {
+    fn from(e: orch_examples::Error) -> Self {
+        Fail(2, e.to_string())
+    }
+}
+
+fn exit_code(o: RunOutcome) -> u8 {
+    match o {
+        RunOutcome::Completed => 0,
+        RunOutcome::Failed => 1,
+        RunOutcome::Paused => 3,
+        RunOutcome::BudgetExhausted => 4,
+        RunOutcome::Aborted => 5,
+        RunOutcome::Cancelled => 130,
+    }
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Runs (or resumes) `info` until it stops.
+fn execute(info: RunInfo, state_dir: PathBuf, allow_plan_change: bool) -> Result<(), Fail> {
+    let plan = Plan::from_path(&info.plan).map_err(|e| Fail(2, e.to_string()))?;
+    // Refuse a bad plan before anything is written.
+    plan.validate()
+        .map_err(|p| Fail(2, orch_graph::EngineError::Plan(p).to_string()))?;
+    orch_graph::PlanGraph::from_plan(&plan)
+        .map_err(|e| Fail(2, format!("{}: {e}", info.plan.display())))?;
+    let agent = plan_agents(&plan, &state_dir, &Default::default())?;
+    info.save(&state_dir)?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
+    rt.block_on(async move {
+        let setup = Setup {
+            plan,
+            repo: info.repo.clone(),
+            state_dir: state_dir.clone(),
+            agent,
+            concurrency: info.concurrency,
+            allow_plan_change,
+            progress: true,
+        };
+        let store = open_store(&state_dir)?;
+        let engine = setup.engine(store)?;
+        let cancel = Cancellation::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: stopping running agents (resume with `orch resume`)");
+                on_signal.cancel();
+            }
+        });
+        let report = engine.run(&info.run, cancel).await.map_err(|e| match e {
+            orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
+            e => Fail(2, e.to_string()),
+        })?;
+        let s = &report.state;
+        eprintln!(
+            "\n{:?}: {} done, {} failed, {} blocked, {} waiting for a decision; {} tokens, ${:.2}; state files in {}",
+            report.outcome,
+            s.count(orch_core::TicketStatus::Done),
+            s.count(orch_core::TicketStatus::Failed),
+            s.count(orch_core::TicketStatus::Blocked),
+            s.count(orch_core::TicketStatus::AwaitingDecision),
+            s.usage.total_tokens(),
+            s.usage.cost_usd,
+            state_dir.display()
+        );
+        for d in s.open_decisions() {
+            eprintln!("decide: orch decide {} --approve|--retry NOTE|--skip|--abort   ({})", d.ticket, d.question);
+        }
+        match exit_code(report.outcome) {
+            0 => Ok(()),
+            code => Err(Fail(code, String::new())),
+        }
+    })
+}
+
+/// The latest run in a state directory, its store and its plan (if the
+/// plan file is still there).
+fn latest(
+    state_dir: &std::path::Path,
+) -> Result<
+    (
+        RunInfo,
+        std::sync::Arc<orch_state::SqliteStore>,
+        Option<Plan>,
+    ),
+    Fail,
+> {
+    let info = RunInfo::load(state_dir)?;
+    let store = open_store(state_dir)?;
+    let plan = Plan::from_path(&info.plan).ok();
+    Ok((info, store, plan))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,7 +262,7 @@ fn load(path: &PathBuf) -> Result<(Plan, orch_graph::Report), String> {
     Ok((plan, report))
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<(), Fail> {
     match cli.command {
         Command::Validate { plans } => {
             let mut failed = false;
@@ -87,7 +285,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             }
             if failed {
-                return Err(String::new());
+                return Err(Fail(1, String::new()));
             }
         }
         Command::Analyze {
@@ -95,32 +293,118 @@ fn run(cli: Cli) -> Result<(), String> {
             agents,
             format,
         } => {
-            let p = Plan::from_path(&plan).map_err(|e| e.to_string())?;
+            let p = Plan::from_path(&plan).map_err(|e| Fail(1, e.to_string()))?;
             let report = orch_graph::analyze(&p, agents.clamp(1, 1024))
-                .map_err(|e| format!("{}: {e}", plan.display()))?;
+                .map_err(|e| Fail(1, format!("{}: {e}", plan.display())))?;
             match format {
                 OutputFormat::Text => print!("{}", report.text()),
                 OutputFormat::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                    serde_json::to_string_pretty(&report).map_err(|e| Fail(1, e.to_string()))?
                 ),
                 OutputFormat::Mermaid => print!("{}", report.mermaid()),
                 OutputFormat::Dot => print!("{}", report.dot()),
             }
         }
         Command::Schema => print!("{}", orch_core::plan::json_schema()),
+        Command::Run {
+            plan,
+            repo,
+            state,
+            concurrency,
+            run,
+            allow_plan_change,
+        } => {
+            let p = Plan::from_path(&plan).map_err(|e| Fail(2, e.to_string()))?;
+            let repo = absolute(&repo);
+            let info = RunInfo {
+                run: run.unwrap_or_else(|| orch_examples::new_run_id(&p)),
+                plan: absolute(&plan),
+                repo: repo.clone(),
+                concurrency,
+            };
+            execute(info, absolute(&state.dir(&repo)), allow_plan_change)?;
+        }
+        Command::Resume {
+            state,
+            allow_plan_change,
+        } => {
+            let dir = absolute(&state.dir(std::path::Path::new(".")));
+            let info = RunInfo::load(&dir)?;
+            execute(info, dir, allow_plan_change)?;
+        }
+        Command::Status { state, json } => {
+            let dir = state.dir(std::path::Path::new("."));
+            let (info, store, plan) = latest(&dir)?;
+            let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
+            let st = rt
+                .block_on(orch_core::StateStore::state(store.as_ref(), &info.run))
+                .map_err(|e| Fail(6, e.to_string()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&st).map_err(|e| Fail(2, e.to_string()))?
+                );
+            } else {
+                let views = orch_state::views::render(&st, plan.as_ref());
+                print!(
+                    "{}",
+                    views
+                        .get("ORCHESTRATOR_STATE.md")
+                        .cloned()
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Command::Decide {
+            ticket,
+            answer,
+            state,
+        } => {
+            let dir = state.dir(std::path::Path::new("."));
+            let (info, store, plan) = latest(&dir)?;
+            let (decision, note) = match answer {
+                Answer { approve: true, .. } => (Decision::Approve, None),
+                Answer { retry: Some(n), .. } => (Decision::Retry, Some(n)),
+                Answer { skip: true, .. } => (Decision::Skip, None),
+                _ => (Decision::Abort, None),
+            };
+            let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
+            rt.block_on(async {
+                orch_graph::decide(store.as_ref(), &info.run, &ticket, decision, note).await?;
+                let st = orch_core::StateStore::state(store.as_ref(), &info.run).await?;
+                let _ = orch_state::views::write_views(&dir, &st, plan.as_ref());
+                Ok::<_, orch_graph::EngineError>(())
+            })
+            .map_err(|e| match e {
+                orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
+                e => Fail(2, e.to_string()),
+            })?;
+            println!(
+                "{ticket}: {decision:?} recorded in run {}. A running `orch run` picks it up; otherwise `orch resume`.",
+                info.run
+            );
+        }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Fail(code, e)) => {
             if !e.is_empty() {
                 eprintln!("{e}");
             }
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }

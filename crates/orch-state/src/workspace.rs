@@ -30,6 +30,10 @@ use crate::git::{GitError, MergeOutcome, Repo, Worktree};
 #[derive(Debug, Clone)]
 pub struct GitWorkspace {
     repo: Arc<Repo>,
+    /// Serialises what changes the repository's shared state (adding,
+    /// pruning and removing worktrees, batch merges): a `git worktree
+    /// prune` racing a `git worktree add` can unregister the new worktree.
+    shared: Arc<std::sync::Mutex<()>>,
     base: String,
     batch_branches: HashMap<BatchId, String>,
 }
@@ -47,6 +51,7 @@ impl GitWorkspace {
         let base = repo.resolve(base)?;
         Ok(GitWorkspace {
             repo: Arc::new(repo),
+            shared: Arc::default(),
             base,
             batch_branches: HashMap::new(),
         })
@@ -69,15 +74,20 @@ impl GitWorkspace {
         &self.base
     }
 
+    /// Runs `f` on a blocking thread; `exclusive`: one at a time.
     async fn blocking<T: Send + 'static>(
         &self,
+        exclusive: bool,
         f: impl FnOnce(&Repo) -> Result<T, GitError> + Send + 'static,
     ) -> Result<T, WorkspaceError> {
-        let repo = self.repo.clone();
-        tokio::task::spawn_blocking(move || f(&repo))
-            .await
-            .map_err(|e| WorkspaceError::new(format!("git task failed: {e}")))?
-            .map_err(ws_err)
+        let (repo, shared) = (self.repo.clone(), self.shared.clone());
+        tokio::task::spawn_blocking(move || {
+            let _guard = exclusive.then(|| shared.lock().unwrap_or_else(|e| e.into_inner()));
+            f(&repo)
+        })
+        .await
+        .map_err(|e| WorkspaceError::new(format!("git task failed: {e}")))?
+        .map_err(ws_err)
     }
 
     fn worktree(&self, run: &RunId, ticket: &TicketId) -> Worktree {
@@ -103,7 +113,7 @@ impl Workspace for GitWorkspace {
     ) -> Result<Prepared, WorkspaceError> {
         let (run, ticket, base) = (run.clone(), ticket.clone(), self.base.clone());
         let deps: Vec<String> = deps.iter().map(|d| Repo::ticket_branch(&run, d)).collect();
-        self.blocking(move |repo| {
+        self.blocking(true, move |repo| {
             let wt = repo.worktree(&run, &ticket, &base)?;
             repo.merge_into(&wt, &deps)?;
             let head = repo.git(&["-C", &wt.path.to_string_lossy(), "rev-parse", "HEAD"])?;
@@ -124,8 +134,10 @@ impl Workspace for GitWorkspace {
     ) -> Result<Option<String>, WorkspaceError> {
         let wt = self.worktree(run, ticket);
         let (key, message) = (key.to_owned(), message.to_owned());
-        self.blocking(move |repo| repo.checkpoint(&wt, &key, &message).map(Some))
-            .await
+        self.blocking(false, move |repo| {
+            repo.checkpoint(&wt, &key, &message).map(Some)
+        })
+        .await
     }
 
     async fn rollback(
@@ -136,7 +148,8 @@ impl Workspace for GitWorkspace {
     ) -> Result<(), WorkspaceError> {
         let wt = self.worktree(run, ticket);
         let commit = commit.to_owned();
-        self.blocking(move |repo| repo.rollback(&wt, &commit)).await
+        self.blocking(false, move |repo| repo.rollback(&wt, &commit))
+            .await
     }
 
     async fn merge(
@@ -155,7 +168,7 @@ impl Workspace for GitWorkspace {
             .map(|t| Repo::ticket_branch(run, t))
             .collect();
         let (run, batch, base) = (run.clone(), batch.clone(), self.base.clone());
-        self.blocking(move |repo| {
+        self.blocking(true, move |repo| {
             Ok(
                 match repo.merge_batch(&run, &batch, &branch, &base, &branches)? {
                     MergeOutcome::Merged { commit } => Merged::Clean {
@@ -181,6 +194,7 @@ impl Workspace for GitWorkspace {
         if !wt.path.exists() {
             return Ok(());
         }
-        self.blocking(move |repo| repo.remove_worktree(&wt)).await
+        self.blocking(true, move |repo| repo.remove_worktree(&wt))
+            .await
     }
 }

@@ -676,12 +676,18 @@ impl Dispatcher {
     async fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Batch => self.tasks -= 1,
-            Msg::Ticket(_, End::Store(e)) if self.fatal.is_none() => {
-                self.fail_store(e);
-            }
             Msg::Ticket(t, end) => {
                 if t != Ix::MAX {
                     self.tasks -= 1;
+                }
+                if let End::Store(e) = end {
+                    if self.fatal.is_none() {
+                        self.fail_store(e);
+                    }
+                    if t != Ix::MAX {
+                        let _ = self.sched.requeue(t);
+                    }
+                    return;
                 }
                 match end {
                     End::Done => {

@@ -235,7 +235,7 @@ async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
 }
 
 async fn fail(sh: &Shared, id: &TicketId, reason: String) -> Result<End, End> {
-    tracing::warn!(%reason, "ticket failed");
+    tracing::info!(%reason, "ticket failed");
     sh.journal
         .append(vec![EventKind::TicketFailed {
             ticket: id.clone(),
@@ -387,7 +387,7 @@ async fn exhausted_or_restart(
                     String::new()
                 }
             );
-            tracing::warn!(%question, "escalated");
+            tracing::info!(%question, "escalated");
             sh.journal
                 .append(vec![EventKind::Escalated {
                     ticket: id.clone(),

@@ -1,0 +1,711 @@
+//! The engine end to end, in process: both bundled plans on real git and
+//! real `cargo` gates, and the paths a run can take (retry, escalation and
+//! decisions, restart, failure, budget, cancellation and resume, changed
+//! plans, cycles, a failing store).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orch_agents::{ScriptedAgent, Step};
+use orch_core::{
+    Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, BatchStatus,
+    Cancellation, Decision, Event, EventKind, Plan, RunId, RunOutcome, RunState, SharedDir,
+    StateStore, StoreError, StoreErrorKind, StoredEvent, TicketStatus, Usage,
+};
+use orch_examples::{Setup, demo, open_store};
+use orch_graph::{Engine, EngineError, decide};
+use orch_state::MemoryStore;
+
+const PLANS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/plans");
+
+fn run_id(s: &str) -> RunId {
+    s.parse().unwrap()
+}
+
+async fn journal(store: &dyn StateStore, run: &RunId) -> Vec<StoredEvent> {
+    store.read(run, 0, 1_000_000).await.unwrap()
+}
+
+/// The live state the engine reports equals folding its journal.
+async fn assert_live_equals_fold(store: &dyn StateStore, run: &RunId, live: &RunState) {
+    let folded = RunState::fold(journal(store, run).await.iter().map(|s| &s.event));
+    assert_eq!(
+        &folded, live,
+        "live state differs from the fold of the journal"
+    );
+}
+
+/// No phase that passed ran its agent again later in the journal.
+fn assert_no_passed_phase_reran(events: &[StoredEvent]) {
+    let mut passed = std::collections::HashSet::new();
+    for e in events {
+        match &e.event.kind {
+            EventKind::PhasePassed { ticket, phase, .. } => {
+                passed.insert((ticket.clone(), phase.clone()));
+            }
+            EventKind::PhaseRestarted { ticket, .. } => passed.retain(|(t, _)| t != ticket),
+            EventKind::AgentStarted { ticket, phase, .. } => assert!(
+                !passed.contains(&(ticket.clone(), phase.clone())),
+                "{ticket} {phase} ran again after it passed (seq {})",
+                e.seq
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn production_readiness_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("shop");
+    demo::init_repo(&repo, demo::BACKEND_FILES).unwrap();
+    let plan = Plan::from_path(format!("{PLANS}/production-readiness.toml")).unwrap();
+    let state_dir = dir.path().join("state");
+    let agent = demo::backend_agent();
+    let setup = Setup {
+        plan: plan.clone(),
+        repo: repo.clone(),
+        state_dir: state_dir.clone(),
+        agent: agent.clone(),
+        concurrency: None,
+        allow_plan_change: false,
+        progress: false,
+    };
+    let store = open_store(&state_dir).unwrap();
+    let run = run_id("pr");
+
+    // First pass: everything but the escalated ticket and QA-002 (which
+    // depends on it) finishes; the run pauses on the question.
+    let first = setup.engine(store.clone()).unwrap();
+    let report = first.run(&run, Cancellation::new()).await.unwrap();
+    assert_eq!(report.outcome, RunOutcome::Paused);
+    let s = &report.state;
+    assert_eq!(s.count(TicketStatus::Done), 16, "{:#?}", s.tickets);
+    assert_eq!(s.tickets["SEC-006"].status, TicketStatus::AwaitingDecision);
+    assert!(
+        !s.tickets.contains_key("QA-002"),
+        "QA-002 waits for SEC-006"
+    );
+    let open: Vec<_> = s.open_decisions().collect();
+    assert_eq!(open.len(), 1);
+    assert!(
+        open[0].context.contains("policy decision"),
+        "{}",
+        open[0].context
+    );
+    for b in ["PR1", "PR2", "PR3", "PR4"] {
+        assert_eq!(s.batches[b].status, BatchStatus::Merged, "{b}");
+    }
+    assert!(!s.batches.contains_key("PR5"));
+    let queue = std::fs::read_to_string(state_dir.join("DECISION_QUEUE.md")).unwrap();
+    assert!(queue.contains("orch decide SEC-006"), "{queue}");
+
+    // A person approves; the run resumes and completes.
+    decide(
+        store.as_ref(),
+        &run,
+        &"SEC-006".parse().unwrap(),
+        Decision::Approve,
+        None,
+    )
+    .await
+    .unwrap();
+    let report = setup
+        .engine(store.clone())
+        .unwrap()
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    let s = &report.state;
+    assert_eq!(s.count(TicketStatus::Done), 18);
+    for b in ["PR1", "PR2", "PR3", "PR4", "PR5"] {
+        let batch = &s.batches[b];
+        assert_eq!(batch.status, BatchStatus::Merged, "{b}");
+        assert_eq!((batch.gates_passed, batch.gates_total), (4, 4), "{b}");
+    }
+    assert_live_equals_fold(store.as_ref(), &run, s).await;
+    let events = journal(store.as_ref(), &run).await;
+    assert_no_passed_phase_reran(&events);
+
+    // The retried ticket failed its test gate once, and the second attempt
+    // was shown the failing test.
+    let retried = &s.tickets[demo::RETRIED];
+    assert_eq!((retried.attempt, retried.metrics.failed_attempts), (2, 1));
+    let second = agent
+        .calls()
+        .into_iter()
+        .find(|t| t.ticket.id.as_str() == demo::RETRIED && t.attempt == 2)
+        .unwrap();
+    assert!(
+        second.prompt.contains("failing test `backoff_doubles`"),
+        "{}",
+        second.prompt
+    );
+    // 18 tickets, 1 retry, 3 attempts of the escalated ticket.
+    assert_eq!(agent.calls().len(), 21);
+
+    // Git: a checkpoint per ticket, five batch branches holding their work.
+    let log = demo::git(&repo, &["log", "-1", "--format=%B", "orch/pr/INFRA-006"]).unwrap();
+    assert!(
+        log.contains("Orch-Checkpoint: pr/INFRA-006/implement/2"),
+        "{log}"
+    );
+    let files = demo::git(
+        &repo,
+        &["ls-tree", "-r", "--name-only", "orch/pr5-governance-tests"],
+    )
+    .unwrap();
+    for f in [
+        "tests/qa_002.rs",
+        "tests/sec_006.rs",
+        "tests/sec_004.rs",
+        "tests/infra_004.rs",
+    ] {
+        assert!(files.lines().any(|l| l == f), "{f} not in PR5:\n{files}");
+    }
+    let pr2 = demo::git(
+        &repo,
+        &["ls-tree", "-r", "--name-only", "orch/pr2-auth-hardening"],
+    )
+    .unwrap();
+    assert!(
+        pr2.contains("tests/sec_003.rs") && !pr2.contains("tests/qa_002.rs"),
+        "{pr2}"
+    );
+
+    // The state files a person reads.
+    let state = std::fs::read_to_string(state_dir.join("ORCHESTRATOR_STATE.md")).unwrap();
+    assert!(
+        state.contains("| PR5 | governance-tests | complete | PR5: 20/20 passed |"),
+        "{state}"
+    );
+    let results = std::fs::read_to_string(state_dir.join("TEST_RESULTS.md")).unwrap();
+    assert!(results.contains("FAILED (fixed on attempt 2)"), "{results}");
+    let ticket: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(state_dir.join("tickets/INFRA-006.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ticket["status"], "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_phase_restarts_from_planning_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("quote");
+    demo::init_repo(&repo, demo::QUOTE_FILES).unwrap();
+    let mut plan = Plan::from_path(format!("{PLANS}/seven-phase.toml")).unwrap();
+    if !demo::has_llvm_cov() {
+        for p in &mut plan.phases {
+            p.gates
+                .retain(|g| !matches!(g, orch_core::GateSpec::Coverage(_)));
+        }
+    }
+    let state_dir = dir.path().join("state");
+    let setup = Setup {
+        plan,
+        repo: repo.clone(),
+        state_dir: state_dir.clone(),
+        agent: demo::quote_agent(),
+        concurrency: None,
+        allow_plan_change: false,
+        progress: false,
+    };
+    let store = open_store(&state_dir).unwrap();
+    let run = run_id("seven");
+    let report = setup
+        .engine(store.clone())
+        .unwrap()
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    let t = &report.state.tickets["QUOTE-001"];
+    assert_eq!(t.restarts, 1);
+    assert_eq!(t.metrics.failed_attempts, 2);
+    assert_eq!(t.phases_passed.len(), 7);
+    assert_eq!(t.checkpoints.len(), 7);
+    assert_eq!(t.metrics.tests_ran, Some(3));
+    // Seven checkpoint commits on top of the initial one, and the feedback
+    // file the restart wrote is in the planning checkpoint.
+    let log = demo::git(&repo, &["log", "--format=%s", "orch/seven/QUOTE-001"]).unwrap();
+    assert_eq!(log.lines().count(), 8, "{log}");
+    let planning = &t.checkpoints["planning"];
+    let feedback = demo::git(
+        &repo,
+        &[
+            "show",
+            &format!("{planning}:docs/feedback/QUOTE-001-implementation.md"),
+        ],
+    )
+    .unwrap();
+    assert!(feedback.contains("the_window_moves_on"), "{feedback}");
+    let events = journal(store.as_ref(), &run).await;
+    assert_no_passed_phase_reran(&events);
+    assert!(events.iter().any(|e| matches!(&e.event.kind,
+        EventKind::PhaseRestarted { from, .. } if from.as_str() == "planning")));
+    assert_live_equals_fold(store.as_ref(), &run, &report.state).await;
+}
+
+/// A small plan: tickets A..=D, C and D depend on A, one phase with a
+/// command gate checking that the agent wrote `<ticket>.txt`.
+fn small_plan(extra: &str) -> Plan {
+    Plan::from_toml_str(&format!(
+        r#"
+name = "small"
+default_role = "dev"
+{extra}
+[agents.dev]
+backend = {{ kind = "custom", name = "scripted" }}
+
+[[phases]]
+name = "work"
+max_attempts = 2
+on_exhausted = "escalate"
+gates = [{{ kind = "command", argv = ["test", "-s", "{{ticket}}.txt"] }}]
+
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+[[tickets]]
+id = "B"
+title = "b"
+effort = "1h"
+[[tickets]]
+id = "C"
+title = "c"
+effort = "1h"
+depends_on = ["A"]
+[[tickets]]
+id = "D"
+title = "d"
+effort = "1h"
+depends_on = ["A"]
+"#
+    ))
+    .unwrap()
+}
+
+fn writes() -> Step {
+    Step::Write(vec![("{ticket}.txt".into(), "done\n".into())])
+}
+
+fn engine(plan: Plan, agent: Arc<dyn Agent>, store: Arc<dyn StateStore>, dir: &Path) -> Engine {
+    Engine::new(plan, agent, store)
+        .unwrap()
+        .workspace(Arc::new(SharedDir::new(dir)))
+        .gates(Arc::new(orch_gates::from_spec))
+        .poll_interval(Duration::from_millis(20))
+}
+
+#[tokio::test]
+async fn escalations_pause_only_their_tickets_and_are_answered_in_any_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // A and B never write their file: both escalate after two attempts.
+    let agent = Arc::new(
+        ScriptedAgent::new("s", writes())
+            .on("A", "work", 1, Step::Fail("no".into()))
+            .on("A", "work", 2, Step::Fail("no".into()))
+            .on("B", "work", 1, Step::Fail("no".into()))
+            .on("B", "work", 2, Step::Fail("no".into())),
+    );
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("r");
+    let report = engine(small_plan(""), agent.clone(), store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Paused);
+    let s = &report.state;
+    assert_eq!(s.tickets["A"].status, TicketStatus::AwaitingDecision);
+    assert_eq!(s.tickets["B"].status, TicketStatus::AwaitingDecision);
+    assert!(!s.tickets.contains_key("C"), "C depends on A and must wait");
+    assert_eq!(s.open_decisions().count(), 2);
+
+    // Not waiting, or not an option: refused with the reason.
+    let err = decide(
+        store.as_ref(),
+        &run,
+        &"C".parse().unwrap(),
+        Decision::Approve,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "C is not waiting for a decision (waiting: A, B)"
+    );
+
+    // Answer B first (retry with a note), then A (approve).
+    decide(
+        store.as_ref(),
+        &run,
+        &"B".parse().unwrap(),
+        Decision::Retry,
+        Some("write B.txt".into()),
+    )
+    .await
+    .unwrap();
+    decide(
+        store.as_ref(),
+        &run,
+        &"A".parse().unwrap(),
+        Decision::Approve,
+        None,
+    )
+    .await
+    .unwrap();
+    let report = engine(small_plan(""), agent.clone(), store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcome,
+        RunOutcome::Completed,
+        "{:#?}",
+        report.state.tickets
+    );
+    // B's retry ran attempt 3 with the person's note; A was not run again.
+    let calls = agent.calls();
+    let b3 = calls
+        .iter()
+        .find(|t| t.ticket.id.as_str() == "B" && t.attempt == 3)
+        .unwrap();
+    assert!(
+        b3.prompt
+            .contains("A person asked for another attempt: write B.txt"),
+        "{}",
+        b3.prompt
+    );
+    assert_eq!(
+        calls.iter().filter(|t| t.ticket.id.as_str() == "A").count(),
+        2
+    );
+    assert_live_equals_fold(store.as_ref(), &run, &report.state).await;
+}
+
+#[tokio::test]
+async fn a_decision_recorded_while_the_run_goes_on_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Arc::new(
+        ScriptedAgent::new("s", writes())
+            .on("B", "work", 1, Step::Fail("no".into()))
+            .on("B", "work", 2, Step::Fail("no".into())),
+    );
+    // A is slow, so the run is still going when B escalates.
+    let slow: Arc<dyn Agent> = Arc::new(Slow {
+        inner: agent.clone(),
+        ticket: "A",
+        delay: Duration::from_millis(600),
+    });
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("r");
+    let e = engine(small_plan(""), slow, store.clone(), dir.path());
+    let answer = {
+        let store = store.clone();
+        let run = run.clone();
+        async move {
+            loop {
+                let s = store.state(&run).await.unwrap();
+                if s.open_decisions().any(|d| d.ticket.as_str() == "B") {
+                    decide(
+                        store.as_ref(),
+                        &run,
+                        &"B".parse().unwrap(),
+                        Decision::Skip,
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let (report, ()) = tokio::join!(e.run(&run, Cancellation::new()), answer);
+    let report = report.unwrap();
+    // A skipped ticket leaves the run incomplete.
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert_eq!(report.state.tickets["B"].status, TicketStatus::Skipped);
+    assert_eq!(report.state.count(TicketStatus::Done), 3);
+}
+
+/// Delays one ticket's agent.
+struct Slow {
+    inner: Arc<ScriptedAgent>,
+    ticket: &'static str,
+    delay: Duration,
+}
+
+#[async_trait]
+impl Agent for Slow {
+    fn backend(&self) -> &str {
+        "slow"
+    }
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        if task.ticket.id.as_str() == self.ticket {
+            tokio::select! {
+                () = tokio::time::sleep(self.delay) => {}
+                () = ctx.cancel.cancelled() => {
+                    return Err(AgentError::new(AgentErrorKind::Cancelled, "cancelled"));
+                }
+            }
+        }
+        self.inner.run(task, ctx).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_ticket_blocks_its_dependents_and_fails_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = small_plan(
+        r#"
+[[batches]]
+id = "P1"
+title = "one"
+tickets = ["A", "C"]
+[[batches]]
+id = "P2"
+title = "two"
+tickets = ["B", "D"]
+"#,
+    );
+    plan.phases[0].on_exhausted = orch_core::ExhaustAction::Fail;
+    let agent = Arc::new(
+        ScriptedAgent::new("s", writes())
+            .on("A", "work", 1, Step::Fail("no".into()))
+            .on(
+                "A",
+                "work",
+                2,
+                Step::Error(AgentErrorKind::Crashed, "segfault".into()),
+            ),
+    );
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("r");
+    let report = engine(plan, agent, store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    let s = &report.state;
+    assert_eq!(s.tickets["A"].status, TicketStatus::Failed);
+    assert!(
+        s.tickets["A"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("work failed 2 attempts")
+    );
+    assert_eq!(s.tickets["C"].status, TicketStatus::Blocked);
+    assert_eq!(s.tickets["D"].status, TicketStatus::Blocked);
+    assert_eq!(s.tickets["B"].status, TicketStatus::Done);
+    assert_eq!(s.batches["P1"].status, BatchStatus::Failed);
+    assert_eq!(
+        s.batches["P1"].reason.as_deref(),
+        Some("not merged: a failed, c blocked")
+    );
+    assert_eq!(s.batches["P2"].status, BatchStatus::Failed);
+}
+
+#[tokio::test]
+async fn the_budget_stops_dispatching() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = small_plan("[policy]\nmax_concurrency = 1\nbudget = { max_usd = 1.0 }");
+    let agent = Arc::new(ScriptedAgent::new("s", writes()).with_usage(Usage {
+        input_tokens: 1000,
+        output_tokens: 100,
+        cost_usd: 0.6,
+    }));
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("r");
+    let report = engine(plan.clone(), agent.clone(), store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::BudgetExhausted);
+    assert_eq!(agent.calls().len(), 2, "the second agent spent the budget");
+    assert!(report.state.budget_exhausted);
+    let events = journal(store.as_ref(), &run).await;
+    assert!(events.iter().any(|e| matches!(
+        e.event.kind,
+        EventKind::BudgetExhausted { tokens: 2200, .. }
+    )));
+    // Resuming does not spend more.
+    let again = engine(plan, agent.clone(), store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(again.outcome, RunOutcome::BudgetExhausted);
+    assert_eq!(agent.calls().len(), 2);
+}
+
+/// Waits until cancelled, the first time; succeeds afterwards.
+struct HangOnce {
+    started: Arc<tokio::sync::Notify>,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Agent for HangOnce {
+    fn backend(&self) -> &str {
+        "hang-once"
+    }
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.started.notify_one();
+            ctx.cancel.cancelled().await;
+            return Err(AgentError::new(AgentErrorKind::Cancelled, "stopped"));
+        }
+        std::fs::write(task.workdir.join(format!("{}.txt", task.ticket.id)), "x").unwrap();
+        Ok(AgentOutcome {
+            success: true,
+            ..Default::default()
+        })
+    }
+}
+
+#[tokio::test]
+async fn cancellation_records_the_stop_and_resume_reruns_only_that_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = small_plan("[policy]\nmax_concurrency = 1");
+    let agent = Arc::new(HangOnce {
+        started: Arc::new(tokio::sync::Notify::new()),
+        calls: AtomicU32::new(0),
+    });
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("r");
+    let cancel = Cancellation::new();
+    let e = engine(plan.clone(), agent.clone(), store.clone(), dir.path());
+    let stop = {
+        let (cancel, started) = (cancel.clone(), agent.started.clone());
+        async move {
+            started.notified().await;
+            cancel.cancel();
+        }
+    };
+    let (report, ()) = tokio::join!(e.run(&run, cancel), stop);
+    let report = report.unwrap();
+    assert_eq!(report.outcome, RunOutcome::Cancelled);
+    let first = report.state.agents.values().next().unwrap();
+    assert_eq!(first.error, Some(AgentErrorKind::Cancelled));
+    assert_eq!(report.state.count(TicketStatus::Running), 1);
+
+    let report = engine(plan, agent.clone(), store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    assert_eq!(
+        agent.calls.load(Ordering::SeqCst),
+        5,
+        "1 interrupted + 4 tickets"
+    );
+    assert_no_passed_phase_reran(&journal(store.as_ref(), &run).await);
+}
+
+#[tokio::test]
+async fn resuming_with_a_changed_plan_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("r");
+    let agent = Arc::new(ScriptedAgent::new("s", writes()));
+    engine(small_plan(""), agent.clone(), store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    let mut changed = small_plan("[policy]\nmax_attempts = 5");
+    changed.tickets[1].title = "b, reworded".into();
+    let err = engine(changed.clone(), agent.clone(), store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::PlanChanged { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("  - policy changed\n  - ticket:B changed"),
+        "{msg}"
+    );
+    assert!(msg.contains("--allow-plan-change"), "{msg}");
+    let ok = engine(changed, agent, store.clone(), dir.path())
+        .allow_plan_change(true)
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(ok.outcome, RunOutcome::Completed);
+}
+
+#[tokio::test]
+async fn a_cycle_is_refused_before_anything_runs() {
+    let mut plan = small_plan("");
+    plan.tickets[0].depends_on = vec!["C".parse().unwrap()];
+    let store = Arc::new(MemoryStore::new());
+    let err = Engine::new(
+        plan,
+        Arc::new(ScriptedAgent::new("s", writes())),
+        store.clone(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string().lines().next().unwrap(),
+        "dependency cycle: A -> C -> A"
+    );
+    assert!(store.runs().await.unwrap().is_empty());
+}
+
+/// A store whose appends fail after the first `ok` calls.
+struct Flaky {
+    inner: MemoryStore,
+    ok: AtomicU32,
+}
+
+#[async_trait]
+impl StateStore for Flaky {
+    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        if self
+            .ok
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return Err(StoreError::new(StoreErrorKind::Io, "disk full"));
+        }
+        self.inner.append(run, events).await
+    }
+    async fn read(
+        &self,
+        run: &RunId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.read(run, after, limit).await
+    }
+    async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
+        self.inner.runs().await
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_stops_the_run_with_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Flaky {
+        inner: MemoryStore::new(),
+        ok: AtomicU32::new(4),
+    });
+    let agent = Arc::new(ScriptedAgent::new("s", writes()));
+    let err = engine(small_plan(""), agent.clone(), store.clone(), dir.path())
+        .run(&run_id("r"), Cancellation::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "state store: disk full");
+    // What was appended is intact and folds.
+    let events = store.inner.read(&run_id("r"), 0, 100).await.unwrap();
+    assert!(events.len() >= 4, "{events:#?}");
+    let state = RunState::fold(events.iter().map(|e| &e.event));
+    assert_eq!(state.count(TicketStatus::Done), 0);
+}

@@ -1,0 +1,405 @@
+//! `orch run`, `status`, `decide` and `resume` as a person uses them, with
+//! real command agents (shell scripts) and real git; and `orch run` killed
+//! with SIGKILL mid-agent, mid-gate and mid-merge, then resumed: every
+//! ticket must end exactly as in an uninterrupted run, with no finished
+//! phase run again.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use orch_core::{EventKind, RunState, StateStore, TicketStatus};
+use orch_examples::demo;
+
+fn orch() -> std::process::Command {
+    std::process::Command::cargo_bin("orch").unwrap()
+}
+
+fn output(cmd: &mut std::process::Command) -> (i32, String) {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A repository with one commit, and a state directory beside it.
+fn workspace(dir: &Path) -> (PathBuf, PathBuf) {
+    let repo = dir.join("repo");
+    demo::init_repo(&repo, &[("README.md", "demo\n")]).unwrap();
+    (repo, dir.join("state"))
+}
+
+#[test]
+fn escalate_decide_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, state) = workspace(dir.path());
+    // The agent does the work only when the prompt carries the person's hint.
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        r#"
+name = "ask"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["sh", "-c", "prompt=$(cat); case \"$ORCH_TICKET:$prompt\" in T-2:*|*'use the blue one'*) echo blue > \"$ORCH_TICKET.txt\";; esac"] }
+[[phases]]
+name = "paint"
+max_attempts = 1
+gates = [{ kind = "command", name = "painted", argv = ["test", "-s", "{ticket}.txt"] }]
+[[tickets]]
+id = "T-1"
+title = "Paint the shed"
+effort = "1h"
+[[tickets]]
+id = "T-2"
+title = "Varnish the shed"
+effort = "1h"
+depends_on = ["T-1"]
+"#,
+    )
+    .unwrap();
+    let s = state.to_str().unwrap();
+    let (code, text) = output(
+        orch()
+            .args(["run", plan.to_str().unwrap(), "--repo"])
+            .arg(&repo)
+            .args(["--state", s, "--run", "shed"]),
+    );
+    assert_eq!(code, 3, "paused: {text}");
+    assert!(text.contains("T-1: ESCALATED"), "{text}");
+    assert!(
+        text.contains("decide: orch decide T-1 --approve|--retry NOTE|--skip|--abort"),
+        "{text}"
+    );
+
+    let (code, text) = output(orch().args(["status", "--state", s]));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("Decide on T-1: `orch decide T-1 --approve|--retry|--skip|--abort`"),
+        "{text}"
+    );
+
+    let (code, text) = output(orch().args(["decide", "T-2", "--approve", "--state", s]));
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("T-2 is not waiting for a decision (waiting: T-1)"),
+        "{text}"
+    );
+    let (code, text) = output(orch().args(["decide", "T-1", "--approve", "--skip", "--state", s]));
+    assert_eq!(code, 2, "one answer only: {text}");
+
+    let (code, text) =
+        output(orch().args(["decide", "T-1", "--retry", "use the blue one", "--state", s]));
+    assert_eq!(code, 0, "{text}");
+    let queue = std::fs::read_to_string(state.join("DECISION_QUEUE.md")).unwrap();
+    assert!(queue.contains("| retry | use the blue one |"), "{queue}");
+
+    let (code, text) = output(orch().args(["resume", "--state", s]));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("T-1: done") && text.contains("T-2: done"),
+        "{text}"
+    );
+    assert_eq!(
+        demo::git(&repo, &["show", "orch/shed/T-1:T-1.txt"]).unwrap(),
+        "blue"
+    );
+}
+
+#[test]
+fn a_cyclic_plan_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, state) = workspace(dir.path());
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        r#"
+name = "loop"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["true"] }
+[[phases]]
+name = "work"
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+depends_on = ["B"]
+[[tickets]]
+id = "B"
+title = "b"
+effort = "1h"
+depends_on = ["A"]
+"#,
+    )
+    .unwrap();
+    let (code, text) = output(
+        orch()
+            .args(["run", plan.to_str().unwrap(), "--repo"])
+            .arg(&repo)
+            .arg("--state")
+            .arg(&state),
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("dependency cycle: A -> B -> A"), "{text}");
+    assert!(!state.exists(), "nothing may be written for a refused plan");
+}
+
+// ------------------------------------------------------------------ crashes
+
+const RUN: &str = "crashy";
+
+/// Six tickets in two batches, two phases each; every agent and gate
+/// leaves a marker (so the test knows where the run is) and takes a
+/// moment; a post-merge hook makes batch merges take a moment too.
+fn crash_plan(marks: &Path) -> String {
+    let m = marks.display();
+    format!(
+        r#"
+name = "crashy"
+default_role = "dev"
+[policy]
+max_concurrency = 2
+[agents.dev]
+backend = {{ kind = "command", argv = ["sh", "-c", "cat > /dev/null; touch {m}/agent-$ORCH_TICKET-$ORCH_PHASE; sleep 0.3; mkdir -p work; echo \"$ORCH_TICKET $ORCH_PHASE\" >> work/$ORCH_TICKET.txt"] }}
+
+[[phases]]
+name = "build"
+gates = [{{ kind = "command", name = "built", argv = ["sh", "-c", "touch {m}/gate-{{ticket}}-{{phase}}; sleep 0.3; grep -qx '{{ticket}} {{phase}}' work/{{ticket}}.txt"] }}]
+[[phases]]
+name = "check"
+gates = [{{ kind = "command", name = "checked", argv = ["sh", "-c", "touch {m}/gate-{{ticket}}-{{phase}}; sleep 0.3; grep -qx '{{ticket}} {{phase}}' work/{{ticket}}.txt"] }}]
+
+[[batch_gates]]
+kind = "command"
+name = "all work present"
+argv = ["sh", "-c", "sleep 0.2; ls work | grep -q txt"]
+
+[[batches]]
+id = "X"
+title = "first"
+branch = "release/x"
+tickets = ["A", "B", "C"]
+[[batches]]
+id = "Y"
+title = "second"
+branch = "release/y"
+tickets = ["D", "E", "F"]
+
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+[[tickets]]
+id = "B"
+title = "b"
+effort = "1h"
+depends_on = ["A"]
+[[tickets]]
+id = "C"
+title = "c"
+effort = "2h"
+[[tickets]]
+id = "D"
+title = "d"
+effort = "1h"
+depends_on = ["B", "C"]
+[[tickets]]
+id = "E"
+title = "e"
+effort = "1h"
+[[tickets]]
+id = "F"
+title = "f"
+effort = "1h"
+depends_on = ["E"]
+"#
+    )
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    state: PathBuf,
+    plan: PathBuf,
+    marks: PathBuf,
+}
+
+fn crash_setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, state) = workspace(dir.path());
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let hook = repo.join(".git/hooks/post-merge");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncase \"$(git rev-parse --abbrev-ref HEAD)\" in release/*) touch {}/merge-$(git rev-parse --abbrev-ref HEAD | tr / -); sleep 0.5;; esac\n",
+            marks.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status()
+        .unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, crash_plan(&marks)).unwrap();
+    Setup {
+        _dir: dir,
+        repo,
+        state,
+        plan,
+        marks,
+    }
+}
+
+fn start(s: &Setup) -> Child {
+    orch()
+        .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
+        .arg(&s.repo)
+        .arg("--state")
+        .arg(&s.state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// What a finished run looks like from outside: each ticket branch's and
+/// batch branch's tree, and the folded state's ticket statuses.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    trees: Vec<(String, String)>,
+    statuses: Vec<(String, TicketStatus, Vec<String>)>,
+}
+
+fn outcome(s: &Setup) -> (Outcome, Vec<orch_core::StoredEvent>) {
+    let mut trees = Vec::new();
+    for b in ["A", "B", "C", "D", "E", "F"]
+        .iter()
+        .map(|t| format!("orch/{RUN}/{t}"))
+        .chain(["release/x".to_owned(), "release/y".to_owned()])
+    {
+        let tree = demo::git(&s.repo, &["rev-parse", &format!("{b}^{{tree}}")]).unwrap();
+        trees.push((b, tree));
+    }
+    let store = orch_state::SqliteStore::open(s.state.join("state.db")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = rt
+        .block_on(store.read(&RUN.parse().unwrap(), 0, 100_000))
+        .unwrap();
+    let state = RunState::fold(events.iter().map(|e| &e.event));
+    let statuses = state
+        .tickets
+        .iter()
+        .map(|(id, t)| {
+            (
+                id.to_string(),
+                t.status,
+                t.phases_passed.iter().map(|p| p.to_string()).collect(),
+            )
+        })
+        .collect();
+    (Outcome { trees, statuses }, events)
+}
+
+/// The uninterrupted run, once.
+fn baseline() -> &'static Outcome {
+    static B: OnceLock<Outcome> = OnceLock::new();
+    B.get_or_init(|| {
+        let s = crash_setup();
+        let status = start(&s).wait().unwrap();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "the uninterrupted run must complete"
+        );
+        let (o, _) = outcome(&s);
+        assert!(
+            o.statuses
+                .iter()
+                .all(|(_, st, _)| *st == TicketStatus::Done)
+        );
+        o
+    })
+}
+
+/// Kills `orch run` with SIGKILL once `marker` appears, then resumes.
+fn crash_at(marker: &str) -> (Outcome, Vec<orch_core::StoredEvent>) {
+    let s = crash_setup();
+    let mut child = start(&s);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s.marks.join(marker).exists() {
+        assert!(Instant::now() < deadline, "{marker} never appeared");
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("orch run ended ({st}) before {marker}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Let what orch had started (agents, gates, git hooks) run out.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
+    assert_eq!(code, 0, "resume must complete: {text}");
+    outcome(&s)
+}
+
+fn check_no_rerun(events: &[orch_core::StoredEvent]) {
+    let mut passed = std::collections::HashSet::new();
+    for e in events {
+        match &e.event.kind {
+            EventKind::PhasePassed { ticket, phase, .. } => {
+                passed.insert((ticket.clone(), phase.clone()));
+            }
+            EventKind::AgentStarted { ticket, phase, .. } => assert!(
+                !passed.contains(&(ticket.clone(), phase.clone())),
+                "{ticket} {phase} ran again after it passed"
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn sigkill_mid_agent_then_resume() {
+    let (o, events) = crash_at("agent-B-build");
+    assert_eq!(&o, baseline());
+    check_no_rerun(&events);
+    // B was mid-phase: rolled back to its base before running again.
+    assert!(events.iter().any(|e| matches!(&e.event.kind,
+        EventKind::RolledBack { ticket, phase: None, .. } if ticket.as_str() == "B")));
+    let starts = events
+        .iter()
+        .filter(|e| matches!(&e.event.kind, EventKind::RunStarted { resumed: true, .. }))
+        .count();
+    assert_eq!(starts, 1);
+}
+
+#[test]
+fn sigkill_mid_gate_then_resume() {
+    let (o, events) = crash_at("gate-C-check");
+    assert_eq!(&o, baseline());
+    check_no_rerun(&events);
+}
+
+#[test]
+fn sigkill_mid_merge_then_resume() {
+    let (o, events) = crash_at("merge-release-x");
+    assert_eq!(&o, baseline());
+    check_no_rerun(&events);
+    let merges = events
+        .iter()
+        .filter(
+            |e| matches!(&e.event.kind, EventKind::MergeStarted { batch } if batch.as_str() == "X"),
+        )
+        .count();
+    assert_eq!(merges, 2, "the interrupted merge is started again, once");
+}
