@@ -4,6 +4,7 @@
 
 pub mod demo;
 mod observe;
+pub mod scale;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -255,8 +255,8 @@ pub enum EventKind {
     GateFinished {
         /// What it checked.
         scope: GateScope,
-        /// Its report.
-        report: GateReport,
+        /// Its report (boxed: it is by far the largest event).
+        report: Box<GateReport>,
     },
     /// A phase passed its gates; `checkpoint` is the rollback commit.
     PhasePassed {

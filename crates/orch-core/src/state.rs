@@ -434,7 +434,11 @@ impl RunState {
                         b.gates_passed += u32::from(report.passed());
                     }
                 }
-                self.gate_runs.push(GateRun { scope, at, report });
+                self.gate_runs.push(GateRun {
+                    scope,
+                    at,
+                    report: *report,
+                });
             }
             EventKind::PhasePassed {
                 ticket,

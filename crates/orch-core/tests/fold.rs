@@ -102,14 +102,14 @@ fn kind() -> impl Strategy<Value = EventKind> {
                     phase,
                     attempt,
                 },
-                report,
+                report: Box::new(report),
             }
         }),
         report().prop_map(|report| EventKind::GateFinished {
             scope: GateScope::Batch {
                 batch: "PR1".parse().unwrap()
             },
-            report
+            report: Box::new(report)
         }),
         (ticket(), phase(), 1u32..4, prop::option::of("[0-9a-f]{8}")).prop_map(
             |(ticket, phase, attempt, checkpoint)| EventKind::PhasePassed {

@@ -78,6 +78,11 @@ pub fn random_plan(n: usize, avg_deps: u32, seed: u64) -> orch_core::Plan {
     for (t, d) in edges {
         deps[t as usize].push(nodes[d as usize].id.clone());
     }
+    // A plan may not list a dependency twice.
+    for d in &mut deps {
+        d.sort_unstable();
+        d.dedup();
+    }
     let mut plan: orch_core::Plan = serde_json::from_str(
         r#"{"name": "random", "default_role": "dev",
             "agents": {"dev": {"backend": {"kind": "command", "argv": ["true"]}}},

@@ -76,7 +76,7 @@ fn ticket_life(t: u64, out: &mut Vec<Event>) {
             phase: phase.clone(),
             attempt: 1,
         },
-        report: GateReport {
+        report: Box::new(GateReport {
             gate: "cargo test".into(),
             status: GateStatus::Passed,
             reason: "12 passed, 0 skipped".into(),
@@ -92,7 +92,7 @@ fn ticket_life(t: u64, out: &mut Vec<Event>) {
             duration_ms: 4000,
             excerpt: String::new(),
             children: vec![],
-        },
+        }),
     }));
     out.push(Event::now(EventKind::PhasePassed {
         ticket: ticket.clone(),

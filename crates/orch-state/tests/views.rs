@@ -95,7 +95,7 @@ fn events() -> Vec<Event> {
                     phase: p.clone(),
                     attempt: 1,
                 },
-                report: tests(7, 1),
+                report: Box::new(tests(7, 1)),
             }));
             v.push(e(EventKind::AttemptFailed {
                 ticket: t(id),
@@ -114,7 +114,7 @@ fn events() -> Vec<Event> {
                     phase: p.clone(),
                     attempt: 2,
                 },
-                report: tests(8, 0),
+                report: Box::new(tests(8, 0)),
             }));
         } else {
             v.push(e(EventKind::GateFinished {
@@ -123,7 +123,7 @@ fn events() -> Vec<Event> {
                     phase: p.clone(),
                     attempt: 1,
                 },
-                report: tests(8, 0),
+                report: Box::new(tests(8, 0)),
             }));
         }
         v.push(e(EventKind::PhasePassed {
@@ -138,7 +138,7 @@ fn events() -> Vec<Event> {
         scope: GateScope::Batch {
             batch: "PR1".parse().unwrap(),
         },
-        report: tests(47, 0),
+        report: Box::new(tests(47, 0)),
     }));
     v.push(e(EventKind::BatchMerged {
         batch: "PR1".parse().unwrap(),

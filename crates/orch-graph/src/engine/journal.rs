@@ -155,11 +155,12 @@ impl Journal {
         }
     }
 
+    /// The run stopped: tells the observers, and hands the state over.
     pub(crate) fn finished(&self) -> RunState {
-        let g = self.lock();
+        let mut g = self.lock();
         for o in &self.observers {
             o.finished(&g.state);
         }
-        g.state.clone()
+        std::mem::take(&mut g.state)
     }
 }

@@ -39,6 +39,7 @@
 //! let plan = Plan::from_toml_str(r#"
 //!     name = "demo"
 //!     default_role = "dev"
+//!     agents.dev.backend = { kind = "custom", name = "done" }
 //!     [[phases]]
 //!     name = "implement"
 //!     [[tickets]]
@@ -329,6 +330,7 @@ impl Engine {
             .await?;
         let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
         let shared = Arc::new(ticket::Shared {
+            tickets: self.plan.tickets.iter().cloned().map(Arc::new).collect(),
             plan: self.plan.clone(),
             graph: self.graph.clone(),
             agent: self.agent.clone(),

@@ -11,6 +11,8 @@ use orch_core::{PhaseSpec, Plan, Ticket};
 /// ```
 /// let plan = orch_core::Plan::from_toml_str(r#"
 ///     name = "demo"
+///     default_role = "dev"
+///     agents.dev.backend = { kind = "custom", name = "dev" }
 ///     [[phases]]
 ///     name = "implement"
 ///     instructions = "Write src/{ticket}.rs."

@@ -19,6 +19,8 @@ const MAX_CONTEXT: usize = 8 * 1024;
 
 pub(crate) struct Shared {
     pub(crate) plan: Arc<Plan>,
+    /// The plan's tickets, shared with the agent tasks.
+    pub(crate) tickets: Vec<Arc<orch_core::Ticket>>,
     pub(crate) graph: Arc<PlanGraph>,
     pub(crate) agent: Arc<dyn Agent>,
     pub(crate) workspace: Arc<dyn Workspace>,
@@ -48,6 +50,40 @@ impl From<StoreError> for End {
     }
 }
 
+/// A ticket task's way to the journal. Events that need not be durable
+/// before the next step acts (a finished agent, a gate's report, a passed
+/// phase) wait here and go out with the next write-ahead event, so a phase
+/// costs two appends instead of five. After a crash, whatever was not yet
+/// written is redone: the step re-runs from its checkpoint.
+pub(crate) struct Outbox<'a> {
+    j: &'a Journal,
+    pending: Vec<EventKind>,
+}
+
+impl<'a> Outbox<'a> {
+    pub(crate) fn new(j: &'a Journal) -> Self {
+        Outbox {
+            j,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Holds `k` until the next write.
+    fn defer(&mut self, k: EventKind) {
+        self.pending.push(k);
+    }
+
+    /// Appends what waits and `ks`, durably, before the caller acts.
+    async fn write(&mut self, ks: Vec<EventKind>) -> Result<(), StoreError> {
+        let mut all = std::mem::take(&mut self.pending);
+        all.extend(ks);
+        if all.is_empty() {
+            return Ok(());
+        }
+        self.j.append(all).await
+    }
+}
+
 /// What one attempt of a phase came to.
 enum Attempt {
     Passed,
@@ -72,14 +108,20 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 pub(crate) async fn run_ticket(sh: &Shared, t: Ix) -> End {
-    match pipeline(sh, t).await {
+    let mut out = Outbox::new(&sh.journal);
+    let end = match pipeline(sh, t, &mut out).await {
         Ok(end) | Err(end) => end,
+    };
+    // Record what an interrupted ticket did last.
+    match (out.write(Vec::new()).await, end) {
+        (Err(e), End::Done | End::Failed | End::Escalated | End::Interrupted) => End::Store(e),
+        (_, end) => end,
     }
 }
 
-async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
+async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> {
     let plan = &sh.plan;
-    let ticket = Arc::new(plan.tickets[t as usize].clone());
+    let ticket = sh.tickets[t as usize].clone();
     let id = ticket.id.clone();
     let run = sh.journal.run.clone();
     let j = &sh.journal;
@@ -93,17 +135,16 @@ async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
 
     let prepared = match sh.workspace.prepare(&run, &id, &deps).await {
         Ok(p) => p,
-        Err(e) => return fail(sh, &id, format!("cannot prepare its work tree: {e}")).await,
+        Err(e) => return fail(out, &id, format!("cannot prepare its work tree: {e}")).await,
     };
     let path = prepared.path.to_string_lossy().into_owned();
     let base = st.base.clone().or(prepared.base.clone());
     if st.workdir.as_deref() != Some(&path) {
-        j.append(vec![EventKind::WorkspaceReady {
+        out.defer(EventKind::WorkspaceReady {
             ticket: id.clone(),
             path,
             base: base.clone(),
-        }])
-        .await?;
+        });
     }
     let mut passed: Vec<PhaseName> = st.phases_passed.clone();
     let mut checkpoints = st.checkpoints.clone();
@@ -122,14 +163,14 @@ async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
             .and_then(|p| checkpoints.get(p))
             .or(base.as_ref());
         if let Some(commit) = target {
-            j.append(vec![EventKind::RolledBack {
+            out.write(vec![EventKind::RolledBack {
                 ticket: id.clone(),
                 phase: last.clone(),
                 commit: commit.clone(),
             }])
             .await?;
             if let Err(e) = sh.workspace.rollback(&run, &id, commit).await {
-                return fail(sh, &id, format!("cannot roll back: {e}")).await;
+                return fail(out, &id, format!("cannot roll back: {e}")).await;
             }
         }
     }
@@ -144,7 +185,7 @@ async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
         }
         if approved {
             approved = false;
-            pass(sh, &id, phase, failed.max(1), &mut checkpoints).await?;
+            pass(sh, out, &id, phase, failed.max(1), &mut checkpoints).await?;
             passed.push(phase.name.clone());
             (failed, i) = (0, i + 1);
             feedback.clear();
@@ -158,6 +199,7 @@ async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
             // Exhausted before a crash, with no decision taken yet.
             match exhausted_or_restart(
                 sh,
+                out,
                 &id,
                 phase,
                 &feedback,
@@ -180,13 +222,13 @@ async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
         fresh_retry = false;
         let attempt = failed + 1;
         let span = tracing::info_span!("phase", phase = %phase.name, attempt);
-        let outcome = attempt_phase(sh, &ticket, phase, attempt, &feedback, &prepared.path)
+        let outcome = attempt_phase(sh, out, &ticket, phase, attempt, &feedback, &prepared.path)
             .instrument(span)
             .await?;
         match outcome {
             Attempt::Interrupted => return Ok(End::Interrupted),
             Attempt::Passed => {
-                pass(sh, &id, phase, attempt, &mut checkpoints).await?;
+                pass(sh, out, &id, phase, attempt, &mut checkpoints).await?;
                 passed.push(phase.name.clone());
                 (failed, i) = (0, i + 1);
                 feedback.clear();
@@ -195,7 +237,7 @@ async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
                 feedback: fb,
                 hopeless,
             } => {
-                j.append(vec![EventKind::AttemptFailed {
+                out.write(vec![EventKind::AttemptFailed {
                     ticket: id.clone(),
                     phase: phase.name.clone(),
                     attempt,
@@ -207,6 +249,7 @@ async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
                 if failed >= max || hopeless {
                     if let Some(end) = exhausted_or_restart(
                         sh,
+                        out,
                         &id,
                         phase,
                         &feedback,
@@ -226,7 +269,7 @@ async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
             }
         }
     }
-    j.append(vec![EventKind::TicketDone { ticket: id.clone() }])
+    out.write(vec![EventKind::TicketDone { ticket: id.clone() }])
         .await?;
     if let Err(e) = sh.workspace.release(&run, &id).await {
         tracing::warn!(error = %e, "could not remove the work tree");
@@ -234,20 +277,20 @@ async fn pipeline(sh: &Shared, t: Ix) -> Result<End, End> {
     Ok(End::Done)
 }
 
-async fn fail(sh: &Shared, id: &TicketId, reason: String) -> Result<End, End> {
+async fn fail(out: &mut Outbox<'_>, id: &TicketId, reason: String) -> Result<End, End> {
     tracing::info!(%reason, "ticket failed");
-    sh.journal
-        .append(vec![EventKind::TicketFailed {
-            ticket: id.clone(),
-            reason,
-        }])
-        .await?;
+    out.write(vec![EventKind::TicketFailed {
+        ticket: id.clone(),
+        reason,
+    }])
+    .await?;
     Ok(End::Failed)
 }
 
 /// Checkpoints a passed phase and records it.
 async fn pass(
     sh: &Shared,
+    out: &mut Outbox<'_>,
     id: &TicketId,
     phase: &PhaseSpec,
     attempt: u32,
@@ -261,7 +304,7 @@ async fn pass(
         match sh.workspace.checkpoint(run, id, &key, &msg).await {
             Ok(c) => checkpoint = c,
             Err(e) => {
-                fail(sh, id, format!("cannot checkpoint {}: {e}", phase.name)).await?;
+                fail(out, id, format!("cannot checkpoint {}: {e}", phase.name)).await?;
                 return Err(End::Failed);
             }
         }
@@ -269,14 +312,12 @@ async fn pass(
     if let Some(c) = &checkpoint {
         checkpoints.insert(phase.name.clone(), c.clone());
     }
-    sh.journal
-        .append(vec![EventKind::PhasePassed {
-            ticket: id.clone(),
-            phase: phase.name.clone(),
-            attempt,
-            checkpoint,
-        }])
-        .await?;
+    out.defer(EventKind::PhasePassed {
+        ticket: id.clone(),
+        phase: phase.name.clone(),
+        attempt,
+        checkpoint,
+    });
     Ok(())
 }
 
@@ -285,6 +326,7 @@ async fn pass(
 #[allow(clippy::too_many_arguments)]
 async fn exhausted_or_restart(
     sh: &Shared,
+    out: &mut Outbox<'_>,
     id: &TicketId,
     phase: &PhaseSpec,
     feedback: &[String],
@@ -332,11 +374,11 @@ async fn exhausted_or_restart(
                 commit: c.clone(),
             });
         }
-        sh.journal.append(events).await?;
+        out.write(events).await?;
         if let Some(c) = &target
             && let Err(e) = sh.workspace.rollback(run, id, c).await
         {
-            return fail(sh, id, format!("cannot roll back: {e}"))
+            return fail(out, id, format!("cannot roll back: {e}"))
                 .await
                 .map(Some);
         }
@@ -353,7 +395,7 @@ async fn exhausted_or_restart(
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| std::fs::write(&path, text));
         if let Err(e) = written {
-            return fail(sh, id, format!("cannot write {}: {e}", path.display()))
+            return fail(out, id, format!("cannot write {}: {e}", path.display()))
                 .await
                 .map(Some);
         }
@@ -374,7 +416,7 @@ async fn exhausted_or_restart(
                 feedback.len(),
                 last.lines().next().unwrap_or_default()
             );
-            fail(sh, id, reason).await.map(Some)
+            fail(out, id, reason).await.map(Some)
         }
         ExhaustAction::Escalate | ExhaustAction::Restart => {
             let question = format!(
@@ -388,20 +430,19 @@ async fn exhausted_or_restart(
                 }
             );
             tracing::info!(%question, "escalated");
-            sh.journal
-                .append(vec![EventKind::Escalated {
-                    ticket: id.clone(),
-                    phase: phase.name.clone(),
-                    question,
-                    context: truncate(last, MAX_CONTEXT),
-                    options: vec![
-                        Decision::Approve,
-                        Decision::Retry,
-                        Decision::Skip,
-                        Decision::Abort,
-                    ],
-                }])
-                .await?;
+            out.write(vec![EventKind::Escalated {
+                ticket: id.clone(),
+                phase: phase.name.clone(),
+                question,
+                context: truncate(last, MAX_CONTEXT),
+                options: vec![
+                    Decision::Approve,
+                    Decision::Retry,
+                    Decision::Skip,
+                    Decision::Abort,
+                ],
+            }])
+            .await?;
             Ok(Some(End::Escalated))
         }
     }
@@ -422,6 +463,7 @@ fn feedback_file(id: &TicketId, phase: &PhaseSpec, feedback: &[String]) -> Strin
 /// One attempt: the agent, then the gates.
 async fn attempt_phase(
     sh: &Shared,
+    out: &mut Outbox<'_>,
     ticket: &Arc<orch_core::Ticket>,
     phase: &PhaseSpec,
     attempt: u32,
@@ -444,7 +486,7 @@ async fn attempt_phase(
             ))
         })?;
     let since = SystemTime::now();
-    j.append(vec![
+    out.write(vec![
         EventKind::PhaseStarted {
             ticket: id.clone(),
             phase: phase.name.clone(),
@@ -529,7 +571,7 @@ async fn attempt_phase(
             )
         }
     };
-    j.append(vec![finished]).await?;
+    out.defer(finished);
     if let Some(v) = verdict {
         return Ok(v);
     }
@@ -545,7 +587,7 @@ async fn attempt_phase(
         timeout: Duration::from_secs(plan.policy.timeouts.gate_secs),
         cancel: sh.work.clone(),
     };
-    let reports = match run_gates(sh, &phase.gates, &vars, &scope, &ctx).await? {
+    let reports = match run_gates(sh, out, &phase.gates, &vars, &scope, &ctx).await? {
         Some(r) => r,
         None => return Ok(Attempt::Interrupted),
     };
@@ -568,6 +610,7 @@ async fn attempt_phase(
 /// cancelled. A gate that cannot run counts as failed, with the reason.
 async fn run_gates(
     sh: &Shared,
+    out: &mut Outbox<'_>,
     specs: &[orch_core::GateSpec],
     vars: &[(&str, &str)],
     scope: &GateScope,
@@ -577,12 +620,11 @@ async fn run_gates(
     for spec in specs {
         let spec = spec.substitute(vars);
         let name = spec.display_name();
-        sh.journal
-            .append(vec![EventKind::GateStarted {
-                scope: scope.clone(),
-                gate: name.clone(),
-            }])
-            .await?;
+        out.write(vec![EventKind::GateStarted {
+            scope: scope.clone(),
+            gate: name.clone(),
+        }])
+        .await?;
         let started = std::time::Instant::now();
         let built = match &sh.gates {
             Some(f) => f(&spec),
@@ -613,12 +655,10 @@ async fn run_gates(
                 children: Vec::new(),
             },
         };
-        sh.journal
-            .append(vec![EventKind::GateFinished {
-                scope: scope.clone(),
-                report: report.clone(),
-            }])
-            .await?;
+        out.defer(EventKind::GateFinished {
+            scope: scope.clone(),
+            report: Box::new(report.clone()),
+        });
         reports.push(report);
     }
     Ok(Some(reports))
@@ -631,7 +671,8 @@ pub(crate) async fn merge_batch(
     tickets: Vec<TicketId>,
 ) -> Result<(), StoreError> {
     let j = &sh.journal;
-    j.append(vec![EventKind::MergeStarted {
+    let mut out = Outbox::new(j);
+    out.write(vec![EventKind::MergeStarted {
         batch: batch.clone(),
     }])
     .await?;
@@ -640,10 +681,10 @@ pub(crate) async fn merge_batch(
         reason,
     };
     let merged = match sh.workspace.merge(&j.run, &batch, &tickets).await {
-        Err(e) => return j.append(vec![fail(format!("cannot merge: {e}"))]).await,
+        Err(e) => return out.write(vec![fail(format!("cannot merge: {e}"))]).await,
         Ok(Merged::Conflict { ticket, files }) => {
             let why = format!("{ticket} conflicts in {}", files.join(", "));
-            return j.append(vec![fail(why)]).await;
+            return out.write(vec![fail(why)]).await;
         }
         Ok(Merged::Clean { commit, path }) => (commit, path),
     };
@@ -657,9 +698,9 @@ pub(crate) async fn merge_batch(
         batch: batch.clone(),
     };
     let vars = [("batch", batch.as_str())];
-    let reports = match run_gates(sh, &sh.plan.batch_gates, &vars, &scope, &ctx).await {
+    let reports = match run_gates(sh, &mut out, &sh.plan.batch_gates, &vars, &scope, &ctx).await {
         Ok(Some(r)) => r,
-        Ok(None) => return Ok(()), // cancelled: merged again on resume
+        Ok(None) => return out.write(Vec::new()).await, // cancelled: merged again on resume
         Err(End::Store(e)) => return Err(e),
         Err(_) => return Ok(()),
     };
@@ -669,13 +710,13 @@ pub(crate) async fn merge_batch(
         .map(|r| format!("{}: {}", r.gate, r.reason))
         .collect();
     if failing.is_empty() {
-        j.append(vec![EventKind::BatchMerged {
+        out.write(vec![EventKind::BatchMerged {
             batch: batch.clone(),
             commit: merged.0.unwrap_or_default(),
         }])
         .await
     } else {
-        j.append(vec![fail(format!(
+        out.write(vec![fail(format!(
             "batch gates failed, not merged: {}",
             failing.join("; ")
         ))])

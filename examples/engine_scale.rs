@@ -1,0 +1,52 @@
+//! Engine overhead: N tickets of one phase, a no-op agent, no gates, on a
+//! random DAG with about 4 dependencies each; in memory and on durable
+//! SQLite. Prints tickets per second and microseconds per ticket.
+//!
+//! ```text
+//! cargo run --release -p orch-examples --example engine_scale -- [N] [CONCURRENCY] [memory|sqlite|both]
+//! ```
+
+use std::sync::Arc;
+
+use orch_examples::scale::run_noop;
+
+fn main() -> Result<(), orch_examples::Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.first().map_or(Ok(100_000), |s| s.parse())?;
+    let conc: u32 = args.get(1).map_or(Ok(256), |s| s.parse())?;
+    let rt = if std::env::var_os("ORCH_BENCH_CURRENT_THREAD").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Runtime::new()?
+    };
+    let report = |what: &str, d: std::time::Duration| {
+        println!(
+            "{what}: {n} tickets in {:.3} s = {:.0} tickets/s, {:.2} us per ticket",
+            d.as_secs_f64(),
+            n as f64 / d.as_secs_f64(),
+            d.as_secs_f64() * 1e6 / n as f64
+        );
+    };
+    let which = args.get(2).map_or("both", String::as_str);
+    if which != "sqlite" {
+        let mem = rt.block_on(run_noop(
+            n,
+            4,
+            conc,
+            Arc::new(orch_state::MemoryStore::new()),
+        ));
+        report("in-memory", mem);
+    }
+    if which == "memory" {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("orch-engine-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let store = Arc::new(orch_state::SqliteStore::open(dir.join("state.db"))?);
+    let sql = rt.block_on(run_noop(n, 4, conc, store));
+    report("sqlite", sql);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

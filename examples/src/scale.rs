@@ -1,0 +1,60 @@
+//! The engine-overhead workload: a random DAG of tickets with one phase, a
+//! no-op agent and no gates, so what is measured is the engine itself
+//! (scheduling, journalling, folding) and the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use orch_core::{
+    Agent, AgentContext, AgentError, AgentOutcome, AgentTask, Cancellation, RunOutcome, SharedDir,
+    StateStore,
+};
+use orch_graph::Engine;
+
+/// An agent that does nothing and succeeds.
+#[derive(Debug, Default)]
+pub struct Noop;
+
+#[async_trait]
+impl Agent for Noop {
+    fn backend(&self) -> &str {
+        "noop"
+    }
+    async fn run(&self, _: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        Ok(AgentOutcome {
+            success: true,
+            ..AgentOutcome::default()
+        })
+    }
+}
+
+/// Runs `n` tickets (about `deps` dependencies each, seed 42) through the
+/// engine on `store` with `concurrency` tickets at once; returns the wall
+/// time of the run.
+///
+/// # Panics
+/// If the run does not complete (a benchmark has nothing to measure then).
+pub async fn run_noop(
+    n: usize,
+    deps: u32,
+    concurrency: u32,
+    store: Arc<dyn StateStore>,
+) -> Duration {
+    let plan = orch_graph::random::random_plan(n, deps, 42);
+    let engine = Engine::new(plan, Arc::new(Noop), store)
+        .expect("random plans are valid")
+        .workspace(Arc::new(SharedDir::new(std::env::temp_dir())))
+        .max_concurrency(concurrency);
+    let run = format!("bench-{}", orch_core::EventId::random())
+        .parse()
+        .expect("valid id");
+    let t = Instant::now();
+    let report = engine
+        .run(&run, Cancellation::new())
+        .await
+        .expect("the run completes");
+    let took = t.elapsed();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    took
+}
