@@ -101,9 +101,17 @@ macro_rules! id_type {
         ///
         /// Validated on construction and deserialization; see the
         /// [module docs](crate::id) for the rule.
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(Box<str>);
+        ///
+        /// Shared, so cloning an id (every event carries some) copies a
+        /// pointer, not the string.
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(std::sync::Arc<str>);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// Validates `s` and wraps it.

@@ -139,7 +139,9 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     };
     let path = prepared.path.to_string_lossy().into_owned();
     let base = st.base.clone().or(prepared.base.clone());
-    if st.workdir.as_deref() != Some(&path) {
+    // A workspace without history (one shared directory) has nothing to
+    // record per ticket.
+    if prepared.base.is_some() && st.workdir.as_deref() != Some(&path) {
         out.defer(EventKind::WorkspaceReady {
             ticket: id.clone(),
             path,
