@@ -577,6 +577,20 @@ impl Dispatcher {
         }
     }
 
+    /// Ticket `t` is final, and `blocked` with it: records the blocked
+    /// ones, counts them all off their batches, merges batches now complete.
+    async fn settle(&mut self, t: Ix, blocked: Vec<Ix>) {
+        let b = self.count_off(t);
+        self.block(
+            blocked.into_iter().map(|x| (x, t)).collect(),
+            &BTreeMap::new(),
+        )
+        .await;
+        if let Some(b) = b {
+            self.batch_ready(b).await;
+        }
+    }
+
     /// Counts a finished ticket off its batch; returns the batch if that
     /// was its last.
     fn count_off(&mut self, t: Ix) -> Option<usize> {
@@ -649,13 +663,7 @@ impl Dispatcher {
                 self.append(vec![EventKind::TicketSkipped { ticket: id }])
                     .await;
                 let blocked = self.sched.skip(t).unwrap_or_default();
-                let b = self.count_off(t);
-                let known = BTreeMap::new();
-                self.block(blocked.into_iter().map(|x| (x, t)).collect(), &known)
-                    .await;
-                if let Some(b) = b {
-                    self.batch_ready(b).await;
-                }
+                self.settle(t, blocked).await;
             }
             Some(Decision::Abort) => self.halt(RunOutcome::Aborted),
             None => {}
@@ -694,19 +702,11 @@ impl Dispatcher {
                 match end {
                     End::Done => {
                         let _ = self.sched.complete(t);
-                        if let Some(b) = self.count_off(t) {
-                            self.batch_ready(b).await;
-                        }
+                        self.settle(t, Vec::new()).await;
                     }
                     End::Failed => {
                         let blocked = self.sched.fail(t).unwrap_or_default();
-                        let b = self.count_off(t);
-                        let known = BTreeMap::new();
-                        self.block(blocked.into_iter().map(|x| (x, t)).collect(), &known)
-                            .await;
-                        if let Some(b) = b {
-                            self.batch_ready(b).await;
-                        }
+                        self.settle(t, blocked).await;
                     }
                     End::Escalated => {
                         let _ = self.sched.pause(t);

@@ -179,6 +179,8 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
 
     let mut i = 0;
     let mut fresh_retry = retry;
+    // The last attempt failed in a way retrying cannot help.
+    let mut hopeless = false;
     while i < plan.phases.len() {
         let phase = &plan.phases[i];
         if passed.contains(&phase.name) {
@@ -197,8 +199,9 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             .max_attempts
             .unwrap_or(plan.policy.max_attempts)
             .max(1);
-        if failed >= max && !fresh_retry {
-            // Exhausted before a crash, with no decision taken yet.
+        if (failed >= max || hopeless) && !fresh_retry {
+            // Spent (just now, or before a crash with no decision taken).
+            hopeless = false;
             match exhausted_or_restart(
                 sh,
                 out,
@@ -237,7 +240,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             }
             Attempt::Failed {
                 feedback: fb,
-                hopeless,
+                hopeless: no_hope,
             } => {
                 out.write(vec![EventKind::AttemptFailed {
                     ticket: id.clone(),
@@ -248,26 +251,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
                 .await?;
                 feedback.push(fb);
                 failed += 1;
-                if failed >= max || hopeless {
-                    if let Some(end) = exhausted_or_restart(
-                        sh,
-                        out,
-                        &id,
-                        phase,
-                        &feedback,
-                        &mut restarts,
-                        &mut passed,
-                        &mut checkpoints,
-                        base.as_deref(),
-                        &mut i,
-                    )
-                    .await?
-                    {
-                        return Ok(end);
-                    }
-                    failed = 0;
-                    feedback.clear();
-                }
+                hopeless = no_hope;
             }
         }
     }

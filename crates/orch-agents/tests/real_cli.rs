@@ -1,0 +1,342 @@
+//! The real Claude Code and Codex CLIs, driven by orch-agents, against a
+//! local stand-in API that answers like the real ones (Anthropic Messages
+//! SSE, OpenAI Responses SSE). Opt-in, because the binaries are not part of
+//! the build:
+//!
+//! ```text
+//! npm install --prefix /tmp/clis @anthropic-ai/claude-code @openai/codex
+//! ORCH_TEST_REAL_CLIS=1 \
+//!   ORCH_TEST_CLAUDE=/tmp/clis/node_modules/.bin/claude \
+//!   ORCH_TEST_CODEX=/tmp/clis/node_modules/.bin/codex \
+//!   cargo test -p orch-agents --test real_cli
+//! ```
+//!
+//! (Without `ORCH_TEST_CLAUDE`/`ORCH_TEST_CODEX`, `claude` and `codex` are
+//! looked up on the PATH.) Without `ORCH_TEST_REAL_CLIS` each test says it
+//! is skipped and why. Claude Code finds the stand-in through
+//! `ANTHROPIC_BASE_URL`; Codex through a model provider given with
+//! `-c model_providers.<name>.base_url=...` (it ignores `OPENAI_BASE_URL`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orch_agents::{AgentDefaults, from_spec};
+use orch_core::{AgentContext, AgentSpec, AgentTask};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The binary to test, or why the test is skipped.
+fn binary(var: &str, name: &str) -> Result<PathBuf, String> {
+    if std::env::var_os("ORCH_TEST_REAL_CLIS").is_none() {
+        return Err("set ORCH_TEST_REAL_CLIS=1 (see this file's docs)".into());
+    }
+    if let Some(p) = std::env::var_os(var) {
+        return Ok(PathBuf::from(p));
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{name} is not on the PATH and {var} is not set"))
+}
+
+macro_rules! require {
+    ($var:literal, $name:literal, $test:literal) => {
+        match binary($var, $name) {
+            Ok(p) => p,
+            Err(why) => {
+                eprintln!("SKIPPED {}: {why}", $test);
+                return;
+            }
+        }
+    };
+}
+
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Answers every request on its own connection with `reply(path, body)`:
+/// (content type, body). Records each request's path and body.
+async fn stand_in(
+    reply: impl Fn(&str, &str) -> (&'static str, String) + Send + Sync + 'static,
+) -> (String, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let (s, reply) = (seen.clone(), Arc::new(reply));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (s, reply) = (s.clone(), reply.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let (head, body) = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break (text[..end].to_owned(), text[end + 4..].to_owned());
+                        }
+                    }
+                };
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (ctype, out) = reply(&path, &body);
+                s.lock().unwrap().push((path, body));
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{out}",
+                    out.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+fn sse(events: &[serde_json::Value]) -> String {
+    events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")))
+        .collect()
+}
+
+/// An Anthropic Messages stream with one content block.
+fn anthropic_stream(block: serde_json::Value, delta: serde_json::Value, stop: &str) -> String {
+    use serde_json::json;
+    sse(&[
+        json!({"type": "message_start", "message": {"id": "msg_01", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5", "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 120, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": block}),
+        json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 30}}),
+        json!({"type": "message_stop"}),
+    ])
+}
+
+/// A wrapper that sets the environment and runs `bin` (the agent specs
+/// name a binary, and tests cannot set their own environment safely).
+fn wrapper(dir: &Path, bin: &Path, env: &[(&str, &str)]) -> PathBuf {
+    let mut script = String::from("#!/bin/sh\n");
+    for (k, v) in env {
+        script.push_str(&format!("export {k}='{v}'\n"));
+    }
+    script.push_str(&format!("exec '{}' \"$@\"\n", bin.display()));
+    let path = dir.join(format!(
+        "run-{}",
+        bin.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::write(&path, script).unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&path)
+        .status()
+        .unwrap();
+    path
+}
+
+fn task(dir: &Path, prompt: &str) -> AgentTask {
+    AgentTask {
+        run: "r".parse().unwrap(),
+        agent_id: "T-1.implement.1".parse().unwrap(),
+        ticket: Arc::new(
+            serde_json::from_str(r#"{"id":"T-1","title":"t","effort":"1h"}"#).unwrap(),
+        ),
+        phase: "implement".parse().unwrap(),
+        role: "dev".parse().unwrap(),
+        prompt: prompt.into(),
+        workdir: dir.to_path_buf(),
+        feedback: vec![],
+        attempt: 1,
+    }
+}
+
+fn defaults(dir: &Path) -> AgentDefaults {
+    AgentDefaults {
+        timeout: Duration::from_secs(120),
+        stall: Duration::from_secs(60),
+        transcripts: Some(dir.join("transcripts")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_writes_a_file_through_its_tool_and_reports_usage() {
+    use serde_json::json;
+    let claude = require!(
+        "ORCH_TEST_CLAUDE",
+        "claude",
+        "claude_code_writes_a_file_through_its_tool_and_reports_usage"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    let target = work.join("hello.txt");
+    let file = target.to_string_lossy().into_owned();
+    // The agent loop: ask for the Write tool, then finish once the tool's
+    // result comes back. Side requests (no tools) get a short text.
+    let (url, seen) = stand_in(move |path, body| {
+        if !path.starts_with("/v1/messages") {
+            return ("application/json", "{}".into());
+        }
+        if path.contains("count_tokens") {
+            return ("application/json", r#"{"input_tokens": 12}"#.into());
+        }
+        let text = |t: &str| {
+            anthropic_stream(
+                json!({"type": "text", "text": ""}),
+                json!({"type": "text_delta", "text": t}),
+                "end_turn",
+            )
+        };
+        let out = if !body.contains("\"tools\"") {
+            text("ok")
+        } else if body.contains("tool_result") {
+            text("Wrote hello.txt as asked.")
+        } else {
+            let input = json!({"file_path": file, "content": "hello from claude\n"}).to_string();
+            anthropic_stream(
+                json!({"type": "tool_use", "id": "toolu_01", "name": "Write", "input": {}}),
+                json!({"type": "input_json_delta", "partial_json": input}),
+                "tool_use",
+            )
+        };
+        ("text/event-stream", out)
+    })
+    .await;
+    let bin = wrapper(
+        tmp.path(),
+        &claude,
+        &[
+            ("ANTHROPIC_BASE_URL", url.as_str()),
+            ("ANTHROPIC_API_KEY", "sk-ant-test-not-a-key"),
+            ("HOME", home.to_str().unwrap()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+            ("DISABLE_AUTOUPDATER", "1"),
+        ],
+    );
+    let spec: AgentSpec = serde_json::from_value(json!({"backend": {
+        "kind": "claude_code", "binary": bin, "model": "sonnet", "max_turns": 4,
+        "allowed_tools": ["Write"], "permission_mode": "acceptEdits"}}))
+    .unwrap();
+    let agent = from_spec(&spec, &defaults(tmp.path())).unwrap();
+    let out = agent
+        .run(
+            task(&work, "Create hello.txt saying hello."),
+            &AgentContext::detached(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("claude failed: {e}; requests: {:#?}", seen.lock().unwrap()));
+    assert!(out.success, "{out:?}");
+    assert_eq!(out.summary, "Wrote hello.txt as asked.");
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "hello from claude\n"
+    );
+    assert!(out.session_id.is_some());
+    assert!(
+        out.usage.input_tokens >= 240,
+        "two model calls of 120: {:?}",
+        out.usage
+    );
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter()
+            .any(|(_, b)| b.contains("Create hello.txt saying hello."))
+    );
+    assert!(out.transcript.as_ref().is_some_and(|t| t.exists()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_answers_through_a_custom_provider_and_reports_usage() {
+    use serde_json::json;
+    let codex = require!(
+        "ORCH_TEST_CODEX",
+        "codex",
+        "codex_answers_through_a_custom_provider_and_reports_usage"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let home = tmp.path().join("codex-home");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    let (url, seen) = stand_in(|path, _| {
+        if !path.ends_with("/responses") {
+            return ("application/json", r#"{"object": "list", "data": []}"#.into());
+        }
+        let msg = json!({"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": "Nothing to change.", "annotations": []}]});
+        let out = sse(&[
+            json!({"type": "response.created", "response": {"id": "resp_1", "object": "response", "status": "in_progress", "output": []}}),
+            json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant", "content": []}}),
+            json!({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "Nothing to change."}),
+            json!({"type": "response.output_item.done", "output_index": 0, "item": msg}),
+            json!({"type": "response.completed", "response": {"id": "resp_1", "object": "response", "status": "completed", "output": [msg],
+                "usage": {"input_tokens": 200, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 12,
+                          "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 212}}}),
+        ]);
+        ("text/event-stream", out)
+    })
+    .await;
+    let bin = wrapper(
+        tmp.path(),
+        &codex,
+        &[
+            ("ORCH_TEST_KEY", "sk-test-not-a-key"),
+            ("CODEX_HOME", home.to_str().unwrap()),
+        ],
+    );
+    let base = format!("{url}/v1");
+    let c = |kv: String| ["-c".to_owned(), kv];
+    let mut extra: Vec<String> = Vec::new();
+    for kv in [
+        "model_provider=\"orchtest\"".to_owned(),
+        "model_providers.orchtest.name=\"orch test\"".to_owned(),
+        format!("model_providers.orchtest.base_url=\"{base}\""),
+        "model_providers.orchtest.env_key=\"ORCH_TEST_KEY\"".to_owned(),
+        "model_providers.orchtest.wire_api=\"responses\"".to_owned(),
+    ] {
+        extra.extend(c(kv));
+    }
+    extra.push("--skip-git-repo-check".into());
+    let spec: AgentSpec = serde_json::from_value(json!({"backend": {
+        "kind": "codex", "binary": bin, "model": "gpt-5-codex", "sandbox": "workspace-write",
+        "extra_args": extra}}))
+    .unwrap();
+    let agent = from_spec(&spec, &defaults(tmp.path())).unwrap();
+    let out = agent
+        .run(
+            task(&work, "Check the work tree."),
+            &AgentContext::detached(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("codex failed: {e}; requests: {:#?}", seen.lock().unwrap()));
+    assert!(out.success, "{out:?}");
+    assert_eq!(out.summary, "Nothing to change.");
+    assert_eq!((out.usage.input_tokens, out.usage.output_tokens), (200, 12));
+    assert!(out.session_id.is_some(), "thread id");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, b)| b.contains("Check the work tree."))
+    );
+}
