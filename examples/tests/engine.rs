@@ -709,3 +709,45 @@ async fn a_failing_store_stops_the_run_with_the_error() {
     let state = RunState::fold(events.iter().map(|e| &e.event));
     assert_eq!(state.count(TicketStatus::Done), 0);
 }
+
+/// Fails its first attempt; records the session each attempt was given.
+struct Sessions(std::sync::Mutex<Vec<(u32, Option<String>)>>);
+
+#[async_trait]
+impl Agent for Sessions {
+    fn backend(&self) -> &str {
+        "sessions"
+    }
+    async fn run(&self, task: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((task.attempt, task.resume.clone()));
+        if task.attempt > 1 {
+            std::fs::write(task.workdir.join(format!("{}.txt", task.ticket.id)), "x").unwrap();
+        }
+        Ok(AgentOutcome {
+            success: true,
+            session_id: Some(format!("session-{}", task.attempt)),
+            ..Default::default()
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_retry_continues_the_previous_attempts_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = small_plan("");
+    plan.tickets.truncate(1);
+    let agent = Arc::new(Sessions(Default::default()));
+    let store = Arc::new(MemoryStore::new());
+    let report = engine(plan, agent.clone(), store, dir.path())
+        .run(&run_id("r"), Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    assert_eq!(
+        *agent.0.lock().unwrap(),
+        [(1, None), (2, Some("session-1".to_owned()))]
+    );
+}

@@ -346,8 +346,12 @@ impl Agent for ClaudeCodeAgent {
     }
 
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let mut argv = self.argv.clone();
+        if let Some(session) = &task.resume {
+            argv.extend(["--resume".into(), session.clone()]);
+        }
         let cmd = process::Command {
-            argv: self.argv.clone(),
+            argv,
             cwd: task.workdir.clone(),
             env: task_env(&task),
             stdin: Some(task.prompt.clone().into_bytes()),

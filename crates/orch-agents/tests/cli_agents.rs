@@ -36,6 +36,7 @@ fn task(dir: &Path, prompt: &str) -> AgentTask {
         workdir: dir.to_path_buf(),
         feedback: vec![],
         attempt: 1,
+        resume: None,
     }
 }
 
@@ -105,6 +106,15 @@ async fn claude_code_stand_in_success_and_argv() {
         std::fs::read_to_string(d.path().join("prompt.txt")).unwrap(),
         "Fix the XSS",
         "prompt on stdin"
+    );
+    // A retry continues the previous attempt's session.
+    let mut retry = task(d.path(), "Fix the XSS; the test still fails");
+    retry.resume = Some("6a1f0c7e-session".into());
+    agent.run(retry, &c).await.unwrap();
+    let argv = std::fs::read_to_string(d.path().join("argv.txt")).unwrap();
+    assert!(
+        argv.ends_with("acceptEdits\n--resume\n6a1f0c7e-session\n"),
+        "{argv}"
     );
     assert!(
         seen.lock()

@@ -72,6 +72,7 @@ fn task(dir: &std::path::Path) -> AgentTask {
         workdir: dir.to_path_buf(),
         feedback: vec![],
         attempt: 1,
+        resume: None,
     }
 }
 

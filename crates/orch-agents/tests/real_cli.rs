@@ -165,6 +165,7 @@ fn task(dir: &Path, prompt: &str) -> AgentTask {
         workdir: dir.to_path_buf(),
         feedback: vec![],
         attempt: 1,
+        resume: None,
     }
 }
 

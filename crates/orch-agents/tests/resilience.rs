@@ -23,6 +23,7 @@ fn task(ticket: &str) -> AgentTask {
         workdir: std::env::temp_dir(),
         feedback: vec![],
         attempt: 1,
+        resume: None,
     }
 }
 

@@ -36,6 +36,11 @@ pub struct AgentTask {
     pub feedback: Vec<String>,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// The backend session of the previous attempt of this phase, for
+    /// backends that can continue one (Claude Code's `--resume`): the retry
+    /// then keeps the agent's context, with the feedback as the new prompt.
+    /// `None` starts afresh.
+    pub resume: Option<String>,
 }
 
 /// Tokens and money spent.
@@ -297,6 +302,7 @@ impl AgentError {
 ///     workdir: dir.clone(),
 ///     feedback: vec![],
 ///     attempt: 1,
+///     resume: None,
 /// };
 /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
 /// let out = rt.block_on(agent.run(task, &AgentContext::detached())).unwrap();

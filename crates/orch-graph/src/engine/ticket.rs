@@ -181,6 +181,9 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     let mut fresh_retry = retry;
     // The last attempt failed in a way retrying cannot help.
     let mut hopeless = false;
+    // The agent session of the last attempt of the current phase: a retry
+    // continues it (for backends that can).
+    let mut session: Option<String> = None;
     while i < plan.phases.len() {
         let phase = &plan.phases[i];
         if passed.contains(&phase.name) {
@@ -218,6 +221,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             {
                 Some(end) => return Ok(end),
                 None => {
+                    session = None;
                     (failed, fresh_retry) = (0, false);
                     feedback.clear();
                     continue;
@@ -227,12 +231,22 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         fresh_retry = false;
         let attempt = failed + 1;
         let span = tracing::info_span!("phase", phase = %phase.name, attempt);
-        let outcome = attempt_phase(sh, out, &ticket, phase, attempt, &feedback, &prepared.path)
-            .instrument(span)
-            .await?;
+        let outcome = attempt_phase(
+            sh,
+            out,
+            &ticket,
+            phase,
+            attempt,
+            &feedback,
+            &prepared.path,
+            &mut session,
+        )
+        .instrument(span)
+        .await?;
         match outcome {
             Attempt::Interrupted => return Ok(End::Interrupted),
             Attempt::Passed => {
+                session = None;
                 pass(sh, out, &id, phase, attempt, &mut checkpoints).await?;
                 passed.push(phase.name.clone());
                 (failed, i) = (0, i + 1);
@@ -446,7 +460,9 @@ fn feedback_file(id: &TicketId, phase: &PhaseSpec, feedback: &[String]) -> Strin
     s
 }
 
-/// One attempt: the agent, then the gates.
+/// One attempt: the agent (continuing `session` if there is one; it is
+/// set to the agent's), then the gates.
+#[allow(clippy::too_many_arguments)]
 async fn attempt_phase(
     sh: &Shared,
     out: &mut Outbox<'_>,
@@ -455,6 +471,7 @@ async fn attempt_phase(
     attempt: u32,
     feedback: &[String],
     workdir: &std::path::Path,
+    session: &mut Option<String>,
 ) -> Result<Attempt, End> {
     let plan = &sh.plan;
     let j = &sh.journal;
@@ -498,6 +515,7 @@ async fn attempt_phase(
         workdir: workdir.to_path_buf(),
         feedback: feedback.to_vec(),
         attempt,
+        resume: session.take(),
     };
     let journal = sh.journal.clone();
     let ctx = AgentContext {
@@ -513,6 +531,7 @@ async fn attempt_phase(
             session_id,
             ..
         }) => {
+            session.clone_from(&session_id);
             let verdict = if success {
                 None
             } else {
