@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orch_core::plan::Budget;
+use orch_core::plan::{Budget, Prices};
 use orch_core::{
     Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Plan, RoleName,
     TicketId, Usage,
@@ -200,6 +200,7 @@ pub struct Backend {
     permits: tokio::sync::Semaphore,
     paused_until: Mutex<Option<Instant>>,
     retry: RetryConfig,
+    prices: Option<Prices>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -227,7 +228,25 @@ impl Backend {
             permits: tokio::sync::Semaphore::new(max_concurrency.max(1) as usize),
             paused_until: Mutex::new(None),
             retry,
+            prices: None,
         }
+    }
+
+    /// Prices tokens the backend reports without a cost.
+    pub fn with_prices(mut self, prices: Option<Prices>) -> Self {
+        self.prices = prices;
+        self
+    }
+
+    /// `usage` with its cost filled in from the prices, when the backend
+    /// reported none.
+    fn priced(&self, mut usage: Usage) -> Usage {
+        if let Some(p) = &self.prices
+            && usage.cost_usd == 0.0
+        {
+            usage.cost_usd = p.cost(&usage);
+        }
+        usage
     }
 
     /// Its circuit breaker.
@@ -276,7 +295,16 @@ impl Agent for Backend {
                 p = self.permits.acquire() => p.map_err(|_| AgentError::new(AgentErrorKind::Unavailable, "backend closed"))?,
                 () = ctx.cancel.cancelled() => return Err(AgentError::new(AgentErrorKind::Cancelled, "cancelled while waiting for a slot")),
             };
-            let result = self.agent.run(task.clone(), ctx).await;
+            let result = match self.agent.run(task.clone(), ctx).await {
+                Ok(mut out) => {
+                    out.usage = self.priced(out.usage);
+                    Ok(out)
+                }
+                Err(mut e) => {
+                    e.usage = self.priced(e.usage);
+                    Err(e)
+                }
+            };
             drop(permit);
             match result {
                 Ok(mut out) => {
@@ -388,13 +416,16 @@ impl Router {
                 .unwrap_or(plan.policy.max_concurrency);
             backends.insert(
                 role.clone(),
-                Arc::new(Backend::new(
-                    role.as_str(),
-                    agent,
-                    max,
-                    BreakerConfig::default(),
-                    RetryConfig::default(),
-                )),
+                Arc::new(
+                    Backend::new(
+                        role.as_str(),
+                        agent,
+                        max,
+                        BreakerConfig::default(),
+                        RetryConfig::default(),
+                    )
+                    .with_prices(spec.prices),
+                ),
             );
             if let Some(fb) = &spec.fallback {
                 fallback.insert(role.clone(), fb.clone());

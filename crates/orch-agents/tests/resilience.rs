@@ -318,3 +318,40 @@ async fn open_circuit_routes_to_the_fallback_role_and_budget_stops_dispatch() {
     assert_eq!(ledger.per_role[&role("generalist")].input_tokens, 200);
     assert_eq!(ledger.per_ticket.len(), 2);
 }
+
+#[tokio::test]
+async fn prices_fill_in_the_cost_a_backend_does_not_report() {
+    let prices = serde_json::json!({"input_per_mtok": 1.25, "output_per_mtok": 10.0});
+    let plan: orch_core::Plan = serde_json::from_value(serde_json::json!({
+        "name": "p", "default_role": "dev",
+        "agents": {
+            "dev": {"backend": {"kind": "custom", "name": "tokens-only"}, "prices": prices},
+            "priced": {"backend": {"kind": "custom", "name": "reports-cost"}, "prices": prices}
+        },
+        "phases": [{"name": "work"}],
+        "tickets": [{"id": "T-1", "title": "t", "effort": "1h"}]
+    }))
+    .unwrap();
+    let (tokens_only, _) = counting(|_| ok(0.0));
+    let (reports_cost, _) = counting(|_| ok(0.5));
+    let custom = std::collections::HashMap::from([
+        ("tokens-only".to_owned(), tokens_only),
+        ("reports-cost".to_owned(), reports_cost),
+    ]);
+    let router = Router::from_plan(&plan, &Default::default(), &custom).unwrap();
+    let ctx = AgentContext::detached();
+    let role = |s: &str| -> orch_core::RoleName { s.parse().unwrap() };
+    let (_, out) = router.run(&role("dev"), task("T-1"), &ctx).await.unwrap();
+    // 100 input and 10 output tokens at $1.25 and $10 per million.
+    assert!(
+        (out.usage.cost_usd - 0.000_225).abs() < 1e-12,
+        "{:?}",
+        out.usage
+    );
+    let (_, out) = router
+        .run(&role("priced"), task("T-1"), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(out.usage.cost_usd, 0.5, "a reported cost is kept");
+    assert!((router.ledger().total.cost_usd - 0.500_225).abs() < 1e-12);
+}

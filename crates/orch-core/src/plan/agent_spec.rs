@@ -30,6 +30,37 @@ pub struct AgentSpec {
     /// Stop the agent after this many seconds (default: the policy's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Token prices, for backends that report tokens but no cost (Codex,
+    /// OpenAI-compatible endpoints): the cost is computed from them, so the
+    /// budget and the ledger see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<Prices>,
+}
+
+/// US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Prices {
+    /// Per million input tokens.
+    pub input_per_mtok: f64,
+    /// Per million output tokens.
+    pub output_per_mtok: f64,
+}
+
+impl Prices {
+    /// What `usage`'s tokens cost.
+    ///
+    /// ```
+    /// use orch_core::{plan::Prices, Usage};
+    /// let p = Prices { input_per_mtok: 1.25, output_per_mtok: 10.0 };
+    /// let u = Usage { input_tokens: 2_000_000, output_tokens: 100_000, cost_usd: 0.0 };
+    /// assert!((p.cost(&u) - 3.5).abs() < 1e-9);
+    /// ```
+    pub fn cost(&self, usage: &crate::Usage) -> f64 {
+        (usage.input_tokens as f64 * self.input_per_mtok
+            + usage.output_tokens as f64 * self.output_per_mtok)
+            / 1e6
+    }
 }
 
 /// How the prompt reaches a command agent.

@@ -18,7 +18,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use agent_spec::{AgentSpec, BackendSpec, PromptVia};
+pub use agent_spec::{AgentSpec, BackendSpec, Prices, PromptVia};
 pub use effort::{Effort, EffortError, MAX_EFFORT_MINUTES, Size, format_minutes};
 pub use gate_spec::{
     BuiltinPatterns, CommandGateSpec, CoverageFormat, CoverageGateSpec, FilesGateSpec, GateSpec,
