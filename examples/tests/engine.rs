@@ -751,3 +751,33 @@ async fn a_retry_continues_the_previous_attempts_session() {
         [(1, None), (2, Some("session-1".to_owned()))]
     );
 }
+
+#[tokio::test]
+async fn an_agent_that_cancels_itself_is_a_failure_to_escalate_not_an_interruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Arc::new(ScriptedAgent::new("s", writes()).on(
+        "B",
+        "work",
+        1,
+        Step::Error(AgentErrorKind::Cancelled, "the CLI stopped itself".into()),
+    ));
+    let store = Arc::new(MemoryStore::new());
+    let report = engine(small_plan(""), agent.clone(), store, dir.path())
+        .run(&run_id("r"), Cancellation::new())
+        .await
+        .unwrap();
+    // Not retryable, so no second attempt: B waits for a person, the
+    // others finish.
+    assert_eq!(report.outcome, RunOutcome::Paused);
+    let b = &report.state.tickets["B"];
+    assert_eq!(b.status, TicketStatus::AwaitingDecision);
+    assert_eq!(b.metrics.failed_attempts, 1);
+    let q = report.state.open_decisions().next().unwrap();
+    assert!(
+        q.context.contains("the CLI stopped itself"),
+        "{}",
+        q.context
+    );
+    assert_eq!(report.state.count(TicketStatus::Done), 3);
+    assert_eq!(agent.calls().len(), 4);
+}

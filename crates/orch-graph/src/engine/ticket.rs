@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use orch_core::{
-    Agent, AgentContext, AgentErrorKind, AgentId, AgentOutcome, AgentTask, BatchId, Cancellation,
-    Decision, EventKind, ExhaustAction, GateContext, GateReport, GateScope, GateStatus, Merged,
-    PhaseName, PhaseSpec, Plan, Progress, RoleName, StoreError, TicketId, TicketState, Workspace,
+    Agent, AgentContext, AgentId, AgentOutcome, AgentTask, BatchId, Cancellation, Decision,
+    EventKind, ExhaustAction, GateContext, GateReport, GateScope, GateStatus, Merged, PhaseName,
+    PhaseSpec, Plan, Progress, RoleName, StoreError, TicketId, TicketState, Workspace,
 };
 use tracing::Instrument;
 
@@ -554,7 +554,9 @@ async fn attempt_phase(
             )
         }
         Err(e) => {
-            let verdict = if e.kind == AgentErrorKind::Cancelled || sh.work.is_cancelled() {
+            // Only the run's own cancellation interrupts; an agent that
+            // gives up on its own has failed the attempt.
+            let verdict = if sh.work.is_cancelled() {
                 Attempt::Interrupted
             } else {
                 Attempt::Failed {
@@ -645,9 +647,7 @@ async fn run_gates(
         };
         let report = match result {
             Ok(r) => r,
-            Err(e)
-                if e.kind == orch_core::GateErrorKind::Cancelled || ctx.cancel.is_cancelled() =>
-            {
+            Err(_) if ctx.cancel.is_cancelled() => {
                 return Ok(None);
             }
             Err(e) => GateReport {
