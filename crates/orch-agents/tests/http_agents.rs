@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use orch_agents::{AgentDefaults, from_spec};
 use orch_core::{AgentContext, AgentErrorKind, AgentSpec, AgentTask};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+
+mod common;
 
 type Seen = Arc<Mutex<Vec<String>>>;
 
@@ -22,32 +24,8 @@ async fn server(replies: Vec<(u16, &'static str, String)>) -> (String, Seen) {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = sock.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break;
-                    }
-                }
-            }
-            s.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&buf).to_string());
+            let (head, request) = common::read_request(&mut sock).await.unwrap_or_default();
+            s.lock().unwrap().push(format!("{head}\r\n\r\n{request}"));
             let reply = format!(
                 "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
                 body.len()

@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use orch_agents::{AgentDefaults, from_spec};
 use orch_core::{AgentContext, AgentSpec, AgentTask};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+
+mod common;
 
 /// The binary to test, or why the test is skipped.
 fn binary(var: &str, name: &str) -> Result<PathBuf, String> {
@@ -71,28 +73,8 @@ async fn stand_in(
             };
             let (s, reply) = (s.clone(), reply.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                let (head, body) = loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            break (text[..end].to_owned(), text[end + 4..].to_owned());
-                        }
-                    }
+                let Some((head, body)) = common::read_request(&mut sock).await else {
+                    return;
                 };
                 let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 let (ctype, out) = reply(&path, &body);
