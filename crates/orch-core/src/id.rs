@@ -102,10 +102,11 @@ macro_rules! id_type {
         /// Validated on construction and deserialization; see the
         /// [module docs](crate::id) for the rule.
         ///
-        /// Shared, so cloning an id (every event carries some) copies a
-        /// pointer, not the string.
+        /// Stored inline up to 24 bytes (ticket and agent ids usually are),
+        /// so cloning and comparing one (every event carries some) touches
+        /// no heap.
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(std::sync::Arc<str>);
+        pub struct $name(compact_str::CompactString);
 
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
