@@ -781,3 +781,68 @@ async fn an_agent_that_cancels_itself_is_a_failure_to_escalate_not_an_interrupti
     assert_eq!(report.state.count(TicketStatus::Done), 3);
     assert_eq!(agent.calls().len(), 4);
 }
+
+#[tokio::test]
+async fn a_restart_writes_the_feedback_file_into_the_work_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan::from_toml_str(
+        r#"
+name = "restart"
+default_role = "dev"
+agents.dev.backend = { kind = "custom", name = "scripted" }
+[[phases]]
+name = "plan"
+[[phases]]
+name = "build"
+max_attempts = 1
+on_exhausted = "restart"
+restart_from = "plan"
+feedback_file = "feedback/{ticket}.md"
+gates = [{ kind = "command", argv = ["test", "-s", "{ticket}.txt"] }]
+[[tickets]]
+id = "R-1"
+title = "r"
+effort = "1h"
+"#,
+    )
+    .unwrap();
+    // The first plan and build write nothing; after the restart they do.
+    let agent = Arc::new(ScriptedAgent::new("s", Step::Write(vec![])));
+    let agent: Arc<dyn Agent> = Arc::new(OnceThen {
+        first: agent,
+        calls: AtomicU32::new(0),
+    });
+    let store = Arc::new(MemoryStore::new());
+    let report = engine(plan, agent, store, dir.path())
+        .run(&run_id("r"), Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    assert_eq!(report.state.tickets["R-1"].restarts, 1);
+    let text = std::fs::read_to_string(dir.path().join("feedback/R-1.md")).unwrap();
+    assert!(text.contains("Gate `test -s R-1.txt` failed"), "{text}");
+}
+
+/// Runs `first` for the first two calls (plan, build), then writes the
+/// ticket's file for every later one.
+struct OnceThen {
+    first: Arc<ScriptedAgent>,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Agent for OnceThen {
+    fn backend(&self) -> &str {
+        "once-then"
+    }
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < 2 {
+            return self.first.run(task, ctx).await;
+        }
+        std::fs::write(task.workdir.join(format!("{}.txt", task.ticket.id)), "x").unwrap();
+        Ok(AgentOutcome {
+            success: true,
+            ..Default::default()
+        })
+    }
+}

@@ -154,7 +154,6 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     let mut failed = st.failed_in_phase;
     let mut restarts = st.restarts;
     let mut approved = st.pending_decision == Some(Decision::Approve);
-    let retry = st.pending_decision == Some(Decision::Retry);
 
     // Interrupted mid-phase (a crash or a cancelled run): back to the last
     // checkpoint, so the phase starts again on a known tree.
@@ -178,7 +177,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     }
 
     let mut i = 0;
-    let mut fresh_retry = retry;
+    let mut fresh_retry = st.pending_decision == Some(Decision::Retry);
     // The last attempt failed in a way retrying cannot help.
     let mut hopeless = false;
     // The agent session of the last attempt of the current phase: a retry
@@ -215,6 +214,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
                 &mut passed,
                 &mut checkpoints,
                 base.as_deref(),
+                &prepared.path,
                 &mut i,
             )
             .await?
@@ -334,6 +334,7 @@ async fn exhausted_or_restart(
     passed: &mut Vec<PhaseName>,
     checkpoints: &mut std::collections::BTreeMap<PhaseName, String>,
     base: Option<&str>,
+    workdir: &std::path::Path,
     i: &mut usize,
 ) -> Result<Option<End>, End> {
     let plan = &sh.plan;
@@ -382,14 +383,8 @@ async fn exhausted_or_restart(
                 .await
                 .map(Some);
         }
-        let workdir = sh.journal.with_state(|s| {
-            s.tickets
-                .get(id)
-                .and_then(|t| t.workdir.clone())
-                .unwrap_or_default()
-        });
         let text = feedback_file(id, phase, feedback);
-        let path = std::path::Path::new(&workdir).join(&file);
+        let path = workdir.join(&file);
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
