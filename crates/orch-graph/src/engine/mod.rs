@@ -339,7 +339,7 @@ impl Engine {
             journal,
             work,
         });
-        let mut d = Dispatcher::new(self, shared, tx)?;
+        let mut d = Dispatcher::new(self, shared, tx);
         d.run(rx, drx, cancel).instrument(span).await
     }
 }
@@ -423,7 +423,7 @@ impl Dispatcher {
         engine: &Engine,
         shared: Arc<ticket::Shared>,
         tx: mpsc::UnboundedSender<Msg>,
-    ) -> Result<Dispatcher, EngineError> {
+    ) -> Dispatcher {
         let g = &engine.graph;
         let plan = &engine.plan;
         // Role classes: the role of each ticket's first phase.
@@ -450,23 +450,30 @@ impl Dispatcher {
         if !roles.is_empty() {
             sched = sched.with_classes(class_of, limits);
         }
-        let mut batch_of = vec![None; g.len()];
-        let mut batches = Vec::new();
-        for (i, b) in plan.batches.iter().enumerate() {
-            let members: Vec<Ix> = plan
-                .tickets
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| t.batch.as_ref() == Some(&b.id) || b.tickets.contains(&t.id))
-                .map(|(ix, _)| ix as Ix)
-                .collect();
-            for &m in &members {
-                batch_of[m as usize] = Some(i as u32);
+        // The remaining counts are set by `restore`.
+        let mut batches: Vec<(BatchId, Vec<Ix>, usize)> = plan
+            .batches
+            .iter()
+            .map(|b| (b.id.clone(), Vec::new(), 0))
+            .collect();
+        let index: std::collections::HashMap<&BatchId, u32> = plan
+            .batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (&b.id, i as u32))
+            .collect();
+        let of = plan.batch_of();
+        let batch_of: Vec<Option<u32>> = plan
+            .tickets
+            .iter()
+            .map(|t| of.get(&t.id).and_then(|b| index.get(b)).copied())
+            .collect();
+        for (t, b) in batch_of.iter().enumerate() {
+            if let Some(b) = b {
+                batches[*b as usize].1.push(t as Ix);
             }
-            let n = members.len();
-            batches.push((b.id.clone(), members, n));
         }
-        Ok(Dispatcher {
+        Dispatcher {
             shared,
             sched,
             tx,
@@ -476,7 +483,7 @@ impl Dispatcher {
             tasks: 0,
             stop: None,
             fatal: None,
-        })
+        }
     }
 
     fn id(&self, t: Ix) -> TicketId {
