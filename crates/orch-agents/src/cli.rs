@@ -350,16 +350,29 @@ impl Agent for ClaudeCodeAgent {
         if let Some(session) = &task.resume {
             argv.extend(["--resume".into(), session.clone()]);
         }
-        let cmd = process::Command {
-            argv,
-            cwd: task.workdir.clone(),
-            env: task_env(&task),
-            stdin: Some(task.prompt.clone().into_bytes()),
-            timeout: self.defaults.timeout,
-            stall: Some(self.defaults.stall),
-            ..Default::default()
-        };
+        let stdin = Some(task.prompt.clone().into_bytes());
+        let cmd = stream_command(argv, stdin, &task, &self.defaults);
         run_parsed(&cmd, ClaudeStream::new(), &task, ctx, &self.defaults).await
+    }
+}
+
+/// How an event-stream CLI (Claude Code, Codex) runs `task`: in its work
+/// tree, with the process environment plus the task's `ORCH_*` variables,
+/// under the time limit and the stall watchdog.
+fn stream_command(
+    argv: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    task: &AgentTask,
+    d: &AgentDefaults,
+) -> process::Command {
+    process::Command {
+        argv,
+        cwd: task.workdir.clone(),
+        env: task_env(task),
+        stdin,
+        timeout: d.timeout,
+        stall: Some(d.stall),
+        ..Default::default()
     }
 }
 
@@ -405,14 +418,7 @@ impl Agent for CodexAgent {
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
         let mut argv = self.argv.clone();
         argv.push(task.prompt.clone());
-        let cmd = process::Command {
-            argv,
-            cwd: task.workdir.clone(),
-            env: task_env(&task),
-            timeout: self.defaults.timeout,
-            stall: Some(self.defaults.stall),
-            ..Default::default()
-        };
+        let cmd = stream_command(argv, None, &task, &self.defaults);
         run_parsed(&cmd, CodexStream::new(), &task, ctx, &self.defaults).await
     }
 }
