@@ -16,9 +16,12 @@ async fn newer_schema_is_refused_untouched() {
     let err = SqliteStore::open(&path).unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::TooNew);
     assert!(err.message.contains(&path.display().to_string()), "{err}");
+    let v = orch_state::SCHEMA_VERSION;
     assert!(
-        err.message
-            .contains("newer orch (schema version 2; this build knows up to 1)"),
+        err.message.contains(&format!(
+            "newer orch (schema version {}; this build knows up to {v})",
+            v + 1
+        )),
         "{err}"
     );
     assert_eq!(std::fs::read(&path).unwrap(), before, "nothing written");
@@ -95,4 +98,90 @@ async fn someone_elses_sqlite_database_is_refused() {
             .ends_with("is an SQLite database, but not an orch journal"),
         "{err}"
     );
+}
+
+/// A journal written by schema version 1 (run names as keys) opens under
+/// this build: the migration keeps every event, its seq and body, the run
+/// order, and appends continue the numbering.
+#[tokio::test]
+async fn a_version_1_journal_is_migrated_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orch.db");
+    let ev = |t: &str, at: u64| {
+        let mut e = Event::now(EventKind::TicketReady {
+            ticket: t.parse().unwrap(),
+        });
+        e.at = orch_core::Timestamp(at);
+        e
+    };
+    // (run, seq, event) as version 1 stored them; run "b" started first.
+    let rows = [
+        ("b", 1i64, ev("T-1", 1_000)),
+        ("a", 1, ev("T-2", 2_000)),
+        ("b", 2, ev("T-3", 3_000)),
+        ("a", 2, ev("T-4", 4_000)),
+        ("b", 3, ev("T-5", 5_000)),
+    ];
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE runs (run TEXT PRIMARY KEY, created_at INTEGER NOT NULL) STRICT;
+             CREATE TABLE events (
+                run TEXT NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL,
+                at INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (run, seq)
+             ) STRICT, WITHOUT ROWID;
+             CREATE UNIQUE INDEX events_by_id ON events (run, id);
+             INSERT INTO runs VALUES ('b', 1000), ('a', 2000);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        for (run, seq, e) in &rows {
+            c.execute(
+                "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    run,
+                    seq,
+                    &e.id.0.to_be_bytes()[..],
+                    e.at.0 as i64,
+                    serde_json::to_string(e).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let names: Vec<String> = s
+        .runs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(names, ["b", "a"], "run order kept");
+    for name in ["a", "b"] {
+        let run = name.parse().unwrap();
+        let got = s.read(&run, 0, 100).await.unwrap();
+        let want: Vec<(u64, &Event)> = rows
+            .iter()
+            .filter(|(r, ..)| *r == name)
+            .map(|(_, seq, e)| (*seq as u64, e))
+            .collect();
+        assert_eq!(
+            got.iter().map(|g| (g.seq, &g.event)).collect::<Vec<_>>(),
+            want,
+            "run {name}"
+        );
+        assert_eq!(s.state(&run).await.unwrap().events, want.len() as u64);
+    }
+    // A re-send of a migrated event is recognised; new events continue.
+    let b = "b".parse().unwrap();
+    assert_eq!(s.append(&b, &[rows[2].2.clone()]).await.unwrap(), [2]);
+    assert_eq!(s.append(&b, &[ev("T-6", 6_000)]).await.unwrap(), [4]);
+    drop(s);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, orch_state::SCHEMA_VERSION);
 }
