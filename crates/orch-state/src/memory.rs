@@ -49,31 +49,24 @@ impl StateStore for MemoryStore {
             order.push(run.clone());
         }
         let j = runs.entry(run.clone()).or_default();
-        // Check the whole batch first: all or nothing.
+        // New events go in as they come (so a repeat later in the same
+        // batch finds them); a conflict takes the whole batch back out.
+        let start = j.events.len();
         let mut seqs = Vec::with_capacity(events.len());
-        let mut fresh: HashMap<EventId, usize> = HashMap::new();
-        let mut next = j.events.len() as u64;
-        for (i, e) in events.iter().enumerate() {
+        for e in events {
             if let Some(&seq) = j.by_id.get(&e.id) {
                 if j.events[seq as usize - 1] != *e {
+                    for gone in j.events.drain(start..) {
+                        j.by_id.remove(&gone.id);
+                    }
                     return Err(conflict(e.id));
                 }
                 seqs.push(seq);
-            } else if let Some(&first) = fresh.get(&e.id) {
-                if events[first] != *e {
-                    return Err(conflict(e.id));
-                }
-                seqs.push(seqs[first]);
             } else {
-                next += 1;
-                fresh.insert(e.id, i);
-                seqs.push(next);
-            }
-        }
-        for (i, e) in events.iter().enumerate() {
-            if fresh.get(&e.id) == Some(&i) {
                 j.events.push(e.clone());
-                j.by_id.insert(e.id, j.events.len() as u64);
+                let seq = j.events.len() as u64;
+                j.by_id.insert(e.id, seq);
+                seqs.push(seq);
             }
         }
         Ok(seqs)

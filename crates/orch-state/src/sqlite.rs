@@ -404,15 +404,18 @@ fn commit_group(
             let res = if req.events.len() == 1 {
                 append_events(&tx, &mut insert, path, req, n, &mut next)
             } else {
-                tx.execute_batch("SAVEPOINT append")
-                    .map_err(|e| err(path, &e))?;
-                let r = append_events(&tx, &mut insert, path, req, n, &mut next);
-                let end = if r.is_ok() {
-                    "RELEASE append"
-                } else {
-                    "ROLLBACK TO append; RELEASE append"
+                // Prepared once (a savepoint per multi-event append is hot).
+                let sql = |s: &str| {
+                    tx.prepare_cached(s)
+                        .and_then(|mut s| s.execute([]))
+                        .map_err(|e| err(path, &e))
                 };
-                tx.execute_batch(end).map_err(|e| err(path, &e))?;
+                sql("SAVEPOINT append")?;
+                let r = append_events(&tx, &mut insert, path, req, n, &mut next);
+                if r.is_err() {
+                    sql("ROLLBACK TO append")?;
+                }
+                sql("RELEASE append")?;
                 r
             };
             if res.is_err() {
