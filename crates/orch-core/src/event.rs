@@ -28,6 +28,11 @@ impl EventId {
     /// A fresh id: the current time in the high bits (so ids sort roughly
     /// by creation) and process-random bits below.
     pub fn random() -> Self {
+        Self::random_at(Timestamp::now())
+    }
+
+    /// A fresh id for something happening at `now`.
+    fn random_at(now: Timestamp) -> Self {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
         let base = *BASE.get_or_init(|| {
@@ -42,8 +47,7 @@ impl EventId {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         let rand = z ^ (z >> 31);
-        let now = Timestamp::now().0;
-        EventId((u128::from(now) << 80) | (u128::from(n & 0xffff) << 64) | u128::from(rand))
+        EventId((u128::from(now.0) << 80) | (u128::from(n & 0xffff) << 64) | u128::from(rand))
     }
 }
 
@@ -103,9 +107,10 @@ pub struct Event {
 impl Event {
     /// An event happening now with a fresh id.
     pub fn now(kind: EventKind) -> Self {
+        let at = Timestamp::now();
         Event {
-            id: EventId::random(),
-            at: Timestamp::now(),
+            id: EventId::random_at(at),
+            at,
             kind,
         }
     }

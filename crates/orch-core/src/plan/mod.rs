@@ -427,15 +427,26 @@ impl Plan {
     /// records them when it starts, so resuming with a changed plan can say
     /// what changed ([`Plan::changes_since`]).
     pub fn fingerprint(&self) -> (String, BTreeMap<String, String>) {
-        fn hash(v: &impl Serialize) -> String {
-            // FNV-1a over the JSON: stable across Rust versions, unlike
-            // `DefaultHasher`.
-            let bytes = serde_json::to_vec(v).unwrap_or_default();
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in bytes {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        /// FNV-1a over the JSON, fed as it is written (no buffer): stable
+        /// across Rust versions, unlike `DefaultHasher`.
+        struct Fnv(u64);
+        impl std::io::Write for Fnv {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                for &b in buf {
+                    self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+                Ok(buf.len())
             }
-            format!("{h:016x}")
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        fn hash(v: &impl Serialize) -> String {
+            let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+            // Plan types always serialize; a failure would only shorten
+            // the input, never panic.
+            let _ = serde_json::to_writer(&mut h, v);
+            format!("{:016x}", h.0)
         }
         let mut parts = BTreeMap::new();
         parts.insert("policy".to_owned(), hash(&self.policy));
