@@ -377,7 +377,8 @@ fn stream_command(
 }
 
 /// OpenAI Codex CLI: `codex exec --json`, the prompt as the last argument,
-/// every event line parsed ([`CodexStream`]).
+/// every event line parsed ([`CodexStream`]). A task that resumes a
+/// session runs `codex exec --json ... resume <thread id> <prompt>`.
 #[derive(Debug, Clone)]
 pub struct CodexAgent {
     argv: Vec<String>,
@@ -417,6 +418,11 @@ impl Agent for CodexAgent {
 
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
         let mut argv = self.argv.clone();
+        // A retry continues the earlier thread: `codex exec [flags] resume
+        // <thread id> <prompt>` (the flags before `resume` still apply).
+        if let Some(thread) = &task.resume {
+            argv.extend(["resume".to_owned(), thread.clone()]);
+        }
         argv.push(task.prompt.clone());
         let cmd = stream_command(argv, None, &task, &self.defaults);
         run_parsed(&cmd, CodexStream::new(), &task, ctx, &self.defaults).await

@@ -195,6 +195,14 @@ async fn codex_stand_in() {
         std::fs::read_to_string(d.path().join("argv.txt")).unwrap(),
         "exec\n--json\n--sandbox\nworkspace-write\nAdd retries\n"
     );
+    // A retry continues the previous attempt's thread.
+    let mut retry = task(d.path(), "Add retries; two tests fail");
+    retry.resume = Some("0199a213-81c0-7800-8aa1-bbab2a035a53".into());
+    agent.run(retry, &ctx().0).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("argv.txt")).unwrap(),
+        "exec\n--json\n--sandbox\nworkspace-write\nresume\n0199a213-81c0-7800-8aa1-bbab2a035a53\nAdd retries; two tests fail\n"
+    );
 }
 
 #[tokio::test]

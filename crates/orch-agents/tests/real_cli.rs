@@ -315,11 +315,44 @@ async fn codex_answers_through_a_custom_provider_and_reports_usage() {
     assert!(out.success, "{out:?}");
     assert_eq!(out.summary, "Nothing to change.");
     assert_eq!((out.usage.input_tokens, out.usage.output_tokens), (200, 12));
-    assert!(out.session_id.is_some(), "thread id");
+    let thread = out.session_id.clone().expect("thread id");
     assert!(
         seen.lock()
             .unwrap()
             .iter()
             .any(|(_, b)| b.contains("Check the work tree."))
+    );
+    // A retry resumes the thread: the model sees the first exchange (from
+    // Codex's own session file) before the new prompt.
+    let mut again = task(&work, "Now add a test.");
+    again.resume = Some(thread.clone());
+    let out = agent
+        .run(again, &AgentContext::detached())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "codex resume failed: {e}; requests: {:#?}",
+                seen.lock().unwrap()
+            )
+        });
+    assert!(out.success, "{out:?}");
+    assert_eq!(
+        out.session_id.as_deref(),
+        Some(thread.as_str()),
+        "same thread"
+    );
+    let seen = seen.lock().unwrap();
+    let last = seen
+        .iter()
+        .rev()
+        .find(|(p, _)| p.ends_with("/responses"))
+        .map(|(_, b)| b.as_str())
+        .unwrap_or_default();
+    let first = last.find("Check the work tree.");
+    let reply = last.find("Nothing to change.");
+    let next = last.find("Now add a test.");
+    assert!(
+        first.is_some() && reply.is_some() && next.is_some() && first < next && reply < next,
+        "the resumed request carries the earlier exchange before the new prompt: {last}"
     );
 }
