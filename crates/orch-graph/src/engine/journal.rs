@@ -68,9 +68,8 @@ impl Journal {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `kinds` durably, then folds them.
-    pub(crate) async fn append(&self, kinds: Vec<EventKind>) -> Result<(), StoreError> {
-        let events: Vec<Event> = kinds.into_iter().map(Event::now).collect();
+    /// Appends `events` durably, then folds them.
+    pub(crate) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
         let seqs = self.store.append(&self.run, &events).await?;
         self.absorb(seqs.into_iter().zip(events));
         Ok(())

@@ -320,13 +320,13 @@ impl Engine {
             work.clone(),
         ));
         journal
-            .append(vec![EventKind::RunStarted {
+            .append(vec![Event::now(EventKind::RunStarted {
                 run: run.clone(),
                 plan: self.plan.name.clone(),
                 fingerprint,
                 resumed,
                 parts,
-            }])
+            })])
             .await?;
         let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
         let shared = Arc::new(ticket::Shared {
@@ -494,7 +494,8 @@ impl Dispatcher {
         if kinds.is_empty() || self.fatal.is_some() {
             return;
         }
-        if let Err(e) = self.shared.journal.append(kinds).await {
+        let events = kinds.into_iter().map(Event::now).collect();
+        if let Err(e) = self.shared.journal.append(events).await {
             self.fail_store(e);
         }
     }

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use orch_core::{
-    Agent, AgentContext, AgentId, AgentOutcome, AgentTask, BatchId, Cancellation, Decision,
-    EventKind, ExhaustAction, GateContext, GateReport, GateScope, GateStatus, Merged, PhaseName,
-    PhaseSpec, Plan, Progress, RoleName, StoreError, TicketId, TicketState, Workspace,
+    Agent, AgentContext, AgentId, AgentOutcome, AgentTask, BatchId, Cancellation, Decision, Event,
+    EventKind, ExhaustAction, GateContext, GateReport, GateScope, GateStatus, Merged, PhaseSpec,
+    Plan, Progress, RoleName, RunState, StoreError, TicketId, TicketState, Workspace,
 };
 use tracing::Instrument;
 
@@ -50,33 +50,60 @@ impl From<StoreError> for End {
     }
 }
 
-/// A ticket task's way to the journal. Events that need not be durable
-/// before the next step acts (a finished agent, a gate's report, a passed
-/// phase) wait here and go out with the next write-ahead event, so a phase
-/// costs two appends instead of five. After a crash, whatever was not yet
+/// A task's way to the journal. Events that need not be durable before
+/// the next step acts (a finished agent, a gate's report, a passed phase)
+/// wait here and go out with the next write-ahead event, so a phase costs
+/// two appends instead of five. After a crash, whatever was not yet
 /// written is redone: the step re-runs from its checkpoint.
+///
+/// Every event queued here is also folded, by the same [`RunState`] fold
+/// as the journal's, into the task's own view of its ticket, which is what
+/// the pipeline decides by (phases passed, checkpoints, feedback, failed
+/// attempts, restarts): one fold, no second copy of its rules.
 pub(crate) struct Outbox<'a> {
     j: &'a Journal,
-    pending: Vec<EventKind>,
+    pending: Vec<Event>,
+    mine: RunState,
 }
 
 impl<'a> Outbox<'a> {
-    pub(crate) fn new(j: &'a Journal) -> Self {
+    /// An outbox whose view starts from `ticket` as the journal has it.
+    pub(crate) fn new(j: &'a Journal, ticket: Option<(TicketId, TicketState)>) -> Self {
+        let mut mine = RunState::default();
+        mine.tickets.extend(ticket);
         Outbox {
             j,
             pending: Vec::new(),
+            mine,
         }
+    }
+
+    /// The ticket's state: the journal's, plus what this task queued.
+    fn ticket(&self, id: &TicketId) -> &TicketState {
+        self.mine
+            .tickets
+            .get(id)
+            .expect("the outbox of a ticket task holds its ticket from the start")
+    }
+
+    fn note(&mut self, k: EventKind) -> Event {
+        let e = Event::now(k);
+        self.mine.apply(&e);
+        e
     }
 
     /// Holds `k` until the next write.
     fn defer(&mut self, k: EventKind) {
-        self.pending.push(k);
+        let e = self.note(k);
+        self.pending.push(e);
     }
 
     /// Appends what waits and `ks`, durably, before the caller acts.
     async fn write(&mut self, ks: Vec<EventKind>) -> Result<(), StoreError> {
         let mut all = std::mem::take(&mut self.pending);
-        all.extend(ks);
+        for k in ks {
+            all.push(self.note(k));
+        }
         if all.is_empty() {
             return Ok(());
         }
@@ -108,7 +135,11 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 pub(crate) async fn run_ticket(sh: &Shared, t: Ix) -> End {
-    let mut out = Outbox::new(&sh.journal);
+    let id = sh.tickets[t as usize].id.clone();
+    let st = sh
+        .journal
+        .with_state(|s| s.tickets.get(&id).cloned().unwrap_or_default());
+    let mut out = Outbox::new(&sh.journal, Some((id, st)));
     let end = match pipeline(sh, t, &mut out).await {
         Ok(end) | Err(end) => end,
     };
@@ -124,8 +155,9 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     let ticket = sh.tickets[t as usize].clone();
     let id = ticket.id.clone();
     let run = sh.journal.run.clone();
-    let j = &sh.journal;
-    let st: TicketState = j.with_state(|s| s.tickets.get(&id).cloned().unwrap_or_default());
+    let st = out.ticket(&id);
+    let (status, pending) = (st.status, st.pending_decision);
+    let (workdir, recorded_base) = (st.workdir.clone(), st.base.clone());
     let deps: Vec<TicketId> = sh
         .graph
         .dependencies(t)
@@ -138,31 +170,28 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         Err(e) => return fail(out, &id, format!("cannot prepare its work tree: {e}")).await,
     };
     let path = prepared.path.to_string_lossy().into_owned();
-    let base = st.base.clone().or(prepared.base.clone());
+    let base = recorded_base.or(prepared.base.clone());
     // A workspace without history (one shared directory) has nothing to
     // record per ticket.
-    if prepared.base.is_some() && st.workdir.as_deref() != Some(&path) {
+    if prepared.base.is_some() && workdir.as_deref() != Some(&path) {
         out.defer(EventKind::WorkspaceReady {
             ticket: id.clone(),
             path,
             base: base.clone(),
         });
     }
-    let mut passed: Vec<PhaseName> = st.phases_passed.clone();
-    let mut checkpoints = st.checkpoints.clone();
-    let mut feedback = st.feedback.clone();
-    let mut failed = st.failed_in_phase;
-    let mut restarts = st.restarts;
-    let mut approved = st.pending_decision == Some(Decision::Approve);
+    let mut approved = pending == Some(Decision::Approve);
 
     // Interrupted mid-phase (a crash or a cancelled run): back to the last
     // checkpoint, so the phase starts again on a known tree.
-    if st.status == orch_core::TicketStatus::Running && st.pending_decision.is_none() {
-        let last = passed.last().cloned();
+    if status == orch_core::TicketStatus::Running && pending.is_none() {
+        let st = out.ticket(&id);
+        let last = st.phases_passed.last().cloned();
         let target = last
             .as_ref()
-            .and_then(|p| checkpoints.get(p))
-            .or(base.as_ref());
+            .and_then(|p| st.checkpoints.get(p))
+            .or(base.as_ref())
+            .cloned();
         if let Some(commit) = target {
             out.write(vec![EventKind::RolledBack {
                 ticket: id.clone(),
@@ -170,14 +199,14 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
                 commit: commit.clone(),
             }])
             .await?;
-            if let Err(e) = sh.workspace.rollback(&run, &id, commit).await {
+            if let Err(e) = sh.workspace.rollback(&run, &id, &commit).await {
                 return fail(out, &id, format!("cannot roll back: {e}")).await;
             }
         }
     }
 
     let mut i = 0;
-    let mut fresh_retry = st.pending_decision == Some(Decision::Retry);
+    let mut fresh_retry = pending == Some(Decision::Retry);
     // The last attempt failed in a way retrying cannot help.
     let mut hopeless = false;
     // The agent session of the last attempt of the current phase: a retry
@@ -185,16 +214,15 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     let mut session: Option<String> = None;
     while i < plan.phases.len() {
         let phase = &plan.phases[i];
-        if passed.contains(&phase.name) {
+        if out.ticket(&id).phases_passed.contains(&phase.name) {
             i += 1;
             continue;
         }
+        let failed = out.ticket(&id).failed_in_phase;
         if approved {
             approved = false;
-            pass(sh, out, &id, phase, failed.max(1), &mut checkpoints).await?;
-            passed.push(phase.name.clone());
-            (failed, i) = (0, i + 1);
-            feedback.clear();
+            pass(sh, out, &id, phase, failed.max(1)).await?;
+            i += 1;
             continue;
         }
         let max = phase
@@ -204,32 +232,20 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         if (failed >= max || hopeless) && !fresh_retry {
             // Spent (just now, or before a crash with no decision taken).
             hopeless = false;
-            match exhausted_or_restart(
-                sh,
-                out,
-                &id,
-                phase,
-                &feedback,
-                &mut restarts,
-                &mut passed,
-                &mut checkpoints,
-                base.as_deref(),
-                &prepared.path,
-                &mut i,
-            )
-            .await?
+            match exhausted_or_restart(sh, out, &id, phase, base.as_deref(), &prepared.path).await?
             {
-                Some(end) => return Ok(end),
-                None => {
+                Err(end) => return Ok(end),
+                Ok(from) => {
                     session = None;
-                    (failed, fresh_retry) = (0, false);
-                    feedback.clear();
+                    fresh_retry = false;
+                    i = from;
                     continue;
                 }
             }
         }
         fresh_retry = false;
         let attempt = failed + 1;
+        let feedback = out.ticket(&id).feedback.clone();
         let span = tracing::info_span!("phase", phase = %phase.name, attempt);
         let outcome = attempt_phase(
             sh,
@@ -247,10 +263,8 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             Attempt::Interrupted => return Ok(End::Interrupted),
             Attempt::Passed => {
                 session = None;
-                pass(sh, out, &id, phase, attempt, &mut checkpoints).await?;
-                passed.push(phase.name.clone());
-                (failed, i) = (0, i + 1);
-                feedback.clear();
+                pass(sh, out, &id, phase, attempt).await?;
+                i += 1;
             }
             Attempt::Failed {
                 feedback: fb,
@@ -260,11 +274,9 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
                     ticket: id.clone(),
                     phase: phase.name.clone(),
                     attempt,
-                    feedback: fb.clone(),
+                    feedback: fb,
                 }])
                 .await?;
-                feedback.push(fb);
-                failed += 1;
                 hopeless = no_hope;
             }
         }
@@ -294,7 +306,6 @@ async fn pass(
     id: &TicketId,
     phase: &PhaseSpec,
     attempt: u32,
-    checkpoints: &mut std::collections::BTreeMap<PhaseName, String>,
 ) -> Result<(), End> {
     let run = &sh.journal.run;
     let mut checkpoint = None;
@@ -309,9 +320,6 @@ async fn pass(
             }
         }
     }
-    if let Some(c) = &checkpoint {
-        checkpoints.insert(phase.name.clone(), c.clone());
-    }
     out.defer(EventKind::PhasePassed {
         ticket: id.clone(),
         phase: phase.name.clone(),
@@ -321,27 +329,23 @@ async fn pass(
     Ok(())
 }
 
-/// The phase's attempts are spent: fail, escalate, or restart from an
-/// earlier phase (returns `None` after a restart: go on from `*i`).
-#[allow(clippy::too_many_arguments)]
+/// The phase's attempts are spent: fail or escalate (`Err` with how the
+/// ticket ended), or restart from an earlier phase (`Ok` with its index).
 async fn exhausted_or_restart(
     sh: &Shared,
     out: &mut Outbox<'_>,
     id: &TicketId,
     phase: &PhaseSpec,
-    feedback: &[String],
-    restarts: &mut u32,
-    passed: &mut Vec<PhaseName>,
-    checkpoints: &mut std::collections::BTreeMap<PhaseName, String>,
     base: Option<&str>,
     workdir: &std::path::Path,
-    i: &mut usize,
-) -> Result<Option<End>, End> {
+) -> Result<Result<usize, End>, End> {
     let plan = &sh.plan;
     let run = &sh.journal.run;
+    let st = out.ticket(id);
+    let (feedback, restarts) = (st.feedback.clone(), st.restarts);
     let last = feedback.last().map(String::as_str).unwrap_or_default();
     let restart = match (&phase.on_exhausted, &phase.restart_from) {
-        (ExhaustAction::Restart, Some(from)) if *restarts < phase.max_restarts.unwrap_or(1) => {
+        (ExhaustAction::Restart, Some(from)) if restarts < phase.max_restarts.unwrap_or(1) => {
             Some(from)
         }
         _ => None,
@@ -361,7 +365,7 @@ async fn exhausted_or_restart(
         let before = from_ix.checked_sub(1).map(|k| plan.phases[k].name.clone());
         let target = before
             .as_ref()
-            .and_then(|p| checkpoints.get(p).cloned())
+            .and_then(|p| st.checkpoints.get(p).cloned())
             .or(base.map(str::to_owned));
         let mut events = vec![EventKind::PhaseRestarted {
             ticket: id.clone(),
@@ -375,15 +379,17 @@ async fn exhausted_or_restart(
                 commit: c.clone(),
             });
         }
+        // The fold of PhaseRestarted un-passes the phases from `from` on
+        // and clears the feedback (kept above for the file).
         out.write(events).await?;
         if let Some(c) = &target
             && let Err(e) = sh.workspace.rollback(run, id, c).await
         {
             return fail(out, id, format!("cannot roll back: {e}"))
                 .await
-                .map(Some);
+                .map(Err);
         }
-        let text = feedback_file(id, phase, feedback);
+        let text = feedback_file(id, phase, &feedback);
         let path = workdir.join(&file);
         let written = path
             .parent()
@@ -392,16 +398,9 @@ async fn exhausted_or_restart(
         if let Err(e) = written {
             return fail(out, id, format!("cannot write {}: {e}", path.display()))
                 .await
-                .map(Some);
+                .map(Err);
         }
-        *restarts += 1;
-        if let Some(pos) = passed.iter().position(|p| p == from) {
-            for p in passed.split_off(pos) {
-                checkpoints.remove(&p);
-            }
-        }
-        *i = from_ix;
-        return Ok(None);
+        return Ok(Ok(from_ix));
     }
     match phase.on_exhausted {
         ExhaustAction::Fail => {
@@ -411,14 +410,14 @@ async fn exhausted_or_restart(
                 feedback.len(),
                 last.lines().next().unwrap_or_default()
             );
-            fail(out, id, reason).await.map(Some)
+            fail(out, id, reason).await.map(Err)
         }
         ExhaustAction::Escalate | ExhaustAction::Restart => {
             let question = format!(
                 "{id}: phase `{}` did not pass after {} attempt(s){}. Approve the work as it is, retry with a note, skip the ticket, or abort the run?",
                 phase.name,
                 feedback.len(),
-                if *restarts > 0 {
+                if restarts > 0 {
                     format!(" and {restarts} restart(s)")
                 } else {
                     String::new()
@@ -438,7 +437,7 @@ async fn exhausted_or_restart(
                 ],
             }])
             .await?;
-            Ok(Some(End::Escalated))
+            Ok(Err(End::Escalated))
         }
     }
 }
@@ -671,7 +670,7 @@ pub(crate) async fn merge_batch(
     tickets: Vec<TicketId>,
 ) -> Result<(), StoreError> {
     let j = &sh.journal;
-    let mut out = Outbox::new(j);
+    let mut out = Outbox::new(j, None);
     out.write(vec![EventKind::MergeStarted {
         batch: batch.clone(),
     }])
