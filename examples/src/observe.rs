@@ -112,8 +112,14 @@ pub fn describe(e: &EventKind) -> Option<String> {
             ticket,
             phase,
             attempt,
-            ..
-        } => format!("{ticket}: {phase} attempt {attempt} failed; retrying with feedback"),
+            feedback,
+        } => format!(
+            "{ticket}: {phase} attempt {attempt} failed: {}",
+            feedback
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(no reason given)")
+        ),
         K::PhaseRestarted {
             ticket,
             from,

@@ -71,6 +71,12 @@ depends_on = ["T-1"]
             .args(["--state", s, "--run", "shed"]),
     );
     assert_eq!(code, 3, "paused: {text}");
+    // The failed attempt is reported with its reason (the failing gate).
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("T-1: paint attempt 1 failed: "))
+        .unwrap_or_else(|| panic!("no failed-attempt line: {text}"));
+    assert!(failed.contains("painted"), "{failed}");
     assert!(text.contains("T-1: ESCALATED"), "{text}");
     assert!(
         text.contains("decide: orch decide T-1 --approve|--retry NOTE|--skip|--abort"),

@@ -46,10 +46,13 @@ fn process_error(out: &Output, program: &str) -> Option<AgentError> {
         Exit::TimedOut(_) => (AgentErrorKind::TimedOut, out.describe()),
         Exit::Stalled(_) => (AgentErrorKind::Stalled, out.describe()),
         Exit::Cancelled => (AgentErrorKind::Cancelled, out.describe()),
-        Exit::NotFound(p) => (
-            AgentErrorKind::Spawn,
-            format!("{p} is not installed or not on PATH"),
-        ),
+        // Names the program itself.
+        Exit::NotFound(p) => {
+            return Some(AgentError::new(
+                AgentErrorKind::Spawn,
+                format!("{p} is not installed or not on PATH"),
+            ));
+        }
         Exit::SpawnFailed(e) => (AgentErrorKind::Spawn, e.clone()),
         Exit::Code(_) | Exit::Signal(_) => return None,
     };

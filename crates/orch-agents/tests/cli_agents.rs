@@ -170,7 +170,7 @@ async fn claude_code_failures_are_classified() {
     assert_eq!(e.kind, AgentErrorKind::Spawn);
     assert_eq!(
         e.message,
-        "no-such-claude-orch no-such-claude-orch is not installed or not on PATH"
+        "no-such-claude-orch is not installed or not on PATH"
     );
 }
 
