@@ -117,6 +117,24 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The git workspace of the repository (a worktree per ticket, the
+    /// plan's batch branches).
+    ///
+    /// # Errors
+    /// A directory that is not a git repository, or one with no commit.
+    pub fn workspace(&self) -> Result<GitWorkspace, Error> {
+        let repo = Repo::open(&self.repo)
+            .map_err(|e| format!("{} is not a git repository: {e}", self.repo.display()))?;
+        Ok(GitWorkspace::new(repo, "HEAD")
+            .map_err(|e| format!("{}: no commit to start from: {e}", self.repo.display()))?
+            .batch_branches(
+                self.plan
+                    .batches
+                    .iter()
+                    .map(|b| (b.id.clone(), b.branch_name())),
+            ))
+    }
+
     /// The engine: SQLite journal in the state directory, a git worktree per
     /// ticket, the gates of orch-gates, state files kept up to date.
     ///
@@ -124,18 +142,8 @@ impl Setup {
     /// A plan the engine refuses (cycle, bad gate), a repository that is not
     /// git, a store that cannot be opened.
     pub fn engine(&self, store: Arc<dyn StateStore>) -> Result<Engine, Error> {
-        let repo = Repo::open(&self.repo)
-            .map_err(|e| format!("{} is not a git repository: {e}", self.repo.display()))?;
-        let ws = GitWorkspace::new(repo, "HEAD")
-            .map_err(|e| format!("{}: no commit to start from: {e}", self.repo.display()))?
-            .batch_branches(
-                self.plan
-                    .batches
-                    .iter()
-                    .map(|b| (b.id.clone(), b.branch_name())),
-            );
         let mut engine = Engine::new(self.plan.clone(), self.agent.clone(), store)?
-            .workspace(Arc::new(ws))
+            .workspace(Arc::new(self.workspace()?))
             .gates(Arc::new(orch_gates::from_spec))
             .allow_plan_change(self.allow_plan_change)
             .observe(Arc::new(Views::new(&self.state_dir, &self.plan)));

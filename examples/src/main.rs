@@ -181,18 +181,20 @@ fn execute(info: RunInfo, state_dir: PathBuf, allow_plan_change: bool) -> Result
     orch_graph::PlanGraph::from_plan(&plan)
         .map_err(|e| Fail(2, format!("{}: {e}", info.plan.display())))?;
     let agent = plan_agents(&plan, &state_dir, &Default::default())?;
+    let setup = Setup {
+        plan,
+        repo: info.repo.clone(),
+        state_dir: state_dir.clone(),
+        agent,
+        concurrency: info.concurrency,
+        allow_plan_change,
+        progress: true,
+    };
+    // Refuse a directory that is not a repository before anything is written.
+    setup.workspace()?;
     info.save(&state_dir)?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
     rt.block_on(async move {
-        let setup = Setup {
-            plan,
-            repo: info.repo.clone(),
-            state_dir: state_dir.clone(),
-            agent,
-            concurrency: info.concurrency,
-            allow_plan_change,
-            progress: true,
-        };
         let store = open_store(&state_dir)?;
         let engine = setup.engine(store)?;
         let cancel = Cancellation::new();

@@ -156,6 +156,45 @@ depends_on = ["A"]
     assert!(!state.exists(), "nothing may be written for a refused plan");
 }
 
+#[test]
+fn a_directory_that_is_not_a_repository_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        r#"
+name = "nowhere"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["true"] }
+[[phases]]
+name = "work"
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#,
+    )
+    .unwrap();
+    let (code, text) = output(
+        orch()
+            .args(["run", plan.to_str().unwrap(), "--repo"])
+            .arg(&plain),
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains(&format!("{} is not a git repository", plain.display())),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&plain).unwrap().count(),
+        0,
+        "nothing may be written into it (no .orch state)"
+    );
+}
+
 // ------------------------------------------------------------------ crashes
 
 const RUN: &str = "crashy";
