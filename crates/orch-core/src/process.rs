@@ -144,7 +144,7 @@ impl Output {
                 t.as_secs_f64().round()
             ),
             Exit::Cancelled => "was cancelled; its process group was killed".to_owned(),
-            Exit::NotFound(p) => format!("command not found: {p}"),
+            Exit::NotFound(p) => format!("was not found (is `{p}` installed and on PATH?)"),
             Exit::SpawnFailed(e) => format!("could not be started: {e}"),
         };
         if self.lingering {

@@ -91,7 +91,7 @@ async fn command_outcomes_each_have_their_reason() {
     assert!(!r.passed());
     assert_eq!(
         r.reason,
-        "`no-such-program-orch` command not found: no-such-program-orch"
+        "`no-such-program-orch` was not found (is `no-such-program-orch` installed and on PATH?)"
     );
 
     let r = check(
