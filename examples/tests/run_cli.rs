@@ -342,8 +342,8 @@ fn outcome(s: &Setup) -> (Outcome, Vec<orch_core::StoredEvent>) {
         .unwrap();
     let state = RunState::fold(events.iter().map(|e| &e.event));
     let statuses = state
-        .tickets
-        .iter()
+        .tickets_by_id()
+        .into_iter()
         .map(|(id, t)| {
             (
                 id.to_string(),

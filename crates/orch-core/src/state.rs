@@ -1,6 +1,6 @@
 //! [`RunState`]: the pure fold of a run's events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -262,12 +262,17 @@ pub struct RunState {
     pub updated_at: Option<Timestamp>,
     /// Events folded.
     pub events: u64,
-    /// Tickets that have had any event.
-    pub tickets: BTreeMap<TicketId, TicketState>,
+    /// Tickets that have had any event. A hash map (folding is the hot
+    /// path of the engine and of reopening a journal); iterate it in id
+    /// order with [`RunState::tickets_by_id`]. Serialized sorted by id.
+    #[serde(serialize_with = "sorted")]
+    pub tickets: HashMap<TicketId, TicketState>,
     /// Batches that have had any event.
     pub batches: BTreeMap<BatchId, BatchState>,
-    /// Every agent invocation.
-    pub agents: BTreeMap<AgentId, AgentRecord>,
+    /// Every agent invocation (a hash map, like `tickets`; serialized
+    /// sorted by id).
+    #[serde(serialize_with = "sorted")]
+    pub agents: HashMap<AgentId, AgentRecord>,
     /// Every gate result, in order.
     pub gate_runs: Vec<GateRun>,
     /// Every escalation, in order, with answers.
@@ -278,6 +283,14 @@ pub struct RunState {
     pub budget_exhausted: bool,
 }
 
+/// Serializes a map sorted by key, so a state's JSON is the same every time.
+fn sorted<S: serde::Serializer, K: Ord + Serialize, V: Serialize>(
+    m: &HashMap<K, V>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    m.iter().collect::<BTreeMap<_, _>>().serialize(s)
+}
+
 impl RunState {
     /// Folds a sequence of events from scratch.
     pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> RunState {
@@ -286,6 +299,20 @@ impl RunState {
             s.apply(e);
         }
         s
+    }
+
+    /// The tickets in id order (for display; `tickets` itself is unordered).
+    pub fn tickets_by_id(&self) -> Vec<(&TicketId, &TicketState)> {
+        let mut v: Vec<_> = self.tickets.iter().collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    /// The agent invocations in id order (for display).
+    pub fn agents_by_id(&self) -> Vec<(&AgentId, &AgentRecord)> {
+        let mut v: Vec<_> = self.agents.iter().collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        v
     }
 
     /// The open questions (escalations not yet answered).

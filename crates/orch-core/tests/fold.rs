@@ -308,3 +308,35 @@ fn a_ticket_through_retry_and_escalation() {
         "A person asked for another attempt: check the escaping"
     );
 }
+
+/// Tickets and agents are kept in hash maps (the fold is hot), but a
+/// state's JSON and its display order are by id, the same every time.
+#[test]
+fn state_json_and_display_order_are_by_id() {
+    let mut s = RunState::default();
+    for (n, id) in ["T-9", "T-10", "A-2", "Z-1", "B-7"].iter().enumerate() {
+        s.apply(&Event {
+            id: EventId(n as u128 + 1),
+            at: Timestamp(n as u64),
+            kind: EventKind::TicketReady {
+                ticket: id.parse().unwrap(),
+            },
+        });
+    }
+    let want = ["A-2", "B-7", "T-10", "T-9", "Z-1"];
+    let shown: Vec<&str> = s
+        .tickets_by_id()
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(shown, want);
+    let json = serde_json::to_string(&s).unwrap();
+    let at: Vec<usize> = want
+        .iter()
+        .map(|id| json.find(&format!("\"{id}\":")).unwrap())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{json}");
+    assert_eq!(json, serde_json::to_string(&s.clone()).unwrap());
+    let back: RunState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, s);
+}

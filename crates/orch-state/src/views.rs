@@ -171,8 +171,8 @@ fn orchestrator_state(state: &RunState, plan: Option<&Plan>) -> String {
     }
     let by = |st: TicketStatus| -> Vec<(&TicketId, &orch_core::TicketState)> {
         state
-            .tickets
-            .iter()
+            .tickets_by_id()
+            .into_iter()
             .filter(|(_, t)| t.status == st)
             .collect()
     };
@@ -283,7 +283,7 @@ fn agent_registry(state: &RunState) -> String {
     let mut s = String::from(
         "# Agent registry\n\n| agent | ticket | phase | attempt | role | backend | status | started | last update | tokens | cost |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for (id, a) in &state.agents {
+    for (id, a) in state.agents_by_id() {
         let status = match (a.status, a.error) {
             (AgentStatus::Errored, Some(k)) => {
                 format!("errored ({})", format!("{k:?}").to_lowercase())

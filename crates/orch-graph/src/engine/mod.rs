@@ -64,7 +64,7 @@ mod journal;
 mod prompt;
 mod ticket;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -562,7 +562,7 @@ impl Dispatcher {
     async fn block(
         &mut self,
         blocked: Vec<(Ix, Ix)>,
-        known: &BTreeMap<TicketId, orch_core::TicketState>,
+        known: &HashMap<TicketId, orch_core::TicketState>,
     ) {
         let mut events = Vec::new();
         let mut done_batches = Vec::new();
@@ -591,7 +591,7 @@ impl Dispatcher {
         let b = self.count_off(t);
         self.block(
             blocked.into_iter().map(|x| (x, t)).collect(),
-            &BTreeMap::new(),
+            &HashMap::new(),
         )
         .await;
         if let Some(b) = b {
