@@ -264,6 +264,11 @@ fn load(path: &PathBuf) -> Result<(Plan, orch_graph::Report), String> {
     Ok((plan, report))
 }
 
+/// "1 ticket", "2 tickets", "0 batches".
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn run(cli: Cli) -> Result<(), Fail> {
     match cli.command {
         Command::Validate { plans } => {
@@ -271,12 +276,12 @@ fn run(cli: Cli) -> Result<(), Fail> {
             for path in &plans {
                 match load(path) {
                     Ok((plan, r)) => println!(
-                        "{}: ok — plan {:?}: {} tickets, {} batches, {} phases, {} of effort, critical path {}",
+                        "{}: ok — plan {:?}: {}, {}, {}, {} of effort, critical path {}",
                         path.display(),
                         plan.name,
-                        plan.tickets.len(),
-                        plan.batches.len(),
-                        plan.phases.len(),
+                        count(plan.tickets.len(), "ticket", "tickets"),
+                        count(plan.batches.len(), "batch", "batches"),
+                        count(plan.phases.len(), "phase", "phases"),
                         orch_core::format_minutes(r.total_effort_minutes),
                         orch_core::format_minutes(r.critical_path_minutes),
                     ),

@@ -24,10 +24,10 @@ fn validates_the_bundled_plans() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("production-readiness.toml: ok — plan \"production-readiness\": 18 tickets, 5 batches, 1 phases, 44h05m of effort, critical path 16h"), "{stdout}");
+    assert!(stdout.contains("production-readiness.toml: ok — plan \"production-readiness\": 18 tickets, 5 batches, 1 phase, 44h05m of effort, critical path 16h"), "{stdout}");
     assert!(
         stdout.contains(
-            "seven-phase.toml: ok — plan \"seven-phase\": 1 tickets, 0 batches, 7 phases"
+            "seven-phase.toml: ok — plan \"seven-phase\": 1 ticket, 0 batches, 7 phases"
         ),
         "{stdout}"
     );
