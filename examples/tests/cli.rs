@@ -26,9 +26,8 @@ fn validates_the_bundled_plans() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("production-readiness.toml: ok — plan \"production-readiness\": 18 tickets, 5 batches, 1 phase, 44h05m of effort, critical path 16h"), "{stdout}");
     assert!(
-        stdout.contains(
-            "seven-phase.toml: ok — plan \"seven-phase\": 1 ticket, 0 batches, 7 phases"
-        ),
+        stdout
+            .contains("seven-phase.toml: ok — plan \"seven-phase\": 1 ticket, 0 batches, 7 phases"),
         "{stdout}"
     );
 }

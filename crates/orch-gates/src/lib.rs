@@ -1,6 +1,6 @@
 //! # orch-gates
 //!
-//! [`Gate`](orch_core::Gate) implementations for the checks teams put
+//! [`Gate`] implementations for the checks teams put
 //! between phases, each built from its [`GateSpec`] and usable on its own
 //! by a program that depends only on orch-gates and orch-core.
 //!

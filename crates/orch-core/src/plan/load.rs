@@ -5,7 +5,7 @@
 //!
 //! 1. **Syntax**: the bytes must be valid UTF-8 and valid TOML/YAML/JSON,
 //!    and at most [`MAX_PLAN_BYTES`] long.
-//! 2. **Schema**: the document must match [`Plan`](super::Plan) (no unknown
+//! 2. **Schema**: the document must match [`Plan`] (no unknown
 //!    keys, right types, valid ids and efforts). The JSON Schema committed at
 //!    `schema/plan.schema.json` describes the same shape for editors.
 //! 3. **References**: [`Plan::validate`](super::Plan::validate), with every

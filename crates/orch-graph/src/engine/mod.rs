@@ -1,64 +1,4 @@
-//! The run engine: dispatches ready tickets to agents, carries each through
-//! the plan's phases with gates, retries, restarts and escalations, merges
-//! batches, and writes every step to the journal before it acts.
-//!
-//! The engine is generic over the core contracts: any [`Agent`] (usually a
-//! router that picks a backend by `task.role`), any [`Gate`] (built from the
-//! plan's [`GateSpec`]s by a [`GateFactory`]), any [`StateStore`] and any
-//! [`Workspace`].
-//!
-//! # Example
-//!
-//! ```
-//! use std::sync::Arc;
-//! use async_trait::async_trait;
-//! use orch_core::*;
-//! use orch_graph::{Engine, decide};
-//!
-//! /// An agent that always succeeds.
-//! struct Done;
-//! #[async_trait]
-//! impl Agent for Done {
-//!     fn backend(&self) -> &str { "done" }
-//!     async fn run(&self, t: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
-//!         Ok(AgentOutcome { success: true, summary: format!("did {}", t.ticket.id), ..Default::default() })
-//!     }
-//! }
-//! # #[derive(Default)] struct Mem(std::sync::Mutex<Vec<Event>>);
-//! # #[async_trait] impl StateStore for Mem {
-//! #   async fn append(&self, _: &RunId, ev: &[Event]) -> Result<Vec<u64>, StoreError> {
-//! #     let mut j = self.0.lock().unwrap(); let mut s = vec![];
-//! #     for e in ev { match j.iter().position(|x| x.id == e.id) { Some(i) => s.push(i as u64 + 1), None => { j.push(e.clone()); s.push(j.len() as u64) } } }
-//! #     Ok(s) }
-//! #   async fn read(&self, _: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-//! #     Ok(self.0.lock().unwrap().iter().enumerate().map(|(i, e)| StoredEvent { seq: i as u64 + 1, event: e.clone() })
-//! #       .filter(|s| s.seq > after).take(limit).collect()) }
-//! #   async fn runs(&self) -> Result<Vec<RunId>, StoreError> { Ok(vec![]) }
-//! # }
-//!
-//! let plan = Plan::from_toml_str(r#"
-//!     name = "demo"
-//!     default_role = "dev"
-//!     agents.dev.backend = { kind = "custom", name = "done" }
-//!     [[phases]]
-//!     name = "implement"
-//!     [[tickets]]
-//!     id = "A"
-//!     title = "First"
-//!     effort = "1h"
-//!     [[tickets]]
-//!     id = "B"
-//!     title = "Second"
-//!     effort = "1h"
-//!     depends_on = ["A"]
-//! "#).unwrap();
-//! let store = Arc::new(Mem::default()); // orch-state has MemoryStore and SqliteStore
-//! let engine = Engine::new(plan, Arc::new(Done), store).unwrap();
-//! let rt = tokio::runtime::Runtime::new().unwrap();
-//! let report = rt.block_on(engine.run(&"r1".parse().unwrap(), Cancellation::new())).unwrap();
-//! assert_eq!(report.outcome, RunOutcome::Completed);
-//! assert_eq!(report.state.count(TicketStatus::Done), 2);
-//! ```
+//! The run engine; see [`Engine`].
 
 mod journal;
 mod prompt;
@@ -154,7 +94,67 @@ pub struct RunReport {
     pub state: RunState,
 }
 
-/// Runs a plan. See the [module docs](self).
+/// The run engine: dispatches ready tickets to agents, carries each through
+/// the plan's phases with gates, retries, restarts and escalations, merges
+/// batches, and writes every step to the journal before it acts.
+///
+/// The engine is generic over the core contracts: any [`Agent`] (usually a
+/// router that picks a backend by `task.role`), any [`Gate`] (built from the
+/// plan's [`GateSpec`]s by a [`GateFactory`]), any [`StateStore`] and any
+/// [`Workspace`].
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use async_trait::async_trait;
+/// use orch_core::*;
+/// use orch_graph::{Engine, decide};
+///
+/// /// An agent that always succeeds.
+/// struct Done;
+/// #[async_trait]
+/// impl Agent for Done {
+///     fn backend(&self) -> &str { "done" }
+///     async fn run(&self, t: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+///         Ok(AgentOutcome { success: true, summary: format!("did {}", t.ticket.id), ..Default::default() })
+///     }
+/// }
+/// # #[derive(Default)] struct Mem(std::sync::Mutex<Vec<Event>>);
+/// # #[async_trait] impl StateStore for Mem {
+/// #   async fn append(&self, _: &RunId, ev: &[Event]) -> Result<Vec<u64>, StoreError> {
+/// #     let mut j = self.0.lock().unwrap(); let mut s = vec![];
+/// #     for e in ev { match j.iter().position(|x| x.id == e.id) { Some(i) => s.push(i as u64 + 1), None => { j.push(e.clone()); s.push(j.len() as u64) } } }
+/// #     Ok(s) }
+/// #   async fn read(&self, _: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+/// #     Ok(self.0.lock().unwrap().iter().enumerate().map(|(i, e)| StoredEvent { seq: i as u64 + 1, event: e.clone() })
+/// #       .filter(|s| s.seq > after).take(limit).collect()) }
+/// #   async fn runs(&self) -> Result<Vec<RunId>, StoreError> { Ok(vec![]) }
+/// # }
+///
+/// let plan = Plan::from_toml_str(r#"
+///     name = "demo"
+///     default_role = "dev"
+///     agents.dev.backend = { kind = "custom", name = "done" }
+///     [[phases]]
+///     name = "implement"
+///     [[tickets]]
+///     id = "A"
+///     title = "First"
+///     effort = "1h"
+///     [[tickets]]
+///     id = "B"
+///     title = "Second"
+///     effort = "1h"
+///     depends_on = ["A"]
+/// "#).unwrap();
+/// let store = Arc::new(Mem::default()); // orch-state has MemoryStore and SqliteStore
+/// let engine = Engine::new(plan, Arc::new(Done), store).unwrap();
+/// let rt = tokio::runtime::Runtime::new().unwrap();
+/// let report = rt.block_on(engine.run(&"r1".parse().unwrap(), Cancellation::new())).unwrap();
+/// assert_eq!(report.outcome, RunOutcome::Completed);
+/// assert_eq!(report.state.count(TicketStatus::Done), 2);
+/// ```
 pub struct Engine {
     plan: Arc<Plan>,
     graph: Arc<PlanGraph>,
