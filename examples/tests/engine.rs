@@ -782,6 +782,58 @@ async fn an_agent_that_cancels_itself_is_a_failure_to_escalate_not_an_interrupti
     assert_eq!(agent.calls().len(), 4);
 }
 
+/// A gate that cannot be evaluated for ticket B (its configuration is
+/// wrong for that ticket), and the plan's real gate for the others.
+struct Misconfigured;
+
+#[async_trait]
+impl orch_core::Gate for Misconfigured {
+    fn name(&self) -> &str {
+        "report"
+    }
+    async fn check(
+        &self,
+        _: &orch_core::GateContext,
+    ) -> Result<orch_core::GateReport, orch_core::GateError> {
+        Err(orch_core::GateError {
+            kind: orch_core::GateErrorKind::Config,
+            gate: "report".into(),
+            message: "report path ../B.xml is outside the work tree".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_gate_that_cannot_be_evaluated_is_not_retried_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Arc::new(ScriptedAgent::new("s", writes()));
+    let store = Arc::new(MemoryStore::new());
+    let gates: orch_graph::GateFactory = Arc::new(|spec: &orch_core::GateSpec| {
+        let for_b = serde_json::to_string(spec).unwrap().contains("B.txt");
+        if for_b {
+            Ok(Arc::new(Misconfigured) as Arc<dyn orch_core::Gate>)
+        } else {
+            orch_gates::from_spec(spec)
+        }
+    });
+    let report = engine(small_plan(""), agent.clone(), store, dir.path())
+        .gates(gates)
+        .run(&run_id("r"), Cancellation::new())
+        .await
+        .unwrap();
+    // The Gate contract: a non-retryable Err is a failure no retry can fix,
+    // so B goes to its phase's exhaustion action (escalate) after one
+    // attempt instead of spending its second on the agent.
+    assert_eq!(report.outcome, RunOutcome::Paused);
+    let b = &report.state.tickets["B"];
+    assert_eq!(b.status, TicketStatus::AwaitingDecision);
+    assert_eq!(b.metrics.failed_attempts, 1);
+    let q = report.state.open_decisions().next().unwrap();
+    assert!(q.context.contains("outside the work tree"), "{}", q.context);
+    assert_eq!(report.state.count(TicketStatus::Done), 3);
+    assert_eq!(agent.calls().len(), 4, "one call per ticket");
+}
+
 #[tokio::test]
 async fn a_restart_writes_the_feedback_file_into_the_work_tree() {
     let dir = tempfile::tempdir().unwrap();

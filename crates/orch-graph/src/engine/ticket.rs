@@ -587,7 +587,7 @@ async fn attempt_phase(
         timeout: Duration::from_secs(plan.policy.timeouts.gate_secs),
         cancel: sh.work.clone(),
     };
-    let reports = match run_gates(sh, out, &phase.gates, &vars, &scope, &ctx).await? {
+    let (reports, unfixable) = match run_gates(sh, out, &phase.gates, &vars, &scope, &ctx).await? {
         Some(r) => r,
         None => return Ok(Attempt::Interrupted),
     };
@@ -601,13 +601,15 @@ async fn attempt_phase(
     } else {
         Attempt::Failed {
             feedback: failing.join("\n"),
-            hopeless: false,
+            hopeless: unfixable,
         }
     })
 }
 
 /// Runs `specs` one after another, each written ahead; `None` when
-/// cancelled. A gate that cannot run counts as failed, with the reason.
+/// cancelled. A gate that cannot run counts as failed, with the reason;
+/// the flag says one could not run for a reason another attempt cannot
+/// fix (its configuration: the `Gate` contract's non-retryable `Err`).
 async fn run_gates(
     sh: &Shared,
     out: &mut Outbox<'_>,
@@ -615,8 +617,9 @@ async fn run_gates(
     vars: &[(&str, &str)],
     scope: &GateScope,
     ctx: &GateContext,
-) -> Result<Option<Vec<GateReport>>, End> {
+) -> Result<Option<(Vec<GateReport>, bool)>, End> {
     let mut reports = Vec::with_capacity(specs.len());
+    let mut unfixable = false;
     for spec in specs {
         let spec = spec.substitute(vars);
         let name = spec.display_name();
@@ -643,15 +646,18 @@ async fn run_gates(
             Err(_) if ctx.cancel.is_cancelled() => {
                 return Ok(None);
             }
-            Err(e) => GateReport {
-                gate: name,
-                status: GateStatus::Failed,
-                reason: format!("the gate could not run: {}", e.message),
-                evidence: Default::default(),
-                duration_ms: started.elapsed().as_millis() as u64,
-                excerpt: String::new(),
-                children: Vec::new(),
-            },
+            Err(e) => {
+                unfixable |= !e.is_retryable();
+                GateReport {
+                    gate: name,
+                    status: GateStatus::Failed,
+                    reason: format!("the gate could not run: {}", e.message),
+                    evidence: Default::default(),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    excerpt: String::new(),
+                    children: Vec::new(),
+                }
+            }
         };
         out.defer(EventKind::GateFinished {
             scope: scope.clone(),
@@ -659,7 +665,7 @@ async fn run_gates(
         });
         reports.push(report);
     }
-    Ok(Some(reports))
+    Ok(Some((reports, unfixable)))
 }
 
 /// Merges a batch and runs the batch gates on the result.
@@ -697,7 +703,7 @@ pub(crate) async fn merge_batch(
     };
     let vars = [("batch", batch.as_str())];
     let reports = match run_gates(sh, &mut out, &sh.plan.batch_gates, &vars, &scope, &ctx).await {
-        Ok(Some(r)) => r,
+        Ok(Some((r, _))) => r,
         Ok(None) => return out.write(Vec::new()).await, // cancelled: merged again on resume
         Err(End::Store(e)) => return Err(e),
         Err(_) => return Ok(()),
