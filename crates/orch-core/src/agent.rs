@@ -249,8 +249,12 @@ impl AgentError {
 ///
 /// # Contract
 ///
-/// * `run` works only inside `task.workdir`; the engine has reset that work
-///   tree to the phase's checkpoint before the call.
+/// * `run` works only inside `task.workdir`. On a phase's first attempt it
+///   holds the work of the phases before; a retry (`task.attempt > 1`)
+///   continues on what the failed attempt left, with `task.feedback`
+///   saying why it failed (and `task.resume` naming the earlier session);
+///   after a crash, or a restart from an earlier phase, the engine rolls
+///   the tree back to the last checkpoint before the call.
 /// * It returns `Ok` when the agent ran to the end, whether or not it
 ///   claims success; the phase's gates judge the work.
 /// * It returns `Err` when the agent could not run to the end; the
