@@ -432,11 +432,7 @@ fn commit_group(
 
 /// The number of `run`, assigned on its first append.
 fn run_number(conn: &Connection, path: &Path, run: &RunId) -> Result<i64, StoreError> {
-    let found: Option<i64> = conn
-        .prepare_cached("SELECT n FROM runs WHERE run = ?1")
-        .and_then(|mut s| s.query_row([run.as_str()], |r| r.get(0)).optional())
-        .map_err(|e| err(path, &e))?;
-    if let Some(n) = found {
+    if let Some(n) = known_number(conn, path, run)? {
         return Ok(n);
     }
     let n: i64 = conn
@@ -459,16 +455,20 @@ fn run_number(conn: &Connection, path: &Path, run: &RunId) -> Result<i64, StoreE
     Ok(n)
 }
 
-/// Where the events of `run` start in `events.pos` (seq 0), or `None`
-/// for a run never appended to.
-fn first_pos(conn: &Connection, path: &Path, run: &RunId) -> Result<Option<i64>, StoreError> {
+/// The number of `run`, or `None` for a run never appended to.
+fn known_number(conn: &Connection, path: &Path, run: &RunId) -> Result<Option<i64>, StoreError> {
     conn.prepare_cached("SELECT n FROM runs WHERE run = ?1")
         .and_then(|mut s| {
             s.query_row([run.as_str()], |r| r.get::<_, i64>(0))
                 .optional()
         })
-        .map(|n| n.map(|n| n << SEQ_BITS))
         .map_err(|e| err(path, &e))
+}
+
+/// Where the events of `run` start in `events.pos` (seq 0), or `None`
+/// for a run never appended to.
+fn first_pos(conn: &Connection, path: &Path, run: &RunId) -> Result<Option<i64>, StoreError> {
+    Ok(known_number(conn, path, run)?.map(|n| n << SEQ_BITS))
 }
 
 /// Decodes the stored body of event `seq` of `run`.
