@@ -11,6 +11,8 @@ use orch_core::{
     AgentContext, AgentErrorKind, AgentId, AgentSpec, AgentTask, Cancellation, Progress,
 };
 
+mod common;
+
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -24,20 +26,7 @@ fn script(dir: &Path, name: &str, body: &str) -> String {
 }
 
 fn task(dir: &Path, prompt: &str) -> AgentTask {
-    AgentTask {
-        run: "r1".parse().unwrap(),
-        agent_id: "T-1.implement.1".parse().unwrap(),
-        ticket: Arc::new(
-            serde_json::from_str(r#"{"id":"T-1","title":"t","effort":"1h"}"#).unwrap(),
-        ),
-        phase: "implement".parse().unwrap(),
-        role: "dev".parse().unwrap(),
-        prompt: prompt.into(),
-        workdir: dir.to_path_buf(),
-        feedback: vec![],
-        attempt: 1,
-        resume: None,
-    }
+    common::task("T-1", "implement", "dev", prompt, dir)
 }
 
 fn spec(json: serde_json::Value) -> AgentSpec {

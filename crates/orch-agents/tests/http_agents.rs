@@ -38,20 +38,7 @@ async fn server(replies: Vec<(u16, &'static str, String)>) -> (String, Seen) {
 }
 
 fn task(dir: &std::path::Path) -> AgentTask {
-    AgentTask {
-        run: "r".parse().unwrap(),
-        agent_id: "ADR-1.docs.1".parse().unwrap(),
-        ticket: Arc::new(
-            serde_json::from_str(r#"{"id":"ADR-1","title":"t","effort":"1h"}"#).unwrap(),
-        ),
-        phase: "docs".parse().unwrap(),
-        role: "docs".parse().unwrap(),
-        prompt: "Write the ADR".into(),
-        workdir: dir.to_path_buf(),
-        feedback: vec![],
-        attempt: 1,
-        resume: None,
-    }
+    common::task("ADR-1", "docs", "docs", "Write the ADR", dir)
 }
 
 fn agent(json: serde_json::Value) -> Arc<dyn orch_core::Agent> {

@@ -135,20 +135,7 @@ fn wrapper(dir: &Path, bin: &Path, env: &[(&str, &str)]) -> PathBuf {
 }
 
 fn task(dir: &Path, prompt: &str) -> AgentTask {
-    AgentTask {
-        run: "r".parse().unwrap(),
-        agent_id: "T-1.implement.1".parse().unwrap(),
-        ticket: Arc::new(
-            serde_json::from_str(r#"{"id":"T-1","title":"t","effort":"1h"}"#).unwrap(),
-        ),
-        phase: "implement".parse().unwrap(),
-        role: "dev".parse().unwrap(),
-        prompt: prompt.into(),
-        workdir: dir.to_path_buf(),
-        feedback: vec![],
-        attempt: 1,
-        resume: None,
-    }
+    common::task("T-1", "implement", "dev", prompt, dir)
 }
 
 fn defaults(dir: &Path) -> AgentDefaults {

@@ -9,22 +9,10 @@ use orch_agents::{Backend, BreakerConfig, BreakerState, RetryConfig, Router, Scr
 use orch_core::plan::Budget;
 use orch_core::{Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Usage};
 
+mod common;
+
 fn task(ticket: &str) -> AgentTask {
-    AgentTask {
-        run: "r".parse().unwrap(),
-        agent_id: format!("{ticket}.p.1").parse().unwrap(),
-        ticket: Arc::new(
-            serde_json::from_value(serde_json::json!({"id": ticket, "title": "t", "effort": "1h"}))
-                .unwrap(),
-        ),
-        phase: "p".parse().unwrap(),
-        role: "dev".parse().unwrap(),
-        prompt: String::new(),
-        workdir: std::env::temp_dir(),
-        feedback: vec![],
-        attempt: 1,
-        resume: None,
-    }
+    common::task(ticket, "p", "dev", "", &std::env::temp_dir())
 }
 
 fn fast_retry() -> RetryConfig {

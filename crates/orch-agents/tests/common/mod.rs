@@ -1,6 +1,31 @@
-//! What the tests with a stand-in HTTP server share.
+//! What the agent tests share: a task to hand an agent, and the request
+//! reader of the stand-in HTTP servers. (Each test binary uses a part.)
+#![allow(dead_code)]
 
+use std::path::Path;
+use std::sync::Arc;
+
+use orch_core::AgentTask;
 use tokio::io::AsyncReadExt;
+
+/// A first attempt at `phase` of `ticket`, working in `workdir`.
+pub fn task(ticket: &str, phase: &str, role: &str, prompt: &str, workdir: &Path) -> AgentTask {
+    AgentTask {
+        run: "r".parse().unwrap(),
+        agent_id: format!("{ticket}.{phase}.1").parse().unwrap(),
+        ticket: Arc::new(
+            serde_json::from_value(serde_json::json!({"id": ticket, "title": "t", "effort": "1h"}))
+                .unwrap(),
+        ),
+        phase: phase.parse().unwrap(),
+        role: role.parse().unwrap(),
+        prompt: prompt.into(),
+        workdir: workdir.to_path_buf(),
+        feedback: vec![],
+        attempt: 1,
+        resume: None,
+    }
+}
 
 /// Reads one HTTP/1.1 request (head and a `content-length` body); `None`
 /// when the peer closes first.
