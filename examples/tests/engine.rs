@@ -766,20 +766,26 @@ async fn an_agent_that_cancels_itself_is_a_failure_to_escalate_not_an_interrupti
         .run(&run_id("r"), Cancellation::new())
         .await
         .unwrap();
-    // Not retryable, so no second attempt: B waits for a person, the
-    // others finish.
+    // Not retryable, so no second attempt.
+    assert_b_escalated_after_one_attempt(&report, &agent, "the CLI stopped itself");
+}
+
+/// B failed in a way no retry can fix: it waits for a person after one
+/// attempt (`why` in the question's context), the other three finish, and
+/// the agent ran once per ticket.
+fn assert_b_escalated_after_one_attempt(
+    report: &orch_graph::RunReport,
+    agent: &ScriptedAgent,
+    why: &str,
+) {
     assert_eq!(report.outcome, RunOutcome::Paused);
     let b = &report.state.tickets["B"];
     assert_eq!(b.status, TicketStatus::AwaitingDecision);
     assert_eq!(b.metrics.failed_attempts, 1);
     let q = report.state.open_decisions().next().unwrap();
-    assert!(
-        q.context.contains("the CLI stopped itself"),
-        "{}",
-        q.context
-    );
+    assert!(q.context.contains(why), "{}", q.context);
     assert_eq!(report.state.count(TicketStatus::Done), 3);
-    assert_eq!(agent.calls().len(), 4);
+    assert_eq!(agent.calls().len(), 4, "one call per ticket");
 }
 
 /// A gate that cannot be evaluated for ticket B (its configuration is
@@ -824,14 +830,7 @@ async fn a_gate_that_cannot_be_evaluated_is_not_retried_away() {
     // The Gate contract: a non-retryable Err is a failure no retry can fix,
     // so B goes to its phase's exhaustion action (escalate) after one
     // attempt instead of spending its second on the agent.
-    assert_eq!(report.outcome, RunOutcome::Paused);
-    let b = &report.state.tickets["B"];
-    assert_eq!(b.status, TicketStatus::AwaitingDecision);
-    assert_eq!(b.metrics.failed_attempts, 1);
-    let q = report.state.open_decisions().next().unwrap();
-    assert!(q.context.contains("outside the work tree"), "{}", q.context);
-    assert_eq!(report.state.count(TicketStatus::Done), 3);
-    assert_eq!(agent.calls().len(), 4, "one call per ticket");
+    assert_b_escalated_after_one_attempt(&report, &agent, "outside the work tree");
 }
 
 #[tokio::test]
