@@ -117,20 +117,37 @@ depends_on = ["T-1"]
     );
 }
 
+/// Writes a plan whose one phase runs `true` as the agent, with these
+/// tickets, and runs `orch run` on it with `args`; the run must be refused
+/// (exit 2). Returns what it printed.
+fn refused_run(dir: &Path, tickets: &str, args: &[&std::ffi::OsStr]) -> String {
+    let plan = dir.join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"
+name = "refused"
+default_role = "dev"
+[agents.dev]
+backend = {{ kind = "command", argv = ["true"] }}
+[[phases]]
+name = "work"
+{tickets}"#
+        ),
+    )
+    .unwrap();
+    let (code, text) = output(orch().arg("run").arg(&plan).args(args));
+    assert_eq!(code, 2, "{text}");
+    text
+}
+
 #[test]
 fn a_cyclic_plan_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, state) = workspace(dir.path());
-    let plan = dir.path().join("plan.toml");
-    std::fs::write(
-        &plan,
+    let text = refused_run(
+        dir.path(),
         r#"
-name = "loop"
-default_role = "dev"
-[agents.dev]
-backend = { kind = "command", argv = ["true"] }
-[[phases]]
-name = "work"
 [[tickets]]
 id = "A"
 title = "a"
@@ -142,16 +159,13 @@ title = "b"
 effort = "1h"
 depends_on = ["A"]
 "#,
-    )
-    .unwrap();
-    let (code, text) = output(
-        orch()
-            .args(["run", plan.to_str().unwrap(), "--repo"])
-            .arg(&repo)
-            .arg("--state")
-            .arg(&state),
+        &[
+            "--repo".as_ref(),
+            repo.as_ref(),
+            "--state".as_ref(),
+            state.as_ref(),
+        ],
     );
-    assert_eq!(code, 2, "{text}");
     assert!(text.contains("dependency cycle: A -> B -> A"), "{text}");
     assert!(!state.exists(), "nothing may be written for a refused plan");
 }
@@ -161,29 +175,16 @@ fn a_directory_that_is_not_a_repository_is_refused_before_anything_is_written() 
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("plain");
     std::fs::create_dir_all(&plain).unwrap();
-    let plan = dir.path().join("plan.toml");
-    std::fs::write(
-        &plan,
+    let text = refused_run(
+        dir.path(),
         r#"
-name = "nowhere"
-default_role = "dev"
-[agents.dev]
-backend = { kind = "command", argv = ["true"] }
-[[phases]]
-name = "work"
 [[tickets]]
 id = "A"
 title = "a"
 effort = "1h"
 "#,
-    )
-    .unwrap();
-    let (code, text) = output(
-        orch()
-            .args(["run", plan.to_str().unwrap(), "--repo"])
-            .arg(&plain),
+        &["--repo".as_ref(), plain.as_ref()],
     );
-    assert_eq!(code, 2, "{text}");
     assert!(
         text.contains(&format!("{} is not a git repository", plain.display())),
         "{text}"
