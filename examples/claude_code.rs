@@ -86,15 +86,8 @@ async fn main() -> Result<(), Error> {
         ],
     )?;
     let state_dir = root.join("state");
-    let setup = Setup {
-        agent: plan_agents(&plan, &state_dir, &Default::default())?,
-        plan,
-        repo,
-        state_dir: state_dir.clone(),
-        concurrency: None,
-        allow_plan_change: false,
-        progress: true,
-    };
+    let agent = plan_agents(&plan, &state_dir, &Default::default())?;
+    let setup = Setup::new(plan, repo, &state_dir, agent);
     let report = setup
         .engine(open_store(&state_dir)?)?
         .run(&"claude-demo".parse()?, Cancellation::new())

@@ -44,15 +44,7 @@ async fn main() -> Result<(), Error> {
     );
 
     let agent = demo::backend_agent();
-    let setup = Setup {
-        plan: plan.clone(),
-        repo: repo.clone(),
-        state_dir: state_dir.clone(),
-        agent: agent.clone(),
-        concurrency: None,
-        allow_plan_change: false,
-        progress: true,
-    };
+    let setup = Setup::new(plan.clone(), &repo, &state_dir, agent.clone());
     let store = open_store(&state_dir)?;
     let run = "production-readiness-demo".parse()?;
     let started = std::time::Instant::now();

@@ -19,21 +19,18 @@
 
 use std::path::Path;
 
-use orch_core::{Cancellation, GateSpec, Plan, RunOutcome};
+use orch_core::{Cancellation, Plan, RunOutcome};
 use orch_examples::{Error, Setup, demo, open_store};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/seven-phase.toml");
     let mut plan = Plan::from_path(&path)?;
-    if !demo::has_llvm_cov() {
+    if demo::drop_coverage_gates_without_llvm_cov(&mut plan) {
         println!(
             "note: `cargo llvm-cov` is not installed, so the coverage gate is left out \
              (install it with `cargo install cargo-llvm-cov` and `rustup component add llvm-tools`)."
         );
-        for p in &mut plan.phases {
-            p.gates.retain(|g| !matches!(g, GateSpec::Coverage(_)));
-        }
     }
     let root = tempfile_dir()?;
     let repo = root.join("quote-service");
@@ -45,15 +42,7 @@ async fn main() -> Result<(), Error> {
         state_dir.display()
     );
 
-    let setup = Setup {
-        plan,
-        repo: repo.clone(),
-        state_dir: state_dir.clone(),
-        agent: demo::quote_agent(),
-        concurrency: None,
-        allow_plan_change: false,
-        progress: true,
-    };
+    let setup = Setup::new(plan, &repo, &state_dir, demo::quote_agent());
     let store = open_store(&state_dir)?;
     let run = "seven-phase-demo".parse()?;
     let report = setup.engine(store)?.run(&run, Cancellation::new()).await?;

@@ -334,3 +334,16 @@ pub fn has_llvm_cov() -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// Leaves the plan's coverage gates out when `cargo llvm-cov` is not
+/// installed; says whether it did.
+pub fn drop_coverage_gates_without_llvm_cov(plan: &mut orch_core::Plan) -> bool {
+    if has_llvm_cov() {
+        return false;
+    }
+    for p in &mut plan.phases {
+        p.gates
+            .retain(|g| !matches!(g, orch_core::GateSpec::Coverage(_)));
+    }
+    true
+}

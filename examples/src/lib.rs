@@ -117,6 +117,25 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// A setup with the plan's own concurrency, refusing a changed plan on
+    /// resume, and showing progress; set the fields to change that.
+    pub fn new(
+        plan: Plan,
+        repo: impl Into<PathBuf>,
+        state_dir: impl Into<PathBuf>,
+        agent: Arc<dyn Agent>,
+    ) -> Setup {
+        Setup {
+            plan,
+            repo: repo.into(),
+            state_dir: state_dir.into(),
+            agent,
+            concurrency: None,
+            allow_plan_change: false,
+            progress: true,
+        }
+    }
+
     /// The git workspace of the repository (a worktree per ticket, the
     /// plan's batch branches).
     ///

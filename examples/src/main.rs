@@ -181,15 +181,9 @@ fn execute(info: RunInfo, state_dir: PathBuf, allow_plan_change: bool) -> Result
     orch_graph::PlanGraph::from_plan(&plan)
         .map_err(|e| Fail(2, format!("{}: {e}", info.plan.display())))?;
     let agent = plan_agents(&plan, &state_dir, &Default::default())?;
-    let setup = Setup {
-        plan,
-        repo: info.repo.clone(),
-        state_dir: state_dir.clone(),
-        agent,
-        concurrency: info.concurrency,
-        allow_plan_change,
-        progress: true,
-    };
+    let mut setup = Setup::new(plan, &info.repo, &state_dir, agent);
+    setup.concurrency = info.concurrency;
+    setup.allow_plan_change = allow_plan_change;
     // Refuse a directory that is not a repository before anything is written.
     setup.workspace()?;
     info.save(&state_dir)?;

@@ -65,15 +65,8 @@ async fn production_readiness_runs_end_to_end() {
     let plan = Plan::from_path(format!("{PLANS}/production-readiness.toml")).unwrap();
     let state_dir = dir.path().join("state");
     let agent = demo::backend_agent();
-    let setup = Setup {
-        plan: plan.clone(),
-        repo: repo.clone(),
-        state_dir: state_dir.clone(),
-        agent: agent.clone(),
-        concurrency: None,
-        allow_plan_change: false,
-        progress: false,
-    };
+    let mut setup = Setup::new(plan.clone(), &repo, &state_dir, agent.clone());
+    setup.progress = false;
     let store = open_store(&state_dir).unwrap();
     let run = run_id("pr");
 
@@ -198,22 +191,10 @@ async fn seven_phase_restarts_from_planning_and_completes() {
     let repo = dir.path().join("quote");
     demo::init_repo(&repo, demo::QUOTE_FILES).unwrap();
     let mut plan = Plan::from_path(format!("{PLANS}/seven-phase.toml")).unwrap();
-    if !demo::has_llvm_cov() {
-        for p in &mut plan.phases {
-            p.gates
-                .retain(|g| !matches!(g, orch_core::GateSpec::Coverage(_)));
-        }
-    }
+    demo::drop_coverage_gates_without_llvm_cov(&mut plan);
     let state_dir = dir.path().join("state");
-    let setup = Setup {
-        plan,
-        repo: repo.clone(),
-        state_dir: state_dir.clone(),
-        agent: demo::quote_agent(),
-        concurrency: None,
-        allow_plan_change: false,
-        progress: false,
-    };
+    let mut setup = Setup::new(plan, &repo, &state_dir, demo::quote_agent());
+    setup.progress = false;
     let store = open_store(&state_dir).unwrap();
     let run = run_id("seven");
     let report = setup
