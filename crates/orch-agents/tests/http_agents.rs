@@ -1,40 +1,34 @@
 //! HTTP agents against a local stand-in server answering with the real
 //! APIs' response shapes, 429 with retry-after, 529, 500 and malformed JSON.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use orch_agents::{AgentDefaults, from_spec};
 use orch_core::{AgentContext, AgentErrorKind, AgentSpec, AgentTask};
-use tokio::io::AsyncWriteExt;
 
 mod common;
 
-type Seen = Arc<Mutex<Vec<String>>>;
-
 /// Serves `replies` (status, extra headers, body) in order, one per
-/// connection; records each request's head and body.
-async fn server(replies: Vec<(u16, &'static str, String)>) -> (String, Seen) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    tokio::spawn(async move {
-        for (status, headers, body) in replies {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let (head, request) = common::read_request(&mut sock).await.unwrap_or_default();
-            s.lock().unwrap().push(format!("{head}\r\n\r\n{request}"));
-            let reply = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(reply.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        }
-    });
-    (format!("http://{addr}"), seen)
+/// connection (then closes connections unanswered); records each request.
+async fn server(replies: Vec<(u16, &'static str, String)>) -> (String, common::Seen) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    common::stand_in(move |_, _| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        replies.get(i).map(|(status, headers, body)| common::Reply {
+            status: *status,
+            headers: (*headers).to_owned(),
+            content_type: "application/json",
+            body: body.clone(),
+        })
+    })
+    .await
+}
+
+/// A recorded request as it came: head, blank line, body.
+fn text(seen: &common::Seen, i: usize) -> String {
+    let r = seen.lock().unwrap()[i].clone();
+    format!("{}\r\n\r\n{}", r.head, r.body)
 }
 
 fn task(dir: &std::path::Path) -> AgentTask {
@@ -71,7 +65,7 @@ async fn anthropic_messages_writes_the_artifact() {
         std::fs::read_to_string(d.path().join("docs/adr/ADR-ADR-1.md")).unwrap(),
         "# ADR-1\n\nLatency target: 100 ms."
     );
-    let req = seen.lock().unwrap()[0].clone();
+    let req = text(&seen, 0);
     assert!(req.starts_with("POST /v1/messages HTTP/1.1"), "{req}");
     assert!(
         req.to_ascii_lowercase()
@@ -141,7 +135,7 @@ async fn openai_compatible_and_missing_key() {
         .unwrap();
     assert_eq!(out.summary, "Review: looks good.");
     assert_eq!(out.usage.total_tokens(), 35);
-    let req = seen.lock().unwrap()[0].clone();
+    let req = text(&seen, 0);
     assert!(
         req.starts_with("POST /v1/chat/completions HTTP/1.1"),
         "{req}"

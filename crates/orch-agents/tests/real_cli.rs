@@ -18,12 +18,10 @@
 //! `-c model_providers.<name>.base_url=...` (it ignores `OPENAI_BASE_URL`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orch_agents::{AgentDefaults, from_spec};
 use orch_core::{AgentContext, AgentSpec, AgentTask};
-use tokio::io::AsyncWriteExt;
 
 mod common;
 
@@ -55,40 +53,21 @@ macro_rules! require {
     };
 }
 
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
-
-/// Answers every request on its own connection with `reply(path, body)`:
-/// (content type, body). Records each request's path and body.
+/// Answers every request with 200 and `reply(path, body)`: (content
+/// type, body).
 async fn stand_in(
     reply: impl Fn(&str, &str) -> (&'static str, String) + Send + Sync + 'static,
-) -> (String, Seen) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen: Seen = Arc::default();
-    let (s, reply) = (seen.clone(), Arc::new(reply));
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let (s, reply) = (s.clone(), reply.clone());
-            tokio::spawn(async move {
-                let Some((head, body)) = common::read_request(&mut sock).await else {
-                    return;
-                };
-                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let (ctype, out) = reply(&path, &body);
-                s.lock().unwrap().push((path, body));
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{out}",
-                    out.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
-    (format!("http://{addr}"), seen)
+) -> (String, common::Seen) {
+    common::stand_in(move |path, body| {
+        let (content_type, body) = reply(path, body);
+        Some(common::Reply {
+            status: 200,
+            headers: String::new(),
+            content_type,
+            body,
+        })
+    })
+    .await
 }
 
 fn sse(events: &[serde_json::Value]) -> String {
@@ -230,7 +209,7 @@ async fn claude_code_writes_a_file_through_its_tool_and_reports_usage() {
     let seen = seen.lock().unwrap();
     assert!(
         seen.iter()
-            .any(|(_, b)| b.contains("Create hello.txt saying hello."))
+            .any(|r| r.body.contains("Create hello.txt saying hello."))
     );
     assert!(out.transcript.as_ref().is_some_and(|t| t.exists()));
 }
@@ -307,7 +286,7 @@ async fn codex_answers_through_a_custom_provider_and_reports_usage() {
         seen.lock()
             .unwrap()
             .iter()
-            .any(|(_, b)| b.contains("Check the work tree."))
+            .any(|r| r.body.contains("Check the work tree."))
     );
     // A retry resumes the thread: the model sees the first exchange (from
     // Codex's own session file) before the new prompt.
@@ -332,8 +311,8 @@ async fn codex_answers_through_a_custom_provider_and_reports_usage() {
     let last = seen
         .iter()
         .rev()
-        .find(|(p, _)| p.ends_with("/responses"))
-        .map(|(_, b)| b.as_str())
+        .find(|r| r.path.ends_with("/responses"))
+        .map(|r| r.body.as_str())
         .unwrap_or_default();
     let first = last.find("Check the work tree.");
     let reply = last.find("Nothing to change.");
