@@ -95,6 +95,12 @@ pub fn describe(e: &EventKind) -> Option<String> {
             ticket,
             phase,
             attempt,
+        }
+        | K::AgentStarted {
+            ticket,
+            phase,
+            attempt,
+            ..
         } => format!("{ticket}: {phase} (attempt {attempt})"),
         K::GateFinished { scope, report } => {
             let what = match scope {

@@ -207,7 +207,9 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         base: Option<String>,
     },
-    /// A phase attempt began.
+    /// A phase attempt began. The engine no longer writes it: an
+    /// [`AgentStarted`](EventKind::AgentStarted) starts the attempt. Kept
+    /// so journals that have it still fold the same.
     PhaseStarted {
         /// The ticket.
         ticket: TicketId,
@@ -216,7 +218,8 @@ pub enum EventKind {
         /// 1-based attempt.
         attempt: u32,
     },
-    /// An agent is about to be started (written ahead).
+    /// A phase attempt begins: its agent is about to be started (written
+    /// ahead).
     AgentStarted {
         /// The ticket.
         ticket: TicketId,

@@ -325,10 +325,6 @@ impl RunState {
         self.tickets.values().filter(|t| t.status == status).count()
     }
 
-    fn ticket(&mut self, id: TicketId) -> &mut TicketState {
-        self.tickets.entry(id).or_default()
-    }
-
     /// Folds one event into the state.
     pub fn apply(&mut self, event: &Event) {
         self.apply_owned(event.clone());
@@ -336,10 +332,24 @@ impl RunState {
 
     /// Folds one event into the state, taking it (no copies: the fastest
     /// way to replay a journal).
+    ///
+    /// The ticket the event names (if any) folds it with
+    /// [`TicketState::apply`]; what is left here is the run's own part:
+    /// the agent registry, usage, gate log, decisions and batches.
     pub fn apply_owned(&mut self, event: Event) {
         let at = event.at;
         self.events += 1;
         self.updated_at = Some(self.updated_at.map_or(at, |u| u.max(at)));
+        if let Some(id) = event.kind.ticket() {
+            match self.tickets.get_mut(id) {
+                Some(t) => t.apply(&event),
+                None => {
+                    let mut t = TicketState::default();
+                    t.apply(&event);
+                    self.tickets.insert(id.clone(), t);
+                }
+            }
+        }
         match event.kind {
             EventKind::RunStarted {
                 run,
@@ -355,31 +365,6 @@ impl RunState {
                 self.status = RunStatus::Running;
                 self.started_at.get_or_insert(at);
             }
-            EventKind::TicketReady { ticket } => {
-                let t = self.ticket(ticket);
-                if t.status == TicketStatus::Pending {
-                    t.status = TicketStatus::Ready;
-                }
-            }
-            EventKind::WorkspaceReady { ticket, path, base } => {
-                let t = self.ticket(ticket);
-                t.workdir = Some(path);
-                t.base = base;
-            }
-            EventKind::PhaseStarted {
-                ticket,
-                phase,
-                attempt,
-            } => {
-                let t = self.ticket(ticket);
-                t.pending_decision = None;
-                t.status = TicketStatus::Running;
-                t.phase = Some(phase);
-                t.attempt = attempt;
-                t.phase_started_at = Some(at);
-                t.started_at.get_or_insert(at);
-                t.reason = None;
-            }
             EventKind::AgentStarted {
                 ticket,
                 phase,
@@ -389,9 +374,9 @@ impl RunState {
                 backend,
             } => {
                 self.agents.insert(
-                    agent.clone(),
+                    agent,
                     AgentRecord {
-                        ticket: ticket.clone(),
+                        ticket,
                         phase,
                         attempt,
                         role,
@@ -404,7 +389,6 @@ impl RunState {
                         summary: String::new(),
                     },
                 );
-                self.ticket(ticket).agent = Some(agent);
             }
             EventKind::AgentOutput { agent, .. } => {
                 if let Some(a) = self.agents.get_mut(&agent) {
@@ -412,7 +396,6 @@ impl RunState {
                 }
             }
             EventKind::AgentFinished {
-                ticket,
                 agent,
                 success,
                 summary,
@@ -432,88 +415,18 @@ impl RunState {
                         (None, false) => AgentStatus::Failed,
                     };
                 }
-                let t = self.ticket(ticket);
-                t.usage += usage;
-                if t.agent.as_ref() == Some(&agent) {
-                    t.agent = None;
-                }
             }
-            EventKind::GateStarted { .. } => {}
             EventKind::GateFinished { scope, report } => {
-                match &scope {
-                    GateScope::Phase { ticket, .. } => {
-                        let t = self.ticket(ticket.clone());
-                        if report.passed() {
-                            t.gates_passed += 1;
-                        } else {
-                            t.gates_failed += 1;
-                        }
-                        if let Some(c) = report.evidence.tests {
-                            t.metrics.tests_ran = Some(c.ran());
-                        }
-                        if let Some(c) = report.evidence.line_coverage {
-                            t.metrics.coverage = Some(c);
-                        }
-                    }
-                    GateScope::Batch { batch } => {
-                        let b = self.batches.entry(batch.clone()).or_default();
-                        b.gates_total += 1;
-                        b.gates_passed += u32::from(report.passed());
-                    }
+                if let GateScope::Batch { batch } = &scope {
+                    let b = self.batches.entry(batch.clone()).or_default();
+                    b.gates_total += 1;
+                    b.gates_passed += u32::from(report.passed());
                 }
                 self.gate_runs.push(GateRun {
                     scope,
                     at,
                     report: *report,
                 });
-            }
-            EventKind::PhasePassed {
-                ticket,
-                phase,
-                checkpoint,
-                ..
-            } => {
-                let t = self.ticket(ticket);
-                if let Some(start) = t.phase_started_at {
-                    t.metrics
-                        .phase_ms
-                        .insert(phase.clone(), at.millis_since(start));
-                }
-                if let Some(c) = checkpoint {
-                    t.checkpoints.insert(phase.clone(), c);
-                }
-                if !t.phases_passed.contains(&phase) {
-                    t.phases_passed.push(phase);
-                }
-                t.feedback.clear();
-                t.failed_in_phase = 0;
-                t.pending_decision = None;
-                if t.status == TicketStatus::AwaitingDecision {
-                    t.status = TicketStatus::Running;
-                }
-            }
-            EventKind::AttemptFailed {
-                ticket, feedback, ..
-            } => {
-                let t = self.ticket(ticket);
-                t.metrics.failed_attempts += 1;
-                t.failed_in_phase += 1;
-                t.feedback.push(feedback);
-            }
-            EventKind::RolledBack { ticket, .. } => {
-                self.ticket(ticket).metrics.rollbacks += 1;
-            }
-            EventKind::PhaseRestarted { ticket, from, .. } => {
-                let t = self.ticket(ticket);
-                // Phases from `from` on must pass again.
-                if let Some(pos) = t.phases_passed.iter().position(|p| *p == from) {
-                    for p in t.phases_passed.split_off(pos) {
-                        t.checkpoints.remove(&p);
-                    }
-                }
-                t.feedback.clear();
-                t.failed_in_phase = 0;
-                t.restarts += 1;
             }
             EventKind::Escalated {
                 ticket,
@@ -522,10 +435,6 @@ impl RunState {
                 context,
                 options,
             } => {
-                let t = self.ticket(ticket.clone());
-                t.status = TicketStatus::AwaitingDecision;
-                t.reason = Some(question.clone());
-                t.agent = None;
                 self.decisions.push(DecisionItem {
                     ticket,
                     phase,
@@ -550,50 +459,10 @@ impl RunState {
                     .find(|d| d.ticket == ticket && d.answer.is_none())
                 {
                     d.answer = Some(decision);
-                    d.note.clone_from(&note);
+                    d.note = note;
                     d.answered_at = Some(at);
                 }
-                let t = self.ticket(ticket);
-                if t.status == TicketStatus::AwaitingDecision {
-                    t.status = TicketStatus::Ready;
-                    t.reason = None;
-                    t.pending_decision = Some(decision);
-                }
-                if let (Decision::Retry, Some(n)) = (decision, note) {
-                    t.feedback
-                        .push(format!("A person asked for another attempt: {n}"));
-                }
             }
-            EventKind::TicketDone { ticket } => {
-                let t = self.ticket(ticket);
-                t.pending_decision = None;
-                t.status = TicketStatus::Done;
-                t.finished_at = Some(at);
-                t.agent = None;
-                t.reason = None;
-            }
-            EventKind::TicketFailed { ticket, reason } => {
-                let t = self.ticket(ticket);
-                t.pending_decision = None;
-                t.status = TicketStatus::Failed;
-                t.finished_at = Some(at);
-                t.agent = None;
-                t.reason = Some(reason);
-            }
-            EventKind::TicketBlocked { ticket, by } => {
-                let t = self.ticket(ticket);
-                t.status = TicketStatus::Blocked;
-                t.finished_at = Some(at);
-                t.reason = Some(format!("blocked by {by}"));
-            }
-            EventKind::TicketSkipped { ticket } => {
-                let t = self.ticket(ticket);
-                t.pending_decision = None;
-                t.status = TicketStatus::Skipped;
-                t.finished_at = Some(at);
-                t.reason = Some("skipped by decision".into());
-            }
-            EventKind::MergeStarted { .. } => {}
             EventKind::BatchMerged { batch, commit } => {
                 let b = self.batches.entry(batch).or_default();
                 b.status = BatchStatus::Merged;
@@ -607,6 +476,152 @@ impl RunState {
             }
             EventKind::BudgetExhausted { .. } => self.budget_exhausted = true,
             EventKind::RunFinished { outcome } => self.status = RunStatus::Finished(outcome),
+            _ => {}
+        }
+    }
+}
+
+impl TicketState {
+    /// The ticket's part of the fold: what `event` changes about this
+    /// ticket (events about other tickets, or none, change nothing here).
+    /// [`RunState::apply`] calls it for the ticket each event names; the
+    /// engine uses it alone to keep one ticket's view while it works.
+    ///
+    /// ```
+    /// use orch_core::{Event, EventKind, TicketState, TicketStatus};
+    /// let t: orch_core::TicketId = "T-1".parse().unwrap();
+    /// let mut s = TicketState::default();
+    /// s.apply(&Event::now(EventKind::TicketDone { ticket: t }));
+    /// assert_eq!(s.status, TicketStatus::Done);
+    /// ```
+    pub fn apply(&mut self, event: &Event) {
+        let at = event.at;
+        let t = self;
+        match &event.kind {
+            EventKind::TicketReady { .. } if t.status == TicketStatus::Pending => {
+                t.status = TicketStatus::Ready;
+            }
+            EventKind::WorkspaceReady { path, base, .. } => {
+                t.workdir = Some(path.clone());
+                t.base.clone_from(base);
+            }
+            // An agent starting is a phase attempt starting (the engine
+            // writes no separate `PhaseStarted`; older journals have both).
+            EventKind::PhaseStarted { phase, attempt, .. }
+            | EventKind::AgentStarted { phase, attempt, .. } => {
+                t.phase_started_at = Some(at);
+                t.pending_decision = None;
+                t.status = TicketStatus::Running;
+                t.phase = Some(phase.clone());
+                t.attempt = *attempt;
+                t.started_at.get_or_insert(at);
+                t.reason = None;
+                if let EventKind::AgentStarted { agent, .. } = &event.kind {
+                    t.agent = Some(agent.clone());
+                }
+            }
+            EventKind::AgentFinished { agent, usage, .. } => {
+                t.usage += *usage;
+                if t.agent.as_ref() == Some(agent) {
+                    t.agent = None;
+                }
+            }
+            EventKind::GateFinished {
+                scope: GateScope::Phase { .. },
+                report,
+            } => {
+                if report.passed() {
+                    t.gates_passed += 1;
+                } else {
+                    t.gates_failed += 1;
+                }
+                if let Some(c) = report.evidence.tests {
+                    t.metrics.tests_ran = Some(c.ran());
+                }
+                if let Some(c) = report.evidence.line_coverage {
+                    t.metrics.coverage = Some(c);
+                }
+            }
+            EventKind::PhasePassed {
+                phase, checkpoint, ..
+            } => {
+                if let Some(start) = t.phase_started_at {
+                    t.metrics
+                        .phase_ms
+                        .insert(phase.clone(), at.millis_since(start));
+                }
+                if let Some(c) = checkpoint {
+                    t.checkpoints.insert(phase.clone(), c.clone());
+                }
+                if !t.phases_passed.contains(phase) {
+                    t.phases_passed.push(phase.clone());
+                }
+                t.feedback.clear();
+                t.failed_in_phase = 0;
+                t.pending_decision = None;
+                if t.status == TicketStatus::AwaitingDecision {
+                    t.status = TicketStatus::Running;
+                }
+            }
+            EventKind::AttemptFailed { feedback, .. } => {
+                t.metrics.failed_attempts += 1;
+                t.failed_in_phase += 1;
+                t.feedback.push(feedback.clone());
+            }
+            EventKind::RolledBack { .. } => t.metrics.rollbacks += 1,
+            EventKind::PhaseRestarted { from, .. } => {
+                // Phases from `from` on must pass again.
+                if let Some(pos) = t.phases_passed.iter().position(|p| p == from) {
+                    for p in t.phases_passed.split_off(pos) {
+                        t.checkpoints.remove(&p);
+                    }
+                }
+                t.feedback.clear();
+                t.failed_in_phase = 0;
+                t.restarts += 1;
+            }
+            EventKind::Escalated { question, .. } => {
+                t.status = TicketStatus::AwaitingDecision;
+                t.reason = Some(question.clone());
+                t.agent = None;
+            }
+            EventKind::DecisionRecorded { decision, note, .. } => {
+                if t.status == TicketStatus::AwaitingDecision {
+                    t.status = TicketStatus::Ready;
+                    t.reason = None;
+                    t.pending_decision = Some(*decision);
+                }
+                if let (Decision::Retry, Some(n)) = (decision, note) {
+                    t.feedback
+                        .push(format!("A person asked for another attempt: {n}"));
+                }
+            }
+            EventKind::TicketDone { .. } => {
+                t.pending_decision = None;
+                t.status = TicketStatus::Done;
+                t.finished_at = Some(at);
+                t.agent = None;
+                t.reason = None;
+            }
+            EventKind::TicketFailed { reason, .. } => {
+                t.pending_decision = None;
+                t.status = TicketStatus::Failed;
+                t.finished_at = Some(at);
+                t.agent = None;
+                t.reason = Some(reason.clone());
+            }
+            EventKind::TicketBlocked { by, .. } => {
+                t.status = TicketStatus::Blocked;
+                t.finished_at = Some(at);
+                t.reason = Some(format!("blocked by {by}"));
+            }
+            EventKind::TicketSkipped { .. } => {
+                t.pending_decision = None;
+                t.status = TicketStatus::Skipped;
+                t.finished_at = Some(at);
+                t.reason = Some("skipped by decision".into());
+            }
+            _ => {}
         }
     }
 }

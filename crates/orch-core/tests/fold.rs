@@ -217,6 +217,20 @@ proptest! {
         prop_assert_eq!(RunState::fold(&replayed), live);
     }
 
+    /// A ticket's own fold (what the engine keeps per task) is the run
+    /// fold's view of that ticket.
+    #[test]
+    fn ticket_fold_is_the_run_folds_ticket(evs in events()) {
+        let s = RunState::fold(&evs);
+        for (id, t) in &s.tickets {
+            let mut mine = TicketState::default();
+            for e in evs.iter().filter(|e| e.kind.ticket() == Some(id)) {
+                mine.apply(e);
+            }
+            prop_assert_eq!(&mine, t);
+        }
+    }
+
     #[test]
     fn counts_match_ticket_map(evs in events()) {
         let s = RunState::fold(&evs);

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use orch_core::{
     Agent, AgentContext, AgentId, AgentOutcome, AgentTask, BatchId, Cancellation, Decision, Event,
     EventKind, ExhaustAction, GateContext, GateReport, GateScope, GateStatus, Merged, PhaseSpec,
-    Plan, Progress, RoleName, RunState, StoreError, TicketId, TicketState, Workspace,
+    Plan, Progress, RoleName, StoreError, TicketId, TicketState, Workspace,
 };
 use tracing::Instrument;
 
@@ -56,33 +56,31 @@ impl From<StoreError> for End {
 /// two appends instead of five. After a crash, whatever was not yet
 /// written is redone: the step re-runs from its checkpoint.
 ///
-/// Every event queued here is also folded, by the same [`RunState`] fold
-/// as the journal's, into the task's own view of its ticket, which is what
+/// Every event queued here is also folded, by the ticket part of the
+/// journal's fold ([`TicketState::apply`]), into the task's own view of
+/// its ticket, which is what
 /// the pipeline decides by (phases passed, checkpoints, feedback, failed
 /// attempts, restarts): one fold, no second copy of its rules.
 pub(crate) struct Outbox<'a> {
     j: &'a Journal,
     pending: Vec<Event>,
-    mine: RunState,
+    mine: TicketState,
 }
 
 impl<'a> Outbox<'a> {
-    /// An outbox whose view starts from `ticket` as the journal has it.
-    pub(crate) fn new(j: &'a Journal, ticket: Option<(TicketId, TicketState)>) -> Self {
-        let mut mine = RunState::default();
-        mine.tickets.extend(ticket);
+    /// An outbox whose view starts from its ticket as the journal has it
+    /// (a batch's outbox has no ticket: its view stays empty).
+    pub(crate) fn new(j: &'a Journal, ticket: TicketState) -> Self {
         Outbox {
             j,
             pending: Vec::new(),
-            mine,
+            mine: ticket,
         }
     }
 
     /// The ticket's state: the journal's, plus what this task queued.
-    fn ticket(&self, id: &TicketId) -> &TicketState {
-        static NONE_YET: std::sync::LazyLock<TicketState> =
-            std::sync::LazyLock::new(TicketState::default);
-        self.mine.tickets.get(id).unwrap_or(&NONE_YET)
+    fn ticket(&self) -> &TicketState {
+        &self.mine
     }
 
     fn note(&mut self, k: EventKind) -> Event {
@@ -138,7 +136,7 @@ pub(crate) async fn run_ticket(sh: &Shared, t: Ix) -> End {
     let st = sh
         .journal
         .with_state(|s| s.tickets.get(&id).cloned().unwrap_or_default());
-    let mut out = Outbox::new(&sh.journal, Some((id, st)));
+    let mut out = Outbox::new(&sh.journal, st);
     let end = match pipeline(sh, t, &mut out).await {
         Ok(end) | Err(end) => end,
     };
@@ -154,7 +152,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     let ticket = sh.tickets[t as usize].clone();
     let id = ticket.id.clone();
     let run = sh.journal.run.clone();
-    let st = out.ticket(&id);
+    let st = out.ticket();
     let (status, pending) = (st.status, st.pending_decision);
     let (workdir, recorded_base) = (st.workdir.clone(), st.base.clone());
     let deps: Vec<TicketId> = sh
@@ -184,7 +182,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     // Interrupted mid-phase (a crash or a cancelled run): back to the last
     // checkpoint, so the phase starts again on a known tree.
     if status == orch_core::TicketStatus::Running && pending.is_none() {
-        let st = out.ticket(&id);
+        let st = out.ticket();
         let last = st.phases_passed.last().cloned();
         let target = last
             .as_ref()
@@ -213,11 +211,11 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     let mut session: Option<String> = None;
     while i < plan.phases.len() {
         let phase = &plan.phases[i];
-        if out.ticket(&id).phases_passed.contains(&phase.name) {
+        if out.ticket().phases_passed.contains(&phase.name) {
             i += 1;
             continue;
         }
-        let failed = out.ticket(&id).failed_in_phase;
+        let failed = out.ticket().failed_in_phase;
         if approved {
             approved = false;
             pass(sh, out, &id, phase, failed.max(1)).await?;
@@ -244,7 +242,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         }
         fresh_retry = false;
         let attempt = failed + 1;
-        let feedback = out.ticket(&id).feedback.clone();
+        let feedback = out.ticket().feedback.clone();
         let span = tracing::info_span!("phase", phase = %phase.name, attempt);
         let outcome = attempt_phase(
             sh,
@@ -340,7 +338,7 @@ async fn exhausted_or_restart(
 ) -> Result<Result<usize, End>, End> {
     let plan = &sh.plan;
     let run = &sh.journal.run;
-    let st = out.ticket(id);
+    let st = out.ticket();
     let (feedback, restarts) = (st.feedback.clone(), st.restarts);
     let last = feedback.last().map(String::as_str).unwrap_or_default();
     let restart = match (&phase.on_exhausted, &phase.restart_from) {
@@ -482,21 +480,14 @@ async fn attempt_phase(
             ))
         })?;
     let since = SystemTime::now();
-    out.write(vec![
-        EventKind::PhaseStarted {
-            ticket: id.clone(),
-            phase: phase.name.clone(),
-            attempt,
-        },
-        EventKind::AgentStarted {
-            ticket: id.clone(),
-            phase: phase.name.clone(),
-            attempt,
-            agent: agent_id.clone(),
-            role: role.clone(),
-            backend: sh.agent.backend_for(&role).to_owned(),
-        },
-    ])
+    out.write(vec![EventKind::AgentStarted {
+        ticket: id.clone(),
+        phase: phase.name.clone(),
+        attempt,
+        agent: agent_id.clone(),
+        role: role.clone(),
+        backend: sh.agent.backend_for(&role).to_owned(),
+    }])
     .await?;
     let task = AgentTask {
         run: j.run.clone(),
@@ -675,7 +666,7 @@ pub(crate) async fn merge_batch(
     tickets: Vec<TicketId>,
 ) -> Result<(), StoreError> {
     let j = &sh.journal;
-    let mut out = Outbox::new(j, None);
+    let mut out = Outbox::new(j, TicketState::default());
     out.write(vec![EventKind::MergeStarted {
         batch: batch.clone(),
     }])
