@@ -1,6 +1,8 @@
 //! [`RunState`]: the pure fold of a run's events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -262,17 +264,19 @@ pub struct RunState {
     pub updated_at: Option<Timestamp>,
     /// Events folded.
     pub events: u64,
-    /// Tickets that have had any event. A hash map (folding is the hot
-    /// path of the engine and of reopening a journal); iterate it in id
-    /// order with [`RunState::tickets_by_id`]. Serialized sorted by id.
+    /// Tickets that have had any event. A hash map with the Fx hasher
+    /// (folding is the hot path of the engine and of reopening a journal;
+    /// ids come from the plan, so a hasher that resists chosen keys buys
+    /// nothing); iterate it in id order with [`RunState::tickets_by_id`].
+    /// Serialized sorted by id.
     #[serde(serialize_with = "sorted")]
-    pub tickets: HashMap<TicketId, TicketState>,
+    pub tickets: FxHashMap<TicketId, TicketState>,
     /// Batches that have had any event.
     pub batches: BTreeMap<BatchId, BatchState>,
     /// Every agent invocation (a hash map, like `tickets`; serialized
     /// sorted by id).
     #[serde(serialize_with = "sorted")]
-    pub agents: HashMap<AgentId, AgentRecord>,
+    pub agents: FxHashMap<AgentId, AgentRecord>,
     /// Every gate result, in order.
     pub gate_runs: Vec<GateRun>,
     /// Every escalation, in order, with answers.
@@ -285,7 +289,7 @@ pub struct RunState {
 
 /// Serializes a map sorted by key, so a state's JSON is the same every time.
 fn sorted<S: serde::Serializer, K: Ord + Serialize, V: Serialize>(
-    m: &HashMap<K, V>,
+    m: &FxHashMap<K, V>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     m.iter().collect::<BTreeMap<_, _>>().serialize(s)

@@ -1,16 +1,16 @@
 //! [`MemoryStore`]: the journal in memory, for tests and for programs that
 //! want no persistence.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use orch_core::{Event, EventId, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent};
+use rustc_hash::FxHashMap;
 
 #[derive(Default)]
 struct Journal {
     events: Vec<Event>,
-    by_id: HashMap<EventId, u64>,
+    by_id: FxHashMap<EventId, u64>,
 }
 
 /// A [`StateStore`] that keeps everything in memory. "Durable" means "until
@@ -30,7 +30,7 @@ struct Journal {
 /// ```
 #[derive(Default)]
 pub struct MemoryStore {
-    runs: Mutex<(Vec<RunId>, HashMap<RunId, Journal>)>,
+    runs: Mutex<(Vec<RunId>, FxHashMap<RunId, Journal>)>,
 }
 
 impl MemoryStore {
@@ -45,10 +45,13 @@ impl StateStore for MemoryStore {
     async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
         let mut guard = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         let (order, runs) = &mut *guard;
-        if !runs.contains_key(run) {
-            order.push(run.clone());
-        }
-        let j = runs.entry(run.clone()).or_default();
+        let j = match runs.get_mut(run) {
+            Some(j) => j,
+            None => {
+                order.push(run.clone());
+                runs.entry(run.clone()).or_default()
+            }
+        };
         // New events go in as they come (so a repeat later in the same
         // batch finds them); a conflict takes the whole batch back out.
         let start = j.events.len();

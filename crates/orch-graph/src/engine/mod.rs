@@ -4,7 +4,6 @@ mod journal;
 mod prompt;
 mod ticket;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -562,7 +561,7 @@ impl Dispatcher {
     async fn block(
         &mut self,
         blocked: Vec<(Ix, Ix)>,
-        known: &HashMap<TicketId, orch_core::TicketState>,
+        known: &rustc_hash::FxHashMap<TicketId, orch_core::TicketState>,
     ) {
         let mut events = Vec::new();
         let mut done_batches = Vec::new();
@@ -591,7 +590,7 @@ impl Dispatcher {
         let b = self.count_off(t);
         self.block(
             blocked.into_iter().map(|x| (x, t)).collect(),
-            &HashMap::new(),
+            &Default::default(),
         )
         .await;
         if let Some(b) = b {
