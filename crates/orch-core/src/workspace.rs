@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use crate::{BatchId, RunId, TicketId};
+use crate::{BatchId, PhaseName, RunId, TicketId};
 
 /// A ticket's prepared work tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,8 @@ impl WorkspaceError {
 ///     let t = "T-1".parse().unwrap();
 ///     let p = ws.prepare(&run, &t, &[]).await.unwrap();
 ///     assert_eq!(p.path, std::env::temp_dir());
-///     assert_eq!(ws.checkpoint(&run, &t, "r1/T-1/plan/1", "plan").await.unwrap(), None);
+///     let plan = "plan".parse().unwrap();
+///     assert_eq!(ws.checkpoint(&run, &t, &plan, 1).await.unwrap(), None);
 /// });
 /// ```
 #[async_trait]
@@ -99,14 +100,17 @@ pub trait Workspace: Send + Sync {
         deps: &[TicketId],
     ) -> Result<Prepared, WorkspaceError>;
 
-    /// Records the work tree's content as the checkpoint `key` and returns
-    /// its commit (`None` when the workspace keeps no history).
+    /// Records the work tree's content as the checkpoint of `phase`
+    /// passing on `attempt` and returns its commit (`None` when the
+    /// workspace keeps no history). Called again for the same run, ticket,
+    /// phase and attempt (the engine resuming after a crash), it returns
+    /// the checkpoint made the first time instead of making another.
     async fn checkpoint(
         &self,
         run: &RunId,
         ticket: &TicketId,
-        key: &str,
-        message: &str,
+        phase: &PhaseName,
+        attempt: u32,
     ) -> Result<Option<String>, WorkspaceError>;
 
     /// Resets the work tree to `commit`, dropping changes made since.
@@ -160,8 +164,8 @@ impl Workspace for SharedDir {
         &self,
         _: &RunId,
         _: &TicketId,
-        _: &str,
-        _: &str,
+        _: &PhaseName,
+        _: u32,
     ) -> Result<Option<String>, WorkspaceError> {
         Ok(None)
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orch_core::{BatchId, Merged, Prepared, RunId, TicketId, Workspace, WorkspaceError};
+use orch_core::{BatchId, Merged, PhaseName, Prepared, RunId, TicketId, Workspace, WorkspaceError};
 
 use crate::git::{GitError, MergeOutcome, Repo, Worktree};
 
@@ -129,11 +129,13 @@ impl Workspace for GitWorkspace {
         &self,
         run: &RunId,
         ticket: &TicketId,
-        key: &str,
-        message: &str,
+        phase: &PhaseName,
+        attempt: u32,
     ) -> Result<Option<String>, WorkspaceError> {
         let wt = self.worktree(run, ticket);
-        let (key, message) = (key.to_owned(), message.to_owned());
+        // The key, recorded in the commit, is what recognises a repeat.
+        let key = format!("{run}/{ticket}/{phase}/{attempt}");
+        let message = format!("{ticket}: {phase} passed (attempt {attempt})");
         self.blocking(false, move |repo| {
             repo.checkpoint(&wt, &key, &message).map(Some)
         })

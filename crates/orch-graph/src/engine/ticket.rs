@@ -307,9 +307,7 @@ async fn pass(
     let run = &sh.journal.run;
     let mut checkpoint = None;
     if phase.checkpoint {
-        let key = format!("{run}/{id}/{}/{attempt}", phase.name);
-        let msg = format!("{id}: {} passed (attempt {attempt})", phase.name);
-        match sh.workspace.checkpoint(run, id, &key, &msg).await {
+        match sh.workspace.checkpoint(run, id, &phase.name, attempt).await {
             Ok(c) => checkpoint = c,
             Err(e) => {
                 fail(out, id, format!("cannot checkpoint {}: {e}", phase.name)).await?;
