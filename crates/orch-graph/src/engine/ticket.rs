@@ -469,14 +469,7 @@ async fn attempt_phase(
         .role_for(ticket, phase)
         .cloned()
         .unwrap_or_else(|| "default".parse().expect("valid role"));
-    let agent_id: AgentId = format!("{id}.{}.{attempt}.{}", phase.name, short_id())
-        .parse()
-        .map_err(|e| {
-            End::Store(StoreError::new(
-                orch_core::StoreErrorKind::Io,
-                format!("{e}"),
-            ))
-        })?;
+    let agent_id = agent_id(id, &phase.name, attempt);
     let since = SystemTime::now();
     out.write(vec![EventKind::AgentStarted {
         ticket: id.clone(),
@@ -717,6 +710,39 @@ pub(crate) async fn merge_batch(
     }
 }
 
-fn short_id() -> String {
-    format!("{:08x}", orch_core::EventId::random().0 as u32)
+/// A fresh id for one agent invocation: `<ticket>.<phase>.<attempt>.<8 hex
+/// digits>`, its front shortened when that would pass the id length limit
+/// (the random end keeps it unique).
+fn agent_id(ticket: &TicketId, phase: &orch_core::PhaseName, attempt: u32) -> AgentId {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(orch_core::id::MAX_ID_LEN + 16);
+    let _ = write!(s, "{ticket}.{phase}.{attempt}");
+    s.truncate(orch_core::id::MAX_ID_LEN - 9);
+    // Cutting may leave a trailing dot, which would make `..` below.
+    s.truncate(s.trim_end_matches('.').len());
+    let _ = write!(s, ".{:08x}", orch_core::EventId::random().0 as u32);
+    AgentId::new(&s).expect("valid ids joined by dots, within the length limit")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids_fit_the_id_rule_for_the_longest_ticket_and_phase() {
+        let long = "T".repeat(orch_core::id::MAX_ID_LEN);
+        let dotted = format!("{}.x", "A".repeat(orch_core::id::MAX_ID_LEN - 11));
+        for (t, p) in [
+            (long.as_str(), "implement"),
+            ("T-1", long.as_str()),
+            (dotted.as_str(), "p"),
+        ] {
+            let id = agent_id(&t.parse().unwrap(), &p.parse().unwrap(), u32::MAX);
+            assert!(id.as_str().len() <= orch_core::id::MAX_ID_LEN, "{id}");
+            assert!(id.as_str().starts_with(&t[..t.len().min(10)]), "{id}");
+        }
+        let short = agent_id(&"T-1".parse().unwrap(), &"plan".parse().unwrap(), 2);
+        assert!(short.as_str().starts_with("T-1.plan.2."), "{short}");
+        assert_eq!(short.as_str().len(), "T-1.plan.2.".len() + 8);
+    }
 }
