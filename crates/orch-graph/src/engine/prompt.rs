@@ -30,7 +30,14 @@ use orch_core::{PhaseSpec, Plan, Ticket};
 /// assert!(p.contains("1 of 3 tests failed"));
 /// ```
 pub fn prompt(plan: &Plan, ticket: &Ticket, phase: &PhaseSpec, feedback: &[String]) -> String {
-    let mut p = String::new();
+    let feedback_len: usize = feedback.iter().map(String::len).sum();
+    let mut p = String::with_capacity(
+        256 + ticket.title.len()
+            + ticket.description.len()
+            + plan.description.len()
+            + phase.instructions.len()
+            + feedback_len,
+    );
     let _ = writeln!(p, "# {}: {}\n", ticket.id, ticket.title);
     if !ticket.description.is_empty() {
         let _ = writeln!(p, "## Context\n\n{}\n", ticket.description.trim());
@@ -46,12 +53,14 @@ pub fn prompt(plan: &Plan, ticket: &Ticket, phase: &PhaseSpec, feedback: &[Strin
         p.push('\n');
     }
     let _ = writeln!(p, "## Phase: {}\n", phase.name);
-    let instructions = phase
-        .instructions
-        .replace("{ticket}", ticket.id.as_str())
-        .replace("{phase}", phase.name.as_str());
-    if !instructions.trim().is_empty() {
-        let _ = writeln!(p, "{}\n", instructions.trim());
+    let instructions = phase.instructions.trim();
+    if instructions.contains('{') {
+        let filled = instructions
+            .replace("{ticket}", ticket.id.as_str())
+            .replace("{phase}", phase.name.as_str());
+        let _ = writeln!(p, "{filled}\n");
+    } else if !instructions.is_empty() {
+        let _ = writeln!(p, "{instructions}\n");
     }
     if !phase.gates.is_empty() {
         p.push_str("Your work is checked by these gates; all must pass:\n");
