@@ -293,7 +293,13 @@ impl Engine {
     /// store (the run stops; running agents are cancelled).
     pub async fn run(&self, run: &RunId, cancel: Cancellation) -> Result<RunReport, EngineError> {
         self.check_gates()?;
-        let state = self.store.state(run).await?;
+        let mut state = self.store.state(run).await?;
+        // Every ticket gets an entry, and an agent record per phase at
+        // least: room for them now, not rehashing as the run goes.
+        let n = self.plan.tickets.len();
+        state.tickets.reserve(n.saturating_sub(state.tickets.len()));
+        let agents = n * self.plan.phases.len();
+        state.agents.reserve(agents.saturating_sub(state.agents.len()));
         let (fingerprint, parts) = self.plan.fingerprint();
         let resumed = state.status != RunStatus::NotStarted;
         if resumed && state.fingerprint != fingerprint && !self.allow_plan_change {
