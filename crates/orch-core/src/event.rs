@@ -93,6 +93,14 @@ impl JsonSchema for EventId {
     }
 }
 
+/// The fingerprint of each part of a plan, by part name; see
+/// [`Plan::fingerprint`](crate::Plan::fingerprint).
+pub type FingerprintParts = std::sync::Arc<std::collections::BTreeMap<String, String>>;
+
+fn no_parts(p: &FingerprintParts) -> bool {
+    p.is_empty()
+}
+
 /// One thing that happened, with its id and time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
@@ -187,9 +195,11 @@ pub enum EventKind {
         #[serde(default)]
         resumed: bool,
         /// Fingerprint of each part of the plan (`policy`, `ticket:<id>`,
-        /// ...), so a changed plan can be told apart part by part.
-        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-        parts: std::collections::BTreeMap<String, String>,
+        /// ...), so a changed plan can be told apart part by part. Shared,
+        /// not copied, by the store and the state: it has an entry per
+        /// ticket.
+        #[serde(default, skip_serializing_if = "no_parts")]
+        parts: FingerprintParts,
     },
     /// All dependencies of a ticket are done.
     TicketReady {

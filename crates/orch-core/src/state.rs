@@ -255,7 +255,7 @@ pub struct RunState {
     pub fingerprint: String,
     /// Fingerprint of each part of the plan.
     #[serde(default)]
-    pub fingerprint_parts: BTreeMap<String, String>,
+    pub fingerprint_parts: crate::FingerprintParts,
     /// Where the run stands.
     pub status: RunStatus,
     /// First `RunStarted`.

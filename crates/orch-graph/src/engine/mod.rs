@@ -156,6 +156,9 @@ pub struct RunReport {
 /// ```
 pub struct Engine {
     plan: Arc<Plan>,
+    /// The plan's tickets, shared with every agent task (made once here,
+    /// not per run).
+    tickets: Arc<[Arc<orch_core::Ticket>]>,
     graph: Arc<PlanGraph>,
     agent: Arc<dyn Agent>,
     store: Arc<dyn StateStore>,
@@ -196,6 +199,7 @@ impl Engine {
         let graph = Arc::new(PlanGraph::from_plan(&plan)?);
         Ok(Engine {
             max_concurrency: plan.policy.max_concurrency.max(1),
+            tickets: plan.tickets.iter().cloned().map(Arc::new).collect(),
             plan: Arc::new(plan),
             graph,
             agent,
@@ -299,7 +303,9 @@ impl Engine {
         let n = self.plan.tickets.len();
         state.tickets.reserve(n.saturating_sub(state.tickets.len()));
         let agents = n * self.plan.phases.len();
-        state.agents.reserve(agents.saturating_sub(state.agents.len()));
+        state
+            .agents
+            .reserve(agents.saturating_sub(state.agents.len()));
         let (fingerprint, parts) = self.plan.fingerprint();
         let resumed = state.status != RunStatus::NotStarted;
         if resumed && state.fingerprint != fingerprint && !self.allow_plan_change {
@@ -330,12 +336,12 @@ impl Engine {
                 plan: self.plan.name.clone(),
                 fingerprint,
                 resumed,
-                parts,
+                parts: Arc::new(parts),
             })])
             .await?;
         let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
         let shared = Arc::new(ticket::Shared {
-            tickets: self.plan.tickets.iter().cloned().map(Arc::new).collect(),
+            tickets: self.tickets.clone(),
             plan: self.plan.clone(),
             graph: self.graph.clone(),
             agent: self.agent.clone(),

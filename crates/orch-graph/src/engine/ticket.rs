@@ -20,7 +20,7 @@ const MAX_CONTEXT: usize = 8 * 1024;
 pub(crate) struct Shared {
     pub(crate) plan: Arc<Plan>,
     /// The plan's tickets, shared with the agent tasks.
-    pub(crate) tickets: Vec<Arc<orch_core::Ticket>>,
+    pub(crate) tickets: Arc<[Arc<orch_core::Ticket>]>,
     pub(crate) graph: Arc<PlanGraph>,
     pub(crate) agent: Arc<dyn Agent>,
     pub(crate) workspace: Arc<dyn Workspace>,
