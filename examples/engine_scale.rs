@@ -21,12 +21,14 @@ fn main() -> Result<(), orch_examples::Error> {
     } else {
         tokio::runtime::Runtime::new()?
     };
-    let report = |what: &str, d: std::time::Duration| {
+    let report = |what: &str, r: orch_examples::scale::NoopRun| {
+        let d = r.ran;
         println!(
-            "{what}: {n} tickets in {:.3} s = {:.0} tickets/s, {:.2} us per ticket",
+            "{what}: {n} tickets in {:.3} s = {:.0} tickets/s, {:.2} us per ticket (engine built in {:.0} ms before)",
             d.as_secs_f64(),
             n as f64 / d.as_secs_f64(),
-            d.as_secs_f64() * 1e6 / n as f64
+            d.as_secs_f64() * 1e6 / n as f64,
+            r.built.as_secs_f64() * 1e3
         );
     };
     let which = args.get(2).map_or("both", String::as_str);

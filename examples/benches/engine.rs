@@ -27,7 +27,7 @@ fn engine(c: &mut Criterion) {
             (0..iters)
                 .map(|_| {
                     let store = Arc::new(orch_state::MemoryStore::new());
-                    rt.block_on(run_noop(N, 4, CONCURRENCY, store))
+                    rt.block_on(run_noop(N, 4, CONCURRENCY, store)).ran
                 })
                 .sum()
         });
@@ -39,7 +39,7 @@ fn engine(c: &mut Criterion) {
                 .map(|i| {
                     let path = dir.path().join(format!("state-{i}-{}.db", rand_suffix()));
                     let store = Arc::new(orch_state::SqliteStore::open(&path).expect("open"));
-                    rt.block_on(run_noop(N, 4, CONCURRENCY, store))
+                    rt.block_on(run_noop(N, 4, CONCURRENCY, store)).ran
                 })
                 .sum()
         });

@@ -29,9 +29,18 @@ impl Agent for Noop {
     }
 }
 
+/// How long one no-op run took.
+#[derive(Debug, Clone, Copy)]
+pub struct NoopRun {
+    /// `Engine::new`: validating the plan, building its graph.
+    pub built: Duration,
+    /// `Engine::run`: the run itself (what the overhead figures are).
+    pub ran: Duration,
+}
+
 /// Runs `n` tickets (about `deps` dependencies each, seed 42) through the
-/// engine on `store` with `concurrency` tickets at once; returns the wall
-/// time of the run.
+/// engine on `store` with `concurrency` tickets at once; returns how long
+/// building the engine and the run took.
 ///
 /// # Panics
 /// If the run does not complete (a benchmark has nothing to measure then).
@@ -40,8 +49,9 @@ pub async fn run_noop(
     deps: u32,
     concurrency: u32,
     store: Arc<dyn StateStore>,
-) -> Duration {
+) -> NoopRun {
     let plan = orch_graph::random::random_plan(n, deps, 42);
+    let t = Instant::now();
     let engine = Engine::new(plan, Arc::new(Noop), store)
         .expect("random plans are valid")
         .workspace(Arc::new(SharedDir::new(std::env::temp_dir())))
@@ -49,12 +59,13 @@ pub async fn run_noop(
     let run = format!("bench-{}", orch_core::EventId::random())
         .parse()
         .expect("valid id");
+    let built = t.elapsed();
     let t = Instant::now();
     let report = engine
         .run(&run, Cancellation::new())
         .await
         .expect("the run completes");
-    let took = t.elapsed();
+    let ran = t.elapsed();
     assert_eq!(report.outcome, RunOutcome::Completed);
-    took
+    NoopRun { built, ran }
 }
