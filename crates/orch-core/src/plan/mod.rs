@@ -15,6 +15,7 @@ pub mod load;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -702,7 +703,7 @@ impl Validator {
         }
 
         // Batches.
-        let mut batch_index: HashMap<&str, usize> = HashMap::new();
+        let mut batch_index: FxHashMap<&str, usize> = FxHashMap::default();
         for (k, b) in plan.batches.iter().enumerate() {
             if let Some(first) = batch_index.insert(b.id.as_str(), k) {
                 self.push(
@@ -733,7 +734,8 @@ impl Validator {
         }
 
         // Tickets.
-        let mut ticket_index: HashMap<&str, usize> = HashMap::with_capacity(plan.tickets.len());
+        let mut ticket_index: FxHashMap<&str, usize> =
+            FxHashMap::with_capacity_and_hasher(plan.tickets.len(), Default::default());
         for (i, t) in plan.tickets.iter().enumerate() {
             if let Some(first) = ticket_index.insert(t.id.as_str(), i) {
                 self.push(
@@ -748,7 +750,7 @@ impl Validator {
             }
         }
         // Batch membership from both directions.
-        let mut member_of: HashMap<&str, (&str, String)> = HashMap::new();
+        let mut member_of: FxHashMap<&str, (&str, String)> = FxHashMap::default();
         for (k, b) in plan.batches.iter().enumerate() {
             for (j, t) in b.tickets.iter().enumerate() {
                 let path = format!("batches[{k}].tickets[{j}]");
@@ -770,6 +772,8 @@ impl Validator {
                 }
             }
         }
+        // Dependencies seen so far of one ticket (one set, cleared per ticket).
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
         for (i, t) in plan.tickets.iter().enumerate() {
             if let Some(b) = &t.batch {
                 if !batch_index.contains_key(b.as_str()) {
@@ -822,19 +826,19 @@ impl Validator {
                     break;
                 }
             }
-            let mut seen: HashSet<&str> = HashSet::new();
+            seen.clear();
             for (j, d) in t.depends_on.iter().enumerate() {
-                let path = format!("tickets[{i}].depends_on[{j}]");
+                let path = || format!("tickets[{i}].depends_on[{j}]");
                 if d == &t.id {
-                    self.push(path, format!("ticket \"{}\" depends on itself", t.id));
+                    self.push(path(), format!("ticket \"{}\" depends on itself", t.id));
                 } else if !ticket_index.contains_key(d.as_str()) {
                     self.push(
-                        path,
+                        path(),
                         format!("ticket \"{}\" depends on unknown ticket \"{d}\"", t.id),
                     );
                 } else if !seen.insert(d.as_str()) {
                     self.push(
-                        path,
+                        path(),
                         format!("ticket \"{}\" lists dependency \"{d}\" twice", t.id),
                     );
                 }
