@@ -53,14 +53,14 @@ impl From<StoreError> for End {
 /// A task's way to the journal. Events that need not be durable before
 /// the next step acts (a finished agent, a gate's report, a passed phase)
 /// wait here and go out with the next write-ahead event, so a phase costs
-/// two appends instead of five. After a crash, whatever was not yet
+/// two appends instead of four. After a crash, whatever was not yet
 /// written is redone: the step re-runs from its checkpoint.
 ///
 /// Every event queued here is also folded, by the ticket part of the
 /// journal's fold ([`TicketState::apply`]), into the task's own view of
-/// its ticket, which is what
-/// the pipeline decides by (phases passed, checkpoints, feedback, failed
-/// attempts, restarts): one fold, no second copy of its rules.
+/// its ticket, which is what the pipeline decides by (phases passed,
+/// checkpoints, feedback, failed attempts, restarts): one fold, no second
+/// copy of its rules.
 pub(crate) struct Outbox<'a> {
     j: &'a Journal,
     pending: Vec<Event>,
