@@ -214,7 +214,10 @@ async fn seven_phase_restarts_from_planning_and_completes() {
     // file the restart wrote is in the planning checkpoint.
     let log = demo::git(&repo, &["log", "--format=%s", "orch/seven/QUOTE-001"]).unwrap();
     assert_eq!(log.lines().count(), 8, "{log}");
-    let planning = &t.checkpoints["planning"];
+    let planning = t
+        .checkpoints
+        .get("planning")
+        .expect("planning checkpointed");
     let feedback = demo::git(
         &repo,
         &[

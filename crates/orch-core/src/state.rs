@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use litemap::LiteMap;
 use rustc_hash::FxHashMap;
 
 use schemars::JsonSchema;
@@ -52,7 +53,9 @@ impl TicketStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TicketMetrics {
     /// Wall time of each passed phase (last attempt's start to pass), ms.
-    pub phase_ms: BTreeMap<PhaseName, u64>,
+    /// A map kept as one sorted vector (a ticket has a few phases).
+    #[schemars(with = "BTreeMap<PhaseName, u64>")]
+    pub phase_ms: LiteMap<PhaseName, u64>,
     /// Tests that ran in the latest test gate.
     pub tests_ran: Option<u64>,
     /// Line coverage from the latest coverage gate, percent.
@@ -74,8 +77,10 @@ pub struct TicketState {
     pub attempt: u32,
     /// Phases passed, in order.
     pub phases_passed: Vec<PhaseName>,
-    /// Rollback commit of each passed phase that checkpointed.
-    pub checkpoints: BTreeMap<PhaseName, String>,
+    /// Rollback commit of each passed phase that checkpointed (one sorted
+    /// vector, like `metrics.phase_ms`).
+    #[schemars(with = "BTreeMap<PhaseName, String>")]
+    pub checkpoints: LiteMap<PhaseName, String>,
     /// Gates passed over all attempts.
     pub gates_passed: u32,
     /// Gates failed over all attempts.
