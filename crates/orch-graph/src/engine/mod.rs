@@ -411,8 +411,10 @@ pub async fn decide(
 }
 
 enum Msg {
-    Ticket(Ix, End),
-    Batch,
+    /// A ticket's pipeline ended; its worker is free again.
+    Ticket { t: Ix, end: End, worker: usize },
+    /// A batch merge ended; with the store's error if the store failed.
+    Batch(Option<StoreError>),
 }
 
 struct Dispatcher {
@@ -424,7 +426,15 @@ struct Dispatcher {
     /// final yet.
     batch_of: Vec<Option<u32>>,
     batches: Vec<(BatchId, Vec<Ix>, usize)>,
+    /// Tickets and merges running.
     tasks: usize,
+    /// Worker tasks, each running one ticket's pipeline at a time (one
+    /// spawn per worker, not per ticket); the channel hands it the next.
+    workers: Vec<mpsc::UnboundedSender<Ix>>,
+    /// Workers waiting for a ticket.
+    idle: Vec<usize>,
+    /// Aborts the workers (idle by then) when the run returns.
+    pool: tokio::task::JoinSet<()>,
     stop: Option<RunOutcome>,
     fatal: Option<StoreError>,
 }
@@ -492,6 +502,9 @@ impl Dispatcher {
             batch_of,
             batches,
             tasks: 0,
+            workers: Vec::new(),
+            idle: Vec::new(),
+            pool: tokio::task::JoinSet::new(),
             stop: None,
             fatal: None,
         }
@@ -654,11 +667,7 @@ impl Dispatcher {
         tokio::spawn(
             async move {
                 let r = ticket::merge_batch(&shared, id, tickets).await;
-                if let Err(e) = r {
-                    // Reported to the dispatcher as a store failure.
-                    let _ = tx.send(Msg::Ticket(Ix::MAX, End::Store(e)));
-                }
-                let _ = tx.send(Msg::Batch);
+                let _ = tx.send(Msg::Batch(r.err()));
             }
             .instrument(span),
         );
@@ -689,33 +698,54 @@ impl Dispatcher {
         }
     }
 
+    /// Hands ticket `t` to an idle worker, starting one if none is idle
+    /// (the scheduler keeps the running tickets within the limits, so
+    /// there are never more workers than the concurrency limit).
     fn spawn_ticket(&mut self, t: Ix) {
-        let (shared, tx) = (self.shared.clone(), self.tx.clone());
-        let span = tracing::info_span!("ticket", ticket = %self.shared.graph.id(t));
+        let w = match self.idle.pop() {
+            Some(w) => w,
+            None => self.start_worker(),
+        };
         self.tasks += 1;
-        tokio::spawn(
-            async move {
-                let end = ticket::run_ticket(&shared, t).await;
-                let _ = tx.send(Msg::Ticket(t, end));
+        // A worker's channel closes only when the dispatcher drops it.
+        let _ = self.workers[w].send(t);
+    }
+
+    fn start_worker(&mut self) -> usize {
+        let w = self.workers.len();
+        let (work, mut next) = mpsc::unbounded_channel::<Ix>();
+        let (shared, tx) = (self.shared.clone(), self.tx.clone());
+        self.pool.spawn(async move {
+            while let Some(t) = next.recv().await {
+                let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
+                let end = ticket::run_ticket(&shared, t).instrument(span).await;
+                if tx.send(Msg::Ticket { t, end, worker: w }).is_err() {
+                    return;
+                }
             }
-            .instrument(span),
-        );
+        });
+        self.workers.push(work);
+        w
     }
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Batch => self.tasks -= 1,
-            Msg::Ticket(t, end) => {
-                if t != Ix::MAX {
-                    self.tasks -= 1;
+            Msg::Batch(failed) => {
+                self.tasks -= 1;
+                if let Some(e) = failed
+                    && self.fatal.is_none()
+                {
+                    self.fail_store(e);
                 }
+            }
+            Msg::Ticket { t, end, worker } => {
+                self.tasks -= 1;
+                self.idle.push(worker);
                 if let End::Store(e) = end {
                     if self.fatal.is_none() {
                         self.fail_store(e);
                     }
-                    if t != Ix::MAX {
-                        let _ = self.sched.requeue(t);
-                    }
+                    let _ = self.sched.requeue(t);
                     return;
                 }
                 match end {
