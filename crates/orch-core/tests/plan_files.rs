@@ -348,3 +348,17 @@ mod fuzz {
         }
     }
 }
+
+/// The fingerprint is recorded in every journal: if its value for the same
+/// plan ever changed, resuming any run started by an earlier version would
+/// be refused as "the plan changed". Values recorded by the first version.
+#[test]
+fn fingerprints_of_an_unchanged_plan_never_change() {
+    let plan = Plan::from_path(workspace().join("examples/plans/production-readiness.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (total, parts) = plan.fingerprint();
+    assert_eq!(total, "27ec8223a409badd");
+    assert_eq!(parts.len(), 32);
+    assert_eq!(parts["policy"], "fbf0f4571858e75a");
+    assert_eq!(parts["ticket:SEC-006"], "a04bd942c59cc8ab");
+}

@@ -447,24 +447,46 @@ impl Plan {
             // Plan types always serialize; a failure would only shorten
             // the input, never panic.
             let _ = serde_json::to_writer(&mut h, v);
-            format!("{:016x}", h.0)
+            // 16 lowercase hex digits (as `{:016x}`, without the
+            // formatting machinery: this runs once per ticket).
+            let mut s = String::with_capacity(16);
+            for i in (0..16).rev() {
+                s.push(char::from(
+                    b"0123456789abcdef"[(h.0 >> (i * 4)) as usize & 0xf],
+                ));
+            }
+            s
         }
-        let mut parts = BTreeMap::new();
-        parts.insert("policy".to_owned(), hash(&self.policy));
-        parts.insert("default_role".to_owned(), hash(&self.default_role));
-        parts.insert("batch_gates".to_owned(), hash(&self.batch_gates));
+        fn key(kind: &str, id: &str) -> String {
+            let mut k = String::with_capacity(kind.len() + 1 + id.len());
+            k.push_str(kind);
+            k.push(':');
+            k.push_str(id);
+            k
+        }
+        let mut parts = vec![
+            ("policy".to_owned(), hash(&self.policy)),
+            ("default_role".to_owned(), hash(&self.default_role)),
+            ("batch_gates".to_owned(), hash(&self.batch_gates)),
+        ];
+        parts.reserve(
+            self.agents.len() + self.phases.len() + self.batches.len() + self.tickets.len(),
+        );
         for (role, spec) in &self.agents {
-            parts.insert(format!("agent:{role}"), hash(spec));
+            parts.push((key("agent", role.as_str()), hash(spec)));
         }
         for (i, p) in self.phases.iter().enumerate() {
-            parts.insert(format!("phase:{}", p.name), hash(&(i, p)));
+            parts.push((key("phase", p.name.as_str()), hash(&(i, p))));
         }
         for b in &self.batches {
-            parts.insert(format!("batch:{}", b.id), hash(b));
+            parts.push((key("batch", b.id.as_str()), hash(b)));
         }
         for t in &self.tickets {
-            parts.insert(format!("ticket:{}", t.id), hash(t));
+            parts.push((key("ticket", t.id.as_str()), hash(t)));
         }
+        // Collecting sorts once (stably: with a repeated id the last one
+        // wins, as inserting did) and builds the tree in one pass.
+        let parts: BTreeMap<String, String> = parts.into_iter().collect();
         (hash(&parts), parts)
     }
 
