@@ -179,10 +179,19 @@ impl FromStr for Effort {
 /// assert_eq!(orch_core::format_minutes(5), "5m");
 /// ```
 pub fn format_minutes(m: u64) -> String {
-    match (m / 60, m % 60) {
-        (0, m) => format!("{m}m"),
-        (h, 0) => format!("{h}h"),
-        (h, m) => format!("{h}h{m:02}m"),
+    Minutes(m).to_string()
+}
+
+/// Shows minutes as `format_minutes` does, written straight to a formatter.
+struct Minutes(u64);
+
+impl fmt::Display for Minutes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0 / 60, self.0 % 60) {
+            (0, m) => write!(f, "{m}m"),
+            (h, 0) => write!(f, "{h}h"),
+            (h, m) => write!(f, "{h}h{m:02}m"),
+        }
     }
 }
 
@@ -190,15 +199,8 @@ impl fmt::Display for Effort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.size {
             Some(size) if size.default_minutes() == self.minutes => f.write_str(size.as_str()),
-            Some(size) => {
-                write!(
-                    f,
-                    "{} ({})",
-                    size.as_str(),
-                    format_minutes(self.minutes.into())
-                )
-            }
-            None => f.write_str(&format_minutes(self.minutes.into())),
+            Some(size) => write!(f, "{} ({})", size.as_str(), Minutes(self.minutes.into())),
+            None => Minutes(self.minutes.into()).fmt(f),
         }
     }
 }

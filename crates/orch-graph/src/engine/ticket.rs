@@ -714,13 +714,24 @@ pub(crate) async fn merge_batch(
 /// digits>`, its front shortened when that would pass the id length limit
 /// (the random end keeps it unique).
 fn agent_id(ticket: &TicketId, phase: &orch_core::PhaseName, attempt: u32) -> AgentId {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(orch_core::id::MAX_ID_LEN + 16);
-    let _ = write!(s, "{ticket}.{phase}.{attempt}");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(orch_core::id::MAX_ID_LEN + 24);
+    s.push_str(ticket.as_str());
+    s.push('.');
+    s.push_str(phase.as_str());
+    s.push('.');
+    let digits = attempt.checked_ilog10().unwrap_or(0) + 1;
+    for i in (0..digits).rev() {
+        s.push(char::from(b'0' + (attempt / 10u32.pow(i) % 10) as u8));
+    }
     s.truncate(orch_core::id::MAX_ID_LEN - 9);
     // Cutting may leave a trailing dot, which would make `..` below.
     s.truncate(s.trim_end_matches('.').len());
-    let _ = write!(s, ".{:08x}", orch_core::EventId::random().0 as u32);
+    s.push('.');
+    let r = orch_core::EventId::random().0 as u32;
+    for i in (0..8).rev() {
+        s.push(char::from(HEX[(r >> (i * 4)) as usize & 0xf]));
+    }
     AgentId::new(&s).expect("valid ids joined by dots, within the length limit")
 }
 
@@ -741,8 +752,18 @@ mod tests {
             assert!(id.as_str().len() <= orch_core::id::MAX_ID_LEN, "{id}");
             assert!(id.as_str().starts_with(&t[..t.len().min(10)]), "{id}");
         }
-        let short = agent_id(&"T-1".parse().unwrap(), &"plan".parse().unwrap(), 2);
-        assert!(short.as_str().starts_with("T-1.plan.2."), "{short}");
-        assert_eq!(short.as_str().len(), "T-1.plan.2.".len() + 8);
+        for (attempt, want) in [(2, "T-1.plan.2."), (10, "T-1.plan.10."), (0, "T-1.plan.0.")]
+            .into_iter()
+            .chain([(u32::MAX, "T-1.plan.4294967295.")])
+        {
+            let short = agent_id(&"T-1".parse().unwrap(), &"plan".parse().unwrap(), attempt);
+            assert!(short.as_str().starts_with(want), "{short}");
+            assert_eq!(short.as_str().len(), want.len() + 8);
+            assert!(
+                short.as_str()[want.len()..]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit())
+            );
+        }
     }
 }
