@@ -881,3 +881,50 @@ impl Agent for OnceThen {
         })
     }
 }
+
+/// An agent with a bug: it panics on ticket A.
+struct PanicsOnA(ScriptedAgent);
+
+#[async_trait]
+impl Agent for PanicsOnA {
+    fn backend(&self) -> &str {
+        "buggy"
+    }
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        assert_ne!(task.ticket.id.as_str(), "A", "a bug in the agent");
+        self.0.run(task, ctx).await
+    }
+}
+
+/// A panic inside one ticket's pipeline fails that ticket (and blocks its
+/// dependents); the run does not wait for it forever, the rest go on.
+#[tokio::test]
+async fn a_panicking_agent_fails_its_ticket_instead_of_hanging_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Arc::new(PanicsOnA(ScriptedAgent::new("s", writes())));
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("r");
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        engine(small_plan(""), agent, store.clone(), dir.path()).run(&run, Cancellation::new()),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    let s = &report.state;
+    assert_eq!(s.tickets["A"].status, TicketStatus::Failed);
+    assert!(
+        s.tickets["A"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("panicked"),
+        "{:?}",
+        s.tickets["A"].reason
+    );
+    assert_eq!(s.tickets["B"].status, TicketStatus::Done);
+    assert_eq!(s.tickets["C"].status, TicketStatus::Blocked);
+    assert_eq!(s.tickets["D"].status, TicketStatus::Blocked);
+    assert_live_equals_fold(store.as_ref(), &run, s).await;
+}

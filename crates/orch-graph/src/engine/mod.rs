@@ -415,6 +415,26 @@ enum Msg {
     Ticket { t: Ix, end: End, worker: usize },
     /// A batch merge ended; with the store's error if the store failed.
     Batch(Option<StoreError>),
+    /// A ticket's pipeline panicked (a bug in an agent, gate or workspace
+    /// implementation); its worker is gone.
+    Panicked(Ix),
+}
+
+/// Reports a worker's ticket as panicked unless defused: a panic inside the
+/// pipeline ends the worker task, and tokio drops the task's future (and
+/// this with it) after catching the panic, so the dispatcher hears of it
+/// instead of waiting for the ticket forever.
+struct PanicGuard<'a> {
+    tx: &'a mpsc::UnboundedSender<Msg>,
+    t: Option<Ix>,
+}
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.t {
+            let _ = self.tx.send(Msg::Panicked(t));
+        }
+    }
 }
 
 struct Dispatcher {
@@ -717,8 +737,13 @@ impl Dispatcher {
         let (shared, tx) = (self.shared.clone(), self.tx.clone());
         self.pool.spawn(async move {
             while let Some(t) = next.recv().await {
+                let mut guard = PanicGuard {
+                    tx: &tx,
+                    t: Some(t),
+                };
                 let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
                 let end = ticket::run_ticket(&shared, t).instrument(span).await;
+                guard.t = None;
                 if tx.send(Msg::Ticket { t, end, worker: w }).is_err() {
                     return;
                 }
@@ -737,6 +762,21 @@ impl Dispatcher {
                 {
                     self.fail_store(e);
                 }
+            }
+            Msg::Panicked(t) => {
+                // The worker is gone (not returned to the idle ones).
+                self.tasks -= 1;
+                let reason = "its pipeline panicked (a bug in an agent, gate or workspace \
+                    implementation; the panic message is in the log)"
+                    .to_owned();
+                tracing::error!(ticket = %self.id(t), "{reason}");
+                self.append(vec![EventKind::TicketFailed {
+                    ticket: self.id(t),
+                    reason,
+                }])
+                .await;
+                let blocked = self.sched.fail(t).unwrap_or_default();
+                self.settle(t, blocked).await;
             }
             Msg::Ticket { t, end, worker } => {
                 self.tasks -= 1;
