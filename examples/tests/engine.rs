@@ -928,3 +928,89 @@ async fn a_panicking_agent_fails_its_ticket_instead_of_hanging_the_run() {
     assert_eq!(s.tickets["D"].status, TicketStatus::Blocked);
     assert_live_equals_fold(store.as_ref(), &run, s).await;
 }
+
+/// A workspace with a bug: merging panics.
+struct MergePanics(SharedDir);
+
+#[async_trait]
+impl orch_core::Workspace for MergePanics {
+    async fn prepare(
+        &self,
+        run: &RunId,
+        ticket: &orch_core::TicketId,
+        deps: &[orch_core::TicketId],
+    ) -> Result<orch_core::Prepared, orch_core::WorkspaceError> {
+        self.0.prepare(run, ticket, deps).await
+    }
+    async fn checkpoint(
+        &self,
+        run: &RunId,
+        ticket: &orch_core::TicketId,
+        phase: &orch_core::PhaseName,
+        attempt: u32,
+    ) -> Result<Option<String>, orch_core::WorkspaceError> {
+        self.0.checkpoint(run, ticket, phase, attempt).await
+    }
+    async fn rollback(
+        &self,
+        run: &RunId,
+        ticket: &orch_core::TicketId,
+        commit: &str,
+    ) -> Result<(), orch_core::WorkspaceError> {
+        self.0.rollback(run, ticket, commit).await
+    }
+    async fn merge(
+        &self,
+        _: &RunId,
+        _: &orch_core::BatchId,
+        _: &[orch_core::TicketId],
+    ) -> Result<orch_core::Merged, orch_core::WorkspaceError> {
+        panic!("a bug in the workspace")
+    }
+    async fn release(
+        &self,
+        run: &RunId,
+        ticket: &orch_core::TicketId,
+    ) -> Result<(), orch_core::WorkspaceError> {
+        self.0.release(run, ticket).await
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_merge_fails_its_batch_instead_of_hanging_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = small_plan(
+        r#"
+[[batches]]
+id = "P1"
+title = "one"
+tickets = ["A", "B", "C", "D"]
+"#,
+    );
+    let agent = Arc::new(ScriptedAgent::new("s", writes()));
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("r");
+    let engine = engine(plan, agent, store.clone(), dir.path())
+        .workspace(Arc::new(MergePanics(SharedDir::new(dir.path()))));
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        engine.run(&run, Cancellation::new()),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    let s = &report.state;
+    assert_eq!(s.count(TicketStatus::Done), 4);
+    assert_eq!(s.batches["P1"].status, BatchStatus::Failed);
+    assert!(
+        s.batches["P1"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("the merge panicked"),
+        "{:?}",
+        s.batches["P1"].reason
+    );
+    assert_live_equals_fold(store.as_ref(), &run, s).await;
+}

@@ -418,21 +418,23 @@ enum Msg {
     /// A ticket's pipeline panicked (a bug in an agent, gate or workspace
     /// implementation); its worker is gone.
     Panicked(Ix),
+    /// A batch merge panicked (a bug in a workspace or gate).
+    BatchPanicked(BatchId),
 }
 
-/// Reports a worker's ticket as panicked unless defused: a panic inside the
-/// pipeline ends the worker task, and tokio drops the task's future (and
-/// this with it) after catching the panic, so the dispatcher hears of it
-/// instead of waiting for the ticket forever.
+/// Sends its message unless defused (`msg` taken): a panic ends the task
+/// that holds it, and tokio drops the task's future (and this with it)
+/// after catching the panic, so the dispatcher hears of it instead of
+/// waiting for that work forever.
 struct PanicGuard<'a> {
     tx: &'a mpsc::UnboundedSender<Msg>,
-    t: Option<Ix>,
+    msg: Option<Msg>,
 }
 
 impl Drop for PanicGuard<'_> {
     fn drop(&mut self) {
-        if let Some(t) = self.t {
-            let _ = self.tx.send(Msg::Panicked(t));
+        if let Some(m) = self.msg.take() {
+            let _ = self.tx.send(m);
         }
     }
 }
@@ -686,8 +688,12 @@ impl Dispatcher {
         self.tasks += 1;
         tokio::spawn(
             async move {
+                let mut guard = PanicGuard {
+                    tx: &tx,
+                    msg: Some(Msg::BatchPanicked(id.clone())),
+                };
                 let r = ticket::merge_batch(&shared, id, tickets).await;
-                let _ = tx.send(Msg::Batch(r.err()));
+                guard.msg = Some(Msg::Batch(r.err()));
             }
             .instrument(span),
         );
@@ -739,14 +745,12 @@ impl Dispatcher {
             while let Some(t) = next.recv().await {
                 let mut guard = PanicGuard {
                     tx: &tx,
-                    t: Some(t),
+                    msg: Some(Msg::Panicked(t)),
                 };
                 let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
                 let end = ticket::run_ticket(&shared, t).instrument(span).await;
-                guard.t = None;
-                if tx.send(Msg::Ticket { t, end, worker: w }).is_err() {
-                    return;
-                }
+                guard.msg = Some(Msg::Ticket { t, end, worker: w });
+                drop(guard);
             }
         });
         self.workers.push(work);
@@ -762,6 +766,15 @@ impl Dispatcher {
                 {
                     self.fail_store(e);
                 }
+            }
+            Msg::BatchPanicked(batch) => {
+                self.tasks -= 1;
+                let reason = "not merged: the merge panicked (a bug in a workspace or gate \
+                    implementation; the panic message is in the log)"
+                    .to_owned();
+                tracing::error!(%batch, "{reason}");
+                self.append(vec![EventKind::BatchFailed { batch, reason }])
+                    .await;
             }
             Msg::Panicked(t) => {
                 // The worker is gone (not returned to the idle ones).
