@@ -477,25 +477,27 @@ tickets = ["B", "D"]
         .run(&run, Cancellation::new())
         .await
         .unwrap();
-    assert_eq!(report.outcome, RunOutcome::Failed);
     let s = &report.state;
-    assert_eq!(s.tickets["A"].status, TicketStatus::Failed);
-    assert!(
-        s.tickets["A"]
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("work failed 2 attempts")
-    );
-    assert_eq!(s.tickets["C"].status, TicketStatus::Blocked);
-    assert_eq!(s.tickets["D"].status, TicketStatus::Blocked);
-    assert_eq!(s.tickets["B"].status, TicketStatus::Done);
+    assert_a_failed_and_blocked_c_and_d(&report, "work failed 2 attempts");
     assert_eq!(s.batches["P1"].status, BatchStatus::Failed);
     assert_eq!(
         s.batches["P1"].reason.as_deref(),
         Some("not merged: a failed, c blocked")
     );
     assert_eq!(s.batches["P2"].status, BatchStatus::Failed);
+}
+
+/// In `small_plan`: the run failed, A failed for `why`, its dependents C
+/// and D are blocked, and B (independent) is done.
+fn assert_a_failed_and_blocked_c_and_d(report: &orch_graph::RunReport, why: &str) {
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    let s = &report.state;
+    assert_eq!(s.tickets["A"].status, TicketStatus::Failed);
+    let reason = s.tickets["A"].reason.as_deref().unwrap_or_default();
+    assert!(reason.contains(why), "{reason}");
+    assert_eq!(s.tickets["C"].status, TicketStatus::Blocked);
+    assert_eq!(s.tickets["D"].status, TicketStatus::Blocked);
+    assert_eq!(s.tickets["B"].status, TicketStatus::Done);
 }
 
 #[tokio::test]
@@ -911,22 +913,8 @@ async fn a_panicking_agent_fails_its_ticket_instead_of_hanging_the_run() {
     .await
     .expect("the run ends")
     .unwrap();
-    assert_eq!(report.outcome, RunOutcome::Failed);
-    let s = &report.state;
-    assert_eq!(s.tickets["A"].status, TicketStatus::Failed);
-    assert!(
-        s.tickets["A"]
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("panicked"),
-        "{:?}",
-        s.tickets["A"].reason
-    );
-    assert_eq!(s.tickets["B"].status, TicketStatus::Done);
-    assert_eq!(s.tickets["C"].status, TicketStatus::Blocked);
-    assert_eq!(s.tickets["D"].status, TicketStatus::Blocked);
-    assert_live_equals_fold(store.as_ref(), &run, s).await;
+    assert_a_failed_and_blocked_c_and_d(&report, "its pipeline panicked");
+    assert_live_equals_fold(store.as_ref(), &run, &report.state).await;
 }
 
 /// A workspace with a bug: merging panics.
