@@ -788,37 +788,41 @@ impl Dispatcher {
                     reason,
                 }])
                 .await;
-                let blocked = self.sched.fail(t).unwrap_or_default();
-                self.settle(t, blocked).await;
+                self.ticket_ended(t, End::Failed).await;
             }
             Msg::Ticket { t, end, worker } => {
                 self.tasks -= 1;
                 self.idle.push(worker);
-                if let End::Store(e) = end {
-                    if self.fatal.is_none() {
-                        self.fail_store(e);
-                    }
-                    let _ = self.sched.requeue(t);
-                    return;
+                self.ticket_ended(t, end).await;
+            }
+        }
+    }
+
+    /// Ticket `t`'s pipeline ended with `end`: update the scheduler, and
+    /// settle what follows from it.
+    async fn ticket_ended(&mut self, t: Ix, end: End) {
+        match end {
+            End::Done => {
+                let _ = self.sched.complete(t);
+                self.settle(t, Vec::new()).await;
+            }
+            End::Failed => {
+                let blocked = self.sched.fail(t).unwrap_or_default();
+                self.settle(t, blocked).await;
+            }
+            End::Escalated => {
+                let _ = self.sched.pause(t);
+                // Answered already (e.g. by an observer)?
+                self.decision(t).await;
+            }
+            End::Interrupted => {
+                let _ = self.sched.requeue(t);
+            }
+            End::Store(e) => {
+                if self.fatal.is_none() {
+                    self.fail_store(e);
                 }
-                match end {
-                    End::Done => {
-                        let _ = self.sched.complete(t);
-                        self.settle(t, Vec::new()).await;
-                    }
-                    End::Failed => {
-                        let blocked = self.sched.fail(t).unwrap_or_default();
-                        self.settle(t, blocked).await;
-                    }
-                    End::Escalated => {
-                        let _ = self.sched.pause(t);
-                        // Answered already (e.g. by an observer)?
-                        self.decision(t).await;
-                    }
-                    End::Interrupted | End::Store(_) => {
-                        let _ = self.sched.requeue(t);
-                    }
-                }
+                let _ = self.sched.requeue(t);
             }
         }
     }
