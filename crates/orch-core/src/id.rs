@@ -227,14 +227,87 @@ id_type!(
     "run id"
 );
 id_type!(
-    /// Identifies one agent invocation, e.g. `SEC-001.implementation.2`.
+    /// Identifies one agent invocation, e.g. `SEC-001.implementation.2.1f0c9a3e`.
     AgentId,
     "agent id"
 );
 
+impl AgentId {
+    /// A fresh id for one invocation on `attempt` of `phase` of `ticket`:
+    /// `<ticket>.<phase>.<attempt>.<8 random hex digits>`, its front
+    /// shortened when that would pass [`MAX_ID_LEN`] (the random end keeps
+    /// it unique), so any valid ticket and phase make a valid agent id.
+    ///
+    /// ```
+    /// let id = orch_core::AgentId::for_attempt(&"T-1".parse().unwrap(), &"plan".parse().unwrap(), 2);
+    /// assert!(id.as_str().starts_with("T-1.plan.2."));
+    /// ```
+    pub fn for_attempt(ticket: &TicketId, phase: &PhaseName, attempt: u32) -> AgentId {
+        let mut s = String::with_capacity(MAX_ID_LEN + 24);
+        s.push_str(ticket.as_str());
+        s.push('.');
+        s.push_str(phase.as_str());
+        s.push('.');
+        let digits = attempt.checked_ilog10().unwrap_or(0) + 1;
+        for i in (0..digits).rev() {
+            s.push(char::from(b'0' + (attempt / 10u32.pow(i) % 10) as u8));
+        }
+        s.truncate(MAX_ID_LEN - 9);
+        // Cutting may leave a trailing dot, which would make `..` below.
+        s.truncate(s.trim_end_matches('.').len());
+        s.push('.');
+        push_hex(&mut s, crate::EventId::random().0 as u32 as u64, 8);
+        match check_id(&s) {
+            Ok(()) => AgentId(s.into()),
+            // Unreachable: valid ids joined by dots, within the limit.
+            Err(rule) => unreachable!("agent id {s:?}: {rule}"),
+        }
+    }
+}
+
+/// Appends the low `digits` hex digits of `v`, lowercase (as `{:0Nx}`,
+/// without the formatting machinery: ids and fingerprints are made once
+/// per ticket).
+pub(crate) fn push_hex(s: &mut String, v: u64, digits: u32) {
+    for i in (0..digits).rev() {
+        s.push(char::from(
+            b"0123456789abcdef"[(v >> (i * 4)) as usize & 0xf],
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_ids_fit_the_id_rule_for_the_longest_ticket_and_phase() {
+        let long = "T".repeat(MAX_ID_LEN);
+        let dotted = format!("{}.x", "A".repeat(MAX_ID_LEN - 11));
+        for (t, p) in [
+            (long.as_str(), "implement"),
+            ("T-1", long.as_str()),
+            (dotted.as_str(), "p"),
+        ] {
+            let id = AgentId::for_attempt(&t.parse().unwrap(), &p.parse().unwrap(), u32::MAX);
+            assert!(id.as_str().len() <= MAX_ID_LEN, "{id}");
+            assert!(id.as_str().starts_with(&t[..t.len().min(10)]), "{id}");
+        }
+        for (attempt, want) in [(2, "T-1.plan.2."), (10, "T-1.plan.10."), (0, "T-1.plan.0.")]
+            .into_iter()
+            .chain([(u32::MAX, "T-1.plan.4294967295.")])
+        {
+            let short =
+                AgentId::for_attempt(&"T-1".parse().unwrap(), &"plan".parse().unwrap(), attempt);
+            assert!(short.as_str().starts_with(want), "{short}");
+            assert_eq!(short.as_str().len(), want.len() + 8);
+            assert!(
+                short.as_str()[want.len()..]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit())
+            );
+        }
+    }
 
     #[test]
     fn accepts_typical_ids() {

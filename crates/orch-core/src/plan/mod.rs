@@ -447,14 +447,8 @@ impl Plan {
             // Plan types always serialize; a failure would only shorten
             // the input, never panic.
             let _ = serde_json::to_writer(&mut h, v);
-            // 16 lowercase hex digits (as `{:016x}`, without the
-            // formatting machinery: this runs once per ticket).
             let mut s = String::with_capacity(16);
-            for i in (0..16).rev() {
-                s.push(char::from(
-                    b"0123456789abcdef"[(h.0 >> (i * 4)) as usize & 0xf],
-                ));
-            }
+            crate::id::push_hex(&mut s, h.0, 16);
             s
         }
         fn key(kind: &str, id: &str) -> String {

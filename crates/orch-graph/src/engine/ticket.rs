@@ -469,7 +469,7 @@ async fn attempt_phase(
         .role_for(ticket, phase)
         .cloned()
         .unwrap_or_else(|| "default".parse().expect("valid role"));
-    let agent_id = agent_id(id, &phase.name, attempt);
+    let agent_id = AgentId::for_attempt(id, &phase.name, attempt);
     let since = SystemTime::now();
     out.write(vec![EventKind::AgentStarted {
         ticket: id.clone(),
@@ -707,63 +707,5 @@ pub(crate) async fn merge_batch(
             failing.join("; ")
         ))])
         .await
-    }
-}
-
-/// A fresh id for one agent invocation: `<ticket>.<phase>.<attempt>.<8 hex
-/// digits>`, its front shortened when that would pass the id length limit
-/// (the random end keeps it unique).
-fn agent_id(ticket: &TicketId, phase: &orch_core::PhaseName, attempt: u32) -> AgentId {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(orch_core::id::MAX_ID_LEN + 24);
-    s.push_str(ticket.as_str());
-    s.push('.');
-    s.push_str(phase.as_str());
-    s.push('.');
-    let digits = attempt.checked_ilog10().unwrap_or(0) + 1;
-    for i in (0..digits).rev() {
-        s.push(char::from(b'0' + (attempt / 10u32.pow(i) % 10) as u8));
-    }
-    s.truncate(orch_core::id::MAX_ID_LEN - 9);
-    // Cutting may leave a trailing dot, which would make `..` below.
-    s.truncate(s.trim_end_matches('.').len());
-    s.push('.');
-    let r = orch_core::EventId::random().0 as u32;
-    for i in (0..8).rev() {
-        s.push(char::from(HEX[(r >> (i * 4)) as usize & 0xf]));
-    }
-    AgentId::new(&s).expect("valid ids joined by dots, within the length limit")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn agent_ids_fit_the_id_rule_for_the_longest_ticket_and_phase() {
-        let long = "T".repeat(orch_core::id::MAX_ID_LEN);
-        let dotted = format!("{}.x", "A".repeat(orch_core::id::MAX_ID_LEN - 11));
-        for (t, p) in [
-            (long.as_str(), "implement"),
-            ("T-1", long.as_str()),
-            (dotted.as_str(), "p"),
-        ] {
-            let id = agent_id(&t.parse().unwrap(), &p.parse().unwrap(), u32::MAX);
-            assert!(id.as_str().len() <= orch_core::id::MAX_ID_LEN, "{id}");
-            assert!(id.as_str().starts_with(&t[..t.len().min(10)]), "{id}");
-        }
-        for (attempt, want) in [(2, "T-1.plan.2."), (10, "T-1.plan.10."), (0, "T-1.plan.0.")]
-            .into_iter()
-            .chain([(u32::MAX, "T-1.plan.4294967295.")])
-        {
-            let short = agent_id(&"T-1".parse().unwrap(), &"plan".parse().unwrap(), attempt);
-            assert!(short.as_str().starts_with(want), "{short}");
-            assert_eq!(short.as_str().len(), want.len() + 8);
-            assert!(
-                short.as_str()[want.len()..]
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit())
-            );
-        }
     }
 }
