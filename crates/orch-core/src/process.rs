@@ -251,18 +251,20 @@ async fn pump<R: AsyncRead + Unpin>(mut r: R, keep: usize) -> Captured {
 }
 
 /// Reads one line (up to and including `\n`) into `buf`, keeping at most
-/// `cap` bytes of it. Returns the bytes consumed (0 at end of stream) and
-/// whether the line ended. Cancel-safe: bytes already read stay in `buf`.
+/// `cap` bytes of it, and adds every byte it consumes to `consumed` as it
+/// goes. Returns `true` when the line ended, `false` at the end of the
+/// stream. Cancel-safe: a read dropped half-way (by `select!`) leaves the
+/// bytes it took in `buf` and counted in `consumed`.
 async fn read_line_capped<R: AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     cap: usize,
-) -> std::io::Result<(usize, bool)> {
-    let mut total = 0;
+    consumed: &mut usize,
+) -> std::io::Result<bool> {
     loop {
         let available = r.fill_buf().await?;
         if available.is_empty() {
-            return Ok((total, false));
+            return Ok(false);
         }
         let (used, done) = match available.iter().position(|b| *b == b'\n') {
             Some(i) => (i + 1, true),
@@ -271,9 +273,9 @@ async fn read_line_capped<R: AsyncBufRead + Unpin>(
         let room = cap.saturating_sub(buf.len());
         buf.extend_from_slice(&available[..used.min(room)]);
         r.consume(used);
-        total += used;
+        *consumed += used;
         if done {
-            return Ok((total, true));
+            return Ok(true);
         }
     }
 }
@@ -385,13 +387,10 @@ pub async fn run_lines(
         // disabled and this value unused.
         let stall_at = cmd.stall.map_or(deadline, |s| last_output + s);
         tokio::select! {
-            r = read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES), if !eof => match r {
-                Ok((n, ended)) if n > 0 => {
+            r = read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES, &mut consumed), if !eof => match r {
+                Ok(true) => {
                     last_output = tokio::time::Instant::now();
-                    consumed += n;
-                    if ended {
-                        deliver(&mut line, &mut consumed, &mut stdout);
-                    }
+                    deliver(&mut line, &mut consumed, &mut stdout);
                 }
                 _ => {
                     eof = true;
@@ -438,16 +437,10 @@ pub async fn run_lines(
     let grace = Duration::from_secs(5);
     if !eof {
         let _ = tokio::time::timeout(grace, async {
-            loop {
-                match read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES).await {
-                    Ok((n, ended)) if n > 0 => {
-                        consumed += n;
-                        if ended {
-                            deliver(&mut line, &mut consumed, &mut stdout);
-                        }
-                    }
-                    _ => break,
-                }
+            while let Ok(true) =
+                read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES, &mut consumed).await
+            {
+                deliver(&mut line, &mut consumed, &mut stdout);
             }
         })
         .await;
@@ -466,6 +459,36 @@ pub async fn run_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line read in pieces, with the read dropped between them (as
+    /// `select!` does when the child exits first), is counted whole:
+    /// counting only what a finished read returned lost the first piece
+    /// and underflowed the skipped-bytes count.
+    #[tokio::test]
+    async fn a_line_read_across_a_dropped_read_is_counted_whole() {
+        use tokio::io::AsyncWriteExt;
+        let (mut w, r) = tokio::io::duplex(64);
+        let mut reader = tokio::io::BufReader::new(r);
+        let (mut line, mut consumed) = (Vec::new(), 0);
+        w.write_all(b"abcdef").await.unwrap();
+        let first = tokio::time::timeout(
+            Duration::from_millis(50),
+            read_line_capped(&mut reader, &mut line, 4, &mut consumed),
+        )
+        .await;
+        assert!(first.is_err(), "no line end yet: the read waits");
+        assert_eq!((line.as_slice(), consumed), (&b"abcd"[..], 6));
+        w.write_all(b"gh\n").await.unwrap();
+        let ended = read_line_capped(&mut reader, &mut line, 4, &mut consumed).await;
+        assert!(ended.unwrap());
+        assert_eq!((line.as_slice(), consumed), (&b"abcd"[..], 9));
+        drop(w);
+        assert!(
+            !read_line_capped(&mut reader, &mut line, 4, &mut consumed)
+                .await
+                .unwrap()
+        );
+    }
 
     #[test]
     fn captured_keeps_head_and_tail() {
