@@ -155,14 +155,9 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     let st = out.ticket();
     let (status, pending) = (st.status, st.pending_decision);
     let (workdir, recorded_base) = (st.workdir.clone(), st.base.clone());
-    let deps: Vec<TicketId> = sh
-        .graph
-        .dependencies(t)
-        .iter()
-        .map(|&d| plan.tickets[d as usize].id.clone())
-        .collect();
-
-    let prepared = match sh.workspace.prepare(&run, &id, &deps).await {
+    // The graph's edges of `t` are exactly these (it is built from them);
+    // the list is the plan's own, so nothing is gathered per ticket.
+    let prepared = match sh.workspace.prepare(&run, &id, &ticket.depends_on).await {
         Ok(p) => p,
         Err(e) => return fail(out, &id, format!("cannot prepare its work tree: {e}")).await,
     };
