@@ -899,7 +899,8 @@ impl Agent for PanicsOnA {
 }
 
 /// A panic inside one ticket's pipeline fails that ticket (and blocks its
-/// dependents); the run does not wait for it forever, the rest go on.
+/// dependents), with the panic's message as the reason; the run does not
+/// wait for it forever, the rest go on.
 #[tokio::test]
 async fn a_panicking_agent_fails_its_ticket_instead_of_hanging_the_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -914,6 +915,7 @@ async fn a_panicking_agent_fails_its_ticket_instead_of_hanging_the_run() {
     .expect("the run ends")
     .unwrap();
     assert_a_failed_and_blocked_c_and_d(&report, "its pipeline panicked");
+    assert_a_failed_and_blocked_c_and_d(&report, "a bug in the agent");
     assert_live_equals_fold(store.as_ref(), &run, &report.state).await;
 }
 

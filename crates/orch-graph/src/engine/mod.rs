@@ -4,8 +4,14 @@ mod journal;
 mod prompt;
 mod ticket;
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use orch_core::{
     Agent, AgentId, BatchId, Cancellation, Decision, Event, EventKind, Gate, GateError, GateSpec,
@@ -411,19 +417,27 @@ pub async fn decide(
 }
 
 enum Msg {
-    /// A ticket's pipeline ended; its worker is free again.
-    Ticket { t: Ix, end: End, worker: usize },
     /// A batch merge ended; with the store's error if the store failed.
     Batch(Option<StoreError>),
-    /// A ticket's pipeline panicked (a bug in an agent, gate or workspace
-    /// implementation); its worker is gone.
-    Panicked(Ix),
     /// A batch merge panicked (a bug in a workspace or gate).
     BatchPanicked(BatchId),
 }
 
-/// Sends its message unless defused (`msg` taken): a panic ends the task
-/// that holds it, and tokio drops the task's future (and this with it)
+/// One ticket's pipeline; it ends with the ticket and how its pipeline
+/// ended, or the panic's payload if it panicked.
+type TicketRun = Pin<Box<dyn Future<Output = (Ix, std::thread::Result<End>)> + Send>>;
+
+/// The text of a panic's payload (what `panic!` was given).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Sends its message unless defused (`msg` taken): a panic ends the merge
+/// task that holds it, and tokio drops the task's future (and this with it)
 /// after catching the panic, so the dispatcher hears of it instead of
 /// waiting for that work forever.
 struct PanicGuard<'a> {
@@ -450,13 +464,12 @@ struct Dispatcher {
     batches: Vec<(BatchId, Vec<Ix>, usize)>,
     /// Tickets and merges running.
     tasks: usize,
-    /// Worker tasks, each running one ticket's pipeline at a time (one
-    /// spawn per worker, not per ticket); the channel hands it the next.
-    workers: Vec<mpsc::UnboundedSender<Ix>>,
-    /// Workers waiting for a ticket.
-    idle: Vec<usize>,
-    /// Aborts the workers (idle by then) when the run returns.
-    pool: tokio::task::JoinSet<()>,
+    /// The running tickets' pipelines, polled by the dispatcher itself:
+    /// a pipeline spends its life waiting on an agent or a gate (a child
+    /// process, an HTTP call), and the engine's own work between waits is
+    /// microseconds, so one task polls them all, with no hand-over to a
+    /// worker task and back (and no wake-up of another thread) per ticket.
+    running: FuturesUnordered<TicketRun>,
     stop: Option<RunOutcome>,
     fatal: Option<StoreError>,
 }
@@ -524,9 +537,7 @@ impl Dispatcher {
             batch_of,
             batches,
             tasks: 0,
-            workers: Vec::new(),
-            idle: Vec::new(),
-            pool: tokio::task::JoinSet::new(),
+            running: FuturesUnordered::new(),
             stop: None,
             fatal: None,
         }
@@ -724,37 +735,22 @@ impl Dispatcher {
         }
     }
 
-    /// Hands ticket `t` to an idle worker, starting one if none is idle
-    /// (the scheduler keeps the running tickets within the limits, so
-    /// there are never more workers than the concurrency limit).
+    /// Starts ticket `t`'s pipeline (the scheduler keeps the running
+    /// tickets within the limits). A panic in it (a bug in an agent, gate
+    /// or workspace implementation) is caught and fails the ticket alone.
     fn spawn_ticket(&mut self, t: Ix) {
-        let w = match self.idle.pop() {
-            Some(w) => w,
-            None => self.start_worker(),
-        };
         self.tasks += 1;
-        // A worker's channel closes only when the dispatcher drops it.
-        let _ = self.workers[w].send(t);
-    }
-
-    fn start_worker(&mut self) -> usize {
-        let w = self.workers.len();
-        let (work, mut next) = mpsc::unbounded_channel::<Ix>();
-        let (shared, tx) = (self.shared.clone(), self.tx.clone());
-        self.pool.spawn(async move {
-            while let Some(t) = next.recv().await {
-                let mut guard = PanicGuard {
-                    tx: &tx,
-                    msg: Some(Msg::Panicked(t)),
-                };
-                let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
-                let end = ticket::run_ticket(&shared, t).instrument(span).await;
-                guard.msg = Some(Msg::Ticket { t, end, worker: w });
-                drop(guard);
+        let shared = self.shared.clone();
+        let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
+        self.running.push(Box::pin(
+            async move {
+                let end = AssertUnwindSafe(ticket::run_ticket(&shared, t))
+                    .catch_unwind()
+                    .await;
+                (t, end)
             }
-        });
-        self.workers.push(work);
-        w
+            .instrument(span),
+        ));
     }
 
     async fn handle(&mut self, msg: Msg) {
@@ -776,26 +772,30 @@ impl Dispatcher {
                 self.append(vec![EventKind::BatchFailed { batch, reason }])
                     .await;
             }
-            Msg::Panicked(t) => {
-                // The worker is gone (not returned to the idle ones).
-                self.tasks -= 1;
-                let reason = "its pipeline panicked (a bug in an agent, gate or workspace \
-                    implementation; the panic message is in the log)"
-                    .to_owned();
+        }
+    }
+
+    /// Ticket `t`'s pipeline returned, or panicked.
+    async fn ticket_returned(&mut self, t: Ix, end: std::thread::Result<End>) {
+        self.tasks -= 1;
+        let end = match end {
+            Ok(end) => end,
+            Err(payload) => {
+                let reason = format!(
+                    "its pipeline panicked (a bug in an agent, gate or workspace \
+                     implementation): {}",
+                    panic_text(&*payload)
+                );
                 tracing::error!(ticket = %self.id(t), "{reason}");
                 self.append(vec![EventKind::TicketFailed {
                     ticket: self.id(t),
                     reason,
                 }])
                 .await;
-                self.ticket_ended(t, End::Failed).await;
+                End::Failed
             }
-            Msg::Ticket { t, end, worker } => {
-                self.tasks -= 1;
-                self.idle.push(worker);
-                self.ticket_ended(t, end).await;
-            }
-        }
+        };
+        self.ticket_ended(t, end).await;
     }
 
     /// Ticket `t`'s pipeline ended with `end`: update the scheduler, and
@@ -867,6 +867,14 @@ impl Dispatcher {
                 continue;
             }
             tokio::select! {
+                Some((t, end)) = self.running.next(), if !self.running.is_empty() => {
+                    self.ticket_returned(t, end).await;
+                    // The others that ended meanwhile, without a turn of
+                    // the whole loop each.
+                    while let Some(Some((t, end))) = self.running.next().now_or_never() {
+                        self.ticket_returned(t, end).await;
+                    }
+                }
                 Some(msg) = rx.recv() => {
                     self.handle(msg).await;
                     while let Ok(msg) = rx.try_recv() {
