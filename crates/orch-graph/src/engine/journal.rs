@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use orch_core::{
     AgentId, Budget, Cancellation, Event, EventKind, Progress, RunId, RunState, StateStore,
-    StoreError, TicketId,
+    StoreError, StoreErrorKind, TicketId,
 };
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 use super::Observer;
 
@@ -36,6 +37,39 @@ struct Inner {
     /// Events appended but not yet folded, because an earlier seq (another
     /// task's append, or another process's decision) is not known yet.
     pending: BTreeMap<u64, Event>,
+    /// An append is being written; others wait in `next`.
+    writing: bool,
+    /// Appends that came while one was being written: they go to the store
+    /// together, as one append, when it is done.
+    next: Vec<Event>,
+    /// Who waits for `next`.
+    waiting: Vec<oneshot::Sender<Turn>>,
+}
+
+/// What an append waiting in `next` hears.
+enum Turn {
+    /// Its events were written with the others (or the write failed).
+    Done(Result<(), StoreError>),
+    /// The write before ended: this one writes `next` now.
+    Lead,
+}
+
+/// Held by the append that writes: when it is done, or dropped half-way,
+/// the first waiting append is told to write the next group.
+struct Writing<'a>(&'a Journal);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut g = self.0.lock();
+        while !g.waiting.is_empty() {
+            if g.waiting.remove(0).send(Turn::Lead).is_ok() {
+                return;
+            }
+        }
+        // No one waits (any events left in `next` belong to appends that
+        // were dropped; the next writer takes them along).
+        g.writing = false;
+    }
 }
 
 impl Journal {
@@ -55,6 +89,9 @@ impl Journal {
                 applied: state.events,
                 state,
                 pending: BTreeMap::new(),
+                writing: false,
+                next: Vec::new(),
+                waiting: Vec::new(),
             }),
             observers,
             decisions,
@@ -69,10 +106,61 @@ impl Journal {
     }
 
     /// Appends `events` durably, then folds them.
+    ///
+    /// One append is written at a time; appends made meanwhile (by other
+    /// tickets' pipelines) wait and then go to the store together, as one
+    /// append, written by the first of them. Under load a store call
+    /// carries many tickets' events (one writer hand-over, one fsync, one
+    /// round trip) instead of one call each. A store error fails every
+    /// append of its group; for the engine any store error is fatal to the
+    /// run anyway.
     pub(crate) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        let seqs = self.store.append(&self.run, &events).await?;
-        self.absorb(seqs.into_iter().zip(events));
-        Ok(())
+        let turn = {
+            let mut g = self.lock();
+            if g.writing {
+                let (tx, rx) = oneshot::channel();
+                g.next.extend(events);
+                g.waiting.push(tx);
+                Err(rx)
+            } else {
+                g.writing = true;
+                Ok(events)
+            }
+        };
+        let events = match turn {
+            Ok(events) => events,
+            Err(rx) => match rx.await {
+                Ok(Turn::Done(r)) => return r,
+                // Our turn: our events are in `next`, with the others'.
+                Ok(Turn::Lead) => Vec::new(),
+                Err(_) => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Io,
+                        "the journal write this append waited for was abandoned",
+                    ));
+                }
+            },
+        };
+        let writing = Writing(self);
+        let (group, waiting) = {
+            let mut g = self.lock();
+            let mut group = std::mem::take(&mut g.next);
+            if group.is_empty() {
+                group = events;
+            } else {
+                group.extend(events);
+            }
+            (group, std::mem::take(&mut g.waiting))
+        };
+        let written = self.store.append(&self.run, &group).await;
+        // The next group goes to the store first, so that it is written
+        // while this one is folded and its tickets go on.
+        drop(writing);
+        let r = written.map(|seqs| self.absorb(seqs.into_iter().zip(group)));
+        for w in waiting {
+            let _ = w.send(Turn::Done(r.clone()));
+        }
+        r
     }
 
     /// Reads events appended by others (a decision recorded by `orch
@@ -161,5 +249,181 @@ impl Journal {
             o.finished(&g.state);
         }
         std::mem::take(&mut g.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use futures_util::FutureExt;
+    use orch_core::StoredEvent;
+    use tokio::sync::Semaphore;
+
+    /// A store whose appends each wait for a permit; it records the size
+    /// of every call, and fails the calls whose number is in `fail`.
+    struct Gated {
+        events: Mutex<Vec<Event>>,
+        calls: Mutex<Vec<usize>>,
+        gate: Semaphore,
+        fail: Vec<usize>,
+    }
+
+    #[async_trait]
+    impl StateStore for Gated {
+        async fn append(&self, _: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+            let call = {
+                let mut c = self.calls.lock().unwrap();
+                c.push(events.len());
+                c.len()
+            };
+            self.gate.acquire().await.unwrap().forget();
+            if self.fail.contains(&call) {
+                return Err(StoreError::new(StoreErrorKind::Io, "disk full"));
+            }
+            let mut j = self.events.lock().unwrap();
+            Ok(events
+                .iter()
+                .map(|e| {
+                    j.push(e.clone());
+                    j.len() as u64
+                })
+                .collect())
+        }
+        async fn read(&self, _: &RunId, _: u64, _: usize) -> Result<Vec<StoredEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn gated(fail: Vec<usize>) -> Arc<Gated> {
+        Arc::new(Gated {
+            events: Mutex::default(),
+            calls: Mutex::default(),
+            gate: Semaphore::new(0),
+            fail,
+        })
+    }
+
+    fn journal(store: Arc<Gated>) -> Arc<Journal> {
+        let (decisions, _) = tokio::sync::mpsc::unbounded_channel();
+        Arc::new(Journal::new(
+            store,
+            "r".parse().unwrap(),
+            RunState::default(),
+            Vec::new(),
+            decisions,
+            Budget::default(),
+            Cancellation::new(),
+        ))
+    }
+
+    fn ready(t: &str) -> Vec<Event> {
+        vec![Event::now(EventKind::TicketReady {
+            ticket: t.parse().unwrap(),
+        })]
+    }
+
+    /// The task's result, failing the test if it never ends (an append
+    /// stranded in the queue).
+    async fn ended<T>(t: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), t)
+            .await
+            .expect("the append is not stranded")
+            .unwrap()
+    }
+
+    /// Waits until `n` appends wait behind the one being written.
+    async fn waiting(j: &Journal, n: usize) {
+        while j.lock().waiting.len() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_made_while_one_is_written_go_to_the_store_together() {
+        let store = gated(Vec::new());
+        let j = journal(store.clone());
+        let first = tokio::spawn({
+            let j = j.clone();
+            async move { j.append(ready("A")).await }
+        });
+        let rest: Vec<_> = ["B", "C", "D"]
+            .into_iter()
+            .map(|t| {
+                let j = j.clone();
+                tokio::spawn(async move { j.append(ready(t)).await })
+            })
+            .collect();
+        waiting(&j, 3).await;
+        assert_eq!(*store.calls.lock().unwrap(), [1], "the others wait");
+        store.gate.add_permits(2);
+        ended(first).await.unwrap();
+        for r in rest {
+            ended(r).await.unwrap();
+        }
+        assert_eq!(*store.calls.lock().unwrap(), [1, 3]);
+        let folded = j.with_state(|s| {
+            let mut t: Vec<String> = s.tickets.keys().map(|t| t.to_string()).collect();
+            t.sort();
+            (s.events, t)
+        });
+        assert_eq!(
+            folded,
+            (4, vec!["A".into(), "B".into(), "C".into(), "D".into()])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_every_append_of_its_group_and_no_other() {
+        let store = gated(vec![2]);
+        let j = journal(store.clone());
+        let first = tokio::spawn({
+            let j = j.clone();
+            async move { j.append(ready("A")).await }
+        });
+        let rest: Vec<_> = ["B", "C"]
+            .into_iter()
+            .map(|t| {
+                let j = j.clone();
+                tokio::spawn(async move { j.append(ready(t)).await })
+            })
+            .collect();
+        waiting(&j, 2).await;
+        store.gate.add_permits(3);
+        ended(first).await.unwrap();
+        for r in rest {
+            let e = ended(r).await.unwrap_err();
+            assert_eq!(e.message, "disk full");
+        }
+        // The journal goes on: a later append is written on its own.
+        j.append(ready("D")).await.unwrap();
+        assert_eq!(*store.calls.lock().unwrap(), [1, 2, 1]);
+        assert_eq!(j.with_state(|s| s.events), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_dropped_half_way_hands_the_next_group_on() {
+        let store = gated(Vec::new());
+        let j = journal(store.clone());
+        let mut first = Box::pin(j.append(ready("A")));
+        assert!(
+            first.as_mut().now_or_never().is_none(),
+            "waits for the store"
+        );
+        let next = tokio::spawn({
+            let j = j.clone();
+            async move { j.append(ready("B")).await }
+        });
+        waiting(&j, 1).await;
+        // The writing append goes away (its task was dropped) before the
+        // store answered: the waiting one writes its group itself.
+        drop(first);
+        store.gate.add_permits(1);
+        ended(next).await.unwrap();
+        assert_eq!(*store.calls.lock().unwrap(), [1, 1]);
+        assert!(j.with_state(|s| s.tickets.contains_key("B")));
     }
 }
