@@ -1,9 +1,9 @@
 //! Engine overhead: N tickets of one phase, a no-op agent, no gates, on a
-//! random DAG with about 4 dependencies each; in memory and on durable
+//! random DAG with about 4 dependencies each (or DEPS); in memory and on durable
 //! SQLite. Prints tickets per second and microseconds per ticket.
 //!
 //! ```text
-//! cargo run --release -p orch-examples --example engine_scale -- [N] [CONCURRENCY] [memory|sqlite|both]
+//! cargo run --release -p orch-examples --example engine_scale -- [N] [CONCURRENCY] [memory|sqlite|both] [DEPS]
 //! ```
 
 use std::sync::Arc;
@@ -32,10 +32,11 @@ fn main() -> Result<(), orch_examples::Error> {
         );
     };
     let which = args.get(2).map_or("both", String::as_str);
+    let deps: u32 = args.get(3).map_or(Ok(4), |s| s.parse())?;
     if which != "sqlite" {
         let mem = rt.block_on(run_noop(
             n,
-            4,
+            deps,
             conc,
             Arc::new(orch_state::MemoryStore::new()),
         ));
@@ -47,7 +48,7 @@ fn main() -> Result<(), orch_examples::Error> {
     let dir = std::env::temp_dir().join(format!("orch-engine-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let store = Arc::new(orch_state::SqliteStore::open(dir.join("state.db"))?);
-    let sql = rt.block_on(run_noop(n, 4, conc, store));
+    let sql = rt.block_on(run_noop(n, deps, conc, store));
     report("sqlite", sql);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
