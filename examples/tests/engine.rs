@@ -919,6 +919,69 @@ async fn a_panicking_agent_fails_its_ticket_instead_of_hanging_the_run() {
     assert_live_equals_fold(store.as_ref(), &run, &report.state).await;
 }
 
+/// An agent with a bug that shows late: it panics on ticket A after a while.
+struct PanicsOnALater(ScriptedAgent);
+
+#[async_trait]
+impl Agent for PanicsOnALater {
+    fn backend(&self) -> &str {
+        "buggy"
+    }
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        if task.ticket.id.as_str() == "A" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            panic!("a late bug in the agent");
+        }
+        self.0.run(task, ctx).await
+    }
+}
+
+/// A store that takes its time over B's agent starting.
+struct SlowOnB(MemoryStore);
+
+#[async_trait]
+impl StateStore for SlowOnB {
+    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        if events.iter().any(
+            |e| matches!(&e.kind, EventKind::AgentStarted { ticket, .. } if ticket.as_str() == "B"),
+        ) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.0.append(run, events).await
+    }
+    async fn read(
+        &self,
+        run: &RunId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.0.read(run, after, limit).await
+    }
+    async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
+        self.0.runs().await
+    }
+}
+
+/// The dispatcher records A's failure (and C and D blocked) while B's
+/// pipeline is half-way through writing to a slow store: the dispatcher
+/// must not wait on a write that only it can drive.
+#[tokio::test]
+async fn the_dispatcher_records_while_a_ticket_is_writing_to_a_slow_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Arc::new(PanicsOnALater(ScriptedAgent::new("s", writes())));
+    let store = Arc::new(SlowOnB(MemoryStore::new()));
+    let run = run_id("r");
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        engine(small_plan(""), agent, store.clone(), dir.path()).run(&run, Cancellation::new()),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap();
+    assert_a_failed_and_blocked_c_and_d(&report, "a late bug in the agent");
+    assert_live_equals_fold(&store.0, &run, &report.state).await;
+}
+
 /// A workspace with a bug: merging panics.
 struct MergePanics(SharedDir);
 

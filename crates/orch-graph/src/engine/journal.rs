@@ -106,15 +106,28 @@ impl Journal {
     }
 
     /// Appends `events` durably, then folds them.
+    pub(crate) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        let seqs = self.store.append(&self.run, &events).await?;
+        self.absorb(seqs.into_iter().zip(events));
+        Ok(())
+    }
+
+    /// [`Journal::append`] for the tickets' pipelines, which the
+    /// dispatcher polls together.
     ///
-    /// One append is written at a time; appends made meanwhile (by other
-    /// tickets' pipelines) wait and then go to the store together, as one
-    /// append, written by the first of them. Under load a store call
-    /// carries many tickets' events (one writer hand-over, one fsync, one
-    /// round trip) instead of one call each. A store error fails every
+    /// One such append is written at a time; those made meanwhile (by
+    /// other tickets' pipelines) wait and then go to the store together,
+    /// as one append, written by the first of them. Under load a store
+    /// call carries many tickets' events (one writer hand-over, one fsync,
+    /// one round trip) instead of one call each. A store error fails every
     /// append of its group; for the engine any store error is fatal to the
     /// run anyway.
-    pub(crate) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
+    ///
+    /// Only for futures polled by the dispatcher: a waiting append needs
+    /// the one writing to be polled, so the dispatcher's own appends (made
+    /// while it polls no pipeline) and other tasks' go through
+    /// [`Journal::append`], straight to the store.
+    pub(crate) async fn append_grouped(&self, events: Vec<Event>) -> Result<(), StoreError> {
         let turn = {
             let mut g = self.lock();
             if g.writing {
@@ -348,13 +361,13 @@ mod tests {
         let j = journal(store.clone());
         let first = tokio::spawn({
             let j = j.clone();
-            async move { j.append(ready("A")).await }
+            async move { j.append_grouped(ready("A")).await }
         });
         let rest: Vec<_> = ["B", "C", "D"]
             .into_iter()
             .map(|t| {
                 let j = j.clone();
-                tokio::spawn(async move { j.append(ready(t)).await })
+                tokio::spawn(async move { j.append_grouped(ready(t)).await })
             })
             .collect();
         waiting(&j, 3).await;
@@ -382,13 +395,13 @@ mod tests {
         let j = journal(store.clone());
         let first = tokio::spawn({
             let j = j.clone();
-            async move { j.append(ready("A")).await }
+            async move { j.append_grouped(ready("A")).await }
         });
         let rest: Vec<_> = ["B", "C"]
             .into_iter()
             .map(|t| {
                 let j = j.clone();
-                tokio::spawn(async move { j.append(ready(t)).await })
+                tokio::spawn(async move { j.append_grouped(ready(t)).await })
             })
             .collect();
         waiting(&j, 2).await;
@@ -399,7 +412,7 @@ mod tests {
             assert_eq!(e.message, "disk full");
         }
         // The journal goes on: a later append is written on its own.
-        j.append(ready("D")).await.unwrap();
+        j.append_grouped(ready("D")).await.unwrap();
         assert_eq!(*store.calls.lock().unwrap(), [1, 2, 1]);
         assert_eq!(j.with_state(|s| s.events), 2);
     }
@@ -408,14 +421,14 @@ mod tests {
     async fn a_write_dropped_half_way_hands_the_next_group_on() {
         let store = gated(Vec::new());
         let j = journal(store.clone());
-        let mut first = Box::pin(j.append(ready("A")));
+        let mut first = Box::pin(j.append_grouped(ready("A")));
         assert!(
             first.as_mut().now_or_never().is_none(),
             "waits for the store"
         );
         let next = tokio::spawn({
             let j = j.clone();
-            async move { j.append(ready("B")).await }
+            async move { j.append_grouped(ready("B")).await }
         });
         waiting(&j, 1).await;
         // The writing append goes away (its task was dropped) before the

@@ -65,16 +65,29 @@ pub(crate) struct Outbox<'a> {
     j: &'a Journal,
     pending: Vec<Event>,
     mine: TicketState,
+    /// A ticket's pipeline (polled by the dispatcher): its appends go out
+    /// in groups ([`Journal::append_grouped`]).
+    grouped: bool,
 }
 
 impl<'a> Outbox<'a> {
-    /// An outbox whose view starts from its ticket as the journal has it
-    /// (a batch's outbox has no ticket: its view stays empty).
+    /// A ticket pipeline's outbox, whose view starts from its ticket as
+    /// the journal has it.
     pub(crate) fn new(j: &'a Journal, ticket: TicketState) -> Self {
         Outbox {
             j,
             pending: Vec::new(),
             mine: ticket,
+            grouped: true,
+        }
+    }
+
+    /// The outbox of a batch merge (a task of its own, not polled by the
+    /// dispatcher); its view has no ticket and stays empty.
+    pub(crate) fn for_merge(j: &'a Journal) -> Self {
+        Outbox {
+            grouped: false,
+            ..Outbox::new(j, TicketState::default())
         }
     }
 
@@ -104,7 +117,11 @@ impl<'a> Outbox<'a> {
         if all.is_empty() {
             return Ok(());
         }
-        self.j.append(all).await
+        if self.grouped {
+            self.j.append_grouped(all).await
+        } else {
+            self.j.append(all).await
+        }
     }
 }
 
@@ -652,7 +669,7 @@ pub(crate) async fn merge_batch(
     tickets: Vec<TicketId>,
 ) -> Result<(), StoreError> {
     let j = &sh.journal;
-    let mut out = Outbox::new(j, TicketState::default());
+    let mut out = Outbox::for_merge(j);
     out.write(vec![EventKind::MergeStarted {
         batch: batch.clone(),
     }])
