@@ -884,8 +884,8 @@ impl Agent for OnceThen {
     }
 }
 
-/// An agent with a bug: it panics on ticket A.
-struct PanicsOnA(ScriptedAgent);
+/// An agent with a bug: it panics on ticket A, after the delay.
+struct PanicsOnA(ScriptedAgent, Duration);
 
 #[async_trait]
 impl Agent for PanicsOnA {
@@ -893,9 +893,30 @@ impl Agent for PanicsOnA {
         "buggy"
     }
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
-        assert_ne!(task.ticket.id.as_str(), "A", "a bug in the agent");
+        if task.ticket.id.as_str() == "A" {
+            tokio::time::sleep(self.1).await;
+            panic!("a bug in the agent");
+        }
         self.0.run(task, ctx).await
     }
+}
+
+/// Runs the small plan as run `r`; fails the test if it does not end
+/// within a minute (the engine waiting for work that will never end).
+async fn run_small_within_a_minute(
+    agent: Arc<dyn Agent>,
+    store: Arc<dyn StateStore>,
+) -> (RunId, orch_graph::RunReport) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_id("r");
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        engine(small_plan(""), agent, store, dir.path()).run(&run, Cancellation::new()),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap();
+    (run, report)
 }
 
 /// A panic inside one ticket's pipeline fails that ticket (and blocks its
@@ -903,37 +924,12 @@ impl Agent for PanicsOnA {
 /// wait for it forever, the rest go on.
 #[tokio::test]
 async fn a_panicking_agent_fails_its_ticket_instead_of_hanging_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Arc::new(PanicsOnA(ScriptedAgent::new("s", writes())));
+    let agent = Arc::new(PanicsOnA(ScriptedAgent::new("s", writes()), Duration::ZERO));
     let store = Arc::new(MemoryStore::new());
-    let run = run_id("r");
-    let report = tokio::time::timeout(
-        Duration::from_secs(60),
-        engine(small_plan(""), agent, store.clone(), dir.path()).run(&run, Cancellation::new()),
-    )
-    .await
-    .expect("the run ends")
-    .unwrap();
+    let (run, report) = run_small_within_a_minute(agent, store.clone()).await;
     assert_a_failed_and_blocked_c_and_d(&report, "its pipeline panicked");
     assert_a_failed_and_blocked_c_and_d(&report, "a bug in the agent");
     assert_live_equals_fold(store.as_ref(), &run, &report.state).await;
-}
-
-/// An agent with a bug that shows late: it panics on ticket A after a while.
-struct PanicsOnALater(ScriptedAgent);
-
-#[async_trait]
-impl Agent for PanicsOnALater {
-    fn backend(&self) -> &str {
-        "buggy"
-    }
-    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
-        if task.ticket.id.as_str() == "A" {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            panic!("a late bug in the agent");
-        }
-        self.0.run(task, ctx).await
-    }
 }
 
 /// A store that takes its time over B's agent starting.
@@ -967,18 +963,14 @@ impl StateStore for SlowOnB {
 /// must not wait on a write that only it can drive.
 #[tokio::test]
 async fn the_dispatcher_records_while_a_ticket_is_writing_to_a_slow_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Arc::new(PanicsOnALater(ScriptedAgent::new("s", writes())));
+    // A fails while B's agent start is being written.
+    let agent = Arc::new(PanicsOnA(
+        ScriptedAgent::new("s", writes()),
+        Duration::from_millis(50),
+    ));
     let store = Arc::new(SlowOnB(MemoryStore::new()));
-    let run = run_id("r");
-    let report = tokio::time::timeout(
-        Duration::from_secs(30),
-        engine(small_plan(""), agent, store.clone(), dir.path()).run(&run, Cancellation::new()),
-    )
-    .await
-    .expect("the run ends")
-    .unwrap();
-    assert_a_failed_and_blocked_c_and_d(&report, "a late bug in the agent");
+    let (run, report) = run_small_within_a_minute(agent, store.clone()).await;
+    assert_a_failed_and_blocked_c_and_d(&report, "a bug in the agent");
     assert_live_equals_fold(&store.0, &run, &report.state).await;
 }
 

@@ -348,6 +348,21 @@ mod tests {
             .unwrap()
     }
 
+    /// A task per ticket appending its `TicketReady`, the first started
+    /// first (it writes; the others wait).
+    fn appending(
+        j: &Arc<Journal>,
+        tickets: &[&'static str],
+    ) -> Vec<tokio::task::JoinHandle<Result<(), StoreError>>> {
+        tickets
+            .iter()
+            .map(|&t| {
+                let j = j.clone();
+                tokio::spawn(async move { j.append_grouped(ready(t)).await })
+            })
+            .collect()
+    }
+
     /// Waits until `n` appends wait behind the one being written.
     async fn waiting(j: &Journal, n: usize) {
         while j.lock().waiting.len() < n {
@@ -359,17 +374,8 @@ mod tests {
     async fn appends_made_while_one_is_written_go_to_the_store_together() {
         let store = gated(Vec::new());
         let j = journal(store.clone());
-        let first = tokio::spawn({
-            let j = j.clone();
-            async move { j.append_grouped(ready("A")).await }
-        });
-        let rest: Vec<_> = ["B", "C", "D"]
-            .into_iter()
-            .map(|t| {
-                let j = j.clone();
-                tokio::spawn(async move { j.append_grouped(ready(t)).await })
-            })
-            .collect();
+        let mut rest = appending(&j, &["A", "B", "C", "D"]);
+        let first = rest.remove(0);
         waiting(&j, 3).await;
         assert_eq!(*store.calls.lock().unwrap(), [1], "the others wait");
         store.gate.add_permits(2);
@@ -393,17 +399,8 @@ mod tests {
     async fn a_failed_write_fails_every_append_of_its_group_and_no_other() {
         let store = gated(vec![2]);
         let j = journal(store.clone());
-        let first = tokio::spawn({
-            let j = j.clone();
-            async move { j.append_grouped(ready("A")).await }
-        });
-        let rest: Vec<_> = ["B", "C"]
-            .into_iter()
-            .map(|t| {
-                let j = j.clone();
-                tokio::spawn(async move { j.append_grouped(ready(t)).await })
-            })
-            .collect();
+        let mut rest = appending(&j, &["A", "B", "C"]);
+        let first = rest.remove(0);
         waiting(&j, 2).await;
         store.gate.add_permits(3);
         ended(first).await.unwrap();
