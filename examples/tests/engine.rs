@@ -645,15 +645,34 @@ async fn a_cycle_is_refused_before_anything_runs() {
     assert!(store.runs().await.unwrap().is_empty());
 }
 
-/// A store whose appends fail after the first `ok` calls.
-struct Flaky {
+/// A memory store with faults: its appends fail after the first `ok`
+/// calls, and take their time over the agent start of `slow_on`.
+struct Faulty {
     inner: MemoryStore,
     ok: AtomicU32,
+    slow_on: Option<&'static str>,
+}
+
+impl Faulty {
+    fn new(ok: u32, slow_on: Option<&'static str>) -> Self {
+        Faulty {
+            inner: MemoryStore::new(),
+            ok: AtomicU32::new(ok),
+            slow_on,
+        }
+    }
 }
 
 #[async_trait]
-impl StateStore for Flaky {
+impl StateStore for Faulty {
     async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        if let Some(slow) = self.slow_on
+            && events.iter().any(|e| {
+                matches!(&e.kind, EventKind::AgentStarted { ticket, .. } if ticket.as_str() == slow)
+            })
+        {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         if self
             .ok
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -679,10 +698,7 @@ impl StateStore for Flaky {
 #[tokio::test]
 async fn a_failing_store_stops_the_run_with_the_error() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Flaky {
-        inner: MemoryStore::new(),
-        ok: AtomicU32::new(4),
-    });
+    let store = Arc::new(Faulty::new(4, None));
     let agent = Arc::new(ScriptedAgent::new("s", writes()));
     let err = engine(small_plan(""), agent.clone(), store.clone(), dir.path())
         .run(&run_id("r"), Cancellation::new())
@@ -932,32 +948,6 @@ async fn a_panicking_agent_fails_its_ticket_instead_of_hanging_the_run() {
     assert_live_equals_fold(store.as_ref(), &run, &report.state).await;
 }
 
-/// A store that takes its time over B's agent starting.
-struct SlowOnB(MemoryStore);
-
-#[async_trait]
-impl StateStore for SlowOnB {
-    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
-        if events.iter().any(
-            |e| matches!(&e.kind, EventKind::AgentStarted { ticket, .. } if ticket.as_str() == "B"),
-        ) {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        self.0.append(run, events).await
-    }
-    async fn read(
-        &self,
-        run: &RunId,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.0.read(run, after, limit).await
-    }
-    async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
-        self.0.runs().await
-    }
-}
-
 /// The dispatcher records A's failure (and C and D blocked) while B's
 /// pipeline is half-way through writing to a slow store: the dispatcher
 /// must not wait on a write that only it can drive.
@@ -968,10 +958,10 @@ async fn the_dispatcher_records_while_a_ticket_is_writing_to_a_slow_store() {
         ScriptedAgent::new("s", writes()),
         Duration::from_millis(50),
     ));
-    let store = Arc::new(SlowOnB(MemoryStore::new()));
+    let store = Arc::new(Faulty::new(u32::MAX, Some("B")));
     let (run, report) = run_small_within_a_minute(agent, store.clone()).await;
     assert_a_failed_and_blocked_c_and_d(&report, "a bug in the agent");
-    assert_live_equals_fold(&store.0, &run, &report.state).await;
+    assert_live_equals_fold(&store.inner, &run, &report.state).await;
 }
 
 /// A workspace with a bug: merging panics.
