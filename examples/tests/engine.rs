@@ -1049,3 +1049,109 @@ tickets = ["A", "B", "C", "D"]
     );
     assert_live_equals_fold(store.as_ref(), &run, s).await;
 }
+
+/// What a test gate does before the plan's real gate checks.
+#[derive(Clone, Copy)]
+enum Before {
+    /// Blocks its thread for a second (as parsing a large report would).
+    Block,
+    /// Waits 100 ms without blocking.
+    Wait,
+    /// Panics (a bug in the gate).
+    Panic,
+}
+
+type GateLog = Arc<std::sync::Mutex<Vec<(&'static str, std::time::Instant)>>>;
+
+/// A plan's real gate, with `before` done first for `ticket`; notes when
+/// that was done.
+struct Around {
+    real: Arc<dyn orch_core::Gate>,
+    ticket: &'static str,
+    before: Before,
+    log: GateLog,
+}
+
+#[async_trait]
+impl orch_core::Gate for Around {
+    fn name(&self) -> &str {
+        self.real.name()
+    }
+    async fn check(
+        &self,
+        ctx: &orch_core::GateContext,
+    ) -> Result<orch_core::GateReport, orch_core::GateError> {
+        match self.before {
+            Before::Block => std::thread::sleep(Duration::from_secs(1)),
+            Before::Wait => tokio::time::sleep(Duration::from_millis(100)).await,
+            Before::Panic => panic!("a bug in the gate"),
+        }
+        let now = std::time::Instant::now();
+        self.log.lock().unwrap().push((self.ticket, now));
+        self.real.check(ctx).await
+    }
+}
+
+/// Builds the plan's gates, each ticket of `before` wrapped in [`Around`].
+fn gates_around(
+    before: &'static [(&'static str, Before)],
+    log: &GateLog,
+) -> orch_graph::GateFactory {
+    let log = log.clone();
+    Arc::new(move |spec: &orch_core::GateSpec| {
+        let real = orch_gates::from_spec(spec)?;
+        let text = serde_json::to_string(spec).unwrap();
+        Ok(
+            match before
+                .iter()
+                .find(|(t, _)| text.contains(&format!("{t}.txt")))
+            {
+                Some(&(ticket, before)) => Arc::new(Around {
+                    real,
+                    ticket,
+                    before,
+                    log: log.clone(),
+                }) as Arc<dyn orch_core::Gate>,
+                None => real,
+            },
+        )
+    })
+}
+
+async fn run_small_with_gates(gates: orch_graph::GateFactory) -> orch_graph::RunReport {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Arc::new(ScriptedAgent::new("s", writes()));
+    engine(
+        small_plan(""),
+        agent,
+        Arc::new(MemoryStore::new()),
+        dir.path(),
+    )
+    .gates(gates)
+    .run(&run_id("r"), Cancellation::new())
+    .await
+    .unwrap()
+}
+
+/// A gate busy on its thread for a second (ticket A's) does not hold up
+/// the other tickets: B's gate, which only waits a moment, finishes while
+/// A's is still busy. (The dispatcher polls all pipelines on one task;
+/// each gate check runs on a task of its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_busy_on_its_thread_does_not_hold_up_other_tickets() {
+    let log = GateLog::default();
+    let gates = gates_around(&[("A", Before::Block), ("B", Before::Wait)], &log);
+    let report = run_small_with_gates(gates).await;
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    let order: Vec<&str> = log.lock().unwrap().iter().map(|(t, _)| *t).collect();
+    assert_eq!(order, ["B", "A"], "B's gate is done while A's is busy");
+}
+
+/// A panic in a gate (on its own task) fails that ticket with the panic's
+/// message, like a panic anywhere else in its pipeline.
+#[tokio::test]
+async fn a_panicking_gate_fails_its_ticket() {
+    let report =
+        run_small_with_gates(gates_around(&[("A", Before::Panic)], &GateLog::default())).await;
+    assert_a_failed_and_blocked_c_and_d(&report, "a bug in the gate");
+}

@@ -259,6 +259,9 @@ impl AgentError {
 ///   claims success; the phase's gates judge the work.
 /// * It returns `Err` when the agent could not run to the end; the
 ///   [`AgentErrorKind`] says whether a retry can help.
+/// * It does not block between its awaits: orch's engine polls every
+///   running ticket's agent on one task, so heavy CPU work (parsing a
+///   large transcript at once) belongs in `tokio::task::spawn_blocking`.
 ///
 /// # Cancellation
 ///

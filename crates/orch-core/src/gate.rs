@@ -203,6 +203,9 @@ impl GateError {
 /// * `Err` is for gates that cannot be evaluated at all (bad configuration,
 ///   cancellation); the engine treats it as a failure it cannot retry away.
 /// * A gate must not change the work tree.
+/// * orch's engine runs each check on a tokio task of its own, so a gate
+///   that parses a large report between awaits holds up no other ticket
+///   (on a multi-thread runtime).
 ///
 /// # Cancellation
 ///

@@ -632,7 +632,7 @@ async fn run_gates(
             }),
         };
         let result = match built {
-            Ok(g) => g.check(ctx).await,
+            Ok(g) => check_on_own_task(g, ctx.clone(), &name).await,
             Err(e) => Err(e),
         };
         let report = match result {
@@ -660,6 +660,37 @@ async fn run_gates(
         reports.push(report);
     }
     Ok(Some((reports, unfixable)))
+}
+
+/// Runs a gate's check on a task of its own. The dispatcher polls every
+/// ticket's pipeline on one task, and a gate may work hard between its
+/// awaits (parsing a large coverage or test report): on a task of its own
+/// it holds up no other ticket (on a multi-thread runtime). A panic in the
+/// check goes on here, as if it had happened inline (it fails the ticket
+/// with its message); dropping this future stops the check.
+async fn check_on_own_task(
+    gate: Arc<dyn orch_core::Gate>,
+    ctx: GateContext,
+    name: &str,
+) -> Result<GateReport, orch_core::GateError> {
+    /// Stops the check if the pipeline is dropped (the run is over).
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let check = async move { gate.check(&ctx).await }.in_current_span();
+    let mut task = AbortOnDrop(tokio::spawn(check));
+    match (&mut task.0).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(orch_core::GateError {
+            kind: orch_core::GateErrorKind::Cancelled,
+            gate: name.to_owned(),
+            message: format!("the check's task ended early: {e}"),
+        }),
+    }
 }
 
 /// Merges a batch and runs the batch gates on the result.
