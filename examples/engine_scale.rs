@@ -48,8 +48,16 @@ fn main() -> Result<(), orch_examples::Error> {
     let dir = std::env::temp_dir().join(format!("orch-engine-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let store = Arc::new(orch_state::SqliteStore::open(dir.join("state.db"))?);
-    let sql = rt.block_on(run_noop(n, deps, conc, store));
+    let sql = rt.block_on(run_noop(n, deps, conc, store.clone()));
     report("sqlite", sql);
+    let stats = store.stats();
+    println!(
+        "sqlite writer: {} commits ({} appends), busy {:.3} s of the run's {:.3} s",
+        stats.commits(),
+        stats.appends(),
+        stats.busy().as_secs_f64(),
+        sql.ran.as_secs_f64()
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -86,14 +86,23 @@ struct Request {
     reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
 }
 
-/// Counters of the writer: how well appends are grouped.
+/// Counters of the writer: how well appends are grouped, and how busy it
+/// is.
 #[derive(Debug, Default)]
 pub struct Stats {
     commits: std::sync::atomic::AtomicU64,
     appends: std::sync::atomic::AtomicU64,
+    busy_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl Stats {
+    /// Time the writer spent writing and committing (fsync included); the
+    /// rest of the time it waited for appends. Against a run's wall time
+    /// this says whether the store or its callers set the pace.
+    pub fn busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.busy_nanos.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Transactions committed (each one fsync).
     pub fn commits(&self) -> u64 {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
@@ -330,7 +339,12 @@ fn writer_loop(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<Request>, 
             }
         }
         last_size = group.len();
+        let started = std::time::Instant::now();
         let results = commit_group(&mut conn, path, &group, &mut numbers);
+        stats.busy_nanos.fetch_add(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         stats
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

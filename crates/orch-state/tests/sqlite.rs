@@ -185,3 +185,32 @@ async fn a_version_1_journal_is_migrated_without_loss() {
         .unwrap();
     assert_eq!(v, orch_state::SCHEMA_VERSION);
 }
+
+/// The writer's counters: every append is counted once, appends share
+/// commits, and the time spent committing is measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_counts_its_appends_commits_and_busy_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = std::sync::Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
+    assert_eq!((s.stats().appends(), s.stats().commits()), (0, 0));
+    assert_eq!(s.stats().busy(), std::time::Duration::ZERO);
+    let run: orch_core::RunId = "r".parse().unwrap();
+    let appends: Vec<_> = (0..32)
+        .map(|i| {
+            let (s, run) = (s.clone(), run.clone());
+            tokio::spawn(async move {
+                let e = Event::now(EventKind::TicketReady {
+                    ticket: format!("T-{i}").parse().unwrap(),
+                });
+                s.append(&run, &[e]).await.unwrap()
+            })
+        })
+        .collect();
+    for a in appends {
+        a.await.unwrap();
+    }
+    let st = s.stats();
+    assert_eq!(st.appends(), 32);
+    assert!((1..=32).contains(&st.commits()), "{}", st.commits());
+    assert!(st.busy() > std::time::Duration::ZERO);
+}
