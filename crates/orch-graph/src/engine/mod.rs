@@ -14,9 +14,9 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use orch_core::{
-    Agent, AgentId, BatchId, Cancellation, Decision, Event, EventKind, Gate, GateError, GateSpec,
-    Plan, Problem, Progress, RoleName, RunId, RunOutcome, RunState, RunStatus, SharedDir,
-    StateStore, StoreError, TicketId, TicketStatus, Workspace,
+    Agent, AgentContext, AgentId, BatchId, Cancellation, Decision, Event, EventKind, Gate,
+    GateError, GateSpec, Plan, Problem, Progress, RoleName, RunId, RunOutcome, RunState, RunStatus,
+    SharedDir, StateStore, StoreError, TicketId, TicketStatus, Workspace,
 };
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -346,7 +346,15 @@ impl Engine {
             })])
             .await?;
         let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
+        let agent_ctx = AgentContext {
+            cancel: work.clone(),
+            progress: Arc::new({
+                let journal = journal.clone();
+                move |a: &AgentId, p: Progress| journal.progress(a, &p)
+            }),
+        };
         let shared = Arc::new(ticket::Shared {
+            agent_ctx,
             tickets: self.tickets.clone(),
             plan: self.plan.clone(),
             graph: self.graph.clone(),

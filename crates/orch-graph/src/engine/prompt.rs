@@ -38,7 +38,9 @@ pub fn prompt(plan: &Plan, ticket: &Ticket, phase: &PhaseSpec, feedback: &[Strin
             + phase.instructions.len()
             + feedback_len,
     );
-    let _ = writeln!(p, "# {}: {}\n", ticket.id, ticket.title);
+    for s in ["# ", ticket.id.as_str(), ": ", &ticket.title, "\n\n"] {
+        p.push_str(s);
+    }
     if !ticket.description.is_empty() {
         let _ = writeln!(p, "## Context\n\n{}\n", ticket.description.trim());
     }
@@ -52,7 +54,9 @@ pub fn prompt(plan: &Plan, ticket: &Ticket, phase: &PhaseSpec, feedback: &[Strin
         }
         p.push('\n');
     }
-    let _ = writeln!(p, "## Phase: {}\n", phase.name);
+    for s in ["## Phase: ", phase.name.as_str(), "\n\n"] {
+        p.push_str(s);
+    }
     let instructions = phase.instructions.trim();
     if instructions.contains('{') {
         let filled = instructions

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use orch_core::{
     Agent, AgentContext, AgentId, AgentOutcome, AgentTask, BatchId, Cancellation, Decision, Event,
     EventKind, ExhaustAction, GateContext, GateReport, GateScope, GateStatus, Merged, PhaseSpec,
-    Plan, Progress, RoleName, StoreError, TicketId, TicketState, Workspace,
+    Plan, RoleName, StoreError, TicketId, TicketState, Workspace,
 };
 use tracing::Instrument;
 
@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) journal: Arc<Journal>,
     /// Cancelled to stop all running work (Ctrl-C, budget, abort, store).
     pub(crate) work: Cancellation,
+    /// What every agent run gets: `work` and the journal's progress sink.
+    pub(crate) agent_ctx: AgentContext,
 }
 
 /// How a ticket's task ended.
@@ -178,16 +180,18 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         Ok(p) => p,
         Err(e) => return fail(out, &id, format!("cannot prepare its work tree: {e}")).await,
     };
-    let path = prepared.path.to_string_lossy().into_owned();
     let base = recorded_base.or(prepared.base.clone());
     // A workspace without history (one shared directory) has nothing to
     // record per ticket.
-    if prepared.base.is_some() && workdir.as_deref() != Some(&path) {
-        out.defer(EventKind::WorkspaceReady {
-            ticket: id.clone(),
-            path,
-            base: base.clone(),
-        });
+    if prepared.base.is_some() {
+        let path = prepared.path.to_string_lossy();
+        if workdir.as_deref() != Some(&*path) {
+            out.defer(EventKind::WorkspaceReady {
+                ticket: id.clone(),
+                path: path.into_owned(),
+                base: base.clone(),
+            });
+        }
     }
     let mut approved = pending == Some(Decision::Approve);
 
@@ -504,12 +508,7 @@ async fn attempt_phase(
         attempt,
         resume: session.take(),
     };
-    let journal = sh.journal.clone();
-    let ctx = AgentContext {
-        cancel: sh.work.clone(),
-        progress: Arc::new(move |a: &AgentId, p: Progress| journal.progress(a, &p)),
-    };
-    let result = sh.agent.run(task, &ctx).await;
+    let result = sh.agent.run(task, &sh.agent_ctx).await;
     let (finished, verdict) = match result {
         Ok(AgentOutcome {
             success,
