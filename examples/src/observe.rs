@@ -57,6 +57,9 @@ impl Observer for Views {
 /// otherwise (logs, CI).
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// Tickets finished so far (kept here: counting the state's tickets
+    /// on every finish would make a large run quadratic).
+    finished: std::sync::atomic::AtomicU64,
 }
 
 impl Progress {
@@ -73,7 +76,10 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Progress { bar }
+        Progress {
+            bar,
+            finished: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     fn line(&self, s: String) {
@@ -160,25 +166,74 @@ pub fn describe(e: &EventKind) -> Option<String> {
     })
 }
 
-impl Observer for Progress {
-    fn event(&self, event: &Event, state: &RunState) {
-        // Only these change how many tickets are finished; counting on every
-        // event would make a large run quadratic.
-        let settles = matches!(
-            event.kind,
-            EventKind::TicketDone { .. }
-                | EventKind::TicketFailed { .. }
-                | EventKind::TicketBlocked { .. }
-                | EventKind::TicketSkipped { .. }
-                | EventKind::RunStarted { .. }
-        );
-        if let Some(bar) = self.bar.as_ref().filter(|_| settles) {
-            let finished = state
+/// How many tickets are finished after `event`, given `before` finished
+/// before it; `None` when `event` does not change that. A run that starts
+/// (or resumes) counts what its state already has once; after that each
+/// ticket that becomes final adds one, without a look at the others.
+fn finished_after(before: u64, event: &EventKind, state: &RunState) -> Option<u64> {
+    match event {
+        EventKind::RunStarted { .. } => Some(
+            state
                 .tickets
                 .values()
                 .filter(|t| t.status.is_final())
-                .count();
-            bar.set_position(finished as u64);
+                .count() as u64,
+        ),
+        EventKind::TicketDone { .. }
+        | EventKind::TicketFailed { .. }
+        | EventKind::TicketBlocked { .. }
+        | EventKind::TicketSkipped { .. } => Some(before + 1),
+        _ => None,
+    }
+}
+
+/// Most characters of an agent's progress shown on the bar.
+const MAX_PROGRESS: usize = 100;
+
+/// One short line for what an agent is doing, for the progress bar's
+/// message; `None` for what is not worth showing (a tool that answered
+/// without error).
+pub fn describe_progress(agent: &orch_core::AgentId, p: &orch_core::Progress) -> Option<String> {
+    use orch_core::Progress as P;
+    let first_line = |s: &str| {
+        s.lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    let what = match p {
+        P::Text { text } => first_line(text),
+        P::ToolUse { name, input } => format!("{name} {}", first_line(input)),
+        P::ToolResult {
+            is_error: true,
+            excerpt,
+        } => format!("tool error: {}", first_line(excerpt)),
+        P::ToolResult {
+            is_error: false, ..
+        } => return None,
+        P::System { message } => first_line(message),
+        _ => return None,
+    };
+    if what.is_empty() {
+        return None;
+    }
+    let mut line = format!("{agent}: {what}");
+    if line.chars().count() > MAX_PROGRESS {
+        line = line.chars().take(MAX_PROGRESS - 1).collect();
+        line.push('…');
+    }
+    Some(line)
+}
+
+impl Observer for Progress {
+    fn event(&self, event: &Event, state: &RunState) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(n) = finished_after(self.finished.load(Relaxed), &event.kind, state) {
+            self.finished.store(n, Relaxed);
+            if let Some(bar) = &self.bar {
+                bar.set_position(n);
+            }
         }
         if let Some(s) = describe(&event.kind) {
             if let Some(bar) = &self.bar {
@@ -188,9 +243,113 @@ impl Observer for Progress {
         }
     }
 
+    /// On a terminal, what the agent is doing becomes the bar's message
+    /// (a line each would flood a log).
+    fn progress(&self, agent: &orch_core::AgentId, p: &orch_core::Progress) {
+        if let Some(bar) = &self.bar
+            && let Some(s) = describe_progress(agent, p)
+        {
+            bar.set_message(s);
+        }
+    }
+
     fn finished(&self, _: &RunState) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orch_core::Progress as P;
+
+    #[test]
+    fn finished_tickets_are_counted_once_at_the_start_then_one_by_one() {
+        let mut state = RunState::default();
+        for k in [
+            EventKind::TicketDone {
+                ticket: "A".parse().unwrap(),
+            },
+            EventKind::TicketReady {
+                ticket: "B".parse().unwrap(),
+            },
+            EventKind::TicketFailed {
+                ticket: "C".parse().unwrap(),
+                reason: "x".into(),
+            },
+        ] {
+            state.apply(&Event::now(k));
+        }
+        let started = EventKind::RunStarted {
+            run: "r".parse().unwrap(),
+            plan: "p".into(),
+            fingerprint: String::new(),
+            resumed: true,
+            parts: Default::default(),
+        };
+        assert_eq!(finished_after(7, &started, &state), Some(2), "A and C");
+        let done = EventKind::TicketDone {
+            ticket: "B".parse().unwrap(),
+        };
+        assert_eq!(finished_after(2, &done, &state), Some(3));
+        let blocked = EventKind::TicketBlocked {
+            ticket: "D".parse().unwrap(),
+            by: "C".parse().unwrap(),
+        };
+        assert_eq!(finished_after(3, &blocked, &state), Some(4));
+        let ready = EventKind::TicketReady {
+            ticket: "E".parse().unwrap(),
+        };
+        assert_eq!(finished_after(4, &ready, &state), None);
+    }
+
+    #[test]
+    fn agent_progress_is_one_short_line() {
+        let a: orch_core::AgentId = "T-1.implement.1".parse().unwrap();
+        let show = |p: P| describe_progress(&a, &p);
+        assert_eq!(
+            show(P::ToolUse {
+                name: "Bash".into(),
+                input: "cargo test\n--all".into()
+            })
+            .as_deref(),
+            Some("T-1.implement.1: Bash cargo test")
+        );
+        assert_eq!(
+            show(P::Text {
+                text: "\n  Reading the failing test first.\nThen...".into()
+            })
+            .as_deref(),
+            Some("T-1.implement.1: Reading the failing test first.")
+        );
+        assert_eq!(
+            show(P::ToolResult {
+                is_error: true,
+                excerpt: "no such file".into()
+            })
+            .as_deref(),
+            Some("T-1.implement.1: tool error: no such file")
+        );
+        assert_eq!(
+            show(P::ToolResult {
+                is_error: false,
+                excerpt: "ok".into()
+            }),
+            None
+        );
+        assert_eq!(
+            show(P::Text {
+                text: " \n ".into()
+            }),
+            None
+        );
+        let long = show(P::Text {
+            text: "é".repeat(300),
+        })
+        .unwrap();
+        assert_eq!(long.chars().count(), MAX_PROGRESS);
+        assert!(long.ends_with('…'));
     }
 }
