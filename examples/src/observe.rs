@@ -12,10 +12,21 @@ use orch_graph::Observer;
 /// Keeps `ORCHESTRATOR_STATE.md`, `AGENT_REGISTRY.md`, `TEST_RESULTS.md`,
 /// `DECISION_QUEUE.md` and `tickets/*.json` in a directory up to date:
 /// re-rendered from the state at most every 200 ms, and when the run stops.
+/// After the first write only the files of tickets that changed since the
+/// last one are rendered again, besides the summaries.
 pub struct Views {
     dir: PathBuf,
     plan: Plan,
-    last: Mutex<Option<Instant>>,
+    pending: Mutex<Pending>,
+}
+
+/// What changed since the views were last written.
+#[derive(Default)]
+struct Pending {
+    /// When they were last written; `None` before the first write, which
+    /// writes every file.
+    last: Option<Instant>,
+    tickets: std::collections::HashSet<orch_core::TicketId>,
 }
 
 impl Views {
@@ -24,14 +35,21 @@ impl Views {
         Views {
             dir: dir.to_path_buf(),
             plan: plan.clone(),
-            last: Mutex::new(None),
+            pending: Mutex::default(),
         }
     }
 
-    fn write(&self, state: &RunState) {
-        if let Err(e) = orch_state::views::write_views(&self.dir, state, Some(&self.plan)) {
+    fn write(&self, p: &mut Pending, state: &RunState) {
+        let written = if p.last.is_none() {
+            orch_state::views::write_views(&self.dir, state, Some(&self.plan))
+        } else {
+            orch_state::views::write_views_changed(&self.dir, state, Some(&self.plan), &p.tickets)
+        };
+        if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write the state files");
         }
+        p.last = Some(Instant::now());
+        p.tickets.clear();
     }
 }
 
@@ -41,15 +59,21 @@ impl Observer for Views {
             event.kind,
             EventKind::Escalated { .. } | EventKind::RunStarted { .. }
         );
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if important || last.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
-            *last = Some(Instant::now());
-            self.write(state);
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = event.kind.ticket() {
+            p.tickets.insert(t.clone());
+        }
+        if important
+            || p.last
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(200))
+        {
+            self.write(&mut p, state);
         }
     }
 
     fn finished(&self, state: &RunState) {
-        self.write(state);
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.write(&mut p, state);
     }
 }
 

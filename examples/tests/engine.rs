@@ -183,6 +183,12 @@ async fn production_readiness_runs_end_to_end() {
     )
     .unwrap();
     assert_eq!(ticket["status"], "done");
+    // Written piecemeal (only what changed, every 200 ms), the files end
+    // as a full render of the final state.
+    for (name, contents) in orch_state::views::render(s, Some(&plan)) {
+        let on_disk = std::fs::read_to_string(state_dir.join(&name)).unwrap();
+        assert_eq!(on_disk, contents, "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

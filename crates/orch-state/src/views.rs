@@ -93,6 +93,15 @@ fn batch_tests(state: &RunState, plan: &Plan, batch: &orch_core::BatchId) -> Opt
 /// Renders every view of `state`. With the plan, views also list tickets
 /// that have not started and group work by batch.
 pub fn render(state: &RunState, plan: Option<&Plan>) -> Views {
+    let mut out = render_summaries(state, plan);
+    for (id, t) in &state.tickets {
+        out.insert(ticket_file(id), render_ticket(id, t));
+    }
+    out
+}
+
+/// The four summary files (each covers the whole run).
+fn render_summaries(state: &RunState, plan: Option<&Plan>) -> Views {
     let mut out = Views::new();
     out.insert(
         "ORCHESTRATOR_STATE.md".into(),
@@ -101,17 +110,19 @@ pub fn render(state: &RunState, plan: Option<&Plan>) -> Views {
     out.insert("AGENT_REGISTRY.md".into(), agent_registry(state));
     out.insert("TEST_RESULTS.md".into(), test_results(state));
     out.insert("DECISION_QUEUE.md".into(), decision_queue(state));
-    for (id, t) in &state.tickets {
-        let mut v = serde_json::to_value(t).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("id".into(), id.as_str().into());
-        }
-        out.insert(
-            format!("tickets/{id}.json"),
-            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
-        );
-    }
     out
+}
+
+fn ticket_file(id: &TicketId) -> String {
+    format!("tickets/{id}.json")
+}
+
+fn render_ticket(id: &TicketId, t: &orch_core::TicketState) -> String {
+    let mut v = serde_json::to_value(t).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), id.as_str().into());
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
 }
 
 fn orchestrator_state(state: &RunState, plan: Option<&Plan>) -> String {
@@ -464,7 +475,33 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// # Errors
 /// The first I/O error, naming the file.
 pub fn write_views(dir: &Path, state: &RunState, plan: Option<&Plan>) -> std::io::Result<()> {
-    for (name, contents) in render(state, plan) {
+    write_files(dir, render(state, plan))
+}
+
+/// [`write_views`] for a state in which only `tickets` changed since the
+/// views were last written: the summary files and those tickets' files.
+/// A run's observer writes its views this way, so a write costs the
+/// summaries plus what changed, not a file per ticket of the plan.
+///
+/// # Errors
+/// The first I/O error, naming the file.
+pub fn write_views_changed<'a>(
+    dir: &Path,
+    state: &RunState,
+    plan: Option<&Plan>,
+    tickets: impl IntoIterator<Item = &'a TicketId>,
+) -> std::io::Result<()> {
+    let mut views = render_summaries(state, plan);
+    for id in tickets {
+        if let Some(t) = state.tickets.get(id) {
+            views.insert(ticket_file(id), render_ticket(id, t));
+        }
+    }
+    write_files(dir, views)
+}
+
+fn write_files(dir: &Path, views: Views) -> std::io::Result<()> {
+    for (name, contents) in views {
         let path = dir.join(&name);
         if std::fs::read(&path).is_ok_and(|old| old == contents.as_bytes()) {
             continue;

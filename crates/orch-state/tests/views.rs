@@ -273,3 +273,32 @@ fn views_are_written_atomically_and_only_when_changed() {
         "{err}"
     );
 }
+
+/// After a full write, writing with the tickets that changed leaves the
+/// directory as a full write would, and renders no other ticket's file.
+#[test]
+fn writing_what_changed_renders_the_summaries_and_those_tickets_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan();
+    let mut state = RunState::fold(&events());
+    views::write_views(dir.path(), &state, Some(&plan)).unwrap();
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let (a, b): (TicketId, TicketId) = ("SEC-001".parse().unwrap(), "SEC-002".parse().unwrap());
+    let b_before = read("tickets/SEC-002.json");
+    for t in [&a, &b] {
+        state.apply(&Event::now(EventKind::TicketSkipped { ticket: t.clone() }));
+    }
+    views::write_views_changed(dir.path(), &state, Some(&plan), [&a]).unwrap();
+    assert!(read("tickets/SEC-001.json").contains("\"skipped\""));
+    assert_eq!(
+        read("tickets/SEC-002.json"),
+        b_before,
+        "not named, not rendered"
+    );
+    let full = views::render(&state, Some(&plan));
+    assert_eq!(read("ORCHESTRATOR_STATE.md"), full["ORCHESTRATOR_STATE.md"]);
+    views::write_views_changed(dir.path(), &state, Some(&plan), [&b]).unwrap();
+    for (name, contents) in &full {
+        assert_eq!(&read(name), contents, "{name}");
+    }
+}
