@@ -51,9 +51,22 @@ impl EventId {
     }
 }
 
+impl EventId {
+    /// The 32 lowercase hex digits of the id, without the formatting
+    /// machinery (an id is written with every stored event).
+    fn hex(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[(self.0 >> ((31 - i) * 4)) as usize & 0xf];
+        }
+        out
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        let hex = self.hex();
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -72,7 +85,8 @@ impl FromStr for EventId {
 
 impl Serialize for EventId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let hex = self.hex();
+        s.serialize_str(std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?)
     }
 }
 
@@ -435,6 +449,26 @@ impl EventKind {
                 ..
             } => Some(ticket),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_32_lowercase_hex_digits_both_ways() {
+        for v in [0, 1, 0xabc, u128::MAX, EventId::random().0] {
+            let id = EventId(v);
+            let want = format!("{v:032x}");
+            assert_eq!(id.to_string(), want);
+            assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{want}\""));
+            assert_eq!(want.parse::<EventId>().unwrap(), id);
+            assert_eq!(
+                serde_json::from_str::<EventId>(&format!("\"{want}\"")).unwrap(),
+                id
+            );
         }
     }
 }
