@@ -49,15 +49,13 @@ impl EventId {
         let rand = z ^ (z >> 31);
         EventId((u128::from(now.0) << 80) | (u128::from(n & 0xffff) << 64) | u128::from(rand))
     }
-}
 
-impl EventId {
     /// The 32 lowercase hex digits of the id, without the formatting
     /// machinery (an id is written with every stored event).
     fn hex(&self) -> [u8; 32] {
         let mut out = [0u8; 32];
         for (i, b) in out.iter_mut().enumerate() {
-            *b = b"0123456789abcdef"[(self.0 >> ((31 - i) * 4)) as usize & 0xf];
+            *b = crate::id::HEX_DIGITS[(self.0 >> ((31 - i) * 4)) as usize & 0xf];
         }
         out
     }

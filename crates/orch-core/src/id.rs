@@ -270,11 +270,12 @@ impl AgentId {
 /// per ticket).
 pub(crate) fn push_hex(s: &mut String, v: u64, digits: u32) {
     for i in (0..digits).rev() {
-        s.push(char::from(
-            b"0123456789abcdef"[(v >> (i * 4)) as usize & 0xf],
-        ));
+        s.push(char::from(HEX_DIGITS[(v >> (i * 4)) as usize & 0xf]));
     }
 }
+
+/// Lowercase hex digits by value.
+pub(crate) const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]
 mod tests {
