@@ -1053,6 +1053,15 @@ tickets = ["A", "B", "C", "D"]
         "{:?}",
         s.batches["P1"].reason
     );
+    assert!(
+        s.batches["P1"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("a bug in the workspace"),
+        "the panic's message: {:?}",
+        s.batches["P1"].reason
+    );
     assert_live_equals_fold(store.as_ref(), &run, s).await;
 }
 

@@ -427,8 +427,9 @@ pub async fn decide(
 enum Msg {
     /// A batch merge ended; with the store's error if the store failed.
     Batch(Option<StoreError>),
-    /// A batch merge panicked (a bug in a workspace or gate).
-    BatchPanicked(BatchId),
+    /// A batch merge panicked (a bug in a workspace or gate), with the
+    /// panic's message.
+    BatchPanicked(BatchId, String),
 }
 
 /// One ticket's pipeline; it ends with the ticket and how its pipeline
@@ -442,23 +443,6 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
-}
-
-/// Sends its message unless defused (`msg` taken): a panic ends the merge
-/// task that holds it, and tokio drops the task's future (and this with it)
-/// after catching the panic, so the dispatcher hears of it instead of
-/// waiting for that work forever.
-struct PanicGuard<'a> {
-    tx: &'a mpsc::UnboundedSender<Msg>,
-    msg: Option<Msg>,
-}
-
-impl Drop for PanicGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(m) = self.msg.take() {
-            let _ = self.tx.send(m);
-        }
-    }
 }
 
 struct Dispatcher {
@@ -707,12 +691,16 @@ impl Dispatcher {
         self.tasks += 1;
         tokio::spawn(
             async move {
-                let mut guard = PanicGuard {
-                    tx: &tx,
-                    msg: Some(Msg::BatchPanicked(id.clone())),
+                // Caught like a ticket pipeline's panic, so the dispatcher
+                // hears of it instead of waiting for that merge forever.
+                let msg = match AssertUnwindSafe(ticket::merge_batch(&shared, id.clone(), tickets))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(r) => Msg::Batch(r.err()),
+                    Err(payload) => Msg::BatchPanicked(id, panic_text(&*payload).to_owned()),
                 };
-                let r = ticket::merge_batch(&shared, id, tickets).await;
-                guard.msg = Some(Msg::Batch(r.err()));
+                let _ = tx.send(msg);
             }
             .instrument(span),
         );
@@ -771,11 +759,12 @@ impl Dispatcher {
                     self.fail_store(e);
                 }
             }
-            Msg::BatchPanicked(batch) => {
+            Msg::BatchPanicked(batch, message) => {
                 self.tasks -= 1;
-                let reason = "not merged: the merge panicked (a bug in a workspace or gate \
-                    implementation; the panic message is in the log)"
-                    .to_owned();
+                let reason = format!(
+                    "not merged: the merge panicked (a bug in a workspace or gate \
+                     implementation): {message}"
+                );
                 tracing::error!(%batch, "{reason}");
                 self.append(vec![EventKind::BatchFailed { batch, reason }])
                     .await;
