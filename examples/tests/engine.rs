@@ -796,48 +796,14 @@ fn assert_b_escalated_after_one_attempt(
     assert_eq!(agent.calls().len(), 4, "one call per ticket");
 }
 
-/// A gate that cannot be evaluated for ticket B (its configuration is
-/// wrong for that ticket), and the plan's real gate for the others.
-struct Misconfigured;
-
-#[async_trait]
-impl orch_core::Gate for Misconfigured {
-    fn name(&self) -> &str {
-        "report"
-    }
-    async fn check(
-        &self,
-        _: &orch_core::GateContext,
-    ) -> Result<orch_core::GateReport, orch_core::GateError> {
-        Err(orch_core::GateError {
-            kind: orch_core::GateErrorKind::Config,
-            gate: "report".into(),
-            message: "report path ../B.xml is outside the work tree".into(),
-        })
-    }
-}
-
+/// The Gate contract: a non-retryable Err is a failure no retry can fix,
+/// so B (whose gate cannot be evaluated: its configuration is wrong for
+/// that ticket) goes to its phase's exhaustion action (escalate) after one
+/// attempt instead of spending its second on the agent.
 #[tokio::test]
 async fn a_gate_that_cannot_be_evaluated_is_not_retried_away() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Arc::new(ScriptedAgent::new("s", writes()));
-    let store = Arc::new(MemoryStore::new());
-    let gates: orch_graph::GateFactory = Arc::new(|spec: &orch_core::GateSpec| {
-        let for_b = serde_json::to_string(spec).unwrap().contains("B.txt");
-        if for_b {
-            Ok(Arc::new(Misconfigured) as Arc<dyn orch_core::Gate>)
-        } else {
-            orch_gates::from_spec(spec)
-        }
-    });
-    let report = engine(small_plan(""), agent.clone(), store, dir.path())
-        .gates(gates)
-        .run(&run_id("r"), Cancellation::new())
-        .await
-        .unwrap();
-    // The Gate contract: a non-retryable Err is a failure no retry can fix,
-    // so B goes to its phase's exhaustion action (escalate) after one
-    // attempt instead of spending its second on the agent.
+    let gates = gates_around(&[("B", Before::Unevaluable)], &GateLog::default());
+    let (report, agent) = run_small_with_gates(gates).await;
     assert_b_escalated_after_one_attempt(&report, &agent, "outside the work tree");
 }
 
@@ -1074,6 +1040,8 @@ enum Before {
     Wait,
     /// Panics (a bug in the gate).
     Panic,
+    /// Cannot be evaluated: a non-retryable `Err` instead of checking.
+    Unevaluable,
 }
 
 type GateLog = Arc<std::sync::Mutex<Vec<(&'static str, std::time::Instant)>>>;
@@ -1100,6 +1068,16 @@ impl orch_core::Gate for Around {
             Before::Block => std::thread::sleep(Duration::from_secs(1)),
             Before::Wait => tokio::time::sleep(Duration::from_millis(100)).await,
             Before::Panic => panic!("a bug in the gate"),
+            Before::Unevaluable => {
+                return Err(orch_core::GateError {
+                    kind: orch_core::GateErrorKind::Config,
+                    gate: "report".into(),
+                    message: format!(
+                        "report path ../{}.xml is outside the work tree",
+                        self.ticket
+                    ),
+                });
+            }
         }
         let now = std::time::Instant::now();
         self.log.lock().unwrap().push((self.ticket, now));
@@ -1133,19 +1111,22 @@ fn gates_around(
     })
 }
 
-async fn run_small_with_gates(gates: orch_graph::GateFactory) -> orch_graph::RunReport {
+async fn run_small_with_gates(
+    gates: orch_graph::GateFactory,
+) -> (orch_graph::RunReport, Arc<ScriptedAgent>) {
     let dir = tempfile::tempdir().unwrap();
     let agent = Arc::new(ScriptedAgent::new("s", writes()));
-    engine(
+    let report = engine(
         small_plan(""),
-        agent,
+        agent.clone(),
         Arc::new(MemoryStore::new()),
         dir.path(),
     )
     .gates(gates)
     .run(&run_id("r"), Cancellation::new())
     .await
-    .unwrap()
+    .unwrap();
+    (report, agent)
 }
 
 /// A gate busy on its thread for a second (ticket A's) does not hold up
@@ -1156,7 +1137,7 @@ async fn run_small_with_gates(gates: orch_graph::GateFactory) -> orch_graph::Run
 async fn a_gate_busy_on_its_thread_does_not_hold_up_other_tickets() {
     let log = GateLog::default();
     let gates = gates_around(&[("A", Before::Block), ("B", Before::Wait)], &log);
-    let report = run_small_with_gates(gates).await;
+    let (report, _) = run_small_with_gates(gates).await;
     assert_eq!(report.outcome, RunOutcome::Completed);
     let order: Vec<&str> = log.lock().unwrap().iter().map(|(t, _)| *t).collect();
     assert_eq!(order, ["B", "A"], "B's gate is done while A's is busy");
@@ -1166,7 +1147,7 @@ async fn a_gate_busy_on_its_thread_does_not_hold_up_other_tickets() {
 /// message, like a panic anywhere else in its pipeline.
 #[tokio::test]
 async fn a_panicking_gate_fails_its_ticket() {
-    let report =
+    let (report, _) =
         run_small_with_gates(gates_around(&[("A", Before::Panic)], &GateLog::default())).await;
     assert_a_failed_and_blocked_c_and_d(&report, "a bug in the gate");
 }
