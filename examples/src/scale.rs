@@ -32,7 +32,7 @@ impl Agent for Noop {
 /// How long one no-op run took.
 #[derive(Debug, Clone, Copy)]
 pub struct NoopRun {
-    /// `Engine::new`: validating the plan, building its graph.
+    /// `Engine::new`: validating the plan, building its graph, fingerprinting it.
     pub built: Duration,
     /// `Engine::run`: the run itself (what the overhead figures are).
     pub ran: Duration,

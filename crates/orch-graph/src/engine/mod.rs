@@ -166,6 +166,9 @@ pub struct Engine {
     /// not per run).
     tickets: Arc<[Arc<orch_core::Ticket>]>,
     graph: Arc<PlanGraph>,
+    /// The plan's fingerprint and its parts' (the plan cannot change
+    /// after [`Engine::new`], so they are made once there, not per run).
+    fingerprint: (String, orch_core::FingerprintParts),
     agent: Arc<dyn Agent>,
     store: Arc<dyn StateStore>,
     workspace: Arc<dyn Workspace>,
@@ -203,7 +206,9 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         plan.validate().map_err(EngineError::Plan)?;
         let graph = Arc::new(PlanGraph::from_plan(&plan)?);
+        let (fingerprint, parts) = plan.fingerprint();
         Ok(Engine {
+            fingerprint: (fingerprint, Arc::new(parts)),
             max_concurrency: plan.policy.max_concurrency.max(1),
             tickets: plan.tickets.iter().cloned().map(Arc::new).collect(),
             plan: Arc::new(plan),
@@ -312,9 +317,9 @@ impl Engine {
         state
             .agents
             .reserve(agents.saturating_sub(state.agents.len()));
-        let (fingerprint, parts) = self.plan.fingerprint();
+        let (fingerprint, parts) = &self.fingerprint;
         let resumed = state.status != RunStatus::NotStarted;
-        if resumed && state.fingerprint != fingerprint && !self.allow_plan_change {
+        if resumed && state.fingerprint != *fingerprint && !self.allow_plan_change {
             let mut changes = self.plan.changes_since(&state.fingerprint_parts);
             if changes.is_empty() {
                 changes.push("the plan's fingerprint differs".into());
@@ -340,9 +345,9 @@ impl Engine {
             .append(vec![Event::now(EventKind::RunStarted {
                 run: run.clone(),
                 plan: self.plan.name.clone(),
-                fingerprint,
+                fingerprint: fingerprint.clone(),
                 resumed,
-                parts: Arc::new(parts),
+                parts: parts.clone(),
             })])
             .await?;
         let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
