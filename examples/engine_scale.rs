@@ -58,6 +58,8 @@ fn main() -> Result<(), orch_examples::Error> {
         stats.busy().as_secs_f64(),
         sql.ran.as_secs_f64()
     );
-    std::fs::remove_dir_all(&dir)?;
+    if std::env::var_os("ORCH_BENCH_KEEP").is_none() {
+        std::fs::remove_dir_all(&dir)?;
+    }
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! The conformance suite every [`StateStore`] runs: the memory store, the
-//! SQLite store, and any backend you write (the PostgreSQL store runs it
-//! too). Each check panics with a message on the first violation, so call
-//! it from a test:
+//! SQLite store, and any backend you write. Each check panics with a
+//! message on the first violation, so call it from a test:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -48,6 +47,7 @@ pub async fn run_all(open: Open<'_>) {
     reopen(open).await;
     idempotent(open).await;
     batches_are_atomic(open).await;
+    large_batches(open).await;
     concurrent_appenders(open).await;
     folded_state(open).await;
     listing_runs(open).await;
@@ -210,6 +210,64 @@ pub async fn batches_are_atomic(open: Open<'_>) {
             .unwrap(),
         [2],
         "no gap"
+    );
+}
+
+/// The same rules hold for appends of many events (a store may write
+/// them many rows at a time): re-sent events scattered among new ones get
+/// their old seqs, a repeat within the batch is stored once, and one
+/// conflicting event anywhere in a large batch stores none of it.
+pub async fn large_batches(open: Open<'_>) {
+    let s = open();
+    let r = run("conf-large");
+    let ready = |i: u64| ev(u128::from(i), EventKind::TicketReady { ticket: t(i) });
+    let first: Vec<Event> = (1..=100).map(ready).collect();
+    let seqs = s.append(&r, &first).await.unwrap();
+    assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
+    // Old events (every tenth) among new ones.
+    let mixed: Vec<Event> = (101..=170)
+        .map(|i| {
+            if i % 10 == 3 {
+                ready(i - 100)
+            } else {
+                ready(i)
+            }
+        })
+        .collect();
+    let seqs = s.append(&r, &mixed).await.unwrap();
+    let mut next = 100;
+    for (e, seq) in mixed.iter().zip(&seqs) {
+        let want = if e.id.0 <= 100 {
+            e.id.0 as u64
+        } else {
+            next += 1;
+            next
+        };
+        assert_eq!(*seq, want, "seq of event {}", e.id.0);
+    }
+    let stored = next;
+    // A conflict deep in a large batch: nothing of it is stored.
+    let mut bad: Vec<Event> = (1000..1080).map(ready).collect();
+    bad[77].kind = EventKind::TicketDone { ticket: t(5) };
+    bad[77].id = EventId(5);
+    let e = s.append(&r, &bad).await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Conflict, "{e}");
+    assert_eq!(
+        s.read(&r, 0, 1000).await.unwrap().len() as u64,
+        stored,
+        "the failed batch left nothing behind"
+    );
+    // A repeat inside a large batch is stored once, the rest after it.
+    let mut twice: Vec<Event> = (2000..2020).map(ready).collect();
+    twice[9] = twice[2].clone();
+    let seqs = s.append(&r, &twice).await.unwrap();
+    assert_eq!(seqs[9], seqs[2], "the repeat gets the first one's seq");
+    assert_eq!(seqs[19], stored + 19, "19 new events, no gap");
+    let all = s.read(&r, 0, 1000).await.unwrap();
+    assert_eq!(all.len() as u64, stored + 19);
+    assert!(
+        all.iter().zip(1..).all(|(e, seq)| e.seq == seq),
+        "consecutive seqs"
     );
 }
 

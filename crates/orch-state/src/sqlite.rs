@@ -247,6 +247,8 @@ impl SqliteStore {
         )
         .map_err(|e| err(&path, &e))?;
         configure(&writer, &path)?;
+        // The writer's statements, with one INSERT per `CHUNKS` size.
+        writer.set_prepared_statement_cache_capacity(32);
         migrate(&mut writer, &path)?;
         let reader = Connection::open_with_flags(
             &path,
@@ -389,9 +391,6 @@ fn commit_group(
     {
         // Per run of this group: its number and last seq.
         let mut last: HashMap<&RunId, (i64, u64)> = HashMap::new();
-        let mut insert = tx
-            .prepare_cached("INSERT INTO events (pos, run, id, body) VALUES (?1, ?2, ?3, ?4)")
-            .map_err(|e| err(path, &e))?;
         for req in group {
             let (n, before) = match last.get(&req.run) {
                 Some(&v) => v,
@@ -416,7 +415,7 @@ fn commit_group(
             };
             let mut next = before;
             let res = if req.events.len() == 1 {
-                append_events(&tx, &mut insert, path, req, n, &mut next)
+                append_events(&tx, path, req, n, &mut next)
             } else {
                 // Prepared once (a savepoint per multi-event append is hot).
                 let sql = |s: &str| {
@@ -425,7 +424,7 @@ fn commit_group(
                         .map_err(|e| err(path, &e))
                 };
                 sql("SAVEPOINT append")?;
-                let r = append_events(&tx, &mut insert, path, req, n, &mut next);
+                let r = append_events(&tx, path, req, n, &mut next);
                 if r.is_err() {
                     sql("ROLLBACK TO append")?;
                 }
@@ -502,19 +501,65 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
 }
 
-/// Inserts the request's events after seq `*next` of run number `n`.
+/// Rows per multi-row INSERT, largest first: a request's events go in as
+/// few statements as these sizes allow. One statement for many rows keeps
+/// its cursors on the end of the table and of the id index, where every
+/// new row goes (positions increase, and so do ids, which start with
+/// their time), instead of seeking from the root for each row; it also
+/// pays the statement's start and end once.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// The INSERT of `rows` rows (each `CHUNKS` size has its cached statement).
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO events (pos, run, id, body) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?)");
+    }
+    sql
+}
+
+/// Inserts the request's events after seq `*next` of run number `n`, many
+/// rows per statement.
 fn append_events(
     conn: &Connection,
-    insert: &mut rusqlite::CachedStatement<'_>,
     path: &Path,
     req: &Request,
     n: i64,
     next: &mut u64,
 ) -> Result<Vec<u64>, StoreError> {
-    let lo = n << SEQ_BITS;
     let mut seqs = Vec::with_capacity(req.events.len());
-    for e in &req.events {
-        if *next >= MAX_SEQ {
+    insert_rows(conn, path, req, &req.events, n, next, &mut seqs)?;
+    Ok(seqs)
+}
+
+/// Inserts `events` (of `req`) after seq `*next`, pushing their seqs. A
+/// statement is all or nothing: when one fails on an id already in the
+/// journal, its rows go in again one at a time, so that a re-sent event
+/// gets its old seq and a different event with a used id fails the
+/// request (the caller rolls back its savepoint).
+fn insert_rows(
+    conn: &Connection,
+    path: &Path,
+    req: &Request,
+    events: &[Encoded],
+    n: i64,
+    next: &mut u64,
+    seqs: &mut Vec<u64>,
+) -> Result<(), StoreError> {
+    static SQL: std::sync::LazyLock<[String; CHUNKS.len()]> =
+        std::sync::LazyLock::new(|| CHUNKS.map(insert_sql));
+    let lo = n << SEQ_BITS;
+    let mut rest = events;
+    while !rest.is_empty() {
+        let c = CHUNKS
+            .iter()
+            .position(|&k| k <= rest.len())
+            .unwrap_or(CHUNKS.len() - 1);
+        let rows = CHUNKS[c];
+        if *next + rows as u64 > MAX_SEQ {
             return Err(StoreError::new(
                 StoreErrorKind::Io,
                 format!(
@@ -524,28 +569,46 @@ fn append_events(
                 ),
             ));
         }
-        match insert.execute(params![lo | (*next + 1) as i64, n, &e.id[..], e.body]) {
+        let (chunk, after) = rest.split_at(rows);
+        let mut insert = conn.prepare_cached(&SQL[c]).map_err(|e| err(path, &e))?;
+        for (i, e) in chunk.iter().enumerate() {
+            let (p, pos) = (4 * i, lo | (*next + 1 + i as u64) as i64);
+            insert
+                .raw_bind_parameter(p + 1, pos)
+                .and_then(|()| insert.raw_bind_parameter(p + 2, n))
+                .and_then(|()| insert.raw_bind_parameter(p + 3, &e.id[..]))
+                .and_then(|()| insert.raw_bind_parameter(p + 4, e.body.as_str()))
+                .map_err(|x| err(path, &x))?;
+        }
+        match insert.raw_execute() {
             Ok(_) => {
-                *next += 1;
-                seqs.push(*next);
+                seqs.extend(*next + 1..=*next + rows as u64);
+                *next += rows as u64;
             }
-            Err(x) if is_unique_violation(&x) => {
-                // The id is already there: the same event (a re-send) or a conflict.
-                let (pos, old): (i64, String) = conn
-                    .prepare_cached("SELECT pos, body FROM events WHERE run = ?1 AND id = ?2")
-                    .and_then(|mut s| {
-                        s.query_row(params![n, &e.id[..]], |r| Ok((r.get(0)?, r.get(1)?)))
-                    })
-                    .map_err(|x| err(path, &x))?;
-                if old != e.body {
-                    return Err(conflict(EventId(u128::from_be_bytes(e.id))));
+            Err(x) if is_unique_violation(&x) && rows > 1 => {
+                for e in chunk {
+                    insert_rows(conn, path, req, std::slice::from_ref(e), n, next, seqs)?;
                 }
-                seqs.push((pos - lo) as u64);
             }
+            Err(x) if is_unique_violation(&x) => seqs.push(known_seq(conn, path, &chunk[0], n)?),
             Err(x) => return Err(err(path, &x)),
         }
+        rest = after;
     }
-    Ok(seqs)
+    Ok(())
+}
+
+/// The seq of an event whose id is already in run number `n`: it is the
+/// same event re-sent (its old seq), or a different one (a conflict).
+fn known_seq(conn: &Connection, path: &Path, e: &Encoded, n: i64) -> Result<u64, StoreError> {
+    let (pos, old): (i64, String) = conn
+        .prepare_cached("SELECT pos, body FROM events WHERE run = ?1 AND id = ?2")
+        .and_then(|mut s| s.query_row(params![n, &e.id[..]], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(|x| err(path, &x))?;
+    if old != e.body {
+        return Err(conflict(EventId(u128::from_be_bytes(e.id))));
+    }
+    Ok((pos - (n << SEQ_BITS)) as u64)
 }
 
 #[async_trait]
@@ -564,11 +627,15 @@ impl StateStore for SqliteStore {
         let encoded = events
             .iter()
             .map(|e| {
+                let encode_err = |x: &dyn std::fmt::Display| {
+                    StoreError::new(StoreErrorKind::Io, format!("cannot encode event: {x}"))
+                };
+                // Room for a typical event up front, not grown by doubling.
+                let mut body = Vec::with_capacity(256);
+                serde_json::to_writer(&mut body, e).map_err(|x| encode_err(&x))?;
                 Ok(Encoded {
                     id: e.id.0.to_be_bytes(),
-                    body: serde_json::to_string(e).map_err(|x| {
-                        StoreError::new(StoreErrorKind::Io, format!("cannot encode event: {x}"))
-                    })?,
+                    body: String::from_utf8(body).map_err(|x| encode_err(&x))?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
