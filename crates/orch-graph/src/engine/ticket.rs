@@ -110,8 +110,13 @@ impl<'a> Outbox<'a> {
         self.pending.push(e);
     }
 
+    /// Appends what waits, durably.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        self.write([]).await
+    }
+
     /// Appends what waits and `ks`, durably, before the caller acts.
-    async fn write(&mut self, ks: Vec<EventKind>) -> Result<(), StoreError> {
+    async fn write(&mut self, ks: impl IntoIterator<Item = EventKind>) -> Result<(), StoreError> {
         let mut all = std::mem::take(&mut self.pending);
         for k in ks {
             all.push(self.note(k));
@@ -160,7 +165,7 @@ pub(crate) async fn run_ticket(sh: &Shared, t: Ix) -> End {
         Ok(end) | Err(end) => end,
     };
     // Record what an interrupted ticket did last.
-    match (out.write(Vec::new()).await, end) {
+    match (out.flush().await, end) {
         (Err(e), End::Done | End::Failed | End::Escalated | End::Interrupted) => End::Store(e),
         (_, end) => end,
     }
@@ -206,7 +211,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             .or(base.as_ref())
             .cloned();
         if let Some(commit) = target {
-            out.write(vec![EventKind::RolledBack {
+            out.write([EventKind::RolledBack {
                 ticket: id.clone(),
                 phase: last.clone(),
                 commit: commit.clone(),
@@ -283,7 +288,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
                 feedback: fb,
                 hopeless: no_hope,
             } => {
-                out.write(vec![EventKind::AttemptFailed {
+                out.write([EventKind::AttemptFailed {
                     ticket: id.clone(),
                     phase: phase.name.clone(),
                     attempt,
@@ -294,7 +299,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             }
         }
     }
-    out.write(vec![EventKind::TicketDone { ticket: id.clone() }])
+    out.write([EventKind::TicketDone { ticket: id.clone() }])
         .await?;
     if let Err(e) = sh.workspace.release(&run, &id).await {
         tracing::warn!(error = %e, "could not remove the work tree");
@@ -304,7 +309,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
 
 async fn fail(out: &mut Outbox<'_>, id: &TicketId, reason: String) -> Result<End, End> {
     tracing::info!(%reason, "ticket failed");
-    out.write(vec![EventKind::TicketFailed {
+    out.write([EventKind::TicketFailed {
         ticket: id.clone(),
         reason,
     }])
@@ -435,7 +440,7 @@ async fn exhausted_or_restart(
                 }
             );
             tracing::info!(%question, "escalated");
-            out.write(vec![EventKind::Escalated {
+            out.write([EventKind::Escalated {
                 ticket: id.clone(),
                 phase: phase.name.clone(),
                 question,
@@ -487,7 +492,7 @@ async fn attempt_phase(
         .unwrap_or_else(|| "default".parse().expect("valid role"));
     let agent_id = AgentId::for_attempt(id, &phase.name, attempt);
     let since = SystemTime::now();
-    out.write(vec![EventKind::AgentStarted {
+    out.write([EventKind::AgentStarted {
         ticket: id.clone(),
         phase: phase.name.clone(),
         attempt,
@@ -568,6 +573,9 @@ async fn attempt_phase(
     if let Some(v) = verdict {
         return Ok(v);
     }
+    if phase.gates.is_empty() {
+        return Ok(Attempt::Passed);
+    }
     let vars = [("ticket", id.as_str()), ("phase", phase.name.as_str())];
     let scope = GateScope::Phase {
         ticket: id.clone(),
@@ -616,7 +624,7 @@ async fn run_gates(
     for spec in specs {
         let spec = spec.substitute(vars);
         let name = spec.display_name();
-        out.write(vec![EventKind::GateStarted {
+        out.write([EventKind::GateStarted {
             scope: scope.clone(),
             gate: name.clone(),
         }])
@@ -700,7 +708,7 @@ pub(crate) async fn merge_batch(
 ) -> Result<(), StoreError> {
     let j = &sh.journal;
     let mut out = Outbox::for_merge(j);
-    out.write(vec![EventKind::MergeStarted {
+    out.write([EventKind::MergeStarted {
         batch: batch.clone(),
     }])
     .await?;
@@ -709,10 +717,10 @@ pub(crate) async fn merge_batch(
         reason,
     };
     let merged = match sh.workspace.merge(&j.run, &batch, &tickets).await {
-        Err(e) => return out.write(vec![fail(format!("cannot merge: {e}"))]).await,
+        Err(e) => return out.write([fail(format!("cannot merge: {e}"))]).await,
         Ok(Merged::Conflict { ticket, files }) => {
             let why = format!("{ticket} conflicts in {}", files.join(", "));
-            return out.write(vec![fail(why)]).await;
+            return out.write([fail(why)]).await;
         }
         Ok(Merged::Clean { commit, path }) => (commit, path),
     };
@@ -728,7 +736,7 @@ pub(crate) async fn merge_batch(
     let vars = [("batch", batch.as_str())];
     let reports = match run_gates(sh, &mut out, &sh.plan.batch_gates, &vars, &scope, &ctx).await {
         Ok(Some((r, _))) => r,
-        Ok(None) => return out.write(Vec::new()).await, // cancelled: merged again on resume
+        Ok(None) => return out.flush().await, // cancelled: merged again on resume
         Err(End::Store(e)) => return Err(e),
         Err(_) => return Ok(()),
     };
@@ -738,13 +746,13 @@ pub(crate) async fn merge_batch(
         .map(|r| format!("{}: {}", r.gate, r.reason))
         .collect();
     if failing.is_empty() {
-        out.write(vec![EventKind::BatchMerged {
+        out.write([EventKind::BatchMerged {
             batch: batch.clone(),
             commit: merged.0.unwrap_or_default(),
         }])
         .await
     } else {
-        out.write(vec![fail(format!(
+        out.write([fail(format!(
             "batch gates failed, not merged: {}",
             failing.join("; ")
         ))])
