@@ -11,9 +11,12 @@ use orch_graph::Observer;
 
 /// Keeps `ORCHESTRATOR_STATE.md`, `AGENT_REGISTRY.md`, `TEST_RESULTS.md`,
 /// `DECISION_QUEUE.md` and `tickets/*.json` in a directory up to date:
-/// re-rendered from the state at most every 200 ms, and when the run stops.
-/// After the first write only the files of tickets that changed since the
-/// last one are rendered again, besides the summaries.
+/// re-rendered from the state at most every 200 ms (or ten times as long
+/// as the last write took, so that writing them never holds up more than
+/// about a tenth of a large run: it happens under the journal's lock),
+/// on an escalation, and when the run stops. After the first write only
+/// the files of tickets that changed since the last one are rendered
+/// again, besides the summaries.
 pub struct Views {
     dir: PathBuf,
     plan: Plan,
@@ -26,7 +29,24 @@ struct Pending {
     /// When they were last written; `None` before the first write, which
     /// writes every file.
     last: Option<Instant>,
+    /// How long the last write took.
+    took: Duration,
     tickets: std::collections::HashSet<orch_core::TicketId>,
+}
+
+/// The shortest time between two writes of the state files.
+const EVERY: Duration = Duration::from_millis(200);
+
+impl Pending {
+    /// Whether the files are due at `now`: always for the first write and
+    /// for an `important` event, else once `EVERY` and ten times the last
+    /// write's time have passed since it.
+    fn due(&self, now: Instant, important: bool) -> bool {
+        important
+            || self
+                .last
+                .is_none_or(|last| now.saturating_duration_since(last) >= EVERY.max(self.took * 10))
+    }
 }
 
 impl Views {
@@ -40,6 +60,7 @@ impl Views {
     }
 
     fn write(&self, p: &mut Pending, state: &RunState) {
+        let started = Instant::now();
         let written = if p.last.is_none() {
             orch_state::views::write_views(&self.dir, state, Some(&self.plan))
         } else {
@@ -48,7 +69,9 @@ impl Views {
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write the state files");
         }
-        p.last = Some(Instant::now());
+        let now = Instant::now();
+        p.took = now - started;
+        p.last = Some(now);
         p.tickets.clear();
     }
 }
@@ -63,10 +86,7 @@ impl Observer for Views {
         if let Some(t) = event.kind.ticket() {
             p.tickets.insert(t.clone());
         }
-        if important
-            || p.last
-                .is_none_or(|t| t.elapsed() >= Duration::from_millis(200))
-        {
+        if p.due(Instant::now(), important) {
             self.write(&mut p, state);
         }
     }
@@ -288,6 +308,21 @@ impl Observer for Progress {
 mod tests {
     use super::*;
     use orch_core::Progress as P;
+
+    #[test]
+    fn state_files_wait_ten_times_as_long_as_the_last_write_took() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        assert!(p.due(t0, false), "the first write is always due");
+        p.last = Some(t0);
+        p.took = Duration::from_millis(5);
+        assert!(!p.due(t0 + Duration::from_millis(199), false));
+        assert!(p.due(t0 + EVERY, false), "a quick write: every 200 ms");
+        p.took = Duration::from_millis(300);
+        assert!(!p.due(t0 + Duration::from_millis(2_999), false));
+        assert!(p.due(t0 + Duration::from_secs(3), false), "a slow one: 10x");
+        assert!(p.due(t0, true), "an escalation is written at once");
+    }
 
     #[test]
     fn finished_tickets_are_counted_once_at_the_start_then_one_by_one() {

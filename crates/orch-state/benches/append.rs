@@ -4,7 +4,10 @@
 //!   and one appender's ratio to it measured back to back;
 //! * durable appends per second on SQLite, one appender (one commit, one
 //!   fsync per event) and 64 concurrent appenders (group commit);
-//! * reopen a journal of 1,000,000 events (100,000 tickets) and fold it.
+//! * reopen a journal of 1,000,000 events (100,000 tickets) and fold it;
+//! * and, for the state files a run keeps up to date, one periodic write
+//!   of the summaries for a finished run of 100,000 tickets in 100 batches
+//!   (`views` below: rendering them was quadratic in the plan's size).
 //!
 //! Run: `cargo bench -p orch-state --bench append`. The database lives in a
 //! temporary directory next to the target directory (same disk as CI).
@@ -245,5 +248,61 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A plan of `n` tickets in batches of 1,000, and the state of a run that
+/// finished them all (ten events each, a gate run with test counts each).
+fn finished_run(n: u64) -> (Plan, RunState) {
+    let mut plan = Plan::from_toml_str(
+        r#"
+        name = "views-bench"
+        default_role = "dev"
+        agents.dev.backend = { kind = "custom", name = "noop" }
+        [[phases]]
+        name = "implement"
+        [[batches]]
+        id = "B0"
+        title = "batch"
+        tickets = []
+        [[tickets]]
+        id = "T000000"
+        title = "a ticket with a title"
+        effort = "1h"
+        "#,
+    )
+    .unwrap();
+    let (ticket, batch) = (plan.tickets[0].clone(), plan.batches[0].clone());
+    plan.tickets.clear();
+    plan.batches.clear();
+    let mut events = Vec::with_capacity(n as usize * 10);
+    for t in 0..n {
+        let mut tk = ticket.clone();
+        tk.id = format!("T{t:06}").parse().unwrap();
+        if t % 1000 == 0 {
+            let mut b = batch.clone();
+            b.id = format!("B{}", t / 1000).parse().unwrap();
+            plan.batches.push(b);
+        }
+        tk.batch = Some(format!("B{}", t / 1000).parse().unwrap());
+        plan.tickets.push(tk);
+        ticket_life(t, &mut events);
+    }
+    (plan, RunState::fold(&events))
+}
+
+fn views(c: &mut Criterion) {
+    let (plan, state) = finished_run(100_000);
+    let dir = tmpdir();
+    let none: [&TicketId; 0] = [];
+    let mut g = c.benchmark_group("views");
+    g.sample_size(10);
+    // As the run's observer does every 200 ms or more: the summaries
+    // (rewritten only if they changed), no ticket files.
+    g.bench_function("summaries_100k_tickets_100_batches", |b| {
+        b.iter(|| {
+            orch_state::views::write_views_changed(dir.path(), &state, Some(&plan), none).unwrap()
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, views);
 criterion_main!(benches);

@@ -302,3 +302,93 @@ fn writing_what_changed_renders_the_summaries_and_those_tickets_only() {
         assert_eq!(&read(name), contents, "{name}");
     }
 }
+
+/// A batch without batch-scope test counts shows the sum of its tickets'
+/// latest counts; a failed gate run is "fixed" only by a later pass of
+/// the same gate on the same ticket and phase, or the same batch.
+#[test]
+fn test_counts_and_fixes_follow_the_latest_run_of_each_gate() {
+    let report = |gate: &str, tests: Option<(u64, u64)>, passed: bool| GateReport {
+        gate: gate.into(),
+        status: if passed {
+            GateStatus::Passed
+        } else {
+            GateStatus::Failed
+        },
+        reason: String::new(),
+        evidence: Evidence {
+            tests: tests.map(|(passed, failed)| TestCounts {
+                passed,
+                failed,
+                skipped: 0,
+            }),
+            ..Evidence::default()
+        },
+        duration_ms: 1,
+        excerpt: String::new(),
+        children: vec![],
+    };
+    let phase = |t: &str, p: &str, attempt: u32| GateScope::Phase {
+        ticket: t.parse().unwrap(),
+        phase: p.parse().unwrap(),
+        attempt,
+    };
+    let batch = |b: &str| GateScope::Batch {
+        batch: b.parse().unwrap(),
+    };
+    let runs = [
+        (
+            phase("INFRA-001", "implement", 1),
+            report("cargo test", Some((3, 1)), false),
+        ),
+        // Another gate, and the same gate in another phase: no fix.
+        (
+            phase("INFRA-001", "implement", 1),
+            report("lint", None, true),
+        ),
+        (
+            phase("INFRA-001", "plan", 1),
+            report("cargo test", Some((2, 0)), true),
+        ),
+        (
+            phase("INFRA-001", "implement", 2),
+            report("cargo test", Some((4, 0)), true),
+        ),
+        (
+            phase("INFRA-004", "implement", 1),
+            report("cargo test", Some((5, 2)), false),
+        ),
+        (batch("PR4"), report("lint", None, false)),
+        (batch("PR4"), report("lint", None, true)),
+        (batch("PR5"), report("lint", None, false)),
+    ];
+    let events: Vec<Event> = runs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (scope, report))| Event {
+            id: EventId(i as u128 + 1),
+            at: Timestamp(1_795_400_000_000 + i as u64),
+            kind: EventKind::GateFinished {
+                scope,
+                report: Box::new(report),
+            },
+        })
+        .collect();
+    let v = views::render(&RunState::fold(&events), Some(&plan()));
+    let s = &v["ORCHESTRATOR_STATE.md"];
+    // INFRA-001's latest counts (4/4) and INFRA-004's (5/7).
+    assert!(
+        s.contains("| PR3 | data-layer | planning | PR3: 9/11 passed |"),
+        "{s}"
+    );
+    assert!(s.contains("| PR2 | auth-hardening | planning | — |"), "{s}");
+    let t = &v["TEST_RESULTS.md"];
+    for row in [
+        "| INFRA-001 implement #1 | cargo test | FAILED (fixed on attempt 2) | 3/4 passed |",
+        "| INFRA-004 implement #1 | cargo test | FAILED | 5/7 passed |",
+        "| batch PR4 | lint | FAILED (fixed later) | — |",
+        "| batch PR5 | lint | FAILED | — |",
+    ] {
+        assert!(t.contains(row), "{row}\n{t}");
+    }
+}
