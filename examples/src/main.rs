@@ -347,7 +347,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                     serde_json::to_string_pretty(&st).map_err(|e| Fail(2, e.to_string()))?
                 );
             } else {
-                let views = orch_state::views::render(&st, plan.as_ref());
+                let views = orch_state::views::render_summaries(&st, plan.as_ref());
                 print!(
                     "{}",
                     views

@@ -132,8 +132,9 @@ pub fn render(state: &RunState, plan: Option<&Plan>) -> Views {
     out
 }
 
-/// The four summary files (each covers the whole run).
-fn render_summaries(state: &RunState, plan: Option<&Plan>) -> Views {
+/// The four summary files alone (each covers the whole run), without a
+/// file per ticket: what `orch status` prints from.
+pub fn render_summaries(state: &RunState, plan: Option<&Plan>) -> Views {
     let mut out = Views::new();
     out.insert(
         "ORCHESTRATOR_STATE.md".into(),
