@@ -61,7 +61,8 @@ impl Views {
 
     fn write(&self, p: &mut Pending, state: &RunState) {
         let started = Instant::now();
-        let written = if p.last.is_none() {
+        let first = p.last.is_none();
+        let written = if first {
             orch_state::views::write_views(&self.dir, state, Some(&self.plan))
         } else {
             orch_state::views::write_views_changed(&self.dir, state, Some(&self.plan), &p.tickets)
@@ -70,7 +71,10 @@ impl Views {
             tracing::warn!(error = %e, "cannot write the state files");
         }
         let now = Instant::now();
-        p.took = now - started;
+        // The first write renders every ticket's file (all of a resumed
+        // large run's): a one-off that says nothing about the next ones,
+        // which would otherwise wait ten times as long.
+        p.took = if first { Duration::ZERO } else { now - started };
         p.last = Some(now);
         p.tickets.clear();
     }
@@ -308,6 +312,38 @@ impl Observer for Progress {
 mod tests {
     use super::*;
     use orch_core::Progress as P;
+
+    #[test]
+    fn the_first_full_write_does_not_hold_back_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan::from_toml_str(
+            r#"
+            name = "p"
+            default_role = "dev"
+            agents.dev.backend = { kind = "custom", name = "x" }
+            [[phases]]
+            name = "do"
+            [[tickets]]
+            id = "A"
+            title = "a"
+            effort = "1h"
+            "#,
+        )
+        .unwrap();
+        let views = Views::new(dir.path(), &plan);
+        let done = Event::now(EventKind::TicketDone {
+            ticket: "A".parse().unwrap(),
+        });
+        let state = RunState::fold([&done]);
+        views.event(&done, &state);
+        let p = views.pending.lock().unwrap();
+        assert!(p.last.is_some(), "the first event writes the files");
+        assert_eq!(p.took, Duration::ZERO);
+        drop(p);
+        assert!(dir.path().join("tickets/A.json").exists());
+        views.finished(&state);
+        assert!(views.pending.lock().unwrap().took > Duration::ZERO);
+    }
 
     #[test]
     fn state_files_wait_ten_times_as_long_as_the_last_write_took() {
