@@ -316,31 +316,17 @@ mod tests {
     #[test]
     fn the_first_full_write_does_not_hold_back_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let plan = Plan::from_toml_str(
-            r#"
-            name = "p"
-            default_role = "dev"
-            agents.dev.backend = { kind = "custom", name = "x" }
-            [[phases]]
-            name = "do"
-            [[tickets]]
-            id = "A"
-            title = "a"
-            effort = "1h"
-            "#,
-        )
-        .unwrap();
+        let plan = orch_graph::random::random_plan(1, 0, 42);
+        let id = plan.tickets[0].id.clone();
         let views = Views::new(dir.path(), &plan);
-        let done = Event::now(EventKind::TicketDone {
-            ticket: "A".parse().unwrap(),
-        });
+        let done = Event::now(EventKind::TicketDone { ticket: id.clone() });
         let state = RunState::fold([&done]);
         views.event(&done, &state);
         let p = views.pending.lock().unwrap();
         assert!(p.last.is_some(), "the first event writes the files");
         assert_eq!(p.took, Duration::ZERO);
         drop(p);
-        assert!(dir.path().join("tickets/A.json").exists());
+        assert!(dir.path().join(format!("tickets/{id}.json")).exists());
         views.finished(&state);
         assert!(views.pending.lock().unwrap().took > Duration::ZERO);
     }
