@@ -624,12 +624,12 @@ impl StateStore for SqliteStore {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| StoreError::new(StoreErrorKind::Io, "store is closed"))?;
+        let encode_err = |x: &dyn std::fmt::Display| {
+            StoreError::new(StoreErrorKind::Io, format!("cannot encode event: {x}"))
+        };
         let encoded = events
             .iter()
             .map(|e| {
-                let encode_err = |x: &dyn std::fmt::Display| {
-                    StoreError::new(StoreErrorKind::Io, format!("cannot encode event: {x}"))
-                };
                 // Room for a typical event up front, not grown by doubling.
                 let mut body = Vec::with_capacity(256);
                 serde_json::to_writer(&mut body, e).map_err(|x| encode_err(&x))?;

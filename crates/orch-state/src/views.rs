@@ -33,8 +33,8 @@ struct Index<'a> {
     /// Each batch's tickets, in id order.
     members: HashMap<&'a BatchId, Vec<&'a TicketId>>,
     /// The latest test counts of each ticket's gates, and each batch's.
-    ticket_tests: HashMap<&'a TicketId, TestCounts>,
-    batch_tests: HashMap<&'a BatchId, TestCounts>,
+    latest_by_ticket: HashMap<&'a TicketId, TestCounts>,
+    latest_by_batch: HashMap<&'a BatchId, TestCounts>,
 }
 
 impl<'a> Index<'a> {
@@ -46,12 +46,12 @@ impl<'a> Index<'a> {
         for m in members.values_mut() {
             m.sort_unstable();
         }
-        let (mut ticket_tests, mut batch_tests) = (HashMap::new(), HashMap::new());
+        let (mut latest_by_ticket, mut latest_by_batch) = (HashMap::new(), HashMap::new());
         for g in &state.gate_runs {
             if let Some(c) = g.report.evidence.tests {
                 match &g.scope {
-                    GateScope::Phase { ticket, .. } => ticket_tests.insert(ticket, c),
-                    GateScope::Batch { batch } => batch_tests.insert(batch, c),
+                    GateScope::Phase { ticket, .. } => latest_by_ticket.insert(ticket, c),
+                    GateScope::Batch { batch } => latest_by_batch.insert(batch, c),
                 };
             }
         }
@@ -63,8 +63,8 @@ impl<'a> Index<'a> {
                 .map(|t| (t.id.as_str(), t.title.as_str()))
                 .collect(),
             members,
-            ticket_tests,
-            batch_tests,
+            latest_by_ticket,
+            latest_by_batch,
         }
     }
 
@@ -108,12 +108,12 @@ impl<'a> Index<'a> {
     /// Test counts of a batch: its latest batch-scope test gate, else the
     /// sum of its tickets' latest.
     fn batch_tests(&self, batch: &BatchId) -> Option<(u64, u64)> {
-        if let Some(c) = self.batch_tests.get(batch) {
+        if let Some(c) = self.latest_by_batch.get(batch) {
             return Some((c.passed, c.ran()));
         }
         let mut sum = None;
         for t in self.members(batch) {
-            if let Some(c) = self.ticket_tests.get(t) {
+            if let Some(c) = self.latest_by_ticket.get(t) {
                 let (p, n) = sum.unwrap_or((0, 0));
                 sum = Some((p + c.passed, n + c.ran()));
             }
