@@ -459,6 +459,10 @@ struct Dispatcher {
     /// final yet.
     batch_of: Vec<Option<u32>>,
     batches: Vec<(BatchId, Vec<Ix>, usize)>,
+    /// Per ticket: it may have events in the journal (it had at the start,
+    /// or has been started since). A ticket without starts from an empty
+    /// state, not read from the journal.
+    known: Vec<bool>,
     /// Tickets and merges running.
     tasks: usize,
     /// The running tickets' pipelines, polled by the dispatcher itself:
@@ -531,6 +535,7 @@ impl Dispatcher {
             sched,
             tx,
             poll: engine.poll,
+            known: vec![false; batch_of.len()],
             batch_of,
             batches,
             tasks: 0,
@@ -574,6 +579,7 @@ impl Dispatcher {
             let Some(ts) = st.get(&self.id(t)) else {
                 continue;
             };
+            self.known[t as usize] = true;
             if self.sched.status(t).is_final() {
                 continue;
             }
@@ -741,11 +747,12 @@ impl Dispatcher {
     /// or workspace implementation) is caught and fails the ticket alone.
     fn spawn_ticket(&mut self, t: Ix) {
         self.tasks += 1;
+        let known = std::mem::replace(&mut self.known[t as usize], true);
         let shared = self.shared.clone();
         let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
         self.running.push(Box::pin(
             async move {
-                let end = AssertUnwindSafe(ticket::run_ticket(&shared, t))
+                let end = AssertUnwindSafe(ticket::run_ticket(&shared, t, known))
                     .catch_unwind()
                     .await;
                 (t, end)

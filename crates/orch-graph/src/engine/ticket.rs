@@ -155,11 +155,16 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}\n[... {} more bytes]", &s[..end], s.len() - end)
 }
 
-pub(crate) async fn run_ticket(sh: &Shared, t: Ix) -> End {
-    let id = sh.tickets[t as usize].id.clone();
-    let st = sh
-        .journal
-        .with_state(|s| s.tickets.get(&id).cloned().unwrap_or_default());
+/// Runs ticket `t`'s pipeline; `known` when the journal may have events of
+/// it (else it starts from an empty state, not read from the journal).
+pub(crate) async fn run_ticket(sh: &Shared, t: Ix, known: bool) -> End {
+    let st = if known {
+        let id = &sh.tickets[t as usize].id;
+        sh.journal
+            .with_state(|s| s.tickets.get(id).cloned().unwrap_or_default())
+    } else {
+        TicketState::default()
+    };
     let mut out = Outbox::new(&sh.journal, st);
     let end = match pipeline(sh, t, &mut out).await {
         Ok(end) | Err(end) => end,
