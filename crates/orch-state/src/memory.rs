@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use orch_core::{Event, EventId, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent};
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 
 #[derive(Default)]
 struct Journal {
@@ -109,22 +110,25 @@ impl StateStore for MemoryStore {
         let start = j.events.len();
         let mut seqs = Vec::with_capacity(events.len());
         for e in events {
-            if let Some(&seq) = j.by_id.get(&e.id) {
-                if j.events.get(seq as usize - 1) != Some(e) {
-                    while j.events.len() > start {
-                        if let Some(gone) = j.events.pop() {
-                            j.by_id.remove(&gone.id);
-                        }
-                    }
-                    return Err(conflict(e.id));
+            // One look-up per event: a new id (the usual case) goes in
+            // where the look-up found no entry.
+            let seq = match j.by_id.entry(e.id) {
+                Entry::Vacant(v) => {
+                    j.events.push(e.clone());
+                    seqs.push(*v.insert(j.events.len() as u64));
+                    continue;
                 }
-                seqs.push(seq);
-            } else {
-                j.events.push(e.clone());
-                let seq = j.events.len() as u64;
-                j.by_id.insert(e.id, seq);
-                seqs.push(seq);
+                Entry::Occupied(o) => *o.get(),
+            };
+            if j.events.get(seq as usize - 1) != Some(e) {
+                while j.events.len() > start {
+                    if let Some(gone) = j.events.pop() {
+                        j.by_id.remove(&gone.id);
+                    }
+                }
+                return Err(conflict(e.id));
             }
+            seqs.push(seq);
         }
         Ok(seqs)
     }
