@@ -1,6 +1,7 @@
 //! Engine overhead: N tickets of one phase, a no-op agent, no gates, on a
 //! random DAG with about 4 dependencies each (or DEPS); in memory and on durable
-//! SQLite. Prints tickets per second and microseconds per ticket.
+//! SQLite. Prints tickets per second and microseconds per ticket, and on
+//! SQLite the disk's fsync latency measured around the run.
 //!
 //! ```text
 //! cargo run --release -p orch-examples --example engine_scale -- [N] [CONCURRENCY] [memory|sqlite|both] [DEPS]
@@ -8,7 +9,7 @@
 
 use std::sync::Arc;
 
-use orch_examples::scale::run_noop;
+use orch_examples::scale::{fsync_latency, run_noop};
 
 fn main() -> Result<(), orch_examples::Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,8 +49,16 @@ fn main() -> Result<(), orch_examples::Error> {
     let dir = std::env::temp_dir().join(format!("orch-engine-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let store = Arc::new(orch_state::SqliteStore::open(dir.join("state.db"))?);
+    let before = fsync_latency(&dir, 500)?;
     let sql = rt.block_on(run_noop(n, deps, conc, store.clone()));
+    let after = fsync_latency(&dir, 500)?;
     report("sqlite", sql);
+    println!(
+        "disk: {:.0} us per 4 KiB write + fdatasync (before the run {:.0}, after {:.0})",
+        (before + after).as_secs_f64() * 1e6 / 2.0,
+        before.as_secs_f64() * 1e6,
+        after.as_secs_f64() * 1e6
+    );
     let stats = store.stats();
     println!(
         "sqlite writer: {} commits ({} appends), busy {:.3} s of the run's {:.3} s",

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use orch_examples::scale::run_noop;
+use orch_examples::scale::{fsync_latency, run_noop};
 
 const N: usize = 100_000;
 const CONCURRENCY: u32 = 256;
@@ -33,6 +33,12 @@ fn engine(c: &mut Criterion) {
         });
     });
     let dir = tempfile::tempdir().expect("temp dir");
+    // Durable SQLite's figure follows the disk's fsync latency; print it.
+    let fsync = fsync_latency(dir.path(), 1000).expect("fsync probe");
+    println!(
+        "disk: {:.0} us per 4 KiB write + fdatasync",
+        fsync.as_secs_f64() * 1e6
+    );
     g.bench_function("sqlite", |b| {
         b.iter_custom(|iters| {
             (0..iters)

@@ -69,3 +69,40 @@ pub async fn run_noop(
     assert_eq!(report.outcome, RunOutcome::Completed);
     NoopRun { built, ran }
 }
+
+/// Mean time of one 4 KiB appending write + `fdatasync` in `dir`, over `n`
+/// (at least one): the disk's floor under every durable commit. Figures on
+/// durable SQLite depend on it more than on anything in the engine, so the
+/// benchmarks print it with them.
+///
+/// # Errors
+/// When the probe file cannot be written or synced.
+pub fn fsync_latency(dir: &std::path::Path, n: u32) -> std::io::Result<Duration> {
+    use std::io::Write;
+    let path = dir.join(format!("fsync-probe-{}", orch_core::EventId::random()));
+    let mut f = std::fs::File::create(&path)?;
+    let buf = [7u8; 4096];
+    let n = n.max(1);
+    let start = Instant::now();
+    for _ in 0..n {
+        f.write_all(&buf)?;
+        f.sync_data()?;
+    }
+    let per = start.elapsed() / n;
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(per)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fsync_probe_times_its_writes_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let per = super::fsync_latency(dir.path(), 3).unwrap();
+        assert!(per > std::time::Duration::ZERO);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let gone = dir.path().join("no-such-dir");
+        assert!(super::fsync_latency(&gone, 1).is_err());
+    }
+}
