@@ -806,3 +806,82 @@ impl StateStore for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single(run: &str, id: u8, body: &str) -> Request {
+        Request {
+            run: run.parse().unwrap(),
+            events: vec![Encoded {
+                id: [id; 16],
+                body: body.into(),
+            }],
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn stored(conn: &Connection, n: i64) -> Vec<(i64, String)> {
+        conn.prepare("SELECT pos - (run << 40), body FROM events WHERE run = ?1 ORDER BY pos")
+            .unwrap()
+            .query_map([n], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Appends committed together (one group, one transaction) stay
+    /// separate: a conflict fails that append alone, a re-sent event keeps
+    /// its seq (also when sent twice in one group), runs keep their own
+    /// seqs, and the others are written in order.
+    #[test]
+    fn appends_of_a_group_fail_alone_and_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure(&conn, &path).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let mut numbers = RunNumbers::new();
+        let seqs = |r: Vec<Result<Vec<u64>, StoreError>>| -> Vec<Result<Vec<u64>, StoreErrorKind>> {
+            r.into_iter().map(|r| r.map_err(|e| e.kind)).collect()
+        };
+
+        let first = [single("b", 1, "e1"), single("b", 2, "e2")];
+        let r = commit_group(&mut conn, &path, &first, &mut numbers).unwrap();
+        assert_eq!(seqs(r), [Ok(vec![1]), Ok(vec![2])]);
+
+        let second = [
+            single("b", 3, "e3"),
+            single("b", 1, "e1"),     // re-sent: its old seq
+            single("b", 2, "not e2"), // a used id, another event: fails
+            single("b", 4, "e4"),
+            single("c", 5, "c1"), // another run between
+            single("b", 6, "e6"),
+            single("b", 6, "e6"), // the same event twice in one group
+        ];
+        let r = commit_group(&mut conn, &path, &second, &mut numbers).unwrap();
+        assert_eq!(
+            seqs(r),
+            [
+                Ok(vec![3]),
+                Ok(vec![1]),
+                Err(StoreErrorKind::Conflict),
+                Ok(vec![4]),
+                Ok(vec![1]),
+                Ok(vec![5]),
+                Ok(vec![5]),
+            ]
+        );
+        let b = numbers[&"b".parse::<RunId>().unwrap()];
+        let c = numbers[&"c".parse::<RunId>().unwrap()];
+        let bodies = |n| {
+            stored(&conn, n)
+                .into_iter()
+                .map(|(s, b)| format!("{s}:{b}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bodies(b), ["1:e1", "2:e2", "3:e3", "4:e4", "5:e6"]);
+        assert_eq!(bodies(c), ["1:c1"]);
+    }
+}
