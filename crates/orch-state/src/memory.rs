@@ -1,12 +1,12 @@
 //! [`MemoryStore`]: the journal in memory, for tests and for programs that
 //! want no persistence.
 
+use std::collections::hash_map::Entry;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use orch_core::{Event, EventId, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent};
 use rustc_hash::FxHashMap;
-use std::collections::hash_map::Entry;
 
 #[derive(Default)]
 struct Journal {

@@ -823,12 +823,14 @@ mod tests {
     }
 
     fn stored(conn: &Connection, n: i64) -> Vec<(i64, String)> {
-        conn.prepare("SELECT pos - (run << 40), body FROM events WHERE run = ?1 ORDER BY pos")
-            .unwrap()
-            .query_map([n], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        conn.prepare(&format!(
+            "SELECT pos - (run << {SEQ_BITS}), body FROM events WHERE run = ?1 ORDER BY pos"
+        ))
+        .unwrap()
+        .query_map([n], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
     }
 
     /// Appends committed together (one group, one transaction) stay
