@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use orch_examples::scale::{fsync_latency, run_noop};
+use orch_examples::scale::run_noop;
+use orch_state::fsync_latency;
 
 fn main() -> Result<(), orch_examples::Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use orch_examples::scale::{fsync_latency, run_noop};
+use orch_examples::scale::run_noop;
+use orch_state::fsync_latency;
 
 const N: usize = 100_000;
 const CONCURRENCY: u32 = 256;

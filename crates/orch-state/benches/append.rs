@@ -13,7 +13,6 @@
 //! temporary directory next to the target directory (same disk as CI).
 
 use std::hint::black_box;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,17 +106,10 @@ fn ticket_life(t: u64, out: &mut Vec<Event>) {
     out.push(Event::now(EventKind::TicketDone { ticket }));
 }
 
-/// Mean time of one 4 KiB appending write + fdatasync, over `n`.
+/// Mean time of one 4 KiB appending write + fdatasync, over `n`, in a
+/// fresh directory next to the benchmark's databases.
 fn fsync_latency(n: u32) -> Duration {
-    let dir = tmpdir();
-    let mut f = std::fs::File::create(dir.path().join("fsync")).unwrap();
-    let buf = vec![7u8; 4096];
-    let start = Instant::now();
-    for _ in 0..n {
-        f.write_all(&buf).unwrap();
-        f.sync_data().unwrap();
-    }
-    start.elapsed() / n
+    orch_state::fsync_latency(tmpdir().path(), n).unwrap()
 }
 
 fn bench(c: &mut Criterion) {

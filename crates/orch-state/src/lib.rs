@@ -22,5 +22,5 @@ pub mod views;
 mod workspace;
 
 pub use memory::MemoryStore;
-pub use sqlite::{SCHEMA_VERSION, SqliteStore, Stats};
+pub use sqlite::{SCHEMA_VERSION, SqliteStore, Stats, fsync_latency};
 pub use workspace::GitWorkspace;
