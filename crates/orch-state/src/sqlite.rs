@@ -192,6 +192,23 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The writer thread's connection: the file opened (created if new),
+/// configured and migrated to the current schema.
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let mut writer = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| err(path, &e))?;
+    configure(&writer, path)?;
+    // The writer's statements, with one INSERT per `CHUNKS` size.
+    writer.set_prepared_statement_cache_capacity(32);
+    migrate(&mut writer, path)?;
+    Ok(writer)
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -239,17 +256,7 @@ impl SqliteStore {
     /// written to it), [`StoreErrorKind::Io`] otherwise.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let mut writer = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| err(&path, &e))?;
-        configure(&writer, &path)?;
-        // The writer's statements, with one INSERT per `CHUNKS` size.
-        writer.set_prepared_statement_cache_capacity(32);
-        migrate(&mut writer, &path)?;
+        let writer = open_writer(&path)?;
         let reader = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -872,9 +879,7 @@ mod tests {
     fn appends_of_a_group_fail_alone_and_keep_their_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let mut conn = Connection::open(&path).unwrap();
-        configure(&conn, &path).unwrap();
-        migrate(&mut conn, &path).unwrap();
+        let mut conn = open_writer(&path).unwrap();
         let mut numbers = RunNumbers::new();
         let seqs = |r: Vec<Result<Vec<u64>, StoreError>>| -> Vec<Result<Vec<u64>, StoreErrorKind>> {
             r.into_iter().map(|r| r.map_err(|e| e.kind)).collect()
