@@ -138,6 +138,11 @@ impl Progress {
     }
 }
 
+/// The first line of `s` that is not blank.
+fn first_line(s: &str) -> Option<&str> {
+    s.lines().find(|l| !l.trim().is_empty())
+}
+
 /// One line for the events a person wants to see.
 pub fn describe(e: &EventKind) -> Option<String> {
     use EventKind as K;
@@ -175,10 +180,7 @@ pub fn describe(e: &EventKind) -> Option<String> {
             feedback,
         } => format!(
             "{ticket}: {phase} attempt {attempt} failed: {}",
-            feedback
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("(no reason given)")
+            first_line(feedback).unwrap_or("(no reason given)")
         ),
         K::PhaseRestarted {
             ticket,
@@ -243,13 +245,7 @@ const MAX_PROGRESS: usize = 100;
 /// without error).
 pub fn describe_progress(agent: &orch_core::AgentId, p: &orch_core::Progress) -> Option<String> {
     use orch_core::Progress as P;
-    let first_line = |s: &str| {
-        s.lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_owned()
-    };
+    let first_line = |s: &str| first_line(s).unwrap_or("").trim().to_owned();
     let what = match p {
         P::Text { text } => first_line(text),
         P::ToolUse { name, input } => format!("{name} {}", first_line(input)),
