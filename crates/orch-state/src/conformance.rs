@@ -1,6 +1,6 @@
 //! The conformance suite every [`StateStore`] runs: the memory store, the
-//! SQLite store, and any backend you write. Each check panics with a
-//! message on the first violation, so call it from a test:
+//! SQLite and PostgreSQL stores, and any backend you write. Each check
+//! panics with a message on the first violation, so call it from a test:
 //!
 //! ```
 //! use std::sync::Arc;

@@ -5,8 +5,10 @@
 //!
 //! * [`StateStore`](orch_core::StateStore) backends: [`SqliteStore`] (the
 //!   embedded default: WAL, fsync per commit, group commit of concurrent
-//!   appends, versioned schema) and [`MemoryStore`]; both pass the shared
-//!   [`conformance`] suite.
+//!   appends, versioned schema), `PgStore` (PostgreSQL, feature `postgres`,
+//!   on by default: one journal that processes on many machines append to
+//!   and read) and [`MemoryStore`]; all pass the shared [`conformance`]
+//!   suite.
 //! * [`views`]: `ORCHESTRATOR_STATE.md`, `AGENT_REGISTRY.md`,
 //!   `TEST_RESULTS.md`, `DECISION_QUEUE.md` and one JSON file per ticket,
 //!   rendered from the folded state and written atomically.
@@ -17,10 +19,14 @@
 pub mod conformance;
 pub mod git;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 pub mod views;
 mod workspace;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PG_SCHEMA_VERSION, PgStore};
 pub use sqlite::{SCHEMA_VERSION, SqliteStore, Stats, fsync_latency};
 pub use workspace::GitWorkspace;

@@ -1,0 +1,488 @@
+//! [`PgStore`]: the journal in PostgreSQL, for runs that processes on
+//! other machines read (`orch status` from anywhere) or that must outlive
+//! the machine the run started on.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use orch_core::{
+    Event, EventId, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp,
+};
+use tokio::sync::Mutex;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+use crate::memory::conflict;
+
+/// The schema version this build writes in PostgreSQL (counted apart from
+/// the SQLite file's [`SCHEMA_VERSION`](crate::SCHEMA_VERSION)). Version
+/// history: 1 — `orch_runs` (a number and the last seq per run) and
+/// `orch_events` (one row per event, its body the event's JSON).
+pub const PG_SCHEMA_VERSION: i64 = 1;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1
+    "CREATE TABLE orch_runs (
+        n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run text NOT NULL UNIQUE,
+        created_at bigint NOT NULL,
+        last_seq bigint NOT NULL DEFAULT 0
+     );
+     CREATE TABLE orch_events (
+        run bigint NOT NULL REFERENCES orch_runs (n),
+        seq bigint NOT NULL,
+        id bytea NOT NULL,
+        body text NOT NULL,
+        PRIMARY KEY (run, seq),
+        UNIQUE (run, id)
+     );",
+];
+
+/// Key of the advisory lock that serialises schema set-up between
+/// processes connecting at once ("orch-pg" in ASCII).
+const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
+
+/// A [`StateStore`] in a PostgreSQL database.
+///
+/// An append is one transaction, committed before `append` returns, so it
+/// is as durable as the server makes a commit (with the default
+/// `synchronous_commit = on`: flushed to its WAL). Appends to a run lock
+/// that run's row, so processes on several machines can append to one
+/// journal and its seqs still have no gaps; appends from one `PgStore`
+/// go over one connection, one at a time (the engine already gathers its
+/// tickets' events into one append).
+///
+/// The tables (`orch_meta`, `orch_runs`, `orch_events`) are created in
+/// the connection's schema on first connect; choose another schema with
+/// the connection string's `options`, e.g.
+/// `postgres://u@host/db?options=-c%20search_path%3Dorch`. A database
+/// whose orch schema is newer than this build, or that holds tables of
+/// those names that orch did not make, is refused untouched. A lost
+/// connection fails the call in progress ([`StoreErrorKind::Unavailable`],
+/// retryable) and the next call connects again. TLS is not supported
+/// (`sslmode=require` is refused when connecting).
+///
+/// ```no_run
+/// use orch_core::{Event, EventKind, StateStore};
+/// # async fn demo() -> Result<(), orch_core::StoreError> {
+/// let store = orch_state::PgStore::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+/// let run = "r1".parse().unwrap();
+/// let e = Event::now(EventKind::TicketReady { ticket: "T-1".parse().unwrap() });
+/// assert_eq!(store.append(&run, &[e.clone()]).await?, [1]);
+/// assert_eq!(store.read(&run, 0, 10).await?[0].event, e);
+/// # Ok(()) }
+/// ```
+pub struct PgStore {
+    config: Config,
+    /// The database as messages name it (never the password).
+    name: String,
+    conn: Mutex<Option<Conn>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection with its statements prepared.
+struct Conn {
+    client: Client,
+    /// Drives the connection; stopped when the connection is dropped.
+    driver: tokio::task::JoinHandle<()>,
+    lock_run: Statement,
+    new_run: Statement,
+    known: Statement,
+    insert: Statement,
+    advance: Statement,
+    read: Statement,
+    runs: Statement,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Names the database: user, host, port and database, no password.
+fn describe(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("?");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("PostgreSQL database `{db}` at {user}@{host}:{port}")
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (a `postgres://` URL or a libpq
+    /// key-value string) and creates or migrates orch's tables.
+    ///
+    /// # Errors
+    /// [`StoreError`]: an unparsable connection string (the message does
+    /// not repeat it: it may hold a password); a server that cannot be
+    /// reached ([`StoreErrorKind::Unavailable`]); a schema written by a
+    /// newer orch ([`StoreErrorKind::TooNew`]) or tables of orch's names
+    /// that orch did not make ([`StoreErrorKind::Corrupt`]), both left
+    /// untouched.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let config: Config = url.parse().map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Io,
+                format!("the PostgreSQL connection string cannot be used: {e}"),
+            )
+        })?;
+        let store = PgStore {
+            name: describe(&config),
+            config,
+            conn: Mutex::new(None),
+        };
+        *store.conn.lock().await = Some(store.open().await?);
+        Ok(store)
+    }
+
+    /// The database, as error messages name it.
+    pub fn database(&self) -> &str {
+        &self.name
+    }
+
+    fn err(&self, e: &tokio_postgres::Error) -> StoreError {
+        // Lost or refused connections, and what the server asks to be
+        // tried again, may succeed on another try.
+        let retry = e.is_closed()
+            || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            || e.code().is_some_and(|c| {
+                let c = c.code();
+                c.starts_with("08")
+                    || c.starts_with("40")
+                    || c.starts_with("57P")
+                    || c.starts_with("53")
+            });
+        let kind = if retry {
+            StoreErrorKind::Unavailable
+        } else {
+            StoreErrorKind::Io
+        };
+        let why = match e.as_db_error() {
+            Some(db) => db.to_string(),
+            None => match std::error::Error::source(e) {
+                Some(s) => format!("{e}: {s}"),
+                None => e.to_string(),
+            },
+        };
+        StoreError::new(kind, format!("{}: {why}", self.name))
+    }
+
+    async fn open(&self) -> Result<Conn, StoreError> {
+        let (mut client, connection) =
+            self.config.connect(NoTls).await.map_err(|e| self.err(&e))?;
+        let driver = tokio::spawn(async move {
+            // Its error reaches the caller through the client's next call.
+            let _ = connection.await;
+        });
+        self.set_up(&mut client).await?;
+        let prepare = |sql: &'static str, types: &'static [Type]| {
+            let client = &client;
+            async move {
+                client
+                    .prepare_typed(sql, types)
+                    .await
+                    .map_err(|e| self.err(&e))
+            }
+        };
+        Ok(Conn {
+            lock_run: prepare(
+                "SELECT n, last_seq FROM orch_runs WHERE run = $1 FOR UPDATE",
+                &[Type::TEXT],
+            )
+            .await?,
+            new_run: prepare(
+                "INSERT INTO orch_runs (run, created_at) VALUES ($1, $2) ON CONFLICT (run) DO NOTHING",
+                &[Type::TEXT, Type::INT8],
+            )
+            .await?,
+            known: prepare(
+                "SELECT id, seq, body FROM orch_events WHERE run = $1 AND id = ANY($2)",
+                &[Type::INT8, Type::BYTEA_ARRAY],
+            )
+            .await?,
+            insert: prepare(
+                "INSERT INTO orch_events (run, seq, id, body)
+                 SELECT $1, s, i, b FROM unnest($2::int8[], $3::bytea[], $4::text[]) AS u(s, i, b)",
+                &[Type::INT8, Type::INT8_ARRAY, Type::BYTEA_ARRAY, Type::TEXT_ARRAY],
+            )
+            .await?,
+            advance: prepare(
+                "UPDATE orch_runs SET last_seq = $2 WHERE n = $1",
+                &[Type::INT8, Type::INT8],
+            )
+            .await?,
+            read: prepare(
+                "SELECT e.seq, e.body FROM orch_events e JOIN orch_runs r ON r.n = e.run
+                 WHERE r.run = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3",
+                &[Type::TEXT, Type::INT8, Type::INT8],
+            )
+            .await?,
+            runs: prepare("SELECT run FROM orch_runs ORDER BY n", &[]).await?,
+            client,
+            driver,
+        })
+    }
+
+    /// Creates or migrates the tables, one process at a time.
+    async fn set_up(&self, client: &mut Client) -> Result<(), StoreError> {
+        let e = |x: tokio_postgres::Error| self.err(&x);
+        let tx = client.transaction().await.map_err(e)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SETUP_LOCK])
+            .await
+            .map_err(e)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS orch_meta (key text PRIMARY KEY, value bigint NOT NULL)",
+        )
+        .await
+        .map_err(e)?;
+        let version: i64 = tx
+            .query_opt(
+                "SELECT value FROM orch_meta WHERE key = 'schema_version'",
+                &[],
+            )
+            .await
+            .map_err(e)?
+            .map_or(0, |r| r.get(0));
+        if version > PG_SCHEMA_VERSION {
+            return Err(StoreError::new(
+                StoreErrorKind::TooNew,
+                format!(
+                    "{}: orch's tables are at schema version {version}, newer than this build \
+                     understands ({PG_SCHEMA_VERSION}); use a newer orch (nothing was changed)",
+                    self.name
+                ),
+            ));
+        }
+        if version == 0 {
+            let theirs: Vec<String> = tx
+                .query(
+                    "SELECT t FROM unnest(ARRAY['orch_runs', 'orch_events']) AS t
+                     WHERE to_regclass(t) IS NOT NULL",
+                    &[],
+                )
+                .await
+                .map_err(e)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !theirs.is_empty() {
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    format!(
+                        "{}: table(s) {} exist but orch did not make them (orch_meta records no \
+                         schema version); not touching them (choose another schema with \
+                         `options=-c search_path=...`)",
+                        self.name,
+                        theirs.join(", ")
+                    ),
+                ));
+            }
+        }
+        for (v, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(sql).await.map_err(e)?;
+            tx.execute(
+                "INSERT INTO orch_meta (key, value) VALUES ('schema_version', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&(v as i64 + 1)],
+            )
+            .await
+            .map_err(e)?;
+        }
+        tx.commit().await.map_err(e)
+    }
+
+    /// Runs `f` on the connection, connecting first if there is none; a
+    /// connection that failed or closed is dropped, so the next call
+    /// connects again.
+    async fn with_conn<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *guard = None;
+            *guard = Some(self.open().await?);
+        }
+        let conn = guard.as_mut().expect("connected above");
+        let result = f(conn).await;
+        // A connection-level failure may be seen before the client knows
+        // its connection is gone: start afresh either way.
+        let lost = matches!(&result, Err(e) if e.kind == StoreErrorKind::Unavailable);
+        if lost || conn.client.is_closed() {
+            *guard = None;
+        }
+        result
+    }
+}
+
+/// An event ready to store: its id's bytes and its JSON.
+struct Encoded {
+    id: [u8; 16],
+    body: String,
+}
+
+fn encode(events: &[Event]) -> Result<Vec<Encoded>, StoreError> {
+    events
+        .iter()
+        .map(|e| {
+            Ok(Encoded {
+                id: e.id.0.to_be_bytes(),
+                body: serde_json::to_string(e).map_err(|x| {
+                    StoreError::new(StoreErrorKind::Io, format!("cannot encode event: {x}"))
+                })?,
+            })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl StateStore for PgStore {
+    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded = encode(events)?;
+        let e = |x: tokio_postgres::Error| self.err(&x);
+        self.with_conn(async |c| {
+            let tx = c.client.transaction().await.map_err(e)?;
+            // The run's row, locked until commit: appenders of one run,
+            // in any process, take turns; other runs are not held up.
+            let mut row = tx
+                .query_opt(&c.lock_run, &[&run.as_str()])
+                .await
+                .map_err(e)?;
+            if row.is_none() {
+                tx.execute(&c.new_run, &[&run.as_str(), &(Timestamp::now().0 as i64)])
+                    .await
+                    .map_err(e)?;
+                row = tx
+                    .query_opt(&c.lock_run, &[&run.as_str()])
+                    .await
+                    .map_err(e)?;
+            }
+            let row = row.ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::Io,
+                    format!("{}: run {run} could not be created", self.name),
+                )
+            })?;
+            let (n, last): (i64, i64) = (row.get(0), row.get(1));
+            // Ids of this append already in the journal: the same event
+            // sent again keeps its seq; a different one is a conflict.
+            let ids: Vec<&[u8]> = encoded.iter().map(|x| &x.id[..]).collect();
+            let mut known: HashMap<[u8; 16], (i64, Cow<'_, str>)> = HashMap::new();
+            for r in tx.query(&c.known, &[&n, &ids]).await.map_err(e)? {
+                let (id, seq, body): (&[u8], i64, String) = (r.get(0), r.get(1), r.get(2));
+                let id = <[u8; 16]>::try_from(id).map_err(|_| {
+                    StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        format!("{}: event {seq} of run {run} has a malformed id", self.name),
+                    )
+                })?;
+                known.insert(id, (seq, Cow::Owned(body)));
+            }
+            let mut next = last;
+            let (mut seqs, mut new_seqs, mut new_ids, mut bodies) = (
+                Vec::with_capacity(encoded.len()),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
+            for x in &encoded {
+                if let Some((seq, body)) = known.get(&x.id) {
+                    if *body != x.body {
+                        return Err(conflict(EventId(u128::from_be_bytes(x.id))));
+                    }
+                    seqs.push(*seq as u64);
+                    continue;
+                }
+                next += 1;
+                // A repeat later in this append finds it here.
+                known.insert(x.id, (next, Cow::Borrowed(&x.body)));
+                seqs.push(next as u64);
+                new_seqs.push(next);
+                new_ids.push(&x.id[..]);
+                bodies.push(x.body.as_str());
+            }
+            if next > last {
+                tx.execute(&c.insert, &[&n, &new_seqs, &new_ids, &bodies])
+                    .await
+                    .map_err(e)?;
+                tx.execute(&c.advance, &[&n, &next]).await.map_err(e)?;
+            }
+            tx.commit().await.map_err(e)?;
+            Ok(seqs)
+        })
+        .await
+    }
+
+    async fn read(
+        &self,
+        run: &RunId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .with_conn(async |c| {
+                c.client
+                    .query(&c.read, &[&run.as_str(), &after, &limit])
+                    .await
+                    .map_err(|x| self.err(&x))
+            })
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let (seq, body): (i64, &str) = (r.get(0), r.get(1));
+                let event = serde_json::from_str(body).map_err(|x| {
+                    StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        format!(
+                            "{}: event {seq} of run {run} cannot be decoded: {x}",
+                            self.name
+                        ),
+                    )
+                })?;
+                Ok(StoredEvent {
+                    seq: seq as u64,
+                    event,
+                })
+            })
+            .collect()
+    }
+
+    async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
+        let rows = self
+            .with_conn(async |c| c.client.query(&c.runs, &[]).await.map_err(|x| self.err(&x)))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let name: &str = r.get(0);
+                name.parse().map_err(|x| {
+                    StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        format!(
+                            "{}: run name {name:?} is not a valid run id: {x}",
+                            self.name
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,264 @@
+//! The PostgreSQL store against a real server: `ORCH_TEST_DATABASE_URL`
+//! names it (`.ci/run` sets it); without it these tests say they are
+//! skipped. Each test works in a schema of its own, dropped at its end.
+
+use std::sync::Arc;
+
+use orch_core::{Event, EventId, EventKind, StateStore, StoreErrorKind, Timestamp};
+use orch_state::{PG_SCHEMA_VERSION, PgStore, conformance};
+use tokio_postgres::{Client, NoTls};
+
+/// A fresh schema in the test database, and a connection string that
+/// puts a store's tables in it.
+struct Scratch {
+    admin: Client,
+    schema: String,
+    url: String,
+}
+
+impl Scratch {
+    /// `None` (and a note naming the test) when no database is configured.
+    async fn new(test: &str) -> Option<Scratch> {
+        let Ok(base) = std::env::var("ORCH_TEST_DATABASE_URL") else {
+            eprintln!(
+                "SKIPPED {test}: set ORCH_TEST_DATABASE_URL to a PostgreSQL database (.ci/run does)"
+            );
+            return None;
+        };
+        let (admin, conn) = tokio_postgres::connect(&base, NoTls)
+            .await
+            .expect("ORCH_TEST_DATABASE_URL is reachable");
+        tokio::spawn(conn);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let schema = format!("orch_test_{}_{nanos}", std::process::id());
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url =
+            format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}");
+        Some(Scratch { admin, schema, url })
+    }
+
+    async fn store(&self) -> PgStore {
+        PgStore::connect(&self.url).await.unwrap()
+    }
+
+    /// Runs statements in the schema; the rows of a single query.
+    async fn sql(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        self.admin
+            .batch_execute(&format!("SET search_path = {}", self.schema))
+            .await
+            .unwrap();
+        if sql.contains(';') {
+            self.admin.batch_execute(sql).await.unwrap();
+            return Vec::new();
+        }
+        self.admin.query(sql, &[]).await.unwrap()
+    }
+
+    async fn drop(self) {
+        self.admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await
+            .unwrap();
+    }
+}
+
+fn ready(i: u128) -> Event {
+    Event {
+        id: EventId(i),
+        at: Timestamp(1_700_000_000_000 + i as u64),
+        kind: EventKind::TicketReady {
+            ticket: format!("T-{i}").parse().unwrap(),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_store_conforms() {
+    let Some(db) = Scratch::new("pg_store_conforms").await else {
+        return;
+    };
+    let url = db.url.clone();
+    // Every call connects afresh: durability across reopen is real.
+    let open = move || {
+        let url = url.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                Arc::new(PgStore::connect(&url).await.unwrap()) as Arc<dyn StateStore>
+            })
+        })
+    };
+    conformance::run_all(&open).await;
+    db.drop().await;
+}
+
+/// Stores on separate connections (as processes on separate machines
+/// would be) append to one run at once: seqs have no gaps and every
+/// acknowledged seq holds its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appenders_on_separate_connections_share_one_gapless_journal() {
+    let Some(db) =
+        Scratch::new("appenders_on_separate_connections_share_one_gapless_journal").await
+    else {
+        return;
+    };
+    let run: orch_core::RunId = "shared".parse().unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..4u128 {
+        let store = db.store().await;
+        let run = run.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..25u128 {
+                let batch = [ready(w * 1000 + 2 * i + 1), ready(w * 1000 + 2 * i + 2)];
+                let seqs = store.append(&run, &batch).await.unwrap();
+                acked.extend(batch.iter().map(|e| e.id).zip(seqs));
+            }
+            acked
+        }));
+    }
+    let reader = db.store().await;
+    let all = reader.read(&run, 0, 1000).await.unwrap();
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    let all = if all.len() == 200 {
+        all
+    } else {
+        reader.read(&run, 0, 1000).await.unwrap()
+    };
+    assert_eq!(all.len(), 200);
+    assert!(all.iter().zip(1..).all(|(e, seq)| e.seq == seq), "no gaps");
+    for (id, seq) in acked {
+        assert_eq!(
+            all[seq as usize - 1].event.id,
+            id,
+            "seq {seq} holds its event"
+        );
+    }
+    // A two-event append is never split by another appender.
+    for pair in all.chunks(2) {
+        assert_eq!(
+            pair[0].event.id.0 + 1,
+            pair[1].event.id.0,
+            "batch kept whole"
+        );
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_untouched() {
+    let Some(db) = Scratch::new("a_newer_schema_is_refused_untouched").await else {
+        return;
+    };
+    let run: orch_core::RunId = "r".parse().unwrap();
+    db.store().await.append(&run, &[ready(1)]).await.unwrap();
+    let newer = PG_SCHEMA_VERSION + 1;
+    db.sql(&format!(
+        "UPDATE orch_meta SET value = {newer} WHERE key = 'schema_version'"
+    ))
+    .await;
+    let e = PgStore::connect(&db.url).await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::TooNew, "{e}");
+    assert!(
+        e.message.contains(&format!("version {newer}"))
+            && e.message.contains("PostgreSQL database"),
+        "{e}"
+    );
+    let left = db.sql("SELECT value FROM orch_meta").await;
+    assert_eq!(left[0].get::<_, i64>(0), newer, "version left as it was");
+    let events = db.sql("SELECT count(*) FROM orch_events").await;
+    assert_eq!(events[0].get::<_, i64>(0), 1, "journal left as it was");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn tables_orch_did_not_make_are_refused_untouched() {
+    let Some(db) = Scratch::new("tables_orch_did_not_make_are_refused_untouched").await else {
+        return;
+    };
+    db.sql("CREATE TABLE orch_events (payload text); INSERT INTO orch_events VALUES ('theirs')")
+        .await;
+    let e = PgStore::connect(&db.url).await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+    assert!(e.message.contains("orch_events"), "{e}");
+    let rows = db.sql("SELECT payload FROM orch_events").await;
+    assert_eq!(rows[0].get::<_, &str>(0), "theirs");
+    assert!(
+        db.sql("SELECT 1 FROM pg_tables WHERE tablename = 'orch_runs' AND schemaname = current_schema()")
+            .await
+            .is_empty(),
+        "nothing created beside them"
+    );
+    db.drop().await;
+}
+
+/// The server drops the store's connection: the next calls connect again
+/// and the journal goes on where it was.
+#[tokio::test]
+async fn a_lost_connection_is_made_again() {
+    let Some(db) = Scratch::new("a_lost_connection_is_made_again").await else {
+        return;
+    };
+    let store = db.store().await;
+    let run: orch_core::RunId = "r".parse().unwrap();
+    assert_eq!(store.append(&run, &[ready(1)]).await.unwrap(), [1]);
+    let killed = db
+        .sql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{}'",
+            db.schema
+        ))
+        .await;
+    assert_eq!(killed.len(), 1, "the store had one connection");
+    // The first call may see the connection die (a retryable error);
+    // then it is made again.
+    let mut tries = Vec::new();
+    for _ in 0..2 {
+        match store.append(&run, &[ready(2)]).await {
+            Ok(seqs) => {
+                tries.push(Ok(seqs));
+                break;
+            }
+            Err(e) => tries.push(Err(e)),
+        }
+    }
+    match tries.as_slice() {
+        [Ok(s)] => assert_eq!(s, &[2]),
+        [Err(e), Ok(s)] => {
+            assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+            assert!(e.is_retryable());
+            assert_eq!(s, &[2]);
+        }
+        other => panic!("the store did not reconnect: {other:?}"),
+    }
+    assert_eq!(store.read(&run, 0, 10).await.unwrap().len(), 2);
+    db.drop().await;
+}
+
+/// Bad connection strings and unreachable servers fail clearly; the
+/// message never repeats a password.
+#[tokio::test]
+async fn bad_connection_strings_and_absent_servers_fail_clearly() {
+    let e = PgStore::connect("postgres://me:hunter2@localhost:notaport/db")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Io, "{e}");
+    assert!(e.message.contains("connection string"), "{e}");
+    assert!(!e.message.contains("hunter2"), "{e}");
+    // Port 1 on this machine: nothing listens.
+    let e = PgStore::connect("postgres://me:hunter2@127.0.0.1:1/db")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+    assert!(e.is_retryable());
+    assert!(e.message.contains("`db` at me@127.0.0.1:1"), "{e}");
+    assert!(!e.message.contains("hunter2"), "{e}");
+}
