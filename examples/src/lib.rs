@@ -38,6 +38,12 @@ pub struct RunInfo {
     /// The concurrency asked for, if not the plan's.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// The PostgreSQL database that holds the journal, as
+    /// [`PgStore::database`](orch_state::PgStore::database) names it (never
+    /// the password, so never enough to connect); `None`: SQLite in the
+    /// state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 impl RunInfo {

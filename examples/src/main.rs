@@ -4,17 +4,21 @@
 //! orch validate PLAN...                      check plans; print a one-line summary each
 //! orch analyze PLAN [--agents N] [--format text|json|mermaid|dot]
 //! orch schema                                print the JSON Schema of plan files
-//! orch run PLAN [--repo DIR] [--state DIR] [--concurrency N] [--run ID] [--allow-plan-change]
-//! orch resume [--state DIR] [--allow-plan-change]
-//! orch status [--state DIR] [--json]
-//! orch decide TICKET (--approve | --retry NOTE | --skip | --abort) [--state DIR]
+//! orch run PLAN [--repo DIR] [--state DIR] [--database-url URL] [--concurrency N] [--run ID] [--allow-plan-change]
+//! orch resume [--state DIR] [--database-url URL] [--allow-plan-change]
+//! orch status [--state DIR] [--database-url URL] [--json]
+//! orch decide TICKET (--approve | --retry NOTE | --skip | --abort) [--state DIR] [--database-url URL]
 //! ```
 //!
 //! `run` works in the git repository `--repo` (default: the current
 //! directory), each ticket in a worktree under `.orch/worktrees`, with the
-//! agents the plan names by role. The journal (SQLite) and the state files
-//! go to `--state` (default `<repo>/.orch/state`). `resume`, `status` and
-//! `decide` find the latest run there.
+//! agents the plan names by role. The journal (SQLite, `state.db`) and the
+//! state files go to `--state` (default `<repo>/.orch/state`); with
+//! `--database-url` (or `ORCH_DATABASE_URL`) the journal goes to that
+//! PostgreSQL database instead, and `run.json` records which one (without
+//! the password: `resume`, `status` and `decide` need the URL again).
+//! `resume`, `status` and `decide` find the latest run in the state
+//! directory.
 //!
 //! Exit codes:
 //!
@@ -31,9 +35,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use orch_core::{Cancellation, Decision, Plan, RunOutcome};
+use orch_core::{Cancellation, Decision, Plan, RunOutcome, StateStore};
 use orch_examples::{RunInfo, Setup, open_store, plan_agents};
 
 #[derive(Parser)]
@@ -121,6 +126,10 @@ struct StateArg {
     /// repository).
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Keep the journal in this PostgreSQL database instead of SQLite in
+    /// the state directory (`postgres://user:password@host:port/db`).
+    #[arg(long, env = "ORCH_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 impl StateArg {
@@ -172,8 +181,59 @@ fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Runs (or resumes) `info` until it stops.
-fn execute(info: RunInfo, state_dir: PathBuf, allow_plan_change: bool) -> Result<(), Fail> {
+/// Opens the journal of `info`'s run: SQLite in `state_dir`, or the
+/// PostgreSQL database at `url`. A new run (`fresh`) records which; a run
+/// that exists must be opened where it was started.
+async fn journal(
+    info: &mut RunInfo,
+    state_dir: &std::path::Path,
+    url: Option<&str>,
+    fresh: bool,
+) -> Result<Arc<dyn StateStore>, Fail> {
+    let pg = match url {
+        Some(url) => Some(
+            orch_state::PgStore::connect(url)
+                .await
+                .map_err(|e| Fail(6, e.to_string()))?,
+        ),
+        None => None,
+    };
+    let given = pg.as_ref().map(|p| p.database().to_owned());
+    if fresh {
+        info.database.clone_from(&given);
+    } else if info.database != given {
+        let sqlite = || format!("SQLite ({})", state_dir.join("state.db").display());
+        let (kept, asked) = (
+            info.database.clone().unwrap_or_else(sqlite),
+            given.unwrap_or_else(sqlite),
+        );
+        let how = if info.database.is_some() {
+            "pass that database's URL with --database-url or ORCH_DATABASE_URL"
+        } else {
+            "drop --database-url and unset ORCH_DATABASE_URL"
+        };
+        return Err(Fail(
+            2,
+            format!(
+                "run {} keeps its journal in {kept}, not in {asked}: {how}",
+                info.run
+            ),
+        ));
+    }
+    Ok(match pg {
+        Some(pg) => Arc::new(pg),
+        None => open_store(state_dir)?,
+    })
+}
+
+/// Runs (or resumes) `info` until it stops; `fresh` for `orch run`.
+fn execute(
+    mut info: RunInfo,
+    state_dir: PathBuf,
+    url: Option<&str>,
+    fresh: bool,
+    allow_plan_change: bool,
+) -> Result<(), Fail> {
     let plan = Plan::from_path(&info.plan).map_err(|e| Fail(2, e.to_string()))?;
     // Refuse a bad plan before anything is written.
     plan.validate()
@@ -186,10 +246,10 @@ fn execute(info: RunInfo, state_dir: PathBuf, allow_plan_change: bool) -> Result
     setup.allow_plan_change = allow_plan_change;
     // Refuse a directory that is not a repository before anything is written.
     setup.workspace()?;
-    info.save(&state_dir)?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
+    let store = rt.block_on(journal(&mut info, &state_dir, url, fresh))?;
+    info.save(&state_dir)?;
     rt.block_on(async move {
-        let store = open_store(&state_dir)?;
         let engine = setup.engine(store)?;
         let cancel = Cancellation::new();
         let on_signal = cancel.clone();
@@ -225,20 +285,14 @@ fn execute(info: RunInfo, state_dir: PathBuf, allow_plan_change: bool) -> Result
     })
 }
 
-/// The latest run in a state directory, its store and its plan (if the
+/// The latest run in a state directory, its journal and its plan (if the
 /// plan file is still there).
-fn latest(
+async fn latest(
+    state: &StateArg,
     state_dir: &std::path::Path,
-) -> Result<
-    (
-        RunInfo,
-        std::sync::Arc<orch_state::SqliteStore>,
-        Option<Plan>,
-    ),
-    Fail,
-> {
-    let info = RunInfo::load(state_dir)?;
-    let store = open_store(state_dir)?;
+) -> Result<(RunInfo, Arc<dyn StateStore>, Option<Plan>), Fail> {
+    let mut info = RunInfo::load(state_dir)?;
+    let store = journal(&mut info, state_dir, state.database_url.as_deref(), false).await?;
     let plan = Plan::from_path(&info.plan).ok();
     Ok((info, store, plan))
 }
@@ -323,8 +377,16 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 plan: absolute(&plan),
                 repo: repo.clone(),
                 concurrency,
+                database: None,
             };
-            execute(info, absolute(&state.dir(&repo)), allow_plan_change)?;
+            let dir = absolute(&state.dir(&repo));
+            execute(
+                info,
+                dir,
+                state.database_url.as_deref(),
+                true,
+                allow_plan_change,
+            )?;
         }
         Command::Resume {
             state,
@@ -332,14 +394,20 @@ fn run(cli: Cli) -> Result<(), Fail> {
         } => {
             let dir = absolute(&state.dir(std::path::Path::new(".")));
             let info = RunInfo::load(&dir)?;
-            execute(info, dir, allow_plan_change)?;
+            execute(
+                info,
+                dir,
+                state.database_url.as_deref(),
+                false,
+                allow_plan_change,
+            )?;
         }
         Command::Status { state, json } => {
             let dir = state.dir(std::path::Path::new("."));
-            let (info, store, plan) = latest(&dir)?;
             let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
+            let (info, store, plan) = rt.block_on(latest(&state, &dir))?;
             let st = rt
-                .block_on(orch_core::StateStore::state(store.as_ref(), &info.run))
+                .block_on(store.state(&info.run))
                 .map_err(|e| Fail(6, e.to_string()))?;
             if json {
                 println!(
@@ -363,17 +431,17 @@ fn run(cli: Cli) -> Result<(), Fail> {
             state,
         } => {
             let dir = state.dir(std::path::Path::new("."));
-            let (info, store, plan) = latest(&dir)?;
+            let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
+            let (info, store, plan) = rt.block_on(latest(&state, &dir))?;
             let (decision, note) = match answer {
                 Answer { approve: true, .. } => (Decision::Approve, None),
                 Answer { retry: Some(n), .. } => (Decision::Retry, Some(n)),
                 Answer { skip: true, .. } => (Decision::Skip, None),
                 _ => (Decision::Abort, None),
             };
-            let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
             rt.block_on(async {
                 orch_graph::decide(store.as_ref(), &info.run, &ticket, decision, note).await?;
-                let st = orch_core::StateStore::state(store.as_ref(), &info.run).await?;
+                let st = store.state(&info.run).await?;
                 let _ = orch_state::views::write_views(&dir, &st, plan.as_ref());
                 Ok::<_, orch_graph::EngineError>(())
             })

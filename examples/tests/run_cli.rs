@@ -37,9 +37,101 @@ fn workspace(dir: &Path) -> (PathBuf, PathBuf) {
 #[test]
 fn escalate_decide_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let (repo, state) = workspace(dir.path());
+    shed(dir.path(), &[]);
+    assert!(dir.path().join("state/state.db").exists());
+}
+
+/// The same as a person does it with the journal in PostgreSQL
+/// (`--database-url`, in a schema of its own): `run.json` names the
+/// database but holds no password, the SQLite file is never made, and a
+/// command without the URL is refused with what to pass.
+#[test]
+fn escalate_decide_resume_on_postgres() {
+    let Ok(base) = std::env::var("ORCH_TEST_DATABASE_URL") else {
+        eprintln!(
+            "SKIPPED escalate_decide_resume_on_postgres: set ORCH_TEST_DATABASE_URL to a PostgreSQL database (.ci/run does)"
+        );
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sql = |q: String| {
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.simple_query(&q).await.unwrap()
+        })
+    };
+    let schema = format!("orch_cli_{}", std::process::id());
+    sql(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ));
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let dir = tempfile::tempdir().unwrap();
+    shed(dir.path(), &["--database-url", &url]);
+    let state = dir.path().join("state");
+    assert!(!state.join("state.db").exists(), "no SQLite journal");
+    let info = std::fs::read_to_string(state.join("run.json")).unwrap();
+    assert!(
+        info.contains("\"database\": \"PostgreSQL database"),
+        "{info}"
+    );
+    let events = sql(format!(
+        "SELECT count(*) FROM {schema}.orch_events e JOIN {schema}.orch_runs r ON r.n = e.run WHERE r.run = 'shed'"
+    ));
+    let n: u64 = match &events[1] {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().parse().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(n > 10, "the run's events are in PostgreSQL: {n}");
+    let (code, text) = output(
+        orch()
+            .args(["status", "--state", state.to_str().unwrap()])
+            .env_remove("ORCH_DATABASE_URL"),
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("run shed keeps its journal in PostgreSQL database")
+            && text.contains("--database-url or ORCH_DATABASE_URL"),
+        "{text}"
+    );
+    // The same server, another schema: another journal, refused.
+    let elsewhere = format!("{base}{sep}options=-c%20search_path%3Dpublic");
+    let (code, text) = output(
+        orch()
+            .args(["status", "--state", state.to_str().unwrap()])
+            .args(["--database-url", &elsewhere]),
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("search_path=public"), "{text}");
+    // The URL from the environment works as well as the flag.
+    let (code, text) = output(
+        orch()
+            .args(["status", "--json", "--state", state.to_str().unwrap()])
+            .env("ORCH_DATABASE_URL", &url),
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("\"status\": \"done\""), "{text}");
+    sql(format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+/// Runs the shed plan (`T-1` escalates until a person says how, `T-2`
+/// waits for it) through `run`, `status`, `decide` and `resume`, each with
+/// `extra` arguments.
+fn shed(dir: &Path, extra: &[&str]) {
+    let orch = || {
+        let mut c = orch();
+        c.env_remove("ORCH_DATABASE_URL");
+        c
+    };
+    let (repo, state) = workspace(dir);
     // The agent does the work only when the prompt carries the person's hint.
-    let plan = dir.path().join("plan.toml");
+    let plan = dir.join("plan.toml");
     std::fs::write(
         &plan,
         r#"
@@ -68,7 +160,8 @@ depends_on = ["T-1"]
         orch()
             .args(["run", plan.to_str().unwrap(), "--repo"])
             .arg(&repo)
-            .args(["--state", s, "--run", "shed"]),
+            .args(["--state", s, "--run", "shed"])
+            .args(extra),
     );
     assert_eq!(code, 3, "paused: {text}");
     // The failed attempt is reported with its reason (the failing gate).
@@ -83,29 +176,40 @@ depends_on = ["T-1"]
         "{text}"
     );
 
-    let (code, text) = output(orch().args(["status", "--state", s]));
+    let (code, text) = output(orch().args(["status", "--state", s]).args(extra));
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("Decide on T-1: `orch decide T-1 --approve|--retry|--skip|--abort`"),
         "{text}"
     );
 
-    let (code, text) = output(orch().args(["decide", "T-2", "--approve", "--state", s]));
+    let (code, text) = output(
+        orch()
+            .args(["decide", "T-2", "--approve", "--state", s])
+            .args(extra),
+    );
     assert_eq!(code, 2, "{text}");
     assert!(
         text.contains("T-2 is not waiting for a decision (waiting: T-1)"),
         "{text}"
     );
-    let (code, text) = output(orch().args(["decide", "T-1", "--approve", "--skip", "--state", s]));
+    let (code, text) = output(
+        orch()
+            .args(["decide", "T-1", "--approve", "--skip", "--state", s])
+            .args(extra),
+    );
     assert_eq!(code, 2, "one answer only: {text}");
 
-    let (code, text) =
-        output(orch().args(["decide", "T-1", "--retry", "use the blue one", "--state", s]));
+    let (code, text) = output(
+        orch()
+            .args(["decide", "T-1", "--retry", "use the blue one", "--state", s])
+            .args(extra),
+    );
     assert_eq!(code, 0, "{text}");
     let queue = std::fs::read_to_string(state.join("DECISION_QUEUE.md")).unwrap();
     assert!(queue.contains("| retry | use the blue one |"), "{queue}");
 
-    let (code, text) = output(orch().args(["resume", "--state", s]));
+    let (code, text) = output(orch().args(["resume", "--state", s]).args(extra));
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("T-1: done") && text.contains("T-2: done"),

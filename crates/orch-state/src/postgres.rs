@@ -109,7 +109,8 @@ impl Drop for Conn {
     }
 }
 
-/// Names the database: user, host, port and database, no password.
+/// Names the database: user, host, port, database and the server options
+/// (they may choose the schema), no password.
 fn describe(config: &Config) -> String {
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -119,7 +120,12 @@ fn describe(config: &Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().unwrap_or("?");
     let db = config.get_dbname().unwrap_or(user);
-    format!("PostgreSQL database `{db}` at {user}@{host}:{port}")
+    match config.get_options() {
+        Some(o) if !o.trim().is_empty() => {
+            format!("PostgreSQL database `{db}` at {user}@{host}:{port} (options `{o}`)")
+        }
+        _ => format!("PostgreSQL database `{db}` at {user}@{host}:{port}"),
+    }
 }
 
 impl PgStore {
