@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use orch_core::{
-    Event, EventId, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp,
+    Event, EventId, Lease, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketId,
+    TicketLeases, Timestamp,
 };
 use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
@@ -17,8 +18,10 @@ use crate::memory::conflict;
 
 /// The schema version this build writes in PostgreSQL (counted apart from
 /// the SQLite file's [`SCHEMA_VERSION`](crate::SCHEMA_VERSION)). Version
-/// history: 1 — `orch_runs` (a number and the last seq per run) and
-/// `orch_events` (one row per event, its body the event's JSON).
+/// history: 1 — `orch_runs` (a number and the last seq per run),
+/// `orch_events` (one row per event, its body the event's JSON) and
+/// `orch_leases` (ticket claims, see [`TicketLeases`]) with `orch_now_ms()`
+/// (the server's clock in milliseconds, which lease times use).
 pub const PG_SCHEMA_VERSION: i64 = 1;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
@@ -37,7 +40,17 @@ const MIGRATIONS: &[&str] = &[
         body text NOT NULL,
         PRIMARY KEY (run, seq),
         UNIQUE (run, id)
-     );",
+     );
+     CREATE TABLE orch_leases (
+        run text NOT NULL,
+        ticket text NOT NULL,
+        worker text NOT NULL,
+        token bigint NOT NULL,
+        expires_at bigint NOT NULL,
+        PRIMARY KEY (run, ticket)
+     );
+     CREATE FUNCTION orch_now_ms() RETURNS bigint LANGUAGE sql VOLATILE
+        AS 'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint';",
 ];
 
 /// Key of the advisory lock that serialises schema set-up between
@@ -63,6 +76,10 @@ const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
 /// connection fails the call in progress ([`StoreErrorKind::Unavailable`],
 /// retryable) and the next call connects again. TLS is not supported
 /// (`sslmode=require` is refused when connecting).
+///
+/// It also implements [`TicketLeases`], so workers on several machines can
+/// share out a run's tickets; lease times are the server's clock, so the
+/// workers' clocks need not agree.
 ///
 /// ```no_run
 /// use orch_core::{Event, EventKind, StateStore};
@@ -101,6 +118,9 @@ struct Conn {
     advance: Statement,
     read: Statement,
     runs: Statement,
+    claim: Statement,
+    renew: Statement,
+    release: Statement,
 }
 
 impl Drop for Conn {
@@ -238,6 +258,32 @@ impl PgStore {
             )
             .await?,
             runs: prepare("SELECT run FROM orch_runs ORDER BY n", &[]).await?,
+            // A free ticket, or one whose lease lapsed, goes to the caller
+            // with the next token; a live lease returns no row.
+            claim: prepare(
+                "INSERT INTO orch_leases AS l (run, ticket, worker, token, expires_at)
+                 VALUES ($1, $2, $3, 1, orch_now_ms() + $4)
+                 ON CONFLICT (run, ticket) DO UPDATE
+                   SET worker = excluded.worker, token = l.token + 1,
+                       expires_at = excluded.expires_at
+                   WHERE l.expires_at <= orch_now_ms()
+                 RETURNING token, expires_at",
+                &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8],
+            )
+            .await?,
+            renew: prepare(
+                "UPDATE orch_leases SET expires_at = orch_now_ms() + $4
+                 WHERE run = $1 AND ticket = $2 AND token = $3
+                   AND expires_at > orch_now_ms()
+                 RETURNING expires_at",
+                &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8],
+            )
+            .await?,
+            release: prepare(
+                "UPDATE orch_leases SET expires_at = 0 WHERE run = $1 AND ticket = $2 AND token = $3",
+                &[Type::TEXT, Type::TEXT, Type::INT8],
+            )
+            .await?,
             client,
             driver,
         })
@@ -490,5 +536,75 @@ impl StateStore for PgStore {
                 })
             })
             .collect()
+    }
+}
+
+fn ttl_ms(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+#[async_trait]
+impl TicketLeases for PgStore {
+    async fn claim(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        worker: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let row = self
+            .with_conn(async |c| {
+                c.client
+                    .query_opt(
+                        &c.claim,
+                        &[&run.as_str(), &ticket.as_str(), &worker, &ttl_ms(ttl)],
+                    )
+                    .await
+                    .map_err(|x| self.err(&x))
+            })
+            .await?;
+        Ok(row.map(|r| Lease {
+            run: run.clone(),
+            ticket: ticket.clone(),
+            worker: worker.to_owned(),
+            token: r.get::<_, i64>(0) as u64,
+            expires_at: Timestamp(r.get::<_, i64>(1).max(0) as u64),
+        }))
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let token = i64::try_from(lease.token).unwrap_or(i64::MAX);
+        let row = self
+            .with_conn(async |c| {
+                c.client
+                    .query_opt(
+                        &c.renew,
+                        &[
+                            &lease.run.as_str(),
+                            &lease.ticket.as_str(),
+                            &token,
+                            &ttl_ms(ttl),
+                        ],
+                    )
+                    .await
+                    .map_err(|x| self.err(&x))
+            })
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let token = i64::try_from(lease.token).unwrap_or(i64::MAX);
+        self.with_conn(async |c| {
+            c.client
+                .execute(
+                    &c.release,
+                    &[&lease.run.as_str(), &lease.ticket.as_str(), &token],
+                )
+                .await
+                .map_err(|x| self.err(&x))
+        })
+        .await
+        .map(drop)
     }
 }

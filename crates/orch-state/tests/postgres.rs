@@ -4,7 +4,11 @@
 
 use std::sync::Arc;
 
-use orch_core::{Event, EventId, EventKind, StateStore, StoreErrorKind, Timestamp};
+use std::time::Duration;
+
+use orch_core::{
+    Event, EventId, EventKind, StateStore, StoreErrorKind, TicketId, TicketLeases, Timestamp,
+};
 use orch_state::{PG_SCHEMA_VERSION, PgStore, conformance};
 use tokio_postgres::{Client, NoTls};
 
@@ -151,6 +155,90 @@ async fn appenders_on_separate_connections_share_one_gapless_journal() {
             "batch kept whole"
         );
     }
+    db.drop().await;
+}
+
+/// The `TicketLeases` contract: one holder per ticket at a time (also when
+/// workers on separate connections race for it), lapsed leases go to the
+/// next claimant with a larger token, and a lapsed holder can neither
+/// renew nor release what is no longer its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ticket_leases_go_to_one_worker_at_a_time() {
+    let Some(db) = Scratch::new("ticket_leases_go_to_one_worker_at_a_time").await else {
+        return;
+    };
+    let (a, b) = (db.store().await, db.store().await);
+    let run: orch_core::RunId = "r".parse().unwrap();
+    let t = |s: &str| -> TicketId { s.parse().unwrap() };
+    let long = Duration::from_secs(600);
+
+    let la = a.claim(&run, &t("T-1"), "a", long).await.unwrap().unwrap();
+    assert_eq!((la.worker.as_str(), la.token), ("a", 1));
+    assert!(la.expires_at > Timestamp::now(), "{la:?}");
+    assert_eq!(
+        b.claim(&run, &t("T-1"), "b", long).await.unwrap(),
+        None,
+        "held"
+    );
+    assert!(
+        b.claim(&run, &t("T-2"), "b", long).await.unwrap().is_some(),
+        "other tickets are free"
+    );
+    assert!(a.renew(&la, long).await.unwrap(), "the holder renews");
+    // Releasing hands it on, with the next token.
+    a.release(&la).await.unwrap();
+    let lb = b.claim(&run, &t("T-1"), "b", long).await.unwrap().unwrap();
+    assert_eq!(lb.token, 2);
+    assert!(!a.renew(&la, long).await.unwrap(), "a's lease is gone");
+    a.release(&la).await.unwrap();
+    assert_eq!(
+        a.claim(&run, &t("T-1"), "a", long).await.unwrap(),
+        None,
+        "a stale release is a no-op"
+    );
+
+    // A lease that lapses (no time to live) goes to the next claimant.
+    let short = b
+        .claim(&run, &t("T-3"), "b", Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    let taken = a.claim(&run, &t("T-3"), "a", long).await.unwrap().unwrap();
+    assert_eq!((taken.worker.as_str(), taken.token), ("a", short.token + 1));
+    assert!(
+        !b.renew(&short, long).await.unwrap(),
+        "the lapsed holder cannot renew"
+    );
+    // Nor renew a lapsed lease no one has claimed since.
+    let lapsed = b
+        .claim(&run, &t("T-4"), "b", Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!b.renew(&lapsed, long).await.unwrap(), "lapsed is lapsed");
+
+    // Eight workers on their own connections race for one ticket.
+    let mut racers = Vec::new();
+    for w in 0..8 {
+        let store = db.store().await;
+        let run = run.clone();
+        racers.push(tokio::spawn(async move {
+            store
+                .claim(
+                    &run,
+                    &"T-9".parse().unwrap(),
+                    &format!("w{w}"),
+                    Duration::from_secs(600),
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    let mut won = Vec::new();
+    for r in racers {
+        won.extend(r.await.unwrap());
+    }
+    assert_eq!(won.len(), 1, "exactly one winner: {won:?}");
     db.drop().await;
 }
 
