@@ -236,8 +236,9 @@ impl PgStore {
             )
             .await?,
             known: prepare(
-                "SELECT id, seq, body FROM orch_events WHERE run = $1 AND id = ANY($2)",
-                &[Type::INT8, Type::BYTEA_ARRAY],
+                "SELECT e.id, e.seq, e.body FROM orch_events e JOIN orch_runs r ON r.n = e.run
+                 WHERE r.run = $1 AND e.id = ANY($2)",
+                &[Type::TEXT, Type::BYTEA_ARRAY],
             )
             .await?,
             insert: prepare(
@@ -357,6 +358,108 @@ impl PgStore {
         tx.commit().await.map_err(e)
     }
 
+    /// Appends `events` to `run` in one transaction on `c`, in two round
+    /// trips: statements sent together run in order on the server, so the
+    /// ids are looked up after the run's row is locked. Returns with the
+    /// transaction committed, or open (the caller rolls it back) on error.
+    async fn append_in(
+        &self,
+        c: &Conn,
+        run: &RunId,
+        events: &[Encoded],
+    ) -> Result<Vec<u64>, StoreError> {
+        let e = |x: tokio_postgres::Error| self.err(&x);
+        let client = &c.client;
+        let name = run.as_str();
+        let ids: Vec<&[u8]> = events.iter().map(|x| &x.id[..]).collect();
+        let (by_name, by_ids): ([&Param<'_>; 1], [&Param<'_>; 2]) = ([&name], [&name, &ids]);
+        // `biased`: sent in this order, so they run in this order. The
+        // run's row is locked until commit: appenders of one run, in any
+        // process, take turns; other runs are not held up.
+        let (begun, mut row, mut found) = tokio::join!(
+            biased;
+            client.batch_execute("BEGIN"),
+            client.query_opt(&c.lock_run, &by_name),
+            client.query(&c.known, &by_ids),
+        );
+        begun.map_err(e)?;
+        if row.as_ref().is_ok_and(Option::is_none) {
+            // A new run (or one another process is creating: the insert
+            // waits for it, and the look-ups after it see its events).
+            let now = Timestamp::now().0 as i64;
+            let new: [&Param<'_>; 2] = [&name, &now];
+            let created = tokio::join!(
+                biased;
+                client.execute(&c.new_run, &new),
+                client.query_opt(&c.lock_run, &by_name),
+                client.query(&c.known, &by_ids),
+            );
+            created.0.map_err(e)?;
+            (row, found) = (created.1, created.2);
+        }
+        let row = row.map_err(e)?.ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Io,
+                format!("{}: run {run} could not be created", self.name),
+            )
+        })?;
+        let (n, last): (i64, i64) = (row.get(0), row.get(1));
+        // Ids of this append already in the journal: the same event sent
+        // again keeps its seq; a different one is a conflict.
+        let mut known: HashMap<[u8; 16], (i64, Cow<'_, str>)> = HashMap::new();
+        for r in found.map_err(e)? {
+            let (id, seq, body): (&[u8], i64, String) = (r.get(0), r.get(1), r.get(2));
+            let id = <[u8; 16]>::try_from(id).map_err(|_| {
+                StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    format!("{}: event {seq} of run {run} has a malformed id", self.name),
+                )
+            })?;
+            known.insert(id, (seq, Cow::Owned(body)));
+        }
+        let mut next = last;
+        let (mut seqs, mut new_seqs, mut new_ids, mut bodies) = (
+            Vec::with_capacity(events.len()),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for x in events {
+            if let Some((seq, body)) = known.get(&x.id) {
+                if *body != x.body {
+                    return Err(conflict(EventId(u128::from_be_bytes(x.id))));
+                }
+                seqs.push(*seq as u64);
+                continue;
+            }
+            next += 1;
+            // A repeat later in this append finds it here.
+            known.insert(x.id, (next, Cow::Borrowed(&x.body)));
+            seqs.push(next as u64);
+            new_seqs.push(next);
+            new_ids.push(&x.id[..]);
+            bodies.push(x.body.as_str());
+        }
+        // Round trip 2: the rows, the run's last seq, the commit. A failed
+        // insert aborts the transaction, and COMMIT then rolls it back.
+        if next > last {
+            let rows: [&Param<'_>; 4] = [&n, &new_seqs, &new_ids, &bodies];
+            let advance: [&Param<'_>; 2] = [&n, &next];
+            let (inserted, advanced, committed) = tokio::join!(
+                biased;
+                client.execute(&c.insert, &rows),
+                client.execute(&c.advance, &advance),
+                client.batch_execute("COMMIT"),
+            );
+            inserted.map_err(e)?;
+            advanced.map_err(e)?;
+            committed.map_err(e)?;
+        } else {
+            client.batch_execute("COMMIT").await.map_err(e)?;
+        }
+        Ok(seqs)
+    }
+
     /// Runs `f` on the connection, connecting first if there is none; a
     /// connection that failed or closed is dropped, so the next call
     /// connects again.
@@ -369,17 +472,33 @@ impl PgStore {
             *guard = None;
             *guard = Some(self.open().await?);
         }
-        let conn = guard.as_mut().expect("connected above");
+        // Dropped before `f` is done (the caller's future was cancelled),
+        // the connection may be mid-transaction: it goes too.
+        let mut busy = Busy(&mut guard, true);
+        let conn = busy.0.as_mut().expect("connected above");
         let result = f(conn).await;
         // A connection-level failure may be seen before the client knows
         // its connection is gone: start afresh either way.
         let lost = matches!(&result, Err(e) if e.kind == StoreErrorKind::Unavailable);
-        if lost || conn.client.is_closed() {
-            *guard = None;
-        }
+        busy.1 = lost || busy.0.as_ref().is_some_and(|c| c.client.is_closed());
         result
     }
 }
+
+/// The connection slot while a call uses it: emptied on drop if still
+/// set (a call that did not finish, or a connection that failed).
+struct Busy<'a, 'b>(&'a mut tokio::sync::MutexGuard<'b, Option<Conn>>, bool);
+
+impl Drop for Busy<'_, '_> {
+    fn drop(&mut self) {
+        if self.1 {
+            **self.0 = None;
+        }
+    }
+}
+
+/// A statement parameter.
+type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
 
 /// An event ready to store: its id's bytes and its JSON.
 struct Encoded {
@@ -410,74 +529,14 @@ impl StateStore for PgStore {
         let encoded = encode(events)?;
         let e = |x: tokio_postgres::Error| self.err(&x);
         self.with_conn(async |c| {
-            let tx = c.client.transaction().await.map_err(e)?;
-            // The run's row, locked until commit: appenders of one run,
-            // in any process, take turns; other runs are not held up.
-            let mut row = tx
-                .query_opt(&c.lock_run, &[&run.as_str()])
-                .await
-                .map_err(e)?;
-            if row.is_none() {
-                tx.execute(&c.new_run, &[&run.as_str(), &(Timestamp::now().0 as i64)])
-                    .await
-                    .map_err(e)?;
-                row = tx
-                    .query_opt(&c.lock_run, &[&run.as_str()])
-                    .await
-                    .map_err(e)?;
+            let result = self.append_in(c, run, &encoded).await;
+            if result.is_err() {
+                // A conflict found nothing to write; a failed statement
+                // left the transaction aborted. Either way, end it (if
+                // this fails too, the connection is dropped).
+                c.client.batch_execute("ROLLBACK").await.map_err(e)?;
             }
-            let row = row.ok_or_else(|| {
-                StoreError::new(
-                    StoreErrorKind::Io,
-                    format!("{}: run {run} could not be created", self.name),
-                )
-            })?;
-            let (n, last): (i64, i64) = (row.get(0), row.get(1));
-            // Ids of this append already in the journal: the same event
-            // sent again keeps its seq; a different one is a conflict.
-            let ids: Vec<&[u8]> = encoded.iter().map(|x| &x.id[..]).collect();
-            let mut known: HashMap<[u8; 16], (i64, Cow<'_, str>)> = HashMap::new();
-            for r in tx.query(&c.known, &[&n, &ids]).await.map_err(e)? {
-                let (id, seq, body): (&[u8], i64, String) = (r.get(0), r.get(1), r.get(2));
-                let id = <[u8; 16]>::try_from(id).map_err(|_| {
-                    StoreError::new(
-                        StoreErrorKind::Corrupt,
-                        format!("{}: event {seq} of run {run} has a malformed id", self.name),
-                    )
-                })?;
-                known.insert(id, (seq, Cow::Owned(body)));
-            }
-            let mut next = last;
-            let (mut seqs, mut new_seqs, mut new_ids, mut bodies) = (
-                Vec::with_capacity(encoded.len()),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-            );
-            for x in &encoded {
-                if let Some((seq, body)) = known.get(&x.id) {
-                    if *body != x.body {
-                        return Err(conflict(EventId(u128::from_be_bytes(x.id))));
-                    }
-                    seqs.push(*seq as u64);
-                    continue;
-                }
-                next += 1;
-                // A repeat later in this append finds it here.
-                known.insert(x.id, (next, Cow::Borrowed(&x.body)));
-                seqs.push(next as u64);
-                new_seqs.push(next);
-                new_ids.push(&x.id[..]);
-                bodies.push(x.body.as_str());
-            }
-            if next > last {
-                tx.execute(&c.insert, &[&n, &new_seqs, &new_ids, &bodies])
-                    .await
-                    .map_err(e)?;
-                tx.execute(&c.advance, &[&n, &next]).await.map_err(e)?;
-            }
-            tx.commit().await.map_err(e)?;
-            Ok(seqs)
+            result
         })
         .await
     }

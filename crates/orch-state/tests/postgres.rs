@@ -1,6 +1,7 @@
 //! The PostgreSQL store against a real server: `ORCH_TEST_DATABASE_URL`
 //! names it (`.ci/run` sets it); without it these tests say they are
 //! skipped. Each test works in a schema of its own, dropped at its end.
+#![cfg(feature = "postgres")]
 
 use std::sync::Arc;
 
@@ -328,6 +329,53 @@ async fn a_lost_connection_is_made_again() {
         other => panic!("the store did not reconnect: {other:?}"),
     }
     assert_eq!(store.read(&run, 0, 10).await.unwrap().len(), 2);
+    db.drop().await;
+}
+
+/// An append dropped half-way (its caller cancelled) leaves no
+/// transaction open on the server: its connection goes, the next call
+/// connects again and finds the journal whole.
+#[tokio::test]
+async fn a_cancelled_append_leaves_no_transaction_open() {
+    let Some(db) = Scratch::new("a_cancelled_append_leaves_no_transaction_open").await else {
+        return;
+    };
+    let store = db.store().await;
+    let run: orch_core::RunId = "r".parse().unwrap();
+    assert_eq!(store.append(&run, &[ready(1)]).await.unwrap(), [1]);
+    // Polled once (BEGIN and the look-ups go out, nothing is written),
+    // then dropped, as a cancelled caller does.
+    let two = [ready(2)];
+    let mut cut = Box::pin(store.append(&run, &two));
+    std::future::poll_fn(|cx| {
+        assert!(
+            cut.as_mut().poll(cx).is_pending(),
+            "cannot finish in one poll"
+        );
+        std::task::Poll::Ready(())
+    })
+    .await;
+    drop(cut);
+    let open_tx = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}' AND state LIKE 'idle in transaction%'",
+        db.schema
+    );
+    let mut left = -1;
+    for _ in 0..100 {
+        left = db.sql(&open_tx).await[0].get::<_, i64>(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 0, "a transaction was left open");
+    assert_eq!(store.append(&run, &[ready(3)]).await.unwrap(), [2]);
+    let all = store.read(&run, 0, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.event.id.0).collect::<Vec<_>>(),
+        [1, 3],
+        "the cut append stored nothing"
+    );
     db.drop().await;
 }
 
