@@ -9,6 +9,10 @@
 //!   of the summaries for a finished run of 100,000 tickets in 100 batches
 //!   (`views` below: rendering them was quadratic in the plan's size).
 //!
+//! * the same two append figures on PostgreSQL (`pg_append`), when
+//!   `ORCH_TEST_DATABASE_URL` names a database (in a schema of its own,
+//!   dropped after).
+//!
 //! Run: `cargo bench -p orch-state --bench append`. The database lives in a
 //! temporary directory next to the target directory (same disk as CI).
 
@@ -112,6 +116,76 @@ fn fsync_latency(n: u32) -> Duration {
     orch_state::fsync_latency(tmpdir().path(), n).unwrap()
 }
 
+/// `TASKS` tasks appending `per_task` single events each to one run.
+async fn appenders(store: Arc<dyn StateStore>, run: &RunId, per_task: u64) {
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (store, run) = (Arc::clone(&store), run.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                store
+                    .append(&run, &[output(t * 1_000_000 + i)])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+const TASKS: u64 = 64;
+const PER_TASK: u64 = 200;
+const PG_PER_TASK: u64 = 10;
+
+/// `pg_append`: one appender and 64 on PostgreSQL.
+#[cfg(feature = "postgres")]
+fn pg(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let Ok(base) = std::env::var("ORCH_TEST_DATABASE_URL") else {
+        eprintln!("pg_append skipped: set ORCH_TEST_DATABASE_URL to a PostgreSQL database");
+        return;
+    };
+    let schema = format!("orch_bench_{}", std::process::id());
+    let admin = |sql: String| {
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(&sql).await.unwrap();
+        })
+    };
+    admin(format!("CREATE SCHEMA {schema}"));
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let store: Arc<dyn StateStore> =
+        Arc::new(rt.block_on(orch_state::PgStore::connect(&url)).unwrap());
+    let mut g = c.benchmark_group("pg_append");
+    g.sample_size(10).measurement_time(Duration::from_secs(6));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("single_appender", |b| {
+        let run: RunId = "single".parse().unwrap();
+        let mut i = 0;
+        b.to_async(rt).iter(|| {
+            i += 1;
+            let e = output(i);
+            let (store, run) = (&store, &run);
+            async move { black_box(store.append(run, &[e]).await.unwrap()) }
+        });
+    });
+    // One connection takes the appends in turn, so fewer per task than
+    // on SQLite keeps a sample short.
+    g.throughput(Throughput::Elements(TASKS * PG_PER_TASK));
+    g.bench_function("64_appenders", |b| {
+        let run: RunId = "many".parse().unwrap();
+        b.to_async(rt)
+            .iter(|| appenders(Arc::clone(&store), &run, PG_PER_TASK));
+    });
+    g.finish();
+    admin(format!("DROP SCHEMA {schema} CASCADE"));
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -168,33 +242,13 @@ fn bench(c: &mut Criterion) {
             async move { black_box(store.append(run, &[e]).await.unwrap()) }
         });
     });
-    const TASKS: u64 = 64;
-    const PER_TASK: u64 = 200;
     g.throughput(Throughput::Elements(TASKS * PER_TASK));
     g.bench_function("64_appenders_group_commit", |b| {
         let dir = tmpdir();
         let store = Arc::new(SqliteStore::open(dir.path().join("b.db")).unwrap());
         let run: RunId = "bench".parse().unwrap();
-        b.to_async(&rt).iter(|| {
-            let (store, run) = (Arc::clone(&store), run.clone());
-            async move {
-                let mut tasks = Vec::new();
-                for t in 0..TASKS {
-                    let (store, run) = (Arc::clone(&store), run.clone());
-                    tasks.push(tokio::spawn(async move {
-                        for i in 0..PER_TASK {
-                            store
-                                .append(&run, &[output(t * 1_000_000 + i)])
-                                .await
-                                .unwrap();
-                        }
-                    }));
-                }
-                for t in tasks {
-                    t.await.unwrap();
-                }
-            }
-        });
+        b.to_async(&rt)
+            .iter(|| appenders(Arc::clone(&store) as Arc<dyn StateStore>, &run, PER_TASK));
         eprintln!(
             "group commit: {} appends in {} commits ({:.1} per fsync)",
             store.stats().appends(),
@@ -203,6 +257,8 @@ fn bench(c: &mut Criterion) {
         );
     });
     g.finish();
+    #[cfg(feature = "postgres")]
+    pg(c, &rt);
 
     // 1,000,000 events of 100,000 tickets.
     let dir = tmpdir();
