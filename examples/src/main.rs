@@ -190,15 +190,17 @@ async fn journal(
     url: Option<&str>,
     fresh: bool,
 ) -> Result<Arc<dyn StateStore>, Fail> {
-    let pg = match url {
+    // Which database the URL names, found before connecting: a run is
+    // never opened (nor tables made) in a database it does not live in.
+    let given = match url {
         Some(url) => Some(
-            orch_state::PgStore::connect(url)
-                .await
-                .map_err(|e| Fail(6, e.to_string()))?,
+            orch_state::PgStore::new(url)
+                .map_err(|e| Fail(2, e.to_string()))?
+                .database()
+                .to_owned(),
         ),
         None => None,
     };
-    let given = pg.as_ref().map(|p| p.database().to_owned());
     if fresh {
         info.database.clone_from(&given);
     } else if info.database != given {
@@ -220,8 +222,12 @@ async fn journal(
             ),
         ));
     }
-    Ok(match pg {
-        Some(pg) => Arc::new(pg),
+    Ok(match url {
+        Some(url) => Arc::new(
+            orch_state::PgStore::connect(url)
+                .await
+                .map_err(|e| Fail(6, e.to_string()))?,
+        ),
         None => open_store(state_dir)?,
     })
 }

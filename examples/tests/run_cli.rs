@@ -100,15 +100,17 @@ fn escalate_decide_resume_on_postgres() {
             && text.contains("--database-url or ORCH_DATABASE_URL"),
         "{text}"
     );
-    // The same server, another schema: another journal, refused.
-    let elsewhere = format!("{base}{sep}options=-c%20search_path%3Dpublic");
+    // The same server, another schema: another journal, refused before
+    // anything is made there.
+    let other = format!("{schema}_other");
+    let elsewhere = format!("{base}{sep}options=-c%20search_path%3D{other}");
     let (code, text) = output(
         orch()
             .args(["status", "--state", state.to_str().unwrap()])
             .args(["--database-url", &elsewhere]),
     );
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("search_path=public"), "{text}");
+    assert!(text.contains(&format!("search_path={other}")), "{text}");
     // The URL from the environment works as well as the flag.
     let (code, text) = output(
         orch()

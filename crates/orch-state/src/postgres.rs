@@ -18,11 +18,12 @@ use crate::memory::conflict;
 
 /// The schema version this build writes in PostgreSQL (counted apart from
 /// the SQLite file's [`SCHEMA_VERSION`](crate::SCHEMA_VERSION)). Version
-/// history: 1 — `orch_runs` (a number and the last seq per run),
-/// `orch_events` (one row per event, its body the event's JSON) and
-/// `orch_leases` (ticket claims, see [`TicketLeases`]) with `orch_now_ms()`
-/// (the server's clock in milliseconds, which lease times use).
-pub const PG_SCHEMA_VERSION: i64 = 1;
+/// history: 1 — `orch_runs` (a number and the last seq per run) and
+/// `orch_events` (one row per event, its body the event's JSON);
+/// 2 — `orch_leases` (ticket claims, see [`TicketLeases`]) and
+/// `orch_now_ms()` (the server's clock in milliseconds, which lease times
+/// use).
+pub const PG_SCHEMA_VERSION: i64 = 2;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -40,8 +41,9 @@ const MIGRATIONS: &[&str] = &[
         body text NOT NULL,
         PRIMARY KEY (run, seq),
         UNIQUE (run, id)
-     );
-     CREATE TABLE orch_leases (
+     );",
+    // 2
+    "CREATE TABLE orch_leases (
         run text NOT NULL,
         ticket text NOT NULL,
         worker text NOT NULL,
@@ -160,22 +162,38 @@ impl PgStore {
     /// that orch did not make ([`StoreErrorKind::Corrupt`]), both left
     /// untouched.
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let store = PgStore::new(url)?;
+        *store.conn.lock().await = Some(store.open().await?);
+        Ok(store)
+    }
+
+    /// A store for the database at `url` that connects (and creates or
+    /// migrates the tables) on its first call, not now: to see which
+    /// database a URL names ([`PgStore::database`]) before touching it.
+    ///
+    /// ```
+    /// let store = orch_state::PgStore::new("postgres://me:secret@db.example:5433/orch").unwrap();
+    /// assert_eq!(store.database(), "PostgreSQL database `orch` at me@db.example:5433");
+    /// ```
+    ///
+    /// # Errors
+    /// An unparsable connection string (the message does not repeat it).
+    pub fn new(url: &str) -> Result<PgStore, StoreError> {
         let config: Config = url.parse().map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Io,
                 format!("the PostgreSQL connection string cannot be used: {e}"),
             )
         })?;
-        let store = PgStore {
+        Ok(PgStore {
             name: describe(&config),
             config,
             conn: Mutex::new(None),
-        };
-        *store.conn.lock().await = Some(store.open().await?);
-        Ok(store)
+        })
     }
 
-    /// The database, as error messages name it.
+    /// The database, as error messages name it: user, host, port, database
+    /// and server options, never the password.
     pub fn database(&self) -> &str {
         &self.name
     }

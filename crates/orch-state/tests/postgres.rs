@@ -243,6 +243,73 @@ async fn ticket_leases_go_to_one_worker_at_a_time() {
     db.drop().await;
 }
 
+/// A database set up by the first version of the store (no leases) is
+/// migrated on connect and keeps its journal.
+#[tokio::test]
+async fn a_version_1_schema_is_migrated_and_keeps_its_journal() {
+    let Some(db) = Scratch::new("a_version_1_schema_is_migrated_and_keeps_its_journal").await
+    else {
+        return;
+    };
+    let first = ready(1);
+    let body = serde_json::to_string(&first).unwrap().replace('\'', "''");
+    let id: String = first
+        .id
+        .0
+        .to_be_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // Version 1 as that store made it.
+    db.sql(&format!(
+        "CREATE TABLE orch_meta (key text PRIMARY KEY, value bigint NOT NULL);
+         INSERT INTO orch_meta VALUES ('schema_version', 1);
+         CREATE TABLE orch_runs (
+            n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            run text NOT NULL UNIQUE,
+            created_at bigint NOT NULL,
+            last_seq bigint NOT NULL DEFAULT 0);
+         CREATE TABLE orch_events (
+            run bigint NOT NULL REFERENCES orch_runs (n),
+            seq bigint NOT NULL,
+            id bytea NOT NULL,
+            body text NOT NULL,
+            PRIMARY KEY (run, seq),
+            UNIQUE (run, id));
+         INSERT INTO orch_runs (run, created_at, last_seq) VALUES ('old', 1, 1);
+         INSERT INTO orch_events VALUES (1, 1, '\\x{id}', '{body}');"
+    ))
+    .await;
+    let store = db.store().await;
+    let version = db
+        .sql("SELECT value FROM orch_meta WHERE key = 'schema_version'")
+        .await;
+    assert_eq!(version[0].get::<_, i64>(0), PG_SCHEMA_VERSION);
+    let run: orch_core::RunId = "old".parse().unwrap();
+    let back = store.read(&run, 0, 10).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!((back[0].seq, &back[0].event), (1, &first));
+    assert_eq!(
+        store
+            .append(&run, std::slice::from_ref(&first))
+            .await
+            .unwrap(),
+        [1],
+        "same event, same seq"
+    );
+    assert_eq!(store.append(&run, &[ready(2)]).await.unwrap(), [2]);
+    let lease = store
+        .claim(&run, &"T-1".parse().unwrap(), "w", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        lease.map(|l| l.token),
+        Some(1),
+        "leases work after the migration"
+    );
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn a_newer_schema_is_refused_untouched() {
     let Some(db) = Scratch::new("a_newer_schema_is_refused_untouched").await else {
