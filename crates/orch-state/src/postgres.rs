@@ -69,8 +69,9 @@ const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
 /// go over one connection, one at a time (the engine already gathers its
 /// tickets' events into one append).
 ///
-/// The tables (`orch_meta`, `orch_runs`, `orch_events`) are created in
-/// the connection's schema on first connect; choose another schema with
+/// The tables (`orch_meta`, `orch_runs`, `orch_events`, `orch_leases`)
+/// and the function `orch_now_ms()` are created in the connection's
+/// schema on first connect; choose another schema with
 /// the connection string's `options`, e.g.
 /// `postgres://u@host/db?options=-c%20search_path%3Dorch`. A database
 /// whose orch schema is newer than this build, or that holds tables of
