@@ -16,6 +16,7 @@
 //!   batch merges that report conflicts as a result; [`GitWorkspace`] is
 //!   the engine's [`Workspace`](orch_core::Workspace) on top of it.
 
+mod codec;
 pub mod conformance;
 pub mod git;
 mod memory;

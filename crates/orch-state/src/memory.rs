@@ -5,8 +5,10 @@ use std::collections::hash_map::Entry;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use orch_core::{Event, EventId, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent};
+use orch_core::{Event, EventId, RunId, StateStore, StoreError, StoredEvent};
 use rustc_hash::FxHashMap;
+
+use crate::codec::conflict;
 
 #[derive(Default)]
 struct Journal {
@@ -168,17 +170,10 @@ impl StateStore for MemoryStore {
     }
 }
 
-pub(crate) fn conflict(id: EventId) -> StoreError {
-    StoreError::new(
-        StoreErrorKind::Conflict,
-        format!("event id {id} is already in the journal with different content"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orch_core::EventKind;
+    use orch_core::{EventKind, StoreErrorKind};
 
     fn done(i: usize) -> Event {
         Event::now(EventKind::TicketDone {

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
-use crate::memory::conflict;
+use crate::codec::{Encoded, conflict, decode, encode};
 
 /// The schema version this build writes in PostgreSQL (counted apart from
 /// the SQLite file's [`SCHEMA_VERSION`](crate::SCHEMA_VERSION)). Version
@@ -519,26 +519,6 @@ impl Drop for Busy<'_, '_> {
 /// A statement parameter.
 type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
 
-/// An event ready to store: its id's bytes and its JSON.
-struct Encoded {
-    id: [u8; 16],
-    body: String,
-}
-
-fn encode(events: &[Event]) -> Result<Vec<Encoded>, StoreError> {
-    events
-        .iter()
-        .map(|e| {
-            Ok(Encoded {
-                id: e.id.0.to_be_bytes(),
-                body: serde_json::to_string(e).map_err(|x| {
-                    StoreError::new(StoreErrorKind::Io, format!("cannot encode event: {x}"))
-                })?,
-            })
-        })
-        .collect()
-}
-
 #[async_trait]
 impl StateStore for PgStore {
     async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
@@ -579,18 +559,9 @@ impl StateStore for PgStore {
         rows.iter()
             .map(|r| {
                 let (seq, body): (i64, &str) = (r.get(0), r.get(1));
-                let event = serde_json::from_str(body).map_err(|x| {
-                    StoreError::new(
-                        StoreErrorKind::Corrupt,
-                        format!(
-                            "{}: event {seq} of run {run} cannot be decoded: {x}",
-                            self.name
-                        ),
-                    )
-                })?;
                 Ok(StoredEvent {
                     seq: seq as u64,
-                    event,
+                    event: decode(&self.name, run, seq, body)?,
                 })
             })
             .collect()

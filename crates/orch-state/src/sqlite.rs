@@ -14,7 +14,7 @@ use orch_core::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::memory::conflict;
+use crate::codec::{Encoded, conflict, decode, encode};
 
 /// The schema version this build writes. Version history:
 /// 1 — `runs` and `events` keyed by run name and seq.
@@ -73,12 +73,6 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE events2 RENAME TO events;
      CREATE UNIQUE INDEX events_by_id ON events (run, id);",
 ];
-
-/// An event encoded by the caller (so the writer thread only writes).
-struct Encoded {
-    id: [u8; 16],
-    body: String,
-}
 
 struct Request {
     run: RunId,
@@ -491,19 +485,6 @@ fn first_pos(conn: &Connection, path: &Path, run: &RunId) -> Result<Option<i64>,
     Ok(known_number(conn, path, run)?.map(|n| n << SEQ_BITS))
 }
 
-/// Decodes the stored body of event `seq` of `run`.
-fn decode(path: &Path, run: &RunId, seq: i64, body: &str) -> Result<Event, StoreError> {
-    serde_json::from_str(body).map_err(|e| {
-        StoreError::new(
-            StoreErrorKind::Corrupt,
-            format!(
-                "{}: event {seq} of run {run} cannot be decoded: {e}",
-                path.display()
-            ),
-        )
-    })
-}
-
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
 }
@@ -631,21 +612,8 @@ impl StateStore for SqliteStore {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| StoreError::new(StoreErrorKind::Io, "store is closed"))?;
-        let encode_err = |x: &dyn std::fmt::Display| {
-            StoreError::new(StoreErrorKind::Io, format!("cannot encode event: {x}"))
-        };
-        let encoded = events
-            .iter()
-            .map(|e| {
-                // Room for a typical event up front, not grown by doubling.
-                let mut body = Vec::with_capacity(256);
-                serde_json::to_writer(&mut body, e).map_err(|x| encode_err(&x))?;
-                Ok(Encoded {
-                    id: e.id.0.to_be_bytes(),
-                    body: String::from_utf8(body).map_err(|x| encode_err(&x))?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Encoded here, so the writer thread only writes.
+        let encoded = encode(events)?;
         sender
             .send(Request {
                 run: run.clone(),
@@ -694,7 +662,7 @@ impl StateStore for SqliteStore {
                 let (seq, body) = row.map_err(|e| err(path, &e))?;
                 out.push(StoredEvent {
                     seq: seq as u64,
-                    event: decode(path, &run, seq, &body)?,
+                    event: decode(path.display(), &run, seq, &body)?,
                 });
             }
             Ok(out)
@@ -717,7 +685,7 @@ impl StateStore for SqliteStore {
             let (dpath, drun) = (path.clone(), run.clone());
             let decode = move |rows: Vec<(i64, String)>| -> Result<Vec<Event>, StoreError> {
                 rows.into_iter()
-                    .map(|(seq, body)| decode(&dpath, &drun, seq, &body))
+                    .map(|(seq, body)| decode(dpath.display(), &drun, seq, &body))
                     .collect()
             };
             let (tx, rx) = mpsc::sync_channel::<Chunk>(8);
