@@ -25,10 +25,14 @@ use crate::codec::{Encoded, conflict, decode, encode};
 /// use).
 pub const PG_SCHEMA_VERSION: i64 = 2;
 
-/// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
+/// Migration `i` takes the schema from version `i` to `i + 1`: the
+/// tables it makes (a table of such a name that is already there is not
+/// orch's, and is refused rather than written into) and its SQL.
+const MIGRATIONS: &[(&[&str], &str)] = &[
     // 1
-    "CREATE TABLE orch_runs (
+    (
+        &["orch_runs", "orch_events"],
+        "CREATE TABLE orch_runs (
         n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         run text NOT NULL UNIQUE,
         created_at bigint NOT NULL,
@@ -42,8 +46,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run, seq),
         UNIQUE (run, id)
      );",
+    ),
     // 2
-    "CREATE TABLE orch_leases (
+    (
+        &["orch_leases"],
+        "CREATE TABLE orch_leases (
         run text NOT NULL,
         ticket text NOT NULL,
         worker text NOT NULL,
@@ -53,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE FUNCTION orch_now_ms() RETURNS bigint LANGUAGE sql VOLATILE
         AS 'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint';",
+    ),
 ];
 
 /// Key of the advisory lock that serialises schema set-up between
@@ -339,32 +347,34 @@ impl PgStore {
                 ),
             ));
         }
-        if version == 0 {
-            let theirs: Vec<String> = tx
-                .query(
-                    "SELECT t FROM unnest(ARRAY['orch_runs', 'orch_events']) AS t
-                     WHERE to_regclass(t) IS NOT NULL",
-                    &[],
-                )
-                .await
-                .map_err(e)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            if !theirs.is_empty() {
-                return Err(StoreError::new(
-                    StoreErrorKind::Corrupt,
-                    format!(
-                        "{}: table(s) {} exist but orch did not make them (orch_meta records no \
-                         schema version); not touching them (choose another schema with \
-                         `options=-c search_path=...`)",
-                        self.name,
-                        theirs.join(", ")
-                    ),
-                ));
-            }
+        let to_make: Vec<&str> = MIGRATIONS
+            .iter()
+            .skip(version as usize)
+            .flat_map(|m| m.0.iter().copied())
+            .collect();
+        let theirs: Vec<String> = tx
+            .query(
+                "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
+                &[&to_make],
+            )
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !theirs.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!(
+                    "{}: table(s) {} exist but orch did not make them (orch_meta records schema \
+                     version {version}, which has no such table); not touching them (choose \
+                     another schema with `options=-c search_path=...`)",
+                    self.name,
+                    theirs.join(", ")
+                ),
+            ));
         }
-        for (v, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        for (v, (_, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.batch_execute(sql).await.map_err(e)?;
             tx.execute(
                 "INSERT INTO orch_meta (key, value) VALUES ('schema_version', $1)

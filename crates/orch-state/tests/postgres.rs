@@ -355,6 +355,18 @@ async fn tables_orch_did_not_make_are_refused_untouched() {
         "nothing created beside them"
     );
     db.drop().await;
+    // A table of a later version's name, too.
+    let Some(db) = Scratch::new("tables_orch_did_not_make_are_refused_untouched").await else {
+        return;
+    };
+    db.sql("CREATE TABLE orch_leases (payload text); INSERT INTO orch_leases VALUES ('theirs')")
+        .await;
+    let e = PgStore::connect(&db.url).await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+    assert!(e.message.contains("orch_leases"), "{e}");
+    let rows = db.sql("SELECT payload FROM orch_leases").await;
+    assert_eq!(rows[0].get::<_, &str>(0), "theirs");
+    db.drop().await;
 }
 
 /// The server drops the store's connection: the next calls connect again
