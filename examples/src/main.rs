@@ -31,6 +31,7 @@
 //! | 4 | the budget is spent |
 //! | 5 | a person aborted the run |
 //! | 6 | the state store failed (nothing persisted is lost; resume later) |
+//! | 7 | `run`/`resume`: another `orch` is driving this run (it holds the run's lock); nothing was done |
 //! | 130 | cancelled (Ctrl-C); resume continues |
 
 use std::path::PathBuf;
@@ -266,6 +267,9 @@ fn execute(
             }
         });
         let report = engine.run(&info.run, cancel).await.map_err(|e| match e {
+            orch_graph::EngineError::Store(e) if e.kind == orch_core::StoreErrorKind::Locked => {
+                Fail(7, e.to_string())
+            }
             orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
             e => Fail(2, e.to_string()),
         })?;

@@ -575,10 +575,22 @@ async fn cancellation_records_the_stop_and_resume_reruns_only_that_phase() {
     let run = run_id("r");
     let cancel = Cancellation::new();
     let e = engine(plan.clone(), agent.clone(), store.clone(), dir.path());
+    let second = engine(plan.clone(), agent.clone(), store.clone(), dir.path());
     let stop = {
         let (cancel, started) = (cancel.clone(), agent.started.clone());
+        let (store, run) = (store.clone(), run.clone());
         async move {
             started.notified().await;
+            // A second engine on the running run is refused, and writes
+            // nothing.
+            let before = journal(store.as_ref(), &run).await.len();
+            match second.run(&run, Cancellation::new()).await {
+                Err(EngineError::Store(e)) => {
+                    assert_eq!(e.kind, orch_core::StoreErrorKind::Locked, "{e}");
+                }
+                other => panic!("a second engine must be refused: {other:?}"),
+            }
+            assert_eq!(journal(store.as_ref(), &run).await.len(), before);
             cancel.cancel();
         }
     };

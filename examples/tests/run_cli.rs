@@ -442,11 +442,7 @@ fn outcome(s: &Setup) -> (Outcome, Vec<orch_core::StoredEvent>) {
         let tree = demo::git(&s.repo, &["rev-parse", &format!("{b}^{{tree}}")]).unwrap();
         trees.push((b, tree));
     }
-    let store = orch_state::SqliteStore::open(s.state.join("state.db")).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let events = rt
-        .block_on(store.read(&RUN.parse().unwrap(), 0, 100_000))
-        .unwrap();
+    let events = journal(s);
     let state = RunState::fold(events.iter().map(|e| &e.event));
     let statuses = state
         .tickets_by_id()
@@ -554,4 +550,49 @@ fn sigkill_mid_merge_then_resume() {
         )
         .count();
     assert_eq!(merges, 2, "the interrupted merge is started again, once");
+}
+
+#[test]
+fn a_second_orch_on_a_running_run_is_refused_and_changes_nothing() {
+    let s = crash_setup();
+    let mut child = start(&s);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s.marks.join("agent-A-build").exists() {
+        assert!(Instant::now() < deadline, "the first agent never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = journal(&s);
+    let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
+    assert_eq!(code, 7, "{text}");
+    assert!(
+        text.contains("run crashy is being driven by another engine")
+            && text.contains("state.db-run-crashy.lock"),
+        "{text}"
+    );
+    // It wrote nothing: the journal only grew by the first run's events.
+    let after = journal(&s);
+    assert_eq!(after[..before.len()], before[..]);
+    assert!(
+        !after
+            .iter()
+            .any(|e| matches!(&e.event.kind, EventKind::RunStarted { resumed: true, .. })),
+        "the refused resume must not start the run again"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let (o, events) = outcome(&s);
+    assert_eq!(&o, baseline());
+    check_no_rerun(&events);
+    // The finished run is free again: resuming it now is allowed.
+    let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
+    assert_eq!(code, 0, "{text}");
+}
+
+/// The run's journal as it is now.
+fn journal(s: &Setup) -> Vec<orch_core::StoredEvent> {
+    let store = orch_state::SqliteStore::open(s.state.join("state.db")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(store.read(&RUN.parse().unwrap(), 0, 100_000))
+        .unwrap()
 }

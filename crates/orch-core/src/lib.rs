@@ -82,6 +82,8 @@ pub use state::{
     AgentRecord, AgentStatus, BatchState, BatchStatus, DecisionItem, GateRun, RunState, RunStatus,
     TicketMetrics, TicketState, TicketStatus,
 };
-pub use store::{Lease, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketLeases};
+pub use store::{
+    Lease, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketLeases,
+};
 pub use time::Timestamp;
 pub use workspace::{Merged, Prepared, SharedDir, Workspace, WorkspaceError};

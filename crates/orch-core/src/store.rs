@@ -31,6 +31,9 @@ pub enum StoreErrorKind {
     NotFound,
     /// The store is busy or temporarily unreachable.
     Unavailable,
+    /// The run is being driven by someone else: another engine (in this
+    /// process or another) holds its [`RunLock`].
+    Locked,
 }
 
 /// A store operation failed. Nothing already persisted is lost.
@@ -155,6 +158,29 @@ pub trait StateStore: Send + Sync {
     /// [`StoreError`] when the store cannot be read.
     async fn runs(&self) -> Result<Vec<RunId>, StoreError>;
 
+    /// Takes `run` for one driver: while the returned [`RunLock`] is held,
+    /// another `lock_run` of the same run (from this process or another
+    /// one sharing the store) fails with [`StoreErrorKind::Locked`].
+    /// Dropping the lock, or the holder's process dying, frees the run.
+    /// The engine holds it for the whole of [`Engine::run`], so that two
+    /// engines never carry the same tickets at once.
+    ///
+    /// Reading and appending do not need the lock: `orch decide` appends
+    /// to a run that an engine holds, and the engine picks it up.
+    ///
+    /// The default implementation excludes no one; stores that can be
+    /// shared implement it (orch-state's all do).
+    ///
+    /// [`Engine::run`]: https://docs.rs/orch-graph/latest/orch_graph/struct.Engine.html#method.run
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::Locked`], naming the run and what holds it, when
+    /// the run is taken; [`StoreError`] when the store cannot be reached.
+    async fn lock_run(&self, run: &RunId) -> Result<RunLock, StoreError> {
+        let _ = run;
+        Ok(RunLock::unguarded())
+    }
+
     /// The folded state of `run`. The default implementation reads the
     /// whole journal in pages and folds it; stores may keep a snapshot.
     ///
@@ -175,6 +201,41 @@ pub trait StateStore: Send + Sync {
                 _ => return Ok(state),
             }
         }
+    }
+}
+
+/// Proof that one driver has a run: see [`StateStore::lock_run`]. The run
+/// is free again when this is dropped.
+#[must_use = "the run is free again as soon as the lock is dropped"]
+pub struct RunLock {
+    held: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl RunLock {
+    /// A lock that lasts as long as `held` (a file lock, a database
+    /// connection, a guard that takes an entry out of a set on drop).
+    pub fn new(held: impl std::any::Any + Send + Sync) -> Self {
+        RunLock {
+            held: Some(Box::new(held)),
+        }
+    }
+
+    /// A lock that excludes no one (stores used by one driver only).
+    pub fn unguarded() -> Self {
+        RunLock { held: None }
+    }
+
+    /// Whether this lock excludes other drivers.
+    pub fn is_guarded(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
+impl std::fmt::Debug for RunLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunLock")
+            .field("guarded", &self.is_guarded())
+            .finish()
     }
 }
 

@@ -51,6 +51,7 @@ pub async fn run_all(open: Open<'_>) {
     concurrent_appenders(open).await;
     folded_state(open).await;
     listing_runs(open).await;
+    run_locks(open).await;
 }
 
 /// Events get consecutive seqs from 1 in append order; reads page.
@@ -390,4 +391,46 @@ pub async fn listing_runs(open: Open<'_>) {
             "{name} listed once in {runs:?}"
         );
     }
+}
+
+/// [`StateStore::lock_run`]: one holder per run, from the same store
+/// value or another one over the same data; other runs are free; appends
+/// and reads go on while a run is held; dropping the lock frees the run
+/// (within a few seconds: a server may notice a closed connection late).
+pub async fn run_locks(open: Open<'_>) {
+    let (s, other) = (open(), open());
+    let (a, b) = (run("conf-lock-a"), run("conf-lock-b"));
+    let held = s.lock_run(&a).await.unwrap();
+    assert!(held.is_guarded(), "lock_run must exclude other drivers");
+    for store in [&s, &other] {
+        let e = store.lock_run(&a).await.unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Locked, "{e}");
+        assert!(e.message.contains("conf-lock-a"), "names the run: {e}");
+    }
+    let held_b = other.lock_run(&b).await.unwrap();
+    // Whoever holds the run, anyone may append to it (a person's decision).
+    let seqs = other
+        .append(&a, &[ev(1, EventKind::TicketReady { ticket: t(1) })])
+        .await
+        .unwrap();
+    assert_eq!(seqs, [1]);
+    assert_eq!(s.read(&a, 0, 10).await.unwrap().len(), 1);
+    drop(held);
+    let mut again = other.lock_run(&a).await;
+    for _ in 0..100 {
+        match &again {
+            Err(e) if e.kind == StoreErrorKind::Locked => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                again = other.lock_run(&a).await;
+            }
+            _ => break,
+        }
+    }
+    let again = again.expect("a dropped lock frees the run");
+    assert_eq!(
+        s.lock_run(&b).await.unwrap_err().kind,
+        StoreErrorKind::Locked,
+        "the other run is still held"
+    );
+    drop((again, held_b));
 }

@@ -2,11 +2,13 @@
 //! want no persistence.
 
 use std::collections::hash_map::Entry;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use orch_core::{Event, EventId, RunId, StateStore, StoreError, StoredEvent};
-use rustc_hash::FxHashMap;
+use orch_core::{
+    Event, EventId, RunId, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent,
+};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::codec::conflict;
 
@@ -86,6 +88,20 @@ impl Events {
 #[derive(Default)]
 pub struct MemoryStore {
     runs: Mutex<(Vec<RunId>, FxHashMap<RunId, Journal>)>,
+    /// The runs whose [`RunLock`] is held.
+    locked: Arc<Mutex<FxHashSet<RunId>>>,
+}
+
+/// Frees its run in the store's set when dropped.
+struct Held(Arc<Mutex<FxHashSet<RunId>>>, RunId);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
 }
 
 impl MemoryStore {
@@ -160,6 +176,17 @@ impl StateStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn lock_run(&self, run: &RunId) -> Result<RunLock, StoreError> {
+        let mut locked = self.locked.lock().unwrap_or_else(|e| e.into_inner());
+        if !locked.insert(run.clone()) {
+            return Err(StoreError::new(
+                StoreErrorKind::Locked,
+                format!("run {run} is being driven by another engine on this memory store"),
+            ));
+        }
+        Ok(RunLock::new(Held(self.locked.clone(), run.clone())))
+    }
+
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
         Ok(self
             .runs
@@ -173,7 +200,7 @@ impl StateStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orch_core::{EventKind, StoreErrorKind};
+    use orch_core::EventKind;
 
     fn done(i: usize) -> Event {
         Event::now(EventKind::TicketDone {

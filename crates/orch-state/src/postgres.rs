@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use orch_core::{
-    Event, EventId, Lease, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketId,
-    TicketLeases, Timestamp,
+    Event, EventId, Lease, RunId, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent,
+    TicketId, TicketLeases, Timestamp,
 };
 use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
@@ -117,11 +117,21 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// The task that drives a connection; stopping it (on drop) closes the
+/// connection.
+struct Driver(tokio::task::JoinHandle<()>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A connection with its statements prepared.
 struct Conn {
     client: Client,
     /// Drives the connection; stopped when the connection is dropped.
-    driver: tokio::task::JoinHandle<()>,
+    _driver: Driver,
     lock_run: Statement,
     new_run: Statement,
     known: Statement,
@@ -132,12 +142,6 @@ struct Conn {
     claim: Statement,
     renew: Statement,
     release: Statement,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
 }
 
 /// Names the database: user, host, port, database and the server options
@@ -234,13 +238,18 @@ impl PgStore {
         StoreError::new(kind, format!("{}: {why}", self.name))
     }
 
-    async fn open(&self) -> Result<Conn, StoreError> {
-        let (mut client, connection) =
-            self.config.connect(NoTls).await.map_err(|e| self.err(&e))?;
+    /// A new connection, and the task that drives it.
+    async fn session(&self) -> Result<(Client, Driver), StoreError> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| self.err(&e))?;
         let driver = tokio::spawn(async move {
             // Its error reaches the caller through the client's next call.
             let _ = connection.await;
         });
+        Ok((client, Driver(driver)))
+    }
+
+    async fn open(&self) -> Result<Conn, StoreError> {
+        let (mut client, driver) = self.session().await?;
         self.set_up(&mut client).await?;
         let prepare = |sql: &'static str, types: &'static [Type]| {
             let client = &client;
@@ -313,7 +322,7 @@ impl PgStore {
             )
             .await?,
             client,
-            driver,
+            _driver: driver,
         })
     }
 
@@ -575,6 +584,38 @@ impl StateStore for PgStore {
                 })
             })
             .collect()
+    }
+
+    /// The run's lock is a PostgreSQL session advisory lock, keyed by the
+    /// schema and the run, held by a connection of its own: the server
+    /// frees it when that connection closes (the lock dropped, the holder's
+    /// process gone). If that connection is lost while the run goes on, the
+    /// lock is gone with it and the engine is not told.
+    async fn lock_run(&self, run: &RunId) -> Result<RunLock, StoreError> {
+        let (client, driver) = self.session().await?;
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('orch/' || s || '/' || $1),
+                                             hashtext($1 || '/' || s))
+                 FROM coalesce(current_schema(), '') AS s",
+                &[&run.as_str()],
+            )
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_get(0)
+            .map_err(|e| self.err(&e))?;
+        if got {
+            Ok(RunLock::new((client, driver)))
+        } else {
+            Err(StoreError::new(
+                StoreErrorKind::Locked,
+                format!(
+                    "run {run} is being driven by another engine (a session of {} holds the \
+                     run's advisory lock); wait for it to stop, or stop it",
+                    self.name
+                ),
+            ))
+        }
     }
 
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {

@@ -9,7 +9,7 @@ use std::thread;
 
 use async_trait::async_trait;
 use orch_core::{
-    Event, EventId, RunId, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp,
+    Event, EventId, RunId, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
@@ -756,6 +756,42 @@ impl StateStore for SqliteStore {
         })
         .await
         .map_err(|e| StoreError::new(StoreErrorKind::Io, format!("fold task failed: {e}")))?
+    }
+
+    /// The run's lock is an OS file lock (`flock`) on `<database>-run-<run>.lock`
+    /// beside the database: the kernel frees it when the holder's process
+    /// dies, however it dies, so a crashed run can be resumed at once. The
+    /// file stays (removing it would let two holders lock two files).
+    async fn lock_run(&self, run: &RunId) -> Result<RunLock, StoreError> {
+        let mut name = self.path.file_name().unwrap_or_default().to_owned();
+        name.push(format!("-run-{run}.lock"));
+        let path = self.path.with_file_name(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Io,
+                    format!("cannot open the run's lock file {}: {e}", path.display()),
+                )
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock::new(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::new(
+                StoreErrorKind::Locked,
+                format!(
+                    "run {run} is being driven by another engine (it holds {}); \
+                     wait for it to stop, or stop it",
+                    path.display()
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::new(
+                StoreErrorKind::Io,
+                format!("cannot lock {}: {e}", path.display()),
+            )),
+        }
     }
 
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {

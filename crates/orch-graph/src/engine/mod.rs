@@ -304,10 +304,17 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError`]: a plan that differs from the one the run started
-    /// with (unless allowed), a gate that cannot be built, or a failing
+    /// with (unless allowed), a gate that cannot be built, a run that
+    /// another engine is driving ([`EngineError::Store`] of kind
+    /// [`StoreErrorKind::Locked`](orch_core::StoreErrorKind::Locked), from
+    /// [`StateStore::lock_run`]; nothing was read or written), or a failing
     /// store (the run stops; running agents are cancelled).
     pub async fn run(&self, run: &RunId, cancel: Cancellation) -> Result<RunReport, EngineError> {
         self.check_gates()?;
+        // One driver per run: held until this returns, so a second engine
+        // (another `orch resume`, say) is refused before it reads or
+        // writes anything, instead of carrying the same tickets again.
+        let _lock = self.store.lock_run(run).await?;
         let mut state = self.store.state(run).await?;
         // Every ticket gets an entry, and an agent record per phase at
         // least: room for them now, not rehashing as the run goes.
