@@ -26,7 +26,7 @@
 //! |---|---|
 //! | 0 | success; for `run`/`resume`: every ticket done and every batch merged |
 //! | 1 | `validate`: a plan is invalid; `run`: tickets failed or were blocked, or a batch failed |
-//! | 2 | bad input: usage, a plan the engine refuses, a changed plan on resume, not a git repository, a refused decision |
+//! | 2 | bad input: usage, a plan the engine refuses (a cycle, a gate it cannot build, an agent that cannot run), a changed plan on resume, not a git repository, a refused decision |
 //! | 3 | paused: tickets wait for decisions (`orch decide`, then `orch resume`) |
 //! | 4 | the budget is spent |
 //! | 5 | a person aborted the run |
@@ -255,9 +255,12 @@ fn execute(
     setup.workspace()?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
     let store = rt.block_on(journal(&mut info, &state_dir, url, fresh))?;
+    let engine = setup.engine(store)?;
+    // Refuse gates that cannot be built and agents that cannot run (a
+    // CLI not installed) before the run is recorded.
+    engine.check().map_err(|e| Fail(2, e.to_string()))?;
     info.save(&state_dir)?;
     rt.block_on(async move {
-        let engine = setup.engine(store)?;
         let cancel = Cancellation::new();
         let on_signal = cancel.clone();
         tokio::spawn(async move {

@@ -663,6 +663,52 @@ async fn a_cycle_is_refused_before_anything_runs() {
     assert!(store.runs().await.unwrap().is_empty());
 }
 
+/// An agent whose program is missing for role `dev` (and only there).
+struct Missing;
+
+#[async_trait]
+impl Agent for Missing {
+    fn backend(&self) -> &str {
+        "missing"
+    }
+    async fn run(&self, _: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        panic!("a role that cannot run must not be run");
+    }
+    fn check(&self, role: &orch_core::RoleName) -> Result<(), AgentError> {
+        match role.as_str() {
+            "dev" => Err(AgentError::new(
+                AgentErrorKind::Spawn,
+                "dev-cli is not installed",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_role_whose_agent_cannot_run_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = small_plan("");
+    // B works as `ops`, which can run; the rest as `dev`, which cannot.
+    plan.agents.insert(
+        "ops".parse().unwrap(),
+        plan.agents.values().next().unwrap().clone(),
+    );
+    plan.tickets[1].role = Some("ops".parse().unwrap());
+    let store = Arc::new(MemoryStore::new());
+    let e = engine(plan, Arc::new(Missing), store.clone(), dir.path());
+    assert!(e.check().is_err());
+    match e.run(&run_id("r"), Cancellation::new()).await {
+        Err(EngineError::Agents(failed)) => {
+            let roles: Vec<&str> = failed.iter().map(|(r, _)| r.as_str()).collect();
+            assert_eq!(roles, ["dev"]);
+            assert_eq!(failed[0].1.message, "dev-cli is not installed");
+        }
+        other => panic!("must be refused: {other:?}"),
+    }
+    assert!(store.runs().await.unwrap().is_empty(), "nothing written");
+}
+
 /// A memory store with faults: its appends fail after the first `ok`
 /// calls, and take their time over the agent start of `slow_on`.
 struct Faulty {

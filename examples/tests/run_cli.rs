@@ -227,6 +227,11 @@ depends_on = ["T-1"]
 /// tickets, and runs `orch run` on it with `args`; the run must be refused
 /// (exit 2). Returns what it printed.
 fn refused_run(dir: &Path, tickets: &str, args: &[&std::ffi::OsStr]) -> String {
+    refused_run_with(dir, r#"["true"]"#, tickets, args)
+}
+
+/// [`refused_run`] with the agent's argv (TOML).
+fn refused_run_with(dir: &Path, argv: &str, tickets: &str, args: &[&std::ffi::OsStr]) -> String {
     let plan = dir.join("plan.toml");
     std::fs::write(
         &plan,
@@ -235,7 +240,7 @@ fn refused_run(dir: &Path, tickets: &str, args: &[&std::ffi::OsStr]) -> String {
 name = "refused"
 default_role = "dev"
 [agents.dev]
-backend = {{ kind = "command", argv = ["true"] }}
+backend = {{ kind = "command", argv = {argv} }}
 [[phases]]
 name = "work"
 {tickets}"#
@@ -300,6 +305,37 @@ effort = "1h"
         0,
         "nothing may be written into it (no .orch state)"
     );
+}
+
+#[test]
+fn an_agent_that_is_not_installed_is_refused_before_the_run_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, state) = workspace(dir.path());
+    let text = refused_run_with(
+        dir.path(),
+        r#"["no-such-agent-orch", "--yes"]"#,
+        r#"
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#,
+        &[
+            "--repo".as_ref(),
+            repo.as_ref(),
+            "--state".as_ref(),
+            state.as_ref(),
+        ],
+    );
+    assert!(
+        text.contains("role dev: no-such-agent-orch is not installed or not on PATH"),
+        "{text}"
+    );
+    // No run was recorded: there is nothing to resume.
+    assert!(!state.join("run.json").exists());
+    let (code, text) = output(orch().args(["status", "--state"]).arg(&state));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("no run in"), "{text}");
 }
 
 // ------------------------------------------------------------------ crashes

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use orch_core::process::{self, Exit, Output};
 use orch_core::{
     Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentSpec, AgentTask,
-    BackendSpec, Progress, plan::PromptVia,
+    BackendSpec, Progress, RoleName, plan::PromptVia,
 };
 
 use crate::redact::Redactor;
@@ -38,6 +38,13 @@ impl Default for AgentDefaults {
             transcripts: None,
         }
     }
+}
+
+/// [`Agent::check`] of a command backend: its program can be started;
+/// `hint` (how to install it) follows the message when it cannot.
+fn check_argv(argv: &[String], hint: &str) -> Result<(), AgentError> {
+    process::check_program(argv.first().map_or("", String::as_str))
+        .map_err(|why| AgentError::new(AgentErrorKind::Spawn, format!("{why}{hint}")))
 }
 
 /// Maps how a process ended, when it did not run to the end, to an error.
@@ -207,6 +214,10 @@ impl Agent for CommandAgent {
         "command"
     }
 
+    fn check(&self, _: &RoleName) -> Result<(), AgentError> {
+        check_argv(&self.argv, "")
+    }
+
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
         let mut env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| k == "PATH" || k == "HOME" || self.env_allow.contains(k))
@@ -348,6 +359,13 @@ impl Agent for ClaudeCodeAgent {
         "claude_code"
     }
 
+    fn check(&self, _: &RoleName) -> Result<(), AgentError> {
+        check_argv(
+            &self.argv,
+            " (install Claude Code: `npm install -g @anthropic-ai/claude-code`, or set the backend's `binary`)",
+        )
+    }
+
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
         let mut argv = self.argv.clone();
         if let Some(session) = &task.resume {
@@ -417,6 +435,13 @@ impl CodexAgent {
 impl Agent for CodexAgent {
     fn backend(&self) -> &str {
         "codex"
+    }
+
+    fn check(&self, _: &RoleName) -> Result<(), AgentError> {
+        check_argv(
+            &self.argv,
+            " (install Codex: `npm install -g @openai/codex`, or set the backend's `binary`)",
+        )
     }
 
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {

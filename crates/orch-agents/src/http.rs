@@ -185,6 +185,22 @@ fn status_error(status: u16, retry_after: Option<Duration>, body: &str) -> Agent
     e
 }
 
+impl HttpAgent {
+    /// The API key from its variable (none when the backend needs none).
+    fn key(&self) -> Result<Option<String>, AgentError> {
+        match &self.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Ok(Some(k)),
+                _ => Err(AgentError::new(
+                    AgentErrorKind::Auth,
+                    format!("the API key variable {var} is not set"),
+                )),
+            },
+            None => Ok(None),
+        }
+    }
+}
+
 #[async_trait]
 impl Agent for HttpAgent {
     fn backend(&self) -> &str {
@@ -194,19 +210,12 @@ impl Agent for HttpAgent {
         }
     }
 
+    fn check(&self, _: &orch_core::RoleName) -> Result<(), AgentError> {
+        self.key().map(drop)
+    }
+
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
-        let key = match &self.api_key_env {
-            Some(var) => match std::env::var(var) {
-                Ok(k) if !k.is_empty() => Some(k),
-                _ => {
-                    return Err(AgentError::new(
-                        AgentErrorKind::Auth,
-                        format!("the API key variable {var} is not set"),
-                    ));
-                }
-            },
-            None => None,
-        };
+        let key = self.key()?;
         let redactor = Redactor::new(key.as_deref().map(|k| ("API_KEY", k)));
         let send = self.request(&task.prompt, key.as_deref()).send();
         let response = tokio::select! {

@@ -274,6 +274,10 @@ impl Agent for Backend {
         self.agent.backend()
     }
 
+    fn check(&self, role: &RoleName) -> Result<(), AgentError> {
+        self.agent.check(role)
+    }
+
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
         let mut retry = 0;
         let mut spent = Usage::default();
@@ -534,6 +538,35 @@ impl Router {
 impl Agent for Router {
     fn backend(&self) -> &str {
         "router"
+    }
+
+    /// `role` can run when its backend, or one in its fallback chain, can.
+    fn check(&self, role: &RoleName) -> Result<(), AgentError> {
+        let mut why = Vec::new();
+        let mut r = role.clone();
+        loop {
+            let b = self.backends.get(&r).ok_or_else(|| {
+                AgentError::new(AgentErrorKind::Config, format!("no agent for role {r}"))
+            })?;
+            match b.check(&r) {
+                Ok(()) => return Ok(()),
+                Err(e) => why.push((r.clone(), e)),
+            }
+            match self.fallback.get(&r) {
+                Some(next) if !why.iter().any(|(seen, _)| seen == next) => r = next.clone(),
+                _ => break,
+            }
+        }
+        let (_, first) = why.remove(0);
+        let mut message = first.message.clone();
+        for (r, e) in why {
+            if e.message == first.message {
+                message.push_str(&format!("; its fallback {r}: the same"));
+            } else {
+                message.push_str(&format!("; its fallback {r}: {}", e.message));
+            }
+        }
+        Err(AgentError::new(first.kind, message))
     }
 
     fn backend_for(&self, role: &RoleName) -> &str {

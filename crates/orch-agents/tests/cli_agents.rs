@@ -389,3 +389,55 @@ async fn command_agent_prompt_paths_and_environment() {
     .unwrap();
     assert_eq!(e.kind, AgentErrorKind::Config);
 }
+
+/// `Agent::check`: what the engine asks before a run, without running.
+#[test]
+fn check_names_a_missing_or_unusable_program_and_how_to_install_it() {
+    let d = tempfile::tempdir().unwrap();
+    let dev: orch_core::RoleName = "dev".parse().unwrap();
+    let check = |backend: serde_json::Value| {
+        from_spec(
+            &spec(serde_json::json!({ "backend": backend })),
+            &defaults(None),
+        )
+        .unwrap()
+        .check(&dev)
+    };
+    let command = |argv: &[&str]| check(serde_json::json!({"kind": "command", "argv": argv}));
+    let e = command(&["no-such-agent-orch", "-p"]).unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Spawn);
+    assert_eq!(
+        e.message,
+        "no-such-agent-orch is not installed or not on PATH"
+    );
+    command(&["sh", "-c", "true"]).unwrap();
+    let agent = script(d.path(), "agent", "true");
+    command(&[&agent]).unwrap();
+    let plain = d.path().join("plain");
+    std::fs::write(&plain, "not a program").unwrap();
+    let e = command(&[plain.to_str().unwrap()]).unwrap_err();
+    assert_eq!(
+        e.message,
+        format!("{} is not an executable file", plain.display())
+    );
+    let gone = d.path().join("gone");
+    let e = command(&[gone.to_str().unwrap()]).unwrap_err();
+    assert_eq!(e.message, format!("{} does not exist", gone.display()));
+    // Relative to the work tree, which may not exist before the run.
+    command(&["./scripts/agent.sh"]).unwrap();
+
+    let e = check(serde_json::json!({"kind": "claude_code", "binary": "no-such-claude-orch"}))
+        .unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Spawn);
+    assert!(
+        e.message
+            .starts_with("no-such-claude-orch is not installed or not on PATH")
+            && e.message
+                .contains("npm install -g @anthropic-ai/claude-code"),
+        "{e}"
+    );
+    check(serde_json::json!({"kind": "claude_code", "binary": agent})).unwrap();
+    let e =
+        check(serde_json::json!({"kind": "codex", "binary": "no-such-codex-orch"})).unwrap_err();
+    assert!(e.message.contains("npm install -g @openai/codex"), "{e}");
+}

@@ -157,6 +157,18 @@ async fn openai_compatible_and_missing_key() {
         e.message,
         "the API key variable ORCH_SURELY_UNSET_KEY is not set"
     );
+    // The engine's check before a run says the same, without a request.
+    let dev: orch_core::RoleName = "dev".parse().unwrap();
+    let e = a.check(&dev).unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Auth);
+    assert_eq!(
+        e.message,
+        "the API key variable ORCH_SURELY_UNSET_KEY is not set"
+    );
+    let keyed = agent(
+        serde_json::json!({"backend": {"kind": "anthropic", "model": "m", "base_url": url, "api_key_env": "PATH"}}),
+    );
+    keyed.check(&dev).unwrap();
 }
 
 #[test]

@@ -343,3 +343,33 @@ async fn prices_fill_in_the_cost_a_backend_does_not_report() {
     assert_eq!(out.usage.cost_usd, 0.5, "a reported cost is kept");
     assert!((router.ledger().total.cost_usd - 0.500_225).abs() < 1e-12);
 }
+
+#[test]
+fn a_role_can_run_when_its_backend_or_a_fallback_can() {
+    let plan: orch_core::Plan = serde_json::from_value(serde_json::json!({
+        "name": "p", "default_role": "dev",
+        "agents": {
+            "dev": {"backend": {"kind": "command", "argv": ["no-such-dev-orch"]}, "fallback": "spare"},
+            "spare": {"backend": {"kind": "command", "argv": ["sh"]}},
+            "lone": {"backend": {"kind": "command", "argv": ["no-such-lone-orch"]}, "fallback": "broken"},
+            "broken": {"backend": {"kind": "command", "argv": ["no-such-broken-orch"]}, "fallback": "lone"}
+        },
+        "phases": [{"name": "work"}],
+        "tickets": [{"id": "T-1", "title": "t", "effort": "1h"}]
+    }))
+    .unwrap();
+    let router = Router::from_plan(&plan, &Default::default(), &Default::default()).unwrap();
+    let role = |s: &str| -> orch_core::RoleName { s.parse().unwrap() };
+    router.check(&role("dev")).unwrap();
+    router.check(&role("spare")).unwrap();
+    // A cycle of fallbacks that cannot run ends, naming each once.
+    let e = router.check(&role("lone")).unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Spawn);
+    assert_eq!(
+        e.message,
+        "no-such-lone-orch is not installed or not on PATH; its fallback broken: \
+         no-such-broken-orch is not installed or not on PATH"
+    );
+    let e = router.check(&role("nobody")).unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Config);
+}

@@ -333,4 +333,18 @@ pub trait Agent: Send + Sync {
     fn backend_for(&self, _role: &crate::RoleName) -> &str {
         self.backend()
     }
+
+    /// Checks, before a run starts, that tasks of `role` can run at all:
+    /// the backend's program is installed, its API key is set. The engine
+    /// calls it for every role its plan uses and refuses to start when one
+    /// fails, rather than failing every ticket of that role one by one.
+    /// Checks must be quick and must not start the agent. The default has
+    /// nothing to check.
+    ///
+    /// # Errors
+    /// [`AgentError`] saying what is missing and, where it can, how to get
+    /// it (usually [`AgentErrorKind::Spawn`] or [`AgentErrorKind::Auth`]).
+    fn check(&self, _role: &crate::RoleName) -> Result<(), AgentError> {
+        Ok(())
+    }
 }

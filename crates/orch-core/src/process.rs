@@ -456,6 +456,51 @@ pub async fn run_lines(
     finish(exit, stdout, stderr, lingering)
 }
 
+/// Checks, before anything runs, that `program` (an argv's first element)
+/// can be started: a bare name must be an executable file in a directory
+/// of `PATH`, a path must be an executable file. A relative path with a
+/// `/` is resolved in the work tree when it runs, which may not exist yet,
+/// so it is not checked.
+///
+/// ```
+/// use orch_core::process::check_program;
+/// assert!(check_program("sh").is_ok());
+/// let e = check_program("no-such-program-orch").unwrap_err();
+/// assert_eq!(e, "no-such-program-orch is not installed or not on PATH");
+/// ```
+///
+/// # Errors
+/// A message naming the program and what is wrong with it.
+pub fn check_program(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.is_empty() {
+        return Err("the command is empty".into());
+    }
+    let path = std::path::Path::new(program);
+    if path.is_absolute() {
+        return if executable(path) {
+            Ok(())
+        } else if path.exists() {
+            Err(format!("{program} is not an executable file"))
+        } else {
+            Err(format!("{program} does not exist"))
+        };
+    }
+    if program.contains('/') {
+        return Ok(());
+    }
+    let found = std::env::var_os("PATH")
+        .is_some_and(|dirs| std::env::split_paths(&dirs).any(|d| executable(&d.join(program))));
+    if found {
+        Ok(())
+    } else {
+        Err(format!("{program} is not installed or not on PATH"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,10 @@ pub enum EngineError {
         /// Why.
         error: GateError,
     },
+    /// Roles of the plan cannot run: their backend's program is not
+    /// installed, their API key is not set ([`Agent::check`]; nothing ran).
+    #[error("the plan's agents cannot run:\n{}", list(.0.iter().map(|(r, e)| format!("role {r}: {}", e.message))))]
+    Agents(Vec<(RoleName, orch_core::AgentError)>),
     /// The run's journal was started with a different plan.
     #[error(
         "run {run} was started with a different plan; changed since:\n{}\nresume with the plan it started with, or allow the change explicitly (`--allow-plan-change`)",
@@ -169,6 +173,8 @@ pub struct Engine {
     /// The plan's fingerprint and its parts' (the plan cannot change
     /// after [`Engine::new`], so they are made once there, not per run).
     fingerprint: (String, orch_core::FingerprintParts),
+    /// Every role the plan's tickets use, checked before a run starts.
+    roles: Vec<RoleName>,
     agent: Arc<dyn Agent>,
     store: Arc<dyn StateStore>,
     workspace: Arc<dyn Workspace>,
@@ -207,7 +213,22 @@ impl Engine {
         plan.validate().map_err(EngineError::Plan)?;
         let graph = Arc::new(PlanGraph::from_plan(&plan)?);
         let (fingerprint, parts) = plan.fingerprint();
+        let mut roles: Vec<RoleName> = Vec::new();
+        for p in &plan.phases {
+            for t in &plan.tickets {
+                // (Valid plans give every ticket a role in every phase.)
+                if let Some(r) = plan.role_for(t, p)
+                    && !roles.contains(r)
+                {
+                    roles.push(r.clone());
+                }
+                if p.role.is_some() {
+                    break; // the phase's role is every ticket's
+                }
+            }
+        }
         Ok(Engine {
+            roles,
             fingerprint: (fingerprint, Arc::new(parts)),
             max_concurrency: plan.policy.max_concurrency.max(1),
             tickets: plan.tickets.iter().cloned().map(Arc::new).collect(),
@@ -267,6 +288,28 @@ impl Engine {
         &self.plan
     }
 
+    /// Checks what a run needs before it starts, as [`Engine::run`] does
+    /// first: every gate of the plan can be built, and every role's agent
+    /// can run ([`Agent::check`]: its program is installed, its API key
+    /// set). For callers that want to refuse before they write anything
+    /// of their own.
+    ///
+    /// # Errors
+    /// [`EngineError::Gate`] or [`EngineError::Agents`] (every role that cannot run).
+    pub fn check(&self) -> Result<(), EngineError> {
+        self.check_gates()?;
+        let failed: Vec<_> = self
+            .roles
+            .iter()
+            .filter_map(|r| self.agent.check(r).err().map(|e| (r.clone(), e)))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Agents(failed))
+        }
+    }
+
     /// Checks that every gate of the plan can be built.
     fn check_gates(&self) -> Result<(), EngineError> {
         let specs = self
@@ -304,13 +347,14 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError`]: a plan that differs from the one the run started
-    /// with (unless allowed), a gate that cannot be built, a run that
+    /// with (unless allowed), a gate that cannot be built, a role whose
+    /// agent cannot run ([`Agent::check`]), a run that
     /// another engine is driving ([`EngineError::Store`] of kind
     /// [`StoreErrorKind::Locked`](orch_core::StoreErrorKind::Locked), from
     /// [`StateStore::lock_run`]; nothing was read or written), or a failing
     /// store (the run stops; running agents are cancelled).
     pub async fn run(&self, run: &RunId, cancel: Cancellation) -> Result<RunReport, EngineError> {
-        self.check_gates()?;
+        self.check()?;
         // One driver per run: held until this returns, so a second engine
         // (another `orch resume`, say) is refused before it reads or
         // writes anything, instead of carrying the same tickets again.
