@@ -632,3 +632,45 @@ fn journal(s: &Setup) -> Vec<orch_core::StoredEvent> {
     rt.block_on(store.read(&RUN.parse().unwrap(), 0, 100_000))
         .unwrap()
 }
+
+#[test]
+fn ctrl_c_stops_the_agents_records_it_and_resume_finishes_the_run() {
+    let s = crash_setup();
+    let mut child = start(&s);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s.marks.join("agent-A-build").exists() {
+        assert!(Instant::now() < deadline, "the first agent never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "Ctrl-C exits 130");
+    let events = journal(&s);
+    // The agent that was running was stopped, and that is recorded.
+    let stopped = events.iter().any(|e| {
+        matches!(&e.event.kind, EventKind::AgentFinished { ticket, error: Some(orch_core::AgentErrorKind::Cancelled), .. }
+            if ticket.as_str() == "A")
+    });
+    assert!(stopped, "A's agent is recorded as cancelled: {events:#?}");
+    assert!(matches!(
+        &events.last().unwrap().event.kind,
+        EventKind::RunFinished {
+            outcome: orch_core::RunOutcome::Cancelled
+        }
+    ));
+    // Killed, not left to finish: it never wrote its work (it would have
+    // 0.3 s after its marker).
+    std::thread::sleep(Duration::from_millis(800));
+    let tree = s.repo.join(format!(".orch/worktrees/{RUN}/A"));
+    assert!(tree.is_dir(), "A's work tree stays for the resume");
+    assert!(
+        !tree.join("work/A.txt").exists(),
+        "the agent was stopped before it wrote"
+    );
+    let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
+    assert_eq!(code, 0, "resume must complete: {text}");
+    let (o, events) = outcome(&s);
+    assert_eq!(&o, baseline());
+    check_no_rerun(&events);
+}
