@@ -137,6 +137,7 @@ async fn appenders(store: Arc<dyn StateStore>, run: &RunId, per_task: u64) {
 
 const TASKS: u64 = 64;
 const PER_TASK: u64 = 200;
+#[cfg(feature = "postgres")]
 const PG_PER_TASK: u64 = 10;
 
 /// `pg_append`: one appender and 64 on PostgreSQL.

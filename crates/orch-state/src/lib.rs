@@ -21,6 +21,8 @@ pub mod conformance;
 pub mod git;
 mod memory;
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 pub mod views;

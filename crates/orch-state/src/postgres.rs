@@ -12,7 +12,9 @@ use orch_core::{
 };
 use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Statement};
+
+use crate::pg_tls::{self, MakeRustls};
 
 use crate::codec::{Encoded, conflict, decode, encode};
 
@@ -85,8 +87,17 @@ const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
 /// whose orch schema is newer than this build, or that holds tables of
 /// those names that orch did not make, is refused untouched. A lost
 /// connection fails the call in progress ([`StoreErrorKind::Unavailable`],
-/// retryable) and the next call connects again. TLS is not supported
-/// (`sslmode=require` is refused when connecting).
+/// retryable) and the next call connects again.
+///
+/// Connections use TLS (rustls) as libpq's `sslmode` says: `disable` is
+/// plain TCP; `prefer` (the default) and `require` encrypt without
+/// checking who the server is (the handshake's signature is checked, the
+/// certificate is not), `require` failing when the server offers no TLS;
+/// `verify-full` also checks that the server's certificate chains to the
+/// system's roots, or to those in the PEM file `sslrootcert` names, and
+/// names the host. `verify-ca` is refused (it would not check the name).
+/// A certificate the handshake refuses is an [`StoreErrorKind::Io`]
+/// error, not retryable.
 ///
 /// It also implements [`TicketLeases`], so workers on several machines can
 /// share out a run's tickets; lease times are the server's clock, so the
@@ -104,6 +115,8 @@ const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
 /// ```
 pub struct PgStore {
     config: Config,
+    /// Makes each connection's TLS (as the string's `sslmode` says).
+    tls: MakeRustls,
     /// The database as messages name it (never the password).
     name: String,
     conn: Mutex<Option<Conn>>,
@@ -192,14 +205,17 @@ impl PgStore {
     /// # Errors
     /// An unparsable connection string (the message does not repeat it).
     pub fn new(url: &str) -> Result<PgStore, StoreError> {
-        let config: Config = url.parse().map_err(|e| {
+        let unusable = |e: &dyn std::fmt::Display| {
             StoreError::new(
                 StoreErrorKind::Io,
                 format!("the PostgreSQL connection string cannot be used: {e}"),
             )
-        })?;
+        };
+        let (rest, tls) = pg_tls::split(url).map_err(|e| unusable(&e))?;
+        let config: Config = rest.parse().map_err(|e| unusable(&e))?;
         Ok(PgStore {
             name: describe(&config),
+            tls: pg_tls::connector(&tls).map_err(|e| unusable(&e))?,
             config,
             conn: Mutex::new(None),
         })
@@ -214,8 +230,14 @@ impl PgStore {
     fn err(&self, e: &tokio_postgres::Error) -> StoreError {
         // Lost or refused connections, and what the server asks to be
         // tried again, may succeed on another try.
+        // (A certificate the TLS handshake refused is not worth another
+        // try; other I/O failures may be.)
+        let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+        let tls_refused = io
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<rustls::Error>());
         let retry = e.is_closed()
-            || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            || (io.is_some() && !tls_refused)
             || e.code().is_some_and(|c| {
                 let c = c.code();
                 c.starts_with("08")
@@ -240,7 +262,11 @@ impl PgStore {
 
     /// A new connection, and the task that drives it.
     async fn session(&self) -> Result<(Client, Driver), StoreError> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| self.err(&e))?;
+        let (client, connection) = self
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| self.err(&e))?;
         let driver = tokio::spawn(async move {
             // Its error reaches the caller through the client's next call.
             let _ = connection.await;

@@ -477,3 +477,101 @@ async fn bad_connection_strings_and_absent_servers_fail_clearly() {
     assert!(e.message.contains("`db` at me@127.0.0.1:1"), "{e}");
     assert!(!e.message.contains("hunter2"), "{e}");
 }
+
+/// Whether each connection named `app` uses TLS, as the server sees it.
+async fn tls_of(db: &Scratch, app: &str) -> Vec<bool> {
+    db.admin
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn connections_use_tls_as_sslmode_says() {
+    let Some(db) = Scratch::new("connections_use_tls_as_sslmode_says").await else {
+        return;
+    };
+    let ssl: String = db.admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    if ssl != "on" {
+        eprintln!("SKIPPED connections_use_tls_as_sslmode_says: the server has ssl off");
+        db.drop().await;
+        return;
+    }
+    let run = "r".parse().unwrap();
+    for (i, (mode, tls)) in [
+        ("", true), // libpq's default, prefer: TLS when the server offers it
+        ("&sslmode=prefer", true),
+        ("&sslmode=require", true),
+        ("&sslmode=disable", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let app = format!("{}_{i}", db.schema);
+        let store = PgStore::connect(&format!("{}{mode}&application_name={app}", db.url))
+            .await
+            .unwrap();
+        store.append(&run, &[ready(i as u128 + 1)]).await.unwrap();
+        assert_eq!(tls_of(&db, &app).await, [tls], "{mode:?}");
+    }
+
+    // verify-full: the certificate must chain to a trusted root and name
+    // the host. The server's own certificate is the root here; Debian's
+    // names `localhost`.
+    let cert: String = db
+        .admin
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let url = db.url.clone();
+    if !(std::path::Path::new(&cert).is_absolute() && url.contains("@127.0.0.1:")) {
+        eprintln!(
+            "SKIPPED verify-full part: the server's certificate ({cert}) or host is not the local default"
+        );
+        db.drop().await;
+        return;
+    }
+    let by_name = url.replace("@127.0.0.1:", "@localhost:");
+    let root = cert.replace('/', "%2F");
+    let app = format!("{}_full", db.schema);
+    let store = PgStore::connect(&format!(
+        "{by_name}&sslmode=verify-full&sslrootcert={root}&application_name={app}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(store.read(&run, 0, 10).await.unwrap().len(), 4);
+    assert_eq!(tls_of(&db, &app).await, [true]);
+    // The same root, but the certificate does not name 127.0.0.1.
+    let e = PgStore::connect(&format!("{url}&sslmode=verify-full&sslrootcert={root}"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Io, "not worth retrying: {e}");
+    assert!(e.message.contains("certificate"), "{e}");
+    // Roots that did not sign it (the public CAs) do not vouch for it.
+    let public = "/etc/ssl/certs/ca-certificates.crt";
+    if std::path::Path::new(public).exists() {
+        let e = PgStore::connect(&format!(
+            "{by_name}&sslmode=verify-full&sslrootcert={}",
+            public.replace('/', "%2F")
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Io, "{e}");
+        assert!(e.message.contains("UnknownIssuer"), "{e}");
+    }
+    // A root file that is not there.
+    let e = PgStore::new(&format!(
+        "{url}&sslmode=verify-full&sslrootcert=/nonexistent.pem"
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("sslrootcert /nonexistent.pem"), "{e}");
+    db.drop().await;
+}

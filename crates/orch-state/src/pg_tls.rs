@@ -1,0 +1,346 @@
+//! TLS for [`PgStore`](crate::PgStore) connections, with rustls, the way
+//! libpq's `sslmode` says:
+//!
+//! * `disable`: plain TCP.
+//! * `prefer` (the default) and `require`: TLS when the server offers it
+//!   (`require`: or fail). Like libpq, these encrypt without checking who
+//!   the server is (the server's signature over the handshake is checked,
+//!   its certificate is not).
+//! * `verify-full`: TLS, and the server's certificate must chain to a
+//!   trusted root and name the host connected to. The roots are the
+//!   system's, or the certificates in the PEM file `sslrootcert` names.
+//!
+//! tokio-postgres parses neither `verify-full` nor `sslrootcert`, so they
+//! are taken out of the connection string here first.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
+
+/// The TLS settings orch reads itself from a connection string.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Settings {
+    /// `sslmode=verify-full`.
+    pub(crate) verify: bool,
+    /// `sslrootcert`: the roots to trust instead of the system's.
+    pub(crate) root_cert: Option<PathBuf>,
+}
+
+/// Takes `sslmode=verify-full` and `sslrootcert=...` out of `url` (a
+/// `postgres://` URL's query, or a key-value string's unquoted
+/// `key=value` words); returns the rest, for tokio-postgres, and them.
+///
+/// # Errors
+/// `verify-ca` (not supported: it would check the chain but not the
+/// name), or `sslrootcert` without `verify-full` (libpq would then verify
+/// the chain only; say which you mean).
+pub(crate) fn split(url: &str) -> Result<(Cow<'_, str>, Settings), String> {
+    let mut s = Settings::default();
+    let mut take = |key: &str, value: &str| -> Result<bool, String> {
+        match (key, value) {
+            ("sslmode", "verify-full") => s.verify = true,
+            ("sslmode", "verify-ca") => {
+                return Err(
+                    "sslmode=verify-ca is not supported; use verify-full (which also \
+                            checks the host name) or require"
+                        .into(),
+                );
+            }
+            ("sslrootcert", v) if v != "system" => s.root_cert = Some(PathBuf::from(v)),
+            ("sslrootcert", _) => {}
+            _ => return Ok(false),
+        }
+        Ok(true)
+    };
+    let rest: Cow<'_, str> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => Cow::Borrowed(url),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&') {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if !take(k, &percent_decode(v))? {
+                        kept.push(pair);
+                    }
+                }
+                if kept.is_empty() {
+                    Cow::Owned(base.to_owned())
+                } else {
+                    Cow::Owned(format!("{base}?{}", kept.join("&")))
+                }
+            }
+        }
+    } else {
+        let mut kept = Vec::new();
+        for word in url.split_whitespace() {
+            let (k, v) = word.split_once('=').unwrap_or((word, ""));
+            if !take(k, v)? {
+                kept.push(word);
+            }
+        }
+        Cow::Owned(kept.join(" "))
+    };
+    if s.root_cert.is_some() && !s.verify {
+        return Err(
+            "sslrootcert is only used with sslmode=verify-full here (add it, or drop sslrootcert)"
+                .into(),
+        );
+    }
+    Ok((rest, s))
+}
+
+/// `%XX` escapes of a URL query value (paths in `sslrootcert`).
+fn percent_decode(v: &str) -> Cow<'_, str> {
+    if !v.contains('%') {
+        return Cow::Borrowed(v);
+    }
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The rustls connector for `settings`.
+///
+/// # Errors
+/// A root certificate file that cannot be read or holds no certificate;
+/// no system roots to verify against.
+pub(crate) fn connector(settings: &Settings) -> Result<MakeRustls, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?;
+    let config = if settings.verify {
+        let mut roots = RootCertStore::empty();
+        match &settings.root_cert {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(format!(
+                        "sslrootcert {}: no usable certificate in it",
+                        path.display()
+                    ));
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return Err(
+                        "sslmode=verify-full: no trusted root certificates found on \
+                                this system; name a file with sslrootcert"
+                            .into(),
+                    );
+                }
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_no_client_auth()
+    };
+    Ok(MakeRustls(Arc::new(config)))
+}
+
+/// `prefer`/`require`: any certificate, but the handshake must be signed
+/// by its key.
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Makes a TLS connection for each new database connection.
+#[derive(Clone)]
+pub(crate) struct MakeRustls(Arc<ClientConfig>);
+
+impl<S> MakeTlsConnect<S> for MakeRustls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = Stream<S>;
+    type TlsConnect = Connect;
+    type Error = io::Error;
+
+    fn make_tls_connect(&mut self, host: &str) -> io::Result<Connect> {
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")))?;
+        Ok(Connect(self.0.clone(), name))
+    }
+}
+
+/// One TLS handshake, with the server named `.1`.
+pub(crate) struct Connect(Arc<ClientConfig>, ServerName<'static>);
+
+impl<S> TlsConnect<S> for Connect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = Stream<S>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Stream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        let Connect(config, name) = self;
+        Box::pin(async move {
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await?;
+            Ok(Stream(tls))
+        })
+    }
+}
+
+/// A TLS connection to the server.
+pub(crate) struct Stream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Stream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        // No `tls-server-end-point` binding: SCRAM authenticates without
+        // it (tokio-postgres' `channel_binding=prefer`, the default).
+        ChannelBinding::none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orch_takes_its_own_settings_out_of_either_form() {
+        let (rest, s) = split(
+            "postgres://u@h/db?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca.pem",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://u@h/db?application_name=x");
+        assert_eq!(
+            s,
+            Settings {
+                verify: true,
+                root_cert: Some("/tmp/ca.pem".into())
+            }
+        );
+        let (rest, s) = split("host=h user=u sslmode=verify-full sslrootcert=system").unwrap();
+        assert_eq!(rest, "host=h user=u");
+        assert_eq!(
+            s,
+            Settings {
+                verify: true,
+                root_cert: None
+            }
+        );
+        let (rest, s) = split("postgres://u@h/db?sslmode=require").unwrap();
+        assert_eq!(rest, "postgres://u@h/db?sslmode=require");
+        assert_eq!(s, Settings::default());
+        let (rest, _) = split("postgres://u@h/db?sslmode=verify-full").unwrap();
+        assert_eq!(rest, "postgres://u@h/db");
+        let e = split("postgres://u@h/db?sslmode=verify-ca").unwrap_err();
+        assert!(e.contains("verify-ca is not supported"), "{e}");
+        let e = split("postgres://u@h/db?sslrootcert=/ca.pem").unwrap_err();
+        assert!(e.contains("only used with sslmode=verify-full"), "{e}");
+    }
+}
