@@ -13,7 +13,10 @@
 //!
 //! `open` returns the store; calling it again must give a store over the
 //! same data (for disk stores, reopen the file), which is how durability
-//! across reopen is checked.
+//! across reopen is checked. [`run_locks`] needs a store whose
+//! [`StateStore::lock_run`] excludes a second holder (the trait's default
+//! excludes no one); a store only ever used by one engine can run the
+//! other checks one by one instead of [`run_all`].
 
 use std::sync::Arc;
 
