@@ -515,10 +515,9 @@ fn baseline() -> &'static Outcome {
     })
 }
 
-/// Kills `orch run` with SIGKILL once `marker` appears, then resumes.
-fn crash_at(marker: &str) -> (Outcome, Vec<orch_core::StoredEvent>) {
-    let s = crash_setup();
-    let mut child = start(&s);
+/// Starts `orch run` and returns once `marker` appears.
+fn start_until(s: &Setup, marker: &str) -> Child {
+    let mut child = start(s);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !s.marks.join(marker).exists() {
         assert!(Instant::now() < deadline, "{marker} never appeared");
@@ -527,6 +526,13 @@ fn crash_at(marker: &str) -> (Outcome, Vec<orch_core::StoredEvent>) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    child
+}
+
+/// Kills `orch run` with SIGKILL once `marker` appears, then resumes.
+fn crash_at(marker: &str) -> (Outcome, Vec<orch_core::StoredEvent>) {
+    let s = crash_setup();
+    let mut child = start_until(&s, marker);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // Let what orch had started (agents, gates, git hooks) run out.
@@ -591,12 +597,7 @@ fn sigkill_mid_merge_then_resume() {
 #[test]
 fn a_second_orch_on_a_running_run_is_refused_and_changes_nothing() {
     let s = crash_setup();
-    let mut child = start(&s);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !s.marks.join("agent-A-build").exists() {
-        assert!(Instant::now() < deadline, "the first agent never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut child = start_until(&s, "agent-A-build");
     let before = journal(&s);
     let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
     assert_eq!(code, 7, "{text}");
@@ -636,12 +637,7 @@ fn journal(s: &Setup) -> Vec<orch_core::StoredEvent> {
 #[test]
 fn ctrl_c_stops_the_agents_records_it_and_resume_finishes_the_run() {
     let s = crash_setup();
-    let mut child = start(&s);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !s.marks.join("agent-A-build").exists() {
-        assert!(Instant::now() < deadline, "the first agent never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut child = start_until(&s, "agent-A-build");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();

@@ -473,28 +473,45 @@ impl Router {
         if let Some(why) = self.ledger().exceeded(&self.budget) {
             return Err(AgentError::new(AgentErrorKind::BudgetSpent, why));
         }
+        let picked = self.walk(role, |r, b| {
+            (b.breaker().state() != BreakerState::Open).then(|| (r.clone(), Arc::clone(b)))
+        })?;
+        picked.map_err(|seen| {
+            let chain: Vec<&str> = seen.iter().map(RoleName::as_str).collect();
+            AgentError::new(
+                AgentErrorKind::Unavailable,
+                format!(
+                    "no backend available for role {role}: open circuit on {}",
+                    chain.join(" -> ")
+                ),
+            )
+        })
+    }
+
+    /// Walks `role`'s chain (the role, then its fallbacks, each once) until
+    /// `pick` takes one of its backends: what `pick` returned, or the roles
+    /// walked when it took none.
+    ///
+    /// # Errors
+    /// [`AgentErrorKind::Config`] for a role in the chain with no backend.
+    fn walk<T>(
+        &self,
+        role: &RoleName,
+        mut pick: impl FnMut(&RoleName, &Arc<Backend>) -> Option<T>,
+    ) -> Result<Result<T, Vec<RoleName>>, AgentError> {
         let mut seen = Vec::new();
         let mut r = role.clone();
         loop {
             let b = self.backends.get(&r).ok_or_else(|| {
                 AgentError::new(AgentErrorKind::Config, format!("no agent for role {r}"))
             })?;
-            if b.breaker().state() != BreakerState::Open {
-                return Ok((r, Arc::clone(b)));
+            if let Some(t) = pick(&r, b) {
+                return Ok(Ok(t));
             }
             seen.push(r.clone());
             match self.fallback.get(&r) {
                 Some(next) if !seen.contains(next) => r = next.clone(),
-                _ => {
-                    let chain: Vec<&str> = seen.iter().map(RoleName::as_str).collect();
-                    return Err(AgentError::new(
-                        AgentErrorKind::Unavailable,
-                        format!(
-                            "no backend available for role {role}: open circuit on {}",
-                            chain.join(" -> ")
-                        ),
-                    ));
-                }
+                _ => return Ok(Err(seen)),
             }
         }
     }
@@ -543,19 +560,15 @@ impl Agent for Router {
     /// `role` can run when its backend, or one in its fallback chain, can.
     fn check(&self, role: &RoleName) -> Result<(), AgentError> {
         let mut why = Vec::new();
-        let mut r = role.clone();
-        loop {
-            let b = self.backends.get(&r).ok_or_else(|| {
-                AgentError::new(AgentErrorKind::Config, format!("no agent for role {r}"))
-            })?;
-            match b.check(&r) {
-                Ok(()) => return Ok(()),
-                Err(e) => why.push((r.clone(), e)),
+        let picked = self.walk(role, |r, b| match b.check(r) {
+            Ok(()) => Some(()),
+            Err(e) => {
+                why.push((r.clone(), e));
+                None
             }
-            match self.fallback.get(&r) {
-                Some(next) if !why.iter().any(|(seen, _)| seen == next) => r = next.clone(),
-                _ => break,
-            }
+        })?;
+        if picked.is_ok() {
+            return Ok(());
         }
         let (_, first) = why.remove(0);
         let mut message = first.message.clone();
