@@ -1209,3 +1209,67 @@ async fn a_panicking_gate_fails_its_ticket() {
         run_small_with_gates(gates_around(&[("A", Before::Panic)], &GateLog::default())).await;
     assert_a_failed_and_blocked_c_and_d(&report, "a bug in the gate");
 }
+
+/// Collects what a tracing subscriber writes.
+#[derive(Clone, Default)]
+struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_event_is_traced_in_the_spans_of_its_run_ticket_phase_and_attempt() {
+    let log = Log::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let log = log.clone();
+            move || log.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    // (This thread only: the test's runtime runs every task on it.)
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let agent =
+        Arc::new(ScriptedAgent::new("s", writes()).on("A", "work", 1, Step::Fail("no".into())));
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("traced");
+    let report = engine(small_plan(""), agent, store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    // The retry of A: run, ticket, phase and attempt on the line.
+    assert!(
+        text.lines().any(|l| l
+            .contains("run{run=traced plan=small}:ticket{ticket=A}:phase{phase=work attempt=2}:")
+            && l.ends_with("event=\"agent_started\"")),
+        "{text}"
+    );
+    // Each journal event once, by its name.
+    let journal = journal(store.as_ref(), &run).await;
+    let mut names: Vec<&str> = journal.iter().map(|e| e.event.kind.name()).collect();
+    let mut traced: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("event=\"").nth(1)?.split('"').next())
+        .collect();
+    names.sort_unstable();
+    traced.sort_unstable();
+    assert_eq!(traced, names);
+    for e in &journal {
+        let json = serde_json::to_value(&e.event.kind).unwrap();
+        assert_eq!(
+            json["type"],
+            e.event.kind.name(),
+            "name() is the JSON's type"
+        );
+    }
+}

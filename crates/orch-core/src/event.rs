@@ -419,6 +419,43 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The kind's name, as its JSON's `type` says (`"ticket_done"`).
+    ///
+    /// ```
+    /// let k = orch_core::EventKind::TicketDone { ticket: "T-1".parse().unwrap() };
+    /// assert_eq!(k.name(), "ticket_done");
+    /// assert_eq!(serde_json::to_value(&k).unwrap()["type"], k.name());
+    /// ```
+    pub fn name(&self) -> &'static str {
+        use EventKind::*;
+        match self {
+            RunStarted { .. } => "run_started",
+            TicketReady { .. } => "ticket_ready",
+            WorkspaceReady { .. } => "workspace_ready",
+            PhaseStarted { .. } => "phase_started",
+            AgentStarted { .. } => "agent_started",
+            AgentOutput { .. } => "agent_output",
+            AgentFinished { .. } => "agent_finished",
+            GateStarted { .. } => "gate_started",
+            GateFinished { .. } => "gate_finished",
+            PhasePassed { .. } => "phase_passed",
+            AttemptFailed { .. } => "attempt_failed",
+            RolledBack { .. } => "rolled_back",
+            PhaseRestarted { .. } => "phase_restarted",
+            Escalated { .. } => "escalated",
+            DecisionRecorded { .. } => "decision_recorded",
+            TicketDone { .. } => "ticket_done",
+            TicketFailed { .. } => "ticket_failed",
+            TicketBlocked { .. } => "ticket_blocked",
+            TicketSkipped { .. } => "ticket_skipped",
+            MergeStarted { .. } => "merge_started",
+            BatchMerged { .. } => "batch_merged",
+            BatchFailed { .. } => "batch_failed",
+            BudgetExhausted { .. } => "budget_exhausted",
+            RunFinished { .. } => "run_finished",
+        }
+    }
+
     /// The ticket the event is about, if any.
     pub fn ticket(&self) -> Option<&TicketId> {
         use EventKind::*;

@@ -392,6 +392,8 @@ impl Engine {
             self.plan.policy.budget.clone(),
             work.clone(),
         ));
+        let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
+        span.in_scope(|| tracing::info!(event = "run_started", resumed));
         journal
             .append(vec![Event::now(EventKind::RunStarted {
                 run: run.clone(),
@@ -401,7 +403,6 @@ impl Engine {
                 parts: parts.clone(),
             })])
             .await?;
-        let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
         let agent_ctx = AgentContext {
             cancel: work.clone(),
             progress: Arc::new({
@@ -604,7 +605,13 @@ impl Dispatcher {
         if kinds.is_empty() || self.fatal.is_some() {
             return;
         }
-        let events = kinds.into_iter().map(Event::now).collect();
+        let events = kinds
+            .into_iter()
+            .map(|k| {
+                tracing::info!(event = k.name());
+                Event::now(k)
+            })
+            .collect();
         if let Err(e) = self.shared.journal.append(events).await {
             self.fail_store(e);
         }

@@ -99,6 +99,8 @@ impl<'a> Outbox<'a> {
     }
 
     fn note(&mut self, k: EventKind) -> Event {
+        // In the pipeline's spans: run, ticket, phase and attempt.
+        tracing::info!(event = k.name());
         let e = Event::now(k);
         self.mine.apply(&e);
         e
