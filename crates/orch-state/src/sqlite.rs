@@ -322,6 +322,20 @@ impl Drop for SqliteStore {
 /// appender; a lone appender never waits (its groups have size 1).
 const GROUP_WAIT: std::time::Duration = std::time::Duration::from_micros(300);
 
+/// A held run lock file; removed when let go (before the lock is
+/// released, so no one can lock the removed file after us unawares).
+struct LockFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
 fn writer_loop(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<Request>, stats: &Stats) {
     let mut last_size = 1;
     let mut numbers = RunNumbers::new();
@@ -761,37 +775,52 @@ impl StateStore for SqliteStore {
     /// The run's lock is an OS file lock (`flock`) on `<database>-run-<run>.lock`
     /// beside the database: the kernel frees it when the holder's process
     /// dies, however it dies, so a crashed run can be resumed at once. The
-    /// file stays (removing it would let two holders lock two files).
+    /// holder removes the file when it lets go (a crashed one leaves it for
+    /// the next); a file locked just as it was removed is let go and made
+    /// again, so two holders never lock two files.
     async fn lock_run(&self, run: &RunId) -> Result<RunLock, StoreError> {
+        use std::os::unix::fs::MetadataExt;
         let mut name = self.path.file_name().unwrap_or_default().to_owned();
         name.push(format!("-run-{run}.lock"));
         let path = self.path.with_file_name(name);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Io,
-                    format!("cannot open the run's lock file {}: {e}", path.display()),
-                )
-            })?;
-        match file.try_lock() {
-            Ok(()) => Ok(RunLock::new(file)),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::new(
-                StoreErrorKind::Locked,
-                format!(
-                    "run {run} is being driven by another engine (it holds {}); \
-                     wait for it to stop, or stop it",
-                    path.display()
-                ),
-            )),
-            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::new(
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::new(
                 StoreErrorKind::Io,
-                format!("cannot lock {}: {e}", path.display()),
-            )),
+                format!("cannot {what} the run's lock file {}: {e}", path.display()),
+            )
+        };
+        for _ in 0..100 {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io("open", e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Locked,
+                        format!(
+                            "run {run} is being driven by another engine (it holds {}); \
+                             wait for it to stop, or stop it",
+                            path.display()
+                        ),
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", e)),
+            }
+            let held = file.metadata().map_err(|e| io("read", e))?;
+            let named = std::fs::metadata(&path).ok();
+            if named.is_some_and(|m| (m.dev(), m.ino()) == (held.dev(), held.ino())) {
+                return Ok(RunLock::new(LockFile { path, file }));
+            }
+            // Removed by the holder before us while we opened it: again.
         }
+        Err(io(
+            "keep",
+            std::io::Error::other("it was removed or replaced 100 times while being locked"),
+        ))
     }
 
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {

@@ -214,3 +214,63 @@ async fn the_writer_counts_its_appends_commits_and_busy_time() {
     assert!((1..=32).contains(&st.commits()), "{}", st.commits());
     assert!(st.busy() > std::time::Duration::ZERO);
 }
+
+#[tokio::test]
+async fn a_run_lock_file_lives_as_long_as_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("state.db")).unwrap();
+    let run: orch_core::RunId = "r1".parse().unwrap();
+    let file = dir.path().join("state.db-run-r1.lock");
+    // A file left by a crashed holder locks nothing.
+    std::fs::write(&file, "").unwrap();
+    let held = store.lock_run(&run).await.unwrap();
+    assert!(file.exists());
+    let again = SqliteStore::open(dir.path().join("state.db")).unwrap();
+    let e = again.lock_run(&run).await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Locked);
+    assert!(e.message.contains("state.db-run-r1.lock"), "{e}");
+    drop(held);
+    assert!(!file.exists(), "let go, the file goes too");
+    // The next holder makes it again.
+    let next = again.lock_run(&run).await.unwrap();
+    assert!(file.exists());
+    drop(next);
+    assert!(!file.exists());
+}
+
+/// Holders that take and let go of one run's lock as fast as they can,
+/// each through its own store (its own file descriptions): never two at
+/// once, although each holder removes the file as it lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_lock_holders_never_overlap() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let holding = Arc::new(AtomicU32::new(0));
+    let taken = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = SqliteStore::open(dir.path().join("state.db")).unwrap();
+        let (holding, taken) = (holding.clone(), taken.clone());
+        tasks.push(tokio::spawn(async move {
+            let run: orch_core::RunId = "r1".parse().unwrap();
+            for _ in 0..300 {
+                match store.lock_run(&run).await {
+                    Ok(lock) => {
+                        assert_eq!(holding.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                        taken.fetch_add(1, Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        holding.fetch_sub(1, Ordering::SeqCst);
+                        drop(lock);
+                    }
+                    Err(e) => assert_eq!(e.kind, StoreErrorKind::Locked, "{e}"),
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(taken.load(Ordering::SeqCst) > 0);
+}
