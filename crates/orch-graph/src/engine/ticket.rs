@@ -282,13 +282,14 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             &prepared.path,
             &mut session,
         )
-        .instrument(span)
+        .instrument(span.clone())
         .await?;
+        // What the attempt came to is recorded in its span too.
         match outcome {
             Attempt::Interrupted => return Ok(End::Interrupted),
             Attempt::Passed => {
                 session = None;
-                pass(sh, out, &id, phase, attempt).await?;
+                pass(sh, out, &id, phase, attempt).instrument(span).await?;
                 i += 1;
             }
             Attempt::Failed {
@@ -301,6 +302,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
                     attempt,
                     feedback: fb,
                 }])
+                .instrument(span)
                 .await?;
                 hopeless = no_hope;
             }
