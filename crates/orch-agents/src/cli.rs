@@ -41,10 +41,14 @@ impl Default for AgentDefaults {
 }
 
 /// [`Agent::check`] of a command backend: its program can be started;
-/// `hint` (how to install it) follows the message when it cannot.
-fn check_argv(argv: &[String], hint: &str) -> Result<(), AgentError> {
-    process::check_program(argv.first().map_or("", String::as_str))
-        .map_err(|why| AgentError::new(AgentErrorKind::Spawn, format!("{why}{hint}")))
+/// `path` is the `PATH` it runs with when not ours; `hint` (how to
+/// install it) follows the message when it cannot.
+fn check_argv(argv: &[String], path: Option<&str>, hint: &str) -> Result<(), AgentError> {
+    process::check_program(
+        argv.first().map_or("", String::as_str),
+        path.map(AsRef::as_ref),
+    )
+    .map_err(|why| AgentError::new(AgentErrorKind::Spawn, format!("{why}{hint}")))
 }
 
 /// Maps how a process ended, when it did not run to the end, to an error.
@@ -215,7 +219,8 @@ impl Agent for CommandAgent {
     }
 
     fn check(&self, _: &RoleName) -> Result<(), AgentError> {
-        check_argv(&self.argv, "")
+        // Its own PATH, when its environment sets one, finds the program.
+        check_argv(&self.argv, self.env.get("PATH").map(String::as_str), "")
     }
 
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
@@ -362,6 +367,7 @@ impl Agent for ClaudeCodeAgent {
     fn check(&self, _: &RoleName) -> Result<(), AgentError> {
         check_argv(
             &self.argv,
+            None,
             " (install Claude Code: `npm install -g @anthropic-ai/claude-code`, or set the backend's `binary`)",
         )
     }
@@ -440,6 +446,7 @@ impl Agent for CodexAgent {
     fn check(&self, _: &RoleName) -> Result<(), AgentError> {
         check_argv(
             &self.argv,
+            None,
             " (install Codex: `npm install -g @openai/codex`, or set the backend's `binary`)",
         )
     }

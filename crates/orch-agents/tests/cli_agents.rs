@@ -425,6 +425,12 @@ fn check_names_a_missing_or_unusable_program_and_how_to_install_it() {
     assert_eq!(e.message, format!("{} does not exist", gone.display()));
     // Relative to the work tree, which may not exist before the run.
     command(&["./scripts/agent.sh"]).unwrap();
+    // Looked up on the PATH the agent's environment gives it.
+    let own_path = |path: &str| {
+        check(serde_json::json!({"kind": "command", "argv": ["agent"], "env": {"PATH": path}}))
+    };
+    own_path(d.path().to_str().unwrap()).unwrap();
+    assert!(own_path("/nonexistent").is_err());
 
     let e = check(serde_json::json!({"kind": "claude_code", "binary": "no-such-claude-orch"}))
         .unwrap_err();

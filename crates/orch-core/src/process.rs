@@ -458,20 +458,23 @@ pub async fn run_lines(
 
 /// Checks, before anything runs, that `program` (an argv's first element)
 /// can be started: a bare name must be an executable file in a directory
-/// of `PATH`, a path must be an executable file. A relative path with a
+/// of `search` (the `PATH` the command will run with; `None`: this
+/// process's), a path must be an executable file. A relative path with a
 /// `/` is resolved in the work tree when it runs, which may not exist yet,
 /// so it is not checked.
 ///
 /// ```
 /// use orch_core::process::check_program;
-/// assert!(check_program("sh").is_ok());
-/// let e = check_program("no-such-program-orch").unwrap_err();
+/// assert!(check_program("sh", None).is_ok());
+/// let e = check_program("no-such-program-orch", None).unwrap_err();
 /// assert_eq!(e, "no-such-program-orch is not installed or not on PATH");
+/// // Not on the PATH the command is given.
+/// assert!(check_program("sh", Some("/nonexistent".as_ref())).is_err());
 /// ```
 ///
 /// # Errors
 /// A message naming the program and what is wrong with it.
-pub fn check_program(program: &str) -> Result<(), String> {
+pub fn check_program(program: &str, search: Option<&std::ffi::OsStr>) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &std::path::Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -492,8 +495,10 @@ pub fn check_program(program: &str) -> Result<(), String> {
     if program.contains('/') {
         return Ok(());
     }
-    let found = std::env::var_os("PATH")
-        .is_some_and(|dirs| std::env::split_paths(&dirs).any(|d| executable(&d.join(program))));
+    let ours = std::env::var_os("PATH");
+    let found = search
+        .or(ours.as_deref())
+        .is_some_and(|dirs| std::env::split_paths(dirs).any(|d| executable(&d.join(program))));
     if found {
         Ok(())
     } else {
