@@ -1234,8 +1234,11 @@ async fn every_event_is_traced_in_the_spans_of_its_run_ticket_phase_and_attempt(
         })
         .with_ansi(false)
         .finish();
-    // (This thread only: the test's runtime runs every task on it.)
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Process-wide: tracing caches whether a call site is wanted across
+    // threads, and a subscriber for this thread alone loses events that
+    // other tests' threads reach first. Other tests' lines are left out
+    // below by their run's span.
+    tracing::subscriber::set_global_default(subscriber).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let agent =
         Arc::new(ScriptedAgent::new("s", writes()).on("A", "work", 1, Step::Fail("no".into())));
@@ -1246,7 +1249,12 @@ async fn every_event_is_traced_in_the_spans_of_its_run_ticket_phase_and_attempt(
         .await
         .unwrap();
     assert_eq!(report.outcome, RunOutcome::Completed);
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let all = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text: String = all
+        .lines()
+        .filter(|l| l.contains("run{run=traced plan=small}"))
+        .flat_map(|l| [l, "\n"])
+        .collect();
     // The retry of A: run, ticket, phase and attempt on the line.
     assert!(
         text.lines().any(|l| l
