@@ -1262,15 +1262,6 @@ async fn every_event_is_traced_in_the_spans_of_its_run_ticket_phase_and_attempt(
             && l.ends_with("event=\"agent_started\"")),
         "{text}"
     );
-    // The attempt's outcome in its span: failed first, passed on retry.
-    for (attempt, event) in [(1, "attempt_failed"), (2, "phase_passed")] {
-        let span = format!("ticket{{ticket=A}}:phase{{phase=work attempt={attempt}}}:");
-        assert!(
-            text.lines()
-                .any(|l| l.contains(&span) && l.ends_with(&format!("event=\"{event}\""))),
-            "{event} in {span}: {text}"
-        );
-    }
     // Each journal event once, by its name.
     let journal = journal(store.as_ref(), &run).await;
     let mut names: Vec<&str> = journal.iter().map(|e| e.event.kind.name()).collect();

@@ -282,14 +282,13 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             &prepared.path,
             &mut session,
         )
-        .instrument(span.clone())
+        .instrument(span)
         .await?;
-        // What the attempt came to is recorded in its span too.
         match outcome {
             Attempt::Interrupted => return Ok(End::Interrupted),
             Attempt::Passed => {
                 session = None;
-                pass(sh, out, &id, phase, attempt).instrument(span).await?;
+                pass(sh, out, &id, phase, attempt).await?;
                 i += 1;
             }
             Attempt::Failed {
@@ -302,7 +301,6 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
                     attempt,
                     feedback: fb,
                 }])
-                .instrument(span)
                 .await?;
                 hopeless = no_hope;
             }
