@@ -86,6 +86,11 @@ pub(crate) fn split(url: &str) -> Result<(Cow<'_, str>, Settings), String> {
         let mut kept = Vec::new();
         for word in url.split_whitespace() {
             let (k, v) = word.split_once('=').unwrap_or((word, ""));
+            if matches!(k, "sslmode" | "sslrootcert") && v.starts_with('\'') {
+                return Err(format!(
+                    "write {k}=VALUE as one word without quotes or spaces, or use a postgres:// URL"
+                ));
+            }
             if !take(k, v)? {
                 kept.push(word);
             }
@@ -340,6 +345,14 @@ mod tests {
         assert_eq!(rest, "postgres://u@h/db");
         let e = split("postgres://u@h/db?sslmode=verify-ca").unwrap_err();
         assert!(e.contains("verify-ca is not supported"), "{e}");
+        let e = split("host=h sslrootcert='/my certs/ca.pem' sslmode=verify-full").unwrap_err();
+        assert!(e.contains("without quotes"), "{e}");
+        // Spaces around `=` are tokio-postgres' to read, as before.
+        let (rest, s) = split("host=h sslmode = require").unwrap();
+        assert_eq!(
+            (rest.as_ref(), s),
+            ("host=h sslmode = require", Settings::default())
+        );
         let e = split("postgres://u@h/db?sslrootcert=/ca.pem").unwrap_err();
         assert!(e.contains("only used with sslmode=verify-full"), "{e}");
     }
