@@ -14,9 +14,8 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, Statement};
 
-use crate::pg_tls::{self, MakeRustls};
-
 use crate::codec::{Encoded, conflict, decode, encode};
+use crate::pg_tls::{self, MakeRustls};
 
 /// The schema version this build writes in PostgreSQL (counted apart from
 /// the SQLite file's [`SCHEMA_VERSION`](crate::SCHEMA_VERSION)). Version
