@@ -37,6 +37,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use orch_core::{Cancellation, Decision, Plan, RunOutcome, StateStore};
@@ -233,6 +234,28 @@ async fn journal(
     })
 }
 
+/// Records the run in `run.json` once the engine has it (its `RunStarted`
+/// is durable): a command the engine refuses (another `orch` drives the
+/// run, the plan changed) leaves the record as it was.
+struct Record {
+    info: RunInfo,
+    dir: PathBuf,
+    done: AtomicBool,
+}
+
+impl orch_graph::Observer for Record {
+    fn event(&self, event: &orch_core::Event, _: &orch_core::RunState) {
+        if matches!(event.kind, orch_core::EventKind::RunStarted { .. })
+            && !self.done.swap(true, Ordering::SeqCst)
+            && let Err(e) = self.info.save(&self.dir)
+        {
+            eprintln!(
+                "warning: the run goes on, but cannot be recorded for `orch resume`/`status`/`decide`: {e}"
+            );
+        }
+    }
+}
+
 /// Runs (or resumes) `info` until it stops; `fresh` for `orch run`.
 fn execute(
     mut info: RunInfo,
@@ -255,11 +278,14 @@ fn execute(
     setup.workspace()?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
     let store = rt.block_on(journal(&mut info, &state_dir, url, fresh))?;
-    let engine = setup.engine(store)?;
+    let engine = setup.engine(store)?.observe(Arc::new(Record {
+        info: info.clone(),
+        dir: state_dir.clone(),
+        done: AtomicBool::new(false),
+    }));
     // Refuse gates that cannot be built and agents that cannot run (a
     // CLI not installed) before the run is recorded.
     engine.check().map_err(|e| Fail(2, e.to_string()))?;
-    info.save(&state_dir)?;
     rt.block_on(async move {
         let cancel = Cancellation::new();
         let on_signal = cancel.clone();

@@ -599,12 +599,35 @@ fn a_second_orch_on_a_running_run_is_refused_and_changes_nothing() {
     let s = crash_setup();
     let mut child = start_until(&s, "agent-A-build");
     let before = journal(&s);
+    let record = std::fs::read(s.state.join("run.json")).unwrap();
     let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
     assert_eq!(code, 7, "{text}");
     assert!(
         text.contains("run crashy is being driven by another engine")
             && text.contains("state.db-run-crashy.lock"),
         "{text}"
+    );
+    // Nor may `orch run` of the same run id, with other options.
+    let (code, text) = output(
+        orch()
+            .args([
+                "run",
+                s.plan.to_str().unwrap(),
+                "--run",
+                RUN,
+                "--concurrency",
+                "1",
+            ])
+            .arg("--repo")
+            .arg(&s.repo)
+            .arg("--state")
+            .arg(&s.state),
+    );
+    assert_eq!(code, 7, "{text}");
+    assert_eq!(
+        std::fs::read(s.state.join("run.json")).unwrap(),
+        record,
+        "run.json is left as the running orch wrote it"
     );
     // It wrote nothing: the journal only grew by the first run's events.
     let after = journal(&s);
