@@ -61,7 +61,7 @@ fn process_error(out: &Output, program: &str) -> Option<AgentError> {
         Exit::NotFound(p) => {
             return Some(AgentError::new(
                 AgentErrorKind::Spawn,
-                format!("{p} is not installed or not on PATH"),
+                process::not_installed(p),
             ));
         }
         Exit::SpawnFailed(e) => (AgentErrorKind::Spawn, e.clone()),

@@ -502,8 +502,14 @@ pub fn check_program(program: &str, search: Option<&std::ffi::OsStr>) -> Result<
     if found {
         Ok(())
     } else {
-        Err(format!("{program} is not installed or not on PATH"))
+        Err(not_installed(program))
     }
+}
+
+/// What to say about a program that cannot be found, the same before a
+/// run ([`check_program`]) as when starting it fails.
+pub fn not_installed(program: &str) -> String {
+    format!("{program} is not installed or not on PATH")
 }
 
 #[cfg(test)]

@@ -393,16 +393,15 @@ impl Engine {
             work.clone(),
         ));
         let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
-        span.in_scope(|| tracing::info!(event = "run_started", resumed));
-        journal
-            .append(vec![Event::now(EventKind::RunStarted {
-                run: run.clone(),
-                plan: self.plan.name.clone(),
-                fingerprint: fingerprint.clone(),
-                resumed,
-                parts: parts.clone(),
-            })])
-            .await?;
+        let started = EventKind::RunStarted {
+            run: run.clone(),
+            plan: self.plan.name.clone(),
+            fingerprint: fingerprint.clone(),
+            resumed,
+            parts: parts.clone(),
+        };
+        span.in_scope(|| tracing::info!(event = started.name(), resumed));
+        journal.append(vec![Event::now(started)]).await?;
         let agent_ctx = AgentContext {
             cancel: work.clone(),
             progress: Arc::new({
