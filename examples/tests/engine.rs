@@ -776,6 +776,91 @@ async fn a_failing_store_stops_the_run_with_the_error() {
     assert_eq!(state.count(TicketStatus::Done), 0);
 }
 
+/// A memory store whose run lock can be lost while held, as a lock held
+/// by a database connection is when that connection goes: the test
+/// cancels `gone`.
+struct Losable {
+    inner: MemoryStore,
+    gone: Cancellation,
+}
+
+#[async_trait]
+impl StateStore for Losable {
+    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        self.inner.append(run, events).await
+    }
+    async fn read(
+        &self,
+        run: &RunId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.read(run, after, limit).await
+    }
+    async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
+        self.inner.runs().await
+    }
+    async fn lock_run(&self, run: &RunId) -> Result<orch_core::RunLock, StoreError> {
+        let lock = self.inner.lock_run(run).await?;
+        Ok(lock.lost_on(self.gone.clone(), "its connection closed"))
+    }
+}
+
+#[tokio::test]
+async fn a_lost_run_lock_stops_the_run_and_nothing_more_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = small_plan("[policy]\nmax_concurrency = 1");
+    let agent = Arc::new(HangOnce {
+        started: Arc::new(tokio::sync::Notify::new()),
+        calls: AtomicU32::new(0),
+    });
+    let store = Arc::new(Losable {
+        inner: MemoryStore::new(),
+        gone: Cancellation::new(),
+    });
+    let run = run_id("r");
+    let e = engine(plan, agent.clone(), store.clone(), dir.path());
+    let before = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lose = {
+        let (started, store, run, before) = (
+            agent.started.clone(),
+            store.clone(),
+            run.clone(),
+            before.clone(),
+        );
+        async move {
+            // The first agent is working: the lock goes.
+            started.notified().await;
+            *before.lock().unwrap() = journal(&store.inner, &run).await;
+            store.gone.cancel();
+        }
+    };
+    let (result, ()) = tokio::join!(e.run(&run, Cancellation::new()), lose);
+    match result {
+        Err(EngineError::Store(e)) => {
+            assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+            assert!(
+                e.message.contains("lock was lost (its connection closed)"),
+                "{e}"
+            );
+        }
+        other => panic!("the run must stop with the loss: {other:?}"),
+    }
+    // The working agent was stopped, and nothing was written after the
+    // loss: not its end, not the run's.
+    assert_eq!(agent.calls.load(Ordering::SeqCst), 1);
+    let after = journal(&store.inner, &run).await;
+    let before = before.lock().unwrap().clone();
+    assert!(
+        matches!(
+            before.last().map(|e| &e.event.kind),
+            Some(EventKind::AgentStarted { .. })
+        ),
+        "{before:#?}"
+    );
+    assert_eq!(after, before);
+}
+
 /// Fails its first attempt; records the session each attempt was given.
 struct Sessions(std::sync::Mutex<Vec<(u32, Option<String>)>>);
 

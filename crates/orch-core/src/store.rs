@@ -206,9 +206,30 @@ pub trait StateStore: Send + Sync {
 
 /// Proof that one driver has a run: see [`StateStore::lock_run`]. The run
 /// is free again when this is dropped.
+///
+/// A lock held through a connection (PostgreSQL's advisory locks) can be
+/// lost while it is held, when that connection goes; a store says so with
+/// [`RunLock::lost_on`], and the holder hears of it through
+/// [`RunLock::lost`] (the engine stops the run, since another engine may
+/// take it from then on).
+///
+/// ```
+/// use orch_core::{Cancellation, RunLock, StoreErrorKind};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let gone = Cancellation::new();
+/// let lock = RunLock::new(()).lost_on(gone.clone(), "the database connection closed");
+/// assert!(lock.can_be_lost());
+/// gone.cancel(); // what the store does when the connection goes
+/// let e = lock.lost().await;
+/// assert_eq!(e.kind, StoreErrorKind::Unavailable);
+/// assert!(e.message.contains("the database connection closed"), "{e}");
+/// # });
+/// ```
 #[must_use = "the run is free again as soon as the lock is dropped"]
 pub struct RunLock {
     held: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Cancelled by the store when the lock is lost while held, and why.
+    lost: Option<(crate::Cancellation, String)>,
 }
 
 impl RunLock {
@@ -217,17 +238,52 @@ impl RunLock {
     pub fn new(held: impl std::any::Any + Send + Sync) -> Self {
         RunLock {
             held: Some(Box::new(held)),
+            lost: None,
         }
     }
 
     /// A lock that excludes no one (stores used by one driver only).
     pub fn unguarded() -> Self {
-        RunLock { held: None }
+        RunLock {
+            held: None,
+            lost: None,
+        }
+    }
+
+    /// This lock can be lost while held: the store cancels `signal` when
+    /// it is (the connection that holds it closed), `why` saying how.
+    pub fn lost_on(mut self, signal: crate::Cancellation, why: impl Into<String>) -> Self {
+        self.lost = Some((signal, why.into()));
+        self
     }
 
     /// Whether this lock excludes other drivers.
     pub fn is_guarded(&self) -> bool {
         self.held.is_some()
+    }
+
+    /// Whether this lock can be lost while held ([`RunLock::lost_on`]).
+    pub fn can_be_lost(&self) -> bool {
+        self.lost.is_some()
+    }
+
+    /// Completes when the lock is lost while held, with an error of kind
+    /// [`StoreErrorKind::Unavailable`] saying how; never, for a lock that
+    /// cannot be lost.
+    pub async fn lost(&self) -> StoreError {
+        match &self.lost {
+            Some((signal, why)) => {
+                signal.cancelled().await;
+                StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    format!(
+                        "the run's lock was lost ({why}); another engine may drive the run \
+                         from now on, so this one stops"
+                    ),
+                )
+            }
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -235,6 +291,7 @@ impl std::fmt::Debug for RunLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunLock")
             .field("guarded", &self.is_guarded())
+            .field("can_be_lost", &self.can_be_lost())
             .finish()
     }
 }

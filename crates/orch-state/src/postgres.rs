@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use orch_core::{
-    Event, EventId, Lease, RunId, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent,
-    TicketId, TicketLeases, Timestamp,
+    Cancellation, Event, EventId, Lease, RunId, RunLock, StateStore, StoreError, StoreErrorKind,
+    StoredEvent, TicketId, TicketLeases, Timestamp,
 };
 use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
@@ -261,14 +261,27 @@ impl PgStore {
 
     /// A new connection, and the task that drives it.
     async fn session(&self) -> Result<(Client, Driver), StoreError> {
-        let (client, connection) = self
-            .config
+        self.session_with(&self.config, None).await
+    }
+
+    /// A new connection made with `config`, and the task that drives it,
+    /// which cancels `ended` if the connection ends while it is driven
+    /// (the server closed it, the network failed).
+    async fn session_with(
+        &self,
+        config: &Config,
+        ended: Option<Cancellation>,
+    ) -> Result<(Client, Driver), StoreError> {
+        let (client, connection) = config
             .connect(self.tls.clone())
             .await
             .map_err(|e| self.err(&e))?;
         let driver = tokio::spawn(async move {
             // Its error reaches the caller through the client's next call.
             let _ = connection.await;
+            if let Some(ended) = ended {
+                ended.cancel();
+            }
         });
         Ok((client, Driver(driver)))
     }
@@ -612,12 +625,27 @@ impl StateStore for PgStore {
     }
 
     /// The run's lock is a PostgreSQL session advisory lock, keyed by the
-    /// schema and the run, held by a connection of its own: the server
-    /// frees it when that connection closes (the lock dropped, the holder's
-    /// process gone). If that connection is lost while the run goes on, the
-    /// lock is gone with it and the engine is not told.
+    /// schema and the run, held by a connection of its own (named `orch
+    /// run <run>` in `pg_stat_activity`): the server frees it when that
+    /// connection closes (the lock dropped, the holder's process gone).
+    /// If that connection is lost while the run goes on, the lock is gone
+    /// with it, and [`RunLock::lost`] says so (the engine stops the run);
+    /// TCP keepalives (probes after 30 s idle, every 10 s, 3 tries) notice
+    /// a server or network that went silent within about a minute.
     async fn lock_run(&self, run: &RunId) -> Result<RunLock, StoreError> {
-        let (client, driver) = self.session().await?;
+        let mut config = self.config.clone();
+        let name = match config.get_application_name() {
+            Some(own) => format!("{own} (orch run {run})"),
+            None => format!("orch run {run}"),
+        };
+        config
+            .application_name(&name)
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(30))
+            .keepalives_interval(std::time::Duration::from_secs(10))
+            .keepalives_retries(3);
+        let ended = Cancellation::new();
+        let (client, driver) = self.session_with(&config, Some(ended.clone())).await?;
         let got: bool = client
             .query_one(
                 "SELECT pg_try_advisory_lock(hashtext('orch/' || s || '/' || $1),
@@ -630,7 +658,8 @@ impl StateStore for PgStore {
             .try_get(0)
             .map_err(|e| self.err(&e))?;
         if got {
-            Ok(RunLock::new((client, driver)))
+            let why = format!("the connection to {} that held it closed", self.name);
+            Ok(RunLock::new((client, driver)).lost_on(ended, why))
         } else {
             Err(StoreError::new(
                 StoreErrorKind::Locked,

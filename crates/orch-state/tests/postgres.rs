@@ -411,6 +411,46 @@ async fn a_lost_connection_is_made_again() {
     db.drop().await;
 }
 
+/// The connection that holds a run's lock is lost: the lock says so
+/// (the engine stops the run on it), and the run is free again.
+#[tokio::test]
+async fn a_lost_lock_connection_is_reported_and_frees_the_run() {
+    let Some(db) = Scratch::new("a_lost_lock_connection_is_reported_and_frees_the_run").await
+    else {
+        return;
+    };
+    let store = db.store().await;
+    let run: orch_core::RunId = "r".parse().unwrap();
+    let lock = store.lock_run(&run).await.unwrap();
+    assert!(lock.can_be_lost());
+    let refused = store.lock_run(&run).await.unwrap_err();
+    assert_eq!(refused.kind, StoreErrorKind::Locked, "{refused}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), lock.lost())
+            .await
+            .is_err(),
+        "not lost while its connection lives"
+    );
+    // The lock's connection is named after the store's and the run.
+    let killed = db
+        .sql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = '{} (orch run r)'",
+            db.schema
+        ))
+        .await;
+    assert_eq!(killed.len(), 1, "the lock had one connection");
+    let lost = tokio::time::timeout(Duration::from_secs(10), lock.lost())
+        .await
+        .expect("the loss is reported");
+    assert_eq!(lost.kind, StoreErrorKind::Unavailable, "{lost}");
+    assert!(lost.message.contains("that held it closed"), "{lost}");
+    // The server freed it: another holder gets the run.
+    let again = store.lock_run(&run).await.unwrap();
+    drop((again, lock));
+    db.drop().await;
+}
+
 /// An append dropped half-way (its caller cancelled) leaves no
 /// transaction open on the server: its connection goes, the next call
 /// connects again and finds the journal whole.

@@ -28,6 +28,9 @@ pub(crate) struct Journal {
     budget_hit: AtomicBool,
     /// Cancelled when the budget is spent: running work stops.
     work: Cancellation,
+    /// Set when the run's lock is lost: every append fails with it from
+    /// then on, since another engine may be driving the run.
+    refused: std::sync::OnceLock<StoreError>,
 }
 
 struct Inner {
@@ -98,6 +101,20 @@ impl Journal {
             budget,
             budget_hit: AtomicBool::new(false),
             work,
+            refused: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Fails every append from now on with `e`.
+    pub(crate) fn refuse(&self, e: StoreError) {
+        let _ = self.refused.set(e);
+    }
+
+    /// The store, unless appends are refused.
+    fn store(&self) -> Result<&dyn StateStore, StoreError> {
+        match self.refused.get() {
+            Some(e) => Err(e.clone()),
+            None => Ok(&*self.store),
         }
     }
 
@@ -107,7 +124,7 @@ impl Journal {
 
     /// Appends `events` durably, then folds them.
     pub(crate) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        let seqs = self.store.append(&self.run, &events).await?;
+        let seqs = self.store()?.append(&self.run, &events).await?;
         self.absorb(seqs.into_iter().zip(events));
         Ok(())
     }
@@ -165,7 +182,10 @@ impl Journal {
             }
             (group, std::mem::take(&mut g.waiting))
         };
-        let written = self.store.append(&self.run, &group).await;
+        let written = match self.store() {
+            Ok(store) => store.append(&self.run, &group).await,
+            Err(e) => Err(e),
+        };
         // The next group goes to the store first, so that it is written
         // while this one is folded and its tickets go on.
         drop(writing);

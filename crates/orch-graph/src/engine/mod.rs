@@ -358,7 +358,7 @@ impl Engine {
         // One driver per run: held until this returns, so a second engine
         // (another `orch resume`, say) is refused before it reads or
         // writes anything, instead of carrying the same tickets again.
-        let _lock = self.store.lock_run(run).await?;
+        let lock = self.store.lock_run(run).await?;
         let mut state = self.store.state(run).await?;
         // Every ticket gets an entry, and an agent record per phase at
         // least: room for them now, not rehashing as the run goes.
@@ -421,7 +421,7 @@ impl Engine {
             work,
         });
         let mut d = Dispatcher::new(self, shared, tx);
-        d.run(rx, drx, cancel).instrument(span).await
+        d.run(rx, drx, cancel, &lock).instrument(span).await
     }
 }
 
@@ -898,7 +898,11 @@ impl Dispatcher {
         mut rx: mpsc::UnboundedReceiver<Msg>,
         mut decisions: mpsc::UnboundedReceiver<TicketId>,
         cancel: Cancellation,
+        lock: &orch_core::RunLock,
     ) -> Result<RunReport, EngineError> {
+        // Watched only where it can be lost (a lock held by a database
+        // connection): no cost per turn of the loop otherwise.
+        let mut watch_lock = lock.can_be_lost();
         self.restore().await;
         if let Some(why) = self
             .shared
@@ -960,6 +964,16 @@ impl Dispatcher {
                 () = cancel.cancelled(), if self.stop.is_none() => {
                     tracing::warn!("cancelled; stopping running agents");
                     self.halt(RunOutcome::Cancelled);
+                }
+                e = lock.lost(), if watch_lock => {
+                    // Another engine may take the run from now on: stop as
+                    // for a failed store, and write nothing more (the
+                    // stopped agents' ends included).
+                    watch_lock = false;
+                    self.shared.journal.refuse(e.clone());
+                    if self.fatal.is_none() {
+                        self.fail_store(e);
+                    }
                 }
             }
             if self.stop.is_none()
