@@ -274,8 +274,11 @@ fn execute(
     let mut setup = Setup::new(plan, &info.repo, &state_dir, agent);
     setup.concurrency = info.concurrency;
     setup.allow_plan_change = allow_plan_change;
-    // Refuse a directory that is not a repository before anything is written.
+    // Refuse a directory that is not a repository, gates that cannot be
+    // built and agents that cannot run (a CLI not installed) before
+    // anything is written, the state directory included.
     setup.workspace()?;
+    setup.check()?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
     let store = rt.block_on(journal(&mut info, &state_dir, url, fresh))?;
     let engine = setup.engine(store)?.observe(Arc::new(Record {
@@ -283,9 +286,6 @@ fn execute(
         dir: state_dir.clone(),
         done: AtomicBool::new(false),
     }));
-    // Refuse gates that cannot be built and agents that cannot run (a
-    // CLI not installed) before the run is recorded.
-    engine.check().map_err(|e| Fail(2, e.to_string()))?;
     rt.block_on(async move {
         let cancel = Cancellation::new();
         let on_signal = cancel.clone();

@@ -331,8 +331,9 @@ effort = "1h"
         text.contains("role dev: no-such-agent-orch is not installed or not on PATH"),
         "{text}"
     );
-    // No run was recorded: there is nothing to resume.
-    assert!(!state.join("run.json").exists());
+    // Nothing was written, not even the state directory: there is
+    // nothing to resume.
+    assert!(!state.exists());
     let (code, text) = output(orch().args(["status", "--state"]).arg(&state));
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("no run in"), "{text}");
