@@ -179,7 +179,9 @@ impl Setup {
     /// The engine's refusal ([`orch_graph::EngineError::Gate`] or
     /// [`orch_graph::EngineError::Agents`]), or what [`Setup::engine`] refuses.
     pub fn check(&self) -> Result<(), Error> {
-        Ok(self.build(Arc::new(orch_state::MemoryStore::new()))?.check()?)
+        Ok(self
+            .build(Arc::new(orch_state::MemoryStore::new()))?
+            .check()?)
     }
 
     fn build(&self, store: Arc<dyn StateStore>) -> Result<Engine, Error> {

@@ -6,11 +6,17 @@
 //!   (`require`: or fail). Like libpq, these encrypt without checking who
 //!   the server is (the server's signature over the handshake is checked,
 //!   its certificate is not).
-//! * `verify-full`: TLS, and the server's certificate must chain to a
-//!   trusted root and name the host connected to. The roots are the
-//!   system's, or the certificates in the PEM file `sslrootcert` names.
+//! * `verify-ca`: TLS, and the server's certificate must chain to a
+//!   trusted root (whatever host it names).
+//! * `verify-full`: as `verify-ca`, and the certificate must also name the
+//!   host connected to.
 //!
-//! tokio-postgres parses neither `verify-full` nor `sslrootcert`, so they
+//! The roots are the system's, or the certificates in the PEM file
+//! `sslrootcert` names. Under either verify mode the connection is TLS or
+//! nothing: a server (or someone in between) answering that it has no TLS
+//! is refused, not talked to in plain text.
+//!
+//! tokio-postgres parses neither verify mode nor `sslrootcert`, so they
 //! are taken out of the connection string here first.
 
 use std::borrow::Cow;
@@ -25,39 +31,45 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
+/// How much of the server's certificate is checked.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verify {
+    /// Nothing (`prefer`, `require`, `disable`).
+    #[default]
+    No,
+    /// That it chains to a trusted root (`verify-ca`).
+    Chain,
+    /// That, and that it names the host (`verify-full`).
+    Full,
+}
+
 /// The TLS settings orch reads itself from a connection string.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct Settings {
-    /// `sslmode=verify-full`.
-    pub(crate) verify: bool,
+    /// `sslmode=verify-ca` or `verify-full`.
+    pub(crate) verify: Verify,
     /// `sslrootcert`: the roots to trust instead of the system's.
     pub(crate) root_cert: Option<PathBuf>,
 }
 
-/// Takes `sslmode=verify-full` and `sslrootcert=...` out of `url` (a
-/// `postgres://` URL's query, or a key-value string's unquoted
+/// Takes `sslmode=verify-ca`/`verify-full` and `sslrootcert=...` out of
+/// `url` (a `postgres://` URL's query, or a key-value string's unquoted
 /// `key=value` words); returns the rest, for tokio-postgres, and them.
 ///
 /// # Errors
-/// `verify-ca` (not supported: it would check the chain but not the
-/// name), or `sslrootcert` without `verify-full` (libpq would then verify
-/// the chain only; say which you mean).
+/// A quoted value of either, or `sslrootcert` without a verify mode (libpq
+/// would verify the chain under `require` then; say which you mean).
 pub(crate) fn split(url: &str) -> Result<(Cow<'_, str>, Settings), String> {
     let mut s = Settings::default();
     let mut take = |key: &str, value: &str| -> Result<bool, String> {
         match (key, value) {
-            ("sslmode", "verify-full") => s.verify = true,
-            ("sslmode", "verify-ca") => {
-                return Err(
-                    "sslmode=verify-ca is not supported; use verify-full (which also \
-                            checks the host name) or require"
-                        .into(),
-                );
-            }
+            ("sslmode", "verify-full") => s.verify = Verify::Full,
+            ("sslmode", "verify-ca") => s.verify = Verify::Chain,
             ("sslrootcert", v) if v != "system" => s.root_cert = Some(PathBuf::from(v)),
             ("sslrootcert", _) => {}
             _ => return Ok(false),
@@ -97,9 +109,10 @@ pub(crate) fn split(url: &str) -> Result<(Cow<'_, str>, Settings), String> {
         }
         Cow::Owned(kept.join(" "))
     };
-    if s.root_cert.is_some() && !s.verify {
+    if s.root_cert.is_some() && s.verify == Verify::No {
         return Err(
-            "sslrootcert is only used with sslmode=verify-full here (add it, or drop sslrootcert)"
+            "sslrootcert is only used with sslmode=verify-ca or verify-full here \
+                    (add one, or drop sslrootcert)"
                 .into(),
         );
     }
@@ -144,57 +157,87 @@ pub(crate) fn connector(settings: &Settings) -> Result<MakeRustls, String> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up: {e}"))?;
-    let config = if settings.verify {
-        let mut roots = RootCertStore::empty();
-        match &settings.root_cert {
-            Some(path) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(format!(
-                        "sslrootcert {}: no usable certificate in it",
-                        path.display()
-                    ));
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(found.certs);
-                if roots.is_empty() {
-                    return Err(
-                        "sslmode=verify-full: no trusted root certificates found on \
-                                this system; name a file with sslrootcert"
-                            .into(),
-                    );
-                }
-            }
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
-        builder
+    let config = match settings.verify {
+        Verify::Full => builder
+            .with_root_certificates(roots(settings)?)
+            .with_no_client_auth(),
+        Verify::Chain => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-            .with_no_client_auth()
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                provider,
+                roots: Some(Arc::new(roots(settings)?)),
+            }))
+            .with_no_client_auth(),
+        Verify::No => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                provider,
+                roots: None,
+            }))
+            .with_no_client_auth(),
     };
     Ok(MakeRustls(Arc::new(config)))
 }
 
-/// `prefer`/`require`: any certificate, but the handshake must be signed
-/// by its key.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
+/// The roots a verify mode trusts: `sslrootcert`'s, or the system's.
+fn roots(settings: &Settings) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    match &settings.root_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!(
+                    "sslrootcert {}: no usable certificate in it",
+                    path.display()
+                ));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(
+                    "sslmode=verify-ca/verify-full: no trusted root certificates \
+                            found on this system; name a file with sslrootcert"
+                        .into(),
+                );
+            }
+        }
+    }
+    Ok(roots)
+}
 
-impl ServerCertVerifier for Unverified {
+/// Checks the server's certificate for `prefer`/`require` (any
+/// certificate) and `verify-ca` (one that chains to `roots`, whatever it
+/// names); either way the handshake must be signed by its key.
+/// (`verify-full` uses rustls' own verifier.)
+#[derive(Debug)]
+struct Verifier {
+    provider: Arc<CryptoProvider>,
+    roots: Option<Arc<RootCertStore>>,
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _: &ServerName<'_>,
         _: &[u8],
-        _: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &ParsedCertificate::try_from(end_entity)?,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -208,7 +251,7 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -222,12 +265,14 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -325,7 +370,7 @@ mod tests {
         assert_eq!(
             s,
             Settings {
-                verify: true,
+                verify: Verify::Full,
                 root_cert: Some("/tmp/ca.pem".into())
             }
         );
@@ -334,7 +379,7 @@ mod tests {
         assert_eq!(
             s,
             Settings {
-                verify: true,
+                verify: Verify::Full,
                 root_cert: None
             }
         );
@@ -343,8 +388,15 @@ mod tests {
         assert_eq!(s, Settings::default());
         let (rest, _) = split("postgres://u@h/db?sslmode=verify-full").unwrap();
         assert_eq!(rest, "postgres://u@h/db");
-        let e = split("postgres://u@h/db?sslmode=verify-ca").unwrap_err();
-        assert!(e.contains("verify-ca is not supported"), "{e}");
+        let (rest, s) = split("postgres://u@h/db?sslrootcert=ca.pem&sslmode=verify-ca").unwrap();
+        assert_eq!(rest, "postgres://u@h/db");
+        assert_eq!(
+            s,
+            Settings {
+                verify: Verify::Chain,
+                root_cert: Some("ca.pem".into())
+            }
+        );
         let e = split("host=h sslrootcert='/my certs/ca.pem' sslmode=verify-full").unwrap_err();
         assert!(e.contains("without quotes"), "{e}");
         // Spaces around `=` are tokio-postgres' to read, as before.
@@ -354,6 +406,9 @@ mod tests {
             ("host=h sslmode = require", Settings::default())
         );
         let e = split("postgres://u@h/db?sslrootcert=/ca.pem").unwrap_err();
-        assert!(e.contains("only used with sslmode=verify-full"), "{e}");
+        assert!(
+            e.contains("only used with sslmode=verify-ca or verify-full"),
+            "{e}"
+        );
     }
 }

@@ -92,11 +92,11 @@ const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
 /// plain TCP; `prefer` (the default) and `require` encrypt without
 /// checking who the server is (the handshake's signature is checked, the
 /// certificate is not), `require` failing when the server offers no TLS;
-/// `verify-full` also checks that the server's certificate chains to the
+/// `verify-ca` also checks that the server's certificate chains to the
 /// system's roots, or to those in the PEM file `sslrootcert` names, and
-/// names the host. `verify-ca` is refused (it would not check the name).
-/// A certificate the handshake refuses is an [`StoreErrorKind::Io`]
-/// error, not retryable.
+/// `verify-full` that it names the host too; under these two a server
+/// that offers no TLS is refused. A certificate the handshake refuses is
+/// an [`StoreErrorKind::Io`] error, not retryable.
 ///
 /// It also implements [`TicketLeases`], so workers on several machines can
 /// share out a run's tickets; lease times are the server's clock, so the
@@ -211,7 +211,12 @@ impl PgStore {
             )
         };
         let (rest, tls) = pg_tls::split(url).map_err(|e| unusable(&e))?;
-        let config: Config = rest.parse().map_err(|e| unusable(&e))?;
+        let mut config: Config = rest.parse().map_err(|e| unusable(&e))?;
+        if tls.verify != pg_tls::Verify::No {
+            // TLS or nothing: under `prefer` a server answering that it
+            // has no TLS would be talked to in plain text, unchecked.
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         Ok(PgStore {
             name: describe(&config),
             tls: pg_tls::connector(&tls).map_err(|e| unusable(&e))?,

@@ -607,6 +607,26 @@ async fn connections_use_tls_as_sslmode_says() {
         assert_eq!(e.kind, StoreErrorKind::Io, "{e}");
         assert!(e.message.contains("UnknownIssuer"), "{e}");
     }
+    // verify-ca: the same root vouches for the certificate whatever host
+    // it names, so 127.0.0.1 is accepted; the public CAs still do not.
+    let app = format!("{}_ca", db.schema);
+    let store = PgStore::connect(&format!(
+        "{url}&sslmode=verify-ca&sslrootcert={root}&application_name={app}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(store.read(&run, 0, 10).await.unwrap().len(), 4);
+    assert_eq!(tls_of(&db, &app).await, [true]);
+    if std::path::Path::new(public).exists() {
+        let e = PgStore::connect(&format!(
+            "{url}&sslmode=verify-ca&sslrootcert={}",
+            public.replace('/', "%2F")
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Io, "{e}");
+        assert!(e.message.contains("UnknownIssuer"), "{e}");
+    }
     // A root file that is not there.
     let e = PgStore::new(&format!(
         "{url}&sslmode=verify-full&sslrootcert=/nonexistent.pem"
@@ -614,4 +634,38 @@ async fn connections_use_tls_as_sslmode_says() {
     .unwrap_err();
     assert!(e.message.contains("sslrootcert /nonexistent.pem"), "{e}");
     db.drop().await;
+}
+
+/// Under a verify mode, a server (or someone in between) that answers the
+/// TLS request with "no TLS" is refused: nothing is sent in plain text.
+/// (A stand-in server on a local port; no database needed.)
+#[tokio::test]
+async fn verify_modes_never_fall_back_to_plain_text() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for mode in ["verify-ca", "verify-full"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 8];
+            sock.read_exact(&mut request).await.unwrap();
+            sock.write_all(b"N").await.unwrap();
+            // What follows: the client hangs up, or (wrongly) starts up
+            // in plain text.
+            let mut after = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut after)).await;
+            (request, after)
+        });
+        let e = PgStore::connect(&format!(
+            "postgres://someone@127.0.0.1:{port}/db?sslmode={mode}"
+        ))
+        .await
+        .unwrap_err();
+        let (request, after) = server.await.unwrap();
+        // An SSLRequest (length 8, code 80877103), then nothing.
+        assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47], "{mode}");
+        assert!(after.is_empty(), "{mode}: sent in plain text: {after:?}");
+        assert!(e.message.contains("TLS"), "{mode}: {e}");
+    }
 }
