@@ -636,7 +636,8 @@ impl StateStore for PgStore {
     /// If that connection is lost while the run goes on, the lock is gone
     /// with it, and [`RunLock::lost`] says so (the engine stops the run);
     /// TCP keepalives (probes after 30 s idle, every 10 s, 3 tries) notice
-    /// a server or network that went silent within about a minute.
+    /// a server or network that went silent within about a minute, and the
+    /// server's `idle_session_timeout` is off for that connection.
     async fn lock_run(&self, run: &RunId) -> Result<RunLock, StoreError> {
         let mut config = self.config.clone();
         let name = match config.get_application_name() {
@@ -651,6 +652,11 @@ impl StateStore for PgStore {
             .keepalives_retries(3);
         let ended = Cancellation::new();
         let (client, driver) = self.session_with(&config, Some(ended.clone())).await?;
+        // This connection idles for the whole run: a server-side
+        // `idle_session_timeout` (PostgreSQL 14 on) would close it and so
+        // lose the lock mid-run. Not for this session (older servers have
+        // no such setting, and say so; that is fine).
+        let _ = client.batch_execute("SET idle_session_timeout = 0").await;
         let got: bool = client
             .query_one(
                 "SELECT pg_try_advisory_lock(hashtext('orch/' || s || '/' || $1),

@@ -451,6 +451,36 @@ async fn a_lost_lock_connection_is_reported_and_frees_the_run() {
     db.drop().await;
 }
 
+/// A server that closes idle sessions (`idle_session_timeout`, set here
+/// for the store's connections) does not close the one holding the lock,
+/// which idles for the whole run.
+#[tokio::test]
+async fn an_idle_session_timeout_does_not_take_the_lock() {
+    let Some(db) = Scratch::new("an_idle_session_timeout_does_not_take_the_lock").await else {
+        return;
+    };
+    let url = db.url.replace(
+        "options=-c%20search_path",
+        "options=-c%20idle_session_timeout%3D200%20-c%20search_path",
+    );
+    assert_ne!(url, db.url);
+    let store = PgStore::connect(&url).await.unwrap();
+    let run: orch_core::RunId = "r".parse().unwrap();
+    let lock = store.lock_run(&run).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), lock.lost())
+            .await
+            .is_err(),
+        "the server's idle timeout must not close the lock's connection"
+    );
+    assert_eq!(
+        store.lock_run(&run).await.unwrap_err().kind,
+        StoreErrorKind::Locked
+    );
+    drop(lock);
+    db.drop().await;
+}
+
 /// An append dropped half-way (its caller cancelled) leaves no
 /// transaction open on the server: its connection goes, the next call
 /// connects again and finds the journal whole.
