@@ -84,9 +84,13 @@ const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
 /// the connection string's `options`, e.g.
 /// `postgres://u@host/db?options=-c%20search_path%3Dorch`. A database
 /// whose orch schema is newer than this build, or that holds tables of
-/// those names that orch did not make, is refused untouched. A lost
-/// connection fails the call in progress ([`StoreErrorKind::Unavailable`],
-/// retryable) and the next call connects again.
+/// those names that orch did not make, is refused untouched. A connection
+/// lost between calls (a server restart, a failover, an idle timeout) is
+/// made again by the next call: appends (idempotent by event id) and
+/// reads are tried once more on a new connection if the old one fails
+/// under them. A call that still cannot reach the server fails with
+/// [`StoreErrorKind::Unavailable`] (retryable); lease calls are not
+/// repeated, and the next call connects again.
 ///
 /// Connections use TLS (rustls) as libpq's `sslmode` says: `disable` is
 /// plain TCP; `prefer` (the default) and `require` encrypt without
@@ -566,6 +570,25 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// `call` (a [`PgStore::with_conn`]) for calls that may be made twice (appends
+    /// are idempotent by event id; reads change nothing): if the
+    /// connection it had before the call fails under it (the server or the
+    /// network closed it while it was idle), it connects again and tries
+    /// once more, instead of failing a run over a connection that went
+    /// stale between calls.
+    async fn with_conn_again<T, F>(&self, call: impl Fn() -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let had = self.conn.lock().await.is_some();
+        match call().await {
+            Err(e) if had && e.kind == StoreErrorKind::Unavailable => call().await,
+            result => result,
+        }
+    }
+}
+
 /// The connection slot while a call uses it: emptied on drop if still
 /// set (a call that did not finish, or a connection that failed).
 struct Busy<'a, 'b>(&'a mut tokio::sync::MutexGuard<'b, Option<Conn>>, bool);
@@ -588,16 +611,21 @@ impl StateStore for PgStore {
             return Ok(Vec::new());
         }
         let encoded = encode(events)?;
-        let e = |x: tokio_postgres::Error| self.err(&x);
-        self.with_conn(async |c| {
-            let result = self.append_in(c, run, &encoded).await;
-            if result.is_err() {
-                // A conflict found nothing to write; a failed statement
-                // left the transaction aborted. Either way, end it (if
-                // this fails too, the connection is dropped).
-                c.client.batch_execute("ROLLBACK").await.map_err(e)?;
-            }
-            result
+        let encoded = &encoded;
+        self.with_conn_again(move || {
+            self.with_conn(async move |c| {
+                let result = self.append_in(c, run, encoded).await;
+                if result.is_err() {
+                    // A conflict found nothing to write; a failed statement
+                    // left the transaction aborted. Either way, end it (if
+                    // this fails too, the connection is dropped).
+                    c.client
+                        .batch_execute("ROLLBACK")
+                        .await
+                        .map_err(|x| self.err(&x))?;
+                }
+                result
+            })
         })
         .await
     }
@@ -611,11 +639,13 @@ impl StateStore for PgStore {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
-            .with_conn(async |c| {
-                c.client
-                    .query(&c.read, &[&run.as_str(), &after, &limit])
-                    .await
-                    .map_err(|x| self.err(&x))
+            .with_conn_again(move || {
+                self.with_conn(async move |c| {
+                    c.client
+                        .query(&c.read, &[&run.as_str(), &after, &limit])
+                        .await
+                        .map_err(|x| self.err(&x))
+                })
             })
             .await?;
         rows.iter()
@@ -630,8 +660,9 @@ impl StateStore for PgStore {
     }
 
     /// The run's lock is a PostgreSQL session advisory lock, keyed by the
-    /// schema and the run, held by a connection of its own (named `orch
-    /// run <run>` in `pg_stat_activity`): the server frees it when that
+    /// schema and the run, held by a connection of its own (its
+    /// `application_name` says `orch run <run>`, after the connection
+    /// string's own name if it has one): the server frees it when that
     /// connection closes (the lock dropped, the holder's process gone).
     /// If that connection is lost while the run goes on, the lock is gone
     /// with it, and [`RunLock::lost`] says so (the engine stops the run);
@@ -685,7 +716,11 @@ impl StateStore for PgStore {
 
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
         let rows = self
-            .with_conn(async |c| c.client.query(&c.runs, &[]).await.map_err(|x| self.err(&x)))
+            .with_conn_again(|| {
+                self.with_conn(async |c| {
+                    c.client.query(&c.runs, &[]).await.map_err(|x| self.err(&x))
+                })
+            })
             .await?;
         rows.iter()
             .map(|r| {
