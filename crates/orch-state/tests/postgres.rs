@@ -396,7 +396,7 @@ async fn a_lost_connection_is_made_again() {
                 [2]
             ),
             "read" => assert_eq!(store.read(&run, 0, 10).await.unwrap().len(), 2),
-            _ => assert_eq!(store.runs().await.unwrap(), [run.clone()]),
+            _ => assert_eq!(store.runs().await.unwrap(), std::slice::from_ref(&run)),
         }
     }
     db.drop().await;
