@@ -710,11 +710,14 @@ async fn a_role_whose_agent_cannot_run_is_refused_before_anything_runs() {
 }
 
 /// A memory store with faults: its appends fail after the first `ok`
-/// calls, and take their time over the agent start of `slow_on`.
+/// calls, and take their time over the agent start of `slow_on`; its run
+/// lock is lost when `gone` is cancelled, as a lock held by a database
+/// connection is when that connection goes.
 struct Faulty {
     inner: MemoryStore,
     ok: AtomicU32,
     slow_on: Option<&'static str>,
+    gone: Cancellation,
 }
 
 impl Faulty {
@@ -723,6 +726,7 @@ impl Faulty {
             inner: MemoryStore::new(),
             ok: AtomicU32::new(ok),
             slow_on,
+            gone: Cancellation::new(),
         }
     }
 }
@@ -757,6 +761,10 @@ impl StateStore for Faulty {
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
         self.inner.runs().await
     }
+    async fn lock_run(&self, run: &RunId) -> Result<orch_core::RunLock, StoreError> {
+        let lock = self.inner.lock_run(run).await?;
+        Ok(lock.lost_on(self.gone.clone(), "its connection closed"))
+    }
 }
 
 #[tokio::test]
@@ -776,36 +784,6 @@ async fn a_failing_store_stops_the_run_with_the_error() {
     assert_eq!(state.count(TicketStatus::Done), 0);
 }
 
-/// A memory store whose run lock can be lost while held, as a lock held
-/// by a database connection is when that connection goes: the test
-/// cancels `gone`.
-struct Losable {
-    inner: MemoryStore,
-    gone: Cancellation,
-}
-
-#[async_trait]
-impl StateStore for Losable {
-    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
-        self.inner.append(run, events).await
-    }
-    async fn read(
-        &self,
-        run: &RunId,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.read(run, after, limit).await
-    }
-    async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
-        self.inner.runs().await
-    }
-    async fn lock_run(&self, run: &RunId) -> Result<orch_core::RunLock, StoreError> {
-        let lock = self.inner.lock_run(run).await?;
-        Ok(lock.lost_on(self.gone.clone(), "its connection closed"))
-    }
-}
-
 #[tokio::test]
 async fn a_lost_run_lock_stops_the_run_and_nothing_more_is_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -814,10 +792,7 @@ async fn a_lost_run_lock_stops_the_run_and_nothing_more_is_written() {
         started: Arc::new(tokio::sync::Notify::new()),
         calls: AtomicU32::new(0),
     });
-    let store = Arc::new(Losable {
-        inner: MemoryStore::new(),
-        gone: Cancellation::new(),
-    });
+    let store = Arc::new(Faulty::new(u32::MAX, None));
     let run = run_id("r");
     let e = engine(plan, agent.clone(), store.clone(), dir.path());
     let before = Arc::new(std::sync::Mutex::new(Vec::new()));
