@@ -161,20 +161,16 @@ pub(crate) fn connector(settings: &Settings) -> Result<MakeRustls, String> {
         Verify::Full => builder
             .with_root_certificates(roots(settings)?)
             .with_no_client_auth(),
-        Verify::Chain => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Verifier {
-                provider,
-                roots: Some(Arc::new(roots(settings)?)),
-            }))
-            .with_no_client_auth(),
-        Verify::No => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Verifier {
-                provider,
-                roots: None,
-            }))
-            .with_no_client_auth(),
+        Verify::Chain | Verify::No => {
+            let roots = match settings.verify {
+                Verify::Chain => Some(Arc::new(roots(settings)?)),
+                _ => None,
+            };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Verifier { provider, roots }))
+                .with_no_client_auth()
+        }
     };
     Ok(MakeRustls(Arc::new(config)))
 }
