@@ -712,12 +712,15 @@ async fn a_role_whose_agent_cannot_run_is_refused_before_anything_runs() {
 /// A memory store with faults: its appends fail after the first `ok`
 /// calls, and take their time over the agent start of `slow_on`; its run
 /// lock is lost when `gone` is cancelled, as a lock held by a database
-/// connection is when that connection goes.
+/// connection is when that connection goes. Like `PgStore` on its one
+/// connection, it serves one call at a time, holding `serial` across a
+/// call's awaits.
 struct Faulty {
     inner: MemoryStore,
     ok: AtomicU32,
     slow_on: Option<&'static str>,
     gone: Cancellation,
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl Faulty {
@@ -727,6 +730,7 @@ impl Faulty {
             ok: AtomicU32::new(ok),
             slow_on,
             gone: Cancellation::new(),
+            serial: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -734,6 +738,7 @@ impl Faulty {
 #[async_trait]
 impl StateStore for Faulty {
     async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        let _one_at_a_time = self.serial.lock().await;
         if let Some(slow) = self.slow_on
             && events.iter().any(|e| {
                 matches!(&e.kind, EventKind::AgentStarted { ticket, .. } if ticket.as_str() == slow)
@@ -756,6 +761,7 @@ impl StateStore for Faulty {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        let _one_at_a_time = self.serial.lock().await;
         self.inner.read(run, after, limit).await
     }
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {

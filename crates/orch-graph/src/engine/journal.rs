@@ -141,9 +141,9 @@ impl Journal {
     /// run anyway.
     ///
     /// Only for futures polled by the dispatcher: a waiting append needs
-    /// the one writing to be polled, so the dispatcher's own appends (made
-    /// while it polls no pipeline) and other tasks' go through
-    /// [`Journal::append`], straight to the store.
+    /// the one writing to be polled. Other tasks' appends (a batch merge)
+    /// go through [`Journal::append`], straight to the store, and so do
+    /// the dispatcher's own (which poll the pipelines while they wait).
     pub(crate) async fn append_grouped(&self, events: Vec<Event>) -> Result<(), StoreError> {
         let turn = {
             let mut g = self.lock();

@@ -522,6 +522,9 @@ struct Dispatcher {
     /// microseconds, so one task polls them all, with no hand-over to a
     /// worker task and back (and no wake-up of another thread) per ticket.
     running: FuturesUnordered<TicketRun>,
+    /// Pipelines that ended while the dispatcher waited on the store
+    /// ([`Dispatcher::store_call`]), handled by the loop next.
+    ended: std::collections::VecDeque<(Ix, std::thread::Result<End>)>,
     stop: Option<RunOutcome>,
     fatal: Option<StoreError>,
 }
@@ -591,6 +594,7 @@ impl Dispatcher {
             batches,
             tasks: 0,
             running: FuturesUnordered::new(),
+            ended: std::collections::VecDeque::new(),
             stop: None,
             fatal: None,
         }
@@ -611,8 +615,28 @@ impl Dispatcher {
                 Event::now(k)
             })
             .collect();
-        if let Err(e) = self.shared.journal.append(events).await {
+        let journal = self.shared.journal.clone();
+        if let Err(e) = self.store_call(journal.append(events)).await {
             self.fail_store(e);
+        }
+    }
+
+    /// Awaits a store call of the dispatcher's own while still polling
+    /// the running pipelines (those that end wait in `ended`). A store
+    /// may serve one call at a time and hold that turn across awaits
+    /// (`PgStore` on its one connection): a pipeline half-way through its
+    /// append must go on, or the dispatcher's call would wait for it
+    /// forever, since only the dispatcher polls it.
+    async fn store_call<T>(&mut self, call: impl Future<Output = T>) -> T {
+        let mut call = std::pin::pin!(call);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut call => return out,
+                Some(end) = self.running.next(), if !self.running.is_empty() => {
+                    self.ended.push_back(end);
+                }
+            }
         }
     }
 
@@ -917,6 +941,10 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Pipelines that ended while the dispatcher waited on the store.
+            while let Some((t, end)) = self.ended.pop_front() {
+                self.ticket_returned(t, end).await;
+            }
             if self.stop.is_none() && self.fatal.is_none() {
                 while let Some(t) = self.sched.next() {
                     self.spawn_ticket(t);
@@ -957,7 +985,8 @@ impl Dispatcher {
                     }
                 }
                 _ = tick.tick() => {
-                    if let Err(e) = self.shared.journal.catch_up().await {
+                    let journal = self.shared.journal.clone();
+                    if let Err(e) = self.store_call(journal.catch_up()).await {
                         self.fail_store(e);
                     }
                 }
