@@ -45,33 +45,52 @@ fn escalate_decide_resume() {
 /// (`--database-url`, in a schema of its own): `run.json` names the
 /// database but holds no password, the SQLite file is never made, and a
 /// command without the URL is refused with what to pass.
-#[test]
-fn escalate_decide_resume_on_postgres() {
+/// A schema of its own in the test database for `test`: a URL whose
+/// connections work in it (named after it in `pg_stat_activity`), and a
+/// way to run SQL; `None` (and a note naming the test) when no database is
+/// configured. Drop it with `DROP SCHEMA <schema> CASCADE`.
+#[allow(clippy::type_complexity)]
+fn pg_schema(
+    test: &str,
+    schema: &str,
+) -> Option<(
+    String,
+    Box<dyn Fn(String) -> Vec<tokio_postgres::SimpleQueryMessage>>,
+)> {
     let Ok(base) = std::env::var("ORCH_TEST_DATABASE_URL") else {
         eprintln!(
-            "SKIPPED escalate_decide_resume_on_postgres: set ORCH_TEST_DATABASE_URL to a PostgreSQL database (.ci/run does)"
+            "SKIPPED {test}: set ORCH_TEST_DATABASE_URL to a PostgreSQL database (.ci/run does)"
         );
-        return;
+        return None;
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let sql = |q: String| {
+    let admin = base.clone();
+    let sql = move |q: String| {
         rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
                 .await
                 .unwrap();
             tokio::spawn(conn);
             client.simple_query(&q).await.unwrap()
         })
     };
-    let schema = format!("orch_cli_{}", std::process::id());
     sql(format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
     ));
     let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}");
+    Some((url, Box::new(sql)))
+}
+
+#[test]
+fn escalate_decide_resume_on_postgres() {
+    let schema = format!("orch_cli_{}", std::process::id());
+    let Some((url, sql)) = pg_schema("escalate_decide_resume_on_postgres", &schema) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     shed(dir.path(), &["--database-url", &url]);
     let state = dir.path().join("state");
@@ -103,7 +122,11 @@ fn escalate_decide_resume_on_postgres() {
     // The same server, another schema: another journal, refused before
     // anything is made there.
     let other = format!("{schema}_other");
-    let elsewhere = format!("{base}{sep}options=-c%20search_path%3D{other}");
+    let elsewhere = url.replace(
+        &format!("search_path%3D{schema}"),
+        &format!("search_path%3D{other}"),
+    );
+    assert_ne!(elsewhere, url);
     let (code, text) = output(
         orch()
             .args(["status", "--state", state.to_str().unwrap()])
@@ -417,6 +440,8 @@ struct Setup {
     state: PathBuf,
     plan: PathBuf,
     marks: PathBuf,
+    /// The journal's PostgreSQL database (`--database-url`), if not SQLite.
+    url: Option<String>,
 }
 
 fn crash_setup() -> Setup {
@@ -446,6 +471,7 @@ fn crash_setup() -> Setup {
         state,
         plan,
         marks,
+        url: None,
     }
 }
 
@@ -455,6 +481,7 @@ fn start(s: &Setup) -> Child {
         .arg(&s.repo)
         .arg("--state")
         .arg(&s.state)
+        .args(s.url.iter().flat_map(|u| ["--database-url", u]))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -650,12 +677,63 @@ fn a_second_orch_on_a_running_run_is_refused_and_changes_nothing() {
 
 /// The run's journal as it is now.
 fn journal(s: &Setup) -> Vec<orch_core::StoredEvent> {
-    let store = orch_state::SqliteStore::open(s.state.join("state.db")).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
-    rt.block_on(store.read(&RUN.parse().unwrap(), 0, 100_000))
-        .unwrap()
+    rt.block_on(async {
+        let store: Box<dyn StateStore> = match &s.url {
+            Some(url) => Box::new(orch_state::PgStore::connect(url).await.unwrap()),
+            None => Box::new(orch_state::SqliteStore::open(s.state.join("state.db")).unwrap()),
+        };
+        store.read(&RUN.parse().unwrap(), 0, 100_000).await.unwrap()
+    })
+}
+
+/// With the journal in PostgreSQL, the connection holding the run's lock
+/// is lost mid-run (the server ends it): `orch run` stops at once (exit 6)
+/// and writes nothing more, since another `orch` could take the run from
+/// then on; `orch resume` finishes the run as an uninterrupted one would.
+#[test]
+fn a_lost_postgres_lock_stops_orch_and_resume_finishes_the_run() {
+    let test = "a_lost_postgres_lock_stops_orch_and_resume_finishes_the_run";
+    let schema = format!("orch_cli_lock_{}", std::process::id());
+    let Some((url, sql)) = pg_schema(test, &schema) else {
+        return;
+    };
+    let mut s = crash_setup();
+    s.url = Some(url.clone());
+    let mut child = start_until(&s, "agent-A-build");
+    let killed = sql(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = '{schema} (orch run {RUN})'"
+    ));
+    let rows = killed
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 1, "the run's lock had one connection");
+    assert_eq!(child.wait().unwrap().code(), Some(6), "a store error");
+    let events = journal(&s);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(&e.event.kind, EventKind::RunFinished { .. })),
+        "nothing written after the loss: {events:#?}"
+    );
+    // Let what orch had started run out, then resume.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, text) = output(
+        orch()
+            .args(["resume", "--state"])
+            .arg(&s.state)
+            .args(["--database-url", &url]),
+    );
+    assert_eq!(code, 0, "resume must complete: {text}");
+    let (o, events) = outcome(&s);
+    assert_eq!(&o, baseline());
+    check_no_rerun(&events);
+    sql(format!("DROP SCHEMA {schema} CASCADE"));
 }
 
 #[test]
