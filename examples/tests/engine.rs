@@ -539,6 +539,7 @@ async fn the_budget_stops_dispatching() {
 }
 
 /// Waits until cancelled, the first time; succeeds afterwards.
+#[derive(Default)]
 struct HangOnce {
     started: Arc<tokio::sync::Notify>,
     calls: AtomicU32,
@@ -567,10 +568,7 @@ impl Agent for HangOnce {
 async fn cancellation_records_the_stop_and_resume_reruns_only_that_phase() {
     let dir = tempfile::tempdir().unwrap();
     let plan = small_plan("[policy]\nmax_concurrency = 1");
-    let agent = Arc::new(HangOnce {
-        started: Arc::new(tokio::sync::Notify::new()),
-        calls: AtomicU32::new(0),
-    });
+    let agent = Arc::new(HangOnce::default());
     let store = Arc::new(MemoryStore::new());
     let run = run_id("r");
     let cancel = Cancellation::new();
@@ -794,10 +792,7 @@ async fn a_failing_store_stops_the_run_with_the_error() {
 async fn a_lost_run_lock_stops_the_run_and_nothing_more_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let plan = small_plan("[policy]\nmax_concurrency = 1");
-    let agent = Arc::new(HangOnce {
-        started: Arc::new(tokio::sync::Notify::new()),
-        calls: AtomicU32::new(0),
-    });
+    let agent = Arc::new(HangOnce::default());
     let store = Arc::new(Faulty::new(u32::MAX, None));
     let run = run_id("r");
     let e = engine(plan, agent.clone(), store.clone(), dir.path());
