@@ -568,15 +568,15 @@ impl PgStore {
         busy.1 = lost || busy.0.as_ref().is_some_and(|c| c.client.is_closed());
         result
     }
-}
 
-impl PgStore {
     /// `call` (a [`PgStore::with_conn`]) for calls that may be made twice (appends
     /// are idempotent by event id; reads change nothing): if the
     /// connection it had before the call fails under it (the server or the
     /// network closed it while it was idle), it connects again and tries
     /// once more, instead of failing a run over a connection that went
-    /// stale between calls.
+    /// stale between calls. (It takes the whole `with_conn` call, not the
+    /// async closure given to it: a shared `&impl AsyncFn` makes the
+    /// `async_trait` futures of the callers fail to be `Send`.)
     async fn with_conn_again<T, F>(&self, call: impl Fn() -> F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, StoreError>>,
