@@ -167,24 +167,6 @@ impl Setup {
     /// A plan the engine refuses (cycle, bad gate), a repository that is not
     /// git, a store that cannot be opened.
     pub fn engine(&self, store: Arc<dyn StateStore>) -> Result<Engine, Error> {
-        self.build(store)
-    }
-
-    /// Checks what [`Engine::check`] checks (every gate can be built,
-    /// every role's agent can run) without opening a store, so that a
-    /// command can refuse before it writes anything, a state directory
-    /// included.
-    ///
-    /// # Errors
-    /// The engine's refusal ([`orch_graph::EngineError::Gate`] or
-    /// [`orch_graph::EngineError::Agents`]), or what [`Setup::engine`] refuses.
-    pub fn check(&self) -> Result<(), Error> {
-        Ok(self
-            .build(Arc::new(orch_state::MemoryStore::new()))?
-            .check()?)
-    }
-
-    fn build(&self, store: Arc<dyn StateStore>) -> Result<Engine, Error> {
         let mut engine = Engine::new(self.plan.clone(), self.agent.clone(), store)?
             .workspace(Arc::new(self.workspace()?))
             .gates(Arc::new(orch_gates::from_spec))
@@ -197,6 +179,20 @@ impl Setup {
             engine = engine.max_concurrency(n);
         }
         Ok(engine)
+    }
+
+    /// Checks what [`Engine::check`] checks (every gate can be built,
+    /// every role's agent can run) without opening a store, so that a
+    /// command can refuse before it writes anything, a state directory
+    /// included.
+    ///
+    /// # Errors
+    /// The engine's refusal ([`orch_graph::EngineError::Gate`] or
+    /// [`orch_graph::EngineError::Agents`]), or what [`Setup::engine`] refuses.
+    pub fn check(&self) -> Result<(), Error> {
+        Ok(self
+            .engine(Arc::new(orch_state::MemoryStore::new()))?
+            .check()?)
     }
 }
 

@@ -41,10 +41,6 @@ fn escalate_decide_resume() {
     assert!(dir.path().join("state/state.db").exists());
 }
 
-/// The same as a person does it with the journal in PostgreSQL
-/// (`--database-url`, in a schema of its own): `run.json` names the
-/// database but holds no password, the SQLite file is never made, and a
-/// command without the URL is refused with what to pass.
 /// A schema of its own in the test database for `test`: a URL whose
 /// connections work in it (named after it in `pg_stat_activity`), and a
 /// way to run SQL; `None` (and a note naming the test) when no database is
@@ -85,6 +81,10 @@ fn pg_schema(
     Some((url, Box::new(sql)))
 }
 
+/// The same as a person does it with the journal in PostgreSQL
+/// (`--database-url`, in a schema of its own): `run.json` names the
+/// database but holds no password, the SQLite file is never made, and a
+/// command without the URL is refused with what to pass.
 #[test]
 fn escalate_decide_resume_on_postgres() {
     let schema = format!("orch_cli_{}", std::process::id());
