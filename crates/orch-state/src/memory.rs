@@ -1,7 +1,6 @@
 //! [`MemoryStore`]: the journal in memory, for tests and for programs that
 //! want no persistence.
 
-use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -15,7 +14,50 @@ use crate::codec::conflict;
 #[derive(Default)]
 struct Journal {
     events: Events,
-    by_id: FxHashMap<EventId, u64>,
+    ids: Ids,
+}
+
+/// A run's event ids in ascending order, each with its seq: the index that
+/// makes appends idempotent.
+///
+/// An id starts with its creation time ([`EventId::random`]), and events
+/// are appended soon after they are made, so a new id almost always sorts
+/// after every id held: it goes on at the end, one comparison and a write
+/// next to the last one, where a hash map would write to a random place of
+/// a table as large as the journal (a cache miss, and at every doubling a
+/// rehash of it all). An older id (an event held back a while, or sent by
+/// another process) is found or placed by binary search; placing one moves
+/// the ids made after it one slot up.
+#[derive(Default)]
+struct Ids(Vec<(EventId, u64)>);
+
+impl Ids {
+    /// The seq of `id` if it is held; else `Err` with where it goes.
+    fn find(&self, id: EventId) -> Result<u64, usize> {
+        match self.0.last() {
+            Some(&(last, _)) if last < id => Err(self.0.len()),
+            None => Err(0),
+            _ => self
+                .0
+                .binary_search_by_key(&id, |&(i, _)| i)
+                .map(|at| self.0[at].1),
+        }
+    }
+
+    /// Places `id` where [`Ids::find`] said it goes.
+    fn insert(&mut self, at: usize, id: EventId, seq: u64) {
+        if at == self.0.len() {
+            self.0.push((id, seq));
+        } else {
+            self.0.insert(at, (id, seq));
+        }
+    }
+
+    fn remove(&mut self, id: EventId) {
+        if let Ok(at) = self.0.binary_search_by_key(&id, |&(i, _)| i) {
+            self.0.remove(at);
+        }
+    }
 }
 
 /// Events per chunk of [`Events`].
@@ -129,19 +171,21 @@ impl StateStore for MemoryStore {
         let mut seqs = Vec::with_capacity(events.len());
         for e in events {
             // One look-up per event: a new id (the usual case) goes in
-            // where the look-up found no entry.
-            let seq = match j.by_id.entry(e.id) {
-                Entry::Vacant(v) => {
+            // where the look-up said.
+            let seq = match j.ids.find(e.id) {
+                Err(at) => {
                     j.events.push(e.clone());
-                    seqs.push(*v.insert(j.events.len() as u64));
+                    let seq = j.events.len() as u64;
+                    j.ids.insert(at, e.id, seq);
+                    seqs.push(seq);
                     continue;
                 }
-                Entry::Occupied(o) => *o.get(),
+                Ok(seq) => seq,
             };
             if j.events.get(seq as usize - 1) != Some(e) {
                 while j.events.len() > start {
                     if let Some(gone) = j.events.pop() {
-                        j.by_id.remove(&gone.id);
+                        j.ids.remove(gone.id);
                     }
                 }
                 return Err(conflict(e.id));
@@ -252,5 +296,46 @@ mod tests {
         );
         let next = store.append(&run, &batch[..2]).await.unwrap();
         assert_eq!(next, [3 * CHUNK as u64 + 1, 3 * CHUNK as u64 + 2]);
+    }
+
+    /// Ids in any order: new ones get the next seq wherever they sort,
+    /// repeats their first seq, and a batch taken back out after a
+    /// conflict leaves no id of it behind (its events can be sent again).
+    #[tokio::test]
+    async fn ids_out_of_order_keep_the_contract() {
+        let store = MemoryStore::new();
+        let run: RunId = "r1".parse().unwrap();
+        let with_id = |i: usize, id: u128| Event {
+            id: EventId(id),
+            ..done(i)
+        };
+        let first = [with_id(0, 50), with_id(1, 10), with_id(2, 90)];
+        assert_eq!(store.append(&run, &first).await.unwrap(), [1, 2, 3]);
+        // Older than the newest: placed among the others, not at the end.
+        let older = [with_id(3, 30), with_id(4, 5)];
+        assert_eq!(store.append(&run, &older).await.unwrap(), [4, 5]);
+        let repeat = [first[1].clone(), older[0].clone(), first[2].clone()];
+        assert_eq!(store.append(&run, &repeat).await.unwrap(), [2, 4, 3]);
+        // A conflict takes back the new ids of its batch, old-sorting and
+        // newest alike.
+        let forged = Event {
+            kind: EventKind::TicketSkipped {
+                ticket: "T1".parse().unwrap(),
+            },
+            ..first[1].clone()
+        };
+        let batch = [with_id(5, 20), with_id(6, 200), forged];
+        let e = store.append(&run, &batch).await.unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Conflict);
+        assert_eq!(store.read(&run, 0, usize::MAX).await.unwrap().len(), 5);
+        assert_eq!(store.append(&run, &batch[..2]).await.unwrap(), [6, 7]);
+        let ids: Vec<u128> = store
+            .read(&run, 0, usize::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.event.id.0)
+            .collect();
+        assert_eq!(ids, [50, 10, 90, 30, 5, 20, 200]);
     }
 }
