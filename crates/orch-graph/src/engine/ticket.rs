@@ -257,7 +257,19 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         if (failed >= max || hopeless) && !fresh_retry {
             // Spent (just now, or before a crash with no decision taken).
             hopeless = false;
-            match exhausted_or_restart(sh, out, &id, phase, base.as_deref(), &prepared.path).await?
+            // Boxed, like the gates below: a future holds room for the
+            // largest one it awaits, and the pipeline's is allocated and
+            // copied once per ticket; these paths are rare or wait on
+            // processes, so they pay for their own room when taken.
+            match Box::pin(exhausted_or_restart(
+                sh,
+                out,
+                &id,
+                phase,
+                base.as_deref(),
+                &prepared.path,
+            ))
+            .await?
             {
                 Err(end) => return Ok(end),
                 Ok(from) => {
@@ -595,10 +607,11 @@ async fn attempt_phase(
         timeout: Duration::from_secs(plan.policy.timeouts.gate_secs),
         cancel: sh.work.clone(),
     };
-    let (reports, unfixable) = match run_gates(sh, out, &phase.gates, &vars, &scope, &ctx).await? {
-        Some(r) => r,
-        None => return Ok(Attempt::Interrupted),
-    };
+    let (reports, unfixable) =
+        match Box::pin(run_gates(sh, out, &phase.gates, &vars, &scope, &ctx)).await? {
+            Some(r) => r,
+            None => return Ok(Attempt::Interrupted),
+        };
     let failing: Vec<String> = reports
         .iter()
         .filter(|r| !r.passed())
