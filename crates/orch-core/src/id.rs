@@ -104,11 +104,11 @@ macro_rules! id_type {
         /// Validated on construction and deserialization; see the
         /// [module docs](crate::id) for the rule.
         ///
-        /// Stored inline up to 24 bytes (ticket and agent ids usually are),
-        /// so cloning and comparing one (every event carries some) touches
-        /// no heap.
+        /// Stored inline up to 23 bytes (ticket ids usually are), and a
+        /// longer one (an agent id, a run id) shared: cloning one (every
+        /// event carries some) never copies it or allocates.
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(compact_str::CompactString);
+        pub struct $name(smol_str::SmolStr);
 
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
