@@ -32,6 +32,12 @@ fn main() -> Result<(), orch_examples::Error> {
             d.as_secs_f64() * 1e6 / n as f64,
             r.built.as_secs_f64() * 1e3
         );
+        if let Some(f) = r.faults {
+            println!(
+                "  {f} page faults during the run ({:.2} per ticket)",
+                f as f64 / n as f64
+            );
+        }
     };
     let which = args.get(2).map_or("both", String::as_str);
     let deps: u32 = args.get(3).map_or(Ok(4), |s| s.parse())?;

@@ -36,6 +36,18 @@ pub struct NoopRun {
     pub built: Duration,
     /// `Engine::run`: the run itself (what the overhead figures are).
     pub ran: Duration,
+    /// Minor page faults of the process during the run (first touches of
+    /// fresh memory), where the system tells (`/proc/self/stat`).
+    pub faults: Option<u64>,
+}
+
+/// The process's minor page faults so far, from `/proc/self/stat` (Linux).
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (in parentheses, which may hold spaces):
+    // state, ppid, pgrp, session, tty_nr, tpgid, flags, minflt.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(7)?.parse().ok()
 }
 
 /// Runs `n` tickets (about `deps` dependencies each, seed 42) through the
@@ -60,12 +72,14 @@ pub async fn run_noop(
         .parse()
         .expect("valid id");
     let built = t.elapsed();
+    let faults = minor_faults();
     let t = Instant::now();
     let report = engine
         .run(&run, Cancellation::new())
         .await
         .expect("the run completes");
     let ran = t.elapsed();
+    let faults = minor_faults().zip(faults).map(|(after, before)| after - before);
     assert_eq!(report.outcome, RunOutcome::Completed);
-    NoopRun { built, ran }
+    NoopRun { built, ran, faults }
 }
