@@ -79,7 +79,9 @@ pub async fn run_noop(
         .await
         .expect("the run completes");
     let ran = t.elapsed();
-    let faults = minor_faults().zip(faults).map(|(after, before)| after - before);
+    let faults = minor_faults()
+        .zip(faults)
+        .map(|(after, before)| after - before);
     assert_eq!(report.outcome, RunOutcome::Completed);
     NoopRun { built, ran, faults }
 }

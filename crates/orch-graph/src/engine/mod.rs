@@ -490,6 +490,23 @@ enum Msg {
 
 /// One ticket's pipeline; it ends with the ticket and how its pipeline
 /// ended, or the panic's payload if it panicked.
+// `Engine::run` (and `decide`) can be spawned on a multi-thread runtime:
+// checked here, at compile time, for every build.
+const _: () = {
+    fn send<T: Send>(_: &T) {}
+    #[allow(dead_code)]
+    fn run_is_send(e: &Engine, run: &RunId, store: &dyn StateStore) {
+        send(&e.run(run, Cancellation::new()));
+        send(&decide(
+            store,
+            run,
+            &"T-1".parse().expect("valid id"),
+            Decision::Skip,
+            None,
+        ));
+    }
+};
+
 type TicketRun = Pin<Box<dyn Future<Output = (Ix, std::thread::Result<End>)> + Send>>;
 
 /// The text of a panic's payload (what `panic!` was given).
