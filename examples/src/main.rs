@@ -84,8 +84,9 @@ enum Command {
         repo: PathBuf,
         #[command(flatten)]
         state: StateArg,
-        /// At most this many tickets at once (default: the plan's policy).
-        #[arg(long)]
+        /// At most this many tickets at once, 1 or more (default: the
+        /// plan's policy).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         concurrency: Option<u32>,
         /// The run's id; a run with a journal continues. Default: the plan's
         /// name and the time.

@@ -105,3 +105,18 @@ fn schema_command_prints_the_committed_schema() {
     .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
 }
+
+#[test]
+fn a_concurrency_of_zero_is_refused_before_anything_runs() {
+    let plan = format!("{PLANS}/production-readiness.toml");
+    let out = orch()
+        .args(["run", &plan, "--concurrency", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("invalid value '0' for '--concurrency <CONCURRENCY>'"),
+        "{stderr}"
+    );
+}
