@@ -180,20 +180,6 @@ impl Setup {
         }
         Ok(engine)
     }
-
-    /// Checks what [`Engine::check`] checks (every gate can be built,
-    /// every role's agent can run) without opening a store, so that a
-    /// command can refuse before it writes anything, a state directory
-    /// included.
-    ///
-    /// # Errors
-    /// The engine's refusal ([`orch_graph::EngineError::Gate`] or
-    /// [`orch_graph::EngineError::Agents`]), or what [`Setup::engine`] refuses.
-    pub fn check(&self) -> Result<(), Error> {
-        Ok(self
-            .engine(Arc::new(orch_state::MemoryStore::new()))?
-            .check()?)
-    }
 }
 
 /// A fresh run id for `plan`: its name and the time.

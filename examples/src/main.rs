@@ -277,12 +277,13 @@ fn execute(
     setup.allow_plan_change = allow_plan_change;
     // Refuse a directory that is not a repository, gates that cannot be
     // built and agents that cannot run (a CLI not installed) before
-    // anything is written, the state directory included.
-    setup.workspace()?;
-    setup.check()?;
+    // anything is written, the state directory included: the engine is
+    // built and checked on a store in memory, then given the journal.
+    let engine = setup.engine(Arc::new(orch_state::MemoryStore::new()))?;
+    engine.check().map_err(orch_examples::Error::from)?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
     let store = rt.block_on(journal(&mut info, &state_dir, url, fresh))?;
-    let engine = setup.engine(store)?.observe(Arc::new(Record {
+    let engine = engine.store(store).observe(Arc::new(Record {
         info: info.clone(),
         dir: state_dir.clone(),
         done: AtomicBool::new(false),

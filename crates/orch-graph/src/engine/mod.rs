@@ -244,6 +244,15 @@ impl Engine {
         })
     }
 
+    /// Journals to `store` instead of the store given to [`Engine::new`]:
+    /// a command can build and [`check`](Engine::check) the engine on a
+    /// store in memory, refuse before it writes anything (a state
+    /// directory, a database schema), and only then open the real one.
+    pub fn store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.store = store;
+        self
+    }
+
     /// Where tickets work: orch-state's git workspace gives each its own
     /// worktree and branch.
     pub fn workspace(mut self, ws: Arc<dyn Workspace>) -> Self {
