@@ -32,29 +32,27 @@ struct Journal {
 struct Ids(Vec<(EventId, u64)>);
 
 impl Ids {
+    /// Where `id` is held, or where it goes.
+    fn search(&self, id: EventId) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&id, |&(i, _)| i)
+    }
+
     /// The seq of `id` if it is held; else `Err` with where it goes.
     fn find(&self, id: EventId) -> Result<u64, usize> {
         match self.0.last() {
             Some(&(last, _)) if last < id => Err(self.0.len()),
-            None => Err(0),
-            _ => self
-                .0
-                .binary_search_by_key(&id, |&(i, _)| i)
-                .map(|at| self.0[at].1),
+            _ => self.search(id).map(|at| self.0[at].1),
         }
     }
 
-    /// Places `id` where [`Ids::find`] said it goes.
+    /// Places `id` where [`Ids::find`] said it goes (at the end, usually:
+    /// nothing moves then).
     fn insert(&mut self, at: usize, id: EventId, seq: u64) {
-        if at == self.0.len() {
-            self.0.push((id, seq));
-        } else {
-            self.0.insert(at, (id, seq));
-        }
+        self.0.insert(at, (id, seq));
     }
 
     fn remove(&mut self, id: EventId) {
-        if let Ok(at) = self.0.binary_search_by_key(&id, |&(i, _)| i) {
+        if let Ok(at) = self.search(id) {
             self.0.remove(at);
         }
     }

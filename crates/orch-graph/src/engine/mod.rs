@@ -497,8 +497,6 @@ enum Msg {
     BatchPanicked(BatchId, String),
 }
 
-/// One ticket's pipeline; it ends with the ticket and how its pipeline
-/// ended, or the panic's payload if it panicked.
 // `Engine::run` (and `decide`) can be spawned on a multi-thread runtime:
 // checked here, at compile time, for every build.
 const _: () = {
@@ -516,6 +514,8 @@ const _: () = {
     }
 };
 
+/// One ticket's pipeline; it ends with the ticket and how its pipeline
+/// ended, or the panic's payload if it panicked.
 type TicketRun = Pin<Box<dyn Future<Output = (Ix, std::thread::Result<End>)> + Send>>;
 
 /// The text of a panic's payload (what `panic!` was given).
