@@ -79,8 +79,8 @@ pub use plan::{
     Plan, Policy, Priority, Problem, Size, Ticket, format_minutes,
 };
 pub use state::{
-    AgentRecord, AgentStatus, BatchState, BatchStatus, DecisionItem, GateRun, RunState, RunStatus,
-    TicketMetrics, TicketState, TicketStatus,
+    AgentRecord, AgentStatus, BatchState, BatchStatus, DecisionItem, GateRun, IdMap, RunState,
+    RunStatus, TicketMetrics, TicketState, TicketStatus,
 };
 pub use store::{
     Lease, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketLeases,

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use litemap::LiteMap;
-use rustc_hash::FxHashMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -235,6 +234,17 @@ pub enum RunStatus {
     Finished(RunOutcome),
 }
 
+/// The map [`RunState`] keeps its tickets and agents in: values in one
+/// vector in the order they were first inserted, found through a hash
+/// table of positions (`indexmap`, with the Fx hasher: ids come from the
+/// plan and the engine, so a hasher that resists chosen keys buys
+/// nothing). Folding is the hot path of the engine and of reopening a
+/// journal, and a run's events name tickets and agents in about the order
+/// they were first seen: each insert appends to the vector, where a hash
+/// map would write a 350-byte state to a random slot of a table as large
+/// as the run. Equality ignores the order.
+pub type IdMap<K, V> = indexmap::IndexMap<K, V, rustc_hash::FxBuildHasher>;
+
 /// The state of a run: the fold of its events.
 ///
 /// `apply` is pure and total: any event sequence can be folded (events about
@@ -269,19 +279,17 @@ pub struct RunState {
     pub updated_at: Option<Timestamp>,
     /// Events folded.
     pub events: u64,
-    /// Tickets that have had any event. A hash map with the Fx hasher
-    /// (folding is the hot path of the engine and of reopening a journal;
-    /// ids come from the plan, so a hasher that resists chosen keys buys
-    /// nothing); iterate it in id order with [`RunState::tickets_by_id`].
-    /// Serialized sorted by id.
+    /// Tickets that have had any event, in the order of their first
+    /// event (an [`IdMap`]); iterate it in id order with
+    /// [`RunState::tickets_by_id`]. Serialized sorted by id.
     #[serde(serialize_with = "sorted")]
-    pub tickets: FxHashMap<TicketId, TicketState>,
+    pub tickets: IdMap<TicketId, TicketState>,
     /// Batches that have had any event.
     pub batches: BTreeMap<BatchId, BatchState>,
-    /// Every agent invocation (a hash map, like `tickets`; serialized
-    /// sorted by id).
+    /// Every agent invocation, in the order they started (an [`IdMap`],
+    /// like `tickets`; serialized sorted by id).
     #[serde(serialize_with = "sorted")]
-    pub agents: FxHashMap<AgentId, AgentRecord>,
+    pub agents: IdMap<AgentId, AgentRecord>,
     /// Every gate result, in order.
     pub gate_runs: Vec<GateRun>,
     /// Every escalation, in order, with answers.
@@ -294,7 +302,7 @@ pub struct RunState {
 
 /// Serializes a map sorted by key, so a state's JSON is the same every time.
 fn sorted<S: serde::Serializer, K: Ord + Serialize, V: Serialize>(
-    m: &FxHashMap<K, V>,
+    m: &IdMap<K, V>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     m.iter().collect::<BTreeMap<_, _>>().serialize(s)

@@ -729,7 +729,7 @@ impl Dispatcher {
     async fn block(
         &mut self,
         blocked: Vec<(Ix, Ix)>,
-        known: &rustc_hash::FxHashMap<TicketId, orch_core::TicketState>,
+        known: &orch_core::IdMap<TicketId, orch_core::TicketState>,
     ) {
         let mut events = Vec::new();
         let mut done_batches = Vec::new();
