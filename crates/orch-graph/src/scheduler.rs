@@ -252,6 +252,12 @@ impl Scheduler {
         &self.graph
     }
 
+    /// Every ticket in priority order: the order [`Scheduler::next`] takes
+    /// ready tickets in.
+    pub fn order(&self) -> &[Ix] {
+        &self.by_rank
+    }
+
     /// Status of ticket `t`.
     pub fn status(&self, t: Ix) -> Status {
         self.slots[self.rank_of[t as usize] as usize].status
