@@ -33,9 +33,11 @@ pub type GateFactory =
     Arc<dyn Fn(&GateSpec) -> Result<Arc<dyn Gate>, GateError> + Send + Sync + 'static>;
 
 /// Sees every event once it is durable, with the state it led to; and the
-/// agents' progress, which is not persisted. Called in journal order from
-/// the engine's tasks: keep it quick (throttle slow work such as writing
-/// state files).
+/// agents' progress, which is not persisted. Events are seen in journal
+/// order, on the engine's fold thread when they come fast, else on the
+/// engine's task; progress on the engine's task. Keep it quick: the next
+/// events wait for it (throttle slow work such as writing state files).
+/// A panic in [`Observer::event`] is caught and logged; the run goes on.
 pub trait Observer: Send + Sync {
     /// An event was appended and folded into `state`.
     fn event(&self, event: &Event, state: &RunState);
@@ -397,7 +399,7 @@ impl Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         let (dtx, drx) = mpsc::unbounded_channel();
         let work = Cancellation::new();
-        let journal = Arc::new(Journal::new(
+        let journal = Journal::new(
             self.store.clone(),
             run.clone(),
             state,
@@ -405,7 +407,7 @@ impl Engine {
             dtx,
             self.plan.policy.budget.clone(),
             work.clone(),
-        ));
+        );
         let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
         let started = EventKind::RunStarted {
             run: run.clone(),
@@ -1001,7 +1003,9 @@ impl Dispatcher {
                 }
             }
             if self.tasks == 0 {
-                // Decisions that arrived while the last tasks ended.
+                // Decisions that arrived while the last tasks ended (the
+                // fold sends them: everything absorbed is folded first).
+                self.shared.journal.fold_now();
                 let mut more = false;
                 while let Ok(t) = decisions.try_recv() {
                     if let Some(ix) = self.shared.graph.index_of(t.as_str()) {
