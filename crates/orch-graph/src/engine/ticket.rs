@@ -1,5 +1,7 @@
 //! One ticket through the phases, and one batch through its merge.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -66,7 +68,11 @@ impl From<StoreError> for End {
 pub(crate) struct Outbox<'a> {
     j: &'a Journal,
     pending: Vec<Event>,
-    mine: TicketState,
+    /// Boxed: the pipeline's future, which holds the outbox, is allocated
+    /// per ticket, and below ~1 KB glibc can serve it from its per-thread
+    /// cache instead of its heap (with the attempt and the failure paths
+    /// boxed too, the pipeline's future went from 1,624 to 768 bytes).
+    mine: Box<TicketState>,
     /// A ticket's pipeline (polled by the dispatcher): its appends go out
     /// in groups ([`Journal::append_grouped`]).
     grouped: bool,
@@ -79,7 +85,7 @@ impl<'a> Outbox<'a> {
         Outbox {
             j,
             pending: Vec::new(),
-            mine: ticket,
+            mine: Box::new(ticket),
             grouped: true,
         }
     }
@@ -118,18 +124,28 @@ impl<'a> Outbox<'a> {
     }
 
     /// Appends what waits and `ks`, durably, before the caller acts.
-    async fn write(&mut self, ks: impl IntoIterator<Item = EventKind>) -> Result<(), StoreError> {
+    ///
+    /// The events are made (and noted) at the call; the future that
+    /// returns holds only them and the append (awaiting functions hold
+    /// room for the futures they await, and this is awaited at every
+    /// write-ahead step of the pipeline).
+    fn write<K: IntoIterator<Item = EventKind>>(
+        &mut self,
+        ks: K,
+    ) -> impl Future<Output = Result<(), StoreError>> + use<'a, K> {
         let mut all = std::mem::take(&mut self.pending);
         for k in ks {
             all.push(self.note(k));
         }
-        if all.is_empty() {
-            return Ok(());
-        }
-        if self.grouped {
-            self.j.append_grouped(all).await
-        } else {
-            self.j.append(all).await
+        let (j, grouped) = (self.j, self.grouped);
+        async move {
+            if all.is_empty() {
+                Ok(())
+            } else if grouped {
+                j.append_grouped(all).await
+            } else {
+                j.append(all).await
+            }
         }
     }
 }
@@ -284,17 +300,21 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         let attempt = failed + 1;
         let feedback = out.ticket().feedback.clone();
         let span = tracing::info_span!("phase", phase = %phase.name, attempt);
-        let outcome = attempt_phase(
-            sh,
-            out,
-            &ticket,
-            phase,
-            attempt,
-            &feedback,
-            &prepared.path,
-            &mut session,
+        // Boxed like those above, to keep the pipeline's own future small
+        // (see `Outbox::mine`).
+        let outcome = Box::pin(
+            attempt_phase(
+                sh,
+                out,
+                &ticket,
+                phase,
+                attempt,
+                &feedback,
+                &prepared.path,
+                &mut session,
+            )
+            .instrument(span),
         )
-        .instrument(span)
         .await?;
         match outcome {
             Attempt::Interrupted => return Ok(End::Interrupted),
@@ -326,14 +346,22 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     Ok(End::Done)
 }
 
-async fn fail(out: &mut Outbox<'_>, id: &TicketId, reason: String) -> Result<End, End> {
+/// Records that the ticket failed. Boxed: it is rare, and every future
+/// that awaits it would otherwise hold room for it.
+fn fail<'a>(
+    out: &mut Outbox<'a>,
+    id: &TicketId,
+    reason: String,
+) -> Pin<Box<dyn Future<Output = Result<End, End>> + Send + 'a>> {
     tracing::info!(%reason, "ticket failed");
-    out.write([EventKind::TicketFailed {
+    let write = out.write([EventKind::TicketFailed {
         ticket: id.clone(),
         reason,
-    }])
-    .await?;
-    Ok(End::Failed)
+    }]);
+    Box::pin(async move {
+        write.await?;
+        Ok(End::Failed)
+    })
 }
 
 /// Checkpoints a passed phase and records it.
