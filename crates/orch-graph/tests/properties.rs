@@ -32,6 +32,26 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
+    fn order_holds_every_ticket_once_and_next_follows_it_among_the_ready(
+        n in 1usize..120, deps in 0u32..5, seed in any::<u64>(),
+    ) {
+        let g = Arc::new(graph(n, deps, seed));
+        let mut s = Scheduler::new(Arc::clone(&g));
+        let order = s.order().to_vec();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        prop_assert_eq!(sorted, (0..n as Ix).collect::<Vec<_>>());
+        let rank = |t: Ix| order.iter().position(|&o| o == t);
+        // Whatever is ready, the next ticket started is the earliest of
+        // them in the order.
+        while let Some(best) = s.ready().into_iter().min_by_key(|&t| rank(t)) {
+            prop_assert_eq!(s.next(), Some(best));
+            s.complete(best).unwrap();
+        }
+        prop_assert!(s.is_finished());
+    }
+
+    #[test]
     fn never_ready_before_dependencies_and_always_terminates(
         n in 1usize..120, deps in 0u32..5, seed in any::<u64>(), fail_every in 0u64..8, agents in 1u32..6,
     ) {
