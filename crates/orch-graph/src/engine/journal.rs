@@ -80,8 +80,9 @@ struct Inner {
     applied: u64,
     /// Events in journal order, not yet folded into the state.
     unfolded: Vec<Event>,
-    /// Events appended but not yet folded, because an earlier seq (another
-    /// task's append, or another process's decision) is not known yet.
+    /// Events appended but not yet queued for the fold, because an earlier
+    /// seq (another task's append, or another process's decision) is not
+    /// known yet.
     pending: BTreeMap<u64, Event>,
     /// An append is being written; others wait in `next`.
     writing: bool,
@@ -350,9 +351,14 @@ impl Journal {
         any
     }
 
+    /// The state as folded so far (what is queued not yet in it).
+    fn lock_state(&self) -> MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The live state, every event absorbed so far folded in.
     fn state(&self) -> MutexGuard<'_, RunState> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock_state();
         self.fold_queued(&mut s, &mut Vec::new());
         s
     }
@@ -440,10 +446,7 @@ fn fold_loop(me: &Weak<Journal>) {
     let mut buf = Vec::new();
     loop {
         let Some(j) = me.upgrade() else { return };
-        let folded = {
-            let mut s = j.state.lock().unwrap_or_else(|e| e.into_inner());
-            j.fold_queued(&mut s, &mut buf)
-        };
+        let folded = j.fold_queued(&mut j.lock_state(), &mut buf);
         if folded {
             continue;
         }
