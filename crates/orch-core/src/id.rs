@@ -243,24 +243,48 @@ impl AgentId {
     /// assert!(id.as_str().starts_with("T-1.plan.2."));
     /// ```
     pub fn for_attempt(ticket: &TicketId, phase: &PhaseName, attempt: u32) -> AgentId {
-        let mut s = String::with_capacity(MAX_ID_LEN + 24);
-        s.push_str(ticket.as_str());
-        s.push('.');
-        s.push_str(phase.as_str());
-        s.push('.');
-        let digits = attempt.checked_ilog10().unwrap_or(0) + 1;
-        for i in (0..digits).rev() {
-            s.push(char::from(b'0' + (attempt / 10u32.pow(i) % 10) as u8));
+        // Built on the stack: ids are ASCII, and a short one (most are)
+        // then lives inline in the id, with no allocation at all.
+        const FRONT: usize = MAX_ID_LEN - 9;
+        let mut buf = [0u8; MAX_ID_LEN];
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            let n = bytes.len().min(FRONT - len);
+            buf[len..len + n].copy_from_slice(&bytes[..n]);
+            len += n;
+        };
+        put(ticket.as_str().as_bytes());
+        put(b".");
+        put(phase.as_str().as_bytes());
+        put(b".");
+        let mut digits = [0u8; 10];
+        let mut d = digits.len();
+        let mut a = attempt;
+        loop {
+            d -= 1;
+            digits[d] = b'0' + (a % 10) as u8;
+            a /= 10;
+            if a == 0 {
+                break;
+            }
         }
-        s.truncate(MAX_ID_LEN - 9);
+        put(&digits[d..]);
         // Cutting may leave a trailing dot, which would make `..` below.
-        s.truncate(s.trim_end_matches('.').len());
-        s.push('.');
-        push_hex(&mut s, crate::EventId::random().0 as u32 as u64, 8);
+        while len > 0 && buf[len - 1] == b'.' {
+            len -= 1;
+        }
+        buf[len] = b'.';
+        len += 1;
+        let rand = crate::EventId::random().0 as u32;
+        for i in (0..8).rev() {
+            buf[len] = HEX_DIGITS[(rand >> (i * 4)) as usize & 0xf];
+            len += 1;
+        }
+        let s = std::str::from_utf8(&buf[..len]).expect("ids are ASCII");
         // Valid by construction: valid ids and digits joined by single
         // dots, within the length limit (checked in tests and debug builds,
         // not per attempt).
-        debug_assert_eq!(check_id(&s), Ok(()), "agent id {s:?}");
+        debug_assert_eq!(check_id(s), Ok(()), "agent id {s:?}");
         AgentId(s.into())
     }
 }
