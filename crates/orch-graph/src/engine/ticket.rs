@@ -68,6 +68,11 @@ impl From<StoreError> for End {
 pub(crate) struct Outbox<'a> {
     j: &'a Journal,
     pending: Vec<Event>,
+    /// How many of `pending` are folded into `mine`: the rest are folded
+    /// when the view is read or they are written, so the events of a
+    /// ticket's last write (its finished agent, passed phase and end),
+    /// which nothing reads, cost no fold (and no allocation) here.
+    seen: usize,
     /// Boxed: the pipeline's future, which holds the outbox, is allocated
     /// per ticket, and below ~1 KB glibc can serve it from its per-thread
     /// cache instead of its heap (with the attempt and the failure paths
@@ -85,6 +90,7 @@ impl<'a> Outbox<'a> {
         Outbox {
             j,
             pending: Vec::new(),
+            seen: 0,
             mine: Box::new(ticket),
             grouped: true,
         }
@@ -100,22 +106,28 @@ impl<'a> Outbox<'a> {
     }
 
     /// The ticket's state: the journal's, plus what this task queued.
-    fn ticket(&self) -> &TicketState {
+    fn ticket(&mut self) -> &TicketState {
+        self.see();
         &self.mine
     }
 
-    fn note(&mut self, k: EventKind) -> Event {
+    /// Folds the waiting events not yet in the view.
+    fn see(&mut self) {
+        for e in &self.pending[self.seen..] {
+            self.mine.apply(e);
+        }
+        self.seen = self.pending.len();
+    }
+
+    fn note(k: EventKind) -> Event {
         // In the pipeline's spans: run, ticket, phase and attempt.
         tracing::info!(event = k.name());
-        let e = Event::now(k);
-        self.mine.apply(&e);
-        e
+        Event::now(k)
     }
 
     /// Holds `k` until the next write.
     fn defer(&mut self, k: EventKind) {
-        let e = self.note(k);
-        self.pending.push(e);
+        self.pending.push(Self::note(k));
     }
 
     /// Appends what waits, durably.
@@ -133,10 +145,18 @@ impl<'a> Outbox<'a> {
         &mut self,
         ks: K,
     ) -> impl Future<Output = Result<(), StoreError>> + use<'a, K> {
-        let mut all = std::mem::take(&mut self.pending);
         for k in ks {
-            all.push(self.note(k));
+            self.pending.push(Self::note(k));
         }
+        self.see();
+        self.last_write()
+    }
+
+    /// Writes what waits, as the ticket's last write: the view, which
+    /// nothing reads any more, is not brought up to date.
+    fn last_write(&mut self) -> impl Future<Output = Result<(), StoreError>> + use<'a> {
+        let all = std::mem::take(&mut self.pending);
+        self.seen = 0;
         let (j, grouped) = (self.j, self.grouped);
         async move {
             if all.is_empty() {
@@ -338,8 +358,8 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             }
         }
     }
-    out.write([EventKind::TicketDone { ticket: id.clone() }])
-        .await?;
+    out.defer(EventKind::TicketDone { ticket: id.clone() });
+    out.last_write().await?;
     if let Err(e) = sh.workspace.release(&run, &id).await {
         tracing::warn!(error = %e, "could not remove the work tree");
     }
