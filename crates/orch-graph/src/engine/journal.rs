@@ -47,7 +47,7 @@ pub(crate) struct Journal {
     inner: Mutex<Inner>,
     /// The live state: every event of `Inner::unfolded` taken so far,
     /// folded. Taken before `inner` when both are held.
-    state: Mutex<RunState>,
+    state: Mutex<Folded>,
     /// The fold thread, once started (`None` if it could not be: events
     /// are then folded by whoever reads the state, at the latest).
     folder: OnceLock<Option<std::thread::Thread>>,
@@ -73,6 +73,15 @@ pub(crate) struct Journal {
     /// Set when the run's lock is lost: every append fails with it from
     /// then on, since another engine may be driving the run.
     refused: std::sync::OnceLock<StoreError>,
+}
+
+/// The state and the room to fold into it: whoever folds (the fold
+/// thread, or a reader) swaps the queue with `buf` under the state's lock,
+/// so the queue's room is kept from one fold to the next.
+struct Folded {
+    state: RunState,
+    /// Empty between folds.
+    buf: Vec<Event>,
 }
 
 struct Inner {
@@ -149,7 +158,10 @@ impl Journal {
                 next: Vec::new(),
                 waiting: Vec::new(),
             }),
-            state: Mutex::new(state),
+            state: Mutex::new(Folded {
+                state,
+                buf: Vec::new(),
+            }),
             folder: OnceLock::new(),
             asleep: AtomicBool::new(false),
             queued: AtomicBool::new(false),
@@ -335,31 +347,30 @@ impl Journal {
         }
     }
 
-    /// Folds what is queued into `state` (held locked by the caller);
-    /// `buf` is an empty vector to swap with the queue (its room is kept
-    /// for the next time). Whether there was anything.
-    fn fold_queued(&self, state: &mut RunState, buf: &mut Vec<Event>) -> bool {
+    /// Folds what is queued into the state (held locked by the caller).
+    /// Whether there was anything.
+    fn fold_queued(&self, f: &mut Folded) -> bool {
         {
             let mut g = self.lock();
-            std::mem::swap(&mut g.unfolded, buf);
+            std::mem::swap(&mut g.unfolded, &mut f.buf);
             self.queued.store(false, Ordering::SeqCst);
         }
-        let any = !buf.is_empty();
-        for e in buf.drain(..) {
-            self.fold(state, e);
+        let any = !f.buf.is_empty();
+        for e in f.buf.drain(..) {
+            self.fold(&mut f.state, e);
         }
         any
     }
 
     /// The state as folded so far (what is queued not yet in it).
-    fn lock_state(&self) -> MutexGuard<'_, RunState> {
+    fn lock_state(&self) -> MutexGuard<'_, Folded> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The live state, every event absorbed so far folded in.
-    fn state(&self) -> MutexGuard<'_, RunState> {
+    fn state(&self) -> MutexGuard<'_, Folded> {
         let mut s = self.lock_state();
-        self.fold_queued(&mut s, &mut Vec::new());
+        self.fold_queued(&mut s);
         s
     }
 
@@ -407,7 +418,7 @@ impl Journal {
         if !self.budget_hit.load(Ordering::SeqCst) {
             return None;
         }
-        let u = s.usage;
+        let u = s.state.usage;
         let why = self.budget.exceeded(&u).unwrap_or_default();
         Some((u.total_tokens(), u.cost_usd, why))
     }
@@ -420,7 +431,7 @@ impl Journal {
 
     /// Reads the live state (every event absorbed so far folded in).
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&RunState) -> R) -> R {
-        f(&self.state())
+        f(&self.state().state)
     }
 
     /// Forwards an agent's progress to the observers (not persisted: the
@@ -435,18 +446,17 @@ impl Journal {
     pub(crate) fn finished(&self) -> RunState {
         let mut s = self.state();
         for o in &self.observers {
-            o.finished(&s);
+            o.finished(&s.state);
         }
-        std::mem::take(&mut *s)
+        std::mem::take(&mut s.state)
     }
 }
 
 /// The fold thread: folds what appends queue until the journal is gone.
 fn fold_loop(me: &Weak<Journal>) {
-    let mut buf = Vec::new();
     loop {
         let Some(j) = me.upgrade() else { return };
-        let folded = j.fold_queued(&mut j.lock_state(), &mut buf);
+        let folded = j.fold_queued(&mut j.lock_state());
         if folded {
             continue;
         }
