@@ -253,8 +253,9 @@ pub enum EventKind {
         agent: AgentId,
         /// The role it plays.
         role: RoleName,
-        /// The backend's name.
-        backend: String,
+        /// The backend's name (shared: every attempt of a role names the
+        /// same one).
+        backend: std::sync::Arc<str>,
     },
     /// Something an agent reported while working.
     AgentOutput {

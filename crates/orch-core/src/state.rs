@@ -144,7 +144,7 @@ pub struct AgentRecord {
     /// The role.
     pub role: RoleName,
     /// The backend's name.
-    pub backend: String,
+    pub backend: std::sync::Arc<str>,
     /// Status.
     pub status: AgentStatus,
     /// Started.

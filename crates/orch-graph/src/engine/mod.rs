@@ -435,6 +435,7 @@ impl Engine {
             gates: self.gates.clone(),
             journal,
             work,
+            backends: Default::default(),
         });
         let mut d = Dispatcher::new(self, shared, tx);
         d.run(rx, drx, cancel, &lock).instrument(span).await

@@ -32,6 +32,24 @@ pub(crate) struct Shared {
     pub(crate) work: Cancellation,
     /// What every agent run gets: `work` and the journal's progress sink.
     pub(crate) agent_ctx: AgentContext,
+    /// The backend of each role asked so far ([`Shared::backend`]).
+    pub(crate) backends: std::sync::Mutex<Vec<(RoleName, Arc<str>)>>,
+}
+
+impl Shared {
+    /// The name of the backend that runs `role`'s tasks, asked of the
+    /// agent once per role and run: every attempt's `AgentStarted` then
+    /// shares it instead of copying it (and the store's copy of the event,
+    /// and the agent registry's record, share it too).
+    fn backend(&self, role: &RoleName) -> Arc<str> {
+        let mut known = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, name)) = known.iter().find(|(r, _)| r == role) {
+            return name.clone();
+        }
+        let name: Arc<str> = self.agent.backend_for(role).into();
+        known.push((role.clone(), name.clone()));
+        name
+    }
 }
 
 /// How a ticket's task ended.
@@ -565,7 +583,7 @@ async fn attempt_phase(
         attempt,
         agent: agent_id.clone(),
         role: role.clone(),
-        backend: sh.agent.backend_for(&role).to_owned(),
+        backend: sh.backend(&role),
     }])
     .await?;
     let task = AgentTask {
