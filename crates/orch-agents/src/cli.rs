@@ -254,7 +254,7 @@ impl Agent for CommandAgent {
         }
         let cmd = process::Command {
             argv,
-            cwd: task.workdir.clone(),
+            cwd: task.workdir.to_path_buf(),
             env,
             env_clear: true,
             stdin: (self.prompt_via == PromptVia::Stdin).then(|| task.prompt.clone().into_bytes()),
@@ -394,7 +394,7 @@ fn stream_command(
 ) -> process::Command {
     process::Command {
         argv,
-        cwd: task.workdir.clone(),
+        cwd: task.workdir.to_path_buf(),
         env: task_env(task),
         stdin,
         timeout: d.timeout,

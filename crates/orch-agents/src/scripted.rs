@@ -52,7 +52,7 @@ type Key = (String, String, u32);
 ///     run: "r".parse().unwrap(), agent_id: "a".parse().unwrap(),
 ///     ticket: std::sync::Arc::new(serde_json::from_str(r#"{"id":"T-1","title":"t","effort":"1h"}"#).unwrap()),
 ///     phase: "implement".parse().unwrap(), role: "dev".parse().unwrap(), prompt: String::new(),
-///     workdir: dir.path().to_path_buf(), feedback: vec![], attempt, resume: None,
+///     workdir: dir.path().into(), feedback: vec![], attempt, resume: None,
 /// };
 /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
 /// let first = rt.block_on(agent.run(task(1), &AgentContext::detached())).unwrap();

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::AddAssign;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +28,9 @@ pub struct AgentTask {
     /// The full prompt: task, context, requirements, success criteria, and
     /// the feedback of earlier attempts.
     pub prompt: String,
-    /// The work tree the agent must work in.
-    pub workdir: PathBuf,
+    /// The work tree the agent must work in (shared: the workspace, the
+    /// agent and the gates hold the same path).
+    pub workdir: Arc<Path>,
     /// Gate reports of the earlier failed attempts of this phase, oldest
     /// first (already folded into `prompt`; given separately for backends
     /// that pass them another way).
@@ -306,7 +307,7 @@ impl AgentError {
 ///     phase: "plan".parse().unwrap(),
 ///     role: "dev".parse().unwrap(),
 ///     prompt: "Write the plan".into(),
-///     workdir: dir.clone(),
+///     workdir: dir.as_path().into(),
 ///     feedback: vec![],
 ///     attempt: 1,
 ///     resume: None,

@@ -1,6 +1,7 @@
 //! The [`Gate`] contract: check a work tree and report with evidence.
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -140,7 +141,7 @@ impl GateReport {
 #[derive(Debug, Clone)]
 pub struct GateContext {
     /// The work tree to check.
-    pub workdir: PathBuf,
+    pub workdir: Arc<Path>,
     /// When the phase being checked began. Reports older than this are
     /// stale and must not be trusted.
     pub since: SystemTime,
@@ -152,9 +153,9 @@ pub struct GateContext {
 
 impl GateContext {
     /// A context for `workdir`, starting now, with a 30 minute limit.
-    pub fn new(workdir: impl Into<PathBuf>) -> Self {
+    pub fn new(workdir: impl AsRef<Path>) -> Self {
         GateContext {
-            workdir: workdir.into(),
+            workdir: Arc::from(workdir.as_ref()),
             since: SystemTime::now(),
             timeout: Duration::from_secs(1800),
             cancel: Cancellation::new(),

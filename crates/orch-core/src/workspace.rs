@@ -5,7 +5,8 @@
 //! [`SharedDir`] is the trivial implementation for agents that need no
 //! isolation (and for benchmarks).
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -14,8 +15,9 @@ use crate::{BatchId, PhaseName, RunId, TicketId};
 /// A ticket's prepared work tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
-    /// Where the agent and the gates work.
-    pub path: PathBuf,
+    /// Where the agent and the gates work (handed to each attempt's agent
+    /// and gates, which share it).
+    pub path: Arc<Path>,
     /// The commit the work tree started from (after merging the ticket's
     /// dependencies), the rollback point before any phase passed. `None`
     /// when the workspace keeps no history.
@@ -30,7 +32,7 @@ pub enum Merged {
         /// The merge result (`None` when the workspace keeps no history).
         commit: Option<String>,
         /// Where the merged tree is checked out.
-        path: PathBuf,
+        path: Arc<Path>,
     },
     /// `ticket`'s work conflicts in `files`; nothing was lost.
     Conflict {
@@ -83,7 +85,7 @@ impl WorkspaceError {
 ///     let run = "r1".parse().unwrap();
 ///     let t = "T-1".parse().unwrap();
 ///     let p = ws.prepare(&run, &t, &[]).await.unwrap();
-///     assert_eq!(p.path, std::env::temp_dir());
+///     assert_eq!(&*p.path, std::env::temp_dir());
 ///     let plan = "plan".parse().unwrap();
 ///     assert_eq!(ws.checkpoint(&run, &t, &plan, 1).await.unwrap(), None);
 /// });
@@ -137,13 +139,15 @@ pub trait Workspace: Send + Sync {
 /// and rollbacks do nothing, merges are trivially clean.
 #[derive(Debug, Clone)]
 pub struct SharedDir {
-    path: PathBuf,
+    path: Arc<Path>,
 }
 
 impl SharedDir {
     /// All work happens in `path`.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        SharedDir { path: path.into() }
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        SharedDir {
+            path: Arc::from(path.as_ref()),
+        }
     }
 }
 

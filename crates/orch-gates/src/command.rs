@@ -25,7 +25,7 @@ fn command(
         shell,
         cwd: match cwd {
             Some(c) => inside(gate, &ctx.workdir, c)?,
-            None => ctx.workdir.clone(),
+            None => ctx.workdir.to_path_buf(),
         },
         env: env.clone(),
         timeout: timeout(ctx, timeout_secs),

@@ -49,7 +49,7 @@ impl Gate for CoverageGate {
             let cmd = process::Command {
                 argv: argv.clone(),
                 shell: false,
-                cwd: ctx.workdir.clone(),
+                cwd: ctx.workdir.to_path_buf(),
                 env: Default::default(),
                 timeout: timeout(ctx, s.timeout_secs),
                 ..Default::default()

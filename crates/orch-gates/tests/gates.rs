@@ -10,7 +10,7 @@ use orch_core::{Cancellation, GateContext, GateReport, GateSpec};
 /// check count as written during the phase.
 fn ctx(dir: &Path) -> GateContext {
     GateContext {
-        workdir: dir.to_path_buf(),
+        workdir: dir.into(),
         since: SystemTime::now() - Duration::from_secs(2),
         timeout: Duration::from_secs(120),
         cancel: Cancellation::new(),

@@ -118,7 +118,7 @@ impl Workspace for GitWorkspace {
             repo.merge_into(&wt, &deps)?;
             let head = repo.git(&["-C", &wt.path.to_string_lossy(), "rev-parse", "HEAD"])?;
             Ok(Prepared {
-                path: wt.path,
+                path: wt.path.into(),
                 base: Some(head),
             })
         })
@@ -175,7 +175,7 @@ impl Workspace for GitWorkspace {
                 match repo.merge_batch(&run, &batch, &branch, &base, &branches)? {
                     MergeOutcome::Merged { commit } => Merged::Clean {
                         commit: Some(commit),
-                        path: repo.batch_worktree(&run, &batch),
+                        path: repo.batch_worktree(&run, &batch).into(),
                     },
                     MergeOutcome::Conflict { branch, files } => Merged::Conflict {
                         ticket: branch

@@ -20,7 +20,7 @@ pub fn task(ticket: &str, phase: &str, role: &str, prompt: &str, workdir: &Path)
         phase: phase.parse().unwrap(),
         role: role.parse().unwrap(),
         prompt: prompt.into(),
-        workdir: workdir.to_path_buf(),
+        workdir: workdir.into(),
         feedback: vec![],
         attempt: 1,
         resume: None,

@@ -565,7 +565,7 @@ async fn attempt_phase(
     phase: &PhaseSpec,
     attempt: u32,
     feedback: &[String],
-    workdir: &std::path::Path,
+    workdir: &Arc<std::path::Path>,
     session: &mut Option<String>,
 ) -> Result<Attempt, End> {
     let plan = &sh.plan;
@@ -593,7 +593,7 @@ async fn attempt_phase(
         phase: phase.name.clone(),
         role,
         prompt: super::prompt(plan, ticket, phase, feedback),
-        workdir: workdir.to_path_buf(),
+        workdir: workdir.clone(),
         feedback: feedback.to_vec(),
         attempt,
         resume: session.take(),
@@ -668,7 +668,7 @@ async fn attempt_phase(
         attempt,
     };
     let ctx = GateContext {
-        workdir: workdir.to_path_buf(),
+        workdir: workdir.clone(),
         since,
         timeout: Duration::from_secs(plan.policy.timeouts.gate_secs),
         cancel: sh.work.clone(),
