@@ -1342,3 +1342,103 @@ async fn every_event_is_traced_in_the_spans_of_its_run_ticket_phase_and_attempt(
         );
     }
 }
+
+/// Routes by role: `review` to one backend, every other role to another.
+struct TwoBackends;
+
+#[async_trait]
+impl Agent for TwoBackends {
+    fn backend(&self) -> &str {
+        "router"
+    }
+    fn backend_for(&self, role: &orch_core::RoleName) -> &str {
+        if role.as_str() == "review" {
+            "reviewer-cli"
+        } else {
+            "builder-cli"
+        }
+    }
+    async fn run(&self, _: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        Ok(AgentOutcome {
+            success: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// The engine asks an agent for a role's backend once per run and shares
+/// the name: every agent record (and `AgentStarted` event) still names the
+/// backend of its own role, whichever role came first.
+#[tokio::test]
+async fn every_agent_record_names_the_backend_of_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan::from_toml_str(
+        r#"
+name = "roles"
+default_role = "dev"
+agents.dev.backend = { kind = "custom", name = "a" }
+agents.review.backend = { kind = "custom", name = "b" }
+[[phases]]
+name = "build"
+[[phases]]
+name = "review"
+role = "review"
+[[tickets]]
+id = "T-1"
+title = "t"
+effort = "1h"
+[[tickets]]
+id = "T-2"
+title = "t"
+effort = "1h"
+role = "review"
+"#,
+    )
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let report = engine(plan, Arc::new(TwoBackends), store.clone(), dir.path())
+        .run(&run_id("roles"), Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    let mut seen: Vec<(String, String, String)> = report
+        .state
+        .agents
+        .values()
+        .map(|a| {
+            (
+                format!("{}/{}", a.ticket, a.phase),
+                a.role.to_string(),
+                a.backend.to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want = [
+        ("T-1/build", "dev", "builder-cli"),
+        ("T-1/review", "review", "reviewer-cli"),
+        ("T-2/build", "review", "reviewer-cli"),
+        ("T-2/review", "review", "reviewer-cli"),
+    ];
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(seen, want);
+    // The journal says the same as the live state.
+    let started: Vec<String> = journal(&*store, &run_id("roles"))
+        .await
+        .into_iter()
+        .filter_map(|s| match s.event.kind {
+            EventKind::AgentStarted { role, backend, .. } => Some(format!("{role}={backend}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 4, "{started:?}");
+    for s in &started {
+        assert!(
+            s == "dev=builder-cli" || s == "review=reviewer-cli",
+            "{started:?}"
+        );
+    }
+}
