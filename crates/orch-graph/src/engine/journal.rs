@@ -102,6 +102,28 @@ struct Inner {
     waiting: Vec<oneshot::Sender<Turn>>,
 }
 
+impl Inner {
+    /// Queues events in journal order, holding back those whose
+    /// predecessors are not known yet.
+    fn queue(&mut self, events: impl IntoIterator<Item = (u64, Event)>) {
+        for (seq, e) in events {
+            if seq <= self.applied {
+                continue; // already queued (re-read or idempotent re-append)
+            }
+            if seq == self.applied + 1 && self.pending.is_empty() {
+                self.applied = seq;
+                self.unfolded.push(e);
+            } else {
+                self.pending.insert(seq, e);
+            }
+        }
+        while let Some(e) = self.pending.remove(&(self.applied + 1)) {
+            self.applied += 1;
+            self.unfolded.push(e);
+        }
+    }
+}
+
 /// What an append waiting in `next` hears.
 enum Turn {
     /// Its events were written with the others (or the write failed).
@@ -198,7 +220,7 @@ impl Journal {
     /// Appends `events` durably, then folds them.
     pub(crate) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
         let seqs = self.store()?.append(&self.run, &events).await?;
-        self.absorb(seqs.into_iter().zip(events));
+        self.absorb_appended(seqs, events);
         Ok(())
     }
 
@@ -262,7 +284,7 @@ impl Journal {
         // The next group goes to the store first, so that it is written
         // while this one is folded and its tickets go on.
         drop(writing);
-        let r = written.map(|seqs| self.absorb(seqs.into_iter().zip(group)));
+        let r = written.map(|seqs| self.absorb_appended(seqs, group));
         for w in waiting {
             let _ = w.send(Turn::Done(r.clone()));
         }
@@ -283,27 +305,36 @@ impl Journal {
         }
     }
 
+    /// Queues `events`, just appended with `seqs`, for the fold. The usual
+    /// case (they follow the last queued event, one after another) moves
+    /// them onto the queue in one copy.
+    fn absorb_appended(&self, seqs: Vec<u64>, mut events: Vec<Event>) {
+        self.absorb_with(|g| {
+            let next = g.applied + 1;
+            let n = events.len() as u64;
+            if g.pending.is_empty()
+                && seqs.len() == events.len()
+                && seqs.iter().copied().eq(next..next + n)
+            {
+                g.applied += n;
+                g.unfolded.append(&mut events);
+            } else {
+                g.queue(seqs.into_iter().zip(events));
+            }
+        });
+    }
+
     /// Queues appended (or re-read) events for the fold in journal order,
     /// holding back those whose predecessors are not known yet.
     fn absorb(&self, events: impl IntoIterator<Item = (u64, Event)>) {
+        self.absorb_with(|g| g.queue(events));
+    }
+
+    /// Queues events by `queue`, then has them folded.
+    fn absorb_with(&self, queue: impl FnOnce(&mut Inner)) {
         {
             let mut g = self.lock();
-            let g = &mut *g;
-            for (seq, e) in events {
-                if seq <= g.applied {
-                    continue; // already queued (re-read or idempotent re-append)
-                }
-                if seq == g.applied + 1 && g.pending.is_empty() {
-                    g.applied = seq;
-                    g.unfolded.push(e);
-                } else {
-                    g.pending.insert(seq, e);
-                }
-            }
-            while let Some(e) = g.pending.remove(&(g.applied + 1)) {
-                g.applied += 1;
-                g.unfolded.push(e);
-            }
+            queue(&mut g);
             if g.unfolded.is_empty() {
                 return;
             }
@@ -516,8 +547,22 @@ mod tests {
                 })
                 .collect())
         }
-        async fn read(&self, _: &RunId, _: u64, _: usize) -> Result<Vec<StoredEvent>, StoreError> {
-            Ok(Vec::new())
+        async fn read(
+            &self,
+            _: &RunId,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<StoredEvent>, StoreError> {
+            let j = self.events.lock().unwrap();
+            Ok(j.iter()
+                .zip(1..)
+                .skip(after as usize)
+                .take(limit)
+                .map(|(e, seq)| StoredEvent {
+                    seq,
+                    event: e.clone(),
+                })
+                .collect())
         }
         async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
             Ok(Vec::new())
@@ -720,6 +765,35 @@ mod tests {
             (1..=1000).collect::<Vec<_>>(),
             "each once, folded in order"
         );
+    }
+
+    /// Another writer's events (a decision recorded by `orch decide`)
+    /// land between two of the journal's appends: the append after them is
+    /// held back until they are read, then all are folded in journal
+    /// order; events queued already are not queued again.
+    #[tokio::test]
+    async fn an_append_after_anothers_events_waits_for_them_and_nothing_is_folded_twice() {
+        let store = open();
+        let seen = Arc::new(Seen::default());
+        let j = observed(store.clone(), vec![seen.clone()]);
+        j.busy.store(0, Ordering::Relaxed); // folded by the appender
+        let mut ids = append_n(&j, 3).await;
+        let theirs: Vec<Event> = ["O-1", "O-2"].iter().flat_map(|t| ready(t)).collect();
+        ids.extend(theirs.iter().map(|e| e.id));
+        store.events.lock().unwrap().extend(theirs);
+        let mine = ready("X");
+        ids.push(mine[0].id);
+        j.append_grouped(mine.clone()).await.unwrap();
+        assert_eq!(j.with_state(|s| s.events), 3, "seq 6 waits for 4 and 5");
+        j.catch_up().await.unwrap();
+        assert_eq!(j.with_state(|s| s.events), 6);
+        // A re-sent append answered with seqs already queued.
+        j.absorb_appended(vec![6], mine);
+        j.catch_up().await.unwrap();
+        assert_eq!(j.with_state(|s| s.events), 6, "nothing folded twice");
+        let seen = seen.0.lock().unwrap();
+        let order: Vec<_> = seen.iter().map(|&(id, _)| id).collect();
+        assert_eq!(order, ids, "folded in journal order");
     }
 
     #[tokio::test]
