@@ -33,20 +33,7 @@ impl EventId {
 
     /// A fresh id for something happening at `now`.
     fn random_at(now: Timestamp) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let base = *BASE.get_or_init(|| {
-            let mut h = RandomState::new().build_hasher();
-            h.write_u128(std::process::id().into());
-            h.finish()
-        });
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        // SplitMix64 of a per-process random base and a counter: unique in
-        // the process, unpredictable across processes, a few nanoseconds.
-        let mut z = base.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        let rand = z ^ (z >> 31);
+        let (n, rand) = counted_random();
         EventId((u128::from(now.0) << 80) | (u128::from(n & 0xffff) << 64) | u128::from(rand))
     }
 
@@ -59,6 +46,24 @@ impl EventId {
         }
         out
     }
+}
+
+/// A process-wide counter's next value and 64 random bits made from it:
+/// SplitMix64 of a per-process random base and the counter, unique in the
+/// process, unpredictable across processes, a few nanoseconds (no clock).
+pub(crate) fn counted_random() -> (u64, u64) {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u128(std::process::id().into());
+        h.finish()
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut z = base.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (n, z ^ (z >> 31))
 }
 
 impl fmt::Display for EventId {

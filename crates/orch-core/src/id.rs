@@ -275,7 +275,7 @@ impl AgentId {
         }
         buf[len] = b'.';
         len += 1;
-        let rand = crate::EventId::random().0 as u32;
+        let rand = crate::event::counted_random().1 as u32;
         for i in (0..8).rev() {
             buf[len] = HEX_DIGITS[(rand >> (i * 4)) as usize & 0xf];
             len += 1;

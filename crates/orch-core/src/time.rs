@@ -50,10 +50,13 @@ impl Timestamp {
 
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Self {
-        Timestamp(
-            t.duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        )
+        // Seconds times 1000 in 64 bits (`as_millis` is 128-bit): made
+        // for every event. Saturates 584 million years from now.
+        Timestamp(t.duration_since(UNIX_EPOCH).map_or(0, |d| {
+            d.as_secs()
+                .saturating_mul(1000)
+                .saturating_add(u64::from(d.subsec_millis()))
+        }))
     }
 }
 
@@ -74,5 +77,23 @@ impl fmt::Display for Timestamp {
         let mo = if mp < 10 { mp + 3 } else { mp - 9 };
         let y = yoe + era * 400 + i64::from(mo <= 2);
         write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_system_time_truncates_to_whole_milliseconds() {
+        let at =
+            UNIX_EPOCH + Duration::from_millis(1_795_421_047_123) + Duration::from_nanos(999_999);
+        assert_eq!(Timestamp::from(at), Timestamp(1_795_421_047_123));
+        assert_eq!(
+            Timestamp::from(at).to_system_time(),
+            at - Duration::from_nanos(999_999)
+        );
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(Timestamp::from(before), Timestamp(0));
     }
 }
