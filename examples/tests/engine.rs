@@ -1442,3 +1442,92 @@ role = "review"
         );
     }
 }
+
+/// Names one backend for its first two attempts, then another, as a router
+/// does once it fails over to a fallback.
+struct FailsOver(AtomicU32);
+
+#[async_trait]
+impl Agent for FailsOver {
+    fn backend(&self) -> &str {
+        "router"
+    }
+    fn backend_for(&self, _: &orch_core::RoleName) -> &str {
+        if self.0.fetch_add(1, Ordering::SeqCst) < 2 {
+            "primary-cli"
+        } else {
+            "fallback-cli"
+        }
+    }
+    async fn run(&self, _: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        Ok(AgentOutcome {
+            success: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// The backend name is asked per attempt, so the registry follows a
+/// router that fails over mid-run (the names are still shared, not copied).
+#[tokio::test]
+async fn agent_records_follow_a_backend_that_changes_mid_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan::from_toml_str(
+        r#"
+name = "failover"
+default_role = "dev"
+agents.dev.backend = { kind = "custom", name = "a" }
+[[phases]]
+name = "build"
+[[tickets]]
+id = "T-1"
+title = "t"
+effort = "1h"
+[[tickets]]
+id = "T-2"
+title = "t"
+effort = "1h"
+depends_on = ["T-1"]
+[[tickets]]
+id = "T-3"
+title = "t"
+effort = "1h"
+depends_on = ["T-2"]
+[[tickets]]
+id = "T-4"
+title = "t"
+effort = "1h"
+depends_on = ["T-3"]
+"#,
+    )
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let report = engine(
+        plan,
+        Arc::new(FailsOver(AtomicU32::new(0))),
+        store,
+        dir.path(),
+    )
+    .run(&run_id("failover"), Cancellation::new())
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    let mut seen: Vec<(String, String)> = report
+        .state
+        .agents
+        .values()
+        .map(|a| (a.ticket.to_string(), a.backend.to_string()))
+        .collect();
+    seen.sort();
+    let want = [
+        ("T-1", "primary-cli"),
+        ("T-2", "primary-cli"),
+        ("T-3", "fallback-cli"),
+        ("T-4", "fallback-cli"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(t, b)| (t.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(seen, want);
+}

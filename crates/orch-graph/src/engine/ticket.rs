@@ -32,22 +32,24 @@ pub(crate) struct Shared {
     pub(crate) work: Cancellation,
     /// What every agent run gets: `work` and the journal's progress sink.
     pub(crate) agent_ctx: AgentContext,
-    /// The backend of each role asked so far ([`Shared::backend`]).
-    pub(crate) backends: std::sync::Mutex<Vec<(RoleName, Arc<str>)>>,
+    /// The backend names seen so far ([`Shared::backend`]).
+    pub(crate) backends: std::sync::Mutex<Vec<Arc<str>>>,
 }
 
 impl Shared {
-    /// The name of the backend that runs `role`'s tasks, asked of the
-    /// agent once per role and run: every attempt's `AgentStarted` then
-    /// shares it instead of copying it (and the store's copy of the event,
-    /// and the agent registry's record, share it too).
+    /// The name of the backend that runs `role`'s tasks now, as the agent
+    /// says (a router's answer changes when it fails over), shared: each
+    /// name is made once per run, and every `AgentStarted` that carries
+    /// it (and the store's copy of the event, and the agent registry's
+    /// record) shares it instead of copying it.
     fn backend(&self, role: &RoleName) -> Arc<str> {
+        let name = self.agent.backend_for(role);
         let mut known = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, name)) = known.iter().find(|(r, _)| r == role) {
-            return name.clone();
+        if let Some(known) = known.iter().find(|n| ***n == *name) {
+            return known.clone();
         }
-        let name: Arc<str> = self.agent.backend_for(role).into();
-        known.push((role.clone(), name.clone()));
+        let name: Arc<str> = name.into();
+        known.push(name.clone());
         name
     }
 }
