@@ -258,8 +258,8 @@ pub enum EventKind {
         agent: AgentId,
         /// The role it plays.
         role: RoleName,
-        /// The backend's name (shared: every attempt of a role names the
-        /// same one).
+        /// The backend's name (shared by the events and records that name
+        /// the same backend).
         backend: std::sync::Arc<str>,
     },
     /// Something an agent reported while working.
