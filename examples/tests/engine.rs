@@ -1343,20 +1343,17 @@ async fn every_event_is_traced_in_the_spans_of_its_run_ticket_phase_and_attempt(
     }
 }
 
-/// Routes by role: `review` to one backend, every other role to another.
-struct TwoBackends;
+/// An agent that succeeds at once and names its backend by `name` (given
+/// the role), as a router does.
+struct Names<F>(F);
 
 #[async_trait]
-impl Agent for TwoBackends {
+impl<F: Fn(&orch_core::RoleName) -> &'static str + Send + Sync> Agent for Names<F> {
     fn backend(&self) -> &str {
         "router"
     }
     fn backend_for(&self, role: &orch_core::RoleName) -> &str {
-        if role.as_str() == "review" {
-            "reviewer-cli"
-        } else {
-            "builder-cli"
-        }
+        (self.0)(role)
     }
     async fn run(&self, _: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
         Ok(AgentOutcome {
@@ -1366,67 +1363,35 @@ impl Agent for TwoBackends {
     }
 }
 
-/// The engine asks an agent for a role's backend once per run and shares
-/// the name: every agent record (and `AgentStarted` event) still names the
-/// backend of its own role, whichever role came first.
-#[tokio::test]
-async fn every_agent_record_names_the_backend_of_its_role() {
+/// Runs `plan` (TOML, one `dev` role and `extra`) with `agent`; returns
+/// every agent record as "ticket/phase role=backend", sorted, and every
+/// `AgentStarted` in the journal as "role=backend".
+async fn backends_recorded(
+    agent: Arc<dyn Agent>,
+    extra: &str,
+    tickets: &str,
+) -> (Vec<String>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let plan = Plan::from_toml_str(
-        r#"
-name = "roles"
-default_role = "dev"
-agents.dev.backend = { kind = "custom", name = "a" }
-agents.review.backend = { kind = "custom", name = "b" }
-[[phases]]
-name = "build"
-[[phases]]
-name = "review"
-role = "review"
-[[tickets]]
-id = "T-1"
-title = "t"
-effort = "1h"
-[[tickets]]
-id = "T-2"
-title = "t"
-effort = "1h"
-role = "review"
-"#,
-    )
+    let plan = Plan::from_toml_str(&format!(
+        "name = \"backends\"\ndefault_role = \"dev\"\n\
+         agents.dev.backend = {{ kind = \"custom\", name = \"a\" }}\n{extra}\n{tickets}"
+    ))
     .unwrap();
     let store = Arc::new(MemoryStore::new());
-    let report = engine(plan, Arc::new(TwoBackends), store.clone(), dir.path())
-        .run(&run_id("roles"), Cancellation::new())
+    let run = run_id("backends");
+    let report = engine(plan, agent, store.clone(), dir.path())
+        .run(&run, Cancellation::new())
         .await
         .unwrap();
     assert_eq!(report.outcome, RunOutcome::Completed);
-    let mut seen: Vec<(String, String, String)> = report
+    let mut records: Vec<String> = report
         .state
         .agents
         .values()
-        .map(|a| {
-            (
-                format!("{}/{}", a.ticket, a.phase),
-                a.role.to_string(),
-                a.backend.to_string(),
-            )
-        })
+        .map(|a| format!("{}/{} {}={}", a.ticket, a.phase, a.role, a.backend))
         .collect();
-    seen.sort();
-    let want = [
-        ("T-1/build", "dev", "builder-cli"),
-        ("T-1/review", "review", "reviewer-cli"),
-        ("T-2/build", "review", "reviewer-cli"),
-        ("T-2/review", "review", "reviewer-cli"),
-    ];
-    let want: Vec<(String, String, String)> = want
-        .iter()
-        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
-        .collect();
-    assert_eq!(seen, want);
-    // The journal says the same as the live state.
-    let started: Vec<String> = journal(&*store, &run_id("roles"))
+    records.sort();
+    let started = journal(&*store, &run)
         .await
         .into_iter()
         .filter_map(|s| match s.event.kind {
@@ -1434,100 +1399,96 @@ role = "review"
             _ => None,
         })
         .collect();
-    assert_eq!(started.len(), 4, "{started:?}");
-    for s in &started {
-        assert!(
-            s == "dev=builder-cli" || s == "review=reviewer-cli",
-            "{started:?}"
-        );
-    }
+    (records, started)
 }
 
-/// Names one backend for its first two attempts, then another, as a router
-/// does once it fails over to a fallback.
-struct FailsOver(AtomicU32);
+/// A plan's tickets: `T-1` .. `T-n`, each after the one before.
+fn chain(n: usize, role_of_2: &str) -> String {
+    (1..=n)
+        .map(|i| {
+            let dep = if i > 1 {
+                format!("depends_on = [\"T-{}\"]\n", i - 1)
+            } else {
+                String::new()
+            };
+            let role = if i == 2 { role_of_2 } else { "" };
+            format!("[[tickets]]\nid = \"T-{i}\"\ntitle = \"t\"\neffort = \"1h\"\n{dep}{role}\n")
+        })
+        .collect()
+}
 
-#[async_trait]
-impl Agent for FailsOver {
-    fn backend(&self) -> &str {
-        "router"
-    }
-    fn backend_for(&self, _: &orch_core::RoleName) -> &str {
-        if self.0.fetch_add(1, Ordering::SeqCst) < 2 {
+/// Every agent record (and `AgentStarted` event) names the backend of its
+/// own role, set by the phase or by the ticket; the names are shared, not
+/// copied, per attempt.
+#[tokio::test]
+async fn every_agent_record_names_the_backend_of_its_role() {
+    let agent = Names(|r: &orch_core::RoleName| {
+        if r.as_str() == "review" {
+            "reviewer-cli"
+        } else {
+            "builder-cli"
+        }
+    });
+    let extra = "agents.review.backend = { kind = \"custom\", name = \"b\" }\n\
+                 [[phases]]\nname = \"build\"\n[[phases]]\nname = \"review\"\nrole = \"review\"";
+    let (records, started) =
+        backends_recorded(Arc::new(agent), extra, &chain(2, "role = \"review\"\n")).await;
+    assert_eq!(
+        records,
+        [
+            "T-1/build dev=builder-cli",
+            "T-1/review review=reviewer-cli",
+            "T-2/build review=reviewer-cli",
+            "T-2/review review=reviewer-cli",
+        ]
+    );
+    let mut started = started;
+    started.sort();
+    assert_eq!(
+        started,
+        [
+            "dev=builder-cli",
+            "review=reviewer-cli",
+            "review=reviewer-cli",
+            "review=reviewer-cli"
+        ]
+    );
+}
+
+/// The backend name is asked per attempt, so the registry follows a
+/// router that fails over mid-run (here after two attempts).
+#[tokio::test]
+async fn agent_records_follow_a_backend_that_changes_mid_run() {
+    let asked = AtomicU32::new(0);
+    let agent = Names(move |_: &orch_core::RoleName| {
+        if asked.fetch_add(1, Ordering::SeqCst) < 2 {
             "primary-cli"
         } else {
             "fallback-cli"
         }
-    }
-    async fn run(&self, _: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
-        Ok(AgentOutcome {
-            success: true,
-            ..Default::default()
-        })
-    }
-}
-
-/// The backend name is asked per attempt, so the registry follows a
-/// router that fails over mid-run (the names are still shared, not copied).
-#[tokio::test]
-async fn agent_records_follow_a_backend_that_changes_mid_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let plan = Plan::from_toml_str(
-        r#"
-name = "failover"
-default_role = "dev"
-agents.dev.backend = { kind = "custom", name = "a" }
-[[phases]]
-name = "build"
-[[tickets]]
-id = "T-1"
-title = "t"
-effort = "1h"
-[[tickets]]
-id = "T-2"
-title = "t"
-effort = "1h"
-depends_on = ["T-1"]
-[[tickets]]
-id = "T-3"
-title = "t"
-effort = "1h"
-depends_on = ["T-2"]
-[[tickets]]
-id = "T-4"
-title = "t"
-effort = "1h"
-depends_on = ["T-3"]
-"#,
+    });
+    let (records, started) = backends_recorded(
+        Arc::new(agent),
+        "[[phases]]\nname = \"build\"",
+        &chain(4, ""),
     )
-    .unwrap();
-    let store = Arc::new(MemoryStore::new());
-    let report = engine(
-        plan,
-        Arc::new(FailsOver(AtomicU32::new(0))),
-        store,
-        dir.path(),
-    )
-    .run(&run_id("failover"), Cancellation::new())
-    .await
-    .unwrap();
-    assert_eq!(report.outcome, RunOutcome::Completed);
-    let mut seen: Vec<(String, String)> = report
-        .state
-        .agents
-        .values()
-        .map(|a| (a.ticket.to_string(), a.backend.to_string()))
-        .collect();
-    seen.sort();
-    let want = [
-        ("T-1", "primary-cli"),
-        ("T-2", "primary-cli"),
-        ("T-3", "fallback-cli"),
-        ("T-4", "fallback-cli"),
-    ];
-    let want: Vec<(String, String)> = want
-        .iter()
-        .map(|(t, b)| (t.to_string(), b.to_string()))
-        .collect();
-    assert_eq!(seen, want);
+    .await;
+    assert_eq!(
+        records,
+        [
+            "T-1/build dev=primary-cli",
+            "T-2/build dev=primary-cli",
+            "T-3/build dev=fallback-cli",
+            "T-4/build dev=fallback-cli",
+        ]
+    );
+    assert_eq!(
+        started,
+        [
+            "dev=primary-cli",
+            "dev=primary-cli",
+            "dev=fallback-cli",
+            "dev=fallback-cli"
+        ]
+    );
 }
