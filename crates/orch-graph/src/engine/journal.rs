@@ -298,7 +298,7 @@ impl Journal {
             let after = self.lock().applied;
             let page = self.store.read(&self.run, after, PAGE).await?;
             let n = page.len();
-            self.absorb(page.into_iter().map(|s| (s.seq, s.event)));
+            self.absorb(|g| g.queue(page.into_iter().map(|s| (s.seq, s.event))));
             if n < PAGE {
                 return Ok(());
             }
@@ -309,7 +309,7 @@ impl Journal {
     /// case (they follow the last queued event, one after another) moves
     /// them onto the queue in one copy.
     fn absorb_appended(&self, seqs: Vec<u64>, mut events: Vec<Event>) {
-        self.absorb_with(|g| {
+        self.absorb(|g| {
             let next = g.applied + 1;
             let n = events.len() as u64;
             if g.pending.is_empty()
@@ -324,14 +324,9 @@ impl Journal {
         });
     }
 
-    /// Queues appended (or re-read) events for the fold in journal order,
-    /// holding back those whose predecessors are not known yet.
-    fn absorb(&self, events: impl IntoIterator<Item = (u64, Event)>) {
-        self.absorb_with(|g| g.queue(events));
-    }
-
-    /// Queues events by `queue`, then has them folded.
-    fn absorb_with(&self, queue: impl FnOnce(&mut Inner)) {
+    /// Queues appended (or re-read) events for the fold by `queue` (in
+    /// journal order, see [`Inner::queue`]), then has them folded.
+    fn absorb(&self, queue: impl FnOnce(&mut Inner)) {
         {
             let mut g = self.lock();
             queue(&mut g);

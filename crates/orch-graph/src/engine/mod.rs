@@ -783,14 +783,13 @@ impl Dispatcher {
     /// ones, counts them all off their batches, merges batches now complete.
     async fn settle(&mut self, t: Ix, blocked: Vec<Ix>) {
         let b = self.count_off(t);
-        if blocked.is_empty() && b.is_none() {
-            return; // the usual end of a done ticket: nothing follows
+        if !blocked.is_empty() {
+            self.block(
+                blocked.into_iter().map(|x| (x, t)).collect(),
+                &Default::default(),
+            )
+            .await;
         }
-        self.block(
-            blocked.into_iter().map(|x| (x, t)).collect(),
-            &Default::default(),
-        )
-        .await;
         if let Some(b) = b {
             self.batch_ready(b).await;
         }

@@ -45,7 +45,7 @@ impl Shared {
     fn backend(&self, role: &RoleName) -> Arc<str> {
         let name = self.agent.backend_for(role);
         let mut known = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(known) = known.iter().find(|n| ***n == *name) {
+        if let Some(known) = known.iter().find(|n| n[..] == *name) {
             return known.clone();
         }
         let name: Arc<str> = name.into();
@@ -150,11 +150,6 @@ impl<'a> Outbox<'a> {
         self.pending.push(Self::note(k));
     }
 
-    /// Appends what waits, durably.
-    async fn flush(&mut self) -> Result<(), StoreError> {
-        self.write([]).await
-    }
-
     /// Appends what waits and `ks`, durably, before the caller acts.
     ///
     /// The events are made (and noted) at the call; the future that
@@ -169,12 +164,12 @@ impl<'a> Outbox<'a> {
             self.pending.push(Self::note(k));
         }
         self.see();
-        self.last_write()
+        self.send()
     }
 
-    /// Writes what waits, as the ticket's last write: the view, which
-    /// nothing reads any more, is not brought up to date.
-    fn last_write(&mut self) -> impl Future<Output = Result<(), StoreError>> + use<'a> {
+    /// Appends what waits, durably, without bringing the view up to date:
+    /// for a task's last write, after which nothing reads the view.
+    fn send(&mut self) -> impl Future<Output = Result<(), StoreError>> + use<'a> {
         let all = std::mem::take(&mut self.pending);
         self.seen = 0;
         let (j, grouped) = (self.j, self.grouped);
@@ -228,7 +223,7 @@ pub(crate) async fn run_ticket(sh: &Shared, t: Ix, known: bool) -> End {
         Ok(end) | Err(end) => end,
     };
     // Record what an interrupted ticket did last.
-    match (out.flush().await, end) {
+    match (out.send().await, end) {
         (Err(e), End::Done | End::Failed | End::Escalated | End::Interrupted) => End::Store(e),
         (_, end) => end,
     }
@@ -379,7 +374,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         }
     }
     out.defer(EventKind::TicketDone { ticket: id.clone() });
-    out.last_write().await?;
+    out.send().await?;
     if let Err(e) = sh.workspace.release(&run, &id).await {
         tracing::warn!(error = %e, "could not remove the work tree");
     }
@@ -824,7 +819,7 @@ pub(crate) async fn merge_batch(
     let vars = [("batch", batch.as_str())];
     let reports = match run_gates(sh, &mut out, &sh.plan.batch_gates, &vars, &scope, &ctx).await {
         Ok(Some((r, _))) => r,
-        Ok(None) => return out.flush().await, // cancelled: merged again on resume
+        Ok(None) => return out.send().await, // cancelled: merged again on resume
         Err(End::Store(e)) => return Err(e),
         Err(_) => return Ok(()),
     };
