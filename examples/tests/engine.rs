@@ -1343,7 +1343,7 @@ async fn every_event_is_traced_in_the_spans_of_its_run_ticket_phase_and_attempt(
     }
 }
 
-/// An agent that succeeds at once and names its backend by `name` (given
+/// The no-op agent of the benchmarks, naming its backend by `name` (given
 /// the role), as a router does.
 struct Names<F>(F);
 
@@ -1355,11 +1355,8 @@ impl<F: Fn(&orch_core::RoleName) -> &'static str + Send + Sync> Agent for Names<
     fn backend_for(&self, role: &orch_core::RoleName) -> &str {
         (self.0)(role)
     }
-    async fn run(&self, _: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
-        Ok(AgentOutcome {
-            success: true,
-            ..Default::default()
-        })
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        orch_examples::scale::Noop.run(task, ctx).await
     }
 }
 
