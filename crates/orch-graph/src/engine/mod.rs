@@ -885,6 +885,7 @@ impl Dispatcher {
         self.tasks += 1;
         let known = std::mem::replace(&mut self.known[t as usize], true);
         let shared = self.shared.clone();
+        shared.prefetch(t);
         let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
         self.running.push(Box::pin(
             async move {
