@@ -58,7 +58,9 @@ pub(crate) struct Journal {
     queued: AtomicBool,
     /// This journal, for the fold thread (which must not keep it alive).
     me: Weak<Journal>,
-    /// When it was made, and the last absorb (nanoseconds since).
+    /// When it was made, and the last absorb (nanoseconds since): set by
+    /// an absorb that finds the fold thread asleep (or none), and by the
+    /// fold thread when it runs out of events.
     born: Instant,
     last: AtomicU64,
     /// [`BUSY`] in nanoseconds (tests set it to always or never).
@@ -122,6 +124,36 @@ impl Inner {
             self.unfolded.push(e);
         }
     }
+
+    /// Queues `events`, just appended with `seqs`. The usual case (they
+    /// follow the last queued event, one after another) moves them onto
+    /// the queue in one copy.
+    fn queue_appended(&mut self, seqs: Vec<u64>, mut events: Vec<Event>) {
+        let next = self.applied + 1;
+        let n = events.len() as u64;
+        if self.pending.is_empty()
+            && seqs.len() == events.len()
+            && seqs.iter().copied().eq(next..next + n)
+        {
+            self.applied += n;
+            self.unfolded.append(&mut events);
+        } else {
+            self.queue(seqs.into_iter().zip(events));
+        }
+    }
+
+    /// The write ended: the first waiting append (that is still there)
+    /// writes the next group, or no one writes.
+    fn hand_over(&mut self) {
+        while !self.waiting.is_empty() {
+            if self.waiting.remove(0).send(Turn::Lead).is_ok() {
+                return;
+            }
+        }
+        // No one waits (any events left in `next` belong to appends that
+        // were dropped; the next writer takes them along).
+        self.writing = false;
+    }
 }
 
 /// What an append waiting in `next` hears.
@@ -136,17 +168,22 @@ enum Turn {
 /// the first waiting append is told to write the next group.
 struct Writing<'a>(&'a Journal);
 
+impl Writing<'_> {
+    /// The write succeeded: queues its `events` for the fold and hands
+    /// the write over, under one lock.
+    fn done(self, seqs: Vec<u64>, events: Vec<Event>) {
+        let j = self.0;
+        std::mem::forget(self);
+        j.absorb(|g| {
+            g.queue_appended(seqs, events);
+            g.hand_over();
+        });
+    }
+}
+
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
-        let mut g = self.0.lock();
-        while !g.waiting.is_empty() {
-            if g.waiting.remove(0).send(Turn::Lead).is_ok() {
-                return;
-            }
-        }
-        // No one waits (any events left in `next` belong to appends that
-        // were dropped; the next writer takes them along).
-        g.writing = false;
+        self.0.lock().hand_over();
     }
 }
 
@@ -220,7 +257,7 @@ impl Journal {
     /// Appends `events` durably, then folds them.
     pub(crate) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
         let seqs = self.store()?.append(&self.run, &events).await?;
-        self.absorb_appended(seqs, events);
+        self.absorb(|g| g.queue_appended(seqs, events));
         Ok(())
     }
 
@@ -248,16 +285,28 @@ impl Journal {
                 g.waiting.push(tx);
                 Err(rx)
             } else {
+                // No one waits while no one writes; `next` holds only what
+                // dropped appends left.
                 g.writing = true;
-                Ok(events)
+                let group = if g.next.is_empty() {
+                    events
+                } else {
+                    let mut group = std::mem::take(&mut g.next);
+                    group.extend(events);
+                    group
+                };
+                Ok((group, Vec::new()))
             }
         };
-        let events = match turn {
-            Ok(events) => events,
+        let (group, waiting) = match turn {
+            Ok(lead) => lead,
             Err(rx) => match rx.await {
                 Ok(Turn::Done(r)) => return r,
                 // Our turn: our events are in `next`, with the others'.
-                Ok(Turn::Lead) => Vec::new(),
+                Ok(Turn::Lead) => {
+                    let mut g = self.lock();
+                    (std::mem::take(&mut g.next), std::mem::take(&mut g.waiting))
+                }
                 Err(_) => {
                     return Err(StoreError::new(
                         StoreErrorKind::Io,
@@ -267,24 +316,22 @@ impl Journal {
             },
         };
         let writing = Writing(self);
-        let (group, waiting) = {
-            let mut g = self.lock();
-            let mut group = std::mem::take(&mut g.next);
-            if group.is_empty() {
-                group = events;
-            } else {
-                group.extend(events);
-            }
-            (group, std::mem::take(&mut g.waiting))
-        };
         let written = match self.store() {
             Ok(store) => store.append(&self.run, &group).await,
             Err(e) => Err(e),
         };
-        // The next group goes to the store first, so that it is written
-        // while this one is folded and its tickets go on.
-        drop(writing);
-        let r = written.map(|seqs| self.absorb_appended(seqs, group));
+        // Queued and handed over under one lock, before the fold: the next
+        // group is written while this one is folded and its tickets go on.
+        let r = match written {
+            Ok(seqs) => {
+                writing.done(seqs, group);
+                Ok(())
+            }
+            Err(e) => {
+                drop(writing);
+                Err(e)
+            }
+        };
         for w in waiting {
             let _ = w.send(Turn::Done(r.clone()));
         }
@@ -305,25 +352,6 @@ impl Journal {
         }
     }
 
-    /// Queues `events`, just appended with `seqs`, for the fold. The usual
-    /// case (they follow the last queued event, one after another) moves
-    /// them onto the queue in one copy.
-    fn absorb_appended(&self, seqs: Vec<u64>, mut events: Vec<Event>) {
-        self.absorb(|g| {
-            let next = g.applied + 1;
-            let n = events.len() as u64;
-            if g.pending.is_empty()
-                && seqs.len() == events.len()
-                && seqs.iter().copied().eq(next..next + n)
-            {
-                g.applied += n;
-                g.unfolded.append(&mut events);
-            } else {
-                g.queue(seqs.into_iter().zip(events));
-            }
-        });
-    }
-
     /// Queues appended (or re-read) events for the fold by `queue` (in
     /// journal order, see [`Inner::queue`]), then has them folded.
     fn absorb(&self, queue: impl FnOnce(&mut Inner)) {
@@ -338,17 +366,21 @@ impl Journal {
         // Events coming thick and fast go to the fold thread (woken, or
         // started, for them); now and then, they are folded here, where
         // waking a thread would cost more than the fold.
+        let folder = self.folder.get().and_then(Option::as_ref);
+        if folder.is_some() && !self.asleep.load(Ordering::SeqCst) {
+            // Awake: it takes them (and keeps `last`, without a clock
+            // read here).
+            return;
+        }
         let now = self.born.elapsed().as_nanos() as u64;
         let gap = now.saturating_sub(self.last.swap(now, Ordering::Relaxed));
         let busy = gap < self.busy.load(Ordering::Relaxed);
         let folder = if busy {
             self.folder.get_or_init(|| self.start_folder()).as_ref()
         } else {
-            self.folder.get().and_then(Option::as_ref)
+            folder
         };
         match folder {
-            // Awake: it takes them.
-            Some(_) if !self.asleep.load(Ordering::SeqCst) => {}
             Some(t) if busy => {
                 if self.asleep.swap(false, Ordering::SeqCst) {
                     t.unpark();
@@ -487,8 +519,13 @@ fn fold_loop(me: &Weak<Journal>) {
             continue;
         }
         // Nothing queued: wait a little for more, then sleep until an
-        // append wakes us (or the journal is dropped).
+        // append wakes us (or the journal is dropped). What it folded last
+        // was absorbed just before now: the time of the last absorb, for
+        // the next one to measure its gap from (appends do not read the
+        // clock while this thread is awake).
         let since = Instant::now();
+        let now = since.saturating_duration_since(j.born).as_nanos() as u64;
+        j.last.store(now, Ordering::Relaxed);
         while !j.queued.load(Ordering::SeqCst) && since.elapsed() < SPIN {
             for _ in 0..64 {
                 std::hint::spin_loop();
@@ -783,7 +820,7 @@ mod tests {
         j.catch_up().await.unwrap();
         assert_eq!(j.with_state(|s| s.events), 6);
         // A re-sent append answered with seqs already queued.
-        j.absorb_appended(vec![6], mine);
+        j.absorb(|g| g.queue_appended(vec![6], mine));
         j.catch_up().await.unwrap();
         assert_eq!(j.with_state(|s| s.events), 6, "nothing folded twice");
         let seen = seen.0.lock().unwrap();

@@ -600,7 +600,9 @@ async fn attempt_phase(
         .cloned()
         .unwrap_or_else(|| "default".parse().expect("valid role"));
     let agent_id = AgentId::for_attempt(id, &phase.name, attempt);
-    let since = SystemTime::now();
+    // What the gates judge the agent's work by ("changed since it
+    // started"); without gates, no clock to read.
+    let since = (!phase.gates.is_empty()).then(SystemTime::now);
     out.write([EventKind::AgentStarted {
         ticket: id.clone(),
         phase: phase.name.clone(),
@@ -693,7 +695,7 @@ async fn attempt_phase(
     };
     let ctx = GateContext {
         workdir: workdir.clone(),
-        since,
+        since: since.unwrap_or_else(SystemTime::now),
         timeout: Duration::from_secs(plan.policy.timeouts.gate_secs),
         cancel: sh.work.clone(),
     };
