@@ -442,20 +442,17 @@ impl Engine {
     }
 }
 
-/// The plan's tickets (indexed as in the plan), each copied into an
-/// allocation of its own in `order`, the order the scheduler starts them
-/// in, so that tickets started one after another sit next to each other
-/// in memory. A large plan's tickets do not fit in the caches, and the
-/// plan's order is unrelated to the order they run in: in plan order each
-/// ticket started would be a cache and TLB miss of its own.
+/// The plan's tickets in `order`, the order the scheduler starts them in
+/// (indexed by rank, see [`Scheduler::next_ranked`]), each copied into an
+/// allocation of its own in that order, so that tickets started one after
+/// another sit next to each other in memory. A large plan's tickets do
+/// not fit in the caches, and the plan's order is unrelated to the order
+/// they run in: in plan order each ticket started would be a cache and
+/// TLB miss of its own.
 fn laid_out(tickets: &[orch_core::Ticket], order: &[Ix]) -> Arc<[Arc<orch_core::Ticket>]> {
-    let mut slots: Vec<Option<Arc<orch_core::Ticket>>> = vec![None; tickets.len()];
-    for &t in order {
-        slots[t as usize] = Some(Arc::new(tickets[t as usize].clone()));
-    }
-    slots
-        .into_iter()
-        .map(|t| t.expect("the order holds every ticket once"))
+    order
+        .iter()
+        .map(|&t| Arc::new(tickets[t as usize].clone()))
         .collect()
 }
 
@@ -881,15 +878,15 @@ impl Dispatcher {
     /// Starts ticket `t`'s pipeline (the scheduler keeps the running
     /// tickets within the limits). A panic in it (a bug in an agent, gate
     /// or workspace implementation) is caught and fails the ticket alone.
-    fn spawn_ticket(&mut self, t: Ix) {
+    fn spawn_ticket(&mut self, t: Ix, rank: usize) {
         self.tasks += 1;
         let known = std::mem::replace(&mut self.known[t as usize], true);
         let shared = self.shared.clone();
-        shared.prefetch(t);
+        shared.prefetch(rank);
         let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
         self.running.push(Box::pin(
             async move {
-                let end = AssertUnwindSafe(ticket::run_ticket(&shared, t, known))
+                let end = AssertUnwindSafe(ticket::run_ticket(&shared, rank, known))
                     .catch_unwind()
                     .await;
                 (t, end)
@@ -1002,8 +999,8 @@ impl Dispatcher {
                 self.ticket_returned(t, end).await;
             }
             if self.stop.is_none() && self.fatal.is_none() {
-                while let Some(t) = self.sched.next() {
-                    self.spawn_ticket(t);
+                while let Some((t, rank)) = self.sched.next_ranked() {
+                    self.spawn_ticket(t, rank);
                 }
             }
             if self.tasks == 0 {

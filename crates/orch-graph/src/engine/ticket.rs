@@ -14,14 +14,15 @@ use tracing::Instrument;
 
 use super::GateFactory;
 use super::journal::Journal;
-use crate::graph::{Ix, PlanGraph};
+use crate::graph::PlanGraph;
 
 /// Longest context shown with an escalated question.
 const MAX_CONTEXT: usize = 8 * 1024;
 
 pub(crate) struct Shared {
     pub(crate) plan: Arc<Plan>,
-    /// The plan's tickets, shared with the agent tasks.
+    /// The plan's tickets by rank (see `laid_out`), shared with the agent
+    /// tasks.
     pub(crate) tickets: Arc<[Arc<orch_core::Ticket>]>,
     pub(crate) graph: Arc<PlanGraph>,
     pub(crate) agent: Arc<dyn Agent>,
@@ -53,7 +54,7 @@ impl Shared {
         name
     }
 
-    /// Asks the CPU for ticket `t`, which its pipeline reads as soon as it
+    /// Asks the CPU for the ticket of `rank`, which its pipeline reads as soon as it
     /// is first polled. A large plan's tickets do not fit in the caches and
     /// they start in an order no hardware prefetcher follows, so without
     /// this every start waits on a cache miss or several (on the in-memory
@@ -61,10 +62,10 @@ impl Shared {
     /// took an eighth of the dispatcher's time). Asked when the pipeline
     /// is made, a little before its first poll, the lines are on their way
     /// meanwhile.
-    pub(crate) fn prefetch(&self, t: Ix) {
+    pub(crate) fn prefetch(&self, rank: usize) {
         use prefetch_index::prefetch_index as fetch;
         use std::slice::from_ref as one;
-        let k = &*self.tickets[t as usize];
+        let k = &*self.tickets[rank];
         // Every field, as the compiler chooses their order: together they
         // cover the ticket's lines, the first of which mostly holds the
         // `Arc`'s count too.
@@ -235,18 +236,19 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}\n[... {} more bytes]", &s[..end], s.len() - end)
 }
 
-/// Runs ticket `t`'s pipeline; `known` when the journal may have events of
-/// it (else it starts from an empty state, not read from the journal).
-pub(crate) async fn run_ticket(sh: &Shared, t: Ix, known: bool) -> End {
+/// Runs the pipeline of the ticket of `rank` (see `laid_out`); `known`
+/// when the journal may have events of it (else it starts from an empty
+/// state, not read from the journal).
+pub(crate) async fn run_ticket(sh: &Shared, rank: usize, known: bool) -> End {
     let st = if known {
-        let id = &sh.tickets[t as usize].id;
+        let id = &sh.tickets[rank].id;
         sh.journal
             .with_state(|s| s.tickets.get(id).cloned().unwrap_or_default())
     } else {
         TicketState::default()
     };
     let mut out = Outbox::new(&sh.journal, st);
-    let end = match pipeline(sh, t, &mut out).await {
+    let end = match pipeline(sh, rank, &mut out).await {
         Ok(end) | Err(end) => end,
     };
     // Record what an interrupted ticket did last.
@@ -256,9 +258,9 @@ pub(crate) async fn run_ticket(sh: &Shared, t: Ix, known: bool) -> End {
     }
 }
 
-async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> {
+async fn pipeline(sh: &Shared, rank: usize, out: &mut Outbox<'_>) -> Result<End, End> {
     let plan = &sh.plan;
-    let ticket = sh.tickets[t as usize].clone();
+    let ticket = sh.tickets[rank].clone();
     let id = ticket.id.clone();
     let run = sh.journal.run.clone();
     let st = out.ticket();
