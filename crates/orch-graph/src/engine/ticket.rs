@@ -54,14 +54,14 @@ impl Shared {
         name
     }
 
-    /// Asks the CPU for the ticket of `rank`, which its pipeline reads as soon as it
-    /// is first polled. A large plan's tickets do not fit in the caches and
-    /// they start in an order no hardware prefetcher follows, so without
-    /// this every start waits on a cache miss or several (on the in-memory
-    /// benchmark, the `Arc` clone of the ticket at the pipeline's start
-    /// took an eighth of the dispatcher's time). Asked when the pipeline
-    /// is made, a little before its first poll, the lines are on their way
-    /// meanwhile.
+    /// Asks the CPU for the ticket of `rank`, which its pipeline reads as
+    /// soon as it is first polled. A large plan's tickets do not fit in the
+    /// caches and they start in an order no hardware prefetcher follows,
+    /// so without this every start waits on a cache miss or several (on
+    /// the in-memory benchmark, the `Arc` clone of the ticket at the
+    /// pipeline's start took an eighth of the dispatcher's time). Asked
+    /// when the pipeline is made, a little before its first poll, the
+    /// lines are on their way meanwhile.
     pub(crate) fn prefetch(&self, rank: usize) {
         use prefetch_index::prefetch_index as fetch;
         use std::slice::from_ref as one;
