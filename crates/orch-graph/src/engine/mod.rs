@@ -879,6 +879,13 @@ impl Dispatcher {
     /// tickets within the limits). A panic in it (a bug in an agent, gate
     /// or workspace implementation) is caught and fails the ticket alone.
     fn spawn_ticket(&mut self, t: Ix, rank: usize) {
+        // The engine's tickets are laid out by the ranks of the scheduler
+        // this one was cloned from: the two must rank alike.
+        debug_assert_eq!(self.sched.order().get(rank), Some(&t));
+        debug_assert_eq!(
+            self.shared.tickets[rank].id,
+            self.shared.plan.tickets[t as usize].id
+        );
         self.tasks += 1;
         let known = std::mem::replace(&mut self.known[t as usize], true);
         let shared = self.shared.clone();
