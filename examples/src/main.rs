@@ -32,7 +32,7 @@
 //! | 5 | a person aborted the run |
 //! | 6 | the state store failed (nothing persisted is lost; resume later) |
 //! | 7 | `run`/`resume`: another `orch` is driving this run (it holds the run's lock); nothing was done |
-//! | 130 | cancelled (Ctrl-C); resume continues |
+//! | 130, 143, 129 | stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP (128 + the signal's number): agents and gates killed, nothing lost; resume continues |
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -257,6 +257,37 @@ impl orch_graph::Observer for Record {
     }
 }
 
+/// Cancels `cancel` on SIGINT (Ctrl-C), SIGTERM or SIGHUP, whichever
+/// comes first, and says which (its number) in the returned cell: the
+/// run stops its agents and gates, records where it stopped, and exits
+/// with 128 + the signal's number (130, 143, 129).
+fn stop_on_signals(cancel: Cancellation) -> Result<Arc<std::sync::atomic::AtomicU8>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let which = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|e| format!("cannot listen for signal {}: {e}", kind.as_raw_value()))
+    };
+    let mut streams = [
+        (listen(SignalKind::interrupt())?, 2u8, "interrupted"),
+        (listen(SignalKind::terminate())?, 15, "terminated (SIGTERM)"),
+        (listen(SignalKind::hangup())?, 1, "hung up (SIGHUP)"),
+    ];
+    let seen = which.clone();
+    tokio::spawn(async move {
+        let [(int, ..), (term, ..), (hup, ..)] = &mut streams;
+        let i = tokio::select! {
+            _ = int.recv() => 0,
+            _ = term.recv() => 1,
+            _ = hup.recv() => 2,
+        };
+        let (_, number, what) = &streams[i];
+        seen.store(*number, Ordering::SeqCst);
+        eprintln!("{what}: stopping running agents (resume with `orch resume`)");
+        cancel.cancel();
+    });
+    Ok(which)
+}
+
 /// Runs (or resumes) `info` until it stops; `fresh` for `orch run`.
 fn execute(
     mut info: RunInfo,
@@ -290,13 +321,7 @@ fn execute(
     }));
     rt.block_on(async move {
         let cancel = Cancellation::new();
-        let on_signal = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: stopping running agents (resume with `orch resume`)");
-                on_signal.cancel();
-            }
-        });
+        let stopped_by = stop_on_signals(cancel.clone()).map_err(|e| Fail(2, e))?;
         let report = engine.run(&info.run, cancel).await.map_err(|e| match e {
             orch_graph::EngineError::Store(e) if e.kind == orch_core::StoreErrorKind::Locked => {
                 Fail(7, e.to_string())
@@ -319,7 +344,12 @@ fn execute(
         for d in s.open_decisions() {
             eprintln!("decide: orch decide {} --approve|--retry NOTE|--skip|--abort   ({})", d.ticket, d.question);
         }
-        match exit_code(report.outcome) {
+        // Stopped by a signal: 128 + its number, as shells report it.
+        let code = match (report.outcome, stopped_by.load(Ordering::SeqCst)) {
+            (RunOutcome::Cancelled, sig) if sig > 0 => 128 + sig,
+            (outcome, _) => exit_code(outcome),
+        };
+        match code {
             0 => Ok(()),
             code => Err(Fail(code, String::new())),
         }

@@ -365,6 +365,7 @@ mod tests {
             fingerprint: String::new(),
             resumed: true,
             parts: Default::default(),
+            driver: None,
         };
         assert_eq!(finished_after(7, &started, &state), Some(2), "A and C");
         let done = EventKind::TicketDone {

@@ -563,8 +563,7 @@ fn crash_at(marker: &str) -> (Outcome, Vec<orch_core::StoredEvent>) {
     let mut child = start_until(&s, marker);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    // Let what orch had started (agents, gates, git hooks) run out.
-    std::thread::sleep(Duration::from_millis(1200));
+    // No waiting for what orch had started: nothing of it outlives orch.
     let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
     assert_eq!(code, 0, "resume must complete: {text}");
     outcome(&s)
@@ -620,6 +619,53 @@ fn sigkill_mid_merge_then_resume() {
         )
         .count();
     assert_eq!(merges, 2, "the interrupted merge is started again, once");
+}
+
+/// `orch` killed right after a phase's checkpoint commit was made and
+/// before the pass reached the journal (a post-commit hook marks the
+/// moment): the resumed run finds the checkpoint and records the pass,
+/// instead of rolling the commit back and running the phase again.
+#[test]
+fn sigkill_between_checkpoint_and_its_record_does_not_run_the_phase_again() {
+    let s = crash_setup();
+    let hook = s.repo.join(".git/hooks/post-commit");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nif git log -1 --format=%B | grep -q 'Orch-Checkpoint: {RUN}/B/build/'; then touch {}/checkpoint-B-build; sleep 5; fi\n",
+            s.marks.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status()
+        .unwrap();
+    let mut child = start_until(&s, "checkpoint-B-build");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = journal(&s);
+    assert!(
+        !before.iter().any(|e| matches!(&e.event.kind,
+            EventKind::PhasePassed { ticket, phase, .. } if ticket.as_str() == "B" && phase.as_str() == "build")),
+        "the pass was not recorded before the kill"
+    );
+    std::fs::remove_file(&hook).unwrap();
+    let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
+    assert_eq!(code, 0, "resume must complete: {text}");
+    let (o, events) = outcome(&s);
+    assert_eq!(&o, baseline());
+    check_no_rerun(&events);
+    let b_build_agents = events
+        .iter()
+        .filter(|e| matches!(&e.event.kind,
+            EventKind::AgentStarted { ticket, phase, .. } if ticket.as_str() == "B" && phase.as_str() == "build"))
+        .count();
+    assert_eq!(
+        b_build_agents, 1,
+        "B's build ran again after its checkpoint"
+    );
 }
 
 #[test]
@@ -721,8 +767,6 @@ fn a_lost_postgres_lock_stops_orch_and_resume_finishes_the_run() {
             .any(|e| matches!(&e.event.kind, EventKind::RunFinished { .. })),
         "nothing written after the loss: {events:#?}"
     );
-    // Let what orch had started run out, then resume.
-    std::thread::sleep(Duration::from_millis(1200));
     let (code, text) = output(
         orch()
             .args(["resume", "--state"])
@@ -736,14 +780,20 @@ fn a_lost_postgres_lock_stops_orch_and_resume_finishes_the_run() {
     sql(format!("DROP SCHEMA {schema} CASCADE"));
 }
 
-#[test]
-fn ctrl_c_stops_the_agents_records_it_and_resume_finishes_the_run() {
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP all stop a run the same way: the
+/// running agent is killed and recorded as cancelled, the run records
+/// that it stopped, `orch` exits with 128 + the signal's number, and
+/// `orch resume` finishes the run as an uninterrupted one would.
+fn a_signal_stops_the_agents_records_it_and_resume_finishes_the_run(
+    signal: nix::sys::signal::Signal,
+    code: i32,
+) {
     let s = crash_setup();
     let mut child = start_until(&s, "agent-A-build");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(pid, signal).unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "Ctrl-C exits 130");
+    assert_eq!(status.code(), Some(code), "{signal} exits {code}");
     let events = journal(&s);
     // The agent that was running was stopped, and that is recorded.
     let stopped = events.iter().any(|e| {
@@ -757,11 +807,15 @@ fn ctrl_c_stops_the_agents_records_it_and_resume_finishes_the_run() {
             outcome: orch_core::RunOutcome::Cancelled
         }
     ));
-    // Killed, not left to finish: it never wrote its work (it would have
-    // 0.3 s after its marker).
-    std::thread::sleep(Duration::from_millis(800));
+    // Killed, not left to finish: nothing of the agent runs any more (it
+    // would write its work 0.3 s after its marker).
     let tree = s.repo.join(format!(".orch/worktrees/{RUN}/A"));
     assert!(tree.is_dir(), "A's work tree stays for the resume");
+    assert_eq!(
+        processes_in(&tree),
+        Vec::<i32>::new(),
+        "nothing runs in A's tree"
+    );
     assert!(
         !tree.join("work/A.txt").exists(),
         "the agent was stopped before it wrote"
@@ -771,4 +825,181 @@ fn ctrl_c_stops_the_agents_records_it_and_resume_finishes_the_run() {
     let (o, events) = outcome(&s);
     assert_eq!(&o, baseline());
     check_no_rerun(&events);
+}
+
+#[test]
+fn ctrl_c_stops_the_agents_records_it_and_resume_finishes_the_run() {
+    a_signal_stops_the_agents_records_it_and_resume_finishes_the_run(
+        nix::sys::signal::Signal::SIGINT,
+        130,
+    );
+}
+
+#[test]
+fn sigterm_stops_the_agents_records_it_and_resume_finishes_the_run() {
+    a_signal_stops_the_agents_records_it_and_resume_finishes_the_run(
+        nix::sys::signal::Signal::SIGTERM,
+        143,
+    );
+}
+
+#[test]
+fn sighup_stops_the_agents_records_it_and_resume_finishes_the_run() {
+    a_signal_stops_the_agents_records_it_and_resume_finishes_the_run(
+        nix::sys::signal::Signal::SIGHUP,
+        129,
+    );
+}
+
+/// Live processes (not zombies) whose working directory is `dir` or
+/// below it.
+fn processes_in(dir: &Path) -> Vec<i32> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
+/// Waits (bounded) until `pid` is gone; whether it is.
+fn gone_within(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// One ticket whose agent, on its first run, starts a daemon that leaves
+/// its session and process group (`setsid`) and writes into the work tree
+/// forever, then waits; on a later run it does its work and ends.
+fn daemon_plan(marks: &Path) -> String {
+    let m = marks.display();
+    format!(
+        r#"
+name = "daemon"
+default_role = "dev"
+[agents.dev]
+backend = {{ kind = "command", argv = ["sh", "-c", "cat > /dev/null; if [ -e {m}/daemon.pid ]; then echo done > out.txt; touch {m}/second; exit 0; fi; setsid sh -c 'echo $$ > {m}/daemon.pid.tmp; mv {m}/daemon.pid.tmp {m}/daemon.pid; while :; do echo old >> old.log; sleep 0.02; done' & sleep 300"] }}
+[[phases]]
+name = "build"
+gates = [{{ kind = "command", name = "clean", argv = ["sh", "-c", "test -e out.txt"] }}]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#
+    )
+}
+
+/// `orch` killed with SIGKILL: whatever its agents started, `setsid`
+/// daemons included, dies with it (its watchdog sees it go), long before
+/// anyone could resume the run.
+#[test]
+fn sigkill_of_orch_takes_its_agents_setsid_daemons_with_it() {
+    let s = crash_setup();
+    std::fs::write(&s.plan, daemon_plan(&s.marks)).unwrap();
+    let mut child = start_until(&s, "daemon.pid");
+    let daemon: i32 = std::fs::read_to_string(s.marks.join("daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(daemon));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        gone_within(daemon, Duration::from_secs(5)),
+        "the agent's setsid daemon outlived orch"
+    );
+    let tree = s.repo.join(format!(".orch/worktrees/{RUN}/A"));
+    assert_eq!(
+        processes_in(&tree),
+        Vec::<i32>::new(),
+        "nothing runs in A's tree"
+    );
+}
+
+/// The watchdog killed too (`kill -9` of every process of orch's): the
+/// resumed run kills what the dead driver left before it rolls the work
+/// tree back, and the agent registry shows the old agent as lost.
+#[test]
+fn resume_kills_what_a_dead_driver_left_running_before_it_rolls_back() {
+    let s = crash_setup();
+    std::fs::write(&s.plan, daemon_plan(&s.marks)).unwrap();
+    let mut child = start_until(&s, "daemon.pid");
+    let daemon: i32 = std::fs::read_to_string(s.marks.join("daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // orch's watchdog: its child that waits on a pipe from it.
+    let orch_pid = i32::try_from(child.id()).unwrap();
+    let watchdogs: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(orch_pid) && String::from_utf8_lossy(&cmd).contains("read _")
+        })
+        .collect();
+    assert_eq!(watchdogs.len(), 1, "orch has one watchdog");
+    for pid in watchdogs.iter().copied().chain([orch_pid]) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    child.wait().unwrap();
+    // Nothing killed the daemon this time.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(alive(daemon), "the daemon runs on without the watchdog");
+    let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
+    assert_eq!(code, 0, "resume must complete: {text}");
+    assert!(!alive(daemon), "the resumed run killed the old daemon");
+    let tree = s.repo.join(format!(".orch/worktrees/{RUN}/A"));
+    // The old daemon's file went with the rollback and did not come back.
+    assert!(
+        !tree.join("old.log").exists(),
+        "the old daemon wrote after the rollback"
+    );
+    let events = journal(&s);
+    let state = RunState::fold(events.iter().map(|e| &e.event));
+    let statuses: Vec<_> = state
+        .agents
+        .values()
+        .map(|a| (a.attempt, a.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (1, orch_core::AgentStatus::Lost),
+            (1, orch_core::AgentStatus::Succeeded)
+        ]
+    );
+    let registry = std::fs::read_to_string(s.state.join("AGENT_REGISTRY.md")).unwrap();
+    assert!(registry.contains("| lost |"), "{registry}");
+    assert_eq!(state.drivers.len(), 2, "both drivers are recorded");
 }

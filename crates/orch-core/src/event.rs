@@ -118,6 +118,26 @@ fn no_parts(p: &FingerprintParts) -> bool {
     p.is_empty()
 }
 
+/// The process that drives a run, recorded with each `RunStarted`: a
+/// later driver of the run kills whatever is left of this one's commands
+/// before it touches a work tree (see `orch_core::process::kill_scope`,
+/// feature `process`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DriverInfo {
+    /// The machine's host name.
+    pub host: String,
+    /// The kernel's boot id: after a reboot nothing of it runs.
+    pub boot: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its start time (clock ticks after boot): with `pid`, names the
+    /// process across pid reuse.
+    pub start: u64,
+    /// Where its commands' processes are kept: `cgroup:<directory>` or
+    /// `marker:<token>`.
+    pub containment: String,
+}
+
 /// One thing that happened, with its id and time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
@@ -217,6 +237,10 @@ pub enum EventKind {
         /// ticket.
         #[serde(default, skip_serializing_if = "no_parts")]
         parts: FingerprintParts,
+        /// The process driving the run from here on, when it runs
+        /// commands of its own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        driver: Option<DriverInfo>,
     },
     /// All dependencies of a ticket are done.
     TicketReady {

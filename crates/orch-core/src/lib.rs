@@ -66,7 +66,9 @@ pub use agent::{
 };
 pub use cancel::{Cancellation, Cancelled};
 pub use error::Error;
-pub use event::{Decision, Event, EventId, EventKind, FingerprintParts, GateScope, RunOutcome};
+pub use event::{
+    Decision, DriverInfo, Event, EventId, EventKind, FingerprintParts, GateScope, RunOutcome,
+};
 pub use gate::{
     Evidence, Gate, GateContext, GateError, GateErrorKind, GateReport, GateStatus, Hit, TestCounts,
     TestFailure,

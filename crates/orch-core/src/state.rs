@@ -130,6 +130,10 @@ pub enum AgentStatus {
     Failed,
     /// Could not run to the end.
     Errored,
+    /// Its driver stopped (a crash, a lost lock) before it finished: a
+    /// later driver of the run killed what was left of it, and the
+    /// attempt runs again.
+    Lost,
 }
 
 /// One row of the agent registry.
@@ -298,6 +302,11 @@ pub struct RunState {
     pub usage: Usage,
     /// Whether the budget was spent.
     pub budget_exhausted: bool,
+    /// Every process that has driven the run, in order (from the
+    /// `RunStarted` events): a new driver kills what is left of the
+    /// earlier ones' commands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drivers: Vec<crate::DriverInfo>,
 }
 
 /// Serializes a map sorted by key, so a state's JSON is the same every time.
@@ -373,8 +382,19 @@ impl RunState {
                 plan,
                 fingerprint,
                 parts,
+                driver,
                 ..
             } => {
+                // A new driver: agents the journal still has running
+                // belonged to one that stopped without recording their end.
+                for a in self.agents.values_mut() {
+                    if a.status == AgentStatus::Running {
+                        a.status = AgentStatus::Lost;
+                        a.updated_at = at;
+                        a.summary = "its driver stopped before it finished".into();
+                    }
+                }
+                self.drivers.extend(driver);
                 self.run = Some(run);
                 self.plan = plan;
                 self.fingerprint = fingerprint;

@@ -115,6 +115,25 @@ pub trait Workspace: Send + Sync {
         attempt: u32,
     ) -> Result<Option<String>, WorkspaceError>;
 
+    /// The checkpoint of `phase` passing on `attempt`, if
+    /// [`Workspace::checkpoint`] made it: the engine asks before it rolls
+    /// back a ticket that a crash interrupted, since the checkpoint may be
+    /// made and the pass not yet recorded. `None` when there is none (the
+    /// default, for workspaces that keep no history).
+    ///
+    /// # Errors
+    /// When the workspace cannot be read.
+    async fn find_checkpoint(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        phase: &PhaseName,
+        attempt: u32,
+    ) -> Result<Option<String>, WorkspaceError> {
+        let _ = (run, ticket, phase, attempt);
+        Ok(None)
+    }
+
     /// Resets the work tree to `commit`, dropping changes made since.
     async fn rollback(
         &self,

@@ -66,6 +66,7 @@ fn kind() -> impl Strategy<Value = EventKind> {
             fingerprint: "f".into(),
             resumed: false,
             parts: Default::default(),
+            driver: None,
         }),
         ticket().prop_map(|ticket| EventKind::TicketReady { ticket }),
         (ticket(), phase(), 1u32..4).prop_map(|(ticket, phase, attempt)| EventKind::PhaseStarted {

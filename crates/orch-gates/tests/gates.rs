@@ -137,7 +137,7 @@ async fn timeout_kills_the_whole_process_group() {
     assert!(!r.passed());
     assert!(
         r.reason
-            .contains("timed out after 1s; its process group was killed"),
+            .contains("timed out after 1s; it and every process it started were killed"),
         "{}",
         r.reason
     );
@@ -372,7 +372,7 @@ async fn real_cargo_test_passing_failing_empty_hanging() {
     assert!(!r.passed());
     assert_eq!(
         r.reason,
-        "test command timed out after 5s; its process group was killed"
+        "test command timed out after 5s; it and every process it started were killed"
     );
 }
 
@@ -448,7 +448,7 @@ async fn real_pytest_and_coverage() {
     assert!(!r.passed());
     assert_eq!(
         r.reason,
-        "test command timed out after 3s; its process group was killed"
+        "test command timed out after 3s; it and every process it started were killed"
     );
     // No tests collected.
     let empty = tempfile::tempdir().unwrap();

@@ -346,6 +346,7 @@ pub async fn folded_state(open: Open<'_>) {
             fingerprint: "f".into(),
             resumed: false,
             parts: Default::default(),
+            driver: None,
         },
     )];
     for i in 0..30u64 {

@@ -6,7 +6,6 @@
 //! they are safe in branch names and paths.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use orch_core::{BatchId, RunId, TicketId};
 
@@ -62,7 +61,9 @@ pub enum MergeOutcome {
 }
 
 fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
-    let out = Command::new("git")
+    // Contained like every process orch starts: a git killed with orch
+    // does not finish a merge or commit under a later driver's feet.
+    let out = orch_core::process::tool("git")
         .args(args)
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0")
@@ -156,6 +157,7 @@ impl Repo {
         let branch = Self::ticket_branch(run, ticket);
         let path = self.worktrees.join(run.as_str()).join(ticket.as_str());
         if path.join(".git").exists() {
+            recover(&path)?;
             return Ok(Worktree { path, branch });
         }
         // A directory left half-made by a crash, or a stale registration.
@@ -225,11 +227,10 @@ impl Repo {
     /// # Errors
     /// When git fails.
     pub fn checkpoint(&self, wt: &Worktree, key: &str, message: &str) -> Result<String, GitError> {
-        let head_msg = run_git(&wt.path, &["log", "-1", "--format=%B"]).unwrap_or_default();
-        let trailer = format!("{CHECKPOINT_TRAILER}: {key}");
-        if head_msg.lines().any(|l| l.trim() == trailer) {
-            return run_git(&wt.path, &["rev-parse", "HEAD"]);
+        if let Some(made) = self.find_checkpoint(wt, key)? {
+            return Ok(made);
         }
+        let trailer = format!("{CHECKPOINT_TRAILER}: {key}");
         run_git(&wt.path, &["add", "-A"])?;
         let msg = format!("{message}\n\n{trailer}\n");
         run_git(
@@ -248,6 +249,21 @@ impl Repo {
             ],
         )?;
         run_git(&wt.path, &["rev-parse", "HEAD"])
+    }
+
+    /// The worktree's head commit if it is the checkpoint `key`.
+    ///
+    /// # Errors
+    /// When git fails on a worktree that exists.
+    pub fn find_checkpoint(&self, wt: &Worktree, key: &str) -> Result<Option<String>, GitError> {
+        if !wt.path.join(".git").exists() {
+            return Ok(None);
+        }
+        let head = run_git(&wt.path, &["log", "-1", "--format=%H%n%B"]).unwrap_or_default();
+        let trailer = format!("{CHECKPOINT_TRAILER}: {key}");
+        let mut lines = head.lines();
+        let commit = lines.next().unwrap_or_default().to_owned();
+        Ok(lines.any(|l| l.trim() == trailer).then_some(commit))
     }
 
     /// Resets the worktree to `commit` and removes untracked files (ignored
@@ -282,7 +298,9 @@ impl Repo {
             .join(run.as_str())
             .join(format!("batch-{batch}"));
         let p = path.to_string_lossy().into_owned();
-        if !path.join(".git").exists() {
+        if path.join(".git").exists() {
+            recover(&path)?;
+        } else {
             let _ = self.git(&["worktree", "prune"]);
             if self.resolve(batch_branch).is_ok() {
                 self.git(&["worktree", "add", "-f", &p, batch_branch])?;
@@ -320,6 +338,22 @@ impl Repo {
             .join(run.as_str())
             .join(format!("batch-{batch}"))
     }
+}
+
+/// Makes a worktree found after a crash usable again: a git killed
+/// mid-way (with the driver that ran it) leaves its index lock behind, and
+/// a merge it was making half-done. Only orch works in its worktrees, and
+/// whatever an earlier driver ran in them is dead before a later one
+/// touches them, so the lock is stale and the merge is started again.
+fn recover(path: &Path) -> Result<(), GitError> {
+    let git_dir = PathBuf::from(run_git(path, &["rev-parse", "--absolute-git-dir"])?);
+    let _ = std::fs::remove_file(git_dir.join("index.lock"));
+    if run_git(path, &["rev-parse", "-q", "--verify", "MERGE_HEAD"]).is_ok()
+        && run_git(path, &["merge", "--abort"]).is_err()
+    {
+        run_git(path, &["reset", "--hard", "-q", "HEAD"])?;
+    }
+    Ok(())
 }
 
 /// Merges each of `branches` not yet merged into the checkout at `path`;

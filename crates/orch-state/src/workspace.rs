@@ -38,6 +38,12 @@ pub struct GitWorkspace {
     batch_branches: HashMap<BatchId, String>,
 }
 
+/// The key a checkpoint commit carries in its trailer: what recognises it
+/// after a crash.
+fn checkpoint_key(run: &RunId, ticket: &TicketId, phase: &PhaseName, attempt: u32) -> String {
+    format!("{run}/{ticket}/{phase}/{attempt}")
+}
+
 fn ws_err(e: GitError) -> WorkspaceError {
     WorkspaceError::new(e.to_string())
 }
@@ -134,12 +140,25 @@ impl Workspace for GitWorkspace {
     ) -> Result<Option<String>, WorkspaceError> {
         let wt = self.worktree(run, ticket);
         // The key, recorded in the commit, is what recognises a repeat.
-        let key = format!("{run}/{ticket}/{phase}/{attempt}");
+        let key = checkpoint_key(run, ticket, phase, attempt);
         let message = format!("{ticket}: {phase} passed (attempt {attempt})");
         self.blocking(false, move |repo| {
             repo.checkpoint(&wt, &key, &message).map(Some)
         })
         .await
+    }
+
+    async fn find_checkpoint(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        phase: &PhaseName,
+        attempt: u32,
+    ) -> Result<Option<String>, WorkspaceError> {
+        let wt = self.worktree(run, ticket);
+        let key = checkpoint_key(run, ticket, phase, attempt);
+        self.blocking(false, move |repo| repo.find_checkpoint(&wt, &key))
+            .await
     }
 
     async fn rollback(

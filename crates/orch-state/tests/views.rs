@@ -51,6 +51,7 @@ fn events() -> Vec<Event> {
         fingerprint: "f".into(),
         resumed: false,
         parts: Default::default(),
+        driver: None,
     })];
     for id in [
         "INFRA-002",

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
+use orch_core::process;
 use orch_core::{
     Agent, AgentContext, AgentId, BatchId, Cancellation, Decision, Event, EventKind, Gate,
     GateError, GateSpec, Plan, Problem, Progress, RoleName, RunId, RunOutcome, RunState, RunStatus,
@@ -87,6 +88,16 @@ pub enum EngineError {
     /// A decision was refused.
     #[error("{0}")]
     Decision(String),
+    /// Processes that an earlier driver of the run started could not be
+    /// stopped; nothing was rolled back or run (they could still write
+    /// into the work trees).
+    #[error("run {run}: cannot stop what an earlier driver left running: {message}")]
+    Leftovers {
+        /// The run.
+        run: RunId,
+        /// Why.
+        message: String,
+    },
 }
 
 fn list(items: impl Iterator<Item = String>) -> String {
@@ -376,6 +387,29 @@ impl Engine {
         // writes anything, instead of carrying the same tickets again.
         let lock = self.store.lock_run(run).await?;
         let mut state = self.store.state(run).await?;
+        // Whatever an earlier driver left running (its watchdog was killed
+        // with it, say) dies before any work tree is rolled back or run in.
+        for d in &state.drivers {
+            match process::kill_scope(d).await {
+                Ok(process::Killed::Some(n)) => tracing::warn!(
+                    pid = d.pid,
+                    killed = n,
+                    "killed processes left running by an earlier driver of the run"
+                ),
+                Ok(process::Killed::Elsewhere) => tracing::info!(
+                    host = %d.host,
+                    pid = d.pid,
+                    "an earlier driver ran on another machine or before a reboot"
+                ),
+                Ok(_) => {}
+                Err(message) => {
+                    return Err(EngineError::Leftovers {
+                        run: run.clone(),
+                        message,
+                    });
+                }
+            }
+        }
         // Every ticket gets an entry, and an agent record per phase at
         // least: room for them now, not rehashing as the run goes.
         let n = self.plan.tickets.len();
@@ -415,6 +449,7 @@ impl Engine {
             fingerprint: fingerprint.clone(),
             resumed,
             parts: parts.clone(),
+            driver: Some(process::scope().describe()),
         };
         span.in_scope(|| tracing::info!(event = started.name(), resumed));
         journal.append(vec![Event::now(started)]).await?;

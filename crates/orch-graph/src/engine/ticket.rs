@@ -287,9 +287,32 @@ async fn pipeline(sh: &Shared, rank: usize, out: &mut Outbox<'_>) -> Result<End,
     }
     let mut approved = pending == Some(Decision::Approve);
 
-    // Interrupted mid-phase (a crash or a cancelled run): back to the last
-    // checkpoint, so the phase starts again on a known tree.
+    // Interrupted mid-phase (a crash or a cancelled run). If the phase had
+    // passed and made its checkpoint, only the record of it was lost: the
+    // pass is recorded now and the phase not run again. Otherwise back to
+    // the last checkpoint, so the phase starts again on a known tree.
     if status == orch_core::TicketStatus::Running && pending.is_none() {
+        let st = out.ticket();
+        if let Some(phase) = st.phase.clone().filter(|p| !st.phases_passed.contains(p)) {
+            let attempt = st.attempt;
+            match sh
+                .workspace
+                .find_checkpoint(&run, &id, &phase, attempt)
+                .await
+            {
+                Ok(Some(commit)) => {
+                    tracing::info!(%phase, attempt, %commit, "found the checkpoint of a pass the journal had not recorded");
+                    out.defer(EventKind::PhasePassed {
+                        ticket: id.clone(),
+                        phase,
+                        attempt,
+                        checkpoint: Some(commit),
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => return fail(out, &id, format!("cannot read its work tree: {e}")).await,
+            }
+        }
         let st = out.ticket();
         let last = st.phases_passed.last().cloned();
         let target = last

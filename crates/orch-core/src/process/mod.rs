@@ -1,7 +1,11 @@
-//! Running a command the way every gate does: argv (no shell unless asked),
-//! its own process group, a timeout and cancellation that kill the whole
-//! group, output captured with a cap that keeps head and tail, and
-//! detection of children that outlive the command.
+//! Running a command the way every gate and agent does: argv (no shell
+//! unless asked), a cell that holds every process it starts (a cgroup of
+//! its own where the kernel allows, see [`Scope`]), a timeout and
+//! cancellation that kill the whole cell, output captured with a cap that
+//! keeps head and tail, and detection of processes that outlive the
+//! command (they are killed, `setsid` or not, and reported). Nothing a
+//! command starts outlives it, nor this process: see [`Scope`] for what
+//! happens when orch itself is killed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -9,8 +13,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::Cancellation;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+
+mod contain;
+pub use contain::{Killed, MARKER_VAR, Scope, kill_scope, scope, tool};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Bytes kept from the start and from the end of each output stream.
@@ -90,11 +96,11 @@ pub enum Exit {
     Code(i32),
     /// It was killed by this signal (not by us).
     Signal(i32),
-    /// It ran past its time limit; its process group was killed.
+    /// It ran past its time limit; everything it started was killed.
     TimedOut(Duration),
-    /// It printed nothing for this long; its process group was killed.
+    /// It printed nothing for this long; everything it started was killed.
     Stalled(Duration),
-    /// It was cancelled; its process group was killed.
+    /// It was cancelled; everything it started was killed.
     Cancelled,
     /// The program does not exist.
     NotFound(String),
@@ -111,7 +117,7 @@ pub struct Output {
     pub stdout: Captured,
     /// Standard error.
     pub stderr: Captured,
-    /// Processes of its group were still running after it exited (they
+    /// Processes it started were still running after it exited (they
     /// were killed).
     pub lingering: bool,
     /// Wall time.
@@ -136,14 +142,16 @@ impl Output {
                     .unwrap_or_default()
             ),
             Exit::TimedOut(t) => format!(
-                "timed out after {}s; its process group was killed",
+                "timed out after {}s; it and every process it started were killed",
                 t.as_secs_f64().round()
             ),
             Exit::Stalled(t) => format!(
-                "printed nothing for {}s and was stopped; its process group was killed",
+                "printed nothing for {}s and was stopped; it and every process it started were killed",
                 t.as_secs_f64().round()
             ),
-            Exit::Cancelled => "was cancelled; its process group was killed".to_owned(),
+            Exit::Cancelled => {
+                "was cancelled; it and every process it started were killed".to_owned()
+            }
             Exit::NotFound(p) => format!("was not found (is `{p}` installed and on PATH?)"),
             Exit::SpawnFailed(e) => format!("could not be started: {e}"),
         };
@@ -217,26 +225,56 @@ impl Default for Command {
     }
 }
 
-/// Kills the process group when dropped (the future was dropped, or we are
-/// done and want no orphans).
-struct GroupGuard(Option<i32>);
+/// Kills every process of a command's cell when dropped (the future was
+/// dropped, or we are done and want no orphans).
+struct CellGuard(Option<contain::Cell>);
 
-impl GroupGuard {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+impl Drop for CellGuard {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take() {
+            cell.kill_now();
+            cell.remove();
         }
-    }
-    fn alive(&self) -> bool {
-        self.0
-            .is_some_and(|pgid| killpg(Pid::from_raw(pgid), None).is_ok())
     }
 }
 
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
+/// Where `program` is, as `execvp` would find it: a name is looked up in
+/// the `PATH` the command runs with, a path with a `/` is taken relative
+/// to the working directory.
+fn locate(cmd: &Command, program: &str) -> Result<String, Exit> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if !cmd.cwd.is_dir() {
+        return Err(Exit::SpawnFailed(format!(
+            "working directory {} does not exist",
+            cmd.cwd.display()
+        )));
     }
+    if program.contains('/') {
+        let path = cmd.cwd.join(program);
+        return if runnable(&path) {
+            Ok(path.display().to_string())
+        } else if path.exists() {
+            Err(Exit::SpawnFailed(format!(
+                "{program}: not an executable file"
+            )))
+        } else {
+            Err(Exit::NotFound(program.to_owned()))
+        };
+    }
+    let ours = std::env::var("PATH").ok();
+    let search = match cmd.env.get("PATH") {
+        Some(p) => p.clone(),
+        None if !cmd.env_clear => ours.unwrap_or_default(),
+        None => "/usr/local/bin:/usr/bin:/bin".to_owned(),
+    };
+    std::env::split_paths(&search)
+        .map(|d| cmd.cwd.join(d).join(program))
+        .find(|p| runnable(p))
+        .map(|p| p.display().to_string())
+        .ok_or_else(|| Exit::NotFound(program.to_owned()))
 }
 
 async fn pump<R: AsyncRead + Unpin>(mut r: R, keep: usize) -> Captured {
@@ -280,6 +318,13 @@ async fn read_line_capped<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// Kills every process of the guarded cell and waits until they are gone.
+async fn kill_all(group: &CellGuard) {
+    if let Some(cell) = &group.0 {
+        cell.kill().await;
+    }
+}
+
 /// Runs `cmd` to the end, its time limit, or cancellation.
 pub async fn run(cmd: &Command, cancel: &Cancellation) -> Output {
     run_lines(cmd, cancel, &mut |_: &str| {}).await
@@ -320,14 +365,23 @@ pub async fn run_lines(
             }
         }
     };
-    let mut command = tokio::process::Command::new(program);
+    let located = match locate(cmd, program) {
+        Ok(p) => p,
+        Err(exit) => return finish(exit, Captured::default(), Captured::default(), false),
+    };
+    // Every process the command starts stays in its cell, where it can be
+    // found and killed, `setsid` or not.
+    let mut cell = contain::scope().cell();
+    let wrapped = cell.wrap(&located, &args);
+    let mut command = tokio::process::Command::new(&wrapped.program);
     if cmd.env_clear {
         command.env_clear();
     }
     command
-        .args(&args)
+        .args(&wrapped.args)
         .current_dir(&cmd.cwd)
         .envs(&cmd.env)
+        .env_remove(contain::MARKER_VAR)
         .stdin(if cmd.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -337,25 +391,23 @@ pub async fn run_lines(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some((k, v)) = &wrapped.env {
+        command.env(k, v);
+    }
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let exit = if e.kind() == std::io::ErrorKind::NotFound {
-                if cmd.cwd.is_dir() {
-                    Exit::NotFound(program.to_owned())
-                } else {
-                    Exit::SpawnFailed(format!(
-                        "working directory {} does not exist",
-                        cmd.cwd.display()
-                    ))
-                }
-            } else {
-                Exit::SpawnFailed(format!("{program}: {e}"))
-            };
-            return finish(exit, Captured::default(), Captured::default(), false);
+            cell.remove();
+            return finish(
+                Exit::SpawnFailed(format!("{program}: {e}")),
+                Captured::default(),
+                Captured::default(),
+                false,
+            );
         }
     };
-    let mut group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+    cell.set_group(child.id().and_then(|p| i32::try_from(p).ok()));
+    let mut group = CellGuard(Some(cell));
     if let (Some(input), Some(mut pipe)) = (cmd.stdin.clone(), child.stdin.take()) {
         // A program that does not read its input must not block us.
         tokio::spawn(async move {
@@ -411,30 +463,32 @@ pub async fn run_lines(
                 Err(e) => Exit::SpawnFailed(format!("waiting for {program}: {e}")),
             },
             () = tokio::time::sleep_until(deadline) => {
-                group.kill();
+                kill_all(&group).await;
                 let _ = child.wait().await;
                 break Exit::TimedOut(cmd.timeout);
             }
             () = tokio::time::sleep_until(stall_at), if cmd.stall.is_some() => {
-                group.kill();
+                kill_all(&group).await;
                 let _ = child.wait().await;
                 break Exit::Stalled(cmd.stall.unwrap_or_default());
             }
             () = cancel.cancelled() => {
-                group.kill();
+                kill_all(&group).await;
                 let _ = child.wait().await;
                 break Exit::Cancelled;
             }
         }
     };
-    // Anything left in the group outlived the command: kill it, so its
+    // Anything left in the cell outlived the command: kill it, so its
     // pipes close and nothing runs on after us.
-    let lingering = matches!(exit, Exit::Code(_) | Exit::Signal(_)) && group.alive();
-    group.kill();
+    let lingering = matches!(exit, Exit::Code(_) | Exit::Signal(_))
+        && group.0.as_ref().is_some_and(contain::Cell::alive);
+    kill_all(&group).await;
     group.0 = None;
-    // The rest of stdout; a process that left the group may still hold a
-    // pipe, so stop waiting after a grace period.
-    let grace = Duration::from_secs(5);
+    // The rest of stdout. Everything in the cell is dead, so the pipes
+    // have closed, unless a marker cell was escaped (a process that
+    // cleared its environment): stop waiting for it soon.
+    let grace = Duration::from_secs(1);
     if !eof {
         let _ = tokio::time::timeout(grace, async {
             while let Ok(true) =

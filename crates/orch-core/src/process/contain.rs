@@ -1,0 +1,560 @@
+//! Containment: every process a command starts is kept where it can be
+//! found and killed, whatever it does (`setsid`, double fork) and whatever
+//! happens to orch.
+//!
+//! Each command runs in a **cell**. Where the kernel lets this process make
+//! cgroups (cgroup v2, a directory it may write: root, or a delegated
+//! subtree), a cell is a cgroup of its own: the command joins it before it
+//! execs (a one-line `sh` shim writes its pid to `cgroup.procs`, then
+//! `exec`s the program), every descendant stays in it, and `cgroup.kill`
+//! kills them all at once. Elsewhere a cell is a **marker**: an environment
+//! variable ([`MARKER_VAR`]) every descendant inherits, found by walking
+//! `/proc`, together with the command's process group. The cgroup cannot
+//! be escaped; the marker can, by a program that clears its environment,
+//! so it is the fallback. [`Scope::describe`] says which is in use.
+//!
+//! All cells of one process live under one **scope** (a cgroup, or a
+//! marker prefix). When the scope is first used a small watchdog process
+//! is started with a pipe from this process that nobody writes: when this
+//! process ends, by any signal including `SIGKILL`, the kernel closes the
+//! pipe, and the watchdog kills everything in the scope. A later driver of
+//! the same run kills what is left of an earlier one's scope too
+//! ([`kill_scope`]), before it touches a work tree, in case the watchdog
+//! itself was killed.
+//!
+//! `ORCH_CGROUP` chooses: a directory of the cgroup v2 hierarchy to make
+//! the scope in (default: this process's own cgroup), or `off` for the
+//! marker.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use crate::DriverInfo;
+
+/// The environment variable that marks a command's processes when cgroups
+/// cannot be used: `<scope token>/<cell number>`.
+pub const MARKER_VAR: &str = "ORCH_CONTAIN";
+
+/// How long a kill waits for the processes to be gone before it gives up
+/// waiting (they were sent `SIGKILL`; only an uninterruptible sleep in the
+/// kernel makes them linger).
+const GONE_WITHIN: Duration = Duration::from_secs(2);
+
+/// This process's containment: where its commands' cells are made.
+#[derive(Debug)]
+pub struct Scope {
+    kind: ScopeKind,
+    /// `<pid>-<start time>`: names this process across pid reuse.
+    token: String,
+    next: AtomicU64,
+    /// Cells killed whose directories could not be removed yet (their
+    /// processes were still dying); removed when the next cell is made.
+    leftovers: Mutex<Vec<PathBuf>>,
+    /// The watchdog's end of the pipe is its stdin; ours stays open for
+    /// as long as this process lives.
+    _watchdog: Option<std::process::ChildStdin>,
+    /// The cell shared by short helper commands ([`tool`]).
+    tools: OnceLock<Cell>,
+}
+
+#[derive(Debug)]
+enum ScopeKind {
+    /// A cgroup v2 directory of this process's own.
+    Cgroup(PathBuf),
+    /// The marker prefix (`<pid>-<start>`).
+    Marker(String),
+}
+
+/// One command's containment.
+#[derive(Debug)]
+pub(crate) enum Cell {
+    Cgroup(PathBuf),
+    Marker { token: String, pgid: Option<i32> },
+}
+
+static SCOPE: OnceLock<Scope> = OnceLock::new();
+
+/// This process's scope, made on first use (with its watchdog).
+pub fn scope() -> &'static Scope {
+    SCOPE.get_or_init(Scope::make)
+}
+
+/// `/proc/<pid>/stat`'s start time (clock ticks after boot): with the pid,
+/// it names a process across pid reuse.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after it start after its last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// This machine and boot: processes of a driver recorded with another
+/// host or boot cannot be reached (or are gone with the reboot).
+fn host_and_boot() -> (String, String) {
+    (
+        read_trimmed("/proc/sys/kernel/hostname"),
+        read_trimmed("/proc/sys/kernel/random/boot_id"),
+    )
+}
+
+/// The directory of this process's cgroup in the cgroup v2 hierarchy, if
+/// there is one mounted.
+fn own_cgroup() -> Option<PathBuf> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // `id parent major:minor root mount-point options... - fstype source ...`
+    let mount = mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })?;
+    Some(mount.join(rel.trim_start_matches('/')))
+}
+
+impl Scope {
+    fn make() -> Scope {
+        let pid = std::process::id();
+        let token = format!("{pid}-{}", start_time(pid).unwrap_or(0));
+        let base = match std::env::var("ORCH_CGROUP") {
+            Ok(v) if v == "off" => None,
+            Ok(v) if !v.is_empty() => Some(PathBuf::from(v)),
+            _ => own_cgroup(),
+        };
+        let cgroup = base.and_then(|b| {
+            let dir = b.join(format!("orch-{token}"));
+            // A usable cgroup: made, and killable (cgroup.kill, Linux 5.14).
+            (std::fs::create_dir(&dir).is_ok() || dir.join("cgroup.procs").exists())
+                .then_some(dir)
+                .filter(|d| d.join("cgroup.kill").exists())
+        });
+        let kind = match cgroup {
+            Some(dir) => ScopeKind::Cgroup(dir),
+            None => ScopeKind::Marker(token),
+        };
+        let watchdog = start_watchdog(&kind);
+        Scope {
+            kind,
+            token: format!("{pid}-{}", start_time(pid).unwrap_or(0)),
+            next: AtomicU64::new(0),
+            leftovers: Mutex::new(Vec::new()),
+            _watchdog: watchdog,
+            tools: OnceLock::new(),
+        }
+    }
+
+    /// Whether commands are contained by cgroups (complete) rather than by
+    /// the marker (escapable by clearing the environment).
+    pub fn is_cgroup(&self) -> bool {
+        matches!(self.kind, ScopeKind::Cgroup(_))
+    }
+
+    /// What to record so that a later process can kill what is left of
+    /// this one's commands ([`kill_scope`]).
+    pub fn describe(&self) -> DriverInfo {
+        let (host, boot) = host_and_boot();
+        let pid = std::process::id();
+        DriverInfo {
+            host,
+            boot,
+            pid,
+            start: start_time(pid).unwrap_or(0),
+            containment: match &self.kind {
+                ScopeKind::Cgroup(d) => format!("cgroup:{}", d.display()),
+                ScopeKind::Marker(t) => format!("marker:{t}"),
+            },
+        }
+    }
+
+    /// A new cell for one command.
+    pub(crate) fn cell(&self) -> Cell {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        match &self.kind {
+            ScopeKind::Cgroup(root) => {
+                let old =
+                    std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
+                let still: Vec<PathBuf> = old
+                    .into_iter()
+                    .filter(|d| std::fs::remove_dir(d).is_err() && d.exists())
+                    .collect();
+                self.leftovers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(still);
+                let dir = root.join(format!("c{n}"));
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => Cell::Cgroup(dir),
+                    // The hierarchy refused (a limit on descendants): the
+                    // marker still contains it.
+                    Err(_) => Cell::Marker {
+                        token: format!("{}/{n}", self.token),
+                        pgid: None,
+                    },
+                }
+            }
+            ScopeKind::Marker(t) => Cell::Marker {
+                token: format!("{t}/{n}"),
+                pgid: None,
+            },
+        }
+    }
+
+    fn forget(&self, dir: PathBuf) {
+        self.leftovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir);
+    }
+}
+
+/// Starts the process that kills the scope when this process ends: its
+/// stdin is a pipe whose other end only this process holds (close-on-exec,
+/// so no command inherits it); end of file on it means we are gone. It
+/// runs in a process group of its own, so a signal to ours (Ctrl-C, `kill
+/// -- -<pgid>`) does not take it with us.
+fn start_watchdog(kind: &ScopeKind) -> Option<std::process::ChildStdin> {
+    let (script, arg) = match kind {
+        ScopeKind::Cgroup(dir) => (
+            r#"read _ ; echo 1 > "$0/cgroup.kill" 2>/dev/null
+i=0; while [ $i -lt 200 ] && grep -q '^populated 1' "$0/cgroup.events" 2>/dev/null; do sleep 0.01; i=$((i+1)); done
+for d in "$0"/*/; do rmdir "$d" 2>/dev/null; done; rmdir "$0" 2>/dev/null; exit 0"#,
+            dir.display().to_string(),
+        ),
+        ScopeKind::Marker(token) => (
+            r#"read _ ; for round in 1 2 3; do for f in /proc/[0-9]*/environ; do
+if grep -qz "^ORCH_CONTAIN=$0/" "$f" 2>/dev/null; then p=${f#/proc/}; kill -9 "${p%/environ}" 2>/dev/null; fi
+done; done; exit 0"#,
+            token.clone(),
+        ),
+    };
+    use std::os::unix::process::CommandExt as _;
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", script, &arg])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .env_remove(MARKER_VAR)
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    // Its exit status is never read: it exits when we do.
+    child.stdin.take()
+}
+
+/// A `std::process::Command` for a short helper program (`git`, say) that
+/// this process runs and waits for itself: it runs in a cell that this
+/// process's scope shares among such helpers, so that it dies with this
+/// process whatever kills it, instead of finishing its work (a merge, a
+/// commit) under the feet of a later driver. Add arguments, directory and
+/// environment as usual. The program is looked up on `PATH` by `sh`; one
+/// that is not found exits with status 127.
+///
+/// ```
+/// let out = orch_core::process::tool("echo").arg("hi").output().unwrap();
+/// assert_eq!(out.stdout, b"hi\n");
+/// ```
+pub fn tool(program: &str) -> std::process::Command {
+    let scope = scope();
+    let cell = scope.tools.get_or_init(|| match &scope.kind {
+        ScopeKind::Cgroup(root) => {
+            let dir = root.join("tools");
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Cell::Cgroup(dir),
+                Err(_) if dir.join("cgroup.procs").exists() => Cell::Cgroup(dir),
+                Err(_) => Cell::Marker {
+                    token: format!("{}/tools", scope.token),
+                    pgid: None,
+                },
+            }
+        }
+        ScopeKind::Marker(t) => Cell::Marker {
+            token: format!("{t}/tools"),
+            pgid: None,
+        },
+    });
+    let w = cell.wrap(program, &[]);
+    let mut cmd = std::process::Command::new(w.program);
+    cmd.args(w.args).env_remove(MARKER_VAR);
+    if let Some((k, v)) = w.env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// What a cell starts: the program and its arguments, and the variables
+/// to add to its environment.
+pub(crate) struct Wrapped {
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Option<(&'static str, String)>,
+}
+
+/// The shim that puts the command in its cgroup before it runs: it writes
+/// its own pid to `cgroup.procs`, then becomes the program.
+const JOIN: &str = r#"echo $$ > "$0" || exit 125; exec "$@""#;
+
+impl Cell {
+    /// How to start `program` with `args` inside this cell. `program` must
+    /// be a path (the shim's `exec` does not search `PATH` the way the
+    /// runner does).
+    pub(crate) fn wrap(&self, program: &str, args: &[&str]) -> Wrapped {
+        match self {
+            Cell::Cgroup(dir) => {
+                let mut all = vec![
+                    "-c".to_owned(),
+                    JOIN.to_owned(),
+                    dir.join("cgroup.procs").display().to_string(),
+                    program.to_owned(),
+                ];
+                all.extend(args.iter().map(|a| (*a).to_owned()));
+                Wrapped {
+                    program: "/bin/sh".into(),
+                    args: all,
+                    env: None,
+                }
+            }
+            Cell::Marker { token, .. } => Wrapped {
+                program: program.to_owned(),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                env: Some((MARKER_VAR, token.clone())),
+            },
+        }
+    }
+
+    /// Notes the process group the command leads (marker cells kill it
+    /// too: it holds whatever did not change group).
+    pub(crate) fn set_group(&mut self, group: Option<i32>) {
+        if let Cell::Marker { pgid, .. } = self {
+            *pgid = group;
+        }
+    }
+
+    /// Whether any process of the cell is still running.
+    pub(crate) fn alive(&self) -> bool {
+        match self {
+            Cell::Cgroup(dir) => populated(dir),
+            Cell::Marker { token, pgid } => {
+                !marked(&format!("{MARKER_VAR}={token}"), true, *pgid).is_empty()
+            }
+        }
+    }
+
+    /// Sends `SIGKILL` to every process of the cell, without waiting.
+    pub(crate) fn kill_now(&self) {
+        match self {
+            Cell::Cgroup(dir) => cgroup_kill(dir),
+            Cell::Marker { token, pgid } => {
+                if let Some(g) = pgid {
+                    let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
+                }
+                for pid in marked(&format!("{MARKER_VAR}={token}"), true, *pgid) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Kills every process of the cell and waits (briefly) until they are
+    /// gone, then removes the cell.
+    pub(crate) async fn kill(&self) {
+        self.kill_now();
+        let deadline = tokio::time::Instant::now() + GONE_WITHIN;
+        while self.alive() && tokio::time::Instant::now() < deadline {
+            // A forking program may have made a child between the scan
+            // and the kill (marker cells): kill again.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.kill_now();
+        }
+        self.remove();
+    }
+
+    /// Removes the cell's cgroup (later, if it cannot be yet).
+    pub(crate) fn remove(&self) {
+        if let Cell::Cgroup(dir) = self
+            && std::fs::remove_dir(dir).is_err()
+            && dir.exists()
+        {
+            scope().forget(dir.clone());
+        }
+    }
+}
+
+fn populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map(|s| s.lines().any(|l| l == "populated 1"))
+        .unwrap_or(false)
+}
+
+fn cgroup_kill(dir: &Path) {
+    let killed = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.kill"))
+        .and_then(|mut f| f.write_all(b"1"));
+    if killed.is_err() {
+        // No cgroup.kill: one by one.
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The live processes (zombies are dead: only their parent's `wait` is
+/// left) whose environment has `needle` (`NAME=value`) as an entry:
+/// exactly, or (`exact` false) as a prefix; or that are in process group
+/// `group`.
+fn marked(needle: &str, exact: bool, group: Option<i32>) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            let Some((state, pgrp)) = state_and_group(*pid) else {
+                return false;
+            };
+            if state == 'Z' {
+                return false;
+            }
+            group == Some(pgrp)
+                || std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                    env.split(|b| *b == 0).any(|entry| {
+                        if exact {
+                            entry == needle.as_bytes()
+                        } else {
+                            entry.starts_with(needle.as_bytes())
+                        }
+                    })
+                })
+        })
+        .collect()
+}
+
+/// A process's state letter and process group, from `/proc/<pid>/stat`.
+fn state_and_group(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let pgrp = rest.nth(1)?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// What [`kill_scope`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Killed {
+    /// Nothing of it was running.
+    Nothing,
+    /// This many processes were killed (a cgroup counts its cells).
+    Some(usize),
+    /// It is this process's own scope: its commands are its own to stop.
+    Ours,
+    /// It ran on another machine or before a reboot: not reachable from
+    /// here (a reboot ended it; another machine's driver stops its own).
+    Elsewhere,
+}
+
+/// Kills whatever is left of the commands of the driver `d` (recorded by
+/// an earlier run's [`Scope::describe`]), and waits until they are gone.
+/// Call it before touching anything those commands could still write.
+///
+/// # Errors
+/// A message when the recorded scope cannot be killed (a cgroup that
+/// exists but cannot be written).
+pub async fn kill_scope(d: &DriverInfo) -> Result<Killed, String> {
+    let (host, boot) = host_and_boot();
+    if d.host != host || d.boot != boot {
+        return Ok(Killed::Elsewhere);
+    }
+    let me = std::process::id();
+    if d.pid == me && d.start == start_time(me).unwrap_or(0) {
+        return Ok(Killed::Ours);
+    }
+    if let Some(dir) = d.containment.strip_prefix("cgroup:") {
+        let dir = PathBuf::from(dir);
+        if !dir.join("cgroup.procs").exists() {
+            return Ok(Killed::Nothing);
+        }
+        let count = count_procs(&dir);
+        if count == 0 {
+            remove_tree(&dir);
+            return Ok(Killed::Nothing);
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.kill"))
+            .and_then(|mut f| f.write_all(b"1"))
+            .map_err(|e| format!("cannot kill the processes in {}: {e}", dir.display()))?;
+        let deadline = tokio::time::Instant::now() + GONE_WITHIN;
+        while populated(&dir) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        remove_tree(&dir);
+        return Ok(Killed::Some(count));
+    }
+    if let Some(token) = d.containment.strip_prefix("marker:") {
+        let needle = format!("{MARKER_VAR}={token}/");
+        let mut killed = 0;
+        let deadline = tokio::time::Instant::now() + GONE_WITHIN;
+        loop {
+            let left = marked(&needle, false, None);
+            if left.is_empty() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            for pid in left {
+                if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                    killed += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        return Ok(if killed == 0 {
+            Killed::Nothing
+        } else {
+            Killed::Some(killed)
+        });
+    }
+    Err(format!("unknown containment {:?}", d.containment))
+}
+
+/// Processes in a cgroup and its descendants.
+fn count_procs(dir: &Path) -> usize {
+    let own = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    let children: usize = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| count_procs(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0);
+    own + children
+}
+
+/// Removes a cgroup and its (empty) descendants.
+fn remove_tree(dir: &Path) {
+    if let Ok(d) = std::fs::read_dir(dir) {
+        for e in d.filter_map(Result::ok) {
+            if e.path().is_dir() {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
