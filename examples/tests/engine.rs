@@ -735,7 +735,12 @@ impl Faulty {
 
 #[async_trait]
 impl StateStore for Faulty {
-    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+    async fn append_if(
+        &self,
+        run: &RunId,
+        expect: orch_core::Expect,
+        events: &[Event],
+    ) -> Result<Vec<u64>, StoreError> {
         let _one_at_a_time = self.serial.lock().await;
         if let Some(slow) = self.slow_on
             && events.iter().any(|e| {
@@ -751,7 +756,7 @@ impl StateStore for Faulty {
         {
             return Err(StoreError::new(StoreErrorKind::Io, "disk full"));
         }
-        self.inner.append(run, events).await
+        self.inner.append_if(run, expect, events).await
     }
     async fn read(
         &self,
@@ -835,6 +840,67 @@ async fn a_lost_run_lock_stops_the_run_and_nothing_more_is_written() {
         "{before:#?}"
     );
     assert_eq!(after, before);
+}
+
+/// On its first call, another driver takes the run (this engine's lock
+/// was lost without it knowing: a partitioned connection) and the agent
+/// notes the journal as it was then; then it finishes its work.
+struct TakenOver {
+    store: Arc<MemoryStore>,
+    at_takeover: std::sync::Mutex<Option<Vec<StoredEvent>>>,
+}
+
+#[async_trait]
+impl Agent for TakenOver {
+    fn backend(&self) -> &str {
+        "taken-over"
+    }
+    async fn run(&self, task: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let first = self.at_takeover.lock().unwrap().is_none();
+        if first {
+            self.store.steal_run(&task.run);
+            let now = self.store.read(&task.run, 0, 10_000).await.unwrap();
+            *self.at_takeover.lock().unwrap() = Some(now);
+        }
+        std::fs::write(task.workdir.join(format!("{}.txt", task.ticket.id)), "x").unwrap();
+        Ok(AgentOutcome {
+            success: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// Fencing: once a newer driver holds the run, the old one's appends are
+/// refused by the store, so it stops with that error and the journal has
+/// nothing from it after the takeover (not its agent's end, not a
+/// `run_finished`).
+#[tokio::test]
+async fn a_driver_whose_run_was_taken_over_writes_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = small_plan("[policy]\nmax_concurrency = 1");
+    let store = Arc::new(MemoryStore::new());
+    let agent = Arc::new(TakenOver {
+        store: store.clone(),
+        at_takeover: Default::default(),
+    });
+    let run = run_id("r");
+    let result = engine(plan, agent.clone(), store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await;
+    match result {
+        Err(EngineError::Store(e)) => {
+            assert_eq!(e.kind, StoreErrorKind::Fenced, "{e}");
+            assert!(e.message.contains("taken over by a newer driver"), "{e}");
+        }
+        other => panic!("the run must stop, fenced: {other:?}"),
+    }
+    let before = agent.at_takeover.lock().unwrap().clone().unwrap();
+    assert!(!before.is_empty());
+    assert_eq!(
+        journal(&*store, &run).await,
+        before,
+        "nothing written after the takeover"
+    );
 }
 
 /// Fails its first attempt; records the session each attempt was given.

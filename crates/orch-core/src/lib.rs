@@ -85,7 +85,7 @@ pub use state::{
     RunStatus, TicketMetrics, TicketState, TicketStatus,
 };
 pub use store::{
-    Lease, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketLeases,
+    Expect, Lease, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketLeases,
 };
 pub use time::Timestamp;
 pub use workspace::{Merged, Prepared, SharedDir, Workspace, WorkspaceError};

@@ -34,6 +34,32 @@ pub enum StoreErrorKind {
     /// The run is being driven by someone else: another engine (in this
     /// process or another) holds its [`RunLock`].
     Locked,
+    /// A conditional append ([`StateStore::append_if`]) found the journal
+    /// changed since the state it was decided against was read
+    /// ([`Expect::LastSeq`]): nothing was stored; read again and decide
+    /// again.
+    Changed,
+    /// An append from a driver whose hold on the run is no longer current
+    /// ([`Expect::Epoch`]): a newer driver took the run. Nothing was
+    /// stored, and this driver must stop.
+    Fenced,
+}
+
+/// What must hold, checked by the store in the same transaction as the
+/// append, for [`StateStore::append_if`] to store anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expect {
+    /// Nothing: a plain append.
+    Any,
+    /// The run's journal ends at this seq (0: it has no events): nothing
+    /// was appended since the state the append was decided against was
+    /// read. Else [`StoreErrorKind::Changed`].
+    LastSeq(u64),
+    /// The run is held under this epoch ([`RunLock::epoch`]): no later
+    /// [`StateStore::lock_run`] took it since. Else
+    /// [`StoreErrorKind::Fenced`]. A run never locked has epoch 0.
+    Epoch(u64),
 }
 
 /// A store operation failed. Nothing already persisted is lost.
@@ -75,6 +101,14 @@ impl StoreError {
 ///   already has; re-using an id for a different event is
 ///   [`StoreErrorKind::Conflict`].
 /// * `state` equals folding `read(run, 0, ..)` with [`RunState::apply`].
+/// * **Conditional**: [`append_if`](StateStore::append_if) checks its
+///   [`Expect`] atomically with the append (a decision is recorded only
+///   against the journal it was decided on; a driver whose lock a newer
+///   one took writes nothing). The condition is checked first, even for
+///   events already stored.
+/// * **Fenced locks**: every [`lock_run`](StateStore::lock_run) of a store
+///   that can be shared gives the run a new, larger epoch
+///   ([`RunLock::epoch`]).
 ///
 /// # Cancellation
 ///
@@ -96,9 +130,19 @@ impl StoreError {
 ///
 /// #[async_trait]
 /// impl StateStore for VecStore {
-///     async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+///     async fn append_if(&self, run: &RunId, expect: Expect, events: &[Event]) -> Result<Vec<u64>, StoreError> {
 ///         let mut runs = self.0.lock().unwrap();
 ///         let journal = runs.entry(run.clone()).or_default();
+///         match expect {
+///             Expect::LastSeq(seq) if seq != journal.len() as u64 => {
+///                 return Err(StoreError::new(StoreErrorKind::Changed, "the journal moved on"));
+///             }
+///             // This store has no locks: every run stays at epoch 0.
+///             Expect::Epoch(e) if e != 0 => {
+///                 return Err(StoreError::new(StoreErrorKind::Fenced, "not the current epoch"));
+///             }
+///             _ => {}
+///         }
 ///         let mut seqs = Vec::new();
 ///         for e in events {
 ///             match journal.iter().position(|x| x.id == e.id) {
@@ -126,19 +170,41 @@ impl StoreError {
 /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
 /// rt.block_on(async {
 ///     assert_eq!(store.append(&run, &[done.clone()]).await.unwrap(), [1]);
-///     assert_eq!(store.append(&run, &[done]).await.unwrap(), [1]); // idempotent
+///     assert_eq!(store.append(&run, &[done.clone()]).await.unwrap(), [1]); // idempotent
+///     // Decided against a journal of one event: refused once it has more.
+///     let skip = Event::now(EventKind::TicketSkipped { ticket: "T-2".parse().unwrap() });
+///     assert_eq!(store.append_if(&run, Expect::LastSeq(1), &[skip.clone()]).await.unwrap(), [2]);
+///     let late = store.append_if(&run, Expect::LastSeq(1), &[done]).await.unwrap_err();
+///     assert_eq!(late.kind, StoreErrorKind::Changed);
 ///     let state = store.state(&run).await.unwrap();
 ///     assert_eq!(state.count(TicketStatus::Done), 1);
 /// });
 /// ```
 #[async_trait]
 pub trait StateStore: Send + Sync {
+    /// Appends `events` to `run`'s journal, atomically and durably, if
+    /// `expect` holds at that moment, and returns each event's `seq`.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::Changed`] or [`StoreErrorKind::Fenced`] when
+    /// `expect` does not hold; [`StoreError`] otherwise. On error nothing
+    /// of the batch was stored.
+    async fn append_if(
+        &self,
+        run: &RunId,
+        expect: Expect,
+        events: &[Event],
+    ) -> Result<Vec<u64>, StoreError>;
+
     /// Appends `events` to `run`'s journal, atomically and durably, and
-    /// returns each event's `seq`.
+    /// returns each event's `seq`: [`append_if`](StateStore::append_if)
+    /// with [`Expect::Any`].
     ///
     /// # Errors
     /// [`StoreError`]; on error nothing of the batch was stored.
-    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError>;
+    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        self.append_if(run, Expect::Any, events).await
+    }
 
     /// Reads up to `limit` events of `run` with `seq > after`, in order. An
     /// unknown run has no events.
@@ -187,18 +253,34 @@ pub trait StateStore: Send + Sync {
     /// # Errors
     /// [`StoreError`] when the journal cannot be read.
     async fn state(&self, run: &RunId) -> Result<RunState, StoreError> {
-        const PAGE: usize = 10_000;
         let mut state = RunState::default();
-        let mut after = 0;
+        self.catch_up(run, &mut state, 0).await?;
+        Ok(state)
+    }
+
+    /// Folds the events of `run` after seq `after` into `state`, and
+    /// returns the seq of the last event folded (`after` if there were
+    /// none): with [`Expect::LastSeq`], what a conditional append is
+    /// decided against. Reads in pages.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the journal cannot be read.
+    async fn catch_up(
+        &self,
+        run: &RunId,
+        state: &mut RunState,
+        mut after: u64,
+    ) -> Result<u64, StoreError> {
+        const PAGE: usize = 10_000;
         loop {
             let page = self.read(run, after, PAGE).await?;
-            let (len, last) = (page.len(), page.last().map(|e| e.seq));
+            let len = page.len();
             for e in page {
+                after = e.seq;
                 state.apply_owned(e.event);
             }
-            match last {
-                Some(seq) if len == PAGE => after = seq,
-                _ => return Ok(state),
+            if len < PAGE {
+                return Ok(after);
             }
         }
     }
@@ -228,6 +310,8 @@ pub trait StateStore: Send + Sync {
 #[must_use = "the run is free again as soon as the lock is dropped"]
 pub struct RunLock {
     held: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The run's epoch under this lock, for stores that fence.
+    epoch: Option<u64>,
     /// Cancelled by the store when the lock is lost while held, and why.
     lost: Option<(crate::Cancellation, String)>,
 }
@@ -238,6 +322,7 @@ impl RunLock {
     pub fn new(held: impl std::any::Any + Send + Sync) -> Self {
         RunLock {
             held: Some(Box::new(held)),
+            epoch: None,
             lost: None,
         }
     }
@@ -246,8 +331,23 @@ impl RunLock {
     pub fn unguarded() -> Self {
         RunLock {
             held: None,
+            epoch: None,
             lost: None,
         }
+    }
+
+    /// The run's epoch under this lock: appends made with
+    /// [`Expect::Epoch`] of it are stored only while no later lock of the
+    /// run was taken (fencing: a driver that lost its lock without
+    /// knowing writes nothing).
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = Some(epoch);
+        self
+    }
+
+    /// The epoch under which this lock holds the run, if the store fences.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
     }
 
     /// This lock can be lost while held: the store cancels `signal` when
@@ -291,6 +391,7 @@ impl std::fmt::Debug for RunLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunLock")
             .field("guarded", &self.is_guarded())
+            .field("epoch", &self.epoch)
             .field("can_be_lost", &self.can_be_lost())
             .finish()
     }

@@ -53,3 +53,23 @@ pub(crate) fn conflict(id: EventId) -> StoreError {
         format!("event id {id} is already in the journal with different content"),
     )
 }
+
+/// A conditional append decided against a journal that has moved on.
+pub(crate) fn changed(run: &RunId, expected: u64, last: u64) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Changed,
+        format!(
+            "run {run} changed since it was read (its journal ends at event {last}, not {expected}); nothing was written"
+        ),
+    )
+}
+
+/// An append from a driver whose lock a newer driver took.
+pub(crate) fn fenced(run: &RunId, epoch: u64, current: u64) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Fenced,
+        format!(
+            "run {run} was taken over by a newer driver (epoch {current}; this one holds {epoch}); nothing was written, and this driver stops"
+        ),
+    )
+}

@@ -21,8 +21,8 @@
 use std::sync::Arc;
 
 use orch_core::{
-    Event, EventId, EventKind, RunId, RunState, StateStore, StoreErrorKind, TicketId, TicketStatus,
-    Timestamp,
+    Event, EventId, EventKind, Expect, RunId, RunState, StateStore, StoreErrorKind, TicketId,
+    TicketStatus, Timestamp,
 };
 
 /// Opens the store under test (again).
@@ -55,6 +55,9 @@ pub async fn run_all(open: Open<'_>) {
     folded_state(open).await;
     listing_runs(open).await;
     run_locks(open).await;
+    conditional_appends(open).await;
+    racing_conditional_appends(open).await;
+    fenced_appends(open).await;
 }
 
 /// Events get consecutive seqs from 1 in append order; reads page.
@@ -437,4 +440,150 @@ pub async fn run_locks(open: Open<'_>) {
         "the other run is still held"
     );
     drop((again, held_b));
+}
+
+/// [`Expect::LastSeq`]: stored only if the journal still ends where the
+/// caller read it (0 for a run with no events); else
+/// [`StoreErrorKind::Changed`] and nothing stored, even for an event that
+/// is already in the journal.
+pub async fn conditional_appends(open: Open<'_>) {
+    let s = open();
+    let r = run("conf-conditional");
+    let first = ev(1, EventKind::TicketReady { ticket: t(1) });
+    let e = s
+        .append_if(&r, Expect::LastSeq(1), std::slice::from_ref(&first))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Changed, "{e}");
+    assert!(
+        s.read(&r, 0, 10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    assert_eq!(
+        s.append_if(&r, Expect::LastSeq(0), std::slice::from_ref(&first))
+            .await
+            .unwrap(),
+        [1]
+    );
+    let second = ev(2, EventKind::TicketReady { ticket: t(2) });
+    let e = s
+        .append_if(&r, Expect::LastSeq(0), std::slice::from_ref(&second))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Changed, "{e}");
+    assert!(e.message.contains("conf-conditional"), "names the run: {e}");
+    let e = s
+        .append_if(&r, Expect::LastSeq(0), std::slice::from_ref(&first))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.kind,
+        StoreErrorKind::Changed,
+        "checked before idempotency"
+    );
+    assert_eq!(
+        s.append_if(&r, Expect::LastSeq(1), &[second, first])
+            .await
+            .unwrap(),
+        [2, 1]
+    );
+    assert_eq!(open().read(&r, 0, 10).await.unwrap().len(), 2);
+}
+
+/// Many writers read the journal's end and append against it at the same
+/// moment, each from a store value of its own (separate processes share
+/// the data the same way): exactly one of each round is stored.
+pub async fn racing_conditional_appends(open: Open<'_>) {
+    let r = run("conf-racing");
+    let writers: Vec<Arc<dyn StateStore>> = (0..6).map(|_| open()).collect();
+    for round in 0..5u128 {
+        let seq = writers[0].read(&r, 0, 1000).await.unwrap().len() as u64;
+        let barrier = Arc::new(tokio::sync::Barrier::new(writers.len()));
+        let mut handles = Vec::new();
+        for (w, store) in writers.iter().enumerate() {
+            let (store, r, barrier) = (Arc::clone(store), r.clone(), Arc::clone(&barrier));
+            handles.push(tokio::spawn(async move {
+                let e = ev(
+                    round * 100 + w as u128 + 1,
+                    EventKind::TicketSkipped {
+                        ticket: t(w as u64),
+                    },
+                );
+                barrier.wait().await;
+                store.append_if(&r, Expect::LastSeq(seq), &[e]).await
+            }));
+        }
+        let mut won = 0;
+        for h in handles {
+            match h.await.unwrap() {
+                Ok(seqs) => {
+                    assert_eq!(seqs, [seq + 1]);
+                    won += 1;
+                }
+                Err(e) => assert_eq!(e.kind, StoreErrorKind::Changed, "{e}"),
+            }
+        }
+        assert_eq!(
+            won, 1,
+            "round {round}: exactly one conditional append is stored"
+        );
+        assert_eq!(
+            writers[0].read(&r, 0, 1000).await.unwrap().len() as u64,
+            seq + 1
+        );
+    }
+}
+
+/// Fencing: every [`StateStore::lock_run`] gives the run a larger epoch;
+/// an append under an older epoch ([`Expect::Epoch`]) is refused with
+/// [`StoreErrorKind::Fenced`] and stores nothing, from any store value.
+pub async fn fenced_appends(open: Open<'_>) {
+    let (s, other) = (open(), open());
+    let r = run("conf-fenced");
+    let first = s.lock_run(&r).await.unwrap();
+    let old = first.epoch().expect("a shared store fences its locks");
+    assert!(old > 0, "a locked run's epoch is above 0");
+    let a = ev(1, EventKind::TicketReady { ticket: t(1) });
+    assert_eq!(
+        s.append_if(&r, Expect::Epoch(old), &[a]).await.unwrap(),
+        [1]
+    );
+    // The old holder's lock goes (a crash, a lost connection), a new
+    // driver takes the run.
+    drop(first);
+    let mut second = other.lock_run(&r).await;
+    for _ in 0..100 {
+        match &second {
+            Err(e) if e.kind == StoreErrorKind::Locked => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                second = other.lock_run(&r).await;
+            }
+            _ => break,
+        }
+    }
+    let second = second.expect("a dropped lock frees the run");
+    let new = second.epoch().expect("fenced");
+    assert!(new > old, "epochs grow: {old} then {new}");
+    let late = ev(
+        2,
+        EventKind::TicketFailed {
+            ticket: t(1),
+            reason: "stale".into(),
+        },
+    );
+    for store in [&s, &other] {
+        let e = store
+            .append_if(&r, Expect::Epoch(old), std::slice::from_ref(&late))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Fenced, "{e}");
+        assert!(!e.is_retryable());
+    }
+    assert_eq!(s.read(&r, 0, 10).await.unwrap().len(), 1, "nothing stored");
+    let b = ev(3, EventKind::TicketDone { ticket: t(1) });
+    assert_eq!(
+        other.append_if(&r, Expect::Epoch(new), &[b]).await.unwrap(),
+        [2]
+    );
+    drop(second);
 }

@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orch_core::{
-    Event, EventId, RunId, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent,
+    Event, EventId, Expect, RunId, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::codec::conflict;
+use crate::codec::{changed, conflict, fenced};
 
 #[derive(Default)]
 struct Journal {
@@ -169,6 +169,8 @@ pub struct MemoryStore {
     runs: Mutex<(Vec<RunId>, FxHashMap<RunId, Journal>)>,
     /// The runs whose [`RunLock`] is held.
     locked: Arc<Mutex<FxHashSet<RunId>>>,
+    /// Each run's epoch: the number of times it was locked.
+    epochs: Mutex<FxHashMap<RunId, u64>>,
 }
 
 /// Frees its run in the store's set when dropped.
@@ -188,12 +190,39 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Takes the run from whoever holds it, as a driver taking over from
+    /// one that lost its lock would: the run gets a new epoch, so the old
+    /// holder's fenced appends are refused. For tests of fencing.
+    pub fn steal_run(&self, run: &RunId) -> u64 {
+        let _journal = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = epochs.entry(run.clone()).or_default();
+        *epoch += 1;
+        *epoch
+    }
 }
 
 #[async_trait]
 impl StateStore for MemoryStore {
-    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+    async fn append_if(
+        &self,
+        run: &RunId,
+        expect: Expect,
+        events: &[Event],
+    ) -> Result<Vec<u64>, StoreError> {
         let mut guard = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the journal's lock, which `lock_run` takes too.
+        let epoch = || {
+            let epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+            epochs.get(run).copied().unwrap_or(0)
+        };
+        let last = || guard.1.get(run).map_or(0, |j| j.events.len() as u64);
+        match expect {
+            Expect::LastSeq(seq) if seq != last() => return Err(changed(run, seq, last())),
+            Expect::Epoch(e) if e != epoch() => return Err(fenced(run, e, epoch())),
+            _ => {}
+        }
         let (order, runs) = &mut *guard;
         let j = match runs.get_mut(run) {
             Some(j) => j,
@@ -258,6 +287,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn lock_run(&self, run: &RunId) -> Result<RunLock, StoreError> {
+        let _journal = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         let mut locked = self.locked.lock().unwrap_or_else(|e| e.into_inner());
         if !locked.insert(run.clone()) {
             return Err(StoreError::new(
@@ -265,7 +295,10 @@ impl StateStore for MemoryStore {
                 format!("run {run} is being driven by another engine on this memory store"),
             ));
         }
-        Ok(RunLock::new(Held(self.locked.clone(), run.clone())))
+        let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = epochs.entry(run.clone()).or_default();
+        *epoch += 1;
+        Ok(RunLock::new(Held(self.locked.clone(), run.clone())).with_epoch(*epoch))
     }
 
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {

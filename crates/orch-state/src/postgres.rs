@@ -7,14 +7,14 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use orch_core::{
-    Cancellation, Event, EventId, Lease, RunId, RunLock, StateStore, StoreError, StoreErrorKind,
-    StoredEvent, TicketId, TicketLeases, Timestamp,
+    Cancellation, Event, EventId, Expect, Lease, RunId, RunLock, StateStore, StoreError,
+    StoreErrorKind, StoredEvent, TicketId, TicketLeases, Timestamp,
 };
 use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, Statement};
 
-use crate::codec::{Encoded, conflict, decode, encode};
+use crate::codec::{Encoded, changed, conflict, decode, encode, fenced};
 use crate::pg_tls::{self, MakeRustls};
 
 /// The schema version this build writes in PostgreSQL (counted apart from
@@ -23,8 +23,9 @@ use crate::pg_tls::{self, MakeRustls};
 /// `orch_events` (one row per event, its body the event's JSON);
 /// 2 — `orch_leases` (ticket claims, see [`TicketLeases`]) and
 /// `orch_now_ms()` (the server's clock in milliseconds, which lease times
-/// use).
-pub const PG_SCHEMA_VERSION: i64 = 2;
+/// use); 3 — `orch_epochs` (each run's lock epoch, checked by fenced
+/// appends).
+pub const PG_SCHEMA_VERSION: i64 = 3;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`: the
 /// tables it makes (a table of such a name that is already there is not
@@ -61,6 +62,15 @@ const MIGRATIONS: &[(&[&str], &str)] = &[
      );
      CREATE FUNCTION orch_now_ms() RETURNS bigint LANGUAGE sql VOLATILE
         AS 'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint';",
+    ),
+    // 3: each run's lock epoch, moved on by every lock_run; fenced
+    // appends read it FOR SHARE, so a takeover waits for them.
+    (
+        &["orch_epochs"],
+        "CREATE TABLE orch_epochs (
+        run text PRIMARY KEY,
+        epoch bigint NOT NULL
+     );",
     ),
 ];
 
@@ -158,6 +168,8 @@ struct Conn {
     claim: Statement,
     renew: Statement,
     release: Statement,
+    epoch: Statement,
+    next_epoch: Statement,
 }
 
 /// Names the database: user, host, port, database and the server options
@@ -342,6 +354,17 @@ impl PgStore {
             )
             .await?,
             runs: prepare("SELECT run FROM orch_runs ORDER BY n", &[]).await?,
+            epoch: prepare(
+                "SELECT coalesce((SELECT epoch FROM orch_epochs WHERE run = $1 FOR SHARE), 0)",
+                &[Type::TEXT],
+            )
+            .await?,
+            next_epoch: prepare(
+                "INSERT INTO orch_epochs AS e (run, epoch) VALUES ($1, 1)
+                 ON CONFLICT (run) DO UPDATE SET epoch = e.epoch + 1 RETURNING epoch",
+                &[Type::TEXT],
+            )
+            .await?,
             // A free ticket, or one whose lease lapsed, goes to the caller
             // with the next token; a live lease returns no row.
             claim: prepare(
@@ -451,6 +474,7 @@ impl PgStore {
         &self,
         c: &Conn,
         run: &RunId,
+        expect: Expect,
         events: &[Encoded],
     ) -> Result<Vec<u64>, StoreError> {
         let e = |x: tokio_postgres::Error| self.err(&x);
@@ -489,6 +513,24 @@ impl PgStore {
             )
         })?;
         let (n, last): (i64, i64) = (row.get(0), row.get(1));
+        match expect {
+            Expect::LastSeq(seq) if seq != last as u64 => {
+                return Err(changed(run, seq, last as u64));
+            }
+            Expect::Epoch(mine) => {
+                // FOR SHARE: a lock_run moving the epoch on waits for this
+                // transaction, and this one sees its move if it came first.
+                let current: i64 = client
+                    .query_one(&c.epoch, &by_name)
+                    .await
+                    .map_err(e)?
+                    .get(0);
+                if current as u64 != mine {
+                    return Err(fenced(run, mine, current as u64));
+                }
+            }
+            _ => {}
+        }
         // Ids of this append already in the journal: the same event sent
         // again keeps its seq; a different one is a conflict.
         let mut known: HashMap<[u8; 16], (i64, Cow<'_, str>)> = HashMap::new();
@@ -606,15 +648,20 @@ type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
 
 #[async_trait]
 impl StateStore for PgStore {
-    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
-        if events.is_empty() {
+    async fn append_if(
+        &self,
+        run: &RunId,
+        expect: Expect,
+        events: &[Event],
+    ) -> Result<Vec<u64>, StoreError> {
+        if events.is_empty() && expect == Expect::Any {
             return Ok(Vec::new());
         }
         let encoded = encode(events)?;
         let encoded = &encoded;
         self.with_conn_again(move || {
             self.with_conn(async move |c| {
-                let result = self.append_in(c, run, encoded).await;
+                let result = self.append_in(c, run, expect, encoded).await;
                 if result.is_err() {
                     // A conflict found nothing to write; a failed statement
                     // left the transaction aborted. Either way, end it (if
@@ -700,8 +747,22 @@ impl StateStore for PgStore {
             .try_get(0)
             .map_err(|e| self.err(&e))?;
         if got {
+            // A new epoch, on the store's own connection (which has set the
+            // tables up): appends of whoever held the run before are
+            // refused from now on.
+            let epoch: i64 = self
+                .with_conn(async |c| {
+                    c.client
+                        .query_one(&c.next_epoch, &[&run.as_str()])
+                        .await
+                        .map_err(|x| self.err(&x))
+                })
+                .await?
+                .get(0);
             let why = format!("the connection to {} that held it closed", self.name);
-            Ok(RunLock::new((client, driver)).lost_on(ended, why))
+            Ok(RunLock::new((client, driver))
+                .lost_on(ended, why)
+                .with_epoch(epoch as u64))
         } else {
             Err(StoreError::new(
                 StoreErrorKind::Locked,

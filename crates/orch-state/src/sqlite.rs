@@ -9,19 +9,21 @@ use std::thread;
 
 use async_trait::async_trait;
 use orch_core::{
-    Event, EventId, RunId, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp,
+    Event, EventId, Expect, RunId, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent,
+    Timestamp,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::codec::{Encoded, conflict, decode, encode};
+use crate::codec::{Encoded, changed, conflict, decode, encode, fenced};
 
 /// The schema version this build writes. Version history:
 /// 1 — `runs` and `events` keyed by run name and seq.
 /// 2 — runs numbered; an event's key packs run number and seq into one
 ///     integer (`pos`), so appending is a rowid append (about a third
 ///     cheaper than a text-keyed row); `at` dropped (the body has it).
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3 — `epochs`: each run's lock epoch, checked by fenced appends.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Most appends committed in one transaction.
 const GROUP_MAX: usize = 1024;
@@ -72,10 +74,16 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE runs2 RENAME TO runs;
      ALTER TABLE events2 RENAME TO events;
      CREATE UNIQUE INDEX events_by_id ON events (run, id);",
+    // 3: each run's epoch, moved on by every lock_run (fencing).
+    "CREATE TABLE epochs (
+        run TEXT PRIMARY KEY,
+        epoch INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 struct Request {
     run: RunId,
+    expect: Expect,
     events: Vec<Encoded>,
     reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
 }
@@ -429,7 +437,17 @@ fn commit_group(
                 }
             };
             let mut next = before;
-            let res = if req.events.len() == 1 {
+            let res = match req.expect {
+                Expect::LastSeq(seq) if seq != before => Err(changed(&req.run, seq, before)),
+                Expect::Epoch(e) => match epoch_of(&tx, path, &req.run)? {
+                    current if current != e => Err(fenced(&req.run, e, current)),
+                    _ => Ok(()),
+                },
+                _ => Ok(()),
+            };
+            let res = if let Err(e) = res {
+                Err(e)
+            } else if req.events.len() == 1 {
                 append_events(&tx, path, req, n, &mut next)
             } else {
                 // Prepared once (a savepoint per multi-event append is hot).
@@ -456,6 +474,40 @@ fn commit_group(
     tx.commit().map_err(|e| err(path, &e))?;
     numbers.extend(fresh);
     Ok(results)
+}
+
+/// The epoch of `run`: how many times it was locked.
+fn epoch_of(conn: &Connection, path: &Path, run: &RunId) -> Result<u64, StoreError> {
+    conn.prepare_cached("SELECT epoch FROM epochs WHERE run = ?1")
+        .and_then(|mut s| {
+            s.query_row([run.as_str()], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|e| e.map_or(0, |e| e as u64))
+        .map_err(|e| err(path, &e))
+}
+
+/// Moves `run` on to its next epoch, durably, and returns it.
+fn next_epoch(path: &Path, run: &RunId) -> Result<u64, StoreError> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| err(path, &e))?;
+    configure(&conn, path)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| err(path, &e))?;
+    let epoch: i64 = tx
+        .query_row(
+            "INSERT INTO epochs (run, epoch) VALUES (?1, 1) \
+             ON CONFLICT (run) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+            [run.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(|e| err(path, &e))?;
+    tx.commit().map_err(|e| err(path, &e))?;
+    Ok(epoch as u64)
 }
 
 /// The number of `run`, assigned on its first append.
@@ -615,8 +667,13 @@ fn known_seq(conn: &Connection, path: &Path, e: &Encoded, n: i64) -> Result<u64,
 
 #[async_trait]
 impl StateStore for SqliteStore {
-    async fn append(&self, run: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
-        if events.is_empty() {
+    async fn append_if(
+        &self,
+        run: &RunId,
+        expect: Expect,
+        events: &[Event],
+    ) -> Result<Vec<u64>, StoreError> {
+        if events.is_empty() && expect == Expect::Any {
             return Ok(Vec::new());
         }
         let (reply, rx) = oneshot::channel();
@@ -631,6 +688,7 @@ impl StateStore for SqliteStore {
         sender
             .send(Request {
                 run: run.clone(),
+                expect,
                 events: encoded,
                 reply,
             })
@@ -813,7 +871,14 @@ impl StateStore for SqliteStore {
             let held = file.metadata().map_err(|e| io("read", e))?;
             let named = std::fs::metadata(&path).ok();
             if named.is_some_and(|m| (m.dev(), m.ino()) == (held.dev(), held.ino())) {
-                return Ok(RunLock::new(LockFile { path, file }));
+                let lock = LockFile { path, file };
+                let (db, r) = (self.path.clone(), run.clone());
+                let epoch = tokio::task::spawn_blocking(move || next_epoch(&db, &r))
+                    .await
+                    .map_err(|e| {
+                        StoreError::new(StoreErrorKind::Io, format!("epoch task failed: {e}"))
+                    })??;
+                return Ok(RunLock::new(lock).with_epoch(epoch));
             }
             // Removed by the holder before us while we opened it: again.
         }
@@ -885,6 +950,7 @@ mod tests {
     fn single(run: &str, id: u8, body: &str) -> Request {
         Request {
             run: run.parse().unwrap(),
+            expect: Expect::Any,
             events: vec![Encoded {
                 id: [id; 16],
                 body: body.into(),

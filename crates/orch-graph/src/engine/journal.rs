@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use orch_core::{
-    AgentId, Budget, Cancellation, Event, EventKind, Progress, RunId, RunState, StateStore,
+    AgentId, Budget, Cancellation, Event, EventKind, Expect, Progress, RunId, RunState, StateStore,
     StoreError, StoreErrorKind, TicketId,
 };
 use tokio::sync::mpsc::UnboundedSender;
@@ -44,6 +44,9 @@ const BUSY: Duration = Duration::from_micros(20);
 pub(crate) struct Journal {
     store: Arc<dyn StateStore>,
     pub(crate) run: RunId,
+    /// What every append expects: the run still held under this driver's
+    /// epoch (fencing), when the store fences.
+    expect: Expect,
     inner: Mutex<Inner>,
     /// The live state: every event of `Inner::unfolded` taken so far,
     /// folded. Taken before `inner` when both are held.
@@ -197,6 +200,7 @@ impl Drop for Journal {
 }
 
 impl Journal {
+    #[allow(clippy::too_many_arguments)] // crate-private; each is a distinct part of a run
     pub(crate) fn new(
         store: Arc<dyn StateStore>,
         run: RunId,
@@ -205,10 +209,12 @@ impl Journal {
         decisions: UnboundedSender<TicketId>,
         budget: Budget,
         work: Cancellation,
+        expect: Expect,
     ) -> Arc<Journal> {
         Arc::new_cyclic(|me| Journal {
             store,
             run,
+            expect,
             inner: Mutex::new(Inner {
                 applied: state.events,
                 unfolded: Vec::new(),
@@ -256,7 +262,10 @@ impl Journal {
 
     /// Appends `events` durably, then folds them.
     pub(crate) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        let seqs = self.store()?.append(&self.run, &events).await?;
+        let seqs = self
+            .store()?
+            .append_if(&self.run, self.expect, &events)
+            .await?;
         self.absorb(|g| g.queue_appended(seqs, events));
         Ok(())
     }
@@ -317,7 +326,7 @@ impl Journal {
         };
         let writing = Writing(self);
         let written = match self.store() {
-            Ok(store) => store.append(&self.run, &group).await,
+            Ok(store) => store.append_if(&self.run, self.expect, &group).await,
             Err(e) => Err(e),
         };
         // Queued and handed over under one lock, before the fold: the next
@@ -560,7 +569,12 @@ mod tests {
 
     #[async_trait]
     impl StateStore for Gated {
-        async fn append(&self, _: &RunId, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        async fn append_if(
+            &self,
+            _: &RunId,
+            _: orch_core::Expect,
+            events: &[Event],
+        ) -> Result<Vec<u64>, StoreError> {
             let call = {
                 let mut c = self.calls.lock().unwrap();
                 c.push(events.len());
@@ -624,6 +638,7 @@ mod tests {
             decisions,
             Budget::default(),
             Cancellation::new(),
+            Expect::Any,
         )
     }
 

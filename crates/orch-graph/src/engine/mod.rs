@@ -15,7 +15,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use orch_core::process;
 use orch_core::{
-    Agent, AgentContext, AgentId, BatchId, Cancellation, Decision, Event, EventKind, Gate,
+    Agent, AgentContext, AgentId, BatchId, Cancellation, Decision, Event, EventKind, Expect, Gate,
     GateError, GateSpec, Plan, Problem, Progress, RoleName, RunId, RunOutcome, RunState, RunStatus,
     SharedDir, StateStore, StoreError, TicketId, TicketStatus, Workspace,
 };
@@ -144,7 +144,7 @@ pub struct RunReport {
 /// }
 /// # #[derive(Default)] struct Mem(std::sync::Mutex<Vec<Event>>);
 /// # #[async_trait] impl StateStore for Mem {
-/// #   async fn append(&self, _: &RunId, ev: &[Event]) -> Result<Vec<u64>, StoreError> {
+/// #   async fn append_if(&self, _: &RunId, _: Expect, ev: &[Event]) -> Result<Vec<u64>, StoreError> {
 /// #     let mut j = self.0.lock().unwrap(); let mut s = vec![];
 /// #     for e in ev { match j.iter().position(|x| x.id == e.id) { Some(i) => s.push(i as u64 + 1), None => { j.push(e.clone()); s.push(j.len() as u64) } } }
 /// #     Ok(s) }
@@ -441,6 +441,9 @@ impl Engine {
             dtx,
             self.plan.policy.budget.clone(),
             work.clone(),
+            // Fenced: once another driver takes the run (this one lost its
+            // lock without knowing), the store refuses this one's appends.
+            lock.epoch().map_or(Expect::Any, Expect::Epoch),
         );
         let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
         let started = EventKind::RunStarted {
@@ -495,9 +498,14 @@ fn laid_out(tickets: &[orch_core::Ticket], order: &[Ix]) -> Arc<[Arc<orch_core::
 /// acts on it: at once if the run is going (it reads the journal), else
 /// when the run is resumed.
 ///
+/// The answer is recorded only against the journal it was checked on
+/// ([`Expect::LastSeq`]): of two answers given at the same moment, one is
+/// recorded and the other refused, whatever the store.
+///
 /// # Errors
 /// [`EngineError::Decision`] when the ticket is not waiting for a decision
-/// or the answer is not one of its options; [`EngineError::Store`].
+/// (never was, or was answered meanwhile, by whom and how) or the answer
+/// is not one of its options; [`EngineError::Store`].
 pub async fn decide(
     store: &dyn StateStore,
     run: &RunId,
@@ -505,7 +513,37 @@ pub async fn decide(
     decision: Decision,
     note: Option<String>,
 ) -> Result<(), EngineError> {
-    let state = store.state(run).await?;
+    let mut state = RunState::default();
+    let mut seq = store.catch_up(run, &mut state, 0).await?;
+    let answer = Event::now(EventKind::DecisionRecorded {
+        ticket: ticket.clone(),
+        decision,
+        note,
+    });
+    loop {
+        check_decision(&state, run, ticket, decision)?;
+        match store
+            .append_if(run, Expect::LastSeq(seq), std::slice::from_ref(&answer))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // The journal moved on (the engine wrote, or someone else
+            // answered): check again against what it holds now.
+            Err(e) if e.kind == orch_core::StoreErrorKind::Changed => {
+                seq = store.catch_up(run, &mut state, seq).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether `ticket` of `state` may take `decision` now.
+fn check_decision(
+    state: &RunState,
+    run: &RunId,
+    ticket: &TicketId,
+    decision: Decision,
+) -> Result<(), EngineError> {
     if state.status == RunStatus::NotStarted {
         return Err(EngineError::Decision(format!("there is no run {run}")));
     }
@@ -514,6 +552,18 @@ pub async fn decide(
         .filter(|d| &d.ticket == ticket)
         .last()
     else {
+        // Answered already (by another call, maybe at the same moment)?
+        let answered = state
+            .decisions
+            .iter()
+            .rfind(|d| &d.ticket == ticket)
+            .and_then(|d| Some((d.answer?, d.note.clone())));
+        if let Some((a, n)) = answered {
+            return Err(EngineError::Decision(format!(
+                "{ticket} was already answered ({a:?}{}); this answer was not recorded",
+                n.map(|n| format!(", note: {n:?}")).unwrap_or_default()
+            )));
+        }
         let open: Vec<String> = state
             .open_decisions()
             .map(|d| d.ticket.to_string())
@@ -533,16 +583,6 @@ pub async fn decide(
             q.options
         )));
     }
-    store
-        .append(
-            run,
-            &[Event::now(EventKind::DecisionRecorded {
-                ticket: ticket.clone(),
-                decision,
-                note,
-            })],
-        )
-        .await?;
     Ok(())
 }
 
