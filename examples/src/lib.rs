@@ -152,11 +152,12 @@ impl Setup {
             .map_err(|e| format!("{} is not a git repository: {e}", self.repo.display()))?;
         Ok(GitWorkspace::new(repo, "HEAD")
             .map_err(|e| format!("{}: no commit to start from: {e}", self.repo.display()))?
+            // Batches that name a branch; the others get one per run.
             .batch_branches(
                 self.plan
                     .batches
                     .iter()
-                    .map(|b| (b.id.clone(), b.branch_name())),
+                    .filter_map(|b| Some((b.id.clone(), b.branch.as_ref()?.to_string()))),
             ))
     }
 

@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
@@ -780,6 +781,470 @@ fn a_lost_postgres_lock_stops_orch_and_resume_finishes_the_run() {
     sql(format!("DROP SCHEMA {schema} CASCADE"));
 }
 
+/// Twelve tickets in three batches, three phases each; every agent logs
+/// its start (ticket, phase, pid) and takes a moment; every phase
+/// checkpoints.
+fn campaign_plan(marks: &Path) -> String {
+    let m = marks.display();
+    let mut plan = format!(
+        r#"
+name = "campaign"
+default_role = "dev"
+[policy]
+max_concurrency = 3
+[agents.dev]
+backend = {{ kind = "command", argv = ["sh", "-c", "cat > /dev/null; echo \"start $ORCH_TICKET $ORCH_PHASE $$\" >> {m}/log; sleep 0.2; mkdir -p work; echo \"$ORCH_TICKET $ORCH_PHASE\" >> work/$ORCH_TICKET.txt"] }}
+[[batch_gates]]
+kind = "command"
+name = "all work present"
+argv = ["sh", "-c", "ls work | grep -q txt"]
+"#
+    );
+    for phase in ["plan", "build", "check"] {
+        plan.push_str(&format!(
+            "[[phases]]\nname = \"{phase}\"\ngates = [{{ kind = \"command\", name = \"{phase}-ok\", argv = [\"sh\", \"-c\", \"sleep 0.05; grep -qx '{{ticket}} {phase}' work/{{ticket}}.txt\"] }}]\n"
+        ));
+    }
+    for b in 0..3 {
+        let ids: Vec<String> = (0..4).map(|i| format!("\"T{}\"", b * 4 + i)).collect();
+        plan.push_str(&format!(
+            "[[batches]]\nid = \"B{b}\"\ntitle = \"b\"\ntickets = [{}]\n",
+            ids.join(", ")
+        ));
+    }
+    for i in 0..12 {
+        let deps = match i {
+            0 | 1 | 4 | 8 => String::new(),
+            i if i % 4 == 0 => format!("depends_on = [\"T{}\"]\n", i - 4),
+            i => format!("depends_on = [\"T{}\"]\n", i - 1),
+        };
+        plan.push_str(&format!(
+            "[[tickets]]\nid = \"T{i}\"\ntitle = \"t\"\neffort = \"1h\"\n{deps}"
+        ));
+    }
+    plan
+}
+
+/// The campaign's tickets' and batches' trees.
+fn campaign_trees(repo: &Path) -> Vec<(String, String)> {
+    (0..12)
+        .map(|i| format!("orch/{RUN}/T{i}"))
+        .chain((0..3).map(|b| format!("orch/{RUN}/batch-B{b}")))
+        .map(|b| {
+            let tree = demo::git(repo, &["rev-parse", &format!("{b}^{{tree}}")]).unwrap();
+            (b, tree)
+        })
+        .collect()
+}
+
+/// `kill -9` of `orch` at 20 and more random moments (a seeded generator,
+/// so a failure can be repeated), resumed each time, then run to the end:
+/// no process a killed driver started is left running, no phase that
+/// made its checkpoint runs again, and the branches are exactly those of
+/// an uninterrupted run.
+#[test]
+#[ignore = "a crash campaign of about a minute; .ci/run runs it"]
+fn crash_campaign_kill_9_at_random_moments() {
+    let seed: u64 = std::env::var("ORCH_CAMPAIGN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0fc0_ffee);
+    eprintln!("crash campaign seed {seed} (set ORCH_CAMPAIGN_SEED to repeat another)");
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // The uninterrupted run.
+    let base = crash_setup();
+    std::fs::write(&base.plan, campaign_plan(&base.marks)).unwrap();
+    assert_eq!(start(&base).wait().unwrap().code(), Some(0));
+    let expected = campaign_trees(&base.repo);
+
+    let s = crash_setup();
+    std::fs::write(&s.plan, campaign_plan(&s.marks)).unwrap();
+    eprintln!("campaign directory: {}", s.marks.display());
+    let mut kills = 0;
+    let resume = |logged: bool| {
+        let mut cmd = orch();
+        cmd.args(["resume", "--state"])
+            .arg(&s.state)
+            .stdout(Stdio::null());
+        if logged {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(s.marks.join("resumes.log"))
+                .unwrap();
+            cmd.env("ORCH_LOG", "info").stderr(log);
+        } else {
+            cmd.stderr(Stdio::null());
+        }
+        cmd.spawn().unwrap()
+    };
+    let mut child = start(&s);
+    let mut finished = None;
+    while kills < 24 {
+        let delay = Duration::from_millis(100 + next() % 400);
+        let deadline = Instant::now() + delay;
+        while Instant::now() < deadline && finished.is_none() {
+            finished = child.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if finished.is_some() {
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        // Nothing the killed driver started runs on: its agents (pids in
+        // the log) are gone within moments (its watchdog kills them).
+        let log = std::fs::read_to_string(s.marks.join("log")).unwrap_or_default();
+        for pid in log
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3)?.parse().ok())
+        {
+            assert!(
+                gone_within(pid, Duration::from_secs(3)),
+                "after kill {kills}: agent {pid} outlived its driver"
+            );
+        }
+        let tree = s.repo.join(format!(".orch/worktrees/{RUN}"));
+        let left = processes_in_within(&tree, Duration::from_secs(3));
+        assert!(
+            left.is_empty(),
+            "after kill {kills}, still running: {left:?}"
+        );
+        child = resume(true);
+    }
+    // The last resume runs to the end.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let finished = loop {
+        if let Some(st) = finished.or_else(|| child.try_wait().unwrap()) {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the last resume did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let failures: Vec<String> = journal(&s)
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            EventKind::TicketFailed { ticket, reason } => Some(format!("{ticket}: {reason}")),
+            EventKind::BatchFailed { batch, reason } => Some(format!("{batch}: {reason}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        finished.code(),
+        Some(0),
+        "the last resume completes: {failures:#?}"
+    );
+    assert!(kills >= 20, "only {kills} kills before the run finished");
+    let _ = resume;
+
+    let events = journal(&s);
+    check_no_rerun(&events);
+    // The agents' own log agrees with the journal: every start recorded,
+    // none unrecorded.
+    let log = std::fs::read_to_string(s.marks.join("log")).unwrap();
+    let mut logged: std::collections::HashMap<(String, String), usize> = Default::default();
+    for l in log.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        *logged.entry((f[1].into(), f[2].into())).or_default() += 1;
+    }
+    let mut journaled: std::collections::HashMap<(String, String), usize> = Default::default();
+    for e in &events {
+        if let EventKind::AgentStarted { ticket, phase, .. } = &e.event.kind {
+            *journaled
+                .entry((ticket.to_string(), phase.to_string()))
+                .or_default() += 1;
+        }
+    }
+    // Write-ahead: an agent may be recorded and killed before it logged;
+    // never the other way round.
+    for (key, n) in &logged {
+        let recorded = journaled.get(key).copied().unwrap_or(0);
+        assert!(
+            *n <= recorded,
+            "{key:?}: the agent ran {n} times, the journal records {recorded} starts"
+        );
+    }
+    // Each phase's checkpoint was made once: no checkpointed phase redone.
+    for i in 0..12 {
+        let history = demo::git(
+            &s.repo,
+            &[
+                "log",
+                &format!("orch/{RUN}/T{i}"),
+                "--format=%(trailers:key=Orch-Checkpoint,valueonly)",
+            ],
+        )
+        .unwrap();
+        for phase in ["plan", "build", "check"] {
+            let made = history
+                .lines()
+                .filter(|l| l.starts_with(&format!("{RUN}/T{i}/{phase}/")))
+                .count();
+            assert_eq!(made, 1, "T{i} {phase}: {made} checkpoints");
+        }
+    }
+    let state = RunState::fold(events.iter().map(|e| &e.event));
+    assert_eq!(state.count(TicketStatus::Done), 12);
+    assert!(
+        state
+            .agents
+            .values()
+            .all(|a| a.status != orch_core::AgentStatus::Running),
+        "no agent left running in the registry"
+    );
+    assert_eq!(
+        campaign_trees(&s.repo),
+        expected,
+        "same result as without crashes"
+    );
+    eprintln!(
+        "crash campaign: {kills} kills, {} agent starts",
+        log.lines().count()
+    );
+}
+
+/// One proxied connection: whether it is cut, and the server's side.
+type Upstream = (Arc<std::sync::atomic::AtomicBool>, std::net::TcpStream);
+
+/// A TCP proxy to `target` on 127.0.0.1 whose connections can be cut like
+/// a network partition seen from one side: the server's side of every
+/// connection open at the cut is closed (the server ends those sessions
+/// and frees their locks at once), the client's side stays open and
+/// silent (the client sees nothing close; what it sends is never
+/// answered). Connections made after the cut go through: the network has
+/// healed for whoever connects again.
+struct Partition {
+    addr: std::net::SocketAddr,
+    /// Per connection: cut?, and the server's side.
+    conns: Arc<std::sync::Mutex<Vec<Upstream>>>,
+    /// Client sides kept open after the cut.
+    _held: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Partition {
+    fn to(target: &str) -> Partition {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::AtomicBool;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<std::sync::Mutex<Vec<Upstream>>> = Arc::default();
+        let held: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        let (cs, h, target) = (conns.clone(), held.clone(), target.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                h.lock().unwrap().push(client.try_clone().unwrap());
+                let Ok(up) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let cut = Arc::new(AtomicBool::new(false));
+                cs.lock()
+                    .unwrap()
+                    .push((cut.clone(), up.try_clone().unwrap()));
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, client),
+                ] {
+                    let cut = cut.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(n) if n > 0 && !cut.load(Ordering::SeqCst) => {
+                                    if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                // Cut, closed or failed: stop forwarding,
+                                // close nothing on the client's side.
+                                _ => return,
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Partition {
+            addr,
+            conns,
+            _held: held,
+        }
+    }
+
+    /// Cuts every connection open now.
+    fn cut(&self) {
+        for (cut, up) in self.conns.lock().unwrap().drain(..) {
+            cut.store(true, Ordering::SeqCst);
+            let _ = up.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Ten tickets whose agents each tick into a log for about 8 s.
+fn ticking_plan(marks: &Path) -> String {
+    let m = marks.display();
+    let mut plan = format!(
+        r#"
+name = "ticking"
+default_role = "dev"
+[policy]
+max_concurrency = 4
+[agents.dev]
+backend = {{ kind = "command", argv = ["sh", "-c", "cat > /dev/null; touch {m}/agent-$ORCH_TICKET; for i in $(seq 1 160); do echo \"$ORCH_TICKET $$ $(date +%s%3N)\" >> {m}/ticks; sleep 0.05; done; echo $ORCH_TICKET > $ORCH_TICKET.txt"] }}
+[[phases]]
+name = "build"
+gates = [{{ kind = "command", name = "built", argv = ["test", "-s", "{{ticket}}.txt"] }}]
+"#
+    );
+    for i in 0..10 {
+        plan.push_str(&format!(
+            "[[tickets]]\nid = \"T{i}\"\ntitle = \"t\"\neffort = \"1h\"\n"
+        ));
+    }
+    plan
+}
+
+/// A partitioned PostgreSQL driver: its connections look open, the server
+/// has dropped them (and freed its lock), and a standby `orch resume`
+/// starts at once. The old driver notices within seconds (its lease
+/// renewal goes unanswered), kills its agents and stops; the standby
+/// waits out the old lease, so no agent of the old driver runs once the
+/// standby starts agents; nothing of the old driver reaches the journal
+/// after the takeover, and the run finishes.
+#[test]
+#[ignore = "needs PostgreSQL (ORCH_TEST_DATABASE_URL) and root for a UTS namespace (.ci/run has both)"]
+fn a_partitioned_postgres_driver_stops_its_agents_before_a_standby_takes_over() {
+    let test = "a_partitioned_postgres_driver_stops_its_agents_before_a_standby_takes_over";
+    let schema = format!("orch_cli_partition_{}", std::process::id());
+    let (url, sql) = pg_schema(test, &schema).expect("ORCH_TEST_DATABASE_URL is set");
+    let base = std::env::var("ORCH_TEST_DATABASE_URL").unwrap();
+    let target = base
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5432")
+        .to_owned();
+    let proxy = Partition::to(&target);
+    let url = url.replacen(&target, &proxy.addr.to_string(), 1);
+    let mut s = crash_setup();
+    std::fs::write(&s.plan, ticking_plan(&s.marks)).unwrap();
+    s.url = Some(url.clone());
+    // The old driver on "another machine": a host name of its own (a UTS
+    // namespace), so the standby cannot kill its processes; only the old
+    // driver's own lease check stops them.
+    let orch_bin = orch().get_program().to_owned();
+    let mut old = std::process::Command::new("unshare")
+        .args([
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            "hostname partitioned-host && exec \"$0\" \"$@\"",
+        ])
+        .arg(orch_bin)
+        .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
+        .arg(&s.repo)
+        .arg("--state")
+        .arg(&s.state)
+        .args(["--database-url", &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s.marks.join("agent-T3").exists() {
+        assert!(Instant::now() < deadline, "the agents never started");
+        assert!(old.try_wait().unwrap().is_none(), "orch run ended early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    proxy.cut();
+    let cut_at = Instant::now();
+    let standby = orch()
+        .args(["resume", "--state"])
+        .arg(&s.state)
+        .args(["--database-url", &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The old driver stops by itself, with a store error.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(st) = old.try_wait().unwrap() {
+            break st.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partitioned driver did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let noticed = cut_at.elapsed();
+    assert_eq!(code, Some(6), "a lost lock is a store failure");
+    assert!(
+        noticed < Duration::from_secs(9),
+        "noticed after {noticed:?}"
+    );
+    let out = standby.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = journal(&s);
+    let takeover = events
+        .iter()
+        .position(|e| matches!(&e.event.kind, EventKind::RunStarted { resumed: true, .. }))
+        .expect("the standby started");
+    let first_new_agent = events[takeover..]
+        .iter()
+        .find(|e| matches!(&e.event.kind, EventKind::AgentStarted { .. }))
+        .expect("the standby ran agents")
+        .event
+        .at
+        .0;
+    // Ticks by process: the old driver's agents are those that ticked
+    // before the takeover; none of them ticked once the standby's agents
+    // started.
+    let ticks = std::fs::read_to_string(s.marks.join("ticks")).unwrap();
+    let takeover_at = events[takeover].event.at.0;
+    let mut first: std::collections::HashMap<&str, (u64, u64)> = Default::default();
+    for line in ticks.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let at: u64 = f[2].parse().unwrap();
+        let e = first.entry(f[1]).or_insert((at, at));
+        e.1 = e.1.max(at);
+    }
+    let old_agents: Vec<_> = first.values().filter(|(a, _)| *a < takeover_at).collect();
+    assert!(!old_agents.is_empty());
+    for (_, last) in old_agents {
+        assert!(
+            *last < first_new_agent,
+            "an agent of the old driver ticked at {last}, after the standby started one at {first_new_agent}"
+        );
+    }
+    // One finish, at the end; everything done.
+    let finished: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(&e.event.kind, EventKind::RunFinished { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(finished, [events.len() - 1], "one run_finished, last");
+    let state = RunState::fold(events.iter().map(|e| &e.event));
+    assert_eq!(state.count(TicketStatus::Done), 10);
+    drop(proxy);
+    sql(format!("DROP SCHEMA {schema} CASCADE"));
+}
+
 /// SIGINT (Ctrl-C), SIGTERM and SIGHUP all stop a run the same way: the
 /// running agent is killed and recorded as cancelled, the run records
 /// that it stopped, `orch` exits with 128 + the signal's number, and
@@ -863,6 +1328,25 @@ fn processes_in(dir: &Path) -> Vec<i32> {
             std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
         })
         .collect()
+}
+
+/// Waits (bounded) until no process runs in `dir`; what still runs then,
+/// with its command line.
+fn processes_in_within(dir: &Path, limit: Duration) -> Vec<(i32, String)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = processes_in(dir);
+        if left.is_empty() || Instant::now() > deadline {
+            return left
+                .into_iter()
+                .map(|p| {
+                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    (p, String::from_utf8_lossy(&cmd).replace('\0', " "))
+                })
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Whether `pid` is a live process (a zombie is not).

@@ -156,15 +156,14 @@ impl Repo {
     ) -> Result<Worktree, GitError> {
         let branch = Self::ticket_branch(run, ticket);
         let path = self.worktrees.join(run.as_str()).join(ticket.as_str());
-        if path.join(".git").exists() {
-            recover(&path)?;
+        // Found after a crash, and usable: kept (its work is the ticket's).
+        if self.usable(&path, &branch) {
             return Ok(Worktree { path, branch });
         }
-        // A directory left half-made by a crash, or a stale registration.
-        let _ = self.git(&["worktree", "prune"]);
-        if path.exists() {
-            let _ = std::fs::remove_dir_all(&path);
-        }
+        // A directory left half-made by a crash (a `git worktree add`
+        // killed with orch), or a stale registration.
+        self.forget_worktree(&path);
+        let making = Making::mark(&path)?;
         std::fs::create_dir_all(path.parent().unwrap_or(&self.worktrees)).map_err(|e| {
             GitError {
                 command: "mkdir".into(),
@@ -177,7 +176,25 @@ impl Repo {
         } else {
             self.git(&["worktree", "add", "-b", &branch, &p, base])?;
         }
+        making.done();
         Ok(Worktree { path, branch })
+    }
+
+    /// Whether the worktree at `path` was made whole (not cut short by a
+    /// crash: see [`Making`]) and can be used after [`recover`].
+    fn usable(&self, path: &Path, branch: &str) -> bool {
+        path.join(".git").exists() && !Making::marked(path) && recover(path, branch).is_ok()
+    }
+
+    /// Removes what is left of a worktree at `path` that cannot be used
+    /// (a `git worktree add` killed half-way leaves its registration
+    /// locked, which `prune` keeps): the directory and the registration.
+    fn forget_worktree(&self, path: &Path) {
+        if path.exists() {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        let _ = self.git(&["worktree", "unlock", &path.to_string_lossy()]);
+        let _ = self.git(&["worktree", "prune"]);
     }
 
     /// Removes a worktree (the branch stays).
@@ -298,17 +315,28 @@ impl Repo {
             .join(run.as_str())
             .join(format!("batch-{batch}"));
         let p = path.to_string_lossy().into_owned();
-        if path.join(".git").exists() {
-            recover(&path)?;
-        } else {
-            let _ = self.git(&["worktree", "prune"]);
+        if !self.usable(&path, batch_branch) {
+            self.forget_worktree(&path);
+            let making = Making::mark(&path)?;
             if self.resolve(batch_branch).is_ok() {
-                self.git(&["worktree", "add", "-f", &p, batch_branch])?;
+                // Not forced: git refuses a branch checked out elsewhere
+                // (the branch someone works on), and so does orch.
+                self.git(&["worktree", "add", &p, batch_branch])
+                    .map_err(|e| GitError {
+                        message: format!(
+                            "cannot merge into {batch_branch}: {}(a batch branch must not be checked out anywhere; name another `branch` for the batch, or none for orch/{run}/batch-{batch})",
+                            e.message
+                        ),
+                        ..e
+                    })?;
             } else {
                 self.git(&["worktree", "add", "-b", batch_branch, &p, base])?;
             }
+            making.done();
         }
-        if let Some((branch, files)) = merge_branches(&path, batch_branch, branches)? {
+        if let Some((branch, files)) =
+            marked_merge(&path, || merge_branches(&path, batch_branch, branches))?
+        {
             return Ok(MergeOutcome::Conflict { branch, files });
         }
         Ok(MergeOutcome::Merged {
@@ -323,7 +351,12 @@ impl Repo {
     /// When git fails, or a branch conflicts (the merge is aborted, nothing
     /// lost; the error names the files).
     pub fn merge_into(&self, wt: &Worktree, branches: &[String]) -> Result<(), GitError> {
-        match merge_branches(&wt.path, &wt.branch, branches)? {
+        // Nothing to merge (the usual case for a ticket found again): no
+        // mark, no git.
+        if branches.is_empty() {
+            return Ok(());
+        }
+        match marked_merge(&wt.path, || merge_branches(&wt.path, &wt.branch, branches))? {
             None => Ok(()),
             Some((branch, files)) => Err(GitError {
                 command: format!("git merge {branch}"),
@@ -340,20 +373,109 @@ impl Repo {
     }
 }
 
-/// Makes a worktree found after a crash usable again: a git killed
-/// mid-way (with the driver that ran it) leaves its index lock behind, and
-/// a merge it was making half-done. Only orch works in its worktrees, and
-/// whatever an earlier driver ran in them is dead before a later one
-/// touches them, so the lock is stale and the merge is started again.
-fn recover(path: &Path) -> Result<(), GitError> {
+/// Makes a worktree found after a crash usable again. A git killed
+/// mid-way (with the driver that ran it) leaves its lock files behind,
+/// and a merge of orch's (a dependency's branch into a ticket's tree, the
+/// tickets into a batch's) half applied: files changed, no commit, maybe
+/// no `MERGE_HEAD`. Only orch works in its worktrees, and whatever an
+/// earlier driver ran in them is dead before a later one touches them,
+/// so the locks are stale; a merge in progress (marked by [`MERGING`]
+/// before it starts) is undone, to be made again. The agent's own
+/// uncommitted work is left alone: no merge runs while an agent works.
+fn recover(path: &Path, branch: &str) -> Result<(), GitError> {
     let git_dir = PathBuf::from(run_git(path, &["rev-parse", "--absolute-git-dir"])?);
-    let _ = std::fs::remove_file(git_dir.join("index.lock"));
-    if run_git(path, &["rev-parse", "-q", "--verify", "MERGE_HEAD"]).is_ok()
-        && run_git(path, &["merge", "--abort"]).is_err()
-    {
+    remove_locks(&git_dir);
+    let common = PathBuf::from(run_git(path, &["rev-parse", "--git-common-dir"])?);
+    let common = if common.is_absolute() {
+        common
+    } else {
+        path.join(common)
+    };
+    let _ = std::fs::remove_file(common.join("refs/heads").join(format!("{branch}.lock")));
+    let merging = git_dir.join(MERGING);
+    if merging.exists() || run_git(path, &["rev-parse", "-q", "--verify", "MERGE_HEAD"]).is_ok() {
+        let _ = run_git(path, &["merge", "--abort"]);
         run_git(path, &["reset", "--hard", "-q", "HEAD"])?;
+        run_git(path, &["clean", "-fd", "-q"])?;
+        let _ = std::fs::remove_file(merging);
     }
     Ok(())
+}
+
+/// Marks a worktree as being made (`.<name>.making` beside it: no id
+/// starts with a dot) until `git worktree add` has checked it out whole:
+/// one that a crash (or a failure) cut short has a partial checkout that
+/// git opens without complaint, and is made again.
+struct Making(PathBuf);
+
+impl Making {
+    fn file(path: &Path) -> PathBuf {
+        let mut name = std::ffi::OsString::from(".");
+        name.push(path.file_name().unwrap_or_default());
+        name.push(".making");
+        path.with_file_name(name)
+    }
+
+    fn marked(path: &Path) -> bool {
+        Self::file(path).exists()
+    }
+
+    fn mark(path: &Path) -> Result<Making, GitError> {
+        let file = Self::file(path);
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(&file, b"").map_err(|e| GitError {
+            command: "mark the worktree".into(),
+            message: format!("{}: {e}", file.display()),
+        })?;
+        Ok(Making(file))
+    }
+}
+
+impl Making {
+    /// The worktree is made whole.
+    fn done(self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Marks, in a worktree's git directory, that orch is merging into it:
+/// written before the merge starts, removed when it ended (either way),
+/// so that a merge a crash cut short is told apart from an agent's work.
+const MERGING: &str = "orch-merging";
+
+/// Removes the `*.lock` files of a worktree's own git directory (not the
+/// repository's shared one, where the person's own git works too).
+fn remove_locks(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        if p.is_dir() {
+            remove_locks(&p);
+        } else if p.extension().is_some_and(|x| x == "lock") {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Runs `merge` (of orch's, into the worktree at `path`) marked as in
+/// progress, so that [`recover`] undoes it if a crash cuts it short.
+fn marked_merge<T>(
+    path: &Path,
+    merge: impl FnOnce() -> Result<T, GitError>,
+) -> Result<T, GitError> {
+    let git_dir = PathBuf::from(run_git(path, &["rev-parse", "--absolute-git-dir"])?);
+    let mark = git_dir.join(MERGING);
+    std::fs::write(&mark, b"").map_err(|e| GitError {
+        command: "mark the merge".into(),
+        message: format!("{}: {e}", mark.display()),
+    })?;
+    let result = merge();
+    let _ = std::fs::remove_file(&mark);
+    result
 }
 
 /// Merges each of `branches` not yet merged into the checkout at `path`;

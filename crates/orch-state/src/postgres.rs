@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use orch_core::{
@@ -69,10 +70,29 @@ const MIGRATIONS: &[(&[&str], &str)] = &[
         &["orch_epochs"],
         "CREATE TABLE orch_epochs (
         run text PRIMARY KEY,
-        epoch bigint NOT NULL
+        epoch bigint NOT NULL,
+        holder text NOT NULL DEFAULT '',
+        renewed_at bigint NOT NULL DEFAULT 0
      );",
     ),
 ];
+
+/// How long one store call may wait for the server.
+const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often the holder of a run's lock renews its lease.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a renewal may take before the holder counts its lock as lost
+/// (and stops its agents); also the lock connection's TCP user timeout.
+const HEARTBEAT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// How long after the last renewal a lease still stands. A new holder
+/// waits until then, unless the old holder is known to be dead: by then
+/// an old holder cut off from the server has missed a renewal deadline
+/// (at most `HEARTBEAT + HEARTBEAT_DEADLINE` after its last renewal
+/// began) and stopped its agents.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Key of the advisory lock that serialises schema set-up between
 /// processes connecting at once ("orch-pg" in ASCII).
@@ -153,6 +173,36 @@ impl Drop for Driver {
     }
 }
 
+/// A held run lock: its connection, and the task renewing its lease.
+/// Dropped, it ends the lease (so the next holder need not wait for it)
+/// and then the connection, which frees the advisory lock.
+struct LockSession {
+    client: Option<Arc<Client>>,
+    driver: Option<Driver>,
+    heartbeat: tokio::task::JoinHandle<()>,
+    run: String,
+    epoch: i64,
+}
+
+impl Drop for LockSession {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        let (client, driver) = (self.client.take(), self.driver.take());
+        let (run, epoch) = (std::mem::take(&mut self.run), self.epoch);
+        if let (Some(client), Ok(rt)) = (client, tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let end = "UPDATE orch_epochs SET renewed_at = 0 WHERE run = $1 AND epoch = $2";
+                let _ = tokio::time::timeout(
+                    HEARTBEAT_DEADLINE,
+                    client.execute(end, &[&run as &Param<'_>, &epoch]),
+                )
+                .await;
+                drop((client, driver));
+            });
+        }
+    }
+}
+
 /// A connection with its statements prepared.
 struct Conn {
     client: Client,
@@ -169,6 +219,7 @@ struct Conn {
     renew: Statement,
     release: Statement,
     epoch: Statement,
+    new_epoch: Statement,
     next_epoch: Statement,
 }
 
@@ -359,10 +410,20 @@ impl PgStore {
                 &[Type::TEXT],
             )
             .await?,
-            next_epoch: prepare(
-                "INSERT INTO orch_epochs AS e (run, epoch) VALUES ($1, 1)
-                 ON CONFLICT (run) DO UPDATE SET epoch = e.epoch + 1 RETURNING epoch",
+            new_epoch: prepare(
+                "INSERT INTO orch_epochs (run, epoch) VALUES ($1, 0) ON CONFLICT (run) DO NOTHING",
                 &[Type::TEXT],
+            )
+            .await?,
+            // The next epoch, and the lease of the holder before: who, and
+            // when it last renewed (the subquery sees the row as it was).
+            next_epoch: prepare(
+                "UPDATE orch_epochs e
+                   SET epoch = e.epoch + 1, holder = $2, renewed_at = orch_now_ms()
+                 FROM (SELECT holder, renewed_at FROM orch_epochs WHERE run = $1 FOR UPDATE) old
+                 WHERE e.run = $1
+                 RETURNING e.epoch, old.holder, old.renewed_at, orch_now_ms()",
+                &[Type::TEXT, Type::TEXT],
             )
             .await?,
             // A free ticket, or one whose lease lapsed, goes to the caller
@@ -603,7 +664,20 @@ impl PgStore {
         // the connection may be mid-transaction: it goes too.
         let mut busy = Busy(&mut guard, true);
         let conn = busy.0.as_mut().expect("connected above");
-        let result = f(conn).await;
+        // A server or network that goes silent (no reset, no close) must
+        // not hold a run forever: past the deadline the call fails and
+        // the connection is dropped.
+        let result = match tokio::time::timeout(CALL_DEADLINE, f(conn)).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "{}: no answer within {} s; the connection is dropped",
+                    self.name,
+                    CALL_DEADLINE.as_secs()
+                ),
+            )),
+        };
         // A connection-level failure may be seen before the client knows
         // its connection is gone: start afresh either way.
         let lost = matches!(&result, Err(e) if e.kind == StoreErrorKind::Unavailable);
@@ -709,13 +783,25 @@ impl StateStore for PgStore {
     /// The run's lock is a PostgreSQL session advisory lock, keyed by the
     /// schema and the run, held by a connection of its own (its
     /// `application_name` says `orch run <run>`, after the connection
-    /// string's own name if it has one): the server frees it when that
-    /// connection closes (the lock dropped, the holder's process gone).
-    /// If that connection is lost while the run goes on, the lock is gone
-    /// with it, and [`RunLock::lost`] says so (the engine stops the run);
-    /// TCP keepalives (probes after 30 s idle, every 10 s, 3 tries) notice
-    /// a server or network that went silent within about a minute, and the
-    /// server's `idle_session_timeout` is off for that connection.
+    /// string's own name if it has one), and a lease in `orch_epochs`:
+    ///
+    /// * Taking it moves the run's epoch on (fencing: the appends of
+    ///   whoever held it before are refused from then on) and records the
+    ///   new holder.
+    /// * The holder renews the lease every 2 s on the lock's connection; a
+    ///   renewal that fails, finds the epoch moved on, or takes longer
+    ///   than 4 s (the connection's TCP user timeout too) counts as the
+    ///   lock lost: [`RunLock::lost`] says so, and the engine stops its
+    ///   agents and the run.
+    /// * A new holder that finds the previous lease renewed less than
+    ///   [`LEASE`] ago waits until it runs out, unless the previous
+    ///   holder is known to be dead (a process of this machine that is
+    ///   gone): a holder cut off from the server (a network partition, a
+    ///   connection the server dropped but the holder did not see close)
+    ///   has by then stopped its agents. Letting go of the lock ends the
+    ///   lease at once.
+    ///
+    /// The server frees the advisory lock when the connection closes.
     async fn lock_run(&self, run: &RunId) -> Result<RunLock, StoreError> {
         let mut config = self.config.clone();
         let name = match config.get_application_name() {
@@ -727,13 +813,14 @@ impl StateStore for PgStore {
             .keepalives(true)
             .keepalives_idle(std::time::Duration::from_secs(30))
             .keepalives_interval(std::time::Duration::from_secs(10))
-            .keepalives_retries(3);
+            .keepalives_retries(3)
+            .tcp_user_timeout(HEARTBEAT_DEADLINE);
         let ended = Cancellation::new();
         let (client, driver) = self.session_with(&config, Some(ended.clone())).await?;
-        // This connection idles for the whole run: a server-side
-        // `idle_session_timeout` (PostgreSQL 14 on) would close it and so
-        // lose the lock mid-run. Not for this session (older servers have
-        // no such setting, and say so; that is fine).
+        // This connection idles between renewals: a server-side
+        // `idle_session_timeout` (PostgreSQL 14 on) must not close it.
+        // Not for this session (older servers have no such setting, and
+        // say so; that is fine).
         let _ = client.batch_execute("SET idle_session_timeout = 0").await;
         let got: bool = client
             .query_one(
@@ -746,33 +833,83 @@ impl StateStore for PgStore {
             .map_err(|e| self.err(&e))?
             .try_get(0)
             .map_err(|e| self.err(&e))?;
-        if got {
-            // A new epoch, on the store's own connection (which has set the
-            // tables up): appends of whoever held the run before are
-            // refused from now on.
-            let epoch: i64 = self
-                .with_conn(async |c| {
-                    c.client
-                        .query_one(&c.next_epoch, &[&run.as_str()])
-                        .await
-                        .map_err(|x| self.err(&x))
-                })
-                .await?
-                .get(0);
-            let why = format!("the connection to {} that held it closed", self.name);
-            Ok(RunLock::new((client, driver))
-                .lost_on(ended, why)
-                .with_epoch(epoch as u64))
-        } else {
-            Err(StoreError::new(
+        if !got {
+            return Err(StoreError::new(
                 StoreErrorKind::Locked,
                 format!(
                     "run {run} is being driven by another engine (a session of {} holds the \
                      run's advisory lock); wait for it to stop, or stop it",
                     self.name
                 ),
-            ))
+            ));
         }
+        // A new epoch, on the store's own connection (which has set the
+        // tables up), with the lease of whoever held the run before.
+        let me = orch_core::process::scope().describe();
+        let holder = serde_json::to_string(&me).unwrap_or_default();
+        let row = self
+            .with_conn(async |c| {
+                c.client
+                    .execute(&c.new_epoch, &[&run.as_str()])
+                    .await
+                    .map_err(|x| self.err(&x))?;
+                c.client
+                    .query_one(&c.next_epoch, &[&run.as_str(), &holder])
+                    .await
+                    .map_err(|x| self.err(&x))
+            })
+            .await?;
+        let (epoch, before, renewed, now): (i64, String, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let before: Option<orch_core::DriverInfo> = serde_json::from_str(&before).ok();
+        let dead = before
+            .as_ref()
+            .and_then(orch_core::process::driver_alive)
+            .is_some_and(|alive| !alive);
+        let left = renewed + LEASE.as_millis() as i64 - now;
+        if renewed > 0 && left > 0 && !dead {
+            tracing::warn!(
+                run = %run,
+                wait_ms = left,
+                "the run's previous driver renewed its lease {} ms ago and may still be running \
+                 (cut off from the database): waiting until its lease runs out",
+                now - renewed
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(left as u64)).await;
+        }
+        let client = Arc::new(client);
+        let heartbeat = {
+            let (client, ended, run) = (client.clone(), ended.clone(), run.to_string());
+            tokio::spawn(async move {
+                let renew = "UPDATE orch_epochs SET renewed_at = orch_now_ms() \
+                             WHERE run = $1 AND epoch = $2 RETURNING 1";
+                loop {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    let renewed = tokio::time::timeout(
+                        HEARTBEAT_DEADLINE,
+                        client.query_opt(renew, &[&run as &Param<'_>, &epoch]),
+                    )
+                    .await;
+                    if !matches!(renewed, Ok(Ok(Some(_)))) {
+                        ended.cancel();
+                        return;
+                    }
+                }
+            })
+        };
+        let why = format!(
+            "the connection to {} that held it closed or stopped answering, or another driver took the run",
+            self.name
+        );
+        Ok(RunLock::new(LockSession {
+            client: Some(client),
+            driver: Some(driver),
+            heartbeat,
+            run: run.to_string(),
+            epoch,
+        })
+        .lost_on(ended, why)
+        .with_epoch(epoch as u64))
     }
 
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {

@@ -155,7 +155,10 @@ pub struct Batch {
     pub id: BatchId,
     /// Title of the pull request.
     pub title: String,
-    /// The branch its tickets merge into (default `orch/<batch id>`).
+    /// The branch its tickets merge into (default `orch/<run>/batch-<batch
+    /// id>`, one per run). A branch named here is used as it is, in every
+    /// run, and must not be checked out anywhere (not the branch you work
+    /// on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<BranchName>,
     /// Its tickets (a ticket may instead name its batch with `batch = "..."`).
@@ -171,11 +174,17 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The branch name, defaulting to `orch/<id>`.
-    pub fn branch_name(&self) -> String {
+    /// The branch its tickets merge into in `run`: the one named, or
+    /// `orch/<run>/batch-<id>`.
+    ///
+    /// ```
+    /// let b: orch_core::Batch = serde_json::from_str(r#"{"id": "PR1", "title": "t"}"#).unwrap();
+    /// assert_eq!(b.branch_name(&"r1".parse().unwrap()), "orch/r1/batch-PR1");
+    /// ```
+    pub fn branch_name(&self, run: &crate::RunId) -> String {
         match &self.branch {
             Some(b) => b.as_str().to_owned(),
-            None => format!("orch/{}", self.id),
+            None => format!("orch/{run}/batch-{}", self.id),
         }
     }
 }

@@ -287,7 +287,11 @@ pub fn tool(program: &str) -> std::process::Command {
     });
     let w = cell.wrap(program, &[]);
     let mut cmd = std::process::Command::new(w.program);
-    cmd.args(w.args).env_remove(MARKER_VAR);
+    // A process group of its own: Ctrl-C in a terminal signals the whole
+    // foreground group, and a git killed by it mid-way would fail the
+    // step it served (a rollback, a merge) instead of orch stopping it.
+    use std::os::unix::process::CommandExt as _;
+    cmd.args(w.args).env_remove(MARKER_VAR).process_group(0);
     if let Some((k, v)) = w.env {
         cmd.env(k, v);
     }
@@ -466,6 +470,16 @@ pub enum Killed {
     /// It ran on another machine or before a reboot: not reachable from
     /// here (a reboot ended it; another machine's driver stops its own).
     Elsewhere,
+}
+
+/// Whether the driver `d` (recorded by [`Scope::describe`]) is still
+/// running: `None` when that cannot be told from here (another machine).
+pub fn driver_alive(d: &DriverInfo) -> Option<bool> {
+    let (host, boot) = host_and_boot();
+    if d.host != host {
+        return None;
+    }
+    Some(d.boot == boot && start_time(d.pid) == Some(d.start))
 }
 
 /// Kills whatever is left of the commands of the driver `d` (recorded by

@@ -476,9 +476,34 @@ impl Engine {
             backends: Default::default(),
         });
         let mut d = Dispatcher::new(self, shared, tx);
-        d.run(rx, drx, cancel, &lock).instrument(span).await
+        let running = d.run(rx, drx, cancel, &lock).instrument(span);
+        if !lock.can_be_lost() {
+            return running.await;
+        }
+        // A lost lock stops the run through the dispatcher (it cancels
+        // the agents and writes nothing more); but the store may be cut
+        // off too, with calls that never return. Then the run is dropped
+        // whole after a moment: that kills every agent and gate it
+        // started, which must be done before another driver can take the
+        // run.
+        tokio::select! {
+            biased;
+            report = running => report,
+            e = async {
+                let e = lock.lost().await;
+                tokio::time::sleep(LOST_LOCK_GRACE).await;
+                e
+            } => {
+                tracing::error!(error = %e, "the run's lock was lost and the run did not stop in time; dropping it");
+                Err(EngineError::Store(e))
+            }
+        }
     }
 }
+
+/// How long a run whose lock was lost may take to stop by itself before
+/// it is dropped whole (see [`Engine::run`]).
+const LOST_LOCK_GRACE: Duration = Duration::from_secs(1);
 
 /// The plan's tickets in `order`, the order the scheduler starts them in
 /// (indexed by rank, see [`Scheduler::next_ranked`]), each copied into an
