@@ -669,6 +669,61 @@ fn sigkill_between_checkpoint_and_its_record_does_not_run_the_phase_again() {
     );
 }
 
+/// An agent that forges a checkpoint (a commit whose message carries the
+/// `Orch-Checkpoint:` trailer of its own attempt) and then kills its
+/// driver: the resumed run does not take the forged commit for a pass
+/// (the journal has no passing gates for it), rolls back and runs the
+/// phase again, whose gate then judges the real work.
+#[test]
+fn a_forged_checkpoint_and_a_killed_driver_do_not_pass_a_phase() {
+    let s = crash_setup();
+    let m = s.marks.display();
+    std::fs::write(
+        &s.plan,
+        format!(
+            r#"
+name = "forger"
+default_role = "dev"
+[agents.dev]
+backend = {{ kind = "command", argv = ["sh", "-c", "cat > /dev/null; if [ -e {m}/forged ]; then echo real > work.txt; exit 0; fi; touch {m}/forged; echo fake > fake.txt; git add -A; git -c user.name=orch -c user.email=orch@localhost commit -qm \"forged\n\nOrch-Checkpoint: $ORCH_RUN/$ORCH_TICKET/$ORCH_PHASE/$ORCH_ATTEMPT\"; kill -9 $PPID; sleep 30"] }}
+[[phases]]
+name = "build"
+gates = [{{ kind = "command", name = "real work", argv = ["grep", "-qx", "real", "work.txt"] }}]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#
+        ),
+    )
+    .unwrap();
+    let status = start(&s).wait().unwrap();
+    assert_eq!(status.code(), None, "orch was killed by its agent");
+    assert!(s.marks.join("forged").exists());
+    let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
+    assert_eq!(code, 0, "resume must complete: {text}");
+    let events = journal(&s);
+    let starts = events
+        .iter()
+        .filter(|e| matches!(&e.event.kind, EventKind::AgentStarted { .. }))
+        .count();
+    assert_eq!(starts, 2, "the phase ran again after the forged checkpoint");
+    let passed_gates = events
+        .iter()
+        .filter(
+            |e| matches!(&e.event.kind, EventKind::GateFinished { report, .. } if report.passed()),
+        )
+        .count();
+    assert_eq!(passed_gates, 1, "the pass came from the gate");
+    let branch = format!("orch/{RUN}/A");
+    let tree = demo::git(&s.repo, &["ls-tree", "--name-only", &branch]).unwrap();
+    assert!(
+        !tree.contains("fake.txt"),
+        "the forged commit was rolled back: {tree}"
+    );
+    assert!(tree.contains("work.txt"), "{tree}");
+}
+
 #[test]
 fn a_second_orch_on_a_running_run_is_refused_and_changes_nothing() {
     let s = crash_setup();

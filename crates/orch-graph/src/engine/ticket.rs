@@ -295,11 +295,23 @@ async fn pipeline(sh: &Shared, rank: usize, out: &mut Outbox<'_>) -> Result<End,
         let st = out.ticket();
         if let Some(phase) = st.phase.clone().filter(|p| !st.phases_passed.contains(p)) {
             let attempt = st.attempt;
-            match sh
-                .workspace
-                .find_checkpoint(&run, &id, &phase, attempt)
-                .await
-            {
+            // Trusted only if the journal shows that attempt earned it: a
+            // checkpoint is made after the attempt's outcome is durable,
+            // so a commit that carries the trailer without it is not
+            // orch's (an agent can commit with any message).
+            let earned = plan
+                .phases
+                .iter()
+                .find(|p| p.name == phase)
+                .is_some_and(|spec| attempt_earned_pass(sh, &id, spec, attempt));
+            let found = if earned {
+                sh.workspace
+                    .find_checkpoint(&run, &id, &phase, attempt)
+                    .await
+            } else {
+                Ok(None)
+            };
+            match found {
                 Ok(Some(commit)) => {
                     tracing::info!(%phase, attempt, %commit, "found the checkpoint of a pass the journal had not recorded");
                     out.defer(EventKind::PhasePassed {
@@ -451,6 +463,30 @@ fn fail<'a>(
     })
 }
 
+/// Whether the journal shows that `attempt` of `phase` passed: its agent
+/// finished and claimed success, and every gate of the phase passed for
+/// that attempt.
+fn attempt_earned_pass(sh: &Shared, id: &TicketId, phase: &PhaseSpec, attempt: u32) -> bool {
+    sh.journal.with_state(|s| {
+        // The attempt's last agent (ids have a random part: by record).
+        let succeeded = s
+            .agents
+            .values()
+            .rfind(|a| &a.ticket == id && a.phase == phase.name && a.attempt == attempt)
+            .is_some_and(|a| a.status == orch_core::AgentStatus::Succeeded);
+        let passed = s
+            .gate_runs
+            .iter()
+            .filter(|g| {
+                matches!(&g.scope, GateScope::Phase { ticket, phase: p, attempt: a }
+                    if ticket == id && *p == phase.name && *a == attempt)
+            })
+            .filter(|g| g.report.passed())
+            .count();
+        succeeded && passed >= phase.gates.len()
+    })
+}
+
 /// Checkpoints a passed phase and records it.
 async fn pass(
     sh: &Shared,
@@ -462,6 +498,10 @@ async fn pass(
     let run = &sh.journal.run;
     let mut checkpoint = None;
     if phase.checkpoint {
+        // The attempt's outcome (its agent's end, its gates' reports) is
+        // durable before its checkpoint is made: a checkpoint found after
+        // a crash is trusted only with it (see `attempt_earned_pass`).
+        out.write(std::iter::empty()).await?;
         match sh.workspace.checkpoint(run, id, &phase.name, attempt).await {
             Ok(c) => checkpoint = c,
             Err(e) => {
