@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orch_agents::{AgentDefaults, Router};
-use orch_core::{Agent, Plan, RunId, StateStore};
+use orch_core::{Agent, Cancellation, Plan, RunId, StateStore};
 use orch_graph::Engine;
 use orch_state::git::Repo;
 use orch_state::{GitWorkspace, SqliteStore};
@@ -120,6 +120,9 @@ pub struct Setup {
     pub allow_plan_change: bool,
     /// Show progress (bars on a terminal, lines otherwise); `false`: quiet.
     pub progress: bool,
+    /// When set, a state directory that cannot be written cancels this
+    /// (the run) and says why in the shared cell.
+    pub stop_on_state_failure: Option<(Cancellation, Arc<std::sync::Mutex<Option<String>>>)>,
 }
 
 impl Setup {
@@ -139,6 +142,7 @@ impl Setup {
             concurrency: None,
             allow_plan_change: false,
             progress: true,
+            stop_on_state_failure: None,
         }
     }
 
@@ -172,7 +176,11 @@ impl Setup {
             .workspace(Arc::new(self.workspace()?))
             .gates(Arc::new(orch_gates::from_spec))
             .allow_plan_change(self.allow_plan_change)
-            .observe(Arc::new(Views::new(&self.state_dir, &self.plan)));
+            .observe(Arc::new(match &self.stop_on_state_failure {
+                Some((run, failed)) => Views::new(&self.state_dir, &self.plan)
+                    .stop_on_failure(run.clone(), failed.clone()),
+                None => Views::new(&self.state_dir, &self.plan),
+            }));
         if self.progress {
             engine = engine.observe(Arc::new(Progress::new(&self.plan)));
         }

@@ -231,7 +231,7 @@ async fn journal(
                 .await
                 .map_err(|e| Fail(6, e.to_string()))?,
         ),
-        None => open_store(state_dir)?,
+        None => open_store(state_dir).map_err(|e| Fail(6, e.to_string()))?,
     })
 }
 
@@ -306,6 +306,10 @@ fn execute(
     let mut setup = Setup::new(plan, &info.repo, &state_dir, agent);
     setup.concurrency = info.concurrency;
     setup.allow_plan_change = allow_plan_change;
+    // A state directory that cannot be written stops the run (exit 6).
+    let cancel = Cancellation::new();
+    let state_failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    setup.stop_on_state_failure = Some((cancel.clone(), state_failure.clone()));
     // Refuse a directory that is not a repository, gates that cannot be
     // built and agents that cannot run (a CLI not installed) before
     // anything is written, the state directory included: the engine is
@@ -320,7 +324,6 @@ fn execute(
         done: AtomicBool::new(false),
     }));
     rt.block_on(async move {
-        let cancel = Cancellation::new();
         let stopped_by = stop_on_signals(cancel.clone()).map_err(|e| Fail(2, e))?;
         let report = engine.run(&info.run, cancel).await.map_err(|e| match e {
             orch_graph::EngineError::Store(e) if e.kind == orch_core::StoreErrorKind::Locked => {
@@ -343,6 +346,12 @@ fn execute(
         );
         for d in s.open_decisions() {
             eprintln!("decide: orch decide {} --approve|--retry NOTE|--skip|--abort   ({})", d.ticket, d.question);
+        }
+        if let Some(why) = state_failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(Fail(
+                6,
+                format!("{why}; the run stopped (its journal is intact: fix the directory, then `orch resume`)"),
+            ));
         }
         // Stopped by a signal: 128 + its number, as shells report it.
         let code = match (report.outcome, stopped_by.load(Ordering::SeqCst)) {

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,6 +21,11 @@ pub struct Views {
     dir: PathBuf,
     plan: Plan,
     pending: Mutex<Pending>,
+    /// The first write that failed, and whom to tell (the run's
+    /// cancellation: a state directory that cannot be written stops the
+    /// run, as a store would).
+    failed: Arc<Mutex<Option<String>>>,
+    stop: Option<orch_core::Cancellation>,
 }
 
 /// What changed since the views were last written.
@@ -56,7 +61,23 @@ impl Views {
             dir: dir.to_path_buf(),
             plan: plan.clone(),
             pending: Mutex::default(),
+            failed: Arc::default(),
+            stop: None,
         }
+    }
+
+    /// Stops the run (cancels `run`) when the state files cannot be
+    /// written, and notes why in `failed`: a state directory that became
+    /// unwritable is a store failure, not something to warn about and go
+    /// on (the transcripts go there too).
+    pub fn stop_on_failure(
+        mut self,
+        run: orch_core::Cancellation,
+        failed: Arc<Mutex<Option<String>>>,
+    ) -> Views {
+        self.stop = Some(run);
+        self.failed = failed;
+        self
     }
 
     fn write(&self, p: &mut Pending, state: &RunState) {
@@ -68,7 +89,17 @@ impl Views {
             orch_state::views::write_views_changed(&self.dir, state, Some(&self.plan), &p.tickets)
         };
         if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot write the state files");
+            tracing::error!(error = %e, "cannot write the state files");
+            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            if failed.is_none() {
+                *failed = Some(format!(
+                    "cannot write the state files in {}: {e}",
+                    self.dir.display()
+                ));
+                if let Some(stop) = &self.stop {
+                    stop.cancel();
+                }
+            }
         }
         let now = Instant::now();
         // The first write renders every ticket's file (all of a resumed

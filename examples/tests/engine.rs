@@ -1033,6 +1033,66 @@ effort = "1h"
     assert!(text.contains("Gate `test -s R-1.txt` failed"), "{text}");
 }
 
+/// The feedback file's directory replaced by a link out of the work tree
+/// (by the agent, say): the file is not written through it; the ticket
+/// fails, saying why. A feedback file path that climbs out is refused
+/// when the plan is loaded.
+#[tokio::test]
+async fn a_feedback_file_is_never_written_outside_the_work_tree() {
+    let plan = |feedback: &str| {
+        format!(
+            r#"
+name = "restart"
+default_role = "dev"
+agents.dev.backend = {{ kind = "custom", name = "scripted" }}
+[[phases]]
+name = "plan"
+[[phases]]
+name = "build"
+max_attempts = 1
+on_exhausted = "restart"
+restart_from = "plan"
+feedback_file = "{feedback}"
+gates = [{{ kind = "command", argv = ["test", "-s", "{{ticket}}.txt"] }}]
+[[tickets]]
+id = "R-1"
+title = "r"
+effort = "1h"
+"#
+        )
+    };
+    let err = Plan::from_toml_str(&plan("../feedback.md")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("phases[1].feedback_file: path \"../feedback.md\" leaves the work tree"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("feedback")).unwrap();
+    let plan = Plan::from_toml_str(&plan("feedback/{ticket}.md")).unwrap();
+    let agent = Arc::new(ScriptedAgent::new("s", Step::Write(vec![])));
+    let report = engine(plan, agent, Arc::new(MemoryStore::new()), dir.path())
+        .run(&run_id("r"), Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    let reason = report.state.tickets["R-1"]
+        .reason
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("cannot write the feedback file")
+            && reason.contains("leads outside the work tree through a symbolic link"),
+        "{reason}"
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+}
+
 /// Runs `first` for the first two calls (plan, build), then writes the
 /// ticket's file for every later one.
 struct OnceThen {

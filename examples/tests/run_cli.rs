@@ -724,6 +724,123 @@ effort = "1h"
     assert!(tree.contains("work.txt"), "{tree}");
 }
 
+/// No crash needed: an agent commits a tree that would fail with the
+/// trailer of its own attempt, and leaves the work that passes the gate
+/// uncommitted. The checkpoint holds what the gate judged, not the
+/// agent's commit.
+#[test]
+fn a_forged_checkpoint_commit_is_not_taken_for_the_checkpoint() {
+    let s = crash_setup();
+    std::fs::write(
+        &s.plan,
+        r#"
+name = "forger"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["sh", "-c", "cat > /dev/null; echo bad > work.txt; git add -A; git -c user.name=orch -c user.email=orch@localhost commit -qm \"forged\n\nOrch-Checkpoint: $ORCH_RUN/$ORCH_TICKET/$ORCH_PHASE/$ORCH_ATTEMPT\"; echo real > work.txt"] }
+[[phases]]
+name = "build"
+gates = [{ kind = "command", name = "real work", argv = ["grep", "-qx", "real", "work.txt"] }]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#,
+    )
+    .unwrap();
+    assert_eq!(start(&s).wait().unwrap().code(), Some(0));
+    let branch = format!("orch/{RUN}/A");
+    let work = demo::git(&s.repo, &["show", &format!("{branch}:work.txt")]).unwrap();
+    assert_eq!(work, "real", "the branch holds what the gate judged");
+}
+
+/// The state directory cannot be written mid-run (here: a state file's
+/// place taken by a directory, which a write cannot replace, root or
+/// not): the run stops as for a failed store, exit 6, saying what; the
+/// journal is intact and `orch resume` finishes once the directory is
+/// fixed. A journal that cannot be opened is exit 6 too.
+#[test]
+fn a_state_directory_that_cannot_be_written_stops_the_run_with_exit_6() {
+    let s = crash_setup();
+    let child = orch()
+        .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
+        .arg(&s.repo)
+        .arg("--state")
+        .arg(&s.state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s.marks.join("agent-A-build").exists() {
+        assert!(Instant::now() < deadline, "the run never started A");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let view = s.state.join("ORCHESTRATOR_STATE.md");
+    let _ = std::fs::remove_file(&view);
+    std::fs::create_dir_all(view.join("blocked")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{text}");
+    assert!(text.contains("cannot write the state files"), "{text}");
+    std::fs::remove_dir_all(&view).unwrap();
+    let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
+    assert_eq!(code, 0, "resume must complete: {text}");
+    let (o, events) = outcome(&s);
+    assert_eq!(&o, baseline());
+    check_no_rerun(&events);
+
+    // A journal that is not one: a store failure too.
+    let other = crash_setup();
+    std::fs::create_dir_all(&other.state).unwrap();
+    std::fs::write(
+        other.state.join("state.db"),
+        "not a database at all, just text",
+    )
+    .unwrap();
+    let (code, text) = output(
+        orch()
+            .args(["run", other.plan.to_str().unwrap(), "--repo"])
+            .arg(&other.repo)
+            .arg("--state")
+            .arg(&other.state),
+    );
+    assert_eq!(code, 6, "{text}");
+    assert!(text.contains("state.db"), "{text}");
+}
+
+/// A batch whose `branch` is the branch checked out in the repository
+/// (the one the person works on) is not merged into: git's own guard is
+/// not overridden, the batch fails saying why, and the branch is as it
+/// was.
+#[test]
+fn a_batch_branch_that_is_checked_out_is_refused() {
+    let s = crash_setup();
+    let current = demo::git(&s.repo, &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap();
+    let before = demo::git(&s.repo, &["rev-parse", "HEAD"]).unwrap();
+    let plan = std::fs::read_to_string(&s.plan)
+        .unwrap()
+        .replace("branch = \"release/x\"", &format!("branch = \"{current}\""));
+    std::fs::write(&s.plan, plan).unwrap();
+    let (code, text) = output(
+        orch()
+            .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
+            .arg(&s.repo)
+            .arg("--state")
+            .arg(&s.state),
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("a batch branch must not be checked out anywhere"),
+        "{text}"
+    );
+    assert_eq!(demo::git(&s.repo, &["rev-parse", "HEAD"]).unwrap(), before);
+    assert_eq!(
+        demo::git(&s.repo, &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap(),
+        current
+    );
+}
+
 #[test]
 fn a_second_orch_on_a_running_run_is_refused_and_changes_nothing() {
     let s = crash_setup();

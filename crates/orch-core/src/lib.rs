@@ -88,4 +88,7 @@ pub use store::{
     Expect, Lease, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketLeases,
 };
 pub use time::Timestamp;
-pub use workspace::{Merged, Prepared, SharedDir, Workspace, WorkspaceError};
+pub use workspace::{
+    Merged, PathError, Prepared, SharedDir, Workspace, WorkspaceError, check_relative,
+    resolve_within,
+};

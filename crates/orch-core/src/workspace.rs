@@ -5,7 +5,7 @@
 //! [`SharedDir`] is the trivial implementation for agents that need no
 //! isolation (and for benchmarks).
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -208,5 +208,110 @@ impl Workspace for SharedDir {
     }
     async fn release(&self, _: &RunId, _: &TicketId) -> Result<(), WorkspaceError> {
         Ok(())
+    }
+}
+
+/// Why a path a plan or an agent names is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// An absolute path: only paths inside the work tree are taken.
+    #[error("path {0:?} must be relative to the work tree")]
+    Absolute(String),
+    /// `..` that climbs out of the work tree.
+    #[error("path {0:?} leaves the work tree")]
+    Leaves(String),
+    /// It leads outside the work tree through a symbolic link.
+    #[error("path {path:?} leads outside the work tree through a symbolic link (to {target})")]
+    Symlink {
+        /// The path as given.
+        path: String,
+        /// Where it really leads.
+        target: String,
+    },
+}
+
+/// Checks `rel` without looking at the disk: relative, and no `..` that
+/// climbs out. For checking a plan before anything exists.
+///
+/// # Errors
+/// [`PathError::Absolute`] or [`PathError::Leaves`].
+pub fn check_relative(rel: &str) -> Result<(), PathError> {
+    let mut depth = 0i32;
+    for c in Path::new(rel).components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => depth -= 1,
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(PathError::Absolute(rel.to_owned()));
+            }
+        }
+        if depth < 0 {
+            return Err(PathError::Leaves(rel.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// `rel` resolved inside the work tree `root`, symbolic links followed: a
+/// path that a plan names (a gate's report, its working directory, a
+/// feedback file) or that an agent could have replaced by a link must
+/// lead to something inside the work tree. The part of the path that
+/// exists is resolved; what does not exist yet cannot be a link. Returns
+/// `root` joined with `rel` (not the resolved path, so that messages show
+/// what the plan said).
+///
+/// ```
+/// use orch_core::{PathError, resolve_within};
+/// let root = std::env::temp_dir().join(format!("orch-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(root.join("reports")).unwrap();
+/// assert_eq!(resolve_within(&root, "reports/junit.xml").unwrap(), root.join("reports/junit.xml"));
+/// assert!(matches!(resolve_within(&root, "../x"), Err(PathError::Leaves(_))));
+/// std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+/// assert!(matches!(resolve_within(&root, "out/passwd"), Err(PathError::Symlink { .. })));
+/// // A link to a file that does not exist yet, outside: refused too.
+/// std::os::unix::fs::symlink("/tmp/orch-doc-nowhere/x", root.join("report.xml")).unwrap();
+/// assert!(matches!(resolve_within(&root, "report.xml"), Err(PathError::Symlink { .. })));
+/// # std::fs::remove_dir_all(&root).unwrap();
+/// ```
+///
+/// # Errors
+/// [`PathError`] saying how it would leave.
+pub fn resolve_within(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
+    check_relative(rel)?;
+    let joined = root.join(rel);
+    let Ok(real_root) = root.canonicalize() else {
+        // No work tree yet: nothing in it can be a link.
+        return Ok(joined);
+    };
+    // The deepest part of the path that exists, resolved.
+    let mut probe = joined.as_path();
+    let real = loop {
+        match probe.canonicalize() {
+            Ok(real) => break real,
+            // A link to nowhere: writing through it would create its
+            // target, wherever that is.
+            Err(_) if probe.symlink_metadata().is_ok_and(|m| m.is_symlink()) => {
+                return Err(PathError::Symlink {
+                    path: rel.to_owned(),
+                    target: std::fs::read_link(probe)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default(),
+                });
+            }
+            Err(_) => match probe.parent() {
+                Some(parent) => probe = parent,
+                None => return Ok(joined),
+            },
+        }
+    };
+    if real.starts_with(&real_root) {
+        Ok(joined)
+    } else {
+        Err(PathError::Symlink {
+            path: rel.to_owned(),
+            target: real.display().to_string(),
+        })
     }
 }

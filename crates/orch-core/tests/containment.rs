@@ -271,3 +271,31 @@ fn cgroups_are_used_where_the_machine_allows() {
     assert!(scope.is_cgroup(), "{:?}", scope.describe());
     assert!(scope.describe().containment.starts_with("cgroup:"));
 }
+
+/// A journal is data anyone with access to the store can append to: a
+/// recorded driver whose containment names a cgroup orch did not make
+/// for it (the machine's own services, say) or another driver's marker
+/// is refused, and nothing is killed.
+#[test]
+fn a_recorded_scope_that_orch_did_not_make_is_not_killed() {
+    rt().block_on(async {
+        let me = process::scope().describe();
+        let forged = |containment: &str| orch_core::DriverInfo {
+            pid: 1,
+            start: 1,
+            containment: containment.to_owned(),
+            ..me.clone()
+        };
+        for containment in [
+            "cgroup:/sys/fs/cgroup/unified",
+            "cgroup:/sys/fs/cgroup/system.slice",
+            "cgroup:/sys/fs/cgroup/unified/../unified/orch-1-1",
+            "marker:12345-678",
+        ] {
+            let e = process::kill_scope(&forged(containment)).await.unwrap_err();
+            assert!(e.contains("nothing was killed"), "{containment}: {e}");
+        }
+        // Its own record is left alone (its commands are its own to stop).
+        assert_eq!(process::kill_scope(&me).await, Ok(process::Killed::Ours));
+    });
+}

@@ -267,9 +267,22 @@ fn oversized_and_unknown_format_files_are_refused() {
     let err = Plan::from_path(&big).unwrap_err();
     assert_eq!(err.kind(), PlanErrorKind::TooLarge);
     assert!(
-        err.to_string()
-            .starts_with(&format!("{}: plan is 16777217 bytes", big.display()))
+        err.to_string().starts_with(&format!(
+            "{}: plan is more than 16777216 bytes",
+            big.display()
+        )),
+        "{err}"
     );
+    // Devices say they are empty: the limit holds while reading, so an
+    // endless one is refused at 16 MiB instead of read until memory runs
+    // out (or for ever).
+    for dev in ["/dev/zero", "/dev/urandom"] {
+        let link = dir.join(format!("{}.json", dev.trim_start_matches("/dev/")));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(dev, &link).unwrap();
+        let err = Plan::from_path(&link).unwrap_err();
+        assert_eq!(err.kind(), PlanErrorKind::TooLarge, "{dev}: {err}");
+    }
 
     let err = Plan::from_path(dir.join("plan.ini")).unwrap_err();
     assert_eq!(err.kind(), PlanErrorKind::UnknownFormat);
@@ -361,4 +374,19 @@ fn fingerprints_of_an_unchanged_plan_never_change() {
     assert_eq!(parts.len(), 32);
     assert_eq!(parts["policy"], "fbf0f4571858e75a");
     assert_eq!(parts["ticket:SEC-006"], "a04bd942c59cc8ab");
+}
+
+/// A JSON (or TOML, YAML) plan that starts with a byte order mark, as some
+/// editors write them, loads like one without.
+#[test]
+fn a_byte_order_mark_is_not_content() {
+    let json = r#"{"name": "p", "phases": [{"name": "work"}], "default_role": "dev",
+                   "agents": {"dev": {"backend": {"kind": "command", "argv": ["a"]}}},
+                   "tickets": [{"id": "T-1", "title": "t", "effort": "1h"}]}"#;
+    let mut with_bom = b"\xEF\xBB\xBF".to_vec();
+    with_bom.extend_from_slice(json.as_bytes());
+    let plan = Plan::from_bytes(&with_bom, orch_core::Format::Json, None).unwrap();
+    assert_eq!(plan.tickets.len(), 1);
+    let toml = "\u{feff}name = \"p\"\ndefault_role = \"dev\"\n[agents.dev]\nbackend = { kind = \"command\", argv = [\"a\"] }\n[[phases]]\nname = \"work\"\n[[tickets]]\nid = \"T-1\"\ntitle = \"t\"\neffort = \"1h\"\n";
+    assert_eq!(Plan::from_toml_str(toml).unwrap().name, "p");
 }

@@ -1,6 +1,6 @@
 //! Helpers shared by the gates.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use orch_core::{
@@ -41,28 +41,20 @@ pub(crate) fn config(gate: &str, message: impl Into<String>) -> GateError {
     }
 }
 
-/// `rel` resolved inside `workdir`. Absolute paths and `..` that would
-/// leave the work tree are refused: a gate reads only the work tree.
+/// `rel` resolved inside `workdir`, symbolic links followed
+/// ([`orch_core::resolve_within`]): a gate reads only the work tree.
+/// An absolute path or `..` out of the tree is the spec's fault (not
+/// retryable); a link out of it is the work tree's (the agent made it),
+/// so the gate fails and the attempt can be retried.
 pub(crate) fn inside(gate: &str, workdir: &Path, rel: &str) -> Result<PathBuf, GateError> {
-    let p = Path::new(rel);
-    let mut depth = 0i32;
-    for c in p.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => depth -= 1,
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(config(
-                    gate,
-                    format!("path {rel:?} must be relative to the work tree"),
-                ));
-            }
-        }
-        if depth < 0 {
-            return Err(config(gate, format!("path {rel:?} leaves the work tree")));
-        }
-    }
-    Ok(workdir.join(p))
+    orch_core::resolve_within(workdir, rel).map_err(|e| match e {
+        orch_core::PathError::Symlink { .. } => GateError {
+            kind: orch_core::GateErrorKind::Io,
+            gate: gate.to_owned(),
+            message: e.to_string(),
+        },
+        _ => config(gate, e.to_string()),
+    })
 }
 
 /// Why a report file cannot be trusted, if it cannot.

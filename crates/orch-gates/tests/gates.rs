@@ -682,3 +682,69 @@ async fn groups_run_concurrently_and_combine() {
     assert!(r.passed());
     assert_eq!(r.reason, "1 of 2 gates passed");
 }
+
+/// Every path a gate reads (a report, a metric file, its working
+/// directory) must lead inside the work tree, links followed: an agent
+/// that replaces one by a link out of the tree (to a report it did not
+/// earn, or to a file of the machine's) fails the gate, and the reason
+/// says so. Paths that are absolute or climb out are the spec's fault.
+#[tokio::test]
+async fn paths_that_lead_out_of_the_work_tree_fail_the_gate() {
+    let outside = tempfile::tempdir().unwrap();
+    let fixture = std::fs::read(format!(
+        "{}/tests/fixtures/nextest_junit.xml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    std::fs::write(outside.path().join("junit.xml"), &fixture).unwrap();
+    std::fs::write(outside.path().join("m.json"), r#"{"p99_ms": 1}"#).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), d.path().join("reports")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("m.json"), d.path().join("m.json")).unwrap();
+    let cases = [
+        serde_json::json!({"kind": "tests", "format": "junit", "report": "reports/junit.xml", "argv": ["touch", "reports/junit.xml"]}),
+        serde_json::json!({"kind": "command", "argv": ["true"], "cwd": "reports"}),
+        serde_json::json!({"kind": "metric", "file": "m.json", "pointer": "/p99_ms", "max": 100.0}),
+    ];
+    for case in cases {
+        let gate = orch_gates::from_spec(&spec(case.clone())).unwrap();
+        let e = gate.check(&ctx(d.path())).await.unwrap_err();
+        assert_eq!(e.kind, orch_core::GateErrorKind::Io, "{case}: {e}");
+        assert!(
+            e.message
+                .contains("leads outside the work tree through a symbolic link"),
+            "{case}: {e}"
+        );
+        assert!(e.is_retryable(), "the agent can undo it: {e}");
+    }
+    for bad in ["/etc/passwd", "../x.xml", "a/../../x.xml"] {
+        let case = serde_json::json!({"kind": "tests", "format": "junit", "report": bad, "argv": ["true"]});
+        let e = orch_gates::from_spec(&spec(case))
+            .unwrap()
+            .check(&ctx(d.path()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, orch_core::GateErrorKind::Config, "{bad}: {e}");
+    }
+}
+
+/// A gate's command that leaves a daemon behind (`setsid`, holding the
+/// command's stdout, so waiting for end of output would wait for it)
+/// fails, promptly, and the daemon is dead when the verdict is in.
+#[tokio::test]
+async fn a_setsid_daemon_of_a_gate_command_fails_it_and_does_not_delay_it() {
+    let d = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let r = check(
+        d.path(),
+        serde_json::json!({"kind": "command", "argv": ["sh", "-c",
+            "setsid sh -c 'echo $$ > daemon.pid; exec sleep 300' & while [ ! -s daemon.pid ]; do sleep 0.01; done; echo ok"]}),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(!r.passed(), "{r:?}");
+    assert!(r.reason.contains("left processes running"), "{}", r.reason);
+    assert!(took < Duration::from_secs(3), "the verdict waited {took:?}");
+    let pid = read_pid(&d.path().join("daemon.pid"));
+    assert!(!alive(pid), "the daemon outlived the gate");
+}

@@ -395,7 +395,9 @@ impl PlanGraph {
                 }
             }
         }
-        let mut sccs: Vec<Vec<Ix>> = petgraph::algo::tarjan_scc(&pg)
+        // Kosaraju's search keeps its own stack (Tarjan's in petgraph
+        // recurses, and a cycle of 100,000 tickets overflowed the stack).
+        let mut sccs: Vec<Vec<Ix>> = petgraph::algo::kosaraju_scc(&pg)
             .into_iter()
             .filter(|c| c.len() > 1)
             .map(|c| {

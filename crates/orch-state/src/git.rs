@@ -157,12 +157,12 @@ impl Repo {
         let branch = Self::ticket_branch(run, ticket);
         let path = self.worktrees.join(run.as_str()).join(ticket.as_str());
         // Found after a crash, and usable: kept (its work is the ticket's).
-        if self.usable(&path, &branch) {
+        if self.usable(&path, &branch)? {
             return Ok(Worktree { path, branch });
         }
         // A directory left half-made by a crash (a `git worktree add`
         // killed with orch), or a stale registration.
-        self.forget_worktree(&path);
+        self.forget_worktree(&path, &branch)?;
         let making = Making::mark(&path)?;
         std::fs::create_dir_all(path.parent().unwrap_or(&self.worktrees)).map_err(|e| {
             GitError {
@@ -180,21 +180,50 @@ impl Repo {
         Ok(Worktree { path, branch })
     }
 
-    /// Whether the worktree at `path` was made whole (not cut short by a
-    /// crash: see [`Making`]) and can be used after [`recover`].
-    fn usable(&self, path: &Path, branch: &str) -> bool {
-        path.join(".git").exists() && !Making::marked(path) && recover(path, branch).is_ok()
+    /// Whether the worktree at `path` is there, made whole (not cut short
+    /// by a crash: see [`Making`]), and recovered: `Ok(false)` when it is
+    /// to be made (again).
+    ///
+    /// # Errors
+    /// When it is there but cannot be recovered: it is kept (it may hold
+    /// work), and the caller fails saying why.
+    fn usable(&self, path: &Path, branch: &str) -> Result<bool, GitError> {
+        if std::fs::symlink_metadata(path.join(".git")).is_err() || Making::marked(path) {
+            return Ok(false);
+        }
+        recover(&self.common_dir()?, path, branch)?;
+        Ok(true)
+    }
+
+    /// The repository's shared git directory.
+    fn common_dir(&self) -> Result<PathBuf, GitError> {
+        let common = PathBuf::from(self.git(&["rev-parse", "--git-common-dir"])?);
+        Ok(if common.is_absolute() {
+            common
+        } else {
+            self.root.join(common)
+        })
     }
 
     /// Removes what is left of a worktree at `path` that cannot be used
     /// (a `git worktree add` killed half-way leaves its registration
     /// locked, which `prune` keeps): the directory and the registration.
-    fn forget_worktree(&self, path: &Path) {
+    /// The lock a killed `git worktree add -b` may have left on orch's own
+    /// branch goes too (only orch's branches: `orch/...`).
+    fn forget_worktree(&self, path: &Path, branch: &str) -> Result<(), GitError> {
         if path.exists() {
             let _ = std::fs::remove_dir_all(path);
         }
         let _ = self.git(&["worktree", "unlock", &path.to_string_lossy()]);
         let _ = self.git(&["worktree", "prune"]);
+        if branch.starts_with("orch/") {
+            let lock = self
+                .common_dir()?
+                .join("refs/heads")
+                .join(format!("{branch}.lock"));
+            let _ = std::fs::remove_file(lock);
+        }
+        Ok(())
     }
 
     /// Removes a worktree (the branch stays).
@@ -244,6 +273,9 @@ impl Repo {
     /// # Errors
     /// When git fails.
     pub fn checkpoint(&self, wt: &Worktree, key: &str, message: &str) -> Result<String, GitError> {
+        // A head that carries the key is the checkpoint only if it holds
+        // exactly what is in the work tree (what the gates judged): an
+        // agent can commit with any message.
         if let Some(made) = self.find_checkpoint(wt, key)? {
             return Ok(made);
         }
@@ -268,7 +300,8 @@ impl Repo {
         run_git(&wt.path, &["rev-parse", "HEAD"])
     }
 
-    /// The worktree's head commit if it is the checkpoint `key`.
+    /// The worktree's head commit if it is the checkpoint `key` and the
+    /// work tree holds nothing else (no change since it, tracked or not).
     ///
     /// # Errors
     /// When git fails on a worktree that exists.
@@ -280,7 +313,16 @@ impl Repo {
         let trailer = format!("{CHECKPOINT_TRAILER}: {key}");
         let mut lines = head.lines();
         let commit = lines.next().unwrap_or_default().to_owned();
-        Ok(lines.any(|l| l.trim() == trailer).then_some(commit))
+        if !lines.any(|l| l.trim() == trailer) {
+            return Ok(None);
+        }
+        // Only if nothing was changed after it (tracked or not): then its
+        // tree is the work tree's.
+        let changes = run_git(
+            &wt.path,
+            &["status", "--porcelain", "--untracked-files=all"],
+        )?;
+        Ok(changes.is_empty().then_some(commit))
     }
 
     /// Resets the worktree to `commit` and removes untracked files (ignored
@@ -315,8 +357,8 @@ impl Repo {
             .join(run.as_str())
             .join(format!("batch-{batch}"));
         let p = path.to_string_lossy().into_owned();
-        if !self.usable(&path, batch_branch) {
-            self.forget_worktree(&path);
+        if !self.usable(&path, batch_branch)? {
+            self.forget_worktree(&path, batch_branch)?;
             let making = Making::mark(&path)?;
             if self.resolve(batch_branch).is_ok() {
                 // Not forced: git refuses a branch checked out elsewhere
@@ -373,27 +415,49 @@ impl Repo {
     }
 }
 
-/// Makes a worktree found after a crash usable again. A git killed
-/// mid-way (with the driver that ran it) leaves its lock files behind,
-/// and a merge of orch's (a dependency's branch into a ticket's tree, the
-/// tickets into a batch's) half applied: files changed, no commit, maybe
-/// no `MERGE_HEAD`. Only orch works in its worktrees, and whatever an
-/// earlier driver ran in them is dead before a later one touches them,
-/// so the locks are stale; a merge in progress (marked by [`MERGING`]
-/// before it starts) is undone, to be made again. The agent's own
-/// uncommitted work is left alone: no merge runs while an agent works.
-fn recover(path: &Path, branch: &str) -> Result<(), GitError> {
-    let git_dir = PathBuf::from(run_git(path, &["rev-parse", "--absolute-git-dir"])?);
-    remove_locks(&git_dir);
-    let common = PathBuf::from(run_git(path, &["rev-parse", "--git-common-dir"])?);
-    let common = if common.is_absolute() {
-        common
-    } else {
-        path.join(common)
+/// Makes a worktree found again (after a crash, or on a later prepare)
+/// usable. A git killed mid-way (with the driver that ran it) leaves its
+/// lock files behind, and a merge of orch's (a dependency's branch into a
+/// ticket's tree, the tickets into a batch's) half applied: files changed,
+/// no commit, maybe no `MERGE_HEAD`. Whatever an earlier driver ran in
+/// the worktree is dead before a later one touches it, so the locks are
+/// stale; a merge of orch's (marked by [`MERGING`] before it starts) is
+/// undone, to be made again. Anything else, the agent's own work and its
+/// own merges included, is left as it is.
+///
+/// The worktree's `.git` file is the agent's to change: it must still
+/// name this repository's administrative directory for a worktree, or
+/// nothing is done in it.
+fn recover(common: &Path, path: &Path, branch: &str) -> Result<(), GitError> {
+    let refuse = |why: String| GitError {
+        command: "recover the worktree".into(),
+        message: format!("{}: {why}", path.display()),
     };
+    let dot_git = path.join(".git");
+    let meta = std::fs::symlink_metadata(&dot_git).map_err(|e| refuse(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(refuse(
+            ".git is not the file git writes for a worktree".into(),
+        ));
+    }
+    let text = std::fs::read_to_string(&dot_git).map_err(|e| refuse(e.to_string()))?;
+    let git_dir = text
+        .strip_prefix("gitdir:")
+        .map(|d| PathBuf::from(d.trim()))
+        .and_then(|d| d.canonicalize().ok())
+        .ok_or_else(|| refuse(".git does not name a git directory".into()))?;
+    let admin = common.join("worktrees");
+    let admin = admin.canonicalize().unwrap_or(admin);
+    if git_dir.parent() != Some(admin.as_path()) {
+        return Err(refuse(format!(
+            ".git names {}, not a worktree of this repository (was it changed?)",
+            git_dir.display()
+        )));
+    }
+    remove_locks(&git_dir);
     let _ = std::fs::remove_file(common.join("refs/heads").join(format!("{branch}.lock")));
     let merging = git_dir.join(MERGING);
-    if merging.exists() || run_git(path, &["rev-parse", "-q", "--verify", "MERGE_HEAD"]).is_ok() {
+    if merging.exists() {
         let _ = run_git(path, &["merge", "--abort"]);
         run_git(path, &["reset", "--hard", "-q", "HEAD"])?;
         run_git(path, &["clean", "-fd", "-q"])?;
@@ -446,16 +510,18 @@ impl Making {
 const MERGING: &str = "orch-merging";
 
 /// Removes the `*.lock` files of a worktree's own git directory (not the
-/// repository's shared one, where the person's own git works too).
+/// repository's shared one, where the person's own git works too), links
+/// not followed.
 fn remove_locks(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.filter_map(Result::ok) {
+        let Ok(kind) = e.file_type() else { continue };
         let p = e.path();
-        if p.is_dir() {
+        if kind.is_dir() {
             remove_locks(&p);
-        } else if p.extension().is_some_and(|x| x == "lock") {
+        } else if kind.is_file() && p.extension().is_some_and(|x| x == "lock") {
             let _ = std::fs::remove_file(&p);
         }
     }

@@ -89,10 +89,12 @@ const HEARTBEAT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4
 
 /// How long after the last renewal a lease still stands. A new holder
 /// waits until then, unless the old holder is known to be dead: by then
-/// an old holder cut off from the server has missed a renewal deadline
-/// (at most `HEARTBEAT + HEARTBEAT_DEADLINE` after its last renewal
-/// began) and stopped its agents.
-pub const LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+/// an old holder cut off from the server has counted its lock lost (at
+/// most `HEARTBEAT + HEARTBEAT_DEADLINE` after its last good renewal was
+/// sent, which is before the server recorded it), stopped its run (the
+/// engine drops a run that has not stopped a second after the loss) and
+/// so killed its agents; five seconds to spare.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(12);
 
 /// Key of the advisory lock that serialises schema set-up between
 /// processes connecting at once ("orch-pg" in ASCII).
@@ -360,6 +362,14 @@ impl PgStore {
 
     async fn open(&self) -> Result<Conn, StoreError> {
         let (mut client, driver) = self.session().await?;
+        // A client cut off in the middle of an append holds its run's row
+        // (and the epoch, for a share): the server ends such a session
+        // soon, instead of when TCP notices (hours), so that the run's
+        // other writers and a driver taking over are not held up. Older
+        // servers without the setting say so; that is fine.
+        let _ = client
+            .batch_execute("SET idle_in_transaction_session_timeout = '30s'")
+            .await;
         self.set_up(&mut client).await?;
         let prepare = |sql: &'static str, types: &'static [Type]| {
             let client = &client;
@@ -789,8 +799,8 @@ impl StateStore for PgStore {
     ///   whoever held it before are refused from then on) and records the
     ///   new holder.
     /// * The holder renews the lease every 2 s on the lock's connection; a
-    ///   renewal that fails, finds the epoch moved on, or takes longer
-    ///   than 4 s (the connection's TCP user timeout too) counts as the
+    ///   renewal that fails or finds the epoch moved on, or no good
+    ///   renewal within 6 s of the last good one's sending, counts as the
     ///   lock lost: [`RunLock::lost`] says so, and the engine stops its
     ///   agents and the run.
     /// * A new holder that finds the previous lease renewed less than
@@ -877,20 +887,41 @@ impl StateStore for PgStore {
             );
             tokio::time::sleep(std::time::Duration::from_millis(left as u64)).await;
         }
+        let renew = "UPDATE orch_epochs SET renewed_at = orch_now_ms() \
+                     WHERE run = $1 AND epoch = $2 RETURNING 1";
+        // Renewed now (the wait may have outlasted the lease taken with the
+        // epoch): the deadlines count from this renewal's sending.
+        let sent = tokio::time::Instant::now();
+        let renewed = client
+            .query_opt(renew, &[&run.as_str() as &Param<'_>, &epoch])
+            .await
+            .map_err(|e| self.err(&e))?;
+        if renewed.is_none() {
+            return Err(StoreError::new(
+                StoreErrorKind::Locked,
+                format!("run {run} was taken by another driver while this one waited for it"),
+            ));
+        }
         let client = Arc::new(client);
         let heartbeat = {
             let (client, ended, run) = (client.clone(), ended.clone(), run.to_string());
             tokio::spawn(async move {
-                let renew = "UPDATE orch_epochs SET renewed_at = orch_now_ms() \
-                             WHERE run = $1 AND epoch = $2 RETURNING 1";
+                // Lost unless a renewal succeeds within HEARTBEAT +
+                // HEARTBEAT_DEADLINE of when the last good one was sent.
+                let mut last_good = sent;
                 loop {
                     tokio::time::sleep(HEARTBEAT).await;
+                    let now = tokio::time::Instant::now();
+                    let left =
+                        (last_good + HEARTBEAT + HEARTBEAT_DEADLINE).saturating_duration_since(now);
                     let renewed = tokio::time::timeout(
-                        HEARTBEAT_DEADLINE,
+                        left,
                         client.query_opt(renew, &[&run as &Param<'_>, &epoch]),
                     )
                     .await;
-                    if !matches!(renewed, Ok(Ok(Some(_)))) {
+                    if matches!(renewed, Ok(Ok(Some(_)))) {
+                        last_good = now;
+                    } else {
                         ended.cancel();
                         return;
                     }

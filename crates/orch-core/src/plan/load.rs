@@ -154,11 +154,18 @@ impl Plan {
         let io = |e: std::io::Error| {
             PlanError::single(Some(path), PlanErrorKind::Io, format!("cannot read: {e}"))
         };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if meta.len() > MAX_PLAN_BYTES {
-            return Err(too_large(Some(path), meta.len()));
+        // The limit is kept while reading, not taken from the size the
+        // file claims: a device (`/dev/zero`) or a pipe says 0.
+        let mut bytes = Vec::new();
+        let file = std::fs::File::open(path).map_err(io)?;
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, MAX_PLAN_BYTES + 1),
+            &mut bytes,
+        )
+        .map_err(io)?;
+        if bytes.len() as u64 > MAX_PLAN_BYTES {
+            return Err(too_large(Some(path), bytes.len() as u64));
         }
-        let bytes = std::fs::read(path).map_err(io)?;
         Plan::from_bytes(&bytes, format, Some(path))
     }
 
@@ -183,6 +190,8 @@ impl Plan {
         if bytes.len() as u64 > MAX_PLAN_BYTES {
             return Err(too_large(file, bytes.len() as u64));
         }
+        // A byte order mark (editors on Windows write one) is not content.
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let src = std::str::from_utf8(bytes).map_err(|e| {
             let line = bytes[..e.valid_up_to()]
                 .iter()
@@ -277,7 +286,11 @@ fn too_large(file: Option<&Path>, len: u64) -> PlanError {
     PlanError::single(
         file,
         PlanErrorKind::TooLarge,
-        format!("plan is {len} bytes; the limit is {MAX_PLAN_BYTES} bytes (16 MiB)"),
+        if len > MAX_PLAN_BYTES + 1 {
+            format!("plan is {len} bytes; the limit is {MAX_PLAN_BYTES} bytes (16 MiB)")
+        } else {
+            format!("plan is more than {MAX_PLAN_BYTES} bytes (16 MiB), the limit")
+        },
     )
 }
 

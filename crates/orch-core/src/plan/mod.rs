@@ -691,6 +691,11 @@ impl Validator {
             if p.max_attempts == Some(0) {
                 self.push(format!("phases[{i}].max_attempts"), "must be at least 1");
             }
+            if let Some(file) = &p.feedback_file
+                && let Err(e) = crate::check_relative(file)
+            {
+                self.push(format!("phases[{i}].feedback_file"), e.to_string());
+            }
             self.gates(&format!("phases[{i}].gates"), &p.gates);
         }
         for (i, p) in plan.phases.iter().enumerate() {

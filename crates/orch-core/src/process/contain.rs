@@ -9,9 +9,14 @@
 //! `exec`s the program), every descendant stays in it, and `cgroup.kill`
 //! kills them all at once. Elsewhere a cell is a **marker**: an environment
 //! variable ([`MARKER_VAR`]) every descendant inherits, found by walking
-//! `/proc`, together with the command's process group. The cgroup cannot
-//! be escaped; the marker can, by a program that clears its environment,
-//! so it is the fallback. [`Scope::describe`] says which is in use.
+//! `/proc`, together with the command's process group. `setsid` and
+//! double forks do not leave a cgroup; a marker is left by a program that
+//! clears its environment,
+//! so it is the fallback. [`Scope::describe`] says which is in use. A
+//! process with the rights to move itself to another cgroup (root, or the
+//! owner of a delegated subtree) can leave its cell: containment holds
+//! agents that do not have them, or that do not try; run agents as
+//! another user where that matters.
 //!
 //! All cells of one process live under one **scope** (a cgroup, or a
 //! marker prefix). When the scope is first used a small watchdog process
@@ -110,19 +115,23 @@ fn host_and_boot() -> (String, String) {
     )
 }
 
+/// Where the cgroup v2 hierarchy is mounted, if it is.
+fn own_cgroup_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // `id parent major:minor root mount-point options... - fstype source ...`
+    mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
 /// The directory of this process's cgroup in the cgroup v2 hierarchy, if
 /// there is one mounted.
 fn own_cgroup() -> Option<PathBuf> {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let rel = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // `id parent major:minor root mount-point options... - fstype source ...`
-    let mount = mounts.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-    })?;
-    Some(mount.join(rel.trim_start_matches('/')))
+    Some(own_cgroup_mount()?.join(rel.trim_start_matches('/')))
 }
 
 impl Scope {
@@ -180,9 +189,9 @@ impl Scope {
     }
 
     /// A new cell for one command.
-    pub(crate) fn cell(&self) -> Cell {
+    pub(crate) fn cell(&self) -> Result<Cell, String> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        match &self.kind {
+        Ok(match &self.kind {
             ScopeKind::Cgroup(root) => {
                 let old =
                     std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
@@ -195,21 +204,22 @@ impl Scope {
                     .unwrap_or_else(|e| e.into_inner())
                     .extend(still);
                 let dir = root.join(format!("c{n}"));
-                match std::fs::create_dir(&dir) {
-                    Ok(()) => Cell::Cgroup(dir),
-                    // The hierarchy refused (a limit on descendants): the
-                    // marker still contains it.
-                    Err(_) => Cell::Marker {
-                        token: format!("{}/{n}", self.token),
-                        pgid: None,
-                    },
-                }
+                // Refused (a limit on descendants someone set): the
+                // command does not run uncontained.
+                std::fs::create_dir(&dir)
+                    .map(|()| Cell::Cgroup(dir.clone()))
+                    .map_err(|e| {
+                        format!(
+                            "cannot make the cgroup {} to contain the command: {e}",
+                            dir.display()
+                        )
+                    })?
             }
             ScopeKind::Marker(t) => Cell::Marker {
                 token: format!("{t}/{n}"),
                 pgid: None,
             },
-        }
+        })
     }
 
     fn forget(&self, dir: PathBuf) {
@@ -476,10 +486,12 @@ pub enum Killed {
 /// running: `None` when that cannot be told from here (another machine).
 pub fn driver_alive(d: &DriverInfo) -> Option<bool> {
     let (host, boot) = host_and_boot();
-    if d.host != host {
+    // Another machine, or one with the same name booted apart: cannot
+    // tell from here.
+    if d.host != host || d.boot != boot {
         return None;
     }
-    Some(d.boot == boot && start_time(d.pid) == Some(d.start))
+    Some(start_time(d.pid) == Some(d.start))
 }
 
 /// Kills whatever is left of the commands of the driver `d` (recorded by
@@ -498,8 +510,28 @@ pub async fn kill_scope(d: &DriverInfo) -> Result<Killed, String> {
     if d.pid == me && d.start == start_time(me).unwrap_or(0) {
         return Ok(Killed::Ours);
     }
+    let token = format!("{}-{}", d.pid, d.start);
     if let Some(dir) = d.containment.strip_prefix("cgroup:") {
+        // The journal says where; only a scope orch makes is acted on:
+        // a directory named for that driver, in the cgroup v2 hierarchy,
+        // reached without links (a journal anyone could append to must
+        // not aim the kill at the machine's services).
         let dir = PathBuf::from(dir);
+        let named = dir.file_name().and_then(|n| n.to_str()) == Some(&format!("orch-{token}"));
+        let plain = dir.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        });
+        let in_hierarchy = own_cgroup_mount().is_some_and(|m| dir.starts_with(m))
+            && dir.canonicalize().ok().is_none_or(|real| real == dir);
+        if !named || !plain || !in_hierarchy {
+            return Err(format!(
+                "the journal names {} as the processes of driver {token}, which is not a scope orch makes; nothing was killed",
+                dir.display()
+            ));
+        }
         if !dir.join("cgroup.procs").exists() {
             return Ok(Killed::Nothing);
         }
@@ -520,7 +552,12 @@ pub async fn kill_scope(d: &DriverInfo) -> Result<Killed, String> {
         remove_tree(&dir);
         return Ok(Killed::Some(count));
     }
-    if let Some(token) = d.containment.strip_prefix("marker:") {
+    if let Some(marker) = d.containment.strip_prefix("marker:") {
+        if marker != token {
+            return Err(format!(
+                "the journal names marker {marker:?} for driver {token}; nothing was killed"
+            ));
+        }
         let needle = format!("{MARKER_VAR}={token}/");
         let mut killed = 0;
         let deadline = tokio::time::Instant::now() + GONE_WITHIN;
@@ -553,7 +590,7 @@ fn count_procs(dir: &Path) -> usize {
     let children: usize = std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| e.path().is_dir())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .map(|e| count_procs(&e.path()))
                 .sum()
         })
@@ -565,7 +602,7 @@ fn count_procs(dir: &Path) -> usize {
 fn remove_tree(dir: &Path) {
     if let Ok(d) = std::fs::read_dir(dir) {
         for e in d.filter_map(Result::ok) {
-            if e.path().is_dir() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 remove_tree(&e.path());
             }
         }

@@ -371,7 +371,17 @@ pub async fn run_lines(
     };
     // Every process the command starts stays in its cell, where it can be
     // found and killed, `setsid` or not.
-    let mut cell = contain::scope().cell();
+    let mut cell = match contain::scope().cell() {
+        Ok(cell) => cell,
+        Err(e) => {
+            return finish(
+                Exit::SpawnFailed(e),
+                Captured::default(),
+                Captured::default(),
+                false,
+            );
+        }
+    };
     let wrapped = cell.wrap(&located, &args);
     let mut command = tokio::process::Command::new(&wrapped.program);
     if cmd.env_clear {
@@ -463,16 +473,21 @@ pub async fn run_lines(
                 Err(e) => Exit::SpawnFailed(format!("waiting for {program}: {e}")),
             },
             () = tokio::time::sleep_until(deadline) => {
+                let _ = child.start_kill();
                 kill_all(&group).await;
                 let _ = child.wait().await;
                 break Exit::TimedOut(cmd.timeout);
             }
             () = tokio::time::sleep_until(stall_at), if cmd.stall.is_some() => {
+                let _ = child.start_kill();
                 kill_all(&group).await;
                 let _ = child.wait().await;
                 break Exit::Stalled(cmd.stall.unwrap_or_default());
             }
             () = cancel.cancelled() => {
+                // The child itself too: killed before its shim joined the
+                // cell, it is not in it yet.
+                let _ = child.start_kill();
                 kill_all(&group).await;
                 let _ = child.wait().await;
                 break Exit::Cancelled;

@@ -463,27 +463,35 @@ fn fail<'a>(
     })
 }
 
-/// Whether the journal shows that `attempt` of `phase` passed: its agent
-/// finished and claimed success, and every gate of the phase passed for
-/// that attempt.
+/// Whether the journal shows that `attempt` of `phase` passed: its last
+/// run (an attempt interrupted by a crash runs again under its number)
+/// had its agent finish claiming success, and every gate of the phase,
+/// each by name, pass after that agent started.
 fn attempt_earned_pass(sh: &Shared, id: &TicketId, phase: &PhaseSpec, attempt: u32) -> bool {
     sh.journal.with_state(|s| {
         // The attempt's last agent (ids have a random part: by record).
-        let succeeded = s
+        let Some(agent) = s
             .agents
             .values()
             .rfind(|a| &a.ticket == id && a.phase == phase.name && a.attempt == attempt)
-            .is_some_and(|a| a.status == orch_core::AgentStatus::Succeeded);
-        let passed = s
+        else {
+            return false;
+        };
+        let passed: std::collections::HashSet<&str> = s
             .gate_runs
             .iter()
+            .filter(|g| g.at >= agent.started_at && g.report.passed())
             .filter(|g| {
                 matches!(&g.scope, GateScope::Phase { ticket, phase: p, attempt: a }
                     if ticket == id && *p == phase.name && *a == attempt)
             })
-            .filter(|g| g.report.passed())
-            .count();
-        succeeded && passed >= phase.gates.len()
+            .map(|g| g.report.gate.as_str())
+            .collect();
+        agent.status == orch_core::AgentStatus::Succeeded
+            && phase.gates.iter().all(|g| {
+                let vars = [("ticket", id.as_str()), ("phase", phase.name.as_str())];
+                passed.contains(g.substitute(&vars).display_name().as_str())
+            })
     })
 }
 
@@ -580,7 +588,16 @@ async fn exhausted_or_restart(
                 .map(Err);
         }
         let text = feedback_file(id, phase, &feedback);
-        let path = workdir.join(&file);
+        // The plan's path was checked when it was loaded; the work tree's
+        // links (the agent's) are checked now, when nothing runs in it.
+        let path = match orch_core::resolve_within(workdir, &file) {
+            Ok(p) => p,
+            Err(e) => {
+                return fail(out, id, format!("cannot write the feedback file: {e}"))
+                    .await
+                    .map(Err);
+            }
+        };
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
