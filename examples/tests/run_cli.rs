@@ -547,15 +547,20 @@ fn baseline() -> &'static Outcome {
 /// Starts `orch run` and returns once `marker` appears.
 fn start_until(s: &Setup, marker: &str) -> Child {
     let mut child = start(s);
+    wait_for_mark(s, marker, &mut child);
+    child
+}
+
+/// Waits (a minute at most) until `marker` appears, while `child` runs.
+fn wait_for_mark(s: &Setup, marker: &str, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !s.marks.join(marker).exists() {
         assert!(Instant::now() < deadline, "{marker} never appeared");
         if let Some(st) = child.try_wait().unwrap() {
-            panic!("orch run ended ({st}) before {marker}");
+            panic!("orch ended ({st}) before {marker}");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    child
 }
 
 /// Kills `orch run` with SIGKILL once `marker` appears, then resumes.
@@ -762,7 +767,7 @@ effort = "1h"
 #[test]
 fn a_state_directory_that_cannot_be_written_stops_the_run_with_exit_6() {
     let s = crash_setup();
-    let child = orch()
+    let mut child = orch()
         .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
         .arg(&s.repo)
         .arg("--state")
@@ -771,11 +776,7 @@ fn a_state_directory_that_cannot_be_written_stops_the_run_with_exit_6() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !s.marks.join("agent-A-build").exists() {
-        assert!(Instant::now() < deadline, "the run never started A");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_mark(&s, "agent-A-build", &mut child);
     let view = s.state.join("ORCHESTRATOR_STATE.md");
     let _ = std::fs::remove_file(&view);
     std::fs::create_dir_all(view.join("blocked")).unwrap();
@@ -1330,12 +1331,7 @@ fn a_partitioned_postgres_driver_stops_its_agents_before_a_standby_takes_over() 
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !s.marks.join("agent-T3").exists() {
-        assert!(Instant::now() < deadline, "the agents never started");
-        assert!(old.try_wait().unwrap().is_none(), "orch run ended early");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_mark(&s, "agent-T3", &mut old);
     proxy.cut();
     let cut_at = Instant::now();
     let standby = orch()

@@ -42,6 +42,15 @@ async fn wait_for_pids(dir: &Path, n: usize) -> Vec<i32> {
     }
 }
 
+/// Asserts that `dir/pids` names `n` processes and none runs any more.
+fn assert_all_dead(dir: &Path, n: usize, after: &str) {
+    let p = pids(dir);
+    assert_eq!(p.len(), n, "{p:?}");
+    for pid in p {
+        assert!(!running(pid), "{pid} survived {after}");
+    }
+}
+
 fn shell(dir: &Path, script: &str, timeout: Duration) -> Command {
     Command {
         argv: vec![script.to_owned()],
@@ -108,11 +117,7 @@ fn escaped_descendants_of_a_finished_command_are_killed_and_not_waited_for() {
                 assert_eq!(out.stdout.text().trim(), "done");
                 // The setsid child held stdout open: not waited for.
                 assert!(took < Duration::from_secs(3), "took {took:?}");
-                let p = pids(dir.path());
-                assert_eq!(p.len(), 2, "{p:?}");
-                for pid in p {
-                    assert!(!running(pid), "{pid} survived the command");
-                }
+                assert_all_dead(dir.path(), 2, "the command");
             });
         },
     );
@@ -131,11 +136,7 @@ fn a_timeout_kills_escaped_descendants_too() {
             .await;
             assert_eq!(out.exit, Exit::TimedOut(Duration::from_secs(2)));
             assert!(out.duration < Duration::from_secs(5), "{:?}", out.duration);
-            let p = pids(dir.path());
-            assert_eq!(p.len(), 2, "{p:?}");
-            for pid in p {
-                assert!(!running(pid), "{pid} survived the timeout");
-            }
+            assert_all_dead(dir.path(), 2, "the timeout");
         });
     });
 }
@@ -162,9 +163,7 @@ fn cancelling_or_dropping_a_command_kills_escaped_descendants() {
                 });
                 assert_eq!(p.0.exit, Exit::Cancelled);
                 assert_eq!(p.1.len(), 2);
-                for pid in p.1 {
-                    assert!(!running(pid), "{pid} survived cancellation");
-                }
+                assert_all_dead(dir.path(), 2, "cancellation");
 
                 // Dropped half-way (the future is dropped, as when a run's
                 // pipeline is dropped).
