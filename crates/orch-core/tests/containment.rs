@@ -298,3 +298,30 @@ fn a_recorded_scope_that_orch_did_not_make_is_not_killed() {
         assert_eq!(process::kill_scope(&me).await, Ok(process::Killed::Ours));
     });
 }
+
+/// A helper orch waits for itself (`git`, with the repository's hooks,
+/// which an agent can change) leaves nothing running, and its output is
+/// not held up by a daemon that keeps the pipe open.
+#[test]
+fn a_helpers_daemon_ends_with_the_helper() {
+    both_modes("a_helpers_daemon_ends_with_the_helper", || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut script = std::process::Command::new("sh");
+        script
+            .args([
+                "-c",
+                &format!("{SETSID} while [ ! -s pids ]; do sleep 0.01; done; echo out"),
+            ])
+            .current_dir(dir.path());
+        let started = Instant::now();
+        let out = process::output(&script).unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"out\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_all_dead(dir.path(), 1, "its helper");
+    });
+}

@@ -62,16 +62,17 @@ pub enum MergeOutcome {
 
 fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     // Contained like every process orch starts: a git killed with orch
-    // does not finish a merge or commit under a later driver's feet.
-    let out = orch_core::process::tool("git")
-        .args(args)
+    // does not finish a merge or commit under a later driver's feet, and
+    // what its hooks start (the repository's config is the agents' to
+    // change) ends with it.
+    let mut git = std::process::Command::new("git");
+    git.args(args)
         .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .map_err(|e| GitError {
-            command: format!("git {}", args.join(" ")),
-            message: format!("cannot run git: {e}"),
-        })?;
+        .env("GIT_TERMINAL_PROMPT", "0");
+    let out = orch_core::process::output(&git).map_err(|e| GitError {
+        command: format!("git {}", args.join(" ")),
+        message: format!("cannot run git: {e}"),
+    })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     } else {

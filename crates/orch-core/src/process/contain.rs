@@ -55,8 +55,6 @@ const GONE_WITHIN: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Scope {
     kind: ScopeKind,
-    /// `<pid>-<start time>`: names this process across pid reuse.
-    token: String,
     next: AtomicU64,
     /// Cells killed whose directories could not be removed yet (their
     /// processes were still dying); removed when the next cell is made.
@@ -64,8 +62,6 @@ pub struct Scope {
     /// The watchdog's end of the pipe is its stdin; ours stays open for
     /// as long as this process lives.
     _watchdog: Option<std::process::ChildStdin>,
-    /// The cell shared by short helper commands ([`tool`]).
-    tools: OnceLock<Cell>,
 }
 
 #[derive(Debug)]
@@ -157,11 +153,9 @@ impl Scope {
         let watchdog = start_watchdog(&kind);
         Scope {
             kind,
-            token: format!("{pid}-{}", start_time(pid).unwrap_or(0)),
             next: AtomicU64::new(0),
             leftovers: Mutex::new(Vec::new()),
             _watchdog: watchdog,
-            tools: OnceLock::new(),
         }
     }
 
@@ -264,48 +258,89 @@ done; done; exit 0"#,
     child.stdin.take()
 }
 
-/// A `std::process::Command` for a short helper program (`git`, say) that
-/// this process runs and waits for itself: it runs in a cell that this
-/// process's scope shares among such helpers, so that it dies with this
-/// process whatever kills it, instead of finishing its work (a merge, a
-/// commit) under the feet of a later driver. Add arguments, directory and
-/// environment as usual. The program is looked up on `PATH` by `sh`; one
-/// that is not found exits with status 127.
+/// Runs `cmd` (a short helper program orch waits for itself: `git`, say)
+/// in a cell of its own and returns its output, like
+/// `std::process::Command::output`. The cell is killed when the program
+/// exits: whatever it started (a hook's daemon) dies with it, and its
+/// output is not waited for beyond that. It dies with this process too,
+/// whatever kills it, instead of finishing its work (a merge, a commit)
+/// under the feet of a later driver. It runs in a process group of its
+/// own: Ctrl-C in a terminal signals the whole foreground group, and a
+/// helper killed by it mid-way would fail the step it served. The
+/// program, arguments, directory and environment changes of `cmd` are
+/// used; its standard streams are not (input is empty, output captured).
 ///
 /// ```
-/// let out = orch_core::process::tool("echo").arg("hi").output().unwrap();
+/// let mut echo = std::process::Command::new("echo");
+/// echo.arg("hi");
+/// let out = orch_core::process::output(&echo).unwrap();
 /// assert_eq!(out.stdout, b"hi\n");
 /// ```
-pub fn tool(program: &str) -> std::process::Command {
-    let scope = scope();
-    let cell = scope.tools.get_or_init(|| match &scope.kind {
-        ScopeKind::Cgroup(root) => {
-            let dir = root.join("tools");
-            match std::fs::create_dir(&dir) {
-                Ok(()) => Cell::Cgroup(dir),
-                Err(_) if dir.join("cgroup.procs").exists() => Cell::Cgroup(dir),
-                Err(_) => Cell::Marker {
-                    token: format!("{}/tools", scope.token),
-                    pgid: None,
-                },
-            }
-        }
-        ScopeKind::Marker(t) => Cell::Marker {
-            token: format!("{t}/tools"),
-            pgid: None,
-        },
-    });
-    let w = cell.wrap(program, &[]);
-    let mut cmd = std::process::Command::new(w.program);
-    // A process group of its own: Ctrl-C in a terminal signals the whole
-    // foreground group, and a git killed by it mid-way would fail the
-    // step it served (a rollback, a merge) instead of orch stopping it.
+///
+/// # Errors
+/// When the program cannot be started or its cell cannot be made.
+pub fn output(cmd: &std::process::Command) -> std::io::Result<std::process::Output> {
+    use std::io::Read as _;
     use std::os::unix::process::CommandExt as _;
-    cmd.args(w.args).env_remove(MARKER_VAR).process_group(0);
-    if let Some((k, v)) = w.env {
-        cmd.env(k, v);
+    let cell = scope().cell().map_err(std::io::Error::other)?;
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let w = cell.wrap(&program, &args);
+    let mut run = std::process::Command::new(&w.program);
+    run.args(&w.args)
+        .env_remove(MARKER_VAR)
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(dir) = cmd.get_current_dir() {
+        run.current_dir(dir);
     }
-    cmd
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => run.env(k, v),
+            None => run.env_remove(k),
+        };
+    }
+    if let Some((k, v)) = &w.env {
+        run.env(k, v);
+    }
+    let mut child = match run.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            cell.remove();
+            return Err(e);
+        }
+    };
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = child.wait();
+    // Whatever it left running goes now, so the pipes close.
+    cell.kill_now();
+    let deadline = std::time::Instant::now() + GONE_WITHIN;
+    while cell.alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+        cell.kill_now();
+    }
+    cell.remove();
+    Ok(std::process::Output {
+        status: status?,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// What a cell starts: the program and its arguments, and the variables
