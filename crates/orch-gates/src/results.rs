@@ -48,14 +48,69 @@ fn is_backtrace_frame(l: &str) -> bool {
 
 /// Parses `cargo test` human output (all test binaries and doc-tests).
 ///
+/// Counts come only from blocks libtest prints: `running N tests`, then
+/// (unless quiet) one `test NAME ... ok|FAILED|ignored` line per test,
+/// then its own `test result:` line, whose counts must add up to N (and
+/// to the per-test lines, when there are any). A result line outside
+/// such a block (printed by a program, not by libtest), a block whose
+/// binary stopped before its result line, or counts that do not add up
+/// are errors: they are how a run claims tests it did not run.
+///
 /// # Errors
-/// When the output holds no `test result:` line: no tests ran, or the
-/// output is not libtest's.
+/// When the output holds no `test result:` line (no tests ran, or the
+/// output is not libtest's), or the blocks do not add up.
 pub fn libtest(output: &str) -> Result<TestResults, ParseError> {
     static RESULT: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r"^test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored; (\d+) measured")
             .expect("static regex")
     });
+    static RUNNING: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^running (\d+) tests?$").expect("static regex"));
+    static ONE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^test .+ \.\.\. (?:ok|FAILED|ignored(?:, .*)?)$").expect("static regex")
+    });
+    // The open block: tests announced, per-test lines seen, and where.
+    let mut block: Option<(u64, u64, usize)> = None;
+    for (i, l) in output.lines().enumerate() {
+        if let Some(c) = RUNNING.captures(l) {
+            if let Some((n, _, at)) = block {
+                return Err(ParseError(format!(
+                    "line {}: `running {n} tests` has no `test result:` line (the test binary stopped in the middle?)",
+                    at + 1
+                )));
+            }
+            block = Some((c[1].parse().unwrap_or(0), 0, i));
+        } else if ONE.is_match(l) {
+            if let Some((_, seen, _)) = &mut block {
+                *seen += 1;
+            }
+        } else if let Some(c) = RESULT.captures(l) {
+            let Some((n, seen, _)) = block.take() else {
+                return Err(ParseError(format!(
+                    "line {}: a `test result:` line with no `running N tests` before it (not printed by libtest)",
+                    i + 1
+                )));
+            };
+            let total: u64 = (1..=4).map(|k| c[k].parse::<u64>().unwrap_or(0)).sum();
+            if total != n || (seen > 0 && seen != n) {
+                return Err(ParseError(format!(
+                    "line {}: the result counts {total} tests, but the block announced {n}{}",
+                    i + 1,
+                    if seen > 0 {
+                        format!(" and listed {seen}")
+                    } else {
+                        String::new()
+                    }
+                )));
+            }
+        }
+    }
+    if let Some((n, _, at)) = block {
+        return Err(ParseError(format!(
+            "line {}: `running {n} tests` has no `test result:` line (the test binary stopped in the middle?)",
+            at + 1
+        )));
+    }
     static FAILED: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"^test (.+?) \.\.\. FAILED$").expect("static regex"));
     static SECTION: LazyLock<Regex> =

@@ -218,7 +218,7 @@ async fn test_results_that_lie_do_not_pass() {
     let d = tempfile::tempdir().unwrap();
     // Prints a passing summary but exits 1.
     let r = check(d.path(), serde_json::json!({"kind": "tests", "format": "libtest", "argv": ["sh", "-c",
-        "echo 'test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out'; exit 1"]})).await;
+        "printf 'running 3 tests\\ntest result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\\n'; exit 1"]})).await;
     assert!(!r.passed());
     assert_eq!(
         r.reason,
@@ -228,14 +228,14 @@ async fn test_results_that_lie_do_not_pass() {
     let r = check(
         d.path(),
         serde_json::json!({"kind": "tests", "format": "libtest", "argv": ["sh", "-c",
-        "echo 'test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out'"]}),
+        "printf 'running 0 tests\\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\\n'"]}),
     )
     .await;
     assert!(!r.passed());
     assert_eq!(r.reason, "no tests ran (0 skipped); at least 1 must run");
     // All skipped where some must run.
     let r = check(d.path(), serde_json::json!({"kind": "tests", "format": "libtest", "min_tests": 2, "argv": ["sh", "-c",
-        "echo 'test result: ok. 1 passed; 0 failed; 5 ignored; 0 measured; 0 filtered out'"]})).await;
+        "printf 'running 6 tests\\ntest result: ok. 1 passed; 0 failed; 5 ignored; 0 measured; 0 filtered out\\n'"]})).await;
     assert!(!r.passed());
     assert_eq!(r.reason, "only 1 tests ran; at least 2 must run");
     // No summary at all.
@@ -249,6 +249,50 @@ async fn test_results_that_lie_do_not_pass() {
         r.reason,
         "no `test result:` line in the output; the test command exited with status 0"
     );
+}
+
+/// libtest's counts come only from its own blocks: a summary a program
+/// prints by itself, a test binary that stops half-way, a summary that
+/// claims more tests than its block ran, or per-test lines that do not
+/// add up, all fail the gate and say which.
+#[tokio::test]
+async fn libtest_counts_only_what_its_blocks_ran() {
+    let d = tempfile::tempdir().unwrap();
+    let gate = |script: &str| serde_json::json!({"kind": "tests", "format": "libtest", "argv": ["sh", "-c", script]});
+    let cases = [
+        // A raw summary, after a real block of one test.
+        (
+            "printf 'running 1 test\\ntest a ... ok\\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\\ntest result: ok. 99 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\\n'",
+            "a `test result:` line with no `running N tests` before it",
+        ),
+        // A test binary that exits in the middle (a test calls exit(0)).
+        (
+            "printf 'running 3 tests\\ntest a ... ok\\nrunning 1 test\\ntest b ... ok\\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\\n'",
+            "`running 3 tests` has no `test result:` line",
+        ),
+        (
+            "printf 'running 3 tests\\ntest a ... ok\\n'",
+            "`running 3 tests` has no `test result:` line",
+        ),
+        // A summary that claims more than its block ran.
+        (
+            "printf 'running 2 tests\\ntest result: ok. 50 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\\n'",
+            "the result counts 50 tests, but the block announced 2",
+        ),
+        // Per-test lines that do not add up.
+        (
+            "printf 'running 3 tests\\ntest a ... ok\\ntest b ... ok\\ntest result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\\n'",
+            "the block announced 3 and listed 2",
+        ),
+    ];
+    for (script, why) in cases {
+        let r = check(d.path(), gate(script)).await;
+        assert!(!r.passed(), "{script}");
+        assert!(r.reason.contains(why), "{script}: {}", r.reason);
+    }
+    // Real, quiet output (no per-test lines) still counts.
+    let r = check(d.path(), gate("printf 'running 2 tests\\n..\\ntest result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\\n'")).await;
+    assert!(r.passed(), "{}", r.reason);
 }
 
 #[tokio::test]
