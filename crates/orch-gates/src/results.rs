@@ -170,6 +170,37 @@ pub fn libtest(output: &str) -> Result<TestResults, ParseError> {
     Ok(r)
 }
 
+/// A `<testsuite>` (or `<testsuites>`) being read: the totals it declares
+/// and what its test cases came to.
+struct Suite {
+    name: String,
+    declared: (Option<u64>, Option<u64>, Option<u64>),
+    counted: TestCounts,
+}
+
+impl Suite {
+    /// The totals a suite declares must be those of its cases: a report
+    /// edited to claim more (or fewer failures) than it holds is not
+    /// trusted.
+    fn check(self) -> Result<(), ParseError> {
+        let c = &self.counted;
+        let cases = c.passed + c.failed + c.skipped;
+        let (tests, failed, skipped) = self.declared;
+        let wrong = |what: &str, said: u64, held: u64| {
+            Err(ParseError(format!(
+                "suite {:?} declares {said} {what} but its test cases hold {held}",
+                self.name
+            )))
+        };
+        match (tests, failed, skipped) {
+            (Some(t), _, _) if t != cases => wrong("tests", t, cases),
+            (_, Some(f), _) if f != c.failed => wrong("failures and errors", f, c.failed),
+            (_, _, Some(s)) if s != c.skipped => wrong("skipped", s, c.skipped),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Parses `cargo nextest run` human output (it writes to stderr).
 ///
 /// # Errors
@@ -258,6 +289,9 @@ pub fn junit(xml: &[u8]) -> Result<TestResults, ParseError> {
     let mut case: Option<(String, Outcome)> = None;
     let mut in_failure_text = false;
     let mut text = String::new();
+    // Open suites: what each declares (tests, failed, skipped) and what
+    // its cases came to.
+    let mut suites: Vec<Suite> = Vec::new();
     loop {
         let ev = reader
             .read_event_into(&mut buf)
@@ -287,6 +321,21 @@ pub fn junit(xml: &[u8]) -> Result<TestResults, ParseError> {
                         })
                 };
                 match tag {
+                    "testsuite" | "testsuites" => {
+                        let num = |k: &str| attr(k).and_then(|v| v.trim().parse::<u64>().ok());
+                        let failed = match (num("failures"), num("errors")) {
+                            (None, None) => None,
+                            (f, e) => Some(f.unwrap_or(0) + e.unwrap_or(0)),
+                        };
+                        suites.push(Suite {
+                            name: attr("name").unwrap_or_else(|| tag.to_owned()),
+                            declared: (num("tests"), failed, num("skipped")),
+                            counted: TestCounts::default(),
+                        });
+                        if empty {
+                            suites.pop().map(Suite::check).transpose()?;
+                        }
+                    }
                     "testcase" => {
                         let name = match (attr("classname"), attr("name")) {
                             (Some(c), Some(n)) if !c.is_empty() => format!("{c}::{n}"),
@@ -295,6 +344,9 @@ pub fn junit(xml: &[u8]) -> Result<TestResults, ParseError> {
                         };
                         if empty {
                             r.counts.passed += 1;
+                            for s in &mut suites {
+                                s.counted.passed += 1;
+                            }
                         } else {
                             case = Some((name, Outcome::Passed));
                         }
@@ -357,15 +409,22 @@ pub fn junit(xml: &[u8]) -> Result<TestResults, ParseError> {
                     }
                     "testcase" => {
                         if let Some((name, outcome)) = case.take() {
-                            match outcome {
-                                Outcome::Passed => r.counts.passed += 1,
-                                Outcome::Skipped => r.counts.skipped += 1,
-                                Outcome::Failed(message) => {
-                                    r.counts.failed += 1;
-                                    r.failures.push(TestFailure { name, message });
-                                }
+                            let bump = |c: &mut TestCounts| match outcome {
+                                Outcome::Passed => c.passed += 1,
+                                Outcome::Skipped => c.skipped += 1,
+                                Outcome::Failed(_) => c.failed += 1,
+                            };
+                            bump(&mut r.counts);
+                            for s in &mut suites {
+                                bump(&mut s.counted);
+                            }
+                            if let Outcome::Failed(message) = outcome {
+                                r.failures.push(TestFailure { name, message });
                             }
                         }
+                    }
+                    "testsuite" | "testsuites" => {
+                        suites.pop().map(Suite::check).transpose()?;
                     }
                     _ => {}
                 }

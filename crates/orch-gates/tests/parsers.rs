@@ -215,3 +215,47 @@ fn broken_coverage_reports_are_refused() {
     assert!(cobertura(b"\x00\x01\x02garbage").is_err());
     assert!(coverage_py_json("{\"meta\": {}}").is_err());
 }
+
+/// The totals a JUnit report declares (pytest puts them on
+/// `<testsuite>`, nextest on `<testsuites>` too) must be those of its
+/// test cases: a report edited to claim more tests, or no failures,
+/// fails, naming the suite; real reports pass.
+#[test]
+fn junit_totals_must_agree_with_the_test_cases() {
+    for name in ["pytest_junit.xml", "nextest_junit.xml"] {
+        let real = fixture(name);
+        assert!(junit(real.as_bytes()).is_ok(), "{name}");
+    }
+    let real = fixture("nextest_junit.xml");
+    for (from, to, why) in [
+        (
+            r#"name="rsdemo" tests="3""#,
+            r#"name="rsdemo" tests="30""#,
+            "suite \"rsdemo\" declares 30 tests but its test cases hold 3",
+        ),
+        (
+            r#"errors="0" failures="1">"#,
+            r#"errors="0" failures="0">"#,
+            "suite \"rsdemo\" declares 0 failures and errors but its test cases hold 1",
+        ),
+        (
+            r#"name="nextest-run" tests="3""#,
+            r#"name="nextest-run" tests="4""#,
+            "suite \"nextest-run\" declares 4 tests",
+        ),
+    ] {
+        assert!(real.contains(from), "{from}");
+        let edited = real.replacen(from, to, 1);
+        let e = junit(edited.as_bytes()).unwrap_err();
+        assert!(e.0.contains(why), "{}", e.0);
+    }
+    // Cases removed, totals left: the claim is refused too.
+    let e =
+        junit(br#"<testsuite name="s" tests="5" failures="0"><testcase name="a"/></testsuite>"#)
+            .unwrap_err();
+    assert!(
+        e.0.contains("declares 5 tests but its test cases hold 1"),
+        "{}",
+        e.0
+    );
+}
