@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use orch_core::plan::{CommandGateSpec, TestFormat, TestsGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
-use crate::common::{EXCERPT_LINES, cancelled, checked, inside, report, stale_or_missing, timeout};
+use crate::common::{
+    EXCERPT_LINES, cancelled, checked, config, inside, report, stale_or_missing, timeout,
+};
 use crate::results::{self, TestResults};
 use orch_core::process::{self, Exit};
 
@@ -112,6 +114,12 @@ impl TestsGate {
     /// [`GateError`] (config) when argv is empty or `junit` has no report.
     pub fn new(spec: TestsGateSpec) -> Result<Self, GateError> {
         let name = checked(GateSpec::Tests(spec.clone()))?;
+        if spec.min_tests == 0 && !spec.allow_no_tests {
+            return Err(config(
+                &name,
+                "min_tests = 0 passes a run in which no test ran; set allow_no_tests = true if that is meant",
+            ));
+        }
         Ok(TestsGate { name, spec })
     }
 }
@@ -224,6 +232,11 @@ impl Gate for TestsGate {
                     s.min_tests
                 )
             })
+        } else if let Some(max) = s.max_skipped.filter(|m| c.skipped > *m) {
+            Some(format!(
+                "{} tests were skipped; at most {max} may be",
+                c.skipped
+            ))
         } else if !out.success() {
             Some(format!(
                 "the results show no failures, but the test command {}",

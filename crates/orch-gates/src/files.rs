@@ -136,8 +136,16 @@ impl Gate for FilesGate {
                     problems.push(format!("{rel} is larger than {MAX_FILE_BYTES} bytes"));
                     continue;
                 }
-                if s.non_empty && len == 0 {
-                    problems.push(format!("{rel} is empty"));
+                // Whitespace is not content.
+                if s.non_empty
+                    && (len == 0
+                        || std::fs::read(&path)
+                            .is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace)))
+                {
+                    problems.push(format!(
+                        "{rel} is empty{}",
+                        if len > 0 { " (only whitespace)" } else { "" }
+                    ));
                     continue;
                 }
                 let needs_text = s.min_words.is_some()

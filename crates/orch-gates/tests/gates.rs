@@ -792,3 +792,42 @@ async fn a_setsid_daemon_of_a_gate_command_fails_it_and_does_not_delay_it() {
     let pid = read_pid(&d.path().join("daemon.pid"));
     assert!(!alive(pid), "the daemon outlived the gate");
 }
+
+/// `min_tests = 0` is refused unless `allow_no_tests` says it is meant;
+/// `max_skipped` bounds what may be skipped; a file of whitespace is not
+/// "non-empty".
+#[tokio::test]
+async fn no_tests_skipped_tests_and_whitespace_files_are_not_work() {
+    let d = tempfile::tempdir().unwrap();
+    let none = "printf 'running 0 tests\\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\\n'";
+    let e = orch_gates::from_spec(&spec(serde_json::json!(
+        {"kind": "tests", "format": "libtest", "min_tests": 0, "argv": ["sh", "-c", none]})))
+    .err()
+    .expect("refused");
+    assert_eq!(e.kind, orch_core::GateErrorKind::Config);
+    assert!(e.message.contains("set allow_no_tests = true"), "{e}");
+    let r = check(d.path(), serde_json::json!(
+        {"kind": "tests", "format": "libtest", "min_tests": 0, "allow_no_tests": true, "argv": ["sh", "-c", none]})).await;
+    assert!(r.passed(), "{}", r.reason);
+    let skipping = "printf 'running 5 tests\\ntest result: ok. 1 passed; 0 failed; 4 ignored; 0 measured; 0 filtered out\\n'";
+    let r = check(
+        d.path(),
+        serde_json::json!(
+        {"kind": "tests", "format": "libtest", "max_skipped": 2, "argv": ["sh", "-c", skipping]}),
+    )
+    .await;
+    assert!(!r.passed());
+    assert_eq!(r.reason, "4 tests were skipped; at most 2 may be");
+    std::fs::write(d.path().join("plan.md"), " \n\t\n").unwrap();
+    let r = check(
+        d.path(),
+        serde_json::json!({"kind": "files", "paths": ["plan.md"], "non_empty": true}),
+    )
+    .await;
+    assert!(!r.passed());
+    assert!(
+        r.reason.contains("plan.md is empty (only whitespace)"),
+        "{}",
+        r.reason
+    );
+}

@@ -104,9 +104,16 @@ pub struct TestsGateSpec {
     /// written during this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
-    /// Fewest tests that must have run (passed or failed); default 1.
+    /// Fewest tests that must have run (passed or failed); default 1. 0
+    /// accepts a run with no tests at all, and needs `allow_no_tests`.
     #[serde(default = "one")]
     pub min_tests: u32,
+    /// Says that `min_tests = 0` is meant: a run of no tests passes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_no_tests: bool,
+    /// Most tests that may be skipped (ignored); none: any number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_skipped: Option<u64>,
 }
 
 fn one() -> u32 {
