@@ -8,7 +8,8 @@ use orch_core::plan::{CommandGateSpec, TestFormat, TestsGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
 use crate::common::{
-    EXCERPT_LINES, cancelled, checked, config, inside, report, stale_or_missing, timeout,
+    EXCERPT_LINES, cancelled, checked, clear_report, config, inside, report, stale_or_missing,
+    timeout,
 };
 use crate::results::{self, TestResults};
 use orch_core::process::{self, Exit};
@@ -135,6 +136,11 @@ impl Gate for TestsGate {
         // (`stale_or_missing` allows for the file system's coarse clock.)
         let began = SystemTime::now();
         let s = &self.spec;
+        // Only what the command writes while it runs is read afterwards.
+        if let (TestFormat::Junit, Some(rel)) = (s.format, s.report.as_deref()) {
+            let path = inside(&self.name, &ctx.workdir, rel)?;
+            clear_report(&self.name, &path, rel)?;
+        }
         let cmd = command(
             &self.name,
             ctx,
@@ -145,6 +151,7 @@ impl Gate for TestsGate {
             s.timeout_secs,
         )?;
         let out = process::run(&cmd, &ctx.cancel).await;
+        let ended = SystemTime::now();
         if out.exit == Exit::Cancelled {
             return Err(cancelled(&self.name));
         }
@@ -181,7 +188,7 @@ impl Gate for TestsGate {
             TestFormat::Junit => {
                 let rel = s.report.as_deref().unwrap_or_default();
                 let path = inside(&self.name, &ctx.workdir, rel)?;
-                match stale_or_missing(&path, rel, began) {
+                match stale_or_missing(&path, rel, began, ended) {
                     Some(why) => Err(why),
                     None => match std::fs::read(&path) {
                         Ok(bytes) => {

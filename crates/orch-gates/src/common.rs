@@ -57,13 +57,40 @@ pub(crate) fn inside(gate: &str, workdir: &Path, rel: &str) -> Result<PathBuf, G
     })
 }
 
-/// Why a report file cannot be trusted, if it cannot.
 /// File times come from the kernel's coarse clock, which lags the precise
 /// one by up to a tick: a file written just after `since` can carry an
-/// earlier time. Reports this little older still count as fresh.
+/// earlier time. Reports this little older still count as fresh (a gate
+/// with a command removes the old report first, so no earlier file can
+/// use this).
 const MTIME_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
 
-pub(crate) fn stale_or_missing(path: &Path, rel: &str, since: SystemTime) -> Option<String> {
+/// Removes the report a gate's command is about to write, so that only
+/// what the command writes while it runs can be read afterwards (a report
+/// left from before, or planted, with any date, is gone).
+///
+/// # Errors
+/// A [`GateError`] when something is there and cannot be removed.
+pub(crate) fn clear_report(gate: &str, path: &Path, rel: &str) -> Result<(), GateError> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => Err(config(gate, format!("report {rel} is a directory"))),
+        Ok(_) => std::fs::remove_file(path).map_err(|e| GateError {
+            kind: orch_core::GateErrorKind::Io,
+            gate: gate.to_owned(),
+            message: format!("cannot remove the old report {rel} before the command runs: {e}"),
+        }),
+    }
+}
+
+/// Why a report file cannot be trusted, if it cannot: missing, not a
+/// file, written before `since`, or dated after `until` (when the command
+/// that wrote it had ended: written later, or dated into the future).
+pub(crate) fn stale_or_missing(
+    path: &Path,
+    rel: &str,
+    since: SystemTime,
+    until: SystemTime,
+) -> Option<String> {
     let since = since.checked_sub(MTIME_SLACK).unwrap_or(since);
     match std::fs::metadata(path) {
         Err(_) => Some(format!("report {rel} is missing")),
@@ -72,9 +99,40 @@ pub(crate) fn stale_or_missing(path: &Path, rel: &str, since: SystemTime) -> Opt
             Ok(t) if t < since => Some(format!(
                 "report {rel} is stale: it was written before this check began"
             )),
+            Ok(t) if t > until => Some(format!(
+                "report {rel} is dated {} after the command that should have written it ended (written later, or dated into the future)",
+                human(t.duration_since(until).unwrap_or_default())
+            )),
             Ok(_) => None,
             Err(e) => Some(format!("cannot read the time of report {rel}: {e}")),
         },
+    }
+}
+
+/// A report no command of the gate wrote (read as it is): it must be
+/// newer than every other file of the work tree that git would see, so
+/// that it describes the code as it is, not as it was when it was made.
+pub(crate) fn older_than_the_code(workdir: &Path, path: &Path, rel: &str) -> Option<String> {
+    let report = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    let newest = files_under(workdir, true)
+        .into_iter()
+        .filter(|(_, p)| p != path)
+        .filter_map(|(r, p)| Some((std::fs::metadata(&p).and_then(|m| m.modified()).ok()?, r)))
+        .max()?;
+    (newest.0 > report).then(|| {
+        format!(
+            "report {rel} is older than the code it describes: {} changed {} after it was written",
+            newest.1,
+            human(newest.0.duration_since(report).unwrap_or_default())
+        )
+    })
+}
+
+fn human(d: std::time::Duration) -> String {
+    if d.as_secs() >= 1 {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
     }
 }
 

@@ -6,7 +6,10 @@ use async_trait::async_trait;
 use orch_core::plan::{CoverageFormat, CoverageGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
-use crate::common::{EXCERPT_LINES, cancelled, checked, inside, report, stale_or_missing, timeout};
+use crate::common::{
+    EXCERPT_LINES, cancelled, checked, clear_report, inside, older_than_the_code, report,
+    stale_or_missing, timeout,
+};
 use crate::coverage_parse::{self, Coverage};
 use orch_core::process::{self, Exit};
 
@@ -44,7 +47,10 @@ impl Gate for CoverageGate {
         let mut since = ctx.since;
         let mut excerpt = String::new();
         let mut evidence = Evidence::default();
+        let mut until = None;
         if let Some(argv) = &s.argv {
+            // Only what the command writes while it runs is read.
+            clear_report(&self.name, &path, &s.report)?;
             since = SystemTime::now();
             let cmd = process::Command {
                 argv: argv.clone(),
@@ -55,6 +61,7 @@ impl Gate for CoverageGate {
                 ..Default::default()
             };
             let out = process::run(&cmd, &ctx.cancel).await;
+            until = Some(SystemTime::now());
             if out.exit == Exit::Cancelled {
                 return Err(cancelled(&self.name));
             }
@@ -69,7 +76,13 @@ impl Gate for CoverageGate {
                 ));
             }
         }
-        if let Some(why) = stale_or_missing(&path, &s.report, since) {
+        let why = match until {
+            Some(until) => stale_or_missing(&path, &s.report, since, until),
+            // Read as it is: also newer than every change to the code.
+            None => stale_or_missing(&path, &s.report, since, SystemTime::now())
+                .or_else(|| older_than_the_code(&ctx.workdir, &path, &s.report)),
+        };
+        if let Some(why) = why {
             return Ok(report(&self.name, false, why, evidence, started, excerpt));
         }
         let parsed = std::fs::read(&path)

@@ -9,7 +9,9 @@ use globset::{Glob, GlobMatcher};
 use orch_core::plan::{FilesGateSpec, MetricGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
-use crate::common::{checked, config, files_under, inside, report, stale_or_missing};
+use crate::common::{
+    checked, config, files_under, inside, older_than_the_code, report, stale_or_missing,
+};
 
 /// Largest file the gates read, in bytes.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
@@ -246,7 +248,9 @@ impl Gate for MetricGate {
                 String::new(),
             ))
         };
-        if let Some(why) = stale_or_missing(&path, &s.file, ctx.since) {
+        if let Some(why) = stale_or_missing(&path, &s.file, ctx.since, std::time::SystemTime::now())
+            .or_else(|| older_than_the_code(&ctx.workdir, &path, &s.file))
+        {
             return fail(why, Evidence::default());
         }
         let value: serde_json::Value = match std::fs::read(&path)

@@ -315,8 +315,39 @@ async fn junit_reports_must_be_fresh_and_whole() {
     let r = check(d.path(), serde_json::json!({"kind": "tests", "format": "junit", "report": "old.xml", "argv": ["true"]})).await;
     assert!(!r.passed());
     assert_eq!(
+        r.reason, "report old.xml is missing; the test command exited with status 0",
+        "the old report is removed before the command runs"
+    );
+    assert!(!old.exists());
+    // Planted with a date in the future, so that it looks fresh: removed
+    // all the same.
+    std::fs::write(&old, &fixture).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(3600))
+        .unwrap();
+    let r = check(d.path(), serde_json::json!({"kind": "tests", "format": "junit", "report": "old.xml", "argv": ["true"]})).await;
+    assert_eq!(
         r.reason,
-        "report old.xml is stale: it was written before this check began; the test command exited with status 0"
+        "report old.xml is missing; the test command exited with status 0"
+    );
+    // Written by the command, but dated into the future.
+    std::fs::write(d.path().join("src.xml"), &fixture).unwrap();
+    let r = check(
+        d.path(),
+        serde_json::json!({"kind": "tests", "format": "junit", "report": "r.xml",
+        "argv": ["sh", "-c", "cp src.xml r.xml && touch -d '+1 hour' r.xml"]}),
+    )
+    .await;
+    assert!(!r.passed());
+    assert!(
+        r.reason.starts_with("report r.xml is dated ")
+            && r.reason
+                .contains("after the command that should have written it ended"),
+        "{}",
+        r.reason
     );
     // Missing.
     let r = check(d.path(), serde_json::json!({"kind": "tests", "format": "junit", "report": "none.xml", "argv": ["true"]})).await;
@@ -540,6 +571,26 @@ async fn coverage_reports_must_be_fresh() {
         r.reason,
         "branch coverage 50.0% (1/2 branches) is below 60%"
     );
+    // Read as it is (no command): the code changed after the report was
+    // made, so it describes code that is no longer there.
+    std::fs::write(&p, &lcov).unwrap();
+    let src = d.path().join("calc.py");
+    std::fs::write(&src, "def add(a, b):\n    return a + b\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_millis(1500))
+        .unwrap();
+    let r = check(d.path(), serde_json::json!({"kind": "coverage", "format": "lcov", "report": "lcov.info", "min_line_percent": 10.0})).await;
+    assert!(!r.passed());
+    assert!(
+        r.reason
+            .starts_with("report lcov.info is older than the code it describes: calc.py changed"),
+        "{}",
+        r.reason
+    );
+    std::fs::remove_file(&src).unwrap();
     std::fs::write(&p, b"\x00\x9f garbage").unwrap();
     let r = check(d.path(), serde_json::json!({"kind": "coverage", "format": "lcov", "report": "lcov.info", "min_line_percent": 1.0})).await;
     assert!(!r.passed());
