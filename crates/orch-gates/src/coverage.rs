@@ -34,6 +34,49 @@ impl CoverageGate {
     }
 }
 
+impl CoverageGate {
+    /// Figures that cannot be true fail: more covered than instrumented
+    /// (over 100%), or, for LCOV, a source file the report names that is
+    /// not in the work tree (a report of another project, or made up).
+    fn believable(
+        &self,
+        ctx: &GateContext,
+        path: &std::path::Path,
+        c: Coverage,
+    ) -> Result<Coverage, crate::results::ParseError> {
+        if c.lines_covered > c.lines_total || c.branches_covered > c.branches_total {
+            return Err(crate::results::ParseError(format!(
+                "it covers more than it instruments ({} of {} lines, {} of {} branches)",
+                c.lines_covered, c.lines_total, c.branches_covered, c.branches_total
+            )));
+        }
+        if self.spec.format == CoverageFormat::Lcov {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let root = ctx
+                .workdir
+                .canonicalize()
+                .unwrap_or_else(|_| ctx.workdir.to_path_buf());
+            for f in crate::coverage_parse::lcov_files(&text) {
+                let p = std::path::Path::new(&f);
+                let full = if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    ctx.workdir.join(p)
+                };
+                let inside = full
+                    .canonicalize()
+                    .is_ok_and(|real| real.starts_with(&root));
+                if !inside {
+                    return Err(crate::results::ParseError(format!(
+                        "it names {f}, which is not a file of the work tree"
+                    )));
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
 #[async_trait]
 impl Gate for CoverageGate {
     fn name(&self) -> &str {
@@ -88,7 +131,7 @@ impl Gate for CoverageGate {
         let parsed = std::fs::read(&path)
             .map_err(|e| crate::results::ParseError(format!("cannot read: {e}")))
             .and_then(|bytes| parse(s.format, &bytes));
-        let cov = match parsed {
+        let cov = match parsed.and_then(|c| self.believable(ctx, &path, c)) {
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("report {} is unreadable: {}", s.report, e.0);

@@ -61,12 +61,38 @@ pub fn lcov(text: &str) -> Result<Coverage, ParseError> {
     }
     let mut rec = Rec::default();
     let mut records = 0;
-    let flush = |rec: &mut Rec, c: &mut Coverage| {
-        c.lines_total += rec.lf.unwrap_or(rec.da.0);
-        c.lines_covered += rec.lh.unwrap_or(rec.da.1);
-        c.branches_total += rec.brf.unwrap_or(rec.brda.0);
-        c.branches_covered += rec.brh.unwrap_or(rec.brda.1);
+    // The file of the open record, and whether anything was read in it.
+    let mut file = String::new();
+    let mut open = false;
+    // Totals a record declares must be those of its own lines: a report
+    // edited to claim coverage its records do not show is not trusted.
+    let flush = |rec: &mut Rec, c: &mut Coverage, file: &str| -> Result<(), ParseError> {
+        let agree = |what: &str, said: Option<u64>, counted: (u64, u64), hit: bool| {
+            let n = if hit { counted.1 } else { counted.0 };
+            match said {
+                Some(v) if counted.0 > 0 && v != n => Err(ParseError(format!(
+                    "the record of {file} declares {what}:{v}, but its lines show {n}"
+                ))),
+                _ => Ok(()),
+            }
+        };
+        agree("LF", rec.lf, rec.da, false)?;
+        agree("LH", rec.lh, rec.da, true)?;
+        agree("BRF", rec.brf, rec.brda, false)?;
+        agree("BRH", rec.brh, rec.brda, true)?;
+        let (lt, lc) = (rec.lf.unwrap_or(rec.da.0), rec.lh.unwrap_or(rec.da.1));
+        let (bt, bc) = (rec.brf.unwrap_or(rec.brda.0), rec.brh.unwrap_or(rec.brda.1));
+        if lc > lt || bc > bt {
+            return Err(ParseError(format!(
+                "the record of {file} covers more than it instruments ({lc} of {lt} lines, {bc} of {bt} branches)"
+            )));
+        }
+        c.lines_total += lt;
+        c.lines_covered += lc;
+        c.branches_total += bt;
+        c.branches_covered += bc;
         *rec = Rec::default();
+        Ok(())
     };
     let num = |s: &str| s.trim().parse::<u64>().ok();
     for line in text.lines() {
@@ -74,11 +100,14 @@ pub fn lcov(text: &str) -> Result<Coverage, ParseError> {
         let Some((key, value)) = line.split_once(':') else {
             if line == "end_of_record" {
                 records += 1;
-                flush(&mut rec, &mut c);
+                flush(&mut rec, &mut c, &file)?;
+                open = false;
             }
             continue;
         };
+        open = true;
         match key {
+            "SF" => file = value.trim().to_owned(),
             "LF" => rec.lf = num(value),
             "LH" => rec.lh = num(value),
             "BRF" => rec.brf = num(value),
@@ -102,7 +131,26 @@ pub fn lcov(text: &str) -> Result<Coverage, ParseError> {
             "no LCOV records (no `end_of_record` line)".into(),
         ));
     }
+    if open {
+        return Err(ParseError(format!(
+            "the report ends in the middle of a record ({}): cut off?",
+            if file.is_empty() {
+                "no file named"
+            } else {
+                &file
+            }
+        )));
+    }
     Ok(c)
+}
+
+/// The source files an LCOV tracefile names (`SF:` lines), for checking
+/// that they exist in the work tree it claims to describe.
+pub fn lcov_files(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("SF:"))
+        .map(|f| f.trim().to_owned())
+        .collect()
 }
 
 /// Parses the totals of a Cobertura XML report (root `<coverage>`).

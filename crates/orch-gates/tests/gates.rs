@@ -545,6 +545,20 @@ async fn coverage_reports_must_be_fresh() {
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
+    // The source files the report names, from before the report.
+    for l in String::from_utf8_lossy(&lcov).lines() {
+        if let Some(f) = l.strip_prefix("SF:") {
+            let src = d.path().join(f);
+            std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+            std::fs::write(&src, "# source\n").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&src)
+                .unwrap()
+                .set_modified(SystemTime::now() - Duration::from_secs(120))
+                .unwrap();
+        }
+    }
     let p = d.path().join("lcov.info");
     std::fs::write(&p, &lcov).unwrap();
     std::fs::File::options()
@@ -590,7 +604,49 @@ async fn coverage_reports_must_be_fresh() {
         "{}",
         r.reason
     );
-    std::fs::remove_file(&src).unwrap();
+    std::fs::write(&src, "def add(a, b):\n    return a + b\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(120))
+        .unwrap();
+    // Figures that cannot be true.
+    let text = String::from_utf8_lossy(&lcov).into_owned();
+    let lf = text
+        .lines()
+        .find(|l| l.starts_with("LF:"))
+        .unwrap()
+        .to_owned();
+    let lh = text
+        .lines()
+        .find(|l| l.starts_with("LH:"))
+        .unwrap()
+        .to_owned();
+    let tricks = [
+        (
+            text.replacen(&lh, "LH:999", 1),
+            "declares LH:999, but its lines show",
+        ),
+        (
+            text.replacen(&lf, "LF:1", 1),
+            "declares LF:1, but its lines show",
+        ),
+        (
+            text.replacen("SF:", "SF:elsewhere/", 1),
+            "which is not a file of the work tree",
+        ),
+        (
+            text[..text.rfind("end_of_record").unwrap()].to_owned(),
+            "ends in the middle of a record",
+        ),
+    ];
+    for (report, why) in tricks {
+        std::fs::write(&p, report).unwrap();
+        let r = check(d.path(), serde_json::json!({"kind": "coverage", "format": "lcov", "report": "lcov.info", "min_line_percent": 1.0})).await;
+        assert!(!r.passed());
+        assert!(r.reason.contains(why), "{why}: {}", r.reason);
+    }
     std::fs::write(&p, b"\x00\x9f garbage").unwrap();
     let r = check(d.path(), serde_json::json!({"kind": "coverage", "format": "lcov", "report": "lcov.info", "min_line_percent": 1.0})).await;
     assert!(!r.passed());
