@@ -8,8 +8,8 @@ use orch_core::plan::{CommandGateSpec, TestFormat, TestsGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
 use crate::common::{
-    EXCERPT_LINES, cancelled, checked, clear_report, config, inside, report, stale_or_missing,
-    timeout,
+    EXCERPT_LINES, cancelled, checked, clear_report, config, inside, read_report, report,
+    stale_or_missing, timeout,
 };
 use crate::results::{self, TestResults};
 use orch_core::process::{self, Exit};
@@ -190,12 +190,9 @@ impl Gate for TestsGate {
                 let path = inside(&self.name, &ctx.workdir, rel)?;
                 match stale_or_missing(&path, rel, began, ended) {
                     Some(why) => Err(why),
-                    None => match std::fs::read(&path) {
-                        Ok(bytes) => {
-                            results::junit(&bytes).map_err(|e| format!("report {rel}: {}", e.0))
-                        }
-                        Err(e) => Err(format!("cannot read report {rel}: {e}")),
-                    },
+                    None => read_report(&path, rel).and_then(|bytes| {
+                        results::junit(&bytes).map_err(|e| format!("report {rel}: {}", e.0))
+                    }),
                 }
             }
         };

@@ -64,6 +64,31 @@ pub(crate) fn inside(gate: &str, workdir: &Path, rel: &str) -> Result<PathBuf, G
 /// use this).
 const MTIME_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// The largest report a gate reads (test results, coverage, a metric
+/// file): a bigger one is refused before it is read, so a huge (or
+/// sparse, or endless) file cannot take the memory of the machine.
+pub const MAX_REPORT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads a report of at most [`MAX_REPORT_BYTES`], stopping there
+/// whatever size the file claims.
+///
+/// # Errors
+/// A message naming the report: unreadable, or over the limit.
+pub(crate) fn read_report(path: &Path, rel: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read report {rel}: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_REPORT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read report {rel}: {e}"))?;
+    if bytes.len() as u64 > MAX_REPORT_BYTES {
+        return Err(format!(
+            "report {rel} is larger than {MAX_REPORT_BYTES} bytes (64 MiB), the most a gate reads"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Removes the report a gate's command is about to write, so that only
 /// what the command writes while it runs can be read afterwards (a report
 /// left from before, or planted, with any date, is gone).

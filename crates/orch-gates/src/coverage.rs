@@ -7,8 +7,8 @@ use orch_core::plan::{CoverageFormat, CoverageGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
 use crate::common::{
-    EXCERPT_LINES, cancelled, checked, clear_report, inside, older_than_the_code, report,
-    stale_or_missing, timeout,
+    EXCERPT_LINES, cancelled, checked, clear_report, inside, older_than_the_code, read_report,
+    report, stale_or_missing, timeout,
 };
 use crate::coverage_parse::{self, Coverage};
 use orch_core::process::{self, Exit};
@@ -41,7 +41,7 @@ impl CoverageGate {
     fn believable(
         &self,
         ctx: &GateContext,
-        path: &std::path::Path,
+        bytes: &[u8],
         c: Coverage,
     ) -> Result<Coverage, crate::results::ParseError> {
         if c.lines_covered > c.lines_total || c.branches_covered > c.branches_total {
@@ -51,7 +51,7 @@ impl CoverageGate {
             )));
         }
         if self.spec.format == CoverageFormat::Lcov {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let text = String::from_utf8_lossy(bytes);
             let root = ctx
                 .workdir
                 .canonicalize()
@@ -128,10 +128,12 @@ impl Gate for CoverageGate {
         if let Some(why) = why {
             return Ok(report(&self.name, false, why, evidence, started, excerpt));
         }
-        let parsed = std::fs::read(&path)
-            .map_err(|e| crate::results::ParseError(format!("cannot read: {e}")))
-            .and_then(|bytes| parse(s.format, &bytes));
-        let cov = match parsed.and_then(|c| self.believable(ctx, &path, c)) {
+        let bytes = match read_report(&path, &s.report) {
+            Ok(b) => b,
+            Err(why) => return Ok(report(&self.name, false, why, evidence, started, excerpt)),
+        };
+        let parsed = parse(s.format, &bytes);
+        let cov = match parsed.and_then(|c| self.believable(ctx, &bytes, c)) {
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("report {} is unreadable: {}", s.report, e.0);

@@ -10,7 +10,8 @@ use orch_core::plan::{FilesGateSpec, MetricGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
 use crate::common::{
-    checked, config, files_under, inside, older_than_the_code, report, stale_or_missing,
+    checked, config, files_under, inside, older_than_the_code, read_report, report,
+    stale_or_missing,
 };
 
 /// Largest file the gates read, in bytes.
@@ -253,10 +254,11 @@ impl Gate for MetricGate {
         {
             return fail(why, Evidence::default());
         }
-        let value: serde_json::Value = match std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
+        let bytes = match read_report(&path, &s.file) {
+            Ok(b) => b,
+            Err(why) => return fail(why, Evidence::default()),
+        };
+        let value: serde_json::Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
                 return fail(

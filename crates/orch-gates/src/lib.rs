@@ -48,6 +48,7 @@ use std::sync::Arc;
 use orch_core::{Gate, GateError, GateSpec};
 
 pub use command::{CommandGate, TestsGate};
+pub use common::MAX_REPORT_BYTES;
 pub use coverage::CoverageGate;
 pub use files::{FilesGate, MAX_FILE_BYTES, MetricGate, word_count};
 pub use group::{GroupGate, Mode, check_all};

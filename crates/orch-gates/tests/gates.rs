@@ -938,3 +938,46 @@ async fn no_tests_skipped_tests_and_whitespace_files_are_not_work() {
         r.reason
     );
 }
+
+/// A report larger than a gate reads (a sparse 1 GiB file costs nothing
+/// on disk) is refused before it is read, whatever kind of gate reads it.
+#[tokio::test]
+async fn huge_reports_are_refused_before_they_are_read() {
+    let d = tempfile::tempdir().unwrap();
+    let r = check(
+        d.path(),
+        serde_json::json!({"kind": "tests", "format": "junit", "report": "r.xml",
+        "argv": ["truncate", "-s", "1G", "r.xml"]}),
+    )
+    .await;
+    assert!(!r.passed());
+    assert!(
+        r.reason
+            .starts_with("report r.xml is larger than 67108864 bytes"),
+        "{}",
+        r.reason
+    );
+    let r = check(
+        d.path(),
+        serde_json::json!({"kind": "coverage", "format": "lcov", "report": "lcov.info",
+        "argv": ["truncate", "-s", "1G", "lcov.info"], "min_line_percent": 1.0}),
+    )
+    .await;
+    assert!(!r.passed());
+    assert!(
+        r.reason.starts_with("report lcov.info is larger than"),
+        "{}",
+        r.reason
+    );
+    std::fs::File::create(d.path().join("perf.json"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let r = check(d.path(), serde_json::json!({"kind": "metric", "file": "perf.json", "pointer": "/p99_ms", "max": 100.0})).await;
+    assert!(!r.passed());
+    assert!(
+        r.reason.starts_with("report perf.json is larger than"),
+        "{}",
+        r.reason
+    );
+}
