@@ -62,35 +62,50 @@ impl FilesGate {
     }
 }
 
+/// The lines of a Markdown document outside code fences (``` or ~~~):
+/// what the document says, not what it quotes.
+fn outside_fences(text: &str) -> impl Iterator<Item = &str> {
+    let mut fence: Option<&str> = None;
+    text.lines().filter(move |line| {
+        let t = line.trim_start();
+        let marker = ["```", "~~~"].into_iter().find(|m| t.starts_with(m));
+        match (fence, marker) {
+            (None, Some(m)) => {
+                fence = Some(m);
+                false
+            }
+            (Some(open), Some(m)) if open == m => {
+                fence = None;
+                false
+            }
+            (None, None) => true,
+            (Some(_), _) => false,
+        }
+    })
+}
+
 /// Words of a Markdown document outside code fences: whitespace-separated
 /// tokens with at least one letter or digit.
 pub fn word_count(text: &str) -> u32 {
-    let mut fenced = false;
-    let mut n = 0u32;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
-        if !fenced {
-            n += line
-                .split_whitespace()
+    outside_fences(text)
+        .map(|line| {
+            line.split_whitespace()
                 .filter(|w| w.chars().any(char::is_alphanumeric))
-                .count() as u32;
-        }
-    }
-    n
+                .count() as u32
+        })
+        .sum()
 }
 
+/// Whether the document has a heading (`#` to `######`, then a space)
+/// outside code fences whose text contains `section`.
 fn has_heading(text: &str, section: &str) -> bool {
     let want = section.to_lowercase();
-    text.lines().any(|l| {
+    outside_fences(text).any(|l| {
         let t = l.trim_start();
-        t.starts_with('#')
-            && t.trim_start_matches('#')
-                .trim()
-                .to_lowercase()
-                .contains(&want)
+        let hashes = t.len() - t.trim_start_matches('#').len();
+        (1..=6).contains(&hashes)
+            && t[hashes..].starts_with([' ', '\t'])
+            && t[hashes..].trim().to_lowercase().contains(&want)
     })
 }
 

@@ -981,3 +981,26 @@ async fn huge_reports_are_refused_before_they_are_read() {
         r.reason
     );
 }
+
+/// A heading inside a code fence is quoted, not a section of the
+/// document; nor is `#hashtag` a heading.
+#[tokio::test]
+async fn headings_in_code_fences_are_not_sections() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("ADR.md"),
+        "# Context\nwords\n```md\n## Decision\n```\n~~~\n## Consequences\n~~~\n#Alternatives\n",
+    )
+    .unwrap();
+    let r = check(
+        d.path(),
+        serde_json::json!({"kind": "files", "paths": ["ADR.md"],
+        "sections": ["Context", "Decision", "Consequences", "Alternatives"]}),
+    )
+    .await;
+    assert!(!r.passed());
+    assert_eq!(
+        r.reason,
+        "ADR.md has no \"Decision\" heading; ADR.md has no \"Consequences\" heading; ADR.md has no \"Alternatives\" heading"
+    );
+}
