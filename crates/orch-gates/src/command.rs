@@ -211,18 +211,23 @@ impl Gate for TestsGate {
         let reason = if c.failed > 0 {
             let names: Vec<&str> = r.failures.iter().take(5).map(|f| f.name.as_str()).collect();
             let more = r.failures.len().saturating_sub(5);
-            Some(format!(
-                "{} of {} tests failed{}{}{}",
-                c.failed,
-                c.ran(),
-                if names.is_empty() { "" } else { ": " },
-                names.join(", "),
-                if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                }
-            ))
+            Some(
+                format!(
+                    "{} of {} tests failed{}{}{}",
+                    c.failed,
+                    c.ran(),
+                    if names.is_empty() { "" } else { ": " },
+                    names.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                ) + &r
+                    .incomplete
+                    .map(|(ran, meant)| format!("; the run stopped after {ran} of {meant} tests"))
+                    .unwrap_or_default(),
+            )
         } else if c.ran() < u64::from(s.min_tests) {
             Some(if c.ran() == 0 {
                 format!(
@@ -236,6 +241,8 @@ impl Gate for TestsGate {
                     s.min_tests
                 )
             })
+        } else if let Some((ran, meant)) = r.incomplete {
+            Some(format!("the test run stopped after {ran} of {meant} tests"))
         } else if let Some(max) = s.max_skipped.filter(|m| c.skipped > *m) {
             Some(format!(
                 "{} tests were skipped; at most {max} may be",

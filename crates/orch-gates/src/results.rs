@@ -16,6 +16,9 @@ pub struct TestResults {
     pub counts: TestCounts,
     /// Failing tests, in the order reported.
     pub failures: Vec<TestFailure>,
+    /// The run stopped before every test ran: (ran, meant to run), as
+    /// nextest says `2/4 tests run` when it cancels after a failure.
+    pub incomplete: Option<(u64, u64)>,
 }
 
 /// Why a report could not be read.
@@ -207,8 +210,12 @@ impl Suite {
 /// When the output holds no `Summary` line.
 pub fn nextest(output: &str) -> Result<TestResults, ParseError> {
     static SUMMARY: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"^\s*Summary \[[^\]]*\]\s+\d+ tests? run: (.*)$").expect("static regex")
+        Regex::new(r"^\s*Summary \[[^\]]*\]\s+(\d+)(?:/(\d+))? tests? run: (.*)$")
+            .expect("static regex")
     });
+    // Qualifiers of tests already counted: "2 passed (1 flaky, 1 slow)".
+    static QUALIFIERS: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\([^)]*\)").expect("static regex"));
     static ITEM: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"(\d+) ([a-z][a-z ]*[a-z])").expect("static regex"));
     static STATUS: LazyLock<Regex> = LazyLock::new(|| {
@@ -225,7 +232,16 @@ pub fn nextest(output: &str) -> Result<TestResults, ParseError> {
         return Err(ParseError("no nextest `Summary` line in the output".into()));
     };
     let mut r = TestResults::default();
-    for item in ITEM.captures_iter(&caps[1]) {
+    let ran: u64 = caps[1].parse().unwrap_or(0);
+    if let Some(meant) = caps.get(2).and_then(|m| m.as_str().parse::<u64>().ok())
+        && meant != ran
+    {
+        r.incomplete = Some((ran, meant));
+    }
+    // A flaky test passed in the end: counted once, as passed (the
+    // "(1 flaky)" after "passed" qualifies tests already counted).
+    let items = QUALIFIERS.replace_all(&caps[3], "");
+    for item in ITEM.captures_iter(&items) {
         let n: u64 = item[1].parse().unwrap_or(0);
         match &item[2] {
             "passed" | "flaky" => r.counts.passed += n,
@@ -233,6 +249,12 @@ pub fn nextest(output: &str) -> Result<TestResults, ParseError> {
             "failed" | "timed out" | "exec fail" | "exec failed" => r.counts.failed += n,
             _ => {} // "leaky", "slow", ... qualify tests already counted
         }
+    }
+    if r.counts.passed + r.counts.failed != ran {
+        return Err(ParseError(format!(
+            "the summary says {ran} tests ran, but counts {} passed and {} failed",
+            r.counts.passed, r.counts.failed
+        )));
     }
     // Failing tests are listed again after the summary.
     let mut names: Vec<String> = Vec::new();

@@ -259,3 +259,38 @@ fn junit_totals_must_agree_with_the_test_cases() {
         e.0
     );
 }
+
+/// nextest: a flaky test (failed, then passed on a retry) is counted once,
+/// as passed; a run cancelled after a failure (`2/3 tests run`) still
+/// names the failing test with its message and says it stopped; a
+/// summary whose counts do not add up to the tests it says ran fails.
+#[test]
+fn nextest_flaky_cancelled_and_lying_summaries() {
+    let real = fixture("nextest_human.txt");
+    let summary = "3 tests run: 2 passed, 1 failed, 1 skipped";
+    assert!(real.contains(summary));
+    let flaky = real.replace(summary, "3 tests run: 3 passed (1 flaky), 1 skipped");
+    let r = nextest(&flaky).unwrap();
+    assert_eq!(
+        (r.counts.passed, r.counts.failed),
+        (3, 0),
+        "flaky counted once"
+    );
+    let cancelled = real.replace(summary, "2/3 tests run: 1 passed, 1 failed, 1 skipped");
+    let r = nextest(&cancelled).unwrap();
+    assert_eq!(r.incomplete, Some((2, 3)));
+    assert_eq!(r.failures.len(), 1);
+    assert_eq!(r.failures[0].name, "rsdemo tests::fails");
+    assert!(
+        r.failures[0].message.contains("math is broken"),
+        "{}",
+        r.failures[0].message
+    );
+    let lying = real.replace(summary, "3 tests run: 30 passed, 1 skipped");
+    let e = nextest(&lying).unwrap_err();
+    assert!(
+        e.0.contains("says 3 tests ran, but counts 30 passed and 0 failed"),
+        "{}",
+        e.0
+    );
+}
