@@ -156,7 +156,8 @@ impl Gate for PatternsGate {
         let mut hits: Vec<Hit> = Vec::new();
         let mut total = 0usize;
         let mut scanned = 0usize;
-        for (rel, path) in crate::common::files_under(&root, true) {
+        let mut unscanned: Vec<String> = Vec::new();
+        for (rel, path) in committable(&root) {
             if ctx.cancel.is_cancelled() {
                 return Err(crate::common::cancelled(&self.name));
             }
@@ -165,35 +166,71 @@ impl Gate for PatternsGate {
             {
                 continue;
             }
-            if std::fs::metadata(&path).map_or(true, |m| m.len() > MAX_FILE_BYTES) {
-                continue;
-            }
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
+            // Read as git would commit it: a link is its target's name
+            // (never followed out of the work tree, nor into a FIFO).
+            let bytes = match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_symlink() => std::fs::read_link(&path)
+                    .map(|t| t.as_os_str().as_encoded_bytes().to_vec())
+                    .unwrap_or_default(),
+                Ok(m) if m.len() > MAX_FILE_BYTES => {
+                    unscanned.push(format!("{rel} is larger than {MAX_FILE_BYTES} bytes"));
+                    continue;
+                }
+                Ok(m) if !m.is_file() => continue,
+                Ok(_) => match std::fs::read(&path) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        unscanned.push(format!("{rel} cannot be read ({e})"));
+                        continue;
+                    }
+                },
+                Err(_) => continue, // listed by git, gone from the tree
             };
-            if bytes[..bytes.len().min(8192)].contains(&0) {
-                continue; // binary
-            }
             scanned += 1;
-            let text = String::from_utf8_lossy(&bytes);
-            for (i, line) in text.lines().enumerate() {
-                for rule in &self.rules {
-                    let found = rule
-                        .regex
-                        .find_iter(line)
-                        .any(|m| rule.confirm.is_none_or(|c| c(m.as_str())));
-                    if found {
-                        total += 1;
-                        if hits.len() < self.max_hits {
-                            hits.push(Hit {
-                                file: rel.clone(),
-                                line: i as u64 + 1,
-                                rule: rule.name.clone(),
-                            });
+            // Binary files are scanned too (as text where they hold
+            // some), and UTF-16 text as what it says.
+            let mut texts = vec![String::from_utf8_lossy(&bytes).into_owned()];
+            texts.extend(utf16(&bytes));
+            for text in &texts {
+                for (i, line) in text.lines().enumerate() {
+                    for rule in &self.rules {
+                        let found = rule
+                            .regex
+                            .find_iter(line)
+                            .any(|m| rule.confirm.is_none_or(|c| c(m.as_str())));
+                        if found {
+                            total += 1;
+                            if hits.len() < self.max_hits {
+                                hits.push(Hit {
+                                    file: rel.clone(),
+                                    line: i as u64 + 1,
+                                    rule: rule.name.clone(),
+                                });
+                            }
                         }
                     }
                 }
             }
+        }
+        if !unscanned.is_empty() && total == 0 {
+            let reason = format!(
+                "{} file(s) git would commit could not be scanned: {}",
+                unscanned.len(),
+                unscanned
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            return Ok(report(
+                &self.name,
+                false,
+                reason,
+                Evidence::default(),
+                started,
+                String::new(),
+            ));
         }
         let passed = total == 0;
         let reason = if passed {
@@ -228,6 +265,106 @@ impl Gate for PatternsGate {
             String::new(),
         ))
     }
+}
+
+/// The files of the work tree at `root` that git would commit: tracked
+/// ones (force-added included) and untracked ones the repository's own
+/// ignore rules (`.gitignore`, `info/exclude`) do not ignore. Neither a
+/// global excludes file nor `.ignore`/`.rgignore` files hide anything.
+/// Outside a git work tree: every file but `.git`, `.gitignore` rules
+/// kept.
+fn committable(root: &std::path::Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut git = std::process::Command::new("git");
+    git.args([
+        "-c",
+        "core.excludesFile=",
+        "ls-files",
+        "-z",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+        "--deduplicate",
+    ])
+    .current_dir(root);
+    match orch_core::process::output(&git) {
+        Ok(out) if out.status.success() => {
+            let mut files: Vec<(String, std::path::PathBuf)> = out
+                .stdout
+                .split(|b| *b == 0)
+                .filter(|f| !f.is_empty())
+                .map(|f| {
+                    let rel = String::from_utf8_lossy(f).into_owned();
+                    let path = root.join(&rel);
+                    (rel, path)
+                })
+                .collect();
+            files.sort();
+            files
+        }
+        _ => {
+            let mut walker = ignore::WalkBuilder::new(root);
+            walker
+                .hidden(false)
+                .parents(false)
+                .ignore(false)
+                .git_global(false)
+                .git_exclude(true)
+                .git_ignore(true)
+                .require_git(false)
+                .follow_links(false);
+            let mut files: Vec<(String, std::path::PathBuf)> = walker
+                .filter_entry(|e| e.file_name() != ".git")
+                .build()
+                .flatten()
+                .filter(|e| e.file_type().is_some_and(|t| t.is_file() || t.is_symlink()))
+                .filter_map(|e| {
+                    let rel = e
+                        .path()
+                        .strip_prefix(root)
+                        .ok()?
+                        .to_string_lossy()
+                        .into_owned();
+                    Some((rel, e.into_path()))
+                })
+                .collect();
+            files.sort();
+            files
+        }
+    }
+}
+
+/// The text of `bytes` read as UTF-16 (little or big endian), when they
+/// look like it: a byte order mark, or every other byte zero.
+fn utf16(bytes: &[u8]) -> Option<String> {
+    let (le, body) = match bytes {
+        [0xFF, 0xFE, rest @ ..] => (true, rest),
+        [0xFE, 0xFF, rest @ ..] => (false, rest),
+        _ => {
+            let head = &bytes[..bytes.len().min(64)];
+            if head.len() < 4 {
+                return None;
+            }
+            let odd_zero = head.iter().skip(1).step_by(2).all(|b| *b == 0);
+            let even_zero = head.iter().step_by(2).all(|b| *b == 0);
+            match (odd_zero, even_zero) {
+                (true, false) => (true, bytes),
+                (false, true) => (false, bytes),
+                _ => return None,
+            }
+        }
+    };
+    let units = body.chunks_exact(2).map(|p| {
+        if le {
+            u16::from_le_bytes([p[0], p[1]])
+        } else {
+            u16::from_be_bytes([p[0], p[1]])
+        }
+    });
+    Some(
+        char::decode_utf16(units)
+            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

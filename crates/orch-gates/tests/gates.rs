@@ -696,19 +696,20 @@ async fn forbidden_patterns_respect_gitignore_and_cap_hits() {
     assert_eq!(
         hits,
         [
+            "bin/blob:1 AWS access key id",
             "logs/app.log:1 e-mail address",
             "logs/app.log:1 payment card number",
             "src/config.py:2 AWS access key id",
             "src/deploy.pem:1 private key",
             "src/main.rs:2 non-ASCII in a log message",
         ],
-        "ignored files, binary files and a non-Luhn number are not hits"
+        "ignored files and a non-Luhn number are not hits; binary files are scanned"
     );
     let r = check(d.path(), serde_json::json!({"kind": "forbidden_patterns", "builtin": ["secrets", "pii", "non_ascii_logs"], "max_hits": 2})).await;
     assert_eq!(r.evidence.hits.len(), 2);
     assert!(
         r.reason
-            .starts_with("5 forbidden pattern hit(s), first 2 listed: "),
+            .starts_with("6 forbidden pattern hit(s), first 2 listed: "),
         "{}",
         r.reason
     );
@@ -1002,5 +1003,97 @@ async fn headings_in_code_fences_are_not_sections() {
     assert_eq!(
         r.reason,
         "ADR.md has no \"Decision\" heading; ADR.md has no \"Consequences\" heading; ADR.md has no \"Alternatives\" heading"
+    );
+}
+
+/// The secret scan sees exactly what git would commit: tracked files
+/// (force-added ones included) and untracked ones the repository's own
+/// `.gitignore` does not ignore. `.ignore` and `.rgignore` files hide
+/// nothing; binary and UTF-16 files are scanned; a file too large to scan
+/// fails the gate instead of being skipped; a link is not followed (what
+/// git commits is its target's name).
+#[tokio::test]
+async fn the_secret_scan_sees_what_git_would_commit() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let git = |args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(root)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    let w = |rel: &str, bytes: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    };
+    let key = "AKIAABCDEFGHIJKLMNOP";
+    w(".gitignore", b"build/\nforced.txt\n");
+    w(".ignore", b"hidden-from-rg.txt\n");
+    w(".rgignore", b"also-hidden.txt\n");
+    w("hidden-from-rg.txt", format!("k = {key}\n").as_bytes());
+    w("also-hidden.txt", format!("k = {key}\n").as_bytes());
+    w("build/out.txt", format!("k = {key}\n").as_bytes()); // ignored: not committed
+    w("forced.txt", format!("k = {key}\n").as_bytes());
+    git(&["add", "-f", "forced.txt"]);
+    let utf16: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(
+            format!("k = {key}\n")
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes),
+        )
+        .collect();
+    w("notes-utf16.txt", &utf16);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), format!("{key}\n")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), root.join("link")).unwrap();
+    let r = check(
+        root,
+        serde_json::json!({"kind": "forbidden_patterns", "builtin": ["secrets"]}),
+    )
+    .await;
+    let mut files: Vec<&str> = r.evidence.hits.iter().map(|h| h.file.as_str()).collect();
+    files.sort_unstable();
+    assert_eq!(
+        files,
+        [
+            "also-hidden.txt",
+            "forced.txt",
+            "hidden-from-rg.txt",
+            "notes-utf16.txt"
+        ],
+        "{}",
+        r.reason
+    );
+    // Too large to scan: the gate fails, it does not skip the file.
+    std::fs::File::create(root.join("huge.bin"))
+        .unwrap()
+        .set_len(orch_gates::MAX_FILE_BYTES + 1)
+        .unwrap();
+    for f in [
+        "also-hidden.txt",
+        "forced.txt",
+        "hidden-from-rg.txt",
+        "notes-utf16.txt",
+    ] {
+        std::fs::write(root.join(f), "clean\n").unwrap();
+    }
+    let r = check(
+        root,
+        serde_json::json!({"kind": "forbidden_patterns", "builtin": ["secrets"]}),
+    )
+    .await;
+    assert!(!r.passed());
+    assert!(
+        r.reason
+            .contains("could not be scanned: huge.bin is larger than"),
+        "{}",
+        r.reason
     );
 }
