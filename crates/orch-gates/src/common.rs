@@ -193,11 +193,25 @@ pub(crate) fn files_under(root: &Path, gitignore: bool) -> Vec<(String, PathBuf)
     } else {
         walker.standard_filters(false);
     }
+    walk(root, &walker, false)
+}
+
+/// The files (and, with `links`, the symbolic links) `walker` finds under
+/// `root`, `.git` left out, each with its path relative to `root`, sorted.
+pub(crate) fn walk(
+    root: &Path,
+    walker: &ignore::WalkBuilder,
+    links: bool,
+) -> Vec<(String, PathBuf)> {
     let mut out: Vec<(String, PathBuf)> = walker
+        .clone()
         .filter_entry(|e| e.file_name() != ".git")
         .build()
         .flatten()
-        .filter(|e| e.file_type().is_some_and(|t| t.is_file()))
+        .filter(|e| {
+            e.file_type()
+                .is_some_and(|t| t.is_file() || (links && t.is_symlink()))
+        })
         .filter_map(|e| {
             let rel = e
                 .path()

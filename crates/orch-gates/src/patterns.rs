@@ -312,23 +312,7 @@ fn committable(root: &std::path::Path) -> Vec<(String, std::path::PathBuf)> {
                 .git_ignore(true)
                 .require_git(false)
                 .follow_links(false);
-            let mut files: Vec<(String, std::path::PathBuf)> = walker
-                .filter_entry(|e| e.file_name() != ".git")
-                .build()
-                .flatten()
-                .filter(|e| e.file_type().is_some_and(|t| t.is_file() || t.is_symlink()))
-                .filter_map(|e| {
-                    let rel = e
-                        .path()
-                        .strip_prefix(root)
-                        .ok()?
-                        .to_string_lossy()
-                        .into_owned();
-                    Some((rel, e.into_path()))
-                })
-                .collect();
-            files.sort();
-            files
+            crate::common::walk(root, &walker, true)
         }
     }
 }
