@@ -842,6 +842,85 @@ fn a_batch_branch_that_is_checked_out_is_refused() {
     );
 }
 
+/// Test definition freezes `tests/**`; the implementation agent's first
+/// attempt "fixes" a failing test by editing it, deletes another and adds
+/// a third: the attempt fails before its gates, naming each file with the
+/// diff, which is the feedback of the next attempt; that one puts the
+/// tests back as the feedback asks and passes. The branch holds the tests
+/// as written.
+#[test]
+fn an_implementation_that_changes_frozen_tests_does_not_pass() {
+    let s = crash_setup();
+    std::fs::write(
+        &s.plan,
+        r#"
+name = "frozen"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["sh", "-c", "cat > /dev/null; case $ORCH_PHASE-$ORCH_ATTEMPT in tests-*) mkdir -p tests; echo 'assert add(2, 2) == 4' > tests/test_add.txt; echo 'assert sub(3, 1) == 2' > tests/test_sub.txt;; impl-1) echo 'assert True' > tests/test_add.txt; rm tests/test_sub.txt; echo 'assert True' > tests/test_new.txt; echo impl > impl.txt;; impl-*) git checkout -q HEAD -- tests; rm -f tests/test_new.txt; echo impl > impl.txt;; esac"] }
+[[phases]]
+name = "tests"
+freeze = ["tests/**"]
+[[phases]]
+name = "impl"
+max_attempts = 2
+gates = [{ kind = "command", name = "built", argv = ["test", "-s", "impl.txt"] }]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#,
+    )
+    .unwrap();
+    let (code, text) = output(
+        orch()
+            .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
+            .arg(&s.repo)
+            .arg("--state")
+            .arg(&s.state),
+    );
+    assert_eq!(code, 0, "{text}");
+    let events = journal(&s);
+    let feedback = events
+        .iter()
+        .find_map(|e| match &e.event.kind {
+            EventKind::AttemptFailed {
+                phase,
+                attempt: 1,
+                feedback,
+                ..
+            } if phase.as_str() == "impl" => Some(feedback.clone()),
+            _ => None,
+        })
+        .expect("the first implementation attempt failed");
+    for f in [
+        "tests/test_add.txt",
+        "tests/test_sub.txt",
+        "tests/test_new.txt",
+    ] {
+        assert!(
+            feedback.contains(&format!("{f} (frozen by tests)")),
+            "{f}: {feedback}"
+        );
+    }
+    assert!(
+        feedback.contains("-assert add(2, 2) == 4"),
+        "the diff is shown: {feedback}"
+    );
+    // The gate of that attempt never ran: the frozen check came first.
+    let built_runs = events
+        .iter()
+        .filter(|e| matches!(&e.event.kind, EventKind::GateStarted { gate, .. } if gate == "built"))
+        .count();
+    assert_eq!(built_runs, 1, "only the second attempt reached its gate");
+    let branch = format!("orch/{RUN}/A");
+    let add = demo::git(&s.repo, &["show", &format!("{branch}:tests/test_add.txt")]).unwrap();
+    assert_eq!(add, "assert add(2, 2) == 4");
+    let sub = demo::git(&s.repo, &["show", &format!("{branch}:tests/test_sub.txt")]).unwrap();
+    assert_eq!(sub, "assert sub(3, 1) == 2");
+    assert!(demo::git(&s.repo, &["show", &format!("{branch}:tests/test_new.txt")]).is_err());
+}
+
 #[test]
 fn a_second_orch_on_a_running_run_is_refused_and_changes_nothing() {
     let s = crash_setup();

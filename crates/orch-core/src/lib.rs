@@ -89,6 +89,6 @@ pub use store::{
 };
 pub use time::Timestamp;
 pub use workspace::{
-    Merged, PathError, Prepared, SharedDir, Workspace, WorkspaceError, check_relative,
+    Changes, Merged, PathError, Prepared, SharedDir, Workspace, WorkspaceError, check_relative,
     resolve_within,
 };

@@ -43,6 +43,24 @@ pub enum Merged {
     },
 }
 
+/// Files of a work tree that differ from a commit, and how
+/// ([`Workspace::changed_since`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Changes {
+    /// Changed, added or removed files, relative to the work tree.
+    pub files: Vec<String>,
+    /// The differences, as a unified diff (capped).
+    pub diff: String,
+}
+
+impl Changes {
+    /// Changes of `files`, with `diff`.
+    pub fn new(files: Vec<String>, diff: String) -> Changes {
+        Changes { files, diff }
+    }
+}
+
 /// A workspace operation failed (git missing, disk full, ...).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("workspace: {message}")]
@@ -141,6 +159,24 @@ pub trait Workspace: Send + Sync {
         ticket: &TicketId,
         commit: &str,
     ) -> Result<(), WorkspaceError>;
+
+    /// What differs in `ticket`'s work tree from `commit` under `paths`
+    /// (globs relative to the work tree): changed, added and removed
+    /// files, and the diff, for frozen paths (`PhaseSpec::freeze`). The
+    /// default (a workspace without history) sees no change.
+    ///
+    /// # Errors
+    /// When the work tree cannot be compared.
+    async fn changed_since(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        commit: &str,
+        paths: &[String],
+    ) -> Result<Changes, WorkspaceError> {
+        let _ = (run, ticket, commit, paths);
+        Ok(Changes::default())
+    }
 
     /// Merges the work of `tickets` for `batch`.
     async fn merge(

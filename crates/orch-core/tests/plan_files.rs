@@ -390,3 +390,19 @@ fn a_byte_order_mark_is_not_content() {
     let toml = "\u{feff}name = \"p\"\ndefault_role = \"dev\"\n[agents.dev]\nbackend = { kind = \"command\", argv = [\"a\"] }\n[[phases]]\nname = \"work\"\n[[tickets]]\nid = \"T-1\"\ntitle = \"t\"\neffort = \"1h\"\n";
     assert_eq!(Plan::from_toml_str(toml).unwrap().name, "p");
 }
+
+/// Frozen paths are checked like every path a plan names.
+#[test]
+fn frozen_paths_must_stay_in_the_work_tree() {
+    let toml = "name = \"p\"\ndefault_role = \"dev\"\n[agents.dev]\nbackend = { kind = \"command\", argv = [\"a\"] }\n[[phases]]\nname = \"tests\"\nfreeze = [\"tests/**\", \"../outside\", \"/etc/x\"]\n[[tickets]]\nid = \"T-1\"\ntitle = \"t\"\neffort = \"1h\"\n";
+    let err = Plan::from_toml_str(toml).unwrap_err().to_string();
+    assert!(
+        err.contains("phases[0].freeze[1]: path \"../outside\" leaves the work tree"),
+        "{err}"
+    );
+    assert!(
+        err.contains("phases[0].freeze[2]: path \"/etc/x\" must be relative"),
+        "{err}"
+    );
+    assert!(!err.contains("freeze[0]"), "{err}");
+}

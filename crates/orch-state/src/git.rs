@@ -83,6 +83,10 @@ fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     }
 }
 
+/// The most of a diff [`Repo::changed_since`] returns (it is shown to an
+/// agent as feedback).
+pub const MAX_DIFF: usize = 8 * 1024;
+
 /// The trailer that marks a checkpoint commit, so a checkpoint made before
 /// a crash is recognised instead of made twice.
 pub const CHECKPOINT_TRAILER: &str = "Orch-Checkpoint";
@@ -324,6 +328,65 @@ impl Repo {
             &["status", "--porcelain", "--untracked-files=all"],
         )?;
         Ok(changes.is_empty().then_some(commit))
+    }
+
+    /// What in the worktree differs from `commit` under `paths` (globs):
+    /// tracked files changed or removed, and new files git would add; the
+    /// diff of each (new files whole), capped at [`MAX_DIFF`] bytes.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn changed_since(
+        &self,
+        wt: &Worktree,
+        commit: &str,
+        paths: &[String],
+    ) -> Result<(Vec<String>, String), GitError> {
+        if paths.is_empty() {
+            return Ok((Vec::new(), String::new()));
+        }
+        let specs: Vec<String> = paths.iter().map(|p| format!(":(glob){p}")).collect();
+        let with_specs = |args: &[&str]| -> Vec<String> {
+            args.iter()
+                .map(|a| (*a).to_owned())
+                .chain(["--".to_owned()])
+                .chain(specs.iter().cloned())
+                .collect()
+        };
+        let run = |args: Vec<String>| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_git(&wt.path, &args)
+        };
+        let changed = run(with_specs(&["diff", "--name-only", "--no-renames", commit]))?;
+        let added = run(with_specs(&["ls-files", "--others", "--exclude-standard"]))?;
+        let mut files: Vec<String> = changed
+            .lines()
+            .chain(added.lines())
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        files.sort();
+        files.dedup();
+        let mut diff = run(with_specs(&["diff", "--no-renames", "--no-color", commit]))?;
+        for new in added.lines().filter(|l| !l.is_empty()) {
+            let text = std::fs::read(wt.path.join(new)).unwrap_or_default();
+            diff.push_str(&format!(
+                "\n--- /dev/null\n+++ b/{new}\n{}",
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .map(|l| format!("+{l}\n"))
+                    .collect::<String>()
+            ));
+        }
+        if diff.len() > MAX_DIFF {
+            let mut end = MAX_DIFF;
+            while !diff.is_char_boundary(end) {
+                end -= 1;
+            }
+            diff.truncate(end);
+            diff.push_str("\n[... diff cut ...]\n");
+        }
+        Ok((files, diff))
     }
 
     /// Resets the worktree to `commit` and removes untracked files (ignored

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orch_core::{BatchId, Merged, PhaseName, Prepared, RunId, TicketId, Workspace, WorkspaceError};
+use orch_core::{
+    BatchId, Changes, Merged, PhaseName, Prepared, RunId, TicketId, Workspace, WorkspaceError,
+};
 
 use crate::git::{GitError, MergeOutcome, Repo, Worktree};
 
@@ -159,6 +161,22 @@ impl Workspace for GitWorkspace {
         let key = checkpoint_key(run, ticket, phase, attempt);
         self.blocking(false, move |repo| repo.find_checkpoint(&wt, &key))
             .await
+    }
+
+    async fn changed_since(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        commit: &str,
+        paths: &[String],
+    ) -> Result<Changes, WorkspaceError> {
+        let wt = self.worktree(run, ticket);
+        let (commit, paths) = (commit.to_owned(), paths.to_vec());
+        self.blocking(false, move |repo| {
+            repo.changed_since(&wt, &commit, &paths)
+                .map(|(files, diff)| Changes::new(files, diff))
+        })
+        .await
     }
 
     async fn rollback(

@@ -240,6 +240,14 @@ pub struct PhaseSpec {
     /// work tree (default `docs/feedback/{ticket}-{phase}.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback_file: Option<String>,
+    /// Paths (globs relative to the work tree, `tests/**`) that later
+    /// phases may not change: an attempt of a later phase whose agent
+    /// changed, added or removed any of them, against this phase's
+    /// checkpoint, fails before its gates run, shown which files and how.
+    /// So implementation cannot weaken the tests that test definition
+    /// wrote (or the settings that run them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -695,6 +703,11 @@ impl Validator {
                 && let Err(e) = crate::check_relative(file)
             {
                 self.push(format!("phases[{i}].feedback_file"), e.to_string());
+            }
+            for (k, path) in p.freeze.iter().enumerate() {
+                if let Err(e) = crate::check_relative(path) {
+                    self.push(format!("phases[{i}].freeze[{k}]"), e.to_string());
+                }
             }
             self.gates(&format!("phases[{i}].gates"), &p.gates);
         }

@@ -766,6 +766,10 @@ async fn attempt_phase(
     if let Some(v) = verdict {
         return Ok(v);
     }
+    // Before this phase's own gates: paths earlier phases froze.
+    if let Some(failed) = Box::pin(check_frozen(sh, out, id, phase, attempt)).await? {
+        return Ok(failed);
+    }
     if phase.gates.is_empty() {
         return Ok(Attempt::Passed);
     }
@@ -799,6 +803,87 @@ async fn attempt_phase(
             hopeless: unfixable,
         }
     })
+}
+
+/// The paths earlier phases of the plan froze (`PhaseSpec::freeze`),
+/// compared with each such phase's checkpoint: changed, added or removed
+/// by this attempt's agent, they fail the attempt before its gates run,
+/// recorded as a failing gate report ("frozen paths") with the files and
+/// the diff, which the agent is shown. `None` when nothing frozen moved.
+async fn check_frozen(
+    sh: &Shared,
+    out: &mut Outbox<'_>,
+    id: &TicketId,
+    phase: &PhaseSpec,
+    attempt: u32,
+) -> Result<Option<Attempt>, End> {
+    let plan = &sh.plan;
+    let here = plan
+        .phases
+        .iter()
+        .position(|p| p.name == phase.name)
+        .unwrap_or(0);
+    let mut moved: Vec<String> = Vec::new();
+    let mut diffs = String::new();
+    for q in plan.phases[..here].iter().filter(|q| !q.freeze.is_empty()) {
+        let Some(commit) = out.ticket().checkpoints.get(&q.name).cloned() else {
+            continue;
+        };
+        match sh
+            .workspace
+            .changed_since(&sh.journal.run, id, &commit, &q.freeze)
+            .await
+        {
+            Ok(c) if c.files.is_empty() => {}
+            Ok(c) => {
+                moved.extend(
+                    c.files
+                        .iter()
+                        .map(|f| format!("{f} (frozen by {})", q.name)),
+                );
+                diffs.push_str(&c.diff);
+            }
+            Err(e) => moved.push(format!(
+                "the paths {} froze could not be compared: {e}",
+                q.name
+            )),
+        }
+    }
+    if moved.is_empty() {
+        return Ok(None);
+    }
+    let scope = GateScope::Phase {
+        ticket: id.clone(),
+        phase: phase.name.clone(),
+        attempt,
+    };
+    let gate = "frozen paths".to_owned();
+    out.write([EventKind::GateStarted {
+        scope: scope.clone(),
+        gate: gate.clone(),
+    }])
+    .await?;
+    let report = GateReport {
+        gate,
+        status: GateStatus::Failed,
+        reason: format!(
+            "changed what earlier phases froze (they are not this phase's to change; undo it): {}",
+            moved.join(", ")
+        ),
+        evidence: Default::default(),
+        duration_ms: 0,
+        excerpt: truncate(&diffs, MAX_CONTEXT),
+        children: Vec::new(),
+    };
+    let feedback = report.feedback();
+    out.defer(EventKind::GateFinished {
+        scope,
+        report: Box::new(report),
+    });
+    Ok(Some(Attempt::Failed {
+        feedback,
+        hopeless: false,
+    }))
 }
 
 /// Runs `specs` one after another, each written ahead; `None` when
