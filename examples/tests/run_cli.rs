@@ -921,6 +921,92 @@ effort = "1h"
     assert!(demo::git(&s.repo, &["show", &format!("{branch}:tests/test_new.txt")]).is_err());
 }
 
+/// An agent that plays the common tricks instead of doing the work, all
+/// at once, through `orch run`: it plants a passing JUnit report dated an
+/// hour ahead, leaves a `setsid` daemon that keeps rewriting that report,
+/// and hides a key in a file only a `.ignore` excludes. The ticket does
+/// not pass: the test gate reads what its own command wrote (the work is
+/// not done: a failure), the secret scan finds the key, and nothing of
+/// the agent is left running. (The defences overlap: the daemon is
+/// killed when the agent ends, and a report it wrote later would be
+/// dated after the gate's command; `crates/orch-core/tests/containment.rs`
+/// and the gate tests check each alone.)
+#[test]
+fn an_agent_playing_tricks_through_orch_run_does_not_pass() {
+    let s = crash_setup();
+    let pass =
+        r#"<testsuite name=\"s\" tests=\"1\" failures=\"0\"><testcase name=\"t\"/></testsuite>"#;
+    let fail = r#"<testsuite name=\"s\" tests=\"1\" failures=\"1\"><testcase name=\"t\"><failure message=\"not done\"/></testcase></testsuite>"#;
+    std::fs::write(
+        &s.plan,
+        format!(
+            r#"
+name = "tricks"
+default_role = "dev"
+[agents.dev]
+backend = {{ kind = "command", argv = ["sh", "-c", "cat > /dev/null; printf '{pass}' > r.xml; touch -d '+1 hour' r.xml; setsid sh -c 'echo $$ > {m}/daemon.pid; while :; do printf \"{pass2}\" > r.xml; sleep 0.01; done' > /dev/null 2>&1 & while [ ! -s {m}/daemon.pid ]; do sleep 0.01; done; echo 'aws = AKIAABCDEFGHIJKLMNOP' > notes.txt; echo notes.txt > .ignore; echo all done"] }}
+[[phases]]
+name = "impl"
+max_attempts = 1
+on_exhausted = "fail"
+gates = [
+  {{ kind = "tests", name = "tests", format = "junit", report = "r.xml", argv = ["sh", "-c", "test -e work.txt && printf '{pass}' > r.xml || printf '{fail}' > r.xml"] }},
+  {{ kind = "forbidden_patterns", name = "secrets", builtin = ["secrets"] }},
+]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#,
+            pass2 = pass.replace('\\', "\\\\\\"),
+            m = s.marks.display(),
+        ),
+    )
+    .unwrap();
+    let (code, text) = output(
+        orch()
+            .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
+            .arg(&s.repo)
+            .arg("--state")
+            .arg(&s.state),
+    );
+    assert_eq!(code, 1, "the ticket must fail: {text}");
+    let events = journal(&s);
+    let reports: Vec<(String, bool, String)> = events
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            EventKind::GateFinished { report, .. } => {
+                Some((report.gate.clone(), report.passed(), report.reason.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let tests = reports
+        .iter()
+        .find(|r| r.0 == "tests")
+        .expect("the test gate ran");
+    assert!(
+        !tests.1 && tests.2.contains("1 of 1 tests failed"),
+        "{tests:?}"
+    );
+    let secrets = reports
+        .iter()
+        .find(|r| r.0 == "secrets")
+        .expect("the scan ran");
+    assert!(!secrets.1 && secrets.2.contains("notes.txt"), "{secrets:?}");
+    let tree = s.repo.join(format!(".orch/worktrees/{RUN}/A"));
+    let left = processes_in_within(&tree, Duration::from_secs(3));
+    assert!(left.is_empty(), "the agent's daemon outlived it: {left:?}");
+    let daemon: i32 = std::fs::read_to_string(s.marks.join("daemon.pid"))
+        .expect("the agent started its daemon")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!alive(daemon), "the daemon outlived the agent");
+    let state = RunState::fold(events.iter().map(|e| &e.event));
+    assert_eq!(state.tickets["A"].status, TicketStatus::Failed);
+}
+
 #[test]
 fn a_second_orch_on_a_running_run_is_refused_and_changes_nothing() {
     let s = crash_setup();
