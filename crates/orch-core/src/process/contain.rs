@@ -187,16 +187,10 @@ impl Scope {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         Ok(match &self.kind {
             ScopeKind::Cgroup(root) => {
-                let old =
-                    std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
-                let still: Vec<PathBuf> = old
-                    .into_iter()
-                    .filter(|d| std::fs::remove_dir(d).is_err() && d.exists())
-                    .collect();
                 self.leftovers
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .extend(still);
+                    .retain(|d| std::fs::remove_dir(d).is_err() && d.exists());
                 let dir = root.join(format!("c{n}"));
                 // Refused (a limit on descendants someone set): the
                 // command does not run uncontained.
@@ -329,13 +323,7 @@ pub fn output(cmd: &std::process::Command) -> std::io::Result<std::process::Outp
     let err = read(child.stderr.take().map(|p| Box::new(p) as _));
     let status = child.wait();
     // Whatever it left running goes now, so the pipes close.
-    cell.kill_now();
-    let deadline = std::time::Instant::now() + GONE_WITHIN;
-    while cell.alive() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-        cell.kill_now();
-    }
-    cell.remove();
+    cell.kill_blocking();
     Ok(std::process::Output {
         status: status?,
         stdout: out.join().unwrap_or_default(),
@@ -430,6 +418,18 @@ impl Cell {
         self.remove();
     }
 
+    /// [`Cell::kill`] for a caller that is not async (it sleeps the
+    /// thread between tries).
+    pub(crate) fn kill_blocking(&self) {
+        self.kill_now();
+        let deadline = std::time::Instant::now() + GONE_WITHIN;
+        while self.alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            self.kill_now();
+        }
+        self.remove();
+    }
+
     /// Removes the cell's cgroup (later, if it cannot be yet).
     pub(crate) fn remove(&self) {
         if let Cell::Cgroup(dir) = self
@@ -447,12 +447,17 @@ fn populated(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn cgroup_kill(dir: &Path) {
-    let killed = std::fs::OpenOptions::new()
+/// Asks the kernel to kill every process of the cgroup `dir` and of its
+/// descendants (`cgroup.kill`, Linux 5.14).
+fn write_kill(dir: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
         .write(true)
         .open(dir.join("cgroup.kill"))
-        .and_then(|mut f| f.write_all(b"1"));
-    if killed.is_err() {
+        .and_then(|mut f| f.write_all(b"1"))
+}
+
+fn cgroup_kill(dir: &Path) {
+    if write_kill(dir).is_err() {
         // No cgroup.kill: one by one.
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
@@ -575,10 +580,7 @@ pub async fn kill_scope(d: &DriverInfo) -> Result<Killed, String> {
             remove_tree(&dir);
             return Ok(Killed::Nothing);
         }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.kill"))
-            .and_then(|mut f| f.write_all(b"1"))
+        write_kill(&dir)
             .map_err(|e| format!("cannot kill the processes in {}: {e}", dir.display()))?;
         let deadline = tokio::time::Instant::now() + GONE_WITHIN;
         while populated(&dir) && tokio::time::Instant::now() < deadline {
