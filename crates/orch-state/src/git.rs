@@ -31,6 +31,8 @@ impl std::error::Error for GitError {}
 pub struct Repo {
     root: PathBuf,
     worktrees: PathBuf,
+    /// The repository's shared git directory (absolute).
+    common: PathBuf,
 }
 
 /// A ticket's worktree.
@@ -101,8 +103,8 @@ impl Repo {
         let top = run_git(&root, &["rev-parse", "--show-toplevel"])?;
         let root = PathBuf::from(top);
         // Keep orch's worktrees out of the repository's status and cleans.
-        let common = PathBuf::from(run_git(&root, &["rev-parse", "--git-common-dir"])?);
-        let exclude = root.join(common).join("info").join("exclude");
+        let common = root.join(run_git(&root, &["rev-parse", "--git-common-dir"])?);
+        let exclude = common.join("info").join("exclude");
         let listed = std::fs::read_to_string(&exclude).unwrap_or_default();
         if !listed.lines().any(|l| l.trim() == "/.orch/") {
             let _ = std::fs::create_dir_all(exclude.parent().unwrap_or(&root));
@@ -119,6 +121,7 @@ impl Repo {
         Ok(Repo {
             worktrees: root.join(".orch").join("worktrees"),
             root,
+            common,
         })
     }
 
@@ -167,7 +170,7 @@ impl Repo {
         }
         // A directory left half-made by a crash (a `git worktree add`
         // killed with orch), or a stale registration.
-        self.forget_worktree(&path, &branch)?;
+        self.forget_worktree(&path, &branch);
         let making = Making::mark(&path)?;
         std::fs::create_dir_all(path.parent().unwrap_or(&self.worktrees)).map_err(|e| {
             GitError {
@@ -196,39 +199,22 @@ impl Repo {
         if std::fs::symlink_metadata(path.join(".git")).is_err() || Making::marked(path) {
             return Ok(false);
         }
-        recover(&self.common_dir()?, path, branch)?;
+        recover(&self.common, path, branch)?;
         Ok(true)
-    }
-
-    /// The repository's shared git directory.
-    fn common_dir(&self) -> Result<PathBuf, GitError> {
-        let common = PathBuf::from(self.git(&["rev-parse", "--git-common-dir"])?);
-        Ok(if common.is_absolute() {
-            common
-        } else {
-            self.root.join(common)
-        })
     }
 
     /// Removes what is left of a worktree at `path` that cannot be used
     /// (a `git worktree add` killed half-way leaves its registration
     /// locked, which `prune` keeps): the directory and the registration.
-    /// The lock a killed `git worktree add -b` may have left on orch's own
-    /// branch goes too (only orch's branches: `orch/...`).
-    fn forget_worktree(&self, path: &Path, branch: &str) -> Result<(), GitError> {
+    /// The lock a killed `git worktree add -b` may have left on the
+    /// branch goes too ([`remove_ref_lock`]).
+    fn forget_worktree(&self, path: &Path, branch: &str) {
         if path.exists() {
             let _ = std::fs::remove_dir_all(path);
         }
         let _ = self.git(&["worktree", "unlock", &path.to_string_lossy()]);
         let _ = self.git(&["worktree", "prune"]);
-        if branch.starts_with("orch/") {
-            let lock = self
-                .common_dir()?
-                .join("refs/heads")
-                .join(format!("{branch}.lock"));
-            let _ = std::fs::remove_file(lock);
-        }
-        Ok(())
+        remove_ref_lock(&self.common, branch);
     }
 
     /// Removes a worktree (the branch stays).
@@ -422,7 +408,7 @@ impl Repo {
             .join(format!("batch-{batch}"));
         let p = path.to_string_lossy().into_owned();
         if !self.usable(&path, batch_branch)? {
-            self.forget_worktree(&path, batch_branch)?;
+            self.forget_worktree(&path, batch_branch);
             let making = Making::mark(&path)?;
             if self.resolve(batch_branch).is_ok() {
                 // Not forced: git refuses a branch checked out elsewhere
@@ -519,7 +505,7 @@ fn recover(common: &Path, path: &Path, branch: &str) -> Result<(), GitError> {
         )));
     }
     remove_locks(&git_dir);
-    let _ = std::fs::remove_file(common.join("refs/heads").join(format!("{branch}.lock")));
+    remove_ref_lock(common, branch);
     let merging = git_dir.join(MERGING);
     if merging.exists() {
         let _ = run_git(path, &["merge", "--abort"]);
@@ -559,9 +545,7 @@ impl Making {
         })?;
         Ok(Making(file))
     }
-}
 
-impl Making {
     /// The worktree is made whole.
     fn done(self) {
         let _ = std::fs::remove_file(&self.0);
@@ -572,6 +556,15 @@ impl Making {
 /// written before the merge starts, removed when it ended (either way),
 /// so that a merge a crash cut short is told apart from an agent's work.
 const MERGING: &str = "orch-merging";
+
+/// Removes the lock a killed git left on `branch`'s ref, for orch's own
+/// branches only (`orch/...`): a branch the plan names may be the
+/// person's, whose own git may hold it.
+fn remove_ref_lock(common: &Path, branch: &str) {
+    if branch.starts_with("orch/") {
+        let _ = std::fs::remove_file(common.join("refs/heads").join(format!("{branch}.lock")));
+    }
+}
 
 /// Removes the `*.lock` files of a worktree's own git directory (not the
 /// repository's shared one, where the person's own git works too), links
