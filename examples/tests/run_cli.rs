@@ -476,13 +476,19 @@ fn crash_setup() -> Setup {
     }
 }
 
-fn start(s: &Setup) -> Child {
-    orch()
-        .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
+/// `orch run` of the setup's plan, repository, state and database.
+fn orch_run(s: &Setup) -> std::process::Command {
+    let mut cmd = orch();
+    cmd.args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
         .arg(&s.repo)
         .arg("--state")
         .arg(&s.state)
-        .args(s.url.iter().flat_map(|u| ["--database-url", u]))
+        .args(s.url.iter().flat_map(|u| ["--database-url", u]));
+    cmd
+}
+
+fn start(s: &Setup) -> Child {
+    orch_run(s)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -767,11 +773,7 @@ effort = "1h"
 #[test]
 fn a_state_directory_that_cannot_be_written_stops_the_run_with_exit_6() {
     let s = crash_setup();
-    let mut child = orch()
-        .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
-        .arg(&s.repo)
-        .arg("--state")
-        .arg(&s.state)
+    let mut child = orch_run(&s)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -823,13 +825,7 @@ fn a_batch_branch_that_is_checked_out_is_refused() {
         .unwrap()
         .replace("branch = \"release/x\"", &format!("branch = \"{current}\""));
     std::fs::write(&s.plan, plan).unwrap();
-    let (code, text) = output(
-        orch()
-            .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
-            .arg(&s.repo)
-            .arg("--state")
-            .arg(&s.state),
-    );
+    let (code, text) = output(&mut orch_run(&s));
     assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("a batch branch must not be checked out anywhere"),
@@ -872,13 +868,7 @@ effort = "1h"
 "#,
     )
     .unwrap();
-    let (code, text) = output(
-        orch()
-            .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
-            .arg(&s.repo)
-            .arg("--state")
-            .arg(&s.state),
-    );
+    let (code, text) = output(&mut orch_run(&s));
     assert_eq!(code, 0, "{text}");
     let events = journal(&s);
     let feedback = events
@@ -963,13 +953,7 @@ effort = "1h"
         ),
     )
     .unwrap();
-    let (code, text) = output(
-        orch()
-            .args(["run", s.plan.to_str().unwrap(), "--run", RUN, "--repo"])
-            .arg(&s.repo)
-            .arg("--state")
-            .arg(&s.state),
-    );
+    let (code, text) = output(&mut orch_run(&s));
     assert_eq!(code, 1, "the ticket must fail: {text}");
     let events = journal(&s);
     let reports: Vec<(String, bool, String)> = events

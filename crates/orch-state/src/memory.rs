@@ -196,6 +196,12 @@ impl MemoryStore {
     /// holder's fenced appends are refused. For tests of fencing.
     pub fn steal_run(&self, run: &RunId) -> u64 {
         let _journal = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        self.next_epoch(run)
+    }
+
+    /// Moves `run` on to its next epoch and returns it. Called with the
+    /// journal's lock held, so that no append checks an epoch half-moved.
+    fn next_epoch(&self, run: &RunId) -> u64 {
         let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
         let epoch = epochs.entry(run.clone()).or_default();
         *epoch += 1;
@@ -295,10 +301,7 @@ impl StateStore for MemoryStore {
                 format!("run {run} is being driven by another engine on this memory store"),
             ));
         }
-        let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
-        let epoch = epochs.entry(run.clone()).or_default();
-        *epoch += 1;
-        Ok(RunLock::new(Held(self.locked.clone(), run.clone())).with_epoch(*epoch))
+        Ok(RunLock::new(Held(self.locked.clone(), run.clone())).with_epoch(self.next_epoch(run)))
     }
 
     async fn runs(&self) -> Result<Vec<RunId>, StoreError> {
