@@ -44,6 +44,16 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// Dates `path` at `when` (a report from before, or from the future).
+fn set_mtime(path: &Path, when: SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+}
+
 fn read_pid(path: &Path) -> i32 {
     for _ in 0..100 {
         if let Ok(s) = std::fs::read_to_string(path)
@@ -306,12 +316,7 @@ async fn junit_reports_must_be_fresh_and_whole() {
     // A report left over from an earlier run.
     let old = d.path().join("old.xml");
     std::fs::write(&old, &fixture).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&old)
-        .unwrap()
-        .set_modified(SystemTime::now() - Duration::from_secs(3600))
-        .unwrap();
+    set_mtime(&old, SystemTime::now() - Duration::from_secs(3600));
     let r = check(d.path(), serde_json::json!({"kind": "tests", "format": "junit", "report": "old.xml", "argv": ["true"]})).await;
     assert!(!r.passed());
     assert_eq!(
@@ -322,12 +327,7 @@ async fn junit_reports_must_be_fresh_and_whole() {
     // Planted with a date in the future, so that it looks fresh: removed
     // all the same.
     std::fs::write(&old, &fixture).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&old)
-        .unwrap()
-        .set_modified(SystemTime::now() + Duration::from_secs(3600))
-        .unwrap();
+    set_mtime(&old, SystemTime::now() + Duration::from_secs(3600));
     let r = check(d.path(), serde_json::json!({"kind": "tests", "format": "junit", "report": "old.xml", "argv": ["true"]})).await;
     assert_eq!(
         r.reason,
@@ -551,22 +551,12 @@ async fn coverage_reports_must_be_fresh() {
             let src = d.path().join(f);
             std::fs::create_dir_all(src.parent().unwrap()).unwrap();
             std::fs::write(&src, "# source\n").unwrap();
-            std::fs::File::options()
-                .write(true)
-                .open(&src)
-                .unwrap()
-                .set_modified(SystemTime::now() - Duration::from_secs(120))
-                .unwrap();
+            set_mtime(&src, SystemTime::now() - Duration::from_secs(120));
         }
     }
     let p = d.path().join("lcov.info");
     std::fs::write(&p, &lcov).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_modified(SystemTime::now() - Duration::from_secs(60))
-        .unwrap();
+    set_mtime(&p, SystemTime::now() - Duration::from_secs(60));
     let r = check(d.path(), serde_json::json!({"kind": "coverage", "format": "lcov", "report": "lcov.info", "min_line_percent": 10.0})).await;
     assert!(!r.passed());
     assert_eq!(
@@ -590,12 +580,7 @@ async fn coverage_reports_must_be_fresh() {
     std::fs::write(&p, &lcov).unwrap();
     let src = d.path().join("calc.py");
     std::fs::write(&src, "def add(a, b):\n    return a + b\n").unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&src)
-        .unwrap()
-        .set_modified(SystemTime::now() + Duration::from_millis(1500))
-        .unwrap();
+    set_mtime(&src, SystemTime::now() + Duration::from_millis(1500));
     let r = check(d.path(), serde_json::json!({"kind": "coverage", "format": "lcov", "report": "lcov.info", "min_line_percent": 10.0})).await;
     assert!(!r.passed());
     assert!(
@@ -605,12 +590,7 @@ async fn coverage_reports_must_be_fresh() {
         r.reason
     );
     std::fs::write(&src, "def add(a, b):\n    return a + b\n").unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&src)
-        .unwrap()
-        .set_modified(SystemTime::now() - Duration::from_secs(120))
-        .unwrap();
+    set_mtime(&src, SystemTime::now() - Duration::from_secs(120));
     // Figures that cannot be true.
     let text = String::from_utf8_lossy(&lcov).into_owned();
     let lf = text
