@@ -394,7 +394,7 @@ fn a_byte_order_mark_is_not_content() {
 /// Frozen paths are checked like every path a plan names.
 #[test]
 fn frozen_paths_must_stay_in_the_work_tree() {
-    let toml = "name = \"p\"\ndefault_role = \"dev\"\n[agents.dev]\nbackend = { kind = \"command\", argv = [\"a\"] }\n[[phases]]\nname = \"tests\"\nfreeze = [\"tests/**\", \"../outside\", \"/etc/x\"]\n[[tickets]]\nid = \"T-1\"\ntitle = \"t\"\neffort = \"1h\"\n";
+    let toml = "name = \"p\"\ndefault_role = \"dev\"\n[agents.dev]\nbackend = { kind = \"command\", argv = [\"a\"] }\n[[phases]]\nname = \"tests\"\nfreeze = [\"tests/**\", \"../outside\", \"/etc/x\", \"Cargo.toml#test\", \"*.toml#x\", \"main.rs#x\", \"pytest.ini#\"]\n[[tickets]]\nid = \"T-1\"\ntitle = \"t\"\neffort = \"1h\"\n";
     let err = Plan::from_toml_str(toml).unwrap_err().to_string();
     assert!(
         err.contains("phases[0].freeze[1]: path \"../outside\" leaves the work tree"),
@@ -405,4 +405,12 @@ fn frozen_paths_must_stay_in_the_work_tree() {
         "{err}"
     );
     assert!(!err.contains("freeze[0]"), "{err}");
+    assert!(!err.contains("freeze[3]"), "{err}");
+    for k in 4..=6 {
+        assert!(
+            err.contains(&format!("phases[0].freeze[{k}]: "))
+                && err.contains("`file#key` needs one .toml, .ini or .cfg file"),
+            "{k}: {err}"
+        );
+    }
 }

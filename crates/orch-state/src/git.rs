@@ -85,6 +85,46 @@ fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     }
 }
 
+/// `diff` cut to [`MAX_DIFF`] bytes, saying so.
+fn cap_diff(mut diff: String) -> String {
+    if diff.len() > MAX_DIFF {
+        let mut end = MAX_DIFF;
+        while !diff.is_char_boundary(end) {
+            end -= 1;
+        }
+        diff.truncate(end);
+        diff.push_str("\n[... diff cut ...]\n");
+    }
+    diff
+}
+
+/// The part of a settings file a frozen entry `file#key` names, as text
+/// to compare: in a TOML file the value at the dotted `key` (`test` is
+/// `Cargo.toml`'s `[[test]]` targets, `tool.pytest` pyproject's pytest
+/// settings); in an INI file (`setup.cfg`, `tox.ini`, `pytest.ini`) the
+/// section `[key]`, without blank and comment lines. `None` when the part
+/// is absent. A TOML file that no longer parses is its own text (so it
+/// differs from any parsed value).
+fn frozen_part(file: &str, key: &str, text: &str) -> Option<String> {
+    if file.ends_with(".toml") {
+        let Ok(table) = text.parse::<toml::Table>() else {
+            return Some(format!("(does not parse as TOML)\n{text}"));
+        };
+        let mut value = table.get(key.split('.').next()?)?;
+        for k in key.split('.').skip(1) {
+            value = value.as_table()?.get(k)?;
+        }
+        return serde_json::to_string_pretty(value).ok();
+    }
+    let mut lines = text.lines().map(str::trim);
+    lines.find(|l| *l == format!("[{key}]"))?;
+    let body: Vec<&str> = lines
+        .take_while(|l| !l.starts_with('['))
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .collect();
+    Some(body.join("\n"))
+}
+
 /// The most of a diff [`Repo::changed_since`] returns (it is shown to an
 /// agent as feedback).
 pub const MAX_DIFF: usize = 8 * 1024;
@@ -318,7 +358,9 @@ impl Repo {
 
     /// What in the worktree differs from `commit` under `paths` (globs):
     /// tracked files changed or removed, and new files git would add; the
-    /// diff of each (new files whole), capped at [`MAX_DIFF`] bytes.
+    /// diff of each (new files whole), capped at [`MAX_DIFF`] bytes. An
+    /// entry `file#key` compares only that part of a settings file (see
+    /// `PhaseSpec::freeze`).
     ///
     /// # Errors
     /// When git fails.
@@ -328,8 +370,40 @@ impl Repo {
         commit: &str,
         paths: &[String],
     ) -> Result<(Vec<String>, String), GitError> {
+        let (parts, paths): (Vec<&String>, Vec<&String>) =
+            paths.iter().partition(|p| p.contains('#'));
+        let mut part_files = Vec::new();
+        let mut part_diff = String::new();
+        for entry in parts {
+            let (file, key) = entry.split_once('#').unwrap_or((entry, ""));
+            let listed = run_git(
+                &wt.path,
+                &["ls-tree", "-z", "--name-only", commit, "--", file],
+            )?;
+            let before = if listed.is_empty() {
+                None
+            } else {
+                Some(run_git(&wt.path, &["show", &format!("{commit}:{file}")])?)
+            };
+            let now = std::fs::read_to_string(wt.path.join(file)).ok();
+            let (old, new) = (
+                before.as_deref().map(|t| frozen_part(file, key, t)),
+                now.as_deref().map(|t| frozen_part(file, key, t)),
+            );
+            let (old, new) = (old.flatten(), new.flatten());
+            if old != new {
+                part_files.push(entry.clone());
+                let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".to_owned());
+                part_diff.push_str(&format!(
+                    "--- {entry} at the checkpoint\n{}\n+++ {entry} now\n{}\n",
+                    show(&old),
+                    show(&new)
+                ));
+            }
+        }
         if paths.is_empty() {
-            return Ok((Vec::new(), String::new()));
+            part_files.sort();
+            return Ok((part_files, cap_diff(part_diff)));
         }
         let specs: Vec<String> = paths.iter().map(|p| format!(":(glob){p}")).collect();
         let with_specs = |args: &[&str]| -> Vec<String> {
@@ -351,9 +425,16 @@ impl Repo {
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
             .collect();
+        files.extend(part_files);
         files.sort();
         files.dedup();
-        let mut diff = run(with_specs(&["diff", "--no-renames", "--no-color", commit]))?;
+        let mut diff = part_diff;
+        diff.push_str(&run(with_specs(&[
+            "diff",
+            "--no-renames",
+            "--no-color",
+            commit,
+        ]))?);
         for new in added.lines().filter(|l| !l.is_empty()) {
             let text = std::fs::read(wt.path.join(new)).unwrap_or_default();
             diff.push_str(&format!(
@@ -364,15 +445,7 @@ impl Repo {
                     .collect::<String>()
             ));
         }
-        if diff.len() > MAX_DIFF {
-            let mut end = MAX_DIFF;
-            while !diff.is_char_boundary(end) {
-                end -= 1;
-            }
-            diff.truncate(end);
-            diff.push_str("\n[... diff cut ...]\n");
-        }
-        Ok((files, diff))
+        Ok((files, cap_diff(diff)))
     }
 
     /// Resets the worktree to `commit` and removes untracked files (ignored

@@ -144,3 +144,86 @@ fn batch_merge_and_conflicts() {
         "line 1\nD's line 2\nline 3"
     );
 }
+
+/// `file#key` freezes part of a settings file: the dependencies of
+/// `Cargo.toml` may change, its `[[test]]` targets and `[lib]` settings may
+/// not; in an INI file only the named section counts; a settings part that
+/// appears where there was none is a change too.
+#[test]
+fn a_frozen_part_of_a_settings_file_may_not_change_the_rest_may() {
+    let (_d, repo) = repo();
+    let run = "r1".parse().unwrap();
+    let t = "T".parse().unwrap();
+    let wt = repo.worktree(&run, &t, "main").unwrap();
+    let cargo = "[package]\nname = \"a\"\n\n[dependencies]\n\n[lib]\nharness = true\n\n[[test]]\nname = \"spec\"\npath = \"tests/spec.rs\"\n";
+    std::fs::write(wt.path.join("Cargo.toml"), cargo).unwrap();
+    std::fs::write(
+        wt.path.join("setup.cfg"),
+        "[metadata]\nname = a\n\n[tool:pytest]\n# tests live here\ntestpaths = tests\n",
+    )
+    .unwrap();
+    let c = repo.checkpoint(&wt, "r1/T/tests/1", "tests").unwrap();
+    let frozen = [
+        "Cargo.toml#test".to_owned(),
+        "Cargo.toml#lib".to_owned(),
+        "setup.cfg#tool:pytest".to_owned(),
+        "pyproject.toml#tool.pytest".to_owned(),
+    ];
+    let changed = |repo: &Repo| repo.changed_since(&wt, &c, &frozen).unwrap();
+
+    // Allowed: a dependency, a metadata field, a comment, a pyproject
+    // without pytest settings.
+    std::fs::write(
+        wt.path.join("Cargo.toml"),
+        cargo.replace("[dependencies]\n", "[dependencies]\nserde = \"1\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        wt.path.join("setup.cfg"),
+        "[metadata]\nname = b\n\n[tool:pytest]\ntestpaths = tests\n",
+    )
+    .unwrap();
+    std::fs::write(wt.path.join("pyproject.toml"), "[project]\nname = \"a\"\n").unwrap();
+    let (files, diff) = changed(&repo);
+    assert!(files.is_empty(), "{files:?}\n{diff}");
+
+    // Not allowed: the harness off, a test target removed, pytest told to
+    // look elsewhere, pytest settings added to pyproject.
+    std::fs::write(
+        wt.path.join("Cargo.toml"),
+        "[package]\nname = \"a\"\n\n[lib]\nharness = false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        wt.path.join("setup.cfg"),
+        "[tool:pytest]\ntestpaths = nothing\n",
+    )
+    .unwrap();
+    std::fs::write(
+        wt.path.join("pyproject.toml"),
+        "[tool.pytest.ini_options]\naddopts = \"-k not_slow\"\n",
+    )
+    .unwrap();
+    let (files, diff) = changed(&repo);
+    assert_eq!(
+        files,
+        frozen
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        "{diff}"
+    );
+    assert!(diff.contains("\"harness\": false"), "{diff}");
+    assert!(diff.contains("testpaths = nothing"), "{diff}");
+    assert!(
+        diff.contains("--- pyproject.toml#tool.pytest at the checkpoint\n(absent)"),
+        "{diff}"
+    );
+
+    // A Cargo.toml that no longer parses is a change of every frozen part.
+    std::fs::write(wt.path.join("Cargo.toml"), "[lib\n").unwrap();
+    let (files, _) = changed(&repo);
+    assert!(files.contains(&"Cargo.toml#test".to_owned()), "{files:?}");
+}

@@ -246,6 +246,13 @@ pub struct PhaseSpec {
     /// checkpoint, fails before its gates run, shown which files and how.
     /// So implementation cannot weaken the tests that test definition
     /// wrote (or the settings that run them).
+    ///
+    /// `file#key` freezes part of a settings file, so the rest may still
+    /// change: in a `.toml` file the value at the dotted key
+    /// (`Cargo.toml#test` for the `[[test]]` targets, `Cargo.toml#lib` for
+    /// `harness`/`test` of the library, `pyproject.toml#tool.pytest`), in
+    /// a `.ini`/`.cfg` file the section (`setup.cfg#tool:pytest`,
+    /// `tox.ini#pytest`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<String>,
 }
@@ -704,9 +711,26 @@ impl Validator {
             {
                 self.push(format!("phases[{i}].feedback_file"), e.to_string());
             }
-            for (k, path) in p.freeze.iter().enumerate() {
+            for (k, entry) in p.freeze.iter().enumerate() {
+                let at = format!("phases[{i}].freeze[{k}]");
+                let (path, key) = match entry.split_once('#') {
+                    Some((path, key)) => (path, Some(key)),
+                    None => (entry.as_str(), None),
+                };
                 if let Err(e) = crate::check_relative(path) {
-                    self.push(format!("phases[{i}].freeze[{k}]"), e.to_string());
+                    self.push(at.clone(), e.to_string());
+                }
+                if let Some(key) = key
+                    && (key.is_empty()
+                        || path.contains(['*', '?', '[', '{'])
+                        || ![".toml", ".ini", ".cfg"].iter().any(|x| path.ends_with(x)))
+                {
+                    self.push(
+                        at,
+                        format!(
+                            "{entry:?}: `file#key` needs one .toml, .ini or .cfg file (no glob) and a key"
+                        ),
+                    );
                 }
             }
             self.gates(&format!("phases[{i}].gates"), &p.gates);
