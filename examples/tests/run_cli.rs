@@ -843,7 +843,8 @@ fn a_batch_branch_that_is_checked_out_is_refused() {
 /// a third: the attempt fails before its gates, naming each file with the
 /// diff, which is the feedback of the next attempt; that one puts the
 /// tests back as the feedback asks and passes. The branch holds the tests
-/// as written.
+/// as written. The same for the frozen `[lib]` table of `Cargo.toml`
+/// (`harness = false`), while a dependency may still be added.
 #[test]
 fn an_implementation_that_changes_frozen_tests_does_not_pass() {
     let s = crash_setup();
@@ -853,10 +854,10 @@ fn an_implementation_that_changes_frozen_tests_does_not_pass() {
 name = "frozen"
 default_role = "dev"
 [agents.dev]
-backend = { kind = "command", argv = ["sh", "-c", "cat > /dev/null; case $ORCH_PHASE-$ORCH_ATTEMPT in tests-*) mkdir -p tests; echo 'assert add(2, 2) == 4' > tests/test_add.txt; echo 'assert sub(3, 1) == 2' > tests/test_sub.txt;; impl-1) echo 'assert True' > tests/test_add.txt; rm tests/test_sub.txt; echo 'assert True' > tests/test_new.txt; echo impl > impl.txt;; impl-*) git checkout -q HEAD -- tests; rm -f tests/test_new.txt; echo impl > impl.txt;; esac"] }
+backend = { kind = "command", argv = ["sh", "-c", "cat > /dev/null; case $ORCH_PHASE-$ORCH_ATTEMPT in tests-*) mkdir -p tests; echo 'assert add(2, 2) == 4' > tests/test_add.txt; echo 'assert sub(3, 1) == 2' > tests/test_sub.txt; printf '[lib]\\nharness = true\\n[dependencies]\\n' > Cargo.toml;; impl-1) echo 'assert True' > tests/test_add.txt; rm tests/test_sub.txt; echo 'assert True' > tests/test_new.txt; printf '[lib]\\nharness = false\\n' > Cargo.toml; echo impl > impl.txt;; impl-*) git checkout -q HEAD -- tests Cargo.toml; rm -f tests/test_new.txt; printf 'serde = 1\\n' >> Cargo.toml; echo impl > impl.txt;; esac"] }
 [[phases]]
 name = "tests"
-freeze = ["tests/**"]
+freeze = ["tests/**", "Cargo.toml#lib"]
 [[phases]]
 name = "impl"
 max_attempts = 2
@@ -887,6 +888,7 @@ effort = "1h"
         "tests/test_add.txt",
         "tests/test_sub.txt",
         "tests/test_new.txt",
+        "Cargo.toml#lib",
     ] {
         assert!(
             feedback.contains(&format!("{f} (frozen by tests)")),
@@ -909,6 +911,12 @@ effort = "1h"
     let sub = demo::git(&s.repo, &["show", &format!("{branch}:tests/test_sub.txt")]).unwrap();
     assert_eq!(sub, "assert sub(3, 1) == 2");
     assert!(demo::git(&s.repo, &["show", &format!("{branch}:tests/test_new.txt")]).is_err());
+    // The harness setting is frozen; the rest of Cargo.toml was not.
+    let cargo = demo::git(&s.repo, &["show", &format!("{branch}:Cargo.toml")]).unwrap();
+    assert!(
+        cargo.contains("harness = true") && cargo.contains("serde = 1"),
+        "{cargo}"
+    );
 }
 
 /// An agent that plays the common tricks instead of doing the work, all

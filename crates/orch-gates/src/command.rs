@@ -8,7 +8,7 @@ use orch_core::plan::{CommandGateSpec, TestFormat, TestsGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
 use crate::common::{
-    EXCERPT_LINES, cancelled, checked, clear_report, config, inside, read_report, report,
+    EXCERPT_LINES, Since, cancelled, checked, clear_report, config, inside, read_report, report,
     stale_or_missing, timeout,
 };
 use crate::results::{self, TestResults};
@@ -188,7 +188,7 @@ impl Gate for TestsGate {
             TestFormat::Junit => {
                 let rel = s.report.as_deref().unwrap_or_default();
                 let path = inside(&self.name, &ctx.workdir, rel)?;
-                match stale_or_missing(&path, rel, began, ended) {
+                match stale_or_missing(&path, rel, Since::Command(began), ended) {
                     Some(why) => Err(why),
                     None => read_report(&path, rel).and_then(|bytes| {
                         results::junit(&bytes).map_err(|e| format!("report {rel}: {}", e.0))

@@ -107,22 +107,38 @@ pub(crate) fn clear_report(gate: &str, path: &Path, rel: &str) -> Result<(), Gat
     }
 }
 
+/// What a report's time is compared with: when this gate's command
+/// started, or (a report read as it is) when the phase began.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Since {
+    /// The gate's own command started then.
+    Command(SystemTime),
+    /// The phase being checked began then.
+    Phase(SystemTime),
+}
+
 /// Why a report file cannot be trusted, if it cannot: missing, not a
 /// file, written before `since`, or dated after `until` (when the command
 /// that wrote it had ended: written later, or dated into the future).
+/// The message names the reference time and how far off the report is.
 pub(crate) fn stale_or_missing(
     path: &Path,
     rel: &str,
-    since: SystemTime,
+    since: Since,
     until: SystemTime,
 ) -> Option<String> {
-    let since = since.checked_sub(MTIME_SLACK).unwrap_or(since);
+    let (since, what) = match since {
+        Since::Command(t) => (t, "this gate's command started"),
+        Since::Phase(t) => (t, "this phase began"),
+    };
+    let slack = since.checked_sub(MTIME_SLACK).unwrap_or(since);
     match std::fs::metadata(path) {
         Err(_) => Some(format!("report {rel} is missing")),
         Ok(m) if !m.is_file() => Some(format!("report {rel} is not a file")),
         Ok(m) => match m.modified() {
-            Ok(t) if t < since => Some(format!(
-                "report {rel} is stale: it was written before this check began"
+            Ok(t) if t < slack => Some(format!(
+                "report {rel} is stale: it was written {} before {what}",
+                human(since.duration_since(t).unwrap_or_default())
             )),
             Ok(t) if t > until => Some(format!(
                 "report {rel} is dated {} after the command that should have written it ended (written later, or dated into the future)",

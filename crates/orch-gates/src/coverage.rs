@@ -7,8 +7,8 @@ use orch_core::plan::{CoverageFormat, CoverageGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
 use crate::common::{
-    EXCERPT_LINES, cancelled, checked, clear_report, inside, older_than_the_code, read_report,
-    report, stale_or_missing, timeout,
+    EXCERPT_LINES, Since, cancelled, checked, clear_report, inside, older_than_the_code,
+    read_report, report, stale_or_missing, timeout,
 };
 use crate::coverage_parse::{self, Coverage};
 use orch_core::process::{self, Exit};
@@ -36,41 +36,46 @@ impl CoverageGate {
 
 impl CoverageGate {
     /// Figures that cannot be true fail: more covered than instrumented
-    /// (over 100%), or, for LCOV, a source file the report names that is
-    /// not in the work tree (a report of another project, or made up).
+    /// (over 100%), a report that names no source file, or one that names
+    /// a file that is not in the work tree (a report of another project,
+    /// or made up).
     fn believable(
         &self,
         ctx: &GateContext,
         bytes: &[u8],
         c: Coverage,
     ) -> Result<Coverage, crate::results::ParseError> {
+        let unbelievable = |why: String| Err(crate::results::ParseError(why));
         if c.lines_covered > c.lines_total || c.branches_covered > c.branches_total {
-            return Err(crate::results::ParseError(format!(
+            return unbelievable(format!(
                 "it covers more than it instruments ({} of {} lines, {} of {} branches)",
                 c.lines_covered, c.lines_total, c.branches_covered, c.branches_total
-            )));
+            ));
         }
-        if self.spec.format == CoverageFormat::Lcov {
-            let text = String::from_utf8_lossy(bytes);
-            let root = ctx
-                .workdir
-                .canonicalize()
-                .unwrap_or_else(|_| ctx.workdir.to_path_buf());
-            for f in crate::coverage_parse::lcov_files(&text) {
-                let p = std::path::Path::new(&f);
-                let full = if p.is_absolute() {
-                    p.to_path_buf()
-                } else {
-                    ctx.workdir.join(p)
-                };
-                let inside = full
+        let named = coverage_parse::named_files(self.spec.format, bytes)?;
+        if named.files.is_empty() {
+            return unbelievable(
+                "it names no source file, so nothing shows what it measured".into(),
+            );
+        }
+        let root = ctx
+            .workdir
+            .canonicalize()
+            .unwrap_or_else(|_| ctx.workdir.to_path_buf());
+        let bases: Vec<std::path::PathBuf> = std::iter::once(ctx.workdir.to_path_buf())
+            .chain(named.roots.iter().map(|r| ctx.workdir.join(r)))
+            .collect();
+        for f in &named.files {
+            // Absolute names are joined as they are (`join` keeps them).
+            let inside = bases.iter().any(|b| {
+                b.join(f)
                     .canonicalize()
-                    .is_ok_and(|real| real.starts_with(&root));
-                if !inside {
-                    return Err(crate::results::ParseError(format!(
-                        "it names {f}, which is not a file of the work tree"
-                    )));
-                }
+                    .is_ok_and(|real| real.starts_with(&root) && real.is_file())
+            });
+            if !inside {
+                return unbelievable(format!(
+                    "it names {f}, which is not a file of the work tree"
+                ));
             }
         }
         Ok(c)
@@ -87,14 +92,14 @@ impl Gate for CoverageGate {
         let started = Instant::now();
         let s = &self.spec;
         let path = inside(&self.name, &ctx.workdir, &s.report)?;
-        let mut since = ctx.since;
+        let mut since = Since::Phase(ctx.since);
         let mut excerpt = String::new();
         let mut evidence = Evidence::default();
         let mut until = None;
         if let Some(argv) = &s.argv {
             // Only what the command writes while it runs is read.
             clear_report(&self.name, &path, &s.report)?;
-            since = SystemTime::now();
+            since = Since::Command(SystemTime::now());
             let cmd = process::Command {
                 argv: argv.clone(),
                 shell: false,

@@ -1,6 +1,7 @@
 //! Parsers for coverage reports: LCOV, Cobertura XML, `llvm-cov export`
 //! JSON (what `cargo llvm-cov --json` writes) and coverage.py JSON.
 
+use orch_core::plan::CoverageFormat;
 use quick_xml::events::Event;
 use serde::Deserialize;
 
@@ -144,13 +145,91 @@ pub fn lcov(text: &str) -> Result<Coverage, ParseError> {
     Ok(c)
 }
 
-/// The source files an LCOV tracefile names (`SF:` lines), for checking
-/// that they exist in the work tree it claims to describe.
-pub fn lcov_files(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("SF:"))
-        .map(|f| f.trim().to_owned())
-        .collect()
+/// The source files a report names, for checking that they exist in the
+/// work tree it claims to describe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Named {
+    /// Each file as the report names it.
+    pub files: Vec<String>,
+    /// Directories the names are relative to, besides the work tree
+    /// (Cobertura's `<source>` elements).
+    pub roots: Vec<String>,
+}
+
+/// The source files a report of `format` names: LCOV `SF:` lines,
+/// Cobertura `<class filename>` (with its `<source>` roots), the
+/// `files[].filename` of an llvm-cov export and the `files` keys of a
+/// coverage.py report.
+///
+/// # Errors
+/// When the report cannot be read as its format.
+pub fn named_files(format: CoverageFormat, bytes: &[u8]) -> Result<Named, ParseError> {
+    let text = || String::from_utf8_lossy(bytes);
+    let json = |what: &str| {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .map_err(|e| ParseError(format!("not {what}: {e}")))
+    };
+    let mut named = Named::default();
+    match format {
+        CoverageFormat::Lcov => {
+            named.files = text()
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("SF:"))
+                .map(|f| f.trim().to_owned())
+                .collect();
+        }
+        CoverageFormat::Cobertura => {
+            let mut reader = quick_xml::Reader::from_reader(bytes);
+            let mut buf = Vec::new();
+            let mut in_source = false;
+            loop {
+                match reader.read_event_into(&mut buf) {
+                    Err(e) => return Err(crate::results::xml_error(reader.error_position(), e)),
+                    Ok(Event::Eof) => break,
+                    Ok(Event::Start(e) | Event::Empty(e)) => {
+                        let name = e.name();
+                        let local = name.local_name();
+                        let tag: &str = local.as_ref();
+                        in_source = tag == "source";
+                        if tag == "class"
+                            && let Some(v) = e
+                                .attributes()
+                                .flatten()
+                                .find(|a| a.key.local_name().as_ref() == "filename")
+                                .and_then(|a| {
+                                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0).ok()
+                                })
+                        {
+                            named.files.push(v.into_owned());
+                        }
+                    }
+                    Ok(Event::Text(t)) if in_source => {
+                        named.roots.push(t.xml10_content().trim().to_owned());
+                    }
+                    Ok(Event::End(_)) => in_source = false,
+                    Ok(_) => {}
+                }
+                buf.clear();
+            }
+        }
+        CoverageFormat::LlvmCovJson => {
+            let doc = json("an llvm-cov JSON export")?;
+            for data in doc["data"].as_array().into_iter().flatten() {
+                for f in data["files"].as_array().into_iter().flatten() {
+                    if let Some(name) = f["filename"].as_str() {
+                        named.files.push(name.to_owned());
+                    }
+                }
+            }
+        }
+        CoverageFormat::CoveragePyJson => {
+            let doc = json("a coverage.py JSON report")?;
+            if let Some(files) = doc["files"].as_object() {
+                named.files = files.keys().cloned().collect();
+            }
+        }
+    }
+    Ok(named)
 }
 
 /// Parses the totals of a Cobertura XML report (root `<coverage>`).

@@ -10,7 +10,7 @@ use orch_core::plan::{FilesGateSpec, MetricGateSpec};
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec};
 
 use crate::common::{
-    checked, config, files_under, inside, older_than_the_code, read_report, report,
+    Since, checked, config, files_under, inside, older_than_the_code, read_report, report,
     stale_or_missing,
 };
 
@@ -264,8 +264,13 @@ impl Gate for MetricGate {
                 String::new(),
             ))
         };
-        if let Some(why) = stale_or_missing(&path, &s.file, ctx.since, std::time::SystemTime::now())
-            .or_else(|| older_than_the_code(&ctx.workdir, &path, &s.file))
+        if let Some(why) = stale_or_missing(
+            &path,
+            &s.file,
+            Since::Phase(ctx.since),
+            std::time::SystemTime::now(),
+        )
+        .or_else(|| older_than_the_code(&ctx.workdir, &path, &s.file))
         {
             return fail(why, Evidence::default());
         }

@@ -4,13 +4,8 @@
 use orch_gates::coverage_parse::{cobertura, coverage_py_json, lcov, llvm_cov_json};
 use orch_gates::results::{junit, libtest, nextest};
 
-fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-}
+mod support;
+use support::fixture;
 
 #[test]
 fn libtest_human_output() {

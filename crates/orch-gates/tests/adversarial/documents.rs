@@ -1,0 +1,38 @@
+//! Documents that look written but are not.
+
+use crate::support::*;
+
+/// A file of spaces and tabs is not "non-empty".
+#[tokio::test]
+async fn a_document_of_whitespace() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "plan.md", " \n\t\n");
+    fails(
+        d.path(),
+        serde_json::json!({"kind": "files", "paths": ["plan.md"], "non_empty": true}),
+        "plan.md is empty (only whitespace)",
+    )
+    .await;
+}
+
+/// Required headings quoted inside code fences (``` and ~~~), or written
+/// as a `#hashtag`, are not sections.
+#[tokio::test]
+async fn headings_inside_code_fences() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "ADR.md",
+        "# Context\nwords\n```md\n## Decision\n```\n~~~\n## Consequences\n~~~\n#Alternatives\n",
+    );
+    let r = fails(
+        d.path(),
+        serde_json::json!({"kind": "files", "paths": ["ADR.md"], "sections": ["Context", "Decision", "Consequences", "Alternatives"]}),
+        "ADR.md has no \"Decision\" heading",
+    )
+    .await;
+    assert_eq!(
+        r.reason,
+        "ADR.md has no \"Decision\" heading; ADR.md has no \"Consequences\" heading; ADR.md has no \"Alternatives\" heading"
+    );
+}
