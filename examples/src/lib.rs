@@ -100,6 +100,7 @@ pub fn plan_agents(
         timeout: Duration::from_secs(plan.policy.timeouts.agent_secs),
         stall: Duration::from_secs(plan.policy.timeouts.stall_secs),
         transcripts: Some(state_dir.join("transcripts")),
+        ..AgentDefaults::default()
     };
     Ok(Arc::new(Router::from_plan(plan, &defaults, custom)?))
 }

@@ -16,8 +16,8 @@ use orch_core::{
     BackendSpec, Progress, RoleName, plan::PromptVia,
 };
 
-use crate::redact::Redactor;
 use crate::stream::{self, ClaudeStream, CodexStream, StreamParser};
+use orch_core::secrets::Redactor;
 
 /// Limits and places every process agent uses, from the plan's policy.
 #[derive(Debug, Clone)]
@@ -26,8 +26,14 @@ pub struct AgentDefaults {
     pub timeout: Duration,
     /// Stop an agent silent on stdout for this long.
     pub stall: Duration,
-    /// Where transcripts go (`<dir>/<agent id>.log`); none: not written.
+    /// Where transcripts go: `<dir>/<agent id>.log` for an agent's first
+    /// run, `<agent id>.2.log`, … for each retry of the same task (a
+    /// retry never overwrites an earlier transcript); none: not written.
     pub transcripts: Option<PathBuf>,
+    /// What removes secrets from everything an agent prints before it is
+    /// passed on (progress, summaries, errors, transcripts, answers).
+    /// Default: every secret of this process's environment.
+    pub redactor: Redactor,
 }
 
 impl Default for AgentDefaults {
@@ -36,8 +42,41 @@ impl Default for AgentDefaults {
             timeout: Duration::from_secs(3600),
             stall: Duration::from_secs(600),
             transcripts: None,
+            redactor: Redactor::from_process_env(),
         }
     }
+}
+
+/// The variables of orch's environment the `claude_code` backend passes
+/// to Claude Code besides [`process::BASE_ENV`]: its own provider's and
+/// its own settings, never another provider's key.
+pub const CLAUDE_CODE_ENV: &[&str] = &["ANTHROPIC_*", "CLAUDE_*"];
+
+/// The same for the `codex` backend.
+pub const CODEX_ENV: &[&str] = &["OPENAI_*", "CODEX_*"];
+
+/// A transcript file of its own for this run of `agent`: the first free
+/// of `<agent>.log`, `<agent>.2.log`, … (created, so a concurrent retry
+/// cannot take it too).
+fn transcript_file(dir: &std::path::Path, agent: &str) -> Option<(PathBuf, std::fs::File)> {
+    std::fs::create_dir_all(dir).ok()?;
+    (1..10_000).find_map(|n| {
+        let name = if n == 1 {
+            format!("{agent}.log")
+        } else {
+            format!("{agent}.{n}.log")
+        };
+        let path = dir.join(name);
+        let file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path);
+        match file {
+            Ok(f) => Some(Some((path, f))),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+            Err(_) => Some(None),
+        }
+    })?
 }
 
 /// [`Agent::check`] of a command backend: its program can be started;
@@ -83,7 +122,8 @@ async fn run_redacted(
     let mut cb = |line: &str| on_line(&redactor.redact(line));
     let out = process::run_lines(cmd, &ctx.cancel, &mut cb).await;
     let transcript = transcripts.and_then(|dir| {
-        let path = dir.join(format!("{}.log", task.agent_id));
+        use std::io::Write;
+        let (path, mut file) = transcript_file(dir, task.agent_id.as_str())?;
         let text = format!(
             "$ {}\n--- stdout ({} bytes)\n{}\n--- stderr ({} bytes)\n{}\n--- {}\n",
             cmd.argv.first().map_or("", String::as_str),
@@ -93,8 +133,7 @@ async fn run_redacted(
             redactor.redact(&out.stderr.text()),
             out.describe()
         );
-        std::fs::create_dir_all(dir).ok()?;
-        std::fs::write(&path, text).ok()?;
+        file.write_all(text.as_bytes()).ok()?;
         Some(path)
     });
     (out, transcript)
@@ -111,12 +150,11 @@ async fn run_parsed<P: StreamParser>(
     defaults: &AgentDefaults,
 ) -> Result<AgentOutcome, AgentError> {
     let parser = Mutex::new(parser);
-    let redactor = Redactor::from_process_env();
     let (out, transcript) = run_redacted(
         cmd,
         task,
         ctx,
-        &redactor,
+        &defaults.redactor,
         defaults.transcripts.as_ref(),
         |line| {
             let progress = parser
@@ -158,9 +196,9 @@ fn task_env(task: &AgentTask) -> BTreeMap<String, String> {
 
 /// Runs any program. The prompt goes to stdin, to a file whose path
 /// replaces `{prompt_file}` in argv, or into the argv element `{prompt}`
-/// (never through a shell). The environment is cleared except `PATH`,
-/// `HOME`, the names in `env_allow`, the spec's `env` and `ORCH_*`
-/// variables describing the task. Exit status 0 is success.
+/// (never through a shell). The environment is clean: only
+/// [`process::BASE_ENV`], the names in `env_allow`, the spec's `env` and
+/// the `ORCH_*` variables describing the task. Exit status 0 is success.
 #[derive(Debug, Clone)]
 pub struct CommandAgent {
     argv: Vec<String>,
@@ -224,12 +262,15 @@ impl Agent for CommandAgent {
     }
 
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
-        let mut env: BTreeMap<String, String> = std::env::vars()
-            .filter(|(k, _)| k == "PATH" || k == "HOME" || self.env_allow.contains(k))
-            .collect();
-        env.extend(self.env.clone());
+        let mut env = self.env.clone();
         env.extend(task_env(&task));
-        let redactor = Redactor::new(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // Secrets the plan hands this agent are secrets too.
+        let redactor = self.defaults.redactor.clone().with_values(
+            self.env
+                .iter()
+                .filter(|(k, _)| orch_core::secrets::is_secret_name(k))
+                .map(|(_, v)| v.clone()),
+        );
         let mut prompt_file = None;
         let mut argv = self.argv.clone();
         for a in &mut argv {
@@ -256,7 +297,7 @@ impl Agent for CommandAgent {
             argv,
             cwd: task.workdir.to_path_buf(),
             env,
-            env_clear: true,
+            env_allow: self.env_allow.clone(),
             stdin: (self.prompt_via == PromptVia::Stdin).then(|| task.prompt.clone().into_bytes()),
             timeout: self.defaults.timeout,
             stall: Some(self.defaults.stall),
@@ -293,9 +334,9 @@ impl Agent for CommandAgent {
         let summary = if success {
             last
         } else {
+            let stderr = out.stderr.text();
             let err = redactor.redact(
-                out.stderr
-                    .text()
+                stderr
                     .lines()
                     .rev()
                     .find(|l| !l.trim().is_empty())
@@ -318,7 +359,29 @@ impl Agent for CommandAgent {
 #[derive(Debug, Clone)]
 pub struct ClaudeCodeAgent {
     argv: Vec<String>,
+    env: Env,
     defaults: AgentDefaults,
+}
+
+/// The environment of a CLI backend: variables set, and names passed
+/// through from orch's environment (its provider's by default).
+#[derive(Debug, Clone, Default)]
+struct Env {
+    set: BTreeMap<String, String>,
+    allow: Vec<String>,
+}
+
+impl Env {
+    fn new(set: &BTreeMap<String, String>, allow: &[String], own: &[&str]) -> Env {
+        Env {
+            set: set.clone(),
+            allow: own
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(allow.iter().cloned())
+                .collect(),
+        }
+    }
 }
 
 impl ClaudeCodeAgent {
@@ -333,6 +396,7 @@ impl ClaudeCodeAgent {
             permission_mode,
             append_system_prompt,
             extra_args,
+            ..
         } = spec
         {
             a.push(binary.clone().unwrap_or_else(|| "claude".into()));
@@ -378,24 +442,29 @@ impl Agent for ClaudeCodeAgent {
             argv.extend(["--resume".into(), session.clone()]);
         }
         let stdin = Some(task.prompt.clone().into_bytes());
-        let cmd = stream_command(argv, stdin, &task, &self.defaults);
+        let cmd = stream_command(argv, stdin, &task, &self.env, &self.defaults);
         run_parsed(&cmd, ClaudeStream::new(), &task, ctx, &self.defaults).await
     }
 }
 
 /// How an event-stream CLI (Claude Code, Codex) runs `task`: in its work
-/// tree, with the process environment plus the task's `ORCH_*` variables,
-/// under the time limit and the stall watchdog.
+/// tree, in a clean environment with its own provider's variables, what
+/// its spec sets and passes, and the task's `ORCH_*` variables, under the
+/// time limit and the stall watchdog.
 fn stream_command(
     argv: Vec<String>,
     stdin: Option<Vec<u8>>,
     task: &AgentTask,
+    env: &Env,
     d: &AgentDefaults,
 ) -> process::Command {
+    let mut set = env.set.clone();
+    set.extend(task_env(task));
     process::Command {
         argv,
         cwd: task.workdir.to_path_buf(),
-        env: task_env(task),
+        env: set,
+        env_allow: env.allow.clone(),
         stdin,
         timeout: d.timeout,
         stall: Some(d.stall),
@@ -409,6 +478,7 @@ fn stream_command(
 #[derive(Debug, Clone)]
 pub struct CodexAgent {
     argv: Vec<String>,
+    env: Env,
     defaults: AgentDefaults,
 }
 
@@ -421,6 +491,7 @@ impl CodexAgent {
             model,
             sandbox,
             extra_args,
+            ..
         } = spec
         {
             a.push(binary.clone().unwrap_or_else(|| "codex".into()));
@@ -459,7 +530,7 @@ impl Agent for CodexAgent {
             argv.extend(["resume".to_owned(), thread.clone()]);
         }
         argv.push(task.prompt.clone());
-        let cmd = stream_command(argv, None, &task, &self.defaults);
+        let cmd = stream_command(argv, None, &task, &self.env, &self.defaults);
         run_parsed(&cmd, CodexStream::new(), &task, ctx, &self.defaults).await
     }
 }
@@ -488,12 +559,14 @@ pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn A
             env.clone(),
             d,
         )?),
-        b @ BackendSpec::ClaudeCode { .. } => Arc::new(ClaudeCodeAgent {
+        b @ BackendSpec::ClaudeCode { env, env_allow, .. } => Arc::new(ClaudeCodeAgent {
             argv: ClaudeCodeAgent::argv(b),
+            env: Env::new(env, env_allow, CLAUDE_CODE_ENV),
             defaults: d,
         }),
-        b @ BackendSpec::Codex { .. } => Arc::new(CodexAgent {
+        b @ BackendSpec::Codex { env, env_allow, .. } => Arc::new(CodexAgent {
             argv: CodexAgent::argv(b),
+            env: Env::new(env, env_allow, CODEX_ENV),
             defaults: d,
         }),
         BackendSpec::Anthropic {
@@ -502,36 +575,42 @@ pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn A
             base_url,
             max_tokens,
             output_file,
-        } => Arc::new(crate::http::HttpAgent::new(
-            crate::http::Api::Anthropic,
-            base_url
-                .clone()
-                .unwrap_or_else(|| "https://api.anthropic.com".into()),
-            model.clone(),
-            Some(
-                api_key_env
+        } => Arc::new(
+            crate::http::HttpAgent::new(
+                crate::http::Api::Anthropic,
+                base_url
                     .clone()
-                    .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
-            ),
-            max_tokens.unwrap_or(4096),
-            output_file.clone(),
-            d.timeout,
-        )?),
+                    .unwrap_or_else(|| "https://api.anthropic.com".into()),
+                model.clone(),
+                Some(
+                    api_key_env
+                        .clone()
+                        .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
+                ),
+                max_tokens.unwrap_or(4096),
+                output_file.clone(),
+                d.timeout,
+            )?
+            .redactor(d.redactor.clone()),
+        ),
         BackendSpec::OpenaiCompatible {
             model,
             api_key_env,
             base_url,
             max_tokens,
             output_file,
-        } => Arc::new(crate::http::HttpAgent::new(
-            crate::http::Api::OpenAiCompatible,
-            base_url.clone(),
-            model.clone(),
-            api_key_env.clone(),
-            max_tokens.unwrap_or(4096),
-            output_file.clone(),
-            d.timeout,
-        )?),
+        } => Arc::new(
+            crate::http::HttpAgent::new(
+                crate::http::Api::OpenAiCompatible,
+                base_url.clone(),
+                model.clone(),
+                api_key_env.clone(),
+                max_tokens.unwrap_or(4096),
+                output_file.clone(),
+                d.timeout,
+            )?
+            .redactor(d.redactor.clone()),
+        ),
         other => {
             return Err(AgentError::new(
                 AgentErrorKind::Config,

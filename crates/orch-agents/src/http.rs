@@ -11,7 +11,7 @@ use orch_core::{
 };
 use serde_json::{Value, json};
 
-use crate::redact::Redactor;
+use orch_core::secrets::Redactor;
 
 /// Which API an [`HttpAgent`] speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,7 @@ pub struct HttpAgent {
     max_tokens: u32,
     output_file: Option<String>,
     client: reqwest::Client,
+    redactor: Redactor,
 }
 
 impl std::fmt::Debug for HttpAgent {
@@ -52,7 +53,7 @@ impl std::fmt::Debug for HttpAgent {
                 &self
                     .api_key_env
                     .as_ref()
-                    .map(|e| format!("${e} ({})", crate::redact::REDACTED)),
+                    .map(|e| format!("${e} ({})", orch_core::secrets::REDACTED)),
             )
             .finish_non_exhaustive()
     }
@@ -78,15 +79,25 @@ impl HttpAgent {
             .timeout(timeout)
             .build()
             .map_err(|e| AgentError::new(AgentErrorKind::Config, format!("HTTP client: {e}")))?;
+        let base_url = base_url.into().trim_end_matches('/').to_owned();
         Ok(HttpAgent {
             api,
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            redactor: Redactor::from_process_env().with_url(&base_url),
+            base_url,
             model: model.into(),
             api_key_env,
             max_tokens,
             output_file,
             client,
         })
+    }
+
+    /// Redacts with `redactor` (and the base URL's password) instead of
+    /// the secrets of this process's environment.
+    #[must_use]
+    pub fn redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor.with_url(&self.base_url);
+        self
     }
 
     fn request(&self, prompt: &str, key: Option<&str>) -> reqwest::RequestBuilder {
@@ -216,7 +227,9 @@ impl Agent for HttpAgent {
 
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
         let key = self.key()?;
-        let redactor = Redactor::new(key.as_deref().map(|k| ("API_KEY", k)));
+        // Everything the API sends back may echo the key (an error body, a
+        // model told to repeat its input): redacted before it goes on.
+        let redactor = self.redactor.clone().with_values(key.clone());
         let send = self.request(&task.prompt, key.as_deref()).send();
         let response = tokio::select! {
             r = send => r.map_err(|e| {
@@ -235,7 +248,7 @@ impl Agent for HttpAgent {
         let body = response.text().await.map_err(|e| {
             AgentError::new(
                 AgentErrorKind::Protocol,
-                format!("reading the response: {e}"),
+                redactor.redact(&format!("reading the response: {e}")),
             )
         })?;
         if !(200..300).contains(&status) {
@@ -243,14 +256,14 @@ impl Agent for HttpAgent {
         }
         let parsed = serde_json::from_str::<Value>(&body).ok();
         let Some((text, usage)) = parsed.as_ref().and_then(|v| self.parse(v)) else {
+            // Redacted whole, then cut: a cut could leave half a key.
+            let head: String = redactor.redact(&body).chars().take(200).collect();
             return Err(AgentError::new(
                 AgentErrorKind::Protocol,
-                format!(
-                    "unexpected response body: {}",
-                    body.chars().take(200).collect::<String>()
-                ),
+                format!("unexpected response body: {head}"),
             ));
         };
+        let text = redactor.redact(&text).into_owned();
         ctx.progress.progress(
             &task.agent_id,
             Progress::Text {

@@ -22,13 +22,12 @@
 
 mod cli;
 mod http;
-mod redact;
 mod resilience;
 mod scripted;
 pub mod stream;
 
 pub use cli::{AgentDefaults, ClaudeCodeAgent, CodexAgent, CommandAgent, from_spec};
 pub use http::{Api, HttpAgent};
-pub use redact::{REDACTED, Redactor, is_secret_name};
+pub use orch_core::secrets::{REDACTED, Redactor, is_secret_name};
 pub use resilience::{Backend, Breaker, BreakerConfig, BreakerState, Ledger, RetryConfig, Router};
 pub use scripted::{ScriptedAgent, Step, TaskFn};

@@ -38,6 +38,7 @@ fn defaults(transcripts: Option<PathBuf>) -> AgentDefaults {
         timeout: Duration::from_secs(60),
         stall: Duration::from_secs(60),
         transcripts,
+        ..AgentDefaults::default()
     }
 }
 

@@ -122,6 +122,7 @@ fn defaults(dir: &Path) -> AgentDefaults {
         timeout: Duration::from_secs(120),
         stall: Duration::from_secs(60),
         transcripts: Some(dir.join("transcripts")),
+        ..AgentDefaults::default()
     }
 }
 

@@ -449,6 +449,62 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Removes secrets from every text the event carries that came from
+    /// outside orch (agent output and summaries, gate reports, feedback,
+    /// escalations, decision notes, failure reasons). The engine applies
+    /// it to each event before the event is folded or written, so the
+    /// journal, the state files and the prompts built from them never hold
+    /// a secret the redactor knows.
+    ///
+    /// ```
+    /// use orch_core::{EventKind, secrets::Redactor};
+    /// let mut k = EventKind::TicketFailed {
+    ///     ticket: "T-1".parse().unwrap(),
+    ///     reason: "auth failed for sk-ant-api03-abcdef".into(),
+    /// };
+    /// k.redact(&Redactor::default());
+    /// assert!(matches!(k, EventKind::TicketFailed { reason, .. } if reason == "auth failed for [REDACTED]"));
+    /// ```
+    pub fn redact(&mut self, r: &crate::secrets::Redactor) {
+        use EventKind::*;
+        match self {
+            AgentOutput { text, .. } => r.redact_in_place(text),
+            AgentFinished { summary, .. } => r.redact_in_place(summary),
+            GateFinished { report, .. } => report.redact(r),
+            AttemptFailed { feedback, .. } => r.redact_in_place(feedback),
+            Escalated {
+                question, context, ..
+            } => {
+                r.redact_in_place(question);
+                r.redact_in_place(context);
+            }
+            DecisionRecorded { note, .. } => {
+                if let Some(n) = note {
+                    r.redact_in_place(n);
+                }
+            }
+            TicketFailed { reason, .. } | BatchFailed { reason, .. } => r.redact_in_place(reason),
+            // Made by orch from the plan and its own state: ids, paths,
+            // commits, counts.
+            RunStarted { .. }
+            | TicketReady { .. }
+            | WorkspaceReady { .. }
+            | PhaseStarted { .. }
+            | AgentStarted { .. }
+            | GateStarted { .. }
+            | PhasePassed { .. }
+            | RolledBack { .. }
+            | PhaseRestarted { .. }
+            | TicketDone { .. }
+            | TicketBlocked { .. }
+            | TicketSkipped { .. }
+            | MergeStarted { .. }
+            | BatchMerged { .. }
+            | BudgetExhausted { .. }
+            | RunFinished { .. } => {}
+        }
+    }
+
     /// The kind's name, as its JSON's `type` says (`"ticket_done"`).
     ///
     /// ```

@@ -108,6 +108,21 @@ pub struct GateReport {
 }
 
 impl GateReport {
+    /// Removes secrets from what the report quotes of the checked
+    /// command's output: its reason, excerpt, failure messages, and those
+    /// of its children.
+    pub fn redact(&mut self, r: &crate::secrets::Redactor) {
+        r.redact_in_place(&mut self.reason);
+        r.redact_in_place(&mut self.excerpt);
+        for f in &mut self.evidence.failures {
+            r.redact_in_place(&mut f.name);
+            r.redact_in_place(&mut f.message);
+        }
+        for c in &mut self.children {
+            c.redact(r);
+        }
+    }
+
     /// Whether the gate passed.
     pub fn passed(&self) -> bool {
         self.status == GateStatus::Passed

@@ -55,6 +55,7 @@ pub mod id;
 pub mod plan;
 #[cfg(feature = "process")]
 pub mod process;
+pub mod secrets;
 mod state;
 mod store;
 mod time;

@@ -20,7 +20,7 @@ fn command(
     argv: &[String],
     shell: bool,
     cwd: Option<&str>,
-    env: &BTreeMap<String, String>,
+    env: (&BTreeMap<String, String>, &[String]),
     timeout_secs: Option<u64>,
 ) -> Result<process::Command, GateError> {
     Ok(process::Command {
@@ -30,7 +30,8 @@ fn command(
             Some(c) => inside(gate, &ctx.workdir, c)?,
             None => ctx.workdir.to_path_buf(),
         },
-        env: env.clone(),
+        env: env.0.clone(),
+        env_allow: env.1.to_vec(),
         timeout: timeout(ctx, timeout_secs),
         ..Default::default()
     })
@@ -73,7 +74,7 @@ impl Gate for CommandGate {
             &s.argv,
             s.shell,
             s.cwd.as_deref(),
-            &s.env,
+            (&s.env, &s.env_allow),
             s.timeout_secs,
         )?;
         let out = process::run(&cmd, &ctx.cancel).await;
@@ -147,7 +148,7 @@ impl Gate for TestsGate {
             &s.argv,
             false,
             s.cwd.as_deref(),
-            &s.env,
+            (&s.env, &s.env_allow),
             s.timeout_secs,
         )?;
         let out = process::run(&cmd, &ctx.cancel).await;

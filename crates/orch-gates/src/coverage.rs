@@ -104,7 +104,8 @@ impl Gate for CoverageGate {
                 argv: argv.clone(),
                 shell: false,
                 cwd: ctx.workdir.to_path_buf(),
-                env: Default::default(),
+                env: s.env.clone(),
+                env_allow: s.env_allow.clone(),
                 timeout: timeout(ctx, s.timeout_secs),
                 ..Default::default()
             };

@@ -40,25 +40,14 @@ fn luhn(s: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// The rules of a built-in set: `(name, regex, confirm)`.
+/// The rules of a built-in set: `(name, regex)`.
 pub fn builtin(set: BuiltinPatterns) -> Vec<(&'static str, &'static str)> {
     match set {
-        BuiltinPatterns::Secrets => vec![
-            ("AWS access key id", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-            (
-                "private key",
-                r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |PGP |ENCRYPTED )?PRIVATE KEY(?: BLOCK)?-----",
-            ),
-            ("GitHub token", r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
-            ("Anthropic API key", r"\bsk-ant-[A-Za-z0-9_\-]{20,}"),
-            ("OpenAI API key", r"\bsk-(?:proj-)?[A-Za-z0-9]{32,}\b"),
-            ("Slack token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-            ("Google API key", r"\bAIza[0-9A-Za-z_\-]{35}\b"),
-            (
-                "hard-coded credential",
-                r#"(?i)\b(?:password|passwd|secret|api[_-]?key|access[_-]?token)\s*[:=]\s*["'][^"'\s]{8,}["']"#,
-            ),
-        ],
+        // The one set the redactor and the scan before each commit use.
+        BuiltinPatterns::Secrets => orch_core::secrets::SECRET_PATTERNS
+            .iter()
+            .map(|p| (p.name, p.regex))
+            .collect(),
         BuiltinPatterns::Pii => vec![
             (
                 "e-mail address",

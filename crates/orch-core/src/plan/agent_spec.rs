@@ -89,7 +89,9 @@ pub enum BackendSpec {
         #[serde(default)]
         prompt_via: PromptVia,
         /// Environment variables passed through from orch's environment
-        /// (everything else is dropped; `PATH` and `HOME` always pass).
+        /// (names, or prefixes ending in `*`); everything else is dropped
+        /// but `PATH`, `HOME`, the locale and the other variables of
+        /// `orch_core::process::BASE_ENV`.
         #[serde(default)]
         env_allow: Vec<String>,
         /// Environment variables set for the program.
@@ -119,6 +121,15 @@ pub enum BackendSpec {
         /// Further arguments, appended as given.
         #[serde(default)]
         extra_args: Vec<String>,
+        /// Environment variables passed through from orch's environment,
+        /// besides `PATH`, `HOME`, the locale (`BASE_ENV`) and this
+        /// backend's own provider variables (`ANTHROPIC_*`, `CLAUDE_*`). Another
+        /// provider's key is never passed unless named here.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        env_allow: Vec<String>,
+        /// Environment variables set for the program.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
     },
     /// OpenAI Codex CLI (`codex exec --json`).
     Codex {
@@ -134,6 +145,15 @@ pub enum BackendSpec {
         /// Further arguments, appended as given.
         #[serde(default)]
         extra_args: Vec<String>,
+        /// Environment variables passed through from orch's environment,
+        /// besides `PATH`, `HOME`, the locale (`BASE_ENV`) and this
+        /// backend's own provider variables (`OPENAI_*`, `CODEX_*`). Another
+        /// provider's key is never passed unless named here.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        env_allow: Vec<String>,
+        /// Environment variables set for the program.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
     },
     /// The Anthropic Messages API.
     Anthropic {

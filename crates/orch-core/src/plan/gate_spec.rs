@@ -59,9 +59,15 @@ pub struct CommandGateSpec {
     /// Working directory, relative to the ticket's work tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    /// Environment variables added to the inherited environment.
+    /// Environment variables set for the command. It starts from a clean
+    /// environment: only `PATH`, `HOME`, the locale and the other
+    /// variables of `orch_core::process::BASE_ENV` pass from orch's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Names of orch's environment variables passed through as well
+    /// (`"DATABASE_URL"`, or a prefix: `"PYTHON*"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_allow: Vec<String>,
     /// Kill the whole process group after this many seconds
     /// (default: the policy's gate timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,9 +98,15 @@ pub struct TestsGateSpec {
     /// Working directory, relative to the ticket's work tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    /// Environment variables added to the inherited environment.
+    /// Environment variables set for the command. It starts from a clean
+    /// environment: only `PATH`, `HOME`, the locale and the other
+    /// variables of `orch_core::process::BASE_ENV` pass from orch's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Names of orch's environment variables passed through as well
+    /// (`"DATABASE_URL"`, or a prefix: `"PYTHON*"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_allow: Vec<String>,
     /// Kill the whole process group after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
@@ -156,6 +168,13 @@ pub struct CoverageGateSpec {
     /// Timeout for `argv`, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Environment variables set for `argv` (a clean environment, as for
+    /// command gates).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Names of orch's environment variables passed through to `argv`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_allow: Vec<String>,
 }
 
 /// Built-in pattern sets for [`PatternsGateSpec`].
@@ -423,6 +442,7 @@ impl GateSpec {
             }
             GateSpec::Coverage(c) => {
                 c.argv = c.argv.as_ref().map(all);
+                c.env = env(&c.env);
                 c.report = s(&c.report);
             }
             GateSpec::ForbiddenPatterns(p) => {

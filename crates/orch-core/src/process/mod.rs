@@ -197,10 +197,12 @@ pub struct Command {
     pub shell: bool,
     /// Working directory.
     pub cwd: PathBuf,
-    /// Variables added to the environment.
+    /// Variables set for the program (over any passed through).
     pub env: BTreeMap<String, String>,
-    /// Start from an empty environment (then only `env` is set).
-    pub env_clear: bool,
+    /// Names of orch's environment variables passed through, besides
+    /// [`BASE_ENV`]; a name ending in `*` passes every variable it
+    /// begins. Nothing else of orch's environment reaches the program.
+    pub env_allow: Vec<String>,
     /// Written to standard input, which is then closed (default: no input).
     pub stdin: Option<Vec<u8>>,
     /// Time limit.
@@ -217,12 +219,61 @@ impl Default for Command {
             shell: false,
             cwd: PathBuf::from("."),
             env: BTreeMap::new(),
-            env_clear: false,
+            env_allow: Vec::new(),
             stdin: None,
             timeout: Duration::from_secs(1800),
             stall: None,
         }
     }
+}
+
+/// The variables of orch's environment every command it starts keeps:
+/// where programs and home are, who and where the user is, the locale,
+/// the terminal and the temporary directory, and where the Rust
+/// toolchain lives. No key, token or password: anything else must be
+/// named (`env_allow`) or set (`env`) by the plan.
+pub const BASE_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TERM",
+    "TMPDIR",
+    "TZ",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+];
+
+/// Whether `name` is allowed by `allow` (exact names, or prefixes ending
+/// in `*`).
+fn allowed(allow: &[impl AsRef<str>], name: &str) -> bool {
+    allow.iter().any(|a| {
+        let a = a.as_ref();
+        match a.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => a == name,
+        }
+    })
+}
+
+/// The environment a command runs with: [`BASE_ENV`] and the names in
+/// `env_allow` from orch's own environment, then `env` over them.
+pub fn environment(
+    env: &BTreeMap<String, String>,
+    env_allow: &[String],
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k != contain::MARKER_VAR)
+        .filter(|(k, _)| allowed(BASE_ENV, k) || allowed(env_allow, k))
+        .collect();
+    out.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
 }
 
 /// Kills every process of a command's cell when dropped (the future was
@@ -264,11 +315,9 @@ fn locate(cmd: &Command, program: &str) -> Result<String, Exit> {
             Err(Exit::NotFound(program.to_owned()))
         };
     }
-    let ours = std::env::var("PATH").ok();
     let search = match cmd.env.get("PATH") {
         Some(p) => p.clone(),
-        None if !cmd.env_clear => ours.unwrap_or_default(),
-        None => "/usr/local/bin:/usr/bin:/bin".to_owned(),
+        None => std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
     };
     std::env::split_paths(&search)
         .map(|d| cmd.cwd.join(d).join(program))
@@ -384,14 +433,11 @@ pub async fn run_lines(
     };
     let wrapped = cell.wrap(&located, &args);
     let mut command = tokio::process::Command::new(&wrapped.program);
-    if cmd.env_clear {
-        command.env_clear();
-    }
     command
+        .env_clear()
+        .envs(environment(&cmd.env, &cmd.env_allow))
         .args(&wrapped.args)
         .current_dir(&cmd.cwd)
-        .envs(&cmd.env)
-        .env_remove(contain::MARKER_VAR)
         .stdin(if cmd.stdin.is_some() {
             Stdio::piped()
         } else {

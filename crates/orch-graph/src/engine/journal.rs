@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use orch_core::secrets::Redactor;
 use orch_core::{
     AgentId, Budget, Cancellation, Event, EventKind, Expect, Progress, RunId, RunState, StateStore,
     StoreError, StoreErrorKind, TicketId,
@@ -42,6 +43,9 @@ const SPIN: Duration = Duration::from_micros(5);
 const BUSY: Duration = Duration::from_micros(20);
 
 pub(crate) struct Journal {
+    /// Applied to every event made for this journal, before it is folded
+    /// or written ([`Journal::event`]).
+    redactor: Redactor,
     store: Arc<dyn StateStore>,
     pub(crate) run: RunId,
     /// What every append expects: the run still held under this driver's
@@ -210,8 +214,10 @@ impl Journal {
         budget: Budget,
         work: Cancellation,
         expect: Expect,
+        redactor: Redactor,
     ) -> Arc<Journal> {
         Arc::new_cyclic(|me| Journal {
+            redactor,
             store,
             run,
             expect,
@@ -241,6 +247,14 @@ impl Journal {
             work,
             refused: std::sync::OnceLock::new(),
         })
+    }
+
+    /// An event of `kind`, now, with the secrets it quotes removed: the
+    /// one way the engine makes events, so nothing the journal, the state
+    /// files or a prompt holds carries a secret the redactor knows.
+    pub(crate) fn event(&self, mut kind: EventKind) -> Event {
+        kind.redact(&self.redactor);
+        Event::now(kind)
     }
 
     /// Fails every append from now on with `e`.
@@ -639,6 +653,7 @@ mod tests {
             Budget::default(),
             Cancellation::new(),
             Expect::Any,
+            Redactor::default(),
         )
     }
 

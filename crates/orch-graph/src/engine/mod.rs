@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use orch_core::process;
+use orch_core::secrets::Redactor;
 use orch_core::{
     Agent, AgentContext, AgentId, BatchId, Cancellation, Decision, Event, EventKind, Expect, Gate,
     GateError, GateSpec, Plan, Problem, Progress, RoleName, RunId, RunOutcome, RunState, RunStatus,
@@ -199,6 +200,7 @@ pub struct Engine {
     max_concurrency: u32,
     allow_plan_change: bool,
     poll: Duration,
+    redactor: Redactor,
 }
 
 impl std::fmt::Debug for Engine {
@@ -259,7 +261,20 @@ impl Engine {
             observers: Vec::new(),
             allow_plan_change: false,
             poll: Duration::from_millis(250),
+            redactor: Redactor::from_process_env(),
         })
+    }
+
+    /// What removes secrets from every event before it is folded or
+    /// journalled (agent output and summaries, gate reports, feedback,
+    /// escalations, notes, failure reasons), and so from the state files
+    /// and the prompts made from them. Default: the secrets of this
+    /// process's environment ([`Redactor::from_process_env`]); add the
+    /// ones it cannot see with [`Redactor::with_values`] (a password given
+    /// on the command line).
+    pub fn redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// Journals to `store` instead of the store given to [`Engine::new`]:
@@ -444,6 +459,7 @@ impl Engine {
             // Fenced: once another driver takes the run (this one lost its
             // lock without knowing), the store refuses this one's appends.
             lock.epoch().map_or(Expect::Any, Expect::Epoch),
+            self.redactor.clone(),
         );
         let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
         let started = EventKind::RunStarted {
@@ -455,7 +471,7 @@ impl Engine {
             driver: Some(process::scope().describe()),
         };
         span.in_scope(|| tracing::info!(event = started.name(), resumed));
-        journal.append(vec![Event::now(started)]).await?;
+        journal.append(vec![journal.event(started)]).await?;
         let agent_ctx = AgentContext {
             cancel: work.clone(),
             progress: Arc::new({
@@ -540,11 +556,14 @@ pub async fn decide(
 ) -> Result<(), EngineError> {
     let mut state = RunState::default();
     let mut seq = store.catch_up(run, &mut state, 0).await?;
-    let answer = Event::now(EventKind::DecisionRecorded {
+    let mut answer = EventKind::DecisionRecorded {
         ticket: ticket.clone(),
         decision,
         note,
-    });
+    };
+    // A note is shown to the agent: no secret of this process goes there.
+    answer.redact(&Redactor::from_process_env());
+    let answer = Event::now(answer);
     loop {
         check_decision(&state, run, ticket, decision)?;
         match store
@@ -758,14 +777,14 @@ impl Dispatcher {
         if kinds.is_empty() || self.fatal.is_some() {
             return;
         }
+        let journal = self.shared.journal.clone();
         let events = kinds
             .into_iter()
             .map(|k| {
                 tracing::info!(event = k.name());
-                Event::now(k)
+                journal.event(k)
             })
             .collect();
-        let journal = self.shared.journal.clone();
         if let Err(e) = self.store_call(journal.append(events)).await {
             self.fail_store(e);
         }

@@ -167,15 +167,18 @@ impl<'a> Outbox<'a> {
         self.seen = self.pending.len();
     }
 
-    fn note(k: EventKind) -> Event {
+    fn note(&self, k: EventKind) -> Event {
         // In the pipeline's spans: run, ticket, phase and attempt.
         tracing::info!(event = k.name());
-        Event::now(k)
+        self.j.event(k)
     }
 
     /// Holds `k` until the next write.
     fn defer(&mut self, k: EventKind) {
-        self.pending.push(Self::note(k));
+        {
+            let e = self.note(k);
+            self.pending.push(e);
+        }
     }
 
     /// Appends what waits and `ks`, durably, before the caller acts.
@@ -189,7 +192,10 @@ impl<'a> Outbox<'a> {
         ks: K,
     ) -> impl Future<Output = Result<(), StoreError>> + use<'a, K> {
         for k in ks {
-            self.pending.push(Self::note(k));
+            {
+                let e = self.note(k);
+                self.pending.push(e);
+            }
         }
         self.see();
         self.send()

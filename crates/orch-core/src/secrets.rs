@@ -1,0 +1,423 @@
+//! Secrets: the one pattern set that finds them and the one [`Redactor`]
+//! that removes them.
+//!
+//! Every text that leaves a process orch runs and reaches the journal, a
+//! state file, a prompt, a transcript, a log line or stderr goes through a
+//! [`Redactor`]; the secret-scan gate and the scan before each checkpoint
+//! commit use the same [`SECRET_PATTERNS`]. A redactor also knows the
+//! secret *values* of the run (every environment variable whose name says
+//! it holds one, every password in a URL it was given) and removes them
+//! wherever they appear, also base64- and URL-encoded.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// What a redacted secret is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Secret values shorter than this are not redacted as values (they would
+/// match ordinary words); the patterns still apply.
+pub const MIN_SECRET_LEN: usize = 6;
+
+/// A kind of secret, found by its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretPattern {
+    /// What it is (`"AWS access key id"`), as a finding names it.
+    pub name: &'static str,
+    /// The regular expression. Where it has a group named `s`, only that
+    /// group is the secret (`password=` stays, its value goes); otherwise
+    /// the whole match is.
+    pub regex: &'static str,
+}
+
+/// The shapes of secrets, used by the redactor, the secret-scan gate and
+/// the scan before each commit. Thresholds are low on purpose: short
+/// keys (`sk-ant-xxxx`) are still keys.
+pub const SECRET_PATTERNS: &[SecretPattern] = &[
+    SecretPattern {
+        name: "private key",
+        regex: r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----|\z)",
+    },
+    SecretPattern {
+        name: "AWS access key id",
+        regex: r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
+    },
+    SecretPattern {
+        name: "AWS secret access key",
+        regex: r#"(?i:aws_?secret_?(?:access_?)?key)["']?\s*[:=]\s*["']?(?P<s>[A-Za-z0-9/+=]{30,})"#,
+    },
+    SecretPattern {
+        name: "Anthropic API key",
+        regex: r"\bsk-ant-[A-Za-z0-9_\-]{4,}",
+    },
+    SecretPattern {
+        name: "OpenAI API key",
+        regex: r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,}",
+    },
+    SecretPattern {
+        name: "GitHub token",
+        regex: r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})",
+    },
+    SecretPattern {
+        name: "Slack token",
+        regex: r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
+    },
+    SecretPattern {
+        name: "Google API key",
+        regex: r"\bAIza[0-9A-Za-z_\-]{35}",
+    },
+    SecretPattern {
+        name: "JSON web token",
+        regex: r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}",
+    },
+    SecretPattern {
+        name: "password in a URL",
+        regex: r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:(?P<s>[^/\s@$<{%][^/\s@]*)@",
+    },
+    SecretPattern {
+        name: "hard-coded credential",
+        regex: r#"(?i:\b[a-z0-9_]*(?:password|passwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|private[_-]?key)["']?\s*[:=]\s*["'])(?P<s>[^"'\s]{6,})["']"#,
+    },
+    SecretPattern {
+        name: "secret in a variable",
+        regex: r"\b[A-Z][A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)[A-Z0-9_]*=(?P<s>[^\s$'\x22{][^\s'\x22]{5,})",
+    },
+];
+
+/// The patterns compiled, in the order of [`SECRET_PATTERNS`]. Each is
+/// a valid regex (a unit test compiles them all).
+pub fn compiled_patterns() -> &'static [(SecretPattern, Regex)] {
+    static COMPILED: LazyLock<Vec<(SecretPattern, Regex)>> = LazyLock::new(|| {
+        SECRET_PATTERNS
+            .iter()
+            .map(|p| (*p, Regex::new(p.regex).expect("SECRET_PATTERNS compile")))
+            .collect()
+    });
+    &COMPILED
+}
+
+/// All patterns as one regex (`(?:p0)|(?:p1)|…`), for one pass over a
+/// text; the `s` groups are renamed `s0`, `s1`, … after their pattern.
+fn combined() -> &'static Regex {
+    static ALL: LazyLock<Regex> = LazyLock::new(|| {
+        let parts: Vec<String> = SECRET_PATTERNS
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("(?:{})", p.regex.replace("(?P<s>", &format!("(?P<s{i}>"))))
+            .collect();
+        Regex::new(&parts.join("|")).expect("SECRET_PATTERNS combine")
+    });
+    &ALL
+}
+
+/// Whether an environment variable's name says it holds a secret.
+///
+/// ```
+/// assert!(orch_core::secrets::is_secret_name("ANTHROPIC_API_KEY"));
+/// assert!(orch_core::secrets::is_secret_name("db_password"));
+/// assert!(!orch_core::secrets::is_secret_name("PATH"));
+/// ```
+pub fn is_secret_name(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    [
+        "KEY",
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "PRIVATE",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+/// The password in a URL (`scheme://user:password@host/…`), if it has one.
+///
+/// ```
+/// assert_eq!(orch_core::secrets::url_password("postgres://orch:s3cr3t@db:5432/x"), Some("s3cr3t"));
+/// assert_eq!(orch_core::secrets::url_password("https://example.com/a:b@c"), None);
+/// ```
+pub fn url_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then_some(password)
+}
+
+/// Removes secrets from text: every match of [`SECRET_PATTERNS`], and the
+/// secret values it was given, as they are and base64- or URL-encoded.
+///
+/// Cheap to clone (values are shared) and cheap on text with no secret
+/// (one regex pass, no allocation).
+///
+/// ```
+/// use orch_core::secrets::Redactor;
+/// let r = Redactor::new([("ANTHROPIC_API_KEY", "hunter2-very-secret"), ("PATH", "/usr/bin")]);
+/// assert_eq!(r.redact("key=hunter2-very-secret and sk-ant-api03-abcd"), "key=[REDACTED] and [REDACTED]");
+/// // base64 of the value, as `echo -n … | base64` prints it:
+/// assert_eq!(r.redact("aHVudGVyMi12ZXJ5LXNlY3JldA=="), "[REDACTED]");
+/// assert_eq!(r.redact("DATABASE_URL=postgres://orch:pw-123456@db/x"), "DATABASE_URL=postgres://orch:[REDACTED]@db/x");
+/// assert_eq!(r.redact("/usr/bin"), "/usr/bin");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    /// The known values and their encodings, longest first; `None` when
+    /// there are none.
+    values: Option<std::sync::Arc<(Vec<String>, Regex)>>,
+}
+
+impl Redactor {
+    /// A redactor for the values of `env` whose names look secret
+    /// ([`is_secret_name`]), and the password of every value that is a
+    /// URL with one.
+    pub fn new<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut values = Vec::new();
+        for (k, v) in env {
+            if is_secret_name(k) {
+                values.push(v.to_owned());
+            }
+            if let Some(p) = url_password(v) {
+                values.push(p.to_owned());
+            }
+        }
+        Redactor::default().with_values(values)
+    }
+
+    /// A redactor for this process's own environment.
+    pub fn from_process_env() -> Self {
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        Self::new(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// This redactor, also removing `values` (an API key read from a
+    /// file, the password of a database URL given on the command line).
+    /// Values shorter than [`MIN_SECRET_LEN`] are ignored.
+    #[must_use]
+    pub fn with_values(self, values: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let mut all: Vec<String> = self
+            .values
+            .as_ref()
+            .map(|v| v.0.clone())
+            .unwrap_or_default();
+        for v in values {
+            let v: String = v.into();
+            let v = v.trim();
+            if v.len() >= MIN_SECRET_LEN {
+                all.extend(encodings(v));
+            }
+        }
+        all.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        all.dedup();
+        if all.is_empty() {
+            return Redactor { values: None };
+        }
+        let alternation: Vec<String> = all.iter().map(|v| regex::escape(v)).collect();
+        let re = Regex::new(&alternation.join("|")).expect("escaped literals compile");
+        Redactor {
+            values: Some(std::sync::Arc::new((all, re))),
+        }
+    }
+
+    /// This redactor, also removing the password of `url`, if it has one.
+    #[must_use]
+    pub fn with_url(self, url: &str) -> Self {
+        match url_password(url) {
+            Some(p) => self.with_values([p]),
+            None => self,
+        }
+    }
+
+    /// `text` with every secret replaced by [`REDACTED`]; borrowed when
+    /// there was none.
+    pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let mut out = Cow::Borrowed(text);
+        if let Some(values) = &self.values
+            && values.1.is_match(&out)
+        {
+            out = Cow::Owned(values.1.replace_all(&out, REDACTED).into_owned());
+        }
+        let all = combined();
+        if !all.is_match(&out) {
+            return out;
+        }
+        let mut result = String::with_capacity(out.len());
+        let mut last = 0;
+        for caps in all.captures_iter(&out) {
+            let whole = caps.get(0).expect("group 0 is the match");
+            // The pattern's secret group when it has one, else the match.
+            let secret = (0..SECRET_PATTERNS.len())
+                .find_map(|i| caps.name(&format!("s{i}")))
+                .unwrap_or(whole);
+            result.push_str(&out[last..secret.start()]);
+            result.push_str(REDACTED);
+            last = secret.end();
+        }
+        result.push_str(&out[last..]);
+        Cow::Owned(result)
+    }
+
+    /// [`Redactor::redact`] in place.
+    pub fn redact_in_place(&self, text: &mut String) {
+        if let Cow::Owned(s) = self.redact(text) {
+            *text = s;
+        }
+    }
+
+    /// How many values (with their encodings) it removes.
+    pub fn known_values(&self) -> usize {
+        self.values.as_ref().map_or(0, |v| v.0.len())
+    }
+}
+
+/// `v` and the forms it takes when encoded: URL-encoded, and base64
+/// (standard and URL-safe alphabets) at each of the three alignments it
+/// can have inside a longer encoded text (only the characters that depend
+/// on `v` alone).
+fn encodings(v: &str) -> Vec<String> {
+    let mut out = vec![v.to_owned()];
+    let url = url_encode(v);
+    if url != v {
+        out.push(url);
+    }
+    let bytes = v.as_bytes();
+    // Exactly as `base64` prints it, padding included.
+    let mut whole = base64(bytes);
+    while !whole.len().is_multiple_of(4) {
+        whole.push('=');
+    }
+    out.push(whole.replace('+', "-").replace('/', "_"));
+    out.push(whole);
+    for k in 0..3usize {
+        let mut padded = vec![0u8; k];
+        padded.extend_from_slice(bytes);
+        let enc = base64(&padded);
+        let start = (8 * k).div_ceil(6);
+        let end = 8 * (k + bytes.len()) / 6;
+        if end > start + MIN_SECRET_LEN {
+            let part = &enc[start..end];
+            out.push(part.to_owned());
+            out.push(part.replace('+', "-").replace('/', "_"));
+        }
+    }
+    out
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn url_encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pattern_compiles_and_finds_its_example() {
+        let examples = [
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
+            "AKIAABCDEFGHIJKLMNOP",
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "sk-ant-xxxx",
+            "sk-proj-abcdefghijklmnop1234",
+            "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+            "xoxb-1234567890-abcdef",
+            "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "postgres://orch:hunter22@db:5432/x",
+            "password = \"correct-horse\"",
+            "MY_SERVICE_TOKEN=abcdef123456",
+        ];
+        assert_eq!(examples.len(), SECRET_PATTERNS.len());
+        for ((p, re), text) in compiled_patterns().iter().zip(examples) {
+            assert!(re.is_match(text), "{}: {text}", p.name);
+            let out = Redactor::default().redact(text).into_owned();
+            assert!(out.contains(REDACTED), "{}: {out}", p.name);
+        }
+    }
+
+    #[test]
+    fn only_the_secret_part_goes_where_the_pattern_says() {
+        let r = Redactor::default();
+        assert_eq!(
+            r.redact("password = \"correct-horse\""),
+            "password = \"[REDACTED]\""
+        );
+        assert_eq!(
+            r.redact("API_TOKEN=abcdef123456 next"),
+            "API_TOKEN=[REDACTED] next"
+        );
+        assert_eq!(
+            r.redact("see https://u:pw-secret@host/x"),
+            "see https://u:[REDACTED]@host/x"
+        );
+        // References, not values, stay.
+        assert_eq!(
+            r.redact("API_TOKEN=${{ secrets.TOKEN }}"),
+            "API_TOKEN=${{ secrets.TOKEN }}"
+        );
+        assert_eq!(
+            r.redact("https://u:$PASSWORD@host"),
+            "https://u:$PASSWORD@host"
+        );
+        assert!(matches!(r.redact("nothing to see"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn values_are_found_encoded_at_any_alignment() {
+        let secret = "Zq9-very-private-value";
+        let r = Redactor::default().with_values([secret]);
+        for prefix in ["", "a", "ab", "abc"] {
+            let text = format!("{prefix}{secret}!");
+            let b64 = base64(text.as_bytes());
+            let out = r.redact(&b64);
+            assert!(out.contains(REDACTED), "{prefix:?}: {b64} -> {out}");
+        }
+        assert_eq!(r.redact("q=Zq9-very-private-value"), "q=[REDACTED]");
+        let r = Redactor::default().with_values(["p@ss word/+x"]);
+        assert_eq!(r.redact("u=p%40ss%20word%2F%2Bx&"), "u=[REDACTED]&");
+    }
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg");
+        assert_eq!(base64(b"fo"), "Zm8");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}
