@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orch_agents::{AgentDefaults, Router};
+use orch_core::secrets::Redactor;
 use orch_core::{Agent, Cancellation, Plan, RunId, StateStore};
 use orch_graph::Engine;
 use orch_state::git::Repo;
@@ -124,6 +125,11 @@ pub struct Setup {
     /// When set, a state directory that cannot be written cancels this
     /// (the run) and says why in the shared cell.
     pub stop_on_state_failure: Option<(Cancellation, Arc<std::sync::Mutex<Option<String>>>)>,
+    /// What removes secrets from the journal, the state files, the prompts
+    /// and what is committed. Default: the secrets of this process's
+    /// environment; add others (a database URL's password given as an
+    /// argument) with [`Redactor::with_url`] or [`Redactor::with_values`].
+    pub redactor: Redactor,
 }
 
 impl Setup {
@@ -144,6 +150,7 @@ impl Setup {
             allow_plan_change: false,
             progress: true,
             stop_on_state_failure: None,
+            redactor: Redactor::from_process_env(),
         }
     }
 
@@ -157,6 +164,7 @@ impl Setup {
             .map_err(|e| format!("{} is not a git repository: {e}", self.repo.display()))?;
         Ok(GitWorkspace::new(repo, "HEAD")
             .map_err(|e| format!("{}: no commit to start from: {e}", self.repo.display()))?
+            .redactor(self.redactor.clone())
             // Batches that name a branch; the others get one per run.
             .batch_branches(
                 self.plan
@@ -176,6 +184,7 @@ impl Setup {
         let mut engine = Engine::new(self.plan.clone(), self.agent.clone(), store)?
             .workspace(Arc::new(self.workspace()?))
             .gates(Arc::new(orch_gates::from_spec))
+            .redactor(self.redactor.clone())
             .allow_plan_change(self.allow_plan_change)
             .observe(Arc::new(match &self.stop_on_state_failure {
                 Some((run, failed)) => Views::new(&self.state_dir, &self.plan)

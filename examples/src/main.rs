@@ -135,6 +135,19 @@ struct StateArg {
     database_url: Option<String>,
 }
 
+impl Cli {
+    /// The database URL the command was given, if any.
+    fn database_url(&self) -> Option<&str> {
+        match &self.command {
+            Command::Run { state, .. }
+            | Command::Resume { state, .. }
+            | Command::Status { state, .. }
+            | Command::Decide { state, .. } => state.database_url.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 impl StateArg {
     fn dir(&self, repo: &std::path::Path) -> PathBuf {
         self.state
@@ -306,6 +319,9 @@ fn execute(
     let mut setup = Setup::new(plan, &info.repo, &state_dir, agent);
     setup.concurrency = info.concurrency;
     setup.allow_plan_change = allow_plan_change;
+    if let Some(url) = url {
+        setup.redactor = setup.redactor.clone().with_url(url);
+    }
     // A state directory that cannot be written stops the run (exit 6).
     let cancel = Cancellation::new();
     let state_failure = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -547,11 +563,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // An error may quote what it failed on (a database URL, an agent's
+    // output): no secret of this process, nor the URL's password, is shown.
+    let mut redactor = orch_core::secrets::Redactor::from_process_env();
+    if let Some(url) = cli.database_url() {
+        redactor = redactor.with_url(url);
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, e)) => {
             if !e.is_empty() {
-                eprintln!("{e}");
+                eprintln!("{}", redactor.redact(&e));
             }
             ExitCode::from(code)
         }

@@ -119,7 +119,8 @@ async fn run_redacted(
     transcripts: Option<&PathBuf>,
     mut on_line: impl FnMut(&str) + Send,
 ) -> (Output, Option<PathBuf>) {
-    let mut cb = |line: &str| on_line(&redactor.redact(line));
+    let mut lines = redactor.lines();
+    let mut cb = |line: &str| on_line(&lines.redact(line));
     let out = process::run_lines(cmd, &ctx.cancel, &mut cb).await;
     let transcript = transcripts.and_then(|dir| {
         use std::io::Write;

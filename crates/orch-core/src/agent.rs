@@ -119,6 +119,22 @@ pub enum Progress {
     },
 }
 
+impl Progress {
+    /// Removes secrets from its text (the engine does before any observer
+    /// sees it).
+    pub fn redact(&mut self, r: &crate::secrets::Redactor) {
+        match self {
+            Progress::Text { text } => r.redact_in_place(text),
+            Progress::ToolUse { name, input } => {
+                r.redact_in_place(name);
+                r.redact_in_place(input);
+            }
+            Progress::ToolResult { excerpt, .. } => r.redact_in_place(excerpt),
+            Progress::System { message } => r.redact_in_place(message),
+        }
+    }
+}
+
 /// Receives [`Progress`] from a running agent. Implemented for closures.
 pub trait ProgressSink: Send + Sync {
     /// Called for each piece of progress, in order. Must not block for long.

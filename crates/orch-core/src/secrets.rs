@@ -216,6 +216,15 @@ impl Redactor {
             if v.len() >= MIN_SECRET_LEN {
                 all.extend(encodings(v));
             }
+            // A value of many lines (a key file) is found line by line
+            // too, as output streamed a line at a time shows it.
+            if v.contains('\n') {
+                for line in v.lines().map(str::trim) {
+                    if line.len() >= MIN_SECRET_LEN {
+                        all.push(line.to_owned());
+                    }
+                }
+            }
         }
         all.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         all.dedup();
@@ -267,6 +276,26 @@ impl Redactor {
         Cow::Owned(result)
     }
 
+    /// A redactor for text that arrives a line at a time (an agent's
+    /// output stream): it also removes every line of a private key block,
+    /// which no pattern recognises a line at a time.
+    ///
+    /// ```
+    /// let r = orch_core::secrets::Redactor::default();
+    /// let mut lines = r.lines();
+    /// let out: Vec<String> = ["a", "-----BEGIN RSA PRIVATE KEY-----", "MIIEow", "-----END RSA PRIVATE KEY-----", "b"]
+    ///     .iter()
+    ///     .map(|l| lines.redact(l).into_owned())
+    ///     .collect();
+    /// assert_eq!(out, ["a", "[REDACTED]", "[REDACTED]", "[REDACTED]", "b"]);
+    /// ```
+    pub fn lines(&self) -> Lines<'_> {
+        Lines {
+            redactor: self,
+            in_key: false,
+        }
+    }
+
     /// [`Redactor::redact`] in place.
     pub fn redact_in_place(&self, text: &mut String) {
         if let Cow::Owned(s) = self.redact(text) {
@@ -274,10 +303,114 @@ impl Redactor {
         }
     }
 
+    /// Where `text` holds a secret, without saying what it is: the 1-based
+    /// line and the kind ([`SecretPattern::name`], or "a secret value of
+    /// this run" for a known value), one per line and kind.
+    ///
+    /// ```
+    /// use orch_core::secrets::{KNOWN_VALUE, Redactor};
+    /// let r = Redactor::default().with_values(["Zq9-private-value"]);
+    /// assert_eq!(
+    ///     r.findings("ok\nkey: AKIAABCDEFGHIJKLMNOP\nZq9-private-value\n"),
+    ///     [(2, "AWS access key id"), (3, KNOWN_VALUE)],
+    /// );
+    /// ```
+    pub fn findings(&self, text: &str) -> Vec<(usize, &'static str)> {
+        let mut out = Vec::new();
+        let all = combined();
+        let values = self.values.as_ref().map(|v| &v.1);
+        if !all.is_match(text) && !values.is_some_and(|v| v.is_match(text)) {
+            return out;
+        }
+        for (i, line) in text.lines().enumerate() {
+            if values.is_some_and(|v| v.is_match(line)) {
+                out.push((i + 1, KNOWN_VALUE));
+            }
+            if all.is_match(line) {
+                for (p, re) in compiled_patterns() {
+                    if re.is_match(line) {
+                        out.push((i + 1, p.name));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// How many values (with their encodings) it removes.
     pub fn known_values(&self) -> usize {
         self.values.as_ref().map_or(0, |v| v.0.len())
     }
+}
+
+/// A [`Redactor`] for text read a line at a time ([`Redactor::lines`]).
+#[derive(Debug)]
+pub struct Lines<'r> {
+    redactor: &'r Redactor,
+    in_key: bool,
+}
+
+impl Lines<'_> {
+    /// `line` without secrets, given the lines before it.
+    pub fn redact<'t>(&mut self, line: &'t str) -> Cow<'t, str> {
+        let marks = |what: &str| line.contains(what) && line.contains("PRIVATE KEY");
+        if self.in_key {
+            if marks("-----END ") {
+                self.in_key = false;
+            }
+            return Cow::Borrowed(REDACTED);
+        }
+        if marks("-----BEGIN ") && !marks("-----END ") {
+            self.in_key = true;
+        }
+        self.redactor.redact(line)
+    }
+}
+
+/// What [`Redactor::findings`] calls a known secret value it found.
+pub const KNOWN_VALUE: &str = "a secret value of this run";
+
+/// The texts a file's bytes hold, for scanning: the bytes as UTF-8 (a
+/// binary file's readable parts too), and as UTF-16 when they look like
+/// it (a byte order mark, or every other byte zero).
+pub fn texts(bytes: &[u8]) -> Vec<Cow<'_, str>> {
+    let mut out = vec![String::from_utf8_lossy(bytes)];
+    if let Some(t) = utf16(bytes) {
+        out.push(Cow::Owned(t));
+    }
+    out
+}
+
+fn utf16(bytes: &[u8]) -> Option<String> {
+    let (le, body) = match bytes {
+        [0xFF, 0xFE, rest @ ..] => (true, rest),
+        [0xFE, 0xFF, rest @ ..] => (false, rest),
+        _ => {
+            let head = &bytes[..bytes.len().min(64)];
+            if head.len() < 4 {
+                return None;
+            }
+            let odd_zero = head.iter().skip(1).step_by(2).all(|b| *b == 0);
+            let even_zero = head.iter().step_by(2).all(|b| *b == 0);
+            match (odd_zero, even_zero) {
+                (true, false) => (true, bytes),
+                (false, true) => (false, bytes),
+                _ => return None,
+            }
+        }
+    };
+    let units = body.chunks_exact(2).map(|p| {
+        if le {
+            u16::from_le_bytes([p[0], p[1]])
+        } else {
+            u16::from_be_bytes([p[0], p[1]])
+        }
+    });
+    Some(
+        char::decode_utf16(units)
+            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect(),
+    )
 }
 
 /// `v` and the forms it takes when encoded: URL-encoded, and base64

@@ -178,6 +178,21 @@ pub trait Workspace: Send + Sync {
         Ok(Changes::default())
     }
 
+    /// Where what `ticket`'s checkpoint would commit holds a secret (see
+    /// [`crate::secrets`]): its changed and new files, and what its
+    /// branch's commits added since the ticket began. Each finding names
+    /// the place and the kind of secret, never the secret. The engine runs
+    /// it after an attempt's gates pass and fails the attempt on a finding,
+    /// before anything is committed. The default (a workspace without
+    /// history, which commits nothing) finds nothing.
+    ///
+    /// # Errors
+    /// When the work tree cannot be read.
+    async fn secrets(&self, run: &RunId, ticket: &TicketId) -> Result<Vec<String>, WorkspaceError> {
+        let _ = (run, ticket);
+        Ok(Vec::new())
+    }
+
     /// Merges the work of `tickets` for `batch`.
     async fn merge(
         &self,

@@ -178,9 +178,7 @@ impl Gate for PatternsGate {
             scanned += 1;
             // Binary files are scanned too (as text where they hold
             // some), and UTF-16 text as what it says.
-            let mut texts = vec![String::from_utf8_lossy(&bytes).into_owned()];
-            texts.extend(utf16(&bytes));
-            for text in &texts {
+            for text in &orch_core::secrets::texts(&bytes) {
                 for (i, line) in text.lines().enumerate() {
                     for rule in &self.rules {
                         let found = rule
@@ -304,40 +302,6 @@ fn committable(root: &std::path::Path) -> Vec<(String, std::path::PathBuf)> {
             crate::common::walk(root, &walker, true)
         }
     }
-}
-
-/// The text of `bytes` read as UTF-16 (little or big endian), when they
-/// look like it: a byte order mark, or every other byte zero.
-fn utf16(bytes: &[u8]) -> Option<String> {
-    let (le, body) = match bytes {
-        [0xFF, 0xFE, rest @ ..] => (true, rest),
-        [0xFE, 0xFF, rest @ ..] => (false, rest),
-        _ => {
-            let head = &bytes[..bytes.len().min(64)];
-            if head.len() < 4 {
-                return None;
-            }
-            let odd_zero = head.iter().skip(1).step_by(2).all(|b| *b == 0);
-            let even_zero = head.iter().step_by(2).all(|b| *b == 0);
-            match (odd_zero, even_zero) {
-                (true, false) => (true, bytes),
-                (false, true) => (false, bytes),
-                _ => return None,
-            }
-        }
-    };
-    let units = body.chunks_exact(2).map(|p| {
-        if le {
-            u16::from_le_bytes([p[0], p[1]])
-        } else {
-            u16::from_be_bytes([p[0], p[1]])
-        }
-    });
-    Some(
-        char::decode_utf16(units)
-            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
-            .collect(),
-    )
 }
 
 #[cfg(test)]

@@ -125,6 +125,51 @@ fn frozen_part(file: &str, key: &str, text: &str) -> Option<String> {
     Some(body.join("\n"))
 }
 
+/// Where the commits of `range` (`a..b`, run in `dir`) added a secret:
+/// each finding names the file, the commit and the kind of secret.
+fn history_secrets(
+    dir: &Path,
+    range: &str,
+    redactor: &orch_core::secrets::Redactor,
+) -> Result<Vec<String>, GitError> {
+    let log = run_git(
+        dir,
+        &[
+            "log",
+            "-p",
+            "--text",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-renames",
+            "--format=commit %h",
+            range,
+        ],
+    )?;
+    let mut found = Vec::new();
+    let (mut commit, mut file) = ("", "");
+    for line in log.lines() {
+        if let Some(c) = line.strip_prefix("commit ") {
+            commit = c;
+        } else if let Some(f) = line.strip_prefix("+++ b/") {
+            file = f;
+        } else if let Some(added) = line.strip_prefix('+')
+            && !line.starts_with("+++ ")
+        {
+            for (_, what) in redactor.findings(added) {
+                let f = format!("{file} in commit {commit} ({what})");
+                if !found.contains(&f) {
+                    found.push(f);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The largest file [`Repo::secrets`] scans; a larger one that a commit
+/// would add is a finding (it cannot be shown to hold no secret).
+pub const MAX_SCANNED: u64 = 64 * 1024 * 1024;
+
 /// The most of a diff [`Repo::changed_since`] returns (it is shown to an
 /// agent as feedback).
 pub const MAX_DIFF: usize = 8 * 1024;
@@ -329,6 +374,100 @@ impl Repo {
             ],
         )?;
         run_git(&wt.path, &["rev-parse", "HEAD"])
+    }
+
+    /// Where what would reach the repository holds a secret: the files a
+    /// commit of the work tree would add (changed and untracked ones its
+    /// ignore rules do not exclude, read before anything is added, so no
+    /// object is made of them), and everything the commits after `since`
+    /// added (an agent that committed a key and removed it again). Each
+    /// finding names the file, the line or commit, and the kind of secret,
+    /// never the secret.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn secrets(
+        &self,
+        wt: &Worktree,
+        since: &str,
+        redactor: &orch_core::secrets::Redactor,
+    ) -> Result<Vec<String>, GitError> {
+        let mut found = self.uncommitted_secrets(wt, redactor)?;
+        for f in history_secrets(&wt.path, &format!("{since}..HEAD"), redactor)? {
+            if !found.contains(&f) {
+                found.push(f);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Where the commits `branch` has beyond `base` added a secret.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn branch_secrets(
+        &self,
+        base: &str,
+        branch: &str,
+        redactor: &orch_core::secrets::Redactor,
+    ) -> Result<Vec<String>, GitError> {
+        history_secrets(&self.root, &format!("{base}..{branch}"), redactor)
+    }
+
+    /// The part of [`Repo::secrets`] about the work tree: what `git add
+    /// -A` would add.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn uncommitted_secrets(
+        &self,
+        wt: &Worktree,
+        redactor: &orch_core::secrets::Redactor,
+    ) -> Result<Vec<String>, GitError> {
+        let listed = run_git(
+            &wt.path,
+            &[
+                "-c",
+                "core.excludesFile=",
+                "ls-files",
+                "-z",
+                "--modified",
+                "--others",
+                "--exclude-standard",
+                "--deduplicate",
+            ],
+        )?;
+        let mut found = Vec::new();
+        for rel in listed.split('\0').filter(|f| !f.is_empty()) {
+            let path = wt.path.join(rel);
+            let bytes = match std::fs::symlink_metadata(&path) {
+                // Git stores a link as its target's name.
+                Ok(m) if m.is_symlink() => std::fs::read_link(&path)
+                    .map(|t| t.as_os_str().as_encoded_bytes().to_vec())
+                    .unwrap_or_default(),
+                Ok(m) if m.len() > MAX_SCANNED => {
+                    found.push(format!(
+                        "{rel} ({} bytes, too large to scan for secrets: ignore it or commit it yourself)",
+                        m.len()
+                    ));
+                    continue;
+                }
+                Ok(m) if m.is_file() => std::fs::read(&path).map_err(|e| GitError {
+                    command: "scan for secrets".into(),
+                    message: format!("{rel}: {e}"),
+                })?,
+                _ => continue, // removed, or not a file git would store
+            };
+            for text in orch_core::secrets::texts(&bytes) {
+                for (line, what) in redactor.findings(&text) {
+                    let f = format!("{rel}:{line} ({what})");
+                    if !found.contains(&f) {
+                        found.push(f);
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The worktree's head commit if it is the checkpoint `key` and the

@@ -8,6 +8,8 @@ use orch_core::{
     BatchId, Changes, Merged, PhaseName, Prepared, RunId, TicketId, Workspace, WorkspaceError,
 };
 
+use orch_core::secrets::Redactor;
+
 use crate::git::{GitError, MergeOutcome, Repo, Worktree};
 
 /// Each ticket in its own worktree on `orch/<run>/<ticket>`, started from
@@ -38,6 +40,7 @@ pub struct GitWorkspace {
     shared: Arc<std::sync::Mutex<()>>,
     base: String,
     batch_branches: HashMap<BatchId, String>,
+    redactor: Redactor,
 }
 
 /// The key a checkpoint commit carries in its trailer: what recognises it
@@ -62,7 +65,17 @@ impl GitWorkspace {
             shared: Arc::default(),
             base,
             batch_branches: HashMap::new(),
+            redactor: Redactor::from_process_env(),
         })
+    }
+
+    /// What finds secrets before a checkpoint or merge commits them:
+    /// [`orch_core::secrets::SECRET_PATTERNS`] and the values this
+    /// redactor knows (default: the secrets of this process's
+    /// environment).
+    pub fn redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// The branch each batch is merged into (default `orch/<run>/batch-<id>`);
@@ -144,10 +157,29 @@ impl Workspace for GitWorkspace {
         // The key, recorded in the commit, is what recognises a repeat.
         let key = checkpoint_key(run, ticket, phase, attempt);
         let message = format!("{ticket}: {phase} passed (attempt {attempt})");
+        let redactor = self.redactor.clone();
         self.blocking(false, move |repo| {
+            // The last guard (the engine asked `secrets` after the gates):
+            // nothing with a secret is added, so no object holds one.
+            if repo.find_checkpoint(&wt, &key)?.is_none() {
+                let found = repo.uncommitted_secrets(&wt, &redactor)?;
+                if !found.is_empty() {
+                    return Err(GitError {
+                        command: "checkpoint".into(),
+                        message: format!("refused: it would commit secrets: {}", found.join(", ")),
+                    });
+                }
+            }
             repo.checkpoint(&wt, &key, &message).map(Some)
         })
         .await
+    }
+
+    async fn secrets(&self, run: &RunId, ticket: &TicketId) -> Result<Vec<String>, WorkspaceError> {
+        let wt = self.worktree(run, ticket);
+        let (base, redactor) = (self.base.clone(), self.redactor.clone());
+        self.blocking(false, move |repo| repo.secrets(&wt, &base, &redactor))
+            .await
     }
 
     async fn find_checkpoint(
@@ -207,7 +239,22 @@ impl Workspace for GitWorkspace {
             .map(|t| Repo::ticket_branch(run, t))
             .collect();
         let (run, batch, base) = (run.clone(), batch.clone(), self.base.clone());
+        let redactor = self.redactor.clone();
         self.blocking(true, move |repo| {
+            // What each branch brings must hold no secret (its checkpoints
+            // were scanned; a branch changed outside orch may not be).
+            for b in &branches {
+                let found = repo.branch_secrets(&base, b, &redactor)?;
+                if !found.is_empty() {
+                    return Err(GitError {
+                        command: format!("merge {b}"),
+                        message: format!(
+                            "refused: it would bring in secrets: {}",
+                            found.join(", ")
+                        ),
+                    });
+                }
+            }
             Ok(
                 match repo.merge_batch(&run, &batch, &branch, &base, &branches)? {
                     MergeOutcome::Merged { commit } => Merged::Clean {

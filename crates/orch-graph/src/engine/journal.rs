@@ -257,6 +257,15 @@ impl Journal {
         Event::now(kind)
     }
 
+    /// `text` without the secrets the journal's redactor knows, for a log
+    /// line that quotes something from outside.
+    pub(crate) fn redacted(&self, text: String) -> String {
+        match self.redactor.redact(&text) {
+            std::borrow::Cow::Borrowed(_) => text,
+            std::borrow::Cow::Owned(r) => r,
+        }
+    }
+
     /// Fails every append from now on with `e`.
     pub(crate) fn refuse(&self, e: StoreError) {
         let _ = self.refused.set(e);
@@ -515,11 +524,16 @@ impl Journal {
         f(&self.state().state)
     }
 
-    /// Forwards an agent's progress to the observers (not persisted: the
-    /// transcript has it).
+    /// Forwards an agent's progress, redacted, to the observers (not
+    /// persisted: the transcript has it).
     pub(crate) fn progress(&self, agent: &AgentId, p: &Progress) {
+        if self.observers.is_empty() {
+            return;
+        }
+        let mut p = p.clone();
+        p.redact(&self.redactor);
         for o in &self.observers {
-            o.progress(agent, p);
+            o.progress(agent, &p);
         }
     }
 

@@ -1037,6 +1037,7 @@ impl Dispatcher {
                     "not merged: the merge panicked (a bug in a workspace or gate \
                      implementation): {message}"
                 );
+                let reason = self.shared.journal.redacted(reason);
                 tracing::error!(%batch, "{reason}");
                 self.append(vec![EventKind::BatchFailed { batch, reason }])
                     .await;
@@ -1055,6 +1056,7 @@ impl Dispatcher {
                      implementation): {}",
                     panic_text(&*payload)
                 );
+                let reason = self.shared.journal.redacted(reason);
                 tracing::error!(ticket = %self.id(t), "{reason}");
                 self.append(vec![EventKind::TicketFailed {
                     ticket: self.id(t),

@@ -458,6 +458,7 @@ fn fail<'a>(
     id: &TicketId,
     reason: String,
 ) -> Pin<Box<dyn Future<Output = Result<End, End>> + Send + 'a>> {
+    let reason = out.j.redacted(reason);
     tracing::info!(%reason, "ticket failed");
     let write = out.write([EventKind::TicketFailed {
         ticket: id.clone(),
@@ -777,7 +778,7 @@ async fn attempt_phase(
         return Ok(failed);
     }
     if phase.gates.is_empty() {
-        return Ok(Attempt::Passed);
+        return pass_if_nothing_secret(sh, out, id, phase, attempt).await;
     }
     let vars = [("ticket", id.as_str()), ("phase", phase.name.as_str())];
     let scope = GateScope::Phase {
@@ -802,13 +803,30 @@ async fn attempt_phase(
         .map(GateReport::feedback)
         .collect();
     Ok(if failing.is_empty() {
-        Attempt::Passed
+        pass_if_nothing_secret(sh, out, id, phase, attempt).await?
     } else {
         Attempt::Failed {
             feedback: failing.join("\n"),
             hopeless: unfixable,
         }
     })
+}
+
+/// An attempt whose gates passed passes, unless what it would commit
+/// holds a secret (only phases that checkpoint commit anything).
+async fn pass_if_nothing_secret(
+    sh: &Shared,
+    out: &mut Outbox<'_>,
+    id: &TicketId,
+    phase: &PhaseSpec,
+    attempt: u32,
+) -> Result<Attempt, End> {
+    if !phase.checkpoint {
+        return Ok(Attempt::Passed);
+    }
+    Ok(Box::pin(check_secrets(sh, out, id, phase, attempt))
+        .await?
+        .unwrap_or(Attempt::Passed))
 }
 
 /// The paths earlier phases of the plan froze (`PhaseSpec::freeze`),
@@ -858,27 +876,77 @@ async fn check_frozen(
     if moved.is_empty() {
         return Ok(None);
     }
+    let reason = format!(
+        "changed what earlier phases froze (they are not this phase's to change; undo it): {}",
+        moved.join(", ")
+    );
+    let excerpt = truncate(&diffs, MAX_CONTEXT);
+    failed_check(out, id, phase, attempt, "frozen paths", reason, excerpt)
+        .await
+        .map(Some)
+}
+
+/// What this attempt would commit, scanned for secrets before its
+/// checkpoint (`Workspace::secrets`): a finding fails the attempt, as the
+/// failing gate "no secrets committed" naming where (never what), so the
+/// agent removes it and nothing with it is committed.
+async fn check_secrets(
+    sh: &Shared,
+    out: &mut Outbox<'_>,
+    id: &TicketId,
+    phase: &PhaseSpec,
+    attempt: u32,
+) -> Result<Option<Attempt>, End> {
+    let found = match sh.workspace.secrets(&sh.journal.run, id).await {
+        Ok(f) if f.is_empty() => return Ok(None),
+        Ok(f) => f,
+        Err(e) => vec![format!("the work tree could not be scanned: {e}")],
+    };
+    let reason = format!(
+        "the work would commit secrets; remove them (from the branch's history too, if a commit holds one) and keep them in the environment: {}",
+        found.join(", ")
+    );
+    failed_check(
+        out,
+        id,
+        phase,
+        attempt,
+        "no secrets committed",
+        reason,
+        String::new(),
+    )
+    .await
+    .map(Some)
+}
+
+/// Records a check the engine makes itself (not a plan's gate) as a
+/// failing gate report of this attempt, and fails the attempt with it.
+async fn failed_check(
+    out: &mut Outbox<'_>,
+    id: &TicketId,
+    phase: &PhaseSpec,
+    attempt: u32,
+    gate: &str,
+    reason: String,
+    excerpt: String,
+) -> Result<Attempt, End> {
     let scope = GateScope::Phase {
         ticket: id.clone(),
         phase: phase.name.clone(),
         attempt,
     };
-    let gate = "frozen paths".to_owned();
     out.write([EventKind::GateStarted {
         scope: scope.clone(),
-        gate: gate.clone(),
+        gate: gate.to_owned(),
     }])
     .await?;
     let report = GateReport {
-        gate,
+        gate: gate.to_owned(),
         status: GateStatus::Failed,
-        reason: format!(
-            "changed what earlier phases froze (they are not this phase's to change; undo it): {}",
-            moved.join(", ")
-        ),
+        reason,
         evidence: Default::default(),
         duration_ms: 0,
-        excerpt: truncate(&diffs, MAX_CONTEXT),
+        excerpt,
         children: Vec::new(),
     };
     let feedback = report.feedback();
@@ -886,10 +954,10 @@ async fn check_frozen(
         scope,
         report: Box::new(report),
     });
-    Ok(Some(Attempt::Failed {
+    Ok(Attempt::Failed {
         feedback,
         hopeless: false,
-    }))
+    })
 }
 
 /// Runs `specs` one after another, each written ahead; `None` when

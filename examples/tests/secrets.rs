@@ -1,0 +1,318 @@
+//! Secrets stay where they belong, through `orch run` as a person runs it:
+//! an agent and a gate that print twenty kinds of secret, and write them
+//! into a file the checkpoint would commit, leave none of them in the
+//! state directory (`state.db`, state files, transcripts), on orch's
+//! output, in any prompt, or in any object of the repository; the agent
+//! sees no key but those its spec passes.
+
+use std::path::Path;
+
+use assert_cmd::cargo::CommandCargoExt;
+use orch_core::{EventKind, StateStore};
+use orch_examples::demo;
+
+/// Secrets the test puts in orch's environment: secret-looking names, and
+/// a URL with a password. The agent and the gate are passed these three
+/// (`env_allow`); the provider keys below are not passed to them.
+const SERVICE_TOKEN: &str = "svc-4f9a8b7c6d5e4f3a2b1c";
+const DB_PASSWORD: &str = "plainword-77xq";
+const DB_URL_PASSWORD: &str = "Pg-pass-9911z";
+const URL_SECRET: &str = "p@ss/w0rd+x=yz9";
+const ANTHROPIC_KEY: &str = "sk-ant-api03-Qx7Rk2Lm9Np4St6Vw8Yz1Ab3Cd5Ef7Gh9Ij2Kl4Mn6";
+const OPENAI_KEY: &str = "sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56";
+const AWS_SECRET: &str = "Wj9rXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY";
+
+/// Secrets found only by their shape (they are in no environment).
+const SHAPES: &[(&str, &str)] = &[
+    ("ANTHROPIC_SHORT", "sk-ant-x9k2"),
+    ("AWS_KEY_ID", "AKIAZ7Q3EXAMPLE4KEY1"),
+    ("GITHUB", "ghp_R4nd0mT0k3nF0rT3st1ngPurp0s3sOnly12"),
+    (
+        "GITHUB_PAT",
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+    ),
+    ("SLACK", "xoxb-2048-1234567890-AbCdEfGhIjKl"),
+    ("GOOGLE", "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY"),
+    (
+        "JWT",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJvcmNoLXRlc3QifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg",
+    ),
+    ("REDIS_PASSWORD", "R3dis-Secret-55"),
+    ("HARDCODED", "hunter2-correct-horse"),
+    ("APP_TOKEN_VALUE", "tok-abc-123456"),
+];
+
+/// A private key block's body lines (the key is printed a line at a
+/// time, so every line must go).
+const KEY_LINES: &[&str] = &[
+    "MIIEowIBAAKCAQEAx3Fq9Rk2Lm9Np4St6Vw8Yz1Ab3Cd5Ef7Gh9Ij2Kl4Mn6Op8Qr",
+    "Tz0Vx2Wy4Ab6Cd8Ef0Gh2Ij4Kl6Mn8Op0Qr2St4Uv6Wx8Yz0Ab2Cd4Ef6Gh8Ij0",
+];
+
+fn base64(bytes: &[u8]) -> String {
+    let out = std::process::Command::new("base64")
+        .args(["-w", "0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Every secret value the test looks for, with what it is.
+fn secrets() -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = vec![
+        ("env token".into(), SERVICE_TOKEN.into()),
+        ("env password".into(), DB_PASSWORD.into()),
+        ("password in DATABASE_URL".into(), DB_URL_PASSWORD.into()),
+        ("env secret".into(), URL_SECRET.into()),
+        (
+            "URL-encoded env secret".into(),
+            "p%40ss%2Fw0rd%2Bx%3Dyz9".into(),
+        ),
+        ("Anthropic key".into(), ANTHROPIC_KEY.into()),
+        ("OpenAI key".into(), OPENAI_KEY.into()),
+        ("AWS secret access key".into(), AWS_SECRET.into()),
+        (
+            "base64 of the env token".into(),
+            base64(SERVICE_TOKEN.as_bytes()),
+        ),
+        (
+            "base64 inside a basic auth header".into(),
+            base64(format!("app:{DB_PASSWORD}").as_bytes())[4..].to_owned(),
+        ),
+    ];
+    all.extend(
+        SHAPES
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    all.extend(
+        KEY_LINES
+            .iter()
+            .map(|l| ("private key line".to_owned(), (*l).to_owned())),
+    );
+    all
+}
+
+/// The script the agent and the gate share: prints every secret.
+fn print_all_script() -> String {
+    let mut s = String::from("print_all() {\n");
+    for (k, v) in SHAPES {
+        let line = match *k {
+            "REDIS_PASSWORD" => format!("cache at redis://cache:{v}@cache:6379/0"),
+            "HARDCODED" => format!("password = \"{v}\""),
+            "APP_TOKEN_VALUE" => format!("MY_APP_TOKEN={v}"),
+            _ => format!("{k}: {v}"),
+        };
+        s.push_str(&format!("  echo '{line}'\n"));
+    }
+    s.push_str(&format!(
+        "  echo 'aws_secret_access_key = {AWS_SECRET}'\n  echo \"token=$ORCH_TEST_SERVICE_TOKEN pw=$ORCH_TEST_DB_PASSWORD url=$DATABASE_URL\"\n  echo \"raw secret $ORCH_TEST_API_SECRET, in a query: ?s=p%40ss%2Fw0rd%2Bx%3Dyz9\"\n  echo \"b64 $(printf %s \"$ORCH_TEST_SERVICE_TOKEN\" | base64 -w 0)\"\n  echo \"Authorization: Basic $(printf 'app:%s' \"$ORCH_TEST_DB_PASSWORD\" | base64 -w 0)\"\n  echo '-----BEGIN RSA PRIVATE KEY-----'\n"
+    ));
+    for l in KEY_LINES {
+        s.push_str(&format!("  echo '{l}'\n"));
+    }
+    s.push_str("  echo '-----END RSA PRIVATE KEY-----'\n}\n");
+    s
+}
+
+/// What was found of `secrets` in `haystack` (named `place`).
+fn leaks(place: &str, haystack: &[u8], secrets: &[(String, String)]) -> Vec<String> {
+    let text = String::from_utf8_lossy(haystack);
+    secrets
+        .iter()
+        .filter(|(_, v)| text.contains(v.as_str()))
+        .map(|(k, _)| format!("{k} in {place}"))
+        .collect()
+}
+
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn no_secret_an_agent_or_gate_prints_is_kept_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, state, out) = (
+        dir.path().join("repo"),
+        dir.path().join("state"),
+        dir.path().join("out"),
+    );
+    demo::init_repo(&repo, &[("README.md", "demo\n")]).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    // The agent: keeps its prompt and environment (outside the repo),
+    // prints every secret on stdout and stderr; attempt 1 also makes the
+    // gate fail, attempt 2 leaves the secrets in a file the checkpoint
+    // would commit, attempt 3 cleans up.
+    let agent = dir.path().join("agent.sh");
+    std::fs::write(
+        &agent,
+        format!(
+            "{}cat > \"$OUT/prompt-$ORCH_ATTEMPT.txt\"\nenv > \"$OUT/env-$ORCH_ATTEMPT.txt\"\nprint_all\nprint_all >&2\ncase $ORCH_ATTEMPT in\n  1) touch .gate-fails; print_all > leak.txt;;\n  2) rm -f .gate-fails;;\n  *) rm -f leak.txt; echo done > work.txt;;\nesac\n",
+            print_all_script()
+        ),
+    )
+    .unwrap();
+    let gate = dir.path().join("gate.sh");
+    std::fs::write(
+        &gate,
+        format!(
+            "{}print_all\nprint_all >&2\nif [ -e .gate-fails ]; then echo 'test_login FAILED' >&2; exit 1; fi\n",
+            print_all_script()
+        ),
+    )
+    .unwrap();
+    let plan = dir.path().join("plan.toml");
+    let allow = r#"["ORCH_TEST_*", "DATABASE_URL"]"#;
+    std::fs::write(
+        &plan,
+        format!(
+            r#"
+name = "leaky"
+default_role = "dev"
+[agents.dev]
+backend = {{ kind = "command", argv = ["sh", "{agent}"], env_allow = {allow}, env = {{ OUT = "{out}" }} }}
+[[phases]]
+name = "impl"
+max_attempts = 3
+gates = [{{ kind = "command", name = "leaky gate", argv = ["sh", "{gate}"], env_allow = {allow} }}]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#,
+            agent = agent.display(),
+            gate = gate.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let run = std::process::Command::cargo_bin("orch")
+        .unwrap()
+        .args(["run", plan.to_str().unwrap(), "--run", "leaky", "--repo"])
+        .arg(&repo)
+        .arg("--state")
+        .arg(&state)
+        .env("ORCH_TEST_SERVICE_TOKEN", SERVICE_TOKEN)
+        .env("ORCH_TEST_DB_PASSWORD", DB_PASSWORD)
+        .env("ORCH_TEST_API_SECRET", URL_SECRET)
+        .env(
+            "DATABASE_URL",
+            format!("postgres://app:{DB_URL_PASSWORD}@db.internal:5432/app"),
+        )
+        .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        .env("OPENAI_API_KEY", OPENAI_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+        .output()
+        .unwrap();
+    let said = [run.stdout.as_slice(), run.stderr.as_slice()].concat();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&said)
+    );
+    let secrets = secrets();
+    assert_eq!(
+        secrets.len(),
+        22,
+        "twenty kinds (a key of two lines, two encodings)"
+    );
+
+    let mut found = leaks("orch's output", &said, &secrets);
+    let mut files = Vec::new();
+    files_under(&state, &mut files);
+    assert!(
+        files.iter().any(|f| f.ends_with("state.db"))
+            && files
+                .iter()
+                .filter(|f| f.to_string_lossy().contains("transcripts"))
+                .count()
+                >= 3,
+        "the journal and a transcript per attempt: {files:?}"
+    );
+    files_under(&out, &mut files);
+    for f in &files {
+        if f.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("env-"))
+        {
+            continue; // the agent's own view of its environment
+        }
+        found.extend(leaks(
+            &f.display().to_string(),
+            &std::fs::read(f).unwrap(),
+            &secrets,
+        ));
+    }
+    let objects = std::process::Command::new("git")
+        .args(["cat-file", "--batch-all-objects", "--batch"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert!(objects.status.success() && objects.stdout.len() > 100);
+    found.extend(leaks("the repository's objects", &objects.stdout, &secrets));
+    assert!(found.is_empty(), "secrets kept: {found:#?}");
+
+    // The run did what it says: the gate's failure and then the secret
+    // scan's were fed back (redacted), and the work was committed without
+    // the file.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = rt.block_on(async {
+        let store = orch_state::SqliteStore::open(state.join("state.db")).unwrap();
+        store
+            .read(&"leaky".parse().unwrap(), 0, 10_000)
+            .await
+            .unwrap()
+    });
+    let feedback: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            EventKind::AttemptFailed { feedback, .. } => Some(feedback.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(feedback.len(), 2, "{feedback:#?}");
+    assert!(feedback[0].contains("Gate `leaky gate` failed") && feedback[0].contains("[REDACTED]"));
+    assert!(
+        feedback[1].contains("Gate `no secrets committed` failed")
+            && feedback[1].contains("leak.txt:")
+            && feedback[1].contains("(AWS access key id)")
+            && feedback[1].contains("(a secret value of this run)"),
+        "{}",
+        feedback[1]
+    );
+    let prompt3 = std::fs::read_to_string(out.join("prompt-3.txt")).unwrap();
+    assert!(prompt3.contains("no secrets committed"), "{prompt3}");
+    let tree = demo::git(&repo, &["ls-tree", "-r", "--name-only", "orch/leaky/A"]).unwrap();
+    assert!(
+        tree.contains("work.txt") && !tree.contains("leak.txt"),
+        "{tree}"
+    );
+
+    // The agent saw the variables its spec passes, and no provider key.
+    let env = std::fs::read_to_string(out.join("env-1.txt")).unwrap();
+    assert!(
+        env.contains("ORCH_TEST_SERVICE_TOKEN=") && env.contains("ORCH_TICKET=A"),
+        "{env}"
+    );
+    for name in [
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        assert!(!env.contains(name), "{name} reached the agent:\n{env}");
+    }
+}
