@@ -316,3 +316,115 @@ effort = "1h"
         assert!(!env.contains(name), "{name} reached the agent:\n{env}");
     }
 }
+
+/// Each CLI backend sees its own provider's variables and what its spec
+/// passes, never another provider's key: Claude Code gets `ANTHROPIC_*`,
+/// Codex gets `OPENAI_*`, neither gets the AWS or GitHub secrets orch has,
+/// unless a spec names one (`env_allow`).
+#[test]
+fn an_agent_cli_sees_only_its_own_providers_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    demo::init_repo(&repo, &[("README.md", "demo\n")]).unwrap();
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crates/orch-agents/tests/fixtures"
+    );
+    let fake = |name: &str, fixture: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\ncat > /dev/null\nenv > \"{}/env-{name}.txt\"\ncat {fixtures}/{fixture}\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&p)
+            .status()
+            .unwrap();
+        p.display().to_string()
+    };
+    let (claude, codex) = (
+        fake("claude", "claude_tool.jsonl"),
+        fake("codex", "codex_ok.jsonl"),
+    );
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"
+name = "keys"
+default_role = "claude"
+[agents.claude]
+backend = {{ kind = "claude_code", binary = "{claude}", env_allow = ["GITHUB_TOKEN"] }}
+[agents.codex]
+backend = {{ kind = "codex", binary = "{codex}" }}
+[[phases]]
+name = "one"
+role = "claude"
+[[phases]]
+name = "two"
+role = "codex"
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#
+        ),
+    )
+    .unwrap();
+    let run = std::process::Command::cargo_bin("orch")
+        .unwrap()
+        .args(["run", plan.to_str().unwrap(), "--run", "keys", "--repo"])
+        .arg(&repo)
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        .env("ANTHROPIC_BASE_URL", "http://127.0.0.1:9/")
+        .env("OPENAI_API_KEY", OPENAI_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+        .env("GITHUB_TOKEN", "ghp_PassedOnPurposeToClaudeOnly0000000001")
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let env =
+        |name: &str| std::fs::read_to_string(dir.path().join(format!("env-{name}.txt"))).unwrap();
+    let (c, x) = (env("claude"), env("codex"));
+    for (seen, has, hasnt) in [
+        (
+            &c,
+            &[
+                "ANTHROPIC_API_KEY=",
+                "ANTHROPIC_BASE_URL=",
+                "GITHUB_TOKEN=",
+                "ORCH_PHASE=one",
+            ][..],
+            &["OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY"][..],
+        ),
+        (
+            &x,
+            &["OPENAI_API_KEY=", "ORCH_PHASE=two"][..],
+            &[
+                "ANTHROPIC_API_KEY",
+                "ANTHROPIC_BASE_URL",
+                "AWS_SECRET_ACCESS_KEY",
+                "GITHUB_TOKEN",
+            ][..],
+        ),
+    ] {
+        for v in has {
+            assert!(seen.contains(v), "{v} missing:\n{seen}");
+        }
+        for v in hasnt {
+            assert!(!seen.contains(v), "{v} passed:\n{seen}");
+        }
+    }
+}

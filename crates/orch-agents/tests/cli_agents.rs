@@ -448,3 +448,33 @@ fn check_names_a_missing_or_unusable_program_and_how_to_install_it() {
         check(serde_json::json!({"kind": "codex", "binary": "no-such-codex-orch"})).unwrap_err();
     assert!(e.message.contains("npm install -g @openai/codex"), "{e}");
 }
+
+/// Each run of a task (a retry by the resilience layer, a fallback) gets
+/// a transcript of its own: the second does not overwrite the first.
+#[tokio::test]
+async fn every_run_of_a_task_keeps_its_own_transcript() {
+    let d = tempfile::tempdir().unwrap();
+    let logs = d.path().join("transcripts");
+    let n = d.path().join("n");
+    let agent_sh = script(
+        d.path(),
+        "agent",
+        &format!(
+            "echo x >> {n}; echo \"run $(wc -l < {n})\"",
+            n = n.display()
+        ),
+    );
+    let agent = from_spec(
+        &spec(serde_json::json!({"backend": {"kind": "command", "argv": [agent_sh]}})),
+        &defaults(Some(logs.clone())),
+    )
+    .unwrap();
+    let (c, _) = ctx();
+    let first = agent.run(task(d.path(), ""), &c).await.unwrap();
+    let second = agent.run(task(d.path(), ""), &c).await.unwrap();
+    let (first, second) = (first.transcript.unwrap(), second.transcript.unwrap());
+    assert_eq!(first, logs.join("T-1.implement.1.log"));
+    assert_eq!(second, logs.join("T-1.implement.1.2.log"));
+    assert!(std::fs::read_to_string(first).unwrap().contains("run 1"));
+    assert!(std::fs::read_to_string(second).unwrap().contains("run 2"));
+}

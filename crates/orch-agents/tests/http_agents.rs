@@ -186,3 +186,68 @@ fn debug_never_shows_the_key() {
     let dbg = format!("{a:?}");
     assert!(dbg.contains("$ANTHROPIC_API_KEY ([REDACTED])"), "{dbg}");
 }
+
+/// A server that echoes the API key (and a key of another shape) in its
+/// error bodies, in a body that is not JSON, and in the model's answer:
+/// no error message, summary, progress or written file holds either.
+#[tokio::test]
+async fn a_key_the_server_echoes_is_never_passed_on() {
+    let d = tempfile::tempdir().unwrap();
+    // The "key" is PATH's value (a variable every test process has).
+    let key = std::env::var("PATH").unwrap();
+    let other = "sk-ant-api03-EchoedBackByTheServer0123456789";
+    let answer = serde_json::json!({"id": "m", "type": "message", "role": "assistant", "model": "m",
+        "content": [{"type": "text", "text": format!("Your key is {key}; another is {other}.")}],
+        "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}});
+    let (url, _) = server(vec![
+        (
+            500,
+            "",
+            serde_json::json!({"type": "error", "error": {"type": "api_error",
+            "message": format!("upstream rejected key {key} and {other}")}})
+            .to_string(),
+        ),
+        (401, "", format!("<html>bad key {key} {other}</html>")),
+        (200, "", format!("oops, not JSON: {key} {other}")),
+        (200, "", answer.to_string()),
+    ])
+    .await;
+    let a = agent(
+        serde_json::json!({"backend": {"kind": "anthropic", "model": "m", "base_url": url,
+        "api_key_env": "PATH", "output_file": "answer.md"}}),
+    );
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let sink = seen.clone();
+    let ctx = AgentContext {
+        cancel: orch_core::Cancellation::new(),
+        progress: Arc::new(move |_: &orch_core::AgentId, p: orch_core::Progress| {
+            sink.lock().unwrap().push(format!("{p:?}"));
+        }),
+    };
+    let mut said = Vec::new();
+    for _ in 0..3 {
+        let e = a.run(task(d.path()), &ctx).await.unwrap_err();
+        said.push(e.message);
+    }
+    let out = a.run(task(d.path()), &ctx).await.unwrap();
+    said.push(out.summary);
+    said.push(std::fs::read_to_string(d.path().join("answer.md")).unwrap());
+    said.extend(seen.lock().unwrap().iter().cloned());
+    for text in &said {
+        assert!(
+            !text.contains(&key) && !text.contains(other),
+            "leaked: {text}"
+        );
+    }
+    assert!(
+        said[0].contains("upstream rejected key [REDACTED] and [REDACTED]"),
+        "{}",
+        said[0]
+    );
+    assert!(
+        said[2].contains("unexpected response body: oops, not JSON: [REDACTED]"),
+        "{}",
+        said[2]
+    );
+    assert_eq!(said[4], "Your key is [REDACTED]; another is [REDACTED].");
+}

@@ -551,3 +551,40 @@ async fn branch_coverage_below_the_threshold() {
         "branch coverage 50.0% (1/2 branches) is below 60%"
     );
 }
+
+/// A gate's command starts from a clean environment: PATH and HOME pass,
+/// a variable of the test process that is not in the base set does not
+/// (cargo sets `CARGO_PKG_NAME` for tests), unless the spec names it.
+#[tokio::test]
+async fn gate_commands_get_a_clean_environment() {
+    assert!(
+        std::env::var_os("CARGO_PKG_NAME").is_some(),
+        "cargo runs the tests"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let dump = |file: &str, allow: serde_json::Value| {
+        serde_json::json!({"kind": "command", "argv": ["sh", "-c", format!("env > {file}")],
+            "env": {"MINE": "set-by-the-plan"}, "env_allow": allow})
+    };
+    assert!(
+        check(d.path(), dump("plain.txt", serde_json::json!([])))
+            .await
+            .passed()
+    );
+    let plain = std::fs::read_to_string(d.path().join("plain.txt")).unwrap();
+    assert!(
+        plain.contains("PATH=") && plain.contains("MINE=set-by-the-plan"),
+        "{plain}"
+    );
+    assert!(!plain.contains("CARGO_PKG_NAME="), "{plain}");
+    assert!(
+        check(
+            d.path(),
+            dump("allowed.txt", serde_json::json!(["CARGO_PKG_*"]))
+        )
+        .await
+        .passed()
+    );
+    let allowed = std::fs::read_to_string(d.path().join("allowed.txt")).unwrap();
+    assert!(allowed.contains("CARGO_PKG_NAME=orch-gates"), "{allowed}");
+}
