@@ -101,7 +101,7 @@ pub fn plan_agents(
         timeout: Duration::from_secs(plan.policy.timeouts.agent_secs),
         stall: Duration::from_secs(plan.policy.timeouts.stall_secs),
         transcripts: Some(state_dir.join("transcripts")),
-        ..AgentDefaults::default()
+        redactor: Redactor::from_process_env().with_values(plan.known_secrets()),
     };
     Ok(Arc::new(Router::from_plan(plan, &defaults, custom)?))
 }
@@ -142,7 +142,6 @@ impl Setup {
         agent: Arc<dyn Agent>,
     ) -> Setup {
         Setup {
-            plan,
             repo: repo.into(),
             state_dir: state_dir.into(),
             agent,
@@ -150,7 +149,8 @@ impl Setup {
             allow_plan_change: false,
             progress: true,
             stop_on_state_failure: None,
-            redactor: Redactor::from_process_env(),
+            redactor: Redactor::from_process_env().with_values(plan.known_secrets()),
+            plan,
         }
     }
 

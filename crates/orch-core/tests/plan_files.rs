@@ -414,3 +414,39 @@ fn frozen_paths_must_stay_in_the_work_tree() {
         );
     }
 }
+
+/// The secrets a plan makes known: the value of the variable an HTTP
+/// backend reads its key from (whatever its name), URL passwords, and
+/// secret-named `env` values of agents and gates (nested ones too).
+#[test]
+fn a_plan_names_its_secrets_for_the_redactor() {
+    let plan = Plan::from_toml_str(
+        r#"
+name = "p"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["a"], env = { SERVICE_TOKEN = "agent-token-123", MODE = "fast" } }
+[agents.llm]
+backend = { kind = "openai_compatible", model = "m", base_url = "http://u:url-pw-456@127.0.0.1:1/v1", api_key_env = "PATH" }
+[[phases]]
+name = "impl"
+gates = [{ kind = "all", gates = [{ kind = "command", argv = ["t"], env = { DB_PASSWORD = "gate-pw-789" } }] }]
+[[tickets]]
+id = "T-1"
+title = "t"
+effort = "1h"
+"#,
+    )
+    .unwrap();
+    let known = plan.known_secrets();
+    let path = std::env::var("PATH").unwrap();
+    for v in [
+        "agent-token-123",
+        "url-pw-456",
+        "gate-pw-789",
+        path.as_str(),
+    ] {
+        assert!(known.iter().any(|k| k == v), "{v} not in {known:?}");
+    }
+    assert!(!known.iter().any(|k| k == "fast"), "{known:?}");
+}

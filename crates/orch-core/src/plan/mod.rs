@@ -530,6 +530,81 @@ impl Plan {
         out
     }
 
+    /// The secret values the plan makes known at run time, for the
+    /// redactor ([`crate::secrets::Redactor::with_values`]): the value of
+    /// every API key variable a backend reads (`api_key_env`, whatever its
+    /// name), the password of every URL a backend is configured with, and
+    /// every secret-named `env` value set for an agent or a gate.
+    pub fn known_secrets(&self) -> Vec<String> {
+        use crate::secrets::{is_secret_name, url_password};
+        let mut out = Vec::new();
+        let mut env = |e: &BTreeMap<String, String>| {
+            for (k, v) in e {
+                if is_secret_name(k) {
+                    out.push(v.clone());
+                }
+                out.extend(url_password(v).map(str::to_owned));
+            }
+        };
+        let mut urls_and_keys = Vec::new();
+        for a in self.agents.values() {
+            match &a.backend {
+                BackendSpec::Command { env: e, .. }
+                | BackendSpec::ClaudeCode { env: e, .. }
+                | BackendSpec::Codex { env: e, .. } => env(e),
+                BackendSpec::Anthropic {
+                    api_key_env,
+                    base_url,
+                    ..
+                } => urls_and_keys.push((
+                    Some(
+                        api_key_env
+                            .clone()
+                            .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
+                    ),
+                    base_url.clone(),
+                )),
+                BackendSpec::OpenaiCompatible {
+                    api_key_env,
+                    base_url,
+                    ..
+                } => urls_and_keys.push((api_key_env.clone(), Some(base_url.clone()))),
+                BackendSpec::Custom { .. } => {}
+            }
+        }
+        fn gates<'g>(gs: &'g [GateSpec], all: &mut Vec<&'g GateSpec>) {
+            for g in gs {
+                all.push(g);
+                if let GateSpec::All(c) | GateSpec::Any(c) = g {
+                    gates(&c.gates, all);
+                }
+            }
+        }
+        let mut all = Vec::new();
+        for p in &self.phases {
+            gates(&p.gates, &mut all);
+        }
+        for b in &self.batches {
+            gates(&b.gates, &mut all);
+        }
+        gates(&self.batch_gates, &mut all);
+        for g in all {
+            match g {
+                GateSpec::Command(c) => env(&c.env),
+                GateSpec::Tests(t) => env(&t.env),
+                GateSpec::Coverage(c) => env(&c.env),
+                _ => {}
+            }
+        }
+        for (key, url) in urls_and_keys {
+            if let Some(v) = key.and_then(|k| std::env::var(k).ok()) {
+                out.push(v);
+            }
+            out.extend(url.as_deref().and_then(url_password).map(str::to_owned));
+        }
+        out
+    }
+
     /// The ticket with this id.
     pub fn ticket(&self, id: &str) -> Option<&Ticket> {
         self.tickets.iter().find(|t| t.id.as_str() == id)

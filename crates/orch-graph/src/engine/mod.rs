@@ -252,7 +252,6 @@ impl Engine {
             max_concurrency: plan.policy.max_concurrency.max(1),
             tickets: laid_out(&plan.tickets, sched.order()),
             sched,
-            plan: Arc::new(plan),
             graph,
             agent,
             store,
@@ -261,7 +260,8 @@ impl Engine {
             observers: Vec::new(),
             allow_plan_change: false,
             poll: Duration::from_millis(250),
-            redactor: Redactor::from_process_env(),
+            redactor: Redactor::from_process_env().with_values(plan.known_secrets()),
+            plan: Arc::new(plan),
         })
     }
 
@@ -269,7 +269,8 @@ impl Engine {
     /// journalled (agent output and summaries, gate reports, feedback,
     /// escalations, notes, failure reasons), and so from the state files
     /// and the prompts made from them. Default: the secrets of this
-    /// process's environment ([`Redactor::from_process_env`]); add the
+    /// process's environment ([`Redactor::from_process_env`]) and those the
+    /// plan makes known ([`Plan::known_secrets`]); add the
     /// ones it cannot see with [`Redactor::with_values`] (a password given
     /// on the command line).
     pub fn redactor(mut self, redactor: Redactor) -> Self {
