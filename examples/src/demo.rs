@@ -341,9 +341,14 @@ pub fn drop_coverage_gates_without_llvm_cov(plan: &mut orch_core::Plan) -> bool 
     if has_llvm_cov() {
         return false;
     }
+    drop_coverage_gates(plan);
+    true
+}
+
+/// Leaves the plan's coverage gates out.
+pub fn drop_coverage_gates(plan: &mut orch_core::Plan) {
     for p in &mut plan.phases {
         p.gates
             .retain(|g| !matches!(g, orch_core::GateSpec::Coverage(_)));
     }
-    true
 }

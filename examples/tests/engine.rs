@@ -191,13 +191,32 @@ async fn production_readiness_runs_end_to_end() {
     }
 }
 
+/// The bundled seven-phase plan without its coverage gate (which needs
+/// `cargo llvm-cov`; the test with it is ignored by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seven_phase_restarts_from_planning_and_completes() {
+async fn seven_phase_without_coverage_restarts_from_planning_and_completes() {
+    seven_phase_restarts_from_planning_and_completes(false).await;
+}
+
+/// The bundled seven-phase plan as it is, coverage gate included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs cargo-llvm-cov and the llvm-tools-preview component"]
+async fn seven_phase_with_coverage_restarts_from_planning_and_completes() {
+    assert!(
+        demo::has_llvm_cov(),
+        "this test needs `cargo llvm-cov` (cargo install cargo-llvm-cov; rustup component add llvm-tools-preview)"
+    );
+    seven_phase_restarts_from_planning_and_completes(true).await;
+}
+
+async fn seven_phase_restarts_from_planning_and_completes(coverage: bool) {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("quote");
     demo::init_repo(&repo, demo::QUOTE_FILES).unwrap();
     let mut plan = Plan::from_path(format!("{PLANS}/seven-phase.toml")).unwrap();
-    demo::drop_coverage_gates_without_llvm_cov(&mut plan);
+    if !coverage {
+        demo::drop_coverage_gates(&mut plan);
+    }
     let state_dir = dir.path().join("state");
     let mut setup = Setup::new(plan, &repo, &state_dir, demo::quote_agent());
     setup.progress = false;

@@ -22,14 +22,12 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// `None` (and a note naming the test) when no database is configured.
-    async fn new(test: &str) -> Option<Scratch> {
-        let Ok(base) = std::env::var("ORCH_TEST_DATABASE_URL") else {
-            eprintln!(
-                "SKIPPED {test}: set ORCH_TEST_DATABASE_URL to a PostgreSQL database (.ci/run does)"
-            );
-            return None;
-        };
+    /// Fails, naming the test, when no database is configured: these
+    /// tests are ignored by default and run where one is (`.ci/run`).
+    async fn new(test: &str) -> Scratch {
+        let base = std::env::var("ORCH_TEST_DATABASE_URL").unwrap_or_else(|_| {
+            panic!("{test} needs ORCH_TEST_DATABASE_URL, a PostgreSQL database (.ci/run sets it)")
+        });
         let (admin, conn) = tokio_postgres::connect(&base, NoTls)
             .await
             .expect("ORCH_TEST_DATABASE_URL is reachable");
@@ -46,7 +44,7 @@ impl Scratch {
         let sep = if base.contains('?') { '&' } else { '?' };
         let url =
             format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}");
-        Some(Scratch { admin, schema, url })
+        Scratch { admin, schema, url }
     }
 
     async fn store(&self) -> PgStore {
@@ -85,10 +83,9 @@ fn ready(i: u128) -> Event {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn pg_store_conforms() {
-    let Some(db) = Scratch::new("pg_store_conforms").await else {
-        return;
-    };
+    let db = Scratch::new("pg_store_conforms").await;
     let url = db.url.clone();
     // Every call connects afresh: durability across reopen is real.
     let open = move || {
@@ -107,12 +104,9 @@ async fn pg_store_conforms() {
 /// would be) append to one run at once: seqs have no gaps and every
 /// acknowledged seq holds its event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn appenders_on_separate_connections_share_one_gapless_journal() {
-    let Some(db) =
-        Scratch::new("appenders_on_separate_connections_share_one_gapless_journal").await
-    else {
-        return;
-    };
+    let db = Scratch::new("appenders_on_separate_connections_share_one_gapless_journal").await;
     let run: orch_core::RunId = "shared".parse().unwrap();
     let mut tasks = Vec::new();
     for w in 0..4u128 {
@@ -164,10 +158,9 @@ async fn appenders_on_separate_connections_share_one_gapless_journal() {
 /// next claimant with a larger token, and a lapsed holder can neither
 /// renew nor release what is no longer its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn ticket_leases_go_to_one_worker_at_a_time() {
-    let Some(db) = Scratch::new("ticket_leases_go_to_one_worker_at_a_time").await else {
-        return;
-    };
+    let db = Scratch::new("ticket_leases_go_to_one_worker_at_a_time").await;
     let (a, b) = (db.store().await, db.store().await);
     let run: orch_core::RunId = "r".parse().unwrap();
     let t = |s: &str| -> TicketId { s.parse().unwrap() };
@@ -246,11 +239,9 @@ async fn ticket_leases_go_to_one_worker_at_a_time() {
 /// A database set up by the first version of the store (no leases) is
 /// migrated on connect and keeps its journal.
 #[tokio::test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn a_version_1_schema_is_migrated_and_keeps_its_journal() {
-    let Some(db) = Scratch::new("a_version_1_schema_is_migrated_and_keeps_its_journal").await
-    else {
-        return;
-    };
+    let db = Scratch::new("a_version_1_schema_is_migrated_and_keeps_its_journal").await;
     let first = ready(1);
     let body = serde_json::to_string(&first).unwrap().replace('\'', "''");
     let id: String = first
@@ -311,10 +302,9 @@ async fn a_version_1_schema_is_migrated_and_keeps_its_journal() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn a_newer_schema_is_refused_untouched() {
-    let Some(db) = Scratch::new("a_newer_schema_is_refused_untouched").await else {
-        return;
-    };
+    let db = Scratch::new("a_newer_schema_is_refused_untouched").await;
     let run: orch_core::RunId = "r".parse().unwrap();
     db.store().await.append(&run, &[ready(1)]).await.unwrap();
     let newer = PG_SCHEMA_VERSION + 1;
@@ -337,10 +327,9 @@ async fn a_newer_schema_is_refused_untouched() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn tables_orch_did_not_make_are_refused_untouched() {
-    let Some(db) = Scratch::new("tables_orch_did_not_make_are_refused_untouched").await else {
-        return;
-    };
+    let db = Scratch::new("tables_orch_did_not_make_are_refused_untouched").await;
     db.sql("CREATE TABLE orch_events (payload text); INSERT INTO orch_events VALUES ('theirs')")
         .await;
     let e = PgStore::connect(&db.url).await.unwrap_err();
@@ -356,9 +345,7 @@ async fn tables_orch_did_not_make_are_refused_untouched() {
     );
     db.drop().await;
     // A table of a later version's name, too.
-    let Some(db) = Scratch::new("tables_orch_did_not_make_are_refused_untouched").await else {
-        return;
-    };
+    let db = Scratch::new("tables_orch_did_not_make_are_refused_untouched").await;
     db.sql("CREATE TABLE orch_leases (payload text); INSERT INTO orch_leases VALUES ('theirs')")
         .await;
     let e = PgStore::connect(&db.url).await.unwrap_err();
@@ -374,10 +361,9 @@ async fn tables_orch_did_not_make_are_refused_untouched() {
 /// journal goes on where it was, without an error (appends are idempotent
 /// and reads change nothing, so the store tries them again itself).
 #[tokio::test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn a_lost_connection_is_made_again() {
-    let Some(db) = Scratch::new("a_lost_connection_is_made_again").await else {
-        return;
-    };
+    let db = Scratch::new("a_lost_connection_is_made_again").await;
     let store = db.store().await;
     let run: orch_core::RunId = "r".parse().unwrap();
     assert_eq!(store.append(&run, &[ready(1)]).await.unwrap(), [1]);
@@ -405,11 +391,9 @@ async fn a_lost_connection_is_made_again() {
 /// The connection that holds a run's lock is lost: the lock says so
 /// (the engine stops the run on it), and the run is free again.
 #[tokio::test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn a_lost_lock_connection_is_reported_and_frees_the_run() {
-    let Some(db) = Scratch::new("a_lost_lock_connection_is_reported_and_frees_the_run").await
-    else {
-        return;
-    };
+    let db = Scratch::new("a_lost_lock_connection_is_reported_and_frees_the_run").await;
     let store = db.store().await;
     let run: orch_core::RunId = "r".parse().unwrap();
     let lock = store.lock_run(&run).await.unwrap();
@@ -446,10 +430,9 @@ async fn a_lost_lock_connection_is_reported_and_frees_the_run() {
 /// for the store's connections) does not close the one holding the lock,
 /// which idles for the whole run.
 #[tokio::test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn an_idle_session_timeout_does_not_take_the_lock() {
-    let Some(db) = Scratch::new("an_idle_session_timeout_does_not_take_the_lock").await else {
-        return;
-    };
+    let db = Scratch::new("an_idle_session_timeout_does_not_take_the_lock").await;
     let url = db.url.replace(
         "options=-c%20search_path",
         "options=-c%20idle_session_timeout%3D200%20-c%20search_path",
@@ -476,10 +459,9 @@ async fn an_idle_session_timeout_does_not_take_the_lock() {
 /// transaction open on the server: its connection goes, the next call
 /// connects again and finds the journal whole.
 #[tokio::test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn a_cancelled_append_leaves_no_transaction_open() {
-    let Some(db) = Scratch::new("a_cancelled_append_leaves_no_transaction_open").await else {
-        return;
-    };
+    let db = Scratch::new("a_cancelled_append_leaves_no_transaction_open").await;
     let store = db.store().await;
     let run: orch_core::RunId = "r".parse().unwrap();
     assert_eq!(store.append(&run, &[ready(1)]).await.unwrap(), [1]);
@@ -555,16 +537,11 @@ async fn tls_of(db: &Scratch, app: &str) -> Vec<bool> {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 async fn connections_use_tls_as_sslmode_says() {
-    let Some(db) = Scratch::new("connections_use_tls_as_sslmode_says").await else {
-        return;
-    };
+    let db = Scratch::new("connections_use_tls_as_sslmode_says").await;
     let ssl: String = db.admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
-    if ssl != "on" {
-        eprintln!("SKIPPED connections_use_tls_as_sslmode_says: the server has ssl off");
-        db.drop().await;
-        return;
-    }
+    assert_eq!(ssl, "on", "this test needs a server with TLS on (ssl = on)");
     let run = "r".parse().unwrap();
     for (i, (mode, tls)) in [
         ("", true), // libpq's default, prefer: TLS when the server offers it
@@ -593,13 +570,10 @@ async fn connections_use_tls_as_sslmode_says() {
         .unwrap()
         .get(0);
     let url = db.url.clone();
-    if !(std::path::Path::new(&cert).is_absolute() && url.contains("@127.0.0.1:")) {
-        eprintln!(
-            "SKIPPED verify-full part: the server's certificate ({cert}) or host is not the local default"
-        );
-        db.drop().await;
-        return;
-    }
+    assert!(
+        std::path::Path::new(&cert).is_absolute() && url.contains("@127.0.0.1:"),
+        "this test needs the server's own certificate file ({cert}) and a URL naming 127.0.0.1"
+    );
     let by_name = url.replace("@127.0.0.1:", "@localhost:");
     let root = cert.replace('/', "%2F");
     let app = format!("{}_full", db.schema);
