@@ -109,18 +109,33 @@ fn process_error(out: &Output, program: &str) -> Option<AgentError> {
     Some(AgentError::new(kind, format!("{program} {msg}")))
 }
 
-/// Runs `cmd`, redacting every stdout line, feeding it to `on_line`, and
-/// writing the redacted transcript.
+/// How an agent's stdout lines reach `on_line`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    /// Plain text: each line redacted first (private key blocks line by
+    /// line).
+    Text,
+    /// An event stream (JSON lines): raw, so that redaction cannot break
+    /// its syntax; what the parser makes of them is redacted instead.
+    Events,
+}
+
+/// Runs `cmd`, feeding every stdout line to `on_line` (redacted first when
+/// it is text), and writing the redacted transcript.
 async fn run_redacted(
     cmd: &process::Command,
     task: &AgentTask,
     ctx: &AgentContext,
     redactor: &Redactor,
     transcripts: Option<&PathBuf>,
+    kind: Lines,
     mut on_line: impl FnMut(&str) + Send,
 ) -> (Output, Option<PathBuf>) {
     let mut lines = redactor.lines();
-    let mut cb = |line: &str| on_line(&lines.redact(line));
+    let mut cb = |line: &str| match kind {
+        Lines::Text => on_line(&lines.redact(line)),
+        Lines::Events => on_line(line),
+    };
     let out = process::run_lines(cmd, &ctx.cancel, &mut cb).await;
     let transcript = transcripts.and_then(|dir| {
         use std::io::Write;
@@ -140,9 +155,9 @@ async fn run_redacted(
     (out, transcript)
 }
 
-/// Runs an agent CLI whose stdout is an event stream: every (redacted)
-/// line goes through `parser` to the progress sink; the end of the stream
-/// and the exit give the outcome.
+/// Runs an agent CLI whose stdout is an event stream: every line goes
+/// through `parser`, whose progress (redacted) goes to the progress sink;
+/// the end of the stream and the exit give the outcome (redacted).
 async fn run_parsed<P: StreamParser>(
     cmd: &process::Command,
     parser: P,
@@ -157,12 +172,14 @@ async fn run_parsed<P: StreamParser>(
         ctx,
         &defaults.redactor,
         defaults.transcripts.as_ref(),
+        Lines::Events,
         |line| {
             let progress = parser
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push_line(line);
-            for p in progress {
+            for mut p in progress {
+                p.redact(&defaults.redactor);
                 ctx.progress.progress(&task.agent_id, p);
             }
         },
@@ -172,7 +189,11 @@ async fn run_parsed<P: StreamParser>(
         return Err(e);
     }
     let parser = parser.into_inner().unwrap_or_else(|e| e.into_inner());
-    let mut outcome = parser.finish(exit_of(&out))?;
+    let mut outcome = parser.finish(exit_of(&out)).map_err(|mut e| {
+        defaults.redactor.redact_in_place(&mut e.message);
+        e
+    })?;
+    defaults.redactor.redact_in_place(&mut outcome.summary);
     outcome.transcript = transcript;
     Ok(outcome)
 }
@@ -311,6 +332,7 @@ impl Agent for CommandAgent {
             ctx,
             &redactor,
             self.defaults.transcripts.as_ref(),
+            Lines::Text,
             |line| {
                 if !line.trim().is_empty() {
                     line.clone_into(&mut last.lock().unwrap_or_else(|e| e.into_inner()));

@@ -478,3 +478,35 @@ async fn every_run_of_a_task_keeps_its_own_transcript() {
     assert!(std::fs::read_to_string(first).unwrap().contains("run 1"));
     assert!(std::fs::read_to_string(second).unwrap().contains("run 2"));
 }
+
+/// A stream line that quotes a private key header (an edit to PEM-parsing
+/// code) and a token does not break the stream: the result is still read,
+/// and what reaches progress and the summary is redacted.
+#[tokio::test]
+async fn secrets_in_an_event_stream_are_redacted_without_breaking_it() {
+    let d = tempfile::tempdir().unwrap();
+    let quoting = r#"{"type":"assistant","message":{"id":"m1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"const H: &str = \"-----BEGIN RSA PRIVATE KEY-----\"; token\nghp_R4nd0mT0k3nF0rT3st1ngPurp0s3sOnly12"}],"stop_reason":null,"usage":{"input_tokens":1,"output_tokens":1}},"session_id":"s"}"#;
+    let claude = script(
+        d.path(),
+        "claude",
+        &format!(
+            "cat > /dev/null\ncat <<'EOF'\n{quoting}\nEOF\ncat {}",
+            fixture("claude_tool.jsonl")
+        ),
+    );
+    let logs = d.path().join("transcripts");
+    let agent = from_spec(
+        &spec(serde_json::json!({"backend": {"kind": "claude_code", "binary": claude}})),
+        &defaults(Some(logs)),
+    )
+    .unwrap();
+    let (c, seen) = ctx();
+    let out = agent.run(task(d.path(), "x"), &c).await.unwrap();
+    assert!(out.success, "the result line after the quote was read");
+    assert_eq!(out.summary, "Hello from the mock.");
+    let seen = format!("{:?}", seen.lock().unwrap());
+    assert!(seen.contains(REDACTED), "{seen}");
+    assert!(!seen.contains("ghp_R4nd0m"), "{seen}");
+    let transcript = std::fs::read_to_string(out.transcript.unwrap()).unwrap();
+    assert!(!transcript.contains("ghp_R4nd0m"), "{transcript}");
+}

@@ -26,10 +26,38 @@ pub const MIN_SECRET_LEN: usize = 6;
 pub struct SecretPattern {
     /// What it is (`"AWS access key id"`), as a finding names it.
     pub name: &'static str,
-    /// The regular expression. Where it has a group named `s`, only that
-    /// group is the secret (`password=` stays, its value goes); otherwise
-    /// the whole match is.
+    /// The regular expression; its group `s` is the secret (`password=`
+    /// stays, its value goes). A token's start is a word boundary or a
+    /// JSON escape (`\n`), as agents' event streams print text.
     pub regex: &'static str,
+    /// What the secret must also hold to count (a value that is one word,
+    /// `CACHE_KEY=user_profile`, is not a secret).
+    pub needs: Needs,
+}
+
+/// What a [`SecretPattern`]'s secret must hold besides its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing more.
+    Shape,
+    /// A character that is not a letter (`"Password"` is a label).
+    NonLetter,
+    /// A letter and a digit (`MAX_TOKENS=200000` is a number).
+    LetterAndDigit,
+}
+
+impl Needs {
+    /// Whether `secret` holds what is needed.
+    pub fn met(self, secret: &str) -> bool {
+        match self {
+            Needs::Shape => true,
+            Needs::NonLetter => secret.chars().any(|c| !c.is_alphabetic()),
+            Needs::LetterAndDigit => {
+                secret.chars().any(char::is_alphabetic)
+                    && secret.chars().any(|c| c.is_ascii_digit())
+            }
+        }
+    }
 }
 
 /// The shapes of secrets, used by the redactor, the secret-scan gate and
@@ -38,51 +66,63 @@ pub struct SecretPattern {
 pub const SECRET_PATTERNS: &[SecretPattern] = &[
     SecretPattern {
         name: "private key",
-        regex: r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----|\z)",
+        needs: Needs::Shape,
+        regex: r"(?P<s>-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----(?:(?s:.*?)-----END (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----|[^\n]*))",
     },
     SecretPattern {
         name: "AWS access key id",
-        regex: r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
+        needs: Needs::Shape,
+        regex: r"(?:^|[^A-Za-z0-9_]|\\[ntr])(?P<s>(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b",
     },
     SecretPattern {
         name: "AWS secret access key",
+        needs: Needs::Shape,
         regex: r#"(?i:aws_?secret_?(?:access_?)?key)["']?\s*[:=]\s*["']?(?P<s>[A-Za-z0-9/+=]{30,})"#,
     },
     SecretPattern {
         name: "Anthropic API key",
-        regex: r"\bsk-ant-[A-Za-z0-9_\-]{4,}",
+        needs: Needs::Shape,
+        regex: r"(?:^|[^A-Za-z0-9_]|\\[ntr])(?P<s>sk-ant-[A-Za-z0-9_\-]{4,})",
     },
     SecretPattern {
         name: "OpenAI API key",
-        regex: r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,}",
+        needs: Needs::Shape,
+        regex: r"(?:^|[^A-Za-z0-9_]|\\[ntr])(?P<s>sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,})",
     },
     SecretPattern {
         name: "GitHub token",
-        regex: r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})",
+        needs: Needs::Shape,
+        regex: r"(?:^|[^A-Za-z0-9_]|\\[ntr])(?P<s>gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})",
     },
     SecretPattern {
         name: "Slack token",
-        regex: r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
+        needs: Needs::Shape,
+        regex: r"(?:^|[^A-Za-z0-9_]|\\[ntr])(?P<s>xox[abposr]-[A-Za-z0-9-]{10,})",
     },
     SecretPattern {
         name: "Google API key",
-        regex: r"\bAIza[0-9A-Za-z_\-]{35}",
+        needs: Needs::Shape,
+        regex: r"(?:^|[^A-Za-z0-9_]|\\[ntr])(?P<s>AIza[0-9A-Za-z_\-]{35})",
     },
     SecretPattern {
         name: "JSON web token",
-        regex: r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}",
+        needs: Needs::Shape,
+        regex: r"(?:^|[^A-Za-z0-9_]|\\[ntr])(?P<s>eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,})",
     },
     SecretPattern {
         name: "password in a URL",
-        regex: r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:(?P<s>[^/\s@$<{%][^/\s@]*)@",
+        needs: Needs::Shape,
+        regex: r#"[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@"',]*:(?P<s>[^/\s@$<{%"',\[\\][^/\s@"',\\]*)@"#,
     },
     SecretPattern {
         name: "hard-coded credential",
-        regex: r#"(?i:\b[a-z0-9_]*(?:password|passwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|private[_-]?key)["']?\s*[:=]\s*["'])(?P<s>[^"'\s]{6,})["']"#,
+        needs: Needs::NonLetter,
+        regex: r#"(?i:\b[a-z0-9_]*(?:password|passwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|private[_-]?key)["']?\s*[:=]\s*["'])(?P<s>[^"'\s$<{%\[][^"'\s]{5,})["']"#,
     },
     SecretPattern {
         name: "secret in a variable",
-        regex: r"\b[A-Z][A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)[A-Z0-9_]*=(?P<s>[^\s$'\x22{][^\s'\x22]{5,})",
+        needs: Needs::LetterAndDigit,
+        regex: r"(?:^|[^A-Za-z0-9_]|\\[ntr])[A-Z][A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)=(?P<s>[^\s$'\x22{<%\[\\][^\s'\x22\\]{7,})",
     },
 ];
 
@@ -99,17 +139,65 @@ pub fn compiled_patterns() -> &'static [(SecretPattern, Regex)] {
 }
 
 /// All patterns as one regex (`(?:p0)|(?:p1)|…`), for one pass over a
-/// text; the `s` groups are renamed `s0`, `s1`, … after their pattern.
-fn combined() -> &'static Regex {
-    static ALL: LazyLock<Regex> = LazyLock::new(|| {
+/// text, with the index of each pattern's `s` group (renamed `s0`, `s1`,
+/// … after its pattern).
+fn combined() -> &'static (Regex, Vec<usize>) {
+    static ALL: LazyLock<(Regex, Vec<usize>)> = LazyLock::new(|| {
         let parts: Vec<String> = SECRET_PATTERNS
             .iter()
             .enumerate()
             .map(|(i, p)| format!("(?:{})", p.regex.replace("(?P<s>", &format!("(?P<s{i}>"))))
             .collect();
-        Regex::new(&parts.join("|")).expect("SECRET_PATTERNS combine")
+        let re = Regex::new(&parts.join("|")).expect("SECRET_PATTERNS combine");
+        let groups = (0..SECRET_PATTERNS.len())
+            .map(|i| {
+                re.capture_names()
+                    .position(|n| n == Some(&format!("s{i}")))
+                    .expect("every pattern has a group `s`")
+            })
+            .collect();
+        (re, groups)
     });
     &ALL
+}
+
+/// The secrets `text` holds, by pattern: the span of each one whose
+/// pattern's [`Needs`] it meets.
+fn shaped(text: &str) -> impl Iterator<Item = (usize, regex::Match<'_>)> + '_ {
+    let (all, groups) = combined();
+    all.captures_iter(text).filter_map(move |caps| {
+        groups.iter().enumerate().find_map(|(i, g)| {
+            let m = caps.get(*g)?;
+            SECRET_PATTERNS[i].needs.met(m.as_str()).then_some((i, m))
+        })
+    })
+}
+
+/// A private key block: a BEGIN line followed by key material (after any
+/// `Proc-Type:`-style headers), what [`Redactor::findings`] reports; a
+/// BEGIN line alone is a PEM parser's constant, not a key.
+fn key_block() -> &'static Regex {
+    static BLOCK: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(
+            r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----[ \t]*\r?\n(?:[A-Za-z-]+:[^\n]*\n)*[ \t]*[A-Za-z0-9+/=.]{4,}",
+        )
+        .expect("static regex")
+    });
+    &BLOCK
+}
+
+/// Whether a known value is worth redacting as a value: at least
+/// [`MIN_SECRET_LEN`] characters, and not one word of one kind of
+/// character unless long (a password `postgres` would redact every
+/// `tokio-postgres`; `hunter22` and a 40-character token count).
+fn strong(v: &str) -> bool {
+    let kinds = [
+        v.chars().any(|c| c.is_ascii_lowercase()),
+        v.chars().any(|c| c.is_ascii_uppercase()),
+        v.chars().any(|c| c.is_ascii_digit()),
+        v.chars().any(|c| !c.is_ascii_alphanumeric()),
+    ];
+    v.len() >= MIN_SECRET_LEN && (kinds.iter().filter(|k| **k).count() >= 2 || v.len() >= 16)
 }
 
 /// Whether an environment variable's name says it holds a secret.
@@ -213,14 +301,14 @@ impl Redactor {
         for v in values {
             let v: String = v.into();
             let v = v.trim();
-            if v.len() >= MIN_SECRET_LEN {
+            if strong(v) {
                 all.extend(encodings(v));
             }
             // A value of many lines (a key file) is found line by line
             // too, as output streamed a line at a time shows it.
             if v.contains('\n') {
                 for line in v.lines().map(str::trim) {
-                    if line.len() >= MIN_SECRET_LEN {
+                    if strong(line) {
                         all.push(line.to_owned());
                     }
                 }
@@ -256,21 +344,18 @@ impl Redactor {
         {
             out = Cow::Owned(values.1.replace_all(&out, REDACTED).into_owned());
         }
-        let all = combined();
-        if !all.is_match(&out) {
+        if !combined().0.is_match(&out) {
             return out;
         }
         let mut result = String::with_capacity(out.len());
         let mut last = 0;
-        for caps in all.captures_iter(&out) {
-            let whole = caps.get(0).expect("group 0 is the match");
-            // The pattern's secret group when it has one, else the match.
-            let secret = (0..SECRET_PATTERNS.len())
-                .find_map(|i| caps.name(&format!("s{i}")))
-                .unwrap_or(whole);
+        for (_, secret) in shaped(&out) {
             result.push_str(&out[last..secret.start()]);
             result.push_str(REDACTED);
             last = secret.end();
+        }
+        if last == 0 {
+            return out;
         }
         result.push_str(&out[last..]);
         Cow::Owned(result)
@@ -317,23 +402,28 @@ impl Redactor {
     /// ```
     pub fn findings(&self, text: &str) -> Vec<(usize, &'static str)> {
         let mut out = Vec::new();
-        let all = combined();
+        let all = &combined().0;
         let values = self.values.as_ref().map(|v| &v.1);
         if !all.is_match(text) && !values.is_some_and(|v| v.is_match(text)) {
             return out;
+        }
+        let line_of = |at: usize| text[..at].matches('\n').count() + 1;
+        for m in key_block().find_iter(text) {
+            out.push((line_of(m.start()), SECRET_PATTERNS[0].name));
         }
         for (i, line) in text.lines().enumerate() {
             if values.is_some_and(|v| v.is_match(line)) {
                 out.push((i + 1, KNOWN_VALUE));
             }
             if all.is_match(line) {
-                for (p, re) in compiled_patterns() {
-                    if re.is_match(line) {
-                        out.push((i + 1, p.name));
-                    }
-                }
+                let mut kinds: Vec<usize> =
+                    shaped(line).map(|(k, _)| k).filter(|k| *k != 0).collect();
+                kinds.dedup();
+                out.extend(kinds.into_iter().map(|k| (i + 1, SECRET_PATTERNS[k].name)));
             }
         }
+        out.sort_unstable();
+        out.dedup();
         out
     }
 
@@ -528,6 +618,43 @@ mod tests {
             "https://u:$PASSWORD@host"
         );
         assert!(matches!(r.redact("nothing to see"), Cow::Borrowed(_)));
+    }
+
+    /// What ordinary code and orch's own redacted text look like is not a
+    /// secret: a redactor or a commit scan that fired on these would
+    /// mangle output and refuse honest commits.
+    #[test]
+    fn ordinary_code_is_not_a_secret() {
+        let r = Redactor::default().with_values(["postgres", "changeme"]);
+        for text in [
+            "MAX_TOKENS=200000",
+            "TOKENIZER_NAME=bert-base-uncased",
+            "CACHE_KEY=user_profile",
+            "API_KEY=os.getenv(\"API_KEY\")",
+            "ANTHROPIC_API_KEY=your-api-key-here",
+            "{\"password\": \"Password\"}",
+            "password = \"${DB_PASSWORD}\"",
+            "API_KEY=[REDACTED] and password = \"[REDACTED]\" and https://u:[REDACTED]@host",
+            "{\"proxy\":\"http://localhost:3000\",\"owner\":\"ops@x.com\"}",
+            "tokio-postgres = \"0.7\"  # changeme",
+        ] {
+            assert_eq!(r.redact(text), text, "{text}");
+            assert_eq!(r.findings(text), [], "{text}");
+        }
+        // A PEM parser's header constant is redacted in output (cheap to
+        // over-redact) but is no finding: no key block follows it.
+        let pem = "const H: &str = \"-----BEGIN RSA PRIVATE KEY-----\";";
+        assert_eq!(r.findings(pem), []);
+    }
+
+    /// Agents' event streams print text JSON-escaped: a token after `\n`
+    /// is still a token.
+    #[test]
+    fn tokens_after_json_escapes_are_found() {
+        let r = Redactor::default();
+        let line =
+            r#"{"text":"done\nghp_R4nd0mT0k3nF0rT3st1ngPurp0s3sOnly12\tAKIAABCDEFGHIJKLMNOP"}"#;
+        assert_eq!(r.redact(line), r#"{"text":"done\n[REDACTED]\t[REDACTED]"}"#);
     }
 
     #[test]

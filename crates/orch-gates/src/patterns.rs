@@ -12,6 +12,11 @@ use regex::Regex;
 use crate::common::{checked, config, report};
 use crate::files::MAX_FILE_BYTES;
 
+/// The secret finder of the built-in `secrets` set: patterns only (a
+/// gate knows no run's values).
+static SECRETS: std::sync::LazyLock<orch_core::secrets::Redactor> =
+    std::sync::LazyLock::new(orch_core::secrets::Redactor::default);
+
 /// A named rule, with an optional check that confirms a match (Luhn for
 /// card numbers) to keep false alarms down.
 struct Rule {
@@ -40,14 +45,13 @@ fn luhn(s: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// The rules of a built-in set: `(name, regex)`.
+/// The rules of a built-in set: `(name, regex)` (none for `secrets`,
+/// which is [`orch_core::secrets`]' own finder).
 pub fn builtin(set: BuiltinPatterns) -> Vec<(&'static str, &'static str)> {
     match set {
-        // The one set the redactor and the scan before each commit use.
-        BuiltinPatterns::Secrets => orch_core::secrets::SECRET_PATTERNS
-            .iter()
-            .map(|p| (p.name, p.regex))
-            .collect(),
+        // The one set the redactor and the scan before each commit use,
+        // found the same way (`Redactor::findings`), not as plain rules.
+        BuiltinPatterns::Secrets => Vec::new(),
         BuiltinPatterns::Pii => vec![
             (
                 "e-mail address",
@@ -75,6 +79,8 @@ pub struct PatternsGate {
     include: Option<GlobSet>,
     exclude: GlobSet,
     rules: Vec<Rule>,
+    /// The built-in `secrets` set: found by `Redactor::findings`.
+    secrets: bool,
     max_hits: usize,
 }
 
@@ -127,6 +133,7 @@ impl PatternsGate {
             },
             exclude: globs(&name, &spec.exclude)?,
             rules,
+            secrets: spec.builtin.contains(&BuiltinPatterns::Secrets),
             max_hits: spec.max_hits as usize,
             name,
         })
@@ -179,6 +186,18 @@ impl Gate for PatternsGate {
             // Binary files are scanned too (as text where they hold
             // some), and UTF-16 text as what it says.
             for text in &orch_core::secrets::texts(&bytes) {
+                if self.secrets {
+                    for (line, rule) in SECRETS.findings(text) {
+                        total += 1;
+                        if hits.len() < self.max_hits {
+                            hits.push(Hit {
+                                file: rel.clone(),
+                                line: line as u64,
+                                rule: rule.to_owned(),
+                            });
+                        }
+                    }
+                }
                 for (i, line) in text.lines().enumerate() {
                     for rule in &self.rules {
                         let found = rule

@@ -125,45 +125,108 @@ fn frozen_part(file: &str, key: &str, text: &str) -> Option<String> {
     Some(body.join("\n"))
 }
 
-/// Where the commits of `range` (`a..b`, run in `dir`) added a secret:
-/// each finding names the file, the commit and the kind of secret.
+/// The most findings a scan lists (the rest are counted).
+pub const MAX_FINDINGS: usize = 20;
+
+/// Findings, each once, at most [`MAX_FINDINGS`] listed.
+#[derive(Debug, Default)]
+struct Found {
+    listed: Vec<String>,
+    seen: std::collections::HashSet<String>,
+    more: usize,
+}
+
+impl Found {
+    fn add(&mut self, f: String) {
+        if self.seen.contains(&f) {
+            return;
+        }
+        if self.listed.len() < MAX_FINDINGS {
+            self.seen.insert(f.clone());
+            self.listed.push(f);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn done(mut self) -> Vec<String> {
+        if self.more > 0 {
+            self.listed.push(format!("and {} more", self.more));
+        }
+        self.listed
+    }
+}
+
+/// Where the commits of `range` (`a..b`, run in `dir`) added a secret, in
+/// a file's content or name or in a commit message: each finding names the
+/// file (or message), the commit and the kind of secret. Merge commits are
+/// shown against each parent; no textconv or external diff hides content.
 fn history_secrets(
     dir: &Path,
     range: &str,
     redactor: &orch_core::secrets::Redactor,
-) -> Result<Vec<String>, GitError> {
+    found: &mut Found,
+) -> Result<(), GitError> {
+    const START: &str = "\u{1}orch-commit ";
+    const END: &str = "\u{1}orch-end";
     let log = run_git(
         dir,
         &[
+            "-c",
+            "core.fsmonitor=false",
             "log",
             "-p",
+            "-m",
             "--text",
+            "--no-textconv",
             "--no-color",
             "--no-ext-diff",
             "--no-renames",
-            "--format=commit %h",
+            "--format=%x01orch-commit %h%n%an <%ae>%n%B%n%x01orch-end",
             range,
         ],
     )?;
-    let mut found = Vec::new();
-    let (mut commit, mut file) = ("", "");
+    let mut commit = String::new();
+    let mut file = String::new();
+    let (mut in_message, mut in_hunk) = (false, false);
     for line in log.lines() {
-        if let Some(c) = line.strip_prefix("commit ") {
-            commit = c;
-        } else if let Some(f) = line.strip_prefix("+++ b/") {
-            file = f;
-        } else if let Some(added) = line.strip_prefix('+')
-            && !line.starts_with("+++ ")
-        {
-            for (_, what) in redactor.findings(added) {
-                let f = format!("{file} in commit {commit} ({what})");
-                if !found.contains(&f) {
-                    found.push(f);
+        if let Some(c) = line.strip_prefix(START) {
+            commit = c.to_owned();
+            (in_message, in_hunk) = (true, false);
+            continue;
+        }
+        if line == END {
+            in_message = false;
+            continue;
+        }
+        let text = if in_message {
+            for (_, what) in redactor.findings(line) {
+                found.add(format!("the message of commit {commit} ({what})"));
+            }
+            continue;
+        } else if line.starts_with("diff --git ") {
+            in_hunk = false;
+            continue;
+        } else if !in_hunk {
+            if let Some(f) = line.strip_prefix("+++ b/") {
+                file = f.to_owned();
+                for (_, what) in redactor.findings(f) {
+                    found.add(format!("the name of {f} in commit {commit} ({what})"));
                 }
             }
+            in_hunk = line.starts_with("@@ ");
+            continue;
+        } else {
+            match line.strip_prefix('+') {
+                Some(added) => added,
+                None => continue,
+            }
+        };
+        for (_, what) in redactor.findings(text) {
+            found.add(format!("{file} in commit {commit} ({what})"));
         }
     }
-    Ok(found)
+    Ok(())
 }
 
 /// The largest file [`Repo::secrets`] scans; a larger one that a commit
@@ -392,13 +455,10 @@ impl Repo {
         since: &str,
         redactor: &orch_core::secrets::Redactor,
     ) -> Result<Vec<String>, GitError> {
-        let mut found = self.uncommitted_secrets(wt, redactor)?;
-        for f in history_secrets(&wt.path, &format!("{since}..HEAD"), redactor)? {
-            if !found.contains(&f) {
-                found.push(f);
-            }
-        }
-        Ok(found)
+        let mut found = Found::default();
+        self.scan_uncommitted(wt, redactor, &mut found)?;
+        history_secrets(&wt.path, &format!("{since}..HEAD"), redactor, &mut found)?;
+        Ok(found.done())
     }
 
     /// Where the commits `branch` has beyond `base` added a secret.
@@ -411,7 +471,14 @@ impl Repo {
         branch: &str,
         redactor: &orch_core::secrets::Redactor,
     ) -> Result<Vec<String>, GitError> {
-        history_secrets(&self.root, &format!("{base}..{branch}"), redactor)
+        let mut found = Found::default();
+        history_secrets(
+            &self.root,
+            &format!("{base}..{branch}"),
+            redactor,
+            &mut found,
+        )?;
+        Ok(found.done())
     }
 
     /// The part of [`Repo::secrets`] about the work tree: what `git add
@@ -424,11 +491,27 @@ impl Repo {
         wt: &Worktree,
         redactor: &orch_core::secrets::Redactor,
     ) -> Result<Vec<String>, GitError> {
+        let mut found = Found::default();
+        self.scan_uncommitted(wt, redactor, &mut found)?;
+        Ok(found.done())
+    }
+
+    fn scan_uncommitted(
+        &self,
+        wt: &Worktree,
+        redactor: &orch_core::secrets::Redactor,
+        found: &mut Found,
+    ) -> Result<(), GitError> {
+        // Changed and untracked files, and those already staged (an agent
+        // that ran `git add` itself): each as the work tree holds it,
+        // which is what `git add -A` stores.
         let listed = run_git(
             &wt.path,
             &[
                 "-c",
                 "core.excludesFile=",
+                "-c",
+                "core.fsmonitor=false",
                 "ls-files",
                 "-z",
                 "--modified",
@@ -437,8 +520,28 @@ impl Repo {
                 "--deduplicate",
             ],
         )?;
-        let mut found = Vec::new();
-        for rel in listed.split('\0').filter(|f| !f.is_empty()) {
+        let staged = run_git(
+            &wt.path,
+            &[
+                "diff",
+                "--cached",
+                "--name-only",
+                "--no-renames",
+                "-z",
+                "HEAD",
+            ],
+        )?;
+        let mut files: Vec<&str> = listed
+            .split('\0')
+            .chain(staged.split('\0'))
+            .filter(|f| !f.is_empty())
+            .collect();
+        files.sort_unstable();
+        files.dedup();
+        for rel in files {
+            for (_, what) in redactor.findings(rel) {
+                found.add(format!("the name of {rel} ({what})"));
+            }
             let path = wt.path.join(rel);
             let bytes = match std::fs::symlink_metadata(&path) {
                 // Git stores a link as its target's name.
@@ -446,7 +549,7 @@ impl Repo {
                     .map(|t| t.as_os_str().as_encoded_bytes().to_vec())
                     .unwrap_or_default(),
                 Ok(m) if m.len() > MAX_SCANNED => {
-                    found.push(format!(
+                    found.add(format!(
                         "{rel} ({} bytes, too large to scan for secrets: ignore it or commit it yourself)",
                         m.len()
                     ));
@@ -456,18 +559,22 @@ impl Repo {
                     command: "scan for secrets".into(),
                     message: format!("{rel}: {e}"),
                 })?,
-                _ => continue, // removed, or not a file git would store
+                Ok(_) => continue, // not a file git would store
+                // Listed by git but not found under its name (a name git
+                // quoted or that is not UTF-8): it cannot be shown clean.
+                Err(_) if path.exists() || !rel.contains('\u{FFFD}') => continue,
+                Err(_) => {
+                    found.add(format!("{rel} (a name that cannot be read back to scan)"));
+                    continue;
+                }
             };
             for text in orch_core::secrets::texts(&bytes) {
                 for (line, what) in redactor.findings(&text) {
-                    let f = format!("{rel}:{line} ({what})");
-                    if !found.contains(&f) {
-                        found.push(f);
-                    }
+                    found.add(format!("{rel}:{line} ({what})"));
                 }
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     /// The worktree's head commit if it is the checkpoint `key` and the

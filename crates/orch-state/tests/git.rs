@@ -227,3 +227,80 @@ fn a_frozen_part_of_a_settings_file_may_not_change_the_rest_may() {
     let (files, _) = changed(&repo);
     assert!(files.contains(&"Cargo.toml#test".to_owned()), "{files:?}");
 }
+
+/// What a checkpoint would commit is scanned however it got there: a
+/// file the agent staged itself, a file whose name is a token, and the
+/// branch's own commits since the base (a key committed and removed
+/// again, a key in a commit message). Findings name places, not values.
+#[test]
+fn the_commit_scan_sees_staged_files_names_and_history() {
+    let (_d, repo) = repo();
+    let run = "r1".parse().unwrap();
+    let t = "T".parse().unwrap();
+    let wt = repo.worktree(&run, &t, "main").unwrap();
+    let base = sh(&wt.path, &["rev-parse", "HEAD"]);
+    let redactor = orch_core::secrets::Redactor::default();
+    let key = "AKIAZ7Q3EXAMPLE4KEY1";
+    assert_eq!(
+        repo.secrets(&wt, &base, &redactor).unwrap(),
+        Vec::<String>::new()
+    );
+
+    std::fs::write(wt.path.join("staged.txt"), format!("k={key}\n")).unwrap();
+    sh(&wt.path, &["add", "staged.txt"]);
+    std::fs::write(
+        wt.path.join("ghp_R4nd0mT0k3nF0rT3st1ngPurp0s3sOnly12"),
+        "x\n",
+    )
+    .unwrap();
+    let found = repo.secrets(&wt, &base, &redactor).unwrap();
+    assert!(
+        found.contains(&"staged.txt:1 (AWS access key id)".to_owned()),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("the name of ghp_") && f.ends_with("(GitHub token)")),
+        "{found:?}"
+    );
+    assert!(
+        !found.iter().any(|f| f.contains(key)),
+        "no value in a finding: {found:?}"
+    );
+
+    // Committed and removed again; and a message with a key.
+    let git = |args: &[&str]| {
+        sh(
+            &wt.path,
+            &[&["-c", "user.name=a", "-c", "user.email=a@a"][..], args].concat(),
+        )
+    };
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "add"]);
+    git(&[
+        "rm",
+        "-q",
+        "staged.txt",
+        "ghp_R4nd0mT0k3nF0rT3st1ngPurp0s3sOnly12",
+    ]);
+    git(&["commit", "-q", "-m", &format!("remove the key {key}")]);
+    let found = repo.secrets(&wt, &base, &redactor).unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("staged.txt in commit ") && f.ends_with("(AWS access key id)")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("the message of commit ") && f.ends_with("(AWS access key id)")),
+        "{found:?}"
+    );
+    // Nothing in the work tree: the last guard before a commit lets it be.
+    assert_eq!(
+        repo.uncommitted_secrets(&wt, &redactor).unwrap(),
+        Vec::<String>::new()
+    );
+}

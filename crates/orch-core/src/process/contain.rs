@@ -263,6 +263,9 @@ done; done; exit 0"#,
 /// helper killed by it mid-way would fail the step it served. The
 /// program, arguments, directory and environment changes of `cmd` are
 /// used; its standard streams are not (input is empty, output captured).
+/// It starts from a clean environment: [`BASE_ENV`](super::BASE_ENV) and
+/// the `GIT_*` variables whose names do not look secret, then what `cmd`
+/// sets.
 ///
 /// ```
 /// let mut echo = std::process::Command::new("echo");
@@ -285,8 +288,16 @@ pub fn output(cmd: &std::process::Command) -> std::io::Result<std::process::Outp
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let w = cell.wrap(&program, &args);
     let mut run = std::process::Command::new(&w.program);
+    // A clean environment, as for agents and gates: what git runs (hooks,
+    // filters, the agents' to configure) sees no key of orch's.
+    let env = super::environment(&Default::default(), &["GIT_*".to_owned()]);
     run.args(&w.args)
-        .env_remove(MARKER_VAR)
+        .env_clear()
+        .envs(
+            env.iter()
+                .filter(|(k, _)| !crate::secrets::is_secret_name(k)),
+        )
+        .env("GIT_NO_REPLACE_OBJECTS", "1")
         .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
