@@ -1805,3 +1805,49 @@ fn resume_kills_what_a_dead_driver_left_running_before_it_rolls_back() {
     assert!(registry.contains("| lost |"), "{registry}");
     assert_eq!(state.drivers.len(), 2, "both drivers are recorded");
 }
+
+/// A gate runs the agent's code (a build script, a test helper): code
+/// that rewrites a frozen test while the gates run, and leaves it so,
+/// fails the attempt after the gates, before anything is committed.
+#[test]
+fn a_frozen_test_rewritten_while_the_gates_run_does_not_pass() {
+    let s = crash_setup();
+    std::fs::write(
+        &s.plan,
+        r#"
+name = "rewrite"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["sh", "-c", "cat > /dev/null; case $ORCH_PHASE in tests) mkdir -p tests; echo 'assert add(2, 2) == 4' > tests/t.txt;; *) echo impl > impl.txt;; esac"] }
+[[phases]]
+name = "tests"
+freeze = ["tests/**"]
+[[phases]]
+name = "impl"
+max_attempts = 1
+gates = [{ kind = "command", name = "build", argv = ["sh", "-c", "echo 'assert True' > tests/t.txt"] }]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#,
+    )
+    .unwrap();
+    let (code, text) = output(&mut orch_run(&s));
+    assert_eq!(code, 3, "escalated, not passed: {text}");
+    let feedback = journal(&s)
+        .iter()
+        .find_map(|e| match &e.event.kind {
+            EventKind::AttemptFailed { feedback, .. } => Some(feedback.clone()),
+            _ => None,
+        })
+        .expect("the attempt failed");
+    assert!(
+        feedback.contains("Gate `frozen paths` failed")
+            && feedback.contains("tests/t.txt (frozen by tests)"),
+        "{feedback}"
+    );
+    let branch = format!("orch/{RUN}/A");
+    let t = demo::git(&s.repo, &["show", &format!("{branch}:tests/t.txt")]).unwrap();
+    assert_eq!(t, "assert add(2, 2) == 4", "nothing weakened was committed");
+}

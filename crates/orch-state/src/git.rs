@@ -85,6 +85,53 @@ fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     }
 }
 
+/// The directory a frozen glob's matches are all under (its components
+/// before the first one with a glob character): only it is walked.
+fn glob_root(glob: &str) -> String {
+    glob.split('/')
+        .take_while(|c| !c.contains(['*', '?', '[', '{']))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Every file and link under `rel` in `root` that `globs` match, as
+/// `rel -> is a link`, with no ignore rule applied and no link followed
+/// (`.git` is not entered).
+fn walk_frozen(
+    root: &Path,
+    rel: &str,
+    globs: &globset::GlobSet,
+    out: &mut std::collections::BTreeMap<String, bool>,
+) {
+    let path = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
+    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        return;
+    };
+    if meta.is_dir() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == ".git" {
+                continue;
+            }
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            walk_frozen(root, &child, globs, out);
+        }
+    } else if globs.is_match(rel) {
+        out.insert(rel.to_owned(), meta.is_symlink());
+    }
+}
+
 /// `diff` cut to [`MAX_DIFF`] bytes, saying so.
 fn cap_diff(mut diff: String) -> String {
     if diff.len() > MAX_DIFF {
@@ -116,13 +163,29 @@ fn frozen_part(file: &str, key: &str, text: &str) -> Option<String> {
         }
         return serde_json::to_string_pretty(value).ok();
     }
-    let mut lines = text.lines().map(str::trim);
-    lines.find(|l| *l == format!("[{key}]"))?;
-    let body: Vec<&str> = lines
-        .take_while(|l| !l.starts_with('['))
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
-        .collect();
-    Some(body.join("\n"))
+    // As pytest and configparser read INI: a header starts in column 0
+    // (an indented `[x]` continues the value above it) and may carry a
+    // comment; every section of that name counts (a second one is a
+    // change too); indentation is kept, blank and comment lines are not.
+    let mut body: Vec<&str> = Vec::new();
+    let (mut found, mut inside) = (false, false);
+    for line in text.lines() {
+        if line.starts_with('[') {
+            let head = line.split(['#', ';']).next().unwrap_or("").trim_end();
+            inside = head.strip_prefix('[').and_then(|h| h.strip_suffix(']')) == Some(key);
+            if inside {
+                found = true;
+                body.push("[section]");
+            }
+            continue;
+        }
+        let t = line.trim_end();
+        let bare = t.trim_start();
+        if inside && !bare.is_empty() && !bare.starts_with('#') && !bare.starts_with(';') {
+            body.push(t);
+        }
+    }
+    found.then(|| body.join("\n"))
 }
 
 /// The most findings a scan lists (the rest are counted).
@@ -651,37 +714,117 @@ impl Repo {
             part_files.sort();
             return Ok((part_files, cap_diff(part_diff)));
         }
-        let specs: Vec<String> = paths.iter().map(|p| format!(":(glob){p}")).collect();
-        let with_specs = |args: &[&str]| -> Vec<String> {
-            args.iter()
-                .map(|a| (*a).to_owned())
-                .chain(["--".to_owned()])
-                .chain(specs.iter().cloned())
-                .collect()
-        };
-        let run = |args: Vec<String>| {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_git(&wt.path, &args)
-        };
-        let changed = run(with_specs(&["diff", "--name-only", "--no-renames", commit]))?;
-        let added = run(with_specs(&["ls-files", "--others", "--exclude-standard"]))?;
-        let mut files: Vec<String> = changed
-            .lines()
-            .chain(added.lines())
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
+        // Compared as bytes, the checkpoint's blobs against the files on
+        // disk, not through git's view of the work tree: index flags
+        // (assume-unchanged, skip-worktree), ignore rules and filters
+        // would hide a changed, added or removed file.
+        let mut globs = globset::GlobSetBuilder::new();
+        for p in &paths {
+            globs.add(
+                globset::GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| GitError {
+                        command: "freeze".into(),
+                        message: format!("{p:?}: {e}"),
+                    })?,
+            );
+        }
+        let globs = globs.build().map_err(|e| GitError {
+            command: "freeze".into(),
+            message: e.to_string(),
+        })?;
+        let tree = run_git(
+            &wt.path,
+            &[
+                "-c",
+                "core.fsmonitor=false",
+                "ls-tree",
+                "-r",
+                "-z",
+                "--full-tree",
+                commit,
+            ],
+        )?;
+        let before: std::collections::BTreeMap<String, (String, String)> = tree
+            .split('\0')
+            .filter_map(|entry| {
+                let (meta, path) = entry.split_once('\t')?;
+                let mut m = meta.split(' ');
+                let (mode, _, sha) = (m.next()?, m.next()?, m.next()?);
+                globs
+                    .is_match(path)
+                    .then(|| (path.to_owned(), (mode.to_owned(), sha.to_owned())))
+            })
             .collect();
+        let mut now = std::collections::BTreeMap::new();
+        for p in &paths {
+            walk_frozen(&wt.path, &glob_root(p), &globs, &mut now);
+        }
+        let mut files: Vec<String> = Vec::new();
+        // Regular files hashed as git would store them, without filters.
+        let regular: Vec<&String> = now
+            .iter()
+            .filter(|(rel, link)| !**link && before.contains_key(*rel))
+            .map(|(rel, _)| rel)
+            .collect();
+        let mut hashes = std::collections::HashMap::new();
+        for chunk in regular.chunks(200) {
+            let mut args = vec!["hash-object", "--no-filters", "--"];
+            args.extend(chunk.iter().map(|s| s.as_str()));
+            let out = run_git(&wt.path, &args)?;
+            hashes.extend(
+                chunk
+                    .iter()
+                    .zip(out.lines())
+                    .map(|(f, h)| ((*f).clone(), h.to_owned())),
+            );
+        }
+        for (rel, (mode, sha)) in &before {
+            let same = match now.get(rel) {
+                None => false,
+                Some(true) => {
+                    mode == "120000"
+                        && std::fs::read_link(wt.path.join(rel)).ok().is_some_and(|t| {
+                            run_git(&wt.path, &["cat-file", "blob", sha])
+                                .is_ok_and(|b| b == t.to_string_lossy())
+                        })
+                }
+                Some(false) => mode != "120000" && hashes.get(rel) == Some(sha),
+            };
+            if !same {
+                files.push(rel.clone());
+            }
+        }
+        let added: Vec<&String> = now.keys().filter(|r| !before.contains_key(*r)).collect();
+        files.extend(added.iter().map(|r| (*r).clone()));
         files.extend(part_files);
         files.sort();
         files.dedup();
         let mut diff = part_diff;
-        diff.push_str(&run(with_specs(&[
-            "diff",
-            "--no-renames",
-            "--no-color",
-            commit,
-        ]))?);
-        for new in added.lines().filter(|l| !l.is_empty()) {
+        let shown: Vec<&String> = files.iter().filter(|f| before.contains_key(*f)).collect();
+        if !shown.is_empty() {
+            let mut args = vec![
+                "diff",
+                "--no-renames",
+                "--no-color",
+                "--no-ext-diff",
+                "--no-textconv",
+                commit,
+                "--",
+            ];
+            args.extend(shown.iter().map(|s| s.as_str()));
+            let text = run_git(&wt.path, &args)?;
+            for f in &shown {
+                if !text.contains(&format!("a/{f}")) {
+                    diff.push_str(&format!(
+                        "--- {f}: changed on disk, though git shows no difference (an index flag, an ignore rule or a filter hides it)\n"
+                    ));
+                }
+            }
+            diff.push_str(&text);
+        }
+        for new in added {
             let text = std::fs::read(wt.path.join(new)).unwrap_or_default();
             diff.push_str(&format!(
                 "\n--- /dev/null\n+++ b/{new}\n{}",

@@ -304,3 +304,95 @@ fn the_commit_scan_sees_staged_files_names_and_history() {
         Vec::<String>::new()
     );
 }
+
+/// Frozen files are compared as bytes with the checkpoint, not through
+/// git's view of the work tree: an index flag (assume-unchanged,
+/// skip-worktree), an ignore rule or a clean filter that hides a change
+/// from `git status` does not hide it from the freeze.
+#[test]
+fn a_frozen_change_git_does_not_show_is_still_seen() {
+    let (_d, repo) = repo();
+    let run = "r1".parse().unwrap();
+    let t = "T".parse().unwrap();
+    let wt = repo.worktree(&run, &t, "main").unwrap();
+    std::fs::create_dir_all(wt.path.join("tests")).unwrap();
+    for f in ["a.py", "b.py", "c.py"] {
+        std::fs::write(wt.path.join("tests").join(f), format!("assert {f:?}\n")).unwrap();
+    }
+    let c = repo.checkpoint(&wt, "r1/T/tests/1", "tests").unwrap();
+    let frozen = ["tests/**".to_owned()];
+    assert!(repo.changed_since(&wt, &c, &frozen).unwrap().0.is_empty());
+
+    sh(
+        &wt.path,
+        &["update-index", "--assume-unchanged", "tests/a.py"],
+    );
+    std::fs::write(wt.path.join("tests/a.py"), "assert True\n").unwrap();
+    sh(&wt.path, &["update-index", "--skip-worktree", "tests/b.py"]);
+    std::fs::write(wt.path.join("tests/b.py"), "assert True\n").unwrap();
+    std::fs::write(
+        wt.path.join("tests/.gitignore"),
+        "conftest.py\n.gitignore\n",
+    )
+    .unwrap();
+    std::fs::write(
+        wt.path.join("tests/conftest.py"),
+        "collect_ignore = ['c.py']\n",
+    )
+    .unwrap();
+    assert_eq!(
+        sh(&wt.path, &["status", "--porcelain"]),
+        "",
+        "git shows nothing"
+    );
+    let (files, diff) = repo.changed_since(&wt, &c, &frozen).unwrap();
+    assert_eq!(
+        files,
+        [
+            "tests/.gitignore",
+            "tests/a.py",
+            "tests/b.py",
+            "tests/conftest.py"
+        ],
+        "{diff}"
+    );
+    assert!(
+        diff.contains("tests/a.py: changed on disk, though git shows no difference"),
+        "{diff}"
+    );
+    assert!(diff.contains("+collect_ignore"), "{diff}");
+}
+
+/// A frozen INI section is read as pytest reads it: an indented decoy
+/// header continues a value (the real section below still counts), a
+/// header may carry a comment, and a second section of the name is a
+/// change.
+#[test]
+fn a_frozen_ini_section_is_read_as_pytest_reads_it() {
+    let (_d, repo) = repo();
+    let run = "r1".parse().unwrap();
+    let t = "T".parse().unwrap();
+    let wt = repo.worktree(&run, &t, "main").unwrap();
+    let cfg = "[metadata]\nname = a\n\n[tool:pytest]\ntestpaths = tests\n";
+    std::fs::write(wt.path.join("setup.cfg"), cfg).unwrap();
+    let c = repo.checkpoint(&wt, "r1/T/tests/1", "tests").unwrap();
+    let frozen = ["setup.cfg#tool:pytest".to_owned()];
+    for weakened in [
+        // The old section as a decoy inside a value, the real one changed.
+        "[metadata]\nname = a\ndescription = x\n    [tool:pytest]\n    testpaths = tests\n\n[tool:pytest]\ntestpaths = tests\naddopts = --deselect tests/test_hard.py\n",
+        // A header with a comment is still the header.
+        "[metadata]\nname = a\n\n[tool:pytest] # settings\ntestpaths = nothing\n",
+        // A second section of the same name.
+        "[metadata]\nname = a\n\n[tool:pytest]\ntestpaths = tests\n\n[tool:pytest]\naddopts = -k easy\n",
+    ] {
+        std::fs::write(wt.path.join("setup.cfg"), weakened).unwrap();
+        let (files, diff) = repo.changed_since(&wt, &c, &frozen).unwrap();
+        assert_eq!(files, frozen, "{weakened}\n{diff}");
+    }
+    std::fs::write(
+        wt.path.join("setup.cfg"),
+        "[metadata]\nname = b\n\n[tool:pytest] ; ok\n# why\ntestpaths = tests\n",
+    )
+    .unwrap();
+    assert!(repo.changed_since(&wt, &c, &frozen).unwrap().0.is_empty());
+}

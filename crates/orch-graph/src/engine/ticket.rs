@@ -778,7 +778,7 @@ async fn attempt_phase(
         return Ok(failed);
     }
     if phase.gates.is_empty() {
-        return pass_if_nothing_secret(sh, out, id, phase, attempt).await;
+        return pass_if_clean(sh, out, id, phase, attempt).await;
     }
     let vars = [("ticket", id.as_str()), ("phase", phase.name.as_str())];
     let scope = GateScope::Phase {
@@ -803,7 +803,7 @@ async fn attempt_phase(
         .map(GateReport::feedback)
         .collect();
     Ok(if failing.is_empty() {
-        pass_if_nothing_secret(sh, out, id, phase, attempt).await?
+        pass_if_clean(sh, out, id, phase, attempt).await?
     } else {
         Attempt::Failed {
             feedback: failing.join("\n"),
@@ -812,15 +812,22 @@ async fn attempt_phase(
     })
 }
 
-/// An attempt whose gates passed passes, unless what it would commit
-/// holds a secret (only phases that checkpoint commit anything).
-async fn pass_if_nothing_secret(
+/// An attempt whose gates passed passes, unless frozen paths changed
+/// while the gates ran (a gate runs the agent's code: a build script can
+/// rewrite a test and leave it so), or what it would commit holds a
+/// secret (only phases that checkpoint commit anything).
+async fn pass_if_clean(
     sh: &Shared,
     out: &mut Outbox<'_>,
     id: &TicketId,
     phase: &PhaseSpec,
     attempt: u32,
 ) -> Result<Attempt, End> {
+    if !phase.gates.is_empty()
+        && let Some(failed) = Box::pin(check_frozen(sh, out, id, phase, attempt)).await?
+    {
+        return Ok(failed);
+    }
     if !phase.checkpoint {
         return Ok(Attempt::Passed);
     }
