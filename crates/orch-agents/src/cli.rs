@@ -300,14 +300,28 @@ impl Agent for CommandAgent {
                 a.clone_from(&task.prompt);
             } else if a == "{prompt_file}" && self.prompt_via == PromptVia::File {
                 let dir = std::env::temp_dir().join("orch-prompts");
+                // Unique to this run of the task (a retry gets its own).
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let path = dir.join(format!(
-                    "{}-{}-{}.md",
+                    "{}-{}-{}-{}.md",
                     task.run,
                     task.agent_id,
-                    std::process::id()
+                    std::process::id(),
+                    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 ));
+                // Only this user may read it, and an existing file (or a
+                // link someone planted) is never written through.
                 std::fs::create_dir_all(&dir)
-                    .and_then(|()| std::fs::write(&path, &task.prompt))
+                    .and_then(|()| {
+                        use std::io::Write;
+                        use std::os::unix::fs::OpenOptionsExt;
+                        std::fs::File::options()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .open(&path)?
+                            .write_all(task.prompt.as_bytes())
+                    })
                     .map_err(|e| {
                         AgentError::new(AgentErrorKind::Crashed, format!("{}: {e}", path.display()))
                     })?;

@@ -46,7 +46,7 @@ impl std::fmt::Debug for HttpAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpAgent")
             .field("api", &self.api)
-            .field("base_url", &self.base_url)
+            .field("base_url", &Redactor::default().redact(&self.base_url))
             .field("model", &self.model)
             .field(
                 "api_key",

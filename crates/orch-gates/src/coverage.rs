@@ -125,6 +125,8 @@ impl Gate for CoverageGate {
                 ));
             }
         }
+        // The command may have made the report a link out of the tree.
+        let path = inside(&self.name, &ctx.workdir, &s.report)?;
         let why = match until {
             Some(until) => stale_or_missing(&path, &s.report, since, until),
             // Read as it is: also newer than every change to the code.

@@ -77,6 +77,12 @@ pub fn lcov(text: &str) -> Result<Coverage, ParseError> {
                 _ => Ok(()),
             }
         };
+        if rec.lf.is_some_and(|lf| lf > 0) && rec.da.0 == 0 {
+            return Err(ParseError(format!(
+                "the record of {file} declares LF:{} but has no DA line records",
+                rec.lf.unwrap_or(0)
+            )));
+        }
         agree("LF", rec.lf, rec.da, false)?;
         agree("LH", rec.lh, rec.da, true)?;
         agree("BRF", rec.brf, rec.brda, false)?;
@@ -255,7 +261,8 @@ pub fn cobertura(xml: &[u8]) -> Result<Coverage, ParseError> {
                     e.attributes()
                         .flatten()
                         .find(|a| a.key.as_ref() == k)
-                        .and_then(|a| a.value.trim().parse().ok())
+                        .and_then(|a| a.value.trim().parse::<f64>().ok())
+                        .filter(|v| v.is_finite() && *v >= 0.0)
                 };
                 let (lv, lc) = (attr("lines-valid"), attr("lines-covered"));
                 let (bv, bc) = (attr("branches-valid"), attr("branches-covered"));

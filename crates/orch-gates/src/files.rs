@@ -154,12 +154,16 @@ impl Gate for FilesGate {
                     problems.push(format!("{rel} is larger than {MAX_FILE_BYTES} bytes"));
                     continue;
                 }
-                // Whitespace is not content.
-                if s.non_empty
-                    && (len == 0
-                        || std::fs::read(&path)
-                            .is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace)))
-                {
+                // Whitespace (any: tabs, no-break and zero-width spaces, a
+                // byte order mark) and control characters are not content.
+                let blank = |b: &[u8]| {
+                    String::from_utf8_lossy(b).chars().all(|c| {
+                        c.is_whitespace()
+                            || c.is_control()
+                            || matches!(c, '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')
+                    })
+                };
+                if s.non_empty && (len == 0 || std::fs::read(&path).is_ok_and(|b| blank(&b))) {
                     problems.push(format!(
                         "{rel} is empty{}",
                         if len > 0 { " (only whitespace)" } else { "" }

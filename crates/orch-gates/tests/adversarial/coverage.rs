@@ -138,3 +138,23 @@ async fn llvm_cov_export_with_no_files() {
     let (d, gate) = project("cov.json", doc, "llvm_cov_json");
     fails(d.path(), gate, "it names no source file").await;
 }
+
+/// An LCOV record with totals and no line records behind them.
+#[tokio::test]
+async fn lcov_totals_without_line_records() {
+    lcov_fails(
+        "SF:calc.py\nLF:100\nLH:100\nend_of_record\n".into(),
+        "declares LF:100 but has no DA line records",
+    )
+    .await;
+}
+
+/// Cobertura totals that are not numbers a count can be (`inf`).
+#[tokio::test]
+async fn cobertura_infinite_totals() {
+    let edited = fixture("coverage_py.xml")
+        .replacen(r#"lines-valid="17""#, r#"lines-valid="inf""#, 1)
+        .replacen(r#"lines-covered="12""#, r#"lines-covered="inf""#, 1);
+    let (d, gate) = project("coverage.xml", edited, "cobertura");
+    fails(d.path(), gate, "has no lines-valid / lines-covered totals").await;
+}

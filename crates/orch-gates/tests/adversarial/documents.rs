@@ -36,3 +36,16 @@ async fn headings_inside_code_fences() {
         "ADR.md has no \"Decision\" heading; ADR.md has no \"Consequences\" heading; ADR.md has no \"Alternatives\" heading"
     );
 }
+
+/// No-break, zero-width and byte-order-mark characters are not content.
+#[tokio::test]
+async fn a_document_of_invisible_characters() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "plan.md", "\u{feff}\u{a0}\u{200b}\u{b}\n");
+    fails(
+        d.path(),
+        serde_json::json!({"kind": "files", "paths": ["plan.md"], "non_empty": true}),
+        "plan.md is empty (only whitespace)",
+    )
+    .await;
+}

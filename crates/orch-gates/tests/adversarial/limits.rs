@@ -106,3 +106,31 @@ async fn a_working_directory_linked_out_of_the_tree() {
     )
     .await;
 }
+
+/// The coverage command itself makes the report a link to a file outside
+/// the work tree: refused after the command, as before it.
+#[tokio::test]
+async fn a_coverage_report_the_command_links_out_of_the_tree() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("lcov.info");
+    write(
+        outside.path(),
+        "lcov.info",
+        "SF:a.py\nDA:1,1\nLF:1\nLH:1\nend_of_record\n",
+    );
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.py", "x = 1\n");
+    let gate = serde_json::json!({"kind": "coverage", "format": "lcov", "report": "lcov.info",
+        "argv": ["ln", "-s", target.to_str().unwrap(), "lcov.info"], "min_line_percent": 1.0});
+    let e = orch_gates::from_spec(&spec(gate))
+        .unwrap()
+        .check(&ctx(d.path()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, orch_core::GateErrorKind::Io, "{e}");
+    assert!(
+        e.message
+            .contains("leads outside the work tree through a symbolic link"),
+        "{e}"
+    );
+}
