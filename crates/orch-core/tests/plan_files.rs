@@ -406,6 +406,13 @@ fn frozen_paths_must_stay_in_the_work_tree() {
     );
     assert!(!err.contains("freeze[0]"), "{err}");
     assert!(!err.contains("freeze[3]"), "{err}");
+    assert!(!err.contains("phases[0].freeze: needs checkpoint"), "{err}");
+    let no_checkpoint = toml.replace("freeze = [", "checkpoint = false\nfreeze = [");
+    let err = Plan::from_toml_str(&no_checkpoint).unwrap_err().to_string();
+    assert!(
+        err.contains("phases[0].freeze: needs checkpoint = true"),
+        "a freeze nothing could check: {err}"
+    );
     for k in 4..=6 {
         assert!(
             err.contains(&format!("phases[0].freeze[{k}]: "))

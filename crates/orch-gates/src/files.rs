@@ -65,16 +65,25 @@ impl FilesGate {
 /// The lines of a Markdown document outside code fences (``` or ~~~):
 /// what the document says, not what it quotes.
 fn outside_fences(text: &str) -> impl Iterator<Item = &str> {
-    let mut fence: Option<&str> = None;
+    // As CommonMark: a fence is 3+ backticks or tildes indented at most 3
+    // spaces; it closes only on a run of the same character at least as
+    // long with nothing after it.
+    let mut fence: Option<(char, usize)> = None;
+    let run = |t: &str| -> Option<(char, usize, bool)> {
+        let c = t.chars().next().filter(|c| matches!(c, '`' | '~'))?;
+        let n = t.chars().take_while(|x| *x == c).count();
+        (n >= 3).then(|| (c, n, t[n..].trim().is_empty()))
+    };
     text.lines().filter(move |line| {
+        let indent = line.len() - line.trim_start_matches(' ').len();
         let t = line.trim_start();
-        let marker = ["```", "~~~"].into_iter().find(|m| t.starts_with(m));
+        let marker = if indent <= 3 { run(t) } else { None };
         match (fence, marker) {
-            (None, Some(m)) => {
-                fence = Some(m);
+            (None, Some((c, n, _))) => {
+                fence = Some((c, n));
                 false
             }
-            (Some(open), Some(m)) if open == m => {
+            (Some((open, len)), Some((c, n, bare))) if c == open && n >= len && bare => {
                 fence = None;
                 false
             }
@@ -101,7 +110,11 @@ pub fn word_count(text: &str) -> u32 {
 fn has_heading(text: &str, section: &str) -> bool {
     let want = section.to_lowercase();
     outside_fences(text).any(|l| {
-        let t = l.trim_start();
+        // A heading is indented at most 3 spaces (4 make it code).
+        let t = l.trim_start_matches(' ');
+        if l.len() - t.len() > 3 {
+            return false;
+        }
         let hashes = t.len() - t.trim_start_matches('#').len();
         (1..=6).contains(&hashes)
             && t[hashes..].starts_with([' ', '\t'])

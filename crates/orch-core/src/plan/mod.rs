@@ -786,6 +786,12 @@ impl Validator {
             {
                 self.push(format!("phases[{i}].feedback_file"), e.to_string());
             }
+            if !p.freeze.is_empty() && !p.checkpoint {
+                self.push(
+                    format!("phases[{i}].freeze"),
+                    "needs checkpoint = true: frozen paths are compared with this phase's checkpoint",
+                );
+            }
             for (k, entry) in p.freeze.iter().enumerate() {
                 let at = format!("phases[{i}].freeze[{k}]");
                 let (path, key) = match entry.split_once('#') {

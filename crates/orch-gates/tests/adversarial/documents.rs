@@ -49,3 +49,22 @@ async fn a_document_of_invisible_characters() {
     )
     .await;
 }
+
+/// A fence opened with four backticks is not closed by a three-backtick
+/// line with an info string inside it, and a heading indented four spaces
+/// is code: neither makes a section.
+#[tokio::test]
+async fn headings_inside_longer_fences_and_indented_code() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "ADR.md",
+        "# Context\nwords\n````md\n```rust\n## Decision\n```\n````\n\n    ## Consequences\n",
+    );
+    fails(
+        d.path(),
+        serde_json::json!({"kind": "files", "paths": ["ADR.md"], "sections": ["Context", "Decision", "Consequences"]}),
+        "ADR.md has no \"Decision\" heading; ADR.md has no \"Consequences\" heading",
+    )
+    .await;
+}
