@@ -428,3 +428,149 @@ effort = "1h"
         }
     }
 }
+
+/// A stand-in LLM API on 127.0.0.1 that answers requests in order (the
+/// last answer repeats): each `(status, extra headers, body)`.
+fn stand_in_api(replies: Vec<(u16, &'static str, String)>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            // The request: head, then as many body bytes as it says.
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body_start = loop {
+                let Ok(k) = conn.read(&mut chunk) else {
+                    break None;
+                };
+                if k == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..k]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i + 4);
+                }
+            };
+            let Some(start) = body_start else { continue };
+            let head = String::from_utf8_lossy(&buf[..start]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < start + len {
+                let Ok(k) = conn.read(&mut chunk) else { break };
+                if k == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..k]);
+            }
+            let (status, headers, body) = &replies[n.min(replies.len() - 1)];
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// An HTTP agent whose API echoes its key back, in a rate-limit error, in
+/// a body that is not JSON, and in the model's answer: after `orch run`,
+/// the key is nowhere in orch's output, the state directory or the
+/// repository, and the answer was written with the key redacted.
+#[test]
+fn a_key_an_api_echoes_is_kept_nowhere() {
+    const KEY: &str = "llm-key-9Qz4Wx7Rt2Yp5Lm8";
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let state = dir.path().join("state");
+    demo::init_repo(&repo, &[("README.md", "demo\n")]).unwrap();
+    let answer = serde_json::json!({"id": "m", "type": "message", "role": "assistant", "model": "m",
+        "content": [{"type": "text", "text": format!("# Answer\n\nYour key is {KEY}.")}],
+        "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}});
+    let url = stand_in_api(vec![
+        (
+            429,
+            "retry-after: 0\r\n",
+            serde_json::json!({"type": "error", "error": {"type": "rate_limit_error",
+            "message": format!("slow down, {KEY}")}})
+            .to_string(),
+        ),
+        (200, "", format!("upstream proxy error for key {KEY}")),
+        (200, "", answer.to_string()),
+    ]);
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"
+name = "echo"
+default_role = "llm"
+[agents.llm]
+backend = {{ kind = "anthropic", model = "m", base_url = "{url}", api_key_env = "ORCH_TEST_LLM", output_file = "docs/answer.md" }}
+[[phases]]
+name = "write"
+max_attempts = 3
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#
+        ),
+    )
+    .unwrap();
+    let run = std::process::Command::cargo_bin("orch")
+        .unwrap()
+        .args(["run", plan.to_str().unwrap(), "--run", "echo", "--repo"])
+        .arg(&repo)
+        .arg("--state")
+        .arg(&state)
+        .env("ORCH_TEST_LLM", KEY)
+        .output()
+        .unwrap();
+    let said = [run.stdout.as_slice(), run.stderr.as_slice()].concat();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&said)
+    );
+    let secrets = vec![("the API key".to_owned(), KEY.to_owned())];
+    let mut found = leaks("orch's output", &said, &secrets);
+    let mut files = Vec::new();
+    files_under(&state, &mut files);
+    for f in &files {
+        found.extend(leaks(
+            &f.display().to_string(),
+            &std::fs::read(f).unwrap(),
+            &secrets,
+        ));
+    }
+    let objects = std::process::Command::new("git")
+        .args(["cat-file", "--batch-all-objects", "--batch"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    found.extend(leaks("the repository's objects", &objects.stdout, &secrets));
+    assert!(found.is_empty(), "{found:#?}");
+    let written = demo::git(&repo, &["show", "orch/echo/A:docs/answer.md"]).unwrap();
+    assert_eq!(written, "# Answer\n\nYour key is [REDACTED].");
+    // The echoes really were there to redact: the failed attempt says so.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = rt.block_on(async {
+        let store = orch_state::SqliteStore::open(state.join("state.db")).unwrap();
+        store
+            .read(&"echo".parse().unwrap(), 0, 10_000)
+            .await
+            .unwrap()
+    });
+    assert!(
+        events.iter().any(|e| matches!(&e.event.kind,
+            EventKind::AgentFinished { summary, success: false, .. } if summary.contains("upstream proxy error for key [REDACTED]"))),
+        "{events:#?}"
+    );
+}
