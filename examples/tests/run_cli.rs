@@ -869,18 +869,7 @@ effort = "1h"
     let (code, text) = output(&mut orch_run(&s));
     assert_eq!(code, 0, "{text}");
     let events = journal(&s);
-    let feedback = events
-        .iter()
-        .find_map(|e| match &e.event.kind {
-            EventKind::AttemptFailed {
-                phase,
-                attempt: 1,
-                feedback,
-                ..
-            } if phase.as_str() == "impl" => Some(feedback.clone()),
-            _ => None,
-        })
-        .expect("the first implementation attempt failed");
+    let feedback = failed_feedback(&events, "impl", 1);
     for f in [
         "tests/test_add.txt",
         "tests/test_sub.txt",
@@ -1050,6 +1039,22 @@ fn a_second_orch_on_a_running_run_is_refused_and_changes_nothing() {
 }
 
 /// The run's journal as it is now.
+/// The feedback of the failed attempt `attempt` of `phase`.
+fn failed_feedback(events: &[orch_core::StoredEvent], phase: &str, attempt: u32) -> String {
+    events
+        .iter()
+        .find_map(|e| match &e.event.kind {
+            EventKind::AttemptFailed {
+                phase: p,
+                attempt: a,
+                feedback,
+                ..
+            } if p.as_str() == phase && *a == attempt => Some(feedback.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("attempt {attempt} of {phase} did not fail"))
+}
+
 fn journal(s: &Setup) -> Vec<orch_core::StoredEvent> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1835,13 +1840,7 @@ effort = "1h"
     .unwrap();
     let (code, text) = output(&mut orch_run(&s));
     assert_eq!(code, 3, "escalated, not passed: {text}");
-    let feedback = journal(&s)
-        .iter()
-        .find_map(|e| match &e.event.kind {
-            EventKind::AttemptFailed { feedback, .. } => Some(feedback.clone()),
-            _ => None,
-        })
-        .expect("the attempt failed");
+    let feedback = failed_feedback(&journal(&s), "impl", 1);
     assert!(
         feedback.contains("Gate `frozen paths` failed")
             && feedback.contains("tests/t.txt (frozen by tests)"),

@@ -132,6 +132,74 @@ fn leaks(place: &str, haystack: &[u8], secrets: &[(String, String)]) -> Vec<Stri
         .collect()
 }
 
+/// `orch run PLAN --run RUN --repo REPO --state STATE` with `env` added
+/// to its environment; what it printed (stdout and stderr), after
+/// asserting it exited 0.
+fn orch_run(plan: &Path, run: &str, repo: &Path, state: &Path, env: &[(&str, &str)]) -> Vec<u8> {
+    let out = std::process::Command::cargo_bin("orch")
+        .unwrap()
+        .args(["run", plan.to_str().unwrap(), "--run", run, "--repo"])
+        .arg(repo)
+        .arg("--state")
+        .arg(state)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let said = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&said)
+    );
+    said
+}
+
+/// Where `secrets` were found: in `said`, in any file under `dirs` (but
+/// the agent's own environment dumps, `env-*`), and in any object of the
+/// repository at `repo`.
+fn leaks_anywhere(
+    said: &[u8],
+    dirs: &[&Path],
+    repo: &Path,
+    secrets: &[(String, String)],
+) -> Vec<String> {
+    let mut found = leaks("orch's output", said, secrets);
+    let mut files = Vec::new();
+    for d in dirs {
+        files_under(d, &mut files);
+    }
+    for f in &files {
+        if f.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("env-"))
+        {
+            continue; // the agent's own view of its environment
+        }
+        found.extend(leaks(
+            &f.display().to_string(),
+            &std::fs::read(f).unwrap(),
+            secrets,
+        ));
+    }
+    let objects = std::process::Command::new("git")
+        .args(["cat-file", "--batch-all-objects", "--batch"])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(objects.status.success() && objects.stdout.len() > 100);
+    found.extend(leaks("the repository's objects", &objects.stdout, secrets));
+    found
+}
+
+/// The run's journal, from `state/state.db`.
+fn events(state: &Path, run: &str) -> Vec<orch_core::StoredEvent> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = orch_state::SqliteStore::open(state.join("state.db")).unwrap();
+        store.read(&run.parse().unwrap(), 0, 10_000).await.unwrap()
+    })
+}
+
 fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
@@ -200,30 +268,21 @@ effort = "1h"
         ),
     )
     .unwrap();
-    let run = std::process::Command::cargo_bin("orch")
-        .unwrap()
-        .args(["run", plan.to_str().unwrap(), "--run", "leaky", "--repo"])
-        .arg(&repo)
-        .arg("--state")
-        .arg(&state)
-        .env("ORCH_TEST_SERVICE_TOKEN", SERVICE_TOKEN)
-        .env("ORCH_TEST_DB_PASSWORD", DB_PASSWORD)
-        .env("ORCH_TEST_API_SECRET", URL_SECRET)
-        .env(
-            "DATABASE_URL",
-            format!("postgres://app:{DB_URL_PASSWORD}@db.internal:5432/app"),
-        )
-        .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
-        .env("OPENAI_API_KEY", OPENAI_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
-        .output()
-        .unwrap();
-    let said = [run.stdout.as_slice(), run.stderr.as_slice()].concat();
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&said)
+    let db_url = format!("postgres://app:{DB_URL_PASSWORD}@db.internal:5432/app");
+    let said = orch_run(
+        &plan,
+        "leaky",
+        &repo,
+        &state,
+        &[
+            ("ORCH_TEST_SERVICE_TOKEN", SERVICE_TOKEN),
+            ("ORCH_TEST_DB_PASSWORD", DB_PASSWORD),
+            ("ORCH_TEST_API_SECRET", URL_SECRET),
+            ("DATABASE_URL", &db_url),
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
+            ("OPENAI_API_KEY", OPENAI_KEY),
+            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+        ],
     );
     let secrets = secrets();
     assert_eq!(
@@ -231,8 +290,6 @@ effort = "1h"
         22,
         "twenty kinds (a key of two lines, two encodings)"
     );
-
-    let mut found = leaks("orch's output", &said, &secrets);
     let mut files = Vec::new();
     files_under(&state, &mut files);
     assert!(
@@ -244,39 +301,13 @@ effort = "1h"
                 >= 3,
         "the journal and a transcript per attempt: {files:?}"
     );
-    files_under(&out, &mut files);
-    for f in &files {
-        if f.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("env-"))
-        {
-            continue; // the agent's own view of its environment
-        }
-        found.extend(leaks(
-            &f.display().to_string(),
-            &std::fs::read(f).unwrap(),
-            &secrets,
-        ));
-    }
-    let objects = std::process::Command::new("git")
-        .args(["cat-file", "--batch-all-objects", "--batch"])
-        .current_dir(&repo)
-        .output()
-        .unwrap();
-    assert!(objects.status.success() && objects.stdout.len() > 100);
-    found.extend(leaks("the repository's objects", &objects.stdout, &secrets));
+    let found = leaks_anywhere(&said, &[&state, &out], &repo, &secrets);
     assert!(found.is_empty(), "secrets kept: {found:#?}");
 
     // The run did what it says: the gate's failure and then the secret
     // scan's were fed back (redacted), and the work was committed without
     // the file.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let events = rt.block_on(async {
-        let store = orch_state::SqliteStore::open(state.join("state.db")).unwrap();
-        store
-            .read(&"leaky".parse().unwrap(), 0, 10_000)
-            .await
-            .unwrap()
-    });
+    let events = events(&state, "leaky");
     let feedback: Vec<String> = events
         .iter()
         .filter_map(|e| match &e.event.kind {
@@ -376,24 +407,18 @@ effort = "1h"
         ),
     )
     .unwrap();
-    let run = std::process::Command::cargo_bin("orch")
-        .unwrap()
-        .args(["run", plan.to_str().unwrap(), "--run", "keys", "--repo"])
-        .arg(&repo)
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
-        .env("ANTHROPIC_BASE_URL", "http://127.0.0.1:9/")
-        .env("OPENAI_API_KEY", OPENAI_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
-        .env("GITHUB_TOKEN", "ghp_PassedOnPurposeToClaudeOnly0000000001")
-        .output()
-        .unwrap();
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    orch_run(
+        &plan,
+        "keys",
+        &repo,
+        &dir.path().join("state"),
+        &[
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9/"),
+            ("OPENAI_API_KEY", OPENAI_KEY),
+            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+            ("GITHUB_TOKEN", "ghp_PassedOnPurposeToClaudeOnly0000000001"),
+        ],
     );
     let env =
         |name: &str| std::fs::read_to_string(dir.path().join(format!("env-{name}.txt"))).unwrap();
@@ -523,51 +548,14 @@ effort = "1h"
         ),
     )
     .unwrap();
-    let run = std::process::Command::cargo_bin("orch")
-        .unwrap()
-        .args(["run", plan.to_str().unwrap(), "--run", "echo", "--repo"])
-        .arg(&repo)
-        .arg("--state")
-        .arg(&state)
-        .env("ORCH_TEST_LLM", KEY)
-        .output()
-        .unwrap();
-    let said = [run.stdout.as_slice(), run.stderr.as_slice()].concat();
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&said)
-    );
+    let said = orch_run(&plan, "echo", &repo, &state, &[("ORCH_TEST_LLM", KEY)]);
     let secrets = vec![("the API key".to_owned(), KEY.to_owned())];
-    let mut found = leaks("orch's output", &said, &secrets);
-    let mut files = Vec::new();
-    files_under(&state, &mut files);
-    for f in &files {
-        found.extend(leaks(
-            &f.display().to_string(),
-            &std::fs::read(f).unwrap(),
-            &secrets,
-        ));
-    }
-    let objects = std::process::Command::new("git")
-        .args(["cat-file", "--batch-all-objects", "--batch"])
-        .current_dir(&repo)
-        .output()
-        .unwrap();
-    found.extend(leaks("the repository's objects", &objects.stdout, &secrets));
+    let found = leaks_anywhere(&said, &[&state], &repo, &secrets);
     assert!(found.is_empty(), "{found:#?}");
     let written = demo::git(&repo, &["show", "orch/echo/A:docs/answer.md"]).unwrap();
     assert_eq!(written, "# Answer\n\nYour key is [REDACTED].");
     // The echoes really were there to redact: the failed attempt says so.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let events = rt.block_on(async {
-        let store = orch_state::SqliteStore::open(state.join("state.db")).unwrap();
-        store
-            .read(&"echo".parse().unwrap(), 0, 10_000)
-            .await
-            .unwrap()
-    });
+    let events = events(&state, "echo");
     assert!(
         events.iter().any(|e| matches!(&e.event.kind,
             EventKind::AgentFinished { summary, success: false, .. } if summary.contains("upstream proxy error for key [REDACTED]"))),
