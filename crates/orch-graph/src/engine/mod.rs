@@ -1009,7 +1009,6 @@ impl Dispatcher {
         self.tasks += 1;
         let known = std::mem::replace(&mut self.known[t as usize], true);
         let shared = self.shared.clone();
-        shared.prefetch(rank);
         let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
         self.running.push(Box::pin(
             async move {

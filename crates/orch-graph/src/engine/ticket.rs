@@ -53,33 +53,6 @@ impl Shared {
         known.push(name.clone());
         name
     }
-
-    /// Asks the CPU for the ticket of `rank`, which its pipeline reads as
-    /// soon as it is first polled. A large plan's tickets do not fit in the
-    /// caches and they start in an order no hardware prefetcher follows,
-    /// so without this every start waits on a cache miss or several (on
-    /// the in-memory benchmark, the `Arc` clone of the ticket at the
-    /// pipeline's start took an eighth of the dispatcher's time). Asked
-    /// when the pipeline is made, a little before its first poll, the
-    /// lines are on their way meanwhile.
-    pub(crate) fn prefetch(&self, rank: usize) {
-        use prefetch_index::prefetch_index as fetch;
-        use std::slice::from_ref as one;
-        let k = &*self.tickets[rank];
-        // Every field, as the compiler chooses their order: together they
-        // cover the ticket's lines, the first of which mostly holds the
-        // `Arc`'s count too.
-        fetch(one(&k.id), 0);
-        fetch(one(&k.title), 0);
-        fetch(one(&k.description), 0);
-        fetch(one(&k.acceptance_criteria), 0);
-        fetch(one(&k.priority), 0);
-        fetch(one(&k.effort), 0);
-        fetch(one(&k.depends_on), 0);
-        fetch(one(&k.labels), 0);
-        fetch(one(&k.role), 0);
-        fetch(one(&k.batch), 0);
-    }
 }
 
 /// How a ticket's task ended.
