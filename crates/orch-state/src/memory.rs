@@ -66,36 +66,9 @@ const CHUNK: usize = 4096;
 /// doubles (at a million events, 160 MB copied, and twice the memory
 /// while it does).
 /// Every chunk but the last is full.
-///
-/// A large run's next chunk is made ready by a thread of its own while the
-/// current one fills: memory the process has not used yet costs a page
-/// fault per 4 KiB at its first write (the kernel clears the page; in a
-/// virtual machine, more), and for an appender that writes nothing but
-/// new memory those faults were a fifth of an in-memory run's time. The
-/// helper takes them on another core. It costs one spare chunk (640 KiB)
-/// per run past its first chunk, and a thread start per chunk.
 #[derive(Default)]
 struct Events {
     chunks: Vec<Vec<Event>>,
-    /// The next chunk, being made ready.
-    spare: Option<std::thread::JoinHandle<Vec<Event>>>,
-}
-
-/// An empty chunk whose memory has been written once, so that the
-/// appends that fill it find its pages there.
-fn ready_chunk() -> Vec<Event> {
-    let filler = Event {
-        id: EventId(0),
-        at: orch_core::Timestamp(0),
-        kind: orch_core::EventKind::BudgetExhausted {
-            tokens: 0,
-            usd: 0.0,
-        },
-    };
-    let mut chunk = Vec::with_capacity(CHUNK);
-    chunk.resize(CHUNK, filler);
-    chunk.clear();
-    chunk
 }
 
 impl Events {
@@ -109,21 +82,9 @@ impl Events {
         match self.chunks.last_mut() {
             Some(c) if c.len() < CHUNK => c.push(e),
             _ => {
-                let mut c = match self.spare.take() {
-                    // Not ready yet (a busy machine): not waited for.
-                    Some(h) if h.is_finished() => h.join().unwrap_or_default(),
-                    _ => Vec::new(),
-                };
-                c.reserve_exact(CHUNK);
+                let mut c = Vec::with_capacity(CHUNK);
                 c.push(e);
                 self.chunks.push(c);
-                // From the second chunk on: a run this large goes on.
-                if self.chunks.len() > 1 {
-                    self.spare = std::thread::Builder::new()
-                        .name("orch-memory-store".into())
-                        .spawn(ready_chunk)
-                        .ok();
-                }
             }
         }
     }
@@ -323,37 +284,6 @@ mod tests {
         Event::now(EventKind::TicketDone {
             ticket: format!("T{i}").parse().unwrap(),
         })
-    }
-
-    /// A run's first chunk is made as needed; from the second on, the
-    /// next chunk is made ready by a helper, and taken when it is needed.
-    #[test]
-    fn a_large_runs_next_chunk_is_made_ready_aside_and_used() {
-        let mut ev = Events::default();
-        for i in 0..CHUNK {
-            ev.push(done(i));
-        }
-        assert!(ev.spare.is_none(), "a small run starts no helper");
-        ev.push(done(CHUNK));
-        let spare = ev.spare.take().expect("the second chunk has a helper");
-        let chunk = spare.join().unwrap();
-        assert!(chunk.is_empty() && chunk.capacity() >= CHUNK);
-        let at = chunk.as_ptr();
-        let back = std::thread::spawn(move || chunk);
-        while !back.is_finished() {
-            std::thread::yield_now();
-        }
-        ev.spare = Some(back);
-        for i in CHUNK + 1..=2 * CHUNK {
-            ev.push(done(i));
-        }
-        assert_eq!(ev.chunks.len(), 3);
-        assert_eq!(ev.chunks[2].as_ptr(), at, "the third chunk is the spare");
-        assert_eq!(ev.len(), 2 * CHUNK + 1);
-        assert_eq!(
-            ev.get(2 * CHUNK).map(|e| &e.kind),
-            Some(&done(2 * CHUNK).kind)
-        );
     }
 
     /// Reads, re-sends and a rolled-back batch across chunk boundaries.
