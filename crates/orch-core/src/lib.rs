@@ -4,7 +4,9 @@
 //! plans, the [`Agent`], [`Gate`] and [`StateStore`] contracts, the [`Event`]
 //! stream and [`RunState`], its pure fold.
 //!
-//! orch-core has no async runtime, no graph library and no database driver.
+//! orch-core needs no async runtime (its cancellation signal is tokio-util's,
+//! which uses tokio's synchronisation types only), no graph library and no
+//! database driver.
 //! Backend authors depend on it alone: an agent backend implements
 //! [`Agent`], a quality gate implements [`Gate`], a storage backend
 //! implements [`StateStore`]. All traits are object safe and their futures
