@@ -73,12 +73,23 @@ impl HttpAgent {
         output_file: Option<String>,
         timeout: Duration,
     ) -> Result<Self, AgentError> {
-        // One TLS provider for the process; installing twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config_error = |e: String| AgentError::new(AgentErrorKind::Config, format!("HTTP client: {e}"));
+        // TLS with a provider of its own (ring) and the system's roots:
+        // nothing process-wide is installed behind the embedder's back.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| config_error(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .timeout(timeout)
             .build()
-            .map_err(|e| AgentError::new(AgentErrorKind::Config, format!("HTTP client: {e}")))?;
+            .map_err(|e| config_error(e.to_string()))?;
         let base_url = base_url.into().trim_end_matches('/').to_owned();
         Ok(HttpAgent {
             api,

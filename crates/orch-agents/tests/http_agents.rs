@@ -251,3 +251,13 @@ async fn a_key_the_server_echoes_is_never_passed_on() {
     );
     assert_eq!(said[4], "Your key is [REDACTED]; another is [REDACTED].");
 }
+
+/// Building an HTTP agent installs no process-wide TLS provider: the
+/// program that embeds orch keeps that choice.
+#[test]
+fn an_http_agent_installs_no_process_wide_tls_provider() {
+    let _ = agent(
+        serde_json::json!({"backend": {"kind": "anthropic", "model": "m", "base_url": "https://127.0.0.1:1", "api_key_env": "PATH"}}),
+    );
+    assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+}
