@@ -18,7 +18,8 @@ use orch_graph::Engine;
 use orch_state::git::Repo;
 use orch_state::{GitWorkspace, SqliteStore};
 
-pub use observe::{Progress, Views};
+pub use observe::Progress;
+pub use orch_state::StateFiles;
 
 /// The error type of the wiring: every failure as a readable message.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -187,9 +188,9 @@ impl Setup {
             .redactor(self.redactor.clone())
             .allow_plan_change(self.allow_plan_change)
             .observe(Arc::new(match &self.stop_on_state_failure {
-                Some((run, failed)) => Views::new(&self.state_dir, &self.plan)
+                Some((run, failed)) => StateFiles::new(&self.state_dir, &self.plan)
                     .stop_on_failure(run.clone(), failed.clone()),
-                None => Views::new(&self.state_dir, &self.plan),
+                None => StateFiles::new(&self.state_dir, &self.plan),
             }));
         if self.progress {
             engine = engine.observe(Arc::new(Progress::new(&self.plan)));

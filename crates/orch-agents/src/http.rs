@@ -73,7 +73,8 @@ impl HttpAgent {
         output_file: Option<String>,
         timeout: Duration,
     ) -> Result<Self, AgentError> {
-        let config_error = |e: String| AgentError::new(AgentErrorKind::Config, format!("HTTP client: {e}"));
+        let config_error =
+            |e: String| AgentError::new(AgentErrorKind::Config, format!("HTTP client: {e}"));
         // TLS with a provider of its own (ring) and the system's roots:
         // nothing process-wide is installed behind the embedder's back.
         let mut roots = rustls::RootCertStore::empty();

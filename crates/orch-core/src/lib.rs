@@ -54,6 +54,7 @@ mod error;
 mod event;
 mod gate;
 pub mod id;
+mod observer;
 pub mod plan;
 #[cfg(feature = "process")]
 pub mod process;
@@ -77,6 +78,7 @@ pub use gate::{
     TestFailure,
 };
 pub use id::{AgentId, BatchId, IdError, IdRule, PhaseName, RoleName, RunId, TicketId};
+pub use observer::Observer;
 #[cfg(feature = "plan-files")]
 pub use plan::load::{Diagnostic, Format, MAX_PLAN_BYTES, PlanError, PlanErrorKind};
 pub use plan::{

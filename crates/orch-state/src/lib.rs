@@ -25,6 +25,7 @@ mod pg_tls;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
+mod state_files;
 pub mod views;
 mod workspace;
 
@@ -32,4 +33,5 @@ pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PG_SCHEMA_VERSION, PgStore};
 pub use sqlite::{SCHEMA_VERSION, SqliteStore, Stats, fsync_latency};
+pub use state_files::StateFiles;
 pub use workspace::GitWorkspace;
