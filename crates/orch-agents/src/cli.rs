@@ -509,9 +509,9 @@ fn stream_command(
     }
 }
 
-/// OpenAI Codex CLI: `codex exec --json`, the prompt as the last argument,
-/// every event line parsed ([`CodexStream`]). A task that resumes a
-/// session runs `codex exec --json ... resume <thread id> <prompt>`.
+/// OpenAI Codex CLI: `codex exec --json -`, the prompt on stdin, every
+/// event line parsed ([`CodexStream`]). A task that resumes a session
+/// runs `codex exec --json ... resume <thread id> -`.
 #[derive(Debug, Clone)]
 pub struct CodexAgent {
     argv: Vec<String>,
@@ -566,8 +566,11 @@ impl Agent for CodexAgent {
         if let Some(thread) = &task.resume {
             argv.extend(["resume".to_owned(), thread.clone()]);
         }
-        argv.push(task.prompt.clone());
-        let cmd = stream_command(argv, None, &task, &self.env, &self.defaults);
+        // The prompt on stdin (`-`): as an argument it is visible in `ps`
+        // and fails past the kernel's 128 KiB limit for one argument.
+        argv.push("-".to_owned());
+        let stdin = Some(task.prompt.clone().into_bytes());
+        let cmd = stream_command(argv, stdin, &task, &self.env, &self.defaults);
         run_parsed(&cmd, CodexStream::new(), &task, ctx, &self.defaults).await
     }
 }

@@ -171,19 +171,23 @@ async fn codex_stand_in() {
         d.path(),
         "codex",
         &format!(
-            "printf '%s\\n' \"$@\" > argv.txt\ncat {}",
+            "printf '%s\\n' \"$@\" > argv.txt\ncat > prompt.txt\ncat {}",
             fixture("codex_tool.jsonl")
         ),
     );
     let agent = from_spec(&spec(serde_json::json!({"backend": {"kind": "codex", "binary": codex, "sandbox": "workspace-write"}})), &defaults(None)).unwrap();
-    let out = agent
-        .run(task(d.path(), "Add retries"), &ctx().0)
-        .await
-        .unwrap();
+    // A prompt past the kernel's 128 KiB limit for one argument.
+    let long = format!("Add retries\n{}", "feedback line\n".repeat(15_000));
+    let out = agent.run(task(d.path(), &long), &ctx().0).await.unwrap();
     assert_eq!(out.summary, "Hello from the mock.");
     assert_eq!(
         std::fs::read_to_string(d.path().join("argv.txt")).unwrap(),
-        "exec\n--json\n--sandbox\nworkspace-write\nAdd retries\n"
+        "exec\n--json\n--sandbox\nworkspace-write\n-\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("prompt.txt")).unwrap(),
+        long,
+        "the prompt on stdin"
     );
     // A retry continues the previous attempt's thread.
     let mut retry = task(d.path(), "Add retries; two tests fail");
@@ -191,7 +195,11 @@ async fn codex_stand_in() {
     agent.run(retry, &ctx().0).await.unwrap();
     assert_eq!(
         std::fs::read_to_string(d.path().join("argv.txt")).unwrap(),
-        "exec\n--json\n--sandbox\nworkspace-write\nresume\n0199a213-81c0-7800-8aa1-bbab2a035a53\nAdd retries; two tests fail\n"
+        "exec\n--json\n--sandbox\nworkspace-write\nresume\n0199a213-81c0-7800-8aa1-bbab2a035a53\n-\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("prompt.txt")).unwrap(),
+        "Add retries; two tests fail"
     );
 }
 

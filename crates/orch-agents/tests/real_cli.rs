@@ -49,6 +49,15 @@ macro_rules! require {
     };
 }
 
+/// Every request body the stand-in has seen, joined.
+fn seen_all(seen: &common::Seen) -> String {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.body.as_str())
+        .collect()
+}
+
 /// Answers every request with 200 and `reply(path, body)`: (content
 /// type, body).
 async fn stand_in(
@@ -244,6 +253,7 @@ async fn codex_answers_through_a_custom_provider_and_reports_usage() {
         ("text/event-stream", out)
     })
     .await;
+    let seen_handle = seen.clone();
     let bin = wrapper(
         tmp.path(),
         &codex,
@@ -319,5 +329,22 @@ async fn codex_answers_through_a_custom_provider_and_reports_usage() {
     assert!(
         first.is_some() && reply.is_some() && next.is_some() && first < next && reply < next,
         "the resumed request carries the earlier exchange before the new prompt: {last}"
+    );
+    drop(seen);
+    // A 200 KiB prompt (long gate feedback): past the kernel's limit for
+    // one argument, so it must go on stdin.
+    let long = format!(
+        "Fix the failing tests.\n{}END-OF-FEEDBACK",
+        "a line of gate feedback, repeated\n".repeat(7_000)
+    );
+    assert!(long.len() > 200 * 1024);
+    let out = agent
+        .run(task(&work, &long), &AgentContext::detached())
+        .await
+        .unwrap_or_else(|e| panic!("codex with a long prompt failed: {e}"));
+    assert!(out.success, "{out:?}");
+    assert!(
+        seen_all(&seen_handle).contains("END-OF-FEEDBACK"),
+        "the whole prompt reached the model"
     );
 }
