@@ -316,21 +316,22 @@ async fn codex_answers_through_a_custom_provider_and_reports_usage() {
         Some(thread.as_str()),
         "same thread"
     );
-    let seen = seen.lock().unwrap();
-    let last = seen
-        .iter()
-        .rev()
-        .find(|r| r.path.ends_with("/responses"))
-        .map(|r| r.body.as_str())
-        .unwrap_or_default();
-    let first = last.find("Check the work tree.");
-    let reply = last.find("Nothing to change.");
-    let next = last.find("Now add a test.");
-    assert!(
-        first.is_some() && reply.is_some() && next.is_some() && first < next && reply < next,
-        "the resumed request carries the earlier exchange before the new prompt: {last}"
-    );
-    drop(seen);
+    {
+        let seen = seen.lock().unwrap();
+        let last = seen
+            .iter()
+            .rev()
+            .find(|r| r.path.ends_with("/responses"))
+            .map(|r| r.body.as_str())
+            .unwrap_or_default();
+        let first = last.find("Check the work tree.");
+        let reply = last.find("Nothing to change.");
+        let next = last.find("Now add a test.");
+        assert!(
+            first.is_some() && reply.is_some() && next.is_some() && first < next && reply < next,
+            "the resumed request carries the earlier exchange before the new prompt: {last}"
+        );
+    }
     // A 200 KiB prompt (long gate feedback): past the kernel's limit for
     // one argument, so it must go on stdin.
     let long = format!(
