@@ -350,7 +350,7 @@ fn execute(
         })?;
         let s = &report.state;
         eprintln!(
-            "\n{:?}: {} done, {} failed, {} blocked, {} waiting for a decision; {} tokens, ${:.2}; state files in {}",
+            "\n{:?}: {} done, {} failed, {} blocked, {} waiting for a decision; {} tokens, ${:.4}; state files in {}",
             report.outcome,
             s.count(orch_core::TicketStatus::Done),
             s.count(orch_core::TicketStatus::Failed),

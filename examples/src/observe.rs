@@ -116,7 +116,7 @@ pub fn describe(e: &EventKind) -> Option<String> {
         }
         K::BatchFailed { batch, reason } => format!("{batch}: FAILED: {reason}"),
         K::BudgetExhausted { tokens, usd } => {
-            format!("budget spent ({tokens} tokens, ${usd:.2}); stopping")
+            format!("budget spent ({tokens} tokens, ${usd:.4}); stopping")
         }
         K::RunFinished { outcome } => format!("run finished: {outcome:?}"),
         _ => return None,

@@ -176,7 +176,7 @@ fn orchestrator_state(state: &RunState, plan: Option<&Plan>) -> String {
     );
     let _ = writeln!(
         s,
-        "- Usage: {} tokens, ${:.2}{}",
+        "- Usage: {} tokens, ${:.4}{}",
         state.usage.total_tokens(),
         state.usage.cost_usd,
         if state.budget_exhausted {

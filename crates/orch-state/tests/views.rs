@@ -205,7 +205,7 @@ fn views_say_where_the_run_stands() {
         s.contains("`orch decide SEC-003 --approve|--retry|--skip`"),
         "{s}"
     );
-    assert!(s.contains("- Usage: 7200 tokens, $0.30"), "{s}");
+    assert!(s.contains("- Usage: 7200 tokens, $0.3000"), "{s}");
 
     let a = &v["AGENT_REGISTRY.md"];
     assert!(
