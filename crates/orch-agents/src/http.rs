@@ -245,8 +245,18 @@ impl Agent for HttpAgent {
         let send = self.request(&task.prompt, key.as_deref()).send();
         let response = tokio::select! {
             r = send => r.map_err(|e| {
-                let kind = if e.is_timeout() { AgentErrorKind::TimedOut } else { AgentErrorKind::Crashed };
-                AgentError::new(kind, redactor.redact(&format!("request to {} failed: {e}", self.base_url)))
+                // A server that cannot be reached (refused, reset, DNS) is
+                // a transient outage: retried with backoff, counted by the
+                // breaker, as a 5xx is; not a crash to retry at once.
+                let (kind, what) = if e.is_timeout() {
+                    (AgentErrorKind::TimedOut, "timed out")
+                } else if e.is_connect() {
+                    (AgentErrorKind::Overloaded, "could not connect")
+                } else {
+                    (AgentErrorKind::Crashed, "failed")
+                };
+                let source = std::error::Error::source(&e).map(|s| format!(" ({s})")).unwrap_or_default();
+                AgentError::new(kind, redactor.redact(&format!("request to {} {what}{source}", self.base_url)))
             })?,
             () = ctx.cancel.cancelled() => return Err(AgentError::new(AgentErrorKind::Cancelled, "cancelled")),
         };

@@ -261,3 +261,26 @@ fn an_http_agent_installs_no_process_wide_tls_provider() {
     );
     assert!(rustls::crypto::CryptoProvider::get_default().is_none());
 }
+
+/// A server that is not there (connection refused) is a transient outage
+/// the backend retries with backoff, not a crash retried at once; the
+/// message says what happened.
+#[tokio::test]
+async fn a_refused_connection_is_a_transient_outage() {
+    let d = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let a = agent(
+        serde_json::json!({"backend": {"kind": "anthropic", "model": "m", "base_url": format!("http://127.0.0.1:{port}"), "api_key_env": "PATH"}}),
+    );
+    let e = a
+        .run(task(d.path()), &AgentContext::detached())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Overloaded, "{e}");
+    assert!(e.message.contains("could not connect"), "{e}");
+}
