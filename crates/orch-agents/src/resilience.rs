@@ -470,7 +470,14 @@ impl Router {
     /// [`AgentErrorKind::Unavailable`] when every backend in the chain is
     /// open; [`AgentErrorKind::Config`] for an unknown role.
     pub fn route(&self, role: &RoleName) -> Result<(RoleName, Arc<Backend>), AgentError> {
-        if let Some(why) = self.ledger().exceeded(&self.budget) {
+        // Checked under the lock, not on a copy: the ledger holds every
+        // ticket, and copying it per attempt made a run quadratic.
+        let spent = self
+            .ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .exceeded(&self.budget);
+        if let Some(why) = spent {
             return Err(AgentError::new(AgentErrorKind::BudgetSpent, why));
         }
         let picked = self.walk(role, |r, b| {
