@@ -431,6 +431,7 @@ effort = "1h"
                 "ANTHROPIC_BASE_URL=",
                 "GITHUB_TOKEN=",
                 "ORCH_PHASE=one",
+                "CLAUDE_CODE_MAX_RETRIES=2",
             ][..],
             &["OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY"][..],
         ),
@@ -442,6 +443,7 @@ effort = "1h"
                 "ANTHROPIC_BASE_URL",
                 "AWS_SECRET_ACCESS_KEY",
                 "GITHUB_TOKEN",
+                "CLAUDE_CODE_MAX_RETRIES",
             ][..],
         ),
     ] {

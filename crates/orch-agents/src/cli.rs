@@ -52,7 +52,12 @@ impl Default for AgentDefaults {
 /// its own settings, never another provider's key.
 pub const CLAUDE_CODE_ENV: &[&str] = &["ANTHROPIC_*", "CLAUDE_*"];
 
-/// The same for the `codex` backend.
+/// The variable that bounds Claude Code's own API retries; orch sets it
+/// to 2 unless the spec or orch's environment does.
+pub const CLAUDE_RETRIES: &str = "CLAUDE_CODE_MAX_RETRIES";
+
+/// The variables of orch's environment the `codex` backend passes to
+/// Codex besides [`process::BASE_ENV`]: its own provider's and settings.
 pub const CODEX_ENV: &[&str] = &["OPENAI_*", "CODEX_*"];
 
 /// A transcript file of its own for this run of `agent`: the first free
@@ -599,11 +604,23 @@ pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn A
             env.clone(),
             d,
         )?),
-        b @ BackendSpec::ClaudeCode { env, env_allow, .. } => Arc::new(ClaudeCodeAgent {
-            argv: ClaudeCodeAgent::argv(b),
-            env: Env::new(env, env_allow, CLAUDE_CODE_ENV),
-            defaults: d,
-        }),
+        b @ BackendSpec::ClaudeCode { env, env_allow, .. } => {
+            let mut env = Env::new(env, env_allow, CLAUDE_CODE_ENV);
+            // Claude Code retries a failing API ten times by itself (529s
+            // for minutes, ignoring retry-after); orch's own retries and
+            // fallback are the ones a person configures. A value given in
+            // the spec or orch's environment wins.
+            if std::env::var_os(CLAUDE_RETRIES).is_none() {
+                env.set
+                    .entry(CLAUDE_RETRIES.to_owned())
+                    .or_insert_with(|| "2".to_owned());
+            }
+            Arc::new(ClaudeCodeAgent {
+                argv: ClaudeCodeAgent::argv(b),
+                env,
+                defaults: d,
+            })
+        }
         b @ BackendSpec::Codex { env, env_allow, .. } => Arc::new(CodexAgent {
             argv: CodexAgent::argv(b),
             env: Env::new(env, env_allow, CODEX_ENV),

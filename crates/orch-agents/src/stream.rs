@@ -266,6 +266,12 @@ impl ClaudeStream {
                 AgentErrorKind::MaxTurns
             } else if let Some(status) = r.get("api_error_status").and_then(Value::as_u64) {
                 classify_status(status)
+            } else if str_of(&r, "api_error") == Some("connection_failed")
+                || message.starts_with("API Error: Connection")
+            {
+                // Claude Code could not reach the API (it retried on its
+                // own first): an outage to back off from, not a crash.
+                AgentErrorKind::Overloaded
             } else {
                 AgentErrorKind::Crashed
             };

@@ -186,3 +186,19 @@ fn codex_only_turn_failed_means_failure() {
         AgentErrorKind::Crashed
     );
 }
+
+/// Claude Code that could not reach its API (connection refused, after
+/// its own retries): an outage to back off from and fail over, not a
+/// crash.
+#[test]
+fn claude_connection_refused_is_an_outage() {
+    let (s, _) = claude("claude_connection_refused.jsonl");
+    let e = s.finish(Exit::Code(1)).unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Overloaded, "{e}");
+    assert!(
+        e.message.starts_with("API Error: Connection refused"),
+        "{}",
+        e.message
+    );
+    assert!(e.is_retryable());
+}
