@@ -121,6 +121,17 @@ impl Breaker {
         b.open_until = None;
     }
 
+    /// A call failed in a way no retry of this backend can mend (its
+    /// program is not installed, its key is refused): open at once, so
+    /// work goes to the fallback until the cool-down has passed.
+    pub fn trip(&self) {
+        let mut b = self.lock();
+        b.failures = b.failures.max(self.cfg.failures);
+        b.state = BreakerState::Open;
+        b.open_until = Some(Instant::now() + self.cfg.cooldown);
+        b.probing = false;
+    }
+
     /// A call failed in a way that says the backend is unwell.
     pub fn failure(&self) {
         let mut b = self.lock();
@@ -318,7 +329,9 @@ impl Agent for Backend {
                 }
                 Err(e) => {
                     spent += e.usage;
-                    if counts_against_backend(e.kind) {
+                    if matches!(e.kind, AgentErrorKind::Spawn | AgentErrorKind::Auth) {
+                        self.breaker.trip();
+                    } else if counts_against_backend(e.kind) {
                         self.breaker.failure();
                     }
                     if e.kind == AgentErrorKind::RateLimited
@@ -523,28 +536,59 @@ impl Router {
         }
     }
 
-    /// Routes, runs and records usage.
+    /// Routes, runs and records usage. A backend that cannot run at all
+    /// (its program is not installed, its key is refused: its breaker
+    /// opens at once) or whose circuit is open hands the task to the next
+    /// role of the chain in the same call, so the fallback runs on the
+    /// first attempt rather than after a person is asked.
     ///
     /// # Errors
-    /// As [`Router::route`], and the agent's error.
+    /// As [`Router::route`], and the agent's error (the first backend's,
+    /// when no fallback could take the task either).
     pub async fn run(
         &self,
         role: &RoleName,
         task: AgentTask,
         ctx: &AgentContext,
     ) -> Result<(RoleName, AgentOutcome), AgentError> {
-        let (used, backend) = self.route(role)?;
         let ticket = task.ticket.id.clone();
-        let res = backend.run(task, ctx).await;
-        let usage = match &res {
-            Ok(o) => o.usage,
-            Err(e) => e.usage,
-        };
-        self.ledger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(&ticket, &used, usage);
-        res.map(|o| (used, o))
+        let mut tried: Vec<RoleName> = Vec::new();
+        let mut first: Option<AgentError> = None;
+        loop {
+            let (used, backend) = match self.route(role) {
+                Ok(r) if !tried.contains(&r.0) => r,
+                Ok((r, _)) => {
+                    return Err(first.unwrap_or_else(|| {
+                        AgentError::new(
+                            AgentErrorKind::Unavailable,
+                            format!("role {r} is unavailable"),
+                        )
+                    }));
+                }
+                Err(e) => return Err(first.unwrap_or(e)),
+            };
+            let res = backend.run(task.clone(), ctx).await;
+            let usage = match &res {
+                Ok(o) => o.usage,
+                Err(e) => e.usage,
+            };
+            self.ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(&ticket, &used, usage);
+            match res {
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        AgentErrorKind::Spawn | AgentErrorKind::Auth | AgentErrorKind::Unavailable
+                    ) =>
+                {
+                    tried.push(used);
+                    first.get_or_insert(e);
+                }
+                res => return res.map(|o| (used, o)),
+            }
+        }
     }
 
     /// A copy of the ledger.

@@ -373,3 +373,69 @@ fn a_role_can_run_when_its_backend_or_a_fallback_can() {
     let e = router.check(&role("nobody")).unwrap_err();
     assert_eq!(e.kind, AgentErrorKind::Config);
 }
+
+/// A primary that cannot run at all (its CLI is not installed, its key
+/// refused) hands the task to its fallback in the same call: the fallback
+/// runs on the first attempt, and later tasks go straight to it while the
+/// primary's circuit is open. Without a fallback, the primary's own error
+/// is what the caller sees.
+#[tokio::test]
+async fn a_primary_that_cannot_run_falls_back_at_once() {
+    let role = |s: &str| -> orch_core::RoleName { s.parse().unwrap() };
+    for kind in [AgentErrorKind::Spawn, AgentErrorKind::Auth] {
+        let (missing, missing_calls) = counting(move |_| err(kind));
+        let (up, up_calls) = counting(|_| ok(0.1));
+        let backend = |name: &str, agent| {
+            Arc::new(Backend::new(
+                name,
+                agent,
+                2,
+                BreakerConfig::default(),
+                fast_retry(),
+            ))
+        };
+        let router = Router::new(
+            BTreeMap::from([
+                (role("dev"), backend("claude", missing)),
+                (role("backup"), backend("codex", up)),
+            ]),
+            BTreeMap::from([(role("dev"), role("backup"))]),
+            Budget::default(),
+        );
+        let ctx = AgentContext::detached();
+        let (used, out) = router.run(&role("dev"), task("T-1"), &ctx).await.unwrap();
+        assert_eq!(
+            used,
+            role("backup"),
+            "{kind:?}: the first attempt ran on the fallback"
+        );
+        assert!(out.success);
+        router.run(&role("dev"), task("T-2"), &ctx).await.unwrap();
+        assert_eq!(
+            missing_calls.load(Ordering::SeqCst),
+            1,
+            "{kind:?}: not retried, not asked again"
+        );
+        assert_eq!(up_calls.load(Ordering::SeqCst), 2);
+    }
+    let (missing, _) = counting(|_| err(AgentErrorKind::Spawn));
+    let alone = Router::new(
+        BTreeMap::from([(
+            role("dev"),
+            Arc::new(Backend::new(
+                "claude",
+                missing,
+                2,
+                BreakerConfig::default(),
+                fast_retry(),
+            )),
+        )]),
+        BTreeMap::new(),
+        Budget::default(),
+    );
+    let e = alone
+        .run(&role("dev"), task("T-1"), &AgentContext::detached())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Spawn, "{e}");
+}
