@@ -323,7 +323,14 @@ impl Agent for Backend {
             drop(permit);
             match result {
                 Ok(mut out) => {
-                    self.breaker.success();
+                    // An agent that ran but reports it did not finish (a
+                    // command's non-zero exit) is no sign of a healthy
+                    // backend: consecutive ones open the circuit too.
+                    if out.success {
+                        self.breaker.success();
+                    } else {
+                        self.breaker.failure();
+                    }
                     out.usage += spent;
                     return Ok(out);
                 }
@@ -343,7 +350,10 @@ impl Agent for Backend {
                         e.kind,
                         AgentErrorKind::RateLimited | AgentErrorKind::Overloaded
                     );
-                    if !retryable || retry >= self.retry.retries {
+                    // The failure that opened the circuit is reported as
+                    // itself, at once, not as "unavailable" after a wait.
+                    let open = self.breaker.state() == BreakerState::Open;
+                    if !retryable || open || retry >= self.retry.retries {
                         return Err(e.with_usage(spent));
                     }
                     let wait = self.retry.delay(retry, e.retry_after);

@@ -439,3 +439,46 @@ async fn a_primary_that_cannot_run_falls_back_at_once() {
         .unwrap_err();
     assert_eq!(e.kind, AgentErrorKind::Spawn, "{e}");
 }
+
+/// The failure that opens the circuit is returned as itself, at once (no
+/// backoff, no "unavailable"); and an agent that runs but reports it did
+/// not finish counts against its backend, so a command backend that
+/// keeps failing reaches its fallback too.
+#[tokio::test]
+async fn the_opening_failure_is_reported_as_itself_and_reported_failures_count() {
+    let breaker = BreakerConfig {
+        failures: 2,
+        cooldown: Duration::from_secs(60),
+    };
+    let (storm, calls) = counting(|_| err(AgentErrorKind::Overloaded));
+    let b = Backend::new("x", storm, 1, breaker, fast_retry());
+    let e = b
+        .run(task("T-1"), &AgentContext::detached())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Overloaded, "{e}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "retried until the circuit opened, no further"
+    );
+    assert_eq!(b.breaker().state(), BreakerState::Open);
+
+    let (gives_up, _) = counting(|_| {
+        Ok(AgentOutcome {
+            success: false,
+            summary: "exit status 1".into(),
+            ..Default::default()
+        })
+    });
+    let b = Backend::new("cmd", gives_up, 1, breaker, fast_retry());
+    for _ in 0..2 {
+        assert!(
+            !b.run(task("T-1"), &AgentContext::detached())
+                .await
+                .unwrap()
+                .success
+        );
+    }
+    assert_eq!(b.breaker().state(), BreakerState::Open);
+}
