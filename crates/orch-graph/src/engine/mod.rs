@@ -29,6 +29,16 @@ use journal::Journal;
 pub use prompt::prompt;
 use ticket::End;
 
+/// A scheduler transition the engine makes only from the state it knows
+/// the ticket is in: failing means the two are out of step, a bug. It is
+/// logged (and fails debug builds, so tests catch it), not dropped.
+fn in_step<T>(r: Result<T, crate::scheduler::SchedulerError>) {
+    if let Err(e) = r {
+        tracing::error!(error = %e, "the scheduler is out of step with the run (a bug)");
+        debug_assert!(false, "the scheduler is out of step with the run: {e}");
+    }
+}
+
 /// Builds a gate from a spec (with `{ticket}` and `{phase}` already filled
 /// in). orch-gates' `from_spec` is one.
 pub type GateFactory =
@@ -839,7 +849,7 @@ impl Dispatcher {
         }
         self.block(blocked, &st).await;
         for t in decided {
-            let _ = self.sched.pause(t);
+            in_step(self.sched.pause(t));
             self.decision(t).await;
         }
         for b in 0..self.batches.len() {
@@ -969,7 +979,7 @@ impl Dispatcher {
             .with_state(|s| s.tickets.get(&id).and_then(|t| t.pending_decision));
         match d {
             Some(Decision::Approve | Decision::Retry) => {
-                let _ = self.sched.requeue(t);
+                in_step(self.sched.requeue(t));
             }
             Some(Decision::Skip) => {
                 self.append(vec![EventKind::TicketSkipped { ticket: id }])
@@ -1061,7 +1071,7 @@ impl Dispatcher {
     async fn ticket_ended(&mut self, t: Ix, end: End) {
         match end {
             End::Done => {
-                let _ = self.sched.complete(t);
+                in_step(self.sched.complete(t));
                 self.settle(t, Vec::new()).await;
             }
             End::Failed => {
@@ -1069,18 +1079,18 @@ impl Dispatcher {
                 self.settle(t, blocked).await;
             }
             End::Escalated => {
-                let _ = self.sched.pause(t);
+                in_step(self.sched.pause(t));
                 // Answered already (e.g. by an observer)?
                 self.decision(t).await;
             }
             End::Interrupted => {
-                let _ = self.sched.requeue(t);
+                in_step(self.sched.requeue(t));
             }
             End::Store(e) => {
                 if self.fatal.is_none() {
                     self.fail_store(e);
                 }
-                let _ = self.sched.requeue(t);
+                in_step(self.sched.requeue(t));
             }
         }
     }
