@@ -393,6 +393,30 @@ impl Ledger {
     }
 }
 
+/// A role's breaker: what its spec says, else open after as many
+/// failures in a row as the plan's phases have attempts (the fewest), at
+/// most the default 5, so a backend that fails every attempt of a phase
+/// reaches its fallback before the phase's attempts are spent.
+fn breaker_config(plan: &Plan, spec: &orch_core::AgentSpec) -> BreakerConfig {
+    if let Some(b) = spec.breaker {
+        return BreakerConfig {
+            failures: b.failures.max(1),
+            cooldown: Duration::from_secs(b.cooldown_secs),
+        };
+    }
+    let fewest = plan
+        .phases
+        .iter()
+        .map(|p| p.max_attempts.unwrap_or(plan.policy.max_attempts))
+        .min()
+        .unwrap_or(plan.policy.max_attempts);
+    let default = BreakerConfig::default();
+    BreakerConfig {
+        failures: fewest.clamp(1, default.failures),
+        ..default
+    }
+}
+
 /// The agents of a plan by role, with fallbacks and a ledger.
 pub struct Router {
     backends: BTreeMap<RoleName, Arc<Backend>>,
@@ -448,7 +472,7 @@ impl Router {
                         role.as_str(),
                         agent,
                         max,
-                        BreakerConfig::default(),
+                        breaker_config(plan, spec),
                         RetryConfig::default(),
                     )
                     .with_prices(spec.prices),

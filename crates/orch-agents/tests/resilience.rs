@@ -482,3 +482,56 @@ async fn the_opening_failure_is_reported_as_itself_and_reported_failures_count()
     }
     assert_eq!(b.breaker().state(), BreakerState::Open);
 }
+
+/// A role's breaker is what its spec says; without one it opens after as
+/// many failures in a row as a phase has attempts (at most 5), so a
+/// backend that fails every attempt reaches its fallback in time.
+#[tokio::test]
+async fn a_roles_breaker_follows_its_spec_or_the_phases_attempts() {
+    let plan = orch_core::Plan::from_toml_str(
+        r#"
+name = "p"
+default_role = "dev"
+[policy]
+max_attempts = 2
+[agents.dev]
+backend = { kind = "custom", name = "x" }
+[agents.ops]
+backend = { kind = "custom", name = "x" }
+breaker = { failures = 3, cooldown_secs = 120 }
+[[phases]]
+name = "work"
+[[tickets]]
+id = "T-1"
+title = "t"
+effort = "1h"
+"#,
+    )
+    .unwrap();
+    let (down, _) = counting(|_| err(AgentErrorKind::Crashed));
+    let custom = std::collections::HashMap::from([("x".to_owned(), down)]);
+    let router = Router::from_plan(&plan, &orch_agents::AgentDefaults::default(), &custom).unwrap();
+    let ctx = AgentContext::detached();
+    for (role, opens_after) in [("dev", 2), ("ops", 3)] {
+        let role: orch_core::RoleName = role.parse().unwrap();
+        let b = router.backend(&role).unwrap();
+        for n in 1..=opens_after {
+            assert_eq!(
+                b.breaker().state(),
+                BreakerState::Closed,
+                "{role}: before failure {n}"
+            );
+            let _ = b.run(task("T-1"), &ctx).await;
+        }
+        assert_eq!(b.breaker().state(), BreakerState::Open, "{role}");
+    }
+    let bad = orch_core::Plan::from_toml_str(
+        "name = \"p\"\ndefault_role = \"dev\"\n[agents.dev]\nbackend = { kind = \"custom\", name = \"x\" }\nbreaker = { failures = 0 }\n[[phases]]\nname = \"w\"\n[[tickets]]\nid = \"T-1\"\ntitle = \"t\"\neffort = \"1h\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("agents.dev.breaker.failures: must be at least 1"),
+        "{bad}"
+    );
+}

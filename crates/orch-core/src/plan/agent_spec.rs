@@ -35,6 +35,37 @@ pub struct AgentSpec {
     /// budget and the ledger see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prices: Option<Prices>,
+    /// When this role's backend counts as down and its work goes to the
+    /// `fallback` (default: after as many failures in a row as a phase
+    /// has attempts, at most 5, for 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerSpec>,
+}
+
+/// A backend's circuit breaker: it opens after `failures` failures in a
+/// row (transient ones: overloaded, rate-limited, crashed, stalled, timed
+/// out, a reported failure) and lets one probe through after
+/// `cooldown_secs`. A backend that cannot run at all (not installed, key
+/// refused) opens at once.
+///
+/// ```toml
+/// [agents.dev]
+/// backend = { kind = "claude_code" }
+/// fallback = "backup"
+/// breaker = { failures = 2, cooldown_secs = 120 }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    /// Failures in a row that open it (at least 1).
+    pub failures: u32,
+    /// Seconds it stays open before a probe.
+    #[serde(default = "thirty")]
+    pub cooldown_secs: u64,
+}
+
+fn thirty() -> u64 {
+    30
 }
 
 /// US dollars per million tokens.

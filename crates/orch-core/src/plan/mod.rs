@@ -19,7 +19,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use agent_spec::{AgentSpec, BackendSpec, Prices, PromptVia};
+pub use agent_spec::{AgentSpec, BackendSpec, BreakerSpec, Prices, PromptVia};
 pub use effort::{Effort, EffortError, MAX_EFFORT_MINUTES, Size, format_minutes};
 pub use gate_spec::{
     BuiltinPatterns, CommandGateSpec, CoverageFormat, CoverageGateSpec, FilesGateSpec, GateSpec,
@@ -737,6 +737,12 @@ impl Validator {
                         format!("unknown fallback role \"{fb}\"; {}", known_roles()),
                     );
                 }
+            }
+            if spec.breaker.is_some_and(|b| b.failures == 0) {
+                self.push(
+                    format!("agents.{role}.breaker.failures"),
+                    "must be at least 1",
+                );
             }
             if spec.max_concurrency == Some(0) {
                 self.push(
