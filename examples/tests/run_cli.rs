@@ -1850,3 +1850,45 @@ effort = "1h"
     let t = demo::git(&s.repo, &["show", &format!("{branch}:tests/t.txt")]).unwrap();
     assert_eq!(t, "assert add(2, 2) == 4", "nothing weakened was committed");
 }
+
+/// A role whose CLI is not installed runs on its fallback from the first
+/// attempt, and orch says so before the run: nobody is asked, no attempt
+/// is spent on the missing program.
+#[test]
+fn a_missing_primary_cli_runs_on_its_fallback_from_the_first_attempt() {
+    let s = crash_setup();
+    std::fs::write(
+        &s.plan,
+        r#"
+name = "fallback"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["no-such-agent-cli-orch"] }
+fallback = "spare"
+[agents.spare]
+backend = { kind = "command", argv = ["sh", "-c", "cat > /dev/null; echo done > work.txt"] }
+[[phases]]
+name = "impl"
+max_attempts = 1
+gates = [{ kind = "command", name = "did it", argv = ["test", "-s", "work.txt"] }]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#,
+    )
+    .unwrap();
+    let (code, text) = output(&mut orch_run(&s));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(
+            "role dev runs on its fallback spare: no-such-agent-cli-orch is not installed"
+        ),
+        "{text}"
+    );
+    let failed = journal(&s)
+        .iter()
+        .filter(|e| matches!(e.event.kind, EventKind::AttemptFailed { .. }))
+        .count();
+    assert_eq!(failed, 0, "no attempt was spent on the missing program");
+}

@@ -643,16 +643,23 @@ impl Agent for Router {
     }
 
     /// `role` can run when its backend, or one in its fallback chain, can.
+    /// A backend that cannot (its CLI is not installed, its key is not set)
+    /// has its circuit opened now, so the role's first attempt runs on
+    /// the fallback, and says so in a warning.
     fn check(&self, role: &RoleName) -> Result<(), AgentError> {
         let mut why = Vec::new();
         let picked = self.walk(role, |r, b| match b.check(r) {
-            Ok(()) => Some(()),
+            Ok(()) => Some(r.clone()),
             Err(e) => {
+                b.breaker().trip();
                 why.push((r.clone(), e));
                 None
             }
         })?;
-        if picked.is_ok() {
+        if let Ok(on) = picked {
+            if let Some((_, e)) = why.first() {
+                tracing::warn!("role {role} runs on its fallback {on}: {}", e.message);
+            }
             return Ok(());
         }
         let (_, first) = why.remove(0);

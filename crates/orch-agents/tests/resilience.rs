@@ -362,6 +362,10 @@ fn a_role_can_run_when_its_backend_or_a_fallback_can() {
     let role = |s: &str| -> orch_core::RoleName { s.parse().unwrap() };
     router.check(&role("dev")).unwrap();
     router.check(&role("spare")).unwrap();
+    // The check marks dev as running on its fallback: its first task goes
+    // there without trying the missing program.
+    assert_eq!(router.route(&role("dev")).unwrap().0, role("spare"));
+    assert_eq!(router.backend_for(&role("dev")), "command");
     // A cycle of fallbacks that cannot run ends, naming each once.
     let e = router.check(&role("lone")).unwrap_err();
     assert_eq!(e.kind, AgentErrorKind::Spawn);
