@@ -572,9 +572,10 @@ impl Router {
 
     /// Routes, runs and records usage. A backend that cannot run at all
     /// (its program is not installed, its key is refused: its breaker
-    /// opens at once) or whose circuit is open hands the task to the next
-    /// role of the chain in the same call, so the fallback runs on the
-    /// first attempt rather than after a person is asked.
+    /// opens at once), whose circuit is open, or whose failure just opened
+    /// it hands the task to the next role of the chain in the same call,
+    /// so the fallback runs within the phase's attempts rather than after
+    /// a person is asked.
     ///
     /// # Errors
     /// As [`Router::route`], and the agent's error (the first backend's,
@@ -611,11 +612,14 @@ impl Router {
                 .unwrap_or_else(|e| e.into_inner())
                 .record(&ticket, &used, usage);
             match res {
+                // Cannot run at all, or this failure opened its circuit
+                // (its retries are spent and it keeps failing): the next
+                // role of the chain takes the task now.
                 Err(e)
                     if matches!(
                         e.kind,
                         AgentErrorKind::Spawn | AgentErrorKind::Auth | AgentErrorKind::Unavailable
-                    ) =>
+                    ) || backend.breaker().state() == BreakerState::Open =>
                 {
                     tried.push(used);
                     first.get_or_insert(e);
