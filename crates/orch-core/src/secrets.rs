@@ -460,6 +460,40 @@ impl Lines<'_> {
 /// What [`Redactor::findings`] calls a known secret value it found.
 pub const KNOWN_VALUE: &str = "a secret value of this run";
 
+/// What git would store of a path of the work tree, read to scan it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// A regular file's bytes, or a link's target name (git stores a link
+    /// as that; it is never followed, out of the tree or into a FIFO).
+    Bytes(Vec<u8>),
+    /// A regular file larger than the limit (its size): not read, so it
+    /// cannot be shown to hold no secret.
+    TooLarge(u64),
+    /// Something git stores no blob of (a directory, a FIFO, a socket).
+    NotABlob,
+    /// Nothing there (removed, or a name that does not lead back to it).
+    Missing,
+}
+
+/// What git would store of `path`, read as a secret scan reads it: files
+/// up to `max` bytes.
+///
+/// # Errors
+/// When a regular file cannot be read.
+pub fn stored(path: &std::path::Path, max: u64) -> std::io::Result<Stored> {
+    Ok(match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_symlink() => Stored::Bytes(
+            std::fs::read_link(path)
+                .map(|t| t.as_os_str().as_encoded_bytes().to_vec())
+                .unwrap_or_default(),
+        ),
+        Ok(m) if !m.is_file() => Stored::NotABlob,
+        Ok(m) if m.len() > max => Stored::TooLarge(m.len()),
+        Ok(_) => Stored::Bytes(std::fs::read(path)?),
+        Err(_) => Stored::Missing,
+    })
+}
+
 /// The texts a file's bytes hold, for scanning: the bytes as UTF-8 (a
 /// binary file's readable parts too), and as UTF-16 when they look like
 /// it (a byte order mark, or every other byte zero).

@@ -6,6 +6,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use orch_core::plan::{BuiltinPatterns, PatternsGateSpec};
+use orch_core::secrets::Stored;
 use orch_core::{Evidence, Gate, GateContext, GateError, GateReport, GateSpec, Hit};
 use regex::Regex;
 
@@ -162,25 +163,19 @@ impl Gate for PatternsGate {
             {
                 continue;
             }
-            // Read as git would commit it: a link is its target's name
-            // (never followed out of the work tree, nor into a FIFO).
-            let bytes = match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_symlink() => std::fs::read_link(&path)
-                    .map(|t| t.as_os_str().as_encoded_bytes().to_vec())
-                    .unwrap_or_default(),
-                Ok(m) if m.len() > MAX_FILE_BYTES => {
+            // Read as git would commit it (a link is its target's name).
+            let bytes = match orch_core::secrets::stored(&path, MAX_FILE_BYTES) {
+                Ok(Stored::Bytes(b)) => b,
+                Ok(Stored::TooLarge(_)) => {
                     unscanned.push(format!("{rel} is larger than {MAX_FILE_BYTES} bytes"));
                     continue;
                 }
-                Ok(m) if !m.is_file() => continue,
-                Ok(_) => match std::fs::read(&path) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        unscanned.push(format!("{rel} cannot be read ({e})"));
-                        continue;
-                    }
-                },
-                Err(_) => continue, // listed by git, gone from the tree
+                // Not a file, or listed by git and gone from the tree.
+                Ok(Stored::NotABlob | Stored::Missing) => continue,
+                Err(e) => {
+                    unscanned.push(format!("{rel} cannot be read ({e})"));
+                    continue;
+                }
             };
             scanned += 1;
             // Binary files are scanned too (as text where they hold

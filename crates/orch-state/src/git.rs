@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use orch_core::secrets::Stored;
 use orch_core::{BatchId, RunId, TicketId};
 
 /// A git command failed.
@@ -606,30 +607,26 @@ impl Repo {
                 found.add(format!("the name of {rel} ({what})"));
             }
             let path = wt.path.join(rel);
-            let bytes = match std::fs::symlink_metadata(&path) {
-                // Git stores a link as its target's name.
-                Ok(m) if m.is_symlink() => std::fs::read_link(&path)
-                    .map(|t| t.as_os_str().as_encoded_bytes().to_vec())
-                    .unwrap_or_default(),
-                Ok(m) if m.len() > MAX_SCANNED => {
+            let stored = orch_core::secrets::stored(&path, MAX_SCANNED).map_err(|e| GitError {
+                command: "scan for secrets".into(),
+                message: format!("{rel}: {e}"),
+            })?;
+            let bytes = match stored {
+                Stored::Bytes(b) => b,
+                Stored::TooLarge(len) => {
                     found.add(format!(
-                        "{rel} ({} bytes, too large to scan for secrets: ignore it or commit it yourself)",
-                        m.len()
+                        "{rel} ({len} bytes, too large to scan for secrets: ignore it or commit it yourself)"
                     ));
                     continue;
                 }
-                Ok(m) if m.is_file() => std::fs::read(&path).map_err(|e| GitError {
-                    command: "scan for secrets".into(),
-                    message: format!("{rel}: {e}"),
-                })?,
-                Ok(_) => continue, // not a file git would store
+                Stored::NotABlob => continue,
                 // Listed by git but not found under its name (a name git
                 // quoted or that is not UTF-8): it cannot be shown clean.
-                Err(_) if path.exists() || !rel.contains('\u{FFFD}') => continue,
-                Err(_) => {
+                Stored::Missing if rel.contains('\u{FFFD}') => {
                     found.add(format!("{rel} (a name that cannot be read back to scan)"));
                     continue;
                 }
+                Stored::Missing => continue, // removed
             };
             for text in orch_core::secrets::texts(&bytes) {
                 for (line, what) in redactor.findings(&text) {
