@@ -158,8 +158,8 @@ fn frozen_part(file: &str, key: &str, text: &str) -> Option<String> {
         let Ok(table) = text.parse::<toml::Table>() else {
             return Some(format!("(does not parse as TOML)\n{text}"));
         };
-        let mut value = table.get(key.split('.').next()?)?;
-        for k in key.split('.').skip(1) {
+        let mut value = &toml::Value::Table(table);
+        for k in key.split('.') {
             value = value.as_table()?.get(k)?;
         }
         return serde_json::to_string_pretty(value).ok();
@@ -202,11 +202,10 @@ struct Found {
 
 impl Found {
     fn add(&mut self, f: String) {
-        if self.seen.contains(&f) {
+        if !self.seen.insert(f.clone()) {
             return;
         }
         if self.listed.len() < MAX_FINDINGS {
-            self.seen.insert(f.clone());
             self.listed.push(f);
         } else {
             self.more += 1;
@@ -482,6 +481,42 @@ impl Repo {
         if let Some(made) = self.find_checkpoint(wt, key)? {
             return Ok(made);
         }
+        self.commit_checkpoint(wt, key, message)
+    }
+
+    /// [`Repo::checkpoint`], refusing (before anything is added, so no
+    /// object holds it) when what it would commit holds a secret
+    /// [`Repo::uncommitted_secrets`] finds.
+    ///
+    /// # Errors
+    /// When git fails, or naming the findings.
+    pub fn checkpoint_without_secrets(
+        &self,
+        wt: &Worktree,
+        key: &str,
+        message: &str,
+        redactor: &orch_core::secrets::Redactor,
+    ) -> Result<String, GitError> {
+        if let Some(made) = self.find_checkpoint(wt, key)? {
+            return Ok(made);
+        }
+        let found = self.uncommitted_secrets(wt, redactor)?;
+        if !found.is_empty() {
+            return Err(GitError {
+                command: "checkpoint".into(),
+                message: format!("refused: it would commit secrets: {}", found.join(", ")),
+            });
+        }
+        self.commit_checkpoint(wt, key, message)
+    }
+
+    /// Commits everything in the work tree as the checkpoint `key`.
+    fn commit_checkpoint(
+        &self,
+        wt: &Worktree,
+        key: &str,
+        message: &str,
+    ) -> Result<String, GitError> {
         let trailer = format!("{CHECKPOINT_TRAILER}: {key}");
         run_git(&wt.path, &["add", "-A"])?;
         let msg = format!("{message}\n\n{trailer}\n");

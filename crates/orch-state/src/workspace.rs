@@ -158,19 +158,11 @@ impl Workspace for GitWorkspace {
         let key = checkpoint_key(run, ticket, phase, attempt);
         let message = format!("{ticket}: {phase} passed (attempt {attempt})");
         let redactor = self.redactor.clone();
+        // The last guard (the engine asked `secrets` after the gates):
+        // nothing with a secret is added, so no object holds one.
         self.blocking(false, move |repo| {
-            // The last guard (the engine asked `secrets` after the gates):
-            // nothing with a secret is added, so no object holds one.
-            if repo.find_checkpoint(&wt, &key)?.is_none() {
-                let found = repo.uncommitted_secrets(&wt, &redactor)?;
-                if !found.is_empty() {
-                    return Err(GitError {
-                        command: "checkpoint".into(),
-                        message: format!("refused: it would commit secrets: {}", found.join(", ")),
-                    });
-                }
-            }
-            repo.checkpoint(&wt, &key, &message).map(Some)
+            repo.checkpoint_without_secrets(&wt, &key, &message, &redactor)
+                .map(Some)
         })
         .await
     }
