@@ -102,7 +102,7 @@ pub fn plan_agents(
         timeout: Duration::from_secs(plan.policy.timeouts.agent_secs),
         stall: Duration::from_secs(plan.policy.timeouts.stall_secs),
         transcripts: Some(state_dir.join("transcripts")),
-        redactor: Redactor::from_process_env().with_values(plan.known_secrets()),
+        redactor: Redactor::for_plan(plan),
     };
     Ok(Arc::new(Router::from_plan(plan, &defaults, custom)?))
 }
@@ -150,7 +150,7 @@ impl Setup {
             allow_plan_change: false,
             progress: true,
             stop_on_state_failure: None,
-            redactor: Redactor::from_process_env().with_values(plan.known_secrets()),
+            redactor: Redactor::for_plan(&plan),
             plan,
         }
     }

@@ -232,6 +232,9 @@ pub struct CommandAgent {
     prompt_via: PromptVia,
     env_allow: Vec<String>,
     env: BTreeMap<String, String>,
+    /// The defaults' redactor, also removing the secrets `env` hands the
+    /// agent (made once, not per run).
+    redactor: Redactor,
     defaults: AgentDefaults,
 }
 
@@ -267,11 +270,17 @@ impl CommandAgent {
                 format!("prompt_via needs an argv element {p:?}"),
             ));
         }
+        let redactor = defaults.redactor.clone().with_values(
+            env.iter()
+                .filter(|(k, _)| orch_core::secrets::is_secret_name(k))
+                .map(|(_, v)| v.clone()),
+        );
         Ok(CommandAgent {
             argv,
             prompt_via,
             env_allow,
             env,
+            redactor,
             defaults,
         })
     }
@@ -291,13 +300,7 @@ impl Agent for CommandAgent {
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
         let mut env = self.env.clone();
         env.extend(task_env(&task));
-        // Secrets the plan hands this agent are secrets too.
-        let redactor = self.defaults.redactor.clone().with_values(
-            self.env
-                .iter()
-                .filter(|(k, _)| orch_core::secrets::is_secret_name(k))
-                .map(|(_, v)| v.clone()),
-        );
+        let redactor = &self.redactor;
         let mut prompt_file = None;
         let mut argv = self.argv.clone();
         for a in &mut argv {
@@ -349,7 +352,7 @@ impl Agent for CommandAgent {
             &cmd,
             &task,
             ctx,
-            &redactor,
+            redactor,
             self.defaults.transcripts.as_ref(),
             Lines::Text,
             |line| {

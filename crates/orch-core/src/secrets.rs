@@ -288,6 +288,13 @@ impl Redactor {
         Self::new(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
+    /// A redactor for a run of `plan`: the secrets of this process's
+    /// environment and those the plan makes known
+    /// ([`Plan::known_secrets`](crate::Plan::known_secrets)).
+    pub fn for_plan(plan: &crate::Plan) -> Self {
+        Self::from_process_env().with_values(plan.known_secrets())
+    }
+
     /// This redactor, also removing `values` (an API key read from a
     /// file, the password of a database URL given on the command line).
     /// Values shorter than [`MIN_SECRET_LEN`] are ignored.

@@ -257,7 +257,7 @@ impl Engine {
             observers: Vec::new(),
             allow_plan_change: false,
             poll: Duration::from_millis(250),
-            redactor: Redactor::from_process_env().with_values(plan.known_secrets()),
+            redactor: Redactor::for_plan(&plan),
             plan: Arc::new(plan),
         })
     }
