@@ -406,11 +406,13 @@ async fn a_decision_recorded_while_the_run_goes_on_is_picked_up() {
             .on("B", "work", 1, Step::Fail("no".into()))
             .on("B", "work", 2, Step::Fail("no".into())),
     );
-    // A is slow, so the run is still going when B escalates.
-    let slow: Arc<dyn Agent> = Arc::new(Slow {
+    // A waits until B's escalation is answered, so the run is still
+    // going when it is.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let slow: Arc<dyn Agent> = Arc::new(Held {
         inner: agent.clone(),
         ticket: "A",
-        delay: Duration::from_millis(600),
+        until: released,
     });
     let store = Arc::new(MemoryStore::new());
     let run = run_id("r");
@@ -431,6 +433,7 @@ async fn a_decision_recorded_while_the_run_goes_on_is_picked_up() {
                     )
                     .await
                     .unwrap();
+                    release.send_replace(true);
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -445,22 +448,23 @@ async fn a_decision_recorded_while_the_run_goes_on_is_picked_up() {
     assert_eq!(report.state.count(TicketStatus::Done), 3);
 }
 
-/// Delays one ticket's agent.
-struct Slow {
+/// Holds one ticket's agent until `until` turns true.
+struct Held {
     inner: Arc<ScriptedAgent>,
     ticket: &'static str,
-    delay: Duration,
+    until: tokio::sync::watch::Receiver<bool>,
 }
 
 #[async_trait]
-impl Agent for Slow {
+impl Agent for Held {
     fn backend(&self) -> &str {
-        "slow"
+        "held"
     }
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
         if task.ticket.id.as_str() == self.ticket {
+            let mut until = self.until.clone();
             tokio::select! {
-                () = tokio::time::sleep(self.delay) => {}
+                r = until.wait_for(|released| *released) => { r.unwrap(); }
                 () = ctx.cancel.cancelled() => {
                     return Err(AgentError::new(AgentErrorKind::Cancelled, "cancelled"));
                 }
@@ -727,7 +731,8 @@ async fn a_role_whose_agent_cannot_run_is_refused_before_anything_runs() {
 }
 
 /// A memory store with faults: its appends fail after the first `ok`
-/// calls, and take their time over the agent start of `slow_on`; its run
+/// calls, and hold the agent start of `slow_on` until ticket A's agent
+/// has panicked (see [`Handshake`]); its run
 /// lock is lost when `gone` is cancelled, as a lock held by a database
 /// connection is when that connection goes. Like `PgStore` on its one
 /// connection, it serves one call at a time, holding `serial` across a
@@ -735,13 +740,26 @@ async fn a_role_whose_agent_cannot_run_is_refused_before_anything_runs() {
 struct Faulty {
     inner: MemoryStore,
     ok: AtomicU32,
-    slow_on: Option<&'static str>,
+    slow_on: Option<(&'static str, Arc<Handshake>)>,
     gone: Cancellation,
     serial: tokio::sync::Mutex<()>,
 }
 
+/// Orders a slow store write and a panicking agent: the write of B's agent
+/// start begins, then A's agent panics, then the write ends.
+#[derive(Default)]
+struct Handshake {
+    b_writing: tokio::sync::watch::Sender<bool>,
+    a_panicking: tokio::sync::watch::Sender<bool>,
+}
+
+/// Waits until `flag` is true.
+async fn raised(flag: &tokio::sync::watch::Sender<bool>) {
+    flag.subscribe().wait_for(|up| *up).await.unwrap();
+}
+
 impl Faulty {
-    fn new(ok: u32, slow_on: Option<&'static str>) -> Self {
+    fn new(ok: u32, slow_on: Option<(&'static str, Arc<Handshake>)>) -> Self {
         Faulty {
             inner: MemoryStore::new(),
             ok: AtomicU32::new(ok),
@@ -761,12 +779,13 @@ impl StateStore for Faulty {
         events: &[Event],
     ) -> Result<Vec<u64>, StoreError> {
         let _one_at_a_time = self.serial.lock().await;
-        if let Some(slow) = self.slow_on
+        if let Some((slow, order)) = &self.slow_on
             && events.iter().any(|e| {
-                matches!(&e.kind, EventKind::AgentStarted { ticket, .. } if ticket.as_str() == slow)
+                matches!(&e.kind, EventKind::AgentStarted { ticket, .. } if ticket.as_str() == *slow)
             })
         {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            order.b_writing.send_replace(true);
+            raised(&order.a_panicking).await;
         }
         if self
             .ok
@@ -1136,8 +1155,9 @@ impl Agent for OnceThen {
     }
 }
 
-/// An agent with a bug: it panics on ticket A, after the delay.
-struct PanicsOnA(ScriptedAgent, Duration);
+/// An agent with a bug: it panics on ticket A (once B's agent start is
+/// being written, given a [`Handshake`]).
+struct PanicsOnA(ScriptedAgent, Option<Arc<Handshake>>);
 
 #[async_trait]
 impl Agent for PanicsOnA {
@@ -1146,7 +1166,10 @@ impl Agent for PanicsOnA {
     }
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
         if task.ticket.id.as_str() == "A" {
-            tokio::time::sleep(self.1).await;
+            if let Some(order) = &self.1 {
+                raised(&order.b_writing).await;
+                order.a_panicking.send_replace(true);
+            }
             panic!("a bug in the agent");
         }
         self.0.run(task, ctx).await
@@ -1176,7 +1199,7 @@ async fn run_small_within_a_minute(
 /// wait for it forever, the rest go on.
 #[tokio::test]
 async fn a_panicking_agent_fails_its_ticket_instead_of_hanging_the_run() {
-    let agent = Arc::new(PanicsOnA(ScriptedAgent::new("s", writes()), Duration::ZERO));
+    let agent = Arc::new(PanicsOnA(ScriptedAgent::new("s", writes()), None));
     let store = Arc::new(MemoryStore::new());
     let (run, report) = run_small_within_a_minute(agent, store.clone()).await;
     assert_a_failed_and_blocked_c_and_d(&report, "its pipeline panicked");
@@ -1190,11 +1213,12 @@ async fn a_panicking_agent_fails_its_ticket_instead_of_hanging_the_run() {
 #[tokio::test]
 async fn the_dispatcher_records_while_a_ticket_is_writing_to_a_slow_store() {
     // A fails while B's agent start is being written.
+    let order = Arc::new(Handshake::default());
     let agent = Arc::new(PanicsOnA(
         ScriptedAgent::new("s", writes()),
-        Duration::from_millis(50),
+        Some(order.clone()),
     ));
-    let store = Arc::new(Faulty::new(u32::MAX, Some("B")));
+    let store = Arc::new(Faulty::new(u32::MAX, Some(("B", order))));
     let (run, report) = run_small_within_a_minute(agent, store.clone()).await;
     assert_a_failed_and_blocked_c_and_d(&report, "a bug in the agent");
     assert_live_equals_fold(&store.inner, &run, &report.state).await;
@@ -1298,10 +1322,11 @@ tickets = ["A", "B", "C", "D"]
 /// What a test gate does before the plan's real gate checks.
 #[derive(Clone, Copy)]
 enum Before {
-    /// Blocks its thread for a second (as parsing a large report would).
+    /// Blocks its thread (as parsing a large report would) until another
+    /// ticket's gate has checked, for at most 30 s.
     Block,
-    /// Waits 100 ms without blocking.
-    Wait,
+    /// Nothing.
+    Check,
     /// Panics (a bug in the gate).
     Panic,
     /// Cannot be evaluated: a non-retryable `Err` instead of checking.
@@ -1329,8 +1354,20 @@ impl orch_core::Gate for Around {
         ctx: &orch_core::GateContext,
     ) -> Result<orch_core::GateReport, orch_core::GateError> {
         match self.before {
-            Before::Block => std::thread::sleep(Duration::from_secs(1)),
-            Before::Wait => tokio::time::sleep(Duration::from_millis(100)).await,
+            Before::Block => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while std::time::Instant::now() < deadline
+                    && !self
+                        .log
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|(t, _)| *t != self.ticket)
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Before::Check => {}
             Before::Panic => panic!("a bug in the gate"),
             Before::Unevaluable => {
                 return Err(orch_core::GateError {
@@ -1393,14 +1430,14 @@ async fn run_small_with_gates(
     (report, agent)
 }
 
-/// A gate busy on its thread for a second (ticket A's) does not hold up
-/// the other tickets: B's gate, which only waits a moment, finishes while
-/// A's is still busy. (The dispatcher polls all pipelines on one task;
+/// A gate busy on its thread (ticket A's, until another gate has checked)
+/// does not hold up the other tickets: B's gate checks while A's is still
+/// busy. (The dispatcher polls all pipelines on one task;
 /// each gate check runs on a task of its own.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_busy_on_its_thread_does_not_hold_up_other_tickets() {
     let log = GateLog::default();
-    let gates = gates_around(&[("A", Before::Block), ("B", Before::Wait)], &log);
+    let gates = gates_around(&[("A", Before::Block), ("B", Before::Check)], &log);
     let (report, _) = run_small_with_gates(gates).await;
     assert_eq!(report.outcome, RunOutcome::Completed);
     let order: Vec<&str> = log.lock().unwrap().iter().map(|(t, _)| *t).collect();

@@ -233,7 +233,6 @@ async fn hung_agents_are_killed_on_timeout_stall_and_cancel_leaving_no_process()
     .unwrap();
     let e = agent.run(task(d.path(), ""), &ctx().0).await.unwrap_err();
     assert_eq!(e.kind, AgentErrorKind::TimedOut, "{e}");
-    std::thread::sleep(Duration::from_millis(100));
     assert!(
         pids(d.path()).iter().all(|p| !alive(*p)),
         "process group gone after timeout"
@@ -249,7 +248,6 @@ async fn hung_agents_are_killed_on_timeout_stall_and_cancel_leaving_no_process()
     let e = agent.run(task(d.path(), ""), &ctx().0).await.unwrap_err();
     assert_eq!(e.kind, AgentErrorKind::Stalled, "{e}");
     assert!(e.is_retryable());
-    std::thread::sleep(Duration::from_millis(100));
     assert!(
         pids(d.path()).iter().all(|p| !alive(*p)),
         "process group gone after stall"
@@ -263,12 +261,20 @@ async fn hung_agents_are_killed_on_timeout_stall_and_cancel_leaving_no_process()
     let (c, _) = ctx();
     let cancel = c.cancel.clone();
     let t = task(d.path(), "");
+    std::fs::remove_file(d.path().join("child.pid")).unwrap();
     let h = tokio::spawn(async move { agent.run(t, &c).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Cancel once the script has started its child.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(d.path().join("child.pid")).is_ok_and(|s| s.ends_with('\n')) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the script never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     cancel.cancel();
     let e = h.await.unwrap().unwrap_err();
     assert_eq!(e.kind, AgentErrorKind::Cancelled);
-    std::thread::sleep(Duration::from_millis(100));
     assert!(
         pids(d.path()).iter().all(|p| !alive(*p)),
         "process group gone after cancel"

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use orch_agents::{Backend, BreakerConfig, BreakerState, RetryConfig, Router, ScriptedAgent, Step};
 use orch_core::plan::Budget;
@@ -52,7 +54,7 @@ fn err(kind: AgentErrorKind) -> Result<AgentOutcome, AgentError> {
     Err(AgentError::new(kind, format!("{kind:?}")))
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown() {
     let (agent, calls) = counting(|n| {
         if n < 5 {
@@ -86,7 +88,13 @@ async fn breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown(
         5,
         "an open circuit does not call the agent"
     );
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(299)).await;
+    assert_eq!(
+        b.breaker().state(),
+        BreakerState::Open,
+        "still cooling down"
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(b.breaker().state(), BreakerState::HalfOpen);
     assert!(
         b.run(task("T-1"), &ctx).await.is_ok(),
@@ -144,7 +152,7 @@ async fn overloaded_is_retried_other_errors_fail_fast() {
     assert_eq!(calls.load(Ordering::SeqCst), 4, "1 call + 3 retries");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_rate_limit_pauses_every_task_of_the_backend() {
     let times: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let t = times.clone();
@@ -184,32 +192,44 @@ async fn a_rate_limit_pauses_every_task_of_the_backend() {
     let v = times.lock().unwrap();
     let b_call = v.iter().find(|(n, _)| n == "B").unwrap().1;
     assert!(
-        b_call.duration_since(start) >= Duration::from_millis(480),
+        b_call.duration_since(start) >= Duration::from_millis(500),
         "B waited for A's retry-after: {:?}",
         b_call.duration_since(start)
     );
     let a_retry = v.iter().filter(|(n, _)| n == "A").nth(1).unwrap().1;
-    assert!(a_retry.duration_since(start) >= Duration::from_millis(480));
+    assert!(a_retry.duration_since(start) >= Duration::from_millis(500));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+/// An agent that takes 100 ms (of tokio time) a run and counts how many
+/// of its runs overlap.
+struct Overlapping {
+    running: AtomicU32,
+    peak: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Agent for Overlapping {
+    fn backend(&self) -> &str {
+        "fake"
+    }
+    async fn run(&self, _: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        ok(0.0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn admission_limits_concurrent_runs() {
-    let running = Arc::new(AtomicU32::new(0));
-    let peak = Arc::new(AtomicU32::new(0));
-    let (r, p) = (running.clone(), peak.clone());
-    let agent = ScriptedAgent::new(
-        "fake",
-        Step::Run(Arc::new(move |_| {
-            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-            p.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(100));
-            r.fetch_sub(1, Ordering::SeqCst);
-            ok(0.0)
-        })),
-    );
+    let agent = Arc::new(Overlapping {
+        running: AtomicU32::new(0),
+        peak: AtomicU32::new(0),
+    });
     let b = Arc::new(Backend::new(
         "x",
-        Arc::new(agent),
+        agent.clone(),
         2,
         BreakerConfig::default(),
         fast_retry(),
@@ -225,7 +245,7 @@ async fn admission_limits_concurrent_runs() {
     for h in hs {
         h.await.unwrap().unwrap();
     }
-    assert_eq!(peak.load(Ordering::SeqCst), 2);
+    assert_eq!(agent.peak.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
