@@ -4,8 +4,8 @@ use crate::{AgentId, Event, Progress, RunState};
 
 /// Sees every event once it is durable, with the state it led to; and the
 /// agents' progress, which is not persisted. Events are seen in journal
-/// order, on the engine's fold thread when they come fast, else on the
-/// engine's task; progress on the engine's task. Keep it quick: the next
+/// order, on the task that appended them, with the run state's lock held;
+/// progress on the engine's task. Keep it quick: the next
 /// events wait for it (throttle slow work such as writing state files).
 /// A panic in [`Observer::event`] is caught and logged; the run goes on.
 pub trait Observer: Send + Sync {

@@ -342,35 +342,6 @@ impl Scheduler {
     /// Starts and returns the best ready ticket that has a free slot.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Ix> {
-        self.next_ranked().map(|(t, _)| t)
-    }
-
-    /// [`Scheduler::next`], with the ticket's rank: its position in
-    /// [`Scheduler::order`]. Tickets start roughly in rank order, so data
-    /// kept per ticket in that order is read nearly in sequence, where
-    /// data kept in plan order is read at random (a cache miss per ticket
-    /// once a plan is large).
-    ///
-    /// ```
-    /// # use std::sync::Arc;
-    /// # use orch_graph::{PlanGraph, Scheduler};
-    /// # let plan = orch_core::Plan::from_toml_str(r#"
-    /// #     name = "p"
-    /// #     default_role = "dev"
-    /// #     [agents.dev]
-    /// #     backend = { kind = "command", argv = ["a"] }
-    /// #     [[phases]]
-    /// #     name = "do"
-    /// #     [[tickets]]
-    /// #     id = "A"
-    /// #     title = "a"
-    /// #     effort = "1h"
-    /// # "#).unwrap();
-    /// let mut s = Scheduler::new(Arc::new(PlanGraph::from_plan(&plan).unwrap()));
-    /// let (t, rank) = s.next_ranked().unwrap();
-    /// assert_eq!(s.order()[rank], t);
-    /// ```
-    pub fn next_ranked(&mut self) -> Option<(Ix, usize)> {
         if self.running >= self.max_running {
             return None;
         }
@@ -379,7 +350,7 @@ impl Scheduler {
             .filter_map(|c| self.ready[c].first())
             .min()?;
         self.set(best as u32, Status::Running);
-        Some((self.by_rank[best], best))
+        Some(self.by_rank[best])
     }
 
     /// Starts ready ticket `t`.

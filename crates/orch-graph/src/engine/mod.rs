@@ -177,8 +177,8 @@ pub struct RunReport {
 /// ```
 pub struct Engine {
     plan: Arc<Plan>,
-    /// The plan's tickets, shared with every agent task (made once here,
-    /// not per run), laid out in memory in priority order ([`laid_out`]).
+    /// The plan's tickets (in plan order, as the graph indexes them),
+    /// shared with every agent task: made once here, not per run.
     tickets: Arc<[Arc<orch_core::Ticket>]>,
     graph: Arc<PlanGraph>,
     /// The scheduler of a run that has not started, without limits: each
@@ -247,7 +247,7 @@ impl Engine {
             roles,
             fingerprint: (fingerprint, Arc::new(parts)),
             max_concurrency: plan.policy.max_concurrency.max(1),
-            tickets: laid_out(&plan.tickets, sched.order()),
+            tickets: plan.tickets.iter().cloned().map(Arc::new).collect(),
             sched,
             graph,
             agent,
@@ -518,20 +518,6 @@ impl Engine {
 /// How long a run whose lock was lost may take to stop by itself before
 /// it is dropped whole (see [`Engine::run`]).
 const LOST_LOCK_GRACE: Duration = Duration::from_secs(1);
-
-/// The plan's tickets in `order`, the order the scheduler starts them in
-/// (indexed by rank, see [`Scheduler::next_ranked`]), each copied into an
-/// allocation of its own in that order, so that tickets started one after
-/// another sit next to each other in memory. A large plan's tickets do
-/// not fit in the caches, and the plan's order is unrelated to the order
-/// they run in: in plan order each ticket started would be a cache and
-/// TLB miss of its own.
-fn laid_out(tickets: &[orch_core::Ticket], order: &[Ix]) -> Arc<[Arc<orch_core::Ticket>]> {
-    order
-        .iter()
-        .map(|&t| Arc::new(tickets[t as usize].clone()))
-        .collect()
-}
 
 /// Records a person's answer to an escalated ticket of `run`. The engine
 /// acts on it: at once if the run is going (it reads the journal), else
@@ -995,21 +981,14 @@ impl Dispatcher {
     /// Starts ticket `t`'s pipeline (the scheduler keeps the running
     /// tickets within the limits). A panic in it (a bug in an agent, gate
     /// or workspace implementation) is caught and fails the ticket alone.
-    fn spawn_ticket(&mut self, t: Ix, rank: usize) {
-        // The engine's tickets are laid out by the ranks of the scheduler
-        // this one was cloned from: the two must rank alike.
-        debug_assert_eq!(self.sched.order().get(rank), Some(&t));
-        debug_assert_eq!(
-            self.shared.tickets[rank].id,
-            self.shared.plan.tickets[t as usize].id
-        );
+    fn spawn_ticket(&mut self, t: Ix) {
         self.tasks += 1;
         let known = std::mem::replace(&mut self.known[t as usize], true);
         let shared = self.shared.clone();
         let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
         self.running.push(Box::pin(
             async move {
-                let end = AssertUnwindSafe(ticket::run_ticket(&shared, rank, known))
+                let end = AssertUnwindSafe(ticket::run_ticket(&shared, t, known))
                     .catch_unwind()
                     .await;
                 (t, end)
@@ -1124,14 +1103,13 @@ impl Dispatcher {
                 self.ticket_returned(t, end).await;
             }
             if self.stop.is_none() && self.fatal.is_none() {
-                while let Some((t, rank)) = self.sched.next_ranked() {
-                    self.spawn_ticket(t, rank);
+                while let Some(t) = self.sched.next() {
+                    self.spawn_ticket(t);
                 }
             }
             if self.tasks == 0 {
                 // Decisions that arrived while the last tasks ended (the
-                // fold sends them: everything absorbed is folded first).
-                self.shared.journal.fold_now();
+                // fold sent them).
                 let mut more = false;
                 while let Ok(t) = decisions.try_recv() {
                     if let Some(ix) = self.shared.graph.index_of(t.as_str()) {

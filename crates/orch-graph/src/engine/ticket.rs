@@ -1,7 +1,5 @@
 //! One ticket through the phases, and one batch through its merge.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +12,7 @@ use tracing::Instrument;
 
 use super::GateFactory;
 use super::journal::Journal;
+use crate::Ix;
 use crate::graph::PlanGraph;
 
 /// Longest context shown with an escalated question.
@@ -21,8 +20,8 @@ const MAX_CONTEXT: usize = 8 * 1024;
 
 pub(crate) struct Shared {
     pub(crate) plan: Arc<Plan>,
-    /// The plan's tickets by rank (see `laid_out`), shared with the agent
-    /// tasks.
+    /// The plan's tickets, as the graph indexes them, shared with the
+    /// agent tasks.
     pub(crate) tickets: Arc<[Arc<orch_core::Ticket>]>,
     pub(crate) graph: Arc<PlanGraph>,
     pub(crate) agent: Arc<dyn Agent>,
@@ -88,20 +87,10 @@ impl From<StoreError> for End {
 /// copy of its rules.
 pub(crate) struct Outbox<'a> {
     j: &'a Journal,
+    /// Events made but not written yet: they go with the next write.
     pending: Vec<Event>,
-    /// How many of `pending` are folded into `mine`: the rest are folded
-    /// when the view is read or they are written, so the events of a
-    /// ticket's last write (its finished agent, passed phase and end),
-    /// which nothing reads, cost no fold (and no allocation) here.
-    seen: usize,
-    /// Boxed: the pipeline's future, which holds the outbox, is allocated
-    /// per ticket, and below ~1 KB glibc can serve it from its per-thread
-    /// cache instead of its heap (with the attempt and the failure paths
-    /// boxed too, the pipeline's future went from 1,624 to 768 bytes).
-    mine: Box<TicketState>,
-    /// A ticket's pipeline (polled by the dispatcher): its appends go out
-    /// in groups ([`Journal::append_grouped`]).
-    grouped: bool,
+    /// The ticket as the journal has it, with `pending` folded in.
+    mine: TicketState,
 }
 
 impl<'a> Outbox<'a> {
@@ -111,84 +100,45 @@ impl<'a> Outbox<'a> {
         Outbox {
             j,
             pending: Vec::new(),
-            seen: 0,
-            mine: Box::new(ticket),
-            grouped: true,
+            mine: ticket,
         }
     }
 
-    /// The outbox of a batch merge (a task of its own, not polled by the
-    /// dispatcher); its view has no ticket and stays empty.
+    /// The outbox of a batch merge; its view has no ticket and stays
+    /// empty.
     pub(crate) fn for_merge(j: &'a Journal) -> Self {
-        Outbox {
-            grouped: false,
-            ..Outbox::new(j, TicketState::default())
-        }
+        Outbox::new(j, TicketState::default())
     }
 
     /// The ticket's state: the journal's, plus what this task queued.
-    fn ticket(&mut self) -> &TicketState {
-        self.see();
+    fn ticket(&self) -> &TicketState {
         &self.mine
-    }
-
-    /// Folds the waiting events not yet in the view.
-    fn see(&mut self) {
-        for e in &self.pending[self.seen..] {
-            self.mine.apply(e);
-        }
-        self.seen = self.pending.len();
-    }
-
-    fn note(&self, k: EventKind) -> Event {
-        // In the pipeline's spans: run, ticket, phase and attempt.
-        tracing::info!(event = k.name());
-        self.j.event(k)
     }
 
     /// Holds `k` until the next write.
     fn defer(&mut self, k: EventKind) {
-        {
-            let e = self.note(k);
-            self.pending.push(e);
-        }
+        // In the pipeline's spans: run, ticket, phase and attempt.
+        tracing::info!(event = k.name());
+        let e = self.j.event(k);
+        self.mine.apply(&e);
+        self.pending.push(e);
     }
 
     /// Appends what waits and `ks`, durably, before the caller acts.
-    ///
-    /// The events are made (and noted) at the call; the future that
-    /// returns holds only them and the append (awaiting functions hold
-    /// room for the futures they await, and this is awaited at every
-    /// write-ahead step of the pipeline).
-    fn write<K: IntoIterator<Item = EventKind>>(
-        &mut self,
-        ks: K,
-    ) -> impl Future<Output = Result<(), StoreError>> + use<'a, K> {
+    async fn write<K: IntoIterator<Item = EventKind>>(&mut self, ks: K) -> Result<(), StoreError> {
         for k in ks {
-            {
-                let e = self.note(k);
-                self.pending.push(e);
-            }
+            self.defer(k);
         }
-        self.see();
-        self.send()
+        let all = std::mem::take(&mut self.pending);
+        if all.is_empty() {
+            return Ok(());
+        }
+        self.j.append(all).await
     }
 
-    /// Appends what waits, durably, without bringing the view up to date:
-    /// for a task's last write, after which nothing reads the view.
-    fn send(&mut self) -> impl Future<Output = Result<(), StoreError>> + use<'a> {
-        let all = std::mem::take(&mut self.pending);
-        self.seen = 0;
-        let (j, grouped) = (self.j, self.grouped);
-        async move {
-            if all.is_empty() {
-                Ok(())
-            } else if grouped {
-                j.append_grouped(all).await
-            } else {
-                j.append(all).await
-            }
-        }
+    /// Appends what waits, durably.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        self.write(None).await
     }
 }
 
@@ -215,31 +165,31 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}\n[... {} more bytes]", &s[..end], s.len() - end)
 }
 
-/// Runs the pipeline of the ticket of `rank` (see `laid_out`); `known`
+/// Runs the pipeline of ticket `t`; `known`
 /// when the journal may have events of it (else it starts from an empty
 /// state, not read from the journal).
-pub(crate) async fn run_ticket(sh: &Shared, rank: usize, known: bool) -> End {
+pub(crate) async fn run_ticket(sh: &Shared, t: Ix, known: bool) -> End {
     let st = if known {
-        let id = &sh.tickets[rank].id;
+        let id = &sh.tickets[t as usize].id;
         sh.journal
             .with_state(|s| s.tickets.get(id).cloned().unwrap_or_default())
     } else {
         TicketState::default()
     };
     let mut out = Outbox::new(&sh.journal, st);
-    let end = match pipeline(sh, rank, &mut out).await {
+    let end = match pipeline(sh, t, &mut out).await {
         Ok(end) | Err(end) => end,
     };
     // Record what an interrupted ticket did last.
-    match (out.send().await, end) {
+    match (out.flush().await, end) {
         (Err(e), End::Done | End::Failed | End::Escalated | End::Interrupted) => End::Store(e),
         (_, end) => end,
     }
 }
 
-async fn pipeline(sh: &Shared, rank: usize, out: &mut Outbox<'_>) -> Result<End, End> {
+async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> {
     let plan = &sh.plan;
-    let ticket = sh.tickets[rank].clone();
+    let ticket = sh.tickets[t as usize].clone();
     let id = ticket.id.clone();
     let run = sh.journal.run.clone();
     let st = out.ticket();
@@ -351,19 +301,7 @@ async fn pipeline(sh: &Shared, rank: usize, out: &mut Outbox<'_>) -> Result<End,
         if (failed >= max || hopeless) && !fresh_retry {
             // Spent (just now, or before a crash with no decision taken).
             hopeless = false;
-            // Boxed, like the gates below: a future holds room for the
-            // largest one it awaits, and the pipeline's is allocated and
-            // copied once per ticket; these paths are rare or wait on
-            // processes, so they pay for their own room when taken.
-            match Box::pin(exhausted_or_restart(
-                sh,
-                out,
-                &id,
-                phase,
-                base.as_deref(),
-                &prepared.path,
-            ))
-            .await?
+            match exhausted_or_restart(sh, out, &id, phase, base.as_deref(), &prepared.path).await?
             {
                 Err(end) => return Ok(end),
                 Ok(from) => {
@@ -378,21 +316,17 @@ async fn pipeline(sh: &Shared, rank: usize, out: &mut Outbox<'_>) -> Result<End,
         let attempt = failed + 1;
         let feedback = out.ticket().feedback.clone();
         let span = tracing::info_span!("phase", phase = %phase.name, attempt);
-        // Boxed like those above, to keep the pipeline's own future small
-        // (see `Outbox::mine`).
-        let outcome = Box::pin(
-            attempt_phase(
-                sh,
-                out,
-                &ticket,
-                phase,
-                attempt,
-                &feedback,
-                &prepared.path,
-                &mut session,
-            )
-            .instrument(span),
+        let outcome = attempt_phase(
+            sh,
+            out,
+            &ticket,
+            phase,
+            attempt,
+            &feedback,
+            &prepared.path,
+            &mut session,
         )
+        .instrument(span)
         .await?;
         match outcome {
             Attempt::Interrupted => return Ok(End::Interrupted),
@@ -417,30 +351,23 @@ async fn pipeline(sh: &Shared, rank: usize, out: &mut Outbox<'_>) -> Result<End,
         }
     }
     out.defer(EventKind::TicketDone { ticket: id.clone() });
-    out.send().await?;
+    out.flush().await?;
     if let Err(e) = sh.workspace.release(&run, &id).await {
         tracing::warn!(error = %e, "could not remove the work tree");
     }
     Ok(End::Done)
 }
 
-/// Records that the ticket failed. Boxed: it is rare, and every future
-/// that awaits it would otherwise hold room for it.
-fn fail<'a>(
-    out: &mut Outbox<'a>,
-    id: &TicketId,
-    reason: String,
-) -> Pin<Box<dyn Future<Output = Result<End, End>> + Send + 'a>> {
+/// Records that the ticket failed.
+async fn fail(out: &mut Outbox<'_>, id: &TicketId, reason: String) -> Result<End, End> {
     let reason = out.j.redacted(reason);
     tracing::info!(%reason, "ticket failed");
-    let write = out.write([EventKind::TicketFailed {
+    out.write([EventKind::TicketFailed {
         ticket: id.clone(),
         reason,
-    }]);
-    Box::pin(async move {
-        write.await?;
-        Ok(End::Failed)
-    })
+    }])
+    .await?;
+    Ok(End::Failed)
 }
 
 /// Whether the journal shows that `attempt` of `phase` passed: its last
@@ -747,7 +674,7 @@ async fn attempt_phase(
         return Ok(v);
     }
     // Before this phase's own gates: paths earlier phases froze.
-    if let Some(failed) = Box::pin(check_frozen(sh, out, id, phase, attempt)).await? {
+    if let Some(failed) = check_frozen(sh, out, id, phase, attempt).await? {
         return Ok(failed);
     }
     if phase.gates.is_empty() {
@@ -765,11 +692,10 @@ async fn attempt_phase(
         timeout: Duration::from_secs(plan.policy.timeouts.gate_secs),
         cancel: sh.work.clone(),
     };
-    let (reports, unfixable) =
-        match Box::pin(run_gates(sh, out, &phase.gates, &vars, &scope, &ctx)).await? {
-            Some(r) => r,
-            None => return Ok(Attempt::Interrupted),
-        };
+    let (reports, unfixable) = match run_gates(sh, out, &phase.gates, &vars, &scope, &ctx).await? {
+        Some(r) => r,
+        None => return Ok(Attempt::Interrupted),
+    };
     let failing: Vec<String> = reports
         .iter()
         .filter(|r| !r.passed())
@@ -797,14 +723,14 @@ async fn pass_if_clean(
     attempt: u32,
 ) -> Result<Attempt, End> {
     if !phase.gates.is_empty()
-        && let Some(failed) = Box::pin(check_frozen(sh, out, id, phase, attempt)).await?
+        && let Some(failed) = check_frozen(sh, out, id, phase, attempt).await?
     {
         return Ok(failed);
     }
     if !phase.checkpoint {
         return Ok(Attempt::Passed);
     }
-    Ok(Box::pin(check_secrets(sh, out, id, phase, attempt))
+    Ok(check_secrets(sh, out, id, phase, attempt)
         .await?
         .unwrap_or(Attempt::Passed))
 }
@@ -1069,7 +995,7 @@ pub(crate) async fn merge_batch(
     let vars = [("batch", batch.as_str())];
     let reports = match run_gates(sh, &mut out, &sh.plan.batch_gates, &vars, &scope, &ctx).await {
         Ok(Some((r, _))) => r,
-        Ok(None) => return out.send().await, // cancelled: merged again on resume
+        Ok(None) => return out.flush().await, // cancelled: merged again on resume
         Err(End::Store(e)) => return Err(e),
         Err(_) => return Ok(()),
     };
