@@ -583,11 +583,28 @@ impl Agent for CodexAgent {
     }
 }
 
+/// An HTTP agent from `b` and the settings its spec and `d` share.
+fn http_agent(
+    b: crate::http::HttpAgentBuilder,
+    max_tokens: Option<u32>,
+    output_file: &Option<String>,
+    d: &AgentDefaults,
+) -> Result<crate::http::HttpAgent, AgentError> {
+    let mut b = b
+        .max_tokens(max_tokens.unwrap_or(4096))
+        .timeout(d.timeout)
+        .redactor(d.redactor.clone());
+    if let Some(f) = output_file {
+        b = b.output_file(f.clone());
+    }
+    b.build()
+}
+
 /// Builds the agent an [`AgentSpec`] describes.
 ///
 /// # Errors
 /// [`AgentErrorKind::Config`] for a bad spec, or a backend kind this crate
-/// does not provide yet (HTTP backends) or that the program must register
+/// does not provide or that the program must register
 /// itself (`custom`).
 pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn Agent>, AgentError> {
     let mut d = defaults.clone();
@@ -635,42 +652,40 @@ pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn A
             base_url,
             max_tokens,
             output_file,
-        } => Arc::new(
-            crate::http::HttpAgent::new(
+        } => Arc::new(http_agent(
+            crate::http::HttpAgent::builder(
                 crate::http::Api::Anthropic,
                 base_url
                     .clone()
                     .unwrap_or_else(|| "https://api.anthropic.com".into()),
                 model.clone(),
-                Some(
-                    api_key_env
-                        .clone()
-                        .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
-                ),
-                max_tokens.unwrap_or(4096),
-                output_file.clone(),
-                d.timeout,
-            )?
-            .redactor(d.redactor.clone()),
-        ),
+            )
+            .api_key_env(
+                api_key_env
+                    .clone()
+                    .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
+            ),
+            *max_tokens,
+            output_file,
+            &d,
+        )?),
         BackendSpec::OpenaiCompatible {
             model,
             api_key_env,
             base_url,
             max_tokens,
             output_file,
-        } => Arc::new(
-            crate::http::HttpAgent::new(
+        } => Arc::new({
+            let mut b = crate::http::HttpAgent::builder(
                 crate::http::Api::OpenAiCompatible,
                 base_url.clone(),
                 model.clone(),
-                api_key_env.clone(),
-                max_tokens.unwrap_or(4096),
-                output_file.clone(),
-                d.timeout,
-            )?
-            .redactor(d.redactor.clone()),
-        ),
+            );
+            if let Some(var) = api_key_env {
+                b = b.api_key_env(var.clone());
+            }
+            http_agent(b, *max_tokens, output_file, &d)?
+        }),
         other => {
             return Err(AgentError::new(
                 AgentErrorKind::Config,

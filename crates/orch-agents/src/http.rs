@@ -42,6 +42,93 @@ pub struct HttpAgent {
     redactor: Redactor,
 }
 
+/// Builds an [`HttpAgent`] ([`HttpAgent::builder`]).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct HttpAgentBuilder {
+    api: Api,
+    base_url: String,
+    model: String,
+    api_key_env: Option<String>,
+    max_tokens: u32,
+    output_file: Option<String>,
+    timeout: Duration,
+    redactor: Option<Redactor>,
+}
+
+impl HttpAgentBuilder {
+    /// The environment variable holding the API key (none: no key sent).
+    pub fn api_key_env(mut self, var: impl Into<String>) -> Self {
+        self.api_key_env = Some(var.into());
+        self
+    }
+
+    /// The most tokens an answer may have (default 4096).
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = n;
+        self
+    }
+
+    /// The file in the work tree the answer is written to (default: none,
+    /// the answer is only the summary).
+    pub fn output_file(mut self, path: impl Into<String>) -> Self {
+        self.output_file = Some(path.into());
+        self
+    }
+
+    /// How long one request may take (default 30 minutes).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Redacts with `redactor` (and the base URL's password) instead of
+    /// the secrets of this process's environment.
+    pub fn redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = Some(redactor);
+        self
+    }
+
+    /// The agent.
+    ///
+    /// # Errors
+    /// [`AgentErrorKind::Config`] when the HTTP client cannot be built.
+    pub fn build(self) -> Result<HttpAgent, AgentError> {
+        let config_error =
+            |e: String| AgentError::new(AgentErrorKind::Config, format!("HTTP client: {e}"));
+        // TLS with a provider of its own (ring) and the system's roots:
+        // nothing process-wide is installed behind the embedder's back.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| config_error(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(self.timeout)
+            .build()
+            .map_err(|e| config_error(e.to_string()))?;
+        let base_url = self.base_url.trim_end_matches('/').to_owned();
+        Ok(HttpAgent {
+            api: self.api,
+            redactor: self
+                .redactor
+                .unwrap_or_else(Redactor::from_process_env)
+                .with_url(&base_url),
+            base_url,
+            model: self.model,
+            api_key_env: self.api_key_env,
+            max_tokens: self.max_tokens,
+            output_file: self.output_file,
+            client,
+        })
+    }
+}
+
 impl std::fmt::Debug for HttpAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpAgent")
@@ -60,56 +147,34 @@ impl std::fmt::Debug for HttpAgent {
 }
 
 impl HttpAgent {
-    /// An agent for `api` at `base_url`.
+    /// An agent for `api` at `base_url` asking `model`; the rest is set on
+    /// the builder.
     ///
-    /// # Errors
-    /// [`AgentErrorKind::Config`] when the HTTP client cannot be built.
-    pub fn new(
+    /// ```
+    /// use std::time::Duration;
+    /// use orch_agents::{Api, HttpAgent};
+    /// let agent = HttpAgent::builder(Api::Anthropic, "http://127.0.0.1:8080", "claude-sonnet-4-5")
+    ///     .api_key_env("ANTHROPIC_API_KEY")
+    ///     .max_tokens(8192)
+    ///     .timeout(Duration::from_secs(300))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn builder(
         api: Api,
         base_url: impl Into<String>,
         model: impl Into<String>,
-        api_key_env: Option<String>,
-        max_tokens: u32,
-        output_file: Option<String>,
-        timeout: Duration,
-    ) -> Result<Self, AgentError> {
-        let config_error =
-            |e: String| AgentError::new(AgentErrorKind::Config, format!("HTTP client: {e}"));
-        // TLS with a provider of its own (ring) and the system's roots:
-        // nothing process-wide is installed behind the embedder's back.
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| config_error(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(timeout)
-            .build()
-            .map_err(|e| config_error(e.to_string()))?;
-        let base_url = base_url.into().trim_end_matches('/').to_owned();
-        Ok(HttpAgent {
+    ) -> HttpAgentBuilder {
+        HttpAgentBuilder {
             api,
-            redactor: Redactor::from_process_env().with_url(&base_url),
-            base_url,
+            base_url: base_url.into(),
             model: model.into(),
-            api_key_env,
-            max_tokens,
-            output_file,
-            client,
-        })
-    }
-
-    /// Redacts with `redactor` (and the base URL's password) instead of
-    /// the secrets of this process's environment.
-    #[must_use]
-    pub fn redactor(mut self, redactor: Redactor) -> Self {
-        self.redactor = redactor.with_url(&self.base_url);
-        self
+            api_key_env: None,
+            max_tokens: 4096,
+            output_file: None,
+            timeout: Duration::from_secs(30 * 60),
+            redactor: None,
+        }
     }
 
     fn request(&self, prompt: &str, key: Option<&str>) -> reqwest::RequestBuilder {

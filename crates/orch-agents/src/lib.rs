@@ -27,7 +27,7 @@ mod scripted;
 pub mod stream;
 
 pub use cli::{AgentDefaults, ClaudeCodeAgent, CodexAgent, CommandAgent, from_spec};
-pub use http::{Api, HttpAgent};
+pub use http::{Api, HttpAgent, HttpAgentBuilder};
 pub use orch_core::secrets::{REDACTED, Redactor, is_secret_name};
 pub use resilience::{Backend, Breaker, BreakerConfig, BreakerState, Ledger, RetryConfig, Router};
 pub use scripted::{ScriptedAgent, Step, TaskFn};

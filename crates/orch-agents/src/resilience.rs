@@ -6,7 +6,6 @@
 //! retry, other 4xx → fail fast.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -166,18 +165,27 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
-    /// The wait before retry `n` (0-based): what the backend asked for, or
-    /// exponential backoff, plus up to 25% jitter.
-    pub fn delay(&self, n: u32, retry_after: Option<Duration>) -> Duration {
-        static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
-        let base = retry_after
-            .unwrap_or_else(|| self.base.saturating_mul(1u32 << n.min(16)).min(self.max));
-        let mut x = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        let jitter = base.mul_f64((x % 1000) as f64 / 4000.0);
-        base + jitter
+    /// The waits before each retry: `base`, doubled each time up to `max`,
+    /// plus a random part up to as much again (so tasks that failed
+    /// together do not retry together); `retries` of them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let r = orch_agents::RetryConfig { retries: 2, base: Duration::from_secs(1), max: Duration::from_secs(60) };
+    /// let waits: Vec<Duration> = r.backoff().collect();
+    /// assert_eq!(waits.len(), 2);
+    /// assert!(waits[0] >= Duration::from_secs(1) && waits[0] < Duration::from_secs(2));
+    /// assert!(waits[1] >= Duration::from_secs(2) && waits[1] < Duration::from_secs(4));
+    /// ```
+    pub fn backoff(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::new()
+            .with_min_delay(self.base)
+            .with_max_delay(self.max)
+            .with_factor(2.0)
+            .with_max_times(self.retries as usize)
+            .with_jitter()
+            .build()
     }
 }
 
@@ -290,7 +298,7 @@ impl Agent for Backend {
     }
 
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
-        let mut retry = 0;
+        let mut backoff = self.retry.backoff();
         let mut spent = Usage::default();
         loop {
             if !self.breaker.allow() {
@@ -353,11 +361,12 @@ impl Agent for Backend {
                     // The failure that opened the circuit is reported as
                     // itself, at once, not as "unavailable" after a wait.
                     let open = self.breaker.state() == BreakerState::Open;
-                    if !retryable || open || retry >= self.retry.retries {
+                    let next = backoff.next();
+                    let (true, false, Some(next)) = (retryable, open, next) else {
                         return Err(e.with_usage(spent));
-                    }
-                    let wait = self.retry.delay(retry, e.retry_after);
-                    retry += 1;
+                    };
+                    // What the backend asked for, when it said.
+                    let wait = e.retry_after.unwrap_or(next);
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = ctx.cancel.cancelled() => return Err(AgentError::new(AgentErrorKind::Cancelled, "cancelled during backoff")),

@@ -173,16 +173,11 @@ async fn openai_compatible_and_missing_key() {
 
 #[test]
 fn debug_never_shows_the_key() {
-    let a = orch_agents::HttpAgent::new(
-        orch_agents::Api::Anthropic,
-        "http://127.0.0.1:1",
-        "m",
-        Some("ANTHROPIC_API_KEY".into()),
-        10,
-        None,
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    let a = orch_agents::HttpAgent::builder(orch_agents::Api::Anthropic, "http://127.0.0.1:1", "m")
+        .api_key_env("ANTHROPIC_API_KEY")
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let dbg = format!("{a:?}");
     assert!(dbg.contains("$ANTHROPIC_API_KEY ([REDACTED])"), "{dbg}");
 }

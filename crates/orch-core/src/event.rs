@@ -5,11 +5,8 @@
 //! (crate::RunState::apply) folds them into the state a person reads.
 //! Resuming a run is replaying its journal.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -25,51 +22,17 @@ use crate::{AgentId, BatchId, GateReport, PhaseName, RoleName, RunId, TicketId, 
 pub struct EventId(pub u128);
 
 impl EventId {
-    /// A fresh id: the current time in the high bits (so ids sort roughly
-    /// by creation) and process-random bits below.
+    /// A fresh id: a version 7 UUID (RFC 9562), whose high bits are the
+    /// time in milliseconds (so ids sort roughly by creation) and whose
+    /// low bits are random.
     pub fn random() -> Self {
-        Self::random_at(Timestamp::now())
+        EventId(uuid::Uuid::now_v7().as_u128())
     }
-
-    /// A fresh id for something happening at `now`.
-    fn random_at(now: Timestamp) -> Self {
-        let (n, rand) = counted_random();
-        EventId((u128::from(now.0) << 80) | (u128::from(n & 0xffff) << 64) | u128::from(rand))
-    }
-
-    /// The 32 lowercase hex digits of the id, without the formatting
-    /// machinery (an id is written with every stored event).
-    fn hex(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = crate::id::HEX_DIGITS[(self.0 >> ((31 - i) * 4)) as usize & 0xf];
-        }
-        out
-    }
-}
-
-/// A process-wide counter's next value and 64 random bits made from it:
-/// SplitMix64 of a per-process random base and the counter, unique in the
-/// process, unpredictable across processes, a few nanoseconds (no clock).
-pub(crate) fn counted_random() -> (u64, u64) {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(|| {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u128(std::process::id().into());
-        h.finish()
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut z = base.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (n, z ^ (z >> 31))
 }
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex = self.hex();
-        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
+        write!(f, "{:032x}", self.0)
     }
 }
 
@@ -88,8 +51,7 @@ impl FromStr for EventId {
 
 impl Serialize for EventId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let hex = self.hex();
-        s.serialize_str(std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?)
+        s.collect_str(self)
     }
 }
 
@@ -152,10 +114,9 @@ pub struct Event {
 impl Event {
     /// An event happening now with a fresh id.
     pub fn now(kind: EventKind) -> Self {
-        let at = Timestamp::now();
         Event {
-            id: EventId::random_at(at),
-            at,
+            id: EventId::random(),
+            at: Timestamp::now(),
             kind,
         }
     }

@@ -243,63 +243,19 @@ impl AgentId {
     /// assert!(id.as_str().starts_with("T-1.plan.2."));
     /// ```
     pub fn for_attempt(ticket: &TicketId, phase: &PhaseName, attempt: u32) -> AgentId {
-        // Built on the stack: ids are ASCII, and a short one (most are)
-        // then lives inline in the id, with no allocation at all.
-        const FRONT: usize = MAX_ID_LEN - 9;
-        let mut buf = [0u8; MAX_ID_LEN];
-        let mut len = 0;
-        let mut put = |bytes: &[u8]| {
-            let n = bytes.len().min(FRONT - len);
-            buf[len..len + n].copy_from_slice(&bytes[..n]);
-            len += n;
-        };
-        put(ticket.as_str().as_bytes());
-        put(b".");
-        put(phase.as_str().as_bytes());
-        put(b".");
-        let mut digits = [0u8; 10];
-        let mut d = digits.len();
-        let mut a = attempt;
-        loop {
-            d -= 1;
-            digits[d] = b'0' + (a % 10) as u8;
-            a /= 10;
-            if a == 0 {
-                break;
-            }
-        }
-        put(&digits[d..]);
+        let mut front = format!("{ticket}.{phase}.{attempt}");
+        front.truncate(MAX_ID_LEN - 9);
         // Cutting may leave a trailing dot, which would make `..` below.
-        while len > 0 && buf[len - 1] == b'.' {
-            len -= 1;
+        while front.ends_with('.') {
+            front.pop();
         }
-        buf[len] = b'.';
-        len += 1;
-        let rand = crate::event::counted_random().1 as u32;
-        for i in (0..8).rev() {
-            buf[len] = HEX_DIGITS[(rand >> (i * 4)) as usize & 0xf];
-            len += 1;
-        }
-        let s = std::str::from_utf8(&buf[..len]).expect("ids are ASCII");
-        // Valid by construction: valid ids and digits joined by single
-        // dots, within the length limit (checked in tests and debug builds,
-        // not per attempt).
-        debug_assert_eq!(check_id(s), Ok(()), "agent id {s:?}");
-        AgentId(s.into())
+        // The low bits of a version 7 UUID are random.
+        let random = uuid::Uuid::now_v7().as_u128() as u32;
+        let id = format!("{front}.{random:08x}");
+        debug_assert_eq!(check_id(&id), Ok(()), "agent id {id:?}");
+        AgentId(id.into())
     }
 }
-
-/// Appends the low `digits` hex digits of `v`, lowercase (as `{:0Nx}`,
-/// without the formatting machinery: ids and fingerprints are made once
-/// per ticket).
-pub(crate) fn push_hex(s: &mut String, v: u64, digits: u32) {
-    for i in (0..digits).rev() {
-        s.push(char::from(HEX_DIGITS[(v >> (i * 4)) as usize & 0xf]));
-    }
-}
-
-/// Lowercase hex digits by value.
-pub(crate) const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]
 mod tests {

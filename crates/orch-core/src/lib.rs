@@ -94,6 +94,6 @@ pub use store::{
 };
 pub use time::Timestamp;
 pub use workspace::{
-    Changes, Merged, PathError, Prepared, SharedDir, Workspace, WorkspaceError, check_relative,
-    resolve_within,
+    Changes, Merged, PathError, Prepared, SharedDir, Workspace, WorkspaceError, WorkspaceErrorKind,
+    check_relative, resolve_within,
 };

@@ -64,15 +64,36 @@ impl Changes {
 /// A workspace operation failed (git missing, disk full, ...).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("workspace: {message}")]
+#[non_exhaustive]
 pub struct WorkspaceError {
+    /// What kind of failure.
+    pub kind: WorkspaceErrorKind,
     /// What failed, naming the command or path.
     pub message: String,
 }
 
+/// What kind of failure a [`WorkspaceError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkspaceErrorKind {
+    /// The tool behind the workspace (git) could not run, or failed.
+    Tool,
+    /// Reading or writing a file or directory failed.
+    Io,
+    /// Branches could not be merged without conflicts.
+    Conflict,
+    /// Refused: the commit or merge would store a secret.
+    Secrets,
+    /// Refused: the settings (a pattern, a branch) or the state found (a
+    /// work tree orch did not make) do not allow it.
+    Refused,
+}
+
 impl WorkspaceError {
-    /// An error with this message.
-    pub fn new(message: impl Into<String>) -> Self {
+    /// An error of `kind` with this message.
+    pub fn new(kind: WorkspaceErrorKind, message: impl Into<String>) -> Self {
         WorkspaceError {
+            kind,
             message: message.into(),
         }
     }

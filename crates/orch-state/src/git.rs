@@ -8,11 +8,14 @@
 use std::path::{Path, PathBuf};
 
 use orch_core::secrets::Stored;
-use orch_core::{BatchId, RunId, TicketId};
+use orch_core::{BatchId, RunId, TicketId, WorkspaceErrorKind};
 
 /// A git command failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GitError {
+    /// What kind of failure (what a workspace reports it as).
+    pub kind: WorkspaceErrorKind,
     /// The command line.
     pub command: String,
     /// What git said.
@@ -73,6 +76,7 @@ fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0");
     let out = orch_core::process::output(&git).map_err(|e| GitError {
+        kind: WorkspaceErrorKind::Tool,
         command: format!("git {}", args.join(" ")),
         message: format!("cannot run git: {e}"),
     })?;
@@ -80,6 +84,7 @@ fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     } else {
         Err(GitError {
+            kind: WorkspaceErrorKind::Tool,
             command: format!("git {}", args.join(" ")),
             message: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
@@ -325,6 +330,7 @@ impl Repo {
             }
             text.push_str("/.orch/\n");
             std::fs::write(&exclude, text).map_err(|e| GitError {
+                kind: WorkspaceErrorKind::Io,
                 command: "write info/exclude".into(),
                 message: format!("{}: {e}", exclude.display()),
             })?;
@@ -385,6 +391,7 @@ impl Repo {
         let making = Making::mark(&path)?;
         std::fs::create_dir_all(path.parent().unwrap_or(&self.worktrees)).map_err(|e| {
             GitError {
+                kind: WorkspaceErrorKind::Io,
                 command: "mkdir".into(),
                 message: format!("{}: {e}", path.display()),
             }
@@ -503,6 +510,7 @@ impl Repo {
         let found = self.uncommitted_secrets(wt, redactor)?;
         if !found.is_empty() {
             return Err(GitError {
+                kind: WorkspaceErrorKind::Secrets,
                 command: "checkpoint".into(),
                 message: format!("refused: it would commit secrets: {}", found.join(", ")),
             });
@@ -643,6 +651,7 @@ impl Repo {
             }
             let path = wt.path.join(rel);
             let stored = orch_core::secrets::stored(&path, MAX_SCANNED).map_err(|e| GitError {
+                kind: WorkspaceErrorKind::Io,
                 command: "scan for secrets".into(),
                 message: format!("{rel}: {e}"),
             })?;
@@ -757,12 +766,14 @@ impl Repo {
                     .literal_separator(true)
                     .build()
                     .map_err(|e| GitError {
+                        kind: WorkspaceErrorKind::Refused,
                         command: "freeze".into(),
                         message: format!("{p:?}: {e}"),
                     })?,
             );
         }
         let globs = globs.build().map_err(|e| GitError {
+            kind: WorkspaceErrorKind::Refused,
             command: "freeze".into(),
             message: e.to_string(),
         })?;
@@ -945,6 +956,7 @@ impl Repo {
         match marked_merge(&wt.path, || merge_branches(&wt.path, &wt.branch, branches))? {
             None => Ok(()),
             Some((branch, files)) => Err(GitError {
+                kind: WorkspaceErrorKind::Conflict,
                 command: format!("git merge {branch}"),
                 message: format!("conflicts in {}", files.join(", ")),
             }),
@@ -974,6 +986,7 @@ impl Repo {
 /// nothing is done in it.
 fn recover(common: &Path, path: &Path, branch: &str) -> Result<(), GitError> {
     let refuse = |why: String| GitError {
+        kind: WorkspaceErrorKind::Refused,
         command: "recover the worktree".into(),
         message: format!("{}: {why}", path.display()),
     };
@@ -1034,6 +1047,7 @@ impl Making {
             let _ = std::fs::create_dir_all(dir);
         }
         std::fs::write(&file, b"").map_err(|e| GitError {
+            kind: WorkspaceErrorKind::Io,
             command: "mark the worktree".into(),
             message: format!("{}: {e}", file.display()),
         })?;
@@ -1087,6 +1101,7 @@ fn marked_merge<T>(
     let git_dir = PathBuf::from(run_git(path, &["rev-parse", "--absolute-git-dir"])?);
     let mark = git_dir.join(MERGING);
     std::fs::write(&mark, b"").map_err(|e| GitError {
+        kind: WorkspaceErrorKind::Io,
         command: "mark the merge".into(),
         message: format!("{}: {e}", mark.display()),
     })?;

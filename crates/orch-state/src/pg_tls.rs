@@ -20,12 +20,8 @@
 //! are taken out of the connection string here first.
 
 use std::borrow::Cow;
-use std::future::Future;
-use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -33,8 +29,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How much of the server's certificate is checked.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +147,7 @@ fn percent_decode(v: &str) -> Cow<'_, str> {
 /// # Errors
 /// A root certificate file that cannot be read or holds no certificate;
 /// no system roots to verify against.
-pub(crate) fn connector(settings: &Settings) -> Result<MakeRustls, String> {
+pub(crate) fn connector(settings: &Settings) -> Result<MakeRustlsConnect, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -172,7 +167,7 @@ pub(crate) fn connector(settings: &Settings) -> Result<MakeRustls, String> {
                 .with_no_client_auth()
         }
     };
-    Ok(MakeRustls(Arc::new(config)))
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// The roots a verify mode trusts: `sslrootcert`'s, or the system's.
@@ -269,86 +264,6 @@ impl ServerCertVerifier for Verifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// Makes a TLS connection for each new database connection.
-#[derive(Clone)]
-pub(crate) struct MakeRustls(Arc<ClientConfig>);
-
-impl<S> MakeTlsConnect<S> for MakeRustls
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = Stream<S>;
-    type TlsConnect = Connect;
-    type Error = io::Error;
-
-    fn make_tls_connect(&mut self, host: &str) -> io::Result<Connect> {
-        let name = ServerName::try_from(host.to_owned())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")))?;
-        Ok(Connect(self.0.clone(), name))
-    }
-}
-
-/// One TLS handshake, with the server named `.1`.
-pub(crate) struct Connect(Arc<ClientConfig>, ServerName<'static>);
-
-impl<S> TlsConnect<S> for Connect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = Stream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Stream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        let Connect(config, name) = self;
-        Box::pin(async move {
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, stream)
-                .await?;
-            Ok(Stream(tls))
-        })
-    }
-}
-
-/// A TLS connection to the server.
-pub(crate) struct Stream<S>(tokio_rustls::client::TlsStream<S>);
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Stream<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        // No `tls-server-end-point` binding: SCRAM authenticates without
-        // it (tokio-postgres' `channel_binding=prefer`, the default).
-        ChannelBinding::none()
     }
 }
 

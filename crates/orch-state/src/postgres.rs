@@ -16,7 +16,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, Statement};
 
 use crate::codec::{Encoded, changed, conflict, decode, encode, fenced};
-use crate::pg_tls::{self, MakeRustls};
+use crate::pg_tls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The schema version this build writes in PostgreSQL (counted apart from
 /// the SQLite file's [`SCHEMA_VERSION`](crate::SCHEMA_VERSION)). Version
@@ -151,7 +152,7 @@ const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
 pub struct PgStore {
     config: Config,
     /// Makes each connection's TLS (as the string's `sslmode` says).
-    tls: MakeRustls,
+    tls: MakeRustlsConnect,
     /// The database as messages name it (never the password).
     name: String,
     conn: Mutex<Option<Conn>>,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orch_core::{
     BatchId, Changes, Merged, PhaseName, Prepared, RunId, TicketId, Workspace, WorkspaceError,
+    WorkspaceErrorKind,
 };
 
 use orch_core::secrets::Redactor;
@@ -50,7 +51,7 @@ fn checkpoint_key(run: &RunId, ticket: &TicketId, phase: &PhaseName, attempt: u3
 }
 
 fn ws_err(e: GitError) -> WorkspaceError {
-    WorkspaceError::new(e.to_string())
+    WorkspaceError::new(e.kind, e.to_string())
 }
 
 impl GitWorkspace {
@@ -107,7 +108,9 @@ impl GitWorkspace {
             f(&repo)
         })
         .await
-        .map_err(|e| WorkspaceError::new(format!("git task failed: {e}")))?
+        .map_err(|e| {
+            WorkspaceError::new(WorkspaceErrorKind::Tool, format!("git task failed: {e}"))
+        })?
         .map_err(ws_err)
     }
 
@@ -239,6 +242,7 @@ impl Workspace for GitWorkspace {
                 let found = repo.branch_secrets(&base, b, &redactor)?;
                 if !found.is_empty() {
                     return Err(GitError {
+                        kind: WorkspaceErrorKind::Secrets,
                         command: format!("merge {b}"),
                         message: format!(
                             "refused: it would bring in secrets: {}",

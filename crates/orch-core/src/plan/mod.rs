@@ -471,9 +471,7 @@ impl Plan {
             // Plan types always serialize; a failure would only shorten
             // the input, never panic.
             let _ = serde_json::to_writer(&mut h, v);
-            let mut s = String::with_capacity(16);
-            crate::id::push_hex(&mut s, h.0, 16);
-            s
+            format!("{:016x}", h.0)
         }
         fn key(kind: &str, id: &str) -> String {
             let mut k = String::with_capacity(kind.len() + 1 + id.len());
