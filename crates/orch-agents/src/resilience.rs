@@ -1,6 +1,7 @@
 //! Resilience around a backend: retry with backoff that honours
 //! `retry-after`, a circuit breaker, admission control, routing by role
-//! with fallback, and token/cost accounting against the budget.
+//! with fallback, and token/cost accounting (the run's budget is the
+//! engine's to enforce: it folds every agent's usage into the run state).
 //!
 //! The teams' rule: 429 → wait longer (the time asked for), 529/5xx →
 //! retry, other 4xx → fail fast.
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orch_core::plan::{Budget, Prices};
+use orch_core::plan::Prices;
 use orch_core::{
     Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Plan, RoleName,
     TicketId, Usage,
@@ -395,11 +396,6 @@ impl Ledger {
         *self.per_role.entry(role.clone()).or_default() += usage;
         self.total += usage;
     }
-
-    /// Why the budget is spent, if it is.
-    pub fn exceeded(&self, budget: &Budget) -> Option<String> {
-        budget.exceeded(&self.total)
-    }
 }
 
 /// A role's breaker: what its spec says, else open after as many
@@ -430,7 +426,6 @@ fn breaker_config(plan: &Plan, spec: &orch_core::AgentSpec) -> BreakerConfig {
 pub struct Router {
     backends: BTreeMap<RoleName, Arc<Backend>>,
     fallback: BTreeMap<RoleName, RoleName>,
-    budget: Budget,
     ledger: Mutex<Ledger>,
 }
 
@@ -470,10 +465,11 @@ impl Router {
                 (None, _) => from_spec(spec, defaults)
                     .map_err(|e| AgentError::new(e.kind, format!("role {role}: {}", e.message)))?,
             };
-            let max = spec
-                .max_concurrency
-                .or_else(|| plan.policy.role_concurrency.get(role).copied())
-                .unwrap_or(plan.policy.max_concurrency);
+            // Agent runs on this backend at once, whoever's work they are
+            // (its role's or a role falling back to it). How many tickets
+            // of a role are in flight is the scheduler's
+            // (`policy.role_concurrency`).
+            let max = spec.max_concurrency.unwrap_or(plan.policy.max_concurrency);
             backends.insert(
                 role.clone(),
                 Arc::new(
@@ -494,7 +490,6 @@ impl Router {
         Ok(Router {
             backends,
             fallback,
-            budget: plan.policy.budget.clone(),
             ledger: Mutex::new(Ledger::default()),
         })
     }
@@ -503,12 +498,10 @@ impl Router {
     pub fn new(
         backends: BTreeMap<RoleName, Arc<Backend>>,
         fallback: BTreeMap<RoleName, RoleName>,
-        budget: Budget,
     ) -> Router {
         Router {
             backends,
             fallback,
-            budget,
             ledger: Mutex::new(Ledger::default()),
         }
     }
@@ -522,20 +515,9 @@ impl Router {
     /// first fallback in its chain whose circuit is not open.
     ///
     /// # Errors
-    /// [`AgentErrorKind::BudgetSpent`] when the budget is spent;
     /// [`AgentErrorKind::Unavailable`] when every backend in the chain is
     /// open; [`AgentErrorKind::Config`] for an unknown role.
     pub fn route(&self, role: &RoleName) -> Result<(RoleName, Arc<Backend>), AgentError> {
-        // Checked under the lock, not on a copy: the ledger holds every
-        // ticket, and copying it per attempt made a run quadratic.
-        let spent = self
-            .ledger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .exceeded(&self.budget);
-        if let Some(why) = spent {
-            return Err(AgentError::new(AgentErrorKind::BudgetSpent, why));
-        }
         let picked = self.walk(role, |r, b| {
             (b.breaker().state() != BreakerState::Open).then(|| (r.clone(), Arc::clone(b)))
         })?;

@@ -192,8 +192,6 @@ pub enum AgentErrorKind {
     TimedOut,
     /// The agent hit its turn limit.
     MaxTurns,
-    /// The run's budget is spent.
-    BudgetSpent,
     /// The process died or the backend failed unexpectedly.
     Crashed,
     /// The task was cancelled.

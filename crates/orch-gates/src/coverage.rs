@@ -58,19 +58,25 @@ impl CoverageGate {
                 "it names no source file, so nothing shows what it measured".into(),
             );
         }
-        let root = ctx
-            .workdir
-            .canonicalize()
-            .unwrap_or_else(|_| ctx.workdir.to_path_buf());
-        let bases: Vec<std::path::PathBuf> = std::iter::once(ctx.workdir.to_path_buf())
-            .chain(named.roots.iter().map(|r| ctx.workdir.join(r)))
+        let workdir = ctx.workdir.as_ref();
+        let real_workdir = workdir.canonicalize().ok();
+        let bases: Vec<std::path::PathBuf> = std::iter::once(workdir.to_path_buf())
+            .chain(named.roots.iter().map(|r| workdir.join(r)))
             .collect();
         for f in &named.files {
-            // Absolute names are joined as they are (`join` keeps them).
+            // Absolute names are joined as they are (`join` keeps them),
+            // then taken relative to the work tree and resolved inside it
+            // like every path a gate reads.
             let inside = bases.iter().any(|b| {
-                b.join(f)
-                    .canonicalize()
-                    .is_ok_and(|real| real.starts_with(&root) && real.is_file())
+                let named = b.join(f);
+                let rel = named.strip_prefix(workdir).ok().or_else(|| {
+                    real_workdir
+                        .as_deref()
+                        .and_then(|r| named.strip_prefix(r).ok())
+                });
+                rel.and_then(|r| r.to_str())
+                    .and_then(|r| orch_core::resolve_within(workdir, r).ok())
+                    .is_some_and(|p| p.is_file())
             });
             if !inside {
                 return unbelievable(format!(

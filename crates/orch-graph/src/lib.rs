@@ -41,4 +41,4 @@ pub use batches::BatchGraph;
 pub use engine::{Engine, EngineError, GateFactory, Observer, RunReport, decide, prompt};
 pub use graph::{GraphError, Ix, Node, PlanGraph};
 pub use report::{BatchReport, BatchRow, Makespan, Report, TicketRow, analyze};
-pub use scheduler::{Counts, Scheduler, SchedulerError, Status};
+pub use scheduler::{Counts, Scheduler, SchedulerError};

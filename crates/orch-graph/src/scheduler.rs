@@ -4,48 +4,18 @@ use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use orch_core::TicketStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::Analysis;
 use crate::graph::{Ix, PlanGraph};
 use crate::rankset::RankSet;
 
-/// Where a ticket stands in the scheduler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Some dependency is not done yet.
-    Pending,
-    /// Every dependency is done; waiting for an agent.
-    Ready,
-    /// Started.
-    Running,
-    /// Started, then paused (waiting for a person); holds no slot.
-    Paused,
-    /// Completed.
-    Done,
-    /// Failed for good.
-    Failed,
-    /// A dependency failed or was skipped.
-    Blocked,
-    /// Skipped.
-    Skipped,
-}
-
+/// One counter per [`TicketStatus`].
 const STATUSES: usize = 8;
 
-impl Status {
-    fn slot(self) -> usize {
-        self as usize
-    }
-
-    /// Done, failed, blocked or skipped.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Status::Done | Status::Failed | Status::Blocked | Status::Skipped
-        )
-    }
+fn counter(s: TicketStatus) -> usize {
+    s as usize
 }
 
 /// Number of tickets in each status.
@@ -79,7 +49,7 @@ pub enum SchedulerError {
         /// The ticket.
         ticket: orch_core::TicketId,
         /// Its status.
-        from: Status,
+        from: TicketStatus,
         /// What was asked.
         action: &'static str,
     },
@@ -96,7 +66,7 @@ pub enum SchedulerError {
 struct Slot {
     waiting: u32,
     class: u16,
-    status: Status,
+    status: TicketStatus,
 }
 
 /// Tracks which tickets may run, in priority order, under concurrency
@@ -113,7 +83,8 @@ struct Slot {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use orch_graph::{PlanGraph, Scheduler, Status};
+/// use orch_core::TicketStatus;
+/// use orch_graph::{PlanGraph, Scheduler};
 /// let plan = orch_core::Plan::from_toml_str(r#"
 ///     name = "p"
 ///     default_role = "dev"
@@ -138,7 +109,7 @@ struct Slot {
 /// let b = s.next().unwrap();
 /// s.complete(b).unwrap();
 /// assert!(s.is_finished());
-/// assert_eq!(s.status(b), Status::Done);
+/// assert_eq!(s.status(b), TicketStatus::Done);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -182,7 +153,7 @@ impl Scheduler {
                 Slot {
                     waiting: graph.dependency_count(t) as u32,
                     class: 0,
-                    status: Status::Pending,
+                    status: TicketStatus::Pending,
                 }
             })
             .collect();
@@ -200,10 +171,10 @@ impl Scheduler {
             counts: [0; STATUSES],
             graph,
         };
-        s.counts[Status::Pending.slot()] = n;
+        s.counts[counter(TicketStatus::Pending)] = n;
         for r in 0..n as u32 {
             if s.slots[r as usize].waiting == 0 {
-                s.set(r, Status::Ready);
+                s.set(r, TicketStatus::Ready);
             }
         }
         s
@@ -258,8 +229,8 @@ impl Scheduler {
         &self.by_rank
     }
 
-    /// Status of ticket `t`.
-    pub fn status(&self, t: Ix) -> Status {
+    /// TicketStatus of ticket `t`.
+    pub fn status(&self, t: Ix) -> TicketStatus {
         self.slots[self.rank_of[t as usize] as usize].status
     }
 
@@ -295,26 +266,26 @@ impl Scheduler {
     }
 
     /// Moves the ticket of rank `rank` to `to`.
-    fn set(&mut self, rank: u32, to: Status) {
+    fn set(&mut self, rank: u32, to: TicketStatus) {
         let slot = &mut self.slots[rank as usize];
         let (from, class, rank) = (slot.status, slot.class as usize, rank as usize);
         slot.status = to;
-        if from == Status::Ready {
+        if from == TicketStatus::Ready {
             self.ready[class].remove(rank);
         }
-        if from == Status::Running {
+        if from == TicketStatus::Running {
             self.running -= 1;
             self.class_running[class] -= 1;
         }
-        if to == Status::Ready {
+        if to == TicketStatus::Ready {
             self.ready[class].insert(rank);
         }
-        if to == Status::Running {
+        if to == TicketStatus::Running {
             self.running += 1;
             self.class_running[class] += 1;
         }
-        self.counts[from.slot()] -= 1;
-        self.counts[to.slot()] += 1;
+        self.counts[counter(from)] -= 1;
+        self.counts[counter(to)] += 1;
     }
 
     /// The rank of `t` when its status is one of `allowed`.
@@ -322,7 +293,7 @@ impl Scheduler {
         &self,
         t: Ix,
         action: &'static str,
-        allowed: &[Status],
+        allowed: &[TicketStatus],
     ) -> Result<u32, SchedulerError> {
         let Some(&rank) = self.rank_of.get(t as usize) else {
             return Err(SchedulerError::NoSuchTicket(t));
@@ -349,7 +320,7 @@ impl Scheduler {
             .filter(|&c| self.class_running[c] < self.class_limit[c])
             .filter_map(|c| self.ready[c].first())
             .min()?;
-        self.set(best as u32, Status::Running);
+        self.set(best as u32, TicketStatus::Running);
         Some(self.by_rank[best])
     }
 
@@ -358,12 +329,12 @@ impl Scheduler {
     /// # Errors
     /// When `t` is not ready or no slot is free for it.
     pub fn start(&mut self, t: Ix) -> Result<(), SchedulerError> {
-        let r = self.check(t, "start", &[Status::Ready])?;
+        let r = self.check(t, "start", &[TicketStatus::Ready])?;
         let c = self.slots[r as usize].class as usize;
         if self.running >= self.max_running || self.class_running[c] >= self.class_limit[c] {
             return Err(SchedulerError::NoCapacity(self.graph.ticket_id(t)));
         }
-        self.set(r, Status::Running);
+        self.set(r, TicketStatus::Running);
         Ok(())
     }
 
@@ -372,15 +343,15 @@ impl Scheduler {
     /// # Errors
     /// When `t` is not running.
     pub fn complete(&mut self, t: Ix) -> Result<usize, SchedulerError> {
-        let r = self.check(t, "complete", &[Status::Running])? as usize;
-        self.set(r as u32, Status::Done);
+        let r = self.check(t, "complete", &[TicketStatus::Running])? as usize;
+        self.set(r as u32, TicketStatus::Done);
         let mut newly = 0;
         for i in self.succ_off[r] as usize..self.succ_off[r + 1] as usize {
             let s = self.succs[i];
             let slot = &mut self.slots[s as usize];
             slot.waiting -= 1;
-            if slot.waiting == 0 && slot.status == Status::Pending {
-                self.set(s, Status::Ready);
+            if slot.waiting == 0 && slot.status == TicketStatus::Pending {
+                self.set(s, TicketStatus::Ready);
                 newly += 1;
             }
         }
@@ -393,8 +364,8 @@ impl Scheduler {
     /// # Errors
     /// When `t` is not ready.
     pub fn restore_done(&mut self, t: Ix) -> Result<usize, SchedulerError> {
-        let r = self.check(t, "restore", &[Status::Ready])?;
-        self.set(r, Status::Running);
+        let r = self.check(t, "restore", &[TicketStatus::Ready])?;
+        self.set(r, TicketStatus::Running);
         self.complete(t)
     }
 
@@ -404,8 +375,16 @@ impl Scheduler {
     /// # Errors
     /// When `t` is pending or already final.
     pub fn fail(&mut self, t: Ix) -> Result<Vec<Ix>, SchedulerError> {
-        let r = self.check(t, "fail", &[Status::Ready, Status::Running, Status::Paused])?;
-        self.set(r, Status::Failed);
+        let r = self.check(
+            t,
+            "fail",
+            &[
+                TicketStatus::Ready,
+                TicketStatus::Running,
+                TicketStatus::AwaitingDecision,
+            ],
+        )?;
+        self.set(r, TicketStatus::Failed);
         Ok(self.block_dependents(r))
     }
 
@@ -415,8 +394,16 @@ impl Scheduler {
     /// # Errors
     /// When `t` is running or already final.
     pub fn skip(&mut self, t: Ix) -> Result<Vec<Ix>, SchedulerError> {
-        let r = self.check(t, "skip", &[Status::Pending, Status::Ready, Status::Paused])?;
-        self.set(r, Status::Skipped);
+        let r = self.check(
+            t,
+            "skip",
+            &[
+                TicketStatus::Pending,
+                TicketStatus::Ready,
+                TicketStatus::AwaitingDecision,
+            ],
+        )?;
+        self.set(r, TicketStatus::Skipped);
         Ok(self.block_dependents(r))
     }
 
@@ -426,8 +413,8 @@ impl Scheduler {
     /// # Errors
     /// When `t` is neither running nor ready.
     pub fn pause(&mut self, t: Ix) -> Result<(), SchedulerError> {
-        let r = self.check(t, "pause", &[Status::Running, Status::Ready])?;
-        self.set(r, Status::Paused);
+        let r = self.check(t, "pause", &[TicketStatus::Running, TicketStatus::Ready])?;
+        self.set(r, TicketStatus::AwaitingDecision);
         Ok(())
     }
 
@@ -436,8 +423,12 @@ impl Scheduler {
     /// # Errors
     /// When `t` is neither paused nor running.
     pub fn requeue(&mut self, t: Ix) -> Result<(), SchedulerError> {
-        let r = self.check(t, "requeue", &[Status::Paused, Status::Running])?;
-        self.set(r, Status::Ready);
+        let r = self.check(
+            t,
+            "requeue",
+            &[TicketStatus::AwaitingDecision, TicketStatus::Running],
+        )?;
+        self.set(r, TicketStatus::Ready);
         Ok(())
     }
 
@@ -453,7 +444,7 @@ impl Scheduler {
                 if self.slots[s as usize].status.is_final() {
                     continue;
                 }
-                self.set(s, Status::Blocked);
+                self.set(s, TicketStatus::Blocked);
                 blocked.push(self.by_rank[s as usize]);
                 queue.push_back(s);
             }

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use orch_core::TicketStatus as Status;
 use orch_graph::random::{Rng, random_dag};
-use orch_graph::{Analysis, Ix, PlanGraph, Scheduler, Status, simulate};
+use orch_graph::{Analysis, Ix, PlanGraph, Scheduler, simulate};
 use proptest::prelude::*;
 
 fn graph(n: usize, deps: u32, seed: u64) -> PlanGraph {

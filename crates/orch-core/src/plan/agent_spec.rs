@@ -24,7 +24,10 @@ pub struct AgentSpec {
     /// (circuit open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<RoleName>,
-    /// At most this many tasks of this role at once.
+    /// At most this many agent runs on this role's backend at once, its
+    /// own role's work and that of roles falling back to it (default: the
+    /// policy's `max_concurrency`). `policy.role_concurrency` limits
+    /// tickets in flight instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
     /// Stop the agent after this many seconds (default: the policy's).

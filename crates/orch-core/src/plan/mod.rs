@@ -334,7 +334,9 @@ pub struct Policy {
     /// Most tickets in flight at once (default 4).
     #[serde(default = "four")]
     pub max_concurrency: u32,
-    /// Per-role limits on tickets in flight.
+    /// Per-role limits on tickets in flight, a ticket counting for the
+    /// role of its first phase (the scheduler starts no more). The agent
+    /// runs on a backend at once are `agents.<role>.max_concurrency`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub role_concurrency: BTreeMap<RoleName, u32>,
     /// Attempts per phase unless the phase says otherwise (default 3).

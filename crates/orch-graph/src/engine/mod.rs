@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::graph::{GraphError, Ix, PlanGraph};
-use crate::scheduler::{Scheduler, Status};
+use crate::scheduler::Scheduler;
 use journal::Journal;
 pub use prompt::prompt;
 use ticket::End;
@@ -920,7 +920,7 @@ impl Dispatcher {
         }
         let not_done: Vec<String> = members
             .iter()
-            .filter(|&&m| self.sched.status(m) != Status::Done)
+            .filter(|&&m| self.sched.status(m) != TicketStatus::Done)
             .map(|&m| format!("{} {:?}", self.id(m), self.sched.status(m)).to_lowercase())
             .collect();
         if !not_done.is_empty() {
@@ -955,7 +955,7 @@ impl Dispatcher {
 
     /// A recorded decision for paused ticket `t` takes effect.
     async fn decision(&mut self, t: Ix) {
-        if self.sched.status(t) != Status::Paused {
+        if self.sched.status(t) != TicketStatus::AwaitingDecision {
             return;
         }
         let id = self.id(t);
