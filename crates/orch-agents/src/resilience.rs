@@ -380,6 +380,7 @@ impl Agent for Backend {
 
 /// Tokens and cost per ticket, per role and for the run.
 #[derive(Debug, Default, Clone)]
+#[non_exhaustive]
 pub struct Ledger {
     /// Per ticket.
     pub per_ticket: BTreeMap<TicketId, Usage>,

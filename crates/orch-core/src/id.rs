@@ -60,6 +60,7 @@ impl fmt::Display for IdRule {
 /// An identifier failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} {value:?}: {rule}")]
+#[non_exhaustive]
 pub struct IdError {
     /// What kind of identifier it was meant to be ("ticket id", "role", ...).
     pub what: &'static str,

@@ -50,6 +50,7 @@ impl TicketStatus {
 
 /// Measurements of one ticket.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
 pub struct TicketMetrics {
     /// Wall time of each passed phase (last attempt's start to pass), ms.
     /// A map kept as one sorted vector (a ticket has a few phases).
@@ -67,6 +68,7 @@ pub struct TicketMetrics {
 
 /// Everything known about one ticket.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
 pub struct TicketState {
     /// Where it stands.
     pub status: TicketStatus,
@@ -138,6 +140,7 @@ pub enum AgentStatus {
 
 /// One row of the agent registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
 pub struct AgentRecord {
     /// The ticket.
     pub ticket: TicketId,
@@ -165,6 +168,7 @@ pub struct AgentRecord {
 
 /// One gate result, for the test log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
 pub struct GateRun {
     /// What it checked.
     pub scope: GateScope,
@@ -176,6 +180,7 @@ pub struct GateRun {
 
 /// One question for a person, with its answer once given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
 pub struct DecisionItem {
     /// The ticket.
     pub ticket: TicketId,
@@ -212,6 +217,7 @@ pub enum BatchStatus {
 
 /// Everything known about one batch.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
 pub struct BatchState {
     /// Where it stands.
     pub status: BatchStatus,
@@ -265,6 +271,7 @@ pub type IdMap<K, V> = indexmap::IndexMap<K, V, rustc_hash::FxBuildHasher>;
 /// assert_eq!(s.events, 2);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
 pub struct RunState {
     /// The run, once started.
     pub run: Option<RunId>,

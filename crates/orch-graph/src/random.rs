@@ -92,17 +92,15 @@ pub fn random_plan(n: usize, avg_deps: u32, seed: u64) -> orch_core::Plan {
     plan.tickets = nodes
         .into_iter()
         .zip(deps)
-        .map(|(nd, depends_on)| orch_core::Ticket {
-            id: nd.id,
-            title: String::new(),
-            description: String::new(),
-            acceptance_criteria: Vec::new(),
-            priority: nd.priority,
-            effort: orch_core::Effort::from_minutes(nd.effort_minutes),
-            depends_on,
-            labels: Vec::new(),
-            role: None,
-            batch: None,
+        .map(|(nd, depends_on)| {
+            let mut t = orch_core::Ticket::new(
+                nd.id,
+                String::new(),
+                orch_core::Effort::from_minutes(nd.effort_minutes),
+            );
+            t.priority = nd.priority;
+            t.depends_on = depends_on;
+            t
         })
         .collect();
     plan

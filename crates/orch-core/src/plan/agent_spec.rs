@@ -17,6 +17,7 @@ use crate::RoleName;
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct AgentSpec {
     /// Which backend runs this role, and its settings.
     pub backend: BackendSpec,

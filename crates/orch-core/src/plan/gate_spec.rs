@@ -46,6 +46,7 @@ pub enum GateSpec {
 /// Settings shared by gates that run a process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct CommandGateSpec {
     /// A name for reports; defaults to the command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +90,7 @@ pub enum TestFormat {
 /// Run tests and parse their results.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TestsGateSpec {
     /// A name for reports; defaults to the command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,6 +151,7 @@ pub enum CoverageFormat {
 /// Read a coverage report and compare it with thresholds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct CoverageGateSpec {
     /// A name for reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +205,7 @@ pub struct PatternRule {
 /// Fail when files match forbidden patterns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PatternsGateSpec {
     /// A name for reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,6 +234,7 @@ fn fifty() -> u32 {
 /// Files must exist and meet content rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct FilesGateSpec {
     /// A name for reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,6 +266,7 @@ fn yes() -> bool {
 /// Compare a number read from a JSON file with bounds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MetricGateSpec {
     /// A name for reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -280,6 +286,7 @@ pub struct MetricGateSpec {
 /// A list of gates combined with all/any.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct GroupGateSpec {
     /// A name for reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]

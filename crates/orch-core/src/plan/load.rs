@@ -66,6 +66,7 @@ pub enum PlanErrorKind {
 
 /// One located problem in a plan file.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Diagnostic {
     /// What kind of problem.
     pub kind: PlanErrorKind,
@@ -81,6 +82,7 @@ pub struct Diagnostic {
 
 /// A plan could not be loaded. Lists every problem found, each located.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub struct PlanError {
     /// The file, when loading from a path.
     pub file: Option<PathBuf>,

@@ -58,6 +58,7 @@ pub enum Priority {
 /// One unit of work, done by one agent at a time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Ticket {
     /// Unique id, safe as a branch component and a file name.
     pub id: TicketId,
@@ -86,6 +87,31 @@ pub struct Ticket {
     /// The batch (pull request) this ticket ships in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchId>,
+}
+
+impl Ticket {
+    /// A ticket with only what every ticket needs; set the other fields
+    /// after (a plan made by a program rather than read from a file).
+    ///
+    /// ```
+    /// let mut t = orch_core::Ticket::new("T-2".parse().unwrap(), "Add retries", orch_core::Effort::from_minutes(90));
+    /// t.depends_on.push("T-1".parse().unwrap());
+    /// assert_eq!(t.effort.minutes(), 90);
+    /// ```
+    pub fn new(id: TicketId, title: impl Into<String>, effort: Effort) -> Ticket {
+        Ticket {
+            id,
+            title: title.into(),
+            description: String::new(),
+            acceptance_criteria: Vec::new(),
+            priority: Priority::default(),
+            effort,
+            depends_on: Vec::new(),
+            labels: Vec::new(),
+            role: None,
+            batch: None,
+        }
+    }
 }
 
 /// A git branch name made of `/`-separated components, each a valid id.
@@ -150,6 +176,7 @@ impl JsonSchema for BranchName {
 /// One pull request's worth of tickets, merged together and gated again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Batch {
     /// Unique id.
     pub id: BatchId,
@@ -205,6 +232,7 @@ pub enum ExhaustAction {
 /// One phase of the per-ticket pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PhaseSpec {
     /// Unique name, e.g. `implementation`.
     pub name: PhaseName,
@@ -295,6 +323,7 @@ impl Budget {
 /// Time limits, in seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Timeouts {
     /// One agent run (default 3600).
     #[serde(default = "hour")]
@@ -330,6 +359,7 @@ impl Default for Timeouts {
 /// How a run behaves: concurrency, attempts, budget, time limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Policy {
     /// Most tickets in flight at once (default 4).
     #[serde(default = "four")]
@@ -394,6 +424,7 @@ impl Default for Policy {
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Plan {
     /// The plan's name.
     pub name: String,
@@ -426,6 +457,7 @@ pub struct Plan {
 /// One problem found by [`Plan::validate`], addressed by the path of the
 /// offending key (e.g. `tickets[3].depends_on[0]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Problem {
     /// Where in the document: `tickets[3].depends_on[0]`, `phases[1].role`.
     pub path: String,

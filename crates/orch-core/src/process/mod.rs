@@ -28,6 +28,7 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 /// Output of one stream, capped: the first and last [`KEEP_BYTES`] bytes.
 #[derive(Debug, Default, Clone)]
+#[non_exhaustive]
 pub struct Captured {
     head: Vec<u8>,
     tail: VecDeque<u8>,
@@ -110,6 +111,7 @@ pub enum Exit {
 
 /// What running a command produced.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Output {
     /// How it ended.
     pub exit: Exit,
