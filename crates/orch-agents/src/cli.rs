@@ -232,6 +232,8 @@ pub struct CommandAgent {
     prompt_via: PromptVia,
     env_allow: Vec<String>,
     env: BTreeMap<String, String>,
+    /// Where its usage is in its output.
+    usage: Option<orch_core::UsageSpec>,
     /// The defaults' redactor, also removing the secrets `env` hands the
     /// agent (made once, not per run).
     redactor: Redactor,
@@ -280,9 +282,22 @@ impl CommandAgent {
             prompt_via,
             env_allow,
             env,
+            usage: None,
             redactor,
             defaults,
         })
+    }
+
+    /// Reads the agent's token and cost usage from its output as `spec`
+    /// says.
+    ///
+    /// # Errors
+    /// [`AgentErrorKind::Config`] naming what is wrong with `spec`.
+    pub fn usage(mut self, spec: orch_core::UsageSpec) -> Result<Self, AgentError> {
+        spec.reader()
+            .map_err(|e| AgentError::new(AgentErrorKind::Config, format!("usage: {e}")))?;
+        self.usage = Some(spec);
+        Ok(self)
     }
 }
 
@@ -348,6 +363,8 @@ impl Agent for CommandAgent {
             ..Default::default()
         };
         let last = Mutex::new(String::new());
+        // Checked when the spec was taken.
+        let usage = Mutex::new(self.usage.as_ref().and_then(|u| u.reader().ok()));
         let (out, transcript) = run_redacted(
             &cmd,
             &task,
@@ -356,6 +373,9 @@ impl Agent for CommandAgent {
             self.defaults.transcripts.as_ref(),
             Lines::Text,
             |line| {
+                if let Some(r) = usage.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    r.line(line);
+                }
                 if !line.trim().is_empty() {
                     line.clone_into(&mut last.lock().unwrap_or_else(|e| e.into_inner()));
                     ctx.progress.progress(
@@ -371,8 +391,14 @@ impl Agent for CommandAgent {
         if let Some(p) = prompt_file {
             let _ = std::fs::remove_file(p);
         }
+        let usage = usage
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|r| r.usage())
+            .unwrap_or_default();
         if let Some(e) = process_error(&out, &self.argv[0]) {
-            return Err(e);
+            // What it spent before it failed counts too.
+            return Err(e.with_usage(usage));
         }
         let last = last.into_inner().unwrap_or_else(|e| e.into_inner());
         let success = out.exit == Exit::Code(0);
@@ -393,6 +419,7 @@ impl Agent for CommandAgent {
             success,
             summary: summary.chars().take(2000).collect(),
             transcript,
+            usage,
             ..AgentOutcome::default()
         })
     }
@@ -617,13 +644,15 @@ pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn A
             prompt_via,
             env_allow,
             env,
-        } => Arc::new(CommandAgent::new(
-            argv.clone(),
-            *prompt_via,
-            env_allow.clone(),
-            env.clone(),
-            d,
-        )?),
+            usage,
+        } => {
+            let agent =
+                CommandAgent::new(argv.clone(), *prompt_via, env_allow.clone(), env.clone(), d)?;
+            Arc::new(match usage {
+                Some(u) => agent.usage(u.clone())?,
+                None => agent,
+            })
+        }
         b @ BackendSpec::ClaudeCode { env, env_allow, .. } => {
             let mut env = Env::new(env, env_allow, CLAUDE_CODE_ENV);
             // Claude Code retries a failing API ten times by itself (529s

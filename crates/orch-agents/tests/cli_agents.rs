@@ -524,3 +524,62 @@ async fn secrets_in_an_event_stream_are_redacted_without_breaking_it() {
     let transcript = std::fs::read_to_string(out.transcript.unwrap()).unwrap();
     assert!(!transcript.contains("ghp_R4nd0m"), "{transcript}");
 }
+
+/// A `command` backend that says where its usage is has it recorded: by
+/// JSON pointers (the last line with usage), by a regex added up over the
+/// lines, and on a failed run too.
+#[tokio::test]
+async fn a_command_backends_usage_is_read_from_its_output() {
+    let d = tempfile::tempdir().unwrap();
+    let json_cli = script(
+        d.path(),
+        "json-cli",
+        r#"echo '{"type":"start"}'
+echo '{"type":"turn","usage":{"in":100,"out":10},"cost":0.001}'
+echo 'plain text'
+echo '{"type":"result","usage":{"in":250,"out":40},"cost":"0.0042"}'"#,
+    );
+    let agent = from_spec(
+        &spec(serde_json::json!({"backend": {"kind": "command", "argv": [json_cli],
+            "usage": {"input_tokens": "/usage/in", "output_tokens": "/usage/out", "cost_usd": "/cost"}}})),
+        &defaults(None),
+    )
+    .unwrap();
+    let out = agent.run(task(d.path(), ""), &ctx().0).await.unwrap();
+    assert_eq!((out.usage.input_tokens, out.usage.output_tokens), (250, 40));
+    assert!(
+        (out.usage.cost_usd - 0.0042).abs() < 1e-12,
+        "{:?}",
+        out.usage
+    );
+
+    let text_cli = script(
+        d.path(),
+        "text-cli",
+        "echo 'step: tokens in=300 out=20'\necho 'step: tokens in=200 out=30'\nexit 3",
+    );
+    let agent = from_spec(
+        &spec(serde_json::json!({"backend": {"kind": "command", "argv": [text_cli],
+            "usage": {"regex": r"in=(?<input_tokens>\d+) out=(?<output_tokens>\d+)", "sum": true}}})),
+        &defaults(None),
+    )
+    .unwrap();
+    let out = agent.run(task(d.path(), ""), &ctx().0).await.unwrap();
+    assert!(!out.success);
+    assert_eq!(
+        (out.usage.input_tokens, out.usage.output_tokens),
+        (500, 50),
+        "a failed run's usage counts too"
+    );
+
+    let Err(e) = from_spec(
+        &spec(
+            serde_json::json!({"backend": {"kind": "command", "argv": ["true"],
+            "usage": {"regex": r"(?<tokens>\d+)"}}}),
+        ),
+        &defaults(None),
+    ) else {
+        panic!("a regex with none of the groups is refused")
+    };
+    assert!(e.message.contains("name at least one group"), "{e}");
+}

@@ -83,7 +83,7 @@ pub use observer::Observer;
 pub use plan::load::{Diagnostic, Format, MAX_PLAN_BYTES, PlanError, PlanErrorKind};
 pub use plan::{
     AgentSpec, BackendSpec, Batch, BranchName, Budget, Effort, ExhaustAction, GateSpec, PhaseSpec,
-    Plan, Policy, Priority, Problem, Size, Ticket, format_minutes,
+    Plan, Policy, Priority, Problem, Size, Ticket, UsageReader, UsageSpec, format_minutes,
 };
 pub use state::{
     AgentRecord, AgentStatus, BatchState, BatchStatus, DecisionItem, GateRun, IdMap, RunState,

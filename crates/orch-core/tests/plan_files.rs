@@ -457,3 +457,16 @@ effort = "1h"
     }
     assert!(!known.iter().any(|k| k == "fast"), "{known:?}");
 }
+
+#[test]
+fn a_command_backends_usage_spec_is_checked_and_located() {
+    let src = BASE.replace(
+        r#"backend = { kind = "command", argv = ["agent"] }"#,
+        r#"backend = { kind = "command", argv = ["agent"], usage = { input_tokens = "usage.in" } }"#,
+    ) + "[[tickets]]\nid = \"A\"\ntitle = \"a\"\neffort = \"1h\"\n";
+    let err = Plan::from_bytes(src.as_bytes(), Format::Toml, None).unwrap_err();
+    let d = &err.diagnostics[0];
+    assert_eq!(d.path.as_deref(), Some("agents.dev.backend.usage"));
+    assert!(d.message.contains("starts with '/'"), "{}", d.message);
+    assert_eq!(d.line, Some(4), "{err}");
+}

@@ -132,6 +132,10 @@ pub enum BackendSpec {
         /// Environment variables set for the program.
         #[serde(default)]
         env: BTreeMap<String, String>,
+        /// Where its token and cost usage is in its output (none: not
+        /// known, and budgets do not see it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<super::UsageSpec>,
     },
     /// Claude Code in headless mode (`claude -p --output-format stream-json`).
     ClaudeCode {

@@ -11,6 +11,7 @@ mod effort;
 mod gate_spec;
 #[cfg(feature = "plan-files")]
 pub mod load;
+mod usage_spec;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -25,6 +26,7 @@ pub use gate_spec::{
     BuiltinPatterns, CommandGateSpec, CoverageFormat, CoverageGateSpec, FilesGateSpec, GateSpec,
     GroupGateSpec, MetricGateSpec, PatternRule, PatternsGateSpec, TestFormat, TestsGateSpec,
 };
+pub use usage_spec::{UsageReader, UsageSpec};
 
 use crate::{BatchId, PhaseName, RoleName, TicketId, id::check_id};
 
@@ -782,13 +784,16 @@ impl Validator {
                     "must be at least 1",
                 );
             }
-            if let BackendSpec::Command { argv, .. } = &spec.backend
-                && argv.first().is_none_or(String::is_empty)
-            {
-                self.push(
-                    format!("agents.{role}.backend.argv"),
-                    "argv must name a program",
-                );
+            if let BackendSpec::Command { argv, usage, .. } = &spec.backend {
+                if argv.first().is_none_or(String::is_empty) {
+                    self.push(
+                        format!("agents.{role}.backend.argv"),
+                        "argv must name a program",
+                    );
+                }
+                if let Some(Err(e)) = usage.as_ref().map(UsageSpec::reader) {
+                    self.push(format!("agents.{role}.backend.usage"), e);
+                }
             }
         }
 
