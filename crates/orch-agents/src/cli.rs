@@ -16,7 +16,7 @@ use orch_core::{
     BackendSpec, Progress, RoleName, plan::PromptVia,
 };
 
-use crate::stream::{self, ClaudeStream, CodexStream, StreamParser};
+use crate::stream::{self, ClaudeStream, CodexStream, GeminiStream, StreamParser};
 use orch_core::secrets::Redactor;
 
 /// Limits and places every process agent uses, from the plan's policy.
@@ -59,6 +59,12 @@ pub const CLAUDE_RETRIES: &str = "CLAUDE_CODE_MAX_RETRIES";
 /// The variables of orch's environment the `codex` backend passes to
 /// Codex besides [`process::BASE_ENV`]: its own provider's and settings.
 pub const CODEX_ENV: &[&str] = &["OPENAI_*", "CODEX_*"];
+
+/// The variables of orch's environment the `gemini_cli` backend passes to
+/// Gemini CLI besides [`process::BASE_ENV`]: its own provider's and its
+/// own settings (`GEMINI_API_KEY`, `GOOGLE_GEMINI_BASE_URL`,
+/// `GOOGLE_CLOUD_PROJECT`, `GEMINI_CLI_HOME`, ...).
+pub const GEMINI_ENV: &[&str] = &["GEMINI_*", "GOOGLE_*"];
 
 /// A transcript file of its own for this run of `agent`: the first free
 /// of `<agent>.log`, `<agent>.2.log`, … (created, so a concurrent retry
@@ -610,6 +616,72 @@ impl Agent for CodexAgent {
     }
 }
 
+/// Google's Gemini CLI in headless mode: `gemini -o stream-json
+/// --skip-trust --approval-mode yolo -p ""`, the prompt on stdin (`-p`
+/// appends to it; empty, it adds nothing), every event line parsed
+/// ([`GeminiStream`]). orch trusts the work tree for the run
+/// (`--skip-trust`: an untrusted folder stops a headless run), and runs the
+/// CLI in one process (`GEMINI_CLI_NO_RELAUNCH`: by default it starts a
+/// child and ignores SIGTERM). A retry starts a new session, with the
+/// failure's feedback in its prompt. Gemini CLI retries a failing API by
+/// itself (up to 10 attempts over a few minutes); the role's timeout bounds
+/// the attempt.
+#[derive(Debug, Clone)]
+pub struct GeminiCliAgent {
+    argv: Vec<String>,
+    env: Env,
+    defaults: AgentDefaults,
+}
+
+impl GeminiCliAgent {
+    /// The argv for the settings of a `gemini_cli` backend.
+    pub fn argv(spec: &BackendSpec) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        if let BackendSpec::GeminiCli {
+            binary,
+            model,
+            approval_mode,
+            extra_args,
+            ..
+        } = spec
+        {
+            a.push(binary.clone().unwrap_or_else(|| "gemini".into()));
+            a.extend(["--output-format", "stream-json", "--skip-trust"].map(String::from));
+            a.extend([
+                "--approval-mode".into(),
+                approval_mode.clone().unwrap_or_else(|| "yolo".into()),
+            ]);
+            if let Some(m) = model {
+                a.extend(["--model".into(), m.clone()]);
+            }
+            a.extend(extra_args.iter().cloned());
+            a.extend(["--prompt".into(), String::new()]);
+        }
+        a
+    }
+}
+
+#[async_trait]
+impl Agent for GeminiCliAgent {
+    fn backend(&self) -> &str {
+        "gemini_cli"
+    }
+
+    fn check(&self, _: &RoleName) -> Result<(), AgentError> {
+        check_argv(
+            &self.argv,
+            None,
+            " (install Gemini CLI: `npm install -g @google/gemini-cli`, or set the backend's `binary`)",
+        )
+    }
+
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let stdin = Some(task.prompt.clone().into_bytes());
+        let cmd = stream_command(self.argv.clone(), stdin, &task, &self.env, &self.defaults);
+        run_parsed(&cmd, GeminiStream::new(), &task, ctx, &self.defaults).await
+    }
+}
+
 /// An HTTP agent from `b` and the settings its spec and `d` share.
 fn http_agent(
     b: crate::http::HttpAgentBuilder,
@@ -675,6 +747,17 @@ pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn A
             env: Env::new(env, env_allow, CODEX_ENV),
             defaults: d,
         }),
+        b @ BackendSpec::GeminiCli { env, env_allow, .. } => {
+            let mut env = Env::new(env, env_allow, GEMINI_ENV);
+            env.set
+                .entry("GEMINI_CLI_NO_RELAUNCH".into())
+                .or_insert_with(|| "true".into());
+            Arc::new(GeminiCliAgent {
+                argv: GeminiCliAgent::argv(b),
+                env,
+                defaults: d,
+            })
+        }
         BackendSpec::Anthropic {
             model,
             api_key_env,

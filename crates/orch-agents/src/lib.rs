@@ -26,7 +26,10 @@ mod resilience;
 mod scripted;
 pub mod stream;
 
-pub use cli::{AgentDefaults, ClaudeCodeAgent, CodexAgent, CommandAgent, from_spec};
+pub use cli::{
+    AgentDefaults, CLAUDE_CODE_ENV, CODEX_ENV, ClaudeCodeAgent, CodexAgent, CommandAgent,
+    GEMINI_ENV, GeminiCliAgent, from_spec,
+};
 pub use http::{Api, HttpAgent, HttpAgentBuilder};
 pub use orch_core::secrets::{REDACTED, Redactor, is_secret_name};
 pub use resilience::{Backend, Breaker, BreakerConfig, BreakerState, Ledger, RetryConfig, Router};

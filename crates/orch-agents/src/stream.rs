@@ -1,5 +1,6 @@
-//! Parsers for the event streams of agent CLIs: Claude Code's
-//! `--output-format stream-json` and Codex's `exec --json`.
+//! Parsers for the event streams of agent CLIs: Claude Code's (and Qwen
+//! Code's) `--output-format stream-json`, Codex's `exec --json` and Gemini
+//! CLI's `--output-format stream-json`.
 //!
 //! Both are fed one line at a time ([`push_line`](ClaudeStream::push_line)),
 //! turn each line into [`Progress`] for the live view, and at the end
@@ -456,6 +457,191 @@ impl CodexStream {
             session_id: self.session_id,
             transcript: None,
         })
+    }
+}
+
+/// The state of a Gemini CLI `--output-format stream-json` stream: `init`,
+/// `message` (user, then assistant deltas), `tool_use`/`tool_result`,
+/// `error` (warnings) and a final `result` with `status` and `stats`.
+///
+/// ```
+/// use orch_agents::stream::{GeminiStream, Exit};
+/// let mut s = GeminiStream::new();
+/// s.push_line(r#"{"type":"init","session_id":"s1","model":"gemini-2.5-pro"}"#);
+/// s.push_line(r#"{"type":"message","role":"assistant","content":"Done.","delta":true}"#);
+/// s.push_line(r#"{"type":"result","status":"success","stats":{"input_tokens":10,"output_tokens":5,"total_tokens":15}}"#);
+/// let out = s.finish(Exit::Code(0)).unwrap();
+/// assert_eq!((out.summary.as_str(), out.usage.total_tokens()), ("Done.", 15));
+/// ```
+#[derive(Debug, Default)]
+pub struct GeminiStream {
+    lines: usize,
+    session_id: Option<String>,
+    /// The assistant's text since the last tool call (deltas joined).
+    text: String,
+    result: Option<Value>,
+    /// Lines that were not JSON.
+    pub malformed: Vec<Malformed>,
+    /// Event types this parser does not know (kept, in order of first sight).
+    pub unknown: Vec<String>,
+}
+
+impl GeminiStream {
+    /// A parser at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads one line; returns the progress it carries.
+    pub fn push_line(&mut self, line: &str) -> Vec<Progress> {
+        let Some(v) = json_line(&mut self.lines, &mut self.malformed, line) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match str_of(&v, "type").unwrap_or("") {
+            "init" => {
+                self.session_id = str_of(&v, "session_id").map(str::to_owned);
+                out.push(Progress::System {
+                    message: format!(
+                        "session {} started (model {})",
+                        str_of(&v, "session_id").unwrap_or("?"),
+                        str_of(&v, "model").unwrap_or("?")
+                    ),
+                });
+            }
+            "message" if str_of(&v, "role") == Some("assistant") => {
+                let text = str_of(&v, "content").unwrap_or("");
+                if v.get("delta").and_then(Value::as_bool) != Some(true) {
+                    self.text.clear();
+                }
+                self.text.push_str(text);
+                out.push(Progress::Text {
+                    text: text.to_owned(),
+                });
+            }
+            "message" => {}
+            "tool_use" => {
+                self.text.clear();
+                out.push(Progress::ToolUse {
+                    name: str_of(&v, "tool_name").unwrap_or("?").to_owned(),
+                    input: excerpt(
+                        &v.get("parameters")
+                            .map(Value::to_string)
+                            .unwrap_or_default(),
+                    ),
+                });
+            }
+            "tool_result" => out.push(Progress::ToolResult {
+                is_error: str_of(&v, "status") != Some("success"),
+                excerpt: excerpt(
+                    str_of(&v, "output")
+                        .or_else(|| v.pointer("/error/message").and_then(Value::as_str))
+                        .unwrap_or(""),
+                ),
+            }),
+            "error" => out.push(Progress::System {
+                message: format!(
+                    "{}: {}",
+                    str_of(&v, "severity").unwrap_or("error"),
+                    str_of(&v, "message").unwrap_or("")
+                ),
+            }),
+            "result" => self.result = Some(v),
+            other => out.push(unknown_event(&mut self.unknown, other)),
+        }
+        out
+    }
+
+    /// The outcome, once the stream has ended and the process exited.
+    ///
+    /// # Errors
+    /// [`AgentError`]: the API's status when the error names one (429 rate
+    /// limited, 503 overloaded, 401 auth, ...), an unreachable API as
+    /// overloaded, the CLI's own exit codes (41 auth; 42, 52, 55 config; 53
+    /// turn limit; 130 cancelled), else crashed.
+    pub fn finish(self, exit: Exit) -> Result<AgentOutcome, AgentError> {
+        let usage = self
+            .result
+            .as_ref()
+            .and_then(|r| r.get("stats"))
+            .map_or_else(Usage::default, |s| Usage {
+                input_tokens: u64_of(s, "input_tokens"),
+                output_tokens: u64_of(s, "output_tokens"),
+                cost_usd: 0.0,
+            });
+        let status = self.result.as_ref().and_then(|r| str_of(r, "status"));
+        if status == Some("success") && exit == Exit::Code(0) {
+            return Ok(AgentOutcome {
+                success: true,
+                summary: self.text,
+                usage,
+                session_id: self.session_id,
+                transcript: None,
+            });
+        }
+        let message = self
+            .result
+            .as_ref()
+            .and_then(|r| r.pointer("/error/message"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let kind = match (&message, exit) {
+            (Some(m), _) if api_status(m).is_some() => {
+                classify_status(api_status(m).unwrap_or_default())
+            }
+            (Some(m), _) if unreachable(m) => AgentErrorKind::Overloaded,
+            (_, Exit::Code(41)) => AgentErrorKind::Auth,
+            (_, Exit::Code(42 | 52 | 55)) => AgentErrorKind::Config,
+            (_, Exit::Code(53)) => AgentErrorKind::MaxTurns,
+            (_, Exit::Code(130)) => AgentErrorKind::Cancelled,
+            _ => AgentErrorKind::Crashed,
+        };
+        let message = message.unwrap_or_else(|| {
+            let how = match exit {
+                Exit::Code(c) => format!("exit status {c}"),
+                Exit::Signal(s) => format!("signal {s}"),
+            };
+            match status {
+                Some(s) => format!("gemini ended with status {s:?} ({how})"),
+                None => format!(
+                    "the stream ended after {} lines without a result ({how})",
+                    self.lines
+                ),
+            }
+        });
+        Err(AgentError::new(kind, message).with_usage(usage))
+    }
+}
+
+/// The HTTP status an API error message quotes (`"code":429` in the JSON
+/// body Gemini CLI passes on, or `status 503`).
+fn api_status(message: &str) -> Option<u64> {
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(?:\bcode\\?"\s*:\s*|\bstatus:?\s+)([1-5]\d\d)\b"#)
+            .expect("valid regex")
+    });
+    RE.captures(message)?.get(1)?.as_str().parse().ok()
+}
+
+/// Whether an error message says the API could not be reached.
+fn unreachable(message: &str) -> bool {
+    [
+        "ECONNREFUSED",
+        "ECONNRESET",
+        "ETIMEDOUT",
+        "fetch failed",
+        "socket hang up",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+impl StreamParser for GeminiStream {
+    fn push_line(&mut self, line: &str) -> Vec<Progress> {
+        GeminiStream::push_line(self, line)
+    }
+    fn finish(self, exit: Exit) -> Result<AgentOutcome, AgentError> {
+        GeminiStream::finish(self, exit)
     }
 }
 

@@ -1,21 +1,25 @@
-//! The real Claude Code and Codex CLIs, driven by orch-agents, against a
-//! local stand-in API that answers like the real ones (Anthropic Messages
-//! SSE, OpenAI Responses SSE). Opt-in, because the binaries are not part of
-//! the build:
+//! The real Claude Code, Codex, Gemini CLI and Qwen Code CLIs, driven by
+//! orch-agents, against a local stand-in API that answers like the real
+//! ones (Anthropic Messages SSE, OpenAI Responses SSE, Gemini
+//! `streamGenerateContent` SSE, OpenAI Chat Completions SSE). Ignored by
+//! default, because the binaries are not part of the build; `.ci/run`
+//! installs them and runs these:
 //!
 //! ```text
-//! npm install --prefix /tmp/clis @anthropic-ai/claude-code @openai/codex
+//! npm install --prefix /tmp/clis @anthropic-ai/claude-code @openai/codex @google/gemini-cli @qwen-code/qwen-code
 //! ORCH_TEST_REAL_CLIS=1 \
 //!   ORCH_TEST_CLAUDE=/tmp/clis/node_modules/.bin/claude \
 //!   ORCH_TEST_CODEX=/tmp/clis/node_modules/.bin/codex \
-//!   cargo test -p orch-agents --test real_cli
+//!   ORCH_TEST_GEMINI=/tmp/clis/node_modules/.bin/gemini \
+//!   ORCH_TEST_QWEN=/tmp/clis/node_modules/.bin/qwen \
+//!   cargo test -p orch-agents --test real_cli -- --ignored
 //! ```
 //!
-//! (Without `ORCH_TEST_CLAUDE`/`ORCH_TEST_CODEX`, `claude` and `codex` are
-//! looked up on the PATH.) Without `ORCH_TEST_REAL_CLIS` each test says it
-//! is skipped and why. Claude Code finds the stand-in through
-//! `ANTHROPIC_BASE_URL`; Codex through a model provider given with
-//! `-c model_providers.<name>.base_url=...` (it ignores `OPENAI_BASE_URL`).
+//! (Without `ORCH_TEST_<CLI>`, the binary is looked up on the PATH.)
+//! Claude Code finds the stand-in through `ANTHROPIC_BASE_URL`; Codex
+//! through a model provider given with `-c model_providers.<name>.base_url=...`
+//! (it ignores `OPENAI_BASE_URL`); Gemini CLI through
+//! `GOOGLE_GEMINI_BASE_URL`; Qwen Code through `OPENAI_BASE_URL`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -132,7 +136,7 @@ fn defaults(dir: &Path) -> AgentDefaults {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the real claude and codex CLIs: ORCH_TEST_REAL_CLIS=1 (.ci/run installs them)"]
+#[ignore = "needs the real claude CLI: ORCH_TEST_REAL_CLIS=1 (.ci/run installs it)"]
 async fn claude_code_writes_a_file_through_its_tool_and_reports_usage() {
     use serde_json::json;
     let claude = require!(
@@ -222,7 +226,7 @@ async fn claude_code_writes_a_file_through_its_tool_and_reports_usage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the real claude and codex CLIs: ORCH_TEST_REAL_CLIS=1 (.ci/run installs them)"]
+#[ignore = "needs the real codex CLI: ORCH_TEST_REAL_CLIS=1 (.ci/run installs it)"]
 async fn codex_answers_through_a_custom_provider_and_reports_usage() {
     use serde_json::json;
     let codex = require!(
@@ -348,4 +352,80 @@ async fn codex_answers_through_a_custom_provider_and_reports_usage() {
         seen_all(&seen_handle).contains("END-OF-FEEDBACK"),
         "the whole prompt reached the model"
     );
+}
+
+/// The real Gemini CLI, headless, against a stand-in Gemini API
+/// (`GOOGLE_GEMINI_BASE_URL`): it writes a file through its `write_file`
+/// tool, answers, and its usage is recorded from the `result` line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real gemini CLI: ORCH_TEST_REAL_CLIS=1 (.ci/run installs it)"]
+async fn gemini_cli_writes_a_file_through_its_tool_and_reports_usage() {
+    use serde_json::json;
+    let gemini = require!(
+        "ORCH_TEST_GEMINI",
+        "gemini",
+        "gemini_cli_writes_a_file_through_its_tool_and_reports_usage"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let home = tmp.path().join("gemini-home");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(home.join(".gemini")).unwrap();
+    // How a user who set up an API key has it: Gemini CLI takes a base URL
+    // only with an auth type chosen in its settings.
+    std::fs::write(
+        home.join(".gemini/settings.json"),
+        r#"{"security": {"auth": {"selectedType": "gemini-api-key"}}}"#,
+    )
+    .unwrap();
+    let (url, seen) = stand_in(|path, body| {
+        if !path.contains(":streamGenerateContent") {
+            return ("application/json", json!({"totalTokens": 1}).to_string());
+        }
+        let part = if body.contains("functionResponse") {
+            json!({"text": "Wrote hello.txt."})
+        } else {
+            json!({"functionCall": {"name": "write_file",
+                "args": {"file_path": "hello.txt", "content": "hello from gemini\n"}}})
+        };
+        let chunk = json!({"candidates": [{"content": {"role": "model", "parts": [part]},
+            "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 300, "candidatesTokenCount": 20, "totalTokenCount": 320}});
+        ("text/event-stream", format!("data: {chunk}\r\n\r\n"))
+    })
+    .await;
+    let bin = wrapper(
+        tmp.path(),
+        &gemini,
+        &[
+            ("HOME", home.to_str().unwrap()),
+            ("GEMINI_API_KEY", "test-not-a-key"),
+            ("GOOGLE_GEMINI_BASE_URL", &url),
+        ],
+    );
+    let spec: AgentSpec = serde_json::from_value(json!({"backend": {
+        "kind": "gemini_cli", "binary": bin, "model": "gemini-2.5-pro"}}))
+    .unwrap();
+    let agent = from_spec(&spec, &defaults(tmp.path())).unwrap();
+    let out = agent
+        .run(task(&work, "Write hello.txt."), &AgentContext::detached())
+        .await
+        .unwrap_or_else(|e| panic!("gemini failed: {e}; requests: {:#?}", seen.lock().unwrap()));
+    assert!(out.success, "{out:?}");
+    assert_eq!(out.summary, "Wrote hello.txt.");
+    assert_eq!(
+        std::fs::read_to_string(work.join("hello.txt")).unwrap(),
+        "hello from gemini\n"
+    );
+    // Two model turns (the tool call, then the answer).
+    assert_eq!((out.usage.input_tokens, out.usage.output_tokens), (600, 40));
+    assert!(out.session_id.is_some());
+    assert!(
+        seen_all(&seen).contains("Write hello.txt."),
+        "the prompt reached the API (through stdin)"
+    );
+    let transcripts = std::fs::read_dir(tmp.path().join("transcripts"))
+        .unwrap()
+        .count();
+    assert_eq!(transcripts, 1);
 }

@@ -202,3 +202,80 @@ fn claude_connection_refused_is_an_outage() {
     );
     assert!(e.is_retryable());
 }
+
+fn gemini(name: &str) -> (orch_agents::stream::GeminiStream, Vec<Progress>) {
+    let mut s = orch_agents::stream::GeminiStream::new();
+    let mut p = Vec::new();
+    for l in lines(name) {
+        p.extend(s.push_line(&l));
+    }
+    (s, p)
+}
+
+#[test]
+fn gemini_success_with_a_tool_call() {
+    let (s, progress) = gemini("gemini_tool.jsonl");
+    assert!(s.malformed.is_empty() && s.unknown.is_empty());
+    assert_eq!(progress.len(), 4, "{progress:?}");
+    assert!(
+        matches!(&progress[0], Progress::System { message } if message.contains("model gemini-2.5-pro"))
+    );
+    assert!(
+        matches!(&progress[1], Progress::ToolUse { name, input } if name == "write_file" && input.contains("hello.txt"))
+    );
+    assert!(matches!(
+        &progress[2],
+        Progress::ToolResult {
+            is_error: false,
+            ..
+        }
+    ));
+    assert!(matches!(&progress[3], Progress::Text { text } if text == "Done writing."));
+    let out = s.finish(Exit::Code(0)).unwrap();
+    assert_eq!(out.summary, "Done writing.");
+    assert_eq!((out.usage.input_tokens, out.usage.output_tokens), (642, 24));
+    assert_eq!(
+        out.session_id.as_deref(),
+        Some("9471a6ac-ae5a-41a9-9424-5f778c73e425")
+    );
+}
+
+#[test]
+fn gemini_api_errors_are_classified_by_the_status_they_quote() {
+    // The real CLI's line for a 400 (it exits with the status, 400 & 255).
+    let (s, _) = gemini("gemini_api_error.jsonl");
+    let e = s.finish(Exit::Code(144)).unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Config, "{e}");
+    assert!(e.message.contains("stand-in says 400"), "{e}");
+    for (status, kind) in [
+        (429, AgentErrorKind::RateLimited),
+        (503, AgentErrorKind::Overloaded),
+        (401, AgentErrorKind::Auth),
+    ] {
+        let line = lines("gemini_api_error.jsonl")
+            .last()
+            .unwrap()
+            .replace("400", &status.to_string());
+        let mut s = orch_agents::stream::GeminiStream::new();
+        s.push_line(&line);
+        assert_eq!(s.finish(Exit::Code(1)).unwrap_err().kind, kind, "{status}");
+    }
+    // No result line: the CLI's own exit codes.
+    for (code, kind) in [
+        (41, AgentErrorKind::Auth),
+        (55, AgentErrorKind::Config),
+        (53, AgentErrorKind::MaxTurns),
+        (1, AgentErrorKind::Crashed),
+    ] {
+        let e = orch_agents::stream::GeminiStream::new()
+            .finish(Exit::Code(code))
+            .unwrap_err();
+        assert_eq!(e.kind, kind, "exit {code}: {e}");
+    }
+    // A success line with a failing exit is not a success.
+    let (s, _) = gemini("gemini_tool.jsonl");
+    assert_eq!(
+        s.finish(Exit::Code(1)).unwrap_err().kind,
+        AgentErrorKind::Crashed
+    );
+}

@@ -194,6 +194,31 @@ pub enum BackendSpec {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
     },
+    /// Google's Gemini CLI in headless mode (`gemini -o stream-json`, the
+    /// prompt on stdin).
+    GeminiCli {
+        /// The executable (default `gemini`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<String>,
+        /// `--model` (default: the CLI's, which routes each request).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// `--approval-mode` (default `yolo`: a headless run cannot ask).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_mode: Option<String>,
+        /// Further arguments, appended as given.
+        #[serde(default)]
+        extra_args: Vec<String>,
+        /// Environment variables passed through from orch's environment,
+        /// besides `PATH`, `HOME`, the locale (`BASE_ENV`) and this
+        /// backend's own provider variables (`GEMINI_*`, `GOOGLE_*`).
+        /// Another provider's key is never passed unless named here.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        env_allow: Vec<String>,
+        /// Environment variables set for the program.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
     /// The Anthropic Messages API.
     Anthropic {
         /// Model name.
@@ -244,6 +269,7 @@ impl BackendSpec {
             BackendSpec::Command { .. } => "command",
             BackendSpec::ClaudeCode { .. } => "claude_code",
             BackendSpec::Codex { .. } => "codex",
+            BackendSpec::GeminiCli { .. } => "gemini_cli",
             BackendSpec::Anthropic { .. } => "anthropic",
             BackendSpec::OpenaiCompatible { .. } => "openai_compatible",
             BackendSpec::Custom { .. } => "custom",

@@ -585,7 +585,8 @@ impl Plan {
             match &a.backend {
                 BackendSpec::Command { env: e, .. }
                 | BackendSpec::ClaudeCode { env: e, .. }
-                | BackendSpec::Codex { env: e, .. } => env(e),
+                | BackendSpec::Codex { env: e, .. }
+                | BackendSpec::GeminiCli { env: e, .. } => env(e),
                 BackendSpec::Anthropic {
                     api_key_env,
                     base_url,
