@@ -66,6 +66,12 @@ pub const CODEX_ENV: &[&str] = &["OPENAI_*", "CODEX_*"];
 /// `GOOGLE_CLOUD_PROJECT`, `GEMINI_CLI_HOME`, ...).
 pub const GEMINI_ENV: &[&str] = &["GEMINI_*", "GOOGLE_*"];
 
+/// The variables of orch's environment the `qwen_code` backend passes to
+/// Qwen Code besides [`process::BASE_ENV`]: the OpenAI-compatible
+/// endpoint's (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `OPENAI_MODEL`) and its
+/// own.
+pub const QWEN_ENV: &[&str] = &["OPENAI_*", "QWEN_*", "DASHSCOPE_*"];
+
 /// A transcript file of its own for this run of `agent`: the first free
 /// of `<agent>.log`, `<agent>.2.log`, … (created, so a concurrent retry
 /// cannot take it too).
@@ -682,6 +688,68 @@ impl Agent for GeminiCliAgent {
     }
 }
 
+/// Qwen Code in headless mode: `qwen -o stream-json --approval-mode yolo`,
+/// the prompt on stdin. Its stream has Claude Code's shape (`system`
+/// init, `assistant` and `user` messages, a `result` with `is_error`,
+/// `usage` summed over its turns), so [`ClaudeStream`] reads it; its
+/// usage statistics are not sent (`QWEN_USAGE_STATISTICS_ENABLED=false`).
+/// A retry starts a new session, with the failure's feedback in its
+/// prompt.
+#[derive(Debug, Clone)]
+pub struct QwenCodeAgent {
+    argv: Vec<String>,
+    env: Env,
+    defaults: AgentDefaults,
+}
+
+impl QwenCodeAgent {
+    /// The argv for the settings of a `qwen_code` backend.
+    pub fn argv(spec: &BackendSpec) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        if let BackendSpec::QwenCode {
+            binary,
+            model,
+            approval_mode,
+            extra_args,
+            ..
+        } = spec
+        {
+            a.push(binary.clone().unwrap_or_else(|| "qwen".into()));
+            a.extend(["--output-format", "stream-json"].map(String::from));
+            a.extend([
+                "--approval-mode".into(),
+                approval_mode.clone().unwrap_or_else(|| "yolo".into()),
+            ]);
+            if let Some(m) = model {
+                a.extend(["--model".into(), m.clone()]);
+            }
+            a.extend(extra_args.iter().cloned());
+        }
+        a
+    }
+}
+
+#[async_trait]
+impl Agent for QwenCodeAgent {
+    fn backend(&self) -> &str {
+        "qwen_code"
+    }
+
+    fn check(&self, _: &RoleName) -> Result<(), AgentError> {
+        check_argv(
+            &self.argv,
+            None,
+            " (install Qwen Code: `npm install -g @qwen-code/qwen-code`, or set the backend's `binary`)",
+        )
+    }
+
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let stdin = Some(task.prompt.clone().into_bytes());
+        let cmd = stream_command(self.argv.clone(), stdin, &task, &self.env, &self.defaults);
+        run_parsed(&cmd, ClaudeStream::new(), &task, ctx, &self.defaults).await
+    }
+}
+
 /// An HTTP agent from `b` and the settings its spec and `d` share.
 fn http_agent(
     b: crate::http::HttpAgentBuilder,
@@ -754,6 +822,17 @@ pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn A
                 .or_insert_with(|| "true".into());
             Arc::new(GeminiCliAgent {
                 argv: GeminiCliAgent::argv(b),
+                env,
+                defaults: d,
+            })
+        }
+        b @ BackendSpec::QwenCode { env, env_allow, .. } => {
+            let mut env = Env::new(env, env_allow, QWEN_ENV);
+            env.set
+                .entry("QWEN_USAGE_STATISTICS_ENABLED".into())
+                .or_insert_with(|| "false".into());
+            Arc::new(QwenCodeAgent {
+                argv: QwenCodeAgent::argv(b),
                 env,
                 defaults: d,
             })

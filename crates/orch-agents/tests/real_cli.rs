@@ -429,3 +429,79 @@ async fn gemini_cli_writes_a_file_through_its_tool_and_reports_usage() {
         .count();
     assert_eq!(transcripts, 1);
 }
+
+/// The real Qwen Code, headless, against a stand-in OpenAI-compatible
+/// Chat Completions API (`OPENAI_BASE_URL`): it runs a shell command
+/// through its tool, answers, and its usage is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real qwen CLI: ORCH_TEST_REAL_CLIS=1 (.ci/run installs it)"]
+async fn qwen_code_runs_a_tool_on_an_openai_compatible_endpoint_and_reports_usage() {
+    use serde_json::json;
+    let qwen = require!(
+        "ORCH_TEST_QWEN",
+        "qwen",
+        "qwen_code_runs_a_tool_on_an_openai_compatible_endpoint_and_reports_usage"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let home = tmp.path().join("qwen-home");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    let (url, seen) = stand_in(|path, body| {
+        if !path.ends_with("/chat/completions") {
+            return ("application/json", json!({"object": "list", "data": []}).to_string());
+        }
+        let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "qwen3-coder",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let answered = body.contains(r#""role":"tool""#) || body.contains(r#""role": "tool""#);
+        let events = if answered {
+            vec![
+                chunk(json!({"role": "assistant", "content": "Wrote hello.txt."}), None),
+                chunk(json!({}), Some("stop")),
+            ]
+        } else {
+            vec![
+                chunk(
+                    json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                        "function": {"name": "run_shell_command",
+                            "arguments": json!({"command": "echo hello from qwen > hello.txt", "description": "write"}).to_string()}}]}),
+                    None,
+                ),
+                chunk(json!({}), Some("tool_calls")),
+            ]
+        };
+        let usage = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "qwen3-coder",
+            "choices": [], "usage": {"prompt_tokens": 400, "completion_tokens": 25, "total_tokens": 425}});
+        let mut out: String = events.iter().chain([&usage]).map(|e| format!("data: {e}\n\n")).collect();
+        out.push_str("data: [DONE]\n\n");
+        ("text/event-stream", out)
+    })
+    .await;
+    let bin = wrapper(
+        tmp.path(),
+        &qwen,
+        &[
+            ("HOME", home.to_str().unwrap()),
+            ("OPENAI_API_KEY", "test-not-a-key"),
+            ("OPENAI_BASE_URL", &format!("{url}/v1")),
+            ("OPENAI_MODEL", "qwen3-coder"),
+        ],
+    );
+    let spec: AgentSpec =
+        serde_json::from_value(json!({"backend": {"kind": "qwen_code", "binary": bin}})).unwrap();
+    let agent = from_spec(&spec, &defaults(tmp.path())).unwrap();
+    let out = agent
+        .run(task(&work, "Write hello.txt."), &AgentContext::detached())
+        .await
+        .unwrap_or_else(|e| panic!("qwen failed: {e}; requests: {:#?}", seen.lock().unwrap()));
+    assert!(out.success, "{out:?}");
+    assert_eq!(out.summary, "Wrote hello.txt.");
+    assert_eq!(
+        std::fs::read_to_string(work.join("hello.txt")).unwrap(),
+        "hello from qwen\n"
+    );
+    assert_eq!((out.usage.input_tokens, out.usage.output_tokens), (800, 50));
+    assert!(seen_all(&seen).contains("Write hello.txt."));
+}

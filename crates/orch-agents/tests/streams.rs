@@ -279,3 +279,25 @@ fn gemini_api_errors_are_classified_by_the_status_they_quote() {
         AgentErrorKind::Crashed
     );
 }
+
+/// Qwen Code's stream has Claude Code's shape: the same parser reads it.
+#[test]
+fn qwen_code_success_with_a_tool_call_reads_as_claude_codes_shape() {
+    let (s, progress) = claude("qwen_tool.jsonl");
+    assert!(s.malformed.is_empty());
+    assert!(
+        progress
+            .iter()
+            .any(|p| matches!(p, Progress::ToolUse { name, input } if name == "run_shell_command" && input.contains("hello.txt")))
+    );
+    assert!(progress.iter().any(|p| matches!(
+        p,
+        Progress::ToolResult {
+            is_error: false,
+            ..
+        }
+    )));
+    let out = s.finish(Exit::Code(0)).unwrap();
+    assert_eq!(out.summary, "Wrote hello.txt.");
+    assert_eq!((out.usage.input_tokens, out.usage.output_tokens), (800, 50));
+}

@@ -219,6 +219,33 @@ pub enum BackendSpec {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
     },
+    /// Qwen Code in headless mode (`qwen -o stream-json`, the prompt on
+    /// stdin), on any OpenAI-compatible endpoint (`OPENAI_BASE_URL`,
+    /// `OPENAI_API_KEY`, `OPENAI_MODEL`) or its own.
+    QwenCode {
+        /// The executable (default `qwen`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<String>,
+        /// `--model`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// `--approval-mode` (default `yolo`: a headless run cannot ask).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_mode: Option<String>,
+        /// Further arguments, appended as given.
+        #[serde(default)]
+        extra_args: Vec<String>,
+        /// Environment variables passed through from orch's environment,
+        /// besides `PATH`, `HOME`, the locale (`BASE_ENV`) and this
+        /// backend's own provider variables (`OPENAI_*`, `QWEN_*`,
+        /// `DASHSCOPE_*`). Another provider's key is never passed unless
+        /// named here.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        env_allow: Vec<String>,
+        /// Environment variables set for the program.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
     /// The Anthropic Messages API.
     Anthropic {
         /// Model name.
@@ -270,6 +297,7 @@ impl BackendSpec {
             BackendSpec::ClaudeCode { .. } => "claude_code",
             BackendSpec::Codex { .. } => "codex",
             BackendSpec::GeminiCli { .. } => "gemini_cli",
+            BackendSpec::QwenCode { .. } => "qwen_code",
             BackendSpec::Anthropic { .. } => "anthropic",
             BackendSpec::OpenaiCompatible { .. } => "openai_compatible",
             BackendSpec::Custom { .. } => "custom",

@@ -586,7 +586,8 @@ impl Plan {
                 BackendSpec::Command { env: e, .. }
                 | BackendSpec::ClaudeCode { env: e, .. }
                 | BackendSpec::Codex { env: e, .. }
-                | BackendSpec::GeminiCli { env: e, .. } => env(e),
+                | BackendSpec::GeminiCli { env: e, .. }
+                | BackendSpec::QwenCode { env: e, .. } => env(e),
                 BackendSpec::Anthropic {
                     api_key_env,
                     base_url,
