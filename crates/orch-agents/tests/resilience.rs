@@ -503,12 +503,12 @@ async fn a_roles_breaker_follows_its_spec_or_the_phases_attempts() {
 name = "p"
 default_role = "dev"
 [policy]
-max_attempts = 2
+max_attempts = 3
 [agents.dev]
 backend = { kind = "custom", name = "x" }
 [agents.ops]
 backend = { kind = "custom", name = "x" }
-breaker = { failures = 3, cooldown_secs = 120 }
+breaker = { failures = 2, cooldown_secs = 120 }
 [[phases]]
 name = "work"
 [[tickets]]
@@ -522,7 +522,7 @@ effort = "1h"
     let custom = std::collections::HashMap::from([("x".to_owned(), down)]);
     let router = Router::from_plan(&plan, &orch_agents::AgentDefaults::default(), &custom).unwrap();
     let ctx = AgentContext::detached();
-    for (role, opens_after) in [("dev", 2), ("ops", 3)] {
+    for (role, opens_after) in [("dev", 3), ("ops", 2)] {
         let role: orch_core::RoleName = role.parse().unwrap();
         let b = router.backend(&role).unwrap();
         for n in 1..=opens_after {
@@ -543,5 +543,16 @@ effort = "1h"
     assert!(
         bad.contains("agents.dev.breaker.failures: must be at least 1"),
         "{bad}"
+    );
+    // More failures than a phase has attempts: the phase would escalate
+    // before the fallback is ever tried.
+    let above = orch_core::Plan::from_toml_str(
+        "name = \"p\"\ndefault_role = \"dev\"\n[agents.dev]\nbackend = { kind = \"custom\", name = \"x\" }\nbreaker = { failures = 4 }\n[[phases]]\nname = \"w\"\nmax_attempts = 3\n[[tickets]]\nid = \"T-1\"\ntitle = \"t\"\neffort = \"1h\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        above.contains("agents.dev.breaker.failures: 4 is more than the 3 attempts of phase \"w\""),
+        "{above}"
     );
 }

@@ -774,11 +774,30 @@ impl Validator {
                     );
                 }
             }
-            if spec.breaker.is_some_and(|b| b.failures == 0) {
-                self.push(
-                    format!("agents.{role}.breaker.failures"),
-                    "must be at least 1",
-                );
+            if let Some(b) = spec.breaker {
+                // The phase with the fewest attempts: a breaker that needs
+                // more failures than that escalates before it falls back.
+                let fewest = plan
+                    .phases
+                    .iter()
+                    .map(|p| (p.max_attempts.unwrap_or(plan.policy.max_attempts), &p.name))
+                    .min_by_key(|(n, _)| *n);
+                if b.failures == 0 {
+                    self.push(
+                        format!("agents.{role}.breaker.failures"),
+                        "must be at least 1",
+                    );
+                } else if let Some((attempts, phase)) = fewest
+                    && b.failures > attempts
+                {
+                    self.push(
+                        format!("agents.{role}.breaker.failures"),
+                        format!(
+                            "{} is more than the {attempts} attempts of phase \"{phase}\": the phase would escalate before the role's circuit opens",
+                            b.failures
+                        ),
+                    );
+                }
             }
             if spec.max_concurrency == Some(0) {
                 self.push(
