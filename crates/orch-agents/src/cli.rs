@@ -622,45 +622,106 @@ impl Agent for CodexAgent {
     }
 }
 
-/// Google's Gemini CLI in headless mode: `gemini -o stream-json
-/// --skip-trust --approval-mode yolo -p ""`, the prompt on stdin (`-p`
-/// appends to it; empty, it adds nothing), every event line parsed
-/// ([`GeminiStream`]). orch trusts the work tree for the run
-/// (`--skip-trust`: an untrusted folder stops a headless run), and runs the
-/// CLI in one process (`GEMINI_CLI_NO_RELAUNCH`: by default it starts a
-/// child and ignores SIGTERM). A retry starts a new session, with the
-/// failure's feedback in its prompt. Gemini CLI retries a failing API by
-/// itself (up to 10 attempts over a few minutes); the role's timeout bounds
-/// the attempt.
+/// Gemini CLI or Qwen Code in headless mode: `<cli> -o stream-json
+/// --approval-mode yolo`, the prompt on stdin, every event line parsed
+/// into progress and the outcome. A retry starts a new session, with the
+/// failure's feedback in its prompt.
+///
+/// * **Gemini CLI** (`gemini_cli`): also `--skip-trust` (an untrusted
+///   folder stops a headless run) and `-p ""` (appended to the prompt on
+///   stdin, it adds nothing); [`GeminiStream`] reads its stream. It runs as
+///   one process (`GEMINI_CLI_NO_RELAUNCH`: by default it starts a child
+///   and ignores SIGTERM). It retries a failing API by itself (up to 10
+///   attempts over a few minutes); the role's timeout bounds the attempt.
+/// * **Qwen Code** (`qwen_code`): its stream has Claude Code's shape, so
+///   [`ClaudeStream`] reads it; its usage statistics are not sent
+///   (`QWEN_USAGE_STATISTICS_ENABLED=false`).
 #[derive(Debug, Clone)]
-pub struct GeminiCliAgent {
+pub struct HeadlessCliAgent {
+    cli: Headless,
     argv: Vec<String>,
     env: Env,
     defaults: AgentDefaults,
 }
 
-impl GeminiCliAgent {
-    /// The argv for the settings of a `gemini_cli` backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Headless {
+    Gemini,
+    Qwen,
+}
+
+impl HeadlessCliAgent {
+    /// The agent a `gemini_cli` or `qwen_code` spec describes (`None` for
+    /// another kind).
+    fn new(spec: &BackendSpec, defaults: AgentDefaults) -> Option<Self> {
+        let (cli, env, env_allow, own, default_env) = match spec {
+            BackendSpec::GeminiCli { env, env_allow, .. } => (
+                Headless::Gemini,
+                env,
+                env_allow,
+                GEMINI_ENV,
+                ("GEMINI_CLI_NO_RELAUNCH", "true"),
+            ),
+            BackendSpec::QwenCode { env, env_allow, .. } => (
+                Headless::Qwen,
+                env,
+                env_allow,
+                QWEN_ENV,
+                ("QWEN_USAGE_STATISTICS_ENABLED", "false"),
+            ),
+            _ => return None,
+        };
+        let mut env = Env::new(env, env_allow, own);
+        env.set
+            .entry(default_env.0.into())
+            .or_insert_with(|| default_env.1.into());
+        Some(HeadlessCliAgent {
+            cli,
+            argv: Self::argv(spec),
+            env,
+            defaults,
+        })
+    }
+
+    /// The argv for the settings of a `gemini_cli` or `qwen_code` backend.
     pub fn argv(spec: &BackendSpec) -> Vec<String> {
-        let mut a: Vec<String> = Vec::new();
-        if let BackendSpec::GeminiCli {
-            binary,
-            model,
-            approval_mode,
-            extra_args,
-            ..
-        } = spec
-        {
-            a.push(binary.clone().unwrap_or_else(|| "gemini".into()));
-            a.extend(["--output-format", "stream-json", "--skip-trust"].map(String::from));
-            a.extend([
-                "--approval-mode".into(),
-                approval_mode.clone().unwrap_or_else(|| "yolo".into()),
-            ]);
-            if let Some(m) = model {
-                a.extend(["--model".into(), m.clone()]);
-            }
-            a.extend(extra_args.iter().cloned());
+        let (program, fixed, binary, model, approval_mode, extra_args): (_, &[&str], _, _, _, _) =
+            match spec {
+                BackendSpec::GeminiCli {
+                    binary,
+                    model,
+                    approval_mode,
+                    extra_args,
+                    ..
+                } => (
+                    "gemini",
+                    &["--skip-trust"],
+                    binary,
+                    model,
+                    approval_mode,
+                    extra_args,
+                ),
+                BackendSpec::QwenCode {
+                    binary,
+                    model,
+                    approval_mode,
+                    extra_args,
+                    ..
+                } => ("qwen", &[], binary, model, approval_mode, extra_args),
+                _ => return Vec::new(),
+            };
+        let mut a = vec![binary.clone().unwrap_or_else(|| program.into())];
+        a.extend(["--output-format", "stream-json"].map(String::from));
+        a.extend(fixed.iter().map(|f| (*f).to_owned()));
+        a.extend([
+            "--approval-mode".into(),
+            approval_mode.clone().unwrap_or_else(|| "yolo".into()),
+        ]);
+        if let Some(m) = model {
+            a.extend(["--model".into(), m.clone()]);
+        }
+        a.extend(extra_args.iter().cloned());
+        if program == "gemini" {
             a.extend(["--prompt".into(), String::new()]);
         }
         a
@@ -668,85 +729,37 @@ impl GeminiCliAgent {
 }
 
 #[async_trait]
-impl Agent for GeminiCliAgent {
+impl Agent for HeadlessCliAgent {
     fn backend(&self) -> &str {
-        "gemini_cli"
-    }
-
-    fn check(&self, _: &RoleName) -> Result<(), AgentError> {
-        check_argv(
-            &self.argv,
-            None,
-            " (install Gemini CLI: `npm install -g @google/gemini-cli`, or set the backend's `binary`)",
-        )
-    }
-
-    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
-        let stdin = Some(task.prompt.clone().into_bytes());
-        let cmd = stream_command(self.argv.clone(), stdin, &task, &self.env, &self.defaults);
-        run_parsed(&cmd, GeminiStream::new(), &task, ctx, &self.defaults).await
-    }
-}
-
-/// Qwen Code in headless mode: `qwen -o stream-json --approval-mode yolo`,
-/// the prompt on stdin. Its stream has Claude Code's shape (`system`
-/// init, `assistant` and `user` messages, a `result` with `is_error`,
-/// `usage` summed over its turns), so [`ClaudeStream`] reads it; its
-/// usage statistics are not sent (`QWEN_USAGE_STATISTICS_ENABLED=false`).
-/// A retry starts a new session, with the failure's feedback in its
-/// prompt.
-#[derive(Debug, Clone)]
-pub struct QwenCodeAgent {
-    argv: Vec<String>,
-    env: Env,
-    defaults: AgentDefaults,
-}
-
-impl QwenCodeAgent {
-    /// The argv for the settings of a `qwen_code` backend.
-    pub fn argv(spec: &BackendSpec) -> Vec<String> {
-        let mut a: Vec<String> = Vec::new();
-        if let BackendSpec::QwenCode {
-            binary,
-            model,
-            approval_mode,
-            extra_args,
-            ..
-        } = spec
-        {
-            a.push(binary.clone().unwrap_or_else(|| "qwen".into()));
-            a.extend(["--output-format", "stream-json"].map(String::from));
-            a.extend([
-                "--approval-mode".into(),
-                approval_mode.clone().unwrap_or_else(|| "yolo".into()),
-            ]);
-            if let Some(m) = model {
-                a.extend(["--model".into(), m.clone()]);
-            }
-            a.extend(extra_args.iter().cloned());
+        match self.cli {
+            Headless::Gemini => "gemini_cli",
+            Headless::Qwen => "qwen_code",
         }
-        a
-    }
-}
-
-#[async_trait]
-impl Agent for QwenCodeAgent {
-    fn backend(&self) -> &str {
-        "qwen_code"
     }
 
     fn check(&self, _: &RoleName) -> Result<(), AgentError> {
-        check_argv(
-            &self.argv,
-            None,
-            " (install Qwen Code: `npm install -g @qwen-code/qwen-code`, or set the backend's `binary`)",
-        )
+        let hint = match self.cli {
+            Headless::Gemini => {
+                " (install Gemini CLI: `npm install -g @google/gemini-cli`, or set the backend's `binary`)"
+            }
+            Headless::Qwen => {
+                " (install Qwen Code: `npm install -g @qwen-code/qwen-code`, or set the backend's `binary`)"
+            }
+        };
+        check_argv(&self.argv, None, hint)
     }
 
     async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
         let stdin = Some(task.prompt.clone().into_bytes());
         let cmd = stream_command(self.argv.clone(), stdin, &task, &self.env, &self.defaults);
-        run_parsed(&cmd, ClaudeStream::new(), &task, ctx, &self.defaults).await
+        match self.cli {
+            Headless::Gemini => {
+                run_parsed(&cmd, GeminiStream::new(), &task, ctx, &self.defaults).await
+            }
+            Headless::Qwen => {
+                run_parsed(&cmd, ClaudeStream::new(), &task, ctx, &self.defaults).await
+            }
+        }
     }
 }
 
@@ -815,27 +828,8 @@ pub fn from_spec(spec: &AgentSpec, defaults: &AgentDefaults) -> Result<Arc<dyn A
             env: Env::new(env, env_allow, CODEX_ENV),
             defaults: d,
         }),
-        b @ BackendSpec::GeminiCli { env, env_allow, .. } => {
-            let mut env = Env::new(env, env_allow, GEMINI_ENV);
-            env.set
-                .entry("GEMINI_CLI_NO_RELAUNCH".into())
-                .or_insert_with(|| "true".into());
-            Arc::new(GeminiCliAgent {
-                argv: GeminiCliAgent::argv(b),
-                env,
-                defaults: d,
-            })
-        }
-        b @ BackendSpec::QwenCode { env, env_allow, .. } => {
-            let mut env = Env::new(env, env_allow, QWEN_ENV);
-            env.set
-                .entry("QWEN_USAGE_STATISTICS_ENABLED".into())
-                .or_insert_with(|| "false".into());
-            Arc::new(QwenCodeAgent {
-                argv: QwenCodeAgent::argv(b),
-                env,
-                defaults: d,
-            })
+        b @ (BackendSpec::GeminiCli { .. } | BackendSpec::QwenCode { .. }) => {
+            Arc::new(HeadlessCliAgent::new(b, d).expect("a headless CLI spec"))
         }
         BackendSpec::Anthropic {
             model,

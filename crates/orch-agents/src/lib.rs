@@ -28,7 +28,7 @@ pub mod stream;
 
 pub use cli::{
     AgentDefaults, CLAUDE_CODE_ENV, CODEX_ENV, ClaudeCodeAgent, CodexAgent, CommandAgent,
-    GEMINI_ENV, GeminiCliAgent, from_spec,
+    GEMINI_ENV, HeadlessCliAgent, QWEN_ENV, from_spec,
 };
 pub use http::{Api, HttpAgent, HttpAgentBuilder};
 pub use orch_core::secrets::{REDACTED, Redactor, is_secret_name};
