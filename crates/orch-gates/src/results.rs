@@ -21,8 +21,10 @@ pub struct TestResults {
     pub incomplete: Option<(u64, u64)>,
 }
 
-/// Why a report could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a report could not be read, or cannot be believed (its counts do
+/// not add up): either way the gate fails with this as its reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct ParseError(pub String);
 
 /// A quick-xml error at a byte position, as a [`ParseError`].
