@@ -27,8 +27,9 @@ fn claude(test: &str) -> PathBuf {
 }
 
 /// A stand-in API on 127.0.0.1: answers the n-th request (0-based) to
-/// `/v1/messages` with `answer(n)` (status, extra headers, body), anything
-/// else with 404; notes when each messages request came.
+/// `/v1/messages` (not its `count_tokens`) with `answer(n)` (status, extra
+/// headers, body), anything else with 404; notes when each messages
+/// request came.
 fn stand_in(
     answer: impl Fn(usize) -> (u16, &'static str, String) + Send + 'static,
 ) -> (String, Arc<Mutex<Vec<Instant>>>) {
@@ -57,7 +58,8 @@ fn stand_in(
             }
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            let (status, headers, body) = if path.starts_with("/v1/messages") {
+            let messages = path == "/v1/messages" || path.starts_with("/v1/messages?");
+            let (status, headers, body) = if messages {
                 let n = {
                     let mut s = s.lock().unwrap();
                     s.push(Instant::now());
@@ -320,12 +322,17 @@ fn a_429_with_retry_after_is_honoured() {
     assert_eq!(code, 0, "{text}");
     assert_eq!(final_status(&s), (TicketStatus::Done, 0));
     assert_eq!(work_file(&s), None, "the fallback did not run");
-    let seen = seen.lock().unwrap();
-    assert!(seen.len() >= 4, "{} requests", seen.len());
-    let waited = seen[3] - seen[2];
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        4,
+        "3 refused, then the one answered"
+    );
+    // Between claude's first run ending and orch starting the next.
+    let runs = claude_runs(&s);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let waited = Duration::from_nanos((runs[1].0 - runs[0].1) as u64);
     assert!(
         waited >= Duration::from_secs(3),
         "orch's next run waited for retry-after: {waited:?}"
     );
-    assert_eq!(claude_runs(&s).len(), 2);
 }

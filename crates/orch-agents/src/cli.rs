@@ -61,16 +61,27 @@ pub const CLAUDE_RETRIES: &str = "CLAUDE_CODE_MAX_RETRIES";
 pub const CODEX_ENV: &[&str] = &["OPENAI_*", "CODEX_*"];
 
 /// The variables of orch's environment the `gemini_cli` backend passes to
-/// Gemini CLI besides [`process::BASE_ENV`]: its own provider's and its
-/// own settings (`GEMINI_API_KEY`, `GOOGLE_GEMINI_BASE_URL`,
-/// `GOOGLE_CLOUD_PROJECT`, `GEMINI_CLI_HOME`, ...).
-pub const GEMINI_ENV: &[&str] = &["GEMINI_*", "GOOGLE_*"];
+/// Gemini CLI besides [`process::BASE_ENV`]: its own settings and its API
+/// key and endpoint (`GEMINI_API_KEY`, `GEMINI_CLI_HOME`,
+/// `GOOGLE_GEMINI_BASE_URL`, `GOOGLE_GENAI_*`, `GOOGLE_API_KEY`), not
+/// other Google credentials (`GOOGLE_APPLICATION_CREDENTIALS`, for Vertex
+/// AI, is passed only when the spec's `env_allow` names it).
+pub const GEMINI_ENV: &[&str] = &[
+    "GEMINI_*",
+    "GOOGLE_GEMINI_*",
+    "GOOGLE_GENAI_*",
+    "GOOGLE_API_KEY",
+    "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_CLOUD_LOCATION",
+];
 
 /// The variables of orch's environment the `qwen_code` backend passes to
-/// Qwen Code besides [`process::BASE_ENV`]: the OpenAI-compatible
-/// endpoint's (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `OPENAI_MODEL`) and its
-/// own.
-pub const QWEN_ENV: &[&str] = &["OPENAI_*", "QWEN_*", "DASHSCOPE_*"];
+/// Qwen Code besides [`process::BASE_ENV`]: its own (`QWEN_*`,
+/// `DASHSCOPE_*`). It talks to an OpenAI-compatible endpoint through
+/// `OPENAI_API_KEY`, `OPENAI_BASE_URL` and `OPENAI_MODEL`, which are
+/// another backend's (Codex's) in orch's environment: set them in the
+/// spec's `env`, or name them in its `env_allow`.
+pub const QWEN_ENV: &[&str] = &["QWEN_*", "DASHSCOPE_*"];
 
 /// A transcript file of its own for this run of `agent`: the first free
 /// of `<agent>.log`, `<agent>.2.log`, … (created, so a concurrent retry

@@ -331,7 +331,8 @@ impl Agent for HttpAgent {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.trim().parse::<f64>().ok())
-            .map(Duration::from_secs_f64);
+            // Negative, NaN or too large for a Duration: not a wait.
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok());
         let body = response.text().await.map_err(|e| {
             AgentError::new(
                 AgentErrorKind::Protocol,

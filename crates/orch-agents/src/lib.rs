@@ -32,5 +32,7 @@ pub use cli::{
 };
 pub use http::{Api, HttpAgent, HttpAgentBuilder};
 pub use orch_core::secrets::{REDACTED, Redactor, is_secret_name};
-pub use resilience::{Backend, Breaker, BreakerConfig, BreakerState, Ledger, RetryConfig, Router};
+pub use resilience::{
+    Backend, Breaker, BreakerConfig, BreakerState, LONGEST_PAUSE, Ledger, RetryConfig, Router,
+};
 pub use scripted::{ScriptedAgent, Step, TaskFn};

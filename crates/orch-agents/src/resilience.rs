@@ -190,6 +190,9 @@ impl RetryConfig {
     }
 }
 
+/// The longest a `retry-after` is waited (10 minutes).
+pub const LONGEST_PAUSE: Duration = Duration::from_secs(600);
+
 /// Whether an error says the backend (not the task) is unwell.
 fn counts_against_backend(kind: AgentErrorKind) -> bool {
     matches!(
@@ -258,13 +261,16 @@ impl Backend {
         self
     }
 
-    /// `usage` with its cost filled in from the prices, when the backend
-    /// reported none.
+    /// `usage` with its cost at least what the prices make of its tokens
+    /// (a backend that reports no cost, or less than its tokens cost, is
+    /// counted at the plan's prices); a cost that is not a finite,
+    /// non-negative number counts as none.
     fn priced(&self, mut usage: Usage) -> Usage {
-        if let Some(p) = &self.prices
-            && usage.cost_usd == 0.0
-        {
-            usage.cost_usd = p.cost(&usage);
+        if !usage.cost_usd.is_finite() || usage.cost_usd < 0.0 {
+            usage.cost_usd = 0.0;
+        }
+        if let Some(p) = &self.prices {
+            usage.cost_usd = usage.cost_usd.max(p.cost(&usage));
         }
         usage
     }
@@ -350,8 +356,13 @@ impl Agent for Backend {
                     } else if counts_against_backend(e.kind) {
                         self.breaker.failure();
                     }
+                    // What the backend asked for, when it said, at most
+                    // LONGEST_PAUSE (a server asking for a day does not stop
+                    // the backend for a day: the role's timeout and its
+                    // breaker decide).
+                    let asked = e.retry_after.map(|d| d.min(LONGEST_PAUSE));
                     if e.kind == AgentErrorKind::RateLimited
-                        && let Some(d) = e.retry_after
+                        && let Some(d) = asked
                     {
                         self.pause(d);
                     }
@@ -366,8 +377,7 @@ impl Agent for Backend {
                     let (true, false, Some(next)) = (retryable, open, next) else {
                         return Err(e.with_usage(spent));
                     };
-                    // What the backend asked for, when it said.
-                    let wait = e.retry_after.unwrap_or(next);
+                    let wait = asked.unwrap_or(next);
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = ctx.cancel.cancelled() => return Err(AgentError::new(AgentErrorKind::Cancelled, "cancelled during backoff")),
@@ -428,6 +438,9 @@ pub struct Router {
     backends: BTreeMap<RoleName, Arc<Backend>>,
     fallback: BTreeMap<RoleName, RoleName>,
     ledger: Mutex<Ledger>,
+    /// Which role's backend made each session an outcome named, so that a
+    /// retry resumes it only there.
+    sessions: Mutex<HashMap<String, RoleName>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -492,6 +505,7 @@ impl Router {
             backends,
             fallback,
             ledger: Mutex::new(Ledger::default()),
+            sessions: Mutex::default(),
         })
     }
 
@@ -504,6 +518,7 @@ impl Router {
             backends,
             fallback,
             ledger: Mutex::new(Ledger::default()),
+            sessions: Mutex::default(),
         }
     }
 
@@ -519,8 +534,20 @@ impl Router {
     /// [`AgentErrorKind::Unavailable`] when every backend in the chain is
     /// open; [`AgentErrorKind::Config`] for an unknown role.
     pub fn route(&self, role: &RoleName) -> Result<(RoleName, Arc<Backend>), AgentError> {
+        self.route_past(role, &[])
+    }
+
+    /// [`Router::route`], passing over the roles already `tried` for this
+    /// task (a backend whose circuit half-opened again at once is not
+    /// asked twice in one call).
+    fn route_past(
+        &self,
+        role: &RoleName,
+        tried: &[RoleName],
+    ) -> Result<(RoleName, Arc<Backend>), AgentError> {
         let picked = self.walk(role, |r, b| {
-            (b.breaker().state() != BreakerState::Open).then(|| (r.clone(), Arc::clone(b)))
+            (!tried.contains(r) && b.breaker().state() != BreakerState::Open)
+                .then(|| (r.clone(), Arc::clone(b)))
         })?;
         picked.map_err(|seen| {
             let chain: Vec<&str> = seen.iter().map(RoleName::as_str).collect();
@@ -581,28 +608,50 @@ impl Router {
         let ticket = task.ticket.id.clone();
         let mut tried: Vec<RoleName> = Vec::new();
         let mut first: Option<AgentError> = None;
+        // What every backend of the chain spent on this task: whatever is
+        // returned carries all of it (the run's budget counts it).
+        let mut spent = Usage::default();
+        let failed = |first: Option<AgentError>, e: AgentError, spent: Usage| {
+            let mut e = first.unwrap_or(e);
+            e.usage = spent;
+            e
+        };
         loop {
-            let (used, backend) = match self.route(role) {
-                Ok(r) if !tried.contains(&r.0) => r,
-                Ok((r, _)) => {
-                    return Err(first.unwrap_or_else(|| {
-                        AgentError::new(
-                            AgentErrorKind::Unavailable,
-                            format!("role {r} is unavailable"),
-                        )
-                    }));
-                }
-                Err(e) => return Err(first.unwrap_or(e)),
+            let (used, backend) = match self.route_past(role, &tried) {
+                Ok(r) => r,
+                Err(e) => return Err(failed(first, e, spent)),
             };
-            let res = backend.run(task.clone(), ctx).await;
+            // A session is resumed only on the backend that made it.
+            let mut task = task.clone();
+            if let Some(session) = &task.resume {
+                let made_by = self
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(session)
+                    .cloned();
+                if made_by.is_some_and(|r| r != used) {
+                    task.resume = None;
+                }
+            }
+            let res = backend.run(task, ctx).await;
             let usage = match &res {
                 Ok(o) => o.usage,
                 Err(e) => e.usage,
             };
+            spent += usage;
             self.ledger
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .record(&ticket, &used, usage);
+            if let Ok(o) = &res
+                && let Some(session) = &o.session_id
+            {
+                self.sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(session.clone(), used.clone());
+            }
             match res {
                 // Cannot run at all, or this failure opened its circuit
                 // (its retries are spent and it keeps failing): the next
@@ -616,7 +665,14 @@ impl Router {
                     tried.push(used);
                     first.get_or_insert(e);
                 }
-                res => return res.map(|o| (used, o)),
+                Ok(mut o) => {
+                    o.usage = spent;
+                    return Ok((used, o));
+                }
+                Err(mut e) => {
+                    e.usage = spent;
+                    return Err(e);
+                }
             }
         }
     }

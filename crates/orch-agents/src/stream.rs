@@ -260,15 +260,29 @@ impl ClaudeStream {
                         .collect()
                 })
                 .unwrap_or_default();
-            let message = text.clone().unwrap_or_else(|| errors.join("; "));
+            let message = text
+                .clone()
+                .or_else(|| {
+                    r.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| errors.join("; "));
             let kind = if str_of(&r, "subtype") == Some("error_max_turns")
                 || str_of(&r, "terminal_reason") == Some("max_turns")
             {
                 AgentErrorKind::MaxTurns
-            } else if let Some(status) = r.get("api_error_status").and_then(Value::as_u64) {
+            } else if let Some(status) = r
+                .get("api_error_status")
+                .and_then(Value::as_u64)
+                .or_else(|| api_status(&message))
+            {
+                // Claude Code names the status; Qwen Code (same stream
+                // shape) quotes it in its message.
                 classify_status(status)
             } else if str_of(&r, "api_error") == Some("connection_failed")
                 || message.starts_with("API Error: Connection")
+                || unreachable(&message)
             {
                 // Claude Code could not reach the API (it retried on its
                 // own first): an outage to back off from, not a crash.
@@ -617,7 +631,7 @@ impl GeminiStream {
 /// body Gemini CLI passes on, or `status 503`).
 fn api_status(message: &str) -> Option<u64> {
     static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r#"(?:\bcode\\?"\s*:\s*|\bstatus:?\s+)([1-5]\d\d)\b"#)
+        regex::Regex::new(r#"(?:\bcode\\?"\s*:\s*|\bstatus:?\s+|API Error:?\s+)([1-5]\d\d)\b"#)
             .expect("valid regex")
     });
     RE.captures(message)?.get(1)?.as_str().parse().ok()

@@ -556,3 +556,99 @@ effort = "1h"
         "{above}"
     );
 }
+
+/// What the primary spent before it failed over counts with what the
+/// fallback spent: the outcome carries both (the run's budget sees it).
+/// And a session made by one backend is not handed to another.
+#[tokio::test]
+async fn a_fallback_outcome_carries_the_whole_chains_spend_and_sessions_stay_put() {
+    let role = |s: &str| -> orch_core::RoleName { s.parse().unwrap() };
+    // Each agent notes the session it was asked to resume.
+    let asked = |seen: &Arc<Mutex<Vec<Option<String>>>>| {
+        let seen = seen.clone();
+        move |t: &AgentTask| seen.lock().unwrap().push(t.resume.clone())
+    };
+    let (down_saw, up_saw) = (Arc::default(), Arc::default());
+    let note = asked(&down_saw);
+    let down = ScriptedAgent::new(
+        "down",
+        Step::Run(Arc::new(move |t: &AgentTask| {
+            note(t);
+            let mut e = AgentError::new(AgentErrorKind::Auth, "key refused");
+            e.usage = Usage {
+                input_tokens: 1000,
+                output_tokens: 0,
+                cost_usd: 0.25,
+            };
+            Err(e)
+        })),
+    );
+    let note = asked(&up_saw);
+    let up = ScriptedAgent::new(
+        "up",
+        Step::Run(Arc::new(move |t: &AgentTask| {
+            note(t);
+            let mut o = ok(0.5)?;
+            o.session_id = Some("up-session".into());
+            Ok(o)
+        })),
+    );
+    // No cool-down: the primary is asked again (a probe) on the next call.
+    let backend = |name: &str, agent: ScriptedAgent| {
+        Arc::new(Backend::new(
+            name,
+            Arc::new(agent),
+            2,
+            BreakerConfig {
+                failures: 1,
+                cooldown: Duration::ZERO,
+            },
+            fast_retry(),
+        ))
+    };
+    let router = Router::new(
+        BTreeMap::from([
+            (role("dev"), backend("claude", down)),
+            (role("backup"), backend("codex", up)),
+        ]),
+        BTreeMap::from([(role("dev"), role("backup"))]),
+    );
+    let ctx = AgentContext::detached();
+    let (used, out) = router.run(&role("dev"), task("T-1"), &ctx).await.unwrap();
+    assert_eq!(used, role("backup"));
+    assert_eq!(
+        out.usage.input_tokens, 1100,
+        "the primary's tokens count too"
+    );
+    assert!((out.usage.cost_usd - 0.75).abs() < 1e-12, "{:?}", out.usage);
+    // The retry resumes the session the fallback made: the primary (asked
+    // first again) is not given it, the fallback is.
+    let mut again = task("T-1");
+    again.resume = Some("up-session".into());
+    router.run(&role("dev"), again, &ctx).await.unwrap();
+    assert_eq!(down_saw.lock().unwrap().as_slice(), [None, None]);
+    assert_eq!(
+        up_saw.lock().unwrap().as_slice(),
+        [None, Some("up-session".to_owned())]
+    );
+}
+
+/// A `retry-after` of an hour pauses the backend for at most
+/// `LONGEST_PAUSE`.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_is_capped() {
+    let (agent, calls) = counting(|n| {
+        if n == 0 {
+            let mut e = AgentError::new(AgentErrorKind::RateLimited, "429");
+            e.retry_after = Some(Duration::from_secs(3600));
+            Err(e)
+        } else {
+            ok(0.0)
+        }
+    });
+    let b = Backend::new("x", agent, 1, BreakerConfig::default(), fast_retry());
+    let start = Instant::now();
+    b.run(task("T-1"), &AgentContext::detached()).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(start.elapsed(), orch_agents::LONGEST_PAUSE);
+}

@@ -301,3 +301,26 @@ fn qwen_code_success_with_a_tool_call_reads_as_claude_codes_shape() {
     assert_eq!(out.summary, "Wrote hello.txt.");
     assert_eq!((out.usage.input_tokens, out.usage.output_tokens), (800, 50));
 }
+
+/// Qwen Code's API errors quote the status in the error's message: a
+/// refused key is an auth failure (the backend's circuit opens at once).
+#[test]
+fn qwen_code_api_errors_are_classified_by_the_status_they_quote() {
+    let (s, _) = claude("qwen_401.jsonl");
+    let e = s.finish(Exit::Code(1)).unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Auth, "{e}");
+    assert!(e.message.contains("Incorrect API key"), "{e}");
+    for (status, kind) in [
+        ("429", AgentErrorKind::RateLimited),
+        ("503", AgentErrorKind::Overloaded),
+    ] {
+        let mut s = ClaudeStream::new();
+        s.push_line(
+            &lines("qwen_401.jsonl")
+                .last()
+                .unwrap()
+                .replace("401", status),
+        );
+        assert_eq!(s.finish(Exit::Code(1)).unwrap_err().kind, kind, "{status}");
+    }
+}

@@ -108,8 +108,9 @@ const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
 /// `synchronous_commit = on`: flushed to its WAL). Appends to a run lock
 /// that run's row, so processes on several machines can append to one
 /// journal and its seqs still have no gaps; appends from one `PgStore`
-/// go over one connection, one at a time (the engine already gathers its
-/// tickets' events into one append).
+/// go over one connection, one at a time, each its own transaction (a
+/// ticket's pipeline appends about twice a phase, so this is a few
+/// milliseconds a phase beside agents that take minutes).
 ///
 /// The tables (`orch_meta`, `orch_runs`, `orch_events`, `orch_leases`)
 /// and the function `orch_now_ms()` are created in the connection's

@@ -211,8 +211,10 @@ pub enum BackendSpec {
         extra_args: Vec<String>,
         /// Environment variables passed through from orch's environment,
         /// besides `PATH`, `HOME`, the locale (`BASE_ENV`) and this
-        /// backend's own provider variables (`GEMINI_*`, `GOOGLE_*`).
-        /// Another provider's key is never passed unless named here.
+        /// backend's own variables (`GEMINI_*`, `GOOGLE_GEMINI_*`,
+        /// `GOOGLE_GENAI_*`, `GOOGLE_API_KEY`, `GOOGLE_CLOUD_PROJECT`,
+        /// `GOOGLE_CLOUD_LOCATION`). Other credentials are never passed
+        /// unless named here.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         env_allow: Vec<String>,
         /// Environment variables set for the program.
@@ -237,9 +239,10 @@ pub enum BackendSpec {
         extra_args: Vec<String>,
         /// Environment variables passed through from orch's environment,
         /// besides `PATH`, `HOME`, the locale (`BASE_ENV`) and this
-        /// backend's own provider variables (`OPENAI_*`, `QWEN_*`,
-        /// `DASHSCOPE_*`). Another provider's key is never passed unless
-        /// named here.
+        /// backend's own variables (`QWEN_*`, `DASHSCOPE_*`). The
+        /// OpenAI-compatible endpoint's `OPENAI_API_KEY`, `OPENAI_BASE_URL`
+        /// and `OPENAI_MODEL` are passed only when named here (or set in
+        /// `env`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         env_allow: Vec<String>,
         /// Environment variables set for the program.

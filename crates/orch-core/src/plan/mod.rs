@@ -775,11 +775,17 @@ impl Validator {
                 }
             }
             if let Some(b) = spec.breaker {
-                // The phase with the fewest attempts: a breaker that needs
-                // more failures than that escalates before it falls back.
+                // Of the phases this role works in, the one with the fewest
+                // attempts: a breaker that needs more failures than that
+                // escalates before it falls back.
                 let fewest = plan
                     .phases
                     .iter()
+                    .filter(|p| {
+                        plan.tickets
+                            .iter()
+                            .any(|t| plan.role_for(t, p) == Some(role))
+                    })
                     .map(|p| (p.max_attempts.unwrap_or(plan.policy.max_attempts), &p.name))
                     .min_by_key(|(n, _)| *n);
                 if b.failures == 0 {

@@ -9,9 +9,10 @@ use crate::Usage;
 /// Where a `command` backend's usage is in its standard output: JSON
 /// pointers into lines that are JSON objects, or a regular expression with
 /// named groups `input_tokens`, `output_tokens` and `cost_usd`. By default
-/// the last line that has any of them gives the usage (a CLI that prints
-/// its totals at the end); with `sum`, every such line is added up (a CLI
-/// that prints each message's usage).
+/// each field's last value counts (a CLI that prints its totals at the
+/// end); with `sum`, every line's values are added up (a CLI that prints
+/// each message's usage). Values that are not finite, non-negative numbers
+/// are ignored.
 ///
 /// ```toml
 /// [agents.dev.backend]
@@ -141,19 +142,24 @@ impl UsageReader {
                 }
             }
         }
-        if found.iter().all(Option::is_none) {
-            return;
-        }
-        let [input, output, cost] = found;
-        let line_usage = Usage {
-            input_tokens: input.map_or(0, |n| n.max(0.0) as u64),
-            output_tokens: output.map_or(0, |n| n.max(0.0) as u64),
-            cost_usd: cost.map_or(0.0, |c| c.max(0.0)),
-        };
+        let [input, output, cost] = found.map(|v| v.filter(|n| n.is_finite() && *n >= 0.0));
+        // Token counts are whole numbers; `as` saturates at u64::MAX.
+        let tokens = |n: f64| n as u64;
+        let u = &mut self.usage;
         if self.sum {
-            self.usage += line_usage;
+            u.input_tokens = u.input_tokens.saturating_add(input.map_or(0, tokens));
+            u.output_tokens = u.output_tokens.saturating_add(output.map_or(0, tokens));
+            u.cost_usd += cost.unwrap_or(0.0);
         } else {
-            self.usage = line_usage;
+            if let Some(n) = input {
+                u.input_tokens = tokens(n);
+            }
+            if let Some(n) = output {
+                u.output_tokens = tokens(n);
+            }
+            if let Some(c) = cost {
+                u.cost_usd = c;
+            }
         }
     }
 
@@ -208,6 +214,34 @@ mod tests {
         let u = r.usage();
         assert_eq!(u.input_tokens, 30);
         assert!((u.cost_usd - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn each_field_keeps_its_last_value_and_nonsense_is_ignored() {
+        let mut r = spec(
+            serde_json::json!({"input_tokens": "/i", "output_tokens": "/o", "cost_usd": "/c"}),
+        )
+        .reader()
+        .unwrap();
+        r.line(r#"{"i": 100, "o": 20, "c": 0.5}"#);
+        // A later line with only a cost keeps the token counts.
+        r.line(r#"{"c": 0.75}"#);
+        // Not finite, negative, not a number: ignored.
+        r.line(r#"{"c": "inf", "i": -5, "o": "1e999"}"#);
+        r.line(r#"{"c": "NaN"}"#);
+        let u = r.usage();
+        assert_eq!((u.input_tokens, u.output_tokens), (100, 20));
+        assert!((u.cost_usd - 0.75).abs() < 1e-12, "{u:?}");
+        let mut sum = spec(
+            serde_json::json!({"regex": r"c=(?<cost_usd>\S+) i=(?<input_tokens>\S+)", "sum": true}),
+        )
+        .reader()
+        .unwrap();
+        sum.line("c=inf i=18446744073709551615");
+        sum.line("c=0.5 i=18446744073709551615");
+        let u = sum.usage();
+        assert_eq!(u.input_tokens, u64::MAX, "saturates");
+        assert!((u.cost_usd - 0.5).abs() < 1e-12, "{u:?}");
     }
 
     #[test]

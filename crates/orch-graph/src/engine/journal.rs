@@ -157,8 +157,8 @@ impl Journal {
                 continue; // folded already (re-read, or an idempotent re-append)
             }
             if seq == f.applied + 1 {
-                f.applied = seq;
                 self.fold(&mut f.state, e);
+                f.applied = seq;
             } else {
                 f.held.insert(seq, e);
             }
@@ -166,8 +166,8 @@ impl Journal {
                 let next = f.applied + 1;
                 f.held.remove(&next)
             } {
-                f.applied += 1;
                 self.fold(&mut f.state, e);
+                f.applied += 1;
             }
         }
     }

@@ -1108,8 +1108,15 @@ impl Dispatcher {
                 }
             }
             if self.tasks == 0 {
-                // Decisions that arrived while the last tasks ended (the
-                // fold sent them).
+                // Read what others appended since the last tick (a decision
+                // recorded by `orch decide`): the fold releases any event
+                // of the run's own held back behind it, and sends the
+                // decisions to act on before the run ends.
+                if self.fatal.is_none()
+                    && let Err(e) = self.shared.journal.catch_up().await
+                {
+                    self.fail_store(e);
+                }
                 let mut more = false;
                 while let Ok(t) = decisions.try_recv() {
                     if let Some(ix) = self.shared.graph.index_of(t.as_str()) {
