@@ -351,7 +351,12 @@ impl Agent for Backend {
                 }
                 Err(e) => {
                     spent += e.usage;
-                    if matches!(e.kind, AgentErrorKind::Spawn | AgentErrorKind::Auth) {
+                    // Cannot run as configured (not installed, key refused,
+                    // a setting the CLI or API refuses): no retry helps.
+                    if matches!(
+                        e.kind,
+                        AgentErrorKind::Spawn | AgentErrorKind::Auth | AgentErrorKind::Config
+                    ) {
                         self.breaker.trip();
                     } else if counts_against_backend(e.kind) {
                         self.breaker.failure();
@@ -659,7 +664,10 @@ impl Router {
                 Err(e)
                     if matches!(
                         e.kind,
-                        AgentErrorKind::Spawn | AgentErrorKind::Auth | AgentErrorKind::Unavailable
+                        AgentErrorKind::Spawn
+                            | AgentErrorKind::Auth
+                            | AgentErrorKind::Config
+                            | AgentErrorKind::Unavailable
                     ) || backend.breaker().state() == BreakerState::Open =>
                 {
                     tried.push(used);

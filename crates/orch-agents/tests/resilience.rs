@@ -394,7 +394,11 @@ fn a_role_can_run_when_its_backend_or_a_fallback_can() {
 #[tokio::test]
 async fn a_primary_that_cannot_run_falls_back_at_once() {
     let role = |s: &str| -> orch_core::RoleName { s.parse().unwrap() };
-    for kind in [AgentErrorKind::Spawn, AgentErrorKind::Auth] {
+    for kind in [
+        AgentErrorKind::Spawn,
+        AgentErrorKind::Auth,
+        AgentErrorKind::Config,
+    ] {
         let (missing, missing_calls) = counting(move |_| err(kind));
         let (up, up_calls) = counting(|_| ok(0.1));
         let backend = |name: &str, agent| {
