@@ -255,8 +255,9 @@ pub struct CommandAgent {
     prompt_via: PromptVia,
     env_allow: Vec<String>,
     env: BTreeMap<String, String>,
-    /// Where its usage is in its output.
-    usage: Option<orch_core::UsageSpec>,
+    /// Where its usage is in its output: a reader made (its regex
+    /// compiled) once, cloned for each run.
+    usage: Option<orch_core::UsageReader>,
     /// The defaults' redactor, also removing the secrets `env` hands the
     /// agent (made once, not per run).
     redactor: Redactor,
@@ -317,9 +318,10 @@ impl CommandAgent {
     /// # Errors
     /// [`AgentErrorKind::Config`] naming what is wrong with `spec`.
     pub fn usage(mut self, spec: orch_core::UsageSpec) -> Result<Self, AgentError> {
-        spec.reader()
+        let reader = spec
+            .reader()
             .map_err(|e| AgentError::new(AgentErrorKind::Config, format!("usage: {e}")))?;
-        self.usage = Some(spec);
+        self.usage = Some(reader);
         Ok(self)
     }
 }
@@ -386,8 +388,7 @@ impl Agent for CommandAgent {
             ..Default::default()
         };
         let last = Mutex::new(String::new());
-        // Checked when the spec was taken.
-        let usage = Mutex::new(self.usage.as_ref().and_then(|u| u.reader().ok()));
+        let usage = Mutex::new(self.usage.clone());
         let (out, transcript) = run_redacted(
             &cmd,
             &task,
@@ -781,10 +782,10 @@ fn http_agent(
     output_file: &Option<String>,
     d: &AgentDefaults,
 ) -> Result<crate::http::HttpAgent, AgentError> {
-    let mut b = b
-        .max_tokens(max_tokens.unwrap_or(4096))
-        .timeout(d.timeout)
-        .redactor(d.redactor.clone());
+    let mut b = b.timeout(d.timeout).redactor(d.redactor.clone());
+    if let Some(n) = max_tokens {
+        b = b.max_tokens(n);
+    }
     if let Some(f) = output_file {
         b = b.output_file(f.clone());
     }

@@ -93,6 +93,15 @@ pub enum Exit {
     Signal(i32),
 }
 
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit status {c}"),
+            Exit::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
 /// Classifies an HTTP status reported by a CLI.
 pub fn classify_status(status: u64) -> AgentErrorKind {
     match status {
@@ -224,12 +233,8 @@ impl ClaudeStream {
     /// (no result line, or a non-zero exit after a successful result).
     pub fn finish(self, exit: Exit) -> Result<AgentOutcome, AgentError> {
         let Some(r) = self.result else {
-            let how = match exit {
-                Exit::Code(c) => format!("exit status {c}"),
-                Exit::Signal(s) => format!("signal {s}"),
-            };
             let mut msg = format!(
-                "the stream ended after {} lines without a result ({how})",
+                "the stream ended after {} lines without a result ({exit})",
                 self.lines
             );
             if let Some(m) = self.malformed.first() {
@@ -599,29 +604,25 @@ impl GeminiStream {
             .and_then(|r| r.pointer("/error/message"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let kind = match (&message, exit) {
-            (Some(m), _) if api_status(m).is_some() => {
-                classify_status(api_status(m).unwrap_or_default())
+        let kind = if let Some(status) = message.as_deref().and_then(api_status) {
+            classify_status(status)
+        } else if message.as_deref().is_some_and(unreachable) {
+            AgentErrorKind::Overloaded
+        } else {
+            match exit {
+                Exit::Code(41) => AgentErrorKind::Auth,
+                Exit::Code(42 | 52 | 55) => AgentErrorKind::Config,
+                Exit::Code(53) => AgentErrorKind::MaxTurns,
+                Exit::Code(130) => AgentErrorKind::Cancelled,
+                _ => AgentErrorKind::Crashed,
             }
-            (Some(m), _) if unreachable(m) => AgentErrorKind::Overloaded,
-            (_, Exit::Code(41)) => AgentErrorKind::Auth,
-            (_, Exit::Code(42 | 52 | 55)) => AgentErrorKind::Config,
-            (_, Exit::Code(53)) => AgentErrorKind::MaxTurns,
-            (_, Exit::Code(130)) => AgentErrorKind::Cancelled,
-            _ => AgentErrorKind::Crashed,
         };
-        let message = message.unwrap_or_else(|| {
-            let how = match exit {
-                Exit::Code(c) => format!("exit status {c}"),
-                Exit::Signal(s) => format!("signal {s}"),
-            };
-            match status {
-                Some(s) => format!("gemini ended with status {s:?} ({how})"),
-                None => format!(
-                    "the stream ended after {} lines without a result ({how})",
-                    self.lines
-                ),
-            }
+        let message = message.unwrap_or_else(|| match status {
+            Some(s) => format!("gemini ended with status {s:?} ({exit})"),
+            None => format!(
+                "the stream ended after {} lines without a result ({exit})",
+                self.lines
+            ),
         });
         Err(AgentError::new(kind, message).with_usage(usage))
     }

@@ -104,14 +104,15 @@ impl UsageSpec {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum How {
     Pointers([Option<String>; 3]),
     Regex(regex::Regex),
 }
 
-/// Reads usage from a run's output lines ([`UsageSpec::reader`]).
-#[derive(Debug)]
+/// Reads usage from a run's output lines ([`UsageSpec::reader`]). A
+/// clone starts from the same usage (a fresh reader's is zero).
+#[derive(Debug, Clone)]
 pub struct UsageReader {
     how: How,
     sum: bool,
