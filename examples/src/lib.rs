@@ -166,6 +166,7 @@ impl Setup {
         Ok(GitWorkspace::new(repo, "HEAD")
             .map_err(|e| format!("{}: no commit to start from: {e}", self.repo.display()))?
             .redactor(self.redactor.clone())
+            .spec(&self.plan.workspace)
             // Batches that name a branch; the others get one per run.
             .batch_branches(
                 self.plan

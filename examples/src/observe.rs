@@ -111,7 +111,7 @@ pub fn describe(e: &EventKind) -> Option<String> {
         K::TicketBlocked { ticket, by } => format!("{ticket}: blocked by {by}"),
         K::TicketSkipped { ticket } => format!("{ticket}: skipped"),
         K::MergeStarted { batch } => format!("{batch}: merging"),
-        K::BatchMerged { batch, commit } => {
+        K::BatchMerged { batch, commit, .. } => {
             format!("{batch}: merged at {}", &commit[..commit.len().min(10)])
         }
         K::BatchFailed { batch, reason } => format!("{batch}: FAILED: {reason}"),

@@ -972,7 +972,7 @@ effort = "1h"
         .find(|r| r.0 == "secrets")
         .expect("the scan ran");
     assert!(!secrets.1 && secrets.2.contains("notes.txt"), "{secrets:?}");
-    let tree = s.repo.join(format!(".orch/worktrees/{RUN}/A"));
+    let tree = tree_of(&s, "A");
     let left = processes_in_within(&tree, Duration::from_secs(3));
     assert!(left.is_empty(), "the agent's daemon outlived it: {left:?}");
     let daemon: i32 = std::fs::read_to_string(s.marks.join("daemon.pid"))
@@ -1053,6 +1053,21 @@ fn failed_feedback(events: &[orch_core::StoredEvent], phase: &str, attempt: u32)
             _ => None,
         })
         .unwrap_or_else(|| panic!("attempt {attempt} of {phase} did not fail"))
+}
+
+/// Where the journal says `ticket`'s work tree is (its slot); it must
+/// have one.
+fn tree_of(s: &Setup, ticket: &str) -> PathBuf {
+    journal(s)
+        .iter()
+        .rev()
+        .find_map(|e| match &e.event.kind {
+            EventKind::WorkspaceReady {
+                ticket: t, path, ..
+            } if t.as_str() == ticket => Some(PathBuf::from(path)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{ticket} never had a work tree"))
 }
 
 fn journal(s: &Setup) -> Vec<orch_core::StoredEvent> {
@@ -1242,7 +1257,7 @@ fn crash_campaign_kill_9_at_random_moments() {
                 "after kill {kills}: agent {pid} outlived its driver"
             );
         }
-        let tree = s.repo.join(format!(".orch/worktrees/{RUN}"));
+        let tree = s.repo.join(".orch");
         let left = processes_in_within(&tree, Duration::from_secs(3));
         assert!(
             left.is_empty(),
@@ -1600,7 +1615,7 @@ fn a_signal_stops_the_agents_records_it_and_resume_finishes_the_run(
     ));
     // Killed, not left to finish: nothing of the agent runs any more (it
     // would write its work 0.3 s after its marker).
-    let tree = s.repo.join(format!(".orch/worktrees/{RUN}/A"));
+    let tree = tree_of(&s, "A");
     assert!(tree.is_dir(), "A's work tree stays for the resume");
     assert_eq!(
         processes_in(&tree),
@@ -1738,7 +1753,7 @@ fn sigkill_of_orch_takes_its_agents_setsid_daemons_with_it() {
         gone_within(daemon, Duration::from_secs(5)),
         "the agent's setsid daemon outlived orch"
     );
-    let tree = s.repo.join(format!(".orch/worktrees/{RUN}/A"));
+    let tree = tree_of(&s, "A");
     let left = processes_in_within(&tree, Duration::from_secs(5));
     assert!(left.is_empty(), "still running in A's tree: {left:?}");
 }
@@ -1786,7 +1801,7 @@ fn resume_kills_what_a_dead_driver_left_running_before_it_rolls_back() {
     let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
     assert_eq!(code, 0, "resume must complete: {text}");
     assert!(!alive(daemon), "the resumed run killed the old daemon");
-    let tree = s.repo.join(format!(".orch/worktrees/{RUN}/A"));
+    let tree = tree_of(&s, "A");
     // The old daemon's file went with the rollback and did not come back.
     assert!(
         !tree.join("old.log").exists(),

@@ -218,6 +218,10 @@ pub enum EventKind {
         /// passed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         base: Option<String>,
+        /// How long preparing it took (a slot switched or a worktree made,
+        /// its dependencies merged), in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        took_ms: Option<u64>,
     },
     /// A phase attempt began. The engine no longer writes it: an
     /// [`AgentStarted`](EventKind::AgentStarted) starts the attempt. Kept
@@ -298,6 +302,10 @@ pub enum EventKind {
         /// The checkpoint commit, when the phase checkpoints.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         checkpoint: Option<String>,
+        /// How long the secret scan and the checkpoint took, in
+        /// milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint_ms: Option<u64>,
     },
     /// An attempt failed; `feedback` is what the next attempt is shown.
     AttemptFailed {
@@ -387,6 +395,10 @@ pub enum EventKind {
         batch: BatchId,
         /// The merge commit.
         commit: String,
+        /// How long merging its tickets took (not its gates), in
+        /// milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        merge_ms: Option<u64>,
     },
     /// A batch could not be merged or failed its gates.
     BatchFailed {

@@ -83,11 +83,12 @@ pub use observer::Observer;
 pub use plan::load::{Diagnostic, Format, MAX_PLAN_BYTES, PlanError, PlanErrorKind};
 pub use plan::{
     AgentSpec, BackendSpec, Batch, BranchName, Budget, Effort, ExhaustAction, GateSpec, PhaseSpec,
-    Plan, Policy, Priority, Problem, Size, Ticket, UsageReader, UsageSpec, format_minutes,
+    Plan, Policy, Priority, Problem, Size, Ticket, UsageReader, UsageSpec, WorkspaceSpec,
+    Worktrees, format_minutes,
 };
 pub use state::{
     AgentRecord, AgentStatus, BatchState, BatchStatus, DecisionItem, GateRun, IdMap, RunState,
-    RunStatus, TicketMetrics, TicketState, TicketStatus,
+    RunStatus, TicketMetrics, TicketState, TicketStatus, WorkTimes,
 };
 pub use store::{
     Expect, Lease, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketLeases,

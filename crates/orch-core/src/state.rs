@@ -64,6 +64,38 @@ pub struct TicketMetrics {
     pub failed_attempts: u32,
     /// Times the work tree was rolled back.
     pub rollbacks: u32,
+    /// Where its time went, by kind of work.
+    #[serde(default)]
+    pub work: WorkTimes,
+}
+
+/// Where a ticket's time went, by kind of work, in milliseconds summed
+/// over its attempts ([`TicketMetrics::work`]); the part that is not the
+/// agent's or the gates' is orch's own overhead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
+pub struct WorkTimes {
+    /// Preparing its work tree: a slot switched (or a worktree made), its
+    /// dependencies merged.
+    pub prepare_ms: u64,
+    /// Its agents running.
+    pub agent_ms: u64,
+    /// Its gates running.
+    pub gates_ms: u64,
+    /// The secret scan and checkpoint commit of each passed phase.
+    pub checkpoint_ms: u64,
+}
+
+impl WorkTimes {
+    /// The sum of `self` and `other`.
+    pub fn plus(self, other: WorkTimes) -> WorkTimes {
+        WorkTimes {
+            prepare_ms: self.prepare_ms + other.prepare_ms,
+            agent_ms: self.agent_ms + other.agent_ms,
+            gates_ms: self.gates_ms + other.gates_ms,
+            checkpoint_ms: self.checkpoint_ms + other.checkpoint_ms,
+        }
+    }
 }
 
 /// Everything known about one ticket.
@@ -229,6 +261,9 @@ pub struct BatchState {
     pub gates_passed: u32,
     /// Gates run on the batch.
     pub gates_total: u32,
+    /// How long merging its tickets took, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_ms: Option<u64>,
 }
 
 /// Where the run stands.
@@ -507,8 +542,13 @@ impl RunState {
                     d.answered_at = Some(at);
                 }
             }
-            EventKind::BatchMerged { batch, commit } => {
+            EventKind::BatchMerged {
+                batch,
+                commit,
+                merge_ms,
+            } => {
                 let b = self.batches.entry(batch).or_default();
+                b.merge_ms = merge_ms;
                 b.status = BatchStatus::Merged;
                 b.commit = Some(commit);
                 b.reason = None;
@@ -545,9 +585,15 @@ impl TicketState {
             EventKind::TicketReady { .. } if t.status == TicketStatus::Pending => {
                 t.status = TicketStatus::Ready;
             }
-            EventKind::WorkspaceReady { path, base, .. } => {
+            EventKind::WorkspaceReady {
+                path,
+                base,
+                took_ms,
+                ..
+            } => {
                 t.workdir = Some(path.clone());
                 t.base.clone_from(base);
+                t.metrics.work.prepare_ms += took_ms.unwrap_or(0);
             }
             // An agent starting is a phase attempt starting (the engine
             // writes no separate `PhaseStarted`; older journals have both).
@@ -568,6 +614,10 @@ impl TicketState {
                 t.usage += *usage;
                 if t.agent.as_ref() == Some(agent) {
                     t.agent = None;
+                    // The attempt started with this agent.
+                    if let Some(start) = t.phase_started_at {
+                        t.metrics.work.agent_ms += at.millis_since(start);
+                    }
                 }
             }
             EventKind::GateFinished {
@@ -579,6 +629,7 @@ impl TicketState {
                 } else {
                     t.gates_failed += 1;
                 }
+                t.metrics.work.gates_ms += report.duration_ms;
                 if let Some(c) = report.evidence.tests {
                     t.metrics.tests_ran = Some(c.ran());
                 }
@@ -587,8 +638,12 @@ impl TicketState {
                 }
             }
             EventKind::PhasePassed {
-                phase, checkpoint, ..
+                phase,
+                checkpoint,
+                checkpoint_ms,
+                ..
             } => {
+                t.metrics.work.checkpoint_ms += checkpoint_ms.unwrap_or(0);
                 if let Some(start) = t.phase_started_at {
                     t.metrics
                         .phase_ms

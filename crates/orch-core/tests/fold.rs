@@ -112,14 +112,30 @@ fn kind() -> impl Strategy<Value = EventKind> {
             },
             report: Box::new(report)
         }),
-        (ticket(), phase(), 1u32..4, prop::option::of("[0-9a-f]{8}")).prop_map(
-            |(ticket, phase, attempt, checkpoint)| EventKind::PhasePassed {
+        (
+            ticket(),
+            phase(),
+            1u32..4,
+            prop::option::of("[0-9a-f]{8}"),
+            prop::option::of(0u64..10_000)
+        )
+            .prop_map(|(ticket, phase, attempt, checkpoint, checkpoint_ms)| {
+                EventKind::PhasePassed {
+                    ticket,
+                    phase,
+                    attempt,
+                    checkpoint,
+                    checkpoint_ms,
+                }
+            }),
+        (ticket(), prop::option::of(0u64..10_000)).prop_map(|(ticket, took_ms)| {
+            EventKind::WorkspaceReady {
+                path: format!("/w/{ticket}"),
                 ticket,
-                phase,
-                attempt,
-                checkpoint
+                base: Some("b".into()),
+                took_ms,
             }
-        ),
+        }),
         (ticket(), phase(), 1u32..4).prop_map(|(ticket, phase, attempt)| {
             EventKind::AttemptFailed {
                 ticket,
@@ -159,9 +175,10 @@ fn kind() -> impl Strategy<Value = EventKind> {
         }),
         (ticket(), ticket()).prop_map(|(ticket, by)| EventKind::TicketBlocked { ticket, by }),
         ticket().prop_map(|ticket| EventKind::TicketSkipped { ticket }),
-        Just(EventKind::BatchMerged {
+        prop::option::of(0u64..10_000).prop_map(|merge_ms| EventKind::BatchMerged {
             batch: "PR1".parse().unwrap(),
-            commit: "m".into()
+            commit: "m".into(),
+            merge_ms
         }),
         Just(EventKind::BatchFailed {
             batch: "PR1".parse().unwrap(),

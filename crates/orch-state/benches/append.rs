@@ -106,6 +106,7 @@ fn ticket_life(t: u64, out: &mut Vec<Event>) {
         phase,
         attempt: 1,
         checkpoint: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        checkpoint_ms: Some(30),
     }));
     out.push(Event::now(EventKind::TicketDone { ticket }));
 }

@@ -67,12 +67,30 @@ pub enum MergeOutcome {
 }
 
 fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
+    match git_exit(dir, args)? {
+        (0, out, _) => Ok(out),
+        (_, _, err) => Err(GitError {
+            kind: WorkspaceErrorKind::Tool,
+            command: format!("git {}", args.join(" ")),
+            message: err,
+        }),
+    }
+}
+
+/// Runs git: its exit code (-1 when killed), standard output (trailing
+/// space cut) and standard error.
+fn git_exit(dir: &Path, args: &[&str]) -> Result<(i32, String, String), GitError> {
     // Contained like every process orch starts: a git killed with orch
     // does not finish a merge or commit under a later driver's feet, and
     // what its hooks start (the repository's config is the agents' to
     // change) ends with it.
     let mut git = std::process::Command::new("git");
-    git.args(args)
+    // No automatic gc or maintenance after each of orch's commits and
+    // merges (a process each, and a repack in the middle of a run): orch
+    // writes the commit graph itself as the run goes
+    // ([`Repo::write_commit_graph`]).
+    git.args(["-c", "maintenance.auto=false", "-c", "gc.auto=0"])
+        .args(args)
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0");
     let out = orch_core::process::output(&git).map_err(|e| GitError {
@@ -80,15 +98,11 @@ fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
         command: format!("git {}", args.join(" ")),
         message: format!("cannot run git: {e}"),
     })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
-    } else {
-        Err(GitError {
-            kind: WorkspaceErrorKind::Tool,
-            command: format!("git {}", args.join(" ")),
-            message: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-    }
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// The directory a frozen glob's matches are all under (its components
@@ -413,6 +427,15 @@ impl Repo {
     /// # Errors
     /// When it is there but cannot be recovered: it is kept (it may hold
     /// work), and the caller fails saying why.
+    pub(crate) fn usable_worktree(&self, path: &Path, branch: &str) -> Result<bool, GitError> {
+        self.usable(path, branch)
+    }
+
+    /// Makes the worktree `wt`, found again, usable (see [`recover`]).
+    pub(crate) fn recover_worktree(&self, wt: &Worktree) -> Result<PathBuf, GitError> {
+        recover(&self.common, &wt.path, &wt.branch)
+    }
+
     fn usable(&self, path: &Path, branch: &str) -> Result<bool, GitError> {
         if std::fs::symlink_metadata(path.join(".git")).is_err() || Making::marked(path) {
             return Ok(false);
@@ -963,6 +986,224 @@ impl Repo {
         }
     }
 
+    /// Where the worktree slots are: `<root>/.orch/slots/<n>`.
+    pub fn slots_dir(&self) -> PathBuf {
+        self.root.join(".orch").join("slots")
+    }
+
+    /// The branch checked out in the slot at `path`, `None` when its head
+    /// is detached (a free slot).
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn slot_head(&self, path: &Path) -> Result<Option<String>, GitError> {
+        match run_git(path, &["symbolic-ref", "-q", "--short", "HEAD"]) {
+            Ok(b) => Ok(Some(b)),
+            // Exit 1 and no message: HEAD is detached.
+            Err(e) if e.message.trim().is_empty() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes (or, after a crash cut its making short, makes again) the
+    /// slot at `path`: a worktree with a detached head at `base`.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn make_slot(&self, path: &Path, base: &str) -> Result<(), GitError> {
+        if std::fs::symlink_metadata(path.join(".git")).is_ok() && !Making::marked(path) {
+            return Ok(());
+        }
+        self.forget_worktree(path, "");
+        let making = Making::mark(path)?;
+        self.git(&[
+            "worktree",
+            "add",
+            "-q",
+            "--detach",
+            &path.to_string_lossy(),
+            base,
+        ])?;
+        making.done();
+        Ok(())
+    }
+
+    /// Switches the slot `wt` to its ticket's branch (made at
+    /// `new_branch_at` when given) and cleans it: every tracked change dropped,
+    /// every untracked and ignored file removed except what `keep`
+    /// (gitignore patterns) matches, index flags that hide changes
+    /// (assume-unchanged, skip-worktree) cleared, a merge or switch a
+    /// crash cut short undone. Marked while it runs, so that a slot a crash
+    /// left half switched is switched again rather than taken as the
+    /// ticket's work.
+    ///
+    /// # Errors
+    /// When git fails (the branch checked out in another worktree, say).
+    pub fn switch_slot(
+        &self,
+        wt: &Worktree,
+        new_branch_at: Option<&str>,
+        keep: &[String],
+    ) -> Result<(), GitError> {
+        let git_dir = recover(&self.common, &wt.path, &wt.branch)?;
+        let mark = git_dir.join(SWITCHING);
+        write_mark(&mark, "mark the slot switch")?;
+        // What the last ticket could have set to make git overlook its
+        // changes is not trusted: no fsmonitor, no untracked cache.
+        let quiet = [
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "core.untrackedCache=false",
+        ];
+        let git = |args: &[&str]| {
+            let mut all = quiet.to_vec();
+            all.extend_from_slice(args);
+            run_git(&wt.path, &all)
+        };
+        // An agent may have told git to overlook changes it made
+        // (`update-index --assume-unchanged`, `--skip-worktree`): such a
+        // file survives a forced checkout. Start from an index without
+        // flags then (a full re-read, only in that case).
+        let flagged = git(&["ls-files", "-v", "-z"])?
+            .split('\0')
+            .any(|e| e.starts_with(|c: char| c.is_ascii_lowercase() || c == 'S'));
+        if flagged {
+            let _ = std::fs::remove_file(git_dir.join("index"));
+            git(&["read-tree", "HEAD"])?;
+        }
+        let mut checkout = vec!["checkout", "-q", "-f", "--no-recurse-submodules"];
+        match new_branch_at {
+            None => checkout.push(&wt.branch),
+            Some(at) => checkout.extend(["-b", &wt.branch, at]),
+        }
+        git(&checkout)?;
+        let mut clean = vec!["clean", "-q", "-ffdx"];
+        for k in keep {
+            clean.extend(["-e", k.as_str()]);
+        }
+        git(&clean)?;
+        let _ = std::fs::remove_file(&mark);
+        Ok(())
+    }
+
+    /// The commit a new ticket branch `into` starts at: `base` with each
+    /// of `deps` (branches) merged in, made in the object database (no
+    /// work tree is touched, so a crash leaves nothing half done), one
+    /// merge commit per dependency that another one does not already
+    /// bring.
+    ///
+    /// # Errors
+    /// When git fails, or (kind `Conflict`, naming the files) when a
+    /// dependency's work conflicts with the others'.
+    pub fn start_commit(
+        &self,
+        base: &str,
+        deps: &[String],
+        into: &str,
+    ) -> Result<String, GitError> {
+        if deps.is_empty() {
+            return Ok(base.to_owned());
+        }
+        let mut args = vec!["rev-parse", base];
+        args.extend(deps.iter().map(String::as_str));
+        let oids: Vec<String> = self.git(&args)?.lines().map(str::to_owned).collect();
+        let (base, dep_oids) = oids.split_first().unwrap_or((&oids[0], &[]));
+        // Those no other (nor the base) already holds.
+        let mut args = vec!["merge-base", "--independent", base];
+        args.extend(dep_oids.iter().map(String::as_str));
+        let independent = self.git(&args)?;
+        let mut head = base.clone();
+        for (dep, oid) in deps.iter().zip(dep_oids) {
+            if !independent.lines().any(|l| l == oid) || oid == &head {
+                continue;
+            }
+            let (code, out, err) = git_exit(
+                &self.root,
+                &[
+                    "merge-tree",
+                    "--write-tree",
+                    "--name-only",
+                    "--no-messages",
+                    &head,
+                    oid,
+                ],
+            )?;
+            let mut lines = out.lines();
+            let tree = lines.next().unwrap_or_default().to_owned();
+            match code {
+                0 => {}
+                1 => {
+                    let files: Vec<&str> = lines.take_while(|l| !l.is_empty()).collect();
+                    return Err(GitError {
+                        kind: WorkspaceErrorKind::Conflict,
+                        command: format!("git merge {dep}"),
+                        message: format!("conflicts in {}", files.join(", ")),
+                    });
+                }
+                _ => {
+                    return Err(GitError {
+                        kind: WorkspaceErrorKind::Tool,
+                        command: format!("git merge-tree {head} {dep}"),
+                        message: err,
+                    });
+                }
+            }
+            let msg = format!("Merge {dep} into {into}");
+            head = self.git(&[
+                "-c",
+                "user.name=orch",
+                "-c",
+                "user.email=orch@localhost",
+                "commit-tree",
+                &tree,
+                "-p",
+                &head,
+                "-p",
+                oid,
+                "-m",
+                &msg,
+            ])?;
+        }
+        Ok(head)
+    }
+
+    /// Whether the slot at `path` was left half switched by a crash.
+    pub fn slot_switching(&self, path: &Path) -> bool {
+        run_git(path, &["rev-parse", "--absolute-git-dir"])
+            .map(|d| Path::new(&d).join(SWITCHING).exists())
+            .unwrap_or(true)
+    }
+
+    /// Frees the slot at `path`: its head is detached where it is (no file
+    /// changes), so that its branch may be checked out elsewhere and the
+    /// slot is seen as free after a restart.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn free_slot(&self, path: &Path) -> Result<(), GitError> {
+        run_git(path, &["update-ref", "--no-deref", "HEAD", "HEAD"])?;
+        Ok(())
+    }
+
+    /// Writes the commits reachable from the branches into the
+    /// repository's commit graph, as a new layer: history walks (merge
+    /// bases, ranges) then read generation numbers instead of every
+    /// commit, so they stay short as a run adds thousands of commits.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn write_commit_graph(&self) -> Result<(), GitError> {
+        self.git(&[
+            "commit-graph",
+            "write",
+            "--reachable",
+            "--split",
+            "--no-progress",
+        ])?;
+        Ok(())
+    }
+
     /// The worktree a batch is merged in (after [`Repo::merge_batch`]).
     pub fn batch_worktree(&self, run: &RunId, batch: &BatchId) -> PathBuf {
         self.worktrees
@@ -984,7 +1225,7 @@ impl Repo {
 /// The worktree's `.git` file is the agent's to change: it must still
 /// name this repository's administrative directory for a worktree, or
 /// nothing is done in it.
-fn recover(common: &Path, path: &Path, branch: &str) -> Result<(), GitError> {
+fn recover(common: &Path, path: &Path, branch: &str) -> Result<PathBuf, GitError> {
     let refuse = |why: String| GitError {
         kind: WorkspaceErrorKind::Refused,
         command: "recover the worktree".into(),
@@ -1020,7 +1261,7 @@ fn recover(common: &Path, path: &Path, branch: &str) -> Result<(), GitError> {
         run_git(path, &["clean", "-fd", "-q"])?;
         let _ = std::fs::remove_file(merging);
     }
-    Ok(())
+    Ok(git_dir)
 }
 
 /// Marks a worktree as being made (`.<name>.making` beside it: no id
@@ -1065,6 +1306,18 @@ impl Making {
 /// so that a merge a crash cut short is told apart from an agent's work.
 const MERGING: &str = "orch-merging";
 
+/// Marks, in a slot's git directory, that orch is switching it to a
+/// ticket ([`Repo::switch_slot`]).
+const SWITCHING: &str = "orch-switching";
+
+fn write_mark(mark: &Path, what: &str) -> Result<(), GitError> {
+    std::fs::write(mark, b"").map_err(|e| GitError {
+        kind: WorkspaceErrorKind::Io,
+        command: what.into(),
+        message: format!("{}: {e}", mark.display()),
+    })
+}
+
 /// Removes the lock a killed git left on `branch`'s ref, for orch's own
 /// branches only (`orch/...`): a branch the plan names may be the
 /// person's, whose own git may hold it.
@@ -1100,11 +1353,7 @@ fn marked_merge<T>(
 ) -> Result<T, GitError> {
     let git_dir = PathBuf::from(run_git(path, &["rev-parse", "--absolute-git-dir"])?);
     let mark = git_dir.join(MERGING);
-    std::fs::write(&mark, b"").map_err(|e| GitError {
-        kind: WorkspaceErrorKind::Io,
-        command: "mark the merge".into(),
-        message: format!("{}: {e}", mark.display()),
-    })?;
+    write_mark(&mark, "mark the merge")?;
     let result = merge();
     let _ = std::fs::remove_file(&mark);
     result
@@ -1118,10 +1367,8 @@ fn merge_branches(
     branches: &[String],
 ) -> Result<Option<(String, Vec<String>)>, GitError> {
     for b in branches {
-        // Already merged (before a crash)?
-        if run_git(path, &["merge-base", "--is-ancestor", b, "HEAD"]).is_ok() {
-            continue;
-        }
+        // One already merged (before a crash) is "already up to date":
+        // no commit, even with --no-ff.
         let msg = format!("Merge {b} into {into}");
         let merged = run_git(
             path,

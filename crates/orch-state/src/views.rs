@@ -185,6 +185,7 @@ fn orchestrator_state(state: &RunState, plan: Option<&Plan>) -> String {
             ""
         }
     );
+    work_times(&mut s, state);
     let index = plan.map(|p| Index::new(state, p));
     if let Some(ix) = index.as_ref().filter(|ix| !ix.plan.batches.is_empty()) {
         let plan = ix.plan;
@@ -233,12 +234,17 @@ fn orchestrator_state(state: &RunState, plan: Option<&Plan>) -> String {
             .as_ref()
             .and_then(|ix| ix.titles.get(id.as_str()).copied())
             .unwrap_or("");
+        let w = t.metrics.work;
         let _ = writeln!(
             s,
-            "- {id} {title} — {} phase(s), {} failed attempt(s), finished {}",
+            "- {id} {title} — {} phase(s), {} failed attempt(s), finished {}; prepare {} ms, agent {} ms, gates {} ms, checkpoint {} ms",
             t.phases_passed.len(),
             t.metrics.failed_attempts,
-            ts(t.finished_at)
+            ts(t.finished_at),
+            w.prepare_ms,
+            w.agent_ms,
+            w.gates_ms,
+            w.checkpoint_ms,
         );
     }
     s.push_str("\n## In progress\n\n");
@@ -325,6 +331,59 @@ fn orchestrator_state(state: &RunState, plan: Option<&Plan>) -> String {
         let _ = writeln!(s, "- {n}");
     }
     s
+}
+
+/// Where the run's time went, by kind of work: the total and the mean
+/// over the tickets that had a work tree prepared; orch's own overhead is
+/// what is neither agent nor gate.
+fn work_times(s: &mut String, state: &RunState) {
+    let (mut sum, mut n) = (orch_core::WorkTimes::default(), 0u64);
+    for t in state.tickets.values() {
+        if t.workdir.is_some() {
+            sum = sum.plus(t.metrics.work);
+            n += 1;
+        }
+    }
+    let (mut merge_ms, mut merges) = (0u64, 0u64);
+    for b in state.batches.values() {
+        if let Some(ms) = b.merge_ms {
+            merge_ms += ms;
+            merges += 1;
+        }
+    }
+    if n == 0 && merges == 0 {
+        return;
+    }
+    let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
+    let mean = |ms: u64, n: u64| format!("{} ms", ms.checked_div(n).unwrap_or(0));
+    let _ = writeln!(
+        s,
+        "\n## Where the time went\n\n| work | total | mean |\n|---|---|---|"
+    );
+    for (what, ms) in [
+        (
+            "preparing work trees (slot or worktree, dependencies merged)",
+            sum.prepare_ms,
+        ),
+        ("agents", sum.agent_ms),
+        ("gates", sum.gates_ms),
+        ("secret scans and checkpoints", sum.checkpoint_ms),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {what} | {} | {} a ticket ({n}) |",
+            secs(ms),
+            mean(ms, n)
+        );
+    }
+    if merges > 0 {
+        let _ = writeln!(
+            s,
+            "| batch merges | {} | {} a batch ({merges}) |",
+            secs(merge_ms),
+            mean(merge_ms, merges)
+        );
+    }
 }
 
 fn agent_registry(state: &RunState) -> String {

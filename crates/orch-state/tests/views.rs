@@ -63,6 +63,12 @@ fn events() -> Vec<Event> {
     ] {
         let agent: AgentId = format!("{id}.implement.1").parse().unwrap();
         v.push(e(EventKind::TicketReady { ticket: t(id) }));
+        v.push(e(EventKind::WorkspaceReady {
+            ticket: t(id),
+            path: format!("/repo/.orch/slots/{id}"),
+            base: Some("b".into()),
+            took_ms: Some(20),
+        }));
         v.push(e(EventKind::PhaseStarted {
             ticket: t(id),
             phase: p.clone(),
@@ -132,6 +138,7 @@ fn events() -> Vec<Event> {
             phase: p.clone(),
             attempt: 1,
             checkpoint: Some("abc123".into()),
+            checkpoint_ms: Some(40),
         }));
         v.push(e(EventKind::TicketDone { ticket: t(id) }));
     }
@@ -144,6 +151,7 @@ fn events() -> Vec<Event> {
     v.push(e(EventKind::BatchMerged {
         batch: "PR1".parse().unwrap(),
         commit: "m1".into(),
+        merge_ms: Some(250),
     }));
     // SEC-003 escalated; INFRA-004 running.
     v.push(e(EventKind::PhaseStarted {
@@ -206,6 +214,28 @@ fn views_say_where_the_run_stands() {
         "{s}"
     );
     assert!(s.contains("- Usage: 7200 tokens, $0.3000"), "{s}");
+    // Where the time went: each agent ran a minute (the events' times),
+    // each work tree took 20 ms, each checkpoint 40 ms, the merge 250 ms.
+    assert!(
+        s.contains("- SEC-001 Fix XSS in customer autocomplete — 1 phase(s), 1 failed attempt(s), finished 2026-11-23T"),
+        "{s}"
+    );
+    assert!(
+        s.contains("; prepare 20 ms, agent 60000 ms, gates 1800 ms, checkpoint 40 ms\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("| preparing work trees (slot or worktree, dependencies merged) | 0.1 s | 20 ms a ticket (6) |"),
+        "{s}"
+    );
+    assert!(
+        s.contains("| secret scans and checkpoints | 0.2 s | 40 ms a ticket (6) |"),
+        "{s}"
+    );
+    assert!(
+        s.contains("| batch merges | 0.2 s | 250 ms a batch (1) |"),
+        "{s}"
+    );
 
     let a = &v["AGENT_REGISTRY.md"];
     assert!(

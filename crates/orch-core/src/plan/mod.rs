@@ -454,6 +454,100 @@ pub struct Plan {
     /// The tickets.
     #[serde(default)]
     pub tickets: Vec<Ticket>,
+    /// Where tickets work: reused worktree slots (the default) or a fresh
+    /// worktree per ticket, and what a slot keeps between tickets.
+    #[serde(default, skip_serializing_if = "WorkspaceSpec::is_default")]
+    pub workspace: WorkspaceSpec,
+}
+
+/// How tickets get their work trees (the plan's `[workspace]` table).
+///
+/// With `worktrees = "slots"` (the default) a run keeps a pool of git
+/// worktrees under `.orch/slots`, about as many as tickets run at once. A
+/// ticket takes a free slot, which is switched to the ticket's branch (its
+/// dependencies merged in) and cleaned of every tracked change and every
+/// untracked or ignored file, except the directories `keep` names: build
+/// caches, so the next build in that slot is incremental. With
+/// `worktrees = "fresh"` each ticket gets a new worktree, removed when it
+/// is done (nothing is kept, and each ticket's first build is cold).
+///
+/// ```
+/// let plan = orch_core::Plan::from_toml_str(r#"
+///     name = "demo"
+///     default_role = "dev"
+///     [agents.dev]
+///     backend = { kind = "command", argv = ["./agent.sh"] }
+///     [workspace]
+///     keep = ["target/", "node_modules/"]
+///     [[phases]]
+///     name = "implement"
+///     [[tickets]]
+///     id = "T-1"
+///     title = "First"
+///     effort = "1h"
+/// "#).unwrap();
+/// assert_eq!(plan.workspace.worktrees, orch_core::Worktrees::Slots);
+/// assert_eq!(plan.workspace.keep, ["target/", "node_modules/"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WorkspaceSpec {
+    /// `slots` (default): reuse worktrees, keeping `keep`; `fresh`: a new
+    /// worktree per ticket.
+    #[serde(default)]
+    pub worktrees: Worktrees,
+    /// What a slot keeps between tickets: gitignore-style patterns of
+    /// untracked (usually ignored) directories that hold only what a build
+    /// derives from tracked files. `target/` matches a directory named
+    /// `target` at any depth, `/target/` only at the top. Default:
+    /// `target/` (Cargo), `node_modules/` (npm), `.venv/` (Python).
+    /// The build tool's own invalidation decides what in them is reused:
+    /// a gate always runs on the ticket's own checked-out files.
+    #[serde(default = "default_keep")]
+    pub keep: Vec<String>,
+}
+
+/// Whether tickets reuse worktrees ([`WorkspaceSpec::worktrees`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Worktrees {
+    /// A pool of worktrees reused from ticket to ticket, caches kept.
+    #[default]
+    Slots,
+    /// A new worktree per ticket, removed when it is done.
+    Fresh,
+}
+
+fn default_keep() -> Vec<String> {
+    ["target/", "node_modules/", ".venv/"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+impl Default for WorkspaceSpec {
+    fn default() -> Self {
+        WorkspaceSpec {
+            worktrees: Worktrees::default(),
+            keep: default_keep(),
+        }
+    }
+}
+
+impl WorkspaceSpec {
+    /// Fresh worktrees for every ticket, nothing kept.
+    pub fn fresh() -> Self {
+        WorkspaceSpec {
+            worktrees: Worktrees::Fresh,
+            keep: Vec::new(),
+        }
+    }
+
+    /// Whether this is the default (slots keeping the default caches).
+    pub fn is_default(&self) -> bool {
+        *self == WorkspaceSpec::default()
+    }
 }
 
 /// One problem found by [`Plan::validate`], addressed by the path of the
@@ -521,6 +615,10 @@ impl Plan {
             ("default_role".to_owned(), hash(&self.default_role)),
             ("batch_gates".to_owned(), hash(&self.batch_gates)),
         ];
+        // Only when set: journals from before it have no such part.
+        if !self.workspace.is_default() {
+            parts.push(("workspace".to_owned(), hash(&self.workspace)));
+        }
         parts.reserve(
             self.agents.len() + self.phases.len() + self.batches.len() + self.tickets.len(),
         );
@@ -733,6 +831,23 @@ impl Validator {
         // Policy.
         if plan.policy.max_concurrency == 0 {
             self.push("policy.max_concurrency", "must be at least 1");
+        }
+        for (i, k) in plan.workspace.keep.iter().enumerate() {
+            let bare = k.trim_matches('/');
+            let why = if bare.is_empty() || bare.chars().all(|c| c == '*') {
+                Some("keeps everything: a slot could then carry one ticket's files into the next")
+            } else if k.starts_with('!') {
+                Some("a negated pattern keeps nothing; list only what to keep")
+            } else if bare.split('/').any(|c| c == ".." || c == ".git") {
+                Some("must stay inside the work tree and out of .git")
+            } else if bare.contains(['\n', '\0']) {
+                Some("must be one line")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.push(format!("workspace.keep[{i}]"), format!("{k:?} {why}"));
+            }
         }
         if plan.policy.max_attempts == 0 {
             self.push("policy.max_attempts", "must be at least 1");

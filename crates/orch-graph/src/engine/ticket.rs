@@ -1,7 +1,7 @@
 //! One ticket through the phases, and one batch through its merge.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use orch_core::{
     Agent, AgentContext, AgentId, AgentOutcome, AgentTask, BatchId, Cancellation, Decision, Event,
@@ -144,7 +144,10 @@ impl<'a> Outbox<'a> {
 
 /// What one attempt of a phase came to.
 enum Attempt {
-    Passed,
+    /// Passed; `scan_ms`: how long its secret scan took.
+    Passed {
+        scan_ms: u64,
+    },
     /// Failed with this feedback; `hopeless` when retrying cannot help
     /// (an agent error that is not retryable).
     Failed {
@@ -152,6 +155,11 @@ enum Attempt {
         hopeless: bool,
     },
     Interrupted,
+}
+
+/// Milliseconds since `start`.
+fn millis(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -194,25 +202,25 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
     let run = sh.journal.run.clone();
     let st = out.ticket();
     let (status, pending) = (st.status, st.pending_decision);
-    let (workdir, recorded_base) = (st.workdir.clone(), st.base.clone());
+    let recorded_base = st.base.clone();
     // The graph's edges of `t` are exactly these (it is built from them);
     // the list is the plan's own, so nothing is gathered per ticket.
+    let start = Instant::now();
     let prepared = match sh.workspace.prepare(&run, &id, &ticket.depends_on).await {
         Ok(p) => p,
         Err(e) => return fail(out, &id, format!("cannot prepare its work tree: {e}")).await,
     };
+    let took_ms = millis(start);
     let base = recorded_base.or(prepared.base.clone());
     // A workspace without history (one shared directory) has nothing to
     // record per ticket.
     if prepared.base.is_some() {
-        let path = prepared.path.to_string_lossy();
-        if workdir.as_deref() != Some(&*path) {
-            out.defer(EventKind::WorkspaceReady {
-                ticket: id.clone(),
-                path: path.into_owned(),
-                base: base.clone(),
-            });
-        }
+        out.defer(EventKind::WorkspaceReady {
+            ticket: id.clone(),
+            path: prepared.path.to_string_lossy().into_owned(),
+            base: base.clone(),
+            took_ms: Some(took_ms),
+        });
     }
     let mut approved = pending == Some(Decision::Approve);
 
@@ -248,6 +256,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
                         phase,
                         attempt,
                         checkpoint: Some(commit),
+                        checkpoint_ms: None,
                     });
                 }
                 Ok(None) => {}
@@ -290,7 +299,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         let failed = out.ticket().failed_in_phase;
         if approved {
             approved = false;
-            pass(sh, out, &id, phase, failed.max(1)).await?;
+            pass(sh, out, &id, phase, failed.max(1), 0).await?;
             i += 1;
             continue;
         }
@@ -330,9 +339,9 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         .await?;
         match outcome {
             Attempt::Interrupted => return Ok(End::Interrupted),
-            Attempt::Passed => {
+            Attempt::Passed { scan_ms } => {
                 session = None;
-                pass(sh, out, &id, phase, attempt).await?;
+                pass(sh, out, &id, phase, attempt, scan_ms).await?;
                 i += 1;
             }
             Attempt::Failed {
@@ -402,16 +411,19 @@ fn attempt_earned_pass(sh: &Shared, id: &TicketId, phase: &PhaseSpec, attempt: u
     })
 }
 
-/// Checkpoints a passed phase and records it.
+/// Checkpoints a passed phase and records it; `scan_ms`: how long the
+/// secret scan before it took.
 async fn pass(
     sh: &Shared,
     out: &mut Outbox<'_>,
     id: &TicketId,
     phase: &PhaseSpec,
     attempt: u32,
+    scan_ms: u64,
 ) -> Result<(), End> {
     let run = &sh.journal.run;
     let mut checkpoint = None;
+    let start = Instant::now();
     if phase.checkpoint {
         // The attempt's outcome (its agent's end, its gates' reports) is
         // durable before its checkpoint is made: a checkpoint found after
@@ -429,6 +441,7 @@ async fn pass(
         ticket: id.clone(),
         phase: phase.name.clone(),
         attempt,
+        checkpoint_ms: phase.checkpoint.then(|| scan_ms + millis(start)),
         checkpoint,
     });
     Ok(())
@@ -728,11 +741,13 @@ async fn pass_if_clean(
         return Ok(failed);
     }
     if !phase.checkpoint {
-        return Ok(Attempt::Passed);
+        return Ok(Attempt::Passed { scan_ms: 0 });
     }
-    Ok(check_secrets(sh, out, id, phase, attempt)
-        .await?
-        .unwrap_or(Attempt::Passed))
+    let start = Instant::now();
+    let failed = check_secrets(sh, out, id, phase, attempt).await?;
+    Ok(failed.unwrap_or(Attempt::Passed {
+        scan_ms: millis(start),
+    }))
 }
 
 /// The paths earlier phases of the plan froze (`PhaseSpec::freeze`),
@@ -975,6 +990,7 @@ pub(crate) async fn merge_batch(
         batch: batch.clone(),
         reason,
     };
+    let start = Instant::now();
     let merged = match sh.workspace.merge(&j.run, &batch, &tickets).await {
         Err(e) => return out.write([fail(format!("cannot merge: {e}"))]).await,
         Ok(Merged::Conflict { ticket, files }) => {
@@ -983,6 +999,7 @@ pub(crate) async fn merge_batch(
         }
         Ok(Merged::Clean { commit, path }) => (commit, path),
     };
+    let merge_ms = millis(start);
     let ctx = GateContext {
         workdir: merged.1.clone(),
         since: SystemTime::now(),
@@ -1008,6 +1025,7 @@ pub(crate) async fn merge_batch(
         out.write([EventKind::BatchMerged {
             batch: batch.clone(),
             commit: merged.0.unwrap_or_default(),
+            merge_ms: Some(merge_ms),
         }])
         .await
     } else {
