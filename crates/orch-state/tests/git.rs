@@ -396,3 +396,89 @@ fn a_frozen_ini_section_is_read_as_pytest_reads_it() {
     .unwrap();
     assert!(repo.changed_since(&wt, &c, &frozen).unwrap().0.is_empty());
 }
+
+/// Slots through the workspace: a slot another process holds (its lock
+/// taken by `flock`) is not given out even though it is free; tickets
+/// prepared at once each get a slot of their own; a released slot is
+/// reused, cleaned, and a slot with hidden changes (skip-worktree, which
+/// a forced checkout keeps) does not carry them to the next ticket.
+#[test]
+fn slots_are_held_by_one_ticket_and_one_process() {
+    use orch_core::Workspace;
+    let (d, repo) = repo();
+    let ws = std::sync::Arc::new(orch_state::GitWorkspace::new(repo, "main").unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
+    let run: orch_core::RunId = "r1".parse().unwrap();
+    let t = |s: &str| -> orch_core::TicketId { s.parse().unwrap() };
+
+    let first = rt.block_on(ws.prepare(&run, &t("A"), &[])).unwrap();
+    assert!(first.path.ends_with(".orch/slots/0"), "{:?}", first.path);
+    // A hides a change to a tracked file from git, then is done.
+    std::fs::write(first.path.join("app.txt"), "A's change\n").unwrap();
+    sh(&first.path, &["update-index", "--skip-worktree", "app.txt"]);
+    rt.block_on(ws.release(&run, &t("A"))).unwrap();
+
+    // Another process holds slot 0's lock.
+    let lock = d.path().join(".orch/slots/0.lock");
+    // (`-o`: the lock stays with flock, not with its command.)
+    let mut holder = Command::new("flock")
+        .args(["-n", "-o"])
+        .arg(&lock)
+        .args(["sh", "-c", "echo held; read _"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "held\n");
+
+    // Eight tickets at once.
+    let ids: Vec<String> = (1..=8).map(|i| format!("T{i}")).collect();
+    let paths: Vec<std::path::PathBuf> = rt.block_on(async {
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (ws, run, id) = (ws.clone(), run.clone(), t(id));
+                tokio::spawn(async move { ws.prepare(&run, &id, &[]).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.unwrap().unwrap().path.to_path_buf());
+        }
+        out
+    });
+    let distinct: std::collections::HashSet<_> = paths.iter().collect();
+    assert_eq!(distinct.len(), 8, "{paths:?}");
+    assert!(
+        !paths.iter().any(|p| p.ends_with(".orch/slots/0")),
+        "slot 0 is another process's: {paths:?}"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    drop(holder.stdin.take()); // its command ends too
+
+    // Free again, slot 0 goes to the next ticket, clean: A's hidden
+    // change did not survive the switch.
+    let next = rt.block_on(ws.prepare(&run, &t("B"), &[])).unwrap();
+    assert!(next.path.ends_with(".orch/slots/0"), "{:?}", next.path);
+    assert_eq!(
+        std::fs::read_to_string(next.path.join("app.txt")).unwrap(),
+        "line 1\nline 2\nline 3\n"
+    );
+    assert_eq!(
+        sh(&next.path, &["ls-files", "-v"]),
+        "H .gitignore\nH app.txt"
+    );
+    // Preparing B again (a restart) finds B's slot.
+    let again = rt.block_on(ws.prepare(&run, &t("B"), &[])).unwrap();
+    assert_eq!(again.path, next.path);
+}
