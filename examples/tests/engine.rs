@@ -142,7 +142,10 @@ async fn production_readiness_runs_end_to_end() {
     assert_eq!(agent.calls().len(), 21);
 
     // Git: a checkpoint per ticket, five batch branches holding their work.
-    let log = demo::git(&repo, &["log", "-1", "--format=%B", "orch/pr/INFRA-006"]).unwrap();
+    // (Ticket branches are gone once their batch merged.)
+    let implement: orch_core::PhaseName = "implement".parse().unwrap();
+    let checkpoint = &s.tickets["INFRA-006"].checkpoints[&implement];
+    let log = demo::git(&repo, &["log", "-1", "--format=%B", checkpoint]).unwrap();
     assert!(
         log.contains("Orch-Checkpoint: pr/INFRA-006/implement/2"),
         "{log}"

@@ -501,17 +501,22 @@ struct Outcome {
 }
 
 fn outcome(s: &Setup) -> (Outcome, Vec<orch_core::StoredEvent>) {
-    let mut trees = Vec::new();
-    for b in ["A", "B", "C", "D", "E", "F"]
-        .iter()
-        .map(|t| format!("orch/{RUN}/{t}"))
-        .chain(["release/x".to_owned(), "release/y".to_owned()])
-    {
-        let tree = demo::git(&s.repo, &["rev-parse", &format!("{b}^{{tree}}")]).unwrap();
-        trees.push((b, tree));
-    }
     let events = journal(s);
     let state = RunState::fold(events.iter().map(|e| &e.event));
+    let mut trees = Vec::new();
+    // Each ticket's last checkpoint (its branch is gone once its batch
+    // merged and the run completed), and the batch branches.
+    for t in ["A", "B", "C", "D", "E", "F"] {
+        let ticket = &state.tickets[t];
+        let last = ticket.phases_passed.last().expect("a phase passed");
+        let commit = &ticket.checkpoints[last];
+        let tree = demo::git(&s.repo, &["rev-parse", &format!("{commit}^{{tree}}")]).unwrap();
+        trees.push((t.to_owned(), tree));
+    }
+    for b in ["release/x", "release/y"] {
+        let tree = demo::git(&s.repo, &["rev-parse", &format!("{b}^{{tree}}")]).unwrap();
+        trees.push((b.to_owned(), tree));
+    }
     let statuses = state
         .tickets_by_id()
         .into_iter()

@@ -336,3 +336,126 @@ priority = "P3"
     );
     assert_eq!(files, ".gitignore\nB.txt\nREADME.md", "B's work alone");
 }
+
+/// A completed run deletes the branches of tickets whose batch merged
+/// (their commits stay in the batch's history); a ticket in no batch
+/// keeps its branch, its work's only name.
+#[test]
+fn a_completed_run_leaves_no_branch_its_batches_hold() {
+    let plan = r#"
+name = "tidy"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["sh", "-c", "cat > /dev/null; echo $ORCH_TICKET > $ORCH_TICKET.txt"] }
+[[phases]]
+name = "do"
+[[batches]]
+id = "X"
+title = "first"
+branch = "release/x"
+tickets = ["A", "B"]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+[[tickets]]
+id = "B"
+title = "b"
+effort = "1h"
+depends_on = ["A"]
+[[tickets]]
+id = "C"
+title = "in no batch"
+effort = "1h"
+"#;
+    let s = setup(&[("README.md", "x\n")], plan);
+    let (code, text) = output(&mut run(&s));
+    assert_eq!(code, 0, "{text}");
+    let branches = git(
+        &s.repo,
+        &["for-each-ref", "--format=%(refname:short)", "refs/heads/"],
+    );
+    assert_eq!(branches, format!("main\norch/{RUN}/C\nrelease/x"));
+    let files = git(&s.repo, &["ls-tree", "--name-only", "release/x"]);
+    assert_eq!(files, "A.txt\nB.txt\nREADME.md");
+}
+
+/// An escalated ticket's slot keeps its uncommitted work for the person
+/// to approve, even when its agent detached the slot's head (so the slot
+/// looks free to git) and another run uses the repository meanwhile: the
+/// slot's owner is orch's record, not what the slot has checked out.
+#[test]
+fn an_escalated_tickets_slot_is_not_taken_while_it_waits() {
+    let plan = r#"
+name = "wait"
+default_role = "dev"
+[policy]
+max_attempts = 1
+[agents.dev]
+backend = { kind = "command", argv = ["sh", "-c", "cat > /dev/null; echo reviewed > work.txt; git checkout -q --detach"] }
+[[phases]]
+name = "do"
+gates = [{ kind = "command", name = "needs a person", argv = ["false"] }]
+[[tickets]]
+id = "A"
+title = "escalates"
+effort = "1h"
+"#;
+    let s = setup(&[("README.md", "x\n")], plan);
+    let (code, text) = output(&mut run(&s));
+    assert_eq!(code, 3, "A waits for a decision: {text}");
+    let slot = trees(&journal(&s))["A"][0].clone();
+
+    // Another run in the same repository, meanwhile.
+    let other = s.plan.with_file_name("other.toml");
+    std::fs::write(
+        &other,
+        r#"
+name = "other"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["sh", "-c", "cat > /dev/null; echo x > x.txt"] }
+[[phases]]
+name = "do"
+[[tickets]]
+id = "X"
+title = "x"
+effort = "1h"
+"#,
+    )
+    .unwrap();
+    let state2 = s.state.with_file_name("state2");
+    let (code, text) = output(
+        orch()
+            .arg("run")
+            .arg(&other)
+            .arg("--repo")
+            .arg(&s.repo)
+            .arg("--state")
+            .arg(&state2)
+            .args(["--run", "other"]),
+    );
+    assert_eq!(code, 0, "{text}");
+    let x_tree = git(&s.repo, &["worktree", "list", "--porcelain"]);
+    assert!(x_tree.contains(&slot), "{x_tree}");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&slot).join("work.txt")).unwrap(),
+        "reviewed\n",
+        "A's work is still in its slot"
+    );
+
+    let (code, text) = output(
+        orch()
+            .args(["decide", "A", "--approve", "--state"])
+            .arg(&s.state),
+    );
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(trees(&journal(&s))["A"].last().unwrap(), &slot);
+    let files = git(
+        &s.repo,
+        &["ls-tree", "--name-only", &format!("orch/{RUN}/A")],
+    );
+    assert_eq!(files, "README.md\nwork.txt", "the approved work is A's");
+}

@@ -224,6 +224,22 @@ pub trait Workspace: Send + Sync {
 
     /// The ticket is finished; its work tree may go (its history stays).
     async fn release(&self, run: &RunId, ticket: &TicketId) -> Result<(), WorkspaceError>;
+
+    /// The run completed: every batch in `merged` (with its tickets) is
+    /// merged, so what kept those tickets' work apart (a branch each) may
+    /// go; their history stays in the batch's. The default keeps
+    /// everything.
+    ///
+    /// # Errors
+    /// When the workspace cannot be changed; the run's outcome stands.
+    async fn finish(
+        &self,
+        run: &RunId,
+        merged: &[(BatchId, Vec<TicketId>)],
+    ) -> Result<(), WorkspaceError> {
+        let _ = (run, merged);
+        Ok(())
+    }
 }
 
 /// Every ticket works in the same directory, with no history: checkpoints

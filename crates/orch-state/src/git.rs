@@ -93,6 +93,14 @@ fn git_exit(dir: &Path, args: &[&str]) -> Result<(i32, String, String), GitError
         .args(args)
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0");
+    // In a work tree of orch's (under `.orch/`), git finds the work tree's
+    // own repository or none: with its `.git` removed, the search must
+    // not climb to the person's checkout and commit there.
+    if dir.components().any(|c| c.as_os_str() == ".orch")
+        && let Some(parent) = dir.parent()
+    {
+        git.env("GIT_CEILING_DIRECTORIES", parent);
+    }
     let out = orch_core::process::output(&git).map_err(|e| GitError {
         kind: WorkspaceErrorKind::Tool,
         command: format!("git {}", args.join(" ")),
@@ -997,8 +1005,9 @@ impl Repo {
     /// # Errors
     /// When git fails.
     pub fn slot_head(&self, path: &Path) -> Result<Option<String>, GitError> {
-        match run_git(path, &["symbolic-ref", "-q", "--short", "HEAD"]) {
-            Ok(b) => Ok(Some(b)),
+        // The full name: `--short` says `heads/x` when a tag `x` exists.
+        match run_git(path, &["symbolic-ref", "-q", "HEAD"]) {
+            Ok(b) => Ok(b.strip_prefix("refs/heads/").map(str::to_owned)),
             // Exit 1 and no message: HEAD is detached.
             Err(e) if e.message.trim().is_empty() => Ok(None),
             Err(e) => Err(e),
@@ -1029,13 +1038,15 @@ impl Repo {
     }
 
     /// Switches the slot `wt` to its ticket's branch (made at
-    /// `new_branch_at` when given) and cleans it: every tracked change dropped,
+    /// `new_branch_at` when given) and cleans it, `mark` (a file outside
+    /// the slot) marking the switch while it runs: every tracked change dropped,
     /// every untracked and ignored file removed except what `keep`
     /// (gitignore patterns) matches, index flags that hide changes
     /// (assume-unchanged, skip-worktree) cleared, a merge or switch a
-    /// crash cut short undone. Marked while it runs, so that a slot a crash
-    /// left half switched is switched again rather than taken as the
-    /// ticket's work.
+    /// crash cut short undone, what an operation in progress left in the
+    /// slot's git directory removed. A slot a crash left half switched
+    /// (still marked) is switched again rather than taken as the ticket's
+    /// work.
     ///
     /// # Errors
     /// When git fails (the branch checked out in another worktree, say).
@@ -1044,10 +1055,33 @@ impl Repo {
         wt: &Worktree,
         new_branch_at: Option<&str>,
         keep: &[String],
+        mark: &Path,
     ) -> Result<(), GitError> {
+        write_mark(mark, "mark the slot switch")?;
         let git_dir = recover(&self.common, &wt.path, &wt.branch)?;
-        let mark = git_dir.join(SWITCHING);
-        write_mark(&mark, "mark the slot switch")?;
+        // What the last ticket left in the slot's own git directory:
+        // an operation in progress (a rebase its agent's `--abort` would
+        // finish on the last ticket's branch), a sparse checkout, per
+        // worktree settings.
+        for left in [
+            "rebase-merge",
+            "rebase-apply",
+            "sequencer",
+            "BISECT_LOG",
+            "BISECT_START",
+            "BISECT_TERMS",
+            "BISECT_EXPECTED_REV",
+            "CHERRY_PICK_HEAD",
+            "REVERT_HEAD",
+            "MERGE_HEAD",
+            "MERGE_MSG",
+            "MERGE_MODE",
+            "info/sparse-checkout",
+            "config.worktree",
+        ] {
+            let p = git_dir.join(left);
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
         // What the last ticket could have set to make git overlook its
         // changes is not trusted: no fsmonitor, no untracked cache.
         let quiet = [
@@ -1078,12 +1112,16 @@ impl Repo {
             Some(at) => checkout.extend(["-b", &wt.branch, at]),
         }
         git(&checkout)?;
+        // First every untracked file that is not ignored, wherever it is
+        // (`keep` spares only ignored ones: a `src/target/x.rs` the last
+        // ticket made is not a cache), then the ignored ones but `keep`.
+        git(&["clean", "-q", "-ffd"])?;
         let mut clean = vec!["clean", "-q", "-ffdx"];
         for k in keep {
             clean.extend(["-e", k.as_str()]);
         }
         git(&clean)?;
-        let _ = std::fs::remove_file(&mark);
+        let _ = std::fs::remove_file(mark);
         Ok(())
     }
 
@@ -1108,7 +1146,14 @@ impl Repo {
         let mut args = vec!["rev-parse", base];
         args.extend(deps.iter().map(String::as_str));
         let oids: Vec<String> = self.git(&args)?.lines().map(str::to_owned).collect();
-        let (base, dep_oids) = oids.split_first().unwrap_or((&oids[0], &[]));
+        let Some((base, dep_oids)) = oids.split_first().filter(|(_, d)| d.len() == deps.len())
+        else {
+            return Err(GitError {
+                kind: WorkspaceErrorKind::Tool,
+                command: format!("git {}", args.join(" ")),
+                message: format!("expected {} commits, got {}", deps.len() + 1, oids.len()),
+            });
+        };
         // Those no other (nor the base) already holds.
         let mut args = vec!["merge-base", "--independent", base];
         args.extend(dep_oids.iter().map(String::as_str));
@@ -1118,6 +1163,12 @@ impl Repo {
             if !independent.lines().any(|l| l == oid) || oid == &head {
                 continue;
             }
+            // One best common ancestor as the merge base: where the
+            // dependencies' histories criss-cross (they merged the same
+            // tickets separately) they have many, and letting git merge
+            // those into a virtual base first costs seconds a merge in a
+            // run of thousands of tickets.
+            let merge_base = format!("--merge-base={}", self.git(&["merge-base", &head, oid])?);
             let (code, out, err) = git_exit(
                 &self.root,
                 &[
@@ -1125,6 +1176,7 @@ impl Repo {
                     "--write-tree",
                     "--name-only",
                     "--no-messages",
+                    &merge_base,
                     &head,
                     oid,
                 ],
@@ -1168,11 +1220,17 @@ impl Repo {
         Ok(head)
     }
 
-    /// Whether the slot at `path` was left half switched by a crash.
-    pub fn slot_switching(&self, path: &Path) -> bool {
-        run_git(path, &["rev-parse", "--absolute-git-dir"])
-            .map(|d| Path::new(&d).join(SWITCHING).exists())
-            .unwrap_or(true)
+    /// Points the head of the worktree at `path` at `branch` again,
+    /// leaving its index and files as they are.
+    ///
+    /// # Errors
+    /// When git fails.
+    pub fn attach_head(&self, path: &Path, branch: &str) -> Result<(), GitError> {
+        run_git(
+            path,
+            &["symbolic-ref", "HEAD", &format!("refs/heads/{branch}")],
+        )?;
+        Ok(())
     }
 
     /// Frees the slot at `path`: its head is detached where it is (no file
@@ -1201,6 +1259,39 @@ impl Repo {
             "--split",
             "--no-progress",
         ])?;
+        Ok(())
+    }
+
+    /// Deletes those of `branches` that `into` holds (one `for-each-ref
+    /// --merged` to ask, one `branch -D` to delete); a branch checked out
+    /// somewhere stays.
+    ///
+    /// # Errors
+    /// When git cannot list the branches.
+    pub fn delete_merged_branches(&self, into: &str, branches: &[String]) -> Result<(), GitError> {
+        if branches.is_empty() {
+            return Ok(());
+        }
+        let merged = self.git(&[
+            "for-each-ref",
+            "--format=%(refname:short)",
+            &format!("--merged={into}"),
+            "refs/heads/orch/",
+        ])?;
+        let merged: std::collections::HashSet<&str> = merged.lines().collect();
+        let gone: Vec<&str> = branches
+            .iter()
+            .map(String::as_str)
+            .filter(|b| merged.contains(b))
+            .collect();
+        for chunk in gone.chunks(256) {
+            let mut args = vec!["branch", "-q", "-D"];
+            args.extend(chunk);
+            // A branch git refuses (checked out somewhere) stays; the rest go.
+            if let Err(e) = self.git(&args) {
+                tracing::warn!(error = %e, "some ticket branches stay");
+            }
+        }
         Ok(())
     }
 
@@ -1249,6 +1340,16 @@ fn recover(common: &Path, path: &Path, branch: &str) -> Result<PathBuf, GitError
     if git_dir.parent() != Some(admin.as_path()) {
         return Err(refuse(format!(
             ".git names {}, not a worktree of this repository (was it changed?)",
+            git_dir.display()
+        )));
+    }
+    // And that directory must be this work tree's, not another's.
+    let back = std::fs::read_to_string(git_dir.join("gitdir"))
+        .ok()
+        .and_then(|b| PathBuf::from(b.trim()).canonicalize().ok());
+    if back != dot_git.canonicalize().ok() {
+        return Err(refuse(format!(
+            ".git names {}, the git directory of another work tree (was it changed?)",
             git_dir.display()
         )));
     }
@@ -1305,10 +1406,6 @@ impl Making {
 /// written before the merge starts, removed when it ended (either way),
 /// so that a merge a crash cut short is told apart from an agent's work.
 const MERGING: &str = "orch-merging";
-
-/// Marks, in a slot's git directory, that orch is switching it to a
-/// ticket ([`Repo::switch_slot`]).
-const SWITCHING: &str = "orch-switching";
 
 fn write_mark(mark: &Path, what: &str) -> Result<(), GitError> {
     std::fs::write(mark, b"").map_err(|e| GitError {

@@ -95,14 +95,13 @@ fn slot_table(repo: &Repo) -> Arc<Mutex<SlotTable>> {
 
 #[derive(Debug, Default)]
 struct SlotTable {
-    /// Whether `heads` was read from the disk yet.
-    scanned: bool,
-    /// Each slot's branch as last seen (`None`: free, head detached),
-    /// by slot number.
-    heads: Vec<Option<String>>,
     /// What this process holds, by ticket branch.
     held: HashMap<String, Held>,
 }
+
+/// The most slots a repository has (numbers at or above it are not
+/// orch's).
+const MAX_SLOTS: usize = 4096;
 
 /// A work tree a ticket of this process holds.
 #[derive(Debug)]
@@ -199,6 +198,14 @@ impl GitWorkspace {
         .map_err(ws_err)
     }
 
+    /// The branch `batch` is merged into.
+    fn batch_branch(&self, run: &RunId, batch: &BatchId) -> String {
+        self.batch_branches
+            .get(batch)
+            .cloned()
+            .unwrap_or_else(|| format!("orch/{run}/batch-{batch}"))
+    }
+
     /// The fresh worktree of a ticket (where it is, made or not).
     fn fresh(&self, run: &RunId, ticket: &TicketId) -> Worktree {
         Worktree {
@@ -244,15 +251,21 @@ fn count_release(released: &AtomicUsize, repo: &Repo) {
 impl Slots {
     /// Takes a work tree for `branch`: the one this process holds for it,
     /// a fresh worktree of it left by a run begun with fresh worktrees,
-    /// the slot its branch is checked out in, a free slot, or a new slot;
-    /// returns it and whether it needs switching to the branch.
+    /// the slot it owns (after a crash), a free slot, or a new slot;
+    /// returns it and, when it must be switched to the branch, the file
+    /// that marks the switch.
+    ///
+    /// A slot's owner is the branch in `.orch/slots/<n>.owner`, written
+    /// (while its lock is held) before the slot is switched and removed
+    /// after its head is detached on release: not what the slot has
+    /// checked out, which its agent can change.
     fn claim(
         &self,
         repo: &Repo,
         shared: &Mutex<()>,
         fresh: &Worktree,
         base: &str,
-    ) -> Result<(Worktree, bool), GitError> {
+    ) -> Result<(Worktree, Option<PathBuf>), GitError> {
         let branch = &fresh.branch;
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let found = |path: &Path| Worktree {
@@ -260,7 +273,7 @@ impl Slots {
             branch: branch.clone(),
         };
         if let Some(h) = t.held.get(branch) {
-            return Ok((found(&h.path), false));
+            return Ok((found(&h.path), None));
         }
         if repo.usable_worktree(&fresh.path, branch)? {
             t.held.insert(
@@ -270,78 +283,79 @@ impl Slots {
                     slot: None,
                 },
             );
-            return Ok((fresh.clone(), false));
+            return Ok((fresh.clone(), None));
         }
         let dir = repo.slots_dir();
-        if !t.scanned {
-            t.heads = scan_slots(repo, &dir);
-            t.scanned = true;
-        }
         let held: Vec<usize> = t
             .held
             .values()
             .filter_map(|h| Some(h.slot.as_ref()?.0))
             .collect();
-        // Its own slot first (after a crash), then free ones.
-        let order: Vec<usize> = (0..t.heads.len())
-            .filter(|n| t.heads[*n].as_ref() == Some(branch))
-            .chain((0..t.heads.len()).filter(|n| t.heads[*n].is_none()))
+        let existing = slot_numbers(&dir);
+        // The slot it owns first (after a crash), then free ones, then new
+        // numbers.
+        let (own, free): (Vec<(usize, bool)>, Vec<_>) = existing
+            .iter()
             .filter(|n| !held.contains(n))
-            .collect();
+            .filter_map(|&n| match owner(&dir, n) {
+                Some(o) if &o == branch => Some((n, true)),
+                Some(_) => None,
+                None => Some((n, false)),
+            })
+            .partition(|(_, mine)| *mine);
+        let new = (0..MAX_SLOTS).filter(|n| !existing.contains(n));
+        let order = own.into_iter().chain(free).map(|(n, _)| n).chain(new);
         for n in order {
             let Some(lock) = lock_slot(&dir, n)? else {
                 continue; // another process holds it
             };
+            // Read again under the lock: another process may have taken
+            // it since.
+            let mine = match owner(&dir, n) {
+                Some(o) if &o == branch => true,
+                Some(_) => continue,
+                None => false,
+            };
             let path = dir.join(n.to_string());
-            repo.make_slot(&path, base)?;
-            // Read again now that it is locked: another process may have
-            // used it since the scan.
-            let head = repo.slot_head(&path)?;
-            let mine = head.as_ref() == Some(branch);
-            let take = mine || head.is_none();
-            t.heads[n] = head;
-            if take {
-                let switch = !mine || repo.slot_switching(&path);
-                t.heads[n] = Some(branch.clone());
-                t.held.insert(
-                    branch.clone(),
-                    Held {
-                        path: path.clone(),
-                        slot: Some((n, lock)),
-                    },
-                );
-                return Ok((found(&path), switch));
+            let made = {
+                let _guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+                repo.make_slot(&path, base)
+            };
+            if let Err(e) = made {
+                tracing::warn!(slot = n, error = %e, "a slot that cannot be used is passed over");
+                continue;
             }
-        }
-        // A new slot, at the first number without one.
-        let mut n = t.heads.len();
-        let lock = loop {
-            if let Some(lock) = lock_slot(&dir, n)? {
-                break lock;
+            set_owner(&dir, n, branch)?;
+            // Its own slot needs no switch only when it was switched whole
+            // and still has the branch checked out.
+            let mark = switching(&dir, n);
+            let switch = !mine || mark.exists();
+            // Its own slot, switched whole: what is in it is the ticket's
+            // work (an escalated ticket's, for a person to approve), even
+            // if its agent moved the head; the head goes back to the
+            // branch, the files stay.
+            if !switch && repo.slot_head(&path).ok().flatten().as_ref() != Some(branch) {
+                repo.attach_head(&path, branch)?;
             }
-            n += 1;
-        };
-        let path = dir.join(n.to_string());
-        {
-            let _guard = shared.lock().unwrap_or_else(|e| e.into_inner());
-            repo.make_slot(&path, base)?;
+            t.held.insert(
+                branch.clone(),
+                Held {
+                    path: path.clone(),
+                    slot: Some((n, lock)),
+                },
+            );
+            return Ok((found(&path), switch.then_some(mark)));
         }
-        if t.heads.len() <= n {
-            t.heads.resize(n + 1, None);
-        }
-        t.heads[n] = Some(branch.clone());
-        t.held.insert(
-            branch.clone(),
-            Held {
-                path: path.clone(),
-                slot: Some((n, lock)),
-            },
-        );
-        Ok((found(&path), true))
+        Err(GitError {
+            kind: WorkspaceErrorKind::Refused,
+            command: "take a slot".into(),
+            message: format!("all {MAX_SLOTS} slots under {} are held", dir.display()),
+        })
     }
 
-    /// Gives up `branch`'s work tree (after a failed switch, or when its
-    /// ticket is done: then `free` detaches a slot's head first).
+    /// Gives up `branch`'s work tree: when its ticket is done (`free`),
+    /// a slot's head is detached and its owner forgotten (a fresh worktree
+    /// is removed); after a failed switch the slot stays the ticket's.
     fn unclaim(
         &self,
         repo: &Repo,
@@ -354,16 +368,17 @@ impl Slots {
             return Ok(());
         };
         match h.slot {
-            Some((n, _lock)) => {
-                if free {
-                    repo.free_slot(&h.path)?;
-                    t.heads[n] = None;
-                } else {
-                    // Read again when next locked.
-                    t.heads[n] = None;
+            Some((n, _lock)) if free => {
+                // Detached, its branch may be checked out elsewhere (or
+                // deleted when the run finishes); a switch sets the head
+                // anyway, so a slot that cannot be detached is still free.
+                if let Err(e) = repo.free_slot(&h.path) {
+                    tracing::warn!(slot = n, error = %e, "could not detach the slot's head");
                 }
+                let _ = std::fs::remove_file(owner_file(&repo.slots_dir(), n));
                 Ok(())
             }
+            Some(_) => Ok(()),
             None if free => {
                 let _guard = shared.lock().unwrap_or_else(|e| e.into_inner());
                 repo.remove_worktree(&Worktree {
@@ -376,21 +391,44 @@ impl Slots {
     }
 }
 
-/// The branch of each slot under `dir` (`None`: free, or not readable:
-/// it is looked at again when locked), by number.
-fn scan_slots(repo: &Repo, dir: &Path) -> Vec<Option<String>> {
-    let numbers: Vec<usize> = std::fs::read_dir(dir)
+/// The numbers of the slots under `dir`, ascending.
+fn slot_numbers(dir: &Path) -> Vec<usize> {
+    let mut numbers: Vec<usize> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|n| *n < MAX_SLOTS)
         .collect();
-    let len = numbers.iter().max().map_or(0, |m| m + 1);
-    let mut heads = vec![None; len];
-    for n in numbers {
-        heads[n] = repo.slot_head(&dir.join(n.to_string())).unwrap_or(None);
-    }
-    heads
+    numbers.sort_unstable();
+    numbers
+}
+
+fn owner_file(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("{n}.owner"))
+}
+
+/// The mark of a switch in progress: a slot found with it was cut short
+/// by a crash and is switched again.
+fn switching(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("{n}.switching"))
+}
+
+/// The branch that owns slot `n`, if any.
+fn owner(dir: &Path, n: usize) -> Option<String> {
+    let text = std::fs::read_to_string(owner_file(dir, n)).ok()?;
+    Some(text.trim().to_owned()).filter(|b| !b.is_empty())
+}
+
+/// Records `branch` as slot `n`'s owner (written whole, then renamed).
+fn set_owner(dir: &Path, n: usize, branch: &str) -> Result<(), GitError> {
+    let file = owner_file(dir, n);
+    crate::views::write_atomic(&file, branch.as_bytes()).map_err(|e| GitError {
+        kind: WorkspaceErrorKind::Io,
+        command: "record the slot's owner".into(),
+        message: format!("{}: {e}", file.display()),
+    })
 }
 
 /// Slot `n`'s lock, taken, or `None` when another process holds it.
@@ -402,6 +440,14 @@ fn lock_slot(dir: &Path, n: usize) -> Result<Option<std::fs::File>, GitError> {
         message: format!("{}: {e}", path.display()),
     };
     std::fs::create_dir_all(dir).map_err(io)?;
+    // Not through a link (to a FIFO, say, whose open would block).
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+        return Err(GitError {
+            kind: WorkspaceErrorKind::Refused,
+            command: "lock the slot".into(),
+            message: format!("{} is not a regular file", path.display()),
+        });
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -446,27 +492,28 @@ impl Workspace for GitWorkspace {
         let (fresh, shared) = (self.fresh(&run, &ticket), self.shared.clone());
         self.blocking(false, move |repo| {
             let (wt, switch) = slots.claim(repo, &shared, &fresh, &base)?;
-            let ready = if repo.resolve(&wt.branch).is_err() {
+            let ready = match switch {
                 // A new ticket: its start made in the object database,
                 // then checked out once.
-                repo.start_commit(&base, &deps, &wt.branch)
+                Some(mark) if repo.resolve(&wt.branch).is_err() => repo
+                    .start_commit(&base, &deps, &wt.branch)
                     .and_then(|start| {
-                        repo.switch_slot(&wt, Some(&start), &slots.keep)?;
+                        repo.switch_slot(&wt, Some(&start), &slots.keep, &mark)?;
                         Ok(Prepared {
                             path: wt.path.clone().into(),
                             base: Some(start),
                         })
-                    })
-            } else {
-                if switch {
-                    repo.switch_slot(&wt, None, &slots.keep)
-                } else {
-                    repo.recover_worktree(&wt).map(drop)
-                }
-                .and_then(|()| merged_head(repo, &wt, &deps))
+                    }),
+                Some(mark) => repo
+                    .switch_slot(&wt, None, &slots.keep, &mark)
+                    .and_then(|()| merged_head(repo, &wt, &deps)),
+                None => repo
+                    .recover_worktree(&wt)
+                    .and_then(|_| merged_head(repo, &wt, &deps)),
             };
             if ready.is_err() {
-                // Not held by a ticket that could not start in it.
+                // Not held by this process (the slot stays the ticket's:
+                // a later attempt switches it again).
                 let _ = slots.unclaim(repo, &shared, &wt.branch, false);
             }
             ready
@@ -549,11 +596,7 @@ impl Workspace for GitWorkspace {
         batch: &BatchId,
         tickets: &[TicketId],
     ) -> Result<Merged, WorkspaceError> {
-        let branch = self
-            .batch_branches
-            .get(batch)
-            .cloned()
-            .unwrap_or_else(|| format!("orch/{run}/batch-{batch}"));
+        let branch = self.batch_branch(run, batch);
         let branches: Vec<String> = tickets
             .iter()
             .map(|t| Repo::ticket_branch(run, t))
@@ -592,6 +635,34 @@ impl Workspace for GitWorkspace {
                     },
                 },
             )
+        })
+        .await
+    }
+
+    /// Deletes the branches of `merged`'s tickets that their batch's
+    /// branch holds (git checks each), so a repository that runs plan
+    /// after plan does not gather a branch per ticket; a ticket in no
+    /// batch keeps its branch, its work's only name.
+    async fn finish(
+        &self,
+        run: &RunId,
+        merged: &[(BatchId, Vec<TicketId>)],
+    ) -> Result<(), WorkspaceError> {
+        let batches: Vec<(String, Vec<String>)> = merged
+            .iter()
+            .map(|(b, tickets)| {
+                let ids = tickets
+                    .iter()
+                    .map(|t| Repo::ticket_branch(run, t))
+                    .collect();
+                (self.batch_branch(run, b), ids)
+            })
+            .collect();
+        self.blocking(true, move |repo| {
+            for (batch, tickets) in batches {
+                repo.delete_merged_branches(&batch, &tickets)?;
+            }
+            Ok(())
         })
         .await
     }

@@ -482,3 +482,63 @@ fn slots_are_held_by_one_ticket_and_one_process() {
     let again = rt.block_on(ws.prepare(&run, &t("B"), &[])).unwrap();
     assert_eq!(again.path, next.path);
 }
+
+/// A work tree whose `.git` its agent removed is not a repository to
+/// orch: a checkpoint there fails instead of committing the ticket's
+/// files onto the person's own checkout above it.
+#[test]
+fn a_work_tree_without_its_git_file_commits_nowhere() {
+    let (d, repo) = repo();
+    let run = "r1".parse().unwrap();
+    let t = "T-1".parse().unwrap();
+    let wt = repo.worktree(&run, &t, "main").unwrap();
+    std::fs::write(wt.path.join("new.txt"), "work\n").unwrap();
+    std::fs::remove_file(wt.path.join(".git")).unwrap();
+    let before = sh(d.path(), &["rev-parse", "HEAD"]);
+    let err = repo
+        .checkpoint(&wt, "r1/T-1/do/1", "do passed")
+        .unwrap_err();
+    assert!(err.message.contains("not a git repository"), "{err}");
+    assert_eq!(sh(d.path(), &["rev-parse", "HEAD"]), before);
+    assert_eq!(sh(d.path(), &["status", "--porcelain"]), "");
+}
+
+/// A new ticket's start: its dependencies merged in the object database
+/// (no work tree), each once even when one already holds another; work
+/// that conflicts is a `Conflict` naming the file.
+#[test]
+fn a_tickets_start_merges_its_dependencies_or_names_the_conflict() {
+    let (d, repo) = repo();
+    let commit_on = |branch: &str, from: &str, file: &str, text: &str| {
+        sh(d.path(), &["checkout", "-q", "-b", branch, from]);
+        std::fs::write(d.path().join(file), text).unwrap();
+        sh(d.path(), &["add", "-A"]);
+        sh(d.path(), &["commit", "-q", "-m", branch]);
+        sh(d.path(), &["checkout", "-q", "main"]);
+    };
+    commit_on("a", "main", "a.txt", "a\n");
+    commit_on("b", "a", "b.txt", "b\n"); // b holds a
+    commit_on("c", "main", "c.txt", "c\n");
+    let deps = ["a", "b", "c"].map(str::to_owned);
+    let start = repo.start_commit("main", &deps, "orch/r/T").unwrap();
+    assert_eq!(
+        sh(d.path(), &["ls-tree", "--name-only", &start]),
+        ".gitignore\na.txt\napp.txt\nb.txt\nc.txt"
+    );
+    // Two merges (b brings a), each with the base and the dependency as parents.
+    assert_eq!(
+        sh(
+            d.path(),
+            &["rev-list", "--count", "--merges", &format!("main..{start}")]
+        ),
+        "2"
+    );
+
+    commit_on("x", "main", "app.txt", "line 1 from x\nline 2\nline 3\n");
+    commit_on("y", "main", "app.txt", "line 1 from y\nline 2\nline 3\n");
+    let err = repo
+        .start_commit("main", &["x".to_owned(), "y".to_owned()], "orch/r/U")
+        .unwrap_err();
+    assert_eq!(err.kind, orch_core::WorkspaceErrorKind::Conflict, "{err}");
+    assert!(err.message.contains("app.txt"), "{err}");
+}

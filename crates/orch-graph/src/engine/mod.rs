@@ -1204,6 +1204,23 @@ impl Dispatcher {
                 }
             }
         };
+        if outcome == RunOutcome::Completed {
+            let merged: Vec<(BatchId, Vec<TicketId>)> = self
+                .batches
+                .iter()
+                .filter(|(_, m, _)| !m.is_empty())
+                .map(|(b, m, _)| {
+                    let ids = m
+                        .iter()
+                        .map(|&t| self.shared.tickets[t as usize].id.clone());
+                    (b.clone(), ids.collect())
+                })
+                .collect();
+            let run = &self.shared.journal.run;
+            if let Err(e) = self.shared.workspace.finish(run, &merged).await {
+                tracing::warn!(error = %e, "could not tidy the workspace after the run");
+            }
+        }
         self.append(vec![EventKind::RunFinished { outcome }]).await;
         let state = self.shared.journal.finished();
         if let Some(e) = self.fatal.take() {
