@@ -34,6 +34,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use orch_core::{Cancellation, GateScope, Plan, RunOutcome, StateStore, Workspace, WorkspaceSpec};
+use orch_examples::demo::git;
 use orch_examples::{Error, Setup, open_store, plan_agents};
 
 fn main() -> Result<(), Error> {
@@ -79,14 +80,6 @@ fn mode(spec: &WorkspaceSpec) -> &'static str {
     }
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new("git").args(args).current_dir(dir).output()?;
-    if !out.status.success() {
-        return Err(format!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
-}
-
 /// A repository at `dir` holding `files` (path, contents), committed.
 fn repo_with(dir: &Path, files: impl IntoIterator<Item = (String, String)>) -> Result<(), Error> {
     std::fs::create_dir_all(dir)?;
@@ -98,6 +91,11 @@ fn repo_with(dir: &Path, files: impl IntoIterator<Item = (String, String)>) -> R
         }
         std::fs::write(p, text)?;
     }
+    commit_all(dir, "base")
+}
+
+/// Commits everything in the repository at `dir`.
+fn commit_all(dir: &Path, message: &str) -> Result<(), Error> {
     git(dir, &["add", "-A"])?;
     git(
         dir,
@@ -110,7 +108,7 @@ fn repo_with(dir: &Path, files: impl IntoIterator<Item = (String, String)>) -> R
             "-q",
             "--allow-empty",
             "-m",
-            "base",
+            message,
         ],
     )?;
     Ok(())
@@ -268,20 +266,7 @@ async fn gate() -> Result<(), Error> {
         if !fetch.success() {
             return Err("cargo fetch failed".into());
         }
-        git(&repo, &["add", "-A"])?;
-        git(
-            &repo,
-            &[
-                "-c",
-                "user.name=bench",
-                "-c",
-                "user.email=bench@localhost",
-                "commit",
-                "-q",
-                "-m",
-                "lock",
-            ],
-        )?;
+        commit_all(&repo, "lock")?;
         let mut plan = Plan::from_toml_str(GATE_PLAN)?;
         let m = mode(&spec);
         plan.workspace = spec;

@@ -184,13 +184,7 @@ name = "do"
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    demo::git(dir, args).unwrap()
 }
 
 /// A crate whose test passes only once `answer` returns 42. Ticket A's

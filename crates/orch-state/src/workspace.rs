@@ -65,6 +65,11 @@ pub struct GitWorkspace {
     /// Tickets released, for writing the commit graph every
     /// [`GRAPH_EVERY`] of them.
     released: Arc<AtomicUsize>,
+    /// Where each ticket prepared in this process started (by branch):
+    /// the history its secret scan reads begins there, not at the run's
+    /// base (its dependencies' commits were scanned when they were
+    /// made, and reading them again grows with the run).
+    starts: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// Released tickets between two writes of the commit graph.
@@ -137,6 +142,7 @@ impl GitWorkspace {
             redactor: Redactor::from_process_env(),
             slots: None,
             released: Arc::default(),
+            starts: Arc::default(),
         }
         .spec(&WorkspaceSpec::default()))
     }
@@ -196,6 +202,56 @@ impl GitWorkspace {
             WorkspaceError::new(WorkspaceErrorKind::Tool, format!("git task failed: {e}"))
         })?
         .map_err(ws_err)
+    }
+
+    /// Prepares `ticket`'s work tree: a slot (or a fresh worktree)
+    /// switched to its branch, its dependencies merged.
+    async fn prepare_tree(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        deps: &[TicketId],
+    ) -> Result<Prepared, WorkspaceError> {
+        let (run, ticket, base) = (run.clone(), ticket.clone(), self.base.clone());
+        let deps: Vec<String> = deps.iter().map(|d| Repo::ticket_branch(&run, d)).collect();
+        let Some(slots) = self.slots.clone() else {
+            return self
+                .blocking(true, move |repo| {
+                    let wt = repo.worktree(&run, &ticket, &base)?;
+                    merged_head(repo, &wt, &deps)
+                })
+                .await;
+        };
+        let (fresh, shared) = (self.fresh(&run, &ticket), self.shared.clone());
+        self.blocking(false, move |repo| {
+            let (wt, switch) = slots.claim(repo, &shared, &fresh, &base)?;
+            let ready = match switch {
+                // A new ticket: its start made in the object database,
+                // then checked out once.
+                Some(mark) if repo.resolve(&wt.branch).is_err() => repo
+                    .start_commit(&base, &deps, &wt.branch)
+                    .and_then(|start| {
+                        repo.switch_slot(&wt, Some(&start), &slots.keep, &mark)?;
+                        Ok(Prepared {
+                            path: wt.path.clone().into(),
+                            base: Some(start),
+                        })
+                    }),
+                Some(mark) => repo
+                    .switch_slot(&wt, None, &slots.keep, &mark)
+                    .and_then(|()| merged_head(repo, &wt, &deps)),
+                None => repo
+                    .recover_worktree(&wt)
+                    .and_then(|_| merged_head(repo, &wt, &deps)),
+            };
+            if ready.is_err() {
+                // Not held by this process (the slot stays the ticket's:
+                // a later attempt switches it again).
+                let _ = slots.unclaim(repo, &shared, &wt.branch, false);
+            }
+            ready
+        })
+        .await
     }
 
     /// The branch `batch` is merged into.
@@ -479,46 +535,12 @@ impl Workspace for GitWorkspace {
         ticket: &TicketId,
         deps: &[TicketId],
     ) -> Result<Prepared, WorkspaceError> {
-        let (run, ticket, base) = (run.clone(), ticket.clone(), self.base.clone());
-        let deps: Vec<String> = deps.iter().map(|d| Repo::ticket_branch(&run, d)).collect();
-        let Some(slots) = self.slots.clone() else {
-            return self
-                .blocking(true, move |repo| {
-                    let wt = repo.worktree(&run, &ticket, &base)?;
-                    merged_head(repo, &wt, &deps)
-                })
-                .await;
-        };
-        let (fresh, shared) = (self.fresh(&run, &ticket), self.shared.clone());
-        self.blocking(false, move |repo| {
-            let (wt, switch) = slots.claim(repo, &shared, &fresh, &base)?;
-            let ready = match switch {
-                // A new ticket: its start made in the object database,
-                // then checked out once.
-                Some(mark) if repo.resolve(&wt.branch).is_err() => repo
-                    .start_commit(&base, &deps, &wt.branch)
-                    .and_then(|start| {
-                        repo.switch_slot(&wt, Some(&start), &slots.keep, &mark)?;
-                        Ok(Prepared {
-                            path: wt.path.clone().into(),
-                            base: Some(start),
-                        })
-                    }),
-                Some(mark) => repo
-                    .switch_slot(&wt, None, &slots.keep, &mark)
-                    .and_then(|()| merged_head(repo, &wt, &deps)),
-                None => repo
-                    .recover_worktree(&wt)
-                    .and_then(|_| merged_head(repo, &wt, &deps)),
-            };
-            if ready.is_err() {
-                // Not held by this process (the slot stays the ticket's:
-                // a later attempt switches it again).
-                let _ = slots.unclaim(repo, &shared, &wt.branch, false);
-            }
-            ready
-        })
-        .await
+        let prepared = self.prepare_tree(run, ticket, deps).await?;
+        if let Some(start) = &prepared.base {
+            let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+            starts.insert(Repo::ticket_branch(run, ticket), start.clone());
+        }
+        Ok(prepared)
     }
 
     async fn checkpoint(
@@ -544,8 +566,13 @@ impl Workspace for GitWorkspace {
 
     async fn secrets(&self, run: &RunId, ticket: &TicketId) -> Result<Vec<String>, WorkspaceError> {
         let wt = self.worktree(run, ticket)?;
-        let (base, redactor) = (self.base.clone(), self.redactor.clone());
-        self.blocking(false, move |repo| repo.secrets(&wt, &base, &redactor))
+        let since = {
+            let starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+            starts.get(&wt.branch).cloned()
+        };
+        let since = since.unwrap_or_else(|| self.base.clone());
+        let redactor = self.redactor.clone();
+        self.blocking(false, move |repo| repo.secrets(&wt, &since, &redactor))
             .await
     }
 
