@@ -91,10 +91,7 @@ struct Slots {
 fn slot_table(repo: &Repo) -> Arc<Mutex<SlotTable>> {
     static TABLES: std::sync::OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<SlotTable>>>>> =
         std::sync::OnceLock::new();
-    let mut tables = TABLES
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut tables = lock(TABLES.get_or_init(Mutex::default));
     tables.entry(repo.slots_dir()).or_default().clone()
 }
 
@@ -194,7 +191,7 @@ impl GitWorkspace {
     ) -> Result<T, WorkspaceError> {
         let (repo, shared) = (self.repo.clone(), self.shared.clone());
         tokio::task::spawn_blocking(move || {
-            let _guard = exclusive.then(|| shared.lock().unwrap_or_else(|e| e.into_inner()));
+            let _guard = exclusive.then(|| lock(&shared));
             f(&repo)
         })
         .await
@@ -281,7 +278,7 @@ impl GitWorkspace {
             return Ok(self.fresh(run, ticket));
         };
         let branch = Repo::ticket_branch(run, ticket);
-        let table = slots.table.lock().unwrap_or_else(|e| e.into_inner());
+        let table = lock(&slots.table);
         match table.held.get(&branch) {
             Some(h) => Ok(Worktree {
                 path: h.path.clone(),
@@ -293,6 +290,13 @@ impl GitWorkspace {
             )),
         }
     }
+}
+
+/// `m`, locked: a panic while another holder had it leaves nothing half
+/// done in what these mutexes guard (a table of who holds what, or
+/// nothing).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// After each [`GRAPH_EVERY`] released tickets, the commit graph.
@@ -323,7 +327,7 @@ impl Slots {
         base: &str,
     ) -> Result<(Worktree, Option<PathBuf>), GitError> {
         let branch = &fresh.branch;
-        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = lock(&self.table);
         let found = |path: &Path| Worktree {
             path: path.to_path_buf(),
             branch: branch.clone(),
@@ -362,7 +366,7 @@ impl Slots {
         let new = (0..MAX_SLOTS).filter(|n| !existing.contains(n));
         let order = own.into_iter().chain(free).map(|(n, _)| n).chain(new);
         for n in order {
-            let Some(lock) = lock_slot(&dir, n)? else {
+            let Some(slot_lock) = lock_slot(&dir, n)? else {
                 continue; // another process holds it
             };
             // Read again under the lock: another process may have taken
@@ -374,7 +378,7 @@ impl Slots {
             };
             let path = dir.join(n.to_string());
             let made = {
-                let _guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let _guard = lock(shared);
                 repo.make_slot(&path, base)
             };
             if let Err(e) = made {
@@ -397,7 +401,7 @@ impl Slots {
                 branch.clone(),
                 Held {
                     path: path.clone(),
-                    slot: Some((n, lock)),
+                    slot: Some((n, slot_lock)),
                 },
             );
             return Ok((found(&path), switch.then_some(mark)));
@@ -419,7 +423,7 @@ impl Slots {
         branch: &str,
         free: bool,
     ) -> Result<(), GitError> {
-        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = lock(&self.table);
         let Some(h) = t.held.remove(branch) else {
             return Ok(());
         };
@@ -436,7 +440,7 @@ impl Slots {
             }
             Some(_) => Ok(()),
             None if free => {
-                let _guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let _guard = lock(shared);
                 repo.remove_worktree(&Worktree {
                     path: h.path,
                     branch: branch.to_owned(),
@@ -537,7 +541,7 @@ impl Workspace for GitWorkspace {
     ) -> Result<Prepared, WorkspaceError> {
         let prepared = self.prepare_tree(run, ticket, deps).await?;
         if let Some(start) = &prepared.base {
-            let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut starts = lock(&self.starts);
             starts.insert(Repo::ticket_branch(run, ticket), start.clone());
         }
         Ok(prepared)
@@ -567,7 +571,7 @@ impl Workspace for GitWorkspace {
     async fn secrets(&self, run: &RunId, ticket: &TicketId) -> Result<Vec<String>, WorkspaceError> {
         let wt = self.worktree(run, ticket)?;
         let since = {
-            let starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+            let starts = lock(&self.starts);
             starts.get(&wt.branch).cloned()
         };
         let since = since.unwrap_or_else(|| self.base.clone());
