@@ -1177,14 +1177,23 @@ argv = ["sh", "-c", "ls work | grep -q txt"]
 }
 
 /// The campaign's tickets' and batches' trees.
-fn campaign_trees(repo: &Path) -> Vec<(String, String)> {
+/// Each ticket's last checkpoint's tree (its branch is gone once its
+/// batch merged and the run completed) and each batch branch's.
+fn campaign_trees(s: &Setup) -> Vec<(String, String)> {
+    let events = journal(s);
+    let state = RunState::fold(events.iter().map(|e| &e.event));
+    let tree = |rev: &str| demo::git(&s.repo, &["rev-parse", &format!("{rev}^{{tree}}")]).unwrap();
     (0..12)
-        .map(|i| format!("orch/{RUN}/T{i}"))
-        .chain((0..3).map(|b| format!("orch/{RUN}/batch-B{b}")))
-        .map(|b| {
-            let tree = demo::git(repo, &["rev-parse", &format!("{b}^{{tree}}")]).unwrap();
-            (b, tree)
+        .map(|i| {
+            let t = &state.tickets[format!("T{i}").as_str()];
+            let last = t.phases_passed.last().expect("a phase passed");
+            (format!("T{i}"), tree(&t.checkpoints[last]))
         })
+        .chain((0..3).map(|b| {
+            let b = format!("orch/{RUN}/batch-B{b}");
+            let t = tree(&b);
+            (b, t)
+        }))
         .collect()
 }
 
@@ -1212,7 +1221,7 @@ fn crash_campaign_kill_9_at_random_moments() {
     let base = crash_setup();
     std::fs::write(&base.plan, campaign_plan(&base.marks)).unwrap();
     assert_eq!(start(&base).wait().unwrap().code(), Some(0));
-    let expected = campaign_trees(&base.repo);
+    let expected = campaign_trees(&base);
 
     let s = crash_setup();
     std::fs::write(&s.plan, campaign_plan(&s.marks)).unwrap();
@@ -1322,13 +1331,18 @@ fn crash_campaign_kill_9_at_random_moments() {
             "{key:?}: the agent ran {n} times, the journal records {recorded} starts"
         );
     }
-    // Each phase's checkpoint was made once: no checkpointed phase redone.
+    // Each phase's checkpoint was made once: no checkpointed phase redone
+    // (the history of each ticket's last checkpoint: its branch is gone
+    // once its batch merged).
+    let state = RunState::fold(events.iter().map(|e| &e.event));
     for i in 0..12 {
+        let t = &state.tickets[format!("T{i}").as_str()];
+        let last = &t.checkpoints[t.phases_passed.last().expect("a phase passed")];
         let history = demo::git(
             &s.repo,
             &[
                 "log",
-                &format!("orch/{RUN}/T{i}"),
+                last,
                 "--format=%(trailers:key=Orch-Checkpoint,valueonly)",
             ],
         )
@@ -1341,7 +1355,6 @@ fn crash_campaign_kill_9_at_random_moments() {
             assert_eq!(made, 1, "T{i} {phase}: {made} checkpoints");
         }
     }
-    let state = RunState::fold(events.iter().map(|e| &e.event));
     assert_eq!(state.count(TicketStatus::Done), 12);
     assert!(
         state
@@ -1351,7 +1364,7 @@ fn crash_campaign_kill_9_at_random_moments() {
         "no agent left running in the registry"
     );
     assert_eq!(
-        campaign_trees(&s.repo),
+        campaign_trees(&s),
         expected,
         "same result as without crashes"
     );
