@@ -407,24 +407,12 @@ impl Repo {
         if self.usable(&path, &branch)? {
             return Ok(Worktree { path, branch });
         }
-        // A directory left half-made by a crash (a `git worktree add`
-        // killed with orch), or a stale registration.
-        self.forget_worktree(&path, &branch);
-        let making = Making::mark(&path)?;
-        std::fs::create_dir_all(path.parent().unwrap_or(&self.worktrees)).map_err(|e| {
-            GitError {
-                kind: WorkspaceErrorKind::Io,
-                command: "mkdir".into(),
-                message: format!("{}: {e}", path.display()),
-            }
-        })?;
         let p = path.to_string_lossy().into_owned();
         if self.resolve(&branch).is_ok() {
-            self.git(&["worktree", "add", &p, &branch])?;
+            self.add_worktree(&path, &branch, &[&p, &branch])?;
         } else {
-            self.git(&["worktree", "add", "-b", &branch, &p, base])?;
+            self.add_worktree(&path, &branch, &["-b", &branch, &p, base])?;
         }
-        making.done();
         Ok(Worktree { path, branch })
     }
 
@@ -435,16 +423,12 @@ impl Repo {
     /// # Errors
     /// When it is there but cannot be recovered: it is kept (it may hold
     /// work), and the caller fails saying why.
-    pub(crate) fn usable_worktree(&self, path: &Path, branch: &str) -> Result<bool, GitError> {
-        self.usable(path, branch)
-    }
-
     /// Makes the worktree `wt`, found again, usable (see [`recover`]).
     pub(crate) fn recover_worktree(&self, wt: &Worktree) -> Result<PathBuf, GitError> {
         recover(&self.common, &wt.path, &wt.branch)
     }
 
-    fn usable(&self, path: &Path, branch: &str) -> Result<bool, GitError> {
+    pub(crate) fn usable(&self, path: &Path, branch: &str) -> Result<bool, GitError> {
         if std::fs::symlink_metadata(path.join(".git")).is_err() || Making::marked(path) {
             return Ok(false);
         }
@@ -944,12 +928,10 @@ impl Repo {
             .join(format!("batch-{batch}"));
         let p = path.to_string_lossy().into_owned();
         if !self.usable(&path, batch_branch)? {
-            self.forget_worktree(&path, batch_branch);
-            let making = Making::mark(&path)?;
             if self.resolve(batch_branch).is_ok() {
                 // Not forced: git refuses a branch checked out elsewhere
                 // (the branch someone works on), and so does orch.
-                self.git(&["worktree", "add", &p, batch_branch])
+                self.add_worktree(&path, batch_branch, &[&p, batch_branch])
                     .map_err(|e| GitError {
                         message: format!(
                             "cannot merge into {batch_branch}: {}(a batch branch must not be checked out anywhere; name another `branch` for the batch, or none for orch/{run}/batch-{batch})",
@@ -958,9 +940,8 @@ impl Repo {
                         ..e
                     })?;
             } else {
-                self.git(&["worktree", "add", "-b", batch_branch, &p, base])?;
+                self.add_worktree(&path, batch_branch, &["-b", batch_branch, &p, base])?;
             }
-            making.done();
         }
         if let Some((branch, files)) =
             marked_merge(&path, || merge_branches(&path, batch_branch, branches))?
@@ -1023,16 +1004,20 @@ impl Repo {
         if std::fs::symlink_metadata(path.join(".git")).is_ok() && !Making::marked(path) {
             return Ok(());
         }
-        self.forget_worktree(path, "");
+        self.add_worktree(path, "", &["-q", "--detach", &path.to_string_lossy(), base])
+    }
+
+    /// `git worktree add ARGS` for a worktree at `path` (on `branch`, or
+    /// "" for none): what a crash left there goes first, and the worktree
+    /// is marked as being made until git has checked it out whole.
+    fn add_worktree(&self, path: &Path, branch: &str, args: &[&str]) -> Result<(), GitError> {
+        // A directory left half-made by a crash (a `git worktree add`
+        // killed with orch), or a stale registration.
+        self.forget_worktree(path, branch);
         let making = Making::mark(path)?;
-        self.git(&[
-            "worktree",
-            "add",
-            "-q",
-            "--detach",
-            &path.to_string_lossy(),
-            base,
-        ])?;
+        let mut add = vec!["worktree", "add"];
+        add.extend_from_slice(args);
+        self.git(&add)?;
         making.done();
         Ok(())
     }

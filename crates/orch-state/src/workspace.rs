@@ -22,12 +22,12 @@ use crate::git::{GitError, MergeOutcome, Repo, Worktree};
 ///
 /// Worktrees are slots by default ([`WorkspaceSpec`]): a pool under
 /// `.orch/slots`, shared by the runs in the repository, each held by one
-/// ticket at a time (a lock file, `.orch/slots/<n>.lock`, locked while a
-/// process holds it, so not even two processes share one). A ticket
-/// takes the slot its branch is checked out in (its own, after a
-/// crash) or a free one (head detached), which is switched to its branch
-/// and cleaned, keeping only the spec's `keep` caches; when the ticket is
-/// done its slot's head is detached again. With [`Worktrees::Fresh`] each
+/// ticket at a time: its owner is named in `.orch/slots/<n>.owner`, and a
+/// lock file, `.orch/slots/<n>.lock`, is locked while a process holds it,
+/// so not even two processes share one. A ticket takes the slot it owns
+/// (after a crash) or a free one (no owner), which is switched to its
+/// branch and cleaned, keeping only the spec's `keep` caches; when the
+/// ticket is done its slot's head is detached and its owner forgotten. With [`Worktrees::Fresh`] each
 /// ticket gets a new worktree under `.orch/worktrees/<run>/<ticket>`,
 /// removed when it is done.
 ///
@@ -86,8 +86,8 @@ struct Slots {
     table: Arc<Mutex<SlotTable>>,
 }
 
-/// The slot table of each repository (by its shared git directory) in
-/// this process.
+/// The slot table of each repository (by its slots directory) in this
+/// process.
 fn slot_table(repo: &Repo) -> Arc<Mutex<SlotTable>> {
     static TABLES: std::sync::OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<SlotTable>>>>> =
         std::sync::OnceLock::new();
@@ -335,7 +335,7 @@ impl Slots {
         if let Some(h) = t.held.get(branch) {
             return Ok((found(&h.path), None));
         }
-        if repo.usable_worktree(&fresh.path, branch)? {
+        if repo.usable(&fresh.path, branch)? {
             t.held.insert(
                 branch.clone(),
                 Held {
