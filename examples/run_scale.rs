@@ -18,7 +18,8 @@
 //! - `prepare`: in a generated repository of FILES files (default 30,000),
 //!   10 tickets one after another, each preparing its work tree, adding a
 //!   file, checkpointing and releasing: the time to prepare and release,
-//!   slots against fresh worktrees (`git worktree add`/`remove`). Slots
+//!   slots against fresh worktrees (`git worktree add`/`remove`) and
+//!   against git's own switch and clean of one worktree (the floor). Slots
 //!   go first: on ext4, making a worktree's files right after removing
 //!   another's is slowed by the inode allocator skipping the inodes just
 //!   freed, and slots would otherwise pay for the fresh worktrees'
@@ -84,6 +85,8 @@ fn mode(spec: &WorkspaceSpec) -> &'static str {
 fn repo_with(dir: &Path, files: impl IntoIterator<Item = (String, String)>) -> Result<(), Error> {
     std::fs::create_dir_all(dir)?;
     git(dir, &["init", "-q", "-b", "main"])?;
+    // No gc in the background of a measurement.
+    git(dir, &["config", "gc.auto", "0"])?;
     for (path, text) in files {
         let p = dir.join(path);
         if let Some(parent) = p.parent() {
@@ -171,12 +174,46 @@ async fn prepare(files: usize) -> Result<(), Error> {
             )
         }),
     )?;
+    // Packed, as a clone is.
+    git(&repo, &["gc", "-q"])?;
     println!(
         "repository of {files} files made in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     println!("| worktrees | first ticket | next 9 tickets, mean |");
     println!("|---|---|---|");
+    // The floor: git's own switch and clean of one worktree, per ticket
+    // (`git checkout -f -b`, `git clean -ffdx` keeping `target/`), the
+    // ticket's commit not counted.
+    let bare = dir.path().join("bare");
+    git(
+        &repo,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "--detach",
+            &bare.to_string_lossy(),
+            "HEAD",
+        ],
+    )?;
+    let mut times = Vec::new();
+    for i in 0..10 {
+        let t = Instant::now();
+        git(
+            &bare,
+            &["checkout", "-q", "-f", "-b", &format!("bare-{i}"), "main"],
+        )?;
+        git(&bare, &["clean", "-q", "-ffdx", "-e", "target/"])?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::fs::write(bare.join(format!("new-{i}.txt")), "work\n")?;
+        commit_all(&bare, "work")?;
+    }
+    println!(
+        "| git checkout + clean alone | {:.0} ms | {:.0} ms |",
+        times[0],
+        times[1..].iter().sum::<f64>() / 9.0
+    );
     for spec in [WorkspaceSpec::default(), WorkspaceSpec::fresh()] {
         let ws =
             orch_state::GitWorkspace::new(orch_state::git::Repo::open(&repo)?, "HEAD")?.spec(&spec);

@@ -260,9 +260,8 @@ priority = "P3"
     assert!(!failed.report.passed(), "{:?}", failed.report);
 }
 
-/// `orch` killed in the middle of switching a slot to ticket B (a
-/// post-checkout hook holds the switch after the checkout, before the
-/// clean): the resumed run switches the slot again instead of taking what
+/// `orch` killed in the middle of switching a slot to ticket B (the git
+/// it runs holds the switch after B's files are in, before the clean): the resumed run switches the slot again instead of taking what
 /// it finds for B's work, so A's ignored leftovers do not reach B's gate.
 #[test]
 fn a_slot_switch_cut_short_by_a_crash_is_switched_again() {
@@ -290,17 +289,35 @@ effort = "1h"
 priority = "P3"
 "#;
     let s = setup(&[("README.md", "x\n"), (".gitignore", "*.log\n")], plan);
-    let hook = s.repo.join(".git/hooks/post-checkout");
+    // The git orch runs is this one: it holds the clean that would take
+    // A's leftover away (B's switch, after its files were switched).
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let bin = s.marks.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(
-        &hook,
+        bin.join("git"),
         format!(
-            "#!/bin/sh\ncase \"$(git symbolic-ref -q --short HEAD)\" in orch/*/B) if [ ! -e {m}/frozen ]; then touch {m}/frozen; sleep 60; fi;; esac\n",
-            m = s.marks.display()
+            "#!/bin/sh\ncase \" $* \" in *\" clean \"*) if [ -e leftover.log ] && [ ! -e {m}/frozen ]; then touch {m}/frozen; sleep 60; fi;; esac\nexec {real} \"$@\"\n",
+            m = s.marks.display(),
+            real = real.trim()
         ),
     )
     .unwrap();
-    Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("git"))
+        .status()
+        .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let mut child = run(&s)
+        .env("PATH", path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

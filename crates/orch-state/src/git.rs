@@ -1068,12 +1068,15 @@ impl Repo {
             let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
         }
         // What the last ticket could have set to make git overlook its
-        // changes is not trusted: no fsmonitor, no untracked cache.
+        // changes or files is not trusted: no fsmonitor, no untracked
+        // cache, no sparse checkout.
         let quiet = [
             "-c",
             "core.fsmonitor=false",
             "-c",
             "core.untrackedCache=false",
+            "-c",
+            "core.sparseCheckout=false",
         ];
         let git = |args: &[&str]| {
             let mut all = quiet.to_vec();

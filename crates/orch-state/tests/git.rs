@@ -401,11 +401,16 @@ fn a_frozen_ini_section_is_read_as_pytest_reads_it() {
 /// taken by `flock`) is not given out even though it is free; tickets
 /// prepared at once each get a slot of their own; a released slot is
 /// reused, cleaned, and a slot with hidden changes (skip-worktree, which
-/// a forced checkout keeps) does not carry them to the next ticket.
+/// a switch keeps; a file in a kept directory hidden by a changed
+/// `.gitignore`) does not carry them to the next ticket.
 #[test]
 fn slots_are_held_by_one_ticket_and_one_process() {
     use orch_core::Workspace;
     let (d, repo) = repo();
+    std::fs::create_dir_all(d.path().join("docs/target")).unwrap();
+    std::fs::write(d.path().join("docs/target/README.md"), "docs\n").unwrap();
+    sh(d.path(), &["add", "docs"]);
+    sh(d.path(), &["commit", "-q", "-m", "docs"]);
     let ws = std::sync::Arc::new(orch_state::GitWorkspace::new(repo, "main").unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -476,11 +481,40 @@ fn slots_are_held_by_one_ticket_and_one_process() {
     );
     assert_eq!(
         sh(&next.path, &["ls-files", "-v"]),
-        "H .gitignore\nH app.txt"
+        "H .gitignore\nH app.txt\nH docs/target/README.md"
     );
+    assert_eq!(sh(&next.path, &["status", "--porcelain", "--ignored"]), "");
     // Preparing B again (a restart) finds B's slot.
     let again = rt.block_on(ws.prepare(&run, &t("B"), &[])).unwrap();
     assert_eq!(again.path, next.path);
+    // B leaves, not committed, a `.gitignore` that hides a file it made
+    // in a directory slots keep (`target/`) that holds tracked files: C
+    // does not get the file, nor B's hidden change.
+    std::fs::write(next.path.join(".gitignore"), ".orch/\n*.rs\n").unwrap();
+    std::fs::create_dir_all(next.path.join("docs/target")).unwrap();
+    std::fs::write(next.path.join("docs/target/planted.rs"), "B's\n").unwrap();
+    // And a change it told git to assume is not there.
+    sh(
+        &next.path,
+        &["update-index", "--assume-unchanged", "app.txt"],
+    );
+    std::fs::write(next.path.join("app.txt"), "B's change\n").unwrap();
+    rt.block_on(ws.release(&run, &t("B"))).unwrap();
+    let c = rt.block_on(ws.prepare(&run, &t("C"), &[])).unwrap();
+    assert_eq!(c.path, next.path);
+    assert!(
+        !c.path.join("docs/target/planted.rs").exists(),
+        "B's planted file survived"
+    );
+    assert_eq!(sh(&c.path, &["status", "--porcelain", "--ignored"]), "");
+    assert_eq!(
+        sh(&c.path, &["ls-files", "-v"]),
+        "H .gitignore\nH app.txt\nH docs/target/README.md"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.path.join("app.txt")).unwrap(),
+        "line 1\nline 2\nline 3\n"
+    );
 }
 
 /// A work tree whose `.git` its agent removed is not a repository to
