@@ -357,7 +357,13 @@ impl Engine {
             .phases
             .iter()
             .flat_map(|p| p.gates.iter().map(move |g| (p.name.to_string(), g)))
-            .chain(self.plan.batch_gates.iter().map(|g| ("batch".into(), g)));
+            .chain(self.plan.batch_gates.iter().map(|g| ("batch".into(), g)))
+            .chain(
+                self.plan
+                    .batches
+                    .iter()
+                    .flat_map(|b| b.gates.iter().map(move |g| (format!("batch {}", b.id), g))),
+            );
         let first = self.plan.tickets.first().map_or("", |t| t.id.as_str());
         for (phase, spec) in specs {
             let Some(f) = &self.gates else {

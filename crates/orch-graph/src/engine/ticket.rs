@@ -1010,7 +1010,21 @@ pub(crate) async fn merge_batch(
         batch: batch.clone(),
     };
     let vars = [("batch", batch.as_str())];
-    let reports = match run_gates(sh, &mut out, &sh.plan.batch_gates, &vars, &scope, &ctx).await {
+    // The plan's batch gates, then the batch's own.
+    let gates: Vec<orch_core::GateSpec> = sh
+        .plan
+        .batch_gates
+        .iter()
+        .chain(
+            sh.plan
+                .batches
+                .iter()
+                .filter(|b| b.id == batch)
+                .flat_map(|b| &b.gates),
+        )
+        .cloned()
+        .collect();
+    let reports = match run_gates(sh, &mut out, &gates, &vars, &scope, &ctx).await {
         Ok(Some((r, _))) => r,
         Ok(None) => return out.flush().await, // cancelled: merged again on resume
         Err(End::Store(e)) => return Err(e),
