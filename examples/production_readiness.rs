@@ -104,6 +104,10 @@ async fn main() -> Result<(), Error> {
         s.events,
         state_dir.display()
     );
+    let status = std::fs::read_to_string(state_dir.join("STATUS_REPORT.md"))?;
+    if let Some(call) = status.lines().find(|l| l.starts_with("## Go/No-Go")) {
+        println!("{} (STATUS_REPORT.md)", call.trim_start_matches("## "));
+    }
     if report.outcome != RunOutcome::Completed {
         return Err(format!("run ended {:?}", report.outcome).into());
     }

@@ -188,10 +188,13 @@ impl Setup {
             .gates(Arc::new(orch_gates::from_spec))
             .redactor(self.redactor.clone())
             .allow_plan_change(self.allow_plan_change)
-            .observe(Arc::new(match &self.stop_on_state_failure {
-                Some((run, failed)) => StateFiles::new(&self.state_dir, &self.plan)
-                    .stop_on_failure(run.clone(), failed.clone()),
-                None => StateFiles::new(&self.state_dir, &self.plan),
+            .observe(Arc::new({
+                let files = StateFiles::new(&self.state_dir, &self.plan)
+                    .also("STATUS_REPORT.md", status_report(&self.plan));
+                match &self.stop_on_state_failure {
+                    Some((run, failed)) => files.stop_on_failure(run.clone(), failed.clone()),
+                    None => files,
+                }
             }));
         if self.progress {
             engine = engine.observe(Arc::new(Progress::new(&self.plan)));
@@ -215,4 +218,17 @@ pub fn new_run_id(plan: &Plan) -> RunId {
     format!("{}-{stamp}", name.trim_matches('-'))
         .parse()
         .unwrap_or_else(|_| format!("run-{stamp}").parse().expect("valid id"))
+}
+
+/// `STATUS_REPORT.md` for runs of `plan`: the report as of the run's last
+/// event (so the file is a function of the journal).
+fn status_report(plan: &Plan) -> impl Fn(&orch_core::RunState) -> String + Send + Sync + 'static {
+    let plan = plan.clone();
+    move |state| {
+        let at = state.updated_at.unwrap_or_else(orch_core::Timestamp::now);
+        match orch_graph::status::StatusReport::new(&plan, state, at, None) {
+            Ok(r) => r.to_markdown(),
+            Err(e) => format!("# Status report: {}\n\nNo report: {e}\n", plan.name),
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! orch schema                                print the JSON Schema of plan files
 //! orch run PLAN [--repo DIR] [--state DIR] [--database-url URL] [--concurrency N] [--run ID] [--allow-plan-change]
 //! orch resume [--state DIR] [--database-url URL] [--allow-plan-change]
-//! orch status [--state DIR] [--database-url URL] [--json]
+//! orch status [--state DIR] [--database-url URL] [--json] [--report] [--metrics]
 //! orch decide TICKET (--approve | --retry NOTE | --skip | --abort) [--state DIR] [--database-url URL]
 //! ```
 //!
@@ -108,9 +108,16 @@ enum Command {
     Status {
         #[command(flatten)]
         state: StateArg,
-        /// The folded state as JSON.
+        /// The folded state as JSON (with `--report`: the report).
         #[arg(long)]
         json: bool,
+        /// The status report: progress, schedule, risks, metrics, agent
+        /// health and the go/no-go call with the rules that made it.
+        #[arg(long, conflicts_with = "metrics")]
+        report: bool,
+        /// The report's figures as OpenMetrics text, for Prometheus.
+        #[arg(long, conflicts_with = "json")]
+        metrics: bool,
     },
     /// Answer an escalated ticket of the latest run.
     Decide {
@@ -498,14 +505,46 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 allow_plan_change,
             )?;
         }
-        Command::Status { state, json } => {
+        Command::Status {
+            state,
+            json,
+            report,
+            metrics,
+        } => {
             let dir = state.dir(std::path::Path::new("."));
             let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
             let (info, store, plan) = rt.block_on(latest(&state, &dir))?;
             let st = rt
                 .block_on(store.state(&info.run))
                 .map_err(|e| Fail(6, e.to_string()))?;
-            if json {
+            if report || metrics {
+                let plan = plan.ok_or_else(|| {
+                    Fail(
+                        2,
+                        format!(
+                            "the report needs the run's plan, and {} cannot be read",
+                            info.plan.display()
+                        ),
+                    )
+                })?;
+                let r = orch_graph::status::StatusReport::new(
+                    &plan,
+                    &st,
+                    orch_core::Timestamp::now(),
+                    None,
+                )
+                .map_err(|e| Fail(2, e.to_string()))?;
+                if metrics {
+                    print!("{}", r.to_openmetrics());
+                } else if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&r).map_err(|e| Fail(2, e.to_string()))?
+                    );
+                } else {
+                    print!("{}", r.to_markdown());
+                }
+            } else if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&st).map_err(|e| Fail(2, e.to_string()))?

@@ -95,6 +95,15 @@ async fn production_readiness_runs_end_to_end() {
     assert!(!s.batches.contains_key("PR5"));
     let queue = std::fs::read_to_string(state_dir.join("DECISION_QUEUE.md")).unwrap();
     assert!(queue.contains("orch decide SEC-006"), "{queue}");
+    assert!(queue.contains("[PR1: GO](go-no-go/PR1.md)"), "{queue}");
+    // The status report: waiting on a person is YELLOW.
+    let status = std::fs::read_to_string(state_dir.join("STATUS_REPORT.md")).unwrap();
+    assert!(status.contains("## Go/No-Go: **YELLOW**"), "{status}");
+    assert!(
+        status.contains("- YELLOW `decision_open`: SEC-006 waits"),
+        "{status}"
+    );
+    assert!(status.contains("16/18 tickets done"), "{status}");
 
     // A person approves; the run resumes and completes.
     decide(
@@ -115,6 +124,17 @@ async fn production_readiness_runs_end_to_end() {
     assert_eq!(report.outcome, RunOutcome::Completed);
     let s = &report.state;
     assert_eq!(s.count(TicketStatus::Done), 18);
+    // Done, every batch merged, the one decision answered: GREEN, and
+    // each batch's record says GO with its gates' evidence.
+    let status = std::fs::read_to_string(state_dir.join("STATUS_REPORT.md")).unwrap();
+    assert!(
+        status.contains("## Go/No-Go: **GREEN**\n\nNo rule fired."),
+        "{status}"
+    );
+    assert!(status.contains("18/18 tickets done"), "{status}");
+    let pr5 = std::fs::read_to_string(state_dir.join("go-no-go/PR5.md")).unwrap();
+    assert!(pr5.starts_with("# Batch PR5: GO\n"), "{pr5}");
+    assert!(pr5.contains("4/4 batch gates passed"), "{pr5}");
     for b in ["PR1", "PR2", "PR3", "PR4", "PR5"] {
         let batch = &s.batches[b];
         assert_eq!(batch.status, BatchStatus::Merged, "{b}");

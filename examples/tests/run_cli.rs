@@ -1925,3 +1925,84 @@ effort = "1h"
         .count();
     assert_eq!(failed, 0, "no attempt was spent on the missing program");
 }
+
+/// A real run whose batch gate fails after the merge: the status report
+/// (the state file, `orch status --report` and its `--json`) is RED with
+/// that rule and the gate's reason, the batch's record is a NO-GO with
+/// the fixes its gate asks for, and `--metrics` says RED in OpenMetrics.
+#[test]
+fn a_failing_batch_gate_makes_the_report_red() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, state) = workspace(dir.path());
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        r#"
+name = "red"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "command", argv = ["sh", "-c", "cat > /dev/null; echo $ORCH_TICKET > $ORCH_TICKET.txt"] }
+[[phases]]
+name = "do"
+[[batches]]
+id = "B1"
+title = "the one batch"
+tickets = ["A", "B"]
+gates = [{ kind = "command", name = "integration", argv = ["sh", "-c", "echo 'integration: 1 test failed' >&2; exit 1"] }]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+[[tickets]]
+id = "B"
+title = "b"
+effort = "1h"
+"#,
+    )
+    .unwrap();
+    let (code, text) = output(
+        orch()
+            .arg("run")
+            .arg(&plan)
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--state")
+            .arg(&state),
+    );
+    assert_ne!(code, 0, "the batch failed: {text}");
+    let file = std::fs::read_to_string(state.join("STATUS_REPORT.md")).unwrap();
+    assert!(file.contains("## Go/No-Go: **RED**"), "{file}");
+    assert!(
+        file.contains("- RED `batch_gate_failed`: batch B1:"),
+        "{file}"
+    );
+    let (code, report) = output(orch().args(["status", "--report", "--state"]).arg(&state));
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("## Go/No-Go: **RED**"), "{report}");
+    assert!(
+        report.contains("| B1 | NO-GO | 0/1 | [go-no-go/B1.md](go-no-go/B1.md) |"),
+        "{report}"
+    );
+    let (code, json) = output(
+        orch()
+            .args(["status", "--report", "--json", "--state"])
+            .arg(&state),
+    );
+    assert_eq!(code, 0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["colour"], "RED");
+    assert_eq!(v["fired"][0]["rule"], "batch_gate_failed");
+    let record = std::fs::read_to_string(state.join("go-no-go/B1.md")).unwrap();
+    assert!(record.starts_with("# Batch B1: NO-GO\n"), "{record}");
+    assert!(record.contains("| integration | FAILED |"), "{record}");
+    assert!(record.contains("## Required fixes"), "{record}");
+    let queue = std::fs::read_to_string(state.join("DECISION_QUEUE.md")).unwrap();
+    assert!(queue.contains("[B1: NO-GO](go-no-go/B1.md)"), "{queue}");
+    let (code, metrics) = output(orch().args(["status", "--metrics", "--state"]).arg(&state));
+    assert_eq!(code, 0, "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    assert!(
+        metrics.contains("orch_go_no_go{orch_go_no_go=\"RED\"} 1"),
+        "{metrics}"
+    );
+}

@@ -35,6 +35,7 @@ pub mod random;
 mod rankset;
 mod report;
 mod scheduler;
+pub mod status;
 
 pub use analysis::{Analysis, Schedule, simulate};
 pub use batches::BatchGraph;

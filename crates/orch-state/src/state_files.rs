@@ -51,7 +51,11 @@ pub struct StateFiles {
     /// run, as a store would).
     failed: Arc<Mutex<Option<String>>>,
     stop: Option<orch_core::Cancellation>,
+    also: Vec<(String, Render)>,
 }
+
+/// A file rendered from the state, besides the built-in ones.
+type Render = Box<dyn Fn(&RunState) -> String + Send + Sync>;
 
 /// What changed since the views were last written.
 #[derive(Default)]
@@ -88,7 +92,30 @@ impl StateFiles {
             pending: Mutex::default(),
             failed: Arc::default(),
             stop: None,
+            also: Vec::new(),
         }
+    }
+
+    /// Also keeps the file `name` (in the state directory) up to date,
+    /// its contents `render`ed from the state with the others' (a status
+    /// report, say, which needs more than this crate knows).
+    ///
+    /// ```
+    /// # let plan = orch_core::Plan::from_toml_str("name = \"p\"\ndefault_role = \"dev\"\n[agents.dev]\nbackend = { kind = \"command\", argv = [\"true\"] }\n[[phases]]\nname = \"w\"\n[[tickets]]\nid = \"T-1\"\ntitle = \"t\"\neffort = \"1h\"\n").unwrap();
+    /// use orch_core::Observer as _;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let files = orch_state::StateFiles::new(dir.path(), &plan)
+    ///     .also("EVENTS.txt", |s| format!("{} events\n", s.events));
+    /// files.finished(&orch_core::RunState::default());
+    /// assert_eq!(std::fs::read_to_string(dir.path().join("EVENTS.txt")).unwrap(), "0 events\n");
+    /// ```
+    pub fn also(
+        mut self,
+        name: &str,
+        render: impl Fn(&RunState) -> String + Send + Sync + 'static,
+    ) -> StateFiles {
+        self.also.push((name.to_owned(), Box::new(render)));
+        self
     }
 
     /// Stops the run (cancels `run`) when the state files cannot be
@@ -112,7 +139,16 @@ impl StateFiles {
             crate::views::write_views(&self.dir, state, Some(&self.plan))
         } else {
             crate::views::write_views_changed(&self.dir, state, Some(&self.plan), &p.tickets)
-        };
+        }
+        .and_then(|()| {
+            crate::views::write_files(
+                &self.dir,
+                self.also
+                    .iter()
+                    .map(|(name, render)| (name.clone(), render(state)))
+                    .collect(),
+            )
+        });
         if let Err(e) = written {
             tracing::error!(error = %e, "cannot write the state files");
             let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());

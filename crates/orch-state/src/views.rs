@@ -143,7 +143,121 @@ pub fn render_summaries(state: &RunState, plan: Option<&Plan>) -> Views {
     out.insert("AGENT_REGISTRY.md".into(), agent_registry(state));
     out.insert("TEST_RESULTS.md".into(), test_results(state));
     out.insert("DECISION_QUEUE.md".into(), decision_queue(state));
+    for (id, b) in &state.batches {
+        if b.status != orch_core::BatchStatus::Open {
+            out.insert(go_no_go_file(id), go_no_go(state, plan, id, b));
+        }
+    }
     out
+}
+
+fn go_no_go_file(batch: &BatchId) -> String {
+    format!("go-no-go/{batch}.md")
+}
+
+/// A batch's go/no-go record: the call its gates made when its tickets
+/// were merged, the evidence, and for a NO-GO what must be fixed.
+fn go_no_go(
+    state: &RunState,
+    plan: Option<&Plan>,
+    id: &BatchId,
+    b: &orch_core::BatchState,
+) -> String {
+    let go = b.status == orch_core::BatchStatus::Merged;
+    let mut s = format!(
+        "# Batch {id}: {}
+
+",
+        if go { "GO" } else { "NO-GO" }
+    );
+    if let Some(batch) = plan.and_then(|p| p.batches.iter().find(|x| &x.id == id)) {
+        let _ = writeln!(
+            s,
+            "{}
+",
+            batch.title
+        );
+        s.push_str("| ticket | status | failed attempts | tests |\n|---|---|---|---|\n");
+        for t in &batch.tickets {
+            let st = state.tickets.get(t);
+            let _ = writeln!(
+                s,
+                "| {t} | {} | {} | {} |",
+                st.map_or_else(
+                    || "pending".to_owned(),
+                    |x| format!("{:?}", x.status).to_lowercase()
+                ),
+                st.map_or(0, |x| x.metrics.failed_attempts),
+                st.and_then(|x| x.metrics.tests_ran)
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string())
+            );
+        }
+        s.push('\n');
+    }
+    match (&b.commit, go) {
+        (Some(c), true) => {
+            let _ = writeln!(
+                s,
+                "Merged as `{c}`; {}/{} batch gates passed.\n",
+                b.gates_passed, b.gates_total
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                s,
+                "Not merged: {}\n",
+                b.reason.as_deref().unwrap_or("no reason recorded")
+            );
+        }
+    }
+    s.push_str("## Gate evidence\n\n");
+    let runs: Vec<_> = state
+        .gate_runs
+        .iter()
+        .filter(|g| matches!(&g.scope, orch_core::GateScope::Batch { batch } if batch == id))
+        .collect();
+    if runs.is_empty() {
+        s.push_str("No batch gate ran.\n");
+    } else {
+        s.push_str("| gate | result | tests passed/run | line coverage | reason | at |\n|---|---|---|---|---|---|\n");
+        for g in &runs {
+            let e = &g.report.evidence;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                md_cell(&g.report.gate),
+                if g.report.passed() {
+                    "passed"
+                } else {
+                    "FAILED"
+                },
+                e.tests
+                    .map_or_else(|| "-".to_owned(), |t| format!("{}/{}", t.passed, t.ran())),
+                e.line_coverage
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}%")),
+                md_cell(&g.report.reason),
+                g.at
+            );
+        }
+    }
+    if !go {
+        s.push_str("\n## Required fixes\n\n");
+        let failed: Vec<_> = runs.iter().filter(|g| !g.report.passed()).collect();
+        if failed.is_empty() {
+            let _ = writeln!(
+                s,
+                "- {}",
+                b.reason.as_deref().unwrap_or("see the reason above")
+            );
+        }
+        for g in failed {
+            for line in g.report.feedback().lines().filter(|l| !l.trim().is_empty()) {
+                let _ = writeln!(s, "- {}", line.trim_start_matches("- "));
+            }
+        }
+    }
+    s.push_str("\n## Residual risks accepted\n\nNone recorded.\n");
+    s
 }
 
 fn ticket_file(id: &TicketId) -> String {
@@ -517,6 +631,27 @@ fn decision_queue(state: &RunState) -> String {
         }
         s.push('\n');
     }
+    let calls: Vec<_> = state
+        .batches
+        .iter()
+        .filter(|(_, b)| b.status != orch_core::BatchStatus::Open)
+        .collect();
+    if !calls.is_empty() {
+        s.push_str("## Batch go/no-go records\n\n");
+        for (id, b) in calls {
+            let _ = writeln!(
+                s,
+                "- [{id}: {}]({})",
+                if b.status == orch_core::BatchStatus::Merged {
+                    "GO"
+                } else {
+                    "NO-GO"
+                },
+                go_no_go_file(id)
+            );
+        }
+        s.push('\n');
+    }
     let answered: Vec<_> = state
         .decisions
         .iter()
@@ -622,7 +757,7 @@ pub fn write_views_changed<'a>(
     write_files(dir, views)
 }
 
-fn write_files(dir: &Path, views: Views) -> std::io::Result<()> {
+pub(crate) fn write_files(dir: &Path, views: Views) -> std::io::Result<()> {
     for (name, contents) in views {
         let path = dir.join(&name);
         if std::fs::read(&path).is_ok_and(|old| old == contents.as_bytes()) {

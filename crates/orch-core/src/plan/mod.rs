@@ -358,7 +358,8 @@ impl Default for Timeouts {
     }
 }
 
-/// How a run behaves: concurrency, attempts, budget, time limits.
+/// How a run behaves: concurrency, attempts, budget, time limits, and
+/// the rules of the status report's go/no-go call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -380,6 +381,38 @@ pub struct Policy {
     /// Time limits.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// How far the projected finish may slip past the critical path's
+    /// estimate before the status report goes RED (default 4h): the
+    /// campaign's "the critical path slips by more than 4 hours". A
+    /// smaller projected slip is YELLOW.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_delay: Option<crate::Effort>,
+    /// How long an escalation may wait for its answer before the status
+    /// report goes RED (default 4h); a younger one is YELLOW.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_age: Option<crate::Effort>,
+    /// Failed attempts (a phase's gates failing, an agent failing) above
+    /// which the status report is YELLOW (default 3), counting those no
+    /// person has reviewed by answering an escalation of their ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries_warn: Option<u32>,
+}
+
+impl Policy {
+    /// [`Policy::escalate_delay`] in minutes, its default applied.
+    pub fn escalate_delay_minutes(&self) -> u64 {
+        self.escalate_delay.map_or(240, |e| u64::from(e.minutes()))
+    }
+
+    /// [`Policy::decision_age`] in minutes, its default applied.
+    pub fn decision_age_minutes(&self) -> u64 {
+        self.decision_age.map_or(240, |e| u64::from(e.minutes()))
+    }
+
+    /// [`Policy::retries_warn`], its default applied.
+    pub fn retries_warn(&self) -> u32 {
+        self.retries_warn.unwrap_or(3)
+    }
 }
 
 fn four() -> u32 {
@@ -397,6 +430,9 @@ impl Default for Policy {
             max_attempts: three(),
             budget: Budget::default(),
             timeouts: Timeouts::default(),
+            escalate_delay: None,
+            decision_age: None,
+            retries_warn: None,
         }
     }
 }

@@ -1,0 +1,510 @@
+//! Status reports folded from journals with known times: each go/no-go
+//! rule fires on its own, with the colour it gives, and the Markdown is
+//! compared with the expected file in `tests/status/` (regenerate with
+//! `ORCH_BLESS=1 cargo test -p orch-graph --test status`).
+
+use orch_core::{
+    AgentId, BatchId, Decision, Event, EventId, EventKind, GateReport, GateScope, GateStatus, Plan,
+    RunState, TicketId, Timestamp,
+};
+use orch_graph::status::{Colour, Rule, StatusReport};
+
+const PLAN: &str = r#"
+name = "campaign"
+default_role = "dev"
+[policy]
+escalate_delay = "4h"
+decision_age = "2h"
+retries_warn = 2
+[agents.dev]
+backend = { kind = "command", argv = ["true"] }
+[[phases]]
+name = "implement"
+[[batches]]
+id = "B1"
+title = "first"
+tickets = ["A", "B"]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+priority = "P0"
+[[tickets]]
+id = "B"
+title = "b"
+effort = "2h"
+priority = "P1"
+depends_on = ["A"]
+[[tickets]]
+id = "C"
+title = "c"
+effort = "1h"
+priority = "P2"
+[[tickets]]
+id = "D"
+title = "d"
+effort = "30m"
+priority = "P1"
+depends_on = ["B", "C"]
+[[tickets]]
+id = "E"
+title = "e"
+effort = "1h"
+priority = "P1"
+"#;
+
+/// 2026-12-01T09:00:00Z, the run's start.
+const T0: u64 = 1_796_115_600_000;
+const MIN: u64 = 60_000;
+
+/// A journal written at known times (minutes after `T0`).
+#[derive(Default)]
+struct Journal(Vec<Event>);
+
+impl Journal {
+    fn at(&mut self, min: u64, kind: EventKind) -> &mut Self {
+        self.0.push(Event {
+            id: EventId::random(),
+            at: Timestamp(T0 + min * MIN),
+            kind,
+        });
+        self
+    }
+
+    fn started() -> Journal {
+        let mut j = Journal::default();
+        j.at(
+            0,
+            EventKind::RunStarted {
+                run: "r1".parse().unwrap(),
+                plan: "campaign".into(),
+                fingerprint: String::new(),
+                resumed: false,
+                parts: Default::default(),
+                driver: None,
+            },
+        );
+        j
+    }
+
+    /// One attempt at `ticket` from `from` to `to`: its agent, its gate
+    /// (with `tests` passing ones), then passed or failed.
+    fn attempt(&mut self, ticket: &str, attempt: u32, from: u64, to: u64, pass: bool) -> &mut Self {
+        let t: TicketId = ticket.parse().unwrap();
+        let phase = "implement".parse().unwrap();
+        let agent = AgentId::for_attempt(&t, &phase, attempt);
+        self.at(
+            from,
+            EventKind::AgentStarted {
+                ticket: t.clone(),
+                phase: phase.clone(),
+                attempt,
+                agent: agent.clone(),
+                role: "dev".parse().unwrap(),
+                backend: "command".into(),
+            },
+        );
+        self.at(
+            to,
+            EventKind::AgentFinished {
+                ticket: t.clone(),
+                agent,
+                success: true,
+                summary: String::new(),
+                usage: Default::default(),
+                session_id: None,
+                error: None,
+            },
+        );
+        let mut report = GateReport {
+            gate: "tests".into(),
+            status: if pass {
+                GateStatus::Passed
+            } else {
+                GateStatus::Failed
+            },
+            reason: if pass { "passed" } else { "2 tests failed" }.into(),
+            evidence: Default::default(),
+            duration_ms: 1000,
+            excerpt: String::new(),
+            children: Vec::new(),
+        };
+        report.evidence.tests = Some(orch_core::TestCounts {
+            passed: if pass { 12 } else { 10 },
+            failed: if pass { 0 } else { 2 },
+            skipped: 0,
+        });
+        self.at(
+            to,
+            EventKind::GateFinished {
+                scope: GateScope::Phase {
+                    ticket: t.clone(),
+                    phase: phase.clone(),
+                    attempt,
+                },
+                report: Box::new(report),
+            },
+        );
+        if pass {
+            self.at(
+                to,
+                EventKind::PhasePassed {
+                    ticket: t,
+                    phase,
+                    attempt,
+                    checkpoint: None,
+                    checkpoint_ms: None,
+                },
+            )
+        } else {
+            self.at(
+                to,
+                EventKind::AttemptFailed {
+                    ticket: t,
+                    phase,
+                    attempt,
+                    feedback: "Gate `tests` failed: 2 tests failed".into(),
+                },
+            )
+        }
+    }
+
+    /// `ticket` done in one attempt from `from` to `to`.
+    fn done(&mut self, ticket: &str, from: u64, to: u64) -> &mut Self {
+        self.attempt(ticket, 1, from, to, true);
+        self.at(
+            to,
+            EventKind::TicketDone {
+                ticket: ticket.parse().unwrap(),
+            },
+        )
+    }
+
+    fn batch_merged(&mut self, min: u64) -> &mut Self {
+        self.at(
+            min,
+            EventKind::BatchMerged {
+                batch: BatchId::new("B1").unwrap(),
+                commit: "abc123".into(),
+                merge_ms: Some(40),
+            },
+        )
+    }
+}
+
+/// The report at `min` minutes after the start, checked against its
+/// expected file, with the colour and the rules that fired.
+fn check(name: &str, j: &Journal, min: u64, colour: Colour, rules: &[Rule]) -> StatusReport {
+    let plan = Plan::from_toml_str(PLAN).unwrap();
+    let state = RunState::fold(j.0.iter());
+    let report = StatusReport::new(&plan, &state, Timestamp(T0 + min * MIN), None).unwrap();
+    let fired: Vec<Rule> = report.fired.iter().map(|f| f.rule).collect();
+    assert_eq!(fired, rules, "{name}: {:#?}", report.fired);
+    assert_eq!(report.colour, colour, "{name}");
+    let md = report.to_markdown();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/status")
+        .join(format!("{name}.md"));
+    if std::env::var_os("ORCH_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &md).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (ORCH_BLESS=1 writes it)", path.display()));
+    assert_eq!(
+        md,
+        expected,
+        "{name}: the report differs from {}",
+        path.display()
+    );
+    report
+}
+
+/// Everything done well ahead of the estimates, the batch merged: GREEN.
+#[test]
+fn green_when_no_rule_fires() {
+    let mut j = Journal::started();
+    j.done("A", 0, 2)
+        .done("C", 0, 3)
+        .done("E", 1, 4)
+        .done("B", 2, 6)
+        .batch_merged(7)
+        .done("D", 7, 9);
+    let r = check("green", &j, 9, Colour::Green, &[]);
+    assert_eq!(r.progress.done, 5);
+    assert!(r.schedule.delay_ms < 0, "{:?}", r.schedule);
+    assert_eq!(r.batches[0].call, "GO");
+    assert_eq!(r.metrics.tests_ran, 60);
+}
+
+/// Mid-run: the order of what is ready is the dispatcher's (P0 first,
+/// then the longest chain to the end).
+#[test]
+fn next_is_in_dispatch_order_with_the_critical_path_first() {
+    let j = Journal::started();
+    let r = check("not_started", &j, 0, Colour::Green, &[]);
+    let next: Vec<String> = r.next.iter().map(|n| n.ticket.to_string()).collect();
+    // A is P0; E and C: E is P1, C is P2; B and D wait for A.
+    assert_eq!(next, ["A", "E", "C"]);
+    assert_eq!(r.next[0].slack_minutes, 0, "A is on the critical path");
+}
+
+/// A batch whose gates failed after the merge: RED, with its reason.
+#[test]
+fn red_when_a_batch_gate_fails() {
+    let mut j = Journal::started();
+    j.done("A", 0, 2).done("B", 2, 6).at(
+        7,
+        EventKind::BatchFailed {
+            batch: BatchId::new("B1").unwrap(),
+            reason: "batch gate `integration` failed: 1 test failed".into(),
+        },
+    );
+    let r = check("red_batch", &j, 8, Colour::Red, &[Rule::BatchGateFailed]);
+    assert!(r.fired[0].detail.contains("integration"), "{:?}", r.fired);
+    assert_eq!(r.batches[0].call, "NO-GO");
+}
+
+/// A ticket whose attempts ran out: RED; its retries alone, under the
+/// threshold, fire nothing more (A done in a minute keeps the schedule
+/// ahead).
+#[test]
+fn red_when_a_ticket_fails() {
+    let mut j = Journal::started();
+    j.done("A", 0, 1)
+        .attempt("C", 1, 0, 5, false)
+        .attempt("C", 2, 5, 10, false)
+        .at(
+            10,
+            EventKind::TicketFailed {
+                ticket: "C".parse().unwrap(),
+                reason: "attempts exhausted: 2 tests failed".into(),
+            },
+        );
+    let r = check("red_ticket", &j, 10, Colour::Red, &[Rule::TicketFailed]);
+    assert_eq!(r.health.roles[0].failed_attempts, 2);
+}
+
+/// More failed attempts than `policy.retries_warn`: YELLOW.
+#[test]
+fn yellow_when_retries_pass_the_threshold() {
+    let mut j = Journal::started();
+    j.attempt("A", 1, 0, 2, false)
+        .attempt("A", 2, 2, 4, false)
+        .attempt("A", 3, 4, 6, false)
+        .attempt("A", 4, 6, 8, true)
+        .at(
+            8,
+            EventKind::TicketDone {
+                ticket: "A".parse().unwrap(),
+            },
+        );
+    let r = check("yellow_retries", &j, 8, Colour::Yellow, &[Rule::Retries]);
+    assert_eq!(r.metrics.failed_attempts, 3);
+}
+
+/// A and B done in a minute each (ahead of the schedule), then E
+/// escalated at `min`.
+fn escalated(j: &mut Journal, min: u64) {
+    j.done("A", 0, 1)
+        .done("B", 1, 2)
+        .attempt("E", 1, 0, min, false)
+        .at(
+            min,
+            EventKind::Escalated {
+                ticket: "E".parse().unwrap(),
+                phase: "implement".parse().unwrap(),
+                question: "The tests keep failing: retry, skip or abort?".into(),
+                context: String::new(),
+                options: vec![Decision::Retry, Decision::Skip, Decision::Abort],
+            },
+        );
+}
+
+/// An escalation younger than `policy.decision_age`: YELLOW; older: RED;
+/// answered, neither, and its wait is in the decision velocity.
+#[test]
+fn an_escalation_is_yellow_then_red_until_answered() {
+    let mut j = Journal::started();
+    escalated(&mut j, 5);
+    check(
+        "yellow_decision",
+        &j,
+        65,
+        Colour::Yellow,
+        &[Rule::DecisionOpen],
+    );
+    let r = check(
+        "red_decision",
+        &j,
+        5 + 121,
+        Colour::Red,
+        &[Rule::DecisionOverdue],
+    );
+    assert_eq!(r.in_progress[0].ticket.as_str(), "E");
+    assert!(
+        r.in_progress[0].blockers[0].contains("retry, skip or abort"),
+        "{:?}",
+        r.in_progress
+    );
+    j.at(
+        5 + 130,
+        EventKind::DecisionRecorded {
+            ticket: "E".parse().unwrap(),
+            decision: Decision::Skip,
+            note: None,
+        },
+    );
+    let plan = Plan::from_toml_str(PLAN).unwrap();
+    let state = RunState::fold(j.0.iter());
+    let r = StatusReport::new(&plan, &state, Timestamp(T0 + 140 * MIN), None).unwrap();
+    assert!(
+        !r.fired
+            .iter()
+            .any(|f| matches!(f.rule, Rule::DecisionOpen | Rule::DecisionOverdue)),
+        "{:?}",
+        r.fired
+    );
+    assert_eq!(r.health.decision_wait.count, 1);
+    assert_eq!(r.health.decision_wait.max_ms, 130 * MIN);
+}
+
+/// Tickets taking longer than their estimates: the projected finish
+/// moves past the critical path's (A 1h, B 2h, D 30m: 3h30m); by less
+/// than `policy.escalate_delay` YELLOW, by more RED.
+#[test]
+fn a_slipping_critical_path_is_yellow_then_red() {
+    // A took 2h for its 1h: pace 2, so B (2h) is projected at 4h and D
+    // at 1h, from A's end at 2h: finish at 7h, 3h30m past 3h30m.
+    let mut j = Journal::started();
+    j.done("A", 0, 120);
+    let r = check(
+        "yellow_slip",
+        &j,
+        120,
+        Colour::Yellow,
+        &[Rule::BehindSchedule],
+    );
+    assert_eq!(r.schedule.delay_ms, (210 * MIN) as i64);
+    // A took 3h: pace 3, B projected at 6h, D at 1h30m, from 3h: 10h30m,
+    // 7h past the estimate.
+    let mut j = Journal::started();
+    j.done("A", 0, 180);
+    let r = check("red_slip", &j, 180, Colour::Red, &[Rule::CriticalPathSlip]);
+    assert_eq!(r.schedule.delay_ms, (420 * MIN) as i64);
+}
+
+/// The budget spent: RED.
+#[test]
+fn red_when_the_budget_is_spent() {
+    let mut j = Journal::started();
+    j.done("A", 0, 2).at(
+        3,
+        EventKind::BudgetExhausted {
+            tokens: 1_000_000,
+            usd: 12.5,
+        },
+    );
+    check("red_budget", &j, 3, Colour::Red, &[Rule::BudgetExhausted]);
+}
+
+/// `--metrics` output parses as OpenMetrics, and its figures are the
+/// report's.
+#[test]
+fn metrics_parse_as_openmetrics() {
+    let mut j = Journal::started();
+    escalated(&mut j, 4);
+    j.attempt("C", 1, 0, 3, false);
+    let plan = Plan::from_toml_str(PLAN).unwrap();
+    let state = RunState::fold(j.0.iter());
+    let r = StatusReport::new(&plan, &state, Timestamp(T0 + 10 * MIN), None).unwrap();
+    let text = r.to_openmetrics();
+    let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&text)
+        .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    let family = |name: &str| {
+        parsed
+            .families
+            .get(name)
+            .unwrap_or_else(|| panic!("no family {name} in\n{text}"))
+    };
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let f = family(name);
+        let values: Vec<String> = f
+            .get_label_names()
+            .iter()
+            .map(|n| {
+                let (_, v) = labels
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .expect("every label given");
+                (*v).to_owned()
+            })
+            .collect();
+        let s = f
+            .get_sample_by_label_values(&values)
+            .unwrap_or_else(|| panic!("no sample {labels:?} of {name} in\n{text}"));
+        match &s.value {
+            openmetrics_parser::OpenMetricsValue::Gauge(n)
+            | openmetrics_parser::OpenMetricsValue::Unknown(n) => n.as_f64(),
+            openmetrics_parser::OpenMetricsValue::Counter(c) => c.value.as_f64(),
+            openmetrics_parser::OpenMetricsValue::StateSet(n) => n.as_f64(),
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(value("orch_tickets", &[("status", "done")]), 2.0);
+    assert_eq!(
+        value("orch_tickets", &[("status", "awaiting_decision")]),
+        1.0
+    );
+    assert_eq!(value("orch_go_no_go", &[("orch_go_no_go", "YELLOW")]), 1.0);
+    assert_eq!(value("orch_go_no_go", &[("orch_go_no_go", "GREEN")]), 0.0);
+    assert_eq!(value("orch_failed_attempts", &[]), 2.0);
+    assert_eq!(value("orch_open_decisions", &[]), 1.0);
+    assert_eq!(
+        value(
+            "orch_agent_runs",
+            &[("role", "dev"), ("backend", "command")]
+        ),
+        4.0
+    );
+}
+
+/// Failed attempts a person has reviewed (answered an escalation of
+/// their ticket after them) do not count towards `policy.retries_warn`.
+#[test]
+fn reviewed_retries_do_not_make_it_yellow() {
+    let mut j = Journal::started();
+    j.attempt("A", 1, 0, 2, false)
+        .attempt("A", 2, 2, 4, false)
+        .attempt("A", 3, 4, 6, false)
+        .at(
+            6,
+            EventKind::Escalated {
+                ticket: "A".parse().unwrap(),
+                phase: "implement".parse().unwrap(),
+                question: "retry?".into(),
+                context: String::new(),
+                options: vec![Decision::Retry],
+            },
+        )
+        .at(
+            7,
+            EventKind::DecisionRecorded {
+                ticket: "A".parse().unwrap(),
+                decision: Decision::Retry,
+                note: Some("mock the clock".into()),
+            },
+        )
+        .attempt("A", 4, 7, 8, true)
+        .at(
+            8,
+            EventKind::TicketDone {
+                ticket: "A".parse().unwrap(),
+            },
+        );
+    let plan = Plan::from_toml_str(PLAN).unwrap();
+    let state = RunState::fold(j.0.iter());
+    let r = StatusReport::new(&plan, &state, Timestamp(T0 + 8 * MIN), None).unwrap();
+    assert_eq!(r.metrics.failed_attempts, 3);
+    assert_eq!(r.colour, Colour::Green, "{:?}", r.fired);
+}
