@@ -21,23 +21,30 @@ pub struct Analysis<'g> {
     pub critical_path: Vec<Ix>,
 }
 
+/// Longest path from each ticket to the end, each ticket weighing
+/// `weight(t)` (its own included), pulled from the dependents in reverse
+/// topological order. O(tickets + edges).
+pub(crate) fn tails(g: &PlanGraph, weight: impl Fn(usize) -> u64) -> Vec<u64> {
+    let (off, succs) = g.dependents_csr();
+    let mut tail = vec![0u64; g.len()];
+    for &t in g.topological_order().iter().rev() {
+        let t = t as usize;
+        let mut after = 0;
+        for &s in &succs[off[t] as usize..off[t + 1] as usize] {
+            after = after.max(tail[s as usize]);
+        }
+        tail[t] = after + weight(t);
+    }
+    tail
+}
+
 impl<'g> Analysis<'g> {
     /// Analyses `g`. O(tickets + edges).
     pub fn new(g: &'g PlanGraph) -> Analysis<'g> {
         let n = g.len();
         let es = &g.earliest_start;
-        // Longest path to the end, pulled from the dependents in reverse
-        // topological order.
         let (off, succs) = g.dependents_csr();
-        let mut tail = vec![0u64; n];
-        for &t in g.topological_order().iter().rev() {
-            let t = t as usize;
-            let mut after = 0;
-            for &s in &succs[off[t] as usize..off[t + 1] as usize] {
-                after = after.max(tail[s as usize]);
-            }
-            tail[t] = after + u64::from(g.effort[t]);
-        }
+        let tail = tails(g, |t| u64::from(g.effort[t]));
         // Deterministic critical path: from the earliest-listed ticket whose
         // tail is the whole length, follow the earliest-listed dependent that
         // continues it without a gap.

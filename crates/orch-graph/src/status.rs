@@ -396,7 +396,8 @@ impl StatusReport {
 
         let schedule = schedule(&graph, &analysis, state, at);
         let metrics = metrics(state, at);
-        let health = health(state, at);
+        let failed = failed_runs(state);
+        let health = health(state, &failed, at);
 
         // Dispatch order among the ready ones, as the scheduler ranks.
         let mut ready: Vec<Ix> = (0..n as Ix)
@@ -440,11 +441,7 @@ impl StatusReport {
             .map(|(id, t)| {
                 let mut blockers = Vec::new();
                 if t.status == TicketStatus::AwaitingDecision
-                    && let Some(d) = state
-                        .decisions
-                        .iter()
-                        .rev()
-                        .find(|d| &d.ticket == id && d.answer.is_none())
+                    && let Some(d) = state.open_decisions().filter(|d| &d.ticket == id).last()
                 {
                     blockers.push(format!(
                         "waiting {} for a decision: {}",
@@ -582,7 +579,7 @@ impl StatusReport {
                 fire(Rule::BehindSchedule, projection);
             }
         }
-        let unseen = unreviewed(state, &failed_runs(state));
+        let unseen = unreviewed(state, &failed);
         if unseen > u64::from(policy.retries_warn()) {
             fire(
                 Rule::Retries,
@@ -1085,8 +1082,7 @@ fn schedule(
         done_ms as f64 / (done_min as f64 * 60_000.0)
     };
     // Each ticket's work left (ms at the pace so far), then the longest
-    // chain of it, pulled from the dependents in reverse topological
-    // order.
+    // chain of it.
     let left: Vec<u64> = (0..n as Ix)
         .map(|t| {
             let whole = (f64::from(graph.effort(t)) * 60_000.0 * pace) as u64;
@@ -1099,17 +1095,10 @@ fn schedule(
             }
         })
         .collect();
-    let mut tail = vec![0u64; n];
-    for &t in graph.topological_order().iter().rev() {
-        let after = graph
-            .dependents(t)
-            .iter()
-            .map(|&d| tail[d as usize])
-            .max()
-            .unwrap_or(0);
-        tail[t as usize] = after + left[t as usize];
-    }
-    let remaining_ms = tail.iter().copied().max().unwrap_or(0);
+    let remaining_ms = crate::analysis::tails(graph, |t| left[t])
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     let projected_finish = Timestamp(at.0.saturating_add(remaining_ms));
     let planned_finish = state
         .started_at
@@ -1157,9 +1146,7 @@ fn metrics(state: &RunState, at: Timestamp) -> Metrics {
         }
     }
     m.open_decisions = state
-        .decisions
-        .iter()
-        .filter(|d| d.answer.is_none())
+        .open_decisions()
         .map(|d| (d.ticket.clone(), at.millis_since(d.asked_at)))
         .collect();
     m
@@ -1219,10 +1206,13 @@ fn unreviewed(state: &RunState, failed: &[(&AgentId, &orch_core::AgentRecord)]) 
         .count() as u64
 }
 
-fn health(state: &RunState, at: Timestamp) -> Health {
+fn health(
+    state: &RunState,
+    failed: &[(&AgentId, &orch_core::AgentRecord)],
+    at: Timestamp,
+) -> Health {
     let mut roles: BTreeMap<(RoleName, String), RoleHealth> = BTreeMap::new();
-    let failed: std::collections::HashSet<&AgentId> =
-        failed_runs(state).into_iter().map(|(id, _)| id).collect();
+    let failed: std::collections::HashSet<&AgentId> = failed.iter().map(|(id, _)| *id).collect();
     for (id, a) in &state.agents {
         let r = roles
             .entry((a.role.clone(), a.backend.to_string()))

@@ -151,6 +151,15 @@ pub fn render_summaries(state: &RunState, plan: Option<&Plan>) -> Views {
     out
 }
 
+/// A batch's call once it is merged or failed: `GO` or `NO-GO`.
+fn call(b: &orch_core::BatchState) -> &'static str {
+    if b.status == orch_core::BatchStatus::Merged {
+        "GO"
+    } else {
+        "NO-GO"
+    }
+}
+
 fn go_no_go_file(batch: &BatchId) -> String {
     format!("go-no-go/{batch}.md")
 }
@@ -164,19 +173,9 @@ fn go_no_go(
     b: &orch_core::BatchState,
 ) -> String {
     let go = b.status == orch_core::BatchStatus::Merged;
-    let mut s = format!(
-        "# Batch {id}: {}
-
-",
-        if go { "GO" } else { "NO-GO" }
-    );
+    let mut s = format!("# Batch {id}: {}\n\n", call(b));
     if let Some(batch) = plan.and_then(|p| p.batches.iter().find(|x| &x.id == id)) {
-        let _ = writeln!(
-            s,
-            "{}
-",
-            batch.title
-        );
+        let _ = writeln!(s, "{}\n", batch.title);
         s.push_str("| ticket | status | failed attempts | tests |\n|---|---|---|---|\n");
         for t in &batch.tickets {
             let st = state.tickets.get(t);
@@ -639,16 +638,7 @@ fn decision_queue(state: &RunState) -> String {
     if !calls.is_empty() {
         s.push_str("## Batch go/no-go records\n\n");
         for (id, b) in calls {
-            let _ = writeln!(
-                s,
-                "- [{id}: {}]({})",
-                if b.status == orch_core::BatchStatus::Merged {
-                    "GO"
-                } else {
-                    "NO-GO"
-                },
-                go_no_go_file(id)
-            );
+            let _ = writeln!(s, "- [{id}: {}]({})", call(b), go_no_go_file(id));
         }
         s.push('\n');
     }
