@@ -8,7 +8,12 @@
 //! patterns, a latency metric) and each ending in a checkpoint commit. The
 //! implementation is wrong twice, so the pipeline writes
 //! `docs/feedback/QUOTE-001-implementation.md` and restarts from planning;
-//! the second cycle passes.
+//! the second cycle passes. The threat model then lists a critical finding
+//! still open, so the security phase halts the ticket for a person: the
+//! example answers as one would (`orch decide QUOTE-001 --approve --adr
+//! "..."`), approving with an architecture decision record, and the run
+//! goes on. The record is committed as `docs/adr/ADR-001-<slug>.md` with
+//! the security checkpoint.
 //!
 //! The plan's coverage gate needs `cargo llvm-cov`; when it is not
 //! installed the example says so and leaves that gate out.
@@ -19,8 +24,9 @@
 
 use std::path::Path;
 
-use orch_core::{Cancellation, Plan, RunOutcome};
+use orch_core::{Cancellation, Decision, Plan, RunOutcome};
 use orch_examples::{Error, Setup, demo, open_store};
+use orch_graph::{AdrDraft, decide_with_adr};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -45,7 +51,40 @@ async fn main() -> Result<(), Error> {
     let setup = Setup::new(plan, &repo, &state_dir, demo::quote_agent());
     let store = open_store(&state_dir)?;
     let run = "seven-phase-demo".parse()?;
-    let report = setup.engine(store)?.run(&run, Cancellation::new()).await?;
+    let mut report = setup
+        .engine(store.clone())?
+        .run(&run, Cancellation::new())
+        .await?;
+    if report.outcome == RunOutcome::Paused {
+        // The security phase halted on the open critical finding: a
+        // person approves, and writes down why.
+        for d in report.state.open_decisions() {
+            println!("\n== halted: {}\n{}", d.question, d.context.trim());
+        }
+        let mut draft =
+            AdrDraft::titled("Ship the quote endpoint with the cache admin finding open");
+        draft.deciders = vec!["security lead".into(), "service owner".into()];
+        draft.consequences = Some(
+            "The endpoint ships on time. The cache admin endpoint stays reachable without \
+             authentication until the cache rewrite lands; it is only bound to the internal \
+             network, and the finding is tracked as a release blocker for the next version."
+                .into(),
+        );
+        let adr = decide_with_adr(
+            store.as_ref(),
+            &run,
+            &"QUOTE-001".parse()?,
+            Decision::Approve,
+            None,
+            draft,
+        )
+        .await?;
+        println!("\n== approved, recorded as {}", adr.path());
+        report = setup
+            .engine(store.clone())?
+            .run(&run, Cancellation::new())
+            .await?;
+    }
 
     let t = &report.state.tickets["QUOTE-001"];
     println!("\n== QUOTE-001: {:?}", t.status);
@@ -70,6 +109,16 @@ async fn main() -> Result<(), Error> {
         &["log", "--oneline", "orch/seven-phase-demo/QUOTE-001"],
     )?;
     println!("\nBranch orch/seven-phase-demo/QUOTE-001:\n{log}");
+    let adrs = demo::git(
+        &repo,
+        &[
+            "ls-tree",
+            "--name-only",
+            "orch/seven-phase-demo/QUOTE-001",
+            "docs/adr/",
+        ],
+    )?;
+    println!("Decision records on the branch:\n{adrs}");
     if report.outcome != RunOutcome::Completed {
         return Err(format!("run ended {:?}", report.outcome).into());
     }

@@ -295,7 +295,7 @@ pub fn quote_agent() -> Arc<ScriptedAgent> {
             }
             "security" => vec![(
                 format!("docs/security/{id}.md"),
-                "# Threat model for QUOTE-001\n\n## Threats\n\n| threat | severity | status |\n|---|---|---|\n| flooding by one client | high | mitigated by the per-client limit |\n| client id spoofing | medium | ids come from the authenticated key |\n".into(),
+                "# Threat model for QUOTE-001\n\n## Threats\n\n| threat | severity | status |\n|---|---|---|\n| flooding by one client | high | mitigated by the per-client limit |\n| client id spoofing | medium | ids come from the authenticated key |\n| price cache admin endpoint reachable without auth | critical | open |\n".into(),
             )],
             "telemetry" => vec![(
                 "target/perf.json".into(),

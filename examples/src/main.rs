@@ -7,7 +7,7 @@
 //! orch run PLAN [--repo DIR] [--state DIR] [--database-url URL] [--concurrency N] [--run ID] [--allow-plan-change]
 //! orch resume [--state DIR] [--database-url URL] [--allow-plan-change]
 //! orch status [--state DIR] [--database-url URL] [--json] [--report] [--metrics]
-//! orch decide TICKET (--approve | --retry NOTE | --skip | --abort) [--state DIR] [--database-url URL]
+//! orch decide TICKET (--approve | --retry NOTE | --skip | --abort) [--adr TITLE [--context TEXT] [--consequences TEXT] [--alternative TEXT]... [--decider NAME]...] [--state DIR] [--database-url URL]
 //! ```
 //!
 //! `run` works in the git repository `--repo` (default: the current
@@ -126,8 +126,34 @@ enum Command {
         #[command(flatten)]
         answer: Answer,
         #[command(flatten)]
+        adr: AdrArgs,
+        #[command(flatten)]
         state: StateArg,
     },
+}
+
+/// The decision record that may go with an answer.
+#[derive(Args)]
+struct AdrArgs {
+    /// Write the answer down as an architecture decision record with this
+    /// title: `docs/adr/ADR-NNN-<slug>.md`, committed with the ticket's
+    /// next checkpoint (and kept in the state directory's `adr/`).
+    #[arg(long, value_name = "TITLE")]
+    adr: Option<String>,
+    /// The record's context (default: the escalation's question and what
+    /// the last attempt left).
+    #[arg(long, requires = "adr", value_name = "TEXT")]
+    context: Option<String>,
+    /// The record's consequences (default: what the answer does).
+    #[arg(long, requires = "adr", value_name = "TEXT")]
+    consequences: Option<String>,
+    /// An alternative considered and its trade-offs; repeat for each
+    /// (default: the escalation's other answers).
+    #[arg(long = "alternative", requires = "adr", value_name = "TEXT")]
+    alternatives: Vec<String>,
+    /// Who decided; repeat for each.
+    #[arg(long = "decider", requires = "adr", value_name = "NAME")]
+    deciders: Vec<String>,
 }
 
 #[derive(Args)]
@@ -368,7 +394,7 @@ fn execute(
             state_dir.display()
         );
         for d in s.open_decisions() {
-            eprintln!("decide: orch decide {} --approve|--retry NOTE|--skip|--abort   ({})", d.ticket, d.question);
+            eprintln!("decide: orch decide {} --approve|--retry NOTE|--skip|--abort [--adr TITLE]   ({})", d.ticket, d.question);
         }
         if let Some(why) = state_failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(Fail(
@@ -563,6 +589,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
         Command::Decide {
             ticket,
             answer,
+            adr,
             state,
         } => {
             let dir = state.dir(std::path::Path::new("."));
@@ -574,20 +601,46 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 Answer { skip: true, .. } => (Decision::Skip, None),
                 _ => (Decision::Abort, None),
             };
-            rt.block_on(async {
-                orch_graph::decide(store.as_ref(), &info.run, &ticket, decision, note).await?;
-                let st = store.state(&info.run).await?;
-                let _ = orch_state::views::write_views(&dir, &st, plan.as_ref());
-                Ok::<_, orch_graph::EngineError>(())
-            })
-            .map_err(|e| match e {
-                orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
-                e => Fail(2, e.to_string()),
-            })?;
+            let draft = adr.adr.map(|title| {
+                let mut d = orch_graph::AdrDraft::titled(title);
+                d.context = adr.context;
+                d.consequences = adr.consequences;
+                d.alternatives = adr.alternatives;
+                d.deciders = adr.deciders;
+                d
+            });
+            let recorded = rt
+                .block_on(async {
+                    let (s, r, t) = (store.as_ref(), &info.run, &ticket);
+                    let recorded = match draft {
+                        Some(d) => {
+                            Some(orch_graph::decide_with_adr(s, r, t, decision, note, d).await?)
+                        }
+                        None => {
+                            orch_graph::decide(s, r, t, decision, note).await?;
+                            None
+                        }
+                    };
+                    let st = store.state(&info.run).await?;
+                    let _ = orch_state::views::write_views(&dir, &st, plan.as_ref());
+                    Ok::<_, orch_graph::EngineError>(recorded)
+                })
+                .map_err(|e| match e {
+                    orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
+                    e => Fail(2, e.to_string()),
+                })?;
             println!(
                 "{ticket}: {decision:?} recorded in run {}. A running `orch run` picks it up; otherwise `orch resume`.",
                 info.run
             );
+            if let Some(a) = recorded {
+                println!(
+                    "ADR-{:03} recorded: {} (committed with {ticket}'s next checkpoint; a copy is in {})",
+                    a.number,
+                    a.path(),
+                    dir.join("adr").display()
+                );
+            }
         }
     }
     Ok(())

@@ -251,10 +251,52 @@ async fn seven_phase_restarts_from_planning_and_completes(coverage: bool) {
         .run(&run, Cancellation::new())
         .await
         .unwrap();
+    // The threat model lists a critical finding still open: the security
+    // phase halts the ticket for a person.
+    assert_eq!(report.outcome, RunOutcome::Paused);
+    let halted: Vec<_> = report.state.open_decisions().collect();
+    assert_eq!(halted.len(), 1);
+    assert_eq!(halted[0].phase.as_str(), "security");
+    assert!(
+        halted[0].context.contains("open critical finding"),
+        "{}",
+        halted[0].context
+    );
+    // A person approves and writes down why (`orch decide QUOTE-001
+    // --approve --adr ...`).
+    let adr = orch_graph::decide_with_adr(
+        store.as_ref(),
+        &run,
+        &"QUOTE-001".parse().unwrap(),
+        Decision::Approve,
+        None,
+        orch_graph::AdrDraft::titled("Ship with the cache admin finding open"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        adr.path(),
+        "docs/adr/ADR-001-ship-with-the-cache-admin-finding-open.md"
+    );
+    let report = setup
+        .engine(store.clone())
+        .unwrap()
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
     assert_eq!(report.outcome, RunOutcome::Completed);
     let t = &report.state.tickets["QUOTE-001"];
     assert_eq!(t.restarts, 1);
-    assert_eq!(t.metrics.failed_attempts, 2);
+    assert_eq!(t.metrics.failed_attempts, 4);
+    // The record is committed with the security checkpoint; the
+    // documentation gate checked the ticket's own ADR, not it.
+    let security = t.checkpoints.get("security").unwrap();
+    let record = demo::git(&repo, &["show", &format!("{security}:{}", adr.path())]).unwrap();
+    assert!(
+        record.starts_with("# ADR-001: Ship with the cache admin finding open\n"),
+        "{record}"
+    );
+    assert!(record.contains("open critical finding"), "{record}");
     assert_eq!(t.phases_passed.len(), 7);
     assert_eq!(t.checkpoints.len(), 7);
     assert_eq!(t.metrics.tests_ran, Some(3));

@@ -223,14 +223,42 @@ depends_on = ["T-1"]
     );
     assert_eq!(code, 2, "one answer only: {text}");
 
+    // Parts of a record without its title: refused.
+    let (code, text) = output(
+        orch()
+            .args(["decide", "T-1", "--skip", "--context", "why", "--state", s])
+            .args(extra),
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--adr <TITLE>"), "{text}");
+
+    // The answer, written down as a record; the person pastes a secret of
+    // the deciding process into it by mistake.
+    const SECRET: &str = "hunter2-0123456789abcdef";
     let (code, text) = output(
         orch()
             .args(["decide", "T-1", "--retry", "use the blue one", "--state", s])
+            .args(["--adr", "Paint the shed blue", "--decider", "dana"])
+            .args(["--alternative", "Leave it bare: it rots by spring"])
+            .args([
+                "--consequences",
+                &format!("Blue it is; the shop login {SECRET} was shared."),
+            ])
+            .env("SHOP_PASSWORD", SECRET)
             .args(extra),
     );
     assert_eq!(code, 0, "{text}");
+    let record = "docs/adr/ADR-001-paint-the-shed-blue.md";
+    assert!(
+        text.contains(&format!("ADR-001 recorded: {record}")),
+        "{text}"
+    );
     let queue = std::fs::read_to_string(state.join("DECISION_QUEUE.md")).unwrap();
-    assert!(queue.contains("| retry | use the blue one |"), "{queue}");
+    assert!(
+        queue
+            .contains("| retry | use the blue one | [ADR-001](adr/ADR-001-paint-the-shed-blue.md)"),
+        "{queue}"
+    );
 
     let (code, text) = output(orch().args(["resume", "--state", s]).args(extra));
     assert_eq!(code, 0, "{text}");
@@ -242,6 +270,16 @@ depends_on = ["T-1"]
         demo::git(&repo, &["show", "orch/shed/T-1:T-1.txt"]).unwrap(),
         "blue"
     );
+    // Committed on T-1's branch, and so merged into T-2's, without the
+    // secret.
+    for branch in ["orch/shed/T-1", "orch/shed/T-2"] {
+        let adr = demo::git(&repo, &["show", &format!("{branch}:{record}")]).unwrap();
+        assert!(adr.starts_with("# ADR-001: Paint the shed blue\n"), "{adr}");
+        assert!(adr.contains("Deciders: dana"), "{adr}");
+        assert!(adr.contains("- Leave it bare: it rots by spring"), "{adr}");
+        assert!(adr.contains("Blue it is; the shop login"), "{adr}");
+        assert!(!adr.contains(SECRET), "{adr}");
+    }
 }
 
 /// Writes a plan whose one phase runs `true` as the agent, with these

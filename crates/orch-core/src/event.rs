@@ -359,6 +359,10 @@ pub enum EventKind {
         /// A note (for `retry`, the feedback the agent is shown).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
+        /// The decision written down as an architecture decision record,
+        /// committed with the ticket's next checkpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        adr: Option<Box<crate::Adr>>,
     },
     /// A ticket passed every phase.
     TicketDone {
@@ -451,9 +455,12 @@ impl EventKind {
                 r.redact_in_place(question);
                 r.redact_in_place(context);
             }
-            DecisionRecorded { note, .. } => {
+            DecisionRecorded { note, adr, .. } => {
                 if let Some(n) = note {
                     r.redact_in_place(n);
+                }
+                if let Some(a) = adr {
+                    a.redact(r);
                 }
             }
             TicketFailed { reason, .. } | BatchFailed { reason, .. } => r.redact_in_place(reason),

@@ -48,6 +48,7 @@
 //!   agents share (process groups, timeouts, stall watchdog, capped
 //!   capture); it brings tokio and nix.
 
+mod adr;
 mod agent;
 mod cancel;
 mod error;
@@ -64,6 +65,7 @@ mod store;
 mod time;
 mod workspace;
 
+pub use adr::{ADR_DIR, Adr};
 pub use agent::{
     Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Progress,
     ProgressSink, Usage,

@@ -232,6 +232,9 @@ pub struct DecisionItem {
     pub note: Option<String>,
     /// When it was answered.
     pub answered_at: Option<Timestamp>,
+    /// The answer written down as a decision record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adr: Option<Box<crate::Adr>>,
 }
 
 /// Where a batch stands.
@@ -524,12 +527,14 @@ impl RunState {
                     answer: None,
                     note: None,
                     answered_at: None,
+                    adr: None,
                 });
             }
             EventKind::DecisionRecorded {
                 ticket,
                 decision,
                 note,
+                adr,
             } => {
                 if let Some(d) = self
                     .decisions
@@ -540,6 +545,7 @@ impl RunState {
                     d.answer = Some(decision);
                     d.note = note;
                     d.answered_at = Some(at);
+                    d.adr = adr;
                 }
             }
             EventKind::BatchMerged {

@@ -161,13 +161,28 @@ fn kind() -> impl Strategy<Value = EventKind> {
             context: "c".into(),
             options: vec![Decision::Approve, Decision::Skip]
         }),
-        (ticket(), decision(), prop::option::of("[a-z]{1,8}")).prop_map(
-            |(ticket, decision, note)| EventKind::DecisionRecorded {
-                ticket,
-                decision,
-                note
-            }
-        ),
+        (
+            ticket(),
+            decision(),
+            prop::option::of("[a-z]{1,8}"),
+            prop::option::of(1u32..20)
+        )
+            .prop_map(
+                |(ticket, decision, note, adr)| EventKind::DecisionRecorded {
+                    ticket,
+                    decision,
+                    note,
+                    adr: adr.map(|number| Box::new(orch_core::Adr {
+                        number,
+                        title: format!("record {number}"),
+                        deciders: Vec::new(),
+                        context: "c".into(),
+                        decision: "d".into(),
+                        consequences: "e".into(),
+                        alternatives: vec!["f".into()],
+                    })),
+                }
+            ),
         ticket().prop_map(|ticket| EventKind::TicketDone { ticket }),
         ticket().prop_map(|ticket| EventKind::TicketFailed {
             ticket,
@@ -330,6 +345,7 @@ fn a_ticket_through_retry_and_escalation() {
             ticket: t.clone(),
             decision: Decision::Retry,
             note: Some("check the escaping".into()),
+            adr: None,
         },
     });
     assert_eq!(s2.tickets[&t].status, TicketStatus::Ready);

@@ -39,7 +39,10 @@ pub mod status;
 
 pub use analysis::{Analysis, Schedule, simulate};
 pub use batches::BatchGraph;
-pub use engine::{Engine, EngineError, GateFactory, Observer, RunReport, decide, prompt};
+pub use engine::{
+    AdrDraft, Engine, EngineError, GateFactory, Observer, RunReport, decide, decide_with_adr,
+    prompt,
+};
 pub use graph::{GraphError, Ix, Node, PlanGraph};
 pub use report::{BatchReport, BatchRow, Makespan, Report, TicketRow, analyze};
 pub use scheduler::{Counts, Scheduler, SchedulerError};

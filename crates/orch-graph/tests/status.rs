@@ -353,6 +353,7 @@ fn an_escalation_is_yellow_then_red_until_answered() {
             ticket: "E".parse().unwrap(),
             decision: Decision::Skip,
             note: None,
+            adr: None,
         },
     );
     let plan = Plan::from_toml_str(PLAN).unwrap();
@@ -493,6 +494,7 @@ fn reviewed_retries_do_not_make_it_yellow() {
                 ticket: "A".parse().unwrap(),
                 decision: Decision::Retry,
                 note: Some("mock the clock".into()),
+                adr: None,
             },
         )
         .attempt("A", 4, 7, 8, true)

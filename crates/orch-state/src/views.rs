@@ -148,7 +148,19 @@ pub fn render_summaries(state: &RunState, plan: Option<&Plan>) -> Views {
             out.insert(go_no_go_file(id), go_no_go(state, plan, id, b));
         }
     }
+    for d in &state.decisions {
+        if let (Some(adr), Some(at)) = (&d.adr, d.answered_at) {
+            out.insert(adr_file(adr), adr.to_markdown(at));
+        }
+    }
     out
+}
+
+/// The state directory's copy of a decision record: `adr/ADR-NNN-slug.md`.
+fn adr_file(adr: &orch_core::Adr) -> String {
+    let path = adr.path();
+    let name = path.rsplit('/').next().unwrap_or(&path);
+    format!("adr/{name}")
 }
 
 /// A batch's call once it is merged or failed: `GO` or `NO-GO`.
@@ -628,7 +640,7 @@ fn decision_queue(state: &RunState) -> String {
             };
             let _ = writeln!(s, "- `orch decide {} {flag}` — {what}", d.ticket);
         }
-        s.push('\n');
+        s.push_str("\nAdd `--adr TITLE` to write the answer down as a decision record (`docs/adr/ADR-NNN-<slug>.md`).\n\n");
     }
     let calls: Vec<_> = state
         .batches
@@ -648,11 +660,14 @@ fn decision_queue(state: &RunState) -> String {
         .filter(|d| d.answer.is_some())
         .collect();
     if !answered.is_empty() {
-        s.push_str("## Answered\n\n| ticket | question | answer | note | answered |\n|---|---|---|---|---|\n");
+        s.push_str("## Answered\n\n| ticket | question | answer | note | record | answered |\n|---|---|---|---|---|---|\n");
         for d in answered {
+            let record = d.adr.as_ref().map_or_else(String::new, |a| {
+                format!("[ADR-{:03}]({}) → `{}`", a.number, adr_file(a), a.path())
+            });
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {record} | {} |",
                 d.ticket,
                 md_cell(&d.question),
                 d.answer

@@ -1,5 +1,6 @@
 //! The run engine; see [`Engine`].
 
+mod decide;
 mod journal;
 mod prompt;
 mod ticket;
@@ -16,7 +17,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use orch_core::process;
 use orch_core::secrets::Redactor;
 use orch_core::{
-    Agent, AgentContext, AgentId, BatchId, Cancellation, Decision, Event, EventKind, Expect, Gate,
+    Agent, AgentContext, AgentId, BatchId, Cancellation, Decision, EventKind, Expect, Gate,
     GateError, GateSpec, Plan, Problem, Progress, RoleName, RunId, RunOutcome, RunState, RunStatus,
     SharedDir, StateStore, StoreError, TicketId, TicketStatus, Workspace,
 };
@@ -25,6 +26,7 @@ use tracing::Instrument;
 
 use crate::graph::{GraphError, Ix, PlanGraph};
 use crate::scheduler::Scheduler;
+pub use decide::{AdrDraft, decide, decide_with_adr};
 use journal::Journal;
 pub use prompt::prompt;
 use ticket::End;
@@ -524,101 +526,6 @@ impl Engine {
 /// How long a run whose lock was lost may take to stop by itself before
 /// it is dropped whole (see [`Engine::run`]).
 const LOST_LOCK_GRACE: Duration = Duration::from_secs(1);
-
-/// Records a person's answer to an escalated ticket of `run`. The engine
-/// acts on it: at once if the run is going (it reads the journal), else
-/// when the run is resumed.
-///
-/// The answer is recorded only against the journal it was checked on
-/// ([`Expect::LastSeq`]): of two answers given at the same moment, one is
-/// recorded and the other refused, whatever the store.
-///
-/// # Errors
-/// [`EngineError::Decision`] when the ticket is not waiting for a decision
-/// (never was, or was answered meanwhile, by whom and how) or the answer
-/// is not one of its options; [`EngineError::Store`].
-pub async fn decide(
-    store: &dyn StateStore,
-    run: &RunId,
-    ticket: &TicketId,
-    decision: Decision,
-    note: Option<String>,
-) -> Result<(), EngineError> {
-    let mut state = RunState::default();
-    let mut seq = store.catch_up(run, &mut state, 0).await?;
-    let mut answer = EventKind::DecisionRecorded {
-        ticket: ticket.clone(),
-        decision,
-        note,
-    };
-    // A note is shown to the agent: no secret of this process goes there.
-    answer.redact(&Redactor::from_process_env());
-    let answer = Event::now(answer);
-    loop {
-        check_decision(&state, run, ticket, decision)?;
-        match store
-            .append_if(run, Expect::LastSeq(seq), std::slice::from_ref(&answer))
-            .await
-        {
-            Ok(_) => return Ok(()),
-            // The journal moved on (the engine wrote, or someone else
-            // answered): check again against what it holds now.
-            Err(e) if e.kind == orch_core::StoreErrorKind::Changed => {
-                seq = store.catch_up(run, &mut state, seq).await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Whether `ticket` of `state` may take `decision` now.
-fn check_decision(
-    state: &RunState,
-    run: &RunId,
-    ticket: &TicketId,
-    decision: Decision,
-) -> Result<(), EngineError> {
-    if state.status == RunStatus::NotStarted {
-        return Err(EngineError::Decision(format!("there is no run {run}")));
-    }
-    let Some(q) = state
-        .open_decisions()
-        .filter(|d| &d.ticket == ticket)
-        .last()
-    else {
-        // Answered already (by another call, maybe at the same moment)?
-        let answered = state
-            .decisions
-            .iter()
-            .rfind(|d| &d.ticket == ticket)
-            .and_then(|d| Some((d.answer?, d.note.clone())));
-        if let Some((a, n)) = answered {
-            return Err(EngineError::Decision(format!(
-                "{ticket} was already answered ({a:?}{}); this answer was not recorded",
-                n.map(|n| format!(", note: {n:?}")).unwrap_or_default()
-            )));
-        }
-        let open: Vec<String> = state
-            .open_decisions()
-            .map(|d| d.ticket.to_string())
-            .collect();
-        return Err(EngineError::Decision(format!(
-            "{ticket} is not waiting for a decision (waiting: {})",
-            if open.is_empty() {
-                "none".to_owned()
-            } else {
-                open.join(", ")
-            }
-        )));
-    };
-    if !q.options.contains(&decision) {
-        return Err(EngineError::Decision(format!(
-            "{decision:?} is not an option for {ticket} (options: {:?})",
-            q.options
-        )));
-    }
-    Ok(())
-}
 
 enum Msg {
     /// A batch merge ended; with the store's error if the store failed.

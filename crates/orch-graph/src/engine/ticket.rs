@@ -299,7 +299,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         let failed = out.ticket().failed_in_phase;
         if approved {
             approved = false;
-            pass(sh, out, &id, phase, failed.max(1), 0).await?;
+            pass(sh, out, &id, phase, failed.max(1), 0, &prepared.path).await?;
             i += 1;
             continue;
         }
@@ -341,7 +341,7 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             Attempt::Interrupted => return Ok(End::Interrupted),
             Attempt::Passed { scan_ms } => {
                 session = None;
-                pass(sh, out, &id, phase, attempt, scan_ms).await?;
+                pass(sh, out, &id, phase, attempt, scan_ms, &prepared.path).await?;
                 i += 1;
             }
             Attempt::Failed {
@@ -412,7 +412,9 @@ fn attempt_earned_pass(sh: &Shared, id: &TicketId, phase: &PhaseSpec, attempt: u
 }
 
 /// Checkpoints a passed phase and records it; `scan_ms`: how long the
-/// secret scan before it took.
+/// secret scan before it took. The checkpoint carries the ticket's
+/// decision records (written again each time: a rollback or the agent may
+/// have removed or changed them).
 async fn pass(
     sh: &Shared,
     out: &mut Outbox<'_>,
@@ -420,11 +422,16 @@ async fn pass(
     phase: &PhaseSpec,
     attempt: u32,
     scan_ms: u64,
+    workdir: &std::path::Path,
 ) -> Result<(), End> {
     let run = &sh.journal.run;
     let mut checkpoint = None;
     let start = Instant::now();
     if phase.checkpoint {
+        if let Err(e) = write_adrs(sh, id, workdir) {
+            fail(out, id, format!("cannot write its decision record: {e}")).await?;
+            return Err(End::Failed);
+        }
         // The attempt's outcome (its agent's end, its gates' reports) is
         // durable before its checkpoint is made: a checkpoint found after
         // a crash is trusted only with it (see `attempt_earned_pass`).
@@ -444,6 +451,29 @@ async fn pass(
         checkpoint_ms: phase.checkpoint.then(|| scan_ms + millis(start)),
         checkpoint,
     });
+    Ok(())
+}
+
+/// Writes the decision records of `id`'s answered escalations into its
+/// work tree, as the journal holds them (redacted with the run's
+/// secrets).
+fn write_adrs(sh: &Shared, id: &TicketId, workdir: &std::path::Path) -> Result<(), String> {
+    let adrs: Vec<(orch_core::Adr, orch_core::Timestamp)> = sh.journal.with_state(|s| {
+        s.decisions
+            .iter()
+            .filter(|d| &d.ticket == id)
+            .filter_map(|d| Some(((**d.adr.as_ref()?).clone(), d.answered_at?)))
+            .collect()
+    });
+    for (adr, at) in adrs {
+        let rel = adr.path();
+        let path = orch_core::resolve_within(workdir, &rel).map_err(|e| e.to_string())?;
+        let text = sh.journal.redacted(adr.to_markdown(at));
+        path.parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, text))
+            .map_err(|e| format!("{rel}: {e}"))?;
+    }
     Ok(())
 }
 
@@ -541,7 +571,7 @@ async fn exhausted_or_restart(
         }
         ExhaustAction::Escalate | ExhaustAction::Restart => {
             let question = format!(
-                "{id}: phase `{}` did not pass after {} attempt(s){}. Approve the work as it is, retry with a note, skip the ticket, or abort the run?",
+                "{id}: phase `{}` did not pass after {} attempt(s){}. Approve the work as it is, retry with a note, skip the ticket, or abort the run? The answer can be written down as a decision record (docs/adr).",
                 phase.name,
                 feedback.len(),
                 if restarts > 0 {

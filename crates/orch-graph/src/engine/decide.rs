@@ -1,0 +1,289 @@
+//! A person's answers to escalated tickets, and the decision records that
+//! can go with them.
+
+use orch_core::secrets::Redactor;
+use orch_core::{
+    ADR_DIR, Adr, Decision, DecisionItem, Event, EventKind, Expect, RunId, RunState, RunStatus,
+    StateStore, TicketId,
+};
+
+use super::EngineError;
+
+/// What a person says of the decision record that goes with an answer
+/// (see [`decide_with_adr`]); what is left out is taken from the
+/// escalation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AdrDraft {
+    /// The record's title (required).
+    pub title: String,
+    /// Who decided.
+    pub deciders: Vec<String>,
+    /// Why a decision was needed. Default: the escalation's question and
+    /// what the last attempt left (the gates' findings).
+    pub context: Option<String>,
+    /// What follows from the decision. Default: what the answer does to
+    /// the ticket and the run.
+    pub consequences: Option<String>,
+    /// The other options and their trade-offs. Default: the escalation's
+    /// other answers, each with what it would have done.
+    pub alternatives: Vec<String>,
+}
+
+impl AdrDraft {
+    /// A draft with only a title; the rest comes from the escalation.
+    pub fn titled(title: impl Into<String>) -> Self {
+        AdrDraft {
+            title: title.into(),
+            ..AdrDraft::default()
+        }
+    }
+}
+
+/// Records a person's answer to an escalated ticket of `run`. The engine
+/// acts on it: at once if the run is going (it reads the journal), else
+/// when the run is resumed.
+///
+/// The answer is recorded only against the journal it was checked on
+/// ([`Expect::LastSeq`]): of two answers given at the same moment, one is
+/// recorded and the other refused, whatever the store.
+///
+/// # Errors
+/// [`EngineError::Decision`] when the ticket is not waiting for a decision
+/// (never was, or was answered meanwhile, by whom and how) or the answer
+/// is not one of its options; [`EngineError::Store`].
+pub async fn decide(
+    store: &dyn StateStore,
+    run: &RunId,
+    ticket: &TicketId,
+    decision: Decision,
+    note: Option<String>,
+) -> Result<(), EngineError> {
+    record(store, run, ticket, decision, note, None)
+        .await
+        .map(drop)
+}
+
+/// [`decide`], with the answer written down as an architecture decision
+/// record: numbered one past the highest `ADR-NNN` in the ticket's work
+/// tree (`docs/adr/`) and in the run's journal, filled in from the
+/// escalation where `draft` is silent, recorded with the answer (secrets
+/// of this process redacted), and committed as
+/// `docs/adr/ADR-NNN-<slug>.md` with the ticket's next checkpoint, so on
+/// its branch and then its batch's. The state directory keeps a copy
+/// (`adr/`), for answers after which nothing is committed (skip, abort).
+/// Returns the record.
+///
+/// ```no_run
+/// # async fn f(store: &dyn orch_core::StateStore) -> Result<(), orch_graph::EngineError> {
+/// use orch_core::Decision;
+/// use orch_graph::{AdrDraft, decide_with_adr};
+/// let mut draft = AdrDraft::titled("Accept the spoofing risk until keys rotate");
+/// draft.deciders = vec!["dana".into()];
+/// let adr = decide_with_adr(
+///     store,
+///     &"run-1".parse()?,
+///     &"QUOTE-001".parse()?,
+///     Decision::Approve,
+///     None,
+///     draft,
+/// )
+/// .await?;
+/// println!("recorded {}", adr.path());
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// As [`decide`], and [`EngineError::Decision`] for an empty title.
+pub async fn decide_with_adr(
+    store: &dyn StateStore,
+    run: &RunId,
+    ticket: &TicketId,
+    decision: Decision,
+    note: Option<String>,
+    draft: AdrDraft,
+) -> Result<Adr, EngineError> {
+    if draft.title.trim().is_empty() {
+        return Err(EngineError::Decision(
+            "a decision record needs a title".into(),
+        ));
+    }
+    record(store, run, ticket, decision, note, Some(draft))
+        .await
+        .map(|adr| *adr.expect("asked for"))
+}
+
+async fn record(
+    store: &dyn StateStore,
+    run: &RunId,
+    ticket: &TicketId,
+    decision: Decision,
+    note: Option<String>,
+    draft: Option<AdrDraft>,
+) -> Result<Option<Box<Adr>>, EngineError> {
+    // A note is shown to the agent, a record is committed: no secret of
+    // this process goes to either.
+    let redactor = Redactor::from_process_env();
+    let mut state = RunState::default();
+    let mut seq = store.catch_up(run, &mut state, 0).await?;
+    loop {
+        let question = check_decision(&state, run, ticket, decision)?;
+        let adr = draft
+            .as_ref()
+            .map(|d| Box::new(fill(d, &state, question, decision, note.as_deref())));
+        let mut answer = EventKind::DecisionRecorded {
+            ticket: ticket.clone(),
+            decision,
+            note: note.clone(),
+            adr,
+        };
+        answer.redact(&redactor);
+        let adr = match &answer {
+            EventKind::DecisionRecorded { adr, .. } => adr.clone(),
+            _ => None,
+        };
+        match store
+            .append_if(run, Expect::LastSeq(seq), &[Event::now(answer)])
+            .await
+        {
+            Ok(_) => return Ok(adr),
+            // The journal moved on (the engine wrote, or someone else
+            // answered or took the number): check again against what it
+            // holds now.
+            Err(e) if e.kind == orch_core::StoreErrorKind::Changed => {
+                seq = store.catch_up(run, &mut state, seq).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The record `draft` makes for `decision` on `question`, numbered after
+/// every record `state` and the ticket's work tree hold.
+fn fill(
+    draft: &AdrDraft,
+    state: &RunState,
+    question: &DecisionItem,
+    decision: Decision,
+    note: Option<&str>,
+) -> Adr {
+    let workdir = state
+        .tickets
+        .get(&question.ticket)
+        .and_then(|t| t.workdir.as_deref());
+    let in_tree = workdir
+        .and_then(|w| std::fs::read_dir(std::path::Path::new(w).join(ADR_DIR)).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Adr::number_of(&e.ok()?.file_name().to_string_lossy()));
+    let in_run = state
+        .decisions
+        .iter()
+        .filter_map(|d| d.adr.as_ref().map(|a| a.number));
+    let number = in_tree.chain(in_run).max().unwrap_or(0) + 1;
+    let (ticket, phase) = (&question.ticket, &question.phase);
+    let context = draft.context.clone().unwrap_or_else(|| {
+        let stopped = format!("{ticket} stopped in phase `{phase}` and waited for a person.");
+        match question.context.trim() {
+            "" => stopped,
+            found => format!("{stopped}\n\nWhat the last attempt left:\n\n{found}"),
+        }
+    });
+    let mut said = format!("{}: {ticket}, phase `{phase}`.", verb(decision));
+    if let Some(n) = note {
+        said.push_str(&format!(" {n}"));
+    }
+    let alternatives = if draft.alternatives.is_empty() {
+        question
+            .options
+            .iter()
+            .filter(|&&o| o != decision)
+            .map(|&o| format!("{}: {}", verb(o), effect(o)))
+            .collect()
+    } else {
+        draft.alternatives.clone()
+    };
+    Adr {
+        number,
+        title: draft.title.trim().to_owned(),
+        deciders: draft.deciders.clone(),
+        context,
+        decision: said,
+        consequences: draft
+            .consequences
+            .clone()
+            .unwrap_or_else(|| effect(decision).to_owned()),
+        alternatives,
+    }
+}
+
+fn verb(d: Decision) -> &'static str {
+    match d {
+        Decision::Approve => "Approve",
+        Decision::Retry => "Retry",
+        Decision::Skip => "Skip",
+        Decision::Abort => "Abort",
+    }
+}
+
+/// What an answer does, for a record's consequences and alternatives.
+fn effect(d: Decision) -> &'static str {
+    match d {
+        Decision::Approve => {
+            "the phase passes with the work as it is; what its gates found stays open, accepted"
+        }
+        Decision::Retry => "the phase runs again, with the note as the agent's feedback",
+        Decision::Skip => "the ticket is not done and the tickets that depend on it are blocked",
+        Decision::Abort => "the whole run stops; nothing more is merged",
+    }
+}
+
+/// Whether `ticket` of `state` may take `decision` now: the open question
+/// it answers.
+fn check_decision<'a>(
+    state: &'a RunState,
+    run: &RunId,
+    ticket: &TicketId,
+    decision: Decision,
+) -> Result<&'a DecisionItem, EngineError> {
+    if state.status == RunStatus::NotStarted {
+        return Err(EngineError::Decision(format!("there is no run {run}")));
+    }
+    let Some(q) = state
+        .open_decisions()
+        .filter(|d| &d.ticket == ticket)
+        .last()
+    else {
+        // Answered already (by another call, maybe at the same moment)?
+        let answered = state
+            .decisions
+            .iter()
+            .rfind(|d| &d.ticket == ticket)
+            .and_then(|d| Some((d.answer?, d.note.clone())));
+        if let Some((a, n)) = answered {
+            return Err(EngineError::Decision(format!(
+                "{ticket} was already answered ({a:?}{}); this answer was not recorded",
+                n.map(|n| format!(", note: {n:?}")).unwrap_or_default()
+            )));
+        }
+        let open: Vec<String> = state
+            .open_decisions()
+            .map(|d| d.ticket.to_string())
+            .collect();
+        return Err(EngineError::Decision(format!(
+            "{ticket} is not waiting for a decision (waiting: {})",
+            if open.is_empty() {
+                "none".to_owned()
+            } else {
+                open.join(", ")
+            }
+        )));
+    };
+    if !q.options.contains(&decision) {
+        return Err(EngineError::Decision(format!(
+            "{decision:?} is not an option for {ticket} (options: {:?})",
+            q.options
+        )));
+    }
+    Ok(q)
+}
