@@ -6,7 +6,8 @@
 //! orch schema                                print the JSON Schema of plan files
 //! orch run PLAN [--repo DIR] [--state DIR] [--database-url URL] [--concurrency N] [--run ID] [--allow-plan-change]
 //! orch resume [--state DIR] [--database-url URL] [--allow-plan-change]
-//! orch status [--state DIR] [--database-url URL] [--json] [--report] [--metrics]
+//! orch status [--state DIR] [--database-url URL] [--json] [--report [--since DURATION]] [--metrics]
+//! orch accept (--delay NOTE | --risk NOTE [--batch BATCH]) [--state DIR] [--database-url URL]
 //! orch decide TICKET (--approve | --retry NOTE | --skip | --abort) [--adr TITLE [--context TEXT] [--consequences TEXT] [--alternative TEXT]... [--decider NAME]...] [--state DIR] [--database-url URL]
 //! ```
 //!
@@ -17,8 +18,8 @@
 //! `--database-url` (or `ORCH_DATABASE_URL`) the journal goes to that
 //! PostgreSQL database instead, and `run.json` records which one (without
 //! the password: `resume`, `status` and `decide` need the URL again).
-//! `resume`, `status` and `decide` find the latest run in the state
-//! directory.
+//! `resume`, `status`, `accept` and `decide` find the latest run in the
+//! state directory.
 //!
 //! Exit codes:
 //!
@@ -118,6 +119,28 @@ enum Command {
         /// The report's figures as OpenMetrics text, for Prometheus.
         #[arg(long, conflicts_with = "json")]
         metrics: bool,
+        /// With `--report`: the report's "completed" lists what finished
+        /// in this last stretch (e.g. `24h` for a daily report, `90m`)
+        /// instead of everything done.
+        #[arg(long, requires = "report", value_name = "DURATION", value_parser = since_minutes)]
+        since: Option<u32>,
+    },
+    /// Accept, without stopping the latest run, the projected delay it
+    /// raised or a residual risk (listed in the go/no-go records).
+    #[command(group(clap::ArgGroup::new("what").required(true)))]
+    Accept {
+        /// Accept the projected delay (the open schedule question), saying
+        /// what changes, e.g. the new date.
+        #[arg(long, value_name = "NOTE", group = "what")]
+        delay: Option<String>,
+        /// Accept a residual risk: what it is and why it is accepted.
+        #[arg(long, value_name = "NOTE", group = "what")]
+        risk: Option<String>,
+        /// The batch the risk belongs to (default: the whole run).
+        #[arg(long, requires = "risk")]
+        batch: Option<orch_core::BatchId>,
+        #[command(flatten)]
+        state: StateArg,
     },
     /// Answer an escalated ticket of the latest run.
     Decide {
@@ -175,6 +198,7 @@ impl Cli {
             Command::Run { state, .. }
             | Command::Resume { state, .. }
             | Command::Status { state, .. }
+            | Command::Accept { state, .. }
             | Command::Decide { state, .. } => state.database_url.as_deref(),
             _ => None,
         }
@@ -204,6 +228,17 @@ struct Answer {
     /// Stop the whole run.
     #[arg(long)]
     abort: bool,
+}
+
+/// `--since`: a duration (`24h`, `90m`, `1h30m`) in minutes.
+fn since_minutes(s: &str) -> Result<u32, String> {
+    if s.trim().starts_with(|c: char| c.is_ascii_digit()) {
+        s.parse::<orch_core::Effort>()
+            .map(|e| e.minutes())
+            .map_err(|_| format!("{s:?} is not a duration like 24h, 90m or 1h30m"))
+    } else {
+        Err(format!("{s:?} is not a duration like 24h, 90m or 1h30m"))
+    }
 }
 
 /// A failure with its exit code.
@@ -536,6 +571,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             json,
             report,
             metrics,
+            since,
         } => {
             let dir = state.dir(std::path::Path::new("."));
             let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
@@ -553,13 +589,11 @@ fn run(cli: Cli) -> Result<(), Fail> {
                         ),
                     )
                 })?;
-                let r = orch_graph::status::StatusReport::new(
-                    &plan,
-                    &st,
-                    orch_core::Timestamp::now(),
-                    None,
-                )
-                .map_err(|e| Fail(2, e.to_string()))?;
+                let now = orch_core::Timestamp::now();
+                let since = since
+                    .map(|m| orch_core::Timestamp(now.0.saturating_sub(u64::from(m) * 60_000)));
+                let r = orch_graph::status::StatusReport::new(&plan, &st, now, since)
+                    .map_err(|e| Fail(2, e.to_string()))?;
                 if metrics {
                     print!("{}", r.to_openmetrics());
                 } else if json {
@@ -584,6 +618,44 @@ fn run(cli: Cli) -> Result<(), Fail> {
                         .cloned()
                         .unwrap_or_default()
                 );
+            }
+        }
+        Command::Accept {
+            delay,
+            risk,
+            batch,
+            state,
+        } => {
+            let dir = state.dir(std::path::Path::new("."));
+            let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
+            let (info, store, plan) = rt.block_on(latest(&state, &dir))?;
+            let (what, note) = match (delay, risk) {
+                (Some(n), _) => (orch_core::Acceptance::Delay, n),
+                (None, n) => (orch_core::Acceptance::Risk, n.unwrap_or_default()),
+            };
+            rt.block_on(async {
+                orch_graph::accept(store.as_ref(), &info.run, what, batch.clone(), note).await?;
+                let st = store.state(&info.run).await?;
+                let _ = orch_state::views::write_views(&dir, &st, plan.as_ref());
+                Ok::<_, orch_graph::EngineError>(())
+            })
+            .map_err(|e| match e {
+                orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
+                e => Fail(2, e.to_string()),
+            })?;
+            match (what, batch) {
+                (orch_core::Acceptance::Delay, _) => println!(
+                    "The projected delay is accepted in run {}; the run goes on.",
+                    info.run
+                ),
+                (_, Some(b)) => println!(
+                    "Risk accepted in run {}; batch {b}'s go/no-go record lists it.",
+                    info.run
+                ),
+                (_, None) => println!(
+                    "Risk accepted in run {}; every batch's go/no-go record lists it.",
+                    info.run
+                ),
             }
         }
         Command::Decide {

@@ -1736,3 +1736,110 @@ async fn agent_records_follow_a_backend_that_changes_mid_run() {
         ]
     );
 }
+
+/// A run that has gone slower than its estimate: its journal (A and B
+/// done, C and D waiting for a person) moved ten hours into the past. On
+/// resume the engine raises the schedule question (more than the default
+/// four hours late) without holding anything up; a person accepts the
+/// delay, which closes it, and a residual risk, which is refused for a
+/// batch the plan does not have.
+#[tokio::test]
+async fn a_run_behind_its_estimate_raises_a_schedule_question_that_blocks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Arc::new(
+        ScriptedAgent::new("s", writes())
+            .on("C", "work", 1, Step::Fail("no".into()))
+            .on("C", "work", 2, Step::Fail("no".into())),
+    );
+    let first = Arc::new(MemoryStore::new());
+    let run = run_id("late");
+    let report = engine(small_plan(""), agent.clone(), first.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Paused);
+    assert!(report.state.slips.is_empty(), "on time so far");
+
+    const HOURS_10: u64 = 10 * 3_600_000;
+    let store = Arc::new(MemoryStore::new());
+    let moved: Vec<Event> = journal(first.as_ref(), &run)
+        .await
+        .into_iter()
+        .map(|s| Event {
+            at: orch_core::Timestamp(s.event.at.0 - HOURS_10),
+            ..s.event
+        })
+        .collect();
+    store
+        .append_if(&run, orch_core::Expect::Any, &moved)
+        .await
+        .unwrap();
+    let err = orch_graph::accept(
+        store.as_ref(),
+        &run,
+        orch_core::Acceptance::Delay,
+        None,
+        "later".into(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.to_string(), "no projected delay waits for acceptance");
+    decide(
+        store.as_ref(),
+        &run,
+        &"C".parse().unwrap(),
+        Decision::Approve,
+        None,
+    )
+    .await
+    .unwrap();
+
+    let report = engine(small_plan(""), agent.clone(), store.clone(), dir.path())
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    // Nothing waited for it.
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    let slips = &report.state.slips;
+    assert_eq!(slips.len(), 1, "{slips:?}");
+    // Started ten hours ago with a two-hour critical path (A, then C),
+    // the work left done at the pace of the first run: about eight hours
+    // late.
+    assert!(
+        (470..=481).contains(&slips[0].delay_minutes),
+        "{:?}",
+        slips[0]
+    );
+    assert!(slips[0].accepted.is_none());
+    let queue = orch_state::views::render(&report.state, None)["DECISION_QUEUE.md"].clone();
+    assert!(queue.contains("## Open, not blocking"), "{queue}");
+    assert!(queue.contains("orch accept --delay NOTE"), "{queue}");
+
+    orch_graph::accept(
+        store.as_ref(),
+        &run,
+        orch_core::Acceptance::Delay,
+        None,
+        "new date: Friday".into(),
+    )
+    .await
+    .unwrap();
+    let err = orch_graph::accept(
+        store.as_ref(),
+        &run,
+        orch_core::Acceptance::Risk,
+        Some("NOPE".parse().unwrap()),
+        "fine".into(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.to_string(), "the plan of run late has no batch NOPE");
+    let state = store.state(&run).await.unwrap();
+    let (at, note) = state.slips[0].accepted.clone().unwrap();
+    assert_eq!(note, "new date: Friday");
+    assert!(at > slips[0].at);
+    assert!(state.risks.is_empty());
+    let queue = orch_state::views::render(&state, None)["DECISION_QUEUE.md"].clone();
+    assert!(!queue.contains("## Open, not blocking"), "{queue}");
+    assert!(queue.contains("| new date: Friday |"), "{queue}");
+}

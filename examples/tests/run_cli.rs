@@ -2043,4 +2043,72 @@ effort = "1h"
         metrics.contains("orch_go_no_go{orch_go_no_go=\"RED\"} 1"),
         "{metrics}"
     );
+    assert!(
+        record.contains("## Residual risks accepted\n\nNone recorded"),
+        "{record}"
+    );
+
+    // A person accepts a residual risk for the batch: its record lists it.
+    let (code, text) = output(
+        orch()
+            .args([
+                "accept",
+                "--risk",
+                "the integration suite is flaky on CI; rerun nightly",
+            ])
+            .args(["--batch", "B1", "--state"])
+            .arg(&state),
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("batch B1's go/no-go record lists it"),
+        "{text}"
+    );
+    let record = std::fs::read_to_string(state.join("go-no-go/B1.md")).unwrap();
+    assert!(
+        record.contains("## Residual risks accepted\n\n- the integration suite is flaky on CI; rerun nightly — accepted "),
+        "{record}"
+    );
+    let (_, report) = output(orch().args(["status", "--report", "--state"]).arg(&state));
+    assert!(
+        report.contains("accepted by a person for batch B1: the integration suite is flaky"),
+        "{report}"
+    );
+    // A daily report lists what was completed in the last 24 hours; a
+    // stretch that is not a duration is refused.
+    let (code, daily) = output(
+        orch()
+            .args(["status", "--report", "--since", "24h", "--state"])
+            .arg(&state),
+    );
+    assert_eq!(code, 0, "{daily}");
+    let completed = daily
+        .split("\n## Completed since ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{daily}"));
+    assert!(
+        completed.contains("\n- A\n") && completed.contains("\n- B\n"),
+        "{daily}"
+    );
+    let (code, text) = output(
+        orch()
+            .args(["status", "--report", "--since", "3 days", "--state"])
+            .arg(&state),
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("is not a duration like 24h"), "{text}");
+
+    // Refused: no delay was raised, an unknown batch, a batch with a delay.
+    for (args, why) in [
+        (
+            &["--delay", "Friday"][..],
+            "no projected delay waits for acceptance",
+        ),
+        (&["--risk", "x", "--batch", "B9"][..], "has no batch B9"),
+        (&["--delay", "x", "--batch", "B1"][..], "not batch B1's"),
+    ] {
+        let (code, text) = output(orch().arg("accept").args(args).arg("--state").arg(&state));
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(text.contains(why), "{args:?}: {text}");
+    }
 }

@@ -423,6 +423,40 @@ pub enum EventKind {
         /// How.
         outcome: RunOutcome,
     },
+    /// The projected finish slipped past the critical path's estimate by
+    /// more than `policy.escalate_delay`: a question for a person that
+    /// holds nothing up (answered with [`EventKind::Accepted`] of
+    /// [`Acceptance::Delay`], or by stopping the run).
+    ScheduleSlipped {
+        /// How far past the planned finish the run is projected to end.
+        delay_minutes: u64,
+        /// When the critical path's estimate says the run ends.
+        planned_finish: crate::Timestamp,
+        /// When the pace so far says it ends.
+        projected_finish: crate::Timestamp,
+        /// The chain of tickets left that decides the projection.
+        path: Vec<TicketId>,
+    },
+    /// A person accepted something without stopping the run.
+    Accepted {
+        /// What.
+        acceptance: Acceptance,
+        /// The batch a residual risk belongs to (`None`: the whole run).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch: Option<BatchId>,
+        /// What was accepted and why, in the person's words.
+        note: String,
+    },
+}
+
+/// What a person accepts with [`EventKind::Accepted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Acceptance {
+    /// The projected delay: answers the open `ScheduleSlipped` questions.
+    Delay,
+    /// A residual risk, recorded in the go/no-go record of its batch.
+    Risk,
 }
 
 impl EventKind {
@@ -464,6 +498,7 @@ impl EventKind {
                 }
             }
             TicketFailed { reason, .. } | BatchFailed { reason, .. } => r.redact_in_place(reason),
+            Accepted { note, .. } => r.redact_in_place(note),
             // Made by orch from the plan and its own state: ids, paths,
             // commits, counts.
             RunStarted { .. }
@@ -481,6 +516,7 @@ impl EventKind {
             | MergeStarted { .. }
             | BatchMerged { .. }
             | BudgetExhausted { .. }
+            | ScheduleSlipped { .. }
             | RunFinished { .. } => {}
         }
     }
@@ -519,6 +555,8 @@ impl EventKind {
             BatchFailed { .. } => "batch_failed",
             BudgetExhausted { .. } => "budget_exhausted",
             RunFinished { .. } => "run_finished",
+            ScheduleSlipped { .. } => "schedule_slipped",
+            Accepted { .. } => "accepted",
         }
     }
 

@@ -73,7 +73,8 @@ pub use agent::{
 pub use cancel::{Cancellation, Cancelled};
 pub use error::Error;
 pub use event::{
-    Decision, DriverInfo, Event, EventId, EventKind, FingerprintParts, GateScope, RunOutcome,
+    Acceptance, Decision, DriverInfo, Event, EventId, EventKind, FingerprintParts, GateScope,
+    RunOutcome,
 };
 pub use gate::{
     Evidence, Gate, GateContext, GateError, GateErrorKind, GateReport, GateStatus, Hit, TestCounts,
@@ -89,8 +90,8 @@ pub use plan::{
     Worktrees, format_minutes,
 };
 pub use state::{
-    AgentRecord, AgentStatus, BatchState, BatchStatus, DecisionItem, GateRun, IdMap, RunState,
-    RunStatus, TicketMetrics, TicketState, TicketStatus, WorkTimes,
+    AcceptedRisk, AgentRecord, AgentStatus, BatchState, BatchStatus, DecisionItem, GateRun, IdMap,
+    RunState, RunStatus, Slip, TicketMetrics, TicketState, TicketStatus, WorkTimes,
 };
 pub use store::{
     Expect, Lease, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketLeases,

@@ -352,6 +352,44 @@ pub struct RunState {
     /// earlier ones' commands.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drivers: Vec<crate::DriverInfo>,
+    /// Every time the projected finish slipped too far, in order, with
+    /// the person's acceptance once given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slips: Vec<Slip>,
+    /// Residual risks a person accepted, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub risks: Vec<AcceptedRisk>,
+}
+
+/// The projected finish slipped too far (`ScheduleSlipped`): a
+/// non-blocking question, open until a person accepts the delay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
+pub struct Slip {
+    /// When it was raised.
+    pub at: Timestamp,
+    /// How far past the planned finish, then.
+    pub delay_minutes: u64,
+    /// The critical path's estimate of the finish.
+    pub planned_finish: Timestamp,
+    /// The projected finish.
+    pub projected_finish: Timestamp,
+    /// The chain of tickets left that decides the projection.
+    pub path: Vec<TicketId>,
+    /// When a person accepted the delay, and their note.
+    pub accepted: Option<(Timestamp, String)>,
+}
+
+/// A residual risk a person accepted (`Accepted` of `Acceptance::Risk`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
+pub struct AcceptedRisk {
+    /// When.
+    pub at: Timestamp,
+    /// Its batch (`None`: the whole run).
+    pub batch: Option<BatchId>,
+    /// The risk and why it is accepted.
+    pub note: String,
 }
 
 /// Serializes a map sorted by key, so a state's JSON is the same every time.
@@ -565,6 +603,33 @@ impl RunState {
                 b.reason = Some(reason);
             }
             EventKind::BudgetExhausted { .. } => self.budget_exhausted = true,
+            EventKind::ScheduleSlipped {
+                delay_minutes,
+                planned_finish,
+                projected_finish,
+                path,
+            } => self.slips.push(Slip {
+                at,
+                delay_minutes,
+                planned_finish,
+                projected_finish,
+                path,
+                accepted: None,
+            }),
+            EventKind::Accepted {
+                acceptance: crate::Acceptance::Delay,
+                note,
+                ..
+            } => {
+                for s in self.slips.iter_mut().filter(|s| s.accepted.is_none()) {
+                    s.accepted = Some((at, note.clone()));
+                }
+            }
+            EventKind::Accepted {
+                acceptance: crate::Acceptance::Risk,
+                batch,
+                note,
+            } => self.risks.push(AcceptedRisk { at, batch, note }),
             EventKind::RunFinished { outcome } => self.status = RunStatus::Finished(outcome),
             _ => {}
         }

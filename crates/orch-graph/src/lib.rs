@@ -40,8 +40,8 @@ pub mod status;
 pub use analysis::{Analysis, Schedule, simulate};
 pub use batches::BatchGraph;
 pub use engine::{
-    AdrDraft, Engine, EngineError, GateFactory, Observer, RunReport, decide, decide_with_adr,
-    prompt,
+    AdrDraft, Engine, EngineError, GateFactory, Observer, RunReport, accept, decide,
+    decide_with_adr, prompt,
 };
 pub use graph::{GraphError, Ix, Node, PlanGraph};
 pub use report::{BatchReport, BatchRow, Makespan, Report, TicketRow, analyze};

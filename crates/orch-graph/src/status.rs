@@ -493,6 +493,23 @@ impl StatusReport {
         if state.budget_exhausted {
             risks.push("the budget is spent: no ticket starts".into());
         }
+        for slip in state.slips.iter().filter(|s| s.accepted.is_none()) {
+            risks.push(format!(
+                "the projected finish slipped {} past the estimate (raised {}): waits for a person to accept the delay (`orch accept --delay NOTE`)",
+                orch_core::format_minutes(slip.delay_minutes),
+                slip.at
+            ));
+        }
+        for r in &state.risks {
+            risks.push(format!(
+                "accepted by a person{}: {}",
+                r.batch
+                    .as_ref()
+                    .map(|b| format!(" for batch {b}"))
+                    .unwrap_or_default(),
+                first_line(&r.note)
+            ));
+        }
 
         let batches = plan
             .batches
@@ -705,7 +722,7 @@ impl StatusReport {
             s,
             "\n## Completed{}\n",
             self.since
-                .map(|t| format!(" since the last report ({t})"))
+                .map(|t| format!(" since {t}"))
                 .unwrap_or_default()
         );
         list(&mut s, self.completed.iter().map(ToString::to_string));
@@ -1064,6 +1081,53 @@ fn schedule(
     state: &RunState,
     at: Timestamp,
 ) -> Schedule {
+    let p = project(graph, analysis.length, state, at);
+    Schedule {
+        estimated_minutes: graph.total_effort(),
+        done_estimated_minutes: p.done_minutes,
+        done_took_ms: p.done_ms,
+        agent_ms: state
+            .tickets
+            .values()
+            .map(|t| t.metrics.work.agent_ms)
+            .sum(),
+        pace: p.pace,
+        critical_path_minutes: analysis.length,
+        critical_path: analysis
+            .critical_path
+            .iter()
+            .map(|&t| graph.ticket_id(t))
+            .collect(),
+        remaining_ms: p.remaining_ms,
+        started_at: state.started_at,
+        planned_finish: p.planned_finish,
+        projected_finish: p.projected_finish,
+        delay_ms: p.delay_ms,
+    }
+}
+
+/// Where the run is headed at `at`, at the pace of its done tickets.
+struct Projection {
+    done_minutes: u64,
+    done_ms: u64,
+    pace: f64,
+    remaining_ms: u64,
+    /// The chain of tickets left that makes `remaining_ms`, in order.
+    path: Vec<Ix>,
+    planned_finish: Option<Timestamp>,
+    projected_finish: Timestamp,
+    delay_ms: i64,
+}
+
+/// The pace so far (done tickets' time against their efforts) applied to
+/// the work left, whose longest chain gives the projected finish; against
+/// the start plus `critical_path_minutes`, the delay. O(tickets + edges).
+fn project(
+    graph: &PlanGraph,
+    critical_path_minutes: u64,
+    state: &RunState,
+    at: Timestamp,
+) -> Projection {
     let n = graph.len();
     let ticket = |t: Ix| state.tickets.get(graph.id(t));
     let (mut done_min, mut done_ms) = (0u64, 0u64);
@@ -1095,37 +1159,94 @@ fn schedule(
             }
         })
         .collect();
-    let remaining_ms = crate::analysis::tails(graph, |t| left[t])
-        .into_iter()
-        .max()
-        .unwrap_or(0);
+    let tail = crate::analysis::tails(graph, |t| left[t]);
+    let remaining_ms = tail.iter().copied().max().unwrap_or(0);
+    // The chain: from the first ticket whose tail is the whole, each time
+    // the first dependent that continues it.
+    let mut path = Vec::new();
+    let mut next = (0..n).find(|&t| remaining_ms > 0 && tail[t] == remaining_ms);
+    while let Some(t) = next {
+        if left[t] > 0 {
+            path.push(t as Ix);
+        }
+        let rest = tail[t] - left[t];
+        next = graph
+            .dependents(t as Ix)
+            .iter()
+            .map(|&d| d as usize)
+            .find(|&d| rest > 0 && tail[d] == rest);
+    }
     let projected_finish = Timestamp(at.0.saturating_add(remaining_ms));
     let planned_finish = state
         .started_at
-        .map(|s| Timestamp(s.0.saturating_add(analysis.length * 60_000)));
+        .map(|s| Timestamp(s.0.saturating_add(critical_path_minutes * 60_000)));
     let delay_ms = planned_finish.map_or(0, |p| projected_finish.0 as i64 - p.0 as i64);
-    Schedule {
-        estimated_minutes: graph.total_effort(),
-        done_estimated_minutes: done_min,
-        done_took_ms: done_ms,
-        agent_ms: state
-            .tickets
-            .values()
-            .map(|t| t.metrics.work.agent_ms)
-            .sum(),
+    Projection {
+        done_minutes: done_min,
+        done_ms,
         pace,
-        critical_path_minutes: analysis.length,
-        critical_path: analysis
-            .critical_path
-            .iter()
-            .map(|&t| graph.ticket_id(t))
-            .collect(),
         remaining_ms,
-        started_at: state.started_at,
+        path,
         planned_finish,
         projected_finish,
         delay_ms,
     }
+}
+
+/// The non-blocking question to raise at `at`, if the projected finish
+/// is more than `policy.escalate_delay` past the critical path's estimate
+/// (`critical_path_minutes` after the start) and has slipped by another
+/// `escalate_delay` since the last time it was raised: a
+/// [`orch_core::EventKind::ScheduleSlipped`] for a person to accept (or to stop the
+/// run over). The engine asks after each ticket it finishes.
+///
+/// ```
+/// use orch_core::{Plan, RunState, Timestamp};
+/// use orch_graph::{Analysis, PlanGraph, status};
+/// let plan = Plan::from_toml_str(r#"
+///     name = "p"
+///     default_role = "dev"
+///     [policy]
+///     escalate_delay = "1h"
+///     [agents.dev]
+///     backend = { kind = "command", argv = ["true"] }
+///     [[phases]]
+///     name = "work"
+///     [[tickets]]
+///     id = "A"
+///     title = "a"
+///     effort = "2h"
+/// "#).unwrap();
+/// let graph = PlanGraph::from_plan(&plan).unwrap();
+/// let length = Analysis::new(&graph).length;
+/// let mut state = RunState::default();
+/// state.started_at = Some(Timestamp(0));
+/// // An hour in, nothing done: the two hours left end an hour late, not more.
+/// assert!(status::slip(&graph, length, &state, &plan.policy, Timestamp(3_600_000)).is_none());
+/// // Two hours in: two hours late.
+/// let raised = status::slip(&graph, length, &state, &plan.policy, Timestamp(7_200_000)).unwrap();
+/// assert!(matches!(raised, orch_core::EventKind::ScheduleSlipped { delay_minutes: 120, .. }));
+/// ```
+pub fn slip(
+    graph: &PlanGraph,
+    critical_path_minutes: u64,
+    state: &RunState,
+    policy: &orch_core::Policy,
+    at: Timestamp,
+) -> Option<orch_core::EventKind> {
+    let bound = policy.escalate_delay_minutes();
+    let p = project(graph, critical_path_minutes, state, at);
+    let delay_minutes = u64::try_from(p.delay_ms).ok()? / 60_000;
+    let last = state.slips.last().map(|s| s.delay_minutes);
+    if delay_minutes <= bound || last.is_some_and(|l| delay_minutes < l + bound.max(1)) {
+        return None;
+    }
+    Some(orch_core::EventKind::ScheduleSlipped {
+        delay_minutes,
+        planned_finish: p.planned_finish?,
+        projected_finish: p.projected_finish,
+        path: p.path.iter().map(|&t| graph.ticket_id(t)).collect(),
+    })
 }
 
 fn metrics(state: &RunState, at: Timestamp) -> Metrics {

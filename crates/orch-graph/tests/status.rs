@@ -235,6 +235,19 @@ fn green_when_no_rule_fires() {
     assert!(r.schedule.delay_ms < 0, "{:?}", r.schedule);
     assert_eq!(r.batches[0].call, "GO");
     assert_eq!(r.metrics.tests_ran, 60);
+    // Since minute 5: only what finished after it.
+    let plan = Plan::from_toml_str(PLAN).unwrap();
+    let state = RunState::fold(j.0.iter());
+    let since = Some(Timestamp(T0 + 5 * MIN));
+    let r = StatusReport::new(&plan, &state, Timestamp(T0 + 9 * MIN), since).unwrap();
+    let completed: Vec<&str> = r.completed.iter().map(|t| t.as_str()).collect();
+    assert_eq!(completed, ["B", "D"]);
+    assert!(
+        r.to_markdown()
+            .contains("## Completed since 2026-12-01T09:05:00.000Z\n\n- B\n- D\n"),
+        "{}",
+        r.to_markdown()
+    );
 }
 
 /// Mid-run: the order of what is ready is the dispatcher's (P0 first,
@@ -509,4 +522,85 @@ fn reviewed_retries_do_not_make_it_yellow() {
     let r = StatusReport::new(&plan, &state, Timestamp(T0 + 8 * MIN), None).unwrap();
     assert_eq!(r.metrics.failed_attempts, 3);
     assert_eq!(r.colour, Colour::Green, "{:?}", r.fired);
+}
+
+/// The schedule question: raised once the projected finish is more than
+/// `policy.escalate_delay` (4h) past the critical path's estimate (3h 30m:
+/// A, B, D), naming the chain left; raised again only after another 4h
+/// of slip, and shown among the report's risks until a person accepts it.
+#[test]
+fn a_slip_is_raised_once_per_escalate_delay_with_the_chain_left() {
+    let plan = Plan::from_toml_str(PLAN).unwrap();
+    let graph = orch_graph::PlanGraph::from_plan(&plan).unwrap();
+    let length = orch_graph::Analysis::new(&graph).length;
+    assert_eq!(length, 210);
+    let mut j = Journal::started();
+    // A took two hours for its one: the pace is 2, so B (2h) and D (30m)
+    // take 5h from here.
+    j.done("A", 0, 120);
+    let slip = |j: &Journal, min: u64| {
+        let state = RunState::fold(j.0.iter());
+        orch_graph::status::slip(
+            &graph,
+            length,
+            &state,
+            &plan.policy,
+            Timestamp(T0 + min * MIN),
+        )
+    };
+    // At 2h: 2h + 5h - 3h30 = 3h30 late, within the bound.
+    assert_eq!(slip(&j, 120), None);
+    let raised = slip(&j, 180).expect("4h30 late");
+    let EventKind::ScheduleSlipped {
+        delay_minutes,
+        planned_finish,
+        projected_finish,
+        ref path,
+    } = raised
+    else {
+        panic!("{raised:?}")
+    };
+    assert_eq!(delay_minutes, 270);
+    assert_eq!(planned_finish, Timestamp(T0 + 210 * MIN));
+    assert_eq!(projected_finish, Timestamp(T0 + 480 * MIN));
+    let path: Vec<&str> = path.iter().map(|t| t.as_str()).collect();
+    assert_eq!(path, ["B", "D"]);
+    j.at(180, raised);
+    // Not again for the same slip, nor for less than another 4h of it.
+    assert_eq!(slip(&j, 180), None);
+    assert_eq!(slip(&j, 419), None);
+    assert!(matches!(
+        slip(&j, 420),
+        Some(EventKind::ScheduleSlipped {
+            delay_minutes: 510,
+            ..
+        })
+    ));
+    // Open, it is among the risks; accepted, it is not.
+    let risks = |j: &Journal| {
+        let state = RunState::fold(j.0.iter());
+        StatusReport::new(&plan, &state, Timestamp(T0 + 200 * MIN), None)
+            .unwrap()
+            .risks
+    };
+    assert!(
+        risks(&j)
+            .iter()
+            .any(|r| r.starts_with("the projected finish slipped 4h30m past the estimate")),
+        "{:?}",
+        risks(&j)
+    );
+    j.at(
+        190,
+        EventKind::Accepted {
+            acceptance: orch_core::Acceptance::Delay,
+            batch: None,
+            note: "new date: Friday".into(),
+        },
+    );
+    assert!(
+        !risks(&j).iter().any(|r| r.contains("slipped")),
+        "{:?}",
+        risks(&j)
+    );
 }

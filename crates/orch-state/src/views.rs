@@ -267,7 +267,23 @@ fn go_no_go(
             }
         }
     }
-    s.push_str("\n## Residual risks accepted\n\nNone recorded.\n");
+    s.push_str("\n## Residual risks accepted\n\n");
+    let risks: Vec<_> = state
+        .risks
+        .iter()
+        .filter(|r| r.batch.as_ref().is_none_or(|b| b == id))
+        .collect();
+    if risks.is_empty() {
+        s.push_str("None recorded (`orch accept --risk NOTE --batch BATCH`).\n");
+    }
+    for r in risks {
+        let scope = if r.batch.is_some() {
+            ""
+        } else {
+            " (whole run)"
+        };
+        let _ = writeln!(s, "- {}{scope} — accepted {}", md_cell(&r.note), r.at);
+    }
     s
 }
 
@@ -642,6 +658,30 @@ fn decision_queue(state: &RunState) -> String {
         }
         s.push_str("\nAdd `--adr TITLE` to write the answer down as a decision record (`docs/adr/ADR-NNN-<slug>.md`).\n\n");
     }
+    let slips: Vec<_> = state
+        .slips
+        .iter()
+        .filter(|s| s.accepted.is_none())
+        .collect();
+    if !slips.is_empty() {
+        s.push_str("## Open, not blocking\n\n");
+        for slip in slips {
+            let chain: Vec<&str> = slip.path.iter().map(TicketId::as_str).collect();
+            let _ = writeln!(
+                s,
+                "### Schedule — raised {}\n\nThe projected finish ({}) is {} past the critical path's estimate ({}), more than `policy.escalate_delay` allows. The chain left: {}.\n\nNothing waits for this. Accept the delay with `orch accept --delay NOTE` (what changes, e.g. the new date), or stop the run.\n",
+                slip.at,
+                slip.projected_finish,
+                orch_core::format_minutes(slip.delay_minutes),
+                slip.planned_finish,
+                if chain.is_empty() {
+                    "none".into()
+                } else {
+                    chain.join(" → ")
+                }
+            );
+        }
+    }
     let calls: Vec<_> = state
         .batches
         .iter()
@@ -659,6 +699,26 @@ fn decision_queue(state: &RunState) -> String {
         .iter()
         .filter(|d| d.answer.is_some())
         .collect();
+    let accepted: Vec<_> = state
+        .slips
+        .iter()
+        .filter_map(|s| Some((s, s.accepted.as_ref()?)))
+        .collect();
+    if !accepted.is_empty() {
+        s.push_str(
+            "## Delays accepted\n\n| raised | delay | accepted | note |\n|---|---|---|---|\n",
+        );
+        for (slip, (at, note)) in accepted {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {at} | {} |",
+                slip.at,
+                orch_core::format_minutes(slip.delay_minutes),
+                md_cell(note)
+            );
+        }
+        s.push('\n');
+    }
     if !answered.is_empty() {
         s.push_str("## Answered\n\n| ticket | question | answer | note | record | answered |\n|---|---|---|---|---|---|\n");
         for d in answered {

@@ -1,10 +1,10 @@
-//! A person's answers to escalated tickets, and the decision records that
-//! can go with them.
+//! A person's answers to escalated tickets, the decision records that can
+//! go with them, and what a person accepts without stopping the run.
 
 use orch_core::secrets::Redactor;
 use orch_core::{
-    ADR_DIR, Adr, Decision, DecisionItem, Event, EventKind, Expect, RunId, RunState, RunStatus,
-    StateStore, TicketId,
+    ADR_DIR, Acceptance, Adr, BatchId, Decision, DecisionItem, Event, EventKind, Expect, RunId,
+    RunState, RunStatus, StateStore, TicketId,
 };
 
 use super::EngineError;
@@ -75,7 +75,7 @@ pub async fn decide(
 /// Returns the record.
 ///
 /// ```no_run
-/// # async fn f(store: &dyn orch_core::StateStore) -> Result<(), orch_graph::EngineError> {
+/// # async fn f(store: &dyn orch_core::StateStore) -> Result<(), Box<dyn std::error::Error>> {
 /// use orch_core::Decision;
 /// use orch_graph::{AdrDraft, decide_with_adr};
 /// let mut draft = AdrDraft::titled("Accept the spoofing risk until keys rotate");
@@ -286,4 +286,87 @@ fn check_decision<'a>(
         )));
     }
     Ok(q)
+}
+
+/// Records that a person accepts something without stopping the run:
+/// with [`Acceptance::Delay`], the projected delay of every open
+/// `ScheduleSlipped` question; with [`Acceptance::Risk`], a residual risk
+/// (of `batch`, or of the whole run), which the batch's go/no-go record
+/// lists. `note` says what and why (secrets of this process redacted).
+///
+/// ```no_run
+/// # async fn f(store: &dyn orch_core::StateStore) -> Result<(), Box<dyn std::error::Error>> {
+/// use orch_core::Acceptance;
+/// orch_graph::accept(
+///     store,
+///     &"run-1".parse()?,
+///     Acceptance::Risk,
+///     Some("PR5".parse()?),
+///     "p99 is 110 ms under the load test; the cache lands next sprint".into(),
+/// )
+/// .await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`EngineError::Decision`] when there is no such run, no delay waits
+/// for acceptance, the plan has no such batch, or the note is empty;
+/// [`EngineError::Store`].
+pub async fn accept(
+    store: &dyn StateStore,
+    run: &RunId,
+    acceptance: Acceptance,
+    batch: Option<BatchId>,
+    note: String,
+) -> Result<(), EngineError> {
+    if note.trim().is_empty() {
+        return Err(EngineError::Decision(
+            "say what is accepted and why (the note is empty)".into(),
+        ));
+    }
+    let mut kind = EventKind::Accepted {
+        acceptance,
+        batch: batch.clone(),
+        note,
+    };
+    kind.redact(&Redactor::from_process_env());
+    let event = Event::now(kind);
+    let mut state = RunState::default();
+    let mut seq = store.catch_up(run, &mut state, 0).await?;
+    loop {
+        if state.status == RunStatus::NotStarted {
+            return Err(EngineError::Decision(format!("there is no run {run}")));
+        }
+        match (acceptance, &batch) {
+            (Acceptance::Delay, Some(b)) => {
+                return Err(EngineError::Decision(format!(
+                    "a delay is the whole run's, not batch {b}'s"
+                )));
+            }
+            (Acceptance::Delay, None) if state.slips.iter().all(|s| s.accepted.is_some()) => {
+                return Err(EngineError::Decision(
+                    "no projected delay waits for acceptance".into(),
+                ));
+            }
+            (Acceptance::Risk, Some(b))
+                if !state.fingerprint_parts.is_empty()
+                    && !state.fingerprint_parts.contains_key(&format!("batch:{b}")) =>
+            {
+                return Err(EngineError::Decision(format!(
+                    "the plan of run {run} has no batch {b}"
+                )));
+            }
+            _ => {}
+        }
+        match store
+            .append_if(run, Expect::LastSeq(seq), std::slice::from_ref(&event))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind == orch_core::StoreErrorKind::Changed => {
+                seq = store.catch_up(run, &mut state, seq).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

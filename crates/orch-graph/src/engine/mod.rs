@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::graph::{GraphError, Ix, PlanGraph};
 use crate::scheduler::Scheduler;
-pub use decide::{AdrDraft, decide, decide_with_adr};
+pub use decide::{AdrDraft, accept, decide, decide_with_adr};
 use journal::Journal;
 pub use prompt::prompt;
 use ticket::End;
@@ -591,7 +591,16 @@ struct Dispatcher {
     ended: std::collections::VecDeque<(Ix, std::thread::Result<End>)>,
     stop: Option<RunOutcome>,
     fatal: Option<StoreError>,
+    /// The critical path's length (minutes), for the schedule check.
+    critical_path_minutes: u64,
+    /// When the schedule was last checked: a check is a pass over the
+    /// whole plan, and delays are counted in minutes, so at most one every
+    /// [`SCHEDULE_CHECK_EVERY`].
+    schedule_checked: Option<std::time::Instant>,
 }
+
+/// See `Dispatcher::schedule_checked`.
+const SCHEDULE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 impl Dispatcher {
     fn new(
@@ -650,6 +659,7 @@ impl Dispatcher {
                 batches[*b as usize].1.push(t as Ix);
             }
         }
+        let shared_graph = shared.graph.clone();
         Dispatcher {
             shared,
             sched,
@@ -663,6 +673,33 @@ impl Dispatcher {
             ended: std::collections::VecDeque::new(),
             stop: None,
             fatal: None,
+            critical_path_minutes: crate::Analysis::new(&shared_graph).length,
+            schedule_checked: None,
+        }
+    }
+
+    /// Raises the non-blocking schedule question when the projected
+    /// finish has slipped too far (see [`crate::status::slip`]).
+    async fn check_schedule(&mut self) {
+        let now = std::time::Instant::now();
+        if self
+            .schedule_checked
+            .is_some_and(|t| now.duration_since(t) < SCHEDULE_CHECK_EVERY)
+        {
+            return;
+        }
+        self.schedule_checked = Some(now);
+        let raised = self.shared.journal.with_state(|s| {
+            crate::status::slip(
+                &self.shared.graph,
+                self.critical_path_minutes,
+                s,
+                &self.shared.plan.policy,
+                orch_core::Timestamp::now(),
+            )
+        });
+        if let Some(e) = raised {
+            self.append(vec![e]).await;
         }
     }
 
@@ -965,6 +1002,7 @@ impl Dispatcher {
             End::Done => {
                 in_step(self.sched.complete(t));
                 self.settle(t, Vec::new()).await;
+                self.check_schedule().await;
             }
             End::Failed => {
                 let blocked = self.sched.fail(t).unwrap_or_default();
@@ -998,6 +1036,7 @@ impl Dispatcher {
         // connection): no cost per turn of the loop otherwise.
         let mut watch_lock = lock.can_be_lost();
         self.restore().await;
+        self.check_schedule().await;
         if let Some(why) = self
             .shared
             .plan
