@@ -12,14 +12,17 @@ use orch_core::{AgentOutcome, Cancellation, Decision, Plan, RunOutcome};
 use orch_examples::{Setup, demo, open_store};
 use orch_graph::{AdrDraft, EngineError, decide_with_adr};
 
-/// One phase (`work`, one attempt, a person decides when it fails) that
-/// needs `<ticket>.txt`, then `review`, which checks nothing: both
-/// checkpoint. A and B are independent.
+/// `spec`, which freezes `docs/`; `work` (one attempt, a person decides
+/// when it fails), which needs `<ticket>.txt`; then `review`, which checks
+/// nothing. Each checkpoints. A and B are independent.
 const PLAN: &str = r#"
 name = "records"
 default_role = "dev"
 [agents.dev]
 backend = { kind = "custom", name = "scripted" }
+[[phases]]
+name = "spec"
+freeze = ["docs/**"]
 [[phases]]
 name = "work"
 max_attempts = 1
@@ -192,8 +195,15 @@ async fn a_record_is_numbered_committed_and_kept_from_the_agent() {
         .unwrap();
     assert_eq!(report.outcome, RunOutcome::Failed, "B was skipped");
     let t = &report.state.tickets["A"];
-    // Both of A's checkpoints carry the person's record, not the agent's
-    // forgery, and not the secret.
+    // The record, orch's own, is no change to what `spec` froze: review
+    // passed at once, though the agent deleted it.
+    assert_eq!(
+        t.metrics.failed_attempts, 1,
+        "{:#?}",
+        report.state.gate_runs
+    );
+    // Both of A's later checkpoints carry the person's record, not the
+    // agent's forgery.
     for phase in ["work", "review"] {
         let commit = t.checkpoints.get(phase).unwrap();
         let text = demo::git(&repo, &["show", &format!("{commit}:{}", first.path())]).unwrap();

@@ -322,6 +322,47 @@ async fn seven_phase_restarts_from_planning_and_completes(coverage: bool) {
     assert!(events.iter().any(|e| matches!(&e.event.kind,
         EventKind::PhaseRestarted { from, .. } if from.as_str() == "planning")));
     assert_live_equals_fold(store.as_ref(), &run, &report.state).await;
+
+    // The recorded journal, folded into the status report: done well
+    // inside its 6h estimate, two unreviewed failed attempts (under
+    // `retries_warn`), the escalation answered: GREEN.
+    let plan = &setup.plan;
+    let report_of = |events: &[Event]| {
+        let state = RunState::fold(events);
+        let at = state.updated_at.unwrap();
+        orch_graph::status::StatusReport::new(plan, &state, at, None).unwrap()
+    };
+    let recorded: Vec<Event> = events.iter().map(|e| e.event.clone()).collect();
+    let r = report_of(&recorded);
+    assert_eq!(
+        r.colour,
+        orch_graph::status::Colour::Green,
+        "{:#?}",
+        r.fired
+    );
+    assert_eq!(r.health.decision_wait.count, 1);
+    // The same run with a delay injected: the journal stretched to span
+    // 12 hours, so the run took 6h longer than its estimate, more than
+    // `policy.escalate_delay` (4h): RED, by the critical-path rule alone.
+    let t0 = recorded[0].at.0;
+    let span = (recorded.last().unwrap().at.0 - t0).max(1);
+    let late: Vec<Event> = recorded
+        .iter()
+        .map(|e| Event {
+            at: orch_core::Timestamp(t0 + (e.at.0 - t0) * (12 * 3_600_000) / span),
+            ..e.clone()
+        })
+        .collect();
+    let r = report_of(&late);
+    assert!(r.schedule.delay_ms > 4 * 3_600_000, "{:?}", r.schedule);
+    let fired: Vec<_> = r.fired.iter().map(|f| f.rule).collect();
+    assert_eq!(
+        fired,
+        [orch_graph::status::Rule::CriticalPathSlip],
+        "{:#?}",
+        r.fired
+    );
+    assert_eq!(r.colour, orch_graph::status::Colour::Red);
 }
 
 /// A small plan: tickets A..=D, C and D depend on A, one phase with a

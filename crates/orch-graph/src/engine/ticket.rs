@@ -800,6 +800,16 @@ async fn check_frozen(
         .unwrap_or(0);
     let mut moved: Vec<String> = Vec::new();
     let mut diffs = String::new();
+    // The ticket's decision records are orch's, written before each
+    // checkpoint (over whatever the agent did to them): not the agent's
+    // change to a frozen path.
+    let records: Vec<String> = sh.journal.with_state(|s| {
+        s.decisions
+            .iter()
+            .filter(|d| &d.ticket == id)
+            .filter_map(|d| Some(d.adr.as_ref()?.path()))
+            .collect()
+    });
     for q in plan.phases[..here].iter().filter(|q| !q.freeze.is_empty()) {
         let Some(commit) = out.ticket().checkpoints.get(&q.name).cloned() else {
             continue;
@@ -809,11 +819,12 @@ async fn check_frozen(
             .changed_since(&sh.journal.run, id, &commit, &q.freeze)
             .await
         {
-            Ok(c) if c.files.is_empty() => {}
+            Ok(c) if c.files.iter().all(|f| records.contains(f)) => {}
             Ok(c) => {
                 moved.extend(
                     c.files
                         .iter()
+                        .filter(|f| !records.contains(f))
                         .map(|f| format!("{f} (frozen by {})", q.name)),
                 );
                 diffs.push_str(&c.diff);
