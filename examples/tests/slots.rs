@@ -391,6 +391,96 @@ effort = "1h"
     assert_eq!(files, "A.txt\nB.txt\nREADME.md");
 }
 
+/// A batch's tickets lose their branches when the batch merges, once every
+/// ticket that depends on them has started from them, not only when the
+/// run completes; a dependent found again later (resumed after a decision)
+/// does not need them.
+#[test]
+fn branches_go_when_their_batch_merges_and_their_dependents_started() {
+    branches_go_when_their_batch_merges("");
+}
+
+/// The same with a fresh worktree for each ticket.
+#[test]
+fn branches_go_when_their_batch_merges_with_fresh_worktrees() {
+    branches_go_when_their_batch_merges("[workspace]\nworktrees = \"fresh\"\n");
+}
+
+fn branches_go_when_their_batch_merges(workspace: &str) {
+    let plan = r#"
+name = "prune"
+default_role = "dev"
+{workspace}
+[policy]
+max_attempts = 1
+[agents.dev]
+backend = { kind = "command", argv = ["sh", "-c", "prompt=$(cat); case \"$ORCH_TICKET:$prompt\" in C:*'go ahead'*|A:*|B:*) echo $ORCH_TICKET > $ORCH_TICKET.txt;; esac"] }
+[[phases]]
+name = "do"
+gates = [{ kind = "command", name = "wrote", argv = ["test", "-s", "{ticket}.txt"] }]
+[[batches]]
+id = "X"
+title = "first"
+branch = "release/x"
+tickets = ["A", "B"]
+[[batches]]
+id = "Y"
+title = "second"
+branch = "release/y"
+tickets = ["C"]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+priority = "P1"
+[[tickets]]
+id = "B"
+title = "b, last of X"
+effort = "1h"
+priority = "P3"
+[[tickets]]
+id = "C"
+title = "c, on A; waits for a person"
+effort = "1h"
+priority = "P0"
+depends_on = ["A"]
+"#;
+    let s = setup(
+        &[("README.md", "x\n")],
+        &plan.replace("{workspace}", workspace),
+    );
+    // One at a time: A, then C (P0), which escalates, then B, whose end
+    // merges X while C waits.
+    let (code, text) = output(run(&s).args(["--concurrency", "1"]));
+    assert_eq!(code, 3, "C waits for a decision: {text}");
+    let branches = || {
+        git(
+            &s.repo,
+            &["for-each-ref", "--format=%(refname:short)", "refs/heads/"],
+        )
+    };
+    assert_eq!(
+        branches(),
+        format!("main\norch/{RUN}/C\nrelease/x"),
+        "A and B went with X's merge, the run not complete"
+    );
+    let files = git(&s.repo, &["ls-tree", "--name-only", "release/x"]);
+    assert_eq!(files, "A.txt\nB.txt\nREADME.md");
+
+    let (code, text) = output(
+        orch()
+            .args(["decide", "C", "--retry", "go ahead", "--state"])
+            .arg(&s.state),
+    );
+    assert_eq!(code, 0, "{text}");
+    // C's work tree is found again without A's branch: its start has A.
+    let (code, text) = output(orch().args(["resume", "--state"]).arg(&s.state));
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(branches(), "main\nrelease/x\nrelease/y");
+    let files = git(&s.repo, &["ls-tree", "--name-only", "release/y"]);
+    assert_eq!(files, "A.txt\nC.txt\nREADME.md");
+}
+
 /// An escalated ticket's slot keeps its uncommitted work for the person
 /// to approve, even when its agent detached the slot's head (so the slot
 /// looks free to git) and another run uses the repository meanwhile: the

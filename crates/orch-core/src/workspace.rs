@@ -225,10 +225,13 @@ pub trait Workspace: Send + Sync {
     /// The ticket is finished; its work tree may go (its history stays).
     async fn release(&self, run: &RunId, ticket: &TicketId) -> Result<(), WorkspaceError>;
 
-    /// The run completed: every batch in `merged` (with its tickets) is
-    /// merged, so what kept those tickets' work apart (a branch each) may
-    /// go; their history stays in the batch's. The default keeps
-    /// everything.
+    /// Every batch in `merged` is merged with its tickets listed, and no
+    /// ticket still to start needs those tickets' work by name (the engine
+    /// calls it as each batch merges, for the tickets whose dependents have
+    /// all started, and when the run completes, for the rest): what kept
+    /// their work apart (a branch each) may go; their history stays in the
+    /// batch's. A ticket found again later (a resumed run) must not need
+    /// them either. The default keeps everything.
     ///
     /// # Errors
     /// When the workspace cannot be changed; the run's outcome stands.

@@ -214,7 +214,9 @@ impl GitWorkspace {
         let Some(slots) = self.slots.clone() else {
             return self
                 .blocking(true, move |repo| {
+                    let found = repo.resolve(&Repo::ticket_branch(&run, &ticket)).is_ok();
                     let wt = repo.worktree(&run, &ticket, &base)?;
+                    let deps = if found { still_there(repo, deps) } else { deps };
                     merged_head(repo, &wt, &deps)
                 })
                 .await;
@@ -236,10 +238,10 @@ impl GitWorkspace {
                     }),
                 Some(mark) => repo
                     .switch_slot(&wt, None, &slots.keep, &mark)
-                    .and_then(|()| merged_head(repo, &wt, &deps)),
+                    .and_then(|()| merged_head(repo, &wt, &still_there(repo, deps))),
                 None => repo
                     .recover_worktree(&wt)
-                    .and_then(|_| merged_head(repo, &wt, &deps)),
+                    .and_then(|_| merged_head(repo, &wt, &still_there(repo, deps))),
             };
             if ready.is_err() {
                 // Not held by this process (the slot stays the ticket's:
@@ -521,6 +523,16 @@ fn lock_slot(dir: &Path, n: usize) -> Result<Option<std::fs::File>, GitError> {
     }
 }
 
+/// The branches of `deps` that still exist, for a ticket found again:
+/// its start merged them all, and a dependency's branch is dropped once
+/// its batch merged and every ticket depending on it has started
+/// (`Workspace::finish`), so one that is gone is in the ticket already.
+fn still_there(repo: &Repo, deps: Vec<String>) -> Vec<String> {
+    deps.into_iter()
+        .filter(|d| repo.resolve(d).is_ok())
+        .collect()
+}
+
 /// `deps` merged into `wt`; its head then, the ticket's base.
 fn merged_head(repo: &Repo, wt: &Worktree, deps: &[String]) -> Result<Prepared, GitError> {
     repo.merge_into(wt, deps)?;
@@ -671,9 +683,9 @@ impl Workspace for GitWorkspace {
     }
 
     /// Deletes the branches of `merged`'s tickets that their batch's
-    /// branch holds (git checks each), so a repository that runs plan
-    /// after plan does not gather a branch per ticket; a ticket in no
-    /// batch keeps its branch, its work's only name.
+    /// branch holds (git checks each), so neither a long run nor a
+    /// repository that runs plan after plan gathers a branch per ticket; a
+    /// ticket in no batch keeps its branch, its work's only name.
     async fn finish(
         &self,
         run: &RunId,

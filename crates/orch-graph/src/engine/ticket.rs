@@ -1015,6 +1015,34 @@ async fn check_on_own_task(
     }
 }
 
+/// After `batch` merged: its tickets whose dependents have all started
+/// (made their work trees from them) are needed by name no more, so the
+/// workspace may drop what kept them apart (their branches) now rather
+/// than when the run completes, which tidies the rest.
+async fn prune(sh: &Shared, batch: BatchId, tickets: &[TicketId]) {
+    let done: Vec<TicketId> = sh.journal.with_state(|s| {
+        tickets
+            .iter()
+            .filter(|t| {
+                sh.graph.index_of(t.as_str()).is_some_and(|ix| {
+                    sh.graph.dependents(ix).iter().all(|&d| {
+                        s.tickets
+                            .get(sh.graph.id(d))
+                            .is_some_and(|st| st.base.is_some())
+                    })
+                })
+            })
+            .cloned()
+            .collect()
+    });
+    if done.is_empty() {
+        return;
+    }
+    if let Err(e) = sh.workspace.finish(&sh.journal.run, &[(batch, done)]).await {
+        tracing::warn!(error = %e, "could not drop the merged tickets' branches");
+    }
+}
+
 /// Merges a batch and runs the batch gates on the result.
 pub(crate) async fn merge_batch(
     sh: &Shared,
@@ -1082,7 +1110,9 @@ pub(crate) async fn merge_batch(
             commit: merged.0.unwrap_or_default(),
             merge_ms: Some(merge_ms),
         }])
-        .await
+        .await?;
+        prune(sh, batch, &tickets).await;
+        Ok(())
     } else {
         out.write([fail(format!(
             "batch gates failed, not merged: {}",
