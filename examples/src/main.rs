@@ -120,7 +120,7 @@ enum Command {
         #[arg(long, conflicts_with = "json")]
         metrics: bool,
         /// With `--report`: the report's "completed" lists what finished
-        /// in this last stretch (e.g. `24h` for a daily report, `90m`)
+        /// in this last stretch (e.g. `24h` for a daily report, `7d`, `90m`)
         /// instead of everything done.
         #[arg(long, requires = "report", value_name = "DURATION", value_parser = since_minutes)]
         since: Option<u32>,
@@ -230,15 +230,24 @@ struct Answer {
     abort: bool,
 }
 
-/// `--since`: a duration (`24h`, `90m`, `1h30m`) in minutes.
+/// `--since`: a duration (`7d`, `24h`, `90m`, `1h30m`) in minutes.
 fn since_minutes(s: &str) -> Result<u32, String> {
-    if s.trim().starts_with(|c: char| c.is_ascii_digit()) {
-        s.parse::<orch_core::Effort>()
-            .map(|e| e.minutes())
-            .map_err(|_| format!("{s:?} is not a duration like 24h, 90m or 1h30m"))
-    } else {
-        Err(format!("{s:?} is not a duration like 24h, 90m or 1h30m"))
+    let bad = || format!("{s:?} is not a duration like 7d, 24h, 90m or 1h30m");
+    let t = s.trim();
+    if let Some(days) = t.strip_suffix('d') {
+        return days
+            .parse::<u32>()
+            .ok()
+            .filter(|d| (1..=3650).contains(d))
+            .map(|d| d * 24 * 60)
+            .ok_or_else(bad);
     }
+    if !t.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    t.parse::<orch_core::Effort>()
+        .map(|e| e.minutes())
+        .map_err(|_| bad())
 }
 
 /// A failure with its exit code.
@@ -633,21 +642,30 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 (Some(n), _) => (orch_core::Acceptance::Delay, n),
                 (None, n) => (orch_core::Acceptance::Risk, n.unwrap_or_default()),
             };
-            rt.block_on(async {
-                orch_graph::accept(store.as_ref(), &info.run, what, batch.clone(), note).await?;
-                let st = store.state(&info.run).await?;
-                let _ = orch_state::views::write_views(&dir, &st, plan.as_ref());
-                Ok::<_, orch_graph::EngineError>(())
-            })
-            .map_err(|e| match e {
-                orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
-                e => Fail(2, e.to_string()),
-            })?;
+            let answered = rt
+                .block_on(async {
+                    let answered =
+                        orch_graph::accept(store.as_ref(), &info.run, what, batch.clone(), note)
+                            .await?;
+                    let st = store.state(&info.run).await?;
+                    let _ = orch_state::views::write_views(&dir, &st, plan.as_ref());
+                    Ok::<_, orch_graph::EngineError>(answered)
+                })
+                .map_err(|e| match e {
+                    orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
+                    e => Fail(2, e.to_string()),
+                })?;
             match (what, batch) {
-                (orch_core::Acceptance::Delay, _) => println!(
-                    "The projected delay is accepted in run {}; the run goes on.",
-                    info.run
-                ),
+                (orch_core::Acceptance::Delay, _) => {
+                    for s in &answered {
+                        println!(
+                            "Accepted: the finish projected {} past the estimate (raised {}).",
+                            orch_core::format_minutes(s.delay_minutes),
+                            s.at
+                        );
+                    }
+                    println!("The run goes on against the accepted delay ({}).", info.run);
+                }
                 (_, Some(b)) => println!(
                     "Risk accepted in run {}; batch {b}'s go/no-go record lists it.",
                     info.run
@@ -706,11 +724,19 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 info.run
             );
             if let Some(a) = recorded {
+                let copy = dir.join(orch_state::views::adr_file(&info.run, &a));
+                let committed = match decision {
+                    Decision::Approve | Decision::Retry => {
+                        format!("committed with {ticket}'s next checkpoint; ")
+                    }
+                    // Nothing more is committed for the ticket, or at all.
+                    Decision::Skip | Decision::Abort => "not committed: ".into(),
+                };
                 println!(
-                    "ADR-{:03} recorded: {} (committed with {ticket}'s next checkpoint; a copy is in {})",
+                    "ADR-{:03} recorded: {} ({committed}the state directory keeps it: {})",
                     a.number,
                     a.path(),
-                    dir.join("adr").display()
+                    copy.display()
                 );
             }
         }

@@ -78,20 +78,22 @@ async fn a_record_is_numbered_committed_and_kept_from_the_agent() {
         )
         .on("A", "work", 1, Step::Fail("not yet".into()))
         .on("B", "work", 1, Step::Fail("not yet".into()))
-        // A's retry forges the record it expects the person to write.
+        // A's retry forges the record it expects the person to write,
+        // and has git ignore the records.
         .on(
             "A",
             "work",
             2,
             Step::Run(Arc::new(|t| {
                 write(&t.workdir, "A.txt", "x\n");
+                write(&t.workdir, ".gitignore", "docs/adr/\n");
                 let adr = std::fs::read_dir(t.workdir.join("docs/adr")).unwrap();
                 assert_eq!(adr.count(), 2, "nothing is written before the pass");
                 write(&t.workdir, "docs/adr/ADR-005-write-a-after-all.md", FORGED);
                 ok()
             })),
         )
-        // A's review deletes the record.
+        // A's review puts a link to the README where the record was.
         .on(
             "A",
             "review",
@@ -99,7 +101,8 @@ async fn a_record_is_numbered_committed_and_kept_from_the_agent() {
             Step::Run(Arc::new(|t| {
                 let p = t.workdir.join("docs/adr/ADR-005-write-a-after-all.md");
                 assert!(p.exists(), "the record is in the work tree");
-                std::fs::remove_file(p).unwrap();
+                std::fs::remove_file(&p).unwrap();
+                std::os::unix::fs::symlink("../../README.md", &p).unwrap();
                 ok()
             })),
         ),
@@ -133,6 +136,22 @@ async fn a_record_is_numbered_committed_and_kept_from_the_agent() {
         "{empty}"
     );
 
+    for (title, why) in [
+        ("two\nlines", "one line of at most 200 characters"),
+        (&*"x".repeat(201), "one line of at most 200 characters"),
+    ] {
+        let err = decide_with_adr(
+            store.as_ref(),
+            &run,
+            &a,
+            Decision::Retry,
+            None,
+            AdrDraft::titled(title),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+    }
     let mut draft = AdrDraft::titled("Write A after all");
     draft.deciders = vec!["dana".into()];
     draft.consequences = Some("A ships.".into());
@@ -174,6 +193,14 @@ async fn a_record_is_numbered_committed_and_kept_from_the_agent() {
         "{}",
         second.context
     );
+    // What the agent left is fenced: it cannot add headings to the record.
+    assert!(
+        second
+            .context
+            .contains("What the last attempt left:\n\n```text\n"),
+        "{}",
+        second.context
+    );
     // Answered: no second record for the same question.
     let again = decide_with_adr(
         store.as_ref(),
@@ -203,9 +230,14 @@ async fn a_record_is_numbered_committed_and_kept_from_the_agent() {
         report.state.gate_runs
     );
     // Both of A's later checkpoints carry the person's record, not the
-    // agent's forgery.
+    // agent's forgery, as a plain file though git was told to ignore it;
+    // the README the link led to is untouched.
     for phase in ["work", "review"] {
         let commit = t.checkpoints.get(phase).unwrap();
+        let entry = demo::git(&repo, &["ls-tree", commit, "--", &first.path()]).unwrap();
+        assert!(entry.starts_with("100644 blob "), "{phase}: {entry}");
+        let readme = demo::git(&repo, &["show", &format!("{commit}:README.md")]).unwrap();
+        assert_eq!(readme, "records", "{phase}");
         let text = demo::git(&repo, &["show", &format!("{commit}:{}", first.path())]).unwrap();
         assert!(
             text.starts_with("# ADR-005: Write A after all\n\nDate: "),
@@ -229,10 +261,16 @@ async fn a_record_is_numbered_committed_and_kept_from_the_agent() {
     // The state directory keeps both, the skipped ticket's too, linked
     // from the decision queue.
     for adr in [&first, &second] {
-        let name = adr.path().replace("docs/adr/", "adr/");
+        let name = adr.path().replace("docs/adr/", "adr/records/");
         let copy = std::fs::read_to_string(state_dir.join(&name)).unwrap();
         assert!(copy.starts_with(&format!("# ADR-{:03}: ", adr.number)));
         let queue = std::fs::read_to_string(state_dir.join("DECISION_QUEUE.md")).unwrap();
         assert!(queue.contains(&format!("]({name})")), "{queue}");
     }
+    // Only the retried ticket's record is committed.
+    let queue = std::fs::read_to_string(state_dir.join("DECISION_QUEUE.md")).unwrap();
+    assert!(
+        queue.contains("(adr/records/ADR-006-drop-b.md) (not committed) |"),
+        "{queue}"
+    );
 }

@@ -250,13 +250,15 @@ depends_on = ["T-1"]
     assert_eq!(code, 0, "{text}");
     let record = "docs/adr/ADR-001-paint-the-shed-blue.md";
     assert!(
-        text.contains(&format!("ADR-001 recorded: {record}")),
+        text.contains(&format!(
+            "ADR-001 recorded: {record} (committed with T-1's next checkpoint; the state directory keeps it: "
+        )),
         "{text}"
     );
     let queue = std::fs::read_to_string(state.join("DECISION_QUEUE.md")).unwrap();
     assert!(
         queue
-            .contains("| retry | use the blue one | [ADR-001](adr/ADR-001-paint-the-shed-blue.md)"),
+            .contains("| retry | use the blue one | [ADR-001](adr/shed/ADR-001-paint-the-shed-blue.md) → `docs/adr/ADR-001-paint-the-shed-blue.md` |"),
         "{queue}"
     );
 
@@ -2092,11 +2094,17 @@ effort = "1h"
     );
     let (code, text) = output(
         orch()
-            .args(["status", "--report", "--since", "3 days", "--state"])
+            .args(["status", "--report", "--since", "3 weeks", "--state"])
             .arg(&state),
     );
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("is not a duration like 24h"), "{text}");
+    assert!(text.contains("is not a duration like 7d, 24h"), "{text}");
+    let (code, text) = output(
+        orch()
+            .args(["status", "--report", "--since", "7d", "--state"])
+            .arg(&state),
+    );
+    assert_eq!(code, 0, "{text}");
 
     // Refused: no delay was raised, an unknown batch, a batch with a delay.
     for (args, why) in [

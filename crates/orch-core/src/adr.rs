@@ -68,7 +68,7 @@ impl Adr {
         let deciders = if self.deciders.is_empty() {
             "not named".to_owned()
         } else {
-            self.deciders.join(", ")
+            one_line(&self.deciders.join(", "))
         };
         let mut s = format!(
             "# ADR-{:03}: {}\n\nDate: {date} · Status: Accepted · Deciders: {deciders}\n\n",

@@ -126,7 +126,7 @@ impl WorkspaceError {
 ///     let p = ws.prepare(&run, &t, &[]).await.unwrap();
 ///     assert_eq!(&*p.path, std::env::temp_dir());
 ///     let plan = "plan".parse().unwrap();
-///     assert_eq!(ws.checkpoint(&run, &t, &plan, 1).await.unwrap(), None);
+///     assert_eq!(ws.checkpoint(&run, &t, &plan, 1, &[]).await.unwrap(), None);
 /// });
 /// ```
 #[async_trait]
@@ -143,7 +143,10 @@ pub trait Workspace: Send + Sync {
 
     /// Records the work tree's content as the checkpoint of `phase`
     /// passing on `attempt` and returns its commit (`None` when the
-    /// workspace keeps no history). Called again for the same run, ticket,
+    /// workspace keeps no history). `records` (paths relative to the work
+    /// tree: the ticket's decision records, which orch wrote) must be in
+    /// it even where the repository's ignore rules would leave them out;
+    /// one that is not is an error. Called again for the same run, ticket,
     /// phase and attempt (the engine resuming after a crash), it returns
     /// the checkpoint made the first time instead of making another.
     async fn checkpoint(
@@ -152,6 +155,7 @@ pub trait Workspace: Send + Sync {
         ticket: &TicketId,
         phase: &PhaseName,
         attempt: u32,
+        records: &[String],
     ) -> Result<Option<String>, WorkspaceError>;
 
     /// The checkpoint of `phase` passing on `attempt`, if
@@ -280,6 +284,7 @@ impl Workspace for SharedDir {
         _: &TicketId,
         _: &PhaseName,
         _: u32,
+        _: &[String],
     ) -> Result<Option<String>, WorkspaceError> {
         Ok(None)
     }

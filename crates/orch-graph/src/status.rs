@@ -53,7 +53,8 @@ pub enum Rule {
     /// RED: an escalation has waited longer than `policy.decision_age`.
     DecisionOverdue,
     /// RED: the projected finish is past the critical path's estimate by
-    /// more than `policy.escalate_delay`.
+    /// more than `policy.escalate_delay`, beyond any delay a person
+    /// accepted (`orch accept --delay`).
     CriticalPathSlip,
     /// YELLOW: an escalation waits for its answer.
     DecisionOpen,
@@ -146,7 +147,8 @@ pub struct Schedule {
     pub estimated_minutes: u64,
     /// The efforts of the tickets done (minutes).
     pub done_estimated_minutes: u64,
-    /// What the tickets done took, each from its start to its end (ms).
+    /// What the tickets done took, each from its start to its end, less
+    /// the time it waited for a person's answer (ms).
     pub done_took_ms: u64,
     /// Agent time over the run (ms).
     pub agent_ms: u64,
@@ -585,12 +587,29 @@ impl StatusReport {
         }
         if schedule.delay_ms > 0 {
             let delay = schedule.delay_ms.unsigned_abs();
+            // A delay a person accepted is the new baseline: only slip
+            // past it counts toward RED.
+            let accepted_ms = state
+                .slips
+                .iter()
+                .filter(|s| s.accepted.is_some())
+                .map(|s| s.delay_minutes * 60_000)
+                .max()
+                .unwrap_or(0);
             let projection = format!(
-                "projected finish {} is {} past the critical path's estimate",
+                "projected finish {} is {} past the critical path's estimate{}",
                 schedule.projected_finish,
-                ms(delay)
+                ms(delay),
+                if accepted_ms > 0 {
+                    format!(
+                        " ({} of it accepted by a person)",
+                        ms(accepted_ms.min(delay))
+                    )
+                } else {
+                    String::new()
+                }
             );
-            if delay > delay_bound_ms {
+            if delay.saturating_sub(accepted_ms) > delay_bound_ms {
                 fire(Rule::CriticalPathSlip, projection);
             } else {
                 fire(Rule::BehindSchedule, projection);
@@ -1060,12 +1079,12 @@ fn rule_text(r: Rule, policy: &orch_core::Policy) -> String {
             format!("an escalation has waited more than {age} (`policy.decision_age`)")
         }
         Rule::CriticalPathSlip => format!(
-            "the projected finish is more than {delay} past the critical path's estimate (`policy.escalate_delay`)"
+            "the projected finish is more than {delay} past the critical path's estimate (`policy.escalate_delay`), beyond any delay a person accepted"
         ),
         Rule::DecisionOpen => format!("an escalation has waited up to {age}"),
-        Rule::BehindSchedule => {
-            format!("the projected finish is past the critical path's estimate by up to {delay}")
-        }
+        Rule::BehindSchedule => format!(
+            "the projected finish is past the critical path's estimate by up to {delay} more than a person accepted"
+        ),
         Rule::Retries => format!(
             "more than {} failed attempts no person has reviewed by answering an escalation of their ticket (`policy.retries_warn`)",
             policy.retries_warn()
@@ -1130,6 +1149,14 @@ fn project(
 ) -> Projection {
     let n = graph.len();
     let ticket = |t: Ix| state.tickets.get(graph.id(t));
+    // Time waiting for a person is not the pace of the work.
+    let mut waited: std::collections::HashMap<&orch_core::TicketId, u64> =
+        std::collections::HashMap::new();
+    for d in &state.decisions {
+        if let Some(answered) = d.answered_at {
+            *waited.entry(&d.ticket).or_default() += answered.millis_since(d.asked_at);
+        }
+    }
     let (mut done_min, mut done_ms) = (0u64, 0u64);
     for t in 0..n as Ix {
         if let Some(s) = ticket(t)
@@ -1137,7 +1164,8 @@ fn project(
             && let (Some(a), Some(b)) = (s.started_at, s.finished_at)
         {
             done_min += u64::from(graph.effort(t));
-            done_ms += b.millis_since(a);
+            let wait = waited.get(&graph.ticket_id(t)).copied().unwrap_or(0);
+            done_ms += b.millis_since(a).saturating_sub(wait);
         }
     }
     let pace = if done_min == 0 {

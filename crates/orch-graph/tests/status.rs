@@ -603,4 +603,63 @@ fn a_slip_is_raised_once_per_escalate_delay_with_the_chain_left() {
         "{:?}",
         risks(&j)
     );
+    // The accepted 4h30m is the new baseline: at 3h20m, 4h50m late is
+    // YELLOW; RED again only past 4h30m + 4h.
+    check_rules(&j, 200, Colour::Yellow, &[Rule::BehindSchedule]);
+    check_rules(&j, 420, Colour::Yellow, &[Rule::BehindSchedule]);
+    check_rules(&j, 421, Colour::Red, &[Rule::CriticalPathSlip]);
+}
+
+/// The report at `min` has `colour` by exactly `rules`.
+fn check_rules(j: &Journal, min: u64, colour: Colour, rules: &[Rule]) {
+    let plan = Plan::from_toml_str(PLAN).unwrap();
+    let state = RunState::fold(j.0.iter());
+    let r = StatusReport::new(&plan, &state, Timestamp(T0 + min * MIN), None).unwrap();
+    let fired: Vec<Rule> = r.fired.iter().map(|f| f.rule).collect();
+    assert_eq!(fired, rules, "at {min}: {:#?}", r.fired);
+    assert_eq!(r.colour, colour, "at {min}");
+}
+
+/// Time a ticket waited for a person is not the pace of the work: A, an
+/// hour's effort, failed for 10 minutes, waited 10 hours for its answer,
+/// then passed in 10: a pace of a third, not of ten.
+#[test]
+fn the_pace_leaves_out_waiting_for_a_person() {
+    let mut j = Journal::started();
+    j.attempt("A", 1, 0, 10, false)
+        .at(
+            10,
+            EventKind::Escalated {
+                ticket: "A".parse().unwrap(),
+                phase: "implement".parse().unwrap(),
+                question: "retry?".into(),
+                context: String::new(),
+                options: vec![Decision::Retry, Decision::Skip],
+            },
+        )
+        .at(
+            610,
+            EventKind::DecisionRecorded {
+                ticket: "A".parse().unwrap(),
+                decision: Decision::Retry,
+                note: None,
+                adr: None,
+            },
+        )
+        .attempt("A", 2, 610, 620, true)
+        .at(
+            620,
+            EventKind::TicketDone {
+                ticket: "A".parse().unwrap(),
+            },
+        );
+    let plan = Plan::from_toml_str(PLAN).unwrap();
+    let state = RunState::fold(j.0.iter());
+    let r = StatusReport::new(&plan, &state, Timestamp(T0 + 620 * MIN), None).unwrap();
+    assert_eq!(r.schedule.done_took_ms, 20 * MIN, "{:?}", r.schedule);
+    assert!(
+        (r.schedule.pace - 1.0 / 3.0).abs() < 1e-9,
+        "{:?}",
+        r.schedule
+    );
 }

@@ -503,26 +503,32 @@ impl Repo {
         if let Some(made) = self.find_checkpoint(wt, key)? {
             return Ok(made);
         }
-        self.commit_checkpoint(wt, key, message)
+        self.commit_checkpoint(wt, key, message, &[])
     }
 
     /// [`Repo::checkpoint`], refusing (before anything is added, so no
     /// object holds it) when what it would commit holds a secret
-    /// [`Repo::uncommitted_secrets`] finds.
+    /// [`Repo::uncommitted_secrets`] finds; `force` (paths in the work
+    /// tree) is committed even where ignore rules would leave it out, and
+    /// scanned with the rest.
     ///
     /// # Errors
-    /// When git fails, or naming the findings.
+    /// When git fails, naming the findings, or naming a `force` path the
+    /// commit does not hold.
     pub fn checkpoint_without_secrets(
         &self,
         wt: &Worktree,
         key: &str,
         message: &str,
         redactor: &orch_core::secrets::Redactor,
+        force: &[String],
     ) -> Result<String, GitError> {
         if let Some(made) = self.find_checkpoint(wt, key)? {
             return Ok(made);
         }
-        let found = self.uncommitted_secrets(wt, redactor)?;
+        let mut found = Found::default();
+        self.scan_uncommitted(wt, redactor, &mut found, force)?;
+        let found = found.done();
         if !found.is_empty() {
             return Err(GitError {
                 kind: WorkspaceErrorKind::Secrets,
@@ -530,18 +536,25 @@ impl Repo {
                 message: format!("refused: it would commit secrets: {}", found.join(", ")),
             });
         }
-        self.commit_checkpoint(wt, key, message)
+        self.commit_checkpoint(wt, key, message, force)
     }
 
-    /// Commits everything in the work tree as the checkpoint `key`.
+    /// Commits everything in the work tree, and `force` even if ignored,
+    /// as the checkpoint `key`.
     fn commit_checkpoint(
         &self,
         wt: &Worktree,
         key: &str,
         message: &str,
+        force: &[String],
     ) -> Result<String, GitError> {
         let trailer = format!("{CHECKPOINT_TRAILER}: {key}");
         run_git(&wt.path, &["add", "-A"])?;
+        if !force.is_empty() {
+            let mut args = vec!["add", "-f", "--"];
+            args.extend(force.iter().map(String::as_str));
+            run_git(&wt.path, &args)?;
+        }
         let msg = format!("{message}\n\n{trailer}\n");
         run_git(
             &wt.path,
@@ -558,6 +571,15 @@ impl Repo {
                 &msg,
             ],
         )?;
+        for f in force {
+            if run_git(&wt.path, &["ls-tree", "--name-only", "HEAD", "--", f])?.is_empty() {
+                return Err(GitError {
+                    kind: WorkspaceErrorKind::Tool,
+                    command: "checkpoint".into(),
+                    message: format!("{f} is not in the commit"),
+                });
+            }
+        }
         run_git(&wt.path, &["rev-parse", "HEAD"])
     }
 
@@ -578,7 +600,7 @@ impl Repo {
         redactor: &orch_core::secrets::Redactor,
     ) -> Result<Vec<String>, GitError> {
         let mut found = Found::default();
-        self.scan_uncommitted(wt, redactor, &mut found)?;
+        self.scan_uncommitted(wt, redactor, &mut found, &[])?;
         history_secrets(&wt.path, &format!("{since}..HEAD"), redactor, &mut found)?;
         Ok(found.done())
     }
@@ -614,7 +636,7 @@ impl Repo {
         redactor: &orch_core::secrets::Redactor,
     ) -> Result<Vec<String>, GitError> {
         let mut found = Found::default();
-        self.scan_uncommitted(wt, redactor, &mut found)?;
+        self.scan_uncommitted(wt, redactor, &mut found, &[])?;
         Ok(found.done())
     }
 
@@ -623,6 +645,7 @@ impl Repo {
         wt: &Worktree,
         redactor: &orch_core::secrets::Redactor,
         found: &mut Found,
+        extra: &[String],
     ) -> Result<(), GitError> {
         // Changed and untracked files, and those already staged (an agent
         // that ran `git add` itself): each as the work tree holds it,
@@ -656,6 +679,7 @@ impl Repo {
         let mut files: Vec<&str> = listed
             .split('\0')
             .chain(staged.split('\0'))
+            .chain(extra.iter().map(String::as_str))
             .filter(|f| !f.is_empty())
             .collect();
         files.sort_unstable();

@@ -148,19 +148,23 @@ pub fn render_summaries(state: &RunState, plan: Option<&Plan>) -> Views {
             out.insert(go_no_go_file(id), go_no_go(state, plan, id, b));
         }
     }
-    for d in &state.decisions {
-        if let (Some(adr), Some(at)) = (&d.adr, d.answered_at) {
-            out.insert(adr_file(adr), adr.to_markdown(at));
+    if let Some(run) = &state.run {
+        for d in &state.decisions {
+            if let (Some(adr), Some(at)) = (&d.adr, d.answered_at) {
+                out.insert(adr_file(run, adr), adr.to_markdown(at));
+            }
         }
     }
     out
 }
 
-/// The state directory's copy of a decision record: `adr/ADR-NNN-slug.md`.
-fn adr_file(adr: &orch_core::Adr) -> String {
+/// The state directory's copy of a decision record of `run`:
+/// `adr/<run>/ADR-NNN-slug.md` (a state directory holds every run, and
+/// each numbers its records on its own).
+pub fn adr_file(run: &orch_core::RunId, adr: &orch_core::Adr) -> String {
     let path = adr.path();
     let name = path.rsplit('/').next().unwrap_or(&path);
-    format!("adr/{name}")
+    format!("adr/{run}/{name}")
 }
 
 /// A batch's call once it is merged or failed: `GO` or `NO-GO`.
@@ -273,7 +277,18 @@ fn go_no_go(
         .iter()
         .filter(|r| r.batch.as_ref().is_none_or(|b| b == id))
         .collect();
-    if risks.is_empty() {
+    // A person approving a ticket's work as it is accepts what its gates
+    // found.
+    let members: Vec<&TicketId> = plan
+        .and_then(|p| p.batches.iter().find(|x| &x.id == id))
+        .map(|x| x.tickets.iter().collect())
+        .unwrap_or_default();
+    let approved: Vec<_> = state
+        .decisions
+        .iter()
+        .filter(|d| d.answer == Some(Decision::Approve) && members.contains(&&d.ticket))
+        .collect();
+    if risks.is_empty() && approved.is_empty() {
         s.push_str("None recorded (`orch accept --risk NOTE --batch BATCH`).\n");
     }
     for r in risks {
@@ -283,6 +298,19 @@ fn go_no_go(
             " (whole run)"
         };
         let _ = writeln!(s, "- {}{scope} — accepted {}", md_cell(&r.note), r.at);
+    }
+    for d in approved {
+        let _ = writeln!(
+            s,
+            "- {}: `{}` approved as it was, with what its gates found — approved {}{}",
+            d.ticket,
+            d.phase,
+            ts(d.answered_at),
+            d.adr
+                .as_ref()
+                .map(|a| format!(" (ADR-{:03})", a.number))
+                .unwrap_or_default()
+        );
     }
     s
 }
@@ -722,9 +750,18 @@ fn decision_queue(state: &RunState) -> String {
     if !answered.is_empty() {
         s.push_str("## Answered\n\n| ticket | question | answer | note | record | answered |\n|---|---|---|---|---|---|\n");
         for d in answered {
-            let record = d.adr.as_ref().map_or_else(String::new, |a| {
-                format!("[ADR-{:03}]({}) → `{}`", a.number, adr_file(a), a.path())
-            });
+            let record = match (&d.adr, &state.run) {
+                (Some(a), Some(run)) => {
+                    let committed = match d.answer {
+                        Some(Decision::Approve | Decision::Retry) => {
+                            format!(" → `{}`", a.path())
+                        }
+                        _ => " (not committed)".into(),
+                    };
+                    format!("[ADR-{:03}]({}){committed}", a.number, adr_file(run, a))
+                }
+                _ => String::new(),
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {record} | {} |",

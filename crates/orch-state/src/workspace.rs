@@ -565,8 +565,10 @@ impl Workspace for GitWorkspace {
         ticket: &TicketId,
         phase: &PhaseName,
         attempt: u32,
+        records: &[String],
     ) -> Result<Option<String>, WorkspaceError> {
         let wt = self.worktree(run, ticket)?;
+        let records = records.to_vec();
         // The key, recorded in the commit, is what recognises a repeat.
         let key = checkpoint_key(run, ticket, phase, attempt);
         let message = format!("{ticket}: {phase} passed (attempt {attempt})");
@@ -574,7 +576,7 @@ impl Workspace for GitWorkspace {
         // The last guard (the engine asked `secrets` after the gates):
         // nothing with a secret is added, so no object holds one.
         self.blocking(false, move |repo| {
-            repo.checkpoint_without_secrets(&wt, &key, &message, &redactor)
+            repo.checkpoint_without_secrets(&wt, &key, &message, &redactor, &records)
                 .map(Some)
         })
         .await

@@ -4,7 +4,7 @@
 use orch_core::secrets::Redactor;
 use orch_core::{
     ADR_DIR, Acceptance, Adr, BatchId, Decision, DecisionItem, Event, EventKind, Expect, RunId,
-    RunState, RunStatus, StateStore, TicketId,
+    RunState, RunStatus, Slip, StateStore, TicketId,
 };
 
 use super::EngineError;
@@ -94,7 +94,9 @@ pub async fn decide(
 /// ```
 ///
 /// # Errors
-/// As [`decide`], and [`EngineError::Decision`] for an empty title.
+/// As [`decide`], and [`EngineError::Decision`] for a title that is
+/// empty, not one line or longer than 200 characters, or a text longer
+/// than 20,000.
 pub async fn decide_with_adr(
     store: &dyn StateStore,
     run: &RunId,
@@ -103,11 +105,7 @@ pub async fn decide_with_adr(
     note: Option<String>,
     draft: AdrDraft,
 ) -> Result<Adr, EngineError> {
-    if draft.title.trim().is_empty() {
-        return Err(EngineError::Decision(
-            "a decision record needs a title".into(),
-        ));
-    }
+    check_draft(&draft)?;
     record(store, run, ticket, decision, note, Some(draft))
         .await
         .map(|adr| *adr.expect("asked for"))
@@ -175,7 +173,10 @@ fn fill(
         .and_then(|w| std::fs::read_dir(std::path::Path::new(w).join(ADR_DIR)).ok())
         .into_iter()
         .flatten()
-        .filter_map(|e| Adr::number_of(&e.ok()?.file_name().to_string_lossy()));
+        .filter_map(|e| Adr::number_of(&e.ok()?.file_name().to_string_lossy()))
+        // The work tree is the agent's: a number it planted far out
+        // (`ADR-4294967295-x.md`) does not carry the count with it.
+        .filter(|&n| n < MAX_NUMBER);
     let in_run = state
         .decisions
         .iter()
@@ -186,7 +187,12 @@ fn fill(
         let stopped = format!("{ticket} stopped in phase `{phase}` and waited for a person.");
         match question.context.trim() {
             "" => stopped,
-            found => format!("{stopped}\n\nWhat the last attempt left:\n\n{found}"),
+            // The agent's output (through its gates): fenced, so it cannot
+            // add headings of its own to the record.
+            found => format!(
+                "{stopped}\n\nWhat the last attempt left:\n\n{}",
+                fenced(found)
+            ),
         }
     });
     let mut said = format!("{}: {ticket}, phase `{phase}`.", verb(decision));
@@ -215,6 +221,58 @@ fn fill(
             .unwrap_or_else(|| effect(decision).to_owned()),
         alternatives,
     }
+}
+
+/// Record numbers from a work tree at or past this are not counted.
+const MAX_NUMBER: u32 = 10_000;
+
+/// The longest title a record takes, in characters.
+const MAX_TITLE: usize = 200;
+
+/// The longest text (context, consequences, an alternative) a record
+/// takes, in characters.
+const MAX_TEXT: usize = 20_000;
+
+/// `text` as a fenced code block whose fence no run of backticks in it
+/// can close.
+fn fenced(text: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest.max(2) + 1);
+    format!("{fence}text\n{text}\n{fence}")
+}
+
+/// What is wrong with `draft`, if anything.
+fn check_draft(draft: &AdrDraft) -> Result<(), EngineError> {
+    let title = draft.title.trim();
+    if title.is_empty() {
+        return Err(EngineError::Decision(
+            "a decision record needs a title".into(),
+        ));
+    }
+    if title.chars().count() > MAX_TITLE || title.contains('\n') {
+        return Err(EngineError::Decision(format!(
+            "a decision record's title is one line of at most {MAX_TITLE} characters"
+        )));
+    }
+    let texts = [&draft.context, &draft.consequences]
+        .into_iter()
+        .flatten()
+        .chain(&draft.alternatives)
+        .chain(&draft.deciders);
+    for t in texts {
+        if t.chars().count() > MAX_TEXT {
+            return Err(EngineError::Decision(format!(
+                "a decision record's text is at most {MAX_TEXT} characters (one is {})",
+                t.chars().count()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn verb(d: Decision) -> &'static str {
@@ -308,6 +366,9 @@ fn check_decision<'a>(
 /// # Ok(()) }
 /// ```
 ///
+/// Returns, for a delay, the open questions it answered (each says how far
+/// the finish had slipped when it was raised).
+///
 /// # Errors
 /// [`EngineError::Decision`] when there is no such run, no delay waits
 /// for acceptance, the plan has no such batch, or the note is empty;
@@ -318,7 +379,7 @@ pub async fn accept(
     acceptance: Acceptance,
     batch: Option<BatchId>,
     note: String,
-) -> Result<(), EngineError> {
+) -> Result<Vec<Slip>, EngineError> {
     if note.trim().is_empty() {
         return Err(EngineError::Decision(
             "say what is accepted and why (the note is empty)".into(),
@@ -362,7 +423,18 @@ pub async fn accept(
             .append_if(run, Expect::LastSeq(seq), std::slice::from_ref(&event))
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                let answered = match acceptance {
+                    Acceptance::Delay => state
+                        .slips
+                        .iter()
+                        .filter(|s| s.accepted.is_none())
+                        .cloned()
+                        .collect(),
+                    Acceptance::Risk => Vec::new(),
+                };
+                return Ok(answered);
+            }
             Err(e) if e.kind == orch_core::StoreErrorKind::Changed => {
                 seq = store.catch_up(run, &mut state, seq).await?;
             }

@@ -679,7 +679,8 @@ impl Dispatcher {
     }
 
     /// Raises the non-blocking schedule question when the projected
-    /// finish has slipped too far (see [`crate::status::slip`]).
+    /// finish has slipped too far (see [`crate::status::slip`]): at the
+    /// start, as tickets finish and on the dispatcher's ticks.
     async fn check_schedule(&mut self) {
         let now = std::time::Instant::now();
         if self
@@ -1106,6 +1107,9 @@ impl Dispatcher {
                     if let Err(e) = self.store_call(journal.catch_up()).await {
                         self.fail_store(e);
                     }
+                    // A run held up (one long ticket, escalations) slips
+                    // with no ticket finishing.
+                    self.check_schedule().await;
                 }
                 () = cancel.cancelled(), if self.stop.is_none() => {
                     tracing::warn!("cancelled; stopping running agents");

@@ -428,15 +428,22 @@ async fn pass(
     let mut checkpoint = None;
     let start = Instant::now();
     if phase.checkpoint {
-        if let Err(e) = write_adrs(sh, id, workdir) {
-            fail(out, id, format!("cannot write its decision record: {e}")).await?;
-            return Err(End::Failed);
-        }
+        let records = match write_adrs(sh, id, workdir) {
+            Ok(r) => r,
+            Err(e) => {
+                fail(out, id, format!("cannot write its decision record: {e}")).await?;
+                return Err(End::Failed);
+            }
+        };
         // The attempt's outcome (its agent's end, its gates' reports) is
         // durable before its checkpoint is made: a checkpoint found after
         // a crash is trusted only with it (see `attempt_earned_pass`).
         out.write(std::iter::empty()).await?;
-        match sh.workspace.checkpoint(run, id, &phase.name, attempt).await {
+        match sh
+            .workspace
+            .checkpoint(run, id, &phase.name, attempt, &records)
+            .await
+        {
             Ok(c) => checkpoint = c,
             Err(e) => {
                 fail(out, id, format!("cannot checkpoint {}: {e}", phase.name)).await?;
@@ -456,8 +463,12 @@ async fn pass(
 
 /// Writes the decision records of `id`'s answered escalations into its
 /// work tree, as the journal holds them (redacted with the run's
-/// secrets).
-fn write_adrs(sh: &Shared, id: &TicketId, workdir: &std::path::Path) -> Result<(), String> {
+/// secrets); returns their paths.
+fn write_adrs(
+    sh: &Shared,
+    id: &TicketId,
+    workdir: &std::path::Path,
+) -> Result<Vec<String>, String> {
     let adrs: Vec<(orch_core::Adr, orch_core::Timestamp)> = sh.journal.with_state(|s| {
         s.decisions
             .iter()
@@ -465,16 +476,40 @@ fn write_adrs(sh: &Shared, id: &TicketId, workdir: &std::path::Path) -> Result<(
             .filter_map(|d| Some(((**d.adr.as_ref()?).clone(), d.answered_at?)))
             .collect()
     });
+    let mut written = Vec::with_capacity(adrs.len());
     for (adr, at) in adrs {
         let rel = adr.path();
-        let path = orch_core::resolve_within(workdir, &rel).map_err(|e| e.to_string())?;
         let text = sh.journal.redacted(adr.to_markdown(at));
-        path.parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&path, text))
-            .map_err(|e| format!("{rel}: {e}"))?;
+        write_plain(workdir, &rel, &text).map_err(|e| format!("{rel}: {e}"))?;
+        written.push(rel);
     }
-    Ok(())
+    Ok(written)
+}
+
+/// Writes `text` to `rel` (orch's own path, `/`-separated, no `..`) under
+/// `root` as a plain file in plain directories: whatever the agent left
+/// on the way (a link, to a file inside the tree it must not change, or a
+/// file or directory where the other should be) is removed first, so the
+/// write lands where it says and nowhere else.
+fn write_plain(root: &std::path::Path, rel: &str, text: &str) -> std::io::Result<()> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    let mut at = root.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let dir = i + 1 < parts.len();
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if dir && m.is_dir() => continue,
+            Ok(m) if !dir && m.is_file() => {}
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&at)?,
+            Ok(_) => std::fs::remove_file(&at)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if dir {
+            std::fs::create_dir(&at)?;
+        }
+    }
+    std::fs::write(&at, text)
 }
 
 /// The phase's attempts are spent: fail or escalate (`Err` with how the
