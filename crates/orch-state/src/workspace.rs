@@ -387,11 +387,22 @@ impl Slots {
                 tracing::warn!(slot = n, error = %e, "a slot that cannot be used is passed over");
                 continue;
             }
+            // Marked as switching before it is recorded as the ticket's:
+            // a crash in between (while the ticket's start is made) leaves
+            // a slot that is switched again, not one taken for switched.
+            let mark = switching(&dir, n);
+            if !mine {
+                crate::views::write_atomic(&mark, b"").map_err(|e| GitError {
+                    kind: WorkspaceErrorKind::Io,
+                    command: "mark the slot switch".into(),
+                    message: format!("{}: {e}", mark.display()),
+                })?;
+            }
             set_owner(&dir, n, branch)?;
             // Its own slot needs no switch only when it was switched whole
-            // and still has the branch checked out.
-            let mark = switching(&dir, n);
-            let switch = !mine || mark.exists();
+            // and its branch exists (a slot recorded as the ticket's by an
+            // earlier orch that died before the branch was made has none).
+            let switch = !mine || mark.exists() || repo.resolve(branch).is_err();
             // Its own slot, switched whole: what is in it is the ticket's
             // work (an escalated ticket's, for a person to approve), even
             // if its agent moved the head; the head goes back to the

@@ -397,6 +397,43 @@ fn a_frozen_ini_section_is_read_as_pytest_reads_it() {
     assert!(repo.changed_since(&wt, &c, &frozen).unwrap().0.is_empty());
 }
 
+/// A slot recorded as a ticket's by an orch killed before the ticket's
+/// branch was made (its start is made after the slot is taken) is switched
+/// again when the ticket is prepared, not taken as switched: the ticket
+/// starts from its base with its dependency merged, not from an unborn
+/// head ("Non-fast-forward commit does not make sense into an empty head").
+#[test]
+fn a_slot_taken_by_an_orch_that_died_before_the_branch_was_made_is_switched() {
+    use orch_core::Workspace;
+    let (d, repo) = repo();
+    let ws = orch_state::GitWorkspace::new(repo, "main").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let run: orch_core::RunId = "r1".parse().unwrap();
+    let t = |s: &str| -> orch_core::TicketId { s.parse().unwrap() };
+    let a = rt.block_on(ws.prepare(&run, &t("A"), &[])).unwrap();
+    std::fs::write(a.path.join("a.txt"), "A\n").unwrap();
+    rt.block_on(ws.checkpoint(&run, &t("A"), &"do".parse().unwrap(), 1, &[]))
+        .unwrap();
+    rt.block_on(ws.release(&run, &t("A"))).unwrap();
+    // What the killed orch left: slot 0 recorded as B's, B's branch not
+    // made, no switch begun.
+    std::fs::write(d.path().join(".orch/slots/0.owner"), "orch/r1/B").unwrap();
+    let _ = std::fs::remove_file(d.path().join(".orch/slots/0.switching"));
+    drop(ws);
+
+    let ws = orch_state::GitWorkspace::new(Repo::open(d.path()).unwrap(), "main").unwrap();
+    let b = rt.block_on(ws.prepare(&run, &t("B"), &[t("A")])).unwrap();
+    assert!(b.path.ends_with(".orch/slots/0"), "{:?}", b.path);
+    assert_eq!(
+        std::fs::read_to_string(b.path.join("a.txt")).unwrap(),
+        "A\n"
+    );
+    let head = sh(&b.path, &["rev-parse", "--abbrev-ref", "HEAD"]);
+    assert_eq!(head.trim(), "orch/r1/B");
+}
+
 /// Slots through the workspace: a slot another process holds (its lock
 /// taken by `flock`) is not given out even though it is free; tickets
 /// prepared at once each get a slot of their own; a released slot is
