@@ -470,6 +470,30 @@ async fn latest(
     Ok((info, store, plan))
 }
 
+/// Appends a person's answer to the latest run through `answer`, then
+/// writes the state files again: what `accept` and `decide` share.
+/// Returns the run, the state directory and what `answer` returned.
+fn answer_latest<T>(
+    state: &StateArg,
+    answer: impl AsyncFnOnce(&dyn StateStore, &orch_core::RunId) -> Result<T, orch_graph::EngineError>,
+) -> Result<(RunInfo, PathBuf, T), Fail> {
+    let dir = state.dir(std::path::Path::new("."));
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
+    let (info, store, plan) = rt.block_on(latest(state, &dir))?;
+    let out = rt
+        .block_on(async {
+            let out = answer(store.as_ref(), &info.run).await?;
+            let st = store.state(&info.run).await?;
+            let _ = orch_state::views::write_views(&dir, &st, plan.as_ref());
+            Ok::<_, orch_graph::EngineError>(out)
+        })
+        .map_err(|e| match e {
+            orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
+            e => Fail(2, e.to_string()),
+        })?;
+    Ok((info, dir, out))
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum OutputFormat {
     Text,
@@ -635,26 +659,14 @@ fn run(cli: Cli) -> Result<(), Fail> {
             batch,
             state,
         } => {
-            let dir = state.dir(std::path::Path::new("."));
-            let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
-            let (info, store, plan) = rt.block_on(latest(&state, &dir))?;
             let (what, note) = match (delay, risk) {
                 (Some(n), _) => (orch_core::Acceptance::Delay, n),
                 (None, n) => (orch_core::Acceptance::Risk, n.unwrap_or_default()),
             };
-            let answered = rt
-                .block_on(async {
-                    let answered =
-                        orch_graph::accept(store.as_ref(), &info.run, what, batch.clone(), note)
-                            .await?;
-                    let st = store.state(&info.run).await?;
-                    let _ = orch_state::views::write_views(&dir, &st, plan.as_ref());
-                    Ok::<_, orch_graph::EngineError>(answered)
-                })
-                .map_err(|e| match e {
-                    orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
-                    e => Fail(2, e.to_string()),
-                })?;
+            let b = batch.clone();
+            let (info, _, answered) = answer_latest(&state, async |store, run| {
+                orch_graph::accept(store, run, what, b, note).await
+            })?;
             match (what, batch) {
                 (orch_core::Acceptance::Delay, _) => {
                     for s in &answered {
@@ -682,9 +694,6 @@ fn run(cli: Cli) -> Result<(), Fail> {
             adr,
             state,
         } => {
-            let dir = state.dir(std::path::Path::new("."));
-            let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
-            let (info, store, plan) = rt.block_on(latest(&state, &dir))?;
             let (decision, note) = match answer {
                 Answer { approve: true, .. } => (Decision::Approve, None),
                 Answer { retry: Some(n), .. } => (Decision::Retry, Some(n)),
@@ -699,26 +708,15 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 d.deciders = adr.deciders;
                 d
             });
-            let recorded = rt
-                .block_on(async {
-                    let (s, r, t) = (store.as_ref(), &info.run, &ticket);
-                    let recorded = match draft {
-                        Some(d) => {
-                            Some(orch_graph::decide_with_adr(s, r, t, decision, note, d).await?)
-                        }
-                        None => {
-                            orch_graph::decide(s, r, t, decision, note).await?;
-                            None
-                        }
-                    };
-                    let st = store.state(&info.run).await?;
-                    let _ = orch_state::views::write_views(&dir, &st, plan.as_ref());
-                    Ok::<_, orch_graph::EngineError>(recorded)
-                })
-                .map_err(|e| match e {
-                    orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
-                    e => Fail(2, e.to_string()),
-                })?;
+            let t = &ticket;
+            let (info, dir, recorded) = answer_latest(&state, async |s, r| match draft {
+                Some(d) => Ok(Some(
+                    orch_graph::decide_with_adr(s, r, t, decision, note, d).await?,
+                )),
+                None => orch_graph::decide(s, r, t, decision, note)
+                    .await
+                    .map(|()| None),
+            })?;
             println!(
                 "{ticket}: {decision:?} recorded in run {}. A running `orch run` picks it up; otherwise `orch resume`.",
                 info.run
