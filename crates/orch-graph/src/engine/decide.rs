@@ -3,8 +3,8 @@
 
 use orch_core::secrets::Redactor;
 use orch_core::{
-    ADR_DIR, Acceptance, Adr, BatchId, Decision, DecisionItem, Event, EventKind, Expect, RunId,
-    RunState, RunStatus, Slip, StateStore, TicketId,
+    ADR_DIR, Acceptance, Adr, BatchId, Decision, DecisionItem, Event, EventId, EventKind, Expect,
+    RunId, RunState, RunStatus, Slip, StateStore, TicketId, Timestamp,
 };
 
 use super::EngineError;
@@ -71,7 +71,8 @@ pub async fn decide(
 /// of this process redacted), and committed as
 /// `docs/adr/ADR-NNN-<slug>.md` with the ticket's next checkpoint, so on
 /// its branch and then its batch's. The state directory keeps a copy
-/// (`adr/`), for answers after which nothing is committed (skip, abort).
+/// (`adr/<run>/`), for answers after which nothing is committed (skip,
+/// abort).
 /// Returns the record.
 ///
 /// ```no_run
@@ -122,6 +123,8 @@ async fn record(
     // A note is shown to the agent, a record is committed: no secret of
     // this process goes to either.
     let redactor = Redactor::from_process_env();
+    // One answer, one id, however many times it is tried.
+    let (id, at) = (EventId::random(), Timestamp::now());
     let mut state = RunState::default();
     let mut seq = store.catch_up(run, &mut state, 0).await?;
     loop {
@@ -141,7 +144,15 @@ async fn record(
             _ => None,
         };
         match store
-            .append_if(run, Expect::LastSeq(seq), &[Event::now(answer)])
+            .append_if(
+                run,
+                Expect::LastSeq(seq),
+                &[Event {
+                    id,
+                    at,
+                    kind: answer,
+                }],
+            )
             .await
         {
             Ok(_) => return Ok(adr),
