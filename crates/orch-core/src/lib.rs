@@ -55,6 +55,7 @@ mod error;
 mod event;
 mod gate;
 pub mod id;
+mod jobs;
 mod observer;
 pub mod plan;
 #[cfg(feature = "process")]
@@ -81,6 +82,7 @@ pub use gate::{
     TestFailure,
 };
 pub use id::{AgentId, BatchId, IdError, IdRule, PhaseName, RoleName, RunId, TicketId};
+pub use jobs::{Claim, Job, JobInfo, JobQueue, JobState, NewJob, Work};
 pub use observer::Observer;
 #[cfg(feature = "plan-files")]
 pub use plan::load::{Diagnostic, Format, MAX_PLAN_BYTES, PlanError, PlanErrorKind};
@@ -93,9 +95,7 @@ pub use state::{
     AcceptedRisk, AgentRecord, AgentStatus, BatchState, BatchStatus, DecisionItem, GateRun, IdMap,
     RunState, RunStatus, Slip, TicketMetrics, TicketState, TicketStatus, WorkTimes,
 };
-pub use store::{
-    Expect, Lease, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent, TicketLeases,
-};
+pub use store::{Expect, RunLock, StateStore, StoreError, StoreErrorKind, StoredEvent};
 pub use time::Timestamp;
 pub use workspace::{
     Changes, Merged, PathError, Prepared, SharedDir, Workspace, WorkspaceError, WorkspaceErrorKind,

@@ -1,10 +1,8 @@
 //! The [`StateStore`] contract: a durable, ordered journal of events per run.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 
-use crate::{Event, RunId, RunState, TicketId, Timestamp};
+use crate::{Event, RunId, RunState};
 
 /// An event as stored: its position in the run's journal and the event.
 #[derive(Debug, Clone, PartialEq)]
@@ -395,57 +393,4 @@ impl std::fmt::Debug for RunLock {
             .field("can_be_lost", &self.can_be_lost())
             .finish()
     }
-}
-
-/// A claim by one worker on one ticket, valid until `expires_at`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// The run.
-    pub run: RunId,
-    /// The ticket claimed.
-    pub ticket: TicketId,
-    /// The worker holding it.
-    pub worker: String,
-    /// Fencing token: grows with every new claim of the ticket, so a worker
-    /// whose lease expired can be told apart from the new holder.
-    pub token: u64,
-    /// When the claim lapses unless renewed.
-    pub expires_at: Timestamp,
-}
-
-/// Lease-based claiming of tickets, for stores shared by many workers on
-/// many machines (PostgreSQL). Single-process runs do not need it.
-///
-/// # Contract
-///
-/// * `claim` succeeds for at most one worker per (run, ticket) at a time; a
-///   lease that has expired may be claimed again, with a larger `token`.
-/// * `renew` extends a lease only while it is still held by that token.
-/// * `release` gives it up; releasing a lease no longer held is a no-op.
-#[async_trait]
-pub trait TicketLeases: Send + Sync {
-    /// Claims `ticket` for `worker` for `ttl`. `Ok(None)` when someone else
-    /// holds it.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store cannot be reached.
-    async fn claim(
-        &self,
-        run: &RunId,
-        ticket: &TicketId,
-        worker: &str,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, StoreError>;
-
-    /// Extends `lease` by `ttl`; `Ok(false)` when it was lost.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store cannot be reached.
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError>;
-
-    /// Gives `lease` up.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store cannot be reached.
-    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use orch_core::{
-    Cancellation, Event, EventId, Expect, Lease, RunId, RunLock, StateStore, StoreError,
-    StoreErrorKind, StoredEvent, TicketId, TicketLeases, Timestamp,
+    Cancellation, Claim, Event, EventId, Expect, RunId, RunLock, StateStore, StoreError,
+    StoreErrorKind, StoredEvent, Timestamp,
 };
 use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
@@ -17,17 +17,19 @@ use tokio_postgres::{Client, Config, Statement};
 
 use crate::codec::{Encoded, changed, conflict, decode, encode, fenced};
 use crate::pg_tls;
+
+mod jobs;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The schema version this build writes in PostgreSQL (counted apart from
 /// the SQLite file's [`SCHEMA_VERSION`](crate::SCHEMA_VERSION)). Version
 /// history: 1 — `orch_runs` (a number and the last seq per run) and
 /// `orch_events` (one row per event, its body the event's JSON);
-/// 2 — `orch_leases` (ticket claims, see [`TicketLeases`]) and
+/// 2 — `orch_leases` (ticket claims; dropped by 4) and
 /// `orch_now_ms()` (the server's clock in milliseconds, which lease times
 /// use); 3 — `orch_epochs` (each run's lock epoch, checked by fenced
-/// appends).
-pub const PG_SCHEMA_VERSION: i64 = 3;
+/// appends); 4 — `orch_jobs` (the [`JobQueue`](orch_core::JobQueue)).
+pub const PG_SCHEMA_VERSION: i64 = 4;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`: the
 /// tables it makes (a table of such a name that is already there is not
@@ -76,6 +78,33 @@ const MIGRATIONS: &[(&[&str], &str)] = &[
         renewed_at bigint NOT NULL DEFAULT 0
      );",
     ),
+    // 4: the job queue, which replaces the ticket leases (nothing used
+    // them). `token` fences a claim; `worker` is the claimant's JSON
+    // `DriverInfo`; times are `orch_now_ms()`.
+    (
+        &["orch_jobs"],
+        "DROP TABLE orch_leases;
+     CREATE TABLE orch_jobs (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run text NOT NULL,
+        key text NOT NULL,
+        work text NOT NULL,
+        role text,
+        priority integer NOT NULL,
+        max_takeovers integer NOT NULL,
+        state text NOT NULL DEFAULT 'available'
+           CHECK (state IN ('available', 'running', 'done', 'cancelled')),
+        token bigint NOT NULL DEFAULT 0,
+        takeovers integer NOT NULL DEFAULT 0,
+        worker text,
+        renewed_at bigint,
+        expires_at bigint NOT NULL DEFAULT 0,
+        finished_at bigint,
+        UNIQUE (run, key)
+     );
+     CREATE INDEX orch_jobs_open ON orch_jobs (priority, id)
+        WHERE state IN ('available', 'running');",
+    ),
 ];
 
 /// How long one store call may wait for the server.
@@ -112,7 +141,8 @@ const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
 /// ticket's pipeline appends about twice a phase, so this is a few
 /// milliseconds a phase beside agents that take minutes).
 ///
-/// The tables (`orch_meta`, `orch_runs`, `orch_events`, `orch_leases`)
+/// The tables (`orch_meta`, `orch_runs`, `orch_events`, `orch_epochs`,
+/// `orch_jobs`)
 /// and the function `orch_now_ms()` are created in the connection's
 /// schema on first connect; choose another schema with
 /// the connection string's `options`, e.g.
@@ -136,9 +166,12 @@ const SETUP_LOCK: i64 = 0x006f_7263_682d_7067;
 /// that offers no TLS is refused. A certificate the handshake refuses is
 /// an [`StoreErrorKind::Io`] error, not retryable.
 ///
-/// It also implements [`TicketLeases`], so workers on several machines can
-/// share out a run's tickets; lease times are the server's clock, so the
-/// workers' clocks need not agree.
+/// It also implements [`JobQueue`](orch_core::JobQueue), so workers on
+/// several machines can share out a run's work: jobs are claimed with
+/// `FOR UPDATE SKIP LOCKED` (racing workers never wait on each other's
+/// rows), a claim's writes are checked against its token in the journal
+/// append's own transaction, and lease times are the server's clock, so
+/// the workers' clocks need not agree.
 ///
 /// ```no_run
 /// use orch_core::{Event, EventKind, StateStore};
@@ -219,9 +252,7 @@ struct Conn {
     advance: Statement,
     read: Statement,
     runs: Statement,
-    claim: Statement,
-    renew: Statement,
-    release: Statement,
+    jobs: jobs::Statements,
     epoch: Statement,
     new_epoch: Statement,
     next_epoch: Statement,
@@ -438,32 +469,7 @@ impl PgStore {
                 &[Type::TEXT, Type::TEXT],
             )
             .await?,
-            // A free ticket, or one whose lease lapsed, goes to the caller
-            // with the next token; a live lease returns no row.
-            claim: prepare(
-                "INSERT INTO orch_leases AS l (run, ticket, worker, token, expires_at)
-                 VALUES ($1, $2, $3, 1, orch_now_ms() + $4)
-                 ON CONFLICT (run, ticket) DO UPDATE
-                   SET worker = excluded.worker, token = l.token + 1,
-                       expires_at = excluded.expires_at
-                   WHERE l.expires_at <= orch_now_ms()
-                 RETURNING token, expires_at",
-                &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8],
-            )
-            .await?,
-            renew: prepare(
-                "UPDATE orch_leases SET expires_at = orch_now_ms() + $4
-                 WHERE run = $1 AND ticket = $2 AND token = $3
-                   AND expires_at > orch_now_ms()
-                 RETURNING expires_at",
-                &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8],
-            )
-            .await?,
-            release: prepare(
-                "UPDATE orch_leases SET expires_at = 0 WHERE run = $1 AND ticket = $2 AND token = $3",
-                &[Type::TEXT, Type::TEXT, Type::INT8],
-            )
-            .await?,
+            jobs: jobs::Statements::prepare(self, &client).await?,
             client,
             _driver: driver,
         })
@@ -547,7 +553,7 @@ impl PgStore {
         &self,
         c: &Conn,
         run: &RunId,
-        expect: Expect,
+        check: Check<'_>,
         events: &[Encoded],
     ) -> Result<Vec<u64>, StoreError> {
         let e = |x: tokio_postgres::Error| self.err(&x);
@@ -586,11 +592,17 @@ impl PgStore {
             )
         })?;
         let (n, last): (i64, i64) = (row.get(0), row.get(1));
-        match expect {
-            Expect::LastSeq(seq) if seq != last as u64 => {
+        // A claim's job finished before: this is its finish sent again,
+        // which may store nothing new.
+        let mut finished: Option<&Claim> = None;
+        match check {
+            Check::Expect(Expect::LastSeq(seq)) if seq != last as u64 => {
                 return Err(changed(run, seq, last as u64));
             }
-            Expect::Epoch(mine) => {
+            Check::Claim(claim, finish) => {
+                finished = self.check_claim(c, claim, finish).await?.then_some(claim);
+            }
+            Check::Expect(Expect::Epoch(mine)) => {
                 // FOR SHARE: a lock_run moving the epoch on waits for this
                 // transaction, and this one sees its move if it came first.
                 let current: i64 = client
@@ -639,6 +651,11 @@ impl PgStore {
             new_seqs.push(next);
             new_ids.push(&x.id[..]);
             bodies.push(x.body.as_str());
+        }
+        if let Some(claim) = finished
+            && next > last
+        {
+            return Err(jobs::lost(claim, "its job is already finished"));
         }
         // Round trip 2: the rows, the run's last seq, the commit. A failed
         // insert aborts the transaction, and COMMIT then rolls it back.
@@ -732,6 +749,15 @@ impl Drop for Busy<'_, '_> {
 /// A statement parameter.
 type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
 
+/// What an append checks in its transaction, after locking its run.
+#[derive(Clone, Copy)]
+enum Check<'a> {
+    /// The caller's [`Expect`].
+    Expect(Expect),
+    /// A worker's claim is current; `true`: and its job is now done.
+    Claim(&'a Claim, bool),
+}
+
 #[async_trait]
 impl StateStore for PgStore {
     async fn append_if(
@@ -747,7 +773,7 @@ impl StateStore for PgStore {
         let encoded = &encoded;
         self.with_conn_again(move || {
             self.with_conn(async move |c| {
-                let result = self.append_in(c, run, expect, encoded).await;
+                let result = self.append_in(c, run, Check::Expect(expect), encoded).await;
                 if result.is_err() {
                     // A conflict found nothing to write; a failed statement
                     // left the transaction aborted. Either way, end it (if
@@ -967,75 +993,5 @@ impl StateStore for PgStore {
                 })
             })
             .collect()
-    }
-}
-
-fn ttl_ms(ttl: std::time::Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
-}
-
-#[async_trait]
-impl TicketLeases for PgStore {
-    async fn claim(
-        &self,
-        run: &RunId,
-        ticket: &TicketId,
-        worker: &str,
-        ttl: std::time::Duration,
-    ) -> Result<Option<Lease>, StoreError> {
-        let row = self
-            .with_conn(async |c| {
-                c.client
-                    .query_opt(
-                        &c.claim,
-                        &[&run.as_str(), &ticket.as_str(), &worker, &ttl_ms(ttl)],
-                    )
-                    .await
-                    .map_err(|x| self.err(&x))
-            })
-            .await?;
-        Ok(row.map(|r| Lease {
-            run: run.clone(),
-            ticket: ticket.clone(),
-            worker: worker.to_owned(),
-            token: r.get::<_, i64>(0) as u64,
-            expires_at: Timestamp(r.get::<_, i64>(1).max(0) as u64),
-        }))
-    }
-
-    async fn renew(&self, lease: &Lease, ttl: std::time::Duration) -> Result<bool, StoreError> {
-        let token = i64::try_from(lease.token).unwrap_or(i64::MAX);
-        let row = self
-            .with_conn(async |c| {
-                c.client
-                    .query_opt(
-                        &c.renew,
-                        &[
-                            &lease.run.as_str(),
-                            &lease.ticket.as_str(),
-                            &token,
-                            &ttl_ms(ttl),
-                        ],
-                    )
-                    .await
-                    .map_err(|x| self.err(&x))
-            })
-            .await?;
-        Ok(row.is_some())
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let token = i64::try_from(lease.token).unwrap_or(i64::MAX);
-        self.with_conn(async |c| {
-            c.client
-                .execute(
-                    &c.release,
-                    &[&lease.run.as_str(), &lease.ticket.as_str(), &token],
-                )
-                .await
-                .map_err(|x| self.err(&x))
-        })
-        .await
-        .map(drop)
     }
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orch_core::{
-    Event, EventId, EventKind, StateStore, StoreErrorKind, TicketId, TicketLeases, Timestamp,
+    DriverInfo, Event, EventId, EventKind, JobQueue, JobState, NewJob, StateStore, StoreErrorKind,
+    Timestamp, Work,
 };
 use orch_state::{PG_SCHEMA_VERSION, PgStore, conformance};
 use tokio_postgres::{Client, NoTls};
@@ -153,86 +154,319 @@ async fn appenders_on_separate_connections_share_one_gapless_journal() {
     db.drop().await;
 }
 
-/// The `TicketLeases` contract: one holder per ticket at a time (also when
-/// workers on separate connections race for it), lapsed leases go to the
-/// next claimant with a larger token, and a lapsed holder can neither
-/// renew nor release what is no longer its own.
+fn worker(n: u32) -> DriverInfo {
+    DriverInfo {
+        host: format!("host-{n}"),
+        boot: "boot".into(),
+        pid: 1000 + n,
+        start: 7,
+        containment: String::new(),
+    }
+}
+
+fn phase(ticket: &str, phase: &str) -> Work {
+    Work::Phase {
+        ticket: ticket.parse().unwrap(),
+        phase: phase.parse().unwrap(),
+    }
+}
+
+fn job(key: &str, work: Work, role: Option<&str>, priority: i32) -> NewJob {
+    let mut j = NewJob::new(key, work);
+    j.role = role.map(|r| r.parse().unwrap());
+    j.priority = priority;
+    j
+}
+
+const LONG: Duration = Duration::from_secs(600);
+
+/// The `JobQueue` contract on one connection per worker: jobs go in only
+/// under the run's current epoch and once per key; a worker gets the
+/// first job it can do; a lapsed claim is taken over with a larger token,
+/// and from then on its holder can neither renew, record, finish nor
+/// give back; a finish sent again stores nothing twice; a job taken over
+/// too often is abandoned; cancelling fences the claims.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
-async fn ticket_leases_go_to_one_worker_at_a_time() {
-    let db = Scratch::new("ticket_leases_go_to_one_worker_at_a_time").await;
-    let (a, b) = (db.store().await, db.store().await);
+async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
+    let db = Scratch::new("jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing").await;
+    let (coord, a, b) = (db.store().await, db.store().await, db.store().await);
     let run: orch_core::RunId = "r".parse().unwrap();
-    let t = |s: &str| -> TicketId { s.parse().unwrap() };
-    let long = Duration::from_secs(600);
+    let ev = |i: u128| ready(i);
+    let journal = async |s: &PgStore| s.read(&run, 0, 100).await.unwrap().len();
 
-    let la = a.claim(&run, &t("T-1"), "a", long).await.unwrap().unwrap();
-    assert_eq!((la.worker.as_str(), la.token), ("a", 1));
-    assert!(la.expires_at > Timestamp::now(), "{la:?}");
-    assert_eq!(
-        b.claim(&run, &t("T-1"), "b", long).await.unwrap(),
-        None,
-        "held"
-    );
+    // Enqueued under the coordinator's epoch, once per key.
+    let old = coord.lock_run(&run).await.unwrap();
+    let old_epoch = old.epoch().unwrap();
+    drop(old);
+    let lock = coord.lock_run(&run).await.unwrap();
+    let epoch = lock.epoch().unwrap();
+    assert!(epoch > old_epoch);
+    let jobs = [
+        job("T-1/plan", phase("T-1", "plan"), Some("dev"), 5),
+        job("T-2/plan", phase("T-2", "plan"), Some("qa"), 1),
+        job("T-3/plan", phase("T-3", "plan"), Some("dev"), 2),
+    ];
+    let stale = coord.enqueue(&run, old_epoch, &jobs).await.unwrap_err();
+    assert_eq!(stale.kind, StoreErrorKind::Fenced, "{stale}");
     assert!(
-        b.claim(&run, &t("T-2"), "b", long).await.unwrap().is_some(),
-        "other tickets are free"
+        coord.jobs(&run).await.unwrap().is_empty(),
+        "a stale coordinator adds nothing"
     );
-    assert!(a.renew(&la, long).await.unwrap(), "the holder renews");
-    // Releasing hands it on, with the next token.
-    a.release(&la).await.unwrap();
-    let lb = b.claim(&run, &t("T-1"), "b", long).await.unwrap().unwrap();
-    assert_eq!(lb.token, 2);
-    assert!(!a.renew(&la, long).await.unwrap(), "a's lease is gone");
-    a.release(&la).await.unwrap();
+    let ids = coord.enqueue(&run, epoch, &jobs).await.unwrap();
     assert_eq!(
-        a.claim(&run, &t("T-1"), "a", long).await.unwrap(),
-        None,
-        "a stale release is a no-op"
+        coord.enqueue(&run, epoch, &jobs).await.unwrap(),
+        ids,
+        "same keys, same jobs"
     );
+    assert_eq!(coord.jobs(&run).await.unwrap().len(), 3);
 
-    // A lease that lapses (no time to live) goes to the next claimant.
-    let short = b
-        .claim(&run, &t("T-3"), "b", Duration::ZERO)
+    // A developer gets the first developer's job: T-3 (priority 2), not
+    // T-2 (a tester's, though it comes first).
+    let dev = ["dev".parse().unwrap()];
+    let ja = a.claim(&worker(1), &dev, LONG).await.unwrap().unwrap();
+    assert_eq!(
+        (ja.key.as_str(), ja.claim.token, ja.takeovers),
+        ("T-3/plan", 1, 0)
+    );
+    assert!(ja.claim.expires_at > Timestamp::now());
+    let renewed = a.renew(&ja.claim, LONG).await.unwrap();
+    assert!(
+        renewed.is_some_and(|t| t >= ja.claim.expires_at),
+        "{renewed:?}"
+    );
+    assert_eq!(a.record(&ja.claim, &[ev(1)]).await.unwrap(), [1]);
+
+    // A claim that lapses (no time to live) is taken over.
+    let jb = b
+        .claim(&worker(2), &dev, Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
-    let taken = a.claim(&run, &t("T-3"), "a", long).await.unwrap().unwrap();
-    assert_eq!((taken.worker.as_str(), taken.token), ("a", short.token + 1));
-    assert!(
-        !b.renew(&short, long).await.unwrap(),
-        "the lapsed holder cannot renew"
+    assert_eq!(jb.key, "T-1/plan");
+    let taken = a.claim(&worker(1), &dev, LONG).await.unwrap().unwrap();
+    assert_eq!(
+        (taken.claim.job, taken.claim.token, taken.takeovers),
+        (jb.claim.job, 2, 1)
     );
-    // Nor renew a lapsed lease no one has claimed since.
-    let lapsed = b
-        .claim(&run, &t("T-4"), "b", Duration::ZERO)
+    for refused in [
+        b.record(&jb.claim, &[ev(2)]).await.unwrap_err(),
+        b.finish(&jb.claim, &[ev(2)]).await.unwrap_err(),
+    ] {
+        assert_eq!(refused.kind, StoreErrorKind::Fenced, "{refused}");
+        assert!(
+            refused.message.contains(&format!("job {}", jb.claim.job)),
+            "{refused}"
+        );
+    }
+    assert_eq!(b.renew(&jb.claim, LONG).await.unwrap(), None);
+    assert!(!b.give_back(&jb.claim).await.unwrap());
+    assert_eq!(journal(&coord).await, 1, "the lapsed worker wrote nothing");
+
+    // A lapsed claim no one took yet writes nothing either.
+    let tester = b
+        .claim(&worker(2), &["qa".parse().unwrap()], Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
-    assert!(!b.renew(&lapsed, long).await.unwrap(), "lapsed is lapsed");
+    let lapsed = b.record(&tester.claim, &[ev(3)]).await.unwrap_err();
+    assert_eq!(lapsed.kind, StoreErrorKind::Fenced, "{lapsed}");
+    // Given back, it is free again, and not counted as a takeover.
+    assert!(b.give_back(&tester.claim).await.unwrap());
+    let again = b
+        .claim(&worker(2), &["qa".parse().unwrap()], LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.claim.token, again.takeovers),
+        (tester.claim.token + 1, 0)
+    );
 
-    // Eight workers on their own connections race for one ticket.
-    let mut racers = Vec::new();
+    // Finished with its events, in one transaction; sent again, nothing
+    // twice; with anything new, refused.
+    let seqs = a.finish(&taken.claim, &[ev(4), ev(5)]).await.unwrap();
+    assert_eq!(seqs, [2, 3]);
+    assert_eq!(a.finish(&taken.claim, &[ev(4), ev(5)]).await.unwrap(), seqs);
+    let more = a.finish(&taken.claim, &[ev(6)]).await.unwrap_err();
+    assert_eq!(more.kind, StoreErrorKind::Fenced, "{more}");
+    let after = a.record(&taken.claim, &[ev(6)]).await.unwrap_err();
+    assert_eq!(after.kind, StoreErrorKind::Fenced, "{after}");
+    assert_eq!(journal(&coord).await, 3);
+    // A claim cannot write to another run.
+    let mut elsewhere = ja.claim.clone();
+    elsewhere.run = "other".parse().unwrap();
+    for cross in [
+        a.record(&elsewhere, &[ev(7)]).await.unwrap_err(),
+        a.finish(&elsewhere, &[ev(7)]).await.unwrap_err(),
+    ] {
+        assert_eq!(cross.kind, StoreErrorKind::Fenced, "{cross}");
+    }
+
+    let listed = coord.jobs(&run).await.unwrap();
+    let state = |key: &str| listed.iter().find(|j| j.key == key).unwrap().clone();
+    assert_eq!(state("T-1/plan").state, JobState::Done);
+    assert_eq!(state("T-1/plan").worker.unwrap().host, "host-1");
+    assert_eq!(state("T-3/plan").state, JobState::Running);
+    assert_eq!(state("T-2/plan").state, JobState::Running);
+    assert!(state("T-3/plan").renewed_at.unwrap() <= state("T-3/plan").now);
+
+    // Taken over once at most: after that it is abandoned, not claimed.
+    let mut fragile = job("T-4/plan", phase("T-4", "plan"), None, 0);
+    fragile.max_takeovers = 1;
+    coord.enqueue(&run, epoch, &[fragile]).await.unwrap();
+    let first = b
+        .claim(&worker(2), &[], Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    let second = b
+        .claim(&worker(2), &[], Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.key.as_str(), second.key.as_str(), second.takeovers),
+        ("T-4/plan", "T-4/plan", 1)
+    );
+    assert!(b.claim(&worker(2), &[], LONG).await.unwrap().is_none());
+    let t4 = coord.jobs(&run).await.unwrap();
+    assert_eq!(
+        t4.iter().find(|j| j.key == "T-4/plan").unwrap().state,
+        JobState::Abandoned
+    );
+
+    // Cancelled (by the current coordinator only), claims are fenced.
+    let stale = coord.cancel(&run, old_epoch).await.unwrap_err();
+    assert_eq!(stale.kind, StoreErrorKind::Fenced);
+    assert_eq!(coord.cancel(&run, epoch).await.unwrap(), 3);
+    assert_eq!(a.renew(&ja.claim, LONG).await.unwrap(), None);
+    let gone = a.finish(&ja.claim, &[ev(8)]).await.unwrap_err();
+    assert_eq!(gone.kind, StoreErrorKind::Fenced);
+    assert_eq!(journal(&coord).await, 3);
+    drop(lock);
+    db.drop().await;
+}
+
+/// Eight workers on their own connections drain a queue: every job is
+/// claimed once. Then a lapsed holder's finish races the takeover of its
+/// job, many times: exactly one of them wins each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
+async fn racing_workers_claim_each_job_once_and_a_late_finish_loses_to_a_takeover() {
+    let db =
+        Scratch::new("racing_workers_claim_each_job_once_and_a_late_finish_loses_to_a_takeover")
+            .await;
+    let coord = db.store().await;
+    let run: orch_core::RunId = "race".parse().unwrap();
+    let lock = coord.lock_run(&run).await.unwrap();
+    let epoch = lock.epoch().unwrap();
+    let jobs: Vec<NewJob> = (0..40)
+        .map(|i| {
+            job(
+                &format!("T-{i}/build"),
+                phase(&format!("T-{i}"), "build"),
+                None,
+                0,
+            )
+        })
+        .collect();
+    coord.enqueue(&run, epoch, &jobs).await.unwrap();
+    let mut workers = Vec::new();
     for w in 0..8 {
         let store = db.store().await;
-        let run = run.clone();
-        racers.push(tokio::spawn(async move {
-            store
-                .claim(
-                    &run,
-                    &"T-9".parse().unwrap(),
-                    &format!("w{w}"),
-                    Duration::from_secs(600),
-                )
-                .await
-                .unwrap()
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(j) = store.claim(&worker(w), &[], LONG).await.unwrap() {
+                mine.push(j.claim.job);
+            }
+            mine
         }));
     }
-    let mut won = Vec::new();
-    for r in racers {
-        won.extend(r.await.unwrap());
+    let mut claimed = Vec::new();
+    for w in workers {
+        claimed.extend(w.await.unwrap());
     }
-    assert_eq!(won.len(), 1, "exactly one winner: {won:?}");
+    claimed.sort_unstable();
+    let total = claimed.len();
+    claimed.dedup();
+    assert_eq!(
+        (total, claimed.len()),
+        (40, 40),
+        "each job claimed exactly once"
+    );
+
+    // The lease runs out while the finish and the takeover are on their
+    // way: either may come first, or neither (the finish too late, the
+    // takeover too early); never both.
+    let (late, taker) = (Arc::new(db.store().await), Arc::new(db.store().await));
+    let (mut finished, mut taken) = (0, 0);
+    for i in 0..30u128 {
+        let key = format!("race-{i}");
+        coord
+            .enqueue(
+                &run,
+                epoch,
+                &[job(&key, phase("R", "go"), Some("racer"), 0)],
+            )
+            .await
+            .unwrap();
+        let racer: [orch_core::RoleName; 1] = ["racer".parse().unwrap()];
+        let lease = Duration::from_millis(3);
+        let held = late
+            .claim(&worker(1), &racer, lease)
+            .await
+            .unwrap()
+            .unwrap();
+        let (l, t) = (late.clone(), taker.clone());
+        let claim = held.claim.clone();
+        let finish = tokio::spawn(async move { l.finish(&claim, &[ready(1000 + i)]).await });
+        let roles = racer.clone();
+        let take = tokio::spawn(async move {
+            let mut took = None;
+            for _ in 0..3 {
+                took = took.or(t.claim(&worker(2), &roles, LONG).await.unwrap());
+            }
+            took
+        });
+        let (done, took) = (finish.await.unwrap(), take.await.unwrap());
+        let info = coord.jobs(&run).await.unwrap();
+        let now = info.iter().find(|j| j.key == key).unwrap();
+        match (&done, &took) {
+            (Ok(_), Some(t)) => panic!("both the late finish and the takeover {t:?} won"),
+            (Ok(_), None) => {
+                finished += 1;
+                assert_eq!(now.state, JobState::Done);
+            }
+            (Err(e), took) => {
+                assert_eq!(e.kind, StoreErrorKind::Fenced, "{e}");
+                if let Some(t) = took {
+                    taken += 1;
+                    assert_eq!(
+                        (now.token, t.claim.token),
+                        (held.claim.token + 1, now.token)
+                    );
+                    taker.finish(&t.claim, &[]).await.unwrap();
+                } else {
+                    // Neither: the job waits, lapsed, for the next worker.
+                    let t = taker
+                        .claim(&worker(2), &racer, LONG)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    taker.finish(&t.claim, &[]).await.unwrap();
+                }
+            }
+        }
+    }
+    let events = coord.read(&run, 0, 100).await.unwrap();
+    assert_eq!(
+        events.len(),
+        finished,
+        "the journal holds exactly the finishes that won"
+    );
+    eprintln!("late finishes that won: {finished}; takeovers: {taken}");
+    drop(lock);
     db.drop().await;
 }
 
@@ -289,14 +523,17 @@ async fn a_version_1_schema_is_migrated_and_keeps_its_journal() {
         "same event, same seq"
     );
     assert_eq!(store.append(&run, &[ready(2)]).await.unwrap(), [2]);
-    let lease = store
-        .claim(&run, &"T-1".parse().unwrap(), "w", Duration::from_secs(60))
+    let lock = store.lock_run(&run).await.unwrap();
+    let epoch = lock.epoch().unwrap();
+    store
+        .enqueue(&run, epoch, &[NewJob::new("J", phase("T-1", "plan"))])
         .await
         .unwrap();
+    let job = store.claim(&worker(1), &[], LONG).await.unwrap();
     assert_eq!(
-        lease.map(|l| l.token),
+        job.map(|j| j.claim.token),
         Some(1),
-        "leases work after the migration"
+        "the job queue works after the migration"
     );
     db.drop().await;
 }
