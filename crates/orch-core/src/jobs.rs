@@ -109,7 +109,7 @@ pub struct Job {
     /// The role it was enqueued for.
     pub role: Option<RoleName>,
     /// How many times it was taken over from a worker whose lease lapsed
-    /// (0: this is its first claim, or it was given back cleanly).
+    /// (a job given back is not taken over).
     pub takeovers: u32,
 }
 
@@ -163,8 +163,10 @@ pub struct JobInfo {
 ///
 /// # Contract
 ///
-/// * [`enqueue`](JobQueue::enqueue) stores jobs only while the run is
-///   held under `epoch` (else `Fenced`), and is idempotent by key.
+/// * [`enqueue`](JobQueue::enqueue) stores jobs only while `epoch` is
+///   the run's latest (no later [`lock_run`](crate::StateStore::lock_run)
+///   took it; else `Fenced`), and is idempotent by key: the same job again
+///   adds nothing, another job under a key the run has is a `Conflict`.
 /// * [`claim`](JobQueue::claim) gives a job to at most one worker at a
 ///   time (workers racing on separate connections included): an available
 ///   job, or one whose lease lapsed with takeovers left, with a larger
@@ -177,7 +179,12 @@ pub struct JobInfo {
 ///   marks the job done in that transaction. Sent again after a lost
 ///   answer, either returns the events' seqs and stores nothing twice.
 /// * [`give_back`](JobQueue::give_back) makes a claimed job available at
-///   once, not counted as a takeover.
+///   once, not counted as a takeover, while its lease has not lapsed (a
+///   worker that hung past its lease cannot revive an abandoned job).
+/// * A call sent again after its answer was lost (the store may repeat
+///   it on a new connection) is answered as the first one was, where it
+///   can be told: a `record` or `finish` whose events are all stored
+///   returns their seqs even if the claim has lapsed since.
 /// * [`cancel`](JobQueue::cancel) ends a run's unfinished jobs (their
 ///   claims stop being current).
 ///
@@ -224,7 +231,10 @@ pub trait JobQueue: Send + Sync {
     /// there is none.
     ///
     /// # Errors
-    /// [`StoreError`] when the store cannot be reached.
+    /// [`StoreErrorKind::TooNew`](crate::StoreErrorKind::TooNew) when the
+    /// next job's work is of a kind this build does not know (the job is
+    /// left unclaimed, for a newer worker); [`StoreError`] when the store
+    /// cannot be reached.
     async fn claim(
         &self,
         worker: &DriverInfo,
@@ -234,6 +244,11 @@ pub trait JobQueue: Send + Sync {
 
     /// Extends `claim`'s lease to `lease` from now; `Ok(None)` when the
     /// claim is no longer current (the worker must stop the work at once).
+    ///
+    /// A worker renews on a store value of its own (a connection not busy
+    /// with its appends), and counts its lease as ending `lease` after it
+    /// *sent* its last good renewal, on its own clock: past that it stops
+    /// its work whether or not the store answered.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be reached: the worker cannot
@@ -256,7 +271,8 @@ pub trait JobQueue: Send + Sync {
     async fn finish(&self, claim: &Claim, events: &[Event]) -> Result<Vec<u64>, StoreError>;
 
     /// Makes the job available again at once (a worker shutting down);
-    /// `Ok(false)` when the claim was no longer current.
+    /// `Ok(false)` when the claim was no longer current or its lease had
+    /// lapsed.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be reached.

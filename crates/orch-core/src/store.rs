@@ -37,9 +37,11 @@ pub enum StoreErrorKind {
     /// ([`Expect::LastSeq`]): nothing was stored; read again and decide
     /// again.
     Changed,
-    /// An append from a driver whose hold on the run is no longer current
-    /// ([`Expect::Epoch`]): a newer driver took the run. Nothing was
-    /// stored, and this driver must stop.
+    /// A write from a holder that is no longer current: a driver whose
+    /// run a newer driver took ([`Expect::Epoch`]), or a worker whose claim
+    /// on a job lapsed, was taken over or cancelled
+    /// ([`JobQueue`](crate::JobQueue)). Nothing was stored, and the holder
+    /// must stop.
     Fenced,
 }
 

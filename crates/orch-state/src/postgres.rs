@@ -83,7 +83,7 @@ const MIGRATIONS: &[(&[&str], &str)] = &[
     // `DriverInfo`; times are `orch_now_ms()`.
     (
         &["orch_jobs"],
-        "DROP TABLE orch_leases;
+        "DROP TABLE IF EXISTS orch_leases;
      CREATE TABLE orch_jobs (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         run text NOT NULL,
@@ -595,13 +595,20 @@ impl PgStore {
         // A claim's job finished before: this is its finish sent again,
         // which may store nothing new.
         let mut finished: Option<&Claim> = None;
+        let mut lost: Option<StoreError> = None;
         match check {
             Check::Expect(Expect::LastSeq(seq)) if seq != last as u64 => {
                 return Err(changed(run, seq, last as u64));
             }
-            Check::Claim(claim, finish) => {
-                finished = self.check_claim(c, claim, finish).await?.then_some(claim);
-            }
+            Check::Claim(claim, finish) => match self.check_claim(c, claim, finish).await {
+                Ok(done) => finished = done.then_some(claim),
+                // A record sent again after its commit's answer was lost
+                // may find the claim lapsed since: all its events stored
+                // is its answer. (A finish that committed finds its job
+                // done, which `check_claim` accepts.)
+                Err(e) if e.kind == StoreErrorKind::Fenced && !finish => lost = Some(e),
+                Err(e) => return Err(e),
+            },
             Check::Expect(Expect::Epoch(mine)) => {
                 // FOR SHARE: a lock_run moving the epoch on waits for this
                 // transaction, and this one sees its move if it came first.
@@ -656,6 +663,11 @@ impl PgStore {
             && next > last
         {
             return Err(jobs::lost(claim, "its job is already finished"));
+        }
+        if let Some(e) = lost
+            && (next > last || events.is_empty())
+        {
+            return Err(e);
         }
         // Round trip 2: the rows, the run's last seq, the commit. A failed
         // insert aborts the transaction, and COMMIT then rolls it back.

@@ -263,24 +263,47 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     assert!(!b.give_back(&jb.claim).await.unwrap());
     assert_eq!(journal(&coord).await, 1, "the lapsed worker wrote nothing");
 
-    // A lapsed claim no one took yet writes nothing either.
+    // A lapsed claim no one took yet writes nothing either, and cannot
+    // give its job back.
+    let qa: [orch_core::RoleName; 1] = ["qa".parse().unwrap()];
     let tester = b
-        .claim(&worker(2), &["qa".parse().unwrap()], Duration::ZERO)
+        .claim(&worker(2), &qa, Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
-    let lapsed = b.record(&tester.claim, &[ev(3)]).await.unwrap_err();
-    assert_eq!(lapsed.kind, StoreErrorKind::Fenced, "{lapsed}");
-    // Given back, it is free again, and not counted as a takeover.
-    assert!(b.give_back(&tester.claim).await.unwrap());
-    let again = b
-        .claim(&worker(2), &["qa".parse().unwrap()], LONG)
-        .await
-        .unwrap()
-        .unwrap();
+    for lapsed in [
+        b.record(&tester.claim, &[ev(3)]).await.unwrap_err(),
+        b.finish(&tester.claim, &[ev(3)]).await.unwrap_err(),
+    ] {
+        assert_eq!(lapsed.kind, StoreErrorKind::Fenced, "{lapsed}");
+    }
+    assert!(!b.give_back(&tester.claim).await.unwrap());
+    // Taken over, then given back while held: free again, and the give
+    // back is no takeover.
+    let again = b.claim(&worker(2), &qa, LONG).await.unwrap().unwrap();
     assert_eq!(
         (again.claim.token, again.takeovers),
-        (tester.claim.token + 1, 0)
+        (tester.claim.token + 1, 1)
+    );
+    assert!(b.give_back(&again.claim).await.unwrap());
+    let third = b.claim(&worker(2), &qa, LONG).await.unwrap().unwrap();
+    assert_eq!(
+        (third.claim.token, third.takeovers),
+        (again.claim.token + 1, 1)
+    );
+
+    // Another job under a key the run has is a conflict, and nothing of
+    // its call goes in.
+    let mut moved = jobs[0].clone();
+    moved.priority = 9;
+    let new = job("T-9/plan", phase("T-9", "plan"), None, 0);
+    let clash = coord.enqueue(&run, epoch, &[new, moved]).await.unwrap_err();
+    assert_eq!(clash.kind, StoreErrorKind::Conflict, "{clash}");
+    assert!(clash.message.contains("T-1/plan"), "{clash}");
+    assert_eq!(
+        coord.jobs(&run).await.unwrap().len(),
+        3,
+        "T-9 was not added"
     );
 
     // Finished with its events, in one transaction; sent again, nothing
@@ -330,6 +353,10 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
         ("T-4/plan", "T-4/plan", 1)
     );
     assert!(b.claim(&worker(2), &[], LONG).await.unwrap().is_none());
+    assert!(
+        !b.give_back(&second.claim).await.unwrap(),
+        "an abandoned job stays so"
+    );
     let t4 = coord.jobs(&run).await.unwrap();
     assert_eq!(
         t4.iter().find(|j| j.key == "T-4/plan").unwrap().state,
@@ -341,6 +368,27 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     assert_eq!(stale.kind, StoreErrorKind::Fenced);
     assert_eq!(coord.cancel(&run, epoch).await.unwrap(), 3);
     assert_eq!(a.renew(&ja.claim, LONG).await.unwrap(), None);
+    // A record sent again (its first answer lost) is answered with its
+    // seqs though the claim is gone since; with anything new, refused.
+    assert_eq!(a.record(&ja.claim, &[ev(1)]).await.unwrap(), [1]);
+    let new = a.record(&ja.claim, &[ev(1), ev(9)]).await.unwrap_err();
+    assert_eq!(new.kind, StoreErrorKind::Fenced, "{new}");
+    // Work this build cannot read (a newer orch's) is left unclaimed.
+    db.sql(
+        "INSERT INTO orch_jobs (run, key, work, priority, max_takeovers)
+         VALUES ('r', 'future', '{\"kind\":\"teleport\"}', 0, 3);",
+    )
+    .await;
+    let future = a.claim(&worker(1), &[], LONG).await.unwrap_err();
+    assert_eq!(future.kind, StoreErrorKind::TooNew, "{future}");
+    assert!(future.message.contains("teleport"), "{future}");
+    let row = db
+        .sql("SELECT state, token FROM orch_jobs WHERE key = 'future'")
+        .await;
+    assert_eq!(
+        (row[0].get::<_, &str>(0), row[0].get::<_, i64>(1)),
+        ("available", 0)
+    );
     let gone = a.finish(&ja.claim, &[ev(8)]).await.unwrap_err();
     assert_eq!(gone.kind, StoreErrorKind::Fenced);
     assert_eq!(journal(&coord).await, 3);

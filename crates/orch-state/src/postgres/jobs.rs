@@ -56,7 +56,8 @@ impl Statements {
             )
             .await?,
             ids: prepare(
-                "SELECT key, id FROM orch_jobs WHERE run = $1 AND key = ANY($2)",
+                "SELECT key, id, work, role, priority, max_takeovers FROM orch_jobs
+                 WHERE run = $1 AND key = ANY($2)",
                 &[Type::TEXT, Type::TEXT_ARRAY],
             )
             .await?,
@@ -119,7 +120,8 @@ impl Statements {
             .await?,
             give_back: prepare(
                 "UPDATE orch_jobs SET state = 'available', expires_at = 0
-                 WHERE id = $1 AND token = $2 AND state = 'running'",
+                 WHERE id = $1 AND token = $2 AND state = 'running'
+                   AND expires_at > orch_now_ms()",
                 &[Type::INT8, Type::INT8],
             )
             .await?,
@@ -156,8 +158,12 @@ fn int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A lease in milliseconds, at most about 3,000 years: added to the
+/// server's clock, it cannot overflow.
 fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+    i64::try_from(d.as_millis())
+        .unwrap_or(i64::MAX)
+        .min(i64::MAX / 4)
 }
 
 fn time(ms: i64) -> Timestamp {
@@ -220,28 +226,94 @@ impl PgStore {
         result
     }
 
+    /// Adds `jobs` (their work encoded in `work`) in a transaction it
+    /// leaves open; their ids in order. A key the run has for another job
+    /// is a conflict (and the caller rolls the whole call back).
     async fn enqueue_in(
         &self,
         c: &Conn,
         run: &RunId,
         epoch: u64,
-        args: [&Param<'_>; 5],
-    ) -> Result<HashMap<String, u64>, StoreError> {
+        jobs: &[NewJob],
+        work: &[String],
+    ) -> Result<Vec<u64>, StoreError> {
         let e = |x: tokio_postgres::Error| self.err(&x);
         c.client.batch_execute("BEGIN").await.map_err(e)?;
         self.check_epoch(c, run, epoch).await?;
-        let [keys, work, roles, priorities, max] = args;
-        let all: [&Param<'_>; 6] = [&run.as_str(), keys, work, roles, priorities, max];
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        let roles: Vec<Option<&str>> = jobs
+            .iter()
+            .map(|j| j.role.as_ref().map(|r| r.as_str()))
+            .collect();
+        let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
+        let max: Vec<i32> = jobs
+            .iter()
+            .map(|j| i32::try_from(j.max_takeovers).unwrap_or(i32::MAX))
+            .collect();
+        let all: [&Param<'_>; 6] = [&run.as_str(), &keys, &work, &roles, &priorities, &max];
         c.client.execute(&c.jobs.enqueue, &all).await.map_err(e)?;
         let found = c
             .client
-            .query(&c.jobs.ids, &[&run.as_str(), keys])
+            .query(&c.jobs.ids, &[&run.as_str(), &keys])
             .await
             .map_err(e)?;
-        Ok(found
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
-            .collect())
+        let found: HashMap<&str, &Row> = found.iter().map(|r| (r.get(0), r)).collect();
+        jobs.iter()
+            .zip(work)
+            .map(|(job, work)| {
+                let r = found.get(job.key.as_str()).ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Io,
+                        format!(
+                            "{}: job {:?} of run {run} was not stored",
+                            self.name, job.key
+                        ),
+                    )
+                })?;
+                let same = r.get::<_, &str>(2) == work
+                    && r.get::<_, Option<&str>>(3) == job.role.as_ref().map(|r| r.as_str())
+                    && r.get::<_, i32>(4) == job.priority
+                    && i64::from(r.get::<_, i32>(5)) == i64::from(job.max_takeovers);
+                if !same {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Conflict,
+                        format!(
+                            "run {run} already has a job {:?} that is not this one ({}); \
+                             nothing was enqueued",
+                            job.key, job.work
+                        ),
+                    ));
+                }
+                Ok(r.get::<_, i64>(1) as u64)
+            })
+            .collect()
+    }
+
+    /// Claims in a transaction it leaves open, so that a job this build
+    /// cannot read is rolled back to unclaimed (for a newer worker)
+    /// instead of lapsing and using up its takeovers.
+    async fn claim_in(
+        &self,
+        c: &Conn,
+        who: &str,
+        roles: &[&str],
+        lease: Duration,
+    ) -> Result<Option<Job>, StoreError> {
+        let e = |x: tokio_postgres::Error| self.err(&x);
+        c.client.batch_execute("BEGIN").await.map_err(e)?;
+        let args: [&Param<'_>; 3] = [&who, &roles, &millis(lease)];
+        let row = c.client.query_opt(&c.jobs.claim, &args).await.map_err(e)?;
+        row.map(|r| {
+            self.job(&r).map_err(|mut x| {
+                x.kind = StoreErrorKind::TooNew;
+                x.message = format!(
+                    "{}; it is left unclaimed (was it enqueued by a newer orch?)",
+                    x.message
+                );
+                x
+            })
+        })
+        .transpose()
     }
 
     async fn cancel_in(&self, c: &Conn, run: &RunId, epoch: u64) -> Result<u64, StoreError> {
@@ -352,7 +424,6 @@ impl JobQueue for PgStore {
         epoch: u64,
         jobs: &[NewJob],
     ) -> Result<Vec<u64>, StoreError> {
-        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
         let work = jobs
             .iter()
             .map(|j| serde_json::to_string(&j.work))
@@ -360,34 +431,14 @@ impl JobQueue for PgStore {
             .map_err(|e| {
                 StoreError::new(StoreErrorKind::Io, format!("cannot encode a job: {e}"))
             })?;
-        let roles: Vec<Option<&str>> = jobs
-            .iter()
-            .map(|j| j.role.as_ref().map(|r| r.as_str()))
-            .collect();
-        let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
-        let max: Vec<i32> = jobs
-            .iter()
-            .map(|j| i32::try_from(j.max_takeovers).unwrap_or(i32::MAX))
-            .collect();
-        let args: [&Param<'_>; 5] = [&keys, &work, &roles, &priorities, &max];
-        let ids = self
-            .with_conn_again(|| {
-                self.with_conn(async |c| {
-                    let result = self.enqueue_in(c, run, epoch, args).await;
-                    self.end(c, result).await
-                })
+        let work = &work;
+        self.with_conn_again(|| {
+            self.with_conn(async |c| {
+                let result = self.enqueue_in(c, run, epoch, jobs, work).await;
+                self.end(c, result).await
             })
-            .await?;
-        keys.iter()
-            .map(|k| {
-                ids.get(*k).copied().ok_or_else(|| {
-                    StoreError::new(
-                        StoreErrorKind::Io,
-                        format!("{}: job {k:?} of run {run} was not stored", self.name),
-                    )
-                })
-            })
-            .collect()
+        })
+        .await
     }
 
     async fn claim(
@@ -402,16 +453,11 @@ impl JobQueue for PgStore {
         let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
         // Not tried again on a new connection: a claim whose answer was
         // lost is a job no one works on, which lapses and is taken over.
-        let row = self
-            .with_conn(async |c| {
-                let args: [&Param<'_>; 3] = [&who, &roles, &millis(lease)];
-                c.client
-                    .query_opt(&c.jobs.claim, &args)
-                    .await
-                    .map_err(|e| self.err(&e))
-            })
-            .await?;
-        row.map(|r| self.job(&r)).transpose()
+        self.with_conn(async |c| {
+            let result = self.claim_in(c, &who, &roles, lease).await;
+            self.end(c, result).await
+        })
+        .await
     }
 
     async fn renew(&self, claim: &Claim, lease: Duration) -> Result<Option<Timestamp>, StoreError> {
