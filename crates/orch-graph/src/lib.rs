@@ -36,6 +36,7 @@ mod rankset;
 mod report;
 mod scheduler;
 pub mod status;
+mod worker;
 
 pub use analysis::{Analysis, Schedule, simulate};
 pub use batches::BatchGraph;
@@ -46,3 +47,4 @@ pub use engine::{
 pub use graph::{GraphError, Ix, Node, PlanGraph};
 pub use report::{BatchReport, BatchRow, Makespan, Report, TicketRow, analyze};
 pub use scheduler::{Counts, Scheduler, SchedulerError};
+pub use worker::{Kept, keep_claim};
