@@ -41,7 +41,7 @@ mod worker;
 pub use analysis::{Analysis, Schedule, simulate};
 pub use batches::BatchGraph;
 pub use engine::{
-    AdrDraft, Engine, EngineError, GateFactory, Observer, RunReport, accept, decide,
+    AdrDraft, Engine, EngineError, GateFactory, Observer, RunReport, Worked, accept, decide,
     decide_with_adr, prompt,
 };
 pub use graph::{GraphError, Ix, Node, PlanGraph};

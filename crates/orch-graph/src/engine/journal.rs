@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use orch_core::secrets::Redactor;
 use orch_core::{
-    AgentId, Budget, Cancellation, Event, EventKind, Expect, Progress, RunId, RunState, StateStore,
-    StoreError, TicketId,
+    AgentId, Budget, Cancellation, Claim, Event, EventKind, Expect, JobQueue, Progress, RunId,
+    RunState, StateStore, StoreError, TicketId,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -30,9 +30,9 @@ pub(crate) struct Journal {
     redactor: Redactor,
     store: Arc<dyn StateStore>,
     pub(crate) run: RunId,
-    /// What every append expects: the run still held under this driver's
-    /// epoch (fencing), when the store fences.
-    expect: Expect,
+    /// How appends are fenced: by the driver's hold on the run, or by a
+    /// worker's claim on its job.
+    writer: Writer,
     /// The live state and the events not yet folded into it.
     folded: Mutex<Folded>,
     observers: Vec<Arc<dyn Observer>>,
@@ -45,6 +45,16 @@ pub(crate) struct Journal {
     /// Set when the run's lock is lost: every append fails with it from
     /// then on, since another engine may be driving the run.
     refused: std::sync::OnceLock<StoreError>,
+}
+
+/// Who appends, and what fences their appends.
+pub(crate) enum Writer {
+    /// The run's driver: every append expects this (the run still held
+    /// under its epoch, when the store fences).
+    Driver(Expect),
+    /// A worker doing one job: every append goes through its claim, and
+    /// is refused once the claim is no longer current.
+    Worker(Arc<dyn JobQueue>, Claim),
 }
 
 struct Folded {
@@ -66,14 +76,14 @@ impl Journal {
         decisions: UnboundedSender<TicketId>,
         budget: Budget,
         work: Cancellation,
-        expect: Expect,
+        writer: Writer,
         redactor: Redactor,
     ) -> Arc<Journal> {
         Arc::new(Journal {
             redactor,
             store,
             run,
-            expect,
+            writer,
             folded: Mutex::new(Folded {
                 applied: state.events,
                 state,
@@ -126,10 +136,11 @@ impl Journal {
     /// Appends `events` durably, then folds them (and any held back events
     /// they complete).
     pub(crate) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        let seqs = self
-            .store()?
-            .append_if(&self.run, self.expect, &events)
-            .await?;
+        let store = self.store()?;
+        let seqs = match &self.writer {
+            Writer::Driver(expect) => store.append_if(&self.run, *expect, &events).await?,
+            Writer::Worker(queue, claim) => queue.record(claim, &events).await?,
+        };
         self.absorb(seqs.into_iter().zip(events));
         Ok(())
     }
@@ -286,7 +297,7 @@ mod tests {
             decisions,
             Budget::default(),
             Cancellation::new(),
-            expect,
+            Writer::Driver(expect),
             Redactor::default(),
         )
     }

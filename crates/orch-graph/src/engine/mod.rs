@@ -1,6 +1,7 @@
 //! The run engine; see [`Engine`].
 
 mod decide;
+mod job;
 mod journal;
 mod prompt;
 mod ticket;
@@ -27,7 +28,8 @@ use tracing::Instrument;
 use crate::graph::{GraphError, Ix, PlanGraph};
 use crate::scheduler::Scheduler;
 pub use decide::{AdrDraft, accept, decide, decide_with_adr};
-use journal::Journal;
+pub use job::Worked;
+use journal::{Journal, Writer};
 pub use prompt::prompt;
 use ticket::End;
 
@@ -88,6 +90,18 @@ pub enum EngineError {
     /// A decision was refused.
     #[error("{0}")]
     Decision(String),
+    /// A worker was given a job it cannot do (its run, ticket or phase is
+    /// not in this engine's plan, or it is work this worker does not do);
+    /// the job was given back.
+    #[error("job {key:?} of run {run}: {message}")]
+    Job {
+        /// The run.
+        run: RunId,
+        /// The job's key.
+        key: String,
+        /// Why.
+        message: String,
+    },
     /// Processes that an earlier driver of the run started could not be
     /// stopped; nothing was rolled back or run (they could still write
     /// into the work trees).
@@ -464,7 +478,7 @@ impl Engine {
             work.clone(),
             // Fenced: once another driver takes the run (this one lost its
             // lock without knowing), the store refuses this one's appends.
-            lock.epoch().map_or(Expect::Any, Expect::Epoch),
+            Writer::Driver(lock.epoch().map_or(Expect::Any, Expect::Epoch)),
             self.redactor.clone(),
         );
         let span = tracing::info_span!("run", run = %run, plan = %self.plan.name);
@@ -478,25 +492,7 @@ impl Engine {
         };
         span.in_scope(|| tracing::info!(event = started.name(), resumed));
         journal.append(vec![journal.event(started)]).await?;
-        let agent_ctx = AgentContext {
-            cancel: work.clone(),
-            progress: Arc::new({
-                let journal = journal.clone();
-                move |a: &AgentId, p: Progress| journal.progress(a, &p)
-            }),
-        };
-        let shared = Arc::new(ticket::Shared {
-            agent_ctx,
-            tickets: self.tickets.clone(),
-            plan: self.plan.clone(),
-            graph: self.graph.clone(),
-            agent: self.agent.clone(),
-            workspace: self.workspace.clone(),
-            gates: self.gates.clone(),
-            journal,
-            work,
-            backends: Default::default(),
-        });
+        let shared = self.shared(journal, work);
         let mut d = Dispatcher::new(self, shared, tx);
         let running = d.run(rx, drx, cancel, &lock).instrument(span);
         if !lock.can_be_lost() {
@@ -520,6 +516,32 @@ impl Engine {
                 Err(EngineError::Store(e))
             }
         }
+    }
+}
+
+impl Engine {
+    /// What every ticket pipeline of a run (or a worker's job) shares:
+    /// its journal, and `work`, which stops its agents and gates.
+    fn shared(&self, journal: Arc<Journal>, work: Cancellation) -> Arc<ticket::Shared> {
+        let agent_ctx = AgentContext {
+            cancel: work.clone(),
+            progress: Arc::new({
+                let journal = journal.clone();
+                move |a: &AgentId, p: Progress| journal.progress(a, &p)
+            }),
+        };
+        Arc::new(ticket::Shared {
+            agent_ctx,
+            tickets: self.tickets.clone(),
+            plan: self.plan.clone(),
+            graph: self.graph.clone(),
+            agent: self.agent.clone(),
+            workspace: self.workspace.clone(),
+            gates: self.gates.clone(),
+            journal,
+            work,
+            backends: Default::default(),
+        })
     }
 }
 
@@ -939,7 +961,7 @@ impl Dispatcher {
         let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
         self.running.push(Box::pin(
             async move {
-                let end = AssertUnwindSafe(ticket::run_ticket(&shared, t, known))
+                let end = AssertUnwindSafe(ticket::run_ticket(&shared, t, known, None))
                     .catch_unwind()
                     .await;
                 (t, end)
@@ -1014,7 +1036,8 @@ impl Dispatcher {
                 // Answered already (e.g. by an observer)?
                 self.decision(t).await;
             }
-            End::Interrupted => {
+            // (A driver runs whole tickets: no handoff.)
+            End::Interrupted | End::Handoff => {
                 in_step(self.sched.requeue(t));
             }
             End::Store(e) => {

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use orch_core::{
     Agent, AgentContext, AgentId, AgentOutcome, AgentTask, BatchId, Cancellation, Decision, Event,
-    EventKind, ExhaustAction, GateContext, GateReport, GateScope, GateStatus, Merged, PhaseSpec,
-    Plan, RoleName, StoreError, TicketId, TicketState, Workspace,
+    EventKind, ExhaustAction, GateContext, GateReport, GateScope, GateStatus, Merged, PhaseName,
+    PhaseSpec, Plan, RoleName, StoreError, TicketId, TicketState, Workspace,
 };
 use tracing::Instrument;
 
@@ -64,6 +64,8 @@ pub(crate) enum End {
     Escalated,
     /// Stopped by cancellation; resumes from its checkpoint.
     Interrupted,
+    /// A worker's phase is done; the ticket goes on in another job.
+    Handoff,
     /// The store failed.
     Store(StoreError),
 }
@@ -175,8 +177,10 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Runs the pipeline of ticket `t`; `known`
 /// when the journal may have events of it (else it starts from an empty
-/// state, not read from the journal).
-pub(crate) async fn run_ticket(sh: &Shared, t: Ix, known: bool) -> End {
+/// state, not read from the journal). With `only` (a worker's job), runs
+/// that phase alone: it returns [`End::Handoff`] at the next phase to
+/// run that is another.
+pub(crate) async fn run_ticket(sh: &Shared, t: Ix, known: bool, only: Option<&PhaseName>) -> End {
     let st = if known {
         let id = &sh.tickets[t as usize].id;
         sh.journal
@@ -185,17 +189,24 @@ pub(crate) async fn run_ticket(sh: &Shared, t: Ix, known: bool) -> End {
         TicketState::default()
     };
     let mut out = Outbox::new(&sh.journal, st);
-    let end = match pipeline(sh, t, &mut out).await {
+    let end = match pipeline(sh, t, &mut out, only).await {
         Ok(end) | Err(end) => end,
     };
     // Record what an interrupted ticket did last.
     match (out.flush().await, end) {
-        (Err(e), End::Done | End::Failed | End::Escalated | End::Interrupted) => End::Store(e),
+        (Err(e), End::Done | End::Failed | End::Escalated | End::Interrupted | End::Handoff) => {
+            End::Store(e)
+        }
         (_, end) => end,
     }
 }
 
-async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> {
+async fn pipeline(
+    sh: &Shared,
+    t: Ix,
+    out: &mut Outbox<'_>,
+    only: Option<&PhaseName>,
+) -> Result<End, End> {
     let plan = &sh.plan;
     let ticket = sh.tickets[t as usize].clone();
     let id = ticket.id.clone();
@@ -271,12 +282,22 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
             .or(base.as_ref())
             .cloned();
         if let Some(commit) = target {
-            out.write([EventKind::RolledBack {
-                ticket: id.clone(),
-                phase: last.clone(),
-                commit: commit.clone(),
-            }])
-            .await?;
+            // Work of a phase that did not pass is thrown away, and said
+            // so; after a pass (a worker taking up the next phase) the
+            // tree is only put at that pass's checkpoint.
+            let st = out.ticket();
+            if st
+                .phase
+                .as_ref()
+                .is_some_and(|p| !st.phases_passed.contains(p))
+            {
+                out.write([EventKind::RolledBack {
+                    ticket: id.clone(),
+                    phase: last.clone(),
+                    commit: commit.clone(),
+                }])
+                .await?;
+            }
             if let Err(e) = sh.workspace.rollback(&run, &id, &commit).await {
                 return fail(out, &id, format!("cannot roll back: {e}")).await;
             }
@@ -295,6 +316,9 @@ async fn pipeline(sh: &Shared, t: Ix, out: &mut Outbox<'_>) -> Result<End, End> 
         if out.ticket().phases_passed.contains(&phase.name) {
             i += 1;
             continue;
+        }
+        if only.is_some_and(|p| *p != phase.name) {
+            return Ok(End::Handoff);
         }
         let failed = out.ticket().failed_in_phase;
         if approved {

@@ -1,0 +1,208 @@
+//! A worker's side of a run shared among machines: one job, claimed from a
+//! [`JobQueue`] by the worker, done under its claim ([`Engine::work`]).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use orch_core::{
+    Cancellation, EventKind, Job, JobQueue, RunStatus, StoreError, StoreErrorKind, TicketStatus,
+    Work,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::journal::{Journal, Writer};
+use super::ticket::{self, End};
+use super::{Engine, EngineError, panic_text};
+use crate::worker::{Kept, keep_claim};
+
+/// How a job a worker took on ([`Engine::work`]) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Worked {
+    /// Done, and marked so in the queue: its phase passed (or had passed
+    /// before), or its ticket failed or waits for a person. The journal
+    /// says which.
+    Finished,
+    /// Finished without doing anything: the journal has the ticket past
+    /// the job's phase (it passed, the ticket ended, or it waits for a
+    /// person), so the job was out of date (a coordinator that enqueued
+    /// it again, say).
+    Superseded,
+    /// Handed back unfinished (the caller's `cancel` fired: the worker is
+    /// shutting down); another worker takes it up from the last
+    /// checkpoint.
+    GivenBack,
+    /// The claim was lost (taken over, cancelled by the coordinator, or no
+    /// renewal answered in time): the work was stopped, and nothing more
+    /// was written for it.
+    Lost(Kept),
+}
+
+/// The claim is no longer current: the store refused a write under it.
+fn lost(e: &StoreError) -> bool {
+    e.kind == StoreErrorKind::Fenced
+}
+
+impl Engine {
+    /// Does `job`, which this worker claimed from `queue` (`since`: when
+    /// the claim was sent) for a lease of `lease`: one phase of one ticket,
+    /// in this engine's workspace, with its agents and gates, writing the
+    /// run's journal through the claim, so nothing is written once the
+    /// claim is lost. The lease is renewed while the phase runs
+    /// ([`keep_claim`]); the agents are stopped before it could lapse.
+    ///
+    /// The phase starts from the ticket's last checkpoint (a job taken
+    /// over from a worker that died goes on from there); a phase that
+    /// passed already is not run again. The engine's store must be the
+    /// queue's database: the run's journal is read from it.
+    ///
+    /// `cancel` stops the work and hands the job back (a worker shutting
+    /// down).
+    ///
+    /// # Errors
+    /// [`EngineError::Job`] when the job is not this engine's to do (its
+    /// run not started, its ticket or phase not in the plan, a batch
+    /// merge), [`EngineError::PlanChanged`] when the run was started with
+    /// another plan (in both cases the job is given back first), and
+    /// [`EngineError::Store`] when the store fails (the job is left to
+    /// lapse, then taken over).
+    pub async fn work(
+        &self,
+        queue: Arc<dyn JobQueue>,
+        job: &Job,
+        lease: Duration,
+        since: Instant,
+        cancel: Cancellation,
+    ) -> Result<Worked, EngineError> {
+        let run = &job.claim.run;
+        let refuse = async |message: String| {
+            queue.give_back(&job.claim).await?;
+            Err(EngineError::Job {
+                run: run.clone(),
+                key: job.key.clone(),
+                message,
+            })
+        };
+        let (ticket, phase) = match &job.work {
+            Work::Phase { ticket, phase } => (ticket, phase),
+            other => return refuse(format!("this worker does not do {other}")).await,
+        };
+        let Some(t) = self.graph.index_of(ticket.as_str()) else {
+            return refuse(format!("ticket {ticket} is not in plan {}", self.plan.name)).await;
+        };
+        if !self.plan.phases.iter().any(|p| p.name == *phase) {
+            return refuse(format!("phase {phase} is not in plan {}", self.plan.name)).await;
+        }
+        let state = self.store.state(run).await?;
+        if state.status == RunStatus::NotStarted {
+            return refuse("the run has not started".into()).await;
+        }
+        if state.fingerprint != self.fingerprint.0 && !self.allow_plan_change {
+            queue.give_back(&job.claim).await?;
+            let mut changes = self.plan.changes_since(&state.fingerprint_parts);
+            if changes.is_empty() {
+                changes.push("the plan's fingerprint differs".into());
+            }
+            return Err(EngineError::PlanChanged {
+                run: run.clone(),
+                changes,
+            });
+        }
+        // Only the phase the ticket is at: running any other would touch
+        // a tree another job may be working in.
+        let st = state.tickets.get(ticket).cloned().unwrap_or_default();
+        let next = self
+            .plan
+            .phases
+            .iter()
+            .find(|p| !st.phases_passed.contains(&p.name));
+        if st.status.is_final()
+            || next.is_none_or(|p| p.name != *phase)
+            || (st.status == TicketStatus::AwaitingDecision && st.pending_decision.is_none())
+        {
+            tracing::info!(%run, key = %job.key, status = ?st.status, "the job is out of date; finishing it");
+            return match queue.finish(&job.claim, &[]).await {
+                Ok(_) => Ok(Worked::Superseded),
+                Err(e) if lost(&e) => Ok(Worked::Lost(Kept::Taken)),
+                Err(e) => Err(e.into()),
+            };
+        }
+        // Stops the agents and gates: the caller's cancel, a lost claim,
+        // the budget; and tells `keep_claim` that the work ended.
+        let work = Cancellation::new();
+        let (decisions, _) = mpsc::unbounded_channel();
+        let journal = Journal::new(
+            self.store.clone(),
+            run.clone(),
+            state,
+            self.observers.clone(),
+            decisions,
+            self.plan.policy.budget.clone(),
+            work.clone(),
+            Writer::Worker(queue.clone(), job.claim.clone()),
+            self.redactor.clone(),
+        );
+        let shared = self.shared(journal.clone(), work.clone());
+        let span =
+            tracing::info_span!("job", run = %run, job = job.claim.job, ticket = %ticket, %phase);
+        let doing = async {
+            let pipeline =
+                AssertUnwindSafe(ticket::run_ticket(&shared, t, true, Some(phase))).catch_unwind();
+            tokio::pin!(pipeline);
+            let end = tokio::select! {
+                end = &mut pipeline => end,
+                () = cancel.cancelled() => {
+                    work.cancel();
+                    pipeline.await
+                }
+            };
+            work.cancel(); // the work ended: `keep_claim` returns
+            end
+        };
+        let (kept, end) = tokio::join!(
+            keep_claim(&*queue, &job.claim, lease, since, &work),
+            doing.instrument(span)
+        );
+        if kept != Kept::Stopped {
+            return Ok(Worked::Lost(kept));
+        }
+        let last = match end {
+            Ok(End::Done | End::Failed | End::Escalated | End::Handoff) => Vec::new(),
+            // A bug in an agent, gate or workspace fails the ticket alone,
+            // as in a driver's run.
+            Err(payload) => {
+                let reason = journal.redacted(format!(
+                    "its pipeline panicked (a bug in an agent, gate or workspace \
+                     implementation): {}",
+                    panic_text(&*payload)
+                ));
+                tracing::error!(%ticket, "{reason}");
+                vec![journal.event(EventKind::TicketFailed {
+                    ticket: ticket.clone(),
+                    reason,
+                })]
+            }
+            Ok(End::Interrupted) => {
+                // Cancelled by the caller, or the budget is spent (the
+                // coordinator stops the run then): another worker, or a
+                // resumed run, takes it up.
+                return match queue.give_back(&job.claim).await {
+                    Ok(true) => Ok(Worked::GivenBack),
+                    Ok(false) => Ok(Worked::Lost(Kept::Taken)),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            Ok(End::Store(e)) if lost(&e) => return Ok(Worked::Lost(Kept::Taken)),
+            Ok(End::Store(e)) => return Err(e.into()),
+        };
+        match queue.finish(&job.claim, &last).await {
+            Ok(_) => Ok(Worked::Finished),
+            Err(e) if lost(&e) => Ok(Worked::Lost(Kept::Taken)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

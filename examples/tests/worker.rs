@@ -1,0 +1,580 @@
+//! Workers doing a run's phases as jobs from the PostgreSQL job queue
+//! ([`Engine::work`]): one phase a job, every write under the job's claim,
+//! and a worker that loses its claim stops its agent and writes nothing
+//! after another worker took the job over.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orch_core::{
+    Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Cancellation, Claim,
+    DriverInfo, Event, EventKind, Expect, Job, JobInfo, JobQueue, JobState, NewJob, Plan, RoleName,
+    RunId, SharedDir, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp, Work,
+};
+use orch_graph::{Engine, Kept, Worked};
+use orch_state::PgStore;
+use tokio::time::Instant;
+
+/// A schema of its own in the test database, dropped at the end.
+struct Db {
+    admin: tokio_postgres::Client,
+    schema: String,
+    url: String,
+}
+
+impl Db {
+    async fn new(name: &str) -> Db {
+        let base = std::env::var("ORCH_TEST_DATABASE_URL")
+            .expect("ORCH_TEST_DATABASE_URL names the test database");
+        let schema = format!("orch_worker_{name}_{}", std::process::id());
+        let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            ))
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        Db { admin, schema, url }
+    }
+
+    async fn store(&self) -> Arc<PgStore> {
+        Arc::new(PgStore::connect(&self.url).await.unwrap())
+    }
+
+    async fn drop(self) {
+        self.admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await
+            .unwrap();
+    }
+}
+
+fn plan() -> Plan {
+    Plan::from_toml_str(
+        r#"
+name = "two-phase"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "custom", name = "test" }
+
+[[phases]]
+name = "plan"
+[[phases]]
+name = "build"
+
+[[tickets]]
+id = "T1"
+title = "one"
+effort = "1h"
+"#,
+    )
+    .unwrap()
+}
+
+/// What an agent run did, in the order runs started.
+#[derive(Debug, Clone)]
+struct Ran {
+    worker: &'static str,
+    phase: String,
+    ended: Option<Instant>,
+    cancelled: bool,
+}
+
+/// An agent that logs its runs, and (when `hold` is set) waits until it is
+/// cancelled; with `deaf` it ignores the cancel and returns success once
+/// `release` is set (a process stopped with SIGSTOP and let go later).
+struct Logged {
+    worker: &'static str,
+    log: Arc<Mutex<Vec<Ran>>>,
+    hold: AtomicBool,
+    deaf: bool,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Logged {
+    fn new(worker: &'static str, log: &Arc<Mutex<Vec<Ran>>>) -> Self {
+        Logged {
+            worker,
+            log: log.clone(),
+            hold: AtomicBool::new(false),
+            deaf: false,
+            release: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl Agent for Logged {
+    fn backend(&self) -> &str {
+        "test"
+    }
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let n = {
+            let mut log = self.log.lock().unwrap();
+            log.push(Ran {
+                worker: self.worker,
+                phase: task.phase.to_string(),
+                ended: None,
+                cancelled: false,
+            });
+            log.len() - 1
+        };
+        let cancelled = if !self.hold.load(Ordering::SeqCst) {
+            false
+        } else if self.deaf {
+            self.release.notified().await;
+            false
+        } else {
+            ctx.cancel.cancelled().await;
+            true
+        };
+        {
+            let mut log = self.log.lock().unwrap();
+            log[n].ended = Some(Instant::now());
+            log[n].cancelled = cancelled;
+        }
+        if cancelled {
+            return Err(AgentError::new(AgentErrorKind::Cancelled, "stopped"));
+        }
+        // Its phase's work, and what it saw of the phases before.
+        let seen: Vec<String> = ["plan.txt", "build.txt"]
+            .into_iter()
+            .filter(|f| task.workdir.join(f).exists())
+            .map(str::to_owned)
+            .collect();
+        std::fs::write(
+            task.workdir.join(format!("{}.txt", task.phase)),
+            seen.join(","),
+        )
+        .unwrap();
+        Ok(AgentOutcome {
+            success: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// A queue that passes everything to the store, except that once `cut`
+/// is set its lease renewals fail (a worker cut off from the database)
+/// or, with `hang`, never return.
+struct Cut {
+    inner: Arc<PgStore>,
+    cut: AtomicBool,
+    hang: bool,
+}
+
+#[async_trait]
+impl JobQueue for Cut {
+    async fn enqueue(
+        &self,
+        run: &RunId,
+        epoch: u64,
+        jobs: &[NewJob],
+    ) -> Result<Vec<u64>, StoreError> {
+        self.inner.enqueue(run, epoch, jobs).await
+    }
+    async fn claim(
+        &self,
+        who: &DriverInfo,
+        roles: &[RoleName],
+        lease: Duration,
+    ) -> Result<Option<Job>, StoreError> {
+        self.inner.claim(who, roles, lease).await
+    }
+    async fn renew(&self, claim: &Claim, lease: Duration) -> Result<Option<Timestamp>, StoreError> {
+        if self.cut.load(Ordering::SeqCst) {
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            return Err(StoreError::new(StoreErrorKind::Unavailable, "cut off"));
+        }
+        self.inner.renew(claim, lease).await
+    }
+    async fn record(&self, claim: &Claim, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        self.inner.record(claim, events).await
+    }
+    async fn finish(&self, claim: &Claim, events: &[Event]) -> Result<Vec<u64>, StoreError> {
+        self.inner.finish(claim, events).await
+    }
+    async fn give_back(&self, claim: &Claim) -> Result<bool, StoreError> {
+        self.inner.give_back(claim).await
+    }
+    async fn cancel(&self, run: &RunId, epoch: u64) -> Result<u64, StoreError> {
+        self.inner.cancel(run, epoch).await
+    }
+    async fn jobs(&self, run: &RunId) -> Result<Vec<JobInfo>, StoreError> {
+        self.inner.jobs(run).await
+    }
+}
+
+fn worker(store: Arc<PgStore>, agent: Arc<dyn Agent>, dir: &Path) -> Engine {
+    Engine::new(plan(), agent, store)
+        .unwrap()
+        .workspace(Arc::new(SharedDir::new(dir)))
+}
+
+fn me(pid: u32) -> DriverInfo {
+    DriverInfo {
+        host: "test".into(),
+        boot: "b".into(),
+        pid,
+        start: 1,
+        containment: "none".into(),
+    }
+}
+
+/// Starts `run` as a coordinator would (its `RunStarted`, under its hold
+/// on the run) and returns its epoch.
+async fn start(store: &PgStore, run: &RunId) -> (orch_core::RunLock, u64) {
+    let lock = store.lock_run(run).await.unwrap();
+    let epoch = lock.epoch().expect("PostgreSQL fences");
+    let plan = plan();
+    let (fingerprint, parts) = plan.fingerprint();
+    store
+        .append_if(
+            run,
+            Expect::Epoch(epoch),
+            &[Event::now(EventKind::RunStarted {
+                run: run.clone(),
+                plan: plan.name.clone(),
+                fingerprint,
+                resumed: false,
+                parts: Arc::new(parts),
+                driver: None,
+            })],
+        )
+        .await
+        .unwrap();
+    (lock, epoch)
+}
+
+fn phase_job(key: &str, phase: &str) -> NewJob {
+    NewJob::new(
+        key,
+        Work::Phase {
+            ticket: "T1".parse().unwrap(),
+            phase: phase.parse().unwrap(),
+        },
+    )
+}
+
+async fn journal(store: &PgStore, run: &RunId) -> Vec<StoredEvent> {
+    store.read(run, 0, 100_000).await.unwrap()
+}
+
+fn count(events: &[StoredEvent], f: impl Fn(&EventKind) -> bool) -> usize {
+    events.iter().filter(|e| f(&e.event.kind)).count()
+}
+
+const LEASE: Duration = Duration::from_millis(1200);
+
+/// `f`, which must end well within a few leases: a worker that never lets
+/// go of its work fails the test instead of hanging it.
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LEASE * 10, f)
+        .await
+        .expect("the worker did not stop its work")
+}
+
+/// Claims until a job is there (a lapsed lease is the server's to see).
+async fn claim_next(queue: &dyn JobQueue, who: &DriverInfo) -> (Job, Instant) {
+    let deadline = Instant::now() + LEASE * 10;
+    loop {
+        let sent = Instant::now();
+        if let Some(job) = queue.claim(who, &[], LEASE).await.unwrap() {
+            return (job, sent);
+        }
+        assert!(Instant::now() < deadline, "no job to claim");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_job_runs_its_phase_alone_and_a_passed_phase_is_not_run_again() {
+    let db = Db::new("phases").await;
+    let store = db.store().await;
+    let run: RunId = "r".parse().unwrap();
+    let (_lock, epoch) = start(&store, &run).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // In git: each phase's checkpoint is the next one's start.
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "start",
+    ]);
+    let ws =
+        orch_state::GitWorkspace::new(orch_state::git::Repo::open(dir.path()).unwrap(), "HEAD")
+            .unwrap();
+    let w = Engine::new(plan(), Arc::new(Logged::new("a", &log)), store.clone())
+        .unwrap()
+        .workspace(Arc::new(ws));
+    let queue: Arc<dyn JobQueue> = store.clone();
+
+    // A job for a phase the ticket has not reached does nothing.
+    queue
+        .enqueue(&run, epoch, &[phase_job("T1/build/early", "build")])
+        .await
+        .unwrap();
+    let (job, sent) = claim_next(&*queue, &me(1)).await;
+    let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
+    assert_eq!(worked.await.unwrap(), Worked::Superseded);
+    assert!(log.lock().unwrap().is_empty());
+
+    queue
+        .enqueue(&run, epoch, &[phase_job("T1/plan", "plan")])
+        .await
+        .unwrap();
+    let (job, sent) = claim_next(&*queue, &me(1)).await;
+    let worked = w
+        .work(queue.clone(), &job, LEASE, sent, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(worked, Worked::Finished);
+    let events = journal(&store, &run).await;
+    let passed = |p: &'static str| move |k: &EventKind| matches!(k, EventKind::PhasePassed { phase, .. } if phase.as_str() == p);
+    assert_eq!(count(&events, passed("plan")), 1);
+    assert_eq!(
+        count(&events, passed("build")),
+        0,
+        "only the job's phase ran"
+    );
+    assert_eq!(
+        count(&events, |k| matches!(k, EventKind::TicketDone { .. })),
+        0
+    );
+    let jobs = queue.jobs(&run).await.unwrap();
+    assert!(jobs.iter().all(|j| j.state == JobState::Done), "{jobs:?}");
+
+    // The next phase, then the first one again (a coordinator that
+    // enqueued it twice): the second does not run its agent.
+    queue
+        .enqueue(&run, epoch, &[phase_job("T1/build", "build")])
+        .await
+        .unwrap();
+    let (job, sent) = claim_next(&*queue, &me(1)).await;
+    let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
+    assert_eq!(worked.await.unwrap(), Worked::Finished);
+    queue
+        .enqueue(&run, epoch, &[phase_job("T1/plan/again", "plan")])
+        .await
+        .unwrap();
+    let (job, sent) = claim_next(&*queue, &me(1)).await;
+    let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
+    assert_eq!(worked.await.unwrap(), Worked::Superseded);
+
+    let events = journal(&store, &run).await;
+    assert_eq!(count(&events, passed("plan")), 1);
+    assert_eq!(count(&events, passed("build")), 1);
+    assert_eq!(
+        count(&events, |k| matches!(k, EventKind::TicketDone { .. })),
+        1
+    );
+    assert_eq!(
+        count(&events, |k| matches!(k, EventKind::RolledBack { .. })),
+        0,
+        "taking up the next phase throws nothing away"
+    );
+    let phases: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.phase.clone())
+        .collect();
+    assert_eq!(phases, ["plan", "build"]);
+    // build started from plan's checkpoint, on the ticket's branch.
+    let state = store.state(&run).await.unwrap();
+    let build = &state.tickets[&"T1".parse::<orch_core::TicketId>().unwrap()].checkpoints
+        [&"build".parse::<orch_core::PhaseName>().unwrap()];
+    assert_eq!(git(&["show", &format!("{build}:build.txt")]), "plan.txt");
+    assert_eq!(
+        state.tickets[&"T1".parse::<orch_core::TicketId>().unwrap()].status,
+        orch_core::TicketStatus::Done
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_worker_cut_off_stops_its_agent_before_another_takes_the_job_over() {
+    let db = Db::new("cut").await;
+    let store = db.store().await;
+    let run: RunId = "r".parse().unwrap();
+    let (_lock, epoch) = start(&store, &run).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let agent_a = Arc::new(Logged::new("a", &log));
+    agent_a.hold.store(true, Ordering::SeqCst);
+    let a = worker(store.clone(), agent_a, dir.path());
+    let b = worker(store.clone(), Arc::new(Logged::new("b", &log)), dir.path());
+    let cut = Arc::new(Cut {
+        inner: store.clone(),
+        cut: AtomicBool::new(true),
+        hang: false,
+    });
+    let queue_a: Arc<dyn JobQueue> = cut.clone();
+    let queue_b: Arc<dyn JobQueue> = store.clone();
+    queue_b
+        .enqueue(&run, epoch, &[phase_job("T1/plan", "plan")])
+        .await
+        .unwrap();
+
+    let (job, sent) = claim_next(&*queue_a, &me(1)).await;
+    let worked = within(a.work(queue_a.clone(), &job, LEASE, sent, Cancellation::new()))
+        .await
+        .unwrap();
+    let Worked::Lost(Kept::Unanswered(Some(why))) = &worked else {
+        panic!("{worked:?}");
+    };
+    assert!(why.contains("cut off"), "{why}");
+
+    let (job_b, sent) = claim_next(&*queue_b, &me(2)).await;
+    let taken_at = Instant::now();
+    assert_eq!((job_b.claim.job, job_b.takeovers), (job.claim.job, 1));
+    let worked = b.work(queue_b.clone(), &job_b, LEASE, sent, Cancellation::new());
+    assert_eq!(worked.await.unwrap(), Worked::Finished);
+
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!((log[0].worker, log[0].cancelled), ("a", true));
+    assert!(
+        log[0].ended.unwrap() < taken_at,
+        "a's agent was still running when b took the job: {log:?}"
+    );
+    assert_eq!((log[1].worker, log[1].cancelled), ("b", false));
+    let events = journal(&store, &run).await;
+    assert_eq!(
+        count(&events, |k| matches!(k, EventKind::PhasePassed { .. })),
+        1
+    );
+    assert_eq!(queue_b.jobs(&run).await.unwrap()[0].state, JobState::Done);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_worker_frozen_past_its_lease_writes_nothing_after_the_takeover() {
+    let db = Db::new("frozen").await;
+    let store = db.store().await;
+    let run: RunId = "r".parse().unwrap();
+    let (_lock, epoch) = start(&store, &run).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut agent_a = Logged::new("a", &log);
+    agent_a.deaf = true;
+    agent_a.hold.store(true, Ordering::SeqCst);
+    let release = agent_a.release.clone();
+    let a = worker(store.clone(), Arc::new(agent_a), dir.path());
+    let b = worker(store.clone(), Arc::new(Logged::new("b", &log)), dir.path());
+    // a's renewals never come back, and its agent ignores being stopped:
+    // a frozen process. Its work is left to finish after b took over.
+    let cut = Arc::new(Cut {
+        inner: store.clone(),
+        cut: AtomicBool::new(true),
+        hang: true,
+    });
+    let queue_a: Arc<dyn JobQueue> = cut.clone();
+    let queue_b: Arc<dyn JobQueue> = store.clone();
+    queue_b
+        .enqueue(&run, epoch, &[phase_job("T1/plan", "plan")])
+        .await
+        .unwrap();
+    let (job, sent) = claim_next(&*queue_a, &me(1)).await;
+    let a_work = tokio::spawn({
+        let queue_a = queue_a.clone();
+        async move {
+            a.work(queue_a, &job, LEASE, sent, Cancellation::new())
+                .await
+        }
+    });
+
+    let (job_b, sent) = claim_next(&*queue_b, &me(2)).await;
+    assert_eq!(job_b.takeovers, 1);
+    let before = journal(&store, &run).await.len();
+    // a wakes up while b holds the job: none of its writes may land.
+    release.notify_one();
+    let worked = within(a_work).await.unwrap().unwrap();
+    assert!(matches!(worked, Worked::Lost(_)), "{worked:?}");
+    assert_eq!(
+        journal(&store, &run).await.len(),
+        before,
+        "a wrote after the takeover"
+    );
+
+    let worked = b.work(queue_b.clone(), &job_b, LEASE, sent, Cancellation::new());
+    assert_eq!(worked.await.unwrap(), Worked::Finished);
+    let events = journal(&store, &run).await;
+    assert_eq!(
+        count(&events, |k| matches!(k, EventKind::PhasePassed { .. })),
+        1
+    );
+    // a's agent never had its end recorded: only b's did.
+    let finished = count(&events, |k| matches!(k, EventKind::AgentFinished { .. }));
+    assert_eq!(finished, 1);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_worker_shutting_down_gives_its_job_back() {
+    let db = Db::new("shutdown").await;
+    let store = db.store().await;
+    let run: RunId = "r".parse().unwrap();
+    let (_lock, epoch) = start(&store, &run).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let agent = Arc::new(Logged::new("a", &log));
+    agent.hold.store(true, Ordering::SeqCst);
+    let a = worker(store.clone(), agent, dir.path());
+    let queue: Arc<dyn JobQueue> = store.clone();
+    queue
+        .enqueue(&run, epoch, &[phase_job("T1/plan", "plan")])
+        .await
+        .unwrap();
+    let (job, sent) = claim_next(&*queue, &me(1)).await;
+    let cancel = Cancellation::new();
+    let stop = {
+        let (cancel, log) = (cancel.clone(), log.clone());
+        async move {
+            while log.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cancel.cancel();
+        }
+    };
+    let (worked, ()) =
+        within(async { tokio::join!(a.work(queue.clone(), &job, LEASE, sent, cancel), stop) })
+            .await;
+    assert_eq!(worked.unwrap(), Worked::GivenBack);
+    let jobs = queue.jobs(&run).await.unwrap();
+    assert_eq!((jobs[0].state, jobs[0].takeovers), (JobState::Available, 0));
+    // Taken up again at once, not after a lease.
+    let again = queue.claim(&me(2), &[], LEASE).await.unwrap();
+    assert_eq!(again.map(|j| j.claim.job), Some(job.claim.job));
+    db.drop().await;
+}
