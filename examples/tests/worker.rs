@@ -213,6 +213,9 @@ impl JobQueue for Cut {
     async fn jobs(&self, run: &RunId) -> Result<Vec<JobInfo>, StoreError> {
         self.inner.jobs(run).await
     }
+    async fn job(&self, id: u64) -> Result<Option<JobInfo>, StoreError> {
+        self.inner.job(id).await
+    }
 }
 
 fn worker(store: Arc<PgStore>, agent: Arc<dyn Agent>, dir: &Path) -> Engine {
@@ -576,5 +579,136 @@ async fn a_worker_shutting_down_gives_its_job_back() {
     // Taken up again at once, not after a lease.
     let again = queue.claim(&me(2), &[], LEASE).await.unwrap();
     assert_eq!(again.map(|j| j.claim.job), Some(job.claim.job));
+    db.drop().await;
+}
+
+fn wide_plan() -> Plan {
+    let mut toml = String::from(
+        r#"
+name = "wide"
+default_role = "dev"
+[policy]
+max_concurrency = 4
+[agents.dev]
+backend = { kind = "custom", name = "test" }
+[[phases]]
+name = "plan"
+[[phases]]
+name = "build"
+"#,
+    );
+    for i in 0..8 {
+        let deps = if i >= 2 {
+            format!("depends_on = [\"T{}\"]", i - 2)
+        } else {
+            String::new()
+        };
+        toml.push_str(&format!(
+            "[[tickets]]\nid = \"T{i}\"\ntitle = \"t{i}\"\neffort = \"1h\"\n{deps}\n"
+        ));
+    }
+    Plan::from_toml_str(&toml).unwrap()
+}
+
+/// Claims and does jobs until `stop`.
+async fn work_until(w: Engine, queue: Arc<dyn JobQueue>, who: DriverInfo, stop: Cancellation) {
+    while !stop.is_cancelled() {
+        let sent = Instant::now();
+        match queue.claim(&who, &[], LEASE).await.unwrap() {
+            Some(job) => {
+                let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
+                let worked = worked.await.unwrap();
+                assert!(
+                    matches!(worked, Worked::Finished | Worked::Superseded),
+                    "{worked:?}"
+                );
+            }
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_coordinator_hands_each_phase_to_the_workers_once_in_order() {
+    let db = Db::new("coordinator").await;
+    let run: RunId = "r".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let store = db.store().await;
+    // The coordinator runs no agent: one that panics shows it would.
+    struct NoAgent;
+    #[async_trait]
+    impl Agent for NoAgent {
+        fn backend(&self) -> &str {
+            "test"
+        }
+        async fn run(&self, _: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+            panic!("the coordinator ran an agent")
+        }
+    }
+    let coordinator = Engine::new(wide_plan(), Arc::new(NoAgent), store.clone())
+        .unwrap()
+        .workspace(Arc::new(SharedDir::new(dir.path())))
+        .poll_interval(Duration::from_millis(20))
+        .workers(store.clone());
+    let stop = Cancellation::new();
+    let mut workers = Vec::new();
+    for (n, name) in [(1, "a"), (2, "b")] {
+        let store = db.store().await;
+        let w = Engine::new(
+            wide_plan(),
+            Arc::new(Logged::new(name, &log)),
+            store.clone(),
+        )
+        .unwrap()
+        .workspace(Arc::new(SharedDir::new(dir.path())));
+        workers.push(tokio::spawn(work_until(w, store, me(n), stop.clone())));
+    }
+    let report = within(coordinator.run(&run, Cancellation::new()))
+        .await
+        .unwrap();
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(report.outcome, orch_core::RunOutcome::Completed);
+    let events = journal(&store, &run).await;
+    let mut passed = std::collections::HashSet::new();
+    for e in &events {
+        match &e.event.kind {
+            EventKind::PhasePassed { ticket, phase, .. } => {
+                assert!(
+                    passed.insert((ticket.clone(), phase.clone())),
+                    "{ticket} {phase} passed twice"
+                );
+                if phase.as_str() == "build" {
+                    assert!(passed.contains(&(ticket.clone(), "plan".parse().unwrap())));
+                }
+            }
+            EventKind::AgentStarted { ticket, phase, .. } if phase.as_str() == "plan" => {
+                // A ticket starts only once what it depends on is done.
+                let plan = wide_plan();
+                let t = plan.tickets.iter().find(|t| t.id == *ticket).unwrap();
+                for d in &t.depends_on {
+                    assert!(
+                        passed.contains(&(d.clone(), "build".parse().unwrap())),
+                        "{ticket} started before {d}"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(passed.len(), 16);
+    let ran = log.lock().unwrap().clone();
+    assert_eq!(ran.len(), 16, "each phase ran once: {ran:?}");
+    assert!(
+        ran.iter().any(|r| r.worker == "a") && ran.iter().any(|r| r.worker == "b"),
+        "{ran:?}"
+    );
+    let jobs = store.jobs(&run).await.unwrap();
+    assert_eq!(jobs.len(), 16);
+    assert!(jobs.iter().all(|j| j.state == JobState::Done), "{jobs:?}");
     db.drop().await;
 }

@@ -290,4 +290,10 @@ pub trait JobQueue: Send + Sync {
     /// # Errors
     /// [`StoreError`] when the store cannot be read.
     async fn jobs(&self, run: &RunId) -> Result<Vec<JobInfo>, StoreError>;
+
+    /// Job `id`, if there is one.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn job(&self, id: u64) -> Result<Option<JobInfo>, StoreError>;
 }

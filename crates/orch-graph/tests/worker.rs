@@ -91,6 +91,9 @@ impl JobQueue for Scripted {
     async fn jobs(&self, _: &RunId) -> Result<Vec<JobInfo>, StoreError> {
         Err(not_here())
     }
+    async fn job(&self, _: u64) -> Result<Option<JobInfo>, StoreError> {
+        Err(not_here())
+    }
 }
 
 fn claim() -> Claim {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use orch_core::{
-    Cancellation, EventKind, Job, JobQueue, RunStatus, StoreError, StoreErrorKind, TicketStatus,
-    Work,
+    Cancellation, EventKind, Job, JobQueue, JobState, NewJob, PhaseName, RunStatus, StoreError,
+    StoreErrorKind, TicketId, TicketStatus, Work,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -203,6 +203,125 @@ impl Engine {
             Ok(_) => Ok(Worked::Finished),
             Err(e) if lost(&e) => Ok(Worked::Lost(Kept::Taken)),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A coordinator's hold on the job queue: where it puts the run's phases,
+/// under its epoch.
+#[derive(Clone)]
+pub(crate) struct Remote {
+    pub(crate) queue: Arc<dyn JobQueue>,
+    pub(crate) epoch: u64,
+    /// How often the journal is looked at for the ticket's progress.
+    pub(crate) poll: Duration,
+}
+
+/// Where the journal has a ticket whose phases workers do.
+enum Now {
+    /// Its phase `.0` is next, as job `.1`.
+    Next(PhaseName, String),
+    /// Every phase passed; its last job is writing its end.
+    Ending,
+    End(End),
+}
+
+/// The key of the job for `ticket`'s `phase`: the same for as long as the
+/// phase is the one to do (a coordinator that restarts enqueues nothing
+/// new), another once it must be done again (after a restart of the
+/// ticket's phases, or a person's answer to an escalation).
+fn key(ticket: &TicketId, phase: &PhaseName, restarts: u32, asked: usize) -> String {
+    format!("{ticket}/{phase}/{restarts}/{asked}")
+}
+
+/// A coordinator's stand-in for ticket `t`'s pipeline: puts the phase it
+/// is at in the queue as a job, and the next one when that one passed,
+/// until the journal (read by the dispatcher) shows the ticket ended,
+/// failed, or waiting for a person, which it returns as the pipeline
+/// would. A job that workers died doing too often ([`JobState::Abandoned`])
+/// fails the ticket.
+pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate::Ix) -> End {
+    let ticket = &sh.tickets[t as usize];
+    let id = &ticket.id;
+    let run = &sh.journal.run;
+    let mut enqueued: Option<(String, u64)> = None;
+    let mut tick = tokio::time::interval(remote.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = sh.journal.with_state(|s| {
+            let Some(st) = s.tickets.get(id) else {
+                let first = &sh.plan.phases[0].name;
+                return Now::Next(first.clone(), key(id, first, 0, 0));
+            };
+            match st.status {
+                TicketStatus::Done => return Now::End(End::Done),
+                s if s.is_final() => return Now::End(End::Failed),
+                TicketStatus::AwaitingDecision if st.pending_decision.is_none() => {
+                    return Now::End(End::Escalated);
+                }
+                _ => {}
+            }
+            let asked = s.decisions.iter().filter(|d| d.ticket == *id).count();
+            match sh
+                .plan
+                .phases
+                .iter()
+                .find(|p| !st.phases_passed.contains(&p.name))
+            {
+                Some(p) => Now::Next(p.name.clone(), key(id, &p.name, st.restarts, asked)),
+                None => Now::Ending,
+            }
+        });
+        match now {
+            Now::End(end) => return end,
+            Now::Ending => {}
+            Now::Next(phase, k) if enqueued.as_ref().is_none_or(|(e, _)| *e != k) => {
+                let spec = sh.plan.phases.iter().find(|p| p.name == phase);
+                let role = spec.and_then(|p| sh.plan.role_for(ticket, p)).cloned();
+                let mut job = NewJob::new(
+                    k.clone(),
+                    Work::Phase {
+                        ticket: id.clone(),
+                        phase,
+                    },
+                );
+                job.role = role;
+                match remote.queue.enqueue(run, remote.epoch, &[job]).await {
+                    Ok(ids) => {
+                        tracing::info!(key = %k, job = ids[0], "enqueued");
+                        enqueued = Some((k, ids[0]));
+                    }
+                    Err(e) => return End::Store(e),
+                }
+            }
+            Now::Next(..) => {
+                let job = enqueued.as_ref().map_or(0, |(_, j)| *j);
+                match remote.queue.job(job).await {
+                    Ok(Some(info)) if info.state == JobState::Abandoned => {
+                        let reason = format!(
+                            "job {} ({}) was abandoned: the workers doing it stopped \
+                             answering {} times",
+                            info.key,
+                            info.work,
+                            info.takeovers + 1
+                        );
+                        let event = sh.journal.event(EventKind::TicketFailed {
+                            ticket: id.clone(),
+                            reason,
+                        });
+                        return match sh.journal.append(vec![event]).await {
+                            Ok(()) => End::Failed,
+                            Err(e) => End::Store(e),
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(e) => return End::Store(e),
+                }
+            }
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = sh.work.cancelled() => return End::Interrupted,
         }
     }
 }

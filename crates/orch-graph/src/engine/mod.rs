@@ -214,6 +214,9 @@ pub struct Engine {
     allow_plan_change: bool,
     poll: Duration,
     redactor: Redactor,
+    /// Where the run's phases go as jobs, for workers to do
+    /// ([`Engine::workers`]); `None`: this engine runs them.
+    workers: Option<Arc<dyn orch_core::JobQueue>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -274,6 +277,7 @@ impl Engine {
             allow_plan_change: false,
             poll: Duration::from_millis(250),
             redactor: Redactor::for_plan(&plan),
+            workers: None,
             plan: Arc::new(plan),
         })
     }
@@ -317,6 +321,23 @@ impl Engine {
     /// Adds an observer (state files, progress bars, logs).
     pub fn observe(mut self, o: Arc<dyn Observer>) -> Self {
         self.observers.push(o);
+        self
+    }
+
+    /// Makes this engine a coordinator: [`Engine::run`] plans, decides and
+    /// merges, but puts each ticket's phases in `queue` as jobs, one at a
+    /// time, instead of running agents itself; workers on any machine do
+    /// them ([`Engine::work`]) and write to the same journal. The store
+    /// must fence its driver (PostgreSQL does: `PgStore` is both the store
+    /// and the queue), so that a coordinator that another one replaced
+    /// adds no job. `max_concurrency` bounds the tickets in the queue at
+    /// once.
+    ///
+    /// A coordinator that is cancelled leaves the jobs to the workers (a
+    /// standby or a restarted coordinator carries on with them); an
+    /// aborted run, or one whose budget is spent, cancels them.
+    pub fn workers(mut self, queue: Arc<dyn orch_core::JobQueue>) -> Self {
+        self.workers = Some(queue);
         self
     }
 
@@ -416,11 +437,33 @@ impl Engine {
     /// [`StateStore::lock_run`]; nothing was read or written), or a failing
     /// store (the run stops; running agents are cancelled).
     pub async fn run(&self, run: &RunId, cancel: Cancellation) -> Result<RunReport, EngineError> {
-        self.check()?;
+        if self.workers.is_some() {
+            // Agents run on the workers; merges and their gates here.
+            self.check_gates()?;
+        } else {
+            self.check()?;
+        }
         // One driver per run: held until this returns, so a second engine
         // (another `orch resume`, say) is refused before it reads or
         // writes anything, instead of carrying the same tickets again.
         let lock = self.store.lock_run(run).await?;
+        let remote = match (&self.workers, lock.epoch()) {
+            (None, _) => None,
+            (Some(queue), Some(epoch)) => Some(job::Remote {
+                queue: queue.clone(),
+                epoch,
+                poll: self.poll,
+            }),
+            (Some(_), None) => {
+                return Err(EngineError::Store(StoreError::new(
+                    orch_core::StoreErrorKind::Conflict,
+                    format!(
+                        "run {run}: a run with workers needs a store that fences its \
+                         coordinator (PostgreSQL); this one does not"
+                    ),
+                )));
+            }
+        };
         let mut state = self.store.state(run).await?;
         // Whatever an earlier driver left running (its watchdog was killed
         // with it, say) dies before any work tree is rolled back or run in.
@@ -494,6 +537,7 @@ impl Engine {
         journal.append(vec![journal.event(started)]).await?;
         let shared = self.shared(journal, work);
         let mut d = Dispatcher::new(self, shared, tx);
+        d.remote = remote;
         let running = d.run(rx, drx, cancel, &lock).instrument(span);
         if !lock.can_be_lost() {
             return running.await;
@@ -619,6 +663,8 @@ struct Dispatcher {
     /// whole plan, and delays are counted in minutes, so at most one every
     /// [`SCHEDULE_CHECK_EVERY`].
     schedule_checked: Option<std::time::Instant>,
+    /// A coordinator's queue: tickets' phases go there as jobs.
+    remote: Option<job::Remote>,
 }
 
 /// See `Dispatcher::schedule_checked`.
@@ -697,6 +743,7 @@ impl Dispatcher {
             fatal: None,
             critical_path_minutes: crate::Analysis::new(&shared_graph).length,
             schedule_checked: None,
+            remote: None,
         }
     }
 
@@ -958,12 +1005,18 @@ impl Dispatcher {
         self.tasks += 1;
         let known = std::mem::replace(&mut self.known[t as usize], true);
         let shared = self.shared.clone();
+        let remote = self.remote.clone();
         let span = tracing::info_span!("ticket", ticket = %shared.graph.id(t));
         self.running.push(Box::pin(
             async move {
-                let end = AssertUnwindSafe(ticket::run_ticket(&shared, t, known, None))
-                    .catch_unwind()
-                    .await;
+                let end = match &remote {
+                    None => {
+                        AssertUnwindSafe(ticket::run_ticket(&shared, t, known, None))
+                            .catch_unwind()
+                            .await
+                    }
+                    Some(remote) => Ok(job::remote_ticket(&shared, remote, t).await),
+                };
                 (t, end)
             }
             .instrument(span),
@@ -1183,6 +1236,15 @@ impl Dispatcher {
                 }
             }
         };
+        if let Some(remote) = &self.remote
+            && matches!(outcome, RunOutcome::Aborted | RunOutcome::BudgetExhausted)
+        {
+            let run = &self.shared.journal.run;
+            match remote.queue.cancel(run, remote.epoch).await {
+                Ok(n) => tracing::info!(jobs = n, "cancelled the run's jobs"),
+                Err(e) => tracing::warn!(error = %e, "could not cancel the run's jobs"),
+            }
+        }
         if outcome == RunOutcome::Completed {
             let merged: Vec<(BatchId, Vec<TicketId>)> = self
                 .batches

@@ -28,6 +28,7 @@ pub(super) struct Statements {
     give_back: Statement,
     cancel: Statement,
     list: Statement,
+    one: Statement,
 }
 
 impl Statements {
@@ -136,6 +137,13 @@ impl Statements {
                         renewed_at, expires_at, orch_now_ms()
                  FROM orch_jobs WHERE run = $1 ORDER BY id",
                 &[Type::TEXT],
+            )
+            .await?,
+            one: prepare(
+                "SELECT id, key, work, state, worker, token, takeovers, max_takeovers,
+                        renewed_at, expires_at, orch_now_ms()
+                 FROM orch_jobs WHERE id = $1",
+                &[Type::INT8],
             )
             .await?,
         })
@@ -518,5 +526,19 @@ impl JobQueue for PgStore {
             })
             .await?;
         rows.iter().map(|r| self.info(r)).collect()
+    }
+
+    async fn job(&self, id: u64) -> Result<Option<JobInfo>, StoreError> {
+        let row = self
+            .with_conn_again(|| {
+                self.with_conn(async |c| {
+                    c.client
+                        .query_opt(&c.jobs.one, &[&int(id)])
+                        .await
+                        .map_err(|e| self.err(&e))
+                })
+            })
+            .await?;
+        row.map(|r| self.info(&r)).transpose()
     }
 }
