@@ -144,14 +144,17 @@ impl Agent for Logged {
         if cancelled {
             return Err(AgentError::new(AgentErrorKind::Cancelled, "stopped"));
         }
-        // Its phase's work, and what it saw of the phases before.
-        let seen: Vec<String> = ["plan.txt", "build.txt"]
-            .into_iter()
-            .filter(|f| task.workdir.join(f).exists())
-            .map(str::to_owned)
+        // Its phase's work: which work it found in its tree (its
+        // dependencies', its earlier phases').
+        let mut seen: Vec<String> = std::fs::read_dir(&task.workdir)
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().into_string().ok())
+            .filter(|f| f.ends_with(".txt"))
             .collect();
+        seen.sort();
         std::fs::write(
-            task.workdir.join(format!("{}.txt", task.phase)),
+            task.workdir
+                .join(format!("{}.{}.txt", task.ticket.id, task.phase)),
             seen.join(","),
         )
         .unwrap();
@@ -414,7 +417,10 @@ async fn a_job_runs_its_phase_alone_and_a_passed_phase_is_not_run_again() {
     let state = store.state(&run).await.unwrap();
     let build = &state.tickets[&"T1".parse::<orch_core::TicketId>().unwrap()].checkpoints
         [&"build".parse::<orch_core::PhaseName>().unwrap()];
-    assert_eq!(git(&["show", &format!("{build}:build.txt")]), "plan.txt");
+    assert_eq!(
+        git(&["show", &format!("{build}:T1.build.txt")]),
+        "T1.plan.txt"
+    );
     assert_eq!(
         state.tickets[&"T1".parse::<orch_core::TicketId>().unwrap()].status,
         orch_core::TicketStatus::Done
@@ -710,5 +716,174 @@ async fn a_coordinator_hands_each_phase_to_the_workers_once_in_order() {
     let jobs = store.jobs(&run).await.unwrap();
     assert_eq!(jobs.len(), 16);
     assert!(jobs.iter().all(|j| j.state == JobState::Done), "{jobs:?}");
+    db.drop().await;
+}
+
+/// Runs git in `dir`, panicking with its output when it fails.
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A plan whose phases have roles of their own (so a worker for each
+/// does every ticket's one phase), in one batch.
+fn shared_plan() -> Plan {
+    let mut toml = String::from(
+        r#"
+name = "across"
+[policy]
+max_concurrency = 4
+[agents.planner]
+backend = { kind = "custom", name = "test" }
+[agents.dev]
+backend = { kind = "custom", name = "test" }
+[[phases]]
+name = "plan"
+role = "planner"
+[[phases]]
+name = "build"
+role = "dev"
+[[batches]]
+id = "B1"
+title = "all"
+tickets = ["T0", "T1", "T2", "T3"]
+"#,
+    );
+    for i in 0..4 {
+        let deps = if i >= 2 {
+            format!("depends_on = [\"T{}\"]", i - 2)
+        } else {
+            String::new()
+        };
+        toml.push_str(&format!(
+            "[[tickets]]\nid = \"T{i}\"\ntitle = \"t{i}\"\neffort = \"1h\"\n{deps}\n"
+        ));
+    }
+    Plan::from_toml_str(&toml).unwrap()
+}
+
+/// Claims jobs of `roles` and does them until `stop`.
+async fn work_roles(
+    w: Engine,
+    queue: Arc<dyn JobQueue>,
+    who: DriverInfo,
+    roles: Vec<RoleName>,
+    stop: Cancellation,
+) {
+    while !stop.is_cancelled() {
+        let sent = Instant::now();
+        match queue.claim(&who, &roles, LEASE).await.unwrap() {
+            Some(job) => {
+                let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
+                let worked = worked.await.unwrap();
+                assert!(
+                    matches!(worked, Worked::Finished | Worked::Superseded),
+                    "{worked:?}"
+                );
+            }
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn work_goes_between_clones_through_the_remote_and_the_journal() {
+    let db = Db::new("clones").await;
+    let run: RunId = "r".parse().unwrap();
+    let top = tempfile::tempdir().unwrap();
+    let bare = top.path().join("remote.git");
+    git_in(
+        top.path(),
+        &["init", "-q", "--bare", "-b", "main", "remote.git"],
+    );
+    git_in(top.path(), &["clone", "-q", "remote.git", "seed"]);
+    let seed = top.path().join("seed");
+    std::fs::write(seed.join("README"), "shared\n").unwrap();
+    git_in(&seed, &["add", "README"]);
+    git_in(&seed, &["commit", "-q", "-m", "start"]);
+    git_in(&seed, &["push", "-q", "origin", "main"]);
+    // A machine: its own clone, its git workspace sharing through origin.
+    let machine = |name: &str| {
+        git_in(top.path(), &["clone", "-q", "remote.git", name]);
+        let repo = orch_state::git::Repo::open(top.path().join(name)).unwrap();
+        Arc::new(
+            orch_state::GitWorkspace::new(repo, "HEAD")
+                .unwrap()
+                .remote("origin"),
+        )
+    };
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let store = db.store().await;
+    let coordinator = Engine::new(
+        shared_plan(),
+        Arc::new(Logged::new("c", &log)),
+        store.clone(),
+    )
+    .unwrap()
+    .workspace(machine("coordinator"))
+    .poll_interval(Duration::from_millis(20))
+    .workers(store.clone());
+    let stop = Cancellation::new();
+    let mut workers = Vec::new();
+    for (n, name, role) in [(1, "a", "planner"), (2, "b", "dev")] {
+        let store = db.store().await;
+        let w = Engine::new(
+            shared_plan(),
+            Arc::new(Logged::new(name, &log)),
+            store.clone(),
+        )
+        .unwrap()
+        .workspace(machine(name));
+        let roles = vec![role.parse().unwrap()];
+        workers.push(tokio::spawn(work_roles(
+            w,
+            store,
+            me(n),
+            roles,
+            stop.clone(),
+        )));
+    }
+    let report = within(coordinator.run(&run, Cancellation::new()))
+        .await
+        .unwrap();
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(report.outcome, orch_core::RunOutcome::Completed);
+    // Every phase ran once, plan on a, build on b.
+    let ran = log.lock().unwrap().clone();
+    assert_eq!(ran.len(), 8, "{ran:?}");
+    for r in &ran {
+        assert_eq!(r.worker, if r.phase == "plan" { "a" } else { "b" });
+    }
+    // Every checkpoint the journal has is on the remote.
+    let events = journal(&store, &run).await;
+    let mut checkpoints = 0;
+    for e in &events {
+        if let EventKind::PhasePassed {
+            checkpoint: Some(c),
+            ..
+        } = &e.event.kind
+        {
+            git_in(&bare, &["cat-file", "-e", &format!("{c}^{{commit}}")]);
+            checkpoints += 1;
+        }
+    }
+    assert_eq!(checkpoints, 8);
+    // b built each ticket on a's plan, and on its dependency's work.
+    let batch = "refs/heads/orch/r/batch-B1";
+    let show = |f: &str| git_in(&bare, &["show", &format!("{batch}:{f}")]);
+    assert_eq!(show("T0.build.txt"), "T0.plan.txt");
+    assert_eq!(show("T2.build.txt"), "T0.build.txt,T0.plan.txt,T2.plan.txt");
+    let files = git_in(&bare, &["ls-tree", "--name-only", batch]);
+    assert_eq!(files.lines().count(), 9, "{files}"); // README and 8 phases' files
     db.drop().await;
 }

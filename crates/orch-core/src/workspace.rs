@@ -218,6 +218,21 @@ pub trait Workspace: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Makes each ticket's work (`at`: ticket and commit, as the journal
+    /// has them) the ticket's here, fetching what other machines made (a
+    /// run whose phases workers do): the ticket's branch is set to its
+    /// commit, and a work tree that has it checked out is reset to it.
+    /// The engine calls it before a ticket's work tree is prepared (for
+    /// the ticket and its dependencies) and before a batch merges. The
+    /// default (one machine) has everything already.
+    ///
+    /// # Errors
+    /// When a commit cannot be fetched or a branch set.
+    async fn fetch(&self, run: &RunId, at: &[(TicketId, String)]) -> Result<(), WorkspaceError> {
+        let _ = (run, at);
+        Ok(())
+    }
+
     /// Merges the work of `tickets` for `batch`.
     async fn merge(
         &self,

@@ -385,6 +385,87 @@ impl Repo {
         self.git(&["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
     }
 
+    /// Where a run's commits are kept on a shared remote, one ref per
+    /// commit (`refs/orch/<run>/<commit>`): pushed there, a commit cannot
+    /// be overwritten or lost by anyone else's push.
+    pub fn commit_ref(run: &RunId, commit: &str) -> String {
+        format!("refs/orch/{run}/{commit}")
+    }
+
+    /// Pushes `commits` of `run` to `remote` (see [`Repo::commit_ref`]);
+    /// one already there is left as it is.
+    ///
+    /// # Errors
+    /// When the push fails.
+    pub fn push_commits(
+        &self,
+        remote: &str,
+        run: &RunId,
+        commits: &[&str],
+    ) -> Result<(), GitError> {
+        let specs: Vec<String> = commits
+            .iter()
+            .map(|c| format!("{c}:{}", Repo::commit_ref(run, c)))
+            .collect();
+        let mut args = vec!["push", "-q", "--no-verify", remote];
+        args.extend(specs.iter().map(String::as_str));
+        self.git(&args).map(drop)
+    }
+
+    /// Sets each branch of `at` to its commit of `run`, fetched from
+    /// `remote` first when this repository does not have it; a work tree
+    /// that has such a branch checked out is reset to it.
+    ///
+    /// # Errors
+    /// When a commit cannot be fetched (the remote does not have it), or
+    /// git fails.
+    pub fn fetch_at(
+        &self,
+        remote: &str,
+        run: &RunId,
+        at: &[(String, String)],
+    ) -> Result<(), GitError> {
+        let missing: Vec<String> = at
+            .iter()
+            .filter(|(_, c)| self.resolve(c).is_err())
+            .map(|(_, c)| {
+                let r = Repo::commit_ref(run, c);
+                format!("{r}:{r}")
+            })
+            .collect();
+        if !missing.is_empty() {
+            let mut args = vec!["fetch", "-q", "--no-tags", "--no-write-fetch-head", remote];
+            args.extend(missing.iter().map(String::as_str));
+            self.git(&args)?;
+        }
+        let mut listed = None;
+        for (branch, commit) in at {
+            let commit = self.resolve(commit)?;
+            if self.resolve(&format!("refs/heads/{branch}")).ok() == Some(commit.clone()) {
+                continue;
+            }
+            self.git(&["update-ref", &format!("refs/heads/{branch}"), &commit])?;
+            let list = match &listed {
+                Some(l) => l,
+                None => listed.insert(self.git(&["worktree", "list", "--porcelain", "-z"])?),
+            };
+            let want = format!("branch refs/heads/{branch}");
+            // Records of `worktree <path>`, `HEAD <oid>`, `branch <ref>`
+            // fields, separated by an empty field.
+            let mut path = None;
+            for field in list.split('\0') {
+                if let Some(p) = field.strip_prefix("worktree ") {
+                    path = Some(p);
+                } else if field == want
+                    && let Some(p) = path
+                {
+                    run_git(Path::new(p), &["reset", "-q", "--hard", &commit])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The branch of a ticket's worktree.
     pub fn ticket_branch(run: &RunId, ticket: &TicketId) -> String {
         format!("orch/{run}/{ticket}")

@@ -70,6 +70,9 @@ pub struct GitWorkspace {
     /// base (its dependencies' commits were scanned when they were
     /// made, and reading them again grows with the run).
     starts: Arc<Mutex<HashMap<String, String>>>,
+    /// The remote other machines of the run share commits through
+    /// ([`GitWorkspace::remote`]).
+    remote: Option<Arc<str>>,
 }
 
 /// Released tickets between two writes of the commit graph.
@@ -140,6 +143,7 @@ impl GitWorkspace {
             slots: None,
             released: Arc::default(),
             starts: Arc::default(),
+            remote: None,
         }
         .spec(&WorkspaceSpec::default()))
     }
@@ -171,6 +175,30 @@ impl GitWorkspace {
     pub fn batch_branches(mut self, b: impl IntoIterator<Item = (BatchId, String)>) -> Self {
         self.batch_branches.extend(b);
         self
+    }
+
+    /// Shares the run's work with other machines through the repository's
+    /// remote `name` (a run whose phases workers do): a ticket's start,
+    /// each checkpoint and each batch merge are pushed there (under
+    /// [`Repo::commit_ref`], before the engine records them), and what the
+    /// journal says other machines made is fetched from there
+    /// ([`Workspace::fetch`]).
+    pub fn remote(mut self, name: impl Into<String>) -> Self {
+        self.remote = Some(name.into().into());
+        self
+    }
+
+    /// Pushes `commits` of `run` to the remote, if there is one.
+    async fn share(&self, run: &RunId, commits: Vec<String>) -> Result<(), WorkspaceError> {
+        let Some(remote) = self.remote.clone() else {
+            return Ok(());
+        };
+        let run = run.clone();
+        self.blocking(false, move |repo| {
+            let commits: Vec<&str> = commits.iter().map(String::as_str).collect();
+            repo.push_commits(&remote, &run, &commits)
+        })
+        .await
     }
 
     /// The repository.
@@ -563,6 +591,10 @@ impl Workspace for GitWorkspace {
         deps: &[TicketId],
     ) -> Result<Prepared, WorkspaceError> {
         let prepared = self.prepare_tree(run, ticket, deps).await?;
+        // Another machine may take the ticket up from its start.
+        if let Some(start) = &prepared.base {
+            self.share(run, vec![start.clone()]).await?;
+        }
         if let Some(start) = &prepared.base {
             let mut starts = lock(&self.starts);
             starts.insert(Repo::ticket_branch(run, ticket), start.clone());
@@ -586,11 +618,27 @@ impl Workspace for GitWorkspace {
         let redactor = self.redactor.clone();
         // The last guard (the engine asked `secrets` after the gates):
         // nothing with a secret is added, so no object holds one.
-        self.blocking(false, move |repo| {
-            repo.checkpoint_without_secrets(&wt, &key, &message, &redactor, &records)
-                .map(Some)
-        })
-        .await
+        let commit = self
+            .blocking(false, move |repo| {
+                repo.checkpoint_without_secrets(&wt, &key, &message, &redactor, &records)
+            })
+            .await?;
+        // On the remote before the journal records it.
+        self.share(run, vec![commit.clone()]).await?;
+        Ok(Some(commit))
+    }
+
+    async fn fetch(&self, run: &RunId, at: &[(TicketId, String)]) -> Result<(), WorkspaceError> {
+        let Some(remote) = self.remote.clone() else {
+            return Ok(());
+        };
+        let at: Vec<(String, String)> = at
+            .iter()
+            .map(|(t, c)| (Repo::ticket_branch(run, t), c.clone()))
+            .collect();
+        let run = run.clone();
+        self.blocking(true, move |repo| repo.fetch_at(&remote, &run, &at))
+            .await
     }
 
     async fn secrets(&self, run: &RunId, ticket: &TicketId) -> Result<Vec<String>, WorkspaceError> {
@@ -659,6 +707,7 @@ impl Workspace for GitWorkspace {
             .collect();
         let (run, batch, base) = (run.clone(), batch.clone(), self.base.clone());
         let redactor = self.redactor.clone();
+        let remote = self.remote.clone();
         self.blocking(true, move |repo| {
             // What each branch brings must hold no secret (its checkpoints
             // were scanned; a branch changed outside orch may not be).
@@ -677,10 +726,19 @@ impl Workspace for GitWorkspace {
             }
             Ok(
                 match repo.merge_batch(&run, &batch, &branch, &base, &branches)? {
-                    MergeOutcome::Merged { commit } => Merged::Clean {
-                        commit: Some(commit),
-                        path: repo.batch_worktree(&run, &batch).into(),
-                    },
+                    MergeOutcome::Merged { commit } => {
+                        // Shared before the journal records it; the
+                        // branch is the coordinator's alone.
+                        if let Some(remote) = &remote {
+                            repo.push_commits(remote, &run, &[&commit])?;
+                            let to_branch = format!("+{commit}:refs/heads/{branch}");
+                            repo.git(&["push", "-q", "--no-verify", remote, &to_branch])?;
+                        }
+                        Merged::Clean {
+                            commit: Some(commit),
+                            path: repo.batch_worktree(&run, &batch).into(),
+                        }
+                    }
                     MergeOutcome::Conflict { branch, files } => Merged::Conflict {
                         ticket: branch
                             .rsplit('/')

@@ -217,6 +217,12 @@ async fn pipeline(
     // The graph's edges of `t` are exactly these (it is built from them);
     // the list is the plan's own, so nothing is gathered per ticket.
     let start = Instant::now();
+    // Its dependencies' work, and its own so far, wherever it was done.
+    let mut mine = ticket.depends_on.clone();
+    mine.push(id.clone());
+    if let Err(e) = sh.workspace.fetch(&run, &work_at(sh, &mine)).await {
+        return fail(out, &id, format!("cannot fetch its work: {e}")).await;
+    }
     let prepared = match sh.workspace.prepare(&run, &id, &ticket.depends_on).await {
         Ok(p) => p,
         Err(e) => return fail(out, &id, format!("cannot prepare its work tree: {e}")).await,
@@ -389,6 +395,26 @@ async fn pipeline(
         tracing::warn!(error = %e, "could not remove the work tree");
     }
     Ok(End::Done)
+}
+
+/// Where the journal has each of `tickets`' work: its last passed
+/// phase's checkpoint, else its start (tickets not started are left out).
+fn work_at(sh: &Shared, tickets: &[TicketId]) -> Vec<(TicketId, String)> {
+    sh.journal.with_state(|s| {
+        tickets
+            .iter()
+            .filter_map(|t| {
+                let st = s.tickets.get(t)?;
+                let at = st
+                    .phases_passed
+                    .iter()
+                    .rev()
+                    .find_map(|p| st.checkpoints.get(p))
+                    .or(st.base.as_ref())?;
+                Some((t.clone(), at.clone()))
+            })
+            .collect()
+    })
 }
 
 /// Records that the ticket failed.
@@ -1119,6 +1145,12 @@ pub(crate) async fn merge_batch(
         reason,
     };
     let start = Instant::now();
+    // What workers on other machines made.
+    if let Err(e) = sh.workspace.fetch(&j.run, &work_at(sh, &tickets)).await {
+        return out
+            .write([fail(format!("cannot fetch its tickets' work: {e}"))])
+            .await;
+    }
     let merged = match sh.workspace.merge(&j.run, &batch, &tickets).await {
         Err(e) => return out.write([fail(format!("cannot merge: {e}"))]).await,
         Ok(Merged::Conflict { ticket, files }) => {
