@@ -197,7 +197,7 @@ pub struct JobInfo {
 /// use orch_core::{Event, EventKind, JobQueue, Work};
 /// # async fn work(store: &dyn JobQueue, me: &orch_core::DriverInfo) -> Result<(), orch_core::StoreError> {
 /// let lease = Duration::from_secs(30);
-/// while let Some(job) = store.claim(me, &[], lease).await? {
+/// while let Some(job) = store.claim(me, None, &[], lease).await? {
 ///     // ... run the work, calling `store.renew(&job.claim, lease)` every
 ///     // few seconds and stopping at once if it returns `None` ...
 ///     if let Work::Phase { ticket, .. } = &job.work {
@@ -226,9 +226,9 @@ pub trait JobQueue: Send + Sync {
         jobs: &[NewJob],
     ) -> Result<Vec<u64>, StoreError>;
 
-    /// Claims the next job (lowest priority, then oldest) of any run that
-    /// `worker` can do (`roles` empty: any), for `lease`. `Ok(None)` when
-    /// there is none.
+    /// Claims the next job (lowest priority, then oldest) of `run` (`None`:
+    /// of any run) that `worker` can do (`roles` empty: any), for `lease`.
+    /// `Ok(None)` when there is none.
     ///
     /// # Errors
     /// [`StoreErrorKind::TooNew`](crate::StoreErrorKind::TooNew) when the
@@ -238,6 +238,7 @@ pub trait JobQueue: Send + Sync {
     async fn claim(
         &self,
         worker: &DriverInfo,
+        run: Option<&RunId>,
         roles: &[RoleName],
         lease: Duration,
     ) -> Result<Option<Job>, StoreError>;

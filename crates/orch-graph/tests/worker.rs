@@ -53,6 +53,7 @@ impl JobQueue for Scripted {
     async fn claim(
         &self,
         _: &DriverInfo,
+        _: Option<&RunId>,
         _: &[RoleName],
         _: Duration,
     ) -> Result<Option<Job>, StoreError> {

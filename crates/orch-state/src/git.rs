@@ -409,7 +409,22 @@ impl Repo {
             .collect();
         let mut args = vec!["push", "-q", "--no-verify", remote];
         args.extend(specs.iter().map(String::as_str));
-        self.git(&args).map(drop)
+        let Err(e) = self.git(&args) else {
+            return Ok(());
+        };
+        // Another machine pushing the same commit at the same moment (two
+        // tickets starting from the run's base) wins the race to make the
+        // ref: what counts is that the remote has each one.
+        let refs: Vec<String> = commits.iter().map(|c| Repo::commit_ref(run, c)).collect();
+        let mut ls = vec!["ls-remote", remote];
+        ls.extend(refs.iter().map(String::as_str));
+        let there = self.git(&ls)?;
+        let all = commits.iter().zip(&refs).all(|(c, r)| {
+            there
+                .lines()
+                .any(|l| l.split_once('\t') == Some((*c, r.as_str())))
+        });
+        if all { Ok(()) } else { Err(e) }
     }
 
     /// Sets each branch of `at` to its commit of `run`, fetched from

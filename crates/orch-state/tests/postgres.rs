@@ -224,7 +224,19 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     // A developer gets the first developer's job: T-3 (priority 2), not
     // T-2 (a tester's, though it comes first).
     let dev = ["dev".parse().unwrap()];
-    let ja = a.claim(&worker(1), &dev, LONG).await.unwrap().unwrap();
+    let other: orch_core::RunId = "another-run".parse().unwrap();
+    assert!(
+        a.claim(&worker(1), Some(&other), &dev, LONG)
+            .await
+            .unwrap()
+            .is_none(),
+        "a worker of another run takes none of this one's"
+    );
+    let ja = a
+        .claim(&worker(1), Some(&run), &dev, LONG)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (ja.key.as_str(), ja.claim.token, ja.takeovers),
         ("T-3/plan", 1, 0)
@@ -239,12 +251,16 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
 
     // A claim that lapses (no time to live) is taken over.
     let jb = b
-        .claim(&worker(2), &dev, Duration::ZERO)
+        .claim(&worker(2), None, &dev, Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(jb.key, "T-1/plan");
-    let taken = a.claim(&worker(1), &dev, LONG).await.unwrap().unwrap();
+    let taken = a
+        .claim(&worker(1), None, &dev, LONG)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (taken.claim.job, taken.claim.token, taken.takeovers),
         (jb.claim.job, 2, 1)
@@ -267,7 +283,7 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     // give its job back.
     let qa: [orch_core::RoleName; 1] = ["qa".parse().unwrap()];
     let tester = b
-        .claim(&worker(2), &qa, Duration::ZERO)
+        .claim(&worker(2), None, &qa, Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
@@ -280,13 +296,13 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     assert!(!b.give_back(&tester.claim).await.unwrap());
     // Taken over, then given back while held: free again, and the give
     // back is no takeover.
-    let again = b.claim(&worker(2), &qa, LONG).await.unwrap().unwrap();
+    let again = b.claim(&worker(2), None, &qa, LONG).await.unwrap().unwrap();
     assert_eq!(
         (again.claim.token, again.takeovers),
         (tester.claim.token + 1, 1)
     );
     assert!(b.give_back(&again.claim).await.unwrap());
-    let third = b.claim(&worker(2), &qa, LONG).await.unwrap().unwrap();
+    let third = b.claim(&worker(2), None, &qa, LONG).await.unwrap().unwrap();
     assert_eq!(
         (third.claim.token, third.takeovers),
         (again.claim.token + 1, 1)
@@ -339,12 +355,12 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     fragile.max_takeovers = 1;
     coord.enqueue(&run, epoch, &[fragile]).await.unwrap();
     let first = b
-        .claim(&worker(2), &[], Duration::ZERO)
+        .claim(&worker(2), None, &[], Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
     let second = b
-        .claim(&worker(2), &[], Duration::ZERO)
+        .claim(&worker(2), None, &[], Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
@@ -352,7 +368,12 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
         (first.key.as_str(), second.key.as_str(), second.takeovers),
         ("T-4/plan", "T-4/plan", 1)
     );
-    assert!(b.claim(&worker(2), &[], LONG).await.unwrap().is_none());
+    assert!(
+        b.claim(&worker(2), None, &[], LONG)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         !b.give_back(&second.claim).await.unwrap(),
         "an abandoned job stays so"
@@ -379,7 +400,7 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
          VALUES ('r', 'future', '{\"kind\":\"teleport\"}', 0, 3);",
     )
     .await;
-    let future = a.claim(&worker(1), &[], LONG).await.unwrap_err();
+    let future = a.claim(&worker(1), None, &[], LONG).await.unwrap_err();
     assert_eq!(future.kind, StoreErrorKind::TooNew, "{future}");
     assert!(future.message.contains("teleport"), "{future}");
     let row = db
@@ -425,7 +446,7 @@ async fn racing_workers_claim_each_job_once_and_a_late_finish_loses_to_a_takeove
         let store = db.store().await;
         workers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            while let Some(j) = store.claim(&worker(w), &[], LONG).await.unwrap() {
+            while let Some(j) = store.claim(&worker(w), None, &[], LONG).await.unwrap() {
                 mine.push(j.claim.job);
             }
             mine
@@ -462,7 +483,7 @@ async fn racing_workers_claim_each_job_once_and_a_late_finish_loses_to_a_takeove
         let racer: [orch_core::RoleName; 1] = ["racer".parse().unwrap()];
         let lease = Duration::from_millis(3);
         let held = late
-            .claim(&worker(1), &racer, lease)
+            .claim(&worker(1), None, &racer, lease)
             .await
             .unwrap()
             .unwrap();
@@ -473,7 +494,7 @@ async fn racing_workers_claim_each_job_once_and_a_late_finish_loses_to_a_takeove
         let take = tokio::spawn(async move {
             let mut took = None;
             for _ in 0..3 {
-                took = took.or(t.claim(&worker(2), &roles, LONG).await.unwrap());
+                took = took.or(t.claim(&worker(2), None, &roles, LONG).await.unwrap());
             }
             took
         });
@@ -498,7 +519,7 @@ async fn racing_workers_claim_each_job_once_and_a_late_finish_loses_to_a_takeove
                 } else {
                     // Neither: the job waits, lapsed, for the next worker.
                     let t = taker
-                        .claim(&worker(2), &racer, LONG)
+                        .claim(&worker(2), None, &racer, LONG)
                         .await
                         .unwrap()
                         .unwrap();
@@ -577,7 +598,7 @@ async fn a_version_1_schema_is_migrated_and_keeps_its_journal() {
         .enqueue(&run, epoch, &[NewJob::new("J", phase("T-1", "plan"))])
         .await
         .unwrap();
-    let job = store.claim(&worker(1), &[], LONG).await.unwrap();
+    let job = store.claim(&worker(1), None, &[], LONG).await.unwrap();
     assert_eq!(
         job.map(|j| j.claim.token),
         Some(1),

@@ -61,7 +61,7 @@ pub struct Scope {
     leftovers: Mutex<Vec<PathBuf>>,
     /// The watchdog's end of the pipe is its stdin; ours stays open for
     /// as long as this process lives.
-    _watchdog: Option<std::process::ChildStdin>,
+    _watchdog: Option<std::os::fd::OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -80,6 +80,23 @@ pub(crate) enum Cell {
 }
 
 static SCOPE: OnceLock<Scope> = OnceLock::new();
+
+/// See [`deadman`].
+static DEADMAN: OnceLock<Duration> = OnceLock::new();
+
+/// Makes the watchdog also kill this process's commands whenever this
+/// process stops answering for `within`: frozen (`SIGSTOP`, a debugger, a
+/// machine suspended), not only gone. A thread of this process tells the
+/// watchdog it is alive every quarter of `within`; when the watchdog hears
+/// nothing for `within` it kills everything in the scope, and goes on
+/// watching (commands started after the process resumes are contained as
+/// before). For a worker whose agents must stop before another machine
+/// may take its job over, however the worker stops. Call it before the
+/// first command runs; `false` when the scope was made already, without
+/// it.
+pub fn deadman(within: Duration) -> bool {
+    DEADMAN.set(within).is_ok() && SCOPE.get().is_none()
+}
 
 /// This process's scope, made on first use (with its watchdog).
 pub fn scope() -> &'static Scope {
@@ -150,7 +167,23 @@ impl Scope {
             Some(dir) => ScopeKind::Cgroup(dir),
             None => ScopeKind::Marker(token),
         };
-        let watchdog = start_watchdog(&kind);
+        let deadman = DEADMAN.get().copied();
+        let watchdog = start_watchdog(&kind, deadman).map(std::os::fd::OwnedFd::from);
+        if let (Some(fd), Some(within)) = (&watchdog, deadman) {
+            // Close-on-exec like the original: no command inherits it.
+            if let Ok(fd) = fd.try_clone() {
+                let mut alive = std::fs::File::from(fd);
+                let every = within / 4;
+                std::thread::Builder::new()
+                    .name("orch-deadman".into())
+                    .spawn(move || {
+                        while alive.write_all(b".").is_ok() {
+                            std::thread::sleep(every);
+                        }
+                    })
+                    .ok();
+            }
+        }
         Scope {
             kind,
             next: AtomicU64::new(0),
@@ -220,27 +253,41 @@ impl Scope {
 
 /// Starts the process that kills the scope when this process ends: its
 /// stdin is a pipe whose other end only this process holds (close-on-exec,
-/// so no command inherits it); end of file on it means we are gone. It
-/// runs in a process group of its own, so a signal to ours (Ctrl-C, `kill
-/// -- -<pgid>`) does not take it with us.
-fn start_watchdog(kind: &ScopeKind) -> Option<std::process::ChildStdin> {
-    let (script, arg) = match kind {
+/// so no command inherits it); end of file on it means we are gone. With
+/// `deadman`, silence on it for that long (we are frozen) kills the scope
+/// too, and the watchdog goes on watching. It runs in a process group of
+/// its own, so a signal to ours (Ctrl-C, `kill -- -<pgid>`) does not take
+/// it with us.
+fn start_watchdog(kind: &ScopeKind, deadman: Option<Duration>) -> Option<std::process::ChildStdin> {
+    let (kill, cleanup, arg) = match kind {
         ScopeKind::Cgroup(dir) => (
-            r#"read _ ; echo 1 > "$0/cgroup.kill" 2>/dev/null
-i=0; while [ $i -lt 200 ] && grep -q '^populated 1' "$0/cgroup.events" 2>/dev/null; do sleep 0.01; i=$((i+1)); done
-for d in "$0"/*/; do rmdir "$d" 2>/dev/null; done; rmdir "$0" 2>/dev/null; exit 0"#,
+            r#"echo 1 > "$0/cgroup.kill" 2>/dev/null
+i=0; while [ $i -lt 200 ] && grep -q '^populated 1' "$0/cgroup.events" 2>/dev/null; do sleep 0.01; i=$((i+1)); done"#,
+            r#"for d in "$0"/*/; do rmdir "$d" 2>/dev/null; done; rmdir "$0" 2>/dev/null"#,
             dir.display().to_string(),
         ),
         ScopeKind::Marker(token) => (
-            r#"read _ ; for round in 1 2 3; do for f in /proc/[0-9]*/environ; do
+            r#"for round in 1 2 3; do for f in /proc/[0-9]*/environ; do
 if grep -qz "^ORCH_CONTAIN=$0/" "$f" 2>/dev/null; then p=${f#/proc/}; kill -9 "${p%/environ}" 2>/dev/null; fi
-done; done; exit 0"#,
+done; done"#,
+            "",
             token.clone(),
         ),
     };
+    // `wait`: until end of file; or, with a deadman, until end of file
+    // (dd ends at once with nothing) or silence (timeout's status 124).
+    let wait = match deadman {
+        None => "read _".to_owned(),
+        Some(d) => format!(
+            r#"while :; do got=$(timeout {:.3} dd bs=1 count=1 2>/dev/null; echo ":$?")
+case "$got" in .:0) ;; *:124) {{ kill_scope; }} ;; *) break ;; esac; done"#,
+            d.as_secs_f64()
+        ),
+    };
+    let script = format!("kill_scope() {{\n{kill}\n}}\n{wait}\nkill_scope\n{cleanup}\nexit 0");
     use std::os::unix::process::CommandExt as _;
     let mut child = std::process::Command::new("/bin/sh")
-        .args(["-c", script, &arg])
+        .args(["-c", &script, &arg])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

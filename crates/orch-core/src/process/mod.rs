@@ -16,7 +16,7 @@ use crate::Cancellation;
 use nix::sys::signal::Signal;
 
 mod contain;
-pub use contain::{Killed, MARKER_VAR, Scope, driver_alive, kill_scope, output, scope};
+pub use contain::{Killed, MARKER_VAR, Scope, deadman, driver_alive, kill_scope, output, scope};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Bytes kept from the start and from the end of each output stream.

@@ -73,6 +73,7 @@ impl Statements {
                           OR (state = 'running' AND expires_at <= orch_now_ms()
                               AND takeovers < max_takeovers))
                      AND (role IS NULL OR cardinality($2::text[]) = 0 OR role = ANY($2))
+                     AND ($4::text IS NULL OR run = $4)
                    ORDER BY priority, id
                    LIMIT 1
                    FOR UPDATE SKIP LOCKED)
@@ -83,7 +84,7 @@ impl Statements {
                      expires_at = orch_now_ms() + $3
                  FROM next WHERE j.id = next.id
                  RETURNING j.id, j.run, j.token, j.expires_at, j.key, j.work, j.role, j.takeovers",
-                &[Type::TEXT, Type::TEXT_ARRAY, Type::INT8],
+                &[Type::TEXT, Type::TEXT_ARRAY, Type::INT8, Type::TEXT],
             )
             .await?,
             renew: prepare(
@@ -304,12 +305,13 @@ impl PgStore {
         &self,
         c: &Conn,
         who: &str,
+        run: Option<&str>,
         roles: &[&str],
         lease: Duration,
     ) -> Result<Option<Job>, StoreError> {
         let e = |x: tokio_postgres::Error| self.err(&x);
         c.client.batch_execute("BEGIN").await.map_err(e)?;
-        let args: [&Param<'_>; 3] = [&who, &roles, &millis(lease)];
+        let args: [&Param<'_>; 4] = [&who, &roles, &millis(lease), &run];
         let row = c.client.query_opt(&c.jobs.claim, &args).await.map_err(e)?;
         row.map(|r| {
             self.job(&r).map_err(|mut x| {
@@ -452,6 +454,7 @@ impl JobQueue for PgStore {
     async fn claim(
         &self,
         worker: &DriverInfo,
+        run: Option<&RunId>,
         roles: &[RoleName],
         lease: Duration,
     ) -> Result<Option<Job>, StoreError> {
@@ -462,7 +465,9 @@ impl JobQueue for PgStore {
         // Not tried again on a new connection: a claim whose answer was
         // lost is a job no one works on, which lapses and is taken over.
         self.with_conn(async |c| {
-            let result = self.claim_in(c, &who, &roles, lease).await;
+            let result = self
+                .claim_in(c, &who, run.map(RunId::as_str), &roles, lease)
+                .await;
             self.end(c, result).await
         })
         .await
