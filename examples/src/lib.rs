@@ -5,6 +5,7 @@
 pub mod demo;
 mod observe;
 pub mod scale;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,10 @@ pub struct RunInfo {
     /// state directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// A run whose phases workers do (`orch run --workers`): the git
+    /// remote the machines share work through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<String>,
 }
 
 impl RunInfo {
@@ -131,6 +136,9 @@ pub struct Setup {
     /// environment; add others (a database URL's password given as an
     /// argument) with [`Redactor::with_url`] or [`Redactor::with_values`].
     pub redactor: Redactor,
+    /// The git remote machines of a run with workers share work through
+    /// ([`GitWorkspace::remote`]); `None`: one machine.
+    pub remote: Option<String>,
 }
 
 impl Setup {
@@ -151,6 +159,7 @@ impl Setup {
             progress: true,
             stop_on_state_failure: None,
             redactor: Redactor::for_plan(&plan),
+            remote: None,
             plan,
         }
     }
@@ -163,8 +172,13 @@ impl Setup {
     pub fn workspace(&self) -> Result<GitWorkspace, Error> {
         let repo = Repo::open(&self.repo)
             .map_err(|e| format!("{} is not a git repository: {e}", self.repo.display()))?;
-        Ok(GitWorkspace::new(repo, "HEAD")
-            .map_err(|e| format!("{}: no commit to start from: {e}", self.repo.display()))?
+        let ws = GitWorkspace::new(repo, "HEAD")
+            .map_err(|e| format!("{}: no commit to start from: {e}", self.repo.display()))?;
+        let ws = match &self.remote {
+            Some(r) => ws.remote(r.clone()),
+            None => ws,
+        };
+        Ok(ws
             .redactor(self.redactor.clone())
             .spec(&self.plan.workspace)
             // Batches that name a branch; the others get one per run.

@@ -5,6 +5,8 @@
 //! orch analyze PLAN [--agents N] [--format text|json|mermaid|dot]
 //! orch schema                                print the JSON Schema of plan files
 //! orch run PLAN [--repo DIR] [--state DIR] [--database-url URL] [--concurrency N] [--run ID] [--allow-plan-change]
+//! orch run PLAN --workers [--remote NAME] --database-url URL ...   coordinate: workers run the phases
+//! orch worker PLAN --run ID --database-url URL [--repo DIR] [--roles R,...] [--concurrency N] [--remote NAME] [--lease-secs S]
 //! orch resume [--state DIR] [--database-url URL] [--allow-plan-change]
 //! orch status [--state DIR] [--database-url URL] [--json] [--report [--since DURATION]] [--metrics]
 //! orch accept (--delay NOTE | --risk NOTE [--batch BATCH]) [--state DIR] [--database-url URL]
@@ -96,6 +98,49 @@ enum Command {
         /// Continue even though the plan changed since the run started.
         #[arg(long)]
         allow_plan_change: bool,
+        /// Coordinate: plan, decide and merge here, and put each ticket's
+        /// phases in the PostgreSQL job queue for `orch worker`s on any
+        /// machine (needs `--database-url`).
+        #[arg(long)]
+        workers: bool,
+        /// With `--workers`: the git remote the machines share their work
+        /// through.
+        #[arg(long, default_value = "origin", requires = "workers")]
+        remote: String,
+    },
+    /// Do the phases of a run that `orch run --workers` coordinates, in
+    /// this machine's clone of the repository, until stopped (SIGTERM or
+    /// Ctrl-C hand the jobs in progress back).
+    Worker {
+        /// The plan file the run was started with.
+        plan: PathBuf,
+        /// The run (`orch run --workers` prints it).
+        #[arg(long)]
+        run: orch_core::RunId,
+        /// This machine's clone of the repository.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// The PostgreSQL database of the run.
+        #[arg(long, env = "ORCH_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Only phases of these roles (default: any).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<orch_core::RoleName>,
+        /// Jobs at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        concurrency: u32,
+        /// The git remote the machines share their work through.
+        #[arg(long, default_value = "origin")]
+        remote: String,
+        /// A job's lease: renewed every third of it; a worker that cannot
+        /// renew stops its agent within three quarters of it, and another
+        /// worker takes the job over after it.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        lease_secs: u64,
+        /// Where transcripts and the worker's record go (default
+        /// `.orch/worker` in the repository).
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// Continue the latest run (after a crash, Ctrl-C or a decision).
     Resume {
@@ -200,6 +245,7 @@ impl Cli {
             | Command::Status { state, .. }
             | Command::Accept { state, .. }
             | Command::Decide { state, .. } => state.database_url.as_deref(),
+            Command::Worker { database_url, .. } => Some(database_url),
             _ => None,
         }
     }
@@ -395,6 +441,19 @@ fn execute(
     let agent = plan_agents(&plan, &state_dir, &Default::default())?;
     let mut setup = Setup::new(plan, &info.repo, &state_dir, agent);
     setup.concurrency = info.concurrency;
+    setup.remote.clone_from(&info.workers);
+    let url = match (&info.workers, url) {
+        (Some(_), None) => {
+            return Err(Fail(
+                2,
+                format!(
+                    "run {} is coordinated for workers: its jobs are in PostgreSQL; pass --database-url or ORCH_DATABASE_URL",
+                    info.run
+                ),
+            ));
+        }
+        (_, url) => url,
+    };
     setup.allow_plan_change = allow_plan_change;
     if let Some(url) = url {
         setup.redactor = setup.redactor.clone().with_url(url);
@@ -408,9 +467,27 @@ fn execute(
     // anything is written, the state directory included: the engine is
     // built and checked on a store in memory, then given the journal.
     let engine = setup.engine(Arc::new(orch_state::MemoryStore::new()))?;
-    engine.check().map_err(orch_examples::Error::from)?;
+    if info.workers.is_none() {
+        // (A coordinator runs no agent: its workers check theirs.)
+        engine.check().map_err(orch_examples::Error::from)?;
+    }
     let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
     let store = rt.block_on(journal(&mut info, &state_dir, url, fresh))?;
+    let engine = match (&info.workers, url) {
+        (Some(_), Some(url)) => {
+            let queue = rt
+                .block_on(orch_state::PgStore::connect(url))
+                .map_err(|e| Fail(6, e.to_string()))?;
+            eprintln!(
+                "coordinating run {}: start workers with `orch worker {} --run {} --database-url …`",
+                info.run,
+                info.plan.display(),
+                info.run
+            );
+            engine.workers(Arc::new(queue))
+        }
+        _ => engine,
+    };
     let engine = engine.store(store).observe(Arc::new(Record {
         info: info.clone(),
         dir: state_dir.clone(),
@@ -566,6 +643,8 @@ fn run(cli: Cli) -> Result<(), Fail> {
             concurrency,
             run,
             allow_plan_change,
+            workers,
+            remote,
         } => {
             let p = Plan::from_path(&plan).map_err(|e| Fail(2, e.to_string()))?;
             let repo = absolute(&repo);
@@ -575,6 +654,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 repo: repo.clone(),
                 concurrency,
                 database: None,
+                workers: workers.then_some(remote),
             };
             let dir = absolute(&state.dir(&repo));
             execute(
@@ -584,6 +664,43 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 true,
                 allow_plan_change,
             )?;
+        }
+        Command::Worker {
+            plan,
+            run,
+            repo,
+            database_url,
+            roles,
+            concurrency,
+            remote,
+            lease_secs,
+            state,
+        } => {
+            let repo = absolute(&repo);
+            let dir = absolute(&state.unwrap_or_else(|| repo.join(".orch").join("worker")));
+            let worker = orch_examples::worker::Worker {
+                plan: absolute(&plan),
+                run,
+                repo,
+                state_dir: dir,
+                roles,
+                concurrency: concurrency as usize,
+                remote,
+                lease: std::time::Duration::from_secs(lease_secs),
+            };
+            let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
+            rt.block_on(async {
+                let cancel = Cancellation::new();
+                let stopped_by = stop_on_signals(cancel.clone()).map_err(|e| Fail(2, e))?;
+                worker
+                    .run(&database_url, cancel)
+                    .await
+                    .map_err(|e| Fail(e.code(), e.to_string()))?;
+                match stopped_by.load(Ordering::SeqCst) {
+                    0 => Ok(()),
+                    sig => Err(Fail(128 + sig, String::new())),
+                }
+            })?;
         }
         Command::Resume {
             state,

@@ -2120,3 +2120,374 @@ effort = "1h"
         assert!(text.contains(why), "{args:?}: {text}");
     }
 }
+
+/// A process of the fleet test, with its output in a file.
+fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    cmd.stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, s: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, s).unwrap();
+}
+
+/// One agent execution as its log lines show it: where, what, and from
+/// its start to the last sign of life it gave.
+#[derive(Debug)]
+struct Execution {
+    pid: String,
+    dir: String,
+    ticket: String,
+    phase: String,
+    from: u128,
+    to: u128,
+    ended: bool,
+}
+
+/// The executions in the agents' shared log: `<pid> <dir> <ticket>
+/// <phase> start|tick|end <ns>` lines.
+fn executions(log: &Path) -> Vec<Execution> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut by_pid: std::collections::BTreeMap<(String, String), Execution> = Default::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let [pid, dir, ticket, phase, what, ns] = f[..] else {
+            continue; // a line cut by a kill
+        };
+        let Ok(ns) = ns.parse::<u128>() else { continue };
+        let e = by_pid
+            .entry((pid.to_owned(), dir.to_owned()))
+            .or_insert_with(|| Execution {
+                pid: pid.to_owned(),
+                dir: dir.to_owned(),
+                ticket: ticket.to_owned(),
+                phase: phase.to_owned(),
+                from: ns,
+                to: ns,
+                ended: false,
+            });
+        e.to = e.to.max(ns);
+        e.ended |= what == "end";
+    }
+    by_pid.into_values().collect()
+}
+
+/// Waits (polling) until `f` holds, failing after `secs` with what the
+/// processes wrote to `shown`.
+fn wait_for(secs: u64, what: &str, shown: &Path, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            std::fs::read_to_string(shown).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One coordinator and three workers as separate processes, each with its
+/// own clone of one bare repository, on PostgreSQL, through the faults a
+/// fleet meets: a worker killed with SIGKILL (and started again), a worker
+/// frozen with SIGSTOP past its lease and let go, the coordinator killed
+/// and resumed. No ticket's phase runs in two places at once, each phase
+/// passes once, every checkpoint the journal names is on the remote, and
+/// the merged batch holds every ticket's work.
+#[test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
+fn a_fleet_of_workers_survives_kills_freezes_and_a_new_coordinator() {
+    let test = "a_fleet_of_workers_survives_kills_freezes_and_a_new_coordinator";
+    let schema = format!("orch_cli_fleet_{}", std::process::id());
+    let (url, sql) = pg_schema(test, &schema);
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path();
+    let git = |cwd: &Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    git(top, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
+    git(top, &["clone", "-q", "remote.git", "seed"]);
+    std::fs::write(top.join("seed/README"), "fleet\n").unwrap();
+    git(&top.join("seed"), &["add", "README"]);
+    git(&top.join("seed"), &["commit", "-q", "-m", "start"]);
+    git(&top.join("seed"), &["push", "-q", "origin", "main"]);
+    for m in ["coord", "w1", "w2", "w3"] {
+        git(top, &["clone", "-q", "remote.git", m]);
+    }
+    let log = top.join("agents.log");
+    let line = |what: &str| {
+        format!(
+            "echo \\\"$$ $PWD $ORCH_TICKET $ORCH_PHASE {what} $(date +%s%N)\\\" >> {}",
+            log.display()
+        )
+    };
+    // An agent lives a second; on w2, once `slow` exists, ten: long
+    // enough to still be running when its job is taken over, unless
+    // something stops it.
+    let slow = top.join("slow");
+    let agent = format!(
+        "cat > /dev/null; {}; n=10; case $PWD in */w2/*) [ -e {} ] && n=100;; esac; for i in $(seq $n); do sleep 0.1; {}; done; echo \\\"$ORCH_TICKET $ORCH_PHASE\\\" >> $ORCH_TICKET.txt; {}",
+        line("start"),
+        slow.display(),
+        line("tick"),
+        line("end")
+    );
+    let tickets: Vec<String> = (0..20).map(|i| format!("T{i:02}")).collect();
+    let mut plan = format!(
+        r#"name = "fleet"
+default_role = "dev"
+[policy]
+max_concurrency = 6
+[agents.dev]
+backend = {{ kind = "command", argv = ["sh", "-c", "{agent}"] }}
+[[phases]]
+name = "design"
+gates = [{{ kind = "command", name = "done", argv = ["grep", "-qx", "{{ticket}} {{phase}}", "{{ticket}}.txt"] }}]
+[[phases]]
+name = "build"
+gates = [{{ kind = "command", name = "done", argv = ["grep", "-qx", "{{ticket}} {{phase}}", "{{ticket}}.txt"] }}]
+[[batches]]
+id = "B1"
+title = "all"
+tickets = [{}]
+"#,
+        tickets
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (i, t) in tickets.iter().enumerate() {
+        let deps = if i >= 5 {
+            format!("depends_on = [\"T{:02}\"]\n", i - 5)
+        } else {
+            String::new()
+        };
+        plan.push_str(&format!(
+            "[[tickets]]\nid = \"{t}\"\ntitle = \"{t}\"\neffort = \"1h\"\n{deps}"
+        ));
+    }
+    let plan_file = top.join("fleet.toml");
+    std::fs::write(&plan_file, plan).unwrap();
+    let out = top.join("processes.log");
+    let coordinator = |resume: bool| {
+        let mut c = orch();
+        if resume {
+            c.args(["resume", "--state"]).arg(top.join("state"));
+        } else {
+            c.arg("run")
+                .arg(&plan_file)
+                .arg("--repo")
+                .arg(top.join("coord"))
+                .arg("--state")
+                .arg(top.join("state"))
+                .args(["--workers", "--run", "fleet"]);
+        }
+        c.args(["--database-url", &url]);
+        spawn_logged(&mut c, &out)
+    };
+    let worker = |m: &str| {
+        let mut c = orch();
+        c.arg("worker")
+            .arg(&plan_file)
+            .args(["--run", "fleet", "--repo"])
+            .arg(top.join(m))
+            .args([
+                "--database-url",
+                &url,
+                "--lease-secs",
+                "2",
+                "--concurrency",
+                "2",
+            ]);
+        spawn_logged(&mut c, &out)
+    };
+    let log_file = log.clone();
+    let ended = |n: usize| {
+        let log = log_file.clone();
+        move || executions(&log).iter().filter(|e| e.ended).count() >= n
+    };
+    /// Kills what is left of the fleet when the test fails.
+    struct Fleet(Vec<Child>);
+    impl Drop for Fleet {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut fleet = Fleet(vec![coordinator(false)]);
+    fleet.0.extend(["w1", "w2", "w3"].iter().map(|m| worker(m)));
+    let [coord, workers @ ..] = &mut fleet.0[..] else {
+        unreachable!()
+    };
+
+    wait_for(120, "the first phases", &out, ended(4));
+    signal(&workers[0], nix::sys::signal::Signal::SIGKILL);
+    workers[0].wait().unwrap();
+    workers[0] = worker("w1");
+
+    wait_for(120, "more phases", &out, ended(12));
+    std::fs::write(&slow, "").unwrap();
+    let before: std::collections::HashSet<u128> = executions(&log).iter().map(|e| e.from).collect();
+    let mut frozen = None;
+    wait_for(120, "a slow agent running on w2", &out, || {
+        let now = executions(&log);
+        frozen = now
+            .iter()
+            .find(|e| e.dir.contains("/w2/") && !e.ended && !before.contains(&e.from))
+            .map(|e| (e.ticket.clone(), e.phase.clone(), e.pid.clone()));
+        frozen.is_some()
+    });
+    // Frozen mid-agent until another worker has taken its job over: its
+    // agent must have been stopped by then.
+    signal(&workers[1], nix::sys::signal::Signal::SIGSTOP);
+    let (ticket, phase, pid) = frozen.unwrap();
+    wait_for(60, "the frozen job taken over", &out, || {
+        executions(&log)
+            .iter()
+            .any(|e| (&e.ticket, &e.phase) == (&ticket, &phase) && !e.dir.contains("/w2/"))
+    });
+    // Its agent is dead (a zombie its frozen parent cannot reap), not
+    // merely held up.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .next();
+    assert!(
+        matches!(state, None | Some("Z" | "X")),
+        "the frozen worker's agent {pid} is still alive ({state:?}) after its job was taken over"
+    );
+    std::fs::remove_file(&slow).unwrap();
+    signal(&workers[1], nix::sys::signal::Signal::SIGCONT);
+
+    wait_for(120, "still more phases", &out, ended(20));
+    signal(coord, nix::sys::signal::Signal::SIGKILL);
+    coord.wait().unwrap();
+    *coord = coordinator(true);
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(s) = coord.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish: {}",
+            std::fs::read_to_string(&out).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for w in workers.iter() {
+        signal(w, nix::sys::signal::Signal::SIGTERM);
+    }
+    let processes = || std::fs::read_to_string(&out).unwrap_or_default();
+    for (n, w) in workers.iter_mut().enumerate() {
+        let s = w.wait().unwrap();
+        assert_eq!(
+            s.code(),
+            Some(143),
+            "worker {n} stops cleanly on SIGTERM: {s:?}\n{}",
+            processes()
+        );
+    }
+    let processes = processes();
+    assert!(status.success(), "coordinator: {status:?}\n{processes}");
+
+    // No phase of a ticket ran in two places at once.
+    let runs = executions(&log);
+    for (i, a) in runs.iter().enumerate() {
+        for b in &runs[i + 1..] {
+            if (&a.ticket, &a.phase) == (&b.ticket, &b.phase) {
+                assert!(
+                    a.to < b.from || b.to < a.from,
+                    "{} {} ran at once in {} and {}",
+                    a.ticket,
+                    a.phase,
+                    a.dir,
+                    b.dir
+                );
+            }
+        }
+    }
+    let machines: std::collections::HashSet<&str> = runs
+        .iter()
+        .filter_map(|e| {
+            ["/w1/", "/w2/", "/w3/"]
+                .into_iter()
+                .find(|m| e.dir.contains(m))
+        })
+        .collect();
+    assert_eq!(machines.len(), 3, "every worker did work: {runs:?}");
+    assert!(
+        runs.iter().all(|e| !e.dir.contains("/coord/")),
+        "the coordinator ran no agent"
+    );
+
+    // Each phase passed once, and its checkpoint is on the remote.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (events, jobs) = rt.block_on(async {
+        let store = orch_state::PgStore::connect(&url).await.unwrap();
+        let run = "fleet".parse().unwrap();
+        let events = store.read(&run, 0, 1_000_000).await.unwrap();
+        let jobs = orch_core::JobQueue::jobs(&store, &run).await.unwrap();
+        (events, jobs)
+    });
+    let mut passed = std::collections::HashSet::new();
+    for e in &events {
+        if let EventKind::PhasePassed {
+            ticket,
+            phase,
+            checkpoint,
+            ..
+        } = &e.event.kind
+        {
+            assert!(
+                passed.insert((ticket.clone(), phase.clone())),
+                "{ticket} {phase} passed twice"
+            );
+            let c = checkpoint.as_ref().expect("a checkpoint");
+            git(
+                &top.join("remote.git"),
+                &["cat-file", "-e", &format!("{c}^{{commit}}")],
+            );
+        }
+    }
+    assert_eq!(passed.len(), 40);
+    assert!(
+        jobs.iter().any(|j| j.takeovers > 0),
+        "a killed or frozen worker's job was taken over: {jobs:?}"
+    );
+    // The batch, merged and pushed by the coordinator, holds every
+    // ticket's work, each phase once.
+    let batch = "refs/heads/orch/fleet/batch-B1";
+    for t in &tickets {
+        let text = git(
+            &top.join("remote.git"),
+            &["show", &format!("{batch}:{t}.txt")],
+        );
+        assert_eq!(text, format!("{t} design\n{t} build"));
+    }
+    sql(format!("DROP SCHEMA {schema} CASCADE"));
+}

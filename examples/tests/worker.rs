@@ -187,10 +187,11 @@ impl JobQueue for Cut {
     async fn claim(
         &self,
         who: &DriverInfo,
+        run: Option<&RunId>,
         roles: &[RoleName],
         lease: Duration,
     ) -> Result<Option<Job>, StoreError> {
-        self.inner.claim(who, roles, lease).await
+        self.inner.claim(who, run, roles, lease).await
     }
     async fn renew(&self, claim: &Claim, lease: Duration) -> Result<Option<Timestamp>, StoreError> {
         if self.cut.load(Ordering::SeqCst) {
@@ -295,7 +296,7 @@ async fn claim_next(queue: &dyn JobQueue, who: &DriverInfo) -> (Job, Instant) {
     let deadline = Instant::now() + LEASE * 10;
     loop {
         let sent = Instant::now();
-        if let Some(job) = queue.claim(who, &[], LEASE).await.unwrap() {
+        if let Some(job) = queue.claim(who, None, &[], LEASE).await.unwrap() {
             return (job, sent);
         }
         assert!(Instant::now() < deadline, "no job to claim");
@@ -583,7 +584,7 @@ async fn a_worker_shutting_down_gives_its_job_back() {
     let jobs = queue.jobs(&run).await.unwrap();
     assert_eq!((jobs[0].state, jobs[0].takeovers), (JobState::Available, 0));
     // Taken up again at once, not after a lease.
-    let again = queue.claim(&me(2), &[], LEASE).await.unwrap();
+    let again = queue.claim(&me(2), None, &[], LEASE).await.unwrap();
     assert_eq!(again.map(|j| j.claim.job), Some(job.claim.job));
     db.drop().await;
 }
@@ -620,7 +621,7 @@ name = "build"
 async fn work_until(w: Engine, queue: Arc<dyn JobQueue>, who: DriverInfo, stop: Cancellation) {
     while !stop.is_cancelled() {
         let sent = Instant::now();
-        match queue.claim(&who, &[], LEASE).await.unwrap() {
+        match queue.claim(&who, None, &[], LEASE).await.unwrap() {
             Some(job) => {
                 let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
                 let worked = worked.await.unwrap();
@@ -778,7 +779,7 @@ async fn work_roles(
 ) {
     while !stop.is_cancelled() {
         let sent = Instant::now();
-        match queue.claim(&who, &roles, LEASE).await.unwrap() {
+        match queue.claim(&who, None, &roles, LEASE).await.unwrap() {
             Some(job) => {
                 let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
                 let worked = worked.await.unwrap();
