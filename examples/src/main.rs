@@ -768,6 +768,16 @@ fn run(cli: Cli) -> Result<(), Fail> {
                         .cloned()
                         .unwrap_or_default()
                 );
+                // A run with workers: who holds which phase, and leases.
+                if let (Some(_), Some(url)) = (&info.workers, state.database_url.as_deref()) {
+                    let jobs = rt
+                        .block_on(async {
+                            let q = orch_state::PgStore::connect(url).await?;
+                            orch_core::JobQueue::jobs(&q, &info.run).await
+                        })
+                        .map_err(|e| Fail(6, e.to_string()))?;
+                    print!("{}", orch_examples::worker::workers_section(&jobs));
+                }
             }
         }
         Command::Accept {

@@ -184,3 +184,48 @@ impl Worker {
         }
     }
 }
+
+/// The workers of a run as `orch status` shows them: how many jobs stand
+/// where, and each running job's worker, how long ago its lease was
+/// renewed and how long it has left (the database's clock).
+pub fn workers_section(jobs: &[orch_core::JobInfo]) -> String {
+    use orch_core::JobState;
+    use std::fmt::Write as _;
+    let count = |s: JobState| jobs.iter().filter(|j| j.state == s).count();
+    let mut out = format!(
+        "\n## Workers\n\njobs: {} available, {} running, {} done, {} cancelled, {} abandoned; {} taken over\n",
+        count(JobState::Available),
+        count(JobState::Running),
+        count(JobState::Done),
+        count(JobState::Cancelled),
+        count(JobState::Abandoned),
+        jobs.iter().map(|j| u64::from(j.takeovers)).sum::<u64>(),
+    );
+    let running: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Running)
+        .collect();
+    if running.is_empty() {
+        return out;
+    }
+    out.push_str("\n| worker | job | renewed | lease left |\n|---|---|---|---|\n");
+    let secs = |ms: i128| format!("{:.1} s", ms as f64 / 1000.0);
+    for j in running {
+        let who = j
+            .worker
+            .as_ref()
+            .map_or_else(|| "?".to_owned(), |w| format!("{} pid {}", w.host, w.pid));
+        let renewed = j.renewed_at.map_or_else(
+            || "never".to_owned(),
+            |r| format!("{} ago", secs(i128::from(j.now.0) - i128::from(r.0))),
+        );
+        let left = i128::from(j.expires_at.0) - i128::from(j.now.0);
+        let left = if left > 0 {
+            secs(left)
+        } else {
+            "lapsed".to_owned()
+        };
+        let _ = writeln!(out, "| {who} | {} | {renewed} | {left} |", j.key);
+    }
+    out
+}

@@ -2384,6 +2384,19 @@ tickets = [{}]
     coord.wait().unwrap();
     *coord = coordinator(true);
 
+    // `orch status` shows the workers and their jobs.
+    let (code, status) = output(
+        orch()
+            .args(["status", "--state"])
+            .arg(top.join("state"))
+            .args(["--database-url", &url]),
+    );
+    assert_eq!(code, 0, "{status}");
+    assert!(
+        status.contains("## Workers") && status.contains("taken over"),
+        "{status}"
+    );
+
     let deadline = Instant::now() + Duration::from_secs(240);
     let status = loop {
         if let Some(s) = coord.try_wait().unwrap() {
