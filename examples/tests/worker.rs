@@ -617,24 +617,6 @@ name = "build"
     Plan::from_toml_str(&toml).unwrap()
 }
 
-/// Claims and does jobs until `stop`.
-async fn work_until(w: Engine, queue: Arc<dyn JobQueue>, who: DriverInfo, stop: Cancellation) {
-    while !stop.is_cancelled() {
-        let sent = Instant::now();
-        match queue.claim(&who, None, &[], LEASE).await.unwrap() {
-            Some(job) => {
-                let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
-                let worked = worked.await.unwrap();
-                assert!(
-                    matches!(worked, Worked::Finished | Worked::Superseded),
-                    "{worked:?}"
-                );
-            }
-            None => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
 async fn a_coordinator_hands_each_phase_to_the_workers_once_in_order() {
@@ -670,7 +652,13 @@ async fn a_coordinator_hands_each_phase_to_the_workers_once_in_order() {
         )
         .unwrap()
         .workspace(Arc::new(SharedDir::new(dir.path())));
-        workers.push(tokio::spawn(work_until(w, store, me(n), stop.clone())));
+        workers.push(tokio::spawn(work_roles(
+            w,
+            store,
+            me(n),
+            Vec::new(),
+            stop.clone(),
+        )));
     }
     let report = within(coordinator.run(&run, Cancellation::new()))
         .await
@@ -769,7 +757,7 @@ tickets = ["T0", "T1", "T2", "T3"]
     Plan::from_toml_str(&toml).unwrap()
 }
 
-/// Claims jobs of `roles` and does them until `stop`.
+/// Claims jobs of `roles` (none: any) and does them until `stop`.
 async fn work_roles(
     w: Engine,
     queue: Arc<dyn JobQueue>,

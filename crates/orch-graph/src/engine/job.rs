@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::journal::{Journal, Writer};
 use super::ticket::{self, End};
-use super::{Engine, EngineError, panic_text};
+use super::{Engine, EngineError, pipeline_panicked};
 use crate::worker::{Kept, keep_claim};
 
 /// How a job a worker took on ([`Engine::work`]) ended.
@@ -101,16 +101,9 @@ impl Engine {
         if state.status == RunStatus::NotStarted {
             return refuse("the run has not started".into()).await;
         }
-        if state.fingerprint != self.fingerprint.0 && !self.allow_plan_change {
+        if let Some(e) = self.plan_changed(run, &state) {
             queue.give_back(&job.claim).await?;
-            let mut changes = self.plan.changes_since(&state.fingerprint_parts);
-            if changes.is_empty() {
-                changes.push("the plan's fingerprint differs".into());
-            }
-            return Err(EngineError::PlanChanged {
-                run: run.clone(),
-                changes,
-            });
+            return Err(e);
         }
         // Only the phase the ticket is at: running any other would touch
         // a tree another job may be working in.
@@ -175,11 +168,7 @@ impl Engine {
             // A bug in an agent, gate or workspace fails the ticket alone,
             // as in a driver's run.
             Err(payload) => {
-                let reason = journal.redacted(format!(
-                    "its pipeline panicked (a bug in an agent, gate or workspace \
-                     implementation): {}",
-                    panic_text(&*payload)
-                ));
+                let reason = journal.redacted(pipeline_panicked(&*payload));
                 tracing::error!(%ticket, "{reason}");
                 vec![journal.event(EventKind::TicketFailed {
                     ticket: ticket.clone(),

@@ -498,15 +498,8 @@ impl Engine {
             .reserve(agents.saturating_sub(state.agents.len()));
         let (fingerprint, parts) = &self.fingerprint;
         let resumed = state.status != RunStatus::NotStarted;
-        if resumed && state.fingerprint != *fingerprint && !self.allow_plan_change {
-            let mut changes = self.plan.changes_since(&state.fingerprint_parts);
-            if changes.is_empty() {
-                changes.push("the plan's fingerprint differs".into());
-            }
-            return Err(EngineError::PlanChanged {
-                run: run.clone(),
-                changes,
-            });
+        if resumed && let Some(e) = self.plan_changed(run, &state) {
+            return Err(e);
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let (dtx, drx) = mpsc::unbounded_channel();
@@ -563,7 +556,31 @@ impl Engine {
     }
 }
 
+/// Why a ticket failed when its pipeline panicked.
+fn pipeline_panicked(payload: &(dyn std::any::Any + Send)) -> String {
+    format!(
+        "its pipeline panicked (a bug in an agent, gate or workspace implementation): {}",
+        panic_text(payload)
+    )
+}
+
 impl Engine {
+    /// [`EngineError::PlanChanged`] when `state`'s run was started with a
+    /// plan other than this engine's (unless that is allowed).
+    fn plan_changed(&self, run: &RunId, state: &RunState) -> Option<EngineError> {
+        if state.fingerprint == self.fingerprint.0 || self.allow_plan_change {
+            return None;
+        }
+        let mut changes = self.plan.changes_since(&state.fingerprint_parts);
+        if changes.is_empty() {
+            changes.push("the plan's fingerprint differs".into());
+        }
+        Some(EngineError::PlanChanged {
+            run: run.clone(),
+            changes,
+        })
+    }
+
     /// What every ticket pipeline of a run (or a worker's job) shares:
     /// its journal, and `work`, which stops its agents and gates.
     fn shared(&self, journal: Arc<Journal>, work: Cancellation) -> Arc<ticket::Shared> {
@@ -1053,12 +1070,7 @@ impl Dispatcher {
         let end = match end {
             Ok(end) => end,
             Err(payload) => {
-                let reason = format!(
-                    "its pipeline panicked (a bug in an agent, gate or workspace \
-                     implementation): {}",
-                    panic_text(&*payload)
-                );
-                let reason = self.shared.journal.redacted(reason);
+                let reason = self.shared.journal.redacted(pipeline_panicked(&*payload));
                 tracing::error!(ticket = %self.id(t), "{reason}");
                 self.append(vec![EventKind::TicketFailed {
                     ticket: self.id(t),
