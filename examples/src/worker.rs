@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use orch_core::process;
 use orch_core::{Cancellation, DriverInfo, JobQueue, Plan, RoleName, RunId};
-use orch_graph::{Engine, Worked};
+use orch_graph::{Engine, EngineError, Worked};
 use orch_state::PgStore;
 use tokio::time::Instant;
 
@@ -144,6 +144,7 @@ impl Worker {
             self.repo.display()
         );
         let mut running = tokio::task::JoinSet::new();
+        let mut fatal = None;
         loop {
             while running.len() < self.concurrency.max(1) && !cancel.is_cancelled() {
                 let sent = Instant::now();
@@ -169,12 +170,19 @@ impl Worker {
                 }
             }
             if cancel.is_cancelled() && running.is_empty() {
-                return Ok(());
+                return fatal.map_or(Ok(()), Err);
             }
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => match done {
                     Ok((job, Ok(Worked::Lost(why)))) => eprintln!("lost {}: {why:?}", job.key),
                     Ok((job, Ok(w))) => eprintln!("{}: {w:?}", job.key),
+                    // Not this worker's to do (another plan, say): it was
+                    // given back; claiming it again would spin. Stop.
+                    Ok((job, Err(e @ (EngineError::PlanChanged { .. } | EngineError::Job { .. })))) => {
+                        eprintln!("{}: {e}; stopping", job.key);
+                        fatal.get_or_insert(WorkerError::Setup(e.to_string()));
+                        cancel.cancel();
+                    }
                     Ok((job, Err(e))) => eprintln!("{}: {e}", job.key),
                     Err(e) => eprintln!("a job's task failed: {e}"),
                 },

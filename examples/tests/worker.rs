@@ -345,7 +345,17 @@ async fn a_job_runs_its_phase_alone_and_a_passed_phase_is_not_run_again() {
 
     // A job for a phase the ticket has not reached does nothing.
     queue
-        .enqueue(&run, epoch, &[phase_job("T1/build/early", "build")])
+        .enqueue(&run, epoch, &[phase_job("T1/build/0/0", "build")])
+        .await
+        .unwrap();
+    let (job, sent) = claim_next(&*queue, &me(1)).await;
+    let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
+    assert_eq!(worked.await.unwrap(), Worked::Superseded);
+    // Nor one of the phase the ticket is at, enqueued before questions
+    // and answers it has not had (a job taken over after a person
+    // answered: the answer's own job runs the phase).
+    queue
+        .enqueue(&run, epoch, &[phase_job("T1/plan/0/7", "plan")])
         .await
         .unwrap();
     let (job, sent) = claim_next(&*queue, &me(1)).await;
@@ -354,7 +364,7 @@ async fn a_job_runs_its_phase_alone_and_a_passed_phase_is_not_run_again() {
     assert!(log.lock().unwrap().is_empty());
 
     queue
-        .enqueue(&run, epoch, &[phase_job("T1/plan", "plan")])
+        .enqueue(&run, epoch, &[phase_job("T1/plan/0/0", "plan")])
         .await
         .unwrap();
     let (job, sent) = claim_next(&*queue, &me(1)).await;
@@ -381,14 +391,14 @@ async fn a_job_runs_its_phase_alone_and_a_passed_phase_is_not_run_again() {
     // The next phase, then the first one again (a coordinator that
     // enqueued it twice): the second does not run its agent.
     queue
-        .enqueue(&run, epoch, &[phase_job("T1/build", "build")])
+        .enqueue(&run, epoch, &[phase_job("T1/build/0/0/1", "build")])
         .await
         .unwrap();
     let (job, sent) = claim_next(&*queue, &me(1)).await;
     let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
     assert_eq!(worked.await.unwrap(), Worked::Finished);
     queue
-        .enqueue(&run, epoch, &[phase_job("T1/plan/again", "plan")])
+        .enqueue(&run, epoch, &[phase_job("T1/plan/0/0/1", "plan")])
         .await
         .unwrap();
     let (job, sent) = claim_next(&*queue, &me(1)).await;
@@ -450,7 +460,7 @@ async fn a_worker_cut_off_stops_its_agent_before_another_takes_the_job_over() {
     let queue_a: Arc<dyn JobQueue> = cut.clone();
     let queue_b: Arc<dyn JobQueue> = store.clone();
     queue_b
-        .enqueue(&run, epoch, &[phase_job("T1/plan", "plan")])
+        .enqueue(&run, epoch, &[phase_job("T1/plan/0/0", "plan")])
         .await
         .unwrap();
 
@@ -511,7 +521,7 @@ async fn a_worker_frozen_past_its_lease_writes_nothing_after_the_takeover() {
     let queue_a: Arc<dyn JobQueue> = cut.clone();
     let queue_b: Arc<dyn JobQueue> = store.clone();
     queue_b
-        .enqueue(&run, epoch, &[phase_job("T1/plan", "plan")])
+        .enqueue(&run, epoch, &[phase_job("T1/plan/0/0", "plan")])
         .await
         .unwrap();
     let (job, sent) = claim_next(&*queue_a, &me(1)).await;
@@ -563,7 +573,7 @@ async fn a_worker_shutting_down_gives_its_job_back() {
     let a = worker(store.clone(), agent, dir.path());
     let queue: Arc<dyn JobQueue> = store.clone();
     queue
-        .enqueue(&run, epoch, &[phase_job("T1/plan", "plan")])
+        .enqueue(&run, epoch, &[phase_job("T1/plan/0/0", "plan")])
         .await
         .unwrap();
     let (job, sent) = claim_next(&*queue, &me(1)).await;
@@ -874,5 +884,111 @@ async fn work_goes_between_clones_through_the_remote_and_the_journal() {
     assert_eq!(show("T2.build.txt"), "T0.build.txt,T0.plan.txt,T2.plan.txt");
     let files = git_in(&bare, &["ls-tree", "--name-only", batch]);
     assert_eq!(files.lines().count(), 9, "{files}"); // README and 8 phases' files
+    db.drop().await;
+}
+
+/// An agent that fails its first run (the gate finds no file) and does
+/// the work on the next; logs its runs like [`Logged`] and takes its time.
+struct SecondTime {
+    log: Arc<Mutex<Vec<(Instant, Instant)>>>,
+    runs: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl Agent for SecondTime {
+    fn backend(&self) -> &str {
+        "test"
+    }
+    async fn run(&self, task: AgentTask, _: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if self.runs.fetch_add(1, Ordering::SeqCst) > 0 {
+            std::fs::write(task.workdir.join(format!("{}.txt", task.ticket.id)), "x").unwrap();
+        }
+        self.log.lock().unwrap().push((start, Instant::now()));
+        Ok(AgentOutcome {
+            success: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// A phase that restarts from itself when spent: the worker's job ends at
+/// the restart, and the restarted phase runs as a job of its own, never
+/// beside the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_phase_restarting_from_itself_runs_in_one_place_at_a_time() {
+    let db = Db::new("restart").await;
+    let run: RunId = "r".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = || {
+        Plan::from_toml_str(
+            r#"
+name = "again"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "custom", name = "test" }
+[[phases]]
+name = "work"
+max_attempts = 1
+on_exhausted = "restart"
+restart_from = "work"
+gates = [{ kind = "command", argv = ["test", "-s", "{ticket}.txt"] }]
+[[tickets]]
+id = "T1"
+title = "one"
+effort = "1h"
+"#,
+        )
+        .unwrap()
+    };
+    let store = db.store().await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let agent = Arc::new(SecondTime {
+        log: log.clone(),
+        runs: Default::default(),
+    });
+    let coordinator = Engine::new(plan(), agent.clone(), store.clone())
+        .unwrap()
+        .workspace(Arc::new(SharedDir::new(dir.path())))
+        .gates(Arc::new(orch_gates::from_spec))
+        .poll_interval(Duration::from_millis(20))
+        .workers(store.clone());
+    let stop = Cancellation::new();
+    let mut workers = Vec::new();
+    for n in [1, 2] {
+        let store = db.store().await;
+        let w = Engine::new(plan(), agent.clone(), store.clone())
+            .unwrap()
+            .workspace(Arc::new(SharedDir::new(dir.path())))
+            .gates(Arc::new(orch_gates::from_spec));
+        workers.push(tokio::spawn(work_roles(
+            w,
+            store,
+            me(n),
+            Vec::new(),
+            stop.clone(),
+        )));
+    }
+    let report = within(coordinator.run(&run, Cancellation::new()))
+        .await
+        .unwrap();
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(report.outcome, orch_core::RunOutcome::Completed);
+    let runs = log.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs[0].1 <= runs[1].0 || runs[1].1 <= runs[0].0,
+        "the phase ran in two places at once: {runs:?}"
+    );
+    let events = journal(&store, &run).await;
+    assert_eq!(
+        count(&events, |k| matches!(k, EventKind::PhasePassed { .. })),
+        1
+    );
     db.drop().await;
 }

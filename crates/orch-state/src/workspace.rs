@@ -662,8 +662,15 @@ impl Workspace for GitWorkspace {
     ) -> Result<Option<String>, WorkspaceError> {
         let wt = self.worktree(run, ticket)?;
         let key = checkpoint_key(run, ticket, phase, attempt);
-        self.blocking(false, move |repo| repo.find_checkpoint(&wt, &key))
-            .await
+        let found = self
+            .blocking(false, move |repo| repo.find_checkpoint(&wt, &key))
+            .await?;
+        // Made just before a crash, maybe not pushed: on the remote
+        // before the engine records it.
+        if let Some(c) = &found {
+            self.share(run, vec![c.clone()]).await?;
+        }
+        Ok(found)
     }
 
     async fn changed_since(

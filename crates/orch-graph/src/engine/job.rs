@@ -113,8 +113,13 @@ impl Engine {
             .phases
             .iter()
             .find(|p| !st.phases_passed.contains(&p.name));
+        // And the phase as it stands now: a job enqueued before a restart
+        // or an answer (taken over after its worker died) is another's.
+        let now = key(ticket, phase, st.restarts, asked(&state, ticket));
+        let current = job.key == now || job.key.starts_with(&format!("{now}/"));
         if st.status.is_final()
             || next.is_none_or(|p| p.name != *phase)
+            || !current
             || (st.status == TicketStatus::AwaitingDecision && st.pending_decision.is_none())
         {
             tracing::info!(%run, key = %job.key, status = ?st.status, "the job is out of date; finishing it");
@@ -223,6 +228,21 @@ fn key(ticket: &TicketId, phase: &PhaseName, restarts: u32, asked: usize) -> Str
     format!("{ticket}/{phase}/{restarts}/{asked}")
 }
 
+/// `key` for the `generation`th job of the same phase (see
+/// [`remote_ticket`]).
+fn generation_key(key: &str, generation: u32) -> String {
+    if generation == 0 {
+        key.to_owned()
+    } else {
+        format!("{key}/{generation}")
+    }
+}
+
+/// How many questions `ticket` has put to a person.
+fn asked(s: &orch_core::RunState, ticket: &TicketId) -> usize {
+    s.decisions.iter().filter(|d| d.ticket == *ticket).count()
+}
+
 /// A coordinator's stand-in for ticket `t`'s pipeline: puts the phase it
 /// is at in the queue as a job, and the next one when that one passed,
 /// until the journal (read by the dispatcher) shows the ticket ended,
@@ -234,6 +254,9 @@ pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate
     let id = &ticket.id;
     let run = &sh.journal.run;
     let mut enqueued: Option<(String, u64)> = None;
+    // Jobs of this ticket found cancelled (a run resumed after an abort
+    // or a spent budget cancelled them): the next gets a key of its own.
+    let mut generation = 0u32;
     let mut tick = tokio::time::interval(remote.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -250,7 +273,7 @@ pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate
                 }
                 _ => {}
             }
-            let asked = s.decisions.iter().filter(|d| d.ticket == *id).count();
+            let asked = asked(s, id);
             match sh
                 .plan
                 .phases
@@ -264,7 +287,12 @@ pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate
         match now {
             Now::End(end) => return end,
             Now::Ending => {}
-            Now::Next(phase, k) if enqueued.as_ref().is_none_or(|(e, _)| *e != k) => {
+            Now::Next(phase, k)
+                if enqueued
+                    .as_ref()
+                    .is_none_or(|(e, _)| *e != generation_key(&k, generation)) =>
+            {
+                let k = generation_key(&k, generation);
                 let spec = sh.plan.phases.iter().find(|p| p.name == phase);
                 let role = spec.and_then(|p| sh.plan.role_for(ticket, p)).cloned();
                 let mut job = NewJob::new(
@@ -286,6 +314,9 @@ pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate
             Now::Next(..) => {
                 let job = enqueued.as_ref().map_or(0, |(_, j)| *j);
                 match remote.queue.job(job).await {
+                    Ok(Some(info)) if info.state == JobState::Cancelled => {
+                        generation += 1;
+                    }
                     Ok(Some(info)) if info.state == JobState::Abandoned => {
                         let reason = format!(
                             "job {} ({}) was abandoned: the workers doing it stopped \

@@ -281,7 +281,13 @@ async fn pipeline(
             }
         }
         let st = out.ticket();
-        let last = st.phases_passed.last().cloned();
+        // The last checkpoint made (a phase may pass without one).
+        let last = st
+            .phases_passed
+            .iter()
+            .rev()
+            .find(|p| st.checkpoints.contains_key(*p))
+            .cloned();
         let target = last
             .as_ref()
             .and_then(|p| st.checkpoints.get(p))
@@ -343,6 +349,9 @@ async fn pipeline(
             match exhausted_or_restart(sh, out, &id, phase, base.as_deref(), &prepared.path).await?
             {
                 Err(end) => return Ok(end),
+                // A worker's job ends at a restart: the restarted phase is
+                // a job of its own (even when it is this one).
+                Ok(_) if only.is_some() => return Ok(End::Handoff),
                 Ok(from) => {
                     session = None;
                     fresh_retry = false;
