@@ -440,10 +440,12 @@ impl Repo {
         run: &RunId,
         at: &[(String, String)],
     ) -> Result<(), GitError> {
+        let mut found: Vec<Option<String>> = at.iter().map(|(_, c)| self.resolve(c).ok()).collect();
         let missing: Vec<String> = at
             .iter()
-            .filter(|(_, c)| self.resolve(c).is_err())
-            .map(|(_, c)| {
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|((_, c), _)| {
                 let r = Repo::commit_ref(run, c);
                 format!("{r}:{r}")
             })
@@ -454,8 +456,11 @@ impl Repo {
             self.git(&args)?;
         }
         let mut listed = None;
-        for (branch, commit) in at {
-            let commit = self.resolve(commit)?;
+        for ((branch, commit), f) in at.iter().zip(&mut found) {
+            let commit = match f.take() {
+                Some(c) => c,
+                None => self.resolve(commit)?,
+            };
             if self.resolve(&format!("refs/heads/{branch}")).ok() == Some(commit.clone()) {
                 continue;
             }

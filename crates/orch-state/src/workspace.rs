@@ -591,11 +591,9 @@ impl Workspace for GitWorkspace {
         deps: &[TicketId],
     ) -> Result<Prepared, WorkspaceError> {
         let prepared = self.prepare_tree(run, ticket, deps).await?;
-        // Another machine may take the ticket up from its start.
         if let Some(start) = &prepared.base {
+            // Another machine may take the ticket up from its start.
             self.share(run, vec![start.clone()]).await?;
-        }
-        if let Some(start) = &prepared.base {
             let mut starts = lock(&self.starts);
             starts.insert(Repo::ticket_branch(run, ticket), start.clone());
         }

@@ -107,27 +107,20 @@ impl Engine {
         }
         // Only the phase the ticket is at: running any other would touch
         // a tree another job may be working in.
-        let st = state.tickets.get(ticket).cloned().unwrap_or_default();
-        let next = self
-            .plan
-            .phases
-            .iter()
-            .find(|p| !st.phases_passed.contains(&p.name));
-        // And the phase as it stands now: a job enqueued before a restart
-        // or an answer (taken over after its worker died) is another's.
-        let now = key(ticket, phase, st.restarts, asked(&state, ticket));
-        let current = job.key == now || job.key.starts_with(&format!("{now}/"));
-        if st.status.is_final()
-            || next.is_none_or(|p| p.name != *phase)
-            || !current
-            || (st.status == TicketStatus::AwaitingDecision && st.pending_decision.is_none())
+        // And as it stands now: a job enqueued before a restart or an
+        // answer (taken over after its worker died) is another's.
+        let current = next_job(&self.plan, &state, ticket).is_some_and(|(p, now)| {
+            p == *phase && (job.key == now || job.key.starts_with(&format!("{now}/")))
+        });
+        let st = state.tickets.get(ticket);
+        let status = st.map(|t| t.status).unwrap_or_default();
+        if !current
+            || status.is_final()
+            || (status == TicketStatus::AwaitingDecision
+                && st.is_some_and(|t| t.pending_decision.is_none()))
         {
-            tracing::info!(%run, key = %job.key, status = ?st.status, "the job is out of date; finishing it");
-            return match queue.finish(&job.claim, &[]).await {
-                Ok(_) => Ok(Worked::Superseded),
-                Err(e) if lost(&e) => Ok(Worked::Lost(Kept::Taken)),
-                Err(e) => Err(e.into()),
-            };
+            tracing::info!(%run, key = %job.key, ?status, "the job is out of date; finishing it");
+            return finish(&*queue, job, &[], Worked::Superseded).await;
         }
         // Stops the agents and gates: the caller's cancel, a lost claim,
         // the budget; and tells `keep_claim` that the work ended.
@@ -193,11 +186,22 @@ impl Engine {
             Ok(End::Store(e)) if lost(&e) => return Ok(Worked::Lost(Kept::Taken)),
             Ok(End::Store(e)) => return Err(e.into()),
         };
-        match queue.finish(&job.claim, &last).await {
-            Ok(_) => Ok(Worked::Finished),
-            Err(e) if lost(&e) => Ok(Worked::Lost(Kept::Taken)),
-            Err(e) => Err(e.into()),
-        }
+        finish(&*queue, job, &last, Worked::Finished).await
+    }
+}
+
+/// Finishes `job` with `events`: `done` then, or lost when the claim no
+/// longer is current.
+async fn finish(
+    queue: &dyn JobQueue,
+    job: &Job,
+    events: &[orch_core::Event],
+    done: Worked,
+) -> Result<Worked, EngineError> {
+    match queue.finish(&job.claim, events).await {
+        Ok(_) => Ok(done),
+        Err(e) if lost(&e) => Ok(Worked::Lost(Kept::Taken)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -238,9 +242,21 @@ fn generation_key(key: &str, generation: u32) -> String {
     }
 }
 
-/// How many questions `ticket` has put to a person.
-fn asked(s: &orch_core::RunState, ticket: &TicketId) -> usize {
-    s.decisions.iter().filter(|d| d.ticket == *ticket).count()
+/// The phase the journal has `ticket` at (its first not passed) and the
+/// key of its job; `None` once every phase passed.
+fn next_job(
+    plan: &orch_core::Plan,
+    s: &orch_core::RunState,
+    ticket: &TicketId,
+) -> Option<(PhaseName, String)> {
+    let passed = s.tickets.get(ticket).map(|t| &t.phases_passed[..]);
+    let restarts = s.tickets.get(ticket).map_or(0, |t| t.restarts);
+    // How many questions the ticket has put to a person.
+    let asked = s.decisions.iter().filter(|d| d.ticket == *ticket).count();
+    plan.phases
+        .iter()
+        .find(|p| !passed.unwrap_or_default().contains(&p.name))
+        .map(|p| (p.name.clone(), key(ticket, &p.name, restarts, asked)))
 }
 
 /// A coordinator's stand-in for ticket `t`'s pipeline: puts the phase it
@@ -261,38 +277,24 @@ pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = sh.journal.with_state(|s| {
-            let Some(st) = s.tickets.get(id) else {
-                let first = &sh.plan.phases[0].name;
-                return Now::Next(first.clone(), key(id, first, 0, 0));
-            };
-            match st.status {
-                TicketStatus::Done => return Now::End(End::Done),
-                s if s.is_final() => return Now::End(End::Failed),
-                TicketStatus::AwaitingDecision if st.pending_decision.is_none() => {
-                    return Now::End(End::Escalated);
+            if let Some(st) = s.tickets.get(id) {
+                match st.status {
+                    TicketStatus::Done => return Now::End(End::Done),
+                    s if s.is_final() => return Now::End(End::Failed),
+                    TicketStatus::AwaitingDecision if st.pending_decision.is_none() => {
+                        return Now::End(End::Escalated);
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-            let asked = asked(s, id);
-            match sh
-                .plan
-                .phases
-                .iter()
-                .find(|p| !st.phases_passed.contains(&p.name))
-            {
-                Some(p) => Now::Next(p.name.clone(), key(id, &p.name, st.restarts, asked)),
-                None => Now::Ending,
-            }
+            next_job(&sh.plan, s, id).map_or(Now::Ending, |(p, k)| {
+                Now::Next(p, generation_key(&k, generation))
+            })
         });
         match now {
             Now::End(end) => return end,
             Now::Ending => {}
-            Now::Next(phase, k)
-                if enqueued
-                    .as_ref()
-                    .is_none_or(|(e, _)| *e != generation_key(&k, generation)) =>
-            {
-                let k = generation_key(&k, generation);
+            Now::Next(phase, k) if enqueued.as_ref().is_none_or(|(e, _)| *e != k) => {
                 let spec = sh.plan.phases.iter().find(|p| p.name == phase);
                 let role = spec.and_then(|p| sh.plan.role_for(ticket, p)).cloned();
                 let mut job = NewJob::new(

@@ -281,18 +281,9 @@ async fn pipeline(
             }
         }
         let st = out.ticket();
-        // The last checkpoint made (a phase may pass without one).
-        let last = st
-            .phases_passed
-            .iter()
-            .rev()
-            .find(|p| st.checkpoints.contains_key(*p))
-            .cloned();
-        let target = last
-            .as_ref()
-            .and_then(|p| st.checkpoints.get(p))
-            .or(base.as_ref())
-            .cloned();
+        let made = last_checkpoint(st);
+        let last = made.map(|(p, _)| p.clone());
+        let target = made.map(|(_, c)| c).or(base.as_ref()).cloned();
         if let Some(commit) = target {
             // Work of a phase that did not pass is thrown away, and said
             // so; after a pass (a worker taking up the next phase) the
@@ -406,6 +397,15 @@ async fn pipeline(
     Ok(End::Done)
 }
 
+/// The last checkpoint a ticket made: its phase and commit (a phase may
+/// pass without one).
+fn last_checkpoint(st: &TicketState) -> Option<(&PhaseName, &String)> {
+    st.phases_passed
+        .iter()
+        .rev()
+        .find_map(|p| st.checkpoints.get(p).map(|c| (p, c)))
+}
+
 /// Where the journal has each of `tickets`' work: its last passed
 /// phase's checkpoint, else its start (tickets not started are left out).
 fn work_at(sh: &Shared, tickets: &[TicketId]) -> Vec<(TicketId, String)> {
@@ -414,12 +414,7 @@ fn work_at(sh: &Shared, tickets: &[TicketId]) -> Vec<(TicketId, String)> {
             .iter()
             .filter_map(|t| {
                 let st = s.tickets.get(t)?;
-                let at = st
-                    .phases_passed
-                    .iter()
-                    .rev()
-                    .find_map(|p| st.checkpoints.get(p))
-                    .or(st.base.as_ref())?;
+                let at = last_checkpoint(st).map(|(_, c)| c).or(st.base.as_ref())?;
                 Some((t.clone(), at.clone()))
             })
             .collect()
