@@ -770,22 +770,20 @@ enum Check<'a> {
     Claim(&'a Claim, bool),
 }
 
-#[async_trait]
-impl StateStore for PgStore {
-    async fn append_if(
+impl PgStore {
+    /// Appends `events` to `run` if `check` holds, in one transaction
+    /// (tried again on a new connection when the old one was lost).
+    async fn append_checked(
         &self,
         run: &RunId,
-        expect: Expect,
+        check: Check<'_>,
         events: &[Event],
     ) -> Result<Vec<u64>, StoreError> {
-        if events.is_empty() && expect == Expect::Any {
-            return Ok(Vec::new());
-        }
         let encoded = encode(events)?;
         let encoded = &encoded;
         self.with_conn_again(move || {
             self.with_conn(async move |c| {
-                let result = self.append_in(c, run, Check::Expect(expect), encoded).await;
+                let result = self.append_in(c, run, check, encoded).await;
                 if result.is_err() {
                     // A conflict found nothing to write; a failed statement
                     // left the transaction aborted. Either way, end it (if
@@ -799,6 +797,22 @@ impl StateStore for PgStore {
             })
         })
         .await
+    }
+}
+
+#[async_trait]
+impl StateStore for PgStore {
+    async fn append_if(
+        &self,
+        run: &RunId,
+        expect: Expect,
+        events: &[Event],
+    ) -> Result<Vec<u64>, StoreError> {
+        if events.is_empty() && expect == Expect::Any {
+            return Ok(Vec::new());
+        }
+        self.append_checked(run, Check::Expect(expect), events)
+            .await
     }
 
     async fn read(

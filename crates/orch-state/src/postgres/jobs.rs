@@ -15,7 +15,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row, Statement};
 
 use super::{Check, Conn, Param, PgStore};
-use crate::codec::{encode, fenced};
+use crate::codec::fenced;
 
 /// The queue's statements, prepared with the connection's others.
 pub(super) struct Statements {
@@ -336,32 +336,6 @@ impl PgStore {
             .map_err(e)
     }
 
-    /// Appends `events` under `claim` (and finishes its job).
-    async fn append_claimed(
-        &self,
-        claim: &Claim,
-        finish: bool,
-        events: &[Event],
-    ) -> Result<Vec<u64>, StoreError> {
-        let encoded = encode(events)?;
-        let encoded = &encoded;
-        self.with_conn_again(move || {
-            self.with_conn(async move |c| {
-                let result = self
-                    .append_in(c, &claim.run, Check::Claim(claim, finish), encoded)
-                    .await;
-                if result.is_err() {
-                    c.client
-                        .batch_execute("ROLLBACK")
-                        .await
-                        .map_err(|x| self.err(&x))?;
-                }
-                result
-            })
-        })
-        .await
-    }
-
     fn corrupt(&self, what: std::fmt::Arguments<'_>) -> StoreError {
         StoreError::new(StoreErrorKind::Corrupt, format!("{}: {what}", self.name))
     }
@@ -487,11 +461,13 @@ impl JobQueue for PgStore {
     }
 
     async fn record(&self, claim: &Claim, events: &[Event]) -> Result<Vec<u64>, StoreError> {
-        self.append_claimed(claim, false, events).await
+        self.append_checked(&claim.run, Check::Claim(claim, false), events)
+            .await
     }
 
     async fn finish(&self, claim: &Claim, events: &[Event]) -> Result<Vec<u64>, StoreError> {
-        self.append_claimed(claim, true, events).await
+        self.append_checked(&claim.run, Check::Claim(claim, true), events)
+            .await
     }
 
     async fn give_back(&self, claim: &Claim) -> Result<bool, StoreError> {
