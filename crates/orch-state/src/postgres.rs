@@ -107,6 +107,18 @@ const MIGRATIONS: &[(&[&str], &str)] = &[
     ),
 ];
 
+/// The events of a run among the ids `$2`: an append's look-up of what it
+/// may be sending again. One look-up of the index (run, id) an id,
+/// whatever the planner thinks of the table: asked for `id = ANY($2)`, a
+/// planner that takes the table for small (not analyzed yet) reads all the
+/// run's events and filters them by id, and every append reads the whole
+/// journal while it holds the run's row.
+const KNOWN: &str = "SELECT e.id, e.seq, e.body FROM unnest($2::bytea[]) AS k(id)
+    CROSS JOIN LATERAL (
+      SELECT id, seq, body FROM orch_events
+      WHERE run = (SELECT n FROM orch_runs WHERE run = $1) AND id = k.id
+      LIMIT 1) e";
+
 /// How long one store call may wait for the server.
 const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -425,8 +437,7 @@ impl PgStore {
             )
             .await?,
             known: prepare(
-                "SELECT e.id, e.seq, e.body FROM orch_events e JOIN orch_runs r ON r.n = e.run
-                 WHERE r.run = $1 AND e.id = ANY($2)",
+                KNOWN,
                 &[Type::TEXT, Type::BYTEA_ARRAY],
             )
             .await?,
@@ -442,8 +453,9 @@ impl PgStore {
             )
             .await?,
             read: prepare(
-                "SELECT e.seq, e.body FROM orch_events e JOIN orch_runs r ON r.n = e.run
-                 WHERE r.run = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3",
+                "SELECT e.seq, e.body FROM orch_events e
+                 WHERE e.run = (SELECT n FROM orch_runs WHERE run = $1) AND e.seq > $2
+                 ORDER BY e.seq LIMIT $3",
                 &[Type::TEXT, Type::INT8, Type::INT8],
             )
             .await?,
@@ -559,6 +571,17 @@ impl PgStore {
         let e = |x: tokio_postgres::Error| self.err(&x);
         let client = &c.client;
         let name = run.as_str();
+        if events.is_empty()
+            && let Check::Claim(claim, finish) = check
+        {
+            // Nothing for the journal: the claim alone (a job finished
+            // with no last events), without taking the run's row from the
+            // run's appenders.
+            client.batch_execute("BEGIN").await.map_err(e)?;
+            self.check_claim(c, claim, finish).await?;
+            client.batch_execute("COMMIT").await.map_err(e)?;
+            return Ok(Vec::new());
+        }
         let ids: Vec<&[u8]> = events.iter().map(|x| &x.id[..]).collect();
         let (by_name, by_ids): ([&Param<'_>; 1], [&Param<'_>; 2]) = ([&name], [&name, &ids]);
         // `biased`: sent in this order, so they run in this order. The
@@ -1019,5 +1042,153 @@ impl StateStore for PgStore {
                 })
             })
             .collect()
+    }
+}
+
+/// The plans PostgreSQL makes for the statements that run on every append
+/// and every claim, on tables as a run leaves them (thousands of events
+/// and jobs, most jobs finished, never analyzed): each must go to its rows
+/// by index, never read the whole journal or every job.
+#[cfg(test)]
+mod plans {
+    use std::time::Duration;
+
+    use orch_core::{DriverInfo, Event, EventId, EventKind, Expect, JobQueue, NewJob, Work};
+    use orch_core::{StateStore, Timestamp};
+
+    use super::{KNOWN, PgStore, jobs};
+
+    fn ready(i: u128) -> Event {
+        Event {
+            id: EventId(i),
+            at: Timestamp(1_700_000_000_000),
+            kind: EventKind::TicketReady {
+                ticket: format!("T-{i}").parse().expect("id"),
+            },
+        }
+    }
+
+    /// `EXPLAIN ANALYZE` of `execute` (of a statement `prepare` made), as
+    /// text, in either plan cache mode.
+    async fn explain(c: &tokio_postgres::Client, begin: &str, execute: &str) -> String {
+        let mut text = String::new();
+        for mode in ["force_generic_plan", "force_custom_plan"] {
+            c.batch_execute(&format!("{begin}; SET LOCAL plan_cache_mode = {mode}"))
+                .await
+                .expect("begin");
+            for row in c
+                .query(&format!("EXPLAIN (ANALYZE, COSTS OFF) {execute}"), &[])
+                .await
+                .expect("explain")
+            {
+                text.push_str(row.get::<_, &str>(0));
+                text.push('\n');
+            }
+            c.batch_execute("ROLLBACK").await.expect("rollback");
+        }
+        text
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
+    async fn appends_and_claims_go_by_index_on_a_run_as_it_stands() {
+        let base = std::env::var("ORCH_TEST_DATABASE_URL").expect("ORCH_TEST_DATABASE_URL");
+        let schema = format!("orch_plans_{}", std::process::id());
+        let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
+                 SET search_path = {schema}"
+            ))
+            .await
+            .expect("schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let store = PgStore::connect(&format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+            .await
+            .expect("store");
+        let run = "r".parse().expect("run");
+        for chunk in 0..20u128 {
+            let events: Vec<Event> = (0..200).map(|i| ready(1 + chunk * 200 + i)).collect();
+            store
+                .append_if(&run, Expect::Any, &events)
+                .await
+                .expect("append");
+        }
+        let lock = store.lock_run(&run).await.expect("lock");
+        let epoch = lock.epoch().expect("epoch");
+        let jobs: Vec<NewJob> = (0..3000)
+            .map(|i| {
+                let work = Work::Phase {
+                    ticket: "T-1".parse().expect("id"),
+                    phase: "p".parse().expect("phase"),
+                };
+                NewJob::new(format!("k{i}"), work)
+            })
+            .collect();
+        for chunk in jobs.chunks(500) {
+            store.enqueue(&run, epoch, chunk).await.expect("enqueue");
+        }
+        let me = DriverInfo {
+            host: "h".into(),
+            boot: "b".into(),
+            pid: 1,
+            start: 1,
+            containment: "none".into(),
+        };
+        for _ in 0..1000 {
+            let job = store
+                .claim(&me, Some(&run), &[], Duration::from_secs(60))
+                .await
+                .expect("claim")
+                .expect("a job");
+            store.finish(&job.claim, &[]).await.expect("finish");
+        }
+
+        admin
+            .batch_execute(&format!(
+                "PREPARE known(text, bytea[]) AS {KNOWN};
+                 PREPARE claim(text, text[], int8, text) AS {}",
+                jobs::CLAIM
+            ))
+            .await
+            .expect("prepare");
+        // An id the journal has and one it has not.
+        let had = format!("{:032x}", 1500u128);
+        let known = explain(
+            &admin,
+            "BEGIN",
+            &format!(
+                "EXECUTE known('r', ARRAY['\\x{had}'::bytea, '\\x{:032x}'::bytea])",
+                99_999u128
+            ),
+        )
+        .await;
+        assert!(
+            known.contains("Index Scan using orch_events_run_id_key")
+                && !known.contains("Rows Removed by Filter")
+                && !known.contains("Bitmap"),
+            "an append's look-up of its ids reads more than its ids:\n{known}"
+        );
+        let claim = explain(
+            &admin,
+            jobs::CLAIM_BEGIN,
+            "EXECUTE claim('{}', '{}', 60000, 'r')",
+        )
+        .await;
+        assert!(
+            claim.contains("Index Scan using orch_jobs_open")
+                && !claim.contains("Sort")
+                && !claim.contains("Bitmap")
+                && !claim.contains("Seq Scan"),
+            "a claim reads and sorts more than the next job:\n{claim}"
+        );
+        drop(lock);
+        admin
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .expect("drop");
     }
 }

@@ -17,6 +17,38 @@ use tokio_postgres::{Client, Row, Statement};
 use super::{Check, Conn, Param, PgStore};
 use crate::codec::fenced;
 
+/// The next job a worker can do: waiting, or claimed under a lease that
+/// lapsed (a takeover, while any are left). Rows other workers are
+/// claiming or renewing right now are skipped, not waited for.
+pub(super) const CLAIM: &str = "WITH next AS (
+      SELECT id, state FROM orch_jobs
+      WHERE (state = 'available'
+             OR (state = 'running' AND expires_at <= orch_now_ms()
+                 AND takeovers < max_takeovers))
+        AND (role IS NULL OR cardinality($2::text[]) = 0 OR role = ANY($2))
+        AND ($4::text IS NULL OR run = $4)
+      ORDER BY priority, id
+      LIMIT 1
+      FOR UPDATE SKIP LOCKED)
+    UPDATE orch_jobs j
+    SET state = 'running', token = j.token + 1,
+        takeovers = j.takeovers + (next.state = 'running')::int,
+        worker = $1, renewed_at = orch_now_ms(),
+        expires_at = orch_now_ms() + $3
+    FROM next WHERE j.id = next.id
+    RETURNING j.id, j.run, j.token, j.expires_at, j.key, j.work, j.role, j.takeovers";
+
+/// Opens a claim's transaction. The claim must walk the open jobs' index
+/// (`orch_jobs_open`) in claim order and stop at the first job it can
+/// take. A planner that takes the table for small (it is not analyzed
+/// yet, as after a run's first enqueue, or autovacuum is off) instead
+/// fetches every open job by a bitmap and sorts them all, or reads every
+/// finished job's entry, on every claim: claims slow down with the jobs a
+/// run has, and a run of thousands crawls. These settings leave it the
+/// ordered index scan alone, for this transaction.
+pub(super) const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_bitmapscan = off; \
+     SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off";
+
 /// The queue's statements, prepared with the connection's others.
 pub(super) struct Statements {
     enqueue: Statement,
@@ -62,28 +94,8 @@ impl Statements {
                 &[Type::TEXT, Type::TEXT_ARRAY],
             )
             .await?,
-            // The next job this worker can do: waiting, or claimed under
-            // a lease that lapsed (a takeover, while any are left). Rows
-            // other workers are claiming or renewing right now are
-            // skipped, not waited for.
             claim: prepare(
-                "WITH next AS (
-                   SELECT id, state FROM orch_jobs
-                   WHERE (state = 'available'
-                          OR (state = 'running' AND expires_at <= orch_now_ms()
-                              AND takeovers < max_takeovers))
-                     AND (role IS NULL OR cardinality($2::text[]) = 0 OR role = ANY($2))
-                     AND ($4::text IS NULL OR run = $4)
-                   ORDER BY priority, id
-                   LIMIT 1
-                   FOR UPDATE SKIP LOCKED)
-                 UPDATE orch_jobs j
-                 SET state = 'running', token = j.token + 1,
-                     takeovers = j.takeovers + (next.state = 'running')::int,
-                     worker = $1, renewed_at = orch_now_ms(),
-                     expires_at = orch_now_ms() + $3
-                 FROM next WHERE j.id = next.id
-                 RETURNING j.id, j.run, j.token, j.expires_at, j.key, j.work, j.role, j.takeovers",
+                CLAIM,
                 &[Type::TEXT, Type::TEXT_ARRAY, Type::INT8, Type::TEXT],
             )
             .await?,
@@ -310,7 +322,7 @@ impl PgStore {
         lease: Duration,
     ) -> Result<Option<Job>, StoreError> {
         let e = |x: tokio_postgres::Error| self.err(&x);
-        c.client.batch_execute("BEGIN").await.map_err(e)?;
+        c.client.batch_execute(CLAIM_BEGIN).await.map_err(e)?;
         let args: [&Param<'_>; 4] = [&who, &roles, &millis(lease), &run];
         let row = c.client.query_opt(&c.jobs.claim, &args).await.map_err(e)?;
         row.map(|r| {
