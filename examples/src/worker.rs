@@ -135,7 +135,6 @@ impl Worker {
         // connection (a job half-way through a call on a connection must
         // be polled for any other call on it to go on).
         let claims = PgStore::connect(database_url).await?;
-        let queue: Arc<dyn JobQueue> = store;
         eprintln!(
             "worker {} (pid {}) doing run {} in {}",
             me.host,
@@ -143,13 +142,31 @@ impl Worker {
             self.run,
             self.repo.display()
         );
+        self.serve(engine, store, &claims, &me, cancel).await
+    }
+
+    /// The claim loop: claims jobs of the run (of `roles`, up to
+    /// `concurrency` at once) on `claims`, does each with `engine` as a
+    /// task of its own writing through `queue`, until `cancel`; then waits
+    /// for the jobs to hand themselves back.
+    ///
+    /// # Errors
+    /// A job of a plan other than the engine's: the worker stops.
+    pub async fn serve(
+        &self,
+        engine: Arc<Engine>,
+        queue: Arc<dyn JobQueue>,
+        claims: &dyn JobQueue,
+        me: &DriverInfo,
+        cancel: Cancellation,
+    ) -> Result<(), WorkerError> {
         let mut running = tokio::task::JoinSet::new();
         let mut fatal = None;
         loop {
             while running.len() < self.concurrency.max(1) && !cancel.is_cancelled() {
                 let sent = Instant::now();
                 match claims
-                    .claim(&me, Some(&self.run), &self.roles, self.lease)
+                    .claim(me, Some(&self.run), &self.roles, self.lease)
                     .await
                 {
                     Ok(Some(job)) => {

@@ -97,7 +97,7 @@ impl Engine {
         if !self.plan.phases.iter().any(|p| p.name == *phase) {
             return refuse(format!("phase {phase} is not in plan {}", self.plan.name)).await;
         }
-        let state = self.store.state(run).await?;
+        let state = self.journal_now(run).await?;
         if state.status == RunStatus::NotStarted {
             return refuse("the run has not started".into()).await;
         }
@@ -187,6 +187,33 @@ impl Engine {
             Ok(End::Store(e)) => return Err(e.into()),
         };
         finish(&*queue, job, &last, Worked::Finished).await
+    }
+}
+
+impl Engine {
+    /// `run`'s state as its journal has it now: the last reading (of this
+    /// run) caught up with what was appended since, so a worker's job
+    /// reads the events of the jobs since its last, not the whole run.
+    async fn journal_now(&self, run: &orch_core::RunId) -> Result<orch_core::RunState, StoreError> {
+        let last = self
+            .folded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut state = last
+            .filter(|s| s.run.as_ref() == Some(run))
+            .unwrap_or_default();
+        let after = state.events;
+        self.store.catch_up(run, &mut state, after).await?;
+        let mut folded = self.folded.lock().unwrap_or_else(|p| p.into_inner());
+        // (Jobs at once: keep the furthest reading.)
+        if folded
+            .as_ref()
+            .is_none_or(|f| f.run.as_ref() != Some(run) || f.events < state.events)
+        {
+            *folded = Some(state.clone());
+        }
+        Ok(state)
     }
 }
 

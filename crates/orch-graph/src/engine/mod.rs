@@ -217,6 +217,9 @@ pub struct Engine {
     /// Where the run's phases go as jobs, for workers to do
     /// ([`Engine::workers`]); `None`: this engine runs them.
     workers: Option<Arc<dyn orch_core::JobQueue>>,
+    /// A worker's last reading of a run's journal ([`Engine::work`]):
+    /// each job reads only what was appended since.
+    folded: std::sync::Mutex<Option<orch_core::RunState>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -278,6 +281,7 @@ impl Engine {
             poll: Duration::from_millis(250),
             redactor: Redactor::for_plan(&plan),
             workers: None,
+            folded: std::sync::Mutex::new(None),
             plan: Arc::new(plan),
         })
     }
