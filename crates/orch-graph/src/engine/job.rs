@@ -120,6 +120,7 @@ impl Engine {
                 && st.is_some_and(|t| t.pending_decision.is_none()))
         {
             tracing::info!(%run, key = %job.key, ?status, "the job is out of date; finishing it");
+            self.put_back(state);
             return finish(&*queue, job, &[], Worked::Superseded).await;
         }
         // Stops the agents and gates: the caller's cancel, a lost claim,
@@ -134,7 +135,11 @@ impl Engine {
             decisions,
             self.plan.policy.budget.clone(),
             work.clone(),
-            Writer::Worker(queue.clone(), job.claim.clone()),
+            Writer::Worker(
+                queue.clone(),
+                job.claim.clone(),
+                orch_core::process::scope().describe(),
+            ),
             self.redactor.clone(),
         );
         let shared = self.shared(journal.clone(), work.clone());
@@ -158,6 +163,7 @@ impl Engine {
             keep_claim(&*queue, &job.claim, lease, since, &work),
             doing.instrument(span)
         );
+        self.put_back(journal.take_state());
         if kept != Kept::Stopped {
             return Ok(Worked::Lost(kept));
         }
@@ -191,29 +197,33 @@ impl Engine {
 }
 
 impl Engine {
-    /// `run`'s state as its journal has it now: the last reading (of this
-    /// run) caught up with what was appended since, so a worker's job
-    /// reads the events of the jobs since its last, not the whole run.
+    /// `run`'s state as its journal has it now: a state an earlier job of
+    /// this engine left ([`Engine::put_back`]) caught up with what was
+    /// appended since, so a worker's job reads the events since its last
+    /// job, not the whole run, and copies nothing.
     async fn journal_now(&self, run: &orch_core::RunId) -> Result<orch_core::RunState, StoreError> {
-        let last = self
-            .folded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut state = last
-            .filter(|s| s.run.as_ref() == Some(run))
-            .unwrap_or_default();
+        let left = {
+            let mut left = self.folded.lock().unwrap_or_else(|p| p.into_inner());
+            // The furthest of this run's (one a job at once).
+            left.iter()
+                .enumerate()
+                .filter(|(_, s)| s.run.as_ref() == Some(run))
+                .max_by_key(|(_, s)| s.events)
+                .map(|(i, _)| i)
+                .map(|i| left.swap_remove(i))
+        };
+        let mut state = left.unwrap_or_default();
         let after = state.events;
         self.store.catch_up(run, &mut state, after).await?;
-        let mut folded = self.folded.lock().unwrap_or_else(|p| p.into_inner());
-        // (Jobs at once: keep the furthest reading.)
-        if folded
-            .as_ref()
-            .is_none_or(|f| f.run.as_ref() != Some(run) || f.events < state.events)
-        {
-            *folded = Some(state.clone());
-        }
         Ok(state)
+    }
+
+    /// Keeps `state`, as a job's journal left it, for the next job.
+    fn put_back(&self, state: orch_core::RunState) {
+        let mut left = self.folded.lock().unwrap_or_else(|p| p.into_inner());
+        // Another run's states are of no more use.
+        left.retain(|s| s.run == state.run);
+        left.push(state);
     }
 }
 

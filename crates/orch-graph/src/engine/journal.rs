@@ -53,8 +53,9 @@ pub(crate) enum Writer {
     /// under its epoch, when the store fences).
     Driver(Expect),
     /// A worker doing one job: every append goes through its claim, and
-    /// is refused once the claim is no longer current.
-    Worker(Arc<dyn JobQueue>, Claim),
+    /// is refused once the claim is no longer current. The worker (this
+    /// process) is named in the events that start work.
+    Worker(Arc<dyn JobQueue>, Claim, orch_core::DriverInfo),
 }
 
 struct Folded {
@@ -98,6 +99,14 @@ impl Journal {
         })
     }
 
+    /// The worker appending, when a worker of a fleet is ([`Writer::Worker`]).
+    pub(crate) fn worker(&self) -> Option<orch_core::DriverInfo> {
+        match &self.writer {
+            Writer::Worker(_, _, me) => Some(me.clone()),
+            Writer::Driver(_) => None,
+        }
+    }
+
     /// An event of `kind`, now, with the secrets it quotes removed: the
     /// one way the engine makes events, so nothing the journal, the state
     /// files or a prompt holds carries a secret the redactor knows.
@@ -139,7 +148,7 @@ impl Journal {
         let store = self.store()?;
         let seqs = match &self.writer {
             Writer::Driver(expect) => store.append_if(&self.run, *expect, &events).await?,
-            Writer::Worker(queue, claim) => queue.record(claim, &events).await?,
+            Writer::Worker(queue, claim, _) => queue.record(claim, &events).await?,
         };
         self.absorb(seqs.into_iter().zip(events));
         Ok(())
@@ -224,6 +233,14 @@ impl Journal {
         let u = self.lock().state.usage;
         let why = self.budget.exceeded(&u).unwrap_or_default();
         Some((u.total_tokens(), u.cost_usd, why))
+    }
+
+    /// The state folded so far, taken out (the journal is done with):
+    /// what it folded, up to its last event in order (events held back
+    /// behind a missing one are not in it; a reader catching up from it
+    /// reads them again).
+    pub(crate) fn take_state(&self) -> RunState {
+        std::mem::take(&mut self.lock().state)
     }
 
     /// Reads the live state (every event known in order folded in).

@@ -217,9 +217,10 @@ pub struct Engine {
     /// Where the run's phases go as jobs, for workers to do
     /// ([`Engine::workers`]); `None`: this engine runs them.
     workers: Option<Arc<dyn orch_core::JobQueue>>,
-    /// A worker's last reading of a run's journal ([`Engine::work`]):
-    /// each job reads only what was appended since.
-    folded: std::sync::Mutex<Option<orch_core::RunState>>,
+    /// The run states a worker's jobs left ([`Engine::work`]), one a job
+    /// done at once: each job takes one and reads only what was appended
+    /// since.
+    folded: std::sync::Mutex<Vec<orch_core::RunState>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -281,7 +282,7 @@ impl Engine {
             poll: Duration::from_millis(250),
             redactor: Redactor::for_plan(&plan),
             workers: None,
-            folded: std::sync::Mutex::new(None),
+            folded: std::sync::Mutex::new(Vec::new()),
             plan: Arc::new(plan),
         })
     }
