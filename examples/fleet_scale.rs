@@ -438,8 +438,12 @@ async fn takeover(url: &str, lease: Duration, sample: u64) -> Result<Duration, E
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Let a renewal or two go by, then kill the worker whose job it is.
-    tokio::time::sleep(lease / 2).await;
+    // Let a renewal go by, then kill the worker whose job it is, at a
+    // point of the next third of a lease that differs from sample to
+    // sample (the lease lapses a third of a lease after each renewal's
+    // expiry moves on).
+    let at = lease / 2 + lease / 3 * u32::try_from(sample % 5).unwrap_or(0) / 5;
+    tokio::time::sleep(at).await;
     let store = PgStore::connect(&schema.url).await?;
     let job = store.jobs(&"fleet".parse()?).await?;
     let holder = job

@@ -1417,8 +1417,9 @@ fn crash_campaign_kill_9_at_random_moments() {
 /// One proxied connection: whether it is cut, and the server's side.
 type Upstream = (Arc<std::sync::atomic::AtomicBool>, std::net::TcpStream);
 
-/// A TCP proxy to `target` on 127.0.0.1 whose connections can be cut like
-/// a network partition seen from one side: the server's side of every
+/// A TCP proxy to `target` on 127.0.0.1 (a connection closed on one side
+/// is closed on the other) whose connections can be cut like a network
+/// partition seen from one side: the server's side of every
 /// connection open at the cut is closed (the server ends those sessions
 /// and frees their locks at once), the client's side stays open and
 /// silent (the client sees nothing close; what it sends is never
@@ -1466,9 +1467,16 @@ impl Partition {
                                         return;
                                     }
                                 }
-                                // Cut, closed or failed: stop forwarding,
-                                // close nothing on the client's side.
-                                _ => return,
+                                // Cut: stop forwarding, close nothing
+                                // on the client's side.
+                                _ if cut.load(Ordering::SeqCst) => return,
+                                // Closed or failed: so is the other side
+                                // (a killed client's session ends, and
+                                // its locks are freed).
+                                _ => {
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                    return;
+                                }
                             }
                         }
                     });
@@ -1480,6 +1488,21 @@ impl Partition {
             conns,
             _held: held,
         }
+    }
+
+    /// A partition in front of the test database, and `url` (of that
+    /// database) through it.
+    fn before(url: &str) -> (Partition, String) {
+        let base = std::env::var("ORCH_TEST_DATABASE_URL").unwrap();
+        let target = base
+            .split('@')
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("127.0.0.1:5432")
+            .to_owned();
+        let proxy = Partition::to(&target);
+        let url = url.replacen(&target, &proxy.addr.to_string(), 1);
+        (proxy, url)
     }
 
     /// Cuts every connection open now.
@@ -1528,15 +1551,7 @@ fn a_partitioned_postgres_driver_stops_its_agents_before_a_standby_takes_over() 
     let test = "a_partitioned_postgres_driver_stops_its_agents_before_a_standby_takes_over";
     let schema = format!("orch_cli_partition_{}", std::process::id());
     let (url, sql) = pg_schema(test, &schema);
-    let base = std::env::var("ORCH_TEST_DATABASE_URL").unwrap();
-    let target = base
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or("127.0.0.1:5432")
-        .to_owned();
-    let proxy = Partition::to(&target);
-    let url = url.replacen(&target, &proxy.addr.to_string(), 1);
+    let (proxy, url) = Partition::before(&url);
     let mut s = crash_setup();
     std::fs::write(&s.plan, ticking_plan(&s.marks)).unwrap();
     s.url = Some(url.clone());
@@ -2207,6 +2222,8 @@ fn a_fleet_of_workers_survives_kills_freezes_and_a_new_coordinator() {
     let test = "a_fleet_of_workers_survives_kills_freezes_and_a_new_coordinator";
     let schema = format!("orch_cli_fleet_{}", std::process::id());
     let (url, sql) = pg_schema(test, &schema);
+    // Every process reaches PostgreSQL through this, to be cut off at once.
+    let (proxy, url) = Partition::before(&url);
     let dir = tempfile::tempdir().unwrap();
     let top = dir.path();
     let git = |cwd: &Path, args: &[&str]| {
@@ -2336,11 +2353,13 @@ tickets = [{}]
     let [coord, workers @ ..] = &mut fleet.0[..] else {
         unreachable!()
     };
+    let mut worker_pids: std::collections::HashSet<u32> = workers.iter().map(Child::id).collect();
 
     wait_for(120, "the first phases", &out, ended(4));
     signal(&workers[0], nix::sys::signal::Signal::SIGKILL);
     workers[0].wait().unwrap();
     workers[0] = worker("w1");
+    worker_pids.insert(workers[0].id());
 
     wait_for(120, "more phases", &out, ended(12));
     std::fs::write(&slow, "").unwrap();
@@ -2396,6 +2415,27 @@ tickets = [{}]
         status.contains("## Workers") && status.contains("taken over"),
         "{status}"
     );
+
+    // PostgreSQL cut off from every process at once, as a partition: the
+    // server ends every session, the processes' sides go silent. The
+    // workers connect again and go on (a job whose worker was cut off
+    // mid-write lapses and is taken over); the coordinator's hold on the
+    // run is lost, so it stops (a store failure, exit 6) and is resumed.
+    wait_for(120, "phases under the new coordinator", &out, ended(28));
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(s) = coord.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator cut off from PostgreSQL did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(6), "a lost hold on the run is a store failure");
+    *coord = coordinator(true);
 
     let deadline = Instant::now() + Duration::from_secs(240);
     let status = loop {
@@ -2488,6 +2528,21 @@ tickets = [{}]
         }
     }
     assert_eq!(passed.len(), 40);
+    // Each agent's start names the worker process that ran it.
+    let mut named = std::collections::HashSet::new();
+    for e in &events {
+        if let EventKind::AgentStarted { worker, .. } = &e.event.kind {
+            let w = worker
+                .as_ref()
+                .expect("a worker's agent start names the worker");
+            assert!(
+                worker_pids.contains(&w.pid),
+                "agent started by {w:?}, not one of the workers {worker_pids:?}"
+            );
+            named.insert(w.pid);
+        }
+    }
+    assert!(named.len() >= 3, "{named:?}");
     assert!(
         jobs.iter().any(|j| j.takeovers > 0),
         "a killed or frozen worker's job was taken over: {jobs:?}"

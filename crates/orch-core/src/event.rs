@@ -250,6 +250,10 @@ pub enum EventKind {
         /// The backend's name (shared by the events and records that name
         /// the same backend).
         backend: std::sync::Arc<str>,
+        /// The worker that ran it (host and process), when a worker of a
+        /// run shared among machines did; `None`: the run's driver.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<DriverInfo>,
     },
     /// Something an agent reported while working.
     AgentOutput {

@@ -196,6 +196,9 @@ pub struct AgentRecord {
     pub error: Option<AgentErrorKind>,
     /// The summary or error message.
     pub summary: String,
+    /// The worker that ran it, in a run shared among machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<crate::DriverInfo>,
 }
 
 /// One gate result, for the test log.
@@ -492,6 +495,7 @@ impl RunState {
                 agent,
                 role,
                 backend,
+                worker,
             } => {
                 self.agents.insert(
                     agent,
@@ -507,6 +511,7 @@ impl RunState {
                         usage: Usage::default(),
                         error: None,
                         summary: String::new(),
+                        worker,
                     },
                 );
             }

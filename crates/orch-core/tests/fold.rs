@@ -82,6 +82,7 @@ fn kind() -> impl Strategy<Value = EventKind> {
                 agent,
                 role: "dev".parse().unwrap(),
                 backend: "scripted".into(),
+                worker: None,
             }
         }),
         (agent(), "[a-z ]{0,10}").prop_map(|(agent, text)| EventKind::AgentOutput { agent, text }),
@@ -303,6 +304,7 @@ fn a_ticket_through_retry_and_escalation() {
             agent: a1.clone(),
             role: "security".parse().unwrap(),
             backend: "claude_code".into(),
+            worker: None,
         }),
         ev(EventKind::AgentFinished {
             ticket: t.clone(),

@@ -102,6 +102,7 @@ impl Journal {
                 agent: agent.clone(),
                 role: "dev".parse().unwrap(),
                 backend: "command".into(),
+                worker: None,
             },
         );
         self.at(

@@ -57,6 +57,7 @@ fn ticket_life(t: u64, out: &mut Vec<Event>) {
         agent: agent.clone(),
         role: "dev".parse().unwrap(),
         backend: "claude_code".into(),
+        worker: None,
     }));
     for i in 0..3 {
         out.push(Event::now(EventKind::AgentOutput {

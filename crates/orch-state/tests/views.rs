@@ -81,6 +81,7 @@ fn events() -> Vec<Event> {
             agent: agent.clone(),
             role: "backend".parse().unwrap(),
             backend: "claude_code".into(),
+            worker: None,
         }));
         v.push(e(EventKind::AgentFinished {
             ticket: t(id),
@@ -178,6 +179,7 @@ fn events() -> Vec<Event> {
         agent: "INFRA-004.implement.1".parse().unwrap(),
         role: "devops".parse().unwrap(),
         backend: "codex".into(),
+        worker: None,
     }));
     v
 }

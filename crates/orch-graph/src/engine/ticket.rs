@@ -731,6 +731,7 @@ async fn attempt_phase(
         agent: agent_id.clone(),
         role: role.clone(),
         backend: sh.backend(&role),
+        worker: j.worker(),
     }])
     .await?;
     let task = AgentTask {
