@@ -28,8 +28,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 /// 2 — `orch_leases` (ticket claims; dropped by 4) and
 /// `orch_now_ms()` (the server's clock in milliseconds, which lease times
 /// use); 3 — `orch_epochs` (each run's lock epoch, checked by fenced
-/// appends); 4 — `orch_jobs` (the [`JobQueue`](orch_core::JobQueue)).
-pub const PG_SCHEMA_VERSION: i64 = 4;
+/// appends); 4 — `orch_jobs` (the [`JobQueue`](orch_core::JobQueue)); 5 —
+/// `orch_jobs_run_open` (a run's open jobs in claim order).
+pub const PG_SCHEMA_VERSION: i64 = 5;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`: the
 /// tables it makes (a table of such a name that is already there is not
@@ -103,6 +104,13 @@ const MIGRATIONS: &[(&[&str], &str)] = &[
         UNIQUE (run, key)
      );
      CREATE INDEX orch_jobs_open ON orch_jobs (priority, id)
+        WHERE state IN ('available', 'running');",
+    ),
+    // 5: a worker of one run claims by walking that run's open jobs, not
+    // every run's.
+    (
+        &[],
+        "CREATE INDEX orch_jobs_run_open ON orch_jobs (run, priority, id)
         WHERE state IN ('available', 'running');",
     ),
 ];
@@ -1047,8 +1055,9 @@ impl StateStore for PgStore {
 
 /// The plans PostgreSQL makes for the statements that run on every append
 /// and every claim, on tables as a run leaves them (thousands of events
-/// and jobs, most jobs finished, never analyzed): each must go to its rows
-/// by index, never read the whole journal or every job.
+/// and jobs, most jobs finished, another run's open jobs first in line,
+/// never analyzed): each must go to its rows by index, never read the
+/// whole journal or every job.
 #[cfg(test)]
 mod plans {
     use std::time::Duration;
@@ -1109,6 +1118,23 @@ mod plans {
         let store = PgStore::connect(&format!("{base}{sep}options=-c%20search_path%3D{schema}"))
             .await
             .expect("store");
+        // Another run's open jobs, first in claim order.
+        let other = "other".parse().expect("run");
+        let held = store.lock_run(&other).await.expect("lock");
+        let work = Work::Phase {
+            ticket: "T-1".parse().expect("id"),
+            phase: "p".parse().expect("phase"),
+        };
+        let theirs: Vec<NewJob> = (0..2000)
+            .map(|i| NewJob::new(format!("k{i}"), work.clone()))
+            .collect();
+        for chunk in theirs.chunks(500) {
+            store
+                .enqueue(&other, held.epoch().expect("epoch"), chunk)
+                .await
+                .expect("enqueue");
+        }
+        drop(held);
         let run = "r".parse().expect("run");
         for chunk in 0..20u128 {
             let events: Vec<Event> = (0..200).map(|i| ready(1 + chunk * 200 + i)).collect();
@@ -1120,13 +1146,7 @@ mod plans {
         let lock = store.lock_run(&run).await.expect("lock");
         let epoch = lock.epoch().expect("epoch");
         let jobs: Vec<NewJob> = (0..3000)
-            .map(|i| {
-                let work = Work::Phase {
-                    ticket: "T-1".parse().expect("id"),
-                    phase: "p".parse().expect("phase"),
-                };
-                NewJob::new(format!("k{i}"), work)
-            })
+            .map(|i| NewJob::new(format!("k{i}"), work.clone()))
             .collect();
         for chunk in jobs.chunks(500) {
             store.enqueue(&run, epoch, chunk).await.expect("enqueue");
@@ -1150,8 +1170,10 @@ mod plans {
         admin
             .batch_execute(&format!(
                 "PREPARE known(text, bytea[]) AS {KNOWN};
-                 PREPARE claim(text, text[], int8, text) AS {}",
-                jobs::CLAIM
+                 PREPARE claim(text, text[], int8, text) AS {};
+                 PREPARE claim_any(text, text[], int8) AS {}",
+                jobs::claim_sql(true),
+                jobs::claim_sql(false)
             ))
             .await
             .expect("prepare");
@@ -1179,11 +1201,25 @@ mod plans {
         )
         .await;
         assert!(
-            claim.contains("Index Scan using orch_jobs_open")
+            claim.contains("Index Scan using orch_jobs_run_open")
+                && !claim.contains("Rows Removed by Filter")
                 && !claim.contains("Sort")
                 && !claim.contains("Bitmap")
                 && !claim.contains("Seq Scan"),
-            "a claim reads and sorts more than the next job:\n{claim}"
+            "a claim of run r reads and sorts more than its next job:\n{claim}"
+        );
+        let any = explain(
+            &admin,
+            jobs::CLAIM_BEGIN,
+            "EXECUTE claim_any('{}', '{}', 60000)",
+        )
+        .await;
+        assert!(
+            any.contains("Index Scan using orch_jobs_open")
+                && !any.contains("Sort")
+                && !any.contains("Bitmap")
+                && !any.contains("Seq Scan"),
+            "a claim of any run reads and sorts more than the next job:\n{any}"
         );
         drop(lock);
         admin

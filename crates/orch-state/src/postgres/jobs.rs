@@ -18,28 +18,34 @@ use super::{Check, Conn, Param, PgStore};
 use crate::codec::fenced;
 
 /// The next job a worker can do: waiting, or claimed under a lease that
-/// lapsed (a takeover, while any are left). Rows other workers are
-/// claiming or renewing right now are skipped, not waited for.
-pub(super) const CLAIM: &str = "WITH next AS (
-      SELECT id, state FROM orch_jobs
-      WHERE (state = 'available'
-             OR (state = 'running' AND expires_at <= orch_now_ms()
-                 AND takeovers < max_takeovers))
-        AND (role IS NULL OR cardinality($2::text[]) = 0 OR role = ANY($2))
-        AND ($4::text IS NULL OR run = $4)
-      ORDER BY priority, id
-      LIMIT 1
-      FOR UPDATE SKIP LOCKED)
-    UPDATE orch_jobs j
-    SET state = 'running', token = j.token + 1,
-        takeovers = j.takeovers + (next.state = 'running')::int,
-        worker = $1, renewed_at = orch_now_ms(),
-        expires_at = orch_now_ms() + $3
-    FROM next WHERE j.id = next.id
-    RETURNING j.id, j.run, j.token, j.expires_at, j.key, j.work, j.role, j.takeovers";
+/// lapsed (a takeover, while any are left), of the run `$4` when `of_run`
+/// (by the index of the run's open jobs) or of any run. Rows other
+/// workers are claiming or renewing right now are skipped, not waited for.
+pub(super) fn claim_sql(of_run: bool) -> String {
+    let run = if of_run { "run = $4 AND " } else { "" };
+    format!(
+        "WITH next AS (
+          SELECT id, state FROM orch_jobs
+          WHERE {run}(state = 'available'
+                 OR (state = 'running' AND expires_at <= orch_now_ms()
+                     AND takeovers < max_takeovers))
+            AND (role IS NULL OR cardinality($2::text[]) = 0 OR role = ANY($2))
+          ORDER BY priority, id
+          LIMIT 1
+          FOR UPDATE SKIP LOCKED)
+        UPDATE orch_jobs j
+        SET state = 'running', token = j.token + 1,
+            takeovers = j.takeovers + (next.state = 'running')::int,
+            worker = $1, renewed_at = orch_now_ms(),
+            expires_at = orch_now_ms() + $3
+        FROM next WHERE j.id = next.id
+        RETURNING j.id, j.run, j.token, j.expires_at, j.key, j.work, j.role, j.takeovers"
+    )
+}
 
 /// Opens a claim's transaction. The claim must walk the open jobs' index
-/// (`orch_jobs_open`) in claim order and stop at the first job it can
+/// (`orch_jobs_run_open` for a run's, `orch_jobs_open` for any run's) in
+/// claim order and stop at the first job it can
 /// take. A planner that takes the table for small (it is not analyzed
 /// yet, as after a run's first enqueue, or autovacuum is off) instead
 /// fetches every open job by a bitmap and sorts them all, or reads every
@@ -53,7 +59,8 @@ pub(super) const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_bitmapscan = off; 
 pub(super) struct Statements {
     enqueue: Statement,
     ids: Statement,
-    claim: Statement,
+    claim_run: Statement,
+    claim_any: Statement,
     renew: Statement,
     check: Statement,
     finish: Statement,
@@ -94,9 +101,14 @@ impl Statements {
                 &[Type::TEXT, Type::TEXT_ARRAY],
             )
             .await?,
-            claim: prepare(
-                CLAIM,
+            claim_run: prepare(
+                &claim_sql(true),
                 &[Type::TEXT, Type::TEXT_ARRAY, Type::INT8, Type::TEXT],
+            )
+            .await?,
+            claim_any: prepare(
+                &claim_sql(false),
+                &[Type::TEXT, Type::TEXT_ARRAY, Type::INT8],
             )
             .await?,
             renew: prepare(
@@ -323,8 +335,18 @@ impl PgStore {
     ) -> Result<Option<Job>, StoreError> {
         let e = |x: tokio_postgres::Error| self.err(&x);
         c.client.batch_execute(CLAIM_BEGIN).await.map_err(e)?;
-        let args: [&Param<'_>; 4] = [&who, &roles, &millis(lease), &run];
-        let row = c.client.query_opt(&c.jobs.claim, &args).await.map_err(e)?;
+        let lease = millis(lease);
+        let row = match run {
+            Some(run) => {
+                let args: [&Param<'_>; 4] = [&who, &roles, &lease, &run];
+                c.client.query_opt(&c.jobs.claim_run, &args).await
+            }
+            None => {
+                let args: [&Param<'_>; 3] = [&who, &roles, &lease];
+                c.client.query_opt(&c.jobs.claim_any, &args).await
+            }
+        }
+        .map_err(e)?;
         row.map(|r| {
             self.job(&r).map_err(|mut x| {
                 x.kind = StoreErrorKind::TooNew;
