@@ -1589,17 +1589,7 @@ fn a_partitioned_postgres_driver_stops_its_agents_before_a_standby_takes_over() 
         .spawn()
         .unwrap();
     // The old driver stops by itself, with a store error.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(st) = old.try_wait().unwrap() {
-            break st.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the partitioned driver did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = exit_within(&mut old, 30, "the partitioned driver");
     let noticed = cut_at.elapsed();
     assert_eq!(code, Some(6), "a lost lock is a store failure");
     assert!(
@@ -2195,6 +2185,18 @@ fn executions(log: &Path) -> Vec<Execution> {
     by_pid.into_values().collect()
 }
 
+/// The exit code of `child`, which must stop by itself within `secs`.
+fn exit_within(child: &mut Child, secs: u64, what: &str) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "{what} did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits (polling) until `f` holds, failing after `secs` with what the
 /// processes wrote to `shown`.
 fn wait_for(secs: u64, what: &str, shown: &Path, mut f: impl FnMut() -> bool) {
@@ -2423,17 +2425,7 @@ tickets = [{}]
     // run is lost, so it stops (a store failure, exit 6) and is resumed.
     wait_for(120, "phases under the new coordinator", &out, ended(28));
     proxy.cut();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(s) = coord.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the coordinator cut off from PostgreSQL did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = exit_within(coord, 30, "the coordinator cut off from PostgreSQL");
     assert_eq!(code, Some(6), "a lost hold on the run is a store failure");
     *coord = coordinator(true);
 
@@ -2557,5 +2549,30 @@ tickets = [{}]
         );
         assert_eq!(text, format!("{t} design\n{t} build"));
     }
+    // The same plan run on one machine (SQLite, no workers) merges to the
+    // same tree.
+    git(top, &["clone", "-q", "remote.git", "single"]);
+    let (code, single) = output(
+        orch()
+            .arg("run")
+            .arg(&plan_file)
+            .arg("--repo")
+            .arg(top.join("single"))
+            .arg("--state")
+            .arg(top.join("single-state"))
+            .args(["--run", "fleet"]),
+    );
+    assert_eq!(code, 0, "{single}");
+    assert_eq!(
+        git(
+            &top.join("remote.git"),
+            &["rev-parse", &format!("{batch}^{{tree}}")]
+        ),
+        git(
+            &top.join("single"),
+            &["rev-parse", "refs/heads/orch/fleet/batch-B1^{tree}"]
+        ),
+        "the fleet's merged batch differs from one machine's"
+    );
     sql(format!("DROP SCHEMA {schema} CASCADE"));
 }

@@ -992,3 +992,108 @@ effort = "1h"
     );
     db.drop().await;
 }
+
+/// A run whose jobs were cancelled (an abort, a spent budget) and which is
+/// then resumed: the resumed coordinator puts those phases in the queue
+/// again, under keys of a new generation, instead of waiting forever on
+/// jobs no worker may claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_run_resumed_after_its_jobs_were_cancelled_puts_them_in_the_queue_again() {
+    let db = Db::new("cancelled").await;
+    let run: RunId = "r".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let store = db.store().await;
+    let coordinator = || {
+        Engine::new(wide_plan(), Arc::new(Logged::new("c", &log)), store.clone())
+            .unwrap()
+            .workspace(Arc::new(SharedDir::new(dir.path())))
+            .poll_interval(Duration::from_millis(20))
+            .workers(store.clone())
+    };
+    // A first coordinator, with no worker yet, puts the first phases in
+    // the queue and is stopped.
+    let stop = Cancellation::new();
+    let first = coordinator();
+    let (r, s) = (run.clone(), stop.clone());
+    let first = tokio::spawn(async move { first.run(&r, s).await });
+    within(async {
+        while store.jobs(&run).await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    stop.cancel();
+    within(first).await.unwrap().unwrap();
+    // Its jobs are cancelled, as an abort does (once its hold on the run,
+    // let go of in the background, is gone).
+    let lock = within(async {
+        loop {
+            match store.lock_run(&run).await {
+                Ok(lock) => break lock,
+                Err(e) if e.kind == StoreErrorKind::Locked => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    let cancelled = store.cancel(&run, lock.epoch().unwrap()).await.unwrap();
+    assert!(cancelled > 0);
+    drop(lock);
+    // A worker, and the run resumed: it completes.
+    let worker_store = db.store().await;
+    let w = Engine::new(
+        wide_plan(),
+        Arc::new(Logged::new("w", &log)),
+        worker_store.clone(),
+    )
+    .unwrap()
+    .workspace(Arc::new(SharedDir::new(dir.path())));
+    let stop_worker = Cancellation::new();
+    let working = tokio::spawn(work_roles(
+        w,
+        worker_store,
+        me(1),
+        Vec::new(),
+        stop_worker.clone(),
+    ));
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        coordinator().run(&run, Cancellation::new()),
+    )
+    .await
+    .expect("the resumed run waited on its cancelled jobs")
+    .unwrap();
+    stop_worker.cancel();
+    working.await.unwrap();
+    assert_eq!(report.outcome, orch_core::RunOutcome::Completed);
+    let jobs = store.jobs(&run).await.unwrap();
+    // Each cancelled job was put in the queue again under the next
+    // generation's key (ticket/phase/restarts/asked/generation), and done.
+    let dropped: Vec<&JobInfo> = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Cancelled)
+        .collect();
+    assert_eq!(dropped.len() as u64, cancelled, "{jobs:?}");
+    for c in dropped {
+        let again = format!("{}/1", c.key);
+        assert!(
+            jobs.iter()
+                .any(|j| j.key == again && j.state == JobState::Done),
+            "no {again} done: {jobs:?}"
+        );
+    }
+    assert!(
+        jobs.iter()
+            .all(|j| matches!(j.state, JobState::Done | JobState::Cancelled)),
+        "{jobs:?}"
+    );
+    // Each phase ran once, on the worker.
+    let ran = log.lock().unwrap().clone();
+    assert_eq!(ran.len(), 16, "{ran:?}");
+    assert!(ran.iter().all(|r| r.worker == "w"), "{ran:?}");
+    db.drop().await;
+}
