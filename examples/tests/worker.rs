@@ -1097,3 +1097,58 @@ async fn a_run_resumed_after_its_jobs_were_cancelled_puts_them_in_the_queue_agai
     assert!(ran.iter().all(|r| r.worker == "w"), "{ran:?}");
     db.drop().await;
 }
+
+/// A checkpoint made just before a crash, before its push: the engine
+/// finds it on resume (`find_checkpoint`), and it is on the remote before
+/// anything can record it, so no other machine is sent after a commit it
+/// cannot fetch.
+#[tokio::test]
+async fn a_checkpoint_found_after_a_crash_is_pushed_before_it_is_recorded() {
+    use orch_core::Workspace;
+    let top = tempfile::tempdir().unwrap();
+    git_in(
+        top.path(),
+        &["init", "-q", "--bare", "-b", "main", "remote.git"],
+    );
+    git_in(top.path(), &["clone", "-q", "remote.git", "seed"]);
+    let seed = top.path().join("seed");
+    std::fs::write(seed.join("README"), "shared\n").unwrap();
+    git_in(&seed, &["add", "README"]);
+    git_in(&seed, &["commit", "-q", "-m", "start"]);
+    git_in(&seed, &["push", "-q", "origin", "main"]);
+    git_in(top.path(), &["clone", "-q", "remote.git", "machine"]);
+    let repo = orch_state::git::Repo::open(top.path().join("machine")).unwrap();
+    let ws = orch_state::GitWorkspace::new(repo, "HEAD")
+        .unwrap()
+        .remote("origin");
+    let (run, ticket): (RunId, orch_core::TicketId) = ("r".parse().unwrap(), "T1".parse().unwrap());
+    let phase: orch_core::PhaseName = "build".parse().unwrap();
+    let tree = ws.prepare(&run, &ticket, &[]).await.unwrap();
+    std::fs::write(tree.path.join("work.txt"), "done\n").unwrap();
+    let made = ws
+        .checkpoint(&run, &ticket, &phase, 1, &[])
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    // The crash came before the push: the remote does not have it.
+    let bare = top.path().join("remote.git");
+    let pushed = format!("refs/orch/{run}/{made}");
+    git_in(&bare, &["update-ref", "-d", &pushed]);
+    let on_remote = |c: &str| {
+        std::process::Command::new("git")
+            .args(["cat-file", "-e", &format!("{c}^{{commit}}")])
+            .current_dir(&bare)
+            .status()
+            .unwrap()
+            .success()
+    };
+    git_in(&bare, &["gc", "-q", "--prune=now"]);
+    assert!(!on_remote(&made), "the crash left it unpushed");
+    let found = ws
+        .find_checkpoint(&run, &ticket, &phase, 1)
+        .await
+        .unwrap()
+        .expect("found after the crash");
+    assert_eq!(found, made);
+    assert!(on_remote(&found), "found, recorded, and not on the remote");
+}
