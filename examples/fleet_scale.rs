@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use orch_core::{
-    Agent, AgentContext, AgentError, AgentOutcome, AgentTask, Cancellation, DriverInfo, Event,
-    EventKind, Expect, JobQueue, NewJob, Plan, RunId, RunOutcome, SharedDir, StateStore, Work,
+    Agent, AgentContext, AgentError, AgentOutcome, AgentTask, Cancellation, DriverInfo, JobQueue,
+    NewJob, Plan, RunId, RunOutcome, SharedDir, Work,
 };
 use orch_examples::Error;
-use orch_examples::scale::Noop;
+use orch_examples::scale::{Noop, start_run};
 use orch_examples::worker::Worker;
 use orch_graph::Engine;
 use orch_state::PgStore;
@@ -240,39 +240,13 @@ fn plan(n: u64, at_once: u32) -> Plan {
     Plan::from_toml_str(&toml).expect("a valid plan")
 }
 
-/// Starts `run` as a coordinator would; returns its hold and epoch.
-async fn start(
-    store: &PgStore,
-    run: &RunId,
-    plan: &Plan,
-) -> Result<(orch_core::RunLock, u64), Error> {
-    let lock = store.lock_run(run).await?;
-    let epoch = lock.epoch().ok_or("PostgreSQL fences")?;
-    let (fingerprint, parts) = plan.fingerprint();
-    store
-        .append_if(
-            run,
-            Expect::Epoch(epoch),
-            &[Event::now(EventKind::RunStarted {
-                run: run.clone(),
-                plan: plan.name.clone(),
-                fingerprint,
-                resumed: false,
-                parts: Arc::new(parts),
-                driver: None,
-            })],
-        )
-        .await?;
-    Ok((lock, epoch))
-}
-
 /// `workers` tasks, each on a connection of its own, claiming and
 /// finishing `jobs` jobs; returns jobs a second.
 async fn queue_alone(url: &str, jobs: u64, workers: u64) -> Result<f64, Error> {
     let schema = Schema::new(url, "queue")?;
     let store = PgStore::connect(&schema.url).await?;
     let run: RunId = "fleet".parse()?;
-    let (_lock, epoch) = start(&store, &run, &plan(1, 1)).await?;
+    let (_lock, epoch) = start_run(&store, &run, &plan(1, 1)).await?;
     let new: Vec<NewJob> = (0..jobs)
         .map(|i| {
             NewJob::new(
@@ -323,23 +297,15 @@ async fn whole_path(url: &str, jobs: u64, workers: u64) -> Result<f64, Error> {
     let stop = Cancellation::new();
     let mut fleet = tokio::task::JoinSet::new();
     for n in 0..workers {
-        let worker = worker(&run, Duration::from_secs(30));
-        let (url, plan, dir, stop) = (
+        fleet.spawn(serve(
+            worker(&run, Duration::from_secs(30)),
             schema.url.clone(),
             plan.clone(),
+            Arc::new(Noop),
             dir.path().to_owned(),
+            n,
             stop.clone(),
-        );
-        fleet.spawn(async move {
-            let store = Arc::new(PgStore::connect(&url).await?);
-            let claims = PgStore::connect(&url).await?;
-            let engine = Engine::new(plan, Arc::new(Noop), store.clone())?
-                .workspace(Arc::new(SharedDir::new(dir)));
-            worker
-                .serve(Arc::new(engine), store, &claims, &me(n), stop)
-                .await?;
-            Ok::<_, Error>(())
-        });
+        ));
     }
     let t = Instant::now();
     let report = coordinator.run(&run, Cancellation::new()).await?;
@@ -367,6 +333,27 @@ fn worker(run: &RunId, lease: Duration) -> Worker {
         remote: "origin".into(),
         lease,
     }
+}
+
+/// Worker `n` in this process: `orch worker`'s claim loop (`worker`) on
+/// connections of its own to `url`, doing the jobs of `plan` with `agent`
+/// in `dir`, until `stop`.
+async fn serve(
+    worker: Worker,
+    url: String,
+    plan: Plan,
+    agent: Arc<dyn Agent>,
+    dir: std::path::PathBuf,
+    n: u64,
+    stop: Cancellation,
+) -> Result<(), Error> {
+    let store = Arc::new(PgStore::connect(&url).await?);
+    let claims = PgStore::connect(&url).await?;
+    let engine = Engine::new(plan, agent, store.clone())?.workspace(Arc::new(SharedDir::new(dir)));
+    worker
+        .serve(Arc::new(engine), store, &claims, &me(n), stop)
+        .await?;
+    Ok(())
 }
 
 /// An agent that never ends the first time it runs (the worker doing it
@@ -411,24 +398,15 @@ async fn takeover(url: &str, lease: Duration, sample: u64) -> Result<Duration, E
     let stop = Cancellation::new();
     let mut fleet = Vec::new();
     for n in 0..2 {
-        let worker = worker(&"fleet".parse()?, lease);
-        let (url, plan, dir, stop, agent) = (
+        fleet.push(tokio::spawn(serve(
+            worker(&"fleet".parse()?, lease),
             schema.url.clone(),
             plan.clone(),
-            dir.path().to_owned(),
-            stop.clone(),
             agent.clone(),
-        );
-        fleet.push(tokio::spawn(async move {
-            let store = Arc::new(PgStore::connect(&url).await?);
-            let claims = PgStore::connect(&url).await?;
-            let engine =
-                Engine::new(plan, agent, store.clone())?.workspace(Arc::new(SharedDir::new(dir)));
-            worker
-                .serve(Arc::new(engine), store, &claims, &me(n), stop)
-                .await?;
-            Ok::<_, Error>(())
-        }));
+            dir.path().to_owned(),
+            n,
+            stop.clone(),
+        )));
     }
     let began = |n: usize| agent.0.lock().expect("not poisoned").get(n).copied();
     let deadline = Instant::now() + lease * 10 + Duration::from_secs(10);

@@ -85,3 +85,33 @@ pub async fn run_noop(
     assert_eq!(report.outcome, RunOutcome::Completed);
     NoopRun { built, ran, faults }
 }
+
+/// Starts `run` of `plan` as a coordinator does, without an engine: takes
+/// the run's hold on PostgreSQL and appends its `RunStarted` under the
+/// hold's epoch, so jobs can be put in the queue for it. Returns the hold
+/// (the run is held until it is dropped) and the epoch.
+///
+/// # Errors
+/// The store's.
+pub async fn start_run(
+    store: &orch_state::PgStore,
+    run: &orch_core::RunId,
+    plan: &orch_core::Plan,
+) -> Result<(orch_core::RunLock, u64), orch_core::StoreError> {
+    let lock = store.lock_run(run).await?;
+    // (PostgreSQL fences every hold with an epoch.)
+    let epoch = lock.epoch().unwrap_or_default();
+    let (fingerprint, parts) = plan.fingerprint();
+    let started = orch_core::Event::now(orch_core::EventKind::RunStarted {
+        run: run.clone(),
+        plan: plan.name.clone(),
+        fingerprint,
+        resumed: false,
+        parts: Arc::new(parts),
+        driver: None,
+    });
+    store
+        .append_if(run, orch_core::Expect::Epoch(epoch), &[started])
+        .await?;
+    Ok((lock, epoch))
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orch_core::{
     Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Cancellation, Claim,
-    DriverInfo, Event, EventKind, Expect, Job, JobInfo, JobQueue, JobState, NewJob, Plan, RoleName,
-    RunId, SharedDir, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp, Work,
+    DriverInfo, Event, EventKind, Job, JobInfo, JobQueue, JobState, NewJob, Plan, RoleName, RunId,
+    SharedDir, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp, Work,
 };
 use orch_graph::{Engine, Kept, Worked};
 use orch_state::PgStore;
@@ -238,29 +238,11 @@ fn me(pid: u32) -> DriverInfo {
     }
 }
 
-/// Starts `run` as a coordinator would (its `RunStarted`, under its hold
-/// on the run) and returns its epoch.
+/// Starts `run` of [`plan`] as a coordinator would; its hold and epoch.
 async fn start(store: &PgStore, run: &RunId) -> (orch_core::RunLock, u64) {
-    let lock = store.lock_run(run).await.unwrap();
-    let epoch = lock.epoch().expect("PostgreSQL fences");
-    let plan = plan();
-    let (fingerprint, parts) = plan.fingerprint();
-    store
-        .append_if(
-            run,
-            Expect::Epoch(epoch),
-            &[Event::now(EventKind::RunStarted {
-                run: run.clone(),
-                plan: plan.name.clone(),
-                fingerprint,
-                resumed: false,
-                parts: Arc::new(parts),
-                driver: None,
-            })],
-        )
+    orch_examples::scale::start_run(store, run, &plan())
         .await
-        .unwrap();
-    (lock, epoch)
+        .unwrap()
 }
 
 fn phase_job(key: &str, phase: &str) -> NewJob {
@@ -730,6 +712,29 @@ fn git_in(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// The remote the machines share work through: a bare `remote.git` in
+/// `top` with one commit on `main`.
+fn shared_remote(top: &Path) -> std::path::PathBuf {
+    git_in(top, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
+    git_in(top, &["clone", "-q", "remote.git", "seed"]);
+    let seed = top.join("seed");
+    std::fs::write(seed.join("README"), "shared\n").unwrap();
+    git_in(&seed, &["add", "README"]);
+    git_in(&seed, &["commit", "-q", "-m", "start"]);
+    git_in(&seed, &["push", "-q", "origin", "main"]);
+    top.join("remote.git")
+}
+
+/// A machine: its own clone `name` of [`shared_remote`], its git workspace
+/// sharing through origin.
+fn machine(top: &Path, name: &str) -> orch_state::GitWorkspace {
+    git_in(top, &["clone", "-q", "remote.git", name]);
+    let repo = orch_state::git::Repo::open(top.join(name)).unwrap();
+    orch_state::GitWorkspace::new(repo, "HEAD")
+        .unwrap()
+        .remote("origin")
+}
+
 /// A plan whose phases have roles of their own (so a worker for each
 /// does every ticket's one phase), in one batch.
 fn shared_plan() -> Plan {
@@ -797,27 +802,7 @@ async fn work_goes_between_clones_through_the_remote_and_the_journal() {
     let db = Db::new("clones").await;
     let run: RunId = "r".parse().unwrap();
     let top = tempfile::tempdir().unwrap();
-    let bare = top.path().join("remote.git");
-    git_in(
-        top.path(),
-        &["init", "-q", "--bare", "-b", "main", "remote.git"],
-    );
-    git_in(top.path(), &["clone", "-q", "remote.git", "seed"]);
-    let seed = top.path().join("seed");
-    std::fs::write(seed.join("README"), "shared\n").unwrap();
-    git_in(&seed, &["add", "README"]);
-    git_in(&seed, &["commit", "-q", "-m", "start"]);
-    git_in(&seed, &["push", "-q", "origin", "main"]);
-    // A machine: its own clone, its git workspace sharing through origin.
-    let machine = |name: &str| {
-        git_in(top.path(), &["clone", "-q", "remote.git", name]);
-        let repo = orch_state::git::Repo::open(top.path().join(name)).unwrap();
-        Arc::new(
-            orch_state::GitWorkspace::new(repo, "HEAD")
-                .unwrap()
-                .remote("origin"),
-        )
-    };
+    let bare = shared_remote(top.path());
     let log = Arc::new(Mutex::new(Vec::new()));
     let store = db.store().await;
     let coordinator = Engine::new(
@@ -826,7 +811,7 @@ async fn work_goes_between_clones_through_the_remote_and_the_journal() {
         store.clone(),
     )
     .unwrap()
-    .workspace(machine("coordinator"))
+    .workspace(Arc::new(machine(top.path(), "coordinator")))
     .poll_interval(Duration::from_millis(20))
     .workers(store.clone());
     let stop = Cancellation::new();
@@ -839,7 +824,7 @@ async fn work_goes_between_clones_through_the_remote_and_the_journal() {
             store.clone(),
         )
         .unwrap()
-        .workspace(machine(name));
+        .workspace(Arc::new(machine(top.path(), name)));
         let roles = vec![role.parse().unwrap()];
         workers.push(tokio::spawn(work_roles(
             w,
@@ -1106,21 +1091,8 @@ async fn a_run_resumed_after_its_jobs_were_cancelled_puts_them_in_the_queue_agai
 async fn a_checkpoint_found_after_a_crash_is_pushed_before_it_is_recorded() {
     use orch_core::Workspace;
     let top = tempfile::tempdir().unwrap();
-    git_in(
-        top.path(),
-        &["init", "-q", "--bare", "-b", "main", "remote.git"],
-    );
-    git_in(top.path(), &["clone", "-q", "remote.git", "seed"]);
-    let seed = top.path().join("seed");
-    std::fs::write(seed.join("README"), "shared\n").unwrap();
-    git_in(&seed, &["add", "README"]);
-    git_in(&seed, &["commit", "-q", "-m", "start"]);
-    git_in(&seed, &["push", "-q", "origin", "main"]);
-    git_in(top.path(), &["clone", "-q", "remote.git", "machine"]);
-    let repo = orch_state::git::Repo::open(top.path().join("machine")).unwrap();
-    let ws = orch_state::GitWorkspace::new(repo, "HEAD")
-        .unwrap()
-        .remote("origin");
+    let bare = shared_remote(top.path());
+    let ws = machine(top.path(), "machine");
     let (run, ticket): (RunId, orch_core::TicketId) = ("r".parse().unwrap(), "T1".parse().unwrap());
     let phase: orch_core::PhaseName = "build".parse().unwrap();
     let tree = ws.prepare(&run, &ticket, &[]).await.unwrap();
@@ -1131,7 +1103,6 @@ async fn a_checkpoint_found_after_a_crash_is_pushed_before_it_is_recorded() {
         .unwrap()
         .expect("a checkpoint");
     // The crash came before the push: the remote does not have it.
-    let bare = top.path().join("remote.git");
     let pushed = format!("refs/orch/{run}/{made}");
     git_in(&bare, &["update-ref", "-d", &pushed]);
     let on_remote = |c: &str| {

@@ -45,13 +45,13 @@ pub(super) fn claim_sql(of_run: bool) -> String {
 
 /// Opens a claim's transaction. The claim must walk the open jobs' index
 /// (`orch_jobs_run_open` for a run's, `orch_jobs_open` for any run's) in
-/// claim order and stop at the first job it can
-/// take. A planner that takes the table for small (it is not analyzed
-/// yet, as after a run's first enqueue, or autovacuum is off) instead
-/// fetches every open job by a bitmap and sorts them all, or reads every
-/// finished job's entry, on every claim: claims slow down with the jobs a
-/// run has, and a run of thousands crawls. These settings leave it the
-/// ordered index scan alone, for this transaction.
+/// claim order and stop at the first job it can take. A planner that
+/// takes the table for small (it is not analyzed yet, as after a run's
+/// first enqueue, or autovacuum is off) instead fetches every open job by
+/// a bitmap and sorts them all, or reads every finished job's entry, on
+/// every claim: claims slow down with the jobs a run has, and a run of
+/// thousands crawls. These settings leave it the ordered index scan alone,
+/// for this transaction.
 pub(super) const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_bitmapscan = off; \
      SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off";
 
