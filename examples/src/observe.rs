@@ -110,7 +110,7 @@ pub fn describe(e: &EventKind) -> Option<String> {
         K::TicketFailed { ticket, reason } => format!("{ticket}: FAILED: {reason}"),
         K::TicketBlocked { ticket, by } => format!("{ticket}: blocked by {by}"),
         K::TicketSkipped { ticket } => format!("{ticket}: skipped"),
-        K::MergeStarted { batch } => format!("{batch}: merging"),
+        K::MergeStarted { batch, .. } => format!("{batch}: merging"),
         K::BatchMerged { batch, commit, .. } => {
             format!("{batch}: merged at {}", &commit[..commit.len().min(10)])
         }

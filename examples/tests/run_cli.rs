@@ -669,7 +669,7 @@ fn sigkill_mid_merge_then_resume() {
     let merges = events
         .iter()
         .filter(
-            |e| matches!(&e.event.kind, EventKind::MergeStarted { batch } if batch.as_str() == "X"),
+            |e| matches!(&e.event.kind, EventKind::MergeStarted { batch, .. } if batch.as_str() == "X"),
         )
         .count();
     assert_eq!(merges, 2, "the interrupted merge is started again, once");
@@ -2539,9 +2539,35 @@ tickets = [{}]
         jobs.iter().any(|j| j.takeovers > 0),
         "a killed or frozen worker's job was taken over: {jobs:?}"
     );
-    // The batch, merged and pushed by the coordinator, holds every
-    // ticket's work, each phase once.
+    // The batch was merged by a worker, and its branch on the remote, set
+    // by the coordinator, names the merge the journal records.
+    let mergers: Vec<Option<u32>> = events
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            EventKind::MergeStarted { worker, .. } => Some(worker.as_ref().map(|w| w.pid)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !mergers.is_empty()
+            && mergers
+                .iter()
+                .all(|m| m.is_some_and(|p| worker_pids.contains(&p))),
+        "merged by {mergers:?}, not only by the workers {worker_pids:?}"
+    );
+    let recorded: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            EventKind::BatchMerged { commit, .. } => Some(commit.as_str()),
+            _ => None,
+        })
+        .collect();
     let batch = "refs/heads/orch/fleet/batch-B1";
+    assert_eq!(
+        [git(&top.join("remote.git"), &["rev-parse", batch]).as_str()],
+        &recorded[..]
+    );
+    // It holds every ticket's work, each phase once.
     for t in &tickets {
         let text = git(
             &top.join("remote.git"),

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_core::{
-    Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, Cancellation, Claim,
-    DriverInfo, Event, EventKind, Job, JobInfo, JobQueue, JobState, NewJob, Plan, RoleName, RunId,
-    SharedDir, StateStore, StoreError, StoreErrorKind, StoredEvent, Timestamp, Work,
+    Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, BatchId,
+    Cancellation, Claim, DriverInfo, Event, EventKind, Job, JobInfo, JobQueue, JobState, Merged,
+    NewJob, Plan, Prepared, RoleName, RunId, SharedDir, StateStore, StoreError, StoreErrorKind,
+    StoredEvent, TicketId, Timestamp, Work, Workspace, WorkspaceError,
 };
 use orch_graph::{Engine, Kept, Worked};
 use orch_state::PgStore;
@@ -649,6 +650,7 @@ async fn a_coordinator_hands_each_phase_to_the_workers_once_in_order() {
             store,
             me(n),
             Vec::new(),
+            true,
             stop.clone(),
         )));
     }
@@ -735,6 +737,22 @@ fn machine(top: &Path, name: &str) -> orch_state::GitWorkspace {
         .remote("origin")
 }
 
+/// The branch of batch B1 of run `r`.
+const BATCH: &str = "refs/heads/orch/r/batch-B1";
+
+/// The commit the journal has batch B1 merged at.
+fn merged_commit(events: &[StoredEvent]) -> String {
+    let merged: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            EventKind::BatchMerged { commit, .. } => Some(commit.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(merged.len(), 1, "{merged:?}");
+    merged[0].to_owned()
+}
+
 /// A plan whose phases have roles of their own (so a worker for each
 /// does every ticket's one phase), in one batch.
 fn shared_plan() -> Plan {
@@ -772,17 +790,23 @@ tickets = ["T0", "T1", "T2", "T3"]
     Plan::from_toml_str(&toml).unwrap()
 }
 
-/// Claims jobs of `roles` (none: any) and does them until `stop`.
+/// Claims jobs of `roles` (none: any) and does them until `stop`; without
+/// `merges`, the first batch merge it claims is given back, and it stops.
 async fn work_roles(
     w: Engine,
     queue: Arc<dyn JobQueue>,
     who: DriverInfo,
     roles: Vec<RoleName>,
+    merges: bool,
     stop: Cancellation,
 ) {
     while !stop.is_cancelled() {
         let sent = Instant::now();
         match queue.claim(&who, None, &roles, LEASE).await.unwrap() {
+            Some(job) if !merges && matches!(job.work, Work::Merge { .. }) => {
+                assert!(queue.give_back(&job.claim).await.unwrap());
+                return;
+            }
             Some(job) => {
                 let worked = w.work(queue.clone(), &job, LEASE, sent, Cancellation::new());
                 let worked = worked.await.unwrap();
@@ -831,6 +855,7 @@ async fn work_goes_between_clones_through_the_remote_and_the_journal() {
             store,
             me(n),
             roles,
+            true,
             stop.clone(),
         )));
     }
@@ -842,6 +867,21 @@ async fn work_goes_between_clones_through_the_remote_and_the_journal() {
         w.await.unwrap();
     }
     assert_eq!(report.outcome, orch_core::RunOutcome::Completed);
+    // The batch merged on a worker, and its branch names the recorded
+    // merge, on the remote and in the coordinator's clone.
+    let events = journal(&store, &run).await;
+    let merges: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            EventKind::MergeStarted { worker, .. } => Some(worker.is_some()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(merges, [true], "one merge, by a worker");
+    let recorded = merged_commit(&events);
+    assert_eq!(git_in(&bare, &["rev-parse", BATCH]), recorded);
+    let here = top.path().join("coordinator");
+    assert_eq!(git_in(&here, &["rev-parse", BATCH]), recorded);
     // Every phase ran once, plan on a, build on b.
     let ran = log.lock().unwrap().clone();
     assert_eq!(ran.len(), 8, "{ran:?}");
@@ -849,7 +889,6 @@ async fn work_goes_between_clones_through_the_remote_and_the_journal() {
         assert_eq!(r.worker, if r.phase == "plan" { "a" } else { "b" });
     }
     // Every checkpoint the journal has is on the remote.
-    let events = journal(&store, &run).await;
     let mut checkpoints = 0;
     for e in &events {
         if let EventKind::PhasePassed {
@@ -863,12 +902,212 @@ async fn work_goes_between_clones_through_the_remote_and_the_journal() {
     }
     assert_eq!(checkpoints, 8);
     // b built each ticket on a's plan, and on its dependency's work.
-    let batch = "refs/heads/orch/r/batch-B1";
-    let show = |f: &str| git_in(&bare, &["show", &format!("{batch}:{f}")]);
+    let show = |f: &str| git_in(&bare, &["show", &format!("{BATCH}:{f}")]);
     assert_eq!(show("T0.build.txt"), "T0.plan.txt");
     assert_eq!(show("T2.build.txt"), "T0.build.txt,T0.plan.txt,T2.plan.txt");
-    let files = git_in(&bare, &["ls-tree", "--name-only", batch]);
+    let files = git_in(&bare, &["ls-tree", "--name-only", BATCH]);
     assert_eq!(files.lines().count(), 9, "{files}"); // README and 8 phases' files
+    db.drop().await;
+}
+
+/// A machine's git workspace that, the first time it fetches a batch's
+/// tickets, waits for `release` first: a worker frozen (SIGSTOP) just
+/// before it merges.
+struct FrozenBeforeMerge {
+    inner: orch_state::GitWorkspace,
+    frozen: AtomicBool,
+    release: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl Workspace for FrozenBeforeMerge {
+    async fn prepare(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        deps: &[TicketId],
+    ) -> Result<Prepared, WorkspaceError> {
+        self.inner.prepare(run, ticket, deps).await
+    }
+    async fn checkpoint(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        phase: &orch_core::PhaseName,
+        attempt: u32,
+        records: &[String],
+    ) -> Result<Option<String>, WorkspaceError> {
+        self.inner
+            .checkpoint(run, ticket, phase, attempt, records)
+            .await
+    }
+    async fn rollback(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        commit: &str,
+    ) -> Result<(), WorkspaceError> {
+        self.inner.rollback(run, ticket, commit).await
+    }
+    async fn fetch(&self, run: &RunId, at: &[(TicketId, String)]) -> Result<(), WorkspaceError> {
+        if self.frozen.swap(false, Ordering::SeqCst) {
+            self.release.notified().await;
+        }
+        self.inner.fetch(run, at).await
+    }
+    async fn merge(
+        &self,
+        run: &RunId,
+        batch: &BatchId,
+        tickets: &[TicketId],
+    ) -> Result<Merged, WorkspaceError> {
+        self.inner.merge(run, batch, tickets).await
+    }
+    async fn publish(
+        &self,
+        run: &RunId,
+        batch: &BatchId,
+        commit: &str,
+    ) -> Result<(), WorkspaceError> {
+        self.inner.publish(run, batch, commit).await
+    }
+    async fn release(&self, run: &RunId, ticket: &TicketId) -> Result<(), WorkspaceError> {
+        self.inner.release(run, ticket).await
+    }
+}
+
+/// A worker frozen just before it merges a batch, past its lease: another
+/// worker merges the batch, and the batch's branch names that merge, the
+/// one the journal records, even after the frozen worker wakes up and
+/// makes (and shares) a merge of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
+    let db = Db::new("stale_merge").await;
+    let run: RunId = "r".parse().unwrap();
+    let top = tempfile::tempdir().unwrap();
+    let bare = shared_remote(top.path());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let store = db.store().await;
+    let coordinator = Engine::new(
+        shared_plan(),
+        Arc::new(Logged::new("c", &log)),
+        store.clone(),
+    )
+    .unwrap()
+    .workspace(Arc::new(machine(top.path(), "coordinator")))
+    .poll_interval(Duration::from_millis(20))
+    .workers(store.clone());
+    let coordinating = tokio::spawn({
+        let run = run.clone();
+        async move { coordinator.run(&run, Cancellation::new()).await }
+    });
+    // a and b do the phases and stop at the merge.
+    let stop = Cancellation::new();
+    let mut phases = Vec::new();
+    for (n, name, role) in [(1, "a", "planner"), (2, "b", "dev")] {
+        let w = Engine::new(
+            shared_plan(),
+            Arc::new(Logged::new(name, &log)),
+            store.clone(),
+        )
+        .unwrap()
+        .workspace(Arc::new(machine(top.path(), name)));
+        let roles = vec![role.parse().unwrap()];
+        let stop = stop.clone();
+        phases.push(tokio::spawn(work_roles(
+            w,
+            store.clone(),
+            me(n),
+            roles,
+            false,
+            stop,
+        )));
+    }
+    // s merges from a base of its own, so its merge cannot be the same
+    // commit as anyone else's.
+    git_in(top.path(), &["clone", "-q", "remote.git", "s"]);
+    let s_dir = top.path().join("s");
+    std::fs::write(s_dir.join("stale.txt"), "s\n").unwrap();
+    git_in(&s_dir, &["add", "stale.txt"]);
+    git_in(&s_dir, &["commit", "-q", "-m", "s alone"]);
+    let s_ws = orch_state::git::Repo::open(&s_dir).unwrap();
+    let s_ws = orch_state::GitWorkspace::new(s_ws, "HEAD")
+        .unwrap()
+        .remote("origin");
+    let release = Arc::new(tokio::sync::Notify::new());
+    let s = Engine::new(
+        shared_plan(),
+        Arc::new(Logged::new("s", &log)),
+        store.clone(),
+    )
+    .unwrap()
+    .workspace(Arc::new(FrozenBeforeMerge {
+        inner: s_ws,
+        frozen: AtomicBool::new(true),
+        release: release.clone(),
+    }));
+    // s's renewals never come back: it is frozen.
+    let queue_s: Arc<dyn JobQueue> = Arc::new(Cut {
+        inner: store.clone(),
+        cut: AtomicBool::new(true),
+        hang: true,
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (job, sent) = loop {
+        // Only the merge is left for s once a and b stopped at it.
+        let sent = Instant::now();
+        if phases.iter().all(|p| p.is_finished())
+            && let Some(job) = queue_s.claim(&me(3), None, &[], LEASE).await.unwrap()
+        {
+            break (job, sent);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the phases did not end in a merge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(matches!(job.work, Work::Merge { .. }), "{job:?}");
+    let s_work = tokio::spawn({
+        let queue_s = queue_s.clone();
+        async move {
+            s.work(queue_s, &job, LEASE, sent, Cancellation::new())
+                .await
+        }
+    });
+    // b takes the merge over once s's lease lapsed, and the run ends.
+    let b = Engine::new(
+        shared_plan(),
+        Arc::new(Logged::new("b", &log)),
+        store.clone(),
+    )
+    .unwrap()
+    .workspace(Arc::new(machine(top.path(), "b2")));
+    let (job_b, sent) = claim_next(&*store, &me(2)).await;
+    assert_eq!(job_b.takeovers, 1);
+    let worked = b.work(store.clone(), &job_b, LEASE, sent, Cancellation::new());
+    assert_eq!(worked.await.unwrap(), Worked::Finished);
+    let report = within(coordinating).await.unwrap().unwrap();
+    assert_eq!(report.outcome, orch_core::RunOutcome::Completed);
+    let recorded = merged_commit(&journal(&store, &run).await);
+    assert_eq!(git_in(&bare, &["rev-parse", BATCH]), recorded);
+
+    // s wakes up, merges and shares its merge; its record is refused.
+    release.notify_one();
+    let worked = within(s_work).await.unwrap().unwrap();
+    assert!(matches!(worked, Worked::Lost(_)), "{worked:?}");
+    let stale = git_in(&s_dir, &["rev-parse", BATCH]);
+    assert_ne!(stale, recorded);
+    git_in(&bare, &["cat-file", "-e", &format!("{stale}^{{commit}}")]);
+    // The branch still names the recorded merge, which holds no part of
+    // s's merge.
+    assert_eq!(git_in(&bare, &["rev-parse", BATCH]), recorded);
+    let files = git_in(&bare, &["ls-tree", "--name-only", BATCH]);
+    assert!(!files.contains("stale.txt"), "{files}");
+    let events = journal(&store, &run).await;
+    assert_eq!(merged_commit(&events), recorded);
+    stop.cancel();
     db.drop().await;
 }
 
@@ -953,6 +1192,7 @@ effort = "1h"
             store,
             me(n),
             Vec::new(),
+            true,
             stop.clone(),
         )));
     }
@@ -1043,6 +1283,7 @@ async fn a_run_resumed_after_its_jobs_were_cancelled_puts_them_in_the_queue_agai
         worker_store,
         me(1),
         Vec::new(),
+        true,
         stop_worker.clone(),
     ));
     let report = tokio::time::timeout(

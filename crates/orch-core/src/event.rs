@@ -396,6 +396,10 @@ pub enum EventKind {
     MergeStarted {
         /// The batch.
         batch: BatchId,
+        /// The worker that merges it (host and process), when a worker of
+        /// a run shared among machines does; `None`: the run's driver.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<DriverInfo>,
     },
     /// A batch's tickets were merged and its gates passed.
     BatchMerged {

@@ -469,19 +469,75 @@ impl Repo {
                 Some(l) => l,
                 None => listed.insert(self.git(&["worktree", "list", "--porcelain", "-z"])?),
             };
-            let want = format!("branch refs/heads/{branch}");
-            // Records of `worktree <path>`, `HEAD <oid>`, `branch <ref>`
-            // fields, separated by an empty field.
-            let mut path = None;
-            for field in list.split('\0') {
-                if let Some(p) = field.strip_prefix("worktree ") {
-                    path = Some(p);
-                } else if field == want
-                    && let Some(p) = path
-                {
-                    run_git(Path::new(p), &["reset", "-q", "--hard", &commit])?;
-                }
+            for p in checked_out(list, branch) {
+                run_git(Path::new(p), &["reset", "-q", "--hard", &commit])?;
             }
+        }
+        Ok(())
+    }
+
+    /// Sets `branch` (a batch's, merged in `merged_in`) to `commit` of
+    /// `run`, the merge the journal recorded: here, fetched from `remote`
+    /// first when this repository does not have it, and on `remote`. The
+    /// work tree the batch was merged in follows; any other that has the
+    /// branch checked out (someone's own) is never touched: the branch
+    /// stays where it is here, and that is an error, after the remote's
+    /// is set.
+    ///
+    /// # Errors
+    /// When the commit cannot be fetched or pushed, or the branch is
+    /// checked out elsewhere.
+    pub fn publish(
+        &self,
+        remote: Option<&str>,
+        run: &RunId,
+        branch: &str,
+        merged_in: &Path,
+        commit: &str,
+    ) -> Result<(), GitError> {
+        if self.resolve(&format!("{commit}^{{commit}}")).is_err()
+            && let Some(remote) = remote
+        {
+            let r = Repo::commit_ref(run, commit);
+            let refspec = format!("{r}:{r}");
+            self.git(&[
+                "fetch",
+                "-q",
+                "--no-tags",
+                "--no-write-fetch-head",
+                remote,
+                &refspec,
+            ])?;
+        }
+        if let Some(remote) = remote {
+            // Forced: the branch names the recorded merge, whatever was
+            // pushed before (only ever the same commit, by another
+            // coordinator of the run).
+            let to_branch = format!("+{commit}:refs/heads/{branch}");
+            self.git(&["push", "-q", "--no-verify", remote, &to_branch])?;
+        }
+        let full = format!("refs/heads/{branch}");
+        if self.resolve(&full).ok().as_deref() == Some(commit) {
+            return Ok(());
+        }
+        let list = self.git(&["worktree", "list", "--porcelain", "-z"])?;
+        let at = checked_out(&list, branch);
+        let ours = std::fs::canonicalize(merged_in).ok();
+        if let Some(other) = at
+            .iter()
+            .find(|p| ours.is_none() || std::fs::canonicalize(p).ok() != ours)
+        {
+            return Err(GitError {
+                kind: WorkspaceErrorKind::Refused,
+                command: format!("update-ref {full}"),
+                message: format!(
+                    "not moved to the merge {commit}: the branch is checked out at {other}"
+                ),
+            });
+        }
+        self.git(&["update-ref", &full, commit])?;
+        for p in at {
+            run_git(Path::new(p), &["reset", "-q", "--hard", commit])?;
         }
         Ok(())
     }
@@ -1429,6 +1485,26 @@ impl Repo {
 /// The worktree's `.git` file is the agent's to change: it must still
 /// name this repository's administrative directory for a worktree, or
 /// nothing is done in it.
+/// The work trees in `list` (`git worktree list --porcelain -z`) that
+/// have `branch` checked out.
+fn checked_out<'a>(list: &'a str, branch: &str) -> Vec<&'a str> {
+    let want = format!("branch refs/heads/{branch}");
+    // Records of `worktree <path>`, `HEAD <oid>`, `branch <ref>` fields,
+    // separated by an empty field.
+    let mut path = None;
+    let mut out = Vec::new();
+    for field in list.split('\0') {
+        if let Some(p) = field.strip_prefix("worktree ") {
+            path = Some(p);
+        } else if field == want
+            && let Some(p) = path
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn recover(common: &Path, path: &Path, branch: &str) -> Result<PathBuf, GitError> {
     let refuse = |why: String| GitError {
         kind: WorkspaceErrorKind::Refused,

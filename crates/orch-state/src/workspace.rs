@@ -733,11 +733,9 @@ impl Workspace for GitWorkspace {
                 match repo.merge_batch(&run, &batch, &branch, &base, &branches)? {
                     MergeOutcome::Merged { commit } => {
                         // Shared before the journal records it; the
-                        // branch is the coordinator's alone.
+                        // branch names it once recorded (`publish`).
                         if let Some(remote) = &remote {
                             repo.push_commits(remote, &run, &[&commit])?;
-                            let to_branch = format!("+{commit}:refs/heads/{branch}");
-                            repo.git(&["push", "-q", "--no-verify", remote, &to_branch])?;
                         }
                         Merged::Clean {
                             commit: Some(commit),
@@ -754,6 +752,22 @@ impl Workspace for GitWorkspace {
                     },
                 },
             )
+        })
+        .await
+    }
+
+    async fn publish(
+        &self,
+        run: &RunId,
+        batch: &BatchId,
+        commit: &str,
+    ) -> Result<(), WorkspaceError> {
+        let branch = self.batch_branch(run, batch);
+        let (run, batch, commit) = (run.clone(), batch.clone(), commit.to_owned());
+        let remote = self.remote.clone();
+        self.blocking(true, move |repo| {
+            let merged_in = repo.batch_worktree(&run, &batch);
+            repo.publish(remote.as_deref(), &run, &branch, &merged_in, &commit)
         })
         .await
     }

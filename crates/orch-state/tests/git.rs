@@ -613,3 +613,91 @@ fn a_tickets_start_merges_its_dependencies_or_names_the_conflict() {
     assert_eq!(err.kind, orch_core::WorkspaceErrorKind::Conflict, "{err}");
     assert!(err.message.contains("app.txt"), "{err}");
 }
+
+/// A batch's branch is set to a merge made on another machine (fetched
+/// through the remote, pushed there), never in a work tree orch did not
+/// make, and follows in the one the batch was merged in.
+#[test]
+fn a_batch_branch_is_published_only_where_orch_may_move_it() {
+    use orch_core::WorkspaceErrorKind;
+    let (d, seed) = repo();
+    let top = tempfile::tempdir().unwrap();
+    sh(
+        top.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &d.path().to_string_lossy(),
+            "remote.git",
+        ],
+    );
+    let bare = top.path().join("remote.git");
+    let clone = |name: &str| {
+        sh(top.path(), &["clone", "-q", "remote.git", name]);
+        sh(
+            &top.path().join(name),
+            &["config", "user.email", "t@example.com"],
+        );
+        sh(&top.path().join(name), &["config", "user.name", "t"]);
+        Repo::open(top.path().join(name)).unwrap()
+    };
+    drop(seed);
+    let (w, c) = (clone("w"), clone("c"));
+    let run = "r1".parse().unwrap();
+    let batch = "PR1".parse().unwrap();
+    let merged = |tickets: &[&str]| {
+        let mut branches = Vec::new();
+        for t in tickets {
+            let wt = w.worktree(&run, &t.parse().unwrap(), "main").unwrap();
+            std::fs::write(wt.path.join(format!("{t}.txt")), t).unwrap();
+            w.checkpoint(&wt, &format!("r1/{t}/implement/1"), t)
+                .unwrap();
+            branches.push(wt.branch);
+        }
+        let out = w.merge_batch(&run, &batch, "orch/pr1", "main", &branches);
+        let Ok(MergeOutcome::Merged { commit }) = out else {
+            panic!("{out:?}")
+        };
+        w.push_commits("origin", &run, &[&commit]).unwrap();
+        commit
+    };
+    let first = merged(&["A"]);
+    // Merging shares the commit, not the branch.
+    assert!(sh(&bare, &["branch", "--list", "orch/pr1"]).is_empty());
+    let merged_in = c.batch_worktree(&run, &batch);
+    c.publish(Some("origin"), &run, "orch/pr1", &merged_in, &first)
+        .unwrap();
+    assert_eq!(sh(&bare, &["rev-parse", "refs/heads/orch/pr1"]), first);
+    assert_eq!(sh(c.root(), &["rev-parse", "refs/heads/orch/pr1"]), first);
+    // Again (a resumed run): nothing changes.
+    c.publish(Some("origin"), &run, "orch/pr1", &merged_in, &first)
+        .unwrap();
+
+    // Someone checked the branch out in c: the remote's moves, c's stays,
+    // and that person's work tree is untouched.
+    let mine = top.path().join("mine");
+    sh(
+        c.root(),
+        &["worktree", "add", "-q", &mine.to_string_lossy(), "orch/pr1"],
+    );
+    std::fs::write(mine.join("notes.txt"), "mine").unwrap();
+    let second = merged(&["B"]);
+    let e = c
+        .publish(Some("origin"), &run, "orch/pr1", &merged_in, &second)
+        .unwrap_err();
+    assert_eq!(e.kind, WorkspaceErrorKind::Refused);
+    assert!(e.message.contains(&*mine.to_string_lossy()), "{e}");
+    assert_eq!(sh(&bare, &["rev-parse", "refs/heads/orch/pr1"]), second);
+    assert_eq!(sh(c.root(), &["rev-parse", "refs/heads/orch/pr1"]), first);
+    assert_eq!(sh(&mine, &["rev-parse", "HEAD"]), first);
+    assert!(mine.join("notes.txt").is_file());
+
+    // Where the batch was merged (w), its work tree follows the branch.
+    let w_tree = w.batch_worktree(&run, &batch);
+    w.publish(Some("origin"), &run, "orch/pr1", &w_tree, &first)
+        .unwrap();
+    assert_eq!(sh(&w_tree, &["rev-parse", "HEAD"]), first);
+    assert!(!w_tree.join("B.txt").exists());
+    assert_eq!(sh(&w_tree, &["status", "--porcelain"]), "");
+}

@@ -1,14 +1,16 @@
 //! A worker's side of a run shared among machines: one job, claimed from a
 //! [`JobQueue`] by the worker, done under its claim ([`Engine::work`]).
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use orch_core::{
-    Cancellation, EventKind, Job, JobQueue, JobState, NewJob, PhaseName, RunStatus, StoreError,
-    StoreErrorKind, TicketId, TicketStatus, Work,
+    BatchId, Cancellation, EventKind, Job, JobQueue, JobState, NewJob, PhaseName, RunStatus,
+    StoreError, StoreErrorKind, TicketId, TicketStatus, Work,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,12 +26,12 @@ use crate::worker::{Kept, keep_claim};
 #[non_exhaustive]
 pub enum Worked {
     /// Done, and marked so in the queue: its phase passed (or had passed
-    /// before), or its ticket failed or waits for a person. The journal
-    /// says which.
+    /// before), or its ticket failed or waits for a person; or its batch
+    /// merged or failed. The journal says which.
     Finished,
     /// Finished without doing anything: the journal has the ticket past
     /// the job's phase (it passed, the ticket ended, or it waits for a
-    /// person), so the job was out of date (a coordinator that enqueued
+    /// person), or the batch merged or failed, so the job was out of date (a coordinator that enqueued
     /// it again, say).
     Superseded,
     /// Handed back unfinished (the caller's `cancel` fired: the worker is
@@ -50,24 +52,29 @@ fn lost(e: &StoreError) -> bool {
 impl Engine {
     /// Does `job`, which this worker claimed from `queue` (`since`: when
     /// the claim was sent) for a lease of `lease`: one phase of one ticket,
-    /// in this engine's workspace, with its agents and gates, writing the
-    /// run's journal through the claim, so nothing is written once the
-    /// claim is lost. The lease is renewed while the phase runs
-    /// ([`keep_claim`]); the agents are stopped before it could lapse.
+    /// with its agents and gates, or the merge of a batch, with its gates,
+    /// in this engine's workspace, writing the run's journal through the
+    /// claim, so nothing is written once the claim is lost. The lease is
+    /// renewed while the work runs ([`keep_claim`]); the agents and gates
+    /// are stopped before it could lapse.
     ///
-    /// The phase starts from the ticket's last checkpoint (a job taken
-    /// over from a worker that died goes on from there); a phase that
-    /// passed already is not run again. The engine's store must be the
-    /// queue's database: the run's journal is read from it.
+    /// A phase starts from the ticket's last checkpoint (a job taken over
+    /// from a worker that died goes on from there); a phase that passed
+    /// already is not run again, nor a batch merged or failed already. A
+    /// merge shares its commit through the workspace's remote but leaves
+    /// the batch's branch alone: the coordinator sets it to the merge the
+    /// journal records ([`Workspace::publish`](orch_core::Workspace::publish)),
+    /// so a worker whose claim was lost cannot move it. The engine's store
+    /// must be the queue's database: the run's journal is read from it.
     ///
     /// `cancel` stops the work and hands the job back (a worker shutting
     /// down).
     ///
     /// # Errors
     /// [`EngineError::Job`] when the job is not this engine's to do (its
-    /// run not started, its ticket or phase not in the plan, a batch
-    /// merge), [`EngineError::PlanChanged`] when the run was started with
-    /// another plan (in both cases the job is given back first), and
+    /// run not started, its ticket, phase or batch not in the plan),
+    /// [`EngineError::PlanChanged`] when the run was started with another
+    /// plan (in both cases the job is given back first), and
     /// [`EngineError::Store`] when the store fails (the job is left to
     /// lapse, then taken over).
     pub async fn work(
@@ -87,16 +94,27 @@ impl Engine {
                 message,
             })
         };
-        let (ticket, phase) = match &job.work {
-            Work::Phase { ticket, phase } => (ticket, phase),
+        let task = match &job.work {
+            Work::Phase { ticket, phase } => {
+                let Some(t) = self.graph.index_of(ticket.as_str()) else {
+                    return refuse(format!("ticket {ticket} is not in plan {}", self.plan.name))
+                        .await;
+                };
+                if !self.plan.phases.iter().any(|p| p.name == *phase) {
+                    return refuse(format!("phase {phase} is not in plan {}", self.plan.name))
+                        .await;
+                }
+                Task::Phase(t, ticket, phase)
+            }
+            Work::Merge { batch } => {
+                let Some(b) = self.plan.batches.iter().find(|b| b.id == *batch) else {
+                    return refuse(format!("batch {batch} is not in plan {}", self.plan.name))
+                        .await;
+                };
+                Task::Merge(batch, &b.tickets)
+            }
             other => return refuse(format!("this worker does not do {other}")).await,
         };
-        let Some(t) = self.graph.index_of(ticket.as_str()) else {
-            return refuse(format!("ticket {ticket} is not in plan {}", self.plan.name)).await;
-        };
-        if !self.plan.phases.iter().any(|p| p.name == *phase) {
-            return refuse(format!("phase {phase} is not in plan {}", self.plan.name)).await;
-        }
         let state = self.journal_now(run).await?;
         if state.status == RunStatus::NotStarted {
             return refuse("the run has not started".into()).await;
@@ -105,21 +123,8 @@ impl Engine {
             queue.give_back(&job.claim).await?;
             return Err(e);
         }
-        // Only the phase the ticket is at: running any other would touch
-        // a tree another job may be working in.
-        // And as it stands now: a job enqueued before a restart or an
-        // answer (taken over after its worker died) is another's.
-        let current = next_job(&self.plan, &state, ticket).is_some_and(|(p, now)| {
-            p == *phase && (job.key == now || job.key.starts_with(&format!("{now}/")))
-        });
-        let st = state.tickets.get(ticket);
-        let status = st.map(|t| t.status).unwrap_or_default();
-        if !current
-            || status.is_final()
-            || (status == TicketStatus::AwaitingDecision
-                && st.is_some_and(|t| t.pending_decision.is_none()))
-        {
-            tracing::info!(%run, key = %job.key, ?status, "the job is out of date; finishing it");
+        if !task.current(&self.plan, &state, &job.key) {
+            tracing::info!(%run, key = %job.key, "the job is out of date; finishing it");
             self.put_back(state);
             return finish(&*queue, job, &[], Worked::Superseded).await;
         }
@@ -143,11 +148,25 @@ impl Engine {
             self.redactor.clone(),
         );
         let shared = self.shared(journal.clone(), work.clone());
-        let span =
-            tracing::info_span!("job", run = %run, job = job.claim.job, ticket = %ticket, %phase);
+        let span = tracing::info_span!("job", run = %run, job = job.claim.job, work = %job.work);
         let doing = async {
-            let pipeline =
-                AssertUnwindSafe(ticket::run_ticket(&shared, t, true, Some(phase))).catch_unwind();
+            let pipeline: Pin<Box<dyn Future<Output = End> + Send + '_>> = match &task {
+                Task::Phase(t, _, phase) => {
+                    Box::pin(ticket::run_ticket(&shared, *t, true, Some(phase)))
+                }
+                Task::Merge(batch, tickets) => Box::pin(async {
+                    let merged =
+                        ticket::merge_batch(&shared, (*batch).clone(), tickets.to_vec()).await;
+                    match merged {
+                        Err(e) => End::Store(e),
+                        // Merged or failed; or stopped (gates cancelled)
+                        // with neither recorded.
+                        Ok(()) if shared.journal.with_state(|s| ended(s, batch)) => End::Done,
+                        Ok(()) => End::Interrupted,
+                    }
+                }),
+            };
+            let pipeline = AssertUnwindSafe(pipeline).catch_unwind();
             tokio::pin!(pipeline);
             let end = tokio::select! {
                 end = &mut pipeline => end,
@@ -169,14 +188,20 @@ impl Engine {
         }
         let last = match end {
             Ok(End::Done | End::Failed | End::Escalated | End::Handoff) => Vec::new(),
-            // A bug in an agent, gate or workspace fails the ticket alone,
-            // as in a driver's run.
+            // A bug in an agent, gate or workspace fails the ticket (or
+            // the batch) alone, as in a driver's run.
             Err(payload) => {
                 let reason = journal.redacted(pipeline_panicked(&*payload));
-                tracing::error!(%ticket, "{reason}");
-                vec![journal.event(EventKind::TicketFailed {
-                    ticket: ticket.clone(),
-                    reason,
+                tracing::error!(work = %job.work, "{reason}");
+                vec![journal.event(match &task {
+                    Task::Phase(_, ticket, _) => EventKind::TicketFailed {
+                        ticket: (*ticket).clone(),
+                        reason,
+                    },
+                    Task::Merge(batch, _) => EventKind::BatchFailed {
+                        batch: (*batch).clone(),
+                        reason,
+                    },
                 })]
             }
             Ok(End::Interrupted) => {
@@ -194,6 +219,55 @@ impl Engine {
         };
         finish(&*queue, job, &last, Worked::Finished).await
     }
+}
+
+/// The work of a job, as this engine's plan has it.
+enum Task<'a> {
+    /// Ticket (index and id) and phase.
+    Phase(crate::Ix, &'a TicketId, &'a PhaseName),
+    /// Batch and its tickets.
+    Merge(&'a BatchId, &'a [TicketId]),
+}
+
+impl Task<'_> {
+    /// Whether a job of this work keyed `key` is still to do as the
+    /// journal (`s`) stands: a job enqueued before a restart or an answer
+    /// (taken over after its worker died), or for work the journal has
+    /// done, is not.
+    fn current(&self, plan: &orch_core::Plan, s: &orch_core::RunState, key: &str) -> bool {
+        let of = |now: &str| key == now || key.starts_with(&format!("{now}/"));
+        match *self {
+            Task::Phase(_, ticket, phase) => {
+                // Only the phase the ticket is at: running any other would
+                // touch a tree another job may be working in.
+                let at = next_job(plan, s, ticket).is_some_and(|(p, now)| p == *phase && of(&now));
+                let st = s.tickets.get(ticket);
+                let status = st.map(|t| t.status).unwrap_or_default();
+                at && !status.is_final()
+                    && !(status == TicketStatus::AwaitingDecision
+                        && st.is_some_and(|t| t.pending_decision.is_none()))
+            }
+            Task::Merge(batch, tickets) => {
+                of(&merge_key(batch))
+                    && !ended(s, batch)
+                    && tickets.iter().all(|t| {
+                        s.tickets
+                            .get(t)
+                            .is_some_and(|t| t.status == TicketStatus::Done)
+                    })
+            }
+        }
+    }
+}
+
+/// Whether the journal has `batch` merged or failed.
+fn ended(s: &orch_core::RunState, batch: &BatchId) -> bool {
+    s.batches.get(batch).is_some_and(|b| {
+        matches!(
+            b.status,
+            orch_core::BatchStatus::Merged | orch_core::BatchStatus::Failed
+        )
+    })
 }
 
 impl Engine {
@@ -252,13 +326,14 @@ pub(crate) struct Remote {
     pub(crate) poll: Duration,
 }
 
-/// Where the journal has a ticket whose phases workers do.
-enum Now {
-    /// Its phase `.0` is next, as job `.1`.
-    Next(PhaseName, String),
-    /// Every phase passed; its last job is writing its end.
-    Ending,
-    End(End),
+/// Where the journal has work that workers do ([`follow`]).
+enum Now<T> {
+    /// This job is the one to do.
+    Next(NewJob),
+    /// Done; its end is being written.
+    Wait,
+    /// Ended so.
+    End(T),
 }
 
 /// The key of the job for `ticket`'s `phase`: the same for as long as the
@@ -296,67 +371,41 @@ fn next_job(
         .map(|p| (p.name.clone(), key(ticket, &p.name, restarts, asked)))
 }
 
-/// A coordinator's stand-in for ticket `t`'s pipeline: puts the phase it
-/// is at in the queue as a job, and the next one when that one passed,
-/// until the journal (read by the dispatcher) shows the ticket ended,
-/// failed, or waiting for a person, which it returns as the pipeline
-/// would. A job that workers died doing too often ([`JobState::Abandoned`])
-/// fails the ticket.
-pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate::Ix) -> End {
-    let ticket = &sh.tickets[t as usize];
-    let id = &ticket.id;
+/// A coordinator's hold on work that workers do: puts the job `now` (the
+/// journal's state, and how many of the work's jobs were found cancelled)
+/// names in the queue, watching the journal (read by the dispatcher) until
+/// `now` says the work ended, which it returns; `None` when the run's
+/// work was cancelled. A job found cancelled (a run resumed after an abort
+/// or a spent budget cancelled them) is followed by one under a key of its
+/// own; a job that workers died doing too often ([`JobState::Abandoned`])
+/// is recorded by the event `abandoned` makes of the reason, which must
+/// end the work.
+async fn follow<T>(
+    sh: &ticket::Shared,
+    remote: &Remote,
+    now: impl Fn(&orch_core::RunState, u32) -> Now<T>,
+    abandoned: impl Fn(String) -> EventKind,
+) -> Result<Option<T>, StoreError> {
     let run = &sh.journal.run;
     let mut enqueued: Option<(String, u64)> = None;
-    // Jobs of this ticket found cancelled (a run resumed after an abort
-    // or a spent budget cancelled them): the next gets a key of its own.
     let mut generation = 0u32;
     let mut tick = tokio::time::interval(remote.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let now = sh.journal.with_state(|s| {
-            if let Some(st) = s.tickets.get(id) {
-                match st.status {
-                    TicketStatus::Done => return Now::End(End::Done),
-                    s if s.is_final() => return Now::End(End::Failed),
-                    TicketStatus::AwaitingDecision if st.pending_decision.is_none() => {
-                        return Now::End(End::Escalated);
-                    }
-                    _ => {}
-                }
+        match sh.journal.with_state(|s| now(s, generation)) {
+            Now::End(end) => return Ok(Some(end)),
+            Now::Wait => {}
+            Now::Next(job) if enqueued.as_ref().is_none_or(|(e, _)| *e != job.key) => {
+                let key = job.key.clone();
+                let ids = remote.queue.enqueue(run, remote.epoch, &[job]).await?;
+                tracing::info!(%key, job = ids[0], "enqueued");
+                enqueued = Some((key, ids[0]));
             }
-            next_job(&sh.plan, s, id).map_or(Now::Ending, |(p, k)| {
-                Now::Next(p, generation_key(&k, generation))
-            })
-        });
-        match now {
-            Now::End(end) => return end,
-            Now::Ending => {}
-            Now::Next(phase, k) if enqueued.as_ref().is_none_or(|(e, _)| *e != k) => {
-                let spec = sh.plan.phases.iter().find(|p| p.name == phase);
-                let role = spec.and_then(|p| sh.plan.role_for(ticket, p)).cloned();
-                let mut job = NewJob::new(
-                    k.clone(),
-                    Work::Phase {
-                        ticket: id.clone(),
-                        phase,
-                    },
-                );
-                job.role = role;
-                match remote.queue.enqueue(run, remote.epoch, &[job]).await {
-                    Ok(ids) => {
-                        tracing::info!(key = %k, job = ids[0], "enqueued");
-                        enqueued = Some((k, ids[0]));
-                    }
-                    Err(e) => return End::Store(e),
-                }
-            }
-            Now::Next(..) => {
+            Now::Next(_) => {
                 let job = enqueued.as_ref().map_or(0, |(_, j)| *j);
-                match remote.queue.job(job).await {
-                    Ok(Some(info)) if info.state == JobState::Cancelled => {
-                        generation += 1;
-                    }
-                    Ok(Some(info)) if info.state == JobState::Abandoned => {
+                match remote.queue.job(job).await? {
+                    Some(info) if info.state == JobState::Cancelled => generation += 1,
+                    Some(info) if info.state == JobState::Abandoned => {
                         let reason = format!(
                             "job {} ({}) was abandoned: the workers doing it stopped \
                              answering {} times",
@@ -364,23 +413,94 @@ pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate
                             info.work,
                             info.takeovers + 1
                         );
-                        let event = sh.journal.event(EventKind::TicketFailed {
-                            ticket: id.clone(),
-                            reason,
-                        });
-                        return match sh.journal.append(vec![event]).await {
-                            Ok(()) => End::Failed,
-                            Err(e) => End::Store(e),
-                        };
+                        sh.journal
+                            .append(vec![sh.journal.event(abandoned(reason))])
+                            .await?;
+                        continue;
                     }
-                    Ok(_) => {}
-                    Err(e) => return End::Store(e),
+                    _ => {}
                 }
             }
         }
         tokio::select! {
             _ = tick.tick() => {}
-            () = sh.work.cancelled() => return End::Interrupted,
+            () = sh.work.cancelled() => return Ok(None),
         }
     }
+}
+
+/// A coordinator's stand-in for ticket `t`'s pipeline ([`follow`]): puts
+/// the phase it is at in the queue as a job, and the next one when that
+/// one passed, until the journal shows the ticket ended, failed, or
+/// waiting for a person, which it returns as the pipeline would.
+pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate::Ix) -> End {
+    let ticket = &sh.tickets[t as usize];
+    let id = &ticket.id;
+    let now = |s: &orch_core::RunState, generation| {
+        if let Some(st) = s.tickets.get(id) {
+            match st.status {
+                TicketStatus::Done => return Now::End(End::Done),
+                s if s.is_final() => return Now::End(End::Failed),
+                TicketStatus::AwaitingDecision if st.pending_decision.is_none() => {
+                    return Now::End(End::Escalated);
+                }
+                _ => {}
+            }
+        }
+        let Some((phase, key)) = next_job(&sh.plan, s, id) else {
+            return Now::Wait; // every phase passed; its last job ends it
+        };
+        let spec = sh.plan.phases.iter().find(|p| p.name == phase);
+        let role = spec.and_then(|p| sh.plan.role_for(ticket, p)).cloned();
+        let mut job = NewJob::new(
+            generation_key(&key, generation),
+            Work::Phase {
+                ticket: id.clone(),
+                phase,
+            },
+        );
+        job.role = role;
+        Now::Next(job)
+    };
+    let failed = |reason| EventKind::TicketFailed {
+        ticket: id.clone(),
+        reason,
+    };
+    match follow(sh, remote, now, failed).await {
+        Ok(Some(end)) => end,
+        Ok(None) => End::Interrupted,
+        Err(e) => End::Store(e),
+    }
+}
+
+/// The key of the job that merges `batch`.
+fn merge_key(batch: &BatchId) -> String {
+    format!("merge/{batch}")
+}
+
+/// A coordinator's stand-in for the merge of `batch` ([`follow`]): puts
+/// it in the queue as a job, for any worker, until the journal has the
+/// batch merged or failed.
+pub(crate) async fn remote_merge(
+    sh: &ticket::Shared,
+    remote: &Remote,
+    batch: &BatchId,
+) -> Result<(), StoreError> {
+    let now = |s: &orch_core::RunState, generation| {
+        if ended(s, batch) {
+            return Now::End(());
+        }
+        let key = generation_key(&merge_key(batch), generation);
+        Now::Next(NewJob::new(
+            key,
+            Work::Merge {
+                batch: batch.clone(),
+            },
+        ))
+    };
+    let failed = |reason| EventKind::BatchFailed {
+        batch: batch.clone(),
+        reason,
+    };
+    follow(sh, remote, now, failed).await.map(|_| ())
 }

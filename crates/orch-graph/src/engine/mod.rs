@@ -329,10 +329,12 @@ impl Engine {
         self
     }
 
-    /// Makes this engine a coordinator: [`Engine::run`] plans, decides and
-    /// merges, but puts each ticket's phases in `queue` as jobs, one at a
-    /// time, instead of running agents itself; workers on any machine do
-    /// them ([`Engine::work`]) and write to the same journal. The store
+    /// Makes this engine a coordinator: [`Engine::run`] plans and decides,
+    /// but puts each ticket's phases in `queue` as jobs, one at a time, and
+    /// each batch's merge as a job once its tickets are done, instead of
+    /// running agents and gates itself; workers on any machine do them
+    /// ([`Engine::work`]) and write to the same journal. The coordinator
+    /// sets each batch's branch to the merge the journal records. The store
     /// must fence its driver (PostgreSQL does: `PgStore` is both the store
     /// and the queue), so that a coordinator that another one replaced
     /// adds no job. `max_concurrency` bounds the tickets in the queue at
@@ -953,11 +955,14 @@ impl Dispatcher {
             .shared
             .journal
             .with_state(|s| s.batches.get(&id).map(|b| b.status));
-        if matches!(
-            status,
-            Some(orch_core::BatchStatus::Merged | orch_core::BatchStatus::Failed)
-        ) || members.is_empty()
-        {
+        if status == Some(orch_core::BatchStatus::Merged) {
+            // Found merged (a resumed run): its branch may not name the
+            // merge yet, if the driver stopped between the two.
+            let tickets: Vec<TicketId> = members.iter().map(|&m| self.id(m)).collect();
+            ticket::merged(&self.shared, id, &tickets).await;
+            return;
+        }
+        if status == Some(orch_core::BatchStatus::Failed) || members.is_empty() {
             return;
         }
         let not_done: Vec<String> = members
@@ -976,16 +981,23 @@ impl Dispatcher {
         }
         let tickets: Vec<TicketId> = members.iter().map(|&m| self.id(m)).collect();
         let (shared, tx) = (self.shared.clone(), self.tx.clone());
+        let remote = self.remote.clone();
         let span = tracing::info_span!("batch", batch = %id);
         self.tasks += 1;
         tokio::spawn(
             async move {
+                let merging = async {
+                    match &remote {
+                        None => ticket::merge_batch(&shared, id.clone(), tickets.clone()).await?,
+                        // Merged by a worker.
+                        Some(remote) => job::remote_merge(&shared, remote, &id).await?,
+                    }
+                    ticket::merged(&shared, id.clone(), &tickets).await;
+                    Ok(())
+                };
                 // Caught like a ticket pipeline's panic, so the dispatcher
                 // hears of it instead of waiting for that merge forever.
-                let msg = match AssertUnwindSafe(ticket::merge_batch(&shared, id.clone(), tickets))
-                    .catch_unwind()
-                    .await
-                {
+                let msg = match AssertUnwindSafe(merging).catch_unwind().await {
                     Ok(r) => Msg::Batch(r.err()),
                     Err(payload) => Msg::BatchPanicked(id, panic_text(&*payload).to_owned()),
                 };

@@ -1133,7 +1133,32 @@ async fn prune(sh: &Shared, batch: BatchId, tickets: &[TicketId]) {
     }
 }
 
-/// Merges a batch and runs the batch gates on the result.
+/// After `batch`'s merge (or on finding it merged): when the journal has
+/// it merged, its branch is set to the recorded merge, here and on the
+/// shared remote ([`Workspace::publish`](orch_core::Workspace::publish)),
+/// and its tickets no longer needed by name are pruned. The driver's (or
+/// coordinator's) step, never a worker's: only a recorded merge names
+/// the batch. A failure leaves the branch behind and is logged; a resumed
+/// run sets it again.
+pub(crate) async fn merged(sh: &Shared, batch: BatchId, tickets: &[TicketId]) {
+    let commit = sh.journal.with_state(|s| {
+        s.batches
+            .get(&batch)
+            .filter(|b| b.status == orch_core::BatchStatus::Merged)
+            .and_then(|b| b.commit.clone())
+    });
+    let Some(commit) = commit else { return };
+    if !commit.is_empty()
+        && let Err(e) = sh.workspace.publish(&sh.journal.run, &batch, &commit).await
+    {
+        tracing::error!(%batch, %commit, error = %e, "the batch's branch does not name its merge");
+        return;
+    }
+    prune(sh, batch, tickets).await;
+}
+
+/// Merges a batch and runs the batch gates on the result (the branch is
+/// set once the merge is recorded: [`merged`]).
 pub(crate) async fn merge_batch(
     sh: &Shared,
     batch: BatchId,
@@ -1143,6 +1168,7 @@ pub(crate) async fn merge_batch(
     let mut out = Outbox::for_merge(j);
     out.write([EventKind::MergeStarted {
         batch: batch.clone(),
+        worker: j.worker(),
     }])
     .await?;
     let fail = |reason: String| EventKind::BatchFailed {
@@ -1207,7 +1233,6 @@ pub(crate) async fn merge_batch(
             merge_ms: Some(merge_ms),
         }])
         .await?;
-        prune(sh, batch, &tickets).await;
         Ok(())
     } else {
         out.write([fail(format!(
