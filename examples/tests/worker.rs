@@ -910,17 +910,31 @@ async fn work_goes_between_clones_through_the_remote_and_the_journal() {
     db.drop().await;
 }
 
-/// A machine's git workspace that, the first time it fetches a batch's
-/// tickets, waits for `release` first: a worker frozen (SIGSTOP) just
-/// before it merges.
-struct FrozenBeforeMerge {
+/// A machine's git workspace that, with `frozen`, waits for `release`
+/// the first time it fetches a batch's tickets (a worker frozen by
+/// SIGSTOP just before it merges); with `unpublished`, cannot set a
+/// batch's branch (the remote down, or a coordinator killed before it
+/// did).
+struct Faulty {
     inner: orch_state::GitWorkspace,
     frozen: AtomicBool,
     release: Arc<tokio::sync::Notify>,
+    unpublished: AtomicBool,
+}
+
+impl Faulty {
+    fn new(inner: orch_state::GitWorkspace) -> Faulty {
+        Faulty {
+            inner,
+            frozen: AtomicBool::new(false),
+            release: Arc::default(),
+            unpublished: AtomicBool::new(false),
+        }
+    }
 }
 
 #[async_trait]
-impl Workspace for FrozenBeforeMerge {
+impl Workspace for Faulty {
     async fn prepare(
         &self,
         run: &RunId,
@@ -969,6 +983,12 @@ impl Workspace for FrozenBeforeMerge {
         batch: &BatchId,
         commit: &str,
     ) -> Result<(), WorkspaceError> {
+        if self.unpublished.load(Ordering::SeqCst) {
+            return Err(WorkspaceError::new(
+                orch_core::WorkspaceErrorKind::Tool,
+                "the remote is down",
+            ));
+        }
         self.inner.publish(run, batch, commit).await
     }
     async fn release(&self, run: &RunId, ticket: &TicketId) -> Result<(), WorkspaceError> {
@@ -1035,18 +1055,16 @@ async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
     let s_ws = orch_state::GitWorkspace::new(s_ws, "HEAD")
         .unwrap()
         .remote("origin");
-    let release = Arc::new(tokio::sync::Notify::new());
+    let s_ws = Faulty::new(s_ws);
+    s_ws.frozen.store(true, Ordering::SeqCst);
+    let release = s_ws.release.clone();
     let s = Engine::new(
         shared_plan(),
         Arc::new(Logged::new("s", &log)),
         store.clone(),
     )
     .unwrap()
-    .workspace(Arc::new(FrozenBeforeMerge {
-        inner: s_ws,
-        frozen: AtomicBool::new(true),
-        release: release.clone(),
-    }));
+    .workspace(Arc::new(s_ws));
     // s's renewals never come back: it is frozen.
     let queue_s: Arc<dyn JobQueue> = Arc::new(Cut {
         inner: store.clone(),
@@ -1108,6 +1126,78 @@ async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
     let events = journal(&store, &run).await;
     assert_eq!(merged_commit(&events), recorded);
     stop.cancel();
+    db.drop().await;
+}
+
+/// A batch merged and recorded whose branch the coordinator could not set
+/// (the remote down, or the coordinator killed between the two): the run
+/// resumed sets it to the recorded merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_merge_recorded_but_not_published_is_published_on_resume() {
+    let db = Db::new("unpublished").await;
+    let run: RunId = "r".parse().unwrap();
+    let top = tempfile::tempdir().unwrap();
+    let bare = shared_remote(top.path());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let store = db.store().await;
+    let here = Arc::new(Faulty::new(machine(top.path(), "coordinator")));
+    here.unpublished.store(true, Ordering::SeqCst);
+    let coordinator = || {
+        Engine::new(
+            shared_plan(),
+            Arc::new(Logged::new("c", &log)),
+            store.clone(),
+        )
+        .unwrap()
+        .workspace(here.clone())
+        .poll_interval(Duration::from_millis(20))
+        .workers(store.clone())
+    };
+    let stop = Cancellation::new();
+    let w = Engine::new(
+        shared_plan(),
+        Arc::new(Logged::new("w", &log)),
+        store.clone(),
+    )
+    .unwrap()
+    .workspace(Arc::new(machine(top.path(), "w")));
+    let working = tokio::spawn(work_roles(
+        w,
+        store.clone(),
+        me(1),
+        vec![],
+        true,
+        stop.clone(),
+    ));
+    let report = within(coordinator().run(&run, Cancellation::new()))
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, orch_core::RunOutcome::Completed);
+    let recorded = merged_commit(&journal(&store, &run).await);
+    assert_eq!(git_in(&bare, &["branch", "--list", "orch/r/batch-B1"]), "");
+    // Resumed, once its hold on the run (let go of in the background) is
+    // gone.
+    here.unpublished.store(false, Ordering::SeqCst);
+    let report = within(async {
+        loop {
+            match coordinator().run(&run, Cancellation::new()).await {
+                Err(orch_graph::EngineError::Store(e)) if e.kind == StoreErrorKind::Locked => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => break r.unwrap(),
+            }
+        }
+    })
+    .await;
+    assert_eq!(report.outcome, orch_core::RunOutcome::Completed);
+    assert_eq!(git_in(&bare, &["rev-parse", BATCH]), recorded);
+    assert_eq!(
+        git_in(&top.path().join("coordinator"), &["rev-parse", BATCH]),
+        recorded
+    );
+    stop.cancel();
+    working.await.unwrap();
     db.drop().await;
 }
 

@@ -445,7 +445,8 @@ impl Engine {
     /// store (the run stops; running agents are cancelled).
     pub async fn run(&self, run: &RunId, cancel: Cancellation) -> Result<RunReport, EngineError> {
         if self.workers.is_some() {
-            // Agents run on the workers; merges and their gates here.
+            // Agents, gates and merges run on the workers; a gate that
+            // cannot be built still fails the run here, before any job.
             self.check_gates()?;
         } else {
             self.check()?;
