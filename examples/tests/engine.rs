@@ -1892,3 +1892,176 @@ async fn a_run_behind_its_estimate_raises_a_schedule_question_that_blocks_nothin
     assert!(!queue.contains("## Open, not blocking"), "{queue}");
     assert!(queue.contains("| new date: Friday |"), "{queue}");
 }
+
+/// Ticket A through `design` (checkpointed), `notes` (no checkpoint) and
+/// `build`, whose gate wants `build.txt`; a failing `build` restarts from
+/// itself.
+fn made_plan() -> Plan {
+    Plan::from_toml_str(
+        r#"
+name = "made"
+default_role = "dev"
+[agents.dev]
+backend = { kind = "custom", name = "phases" }
+[[phases]]
+name = "design"
+[[phases]]
+name = "notes"
+checkpoint = false
+[[phases]]
+name = "build"
+max_attempts = 1
+on_exhausted = "restart"
+restart_from = "build"
+max_restarts = 1
+gates = [{ kind = "command", argv = ["test", "-s", "build.txt"] }]
+[[tickets]]
+id = "A"
+title = "a"
+effort = "1h"
+"#,
+    )
+    .unwrap()
+}
+
+/// Writes `<phase>.txt`; its first `build` hangs until cancelled (with
+/// `hang`) or writes nothing (without); a later `build` notes whether
+/// `design.txt` was there.
+#[derive(Default)]
+struct Phases {
+    hang: bool,
+    builds: AtomicU32,
+    started: Arc<tokio::sync::Notify>,
+    saw_design: std::sync::Mutex<Vec<bool>>,
+}
+
+#[async_trait]
+impl Agent for Phases {
+    fn backend(&self) -> &str {
+        "phases"
+    }
+    async fn run(&self, task: AgentTask, ctx: &AgentContext) -> Result<AgentOutcome, AgentError> {
+        let phase = task.phase.as_str();
+        let write = |name: &str| std::fs::write(task.workdir.join(name), "x\n").unwrap();
+        if phase == "build" {
+            if self.builds.fetch_add(1, Ordering::SeqCst) == 0 {
+                write("partial.txt");
+                if self.hang {
+                    self.started.notify_one();
+                    ctx.cancel.cancelled().await;
+                    return Err(AgentError::new(AgentErrorKind::Cancelled, "stopped"));
+                }
+                return Ok(AgentOutcome {
+                    success: true,
+                    ..Default::default()
+                });
+            }
+            let there = task.workdir.join("design.txt").is_file();
+            self.saw_design.lock().unwrap().push(there);
+        }
+        write(&format!("{phase}.txt"));
+        Ok(AgentOutcome {
+            success: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// A git repository with one commit, and a workspace on it.
+fn git_workspace(dir: &Path) -> Arc<orch_state::GitWorkspace> {
+    demo::init_repo(dir, &[("README", "made\n")]).unwrap();
+    let repo = orch_state::git::Repo::open(dir).unwrap();
+    Arc::new(orch_state::GitWorkspace::new(repo, "HEAD").unwrap())
+}
+
+/// The checkpoint `phase` of A passed with, and the one rollback.
+fn design_and_rollback(events: &[StoredEvent]) -> (String, (Option<String>, String)) {
+    let design = events
+        .iter()
+        .find_map(|e| match &e.event.kind {
+            EventKind::PhasePassed {
+                phase,
+                checkpoint: Some(c),
+                ..
+            } if phase.as_str() == "design" => Some(c.clone()),
+            _ => None,
+        })
+        .expect("design passed with a checkpoint");
+    let rolled: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            EventKind::RolledBack { phase, commit, .. } => {
+                Some((phase.as_ref().map(|p| p.to_string()), commit.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rolled.len(), 1, "{rolled:?}");
+    (design, rolled[0].clone())
+}
+
+/// A build that fails restarts from itself: back to the last checkpoint
+/// made (design's), not to the ticket's start, since the phase before
+/// build (notes) made none; design's work is still there to build on.
+#[tokio::test]
+async fn a_restart_goes_back_to_the_last_checkpoint_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = git_workspace(&dir.path().join("repo"));
+    let agent = Arc::new(Phases::default());
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("r");
+    let report = Engine::new(made_plan(), agent.clone(), store.clone())
+        .unwrap()
+        .workspace(ws)
+        .gates(Arc::new(orch_gates::from_spec))
+        .run(&run, Cancellation::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    let events = journal(store.as_ref(), &run).await;
+    let (design, rolled) = design_and_rollback(&events);
+    assert_eq!(rolled, (Some("design".to_owned()), design));
+    assert_eq!(*agent.saw_design.lock().unwrap(), [true]);
+}
+
+/// The run stopped in the middle of build (after notes passed without a
+/// checkpoint): resumed, A goes back to design's checkpoint, the last one
+/// made, with design's work in it and build's half-done work gone.
+#[tokio::test]
+async fn a_resumed_ticket_goes_back_to_the_last_checkpoint_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = git_workspace(&dir.path().join("repo"));
+    let agent = Arc::new(Phases {
+        hang: true,
+        ..Default::default()
+    });
+    let store = Arc::new(MemoryStore::new());
+    let run = run_id("r");
+    let engine = || {
+        Engine::new(made_plan(), agent.clone(), store.clone())
+            .unwrap()
+            .workspace(ws.clone())
+            .gates(Arc::new(orch_gates::from_spec))
+    };
+    let cancel = Cancellation::new();
+    let stop = {
+        let (cancel, started) = (cancel.clone(), agent.started.clone());
+        async move {
+            started.notified().await;
+            cancel.cancel();
+        }
+    };
+    let first = engine();
+    let (report, ()) = tokio::join!(first.run(&run, cancel), stop);
+    assert_eq!(report.unwrap().outcome, RunOutcome::Cancelled);
+    let report = engine().run(&run, Cancellation::new()).await.unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    let events = journal(store.as_ref(), &run).await;
+    let (design, rolled) = design_and_rollback(&events);
+    assert_eq!(rolled, (Some("design".to_owned()), design));
+    assert_eq!(*agent.saw_design.lock().unwrap(), [true]);
+    let build = &report.state.tickets["A"].checkpoints[&"build".parse().unwrap()];
+    let files = demo::git(&dir.path().join("repo"), &["ls-tree", "--name-only", build]).unwrap();
+    assert!(files.contains("design.txt"), "{files}");
+    assert!(!files.contains("partial.txt"), "{files}");
+}

@@ -249,7 +249,10 @@ pub struct PhaseSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<GateSpec>,
     /// Commit the work tree when the phase passes (a rollback point).
-    /// Default true.
+    /// Default true. Without one, the phase's work is committed with the
+    /// next checkpoint; a rollback before then (a later phase restarting,
+    /// or a run stopped mid-phase and resumed) goes back to the last
+    /// checkpoint made and drops that work with the rest.
     #[serde(default = "yes")]
     pub checkpoint: bool,
     /// Attempts before `on_exhausted` applies (default: the policy's).

@@ -599,11 +599,14 @@ async fn exhausted_or_restart(
             .unwrap_or_else(|| "docs/feedback/{ticket}-{phase}.md".into())
             .replace("{ticket}", id.as_str())
             .replace("{phase}", phase.name.as_str());
-        let before = from_ix.checked_sub(1).map(|k| plan.phases[k].name.clone());
-        let target = before
-            .as_ref()
-            .and_then(|p| st.checkpoints.get(p).cloned())
-            .or(base.map(str::to_owned));
+        // Back to the last checkpoint made before `from` (a phase may pass
+        // without one), else the ticket's start.
+        let made = plan.phases[..from_ix]
+            .iter()
+            .rev()
+            .find_map(|p| st.checkpoints.get(&p.name).map(|c| (&p.name, c)));
+        let before = made.map(|(p, _)| p.clone());
+        let target = made.map(|(_, c)| c.clone()).or(base.map(str::to_owned));
         let mut events = vec![EventKind::PhaseRestarted {
             ticket: id.clone(),
             from: from.clone(),
