@@ -241,14 +241,15 @@ pub trait Workspace: Send + Sync {
         tickets: &[TicketId],
     ) -> Result<Merged, WorkspaceError>;
 
-    /// Sets `batch`'s branch to `commit`, the merge the journal recorded
-    /// for it, here and (a run whose merges workers do) on the shared
-    /// remote. [`Workspace::merge`] shares its commit but leaves the
-    /// branch alone: the merge may be done on a worker whose claim is
-    /// already lost, and only a recorded merge may name the batch. The
-    /// engine calls it once the merge is recorded, and again on resume
-    /// (so it must be idempotent). The default (a workspace whose merge
-    /// is the branch) does nothing.
+    /// Moves `batch`'s branch forward to `commit`, the merge the journal
+    /// recorded for it, here and (a run whose merges workers do) on the
+    /// shared remote. [`Workspace::merge`] shares its commit but leaves
+    /// the shared branch alone: the merge may be done on a worker whose
+    /// claim is already lost, and only a recorded merge may name the
+    /// batch. The engine calls it once the merge is recorded, and again on
+    /// resume: a branch that already holds the commit stays, and none is
+    /// ever rewound. The default (a workspace whose merge is the branch)
+    /// does nothing.
     ///
     /// # Errors
     /// When the commit cannot be fetched or the branch set (a work tree

@@ -476,17 +476,20 @@ impl Repo {
         Ok(())
     }
 
-    /// Sets `branch` (a batch's, merged in `merged_in`) to `commit` of
-    /// `run`, the merge the journal recorded: here, fetched from `remote`
-    /// first when this repository does not have it, and on `remote`. The
-    /// work tree the batch was merged in follows; any other that has the
-    /// branch checked out (someone's own) is never touched: the branch
-    /// stays where it is here, and that is an error, after the remote's
-    /// is set.
+    /// Moves `branch` (a batch's, merged in `merged_in`) forward to
+    /// `commit` of `run`, the merge the journal recorded: on `remote` and
+    /// here, the commit fetched from `remote` first when this repository
+    /// does not have it. Where the branch is missing it is made; where it
+    /// already holds the commit (a resumed run publishing again, after
+    /// fixes were pushed on top) it stays; where it went elsewhere (it was
+    /// rewritten) it stays too, and that is an error: nothing is ever
+    /// rewound. The work tree the batch was merged in follows; any other
+    /// that has the branch checked out (someone's own) is never touched,
+    /// and that is an error as well, after the remote is done.
     ///
     /// # Errors
-    /// When the commit cannot be fetched or pushed, or the branch is
-    /// checked out elsewhere.
+    /// When the commit cannot be fetched or pushed, or the branch went
+    /// elsewhere or is checked out in a work tree orch did not make.
     pub fn publish(
         &self,
         remote: Option<&str>,
@@ -495,33 +498,152 @@ impl Repo {
         merged_in: &Path,
         commit: &str,
     ) -> Result<(), GitError> {
-        if self.resolve(&format!("{commit}^{{commit}}")).is_err()
-            && let Some(remote) = remote
-        {
-            let r = Repo::commit_ref(run, commit);
-            let refspec = format!("{r}:{r}");
-            self.git(&[
-                "fetch",
-                "-q",
-                "--no-tags",
-                "--no-write-fetch-head",
-                remote,
-                &refspec,
-            ])?;
-        }
-        if let Some(remote) = remote {
-            // Forced: the branch names the recorded merge, whatever was
-            // pushed before (only ever the same commit, by another
-            // coordinator of the run).
-            let to_branch = format!("+{commit}:refs/heads/{branch}");
-            self.git(&["push", "-q", "--no-verify", remote, &to_branch])?;
-        }
         let full = format!("refs/heads/{branch}");
-        if self.resolve(&full).ok().as_deref() == Some(commit) {
-            return Ok(());
+        if let Some(remote) = remote {
+            if !self.has_commit(commit) {
+                let r = Repo::commit_ref(run, commit);
+                let refspec = format!("{r}:{r}");
+                self.git(&[
+                    "fetch",
+                    "-q",
+                    "--no-tags",
+                    "--no-write-fetch-head",
+                    remote,
+                    &refspec,
+                ])?;
+            }
+            let tip = self.remote_tip(remote, &full)?;
+            if let Some(tip) = &tip
+                && !self.has_commit(tip)
+            {
+                self.git(&[
+                    "fetch",
+                    "-q",
+                    "--no-tags",
+                    "--no-write-fetch-head",
+                    remote,
+                    &full,
+                ])?;
+            }
+            if self.moves_forward(&full, tip.as_deref(), commit, &format!("{remote}'s"))? {
+                // Not forced: a push that raced another one is refused.
+                let to_branch = format!("{commit}:{full}");
+                self.git(&["push", "-q", "--no-verify", remote, &to_branch])?;
+            }
         }
+        let here = self.resolve(&full).ok();
+        if self.moves_forward(&full, here.as_deref(), commit, "this repository's")? {
+            self.set_branch(branch, merged_in, commit)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the batch `branch` (merged in `merged_in`) where a merge of it
+    /// must start on this machine: at `remote`'s branch (the merges the
+    /// journal recorded), else at `base`. A merge made here before and
+    /// never recorded (its claim lost) is dropped; the work tree
+    /// `merged_in` follows.
+    ///
+    /// # Errors
+    /// When the remote cannot be read, or the branch is checked out in a
+    /// work tree orch did not make.
+    pub fn sync_batch_branch(
+        &self,
+        remote: &str,
+        branch: &str,
+        merged_in: &Path,
+        base: &str,
+    ) -> Result<(), GitError> {
+        let full = format!("refs/heads/{branch}");
+        let start = match self.remote_tip(remote, &full)? {
+            Some(tip) => {
+                if !self.has_commit(&tip) {
+                    self.git(&[
+                        "fetch",
+                        "-q",
+                        "--no-tags",
+                        "--no-write-fetch-head",
+                        remote,
+                        &full,
+                    ])?;
+                }
+                tip
+            }
+            None => self.resolve(base)?,
+        };
+        match self.resolve(&full) {
+            Ok(here) if here == start => Ok(()),
+            _ => self.set_branch(branch, merged_in, &start),
+        }
+    }
+
+    /// Whether `commit` is in this repository.
+    fn has_commit(&self, commit: &str) -> bool {
+        self.resolve(&format!("{commit}^{{commit}}")).is_ok()
+    }
+
+    /// The commit `full` (a ref) names on `remote`, if it is there.
+    fn remote_tip(&self, remote: &str, full: &str) -> Result<Option<String>, GitError> {
+        let listed = self.git(&["ls-remote", remote, full])?;
+        Ok(listed
+            .lines()
+            .find_map(|l| l.split_once('\t').filter(|(_, r)| *r == full))
+            .map(|(c, _)| c.to_owned()))
+    }
+
+    /// Whether `full`, at `tip` (`None`: missing) in `whose` copy, is to
+    /// be moved to `commit`: yes when missing or behind it, no when it
+    /// holds it already.
+    ///
+    /// # Errors
+    /// When it went elsewhere (neither holds the other).
+    fn moves_forward(
+        &self,
+        full: &str,
+        tip: Option<&str>,
+        commit: &str,
+        whose: &str,
+    ) -> Result<bool, GitError> {
+        let Some(tip) = tip else { return Ok(true) };
+        let ancestor = |a: &str, b: &str| -> Result<bool, GitError> {
+            let (code, _, err) = git_exit(&self.root, &["merge-base", "--is-ancestor", a, b])?;
+            match code {
+                0 => Ok(true),
+                1 => Ok(false),
+                _ => Err(GitError {
+                    kind: WorkspaceErrorKind::Tool,
+                    command: format!("merge-base --is-ancestor {a} {b}"),
+                    message: err,
+                }),
+            }
+        };
+        if tip == commit || ancestor(commit, tip)? {
+            return Ok(false);
+        }
+        if ancestor(tip, commit)? {
+            return Ok(true);
+        }
+        Err(GitError {
+            kind: WorkspaceErrorKind::Refused,
+            command: format!("publish {full}"),
+            message: format!(
+                "{whose} {full} is at {tip}, which neither holds the merge {commit} nor is \
+                 behind it (it was rewritten); not moved"
+            ),
+        })
+    }
+
+    /// Sets `branch` to `commit` here. The work tree `merged_in` (orch's)
+    /// follows; one orch did not make that has it checked out is never
+    /// touched, and that is an error (nothing moved). A work tree git
+    /// still lists but whose directory is gone does not count.
+    fn set_branch(&self, branch: &str, merged_in: &Path, commit: &str) -> Result<(), GitError> {
+        let full = format!("refs/heads/{branch}");
         let list = self.git(&["worktree", "list", "--porcelain", "-z"])?;
-        let at = checked_out(&list, branch);
+        let at: Vec<&str> = checked_out(&list, branch)
+            .into_iter()
+            .filter(|p| Path::new(p).exists())
+            .collect();
         let ours = std::fs::canonicalize(merged_in).ok();
         if let Some(other) = at
             .iter()
@@ -530,9 +652,7 @@ impl Repo {
             return Err(GitError {
                 kind: WorkspaceErrorKind::Refused,
                 command: format!("update-ref {full}"),
-                message: format!(
-                    "not moved to the merge {commit}: the branch is checked out at {other}"
-                ),
+                message: format!("not moved to {commit}: the branch is checked out at {other}"),
             });
         }
         self.git(&["update-ref", &full, commit])?;

@@ -614,13 +614,14 @@ fn a_tickets_start_merges_its_dependencies_or_names_the_conflict() {
     assert!(err.message.contains("app.txt"), "{err}");
 }
 
-/// A batch's branch is set to a merge made on another machine (fetched
-/// through the remote, pushed there), never in a work tree orch did not
-/// make, and follows in the one the batch was merged in.
+/// A batch's branch is moved forward to a merge made on another machine
+/// (fetched through the remote, pushed there), never back, never in a
+/// work tree orch did not make, and follows in the one the batch was
+/// merged in; a machine's next merge starts from the remote's branch.
 #[test]
-fn a_batch_branch_is_published_only_where_orch_may_move_it() {
+fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
     use orch_core::WorkspaceErrorKind;
-    let (d, seed) = repo();
+    let (d, _seed) = repo();
     let top = tempfile::tempdir().unwrap();
     sh(
         top.path(),
@@ -642,10 +643,10 @@ fn a_batch_branch_is_published_only_where_orch_may_move_it() {
         sh(&top.path().join(name), &["config", "user.name", "t"]);
         Repo::open(top.path().join(name)).unwrap()
     };
-    drop(seed);
     let (w, c) = (clone("w"), clone("c"));
     let run = "r1".parse().unwrap();
     let batch = "PR1".parse().unwrap();
+    let branch = "refs/heads/orch/pr1";
     let merged = |tickets: &[&str]| {
         let mut branches = Vec::new();
         for t in tickets {
@@ -655,6 +656,9 @@ fn a_batch_branch_is_published_only_where_orch_may_move_it() {
                 .unwrap();
             branches.push(wt.branch);
         }
+        let w_tree = w.batch_worktree(&run, &batch);
+        w.sync_batch_branch("origin", "orch/pr1", &w_tree, "main")
+            .unwrap();
         let out = w.merge_batch(&run, &batch, "orch/pr1", "main", &branches);
         let Ok(MergeOutcome::Merged { commit }) = out else {
             panic!("{out:?}")
@@ -662,17 +666,18 @@ fn a_batch_branch_is_published_only_where_orch_may_move_it() {
         w.push_commits("origin", &run, &[&commit]).unwrap();
         commit
     };
+    let publish = |repo: &Repo, commit: &str| {
+        let merged_in = repo.batch_worktree(&run, &batch);
+        repo.publish(Some("origin"), &run, "orch/pr1", &merged_in, commit)
+    };
     let first = merged(&["A"]);
     // Merging shares the commit, not the branch.
     assert!(sh(&bare, &["branch", "--list", "orch/pr1"]).is_empty());
-    let merged_in = c.batch_worktree(&run, &batch);
-    c.publish(Some("origin"), &run, "orch/pr1", &merged_in, &first)
-        .unwrap();
-    assert_eq!(sh(&bare, &["rev-parse", "refs/heads/orch/pr1"]), first);
-    assert_eq!(sh(c.root(), &["rev-parse", "refs/heads/orch/pr1"]), first);
+    publish(&c, &first).unwrap();
+    assert_eq!(sh(&bare, &["rev-parse", branch]), first);
+    assert_eq!(sh(c.root(), &["rev-parse", branch]), first);
     // Again (a resumed run): nothing changes.
-    c.publish(Some("origin"), &run, "orch/pr1", &merged_in, &first)
-        .unwrap();
+    publish(&c, &first).unwrap();
 
     // Someone checked the branch out in c: the remote's moves, c's stays,
     // and that person's work tree is untouched.
@@ -683,21 +688,88 @@ fn a_batch_branch_is_published_only_where_orch_may_move_it() {
     );
     std::fs::write(mine.join("notes.txt"), "mine").unwrap();
     let second = merged(&["B"]);
-    let e = c
-        .publish(Some("origin"), &run, "orch/pr1", &merged_in, &second)
-        .unwrap_err();
+    let e = publish(&c, &second).unwrap_err();
     assert_eq!(e.kind, WorkspaceErrorKind::Refused);
     assert!(e.message.contains(&*mine.to_string_lossy()), "{e}");
-    assert_eq!(sh(&bare, &["rev-parse", "refs/heads/orch/pr1"]), second);
-    assert_eq!(sh(c.root(), &["rev-parse", "refs/heads/orch/pr1"]), first);
+    assert_eq!(sh(&bare, &["rev-parse", branch]), second);
+    assert_eq!(sh(c.root(), &["rev-parse", branch]), first);
     assert_eq!(sh(&mine, &["rev-parse", "HEAD"]), first);
     assert!(mine.join("notes.txt").is_file());
+    sh(
+        c.root(),
+        &["worktree", "remove", "--force", &mine.to_string_lossy()],
+    );
 
-    // Where the batch was merged (w), its work tree follows the branch.
+    // A fix pushed on top of the merge stays when the older merge is
+    // published again (a resumed run): never a rewind.
+    let fix = top.path().join("fix");
+    sh(
+        top.path(),
+        &["clone", "-q", "-b", "orch/pr1", "remote.git", "fix"],
+    );
+    std::fs::write(fix.join("fix.txt"), "fix").unwrap();
+    sh(&fix, &["add", "fix.txt"]);
+    sh(
+        &fix,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "fix",
+        ],
+    );
+    sh(&fix, &["push", "-q", "origin", "orch/pr1"]);
+    let fixed = sh(&fix, &["rev-parse", "HEAD"]);
+    publish(&c, &second).unwrap();
+    assert_eq!(sh(&bare, &["rev-parse", branch]), fixed);
+    // w's next merge starts from there, the fix included, not from its
+    // own branch.
+    let third = merged(&["C"]);
+    let files = sh(w.root(), &["ls-tree", "--name-only", &third]);
+    assert!(
+        files.contains("fix.txt") && files.contains("C.txt"),
+        "{files}"
+    );
+    publish(&c, &third).unwrap();
+    assert_eq!(sh(&bare, &["rev-parse", branch]), third);
+
+    // Rewritten on the remote after a merge: not moved, and said so.
+    let fourth = merged(&["D"]);
+    sh(&fix, &["reset", "-q", "--hard", "origin/main"]);
+    std::fs::write(fix.join("other.txt"), "other").unwrap();
+    sh(&fix, &["add", "other.txt"]);
+    sh(
+        &fix,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "other",
+        ],
+    );
+    sh(&fix, &["push", "-q", "--force", "origin", "orch/pr1"]);
+    let other = sh(&fix, &["rev-parse", "HEAD"]);
+    let e = publish(&c, &fourth).unwrap_err();
+    assert_eq!(e.kind, WorkspaceErrorKind::Refused);
+    assert!(e.message.contains("rewritten"), "{e}");
+    assert_eq!(sh(&bare, &["rev-parse", branch]), other);
+
+    // Where the batch was merged (w), its work tree follows the branch
+    // forward.
     let w_tree = w.batch_worktree(&run, &batch);
-    w.publish(Some("origin"), &run, "orch/pr1", &w_tree, &first)
-        .unwrap();
+    sh(&w_tree, &["reset", "-q", "--hard", &first]);
+    publish(&w, &second).unwrap_err(); // the remote was rewritten
     assert_eq!(sh(&w_tree, &["rev-parse", "HEAD"]), first);
-    assert!(!w_tree.join("B.txt").exists());
+    w.publish(None, &run, "orch/pr1", &w_tree, &second).unwrap();
+    assert_eq!(sh(&w_tree, &["rev-parse", "HEAD"]), second);
+    assert!(w_tree.join("B.txt").is_file());
     assert_eq!(sh(&w_tree, &["status", "--porcelain"]), "");
 }

@@ -107,11 +107,21 @@ impl Engine {
                 Task::Phase(t, ticket, phase)
             }
             Work::Merge { batch } => {
-                let Some(b) = self.plan.batches.iter().find(|b| b.id == *batch) else {
+                if !self.plan.batches.iter().any(|b| b.id == *batch) {
                     return refuse(format!("batch {batch} is not in plan {}", self.plan.name))
                         .await;
-                };
-                Task::Merge(batch, &b.tickets)
+                }
+                // Its tickets as the coordinator counts them (those it
+                // lists and those that name it), in the plan's order.
+                let of = self.plan.batch_of();
+                let tickets: Vec<TicketId> = (self.plan.tickets.iter())
+                    .filter(|t| of.get(&t.id) == Some(&batch))
+                    .map(|t| t.id.clone())
+                    .collect();
+                if tickets.is_empty() {
+                    return refuse(format!("batch {batch} has no tickets")).await;
+                }
+                Task::Merge(batch, tickets)
             }
             other => return refuse(format!("this worker does not do {other}")).await,
         };
@@ -156,7 +166,7 @@ impl Engine {
                 }
                 Task::Merge(batch, tickets) => Box::pin(async {
                     let merged =
-                        ticket::merge_batch(&shared, (*batch).clone(), tickets.to_vec()).await;
+                        ticket::merge_batch(&shared, (*batch).clone(), tickets.clone()).await;
                     match merged {
                         Err(e) => End::Store(e),
                         // Merged or failed; or stopped (gates cancelled)
@@ -226,7 +236,7 @@ enum Task<'a> {
     /// Ticket (index and id) and phase.
     Phase(crate::Ix, &'a TicketId, &'a PhaseName),
     /// Batch and its tickets.
-    Merge(&'a BatchId, &'a [TicketId]),
+    Merge(&'a BatchId, Vec<TicketId>),
 }
 
 impl Task<'_> {
@@ -236,8 +246,8 @@ impl Task<'_> {
     /// done, is not.
     fn current(&self, plan: &orch_core::Plan, s: &orch_core::RunState, key: &str) -> bool {
         let of = |now: &str| key == now || key.starts_with(&format!("{now}/"));
-        match *self {
-            Task::Phase(_, ticket, phase) => {
+        match self {
+            &Task::Phase(_, ticket, phase) => {
                 // Only the phase the ticket is at: running any other would
                 // touch a tree another job may be working in.
                 let at = next_job(plan, s, ticket).is_some_and(|(p, now)| p == *phase && of(&now));
@@ -375,11 +385,13 @@ fn next_job(
 /// journal's state, and how many of the work's jobs were found cancelled)
 /// names in the queue, watching the journal (read by the dispatcher) until
 /// `now` says the work ended, which it returns; `None` when the run's
-/// work was cancelled. A job found cancelled (a run resumed after an abort
-/// or a spent budget cancelled them) is followed by one under a key of its
-/// own; a job that workers died doing too often ([`JobState::Abandoned`])
-/// is recorded by the event `abandoned` makes of the reason, which must
-/// end the work.
+/// work was cancelled. A job that ended (the journal caught up first, so
+/// that what its worker recorded counts) with the journal still naming it
+/// is followed by one under a key of its own when it was cancelled (a run
+/// resumed after an abort or a spent budget cancelled them) or finished
+/// without its work recorded; one that workers died doing too often
+/// ([`JobState::Abandoned`]) is recorded by the event `abandoned` makes of
+/// the reason, which must end the work.
 async fn follow<T>(
     sh: &ticket::Shared,
     remote: &Remote,
@@ -403,9 +415,24 @@ async fn follow<T>(
             }
             Now::Next(_) => {
                 let job = enqueued.as_ref().map_or(0, |(_, j)| *j);
-                match remote.queue.job(job).await? {
-                    Some(info) if info.state == JobState::Cancelled => generation += 1,
-                    Some(info) if info.state == JobState::Abandoned => {
+                let info = remote.queue.job(job).await?;
+                let ended = info.as_ref().map(|i| i.state).filter(|s| {
+                    matches!(
+                        s,
+                        JobState::Cancelled | JobState::Abandoned | JobState::Done
+                    )
+                });
+                if let (Some(state), Some(info)) = (ended, info) {
+                    // What its last worker recorded may not be read yet:
+                    // the job's end is judged on the journal as it is now.
+                    sh.journal.catch_up().await?;
+                    let key = enqueued.as_ref().map(|(k, _)| k.clone());
+                    match sh.journal.with_state(|s| now(s, generation)) {
+                        Now::Next(job) if Some(&job.key) == key.as_ref() => {}
+                        // Moved on: the loop takes it from there.
+                        _ => continue,
+                    }
+                    if state == JobState::Abandoned {
                         let reason = format!(
                             "job {} ({}) was abandoned: the workers doing it stopped \
                              answering {} times",
@@ -418,7 +445,11 @@ async fn follow<T>(
                             .await?;
                         continue;
                     }
-                    _ => {}
+                    // Cancelled (a run resumed after an abort or a spent
+                    // budget cancelled it), or finished without the work
+                    // being recorded: another job does it, under a key of
+                    // its own.
+                    generation += 1;
                 }
             }
         }

@@ -956,13 +956,10 @@ impl Dispatcher {
             .shared
             .journal
             .with_state(|s| s.batches.get(&id).map(|b| b.status));
-        if status == Some(orch_core::BatchStatus::Merged) {
-            // Found merged (a resumed run): its branch may not name the
-            // merge yet, if the driver stopped between the two.
-            let tickets: Vec<TicketId> = members.iter().map(|&m| self.id(m)).collect();
-            ticket::merged(&self.shared, id, &tickets).await;
-            return;
-        }
+        // Found merged (a resumed run): its branch may not name the merge
+        // yet, if the driver stopped between the two; it is published
+        // below, merged no more.
+        let merged = status == Some(orch_core::BatchStatus::Merged);
         if status == Some(orch_core::BatchStatus::Failed) || members.is_empty() {
             return;
         }
@@ -971,13 +968,13 @@ impl Dispatcher {
             .filter(|&&m| self.sched.status(m) != TicketStatus::Done)
             .map(|&m| format!("{} {:?}", self.id(m), self.sched.status(m)).to_lowercase())
             .collect();
-        if !not_done.is_empty() {
+        if !merged && !not_done.is_empty() {
             let reason = format!("not merged: {}", not_done.join(", "));
             self.append(vec![EventKind::BatchFailed { batch: id, reason }])
                 .await;
             return;
         }
-        if self.stop.is_some() {
+        if !merged && self.stop.is_some() {
             return;
         }
         let tickets: Vec<TicketId> = members.iter().map(|&m| self.id(m)).collect();
@@ -989,6 +986,7 @@ impl Dispatcher {
             async move {
                 let merging = async {
                     match &remote {
+                        _ if merged => {}
                         None => ticket::merge_batch(&shared, id.clone(), tickets.clone()).await?,
                         // Merged by a worker.
                         Some(remote) => job::remote_merge(&shared, remote, &id).await?,
@@ -1070,6 +1068,16 @@ impl Dispatcher {
             }
             Msg::BatchPanicked(batch, message) => {
                 self.tasks -= 1;
+                let merged = self.shared.journal.with_state(|s| {
+                    s.batches
+                        .get(&batch)
+                        .is_some_and(|b| b.status == orch_core::BatchStatus::Merged)
+                });
+                if merged {
+                    // Publishing it panicked: the merge stands.
+                    tracing::error!(%batch, "publishing the merge panicked: {message}");
+                    return;
+                }
                 let reason = format!(
                     "not merged: the merge panicked (a bug in a workspace or gate \
                      implementation): {message}"
