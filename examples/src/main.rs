@@ -397,7 +397,11 @@ impl orch_graph::Observer for Record {
 /// comes first, and says which (its number) in the returned cell: the
 /// run stops its agents and gates, records where it stopped, and exits
 /// with 128 + the signal's number (130, 143, 129).
-fn stop_on_signals(cancel: Cancellation) -> Result<Arc<std::sync::atomic::AtomicU8>, String> {
+/// `then` says what happens next (printed after the signal's name).
+fn stop_on_signals(
+    cancel: Cancellation,
+    then: &'static str,
+) -> Result<Arc<std::sync::atomic::AtomicU8>, String> {
     use tokio::signal::unix::{SignalKind, signal};
     let which = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let listen = |kind: SignalKind| {
@@ -418,7 +422,7 @@ fn stop_on_signals(cancel: Cancellation) -> Result<Arc<std::sync::atomic::Atomic
         };
         let (_, number, what) = &streams[i];
         seen.store(*number, Ordering::SeqCst);
-        eprintln!("{what}: stopping running agents (resume with `orch resume`)");
+        eprintln!("{what}: {then}");
         cancel.cancel();
     });
     Ok(which)
@@ -494,7 +498,11 @@ fn execute(
         done: AtomicBool::new(false),
     }));
     rt.block_on(async move {
-        let stopped_by = stop_on_signals(cancel.clone()).map_err(|e| Fail(2, e))?;
+        let stopped_by = stop_on_signals(
+            cancel.clone(),
+            "stopping running agents (resume with `orch resume`)",
+        )
+        .map_err(|e| Fail(2, e))?;
         let report = engine.run(&info.run, cancel).await.map_err(|e| match e {
             orch_graph::EngineError::Store(e) if e.kind == orch_core::StoreErrorKind::Locked => {
                 Fail(7, e.to_string())
@@ -691,7 +699,11 @@ fn run(cli: Cli) -> Result<(), Fail> {
             let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
             rt.block_on(async {
                 let cancel = Cancellation::new();
-                let stopped_by = stop_on_signals(cancel.clone()).map_err(|e| Fail(2, e))?;
+                let stopped_by = stop_on_signals(
+                    cancel.clone(),
+                    "stopping running agents and handing their jobs back to the queue",
+                )
+                .map_err(|e| Fail(2, e))?;
                 worker
                     .run(&database_url, cancel)
                     .await

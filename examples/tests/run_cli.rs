@@ -2456,6 +2456,12 @@ tickets = [{}]
     }
     let processes = processes();
     assert!(status.success(), "coordinator: {status:?}\n{processes}");
+    assert!(
+        processes.contains(
+            "terminated (SIGTERM): stopping running agents and handing their jobs back to the queue"
+        ),
+        "{processes}"
+    );
 
     // No phase of a ticket ran in two places at once.
     let runs = executions(&log);

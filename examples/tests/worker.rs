@@ -930,12 +930,14 @@ async fn work_goes_between_clones_through_the_remote_and_the_journal() {
 /// the first time it fetches a batch's tickets (a worker frozen by
 /// SIGSTOP just before it merges); with `unpublished`, cannot set a
 /// batch's branch (the remote down, or a coordinator killed before it
-/// did).
+/// did); with `held`, waits for `publish` before it first does.
 struct Faulty {
     inner: orch_state::GitWorkspace,
     frozen: AtomicBool,
     release: Arc<tokio::sync::Notify>,
     unpublished: AtomicBool,
+    held: AtomicBool,
+    publish: Arc<tokio::sync::Notify>,
 }
 
 impl Faulty {
@@ -945,6 +947,8 @@ impl Faulty {
             frozen: AtomicBool::new(false),
             release: Arc::default(),
             unpublished: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+            publish: Arc::default(),
         }
     }
 }
@@ -999,6 +1003,9 @@ impl Workspace for Faulty {
         batch: &BatchId,
         commit: &str,
     ) -> Result<(), WorkspaceError> {
+        if self.held.swap(false, Ordering::SeqCst) {
+            self.publish.notified().await;
+        }
         if self.unpublished.load(Ordering::SeqCst) {
             return Err(WorkspaceError::new(
                 orch_core::WorkspaceErrorKind::Tool,
@@ -1013,9 +1020,9 @@ impl Workspace for Faulty {
 }
 
 /// A worker frozen just before it merges a batch, past its lease: another
-/// worker merges the batch, and the batch's branch names that merge, the
-/// one the journal records, even after the frozen worker wakes up and
-/// merges again (from the recorded merge, not from its own base).
+/// worker merges the batch and records it; the frozen one wakes up before
+/// the coordinator publishes, merges and shares a merge of its own; the
+/// batch's branch names the recorded merge all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
 async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
@@ -1025,7 +1032,11 @@ async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
     let bare = shared_remote(top.path());
     let log = Arc::new(Mutex::new(Vec::new()));
     let store = db.store().await;
-    let coordinator = coordinating(Arc::new(machine(top.path(), "coordinator")), &store, &log);
+    // The coordinator publishes the merge only when let.
+    let here = Faulty::new(machine(top.path(), "coordinator"));
+    here.held.store(true, Ordering::SeqCst);
+    let publish = here.publish.clone();
+    let coordinator = coordinating(Arc::new(here), &store, &log);
     let coordinating = tokio::spawn({
         let run = run.clone();
         async move { coordinator.run(&run, Cancellation::new()).await }
@@ -1089,26 +1100,30 @@ async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
                 .await
         }
     });
-    // b takes the merge over once s's lease lapsed, and the run ends.
+    // b takes the merge over once s's lease lapsed, and records it.
     let b = on_machine("b", Arc::new(machine(top.path(), "b2")), &store, &log);
     let (job_b, sent) = claim_next(&*store, &me(2)).await;
     assert_eq!(job_b.takeovers, 1);
     let worked = b.work(store.clone(), &job_b, LEASE, sent, Cancellation::new());
     assert_eq!(worked.await.unwrap(), Worked::Finished);
-    let report = within(coordinating).await.unwrap().unwrap();
-    assert_eq!(report.outcome, orch_core::RunOutcome::Completed);
     let recorded = merged_commit(&journal(&store, &run).await);
-    assert_eq!(git_in(&bare, &["rev-parse", BATCH]), recorded);
 
-    // s wakes up, merges and shares its merge; its record is refused.
+    // Before the coordinator publishes it, s wakes up, merges (from its
+    // own base: nothing is published yet) and shares its merge; its
+    // record is refused, and it moves no branch.
     release.notify_one();
     let worked = within(s_work).await.unwrap().unwrap();
     assert!(matches!(worked, Worked::Lost(_)), "{worked:?}");
-    // s's merge started from the recorded one (the remote's branch), not
-    // from its own base, so it brings nothing of its own.
-    assert_eq!(git_in(&s_dir, &["rev-parse", BATCH]), recorded);
-    // The branch still names the recorded merge, which holds no part of
-    // s's base.
+    let stale = git_in(&s_dir, &["rev-parse", BATCH]);
+    assert_ne!(stale, recorded);
+    git_in(&bare, &["cat-file", "-e", &format!("{stale}^{{commit}}")]);
+    assert_eq!(git_in(&bare, &["branch", "--list", "orch/r/batch-B1"]), "");
+
+    // The coordinator publishes the recorded merge, and the run ends.
+    publish.notify_one();
+    let report = within(coordinating).await.unwrap().unwrap();
+    assert_eq!(report.outcome, orch_core::RunOutcome::Completed);
+    // The branch names the recorded merge, which holds no part of s's.
     assert_eq!(git_in(&bare, &["rev-parse", BATCH]), recorded);
     let files = git_in(&bare, &["ls-tree", "--name-only", BATCH]);
     assert!(!files.contains("stale.txt"), "{files}");
@@ -1380,6 +1395,19 @@ async fn a_run_resumed_after_its_jobs_were_cancelled_puts_them_in_the_queue_agai
             .all(|j| matches!(j.state, JobState::Done | JobState::Cancelled)),
         "{jobs:?}"
     );
+    // Generations are counted for each job afresh: a later phase's job
+    // has a generation only where its own was cancelled (so a coordinator
+    // that restarts computes the same keys and adds no job beside them).
+    for j in &jobs {
+        if let Some(first) = j.key.strip_suffix("/1") {
+            assert!(
+                jobs.iter()
+                    .any(|c| c.key == first && c.state == JobState::Cancelled),
+                "{} has a generation, but {first} was not cancelled: {jobs:?}",
+                j.key
+            );
+        }
+    }
     // Each phase ran once, on the worker.
     let ran = log.lock().unwrap().clone();
     assert_eq!(ran.len(), 16, "{ran:?}");

@@ -481,8 +481,9 @@ impl Repo {
     /// here, the commit fetched from `remote` first when this repository
     /// does not have it. Where the branch is missing it is made; where it
     /// already holds the commit (a resumed run publishing again, after
-    /// fixes were pushed on top) it stays; where it went elsewhere (it was
-    /// rewritten) it stays too, and that is an error: nothing is ever
+    /// fixes were pushed on top) it stays; where it diverged (rewritten,
+    /// or moved on while the merge was made) it stays too, and that is an
+    /// error: nothing is ever
     /// rewound. The work tree the batch was merged in follows; any other
     /// that has the branch checked out (someone's own) is never touched,
     /// and that is an error as well, after the remote is done.
@@ -538,24 +539,15 @@ impl Repo {
         Ok(())
     }
 
-    /// Puts the batch `branch` (merged in `merged_in`) where a merge of it
-    /// must start on this machine: at `remote`'s branch (the merges the
-    /// journal recorded), else at `base`. A merge made here before and
-    /// never recorded (its claim lost) is dropped; the work tree
-    /// `merged_in` follows.
+    /// Where a merge of the batch `branch` must start on a machine of
+    /// many: at `remote`'s branch (the merges the journal recorded,
+    /// fetched here), else at `base`.
     ///
     /// # Errors
-    /// When the remote cannot be read, or the branch is checked out in a
-    /// work tree orch did not make.
-    pub fn sync_batch_branch(
-        &self,
-        remote: &str,
-        branch: &str,
-        merged_in: &Path,
-        base: &str,
-    ) -> Result<(), GitError> {
+    /// When the remote cannot be read.
+    pub fn batch_start(&self, remote: &str, branch: &str, base: &str) -> Result<String, GitError> {
         let full = format!("refs/heads/{branch}");
-        let start = match self.remote_tip(remote, &full)? {
+        match self.remote_tip(remote, &full)? {
             Some(tip) => {
                 if !self.has_commit(&tip) {
                     self.git(&[
@@ -567,13 +559,9 @@ impl Repo {
                         &full,
                     ])?;
                 }
-                tip
+                Ok(tip)
             }
-            None => self.resolve(base)?,
-        };
-        match self.resolve(&full) {
-            Ok(here) if here == start => Ok(()),
-            _ => self.set_branch(branch, merged_in, &start),
+            None => self.resolve(base),
         }
     }
 
@@ -628,7 +616,8 @@ impl Repo {
             command: format!("publish {full}"),
             message: format!(
                 "{whose} {full} is at {tip}, which neither holds the merge {commit} nor is \
-                 behind it (it was rewritten); not moved"
+                 behind it (they diverged: it was rewritten, or moved on while the merge was made); \
+                 not moved"
             ),
         })
     }
@@ -1211,7 +1200,10 @@ impl Repo {
     /// `base` if missing), in a worktree of its own. A conflict is a result
     /// naming the branch and files, not an error: the failed merge is
     /// aborted and nothing is lost. Merges done before a crash are
-    /// recognised (a branch already merged is skipped).
+    /// recognised (a branch already merged is skipped). With `start` (a
+    /// machine of many: [`Repo::batch_start`]), the branch is first put
+    /// there, once the work tree is recovered from any crash, so a merge
+    /// this machine made and nobody recorded is dropped.
     ///
     /// # Errors
     /// When git fails for another reason.
@@ -1222,6 +1214,7 @@ impl Repo {
         batch_branch: &str,
         base: &str,
         branches: &[String],
+        start: Option<&str>,
     ) -> Result<MergeOutcome, GitError> {
         let path = self
             .worktrees
@@ -1243,6 +1236,11 @@ impl Repo {
             } else {
                 self.add_worktree(&path, batch_branch, &["-b", batch_branch, &p, base])?;
             }
+        }
+        if let Some(start) = start
+            && run_git(&path, &["rev-parse", "HEAD"])? != start
+        {
+            run_git(&path, &["reset", "-q", "--hard", start])?;
         }
         if let Some((branch, files)) =
             marked_merge(&path, || merge_branches(&path, batch_branch, branches))?

@@ -732,12 +732,13 @@ impl Workspace for GitWorkspace {
             // On a machine of many, a merge starts from the merges the
             // journal recorded (the remote's branch), not from one of this
             // machine's that was never recorded.
-            if let Some(remote) = &remote {
-                let merged_in = repo.batch_worktree(&run, &batch);
-                repo.sync_batch_branch(remote, &branch, &merged_in, &base)?;
-            }
+            let start = match &remote {
+                Some(remote) => Some(repo.batch_start(remote, &branch, &base)?),
+                None => None,
+            };
+            let start = start.as_deref();
             Ok(
-                match repo.merge_batch(&run, &batch, &branch, &base, &branches)? {
+                match repo.merge_batch(&run, &batch, &branch, &base, &branches, start)? {
                     MergeOutcome::Merged { commit } => {
                         // Shared before the journal records it; the
                         // branch names it once recorded (`publish`).

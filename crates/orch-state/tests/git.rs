@@ -102,7 +102,14 @@ fn batch_merge_and_conflicts() {
     let b = edit("B", "b.txt", "b\n");
     let batch = "PR1".parse().unwrap();
     let out = repo
-        .merge_batch(&run, &batch, "orch/pr1", "main", &[a.clone(), b.clone()])
+        .merge_batch(
+            &run,
+            &batch,
+            "orch/pr1",
+            "main",
+            &[a.clone(), b.clone()],
+            None,
+        )
         .unwrap();
     let MergeOutcome::Merged { commit } = out else {
         panic!("{out:?}")
@@ -111,7 +118,7 @@ fn batch_merge_and_conflicts() {
     assert!(wt.join("a.txt").is_file() && wt.join("b.txt").is_file());
     // Merging again (resume) recognises both merges.
     assert_eq!(
-        repo.merge_batch(&run, &batch, "orch/pr1", "main", &[a, b])
+        repo.merge_batch(&run, &batch, "orch/pr1", "main", &[a, b], None)
             .unwrap(),
         MergeOutcome::Merged {
             commit: commit.clone()
@@ -123,7 +130,7 @@ fn batch_merge_and_conflicts() {
     let d = edit("D", "app.txt", "line 1\nD's line 2\nline 3\n");
     let batch2 = "PR2".parse().unwrap();
     let out = repo
-        .merge_batch(&run, &batch2, "orch/pr2", "main", &[c, d.clone()])
+        .merge_batch(&run, &batch2, "orch/pr2", "main", &[c, d.clone()], None)
         .unwrap();
     assert_eq!(
         out,
@@ -656,10 +663,8 @@ fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
                 .unwrap();
             branches.push(wt.branch);
         }
-        let w_tree = w.batch_worktree(&run, &batch);
-        w.sync_batch_branch("origin", "orch/pr1", &w_tree, "main")
-            .unwrap();
-        let out = w.merge_batch(&run, &batch, "orch/pr1", "main", &branches);
+        let start = w.batch_start("origin", "orch/pr1", "main").unwrap();
+        let out = w.merge_batch(&run, &batch, "orch/pr1", "main", &branches, Some(&start));
         let Ok(MergeOutcome::Merged { commit }) = out else {
             panic!("{out:?}")
         };
@@ -678,6 +683,16 @@ fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
     assert_eq!(sh(c.root(), &["rev-parse", branch]), first);
     // Again (a resumed run): nothing changes.
     publish(&c, &first).unwrap();
+
+    // A merge on w killed half-way (its locks left behind): w's next
+    // merge recovers the work tree before it puts the branch at the
+    // remote's.
+    let w_tree = w.batch_worktree(&run, &batch);
+    sh(&w_tree, &["reset", "-q", "--hard", "HEAD~1"]);
+    let git_dir = sh(&w_tree, &["rev-parse", "--absolute-git-dir"]);
+    std::fs::write(Path::new(&git_dir).join("index.lock"), "").unwrap();
+    let ref_lock = w.root().join(".git/refs/heads/orch/pr1.lock");
+    std::fs::write(&ref_lock, "").unwrap();
 
     // Someone checked the branch out in c: the remote's moves, c's stays,
     // and that person's work tree is untouched.
@@ -759,7 +774,7 @@ fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
     let other = sh(&fix, &["rev-parse", "HEAD"]);
     let e = publish(&c, &fourth).unwrap_err();
     assert_eq!(e.kind, WorkspaceErrorKind::Refused);
-    assert!(e.message.contains("rewritten"), "{e}");
+    assert!(e.message.contains("diverged"), "{e}");
     assert_eq!(sh(&bare, &["rev-parse", branch]), other);
 
     // Where the batch was merged (w), its work tree follows the branch

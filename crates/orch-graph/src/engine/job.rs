@@ -395,16 +395,33 @@ fn next_job(
 async fn follow<T>(
     sh: &ticket::Shared,
     remote: &Remote,
-    now: impl Fn(&orch_core::RunState, u32) -> Now<T>,
+    now: impl Fn(&orch_core::RunState) -> Now<T>,
     abandoned: impl Fn(String) -> EventKind,
 ) -> Result<Option<T>, StoreError> {
     let run = &sh.journal.run;
     let mut enqueued: Option<(String, u64)> = None;
-    let mut generation = 0u32;
+    // The job `now` names (its key as `now` gives it), and which of its
+    // generations: counted afresh for each new job, so that a coordinator
+    // that restarts walks through the same keys, not a new one beside
+    // them.
+    let mut generation: (String, u32) = (String::new(), 0);
+    let now = |generation: &mut (String, u32)| {
+        let next = sh.journal.with_state(&now);
+        match next {
+            Now::Next(mut job) => {
+                if job.key != generation.0 {
+                    *generation = (job.key.clone(), 0);
+                }
+                job.key = generation_key(&job.key, generation.1);
+                Now::Next(job)
+            }
+            other => other,
+        }
+    };
     let mut tick = tokio::time::interval(remote.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match sh.journal.with_state(|s| now(s, generation)) {
+        match now(&mut generation) {
             Now::End(end) => return Ok(Some(end)),
             Now::Wait => {}
             Now::Next(job) if enqueued.as_ref().is_none_or(|(e, _)| *e != job.key) => {
@@ -427,7 +444,7 @@ async fn follow<T>(
                     // the job's end is judged on the journal as it is now.
                     sh.journal.catch_up().await?;
                     let key = enqueued.as_ref().map(|(k, _)| k.clone());
-                    match sh.journal.with_state(|s| now(s, generation)) {
+                    match now(&mut generation) {
                         Now::Next(job) if Some(&job.key) == key.as_ref() => {}
                         // Moved on: the loop takes it from there.
                         _ => continue,
@@ -449,7 +466,7 @@ async fn follow<T>(
                     // budget cancelled it), or finished without the work
                     // being recorded: another job does it, under a key of
                     // its own.
-                    generation += 1;
+                    generation.1 += 1;
                 }
             }
         }
@@ -467,7 +484,7 @@ async fn follow<T>(
 pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate::Ix) -> End {
     let ticket = &sh.tickets[t as usize];
     let id = &ticket.id;
-    let now = |s: &orch_core::RunState, generation| {
+    let now = |s: &orch_core::RunState| {
         if let Some(st) = s.tickets.get(id) {
             match st.status {
                 TicketStatus::Done => return Now::End(End::Done),
@@ -484,7 +501,7 @@ pub(crate) async fn remote_ticket(sh: &ticket::Shared, remote: &Remote, t: crate
         let spec = sh.plan.phases.iter().find(|p| p.name == phase);
         let role = spec.and_then(|p| sh.plan.role_for(ticket, p)).cloned();
         let mut job = NewJob::new(
-            generation_key(&key, generation),
+            key,
             Work::Phase {
                 ticket: id.clone(),
                 phase,
@@ -517,13 +534,12 @@ pub(crate) async fn remote_merge(
     remote: &Remote,
     batch: &BatchId,
 ) -> Result<(), StoreError> {
-    let now = |s: &orch_core::RunState, generation| {
+    let now = |s: &orch_core::RunState| {
         if ended(s, batch) {
             return Now::End(());
         }
-        let key = generation_key(&merge_key(batch), generation);
         Now::Next(NewJob::new(
-            key,
+            merge_key(batch),
             Work::Merge {
                 batch: batch.clone(),
             },

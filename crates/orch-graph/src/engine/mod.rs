@@ -1068,6 +1068,11 @@ impl Dispatcher {
             }
             Msg::BatchPanicked(batch, message) => {
                 self.tasks -= 1;
+                // A worker may have recorded the merge (a run with
+                // workers) before this engine read it.
+                if let Err(e) = self.shared.journal.catch_up().await {
+                    tracing::warn!(error = %e, "cannot read the journal");
+                }
                 let merged = self.shared.journal.with_state(|s| {
                     s.batches
                         .get(&batch)
