@@ -240,6 +240,7 @@ mod tests {
             resumed: true,
             parts: Default::default(),
             driver: None,
+            base: None,
         };
         assert_eq!(finished_after(7, &started, &state), Some(2), "A and C");
         let done = EventKind::TicketDone {

@@ -109,6 +109,7 @@ pub async fn start_run(
         resumed: false,
         parts: Arc::new(parts),
         driver: None,
+        base: None,
     });
     store
         .append_if(run, orch_core::Expect::Epoch(epoch), &[started])

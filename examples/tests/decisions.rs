@@ -21,6 +21,7 @@ async fn escalated(store: &dyn StateStore, tickets: usize) {
         resumed: false,
         parts: Default::default(),
         driver: None,
+        base: None,
     })];
     for i in 0..tickets {
         events.push(Event::now(EventKind::Escalated {

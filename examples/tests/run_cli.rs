@@ -2455,7 +2455,30 @@ tickets = [{}]
         );
     }
     let processes = processes();
-    assert!(status.success(), "coordinator: {status:?}\n{processes}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (events, jobs) = rt.block_on(async {
+        let store = orch_state::PgStore::connect(&url).await.unwrap();
+        let run = "fleet".parse().unwrap();
+        let events = store.read(&run, 0, 1_000_000).await.unwrap();
+        let jobs = orch_core::JobQueue::jobs(&store, &run).await.unwrap();
+        (events, jobs)
+    });
+    let failures: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            EventKind::TicketFailed { ticket, reason } => Some(format!("{ticket}: {reason}")),
+            EventKind::BatchFailed { batch, reason } => Some(format!("{batch}: {reason}")),
+            EventKind::TicketBlocked { ticket, by } => Some(format!("{ticket}: blocked by {by}")),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        status.success(),
+        "coordinator: {status:?}\nfailures: {failures:?}\n{processes}"
+    );
     assert!(
         processes.contains(
             "terminated (SIGTERM): stopping running agents and handing their jobs back to the queue"
@@ -2494,17 +2517,6 @@ tickets = [{}]
     );
 
     // Each phase passed once, and its checkpoint is on the remote.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (events, jobs) = rt.block_on(async {
-        let store = orch_state::PgStore::connect(&url).await.unwrap();
-        let run = "fleet".parse().unwrap();
-        let events = store.read(&run, 0, 1_000_000).await.unwrap();
-        let jobs = orch_core::JobQueue::jobs(&store, &run).await.unwrap();
-        (events, jobs)
-    });
     let mut passed = std::collections::HashSet::new();
     for e in &events {
         if let EventKind::PhasePassed {

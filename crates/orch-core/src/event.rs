@@ -202,6 +202,11 @@ pub enum EventKind {
         /// commands of its own.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         driver: Option<DriverInfo>,
+        /// The commit the driver's workspace starts tickets from
+        /// ([`Workspace::base`](crate::Workspace::base)), when it keeps
+        /// history: every worker of the run must start from the same.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base: Option<String>,
     },
     /// All dependencies of a ticket are done.
     TicketReady {

@@ -355,6 +355,11 @@ pub struct RunState {
     /// earlier ones' commands.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drivers: Vec<crate::DriverInfo>,
+    /// The commit the run's driver starts tickets from, as its latest
+    /// `RunStarted` says (`None`: a workspace without history, or a
+    /// journal from before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     /// Every time the projected finish slipped too far, in order, with
     /// the person's acceptance once given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -469,6 +474,7 @@ impl RunState {
                 fingerprint,
                 parts,
                 driver,
+                base,
                 ..
             } => {
                 // A new driver: agents the journal still has running
@@ -481,6 +487,9 @@ impl RunState {
                     }
                 }
                 self.drivers.extend(driver);
+                if base.is_some() {
+                    self.base = base;
+                }
                 self.run = Some(run);
                 self.plan = plan;
                 self.fingerprint = fingerprint;

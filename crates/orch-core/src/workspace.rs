@@ -233,6 +233,15 @@ pub trait Workspace: Send + Sync {
         Ok(())
     }
 
+    /// The commit tickets start from (before their dependencies are
+    /// merged in), when the workspace keeps history. A run records its
+    /// driver's, and a worker whose own differs refuses the run's jobs:
+    /// machines at different commits would build on different code. The
+    /// default: `None` (no history).
+    fn base(&self) -> Option<String> {
+        None
+    }
+
     /// Merges the work of `tickets` for `batch`.
     async fn merge(
         &self,

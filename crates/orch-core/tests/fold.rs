@@ -67,6 +67,7 @@ fn kind() -> impl Strategy<Value = EventKind> {
             resumed: false,
             parts: Default::default(),
             driver: None,
+            base: None,
         }),
         ticket().prop_map(|ticket| EventKind::TicketReady { ticket }),
         (ticket(), phase(), 1u32..4).prop_map(|(ticket, phase, attempt)| EventKind::PhaseStarted {

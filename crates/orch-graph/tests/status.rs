@@ -82,6 +82,7 @@ impl Journal {
                 resumed: false,
                 parts: Default::default(),
                 driver: None,
+                base: None,
             },
         );
         j

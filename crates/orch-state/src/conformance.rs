@@ -350,6 +350,7 @@ pub async fn folded_state(open: Open<'_>) {
             resumed: false,
             parts: Default::default(),
             driver: None,
+            base: None,
         },
     )];
     for i in 0..30u64 {

@@ -513,19 +513,7 @@ impl Repo {
                     &refspec,
                 ])?;
             }
-            let tip = self.remote_tip(remote, &full)?;
-            if let Some(tip) = &tip
-                && !self.has_commit(tip)
-            {
-                self.git(&[
-                    "fetch",
-                    "-q",
-                    "--no-tags",
-                    "--no-write-fetch-head",
-                    remote,
-                    &full,
-                ])?;
-            }
+            let tip = self.remote_branch(remote, &full)?;
             if self.moves_forward(&full, tip.as_deref(), commit, &format!("{remote}'s"))? {
                 // Not forced: a push that raced another one is refused.
                 let to_branch = format!("{commit}:{full}");
@@ -547,20 +535,8 @@ impl Repo {
     /// When the remote cannot be read.
     pub fn batch_start(&self, remote: &str, branch: &str, base: &str) -> Result<String, GitError> {
         let full = format!("refs/heads/{branch}");
-        match self.remote_tip(remote, &full)? {
-            Some(tip) => {
-                if !self.has_commit(&tip) {
-                    self.git(&[
-                        "fetch",
-                        "-q",
-                        "--no-tags",
-                        "--no-write-fetch-head",
-                        remote,
-                        &full,
-                    ])?;
-                }
-                Ok(tip)
-            }
+        match self.remote_branch(remote, &full)? {
+            Some(tip) => Ok(tip),
             None => self.resolve(base),
         }
     }
@@ -570,13 +546,27 @@ impl Repo {
         self.resolve(&format!("{commit}^{{commit}}")).is_ok()
     }
 
-    /// The commit `full` (a ref) names on `remote`, if it is there.
-    fn remote_tip(&self, remote: &str, full: &str) -> Result<Option<String>, GitError> {
+    /// The commit `full` (a ref) names on `remote`, if it is there,
+    /// fetched here when this repository does not have it.
+    fn remote_branch(&self, remote: &str, full: &str) -> Result<Option<String>, GitError> {
         let listed = self.git(&["ls-remote", remote, full])?;
-        Ok(listed
+        let tip = listed
             .lines()
             .find_map(|l| l.split_once('\t').filter(|(_, r)| *r == full))
-            .map(|(c, _)| c.to_owned()))
+            .map(|(c, _)| c.to_owned());
+        if let Some(tip) = &tip
+            && !self.has_commit(tip)
+        {
+            self.git(&[
+                "fetch",
+                "-q",
+                "--no-tags",
+                "--no-write-fetch-head",
+                remote,
+                full,
+            ])?;
+        }
+        Ok(tip)
     }
 
     /// Whether `full`, at `tip` (`None`: missing) in `whose` copy, is to

@@ -764,6 +764,10 @@ impl Workspace for GitWorkspace {
         .await
     }
 
+    fn base(&self) -> Option<String> {
+        Some(self.base.clone())
+    }
+
     async fn publish(
         &self,
         run: &RunId,

@@ -722,21 +722,25 @@ fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
         top.path(),
         &["clone", "-q", "-b", "orch/pr1", "remote.git", "fix"],
     );
-    std::fs::write(fix.join("fix.txt"), "fix").unwrap();
-    sh(&fix, &["add", "fix.txt"]);
-    sh(
-        &fix,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            "fix",
-        ],
-    );
+    // A commit of one new file in `fix`.
+    let commit_file = |name: &str| {
+        std::fs::write(fix.join(name), name).unwrap();
+        sh(&fix, &["add", name]);
+        sh(
+            &fix,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-q",
+                "-m",
+                name,
+            ],
+        );
+    };
+    commit_file("fix.txt");
     sh(&fix, &["push", "-q", "origin", "orch/pr1"]);
     let fixed = sh(&fix, &["rev-parse", "HEAD"]);
     publish(&c, &second).unwrap();
@@ -755,21 +759,7 @@ fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
     // Rewritten on the remote after a merge: not moved, and said so.
     let fourth = merged(&["D"]);
     sh(&fix, &["reset", "-q", "--hard", "origin/main"]);
-    std::fs::write(fix.join("other.txt"), "other").unwrap();
-    sh(&fix, &["add", "other.txt"]);
-    sh(
-        &fix,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            "other",
-        ],
-    );
+    commit_file("other.txt");
     sh(&fix, &["push", "-q", "--force", "origin", "orch/pr1"]);
     let other = sh(&fix, &["rev-parse", "HEAD"]);
     let e = publish(&c, &fourth).unwrap_err();

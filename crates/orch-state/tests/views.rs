@@ -52,6 +52,7 @@ fn events() -> Vec<Event> {
         resumed: false,
         parts: Default::default(),
         driver: None,
+        base: None,
     })];
     for id in [
         "INFRA-002",

@@ -72,7 +72,8 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::Job`] when the job is not this engine's to do (its
-    /// run not started, its ticket, phase or batch not in the plan),
+    /// run not started, its ticket, phase or batch not in the plan, or
+    /// this engine's workspace at another commit than the run's driver's),
     /// [`EngineError::PlanChanged`] when the run was started with another
     /// plan (in both cases the job is given back first), and
     /// [`EngineError::Store`] when the store fails (the job is left to
@@ -132,6 +133,18 @@ impl Engine {
         if let Some(e) = self.plan_changed(run, &state) {
             queue.give_back(&job.claim).await?;
             return Err(e);
+        }
+        // Machines at different commits would build on different code.
+        if let (Some(theirs), Some(mine)) = (&state.base, self.workspace.base())
+            && *theirs != mine
+        {
+            let theirs = theirs.clone();
+            self.put_back(state);
+            return refuse(format!(
+                "this machine starts tickets from commit {mine}, the run's driver from \
+                 {theirs}: check out {theirs} in this machine's repository"
+            ))
+            .await;
         }
         if !task.current(&self.plan, &state, &job.key) {
             tracing::info!(%run, key = %job.key, "the job is out of date; finishing it");

@@ -533,6 +533,7 @@ impl Engine {
             resumed,
             parts: parts.clone(),
             driver: Some(process::scope().describe()),
+            base: self.workspace.base(),
         };
         span.in_scope(|| tracing::info!(event = started.name(), resumed));
         journal.append(vec![journal.event(started)]).await?;
