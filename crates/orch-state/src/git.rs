@@ -451,9 +451,8 @@ impl Repo {
             })
             .collect();
         if !missing.is_empty() {
-            let mut args = vec!["fetch", "-q", "--no-tags", "--no-write-fetch-head", remote];
-            args.extend(missing.iter().map(String::as_str));
-            self.git(&args)?;
+            let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+            self.fetch_refs(remote, &missing)?;
         }
         let mut listed = None;
         for ((branch, commit), f) in at.iter().zip(&mut found) {
@@ -503,15 +502,7 @@ impl Repo {
         if let Some(remote) = remote {
             if !self.has_commit(commit) {
                 let r = Repo::commit_ref(run, commit);
-                let refspec = format!("{r}:{r}");
-                self.git(&[
-                    "fetch",
-                    "-q",
-                    "--no-tags",
-                    "--no-write-fetch-head",
-                    remote,
-                    &refspec,
-                ])?;
+                self.fetch_refs(remote, &[&format!("{r}:{r}")])?;
             }
             let tip = self.remote_branch(remote, &full)?;
             if self.moves_forward(&full, tip.as_deref(), commit, &format!("{remote}'s"))? {
@@ -557,16 +548,17 @@ impl Repo {
         if let Some(tip) = &tip
             && !self.has_commit(tip)
         {
-            self.git(&[
-                "fetch",
-                "-q",
-                "--no-tags",
-                "--no-write-fetch-head",
-                remote,
-                full,
-            ])?;
+            self.fetch_refs(remote, &[full])?;
         }
         Ok(tip)
+    }
+
+    /// Fetches `refspecs` from `remote`: objects and the refs they name,
+    /// no tags, no `FETCH_HEAD`.
+    fn fetch_refs(&self, remote: &str, refspecs: &[&str]) -> Result<(), GitError> {
+        let mut args = vec!["fetch", "-q", "--no-tags", "--no-write-fetch-head", remote];
+        args.extend(refspecs);
+        self.git(&args).map(drop)
     }
 
     /// Whether `full`, at `tip` (`None`: missing) in `whose` copy, is to
