@@ -482,10 +482,10 @@ impl Repo {
     /// already holds the commit (a resumed run publishing again, after
     /// fixes were pushed on top) it stays; where it diverged (rewritten,
     /// or moved on while the merge was made) it stays too, and that is an
-    /// error: nothing is ever
-    /// rewound. The work tree the batch was merged in follows; any other
-    /// that has the branch checked out (someone's own) is never touched,
-    /// and that is an error as well, after the remote is done.
+    /// error: nothing is ever rewound. The work tree the batch was merged
+    /// in follows; any other that has the branch checked out (someone's
+    /// own) is never touched, and that is an error as well, after the
+    /// remote is done.
     ///
     /// # Errors
     /// When the commit cannot be fetched or pushed, or the branch went
@@ -1572,19 +1572,6 @@ impl Repo {
     }
 }
 
-/// Makes a worktree found again (after a crash, or on a later prepare)
-/// usable. A git killed mid-way (with the driver that ran it) leaves its
-/// lock files behind, and a merge of orch's (a dependency's branch into a
-/// ticket's tree, the tickets into a batch's) half applied: files changed,
-/// no commit, maybe no `MERGE_HEAD`. Whatever an earlier driver ran in
-/// the worktree is dead before a later one touches it, so the locks are
-/// stale; a merge of orch's (marked by [`MERGING`] before it starts) is
-/// undone, to be made again. Anything else, the agent's own work and its
-/// own merges included, is left as it is.
-///
-/// The worktree's `.git` file is the agent's to change: it must still
-/// name this repository's administrative directory for a worktree, or
-/// nothing is done in it.
 /// The work trees in `list` (`git worktree list --porcelain -z`) that
 /// have `branch` checked out.
 fn checked_out<'a>(list: &'a str, branch: &str) -> Vec<&'a str> {
@@ -1605,6 +1592,19 @@ fn checked_out<'a>(list: &'a str, branch: &str) -> Vec<&'a str> {
     out
 }
 
+/// Makes a worktree found again (after a crash, or on a later prepare)
+/// usable. A git killed mid-way (with the driver that ran it) leaves its
+/// lock files behind, and a merge of orch's (a dependency's branch into a
+/// ticket's tree, the tickets into a batch's) half applied: files changed,
+/// no commit, maybe no `MERGE_HEAD`. Whatever an earlier driver ran in
+/// the worktree is dead before a later one touches it, so the locks are
+/// stale; a merge of orch's (marked by [`MERGING`] before it starts) is
+/// undone, to be made again. Anything else, the agent's own work and its
+/// own merges included, is left as it is.
+///
+/// The worktree's `.git` file is the agent's to change: it must still
+/// name this repository's administrative directory for a worktree, or
+/// nothing is done in it.
 fn recover(common: &Path, path: &Path, branch: &str) -> Result<PathBuf, GitError> {
     let refuse = |why: String| GitError {
         kind: WorkspaceErrorKind::Refused,

@@ -367,8 +367,7 @@ fn key(ticket: &TicketId, phase: &PhaseName, restarts: u32, asked: usize) -> Str
     format!("{ticket}/{phase}/{restarts}/{asked}")
 }
 
-/// `key` for the `generation`th job of the same phase (see
-/// [`remote_ticket`]).
+/// `key` for the `generation`th job of the same work (see [`follow`]).
 fn generation_key(key: &str, generation: u32) -> String {
     if generation == 0 {
         key.to_owned()
