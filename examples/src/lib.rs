@@ -5,6 +5,7 @@
 pub mod demo;
 mod observe;
 pub mod scale;
+pub mod serve;
 pub mod worker;
 
 use std::collections::HashMap;

@@ -187,6 +187,26 @@ enum Command {
         #[command(flatten)]
         state: StateArg,
     },
+    /// Show the runs of a journal in the browser, live while they go:
+    /// the plan's graph by status, every ticket's attempts and gates, and
+    /// the decision queue (answering needs the token printed at start).
+    Serve {
+        #[command(flatten)]
+        state: StateArg,
+        /// Where to listen. Anything but loopback lets anyone who reaches
+        /// it read the runs, and the token travels in clear unless TLS is
+        /// put in front.
+        #[arg(long, default_value = "127.0.0.1:7777")]
+        bind: std::net::SocketAddr,
+        /// The plan file of a run to draw (default: the latest run's);
+        /// repeat for more.
+        #[arg(long = "plan", value_name = "FILE")]
+        plans: Vec<PathBuf>,
+        /// The token that lets a browser answer decisions (16 or more
+        /// letters, digits, '-', '_', '.'; default: a random one).
+        #[arg(long, env = "ORCH_SERVE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Answer an escalated ticket of the latest run.
     Decide {
         /// The ticket.
@@ -244,7 +264,8 @@ impl Cli {
             | Command::Resume { state, .. }
             | Command::Status { state, .. }
             | Command::Accept { state, .. }
-            | Command::Decide { state, .. } => state.database_url.as_deref(),
+            | Command::Decide { state, .. }
+            | Command::Serve { state, .. } => state.database_url.as_deref(),
             Command::Worker { database_url, .. } => Some(database_url),
             _ => None,
         }
@@ -792,6 +813,12 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 }
             }
         }
+        Command::Serve {
+            state,
+            bind,
+            plans,
+            token,
+        } => serve(&state, bind, &plans, token)?,
         Command::Accept {
             delay,
             risk,
@@ -879,6 +906,90 @@ fn run(cli: Cli) -> Result<(), Fail> {
         }
     }
     Ok(())
+}
+
+/// `orch serve`: the runs of a state directory's journal (or a
+/// PostgreSQL database's) on `bind`, until a signal.
+fn serve(
+    state: &StateArg,
+    bind: std::net::SocketAddr,
+    plans: &[PathBuf],
+    token: Option<String>,
+) -> Result<(), Fail> {
+    use orch_examples::serve::{Site, Token};
+    let dir = absolute(&state.dir(std::path::Path::new(".")));
+    let token = match token {
+        Some(t) => Token::new(t).map_err(|e| Fail(2, format!("--token: {e}")))?,
+        None => Token::random().map_err(|e| Fail(2, e.to_string()))?,
+    };
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(2, e.to_string()))?;
+    rt.block_on(async {
+        let store: Arc<dyn StateStore> = match state.database_url.as_deref() {
+            Some(url) => Arc::new(
+                orch_state::PgStore::connect(url)
+                    .await
+                    .map_err(|e| Fail(6, e.to_string()))?,
+            ),
+            None => {
+                let db = dir.join("state.db");
+                if !db.is_file() {
+                    return Err(Fail(
+                        2,
+                        format!(
+                            "no journal in {} ({} is not there): pass --state DIR of a run, or --database-url",
+                            dir.display(),
+                            db.display()
+                        ),
+                    ));
+                }
+                open_store(&dir).map_err(|e| Fail(6, e.to_string()))?
+            }
+        };
+        let mut files: Vec<PathBuf> = plans.iter().map(|p| absolute(p)).collect();
+        if let Ok(info) = RunInfo::load(&dir)
+            && !files.contains(&info.plan)
+        {
+            files.push(info.plan);
+        }
+        let mut site = Site::new(store, token.clone()).state_dir(&dir);
+        for f in &files {
+            match Plan::from_path(f) {
+                Ok(p) => {
+                    site = site
+                        .plan(p)
+                        .map_err(|e| Fail(2, format!("{}: {e}", f.display())))?;
+                }
+                // The latest run's plan may be gone; one named is needed.
+                Err(e) if plans.iter().any(|g| absolute(g) == *f) => {
+                    return Err(Fail(2, e.to_string()));
+                }
+                Err(e) => eprintln!("warning: the latest run is not drawn: {e}"),
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| Fail(2, format!("cannot listen on {bind}: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| Fail(2, e.to_string()))?;
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: serving on {addr}, not loopback: anyone who can reach it reads the runs, and the token travels in clear unless TLS is put in front of it (a reverse proxy)"
+            );
+        }
+        let site = site.loopback(addr);
+        println!(
+            "orch serve: the runs in {} at http://{addr}/\nTo answer decisions from a browser, open http://{addr}/login?token={}",
+            state
+                .database_url
+                .as_deref()
+                .map_or_else(|| dir.display().to_string(), |_| "the PostgreSQL database".into()),
+            token.as_str()
+        );
+        let cancel = Cancellation::new();
+        stop_on_signals(cancel.clone(), "stopping the server").map_err(|e| Fail(2, e))?;
+        orch_examples::serve::serve(listener, site, cancel)
+            .await
+            .map_err(|e| Fail(2, format!("serving on {addr}: {e}")))
+    })
 }
 
 fn main() -> ExitCode {
