@@ -192,7 +192,10 @@ async fn every_page_shows_the_run_as_its_journal_has_it() {
         page.contains(r#"<dd data-count="pending">1</dd>"#),
         "{page}"
     );
-    assert!(page.contains("Go/no-go: <strong>YELLOW</strong>"), "{page}");
+    assert!(
+        page.contains(r#"Go/no-go: <strong id="call" data-call="YELLOW">YELLOW</strong>"#),
+        "{page}"
+    );
     // The queue: two questions, not answerable without the token.
     assert!(page.contains("Decisions: 2 waiting"), "{page}");
     assert_eq!(page.matches("<fieldset disabled>").count(), 2, "{page}");

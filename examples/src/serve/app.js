@@ -39,6 +39,22 @@
     if (fresh) section.replaceWith(fresh);
   }
 
+  // A duration as the server writes it.
+  function took(ms) {
+    const s = Math.floor(ms / 1000);
+    const pad = (n) => String(n).padStart(2, "0");
+    if (s < 1) return ms + " ms";
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + "m " + pad(s % 60) + "s";
+    return Math.floor(s / 3600) + "h " + pad(Math.floor(s / 60) % 60) + "m";
+  }
+  let clock = null;
+  function tick() {
+    const el = document.getElementById("elapsed");
+    if (el && clock && clock.started) el.textContent = took((clock.finished || Date.now()) - clock.started);
+  }
+  setInterval(tick, 1000);
+
   function apply(msg) {
     for (const t of msg.tickets) {
       for (const el of [document.getElementById("t-" + t.id), document.getElementById("row-" + t.id)]) {
@@ -65,6 +81,11 @@
     }
     const set = (id, text) => { const el = document.getElementById(id); if (el) el.textContent = text; };
     set("run-status", s.status);
+    set("events", s.events);
+    const call = document.getElementById("call");
+    if (call && s.call) { call.textContent = s.call; call.dataset.call = s.call; }
+    clock = { started: s.started, finished: s.finished };
+    tick();
     set("cost", s.cost);
     set("tokens", s.tokens);
     if (decisions !== null && s.decisions !== decisions) {

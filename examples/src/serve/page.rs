@@ -148,6 +148,12 @@ pub(super) struct Summary {
     cost: String,
     pub(super) decisions: usize,
     events: u64,
+    /// The go/no-go call, when the plan is known.
+    call: Option<&'static str>,
+    /// When the run started, and when it stopped (ms since the epoch): the
+    /// page counts the time between, or up to now.
+    started: Option<u64>,
+    finished: Option<u64>,
 }
 
 /// The figures of `state` (tickets of `plan` not started yet count as
@@ -174,6 +180,16 @@ pub(super) fn summary(state: &RunState, plan: Option<&Plan>) -> Summary {
         cost: format!("${:.4}", state.usage.cost_usd),
         decisions: state.open_decisions().count(),
         events: state.events,
+        call: plan
+            .and_then(|p| {
+                orch_graph::status::StatusReport::new(p, state, Timestamp::now(), None).ok()
+            })
+            .map(|r| r.colour.as_str()),
+        started: state.started_at.map(|t| t.0),
+        finished: match state.status {
+            RunStatus::Finished(_) => state.updated_at.map(|t| t.0),
+            _ => None,
+        },
     }
 }
 
@@ -396,7 +412,7 @@ pub(super) fn run(
     let mut b = String::new();
     let _ = write!(
         b,
-        r#"<h1>Run <code>{}</code> <span id="run-status" class="run-status">{}</span></h1><p>Plan <strong>{}</strong>, {} events. <span id="live" class="live" aria-live="polite"></span></p>"#,
+        r#"<h1>Run <code>{}</code> <span id="run-status" class="run-status">{}</span></h1><p>Plan <strong>{}</strong>, <span id="events">{}</span> events. <span id="live" class="live" aria-live="polite"></span></p>"#,
         esc(id.as_str()),
         esc(&sum.status),
         esc(&state.plan),
@@ -409,8 +425,7 @@ pub(super) fn run(
             Ok(rep) => {
                 let _ = write!(
                     b,
-                    r#"<p class="call call-{c}">Go/no-go: <strong>{C}</strong></p>"#,
-                    c = rep.colour.as_str().to_lowercase(),
+                    r#"<p class="call">Go/no-go: <strong id="call" data-call="{C}">{C}</strong></p>"#,
                     C = rep.colour.as_str()
                 );
                 if !rep.fired.is_empty() {
@@ -426,13 +441,14 @@ pub(super) fn run(
                     b.push_str("</ul>");
                 }
                 let sch = &rep.schedule;
-                let elapsed = sch
-                    .started_at
-                    .map(|s| took(Timestamp::now().0.saturating_sub(s.0)))
+                let end = sum.finished.unwrap_or(Timestamp::now().0);
+                let elapsed = sum
+                    .started
+                    .map(|s| took(end.saturating_sub(s)))
                     .unwrap_or_else(|| "not started".into());
                 let _ = write!(
                     b,
-                    "<p>Elapsed {elapsed}; estimated {} of work, {} on the critical path; projected to finish {} ({}).</p>",
+                    "<p>Elapsed <span id=\"elapsed\">{elapsed}</span>; estimated {} of work, {} on the critical path; projected to finish {} ({}).</p>",
                     orch_core::format_minutes(sch.estimated_minutes),
                     orch_core::format_minutes(sch.critical_path_minutes),
                     sch.projected_finish,
