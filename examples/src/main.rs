@@ -951,7 +951,12 @@ fn serve(
         {
             files.push(info.plan);
         }
-        let mut site = Site::new(store, token.clone()).state_dir(&dir);
+        let mut site = Site::new(store, token.clone())
+            .map_err(|e| Fail(2, e.to_string()))?
+            .state_dir(&dir);
+        if let Some(url) = state.database_url.as_deref() {
+            site = site.with_url(url);
+        }
         for f in &files {
             match Plan::from_path(f) {
                 Ok(p) => {
@@ -985,10 +990,15 @@ fn serve(
             token.as_str()
         );
         let cancel = Cancellation::new();
-        stop_on_signals(cancel.clone(), "stopping the server").map_err(|e| Fail(2, e))?;
+        let stopped_by =
+            stop_on_signals(cancel.clone(), "stopping the server").map_err(|e| Fail(2, e))?;
         orch_examples::serve::serve(listener, site, cancel)
             .await
-            .map_err(|e| Fail(2, format!("serving on {addr}: {e}")))
+            .map_err(|e| Fail(2, format!("serving on {addr}: {e}")))?;
+        match stopped_by.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            sig => Err(Fail(128 + sig, String::new())),
+        }
     })
 }
 

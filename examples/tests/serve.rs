@@ -12,12 +12,14 @@ use assert_cmd::cargo::CommandCargoExt;
 use orch_core::{Cancellation, RunState, StateStore, TicketStatus};
 use orch_examples::serve::{Site, Token};
 
+mod common;
+
 const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A run of three tickets paused on two decisions: T-1 and T-3 fail their
 /// gate (the agent paints only with the person's hint), T-2 waits for T-1.
-/// Returns the state directory.
-fn paused_run(dir: &Path) -> PathBuf {
+/// Returns the state directory. `extra`: more arguments for `orch run`.
+fn paused_run(dir: &Path, extra: &[&str]) -> PathBuf {
     let repo = dir.join("repo");
     orch_examples::demo::init_repo(&repo, &[("README.md", "demo\n")]).unwrap();
     let plan = dir.join("plan.toml");
@@ -59,6 +61,7 @@ effort = "2h"
         .args(["run", plan.to_str().unwrap(), "--repo"])
         .arg(&repo)
         .args(["--state", state.to_str().unwrap(), "--run", "shed"])
+        .args(extra)
         .output()
         .unwrap();
     assert_eq!(
@@ -72,12 +75,17 @@ effort = "2h"
 
 /// The site of `state` on a free loopback port.
 async fn start(state: &Path) -> (SocketAddr, Arc<dyn StateStore>) {
-    let store: Arc<dyn StateStore> = orch_examples::open_store(state).unwrap();
+    start_on(state, orch_examples::open_store(state).unwrap()).await
+}
+
+/// The site of `store`, with `state`'s transcripts and plan.
+async fn start_on(state: &Path, store: Arc<dyn StateStore>) -> (SocketAddr, Arc<dyn StateStore>) {
     let info = orch_examples::RunInfo::load(state).unwrap();
     let plan = orch_core::Plan::from_path(&info.plan).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let site = Site::new(store.clone(), Token::new(TOKEN).unwrap())
+        .unwrap()
         .state_dir(state)
         .plan(plan)
         .unwrap()
@@ -135,10 +143,32 @@ async fn answer(
 
 const BEARER: (&str, &str) = ("authorization", "Bearer test-token-0123456789abcdef");
 
+/// Opens the link orch serve prints; returns the cookie it sets, checked:
+/// `HttpOnly`, `SameSite=Strict`, and never the token itself (a cookie is
+/// sent to every service on the same host name, whatever its port).
+async fn login(addr: SocketAddr) -> String {
+    let r = client()
+        .get(format!("http://{addr}/login?token={TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with("orch_token=")
+            && cookie.contains("; HttpOnly")
+            && cookie.contains("; SameSite=Strict")
+            && !cookie.contains(TOKEN),
+        "{cookie}"
+    );
+    cookie.split(';').next().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_shows_the_run_as_its_journal_has_it() {
     let dir = tempfile::tempdir().unwrap();
-    let state = paused_run(dir.path());
+    let state = paused_run(dir.path(), &[]);
     let (addr, store) = start(&state).await;
     let folded = store.state(&"shed".parse().unwrap()).await.unwrap();
 
@@ -261,7 +291,7 @@ async fn every_page_shows_the_run_as_its_journal_has_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_saying_what_was_wrong_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let state = paused_run(dir.path());
+    let state = paused_run(dir.path(), &[]);
     let (addr, store) = start(&state).await;
     let run = "shed".parse().unwrap();
     let before = store.state(&run).await.unwrap().events;
@@ -284,16 +314,22 @@ async fn bad_requests_are_refused_saying_what_was_wrong_and_change_nothing() {
     }
 
     let approve = [("answer", "approve")];
-    // Without the token, with a wrong one, with a cookie posted from
-    // another site: refused.
+    let session = login(addr).await;
+    let here = format!("http://{addr}");
+    // Without the token, with a wrong one, with the session cookie but not
+    // from this site's page (another origin, an opaque one, none), with
+    // the token itself as the cookie: refused.
     for headers in [
         vec![],
         vec![("authorization", "Bearer test-token-0123456789abcdeX")],
         vec![("authorization", "Bearer ")],
-        vec![("cookie", "orch_token=wrong")],
+        vec![("cookie", "orch_token=wrong"), ("origin", &here)],
+        vec![("cookie", &session), ("origin", "http://evil.example")],
+        vec![("cookie", &session), ("origin", "null")],
+        vec![("cookie", &session)],
         vec![
             ("cookie", "orch_token=test-token-0123456789abcdef"),
-            ("origin", "http://evil.example"),
+            ("origin", &here),
         ],
     ] {
         let (code, body) = answer(addr, "T-1", &approve, &headers).await;
@@ -330,8 +366,19 @@ async fn bad_requests_are_refused_saying_what_was_wrong_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 421);
-    let (code, _) = get(addr, "/runs/shed").await;
-    assert_eq!(code, 200, "the loopback name still works");
+    for host in [
+        format!("localhost:{}", addr.port()),
+        format!("[::1]:{}", addr.port()),
+        addr.to_string(),
+    ] {
+        let r = client()
+            .get(format!("http://{addr}/runs/shed"))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a loopback name: {host}");
+    }
 
     assert_eq!(
         store.state(&run).await.unwrap().events,
@@ -343,7 +390,7 @@ async fn bad_requests_are_refused_saying_what_was_wrong_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_from_the_browser_is_recorded_once_and_the_run_acts_on_it() {
     let dir = tempfile::tempdir().unwrap();
-    let state = paused_run(dir.path());
+    let state = paused_run(dir.path(), &[]);
     let (addr, store) = start(&state).await;
     let run = "shed".parse().unwrap();
 
@@ -356,14 +403,7 @@ async fn an_answer_from_the_browser_is_recorded_once_and_the_run_acts_on_it() {
         .unwrap();
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/");
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(
-        cookie.starts_with(&format!("orch_token={TOKEN};"))
-            && cookie.contains("HttpOnly")
-            && cookie.contains("SameSite=Strict"),
-        "{cookie}"
-    );
-    let jar = format!("orch_token={TOKEN}");
+    let jar = login(addr).await;
     let page = client()
         .get(format!("http://{addr}/runs/shed"))
         .header("cookie", &jar)
@@ -377,7 +417,10 @@ async fn an_answer_from_the_browser_is_recorded_once_and_the_run_acts_on_it() {
     assert!(!page.contains(TOKEN), "the page never holds the token");
 
     let origin = format!("http://{addr}");
-    let from_page = [("cookie", jar.as_str()), ("origin", origin.as_str())];
+    // A page on another port of this host may have set a cookie of the
+    // same name; this site's own still counts.
+    let planted = format!("orch_token=planted-elsewhere; {jar}");
+    let from_page = [("cookie", planted.as_str()), ("origin", origin.as_str())];
     let retry = [("answer", "retry"), ("note", "use the blue one")];
     let (code, body) = answer(addr, "T-1", &retry, &from_page).await;
     assert_eq!(code, 303, "{body}");
@@ -389,7 +432,14 @@ async fn an_answer_from_the_browser_is_recorded_once_and_the_run_acts_on_it() {
         body.contains("T-1 was already answered (Retry, note: \"use the blue one\")"),
         "{body}"
     );
-    let (code, _) = answer(addr, "T-3", &[("answer", "approve")], &[BEARER]).await;
+    // A note a person pasted markup into is shown as text.
+    let (code, _) = answer(
+        addr,
+        "T-3",
+        &[("answer", "approve"), ("note", "<script>alert(1)</script>")],
+        &[BEARER],
+    )
+    .await;
     assert_eq!(code, 303);
 
     let st = store.state(&run).await.unwrap();
@@ -406,9 +456,26 @@ async fn an_answer_from_the_browser_is_recorded_once_and_the_run_acts_on_it() {
                 Some(orch_core::Decision::Retry),
                 Some("use the blue one")
             ),
-            ("T-3", Some(orch_core::Decision::Approve), None)
+            (
+                "T-3",
+                Some(orch_core::Decision::Approve),
+                Some("<script>alert(1)</script>")
+            )
         ]
     );
+
+    for path in [
+        "/runs/shed",
+        "/runs/shed/decisions",
+        "/runs/shed/tickets/T-3",
+    ] {
+        let (_, page) = get(addr, path).await;
+        assert!(
+            page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{path}: {page}"
+        );
+        assert!(!page.contains("<script>alert"), "{path}: {page}");
+    }
 
     // The run, resumed, acts on both answers.
     let out = std::process::Command::cargo_bin("orch")
@@ -461,7 +528,7 @@ async fn until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_sends_every_ticket_then_what_the_journal_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let state = paused_run(dir.path());
+    let state = paused_run(dir.path(), &[]);
     let (addr, store) = start(&state).await;
     let run = "shed".parse().unwrap();
 
@@ -523,5 +590,190 @@ async fn the_event_stream_sends_every_ticket_then_what_the_journal_changed() {
             .await
             .map_or(true, |c| c.unwrap().is_some_and(|c| c.starts_with(b":"))),
         "only keep-alives while the journal is still"
+    );
+}
+
+/// The same pages from a run whose journal is in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_run_in_postgresql_is_served_and_answered_the_same() {
+    let db = common::Db::new("serve").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = paused_run(dir.path(), &["--database-url", &db.url]);
+    assert!(!state.join("state.db").exists());
+    let (addr, store) = start_on(&state, db.store().await).await;
+
+    let (code, page) = get(addr, "/runs/shed").await;
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains(r#"id="t-T-1" class="node critical" data-status="awaiting_decision""#),
+        "{page}"
+    );
+    let mut stream = client()
+        .get(format!("http://{addr}/runs/shed/events"))
+        .send()
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    until(&mut stream, &mut buf, "snapshot", "T-1").await;
+    let (code, body) = answer(addr, "T-1", &[("answer", "skip")], &[BEARER]).await;
+    assert_eq!(code, 303, "{body}");
+    let update = until(&mut stream, &mut buf, "update", "T-1").await;
+    let v: serde_json::Value = serde_json::from_str(&update).unwrap();
+    assert_eq!(
+        v["seq"],
+        store.state(&"shed".parse().unwrap()).await.unwrap().events
+    );
+    assert_eq!(v["summary"]["decisions"], 1, "{v}");
+    drop(stream);
+    db.drop().await;
+}
+
+/// `orch serve` as a person starts it: what it refuses, what it warns of,
+/// and that Ctrl-C stops it even while a page follows a run.
+#[test]
+fn orch_serve_refuses_bad_input_warns_off_loopback_and_stops_on_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let orch = || {
+        let mut c = std::process::Command::cargo_bin("orch").unwrap();
+        c.env_remove("ORCH_DATABASE_URL")
+            .env_remove("ORCH_SERVE_TOKEN");
+        c
+    };
+    let nothing = dir.path().join("nothing");
+    let out = orch()
+        .args(["serve", "--state", nothing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no journal in") && err.contains("--state"),
+        "{err}"
+    );
+
+    let state = paused_run(dir.path(), &[]);
+    let s = state.to_str().unwrap();
+    let out = orch()
+        .args(["serve", "--state", s, "--token", "short"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--token: a token needs 16 characters"),
+        "{err}"
+    );
+    let out = orch()
+        .args(["serve", "--state", s, "--plan", "/no/such/plan.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/plan.toml"));
+
+    // A transcript written before a secret of the server's environment
+    // was known to the writer: served without it.
+    const SECRET: &str = "sk-serve-0123456789abcdefghij";
+    let transcripts = state.join("transcripts");
+    let log = std::fs::read_dir(&transcripts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("T-1."))
+        .unwrap();
+    let agent = log
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".log")
+        .to_owned();
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str(&format!("leaked: {SECRET}\n"));
+    std::fs::write(&log, text).unwrap();
+
+    // Off loopback: served, with a warning.
+    let mut child = orch()
+        .args(["serve", "--state", s, "--bind", "0.0.0.0:0"])
+        .env("SERVE_TEST_API_KEY", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert!(first.contains("http://0.0.0.0:"), "{first}");
+    let port: u16 = first
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let mut token_line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut token_line).unwrap();
+    let token = token_line
+        .rsplit("token=")
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(token.len(), 64, "a random token: {token_line}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (code, served) = rt.block_on(get(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        &format!("/runs/shed/transcripts/{agent}"),
+    ));
+    assert_eq!(code, 200, "{served}");
+    assert!(
+        served.contains("leaked: ") && !served.contains(SECRET),
+        "{served}"
+    );
+
+    // A page follows the run; then Ctrl-C.
+    let stream = rt.block_on(async {
+        let mut s = client()
+            .get(format!("http://127.0.0.1:{port}/runs/shed/events"))
+            .send()
+            .await
+            .unwrap();
+        let mut buf = String::new();
+        until(&mut s, &mut buf, "snapshot", "T-1").await;
+        s
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "orch serve still runs 20 s after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the open stream ended at once, not after the 5 s grace: {:?}",
+        started.elapsed()
+    );
+    drop(stream);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("serving on 0.0.0.0:") && err.contains("not loopback"),
+        "{err}"
+    );
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "128 + SIGINT, as shells report it"
     );
 }

@@ -19,44 +19,8 @@ use orch_graph::{Engine, Kept, Worked};
 use orch_state::PgStore;
 use tokio::time::Instant;
 
-/// A schema of its own in the test database, dropped at the end.
-struct Db {
-    admin: tokio_postgres::Client,
-    schema: String,
-    url: String,
-}
-
-impl Db {
-    async fn new(name: &str) -> Db {
-        let base = std::env::var("ORCH_TEST_DATABASE_URL")
-            .expect("ORCH_TEST_DATABASE_URL names the test database");
-        let schema = format!("orch_worker_{name}_{}", std::process::id());
-        let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        admin
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-            ))
-            .await
-            .unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-        Db { admin, schema, url }
-    }
-
-    async fn store(&self) -> Arc<PgStore> {
-        Arc::new(PgStore::connect(&self.url).await.unwrap())
-    }
-
-    async fn drop(self) {
-        self.admin
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .await
-            .unwrap();
-    }
-}
+mod common;
+use common::Db;
 
 fn plan() -> Plan {
     Plan::from_toml_str(

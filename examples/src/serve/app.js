@@ -64,15 +64,7 @@
       if (cell) cell.textContent = t.label;
       const node = document.getElementById("t-" + t.id);
       const title = node && node.querySelector("title");
-      if (title) title.textContent = title.textContent.replace(/\([^()]*\)$/, "(" + t.label + ")");
-      if (body.dataset.ticket === t.id) {
-        const badge = document.getElementById("ticket-status");
-        if (badge && badge.dataset.status !== t.status) {
-          badge.dataset.status = t.status;
-          badge.textContent = t.label;
-          notice('This ticket moved on: <a href="">reload</a> for what happened.');
-        }
-      }
+      if (title) title.textContent = node.dataset.name + " (" + t.label + ")";
     }
     const s = msg.summary;
     for (const [name, n] of s.counts) {
@@ -101,4 +93,5 @@
   }
   source.addEventListener("problem", (e) => say(e.data));
   source.onerror = () => say("Reconnecting to the journal…");
+  source.onopen = () => say("Live.");
 })();

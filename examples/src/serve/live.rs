@@ -7,7 +7,7 @@ use std::convert::Infallible;
 
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::stream::Stream;
+use futures_util::stream::{Stream, StreamExt};
 use orch_core::{RunId, RunState, TicketId};
 
 use super::page::{self, Summary, TicketView};
@@ -28,10 +28,14 @@ pub(super) async fn events(
         seq: 0,
         sent: None,
     };
+    let stop = feed.site.0.stop.clone().cancelled_owned();
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let event = feed.next().await;
         Some((Ok(event), feed))
-    });
+    })
+    // The server is stopping: the stream ends, so the page's connection
+    // does not hold the server up.
+    .take_until(stop);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -65,14 +69,23 @@ impl Feed {
                 .catch_up(&self.run, &mut self.state, self.seq)
                 .await
             {
+                Ok(seq) if seq == self.seq && self.sent.is_some() => {
+                    // Nothing new in the journal.
+                    tokio::time::sleep(self.site.0.poll).await;
+                    continue;
+                }
                 Ok(seq) => self.seq = seq,
                 Err(e) => {
+                    // Part of a catch-up may have been folded: fold again
+                    // from the start rather than count anything twice.
+                    self.state = RunState::default();
+                    self.seq = 0;
                     let p = self.site.failed(&e);
                     tokio::time::sleep(self.site.0.poll * 5).await;
                     return Event::default().event("problem").data(p.1);
                 }
             }
-            let plan = self.site.plan_of(&self.state).map(|k| &k.plan);
+            let plan = self.site.plan_of(&self.state).map(|(k, _)| &k.plan);
             let summary = page::summary(&self.state, plan);
             let tickets: HashMap<TicketId, TicketView> = self
                 .state
@@ -103,7 +116,7 @@ impl Feed {
             let event = Event::default()
                 .event(kind)
                 .id(self.seq.to_string())
-                .data(data);
+                .data(self.site.0.redactor.redact(&data));
             self.sent = Some((tickets, summary));
             return event;
         }

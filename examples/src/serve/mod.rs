@@ -42,11 +42,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use orch_core::secrets::Redactor;
 use orch_core::{Cancellation, Decision, Plan, RunId, RunState, StateStore, TicketId};
 
@@ -106,10 +106,14 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// How much of each transcript file is served: its last 2 MiB.
+const TRANSCRIPT_TAIL: usize = 2 << 20;
+
 /// The name of the cookie `/login` sets.
 const COOKIE: &str = "orch_token";
 
 /// A plan the site knows, with what the pages draw from it.
+#[derive(Clone)]
 struct Known {
     plan: Plan,
     fingerprint: String,
@@ -120,9 +124,16 @@ struct Known {
 #[derive(Clone)]
 pub struct Site(Arc<Inner>);
 
+#[derive(Clone)]
 struct Inner {
     store: Arc<dyn StateStore>,
     token: Token,
+    /// What the `/login` cookie holds: a value of this process's own, so
+    /// the token itself never travels in a cookie (which every service
+    /// on the same host name would be sent).
+    session: Token,
+    /// Fired when the server stops: event streams end with it.
+    stop: Cancellation,
     state_dir: Option<PathBuf>,
     plans: Vec<Known>,
     hosts: Option<Vec<String>>,
@@ -133,20 +144,35 @@ struct Inner {
 impl Site {
     /// A site for the runs in `store`, answering decisions for requests
     /// that carry `token`.
-    pub fn new(store: Arc<dyn StateStore>, token: Token) -> Site {
-        Site(Arc::new(Inner {
+    ///
+    /// # Errors
+    /// When the system has no randomness for the browser session.
+    pub fn new(store: Arc<dyn StateStore>, token: Token) -> Result<Site, crate::Error> {
+        Ok(Site(Arc::new(Inner {
             store,
             token,
+            session: Token::random()?,
+            stop: Cancellation::new(),
             state_dir: None,
             plans: Vec::new(),
             hosts: None,
             redactor: Redactor::from_process_env(),
             poll: Duration::from_millis(200),
-        }))
+        })))
     }
 
     fn inner(&mut self) -> &mut Inner {
-        Arc::get_mut(&mut self.0).expect("a site is configured before it is served")
+        Arc::make_mut(&mut self.0)
+    }
+
+    /// Also removes the password of `url` (the database URL the site
+    /// reads) from everything served. The process's own secrets and
+    /// those of the site's plans are always removed.
+    #[must_use]
+    pub fn with_url(mut self, url: &str) -> Site {
+        let inner = self.inner();
+        inner.redactor = inner.redactor.clone().with_url(url);
+        self
     }
 
     /// The state directory whose `transcripts/` hold the agents'
@@ -183,13 +209,20 @@ impl Site {
     /// through a name of its own that resolves to 127.0.0.1.
     #[must_use]
     pub fn loopback(mut self, addr: SocketAddr) -> Site {
-        if addr.ip().is_loopback() {
+        if addr.ip().to_canonical().is_loopback() {
             let port = addr.port();
-            self.inner().hosts = Some(vec![
+            let mut hosts = vec![
+                addr.to_string(),
                 format!("127.0.0.1:{port}"),
                 format!("localhost:{port}"),
                 format!("[::1]:{port}"),
-            ]);
+            ];
+            if port == 80 {
+                // Browsers leave the default port out.
+                hosts.extend(["127.0.0.1".into(), "localhost".into(), "[::1]".into()]);
+            }
+            hosts.dedup();
+            self.inner().hosts = Some(hosts);
         }
         self
     }
@@ -221,12 +254,15 @@ impl Site {
             .with_state(self)
     }
 
-    /// The plan `state`'s run was started with, if the site knows it.
-    fn plan_of(&self, state: &RunState) -> Option<&Known> {
+    /// The plan `state`'s run was started with, if the site knows it, and
+    /// whether it is the very plan (its fingerprint is the one the run
+    /// recorded) rather than one of the same name.
+    fn plan_of(&self, state: &RunState) -> Option<(&Known, bool)> {
         let named = || self.0.plans.iter().filter(|k| k.plan.name == state.plan);
         named()
             .find(|k| k.fingerprint == state.fingerprint)
-            .or_else(|| named().next())
+            .map(|k| (k, true))
+            .or_else(|| named().next().map(|k| (k, false)))
     }
 
     /// The run named `run`, folded.
@@ -257,42 +293,60 @@ impl Site {
         )
     }
 
-    /// Whether the request may change a run.
+    /// Whether the request may change a run: it carries the token, or
+    /// the browser session `/login` started and comes from this site's
+    /// own page.
     fn allowed(&self, headers: &HeaderMap) -> bool {
-        if let Some(bearer) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        {
-            return self.0.token.matches(bearer.trim());
+        if let Some(bearer) = bearer(headers) {
+            return self.0.token.matches(bearer);
         }
-        // The cookie only from this site's own pages: a form another site
-        // posts here carries its own origin.
-        let same_origin = match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-            None => true,
-            Some(origin) => {
-                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-                host.is_some_and(|h| {
-                    origin.strip_prefix("http://") == Some(h)
-                        || origin.strip_prefix("https://") == Some(h)
-                })
-            }
-        };
-        same_origin && cookie(headers).is_some_and(|c| self.0.token.matches(c))
+        // A browser names the page a form was posted from in `Origin`:
+        // another site's, or `null`, is refused, and so is a request
+        // without one.
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let same_origin = headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .zip(host)
+            .is_some_and(|(origin, h)| {
+                origin.strip_prefix("http://") == Some(h)
+                    || origin.strip_prefix("https://") == Some(h)
+            });
+        same_origin && self.signed_in(headers)
+    }
+
+    /// Whether the request comes with the token or the browser session
+    /// (the pages then offer their forms).
+    fn signed_in(&self, headers: &HeaderMap) -> bool {
+        match bearer(headers) {
+            Some(b) => self.0.token.matches(b),
+            None => cookies(headers).any(|c| self.0.session.matches(c)),
+        }
     }
 }
 
-/// The token from the request's `orch_token` cookie.
-fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// The values of the request's `orch_token` cookies (another page on the
+/// same host name may have set one of its own beside this site's).
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
 }
 
-/// Serves `site` on `listener` until `cancel` fires.
+/// Serves `site` on `listener` until `cancel` fires: then the pages'
+/// event streams end, and requests still being answered get up to 5 s.
 ///
 /// # Errors
 /// When the listener fails.
@@ -301,9 +355,21 @@ pub async fn serve(
     site: Site,
     cancel: Cancellation,
 ) -> std::io::Result<()> {
-    axum::serve(listener, site.router())
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    let stop = site.0.stop.clone();
+    let server = axum::serve(listener, site.router()).with_graceful_shutdown({
+        let cancel = cancel.clone();
+        async move {
+            cancel.cancelled().await;
+            stop.cancel();
+        }
+    });
+    tokio::select! {
+        r = server => r,
+        () = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => Ok(()),
+    }
 }
 
 /// Refuses requests that name another host than a loopback site's, and
@@ -367,16 +433,24 @@ impl IntoResponse for Problem {
     }
 }
 
-/// An HTML page.
-fn html(body: String) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
+impl Site {
+    /// An answer of `kind` holding `body`, with every secret the site
+    /// knows removed (the journal was redacted as it was written, by what
+    /// the writing process knew; this is what the site knows besides).
+    fn answer(&self, kind: &'static str, body: &str) -> Response {
+        (
+            [
+                (header::CONTENT_TYPE, kind),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            self.0.redactor.redact(body).into_owned(),
+        )
+            .into_response()
+    }
+
+    fn html(&self, body: &str) -> Response {
+        self.answer("text/html; charset=utf-8", body)
+    }
 }
 
 async fn css() -> Response {
@@ -409,7 +483,7 @@ async fn index(State(site): State<Site>) -> Result<Response, Problem> {
     }
     // Newest first.
     states.sort_by_key(|(_, s)| std::cmp::Reverse(s.started_at));
-    Ok(html(page::index(&states)))
+    Ok(site.html(&page::index(&states)))
 }
 
 async fn run_page(
@@ -419,11 +493,11 @@ async fn run_page(
 ) -> Result<Response, Problem> {
     let (id, state) = site.run(&run).await?;
     let known = site.plan_of(&state);
-    Ok(html(page::run(
+    Ok(site.html(&page::run(
         &id,
         &state,
-        known.map(|k| (&k.plan, &k.layout)),
-        site.allowed(&headers),
+        known.map(|(k, exact)| (&k.plan, &k.layout, exact)),
+        site.signed_in(&headers),
     )))
 }
 
@@ -433,18 +507,21 @@ async fn decisions_page(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (id, state) = site.run(&run).await?;
-    Ok(html(page::decisions_page(
-        &id,
-        &state,
-        site.allowed(&headers),
-    )))
+    Ok(site.html(&page::decisions_page(&id, &state, site.signed_in(&headers))))
 }
 
 async fn state_json(
     State(site): State<Site>,
     Path(run): Path<String>,
-) -> Result<Json<RunState>, Problem> {
-    site.run(&run).await.map(|(_, s)| Json(s))
+) -> Result<Response, Problem> {
+    let (_, state) = site.run(&run).await?;
+    let json = serde_json::to_string(&state).map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the state as JSON: {e}"),
+        )
+    })?;
+    Ok(site.answer("application/json", &json))
 }
 
 async fn ticket_page(
@@ -483,14 +560,14 @@ async fn ticket_page(
         .map(|d| d.join("transcripts"))
         .filter(|d| d.is_dir());
     let known = site.plan_of(&state);
-    Ok(html(page::ticket(
+    Ok(site.html(&page::ticket(
         &id,
         &state,
         &t,
-        known.map(|k| &k.plan),
+        known.map(|(k, _)| &k.plan),
         &history,
         transcripts.is_some(),
-        site.allowed(&headers),
+        site.signed_in(&headers),
     )))
 }
 
@@ -515,7 +592,7 @@ fn known_ticket(site: &Site, state: &RunState, ticket: &str) -> Result<TicketId,
     })?;
     let in_plan = site
         .plan_of(state)
-        .is_some_and(|k| k.plan.ticket(t.as_str()).is_some());
+        .is_some_and(|(k, _)| k.plan.ticket(t.as_str()).is_some());
     if !state.tickets.contains_key(&t) && !in_plan {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
@@ -552,13 +629,16 @@ async fn transcript(
             1 => format!("{id}.log"),
             n => format!("{id}.{n}.log"),
         };
-        match std::fs::read_to_string(dir.join(&name)) {
-            Ok(t) => {
-                text.push_str(&format!("=== {name}\n"));
-                text.push_str(&t);
-            }
-            Err(_) => break,
+        let Ok(bytes) = tokio::fs::read(dir.join(&name)).await else {
+            break;
+        };
+        text.push_str(&format!("=== {name}\n"));
+        // The tail of a long one: where it ended is what a person needs.
+        let from = bytes.len().saturating_sub(TRANSCRIPT_TAIL);
+        if from > 0 {
+            text.push_str(&format!("[… the first {from} bytes left out]\n"));
         }
+        text.push_str(&String::from_utf8_lossy(&bytes[from..]));
     }
     if text.is_empty() {
         return Err(Problem::new(
@@ -567,11 +647,7 @@ async fn transcript(
         ));
     }
     // Written redacted; redacted again with what this process knows.
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        site.0.redactor.redact(&text).into_owned(),
-    )
-        .into_response())
+    Ok(site.answer("text/plain; charset=utf-8", &text))
 }
 
 async fn login(
@@ -581,7 +657,10 @@ async fn login(
     match q.get("token") {
         Some(t) if site.0.token.matches(t) => {
             let mut r = Redirect::to("/").into_response();
-            let cookie = format!("{COOKIE}={t}; HttpOnly; SameSite=Strict; Path=/");
+            let cookie = format!(
+                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+                site.0.session.as_str()
+            );
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
             }
@@ -645,9 +724,31 @@ async fn decide(
     }
     let (id, state) = site.run(&run).await?;
     let t = known_ticket(&site, &state, &ticket)?;
+    if let Some(d) = state.open_decisions().find(|d| d.ticket == t)
+        && !d.options.contains(&decision)
+    {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{t} cannot be answered {decision:?}: its answers are {}",
+                d.options
+                    .iter()
+                    .map(|o| format!("{o:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
     let note = (!note.is_empty()).then(|| note.to_owned());
     match orch_graph::decide(site.0.store.as_ref(), &id, &t, decision, note).await {
         Ok(()) => {
+            // The state files, as `orch decide` leaves them.
+            if let Some(dir) = &site.0.state_dir
+                && let Ok(st) = site.0.store.state(&id).await
+            {
+                let plan = site.plan_of(&st).map(|(k, _)| &k.plan);
+                let _ = orch_state::views::write_views(dir, &st, plan);
+            }
             // Back to where the answer came from (the run's page).
             let to = format!("/runs/{id}#decisions");
             Ok(Redirect::to(&to).into_response())

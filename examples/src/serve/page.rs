@@ -196,6 +196,7 @@ pub(super) fn summary(state: &RunState, plan: Option<&Plan>) -> Summary {
 /// Where a plan's tickets are drawn: one column per wave (a ticket's
 /// column is one past its deepest dependency's), the tickets of one batch
 /// together in each column under the batch's name.
+#[derive(Clone)]
 pub(super) struct Layout {
     at: HashMap<TicketId, (u32, u32)>,
     bands: Vec<(BatchId, u32, u32, u32)>,
@@ -341,7 +342,7 @@ impl Layout {
             let short: String = id.chars().take(16).collect();
             let _ = write!(
                 s,
-                r#"<a href="/runs/{r}/tickets/{u}" id="t-{e}" class="node{crit}" data-status="{st}"><title>{e}: {title} ({label})</title><rect x="{x}" y="{y}" width="{W}" height="{H}" rx="4"/><text x="{tx}" y="{ty}">{short}</text></a>"#,
+                r#"<a href="/runs/{r}/tickets/{u}" id="t-{e}" class="node{crit}" data-status="{st}" data-name="{e}: {title}"><title>{e}: {title} ({label})</title><rect x="{x}" y="{y}" width="{W}" height="{H}" rx="4"/><text x="{tx}" y="{ty}">{short}</text></a>"#,
                 r = url(run.as_str()),
                 u = url(id),
                 e = esc(id),
@@ -404,7 +405,7 @@ pub(super) fn index(runs: &[(RunId, RunState)]) -> String {
 pub(super) fn run(
     id: &RunId,
     state: &RunState,
-    plan: Option<(&Plan, &Layout)>,
+    plan: Option<(&Plan, &Layout, bool)>,
     allowed: bool,
 ) -> String {
     let r = url(id.as_str());
@@ -420,7 +421,10 @@ pub(super) fn run(
     );
     // The call and the figures.
     b.push_str(r#"<section aria-labelledby="summary-h"><h2 id="summary-h">Where it stands</h2>"#);
-    if let Some((plan, _)) = plan {
+    if let Some((_, _, false)) = plan {
+        b.push_str(r#"<p class="locked">The plan file changed since this run started: the graph and the call are drawn from the file as it is now.</p>"#);
+    }
+    if let Some((plan, ..)) = plan {
         match orch_graph::status::StatusReport::new(plan, state, Timestamp::now(), None) {
             Ok(rep) => {
                 let _ = write!(
@@ -480,7 +484,7 @@ pub(super) fn run(
         sum.cost, sum.tokens
     );
     b.push_str(&decisions(id, state, allowed));
-    if let Some((plan, layout)) = plan {
+    if let Some((plan, layout, _)) = plan {
         let _ = write!(
             b,
             r#"<section aria-labelledby="graph-h"><h2 id="graph-h">Plan</h2><div class="legend">{}</div><div class="scroll">{}</div></section>"#,
@@ -499,7 +503,7 @@ pub(super) fn run(
     b.push_str(r#"<section aria-labelledby="tickets-h"><h2 id="tickets-h">Tickets</h2><table><thead><tr><th scope="col">Ticket</th><th scope="col">Title</th><th scope="col">Batch</th><th scope="col">Status</th></tr></thead><tbody>"#);
     let batch_of = plan.map(|p| p.0.batch_of()).unwrap_or_default();
     let mut rows: Vec<(&TicketId, Option<&str>, Option<&TicketState>)> = match plan {
-        Some((p, _)) => p
+        Some((p, ..)) => p
             .tickets
             .iter()
             .map(|t| (&t.id, Some(t.title.as_str()), state.tickets.get(&t.id)))
