@@ -72,7 +72,7 @@ pub const SECRET_PATTERNS: &[SecretPattern] = &[
     SecretPattern {
         name: "AWS access key id",
         needs: Needs::Shape,
-        regex: r"(?:^|[^A-Za-z0-9_]|\\[ntr])(?P<s>(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b",
+        regex: r"(?:^|[^A-Za-z0-9_]|\\[ntr])(?P<s>(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})(?-u:\b)",
     },
     SecretPattern {
         name: "AWS secret access key",
@@ -117,7 +117,7 @@ pub const SECRET_PATTERNS: &[SecretPattern] = &[
     SecretPattern {
         name: "hard-coded credential",
         needs: Needs::NonLetter,
-        regex: r#"(?i:\b[a-z0-9_]*(?:password|passwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|private[_-]?key)["']?\s*[:=]\s*["'])(?P<s>[^"'\s$<{%\[][^"'\s]{5,})["']"#,
+        regex: r#"(?i:(?-u:\b)[a-z0-9_]*(?:password|passwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|private[_-]?key)["']?\s*[:=]\s*["'])(?P<s>[^"'\s$<{%\[][^"'\s]{5,})["']"#,
     },
     SecretPattern {
         name: "secret in a variable",
@@ -616,6 +616,23 @@ mod tests {
             let out = Redactor::default().redact(text).into_owned();
             assert!(out.contains(REDACTED), "{}: {out}", p.name);
         }
+    }
+
+    /// Word boundaries are ASCII ones: a secret beside a non-ASCII letter
+    /// is still a secret, and text with non-ASCII characters (an agent's
+    /// "✓", a page's "·") is scanned by the regex's DFA rather than its
+    /// much slower NFA, which a Unicode boundary forced on such text.
+    #[test]
+    fn a_secret_beside_a_non_ascii_letter_is_found() {
+        let r = Redactor::default();
+        assert_eq!(
+            r.redact("✓ key AKIAABCDEFGHIJKLMNOPé done"),
+            "✓ key [REDACTED]é done"
+        );
+        assert_eq!(
+            r.redact("·password = \"correct-horse\""),
+            "·password = \"[REDACTED]\""
+        );
     }
 
     #[test]
