@@ -68,7 +68,11 @@ impl Server {
 }
 
 fn mib(bytes: usize) -> String {
-    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+    if bytes < 1 << 20 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+    }
 }
 
 #[tokio::main]
@@ -180,6 +184,26 @@ async fn main() -> Result<(), Error> {
         first_at.map_or(0, |d| d.as_millis()),
         mib(biggest)
     );
+
+    // A page opened on the finished run: its stream's first message holds
+    // every ticket.
+    let t = Instant::now();
+    let mut late = http
+        .get(format!("{base}/runs/{run}/events"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut first = String::new();
+    while !first.contains("\n\n") {
+        let chunk = late.chunk().await?.ok_or("the stream ended")?;
+        first.push_str(std::str::from_utf8(&chunk)?);
+    }
+    println!(
+        "event stream opened on the finished run: the snapshot of {n} tickets, {} in {} ms",
+        mib(first.len()),
+        t.elapsed().as_millis()
+    );
+    drop(late);
 
     // The page of the finished run, as a browser first loads it.
     let mut loads = Vec::new();

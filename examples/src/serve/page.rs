@@ -510,8 +510,10 @@ pub(super) fn run(
             .collect(),
         None => Vec::new(),
     };
+    // Tickets the journal has and the plan does not (a changed plan).
+    let planned: HashSet<&TicketId> = rows.iter().map(|(id, ..)| *id).collect();
     for (tid, t) in state.tickets_by_id() {
-        if !rows.iter().any(|(id, ..)| *id == tid) {
+        if !planned.contains(tid) {
             rows.push((tid, None, Some(t)));
         }
     }
