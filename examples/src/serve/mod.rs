@@ -29,7 +29,7 @@
 //! let token = Token::random()?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7777").await?;
 //! println!("http://127.0.0.1:7777/login?token={}", token.as_str());
-//! let site = Site::new(store, token).loopback(listener.local_addr()?);
+//! let site = Site::new(store, token)?.loopback(listener.local_addr()?);
 //! orch_examples::serve::serve(listener, site, orch_core::Cancellation::new()).await?;
 //! # Ok(()) }
 //! ```
