@@ -243,7 +243,7 @@ async fn main() -> Result<(), Error> {
     );
     match paint(&base, &run).await {
         Ok((fcp, lcp, load)) => println!(
-            "headless Chromium: first contentful paint {fcp:.0} ms, largest contentful paint (the graph) {lcp:.0} ms, load event {load:.0} ms"
+            "headless Chromium: first contentful paint {fcp:.0} ms, largest contentful paint {lcp:.0} ms, load event (the page and its graph parsed and laid out) {load:.0} ms"
         ),
         Err(e) => println!("headless Chromium: not measured ({e})"),
     }

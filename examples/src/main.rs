@@ -975,12 +975,12 @@ fn serve(
             .await
             .map_err(|e| Fail(2, format!("cannot listen on {bind}: {e}")))?;
         let addr = listener.local_addr().map_err(|e| Fail(2, e.to_string()))?;
-        if !addr.ip().is_loopback() {
+        if !addr.ip().to_canonical().is_loopback() {
             eprintln!(
                 "warning: serving on {addr}, not loopback: anyone who can reach it reads the runs, and the token travels in clear unless TLS is put in front of it (a reverse proxy)"
             );
         }
-        let site = site.loopback(addr);
+        let site = site.at(addr);
         println!(
             "orch serve: the runs in {} at http://{addr}/\nTo answer decisions from a browser, open http://{addr}/login?token={}",
             state

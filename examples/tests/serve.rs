@@ -90,7 +90,7 @@ async fn start_on(state: &Path, store: Arc<dyn StateStore>) -> (SocketAddr, Arc<
         .plan(plan)
         .unwrap()
         .poll(Duration::from_millis(20))
-        .loopback(addr);
+        .at(addr);
     tokio::spawn(orch_examples::serve::serve(
         listener,
         site,
@@ -156,7 +156,7 @@ async fn login(addr: SocketAddr) -> String {
     assert_eq!(r.headers()["location"], "/");
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(
-        cookie.starts_with("orch_token=")
+        cookie.starts_with(&format!("orch_token_{}=", addr.port()))
             && cookie.contains("; HttpOnly")
             && cookie.contains("; SameSite=Strict")
             && !cookie.contains(TOKEN),
@@ -258,6 +258,10 @@ async fn every_page_shows_the_run_as_its_journal_has_it() {
         .unwrap();
     let link = format!(r#"<a href="/runs/shed/transcripts/{agent}">Transcript</a>"#);
     assert!(t1.contains(&link), "{t1}");
+    assert!(
+        !t1.contains("data-events"),
+        "a ticket's page holds no connection open: {t1}"
+    );
     let (code, transcript) = get(addr, &format!("/runs/shed/transcripts/{agent}")).await;
     assert_eq!(code, 200, "{transcript}");
     assert!(transcript.contains("working on T-1"), "{transcript}");
@@ -316,6 +320,9 @@ async fn bad_requests_are_refused_saying_what_was_wrong_and_change_nothing() {
     let approve = [("answer", "approve")];
     let session = login(addr).await;
     let here = format!("http://{addr}");
+    let name = session.split('=').next().unwrap();
+    let wrong = format!("{name}=wrong");
+    let token_itself = format!("{name}={TOKEN}");
     // Without the token, with a wrong one, with the session cookie but not
     // from this site's page (another origin, an opaque one, none), with
     // the token itself as the cookie: refused.
@@ -323,14 +330,11 @@ async fn bad_requests_are_refused_saying_what_was_wrong_and_change_nothing() {
         vec![],
         vec![("authorization", "Bearer test-token-0123456789abcdeX")],
         vec![("authorization", "Bearer ")],
-        vec![("cookie", "orch_token=wrong"), ("origin", &here)],
+        vec![("cookie", &wrong), ("origin", &here)],
         vec![("cookie", &session), ("origin", "http://evil.example")],
         vec![("cookie", &session), ("origin", "null")],
         vec![("cookie", &session)],
-        vec![
-            ("cookie", "orch_token=test-token-0123456789abcdef"),
-            ("origin", &here),
-        ],
+        vec![("cookie", &token_itself), ("origin", &here)],
     ] {
         let (code, body) = answer(addr, "T-1", &approve, &headers).await;
         assert_eq!(code, 401, "{headers:?}: {body}");
@@ -394,15 +398,7 @@ async fn an_answer_from_the_browser_is_recorded_once_and_the_run_acts_on_it() {
     let (addr, store) = start(&state).await;
     let run = "shed".parse().unwrap();
 
-    // The link orch serve prints: the token goes into an HttpOnly,
-    // SameSite=Strict cookie, and the browser is sent on without it.
-    let r = client()
-        .get(format!("http://{addr}/login?token={TOKEN}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], "/");
+    // The link orch serve prints: a session cookie, not the token.
     let jar = login(addr).await;
     let page = client()
         .get(format!("http://{addr}/runs/shed"))
@@ -419,7 +415,8 @@ async fn an_answer_from_the_browser_is_recorded_once_and_the_run_acts_on_it() {
     let origin = format!("http://{addr}");
     // A page on another port of this host may have set a cookie of the
     // same name; this site's own still counts.
-    let planted = format!("orch_token=planted-elsewhere; {jar}");
+    let name = jar.split('=').next().unwrap();
+    let planted = format!("{name}=planted-under-another-path; {jar}");
     let from_page = [("cookie", planted.as_str()), ("origin", origin.as_str())];
     let retry = [("answer", "retry"), ("note", "use the blue one")];
     let (code, body) = answer(addr, "T-1", &retry, &from_page).await;
@@ -462,6 +459,13 @@ async fn an_answer_from_the_browser_is_recorded_once_and_the_run_acts_on_it() {
                 Some("<script>alert(1)</script>")
             )
         ]
+    );
+
+    // The state files, as `orch decide` leaves them.
+    let queue = std::fs::read_to_string(state.join("DECISION_QUEUE.md")).unwrap();
+    assert!(
+        queue.contains("No open questions.") && queue.contains("| retry | use the blue one |"),
+        "{queue}"
     );
 
     for path in [
@@ -776,4 +780,36 @@ fn orch_serve_refuses_bad_input_warns_off_loopback_and_stops_on_a_signal() {
         Some(130),
         "128 + SIGINT, as shells report it"
     );
+}
+
+/// A run drawn with a plan file that changed since it started says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_drawn_with_a_changed_plan_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = paused_run(dir.path(), &[]);
+    let info = orch_examples::RunInfo::load(&state).unwrap();
+    let mut plan = orch_core::Plan::from_path(&info.plan).unwrap();
+    let store: Arc<dyn StateStore> = orch_examples::open_store(&state).unwrap();
+    let warning = "The plan file changed since this run started";
+    for changed in [false, true] {
+        if changed {
+            plan.tickets[0].title = "Paint the shed twice".into();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let site = Site::new(store.clone(), Token::new(TOKEN).unwrap())
+            .unwrap()
+            .plan(plan.clone())
+            .unwrap()
+            .at(addr);
+        tokio::spawn(orch_examples::serve::serve(
+            listener,
+            site,
+            Cancellation::new(),
+        ));
+        let (code, page) = get(addr, "/runs/shed").await;
+        assert_eq!(code, 200);
+        assert_eq!(page.contains(warning), changed, "{page}");
+        assert_eq!(page.contains("Paint the shed twice"), changed);
+    }
 }

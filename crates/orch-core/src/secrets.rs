@@ -527,15 +527,50 @@ fn utf16(bytes: &[u8]) -> Option<String> {
     )
 }
 
-/// `v` and the forms it takes when encoded: URL-encoded, and base64
-/// (standard and URL-safe alphabets) at each of the three alignments it
-/// can have inside a longer encoded text (only the characters that depend
-/// on `v` alone).
+/// `v` as it stands inside a JSON string (what serde_json writes).
+fn json_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `v` as HTML text or an attribute value shows it, escaped the usual way
+/// (`&amp;`, `&lt;`, `&gt;`, `&quot;`, `&#39;`).
+fn html_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `v` and the forms it takes when encoded: URL-encoded, inside a JSON
+/// string, in HTML text, and base64 (standard and URL-safe alphabets) at
+/// each of the three alignments it can have inside a longer encoded text
+/// (only the characters that depend on `v` alone).
 fn encodings(v: &str) -> Vec<String> {
     let mut out = vec![v.to_owned()];
-    let url = url_encode(v);
-    if url != v {
-        out.push(url);
+    for form in [url_encode(v), json_escape(v), html_escape(v)] {
+        if form != v && !out.contains(&form) {
+            out.push(form);
+        }
     }
     let bytes = v.as_bytes();
     // Exactly as `base64` prints it, padding included.
@@ -616,6 +651,21 @@ mod tests {
             let out = Redactor::default().redact(text).into_owned();
             assert!(out.contains(REDACTED), "{}: {out}", p.name);
         }
+    }
+
+    /// A known value is found as JSON and HTML show it, and removed whole:
+    /// what is left stays valid JSON.
+    #[test]
+    fn a_known_value_is_found_escaped_for_json_and_html() {
+        let secret = r#"p4ss"w&rd<9>\"#;
+        let r = Redactor::default().with_values([secret]);
+        let json =
+            serde_json::to_string(&serde_json::json!({ "note": format!("x {secret}") })).unwrap();
+        let out = r.redact(&json).into_owned();
+        assert_eq!(out, format!(r#"{{"note":"x {REDACTED}"}}"#));
+        serde_json::from_str::<serde_json::Value>(&out).unwrap();
+        let html = "<td>p4ss&quot;w&amp;rd&lt;9&gt;\\</td>";
+        assert_eq!(r.redact(html), format!("<td>{REDACTED}</td>"));
     }
 
     /// Word boundaries are ASCII ones: a secret beside a non-ASCII letter

@@ -61,6 +61,10 @@ struct Message<'a> {
 impl Feed {
     /// The next message for the page: waits until there is one.
     async fn next(&mut self) -> Event {
+        if self.sent.is_some() {
+            // At most one message a poll, however busy the journal.
+            tokio::time::sleep(self.site.0.poll).await;
+        }
         loop {
             match self
                 .site

@@ -29,7 +29,7 @@
 //! let token = Token::random()?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7777").await?;
 //! println!("http://127.0.0.1:7777/login?token={}", token.as_str());
-//! let site = Site::new(store, token)?.loopback(listener.local_addr()?);
+//! let site = Site::new(store, token)?.at(listener.local_addr()?);
 //! orch_examples::serve::serve(listener, site, orch_core::Cancellation::new()).await?;
 //! # Ok(()) }
 //! ```
@@ -107,9 +107,32 @@ impl std::fmt::Debug for Token {
 }
 
 /// How much of each transcript file is served: its last 2 MiB.
-const TRANSCRIPT_TAIL: usize = 2 << 20;
+const TRANSCRIPT_TAIL: u64 = 2 << 20;
 
-/// The name of the cookie `/login` sets.
+/// How many of an agent's transcript files are served (one a retry).
+const MAX_TRANSCRIPTS: u32 = 20;
+
+/// The last [`TRANSCRIPT_TAIL`] bytes of a file, as text, saying what was
+/// left out: where a run ended is what a person needs.
+async fn tail(path: &std::path::Path) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
+    let len = f.metadata().await?.len();
+    let from = len.saturating_sub(TRANSCRIPT_TAIL);
+    f.seek(std::io::SeekFrom::Start(from)).await?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).await?;
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(if from > 0 {
+        format!("[… the first {from} bytes left out]\n{text}")
+    } else {
+        text.into_owned()
+    })
+}
+
+/// The name of the cookie `/login` sets, before the port (`orch_token_7777`):
+/// cookies are kept per host name, not per port, so two sites on one host
+/// each keep their own.
 const COOKIE: &str = "orch_token";
 
 /// A plan the site knows, with what the pages draw from it.
@@ -134,6 +157,8 @@ struct Inner {
     session: Token,
     /// Fired when the server stops: event streams end with it.
     stop: Cancellation,
+    /// The name of the session cookie.
+    cookie: String,
     state_dir: Option<PathBuf>,
     plans: Vec<Known>,
     hosts: Option<Vec<String>>,
@@ -153,6 +178,7 @@ impl Site {
             token,
             session: Token::random()?,
             stop: Cancellation::new(),
+            cookie: COOKIE.to_owned(),
             state_dir: None,
             plans: Vec::new(),
             hosts: None,
@@ -203,26 +229,36 @@ impl Site {
         Ok(self)
     }
 
-    /// Answers only requests whose `Host` names `addr` by a loopback name
-    /// (`127.0.0.1`, `localhost`, `[::1]`, with its port), when `addr` is a
-    /// loopback address: a page on another site cannot then read this one
-    /// through a name of its own that resolves to 127.0.0.1.
+    /// The address the site is served at: its session cookie is named
+    /// after the port, and, when `addr` is a loopback address, only
+    /// requests whose `Host` names it by a loopback name (`127.0.0.1`,
+    /// `localhost`, `[::1]` or the address itself, with its port) are
+    /// answered, so a page on another site cannot read this one through a
+    /// name of its own that resolves to 127.0.0.1.
     #[must_use]
-    pub fn loopback(mut self, addr: SocketAddr) -> Site {
-        if addr.ip().to_canonical().is_loopback() {
-            let port = addr.port();
-            let mut hosts = vec![
-                addr.to_string(),
+    pub fn at(mut self, addr: SocketAddr) -> Site {
+        let port = addr.port();
+        let inner = self.inner();
+        inner.cookie = format!("{COOKIE}_{port}");
+        let ip = addr.ip().to_canonical();
+        if ip.is_loopback() {
+            let named = [
+                SocketAddr::new(ip, port).to_string(),
                 format!("127.0.0.1:{port}"),
                 format!("localhost:{port}"),
                 format!("[::1]:{port}"),
             ];
+            let mut hosts = named.to_vec();
             if port == 80 {
                 // Browsers leave the default port out.
-                hosts.extend(["127.0.0.1".into(), "localhost".into(), "[::1]".into()]);
+                hosts.extend(
+                    named
+                        .iter()
+                        .filter_map(|h| Some(h.rsplit_once(':')?.0.to_owned())),
+                );
             }
             hosts.dedup();
-            self.inner().hosts = Some(hosts);
+            inner.hosts = Some(hosts);
         }
         self
     }
@@ -320,7 +356,7 @@ impl Site {
     fn signed_in(&self, headers: &HeaderMap) -> bool {
         match bearer(headers) {
             Some(b) => self.0.token.matches(b),
-            None => cookies(headers).any(|c| self.0.session.matches(c)),
+            None => cookies(headers, &self.0.cookie).any(|c| self.0.session.matches(c)),
         }
     }
 }
@@ -334,15 +370,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The values of the request's `orch_token` cookies (another page on the
-/// same host name may have set one of its own beside this site's).
-fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The values of the request's cookies called `name` (a page elsewhere may
+/// have set one of its own beside this site's, under another path).
+fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter_map(move |kv| kv.trim().strip_prefix(name)?.strip_prefix('='))
 }
 
 /// Serves `site` on `listener` until `cancel` fires: then the pages'
@@ -624,21 +660,16 @@ async fn transcript(
     };
     // `<agent>.log`, then each retry's `<agent>.2.log`, `<agent>.3.log`, ….
     let mut text = String::new();
-    for n in 1.. {
+    for n in 1..=MAX_TRANSCRIPTS {
         let name = match n {
             1 => format!("{id}.log"),
             n => format!("{id}.{n}.log"),
         };
-        let Ok(bytes) = tokio::fs::read(dir.join(&name)).await else {
+        let Ok(tail) = tail(&dir.join(&name)).await else {
             break;
         };
         text.push_str(&format!("=== {name}\n"));
-        // The tail of a long one: where it ended is what a person needs.
-        let from = bytes.len().saturating_sub(TRANSCRIPT_TAIL);
-        if from > 0 {
-            text.push_str(&format!("[… the first {from} bytes left out]\n"));
-        }
-        text.push_str(&String::from_utf8_lossy(&bytes[from..]));
+        text.push_str(&tail);
     }
     if text.is_empty() {
         return Err(Problem::new(
@@ -658,7 +689,8 @@ async fn login(
         Some(t) if site.0.token.matches(t) => {
             let mut r = Redirect::to("/").into_response();
             let cookie = format!(
-                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+                "{}={}; HttpOnly; SameSite=Strict; Path=/",
+                site.0.cookie,
                 site.0.session.as_str()
             );
             if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -724,7 +756,7 @@ async fn decide(
     }
     let (id, state) = site.run(&run).await?;
     let t = known_ticket(&site, &state, &ticket)?;
-    if let Some(d) = state.open_decisions().find(|d| d.ticket == t)
+    if let Some(d) = state.open_decisions().filter(|d| d.ticket == t).last()
         && !d.options.contains(&decision)
     {
         return Err(Problem::new(
@@ -742,12 +774,17 @@ async fn decide(
     let note = (!note.is_empty()).then(|| note.to_owned());
     match orch_graph::decide(site.0.store.as_ref(), &id, &t, decision, note).await {
         Ok(()) => {
-            // The state files, as `orch decide` leaves them.
-            if let Some(dir) = &site.0.state_dir
+            // The state files, as `orch decide` leaves them: they are the
+            // latest run's, so only for an answer to it.
+            if let Some(dir) = site.0.state_dir.clone()
+                && crate::RunInfo::load(&dir).is_ok_and(|info| info.run == id)
                 && let Ok(st) = site.0.store.state(&id).await
             {
-                let plan = site.plan_of(&st).map(|(k, _)| &k.plan);
-                let _ = orch_state::views::write_views(dir, &st, plan);
+                let plan = site.plan_of(&st).map(|(k, _)| k.plan.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    orch_state::views::write_views(&dir, &st, plan.as_ref())
+                })
+                .await;
             }
             // Back to where the answer came from (the run's page).
             let to = format!("/runs/{id}#decisions");

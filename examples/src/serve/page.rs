@@ -897,8 +897,9 @@ pub(super) fn ticket(
         b.push_str("<p>Nothing has happened to this ticket yet.</p>");
     }
     b.push_str("</section>");
-    let attrs = format!(r#" data-events="/runs/{r}/events" data-ticket="{e}""#);
-    shell(&format!("{ticket} of {id}"), &attrs, &b)
+    // No event stream here: a browser keeps six connections to a host
+    // over HTTP/1, and each open page with a stream holds one.
+    shell(&format!("{ticket} of {id}"), "", &b)
 }
 
 /// A gate's verdict and its evidence; a failed one opens to show it.
