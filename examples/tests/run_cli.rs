@@ -2475,9 +2475,16 @@ tickets = [{}]
             _ => None,
         })
         .collect();
+    // How close the faults came to abandoning a job (3 takeovers).
+    let taken_over: Vec<(&str, u32, orch_core::JobState)> = jobs
+        .iter()
+        .filter(|j| j.takeovers > 0)
+        .map(|j| (j.key.as_str(), j.takeovers, j.state))
+        .collect();
+    eprintln!("jobs taken over: {taken_over:?}");
     assert!(
         status.success(),
-        "coordinator: {status:?}\nfailures: {failures:?}\n{processes}"
+        "coordinator: {status:?}\nfailures: {failures:?}\njobs taken over: {taken_over:?}\n{processes}"
     );
     assert!(
         processes.contains(
