@@ -8,6 +8,8 @@ use std::sync::Arc;
 use orch_core::{Decision, Event, EventKind, RunId, RunState, StateStore};
 use orch_graph::{EngineError, decide};
 
+mod common;
+
 fn run_id() -> RunId {
     "race".parse().unwrap()
 }
@@ -118,28 +120,11 @@ async fn concurrent_decisions_on_sqlite_accept_exactly_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
 async fn concurrent_decisions_on_postgres_accept_exactly_one() {
-    let base = std::env::var("ORCH_TEST_DATABASE_URL")
-        .expect("ORCH_TEST_DATABASE_URL names the test database");
-    let schema = format!("orch_decide_race_{}", std::process::id());
-    let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-        ))
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let db = common::Db::new("decide_race").await;
     let mut writers: Vec<Arc<dyn StateStore>> = Vec::new();
     for _ in 0..6 {
-        writers.push(Arc::new(orch_state::PgStore::connect(&url).await.unwrap()));
+        writers.push(db.store().await);
     }
     race(writers).await;
-    admin
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    db.drop().await;
 }

@@ -544,9 +544,14 @@ fn json_escape(v: &str) -> String {
     out
 }
 
-/// `v` as HTML text or an attribute value shows it, escaped the usual way
-/// (`&amp;`, `&lt;`, `&gt;`, `&quot;`, `&#39;`).
-fn html_escape(v: &str) -> String {
+/// `v` made safe as HTML text or a quoted attribute value (`&amp;`,
+/// `&lt;`, `&gt;`, `&quot;`, `&#39;`). A page that escapes with it has
+/// every known secret found by the [`Redactor`] in its escaped form too.
+///
+/// ```
+/// assert_eq!(orch_core::secrets::html_escape(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+/// ```
+pub fn html_escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
         match c {

@@ -10,20 +10,10 @@ use orch_core::{
     RunStatus, TicketId, TicketState, TicketStatus, Timestamp,
 };
 
-/// Text made safe for HTML text and attribute values.
+/// Text made safe for HTML text and attribute values: the escaping the
+/// redactor also knows secrets in.
 pub(super) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    orch_core::secrets::html_escape(s)
 }
 
 /// A path segment: anything but unreserved characters percent-encoded.

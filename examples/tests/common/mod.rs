@@ -14,11 +14,11 @@ pub struct Db {
 }
 
 impl Db {
-    /// A fresh schema `orch_worker_<name>_<pid>`.
+    /// A fresh schema `orch_test_<name>_<pid>`.
     pub async fn new(name: &str) -> Db {
         let base = std::env::var("ORCH_TEST_DATABASE_URL")
             .expect("ORCH_TEST_DATABASE_URL names the test database");
-        let schema = format!("orch_worker_{name}_{}", std::process::id());
+        let schema = format!("orch_test_{name}_{}", std::process::id());
         let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
             .await
             .unwrap();
