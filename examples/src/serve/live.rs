@@ -90,7 +90,8 @@ impl Feed {
                 }
             }
             let plan = self.site.plan_of(&self.state).map(|(k, _)| &k.plan);
-            let summary = page::summary(&self.state, plan);
+            let report = plan.and_then(|p| page::report(p, &self.state).ok());
+            let summary = page::summary(&self.state, plan, report.as_ref());
             let tickets: HashMap<TicketId, TicketView> = self
                 .state
                 .tickets

@@ -147,8 +147,12 @@ pub(super) struct Summary {
 }
 
 /// The figures of `state` (tickets of `plan` not started yet count as
-/// pending).
-pub(super) fn summary(state: &RunState, plan: Option<&Plan>) -> Summary {
+/// pending); the call is `report`'s.
+pub(super) fn summary(
+    state: &RunState,
+    plan: Option<&Plan>,
+    report: Option<&orch_graph::status::StatusReport>,
+) -> Summary {
     let mut counts: Vec<(&'static str, usize)> = STATUSES
         .iter()
         .map(|&s| (status_name(s), state.count(s)))
@@ -170,17 +174,21 @@ pub(super) fn summary(state: &RunState, plan: Option<&Plan>) -> Summary {
         cost: format!("${:.4}", state.usage.cost_usd),
         decisions: state.open_decisions().count(),
         events: state.events,
-        call: plan
-            .and_then(|p| {
-                orch_graph::status::StatusReport::new(p, state, Timestamp::now(), None).ok()
-            })
-            .map(|r| r.colour.as_str()),
+        call: report.map(|r| r.colour.as_str()),
         started: state.started_at.map(|t| t.0),
         finished: match state.status {
             RunStatus::Finished(_) => state.updated_at.map(|t| t.0),
             _ => None,
         },
     }
+}
+
+/// The status report of `state` now, with its go/no-go call.
+pub(super) fn report(
+    plan: &Plan,
+    state: &RunState,
+) -> Result<orch_graph::status::StatusReport, orch_graph::GraphError> {
+    orch_graph::status::StatusReport::new(plan, state, Timestamp::now(), None)
 }
 
 /// Where a plan's tickets are drawn: one column per wave (a ticket's
@@ -399,7 +407,12 @@ pub(super) fn run(
     allowed: bool,
 ) -> String {
     let r = url(id.as_str());
-    let sum = summary(state, plan.map(|p| p.0));
+    let report = plan.map(|(p, ..)| report(p, state));
+    let sum = summary(
+        state,
+        plan.map(|p| p.0),
+        report.as_ref().and_then(|r| r.as_ref().ok()),
+    );
     let mut b = String::new();
     let _ = write!(
         b,
@@ -414,8 +427,8 @@ pub(super) fn run(
     if let Some((_, _, false)) = plan {
         b.push_str(r#"<p class="locked">The plan file changed since this run started: the graph and the call are drawn from the file as it is now.</p>"#);
     }
-    if let Some((plan, ..)) = plan {
-        match orch_graph::status::StatusReport::new(plan, state, Timestamp::now(), None) {
+    if let Some(report) = report {
+        match report {
             Ok(rep) => {
                 let _ = write!(
                     b,
