@@ -311,6 +311,11 @@ async fn forbidden_patterns_respect_gitignore_and_cap_hits() {
         "fn main() {\n    log::info!(\"démarrage du service\");\n    println!(\"plain ascii\");\n}\n",
     );
     w("bin/blob", "AKIAABCDEFGHIJKLMNOP\u{0}\u{0}binary");
+    // Between letters of other scripts (no spaces in Japanese text).
+    w(
+        "docs/contact.md",
+        "連絡先はmarie@example.comです\n社会保障番号123-45-6789。\n",
+    );
     let r = check(d.path(), serde_json::json!({"kind": "forbidden_patterns", "builtin": ["secrets", "pii", "non_ascii_logs"]})).await;
     assert!(!r.passed());
     let mut hits: Vec<String> = r
@@ -324,6 +329,8 @@ async fn forbidden_patterns_respect_gitignore_and_cap_hits() {
         hits,
         [
             "bin/blob:1 AWS access key id",
+            "docs/contact.md:1 e-mail address",
+            "docs/contact.md:2 US social security number",
             "logs/app.log:1 e-mail address",
             "logs/app.log:1 payment card number",
             "src/config.py:2 AWS access key id",
@@ -336,7 +343,7 @@ async fn forbidden_patterns_respect_gitignore_and_cap_hits() {
     assert_eq!(r.evidence.hits.len(), 2);
     assert!(
         r.reason
-            .starts_with("6 forbidden pattern hit(s), first 2 listed: "),
+            .starts_with("8 forbidden pattern hit(s), first 2 listed: "),
         "{}",
         r.reason
     );
