@@ -756,21 +756,6 @@ async fn decide(
     }
     let (id, state) = site.run(&run).await?;
     let t = known_ticket(&site, &state, &ticket)?;
-    if let Some(d) = state.open_decisions().filter(|d| d.ticket == t).last()
-        && !d.options.contains(&decision)
-    {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{t} cannot be answered {decision:?}: its answers are {}",
-                d.options
-                    .iter()
-                    .map(|o| format!("{o:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
     let note = (!note.is_empty()).then(|| note.to_owned());
     match orch_graph::decide(site.0.store.as_ref(), &id, &t, decision, note).await {
         Ok(()) => {
