@@ -242,10 +242,20 @@ impl GitWorkspace {
         let Some(slots) = self.slots.clone() else {
             return self
                 .blocking(true, move |repo| {
-                    let found = repo.resolve(&Repo::ticket_branch(&run, &ticket)).is_ok();
-                    let wt = repo.worktree(&run, &ticket, &base)?;
-                    let deps = if found { still_there(repo, deps) } else { deps };
-                    merged_head(repo, &wt, &deps)
+                    if repo.resolve(&Repo::ticket_branch(&run, &ticket)).is_ok() {
+                        let wt = repo.worktree(&run, &ticket, &base)?;
+                        return merged_head(repo, &wt, &still_there(repo, deps));
+                    }
+                    // A new ticket: its start made in the object database,
+                    // as for a slot (a merge in the work tree walks the
+                    // whole history each time), then checked out once.
+                    let start =
+                        repo.start_commit(&base, &deps, &Repo::ticket_branch(&run, &ticket))?;
+                    let wt = repo.worktree(&run, &ticket, &start)?;
+                    Ok(Prepared {
+                        path: wt.path.into(),
+                        base: Some(start),
+                    })
                 })
                 .await;
         };
