@@ -23,7 +23,8 @@
 //!   go first: on ext4, making a worktree's files right after removing
 //!   another's is slowed by the inode allocator skipping the inodes just
 //!   freed, and slots would otherwise pay for the fresh worktrees'
-//!   removals.
+//!   removals. First, what containing one process costs orch (a `git
+//!   --version` in a cell of its own, against a bare one).
 //! - `gate`: a crate depending on serde and tokio (fetched once from
 //!   crates.io), three tickets one after another, each changing the crate
 //!   and gated by `cargo test`: the gate's time per ticket, fresh
@@ -179,6 +180,32 @@ async fn prepare(files: usize) -> Result<(), Error> {
     println!(
         "repository of {files} files made in {:.1} s",
         t.elapsed().as_secs_f64()
+    );
+    // What orch adds to each git it runs (a cell of its own: on cgroup v2,
+    // moving the process into its cgroup), one at a time as a slot's
+    // switch runs them, `git --version` contained and bare, alternating.
+    let (mut contained, mut bare) = (0.0, 0.0);
+    for _ in 0..20 {
+        let mut v = Command::new("git");
+        v.arg("--version");
+        let t = Instant::now();
+        orch_core::process::output(&v)?;
+        contained += t.elapsed().as_secs_f64() * 1000.0 / 20.0;
+        let t = Instant::now();
+        v.output()?;
+        bare += t.elapsed().as_secs_f64() * 1000.0 / 20.0;
+        // Apart, as a switch's gits are (each runs for tens of
+        // milliseconds): the kernel makes a move into a cgroup cheap only
+        // right after another one.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    println!(
+        "one git, contained ({}): {contained:.1} ms; bare: {bare:.1} ms",
+        if orch_core::process::scope().is_cgroup() {
+            "a cgroup"
+        } else {
+            "the marker"
+        }
     );
     println!("| worktrees | first ticket | next 9 tickets, mean |");
     println!("|---|---|---|");
