@@ -242,15 +242,15 @@ impl GitWorkspace {
         let Some(slots) = self.slots.clone() else {
             return self
                 .blocking(true, move |repo| {
-                    if repo.resolve(&Repo::ticket_branch(&run, &ticket)).is_ok() {
+                    let branch = Repo::ticket_branch(&run, &ticket);
+                    if repo.resolve(&branch).is_ok() {
                         let wt = repo.worktree(&run, &ticket, &base)?;
                         return merged_head(repo, &wt, &still_there(repo, deps));
                     }
                     // A new ticket: its start made in the object database,
                     // as for a slot (a merge in the work tree walks the
                     // whole history each time), then checked out once.
-                    let start =
-                        repo.start_commit(&base, &deps, &Repo::ticket_branch(&run, &ticket))?;
+                    let start = repo.start_commit(&base, &deps, &branch)?;
                     let wt = repo.worktree(&run, &ticket, &start)?;
                     Ok(Prepared {
                         path: wt.path.into(),
