@@ -211,24 +211,27 @@ impl Worker {
 }
 
 /// The workers of a run as `orch status` shows them: how many jobs stand
-/// where, and each running job's worker, how long ago its lease was
-/// renewed and how long it has left (the database's clock).
+/// where, and each claimed job's worker (running or lapsed), how long ago
+/// its lease was renewed and how long it has left (the database's clock).
 pub fn workers_section(jobs: &[orch_core::JobInfo]) -> String {
     use orch_core::JobState;
     use std::fmt::Write as _;
     let count = |s: JobState| jobs.iter().filter(|j| j.state == s).count();
     let mut out = format!(
-        "\n## Workers\n\njobs: {} available, {} running, {} done, {} cancelled, {} abandoned; {} taken over\n",
+        "\n## Workers\n\njobs: {} available, {} running, {} lapsed, {} done, {} cancelled, {} abandoned; {} taken over\n",
         count(JobState::Available),
         count(JobState::Running),
+        count(JobState::Lapsed),
         count(JobState::Done),
         count(JobState::Cancelled),
         count(JobState::Abandoned),
         jobs.iter().map(|j| u64::from(j.takeovers)).sum::<u64>(),
     );
+    // A lapsed job is still its worker's until another claims it: the
+    // one a person looks for when a worker went quiet.
     let running: Vec<_> = jobs
         .iter()
-        .filter(|j| j.state == JobState::Running)
+        .filter(|j| matches!(j.state, JobState::Running | JobState::Lapsed))
         .collect();
     if running.is_empty() {
         return out;
@@ -253,4 +256,60 @@ pub fn workers_section(jobs: &[orch_core::JobInfo]) -> String {
         let _ = writeln!(out, "| {who} | {} | {renewed} | {left} |", j.key);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workers_section;
+    use orch_core::{DriverInfo, JobInfo, JobState, Timestamp, Work};
+
+    fn job(key: &str, state: JobState, takeovers: u32, expires_in_ms: i64) -> JobInfo {
+        let now = 1_000_000;
+        JobInfo {
+            id: 1,
+            key: key.to_owned(),
+            work: Work::Phase {
+                ticket: "T1".parse().unwrap(),
+                phase: "build".parse().unwrap(),
+            },
+            state,
+            worker: Some(DriverInfo {
+                host: "box".into(),
+                boot: String::new(),
+                pid: 42,
+                start: 0,
+                containment: String::new(),
+            }),
+            token: 1,
+            takeovers,
+            renewed_at: Some(Timestamp(now - 2_500)),
+            expires_at: Timestamp(now.saturating_add_signed(expires_in_ms)),
+            now: Timestamp(now),
+        }
+    }
+
+    #[test]
+    fn a_lapsed_job_is_counted_and_listed_with_its_worker() {
+        let jobs = [
+            job("T1/build", JobState::Running, 0, 7_500),
+            job("T2/build", JobState::Lapsed, 2, -1_000),
+            job("T3/build", JobState::Done, 1, 0),
+        ];
+        let text = workers_section(&jobs);
+        assert!(
+            text.contains(
+                "jobs: 0 available, 1 running, 1 lapsed, 1 done, 0 cancelled, 0 abandoned; 3 taken over"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| box pid 42 | T1/build | 2.5 s ago | 7.5 s |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| box pid 42 | T2/build | 2.5 s ago | lapsed |"),
+            "{text}"
+        );
+        assert!(!text.contains("T3/build"), "{text}");
+    }
 }

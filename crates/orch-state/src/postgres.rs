@@ -29,8 +29,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 /// `orch_now_ms()` (the server's clock in milliseconds, which lease times
 /// use); 3 — `orch_epochs` (each run's lock epoch, checked by fenced
 /// appends); 4 — `orch_jobs` (the [`JobQueue`](orch_core::JobQueue)); 5 —
-/// `orch_jobs_run_open` (a run's open jobs in claim order).
-pub const PG_SCHEMA_VERSION: i64 = 5;
+/// `orch_jobs_run_open` (a run's open jobs in claim order); 6 —
+/// `orch_events.fence` (the [`Fence`] each event was appended under).
+pub const PG_SCHEMA_VERSION: i64 = 6;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`: the
 /// tables it makes (a table of such a name that is already there is not
@@ -113,7 +114,61 @@ const MIGRATIONS: &[(&[&str], &str)] = &[
         "CREATE INDEX orch_jobs_run_open ON orch_jobs (run, priority, id)
         WHERE state IN ('available', 'running');",
     ),
+    // 6: what each event was appended under (`Fence`'s text), so that
+    // who wrote what can be checked after the fact.
+    (&[], "ALTER TABLE orch_events ADD COLUMN fence text;"),
 ];
+
+/// What an event was appended under, as [`PgStore::fences`] reads it
+/// back: the run's lock epoch (a driver or coordinator), or a worker's
+/// claim of a job. An append under a fence is refused, in its
+/// transaction, unless the fence is current then; so along a run's
+/// journal the epochs never go back, and a job's claims never do.
+///
+/// ```
+/// use orch_state::Fence;
+/// let f: Fence = "job 12 claim 3".parse().unwrap();
+/// assert_eq!(f, Fence::Claim { job: 12, token: 3 });
+/// assert_eq!(Fence::Epoch(4).to_string(), "epoch 4");
+/// assert!("claim 3".parse::<Fence>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fence {
+    /// The run's lock epoch its holder appended under.
+    Epoch(u64),
+    /// A worker's claim: the job and the claim's token.
+    Claim {
+        /// The job.
+        job: u64,
+        /// The claim's fencing token.
+        token: u64,
+    },
+}
+
+impl std::fmt::Display for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fence::Epoch(e) => write!(f, "epoch {e}"),
+            Fence::Claim { job, token } => write!(f, "job {job} claim {token}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Fence {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let words: Vec<&str> = s.split(' ').collect();
+        let n = |w: &str| w.parse::<u64>().map_err(|_| format!("not a fence: {s:?}"));
+        match words[..] {
+            ["epoch", e] => Ok(Fence::Epoch(n(e)?)),
+            ["job", j, "claim", t] => Ok(Fence::Claim {
+                job: n(j)?,
+                token: n(t)?,
+            }),
+            _ => Err(format!("not a fence: {s:?}")),
+        }
+    }
+}
 
 /// The events of a run among the ids `$2`: an append's look-up of what it
 /// may be sending again. One look-up of the index (run, id) an id,
@@ -314,6 +369,45 @@ impl PgStore {
         Ok(store)
     }
 
+    /// The [`Fence`] each of `run`'s events was appended under, in the
+    /// journal's order, as `(seq, fence)`: `None` for an append under no
+    /// fence (`orch decide`'s answer, say) and for events written before
+    /// schema version 6. What an auditor of a run done by many processes
+    /// reads to see that nothing stale was recorded.
+    ///
+    /// # Errors
+    /// When the server cannot be reached, or a fence is not one orch
+    /// writes ([`StoreErrorKind::Corrupt`]).
+    pub async fn fences(&self, run: &RunId) -> Result<Vec<(u64, Option<Fence>)>, StoreError> {
+        let rows = self
+            .with_conn_again(move || {
+                self.with_conn(async move |c| {
+                    c.client
+                        .query(
+                            "SELECT e.seq, e.fence FROM orch_events e
+                             JOIN orch_runs r ON r.n = e.run
+                             WHERE r.run = $1 ORDER BY e.seq",
+                            &[&run.as_str()],
+                        )
+                        .await
+                        .map_err(|x| self.err(&x))
+                })
+            })
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let (seq, fence): (i64, Option<&str>) = (r.get(0), r.get(1));
+                let fence = fence.map(str::parse).transpose().map_err(|e: String| {
+                    StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        format!("{}: event {seq} of run {run}: {e}", self.name),
+                    )
+                })?;
+                Ok((seq as u64, fence))
+            })
+            .collect()
+    }
+
     /// A store for the database at `url` that connects (and creates or
     /// migrates the tables) on its first call, not now: to see which
     /// database a URL names ([`PgStore::database`]) before touching it.
@@ -450,9 +544,15 @@ impl PgStore {
             )
             .await?,
             insert: prepare(
-                "INSERT INTO orch_events (run, seq, id, body)
-                 SELECT $1, s, i, b FROM unnest($2::int8[], $3::bytea[], $4::text[]) AS u(s, i, b)",
-                &[Type::INT8, Type::INT8_ARRAY, Type::BYTEA_ARRAY, Type::TEXT_ARRAY],
+                "INSERT INTO orch_events (run, seq, id, body, fence)
+                 SELECT $1, s, i, b, $5 FROM unnest($2::int8[], $3::bytea[], $4::text[]) AS u(s, i, b)",
+                &[
+                    Type::INT8,
+                    Type::INT8_ARRAY,
+                    Type::BYTEA_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TEXT,
+                ],
             )
             .await?,
             advance: prepare(
@@ -703,7 +803,16 @@ impl PgStore {
         // Round trip 2: the rows, the run's last seq, the commit. A failed
         // insert aborts the transaction, and COMMIT then rolls it back.
         if next > last {
-            let rows: [&Param<'_>; 4] = [&n, &new_seqs, &new_ids, &bodies];
+            let fence = match check {
+                Check::Claim(claim, _) => Some(Fence::Claim {
+                    job: claim.job,
+                    token: claim.token,
+                }),
+                Check::Expect(Expect::Epoch(e)) => Some(Fence::Epoch(e)),
+                Check::Expect(_) => None,
+            }
+            .map(|f| f.to_string());
+            let rows: [&Param<'_>; 5] = [&n, &new_seqs, &new_ids, &bodies, &fence];
             let advance: [&Param<'_>; 2] = [&n, &next];
             let (inserted, advanced, committed) = tokio::join!(
                 biased;

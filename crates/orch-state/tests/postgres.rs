@@ -11,7 +11,7 @@ use orch_core::{
     DriverInfo, Event, EventId, EventKind, JobQueue, JobState, NewJob, StateStore, StoreErrorKind,
     Timestamp, Work,
 };
-use orch_state::{PG_SCHEMA_VERSION, PgStore, conformance};
+use orch_state::{Fence, PG_SCHEMA_VERSION, PgStore, conformance};
 use tokio_postgres::{Client, NoTls};
 
 /// A fresh schema in the test database, and a connection string that
@@ -413,6 +413,36 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     let gone = a.finish(&ja.claim, &[ev(8)]).await.unwrap_err();
     assert_eq!(gone.kind, StoreErrorKind::Fenced);
     assert_eq!(journal(&coord).await, 3);
+
+    // Each event names what it was appended under: the claims above, the
+    // coordinator's epoch, or nothing (an answer of `orch decide`).
+    coord
+        .append_if(&run, orch_core::Expect::Epoch(epoch), &[ev(10)])
+        .await
+        .unwrap();
+    coord.append(&run, &[ev(11)]).await.unwrap();
+    let claim = |c: &orch_core::Claim| {
+        Some(Fence::Claim {
+            job: c.job,
+            token: c.token,
+        })
+    };
+    assert_eq!(
+        coord.fences(&run).await.unwrap(),
+        [
+            (1, claim(&ja.claim)),
+            (2, claim(&taken.claim)),
+            (3, claim(&taken.claim)),
+            (4, Some(Fence::Epoch(epoch))),
+            (5, None),
+        ]
+    );
+    assert!(coord.fences(&other).await.unwrap().is_empty());
+    db.sql("UPDATE orch_events SET fence = 'epoch four' WHERE seq = 4")
+        .await;
+    let bad = coord.fences(&run).await.unwrap_err();
+    assert_eq!(bad.kind, StoreErrorKind::Corrupt, "{bad}");
+    assert!(bad.message.contains("event 4 of run r"), "{bad}");
     drop(lock);
     db.drop().await;
 }
