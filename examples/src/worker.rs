@@ -229,16 +229,16 @@ pub fn workers_section(jobs: &[orch_core::JobInfo]) -> String {
     );
     // A lapsed job is still its worker's until another claims it: the
     // one a person looks for when a worker went quiet.
-    let running: Vec<_> = jobs
+    let claimed: Vec<_> = jobs
         .iter()
         .filter(|j| matches!(j.state, JobState::Running | JobState::Lapsed))
         .collect();
-    if running.is_empty() {
+    if claimed.is_empty() {
         return out;
     }
     out.push_str("\n| worker | job | renewed | lease left |\n|---|---|---|---|\n");
     let secs = |ms: i128| format!("{:.1} s", ms as f64 / 1000.0);
-    for j in running {
+    for j in claimed {
         let who = j
             .worker
             .as_ref()

@@ -803,15 +803,7 @@ impl PgStore {
         // Round trip 2: the rows, the run's last seq, the commit. A failed
         // insert aborts the transaction, and COMMIT then rolls it back.
         if next > last {
-            let fence = match check {
-                Check::Claim(claim, _) => Some(Fence::Claim {
-                    job: claim.job,
-                    token: claim.token,
-                }),
-                Check::Expect(Expect::Epoch(e)) => Some(Fence::Epoch(e)),
-                Check::Expect(_) => None,
-            }
-            .map(|f| f.to_string());
+            let fence = check.fence().map(|f| f.to_string());
             let rows: [&Param<'_>; 5] = [&n, &new_seqs, &new_ids, &bodies, &fence];
             let advance: [&Param<'_>; 2] = [&n, &next];
             let (inserted, advanced, committed) = tokio::join!(
@@ -908,6 +900,20 @@ enum Check<'a> {
     Expect(Expect),
     /// A worker's claim is current; `true`: and its job is now done.
     Claim(&'a Claim, bool),
+}
+
+impl Check<'_> {
+    /// The fence an append under this check is recorded under.
+    fn fence(self) -> Option<Fence> {
+        match self {
+            Check::Claim(claim, _) => Some(Fence::Claim {
+                job: claim.job,
+                token: claim.token,
+            }),
+            Check::Expect(Expect::Epoch(e)) => Some(Fence::Epoch(e)),
+            Check::Expect(_) => None,
+        }
+    }
 }
 
 impl PgStore {
