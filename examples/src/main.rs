@@ -7,7 +7,7 @@
 //! orch run PLAN [--repo DIR] [--state DIR] [--database-url URL] [--concurrency N] [--run ID] [--allow-plan-change]
 //! orch run PLAN --workers [--remote NAME] --database-url URL ...   coordinate: workers run the phases
 //! orch worker PLAN --run ID --database-url URL [--repo DIR] [--roles R,...] [--concurrency N] [--remote NAME] [--lease-secs S]
-//! orch resume [--state DIR] [--database-url URL] [--allow-plan-change]
+//! orch resume [--state DIR] [--database-url URL] [--allow-plan-change] [--standby]
 //! orch status [--state DIR] [--database-url URL] [--json] [--report [--since DURATION]] [--metrics]
 //! orch accept (--delay NOTE | --risk NOTE [--batch BATCH]) [--state DIR] [--database-url URL]
 //! orch decide TICKET (--approve | --retry NOTE | --skip | --abort) [--adr TITLE [--context TEXT] [--consequences TEXT] [--alternative TEXT]... [--decider NAME]...] [--state DIR] [--database-url URL]
@@ -34,7 +34,7 @@
 //! | 4 | the budget is spent |
 //! | 5 | a person aborted the run |
 //! | 6 | the state store failed (nothing persisted is lost; resume later) |
-//! | 7 | `run`/`resume`: another `orch` is driving this run (it holds the run's lock); nothing was done |
+//! | 7 | `run`/`resume`: another `orch` is driving this run (it holds the run's lock); nothing was done (`resume --standby` waits instead) |
 //! | 130, 143, 129 | stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP (128 + the signal's number): agents and gates killed, nothing lost; resume continues |
 
 use std::path::PathBuf;
@@ -149,6 +149,13 @@ enum Command {
         /// Continue even though the plan changed since the run started.
         #[arg(long)]
         allow_plan_change: bool,
+        /// Stand by while another `orch` drives the run, and take it over
+        /// when that one stops (killed, cut off from the database, its
+        /// machine gone, or stopped on purpose): a standby coordinator.
+        /// Until it takes the run it also waits out a database it cannot
+        /// reach; once it drove the run, it stops as any driver does.
+        #[arg(long)]
+        standby: bool,
     },
     /// Where the latest run stands.
     Status {
@@ -449,14 +456,28 @@ fn stop_on_signals(
     Ok(which)
 }
 
-/// Runs (or resumes) `info` until it stops; `fresh` for `orch run`.
+/// How [`execute`] starts.
+struct Start {
+    /// `orch run`: a new journal.
+    fresh: bool,
+    /// Go on though the plan changed.
+    allow_plan_change: bool,
+    /// Wait while another engine holds the run, then take it over.
+    standby: bool,
+}
+
+/// Runs (or resumes) `info` until it stops.
 fn execute(
     mut info: RunInfo,
     state_dir: PathBuf,
     url: Option<&str>,
-    fresh: bool,
-    allow_plan_change: bool,
+    how: Start,
 ) -> Result<(), Fail> {
+    let Start {
+        fresh,
+        allow_plan_change,
+        standby,
+    } = how;
     let plan = Plan::from_path(&info.plan).map_err(|e| Fail(2, e.to_string()))?;
     // Refuse a bad plan before anything is written.
     plan.validate()
@@ -503,34 +524,72 @@ fn execute(
             let queue = rt
                 .block_on(orch_state::PgStore::connect(url))
                 .map_err(|e| Fail(6, e.to_string()))?;
-            eprintln!(
-                "coordinating run {}: start workers with `orch worker {} --run {} --database-url …`",
-                info.run,
-                info.plan.display(),
-                info.run
-            );
+            if !standby {
+                eprintln!(
+                    "coordinating run {}: start workers with `orch worker {} --run {} --database-url …`",
+                    info.run,
+                    info.plan.display(),
+                    info.run
+                );
+            }
             engine.workers(Arc::new(queue))
         }
         _ => engine,
     };
-    let engine = engine.store(store).observe(Arc::new(Record {
+    let record = Arc::new(Record {
         info: info.clone(),
         dir: state_dir.clone(),
         done: AtomicBool::new(false),
-    }));
+    });
+    let engine = engine.store(store).observe(record.clone());
     rt.block_on(async move {
         let stopped_by = stop_on_signals(
             cancel.clone(),
             "stopping running agents (resume with `orch resume`)",
         )
         .map_err(|e| Fail(2, e))?;
-        let report = engine.run(&info.run, cancel).await.map_err(|e| match e {
+        // A standby waits while another engine holds the run, and while
+        // the database cannot be reached, until it takes the run (its
+        // `RunStarted` recorded). Until then nothing was started, so
+        // trying again is safe; once it drove the run, it stops as any
+        // driver does.
+        let mut said = String::new();
+        let report = loop {
+            use orch_core::StoreErrorKind::{Fenced, Locked, Unavailable};
+            match engine.run(&info.run, cancel.clone()).await {
+                Err(orch_graph::EngineError::Store(e))
+                    if standby
+                        && matches!(e.kind, Locked | Fenced | Unavailable)
+                        && !record.done.load(Ordering::SeqCst) =>
+                {
+                    let say = format!("standing by: {e}");
+                    if say != said {
+                        eprintln!("{say}");
+                        said = say;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        () = cancel.cancelled() => break Ok(None),
+                    }
+                }
+                r => break r.map(Some),
+            }
+        };
+        let report = report.map_err(|e| match e {
             orch_graph::EngineError::Store(e) if e.kind == orch_core::StoreErrorKind::Locked => {
                 Fail(7, e.to_string())
             }
             orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
             e => Fail(2, e.to_string()),
         })?;
+        let failed = || state_failure.lock().unwrap_or_else(|e| e.into_inner()).take().map(|why| Fail(
+            6,
+            format!("{why}; the run stopped (its journal is intact: fix the directory, then `orch resume`)"),
+        ));
+        let Some(report) = report else {
+            // Stopped while standing by.
+            return Err(failed().unwrap_or_else(|| Fail(128 + stopped_by.load(Ordering::SeqCst), String::new())));
+        };
         let s = &report.state;
         eprintln!(
             "\n{:?}: {} done, {} failed, {} blocked, {} waiting for a decision; {} tokens, ${:.4}; state files in {}",
@@ -546,11 +605,8 @@ fn execute(
         for d in s.open_decisions() {
             eprintln!("decide: orch decide {} --approve|--retry NOTE|--skip|--abort [--adr TITLE]   ({})", d.ticket, d.question);
         }
-        if let Some(why) = state_failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Err(Fail(
-                6,
-                format!("{why}; the run stopped (its journal is intact: fix the directory, then `orch resume`)"),
-            ));
+        if let Some(fail) = failed() {
+            return Err(fail);
         }
         // Stopped by a signal: 128 + its number, as shells report it.
         let code = match (report.outcome, stopped_by.load(Ordering::SeqCst)) {
@@ -686,13 +742,12 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 workers: workers.then_some(remote),
             };
             let dir = absolute(&state.dir(&repo));
-            execute(
-                info,
-                dir,
-                state.database_url.as_deref(),
-                true,
+            let how = Start {
+                fresh: true,
                 allow_plan_change,
-            )?;
+                standby: false,
+            };
+            execute(info, dir, state.database_url.as_deref(), how)?;
         }
         Command::Worker {
             plan,
@@ -738,16 +793,16 @@ fn run(cli: Cli) -> Result<(), Fail> {
         Command::Resume {
             state,
             allow_plan_change,
+            standby,
         } => {
             let dir = absolute(&state.dir(std::path::Path::new(".")));
             let info = RunInfo::load(&dir)?;
-            execute(
-                info,
-                dir,
-                state.database_url.as_deref(),
-                false,
+            let how = Start {
+                fresh: false,
                 allow_plan_change,
-            )?;
+                standby,
+            };
+            execute(info, dir, state.database_url.as_deref(), how)?;
         }
         Command::Status {
             state,

@@ -1083,6 +1083,76 @@ fn a_second_orch_on_a_running_run_is_refused_and_changes_nothing() {
     assert_eq!(code, 0, "{text}");
 }
 
+/// `orch resume --standby` waits, writing nothing, while another `orch`
+/// drives the run, and finishes the run once that one is killed; one
+/// stopped while it waits exits as a stopped run does, having written
+/// nothing.
+#[test]
+fn a_standby_takes_over_a_killed_run_and_finishes_it() {
+    let s = crash_setup();
+    let mut child = start_until(&s, "agent-A-build");
+    let standby = |log: &Path| {
+        let err = std::fs::File::create(log).unwrap();
+        orch()
+            .args(["resume", "--standby", "--state"])
+            .arg(&s.state)
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap()
+    };
+    let standing_by = |log: &Path| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text
+                .contains("standing by: state store: run crashy is being driven by another engine")
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not standing by: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let resumes = |events: &[orch_core::StoredEvent]| {
+        events
+            .iter()
+            .filter(|e| matches!(&e.event.kind, EventKind::RunStarted { resumed: true, .. }))
+            .count()
+    };
+    let (first, second) = (s.marks.join("standby-1.log"), s.marks.join("standby-2.log"));
+    let mut stopped = standby(&first);
+    let mut taker = standby(&second);
+    standing_by(&first);
+    standing_by(&second);
+    signal(&stopped, nix::sys::signal::Signal::SIGTERM);
+    let code = exit_within(&mut stopped, 30, "the standby told to stop");
+    assert_eq!(
+        code,
+        Some(143),
+        "{}",
+        std::fs::read_to_string(&first).unwrap()
+    );
+    assert_eq!(
+        resumes(&journal(&s)),
+        0,
+        "a standby wrote to a run it does not hold"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let code = exit_within(&mut taker, 120, "the standby taking over");
+    assert_eq!(
+        code,
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&second).unwrap()
+    );
+    let (o, events) = outcome(&s);
+    assert_eq!(&o, baseline());
+    check_no_rerun(&events);
+    assert_eq!(resumes(&events), 1);
+}
+
 /// The run's journal as it is now.
 /// The feedback of the failed attempt `attempt` of `phase`.
 fn failed_feedback(events: &[orch_core::StoredEvent], phase: &str, attempt: u32) -> String {
@@ -2254,14 +2324,13 @@ fn a_fleet_of_workers_survives_kills_freezes_and_a_new_coordinator() {
             log.display()
         )
     };
-    // An agent lives a second; on w2, once `slow` exists, ten: long
-    // enough to still be running when its job is taken over, unless
-    // something stops it.
-    let slow = top.join("slow");
+    // An agent lives a second; on worker `wN`, once `slow-wN` exists,
+    // ten: long enough to still be running when its job is taken over,
+    // unless something stops it.
     let agent = format!(
-        "cat > /dev/null; {}; n=10; case $PWD in */w2/*) [ -e {} ] && n=100;; esac; for i in $(seq $n); do sleep 0.1; {}; done; echo \\\"$ORCH_TICKET $ORCH_PHASE\\\" >> $ORCH_TICKET.txt; {}",
+        "cat > /dev/null; {}; n=10; for m in w1 w2 w3; do case $PWD in */$m/*) [ -e {}/slow-$m ] && n=100;; esac; done; for i in $(seq $n); do sleep 0.1; {}; done; echo \\\"$ORCH_TICKET $ORCH_PHASE\\\" >> $ORCH_TICKET.txt; {}",
         line("start"),
-        slow.display(),
+        top.display(),
         line("tick"),
         line("end")
     );
@@ -2303,10 +2372,13 @@ tickets = [{}]
     let plan_file = top.join("fleet.toml");
     std::fs::write(&plan_file, plan).unwrap();
     let out = top.join("processes.log");
-    let coordinator = |resume: bool| {
+    // `orch run`, or a standby: `orch resume --standby`, which takes the
+    // run over when its driver stops.
+    let coordinator = |standby: bool| {
         let mut c = orch();
-        if resume {
-            c.args(["resume", "--state"]).arg(top.join("state"));
+        if standby {
+            c.args(["resume", "--standby", "--state"])
+                .arg(top.join("state"));
         } else {
             c.arg("run")
                 .arg(&plan_file)
@@ -2350,60 +2422,183 @@ tickets = [{}]
             }
         }
     }
-    let mut fleet = Fleet(vec![coordinator(false)]);
-    fleet.0.extend(["w1", "w2", "w3"].iter().map(|m| worker(m)));
-    let [coord, workers @ ..] = &mut fleet.0[..] else {
-        unreachable!()
-    };
+    impl std::ops::Deref for Fleet {
+        type Target = Vec<Child>;
+        fn deref(&self) -> &Vec<Child> {
+            &self.0
+        }
+    }
+    impl std::ops::DerefMut for Fleet {
+        fn deref_mut(&mut self) -> &mut Vec<Child> {
+            &mut self.0
+        }
+    }
+    let mut coords = Fleet(vec![coordinator(false)]);
+    let mut workers = Fleet(["w1", "w2", "w3"].iter().map(|m| worker(m)).collect());
     let mut worker_pids: std::collections::HashSet<u32> = workers.iter().map(Child::id).collect();
 
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Once `slow-<m>` exists, the next agent to start on worker `m`: its
+    // ticket, phase, pid and start.
+    let slow_agent_on = |m: &str| {
+        let marker = top.join(format!("slow-{m}"));
+        std::fs::write(&marker, "").unwrap();
+        let before: std::collections::HashSet<u128> =
+            executions(&log).iter().map(|e| e.from).collect();
+        let mut found = None;
+        wait_for(120, &format!("a slow agent running on {m}"), &out, || {
+            found = executions(&log)
+                .into_iter()
+                .find(|e| {
+                    e.dir.contains(&format!("/{m}/")) && !e.ended && !before.contains(&e.from)
+                })
+                .map(|e| (e.ticket, e.phase, e.pid, e.from));
+            found.is_some()
+        });
+        (marker, found.unwrap())
+    };
+    // Dead or a zombie its frozen parent cannot reap, not merely held up.
+    let dead = |pid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        matches!(state, None | Some("Z" | "X"))
+    };
+    // An agent caught by a fault never finished: `dead` alone would hold
+    // of one that ran to its end.
+    let cut_short = |from: u128| {
+        executions(&log)
+            .iter()
+            .find(|e| e.from == from)
+            .is_some_and(|e| !e.ended)
+    };
+    // A phase's job as the queue has it now.
+    let job_of = |ticket: &str, phase: &str| {
+        rt.block_on(async {
+            let store = orch_state::PgStore::connect(&url).await.unwrap();
+            let jobs = orch_core::JobQueue::jobs(&store, &"fleet".parse().unwrap())
+                .await
+                .unwrap();
+            jobs.into_iter().find(|j| {
+                matches!(&j.work, orch_core::Work::Phase { ticket: t, phase: p }
+                    if t.as_str() == ticket && p.as_str() == phase)
+            })
+        })
+    };
+    // The jobs caught by the faults: (ticket, phase, start of the agent
+    // that was running).
+    let mut caught = Vec::new();
+
+    // A worker killed mid-agent: its agent dies with it, and its job
+    // runs again elsewhere.
     wait_for(120, "the first phases", &out, ended(4));
+    // A standby coordinator, waiting for the run's driver to stop.
+    coords.push(coordinator(true));
+    let standing_by = |n: usize| {
+        let out = &out;
+        move || {
+            let text = std::fs::read_to_string(out).unwrap_or_default();
+            text.matches("standing by: state store: run fleet is being driven by another engine")
+                .count()
+                >= n
+        }
+    };
+    wait_for(60, "the standby", &out, standing_by(1));
+    let (marker, (ticket, phase, pid, from)) = slow_agent_on("w1");
     signal(&workers[0], nix::sys::signal::Signal::SIGKILL);
     workers[0].wait().unwrap();
+    wait_for(30, "the killed worker's agent to die", &out, || dead(&pid));
+    assert!(
+        cut_short(from),
+        "the killed worker's agent {pid} ran to its end"
+    );
+    std::fs::remove_file(&marker).unwrap();
+    caught.push((ticket, phase, from));
     workers[0] = worker("w1");
     worker_pids.insert(workers[0].id());
 
-    wait_for(120, "more phases", &out, ended(12));
-    std::fs::write(&slow, "").unwrap();
-    let before: std::collections::HashSet<u128> = executions(&log).iter().map(|e| e.from).collect();
-    let mut frozen = None;
-    wait_for(120, "a slow agent running on w2", &out, || {
-        let now = executions(&log);
-        frozen = now
-            .iter()
-            .find(|e| e.dir.contains("/w2/") && !e.ended && !before.contains(&e.from))
-            .map(|e| (e.ticket.clone(), e.phase.clone(), e.pid.clone()));
-        frozen.is_some()
-    });
-    // Frozen mid-agent until another worker has taken its job over: its
+    // A worker frozen mid-agent until another has taken its job over: its
     // agent must have been stopped by then.
+    wait_for(120, "more phases", &out, ended(12));
+    let (marker, (ticket, phase, pid, from)) = slow_agent_on("w2");
     signal(&workers[1], nix::sys::signal::Signal::SIGSTOP);
-    let (ticket, phase, pid) = frozen.unwrap();
     wait_for(60, "the frozen job taken over", &out, || {
         executions(&log)
             .iter()
-            .any(|e| (&e.ticket, &e.phase) == (&ticket, &phase) && !e.dir.contains("/w2/"))
+            .any(|e| (&e.ticket, &e.phase) == (&ticket, &phase) && e.from > from)
     });
-    // Its agent is dead (a zombie its frozen parent cannot reap), not
-    // merely held up.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .next();
     assert!(
-        matches!(state, None | Some("Z" | "X")),
-        "the frozen worker's agent {pid} is still alive ({state:?}) after its job was taken over"
+        dead(&pid) && cut_short(from),
+        "the frozen worker's agent {pid} was not stopped before its job was taken over"
     );
-    std::fs::remove_file(&slow).unwrap();
+    std::fs::remove_file(&marker).unwrap();
+    caught.push((ticket, phase, from));
     signal(&workers[1], nix::sys::signal::Signal::SIGCONT);
 
+    // A worker told to stop mid-agent stops it and hands its job back: no
+    // takeover, and it runs again elsewhere.
+    let (marker, (ticket, phase, pid, from)) = slow_agent_on("w3");
+    let takeovers = job_of(&ticket, &phase).map(|j| j.takeovers);
+    signal(&workers[2], nix::sys::signal::Signal::SIGTERM);
+    let code = exit_within(&mut workers[2], 30, "the worker told to stop");
+    assert_eq!(
+        code,
+        Some(143),
+        "{}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    assert!(
+        dead(&pid) && cut_short(from),
+        "the stopped worker's agent {pid} outlived it, or was waited for"
+    );
+    std::fs::remove_file(&marker).unwrap();
+    let returned = job_of(&ticket, &phase);
+    // Available, or claimed by another worker without a takeover (a
+    // lease cannot lapse that fast): not still the stopped worker's.
+    let stopped = workers[2].id();
+    assert!(
+        returned
+            .as_ref()
+            .is_some_and(|j| Some(j.takeovers) == takeovers
+                && (j.state == orch_core::JobState::Available
+                    || j.worker.as_ref().is_some_and(|w| w.pid != stopped))),
+        "{ticket} {phase} handed back, not left to lapse: {returned:?}"
+    );
+    let handed_back = (ticket, phase, from);
+    workers[2] = worker("w3");
+    worker_pids.insert(workers[2].id());
+
+    // The coordinator killed: the standby takes the run over (a new
+    // epoch), and another stands by.
     wait_for(120, "still more phases", &out, ended(20));
-    signal(coord, nix::sys::signal::Signal::SIGKILL);
-    coord.wait().unwrap();
-    *coord = coordinator(true);
+    let epochs = || {
+        rt.block_on(async {
+            let store = orch_state::PgStore::connect(&url).await.unwrap();
+            let fences = store.fences(&"fleet".parse().unwrap()).await.unwrap();
+            let mut epochs: Vec<u64> = fences
+                .into_iter()
+                .filter_map(|(_, f)| match f {
+                    Some(orch_state::Fence::Epoch(n)) => Some(n),
+                    _ => None,
+                })
+                .collect();
+            epochs.dedup();
+            epochs.len()
+        })
+    };
+    let first = epochs();
+    signal(&coords[0], nix::sys::signal::Signal::SIGKILL);
+    coords[0].wait().unwrap();
+    wait_for(60, "the standby taking over", &out, || epochs() > first);
+    coords.push(coordinator(true));
+    wait_for(60, "the second standby", &out, standing_by(2));
 
     // `orch status` shows the workers and their jobs.
     let (code, status) = output(
@@ -2413,8 +2608,19 @@ tickets = [{}]
             .args(["--database-url", &url]),
     );
     assert_eq!(code, 0, "{status}");
+    // The killed and the frozen worker's jobs were taken over by now: two
+    // takeovers at least.
+    let taken: Option<u32> = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("jobs: ")?
+                .split("; ")
+                .nth(1)?
+                .strip_suffix(" taken over")
+        })
+        .and_then(|n| n.parse().ok());
     assert!(
-        status.contains("## Workers") && status.contains("taken over"),
+        status.contains("## Workers") && taken.is_some_and(|n| n >= 2),
         "{status}"
     );
 
@@ -2422,16 +2628,20 @@ tickets = [{}]
     // server ends every session, the processes' sides go silent. The
     // workers connect again and go on (a job whose worker was cut off
     // mid-write lapses and is taken over); the coordinator's hold on the
-    // run is lost, so it stops (a store failure, exit 6) and is resumed.
+    // run is lost, so it stops (a store failure, exit 6), and the second
+    // standby, its own connections silent too, takes the run over and
+    // finishes it.
     wait_for(120, "phases under the new coordinator", &out, ended(28));
     proxy.cut();
-    let code = exit_within(coord, 30, "the coordinator cut off from PostgreSQL");
+    let code = exit_within(
+        &mut coords[1],
+        30,
+        "the coordinator cut off from PostgreSQL",
+    );
     assert_eq!(code, Some(6), "a lost hold on the run is a store failure");
-    *coord = coordinator(true);
-
     let deadline = Instant::now() + Duration::from_secs(240);
     let status = loop {
-        if let Some(s) = coord.try_wait().unwrap() {
+        if let Some(s) = coords[2].try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -2455,16 +2665,13 @@ tickets = [{}]
         );
     }
     let processes = processes();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (events, jobs) = rt.block_on(async {
+    let (events, jobs, fences) = rt.block_on(async {
         let store = orch_state::PgStore::connect(&url).await.unwrap();
         let run = "fleet".parse().unwrap();
         let events = store.read(&run, 0, 1_000_000).await.unwrap();
         let jobs = orch_core::JobQueue::jobs(&store, &run).await.unwrap();
-        (events, jobs)
+        let fences = store.fences(&run).await.unwrap();
+        (events, jobs, fences)
     });
     let failures: Vec<String> = events
         .iter()
@@ -2560,9 +2767,98 @@ tickets = [{}]
         }
     }
     assert!(named.len() >= 3, "{named:?}");
+    // The killed and the frozen worker's jobs were taken over, and ran to
+    // the end after the agent the fault caught.
+    for (ticket, phase, from) in &caught {
+        let job = jobs.iter().find(|j| {
+            matches!(&j.work, orch_core::Work::Phase { ticket: t, phase: p }
+                if t.as_str() == ticket && p.as_str() == phase)
+        });
+        assert!(
+            job.is_some_and(|j| j.takeovers >= 1),
+            "{ticket} {phase} was taken over: {job:?}"
+        );
+        assert!(
+            runs.iter()
+                .any(|e| (&e.ticket, &e.phase) == (ticket, phase) && e.from > *from && e.ended),
+            "{ticket} {phase} ran again after its worker's fault"
+        );
+    }
+
+    let (ticket, phase, from) = &handed_back;
     assert!(
-        jobs.iter().any(|j| j.takeovers > 0),
-        "a killed or frozen worker's job was taken over: {jobs:?}"
+        runs.iter()
+            .any(|e| (&e.ticket, &e.phase) == (ticket, phase) && e.from > *from && e.ended),
+        "{ticket} {phase} ran again after its worker handed it back"
+    );
+
+    // Nothing stale was recorded. Every event was appended under a fence:
+    // the coordinator's epoch, or a worker's claim of one job.
+    assert_eq!(fences.len(), events.len());
+    let by_id: std::collections::HashMap<u64, &orch_core::JobInfo> =
+        jobs.iter().map(|j| (j.id, j)).collect();
+    let mut epochs = Vec::new();
+    let mut latest: std::collections::HashMap<u64, u64> = Default::default();
+    let mut starters: std::collections::HashMap<(u64, u64), u32> = Default::default();
+    for ((seq, fence), e) in fences.iter().zip(&events) {
+        assert_eq!(*seq, e.seq);
+        match fence {
+            None => panic!(
+                "event {seq} was appended under no fence: {:?}",
+                e.event.kind
+            ),
+            // No coordinator appended after its successor took the run.
+            Some(orch_state::Fence::Epoch(n)) => {
+                assert!(
+                    epochs.last().is_none_or(|l| l <= n),
+                    "event {seq} appended under epoch {n}, after epoch {epochs:?}"
+                );
+                epochs.push(*n);
+            }
+            Some(orch_state::Fence::Claim { job, token }) => {
+                // No worker appended for a job after another claimed it.
+                let before = latest.insert(*job, *token).unwrap_or(0);
+                assert!(
+                    before <= *token,
+                    "event {seq} appended under claim {token} of job {job}, after claim {before}"
+                );
+                // A claim's events are its job's.
+                let info = by_id[job];
+                let about = e.event.kind.ticket().map(|t| t.as_str());
+                match &info.work {
+                    orch_core::Work::Phase { ticket, .. } => assert_eq!(
+                        about,
+                        Some(ticket.as_str()),
+                        "event {seq} under job {job} ({})",
+                        info.work
+                    ),
+                    orch_core::Work::Merge { .. } => assert_eq!(about, None, "event {seq}"),
+                    _ => {}
+                }
+                // One claim, one worker.
+                if let EventKind::AgentStarted {
+                    worker: Some(w), ..
+                } = &e.event.kind
+                {
+                    let first = *starters.entry((*job, *token)).or_insert(w.pid);
+                    assert_eq!(
+                        first, w.pid,
+                        "claim {token} of job {job} started agents in two workers"
+                    );
+                }
+            }
+        }
+    }
+    epochs.dedup();
+    assert!(
+        epochs.len() >= 3,
+        "the coordinator started, was killed and resumed, and was cut off and resumed: epochs {epochs:?}"
+    );
+    assert!(
+        latest
+            .iter()
+            .any(|(job, token)| *token > 1 && by_id[job].takeovers > 0),
+        "a taken-over job's later claim recorded its work: {latest:?}"
     );
     // The batch was merged by a worker, and its branch on the remote, set
     // by the coordinator, names the merge the journal records.

@@ -1026,23 +1026,39 @@ impl StateStore for PgStore {
             .keepalives_retries(3)
             .tcp_user_timeout(HEARTBEAT_DEADLINE);
         let ended = Cancellation::new();
-        let (client, driver) = self.session_with(&config, Some(ended.clone())).await?;
-        // This connection idles between renewals: a server-side
-        // `idle_session_timeout` (PostgreSQL 14 on) must not close it.
-        // Not for this session (older servers have no such setting, and
-        // say so; that is fine).
-        let _ = client.batch_execute("SET idle_session_timeout = 0").await;
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtext('orch/' || s || '/' || $1),
-                                             hashtext($1 || '/' || s))
-                 FROM coalesce(current_schema(), '') AS s",
-                &[&run.as_str()],
-            )
-            .await
-            .map_err(|e| self.err(&e))?
-            .try_get(0)
-            .map_err(|e| self.err(&e))?;
+        // A server or network that goes silent here (no reset, no close)
+        // is a failure to take the lock, not a wait without end.
+        let taking = async {
+            let (client, driver) = self.session_with(&config, Some(ended.clone())).await?;
+            // This connection idles between renewals: a server-side
+            // `idle_session_timeout` (PostgreSQL 14 on) must not close
+            // it. Not for this session (older servers have no such
+            // setting, and say so; that is fine).
+            let _ = client.batch_execute("SET idle_session_timeout = 0").await;
+            let got: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtext('orch/' || s || '/' || $1),
+                                                 hashtext($1 || '/' || s))
+                     FROM coalesce(current_schema(), '') AS s",
+                    &[&run.as_str()],
+                )
+                .await
+                .map_err(|e| self.err(&e))?
+                .try_get(0)
+                .map_err(|e| self.err(&e))?;
+            Ok::<_, StoreError>((client, driver, got))
+        };
+        let Ok(taken) = tokio::time::timeout(CALL_DEADLINE, taking).await else {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "{}: no answer within {} s taking run {run}'s lock",
+                    self.name,
+                    CALL_DEADLINE.as_secs()
+                ),
+            ));
+        };
+        let (client, driver, got) = taken?;
         if !got {
             return Err(StoreError::new(
                 StoreErrorKind::Locked,
