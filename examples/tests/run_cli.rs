@@ -2584,7 +2584,7 @@ tickets = [{}]
             let fences = store.fences(&"fleet".parse().unwrap()).await.unwrap();
             let mut epochs: Vec<u64> = fences
                 .into_iter()
-                .filter_map(|(_, f)| match f {
+                .filter_map(|w| match w.fence {
                     Some(orch_state::Fence::Epoch(n)) => Some(n),
                     _ => None,
                 })
@@ -2792,38 +2792,61 @@ tickets = [{}]
         "{ticket} {phase} ran again after its worker handed it back"
     );
 
-    // Nothing stale was recorded. Every event was appended under a fence:
-    // the coordinator's epoch, or a worker's claim of one job.
+    // Nothing stale was recorded. Every event was appended under a fence
+    // (the coordinator's epoch, or a worker's claim of one job), by the
+    // process holding it: one process a fence, a coordinator for an
+    // epoch, a worker for a claim.
     assert_eq!(fences.len(), events.len());
     let by_id: std::collections::HashMap<u64, &orch_core::JobInfo> =
         jobs.iter().map(|j| (j.id, j)).collect();
+    let coord_pids: std::collections::HashSet<u32> = coords.iter().map(Child::id).collect();
     let mut epochs = Vec::new();
     let mut latest: std::collections::HashMap<u64, u64> = Default::default();
-    let mut starters: std::collections::HashMap<(u64, u64), u32> = Default::default();
-    for ((seq, fence), e) in fences.iter().zip(&events) {
-        assert_eq!(*seq, e.seq);
-        match fence {
-            None => panic!(
+    let mut writers: std::collections::HashMap<orch_state::Fence, u32> = Default::default();
+    for (w, e) in fences.iter().zip(&events) {
+        let seq = w.seq;
+        assert_eq!(seq, e.seq);
+        let Some(fence) = w.fence else {
+            panic!(
                 "event {seq} was appended under no fence: {:?}",
                 e.event.kind
-            ),
+            )
+        };
+        let writer = w.writer.as_ref().map(|d| d.pid);
+        let Some(writer) = writer else {
+            panic!("event {seq} names no writer")
+        };
+        assert_eq!(
+            *writers.entry(fence).or_insert(writer),
+            writer,
+            "event {seq}: {fence} held by two processes"
+        );
+        match fence {
             // No coordinator appended after its successor took the run.
-            Some(orch_state::Fence::Epoch(n)) => {
+            orch_state::Fence::Epoch(n) => {
                 assert!(
-                    epochs.last().is_none_or(|l| l <= n),
+                    epochs.last().is_none_or(|l| *l <= n),
                     "event {seq} appended under epoch {n}, after epoch {epochs:?}"
                 );
-                epochs.push(*n);
-            }
-            Some(orch_state::Fence::Claim { job, token }) => {
-                // No worker appended for a job after another claimed it.
-                let before = latest.insert(*job, *token).unwrap_or(0);
+                epochs.push(n);
                 assert!(
-                    before <= *token,
+                    coord_pids.contains(&writer),
+                    "event {seq} under {fence} written by {writer}, not a coordinator {coord_pids:?}"
+                );
+            }
+            orch_state::Fence::Claim { job, token } => {
+                // No worker appended for a job after another claimed it.
+                let before = latest.insert(job, token).unwrap_or(0);
+                assert!(
+                    before <= token,
                     "event {seq} appended under claim {token} of job {job}, after claim {before}"
                 );
+                assert!(
+                    worker_pids.contains(&writer),
+                    "event {seq} under {fence} written by {writer}, not a worker {worker_pids:?}"
+                );
                 // A claim's events are its job's.
-                let info = by_id[job];
+                let info = by_id[&job];
                 let about = e.event.kind.ticket().map(|t| t.as_str());
                 match &info.work {
                     orch_core::Work::Phase { ticket, .. } => assert_eq!(
@@ -2835,16 +2858,11 @@ tickets = [{}]
                     orch_core::Work::Merge { .. } => assert_eq!(about, None, "event {seq}"),
                     _ => {}
                 }
-                // One claim, one worker.
-                if let EventKind::AgentStarted {
-                    worker: Some(w), ..
-                } = &e.event.kind
+                // The worker an event names is the one that wrote it.
+                if let EventKind::AgentStarted { worker, .. }
+                | EventKind::MergeStarted { worker, .. } = &e.event.kind
                 {
-                    let first = *starters.entry((*job, *token)).or_insert(w.pid);
-                    assert_eq!(
-                        first, w.pid,
-                        "claim {token} of job {job} started agents in two workers"
-                    );
+                    assert_eq!(worker.as_ref(), w.writer.as_ref(), "event {seq}");
                 }
             }
         }

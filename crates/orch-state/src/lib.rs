@@ -76,7 +76,7 @@ mod workspace;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use postgres::{Fence, PG_SCHEMA_VERSION, PgStore};
+pub use postgres::{Fence, PG_SCHEMA_VERSION, PgStore, Written};
 pub use sqlite::{SCHEMA_VERSION, SqliteStore, Stats, fsync_latency};
 pub use state_files::StateFiles;
 pub use workspace::GitWorkspace;

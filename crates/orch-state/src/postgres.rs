@@ -30,8 +30,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 /// use); 3 — `orch_epochs` (each run's lock epoch, checked by fenced
 /// appends); 4 — `orch_jobs` (the [`JobQueue`](orch_core::JobQueue)); 5 —
 /// `orch_jobs_run_open` (a run's open jobs in claim order); 6 —
-/// `orch_events.fence` (the [`Fence`] each event was appended under).
-pub const PG_SCHEMA_VERSION: i64 = 6;
+/// `orch_events.fence` (the [`Fence`] each event was appended under); 7 —
+/// `orch_events.writer` (who appended it, as [`Written`] says).
+pub const PG_SCHEMA_VERSION: i64 = 7;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`: the
 /// tables it makes (a table of such a name that is already there is not
@@ -117,7 +118,25 @@ const MIGRATIONS: &[(&[&str], &str)] = &[
     // 6: what each event was appended under (`Fence`'s text), so that
     // who wrote what can be checked after the fact.
     (&[], "ALTER TABLE orch_events ADD COLUMN fence text;"),
+    // 7: who appended each event (the process's JSON `DriverInfo`).
+    (&[], "ALTER TABLE orch_events ADD COLUMN writer text;"),
 ];
+
+/// Who wrote an event, as [`PgStore::fences`] reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The event's seq.
+    pub seq: u64,
+    /// What it was appended under: `None` for an append under no fence
+    /// (`orch decide`'s answer, say) and for events written before schema
+    /// version 6.
+    pub fence: Option<Fence>,
+    /// The process that appended it (host, pid, start), read in the
+    /// append's transaction from the fence's holder: the worker holding
+    /// the claim, or the driver holding the epoch. `None` with no fence,
+    /// and for events written before schema version 7.
+    pub writer: Option<orch_core::DriverInfo>,
+}
 
 /// What an event was appended under, as [`PgStore::fences`] reads it
 /// back: the run's lock epoch (a driver or coordinator), or a worker's
@@ -369,22 +388,21 @@ impl PgStore {
         Ok(store)
     }
 
-    /// The [`Fence`] each of `run`'s events was appended under, in the
-    /// journal's order, as `(seq, fence)`: `None` for an append under no
-    /// fence (`orch decide`'s answer, say) and for events written before
-    /// schema version 6. What an auditor of a run done by many processes
-    /// reads to see that nothing stale was recorded.
+    /// What each of `run`'s events was appended under, and by whom, in
+    /// the journal's order. What an auditor of a run done by many
+    /// processes reads to see that nothing stale was recorded, and which
+    /// process wrote each event.
     ///
     /// # Errors
-    /// When the server cannot be reached, or a fence is not one orch
-    /// writes ([`StoreErrorKind::Corrupt`]).
-    pub async fn fences(&self, run: &RunId) -> Result<Vec<(u64, Option<Fence>)>, StoreError> {
+    /// When the server cannot be reached, or a fence or writer is not one
+    /// orch writes ([`StoreErrorKind::Corrupt`]).
+    pub async fn fences(&self, run: &RunId) -> Result<Vec<Written>, StoreError> {
         let rows = self
             .with_conn_again(move || {
                 self.with_conn(async move |c| {
                     c.client
                         .query(
-                            "SELECT e.seq, e.fence FROM orch_events e
+                            "SELECT e.seq, e.fence, e.writer FROM orch_events e
                              JOIN orch_runs r ON r.n = e.run
                              WHERE r.run = $1 ORDER BY e.seq",
                             &[&run.as_str()],
@@ -396,14 +414,24 @@ impl PgStore {
             .await?;
         rows.iter()
             .map(|r| {
-                let (seq, fence): (i64, Option<&str>) = (r.get(0), r.get(1));
-                let fence = fence.map(str::parse).transpose().map_err(|e: String| {
+                let (seq, fence, writer): (i64, Option<&str>, Option<&str>) =
+                    (r.get(0), r.get(1), r.get(2));
+                let corrupt = |e: String| {
                     StoreError::new(
                         StoreErrorKind::Corrupt,
                         format!("{}: event {seq} of run {run}: {e}", self.name),
                     )
-                })?;
-                Ok((seq as u64, fence))
+                };
+                let fence = fence.map(str::parse).transpose().map_err(corrupt)?;
+                let writer = writer
+                    .map(serde_json::from_str)
+                    .transpose()
+                    .map_err(|e| corrupt(format!("not a writer: {e}")))?;
+                Ok(Written {
+                    seq: seq as u64,
+                    fence,
+                    writer,
+                })
             })
             .collect()
     }
@@ -544,14 +572,23 @@ impl PgStore {
             )
             .await?,
             insert: prepare(
-                "INSERT INTO orch_events (run, seq, id, body, fence)
-                 SELECT $1, s, i, b, $5 FROM unnest($2::int8[], $3::bytea[], $4::text[]) AS u(s, i, b)",
+                // The writer: the claim's worker (job $6) or the epoch's
+                // holder, both rows read in this transaction after the
+                // check that the fence is current.
+                "INSERT INTO orch_events (run, seq, id, body, fence, writer)
+                 SELECT $1, s, i, b, $5, CASE
+                     WHEN $6::int8 IS NOT NULL THEN (SELECT worker FROM orch_jobs WHERE id = $6)
+                     WHEN $5 IS NOT NULL THEN (SELECT nullif(holder, '') FROM orch_epochs p
+                                               JOIN orch_runs r ON r.run = p.run WHERE r.n = $1)
+                   END
+                 FROM unnest($2::int8[], $3::bytea[], $4::text[]) AS u(s, i, b)",
                 &[
                     Type::INT8,
                     Type::INT8_ARRAY,
                     Type::BYTEA_ARRAY,
                     Type::TEXT_ARRAY,
                     Type::TEXT,
+                    Type::INT8,
                 ],
             )
             .await?,
@@ -803,8 +840,13 @@ impl PgStore {
         // Round trip 2: the rows, the run's last seq, the commit. A failed
         // insert aborts the transaction, and COMMIT then rolls it back.
         if next > last {
-            let fence = check.fence().map(|f| f.to_string());
-            let rows: [&Param<'_>; 5] = [&n, &new_seqs, &new_ids, &bodies, &fence];
+            let fence = check.fence();
+            let job = match fence {
+                Some(Fence::Claim { job, .. }) => Some(jobs::int(job)),
+                _ => None,
+            };
+            let fence = fence.map(|f| f.to_string());
+            let rows: [&Param<'_>; 6] = [&n, &new_seqs, &new_ids, &bodies, &fence, &job];
             let advance: [&Param<'_>; 2] = [&n, &next];
             let (inserted, advanced, committed) = tokio::join!(
                 biased;

@@ -11,7 +11,7 @@ use orch_core::{
     DriverInfo, Event, EventId, EventKind, JobQueue, JobState, NewJob, StateStore, StoreErrorKind,
     Timestamp, Work,
 };
-use orch_state::{Fence, PG_SCHEMA_VERSION, PgStore, conformance};
+use orch_state::{Fence, PG_SCHEMA_VERSION, PgStore, Written, conformance};
 use tokio_postgres::{Client, NoTls};
 
 /// A fresh schema in the test database, and a connection string that
@@ -421,20 +421,32 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
         .await
         .unwrap();
     coord.append(&run, &[ev(11)]).await.unwrap();
-    let claim = |c: &orch_core::Claim| {
-        Some(Fence::Claim {
+    // And who appended it: the claim's worker, the epoch's holder.
+    let claim = |seq: u64, c: &orch_core::Claim, w: u32| Written {
+        seq,
+        fence: Some(Fence::Claim {
             job: c.job,
             token: c.token,
-        })
+        }),
+        writer: Some(worker(w)),
     };
+    let holder = orch_core::process::scope().describe();
     assert_eq!(
         coord.fences(&run).await.unwrap(),
         [
-            (1, claim(&ja.claim)),
-            (2, claim(&taken.claim)),
-            (3, claim(&taken.claim)),
-            (4, Some(Fence::Epoch(epoch))),
-            (5, None),
+            claim(1, &ja.claim, 1),
+            claim(2, &taken.claim, 1),
+            claim(3, &taken.claim, 1),
+            Written {
+                seq: 4,
+                fence: Some(Fence::Epoch(epoch)),
+                writer: Some(holder),
+            },
+            Written {
+                seq: 5,
+                fence: None,
+                writer: None,
+            },
         ]
     );
     assert!(coord.fences(&other).await.unwrap().is_empty());
@@ -443,6 +455,14 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     let bad = coord.fences(&run).await.unwrap_err();
     assert_eq!(bad.kind, StoreErrorKind::Corrupt, "{bad}");
     assert!(bad.message.contains("event 4 of run r"), "{bad}");
+    db.sql("UPDATE orch_events SET fence = 'epoch 4', writer = '{' WHERE seq = 4")
+        .await;
+    let bad = coord.fences(&run).await.unwrap_err();
+    assert_eq!(bad.kind, StoreErrorKind::Corrupt, "{bad}");
+    assert!(
+        bad.message.contains("event 4 of run r: not a writer"),
+        "{bad}"
+    );
     drop(lock);
     db.drop().await;
 }

@@ -187,7 +187,7 @@ pub(super) fn lost(claim: &Claim, why: &str) -> StoreError {
     )
 }
 
-fn int(n: u64) -> i64 {
+pub(super) fn int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
