@@ -133,8 +133,10 @@ pub struct Written {
     pub fence: Option<Fence>,
     /// The process that appended it (host, pid, start), read in the
     /// append's transaction from the fence's holder: the worker holding
-    /// the claim, or the driver holding the epoch. `None` with no fence,
-    /// and for events written before schema version 7.
+    /// the claim, or the driver holding the epoch: what that process said
+    /// of itself when it claimed the job or took the run. `None` with no
+    /// fence, and for events written before schema version 7 (or, after
+    /// it, by an older orch still connected).
     pub writer: Option<orch_core::DriverInfo>,
 }
 
@@ -572,14 +574,18 @@ impl PgStore {
             )
             .await?,
             insert: prepare(
-                // The writer: the claim's worker (job $6) or the epoch's
-                // holder, both rows read in this transaction after the
-                // check that the fence is current.
+                // The writer: the claim's worker (job $6, token $7) or the
+                // epoch's holder (epoch $7), both rows locked by this
+                // transaction's check that the fence is current. Matched
+                // on the fence again: were that ever not so, the writer
+                // is left unknown rather than taken from a successor.
                 "INSERT INTO orch_events (run, seq, id, body, fence, writer)
                  SELECT $1, s, i, b, $5, CASE
-                     WHEN $6::int8 IS NOT NULL THEN (SELECT worker FROM orch_jobs WHERE id = $6)
-                     WHEN $5 IS NOT NULL THEN (SELECT nullif(holder, '') FROM orch_epochs p
-                                               JOIN orch_runs r ON r.run = p.run WHERE r.n = $1)
+                     WHEN $6::int8 IS NOT NULL THEN
+                       (SELECT worker FROM orch_jobs WHERE id = $6 AND token = $7)
+                     WHEN $7::int8 IS NOT NULL THEN
+                       (SELECT nullif(holder, '') FROM orch_epochs p
+                        JOIN orch_runs r ON r.run = p.run WHERE r.n = $1 AND p.epoch = $7)
                    END
                  FROM unnest($2::int8[], $3::bytea[], $4::text[]) AS u(s, i, b)",
                 &[
@@ -588,6 +594,7 @@ impl PgStore {
                     Type::BYTEA_ARRAY,
                     Type::TEXT_ARRAY,
                     Type::TEXT,
+                    Type::INT8,
                     Type::INT8,
                 ],
             )
@@ -841,12 +848,13 @@ impl PgStore {
         // insert aborts the transaction, and COMMIT then rolls it back.
         if next > last {
             let fence = check.fence();
-            let job = match fence {
-                Some(Fence::Claim { job, .. }) => Some(jobs::int(job)),
-                _ => None,
+            let (job, held) = match fence {
+                Some(Fence::Claim { job, token }) => (Some(jobs::int(job)), Some(jobs::int(token))),
+                Some(Fence::Epoch(e)) => (None, Some(jobs::int(e))),
+                None => (None, None),
             };
             let fence = fence.map(|f| f.to_string());
-            let rows: [&Param<'_>; 6] = [&n, &new_seqs, &new_ids, &bodies, &fence, &job];
+            let rows: [&Param<'_>; 7] = [&n, &new_seqs, &new_ids, &bodies, &fence, &job, &held];
             let advance: [&Param<'_>; 2] = [&n, &next];
             let (inserted, advanced, committed) = tokio::join!(
                 biased;

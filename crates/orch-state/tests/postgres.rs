@@ -33,11 +33,15 @@ impl Scratch {
             .await
             .expect("ORCH_TEST_DATABASE_URL is reachable");
         tokio::spawn(conn);
+        // Tests start at once on several threads: the clock alone can
+        // give two of them one name.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let schema = format!("orch_test_{}_{nanos}", std::process::id());
+        let schema = format!("orch_test_{}_{n}_{nanos}", std::process::id());
         admin
             .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .await
@@ -642,6 +646,15 @@ async fn a_version_1_schema_is_migrated_and_keeps_its_journal() {
         "same event, same seq"
     );
     assert_eq!(store.append(&run, &[ready(2)]).await.unwrap(), [2]);
+    // What an older schema had no room for is unknown, not made up.
+    assert_eq!(
+        store.fences(&run).await.unwrap()[0],
+        Written {
+            seq: 1,
+            fence: None,
+            writer: None
+        }
+    );
     let lock = store.lock_run(&run).await.unwrap();
     let epoch = lock.epoch().unwrap();
     store
