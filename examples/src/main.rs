@@ -582,13 +582,18 @@ fn execute(
             orch_graph::EngineError::Store(e) => Fail(6, e.to_string()),
             e => Fail(2, e.to_string()),
         })?;
-        let failed = || state_failure.lock().unwrap_or_else(|e| e.into_inner()).take().map(|why| Fail(
-            6,
-            format!("{why}; the run stopped (its journal is intact: fix the directory, then `orch resume`)"),
-        ));
+        // The state directory's failure, which cancelled the run.
+        let failed = || {
+            let why = state_failure.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+            Some(Fail(
+                6,
+                format!("{why}; the run stopped (its journal is intact: fix the directory, then `orch resume`)"),
+            ))
+        };
         let Some(report) = report else {
             // Stopped while standing by.
-            return Err(failed().unwrap_or_else(|| Fail(128 + stopped_by.load(Ordering::SeqCst), String::new())));
+            let signal = Fail(128 + stopped_by.load(Ordering::SeqCst), String::new());
+            return Err(failed().unwrap_or(signal));
         };
         let s = &report.state;
         eprintln!(

@@ -1102,17 +1102,13 @@ fn a_standby_takes_over_a_killed_run_and_finishes_it() {
             .unwrap()
     };
     let standing_by = |log: &Path| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if text
-                .contains("standing by: state store: run crashy is being driven by another engine")
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "not standing by: {text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(60, "a standby standing by", log, || {
+            std::fs::read_to_string(log).is_ok_and(|text| {
+                text.contains(
+                    "standing by: state store: run crashy is being driven by another engine",
+                )
+            })
+        });
     };
     let resumes = |events: &[orch_core::StoredEvent]| {
         events
@@ -1153,7 +1149,6 @@ fn a_standby_takes_over_a_killed_run_and_finishes_it() {
     assert_eq!(resumes(&events), 1);
 }
 
-/// The run's journal as it is now.
 /// The feedback of the failed attempt `attempt` of `phase`.
 fn failed_feedback(events: &[orch_core::StoredEvent], phase: &str, attempt: u32) -> String {
     events
@@ -1185,6 +1180,7 @@ fn tree_of(s: &Setup, ticket: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{ticket} never had a work tree"))
 }
 
+/// The run's journal as it is now.
 fn journal(s: &Setup) -> Vec<orch_core::StoredEvent> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -2255,6 +2251,18 @@ fn executions(log: &Path) -> Vec<Execution> {
     by_pid.into_values().collect()
 }
 
+/// The job doing `phase` of `ticket`, among `jobs`.
+fn phase_job<'a>(
+    jobs: &'a [orch_core::JobInfo],
+    ticket: &str,
+    phase: &str,
+) -> Option<&'a orch_core::JobInfo> {
+    jobs.iter().find(|j| {
+        matches!(&j.work, orch_core::Work::Phase { ticket: t, phase: p }
+            if t.as_str() == ticket && p.as_str() == phase)
+    })
+}
+
 /// The exit code of `child`, which must stop by itself within `secs`.
 fn exit_within(child: &mut Child, secs: u64, what: &str) -> Option<i32> {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -2283,11 +2291,15 @@ fn wait_for(secs: u64, what: &str, shown: &Path, mut f: impl FnMut() -> bool) {
 
 /// One coordinator and three workers as separate processes, each with its
 /// own clone of one bare repository, on PostgreSQL, through the faults a
-/// fleet meets: a worker killed with SIGKILL (and started again), a worker
-/// frozen with SIGSTOP past its lease and let go, the coordinator killed
-/// and resumed. No ticket's phase runs in two places at once, each phase
-/// passes once, every checkpoint the journal names is on the remote, and
-/// the merged batch holds every ticket's work.
+/// fleet meets, each landing while an agent runs: a worker killed with
+/// SIGKILL (and started again), a worker frozen with SIGSTOP past its
+/// lease and let go, a worker stopped with SIGTERM; the coordinator killed
+/// while a standby waits, and PostgreSQL cut off from everyone, after
+/// which a second standby finishes the run. No ticket's phase runs in two
+/// places at once, each phase passes once, every checkpoint the journal
+/// names is on the remote, every event was written under a fence its
+/// writer held and no stale one, and the merged batch holds every
+/// ticket's work.
 #[test]
 #[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 fn a_fleet_of_workers_survives_kills_freezes_and_a_new_coordinator() {
@@ -2461,16 +2473,7 @@ tickets = [{}]
         (marker, found.unwrap())
     };
     // Dead or a zombie its frozen parent cannot reap, not merely held up.
-    let dead = |pid: &str| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .next();
-        matches!(state, None | Some("Z" | "X"))
-    };
+    let dead = |pid: &str| !alive(pid.parse().unwrap());
     // An agent caught by a fault never finished: `dead` alone would hold
     // of one that ran to its end.
     let cut_short = |from: u128| {
@@ -2486,10 +2489,7 @@ tickets = [{}]
             let jobs = orch_core::JobQueue::jobs(&store, &"fleet".parse().unwrap())
                 .await
                 .unwrap();
-            jobs.into_iter().find(|j| {
-                matches!(&j.work, orch_core::Work::Phase { ticket: t, phase: p }
-                    if t.as_str() == ticket && p.as_str() == phase)
-            })
+            phase_job(&jobs, ticket, phase).cloned()
         })
     };
     // The jobs caught by the faults: (ticket, phase, start of the agent
@@ -2769,26 +2769,25 @@ tickets = [{}]
     assert!(named.len() >= 3, "{named:?}");
     // The killed and the frozen worker's jobs were taken over, and ran to
     // the end after the agent the fault caught.
-    for (ticket, phase, from) in &caught {
-        let job = jobs.iter().find(|j| {
-            matches!(&j.work, orch_core::Work::Phase { ticket: t, phase: p }
-                if t.as_str() == ticket && p.as_str() == phase)
-        });
+    let ran_again = |(ticket, phase, from): &(String, String, u128)| {
+        runs.iter()
+            .any(|e| (&e.ticket, &e.phase) == (ticket, phase) && e.from > *from && e.ended)
+    };
+    for caught in &caught {
+        let (ticket, phase, _) = caught;
+        let job = phase_job(&jobs, ticket, phase);
         assert!(
             job.is_some_and(|j| j.takeovers >= 1),
             "{ticket} {phase} was taken over: {job:?}"
         );
         assert!(
-            runs.iter()
-                .any(|e| (&e.ticket, &e.phase) == (ticket, phase) && e.from > *from && e.ended),
+            ran_again(caught),
             "{ticket} {phase} ran again after its worker's fault"
         );
     }
-
-    let (ticket, phase, from) = &handed_back;
+    let (ticket, phase, _) = &handed_back;
     assert!(
-        runs.iter()
-            .any(|e| (&e.ticket, &e.phase) == (ticket, phase) && e.from > *from && e.ended),
+        ran_again(&handed_back),
         "{ticket} {phase} ran again after its worker handed it back"
     );
 
