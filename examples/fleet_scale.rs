@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use orch_core::{
     Agent, AgentContext, AgentError, AgentOutcome, AgentTask, Cancellation, DriverInfo, JobQueue,
-    NewJob, Plan, RunId, RunOutcome, SharedDir, Work,
+    NewJob, Plan, RunId, RunOutcome, Runs, SharedDir, Work,
 };
 use orch_examples::Error;
 use orch_examples::scale::{Noop, start_run};
@@ -269,7 +269,7 @@ async fn queue_alone(url: &str, jobs: u64, workers: u64) -> Result<f64, Error> {
             let q = PgStore::connect(&url).await?;
             let who = me(n);
             while let Some(job) = q
-                .claim(&who, Some(&run), &[], Duration::from_secs(30))
+                .claim(&who, Runs::Only(&run), &[], Duration::from_secs(30))
                 .await?
             {
                 q.finish(&job.claim, &[]).await?;
@@ -324,8 +324,8 @@ async fn whole_path(url: &str, jobs: u64, workers: u64) -> Result<f64, Error> {
 /// `Worker::run`'s, which this does not call.
 fn worker(run: &RunId, lease: Duration) -> Worker {
     Worker {
-        plan: "fleet.toml".into(),
-        run: run.clone(),
+        plan: Some("fleet.toml".into()),
+        run: Some(run.clone()),
         repo: ".".into(),
         state_dir: ".orch/state".into(),
         roles: Vec::new(),
@@ -349,10 +349,9 @@ async fn serve(
 ) -> Result<(), Error> {
     let store = Arc::new(PgStore::connect(&url).await?);
     let claims = PgStore::connect(&url).await?;
-    let engine = Engine::new(plan, agent, store.clone())?.workspace(Arc::new(SharedDir::new(dir)));
-    worker
-        .serve(Arc::new(engine), store, &claims, &me(n), stop)
-        .await?;
+    let engine =
+        Arc::new(Engine::new(plan, agent, store.clone())?.workspace(Arc::new(SharedDir::new(dir))));
+    worker.serve(&engine, store, &claims, &me(n), stop).await?;
     Ok(())
 }
 

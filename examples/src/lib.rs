@@ -113,6 +113,33 @@ pub fn plan_agents(
     Ok(Arc::new(Router::from_plan(plan, &defaults, custom)?))
 }
 
+/// Where `file` lies inside the repository at `repo`: its path from the
+/// repository's top, with `/` between names (`None`: outside it, or a
+/// name that is not UTF-8). What a run records as its plan file, for
+/// workers to find the plan in their own clones.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// std::fs::create_dir_all(dir.path().join("plans")).unwrap();
+/// std::fs::write(dir.path().join("plans/p.toml"), "").unwrap();
+/// let inside = orch_examples::path_in(dir.path(), &dir.path().join("plans/p.toml"));
+/// assert_eq!(inside.as_deref(), Some("plans/p.toml"));
+/// assert_eq!(orch_examples::path_in(&dir.path().join("plans"), dir.path()), None);
+/// ```
+pub fn path_in(repo: &Path, file: &Path) -> Option<String> {
+    let (repo, file) = (repo.canonicalize().ok()?, file.canonicalize().ok()?);
+    let names: Option<Vec<&str>> = file
+        .strip_prefix(&repo)
+        .ok()?
+        .components()
+        .map(|c| match c {
+            std::path::Component::Normal(name) => name.to_str(),
+            _ => None,
+        })
+        .collect();
+    names.filter(|n| !n.is_empty()).map(|n| n.join("/"))
+}
+
 /// Everything a run needs.
 pub struct Setup {
     /// The plan.

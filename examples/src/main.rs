@@ -6,7 +6,7 @@
 //! orch schema                                print the JSON Schema of plan files
 //! orch run PLAN [--repo DIR] [--state DIR] [--database-url URL] [--concurrency N] [--run ID] [--allow-plan-change]
 //! orch run PLAN --workers [--remote NAME] --database-url URL ...   coordinate: workers run the phases
-//! orch worker PLAN --run ID --database-url URL [--repo DIR] [--roles R,...] [--concurrency N] [--remote NAME] [--lease-secs S]
+//! orch worker [PLAN] [--run ID] --database-url URL [--repo DIR] [--roles R,...] [--concurrency N] [--remote NAME] [--lease-secs S]
 //! orch resume [--state DIR] [--database-url URL] [--allow-plan-change] [--standby]
 //! orch status [--state DIR] [--database-url URL] [--json] [--report [--since DURATION]] [--metrics]
 //! orch accept (--delay NOTE | --risk NOTE [--batch BATCH]) [--state DIR] [--database-url URL]
@@ -108,15 +108,16 @@ enum Command {
         #[arg(long, default_value = "origin", requires = "workers")]
         remote: String,
     },
-    /// Do the phases of a run that `orch run --workers` coordinates, in
-    /// this machine's clone of the repository, until stopped (SIGTERM or
-    /// Ctrl-C hand the jobs in progress back).
+    /// Do the phases of the runs `orch run --workers` coordinates, one run
+    /// at a time, in this machine's clone of the repository, until stopped
+    /// (SIGTERM or Ctrl-C hand the jobs in progress back).
     Worker {
-        /// The plan file the run was started with.
-        plan: PathBuf,
-        /// The run (`orch run --workers` prints it).
+        /// The plan file (default: each run's own, read in this clone where
+        /// the run says its plan lies in the repository).
+        plan: Option<PathBuf>,
+        /// Only this run's jobs (default: any run's).
         #[arg(long)]
-        run: orch_core::RunId,
+        run: Option<orch_core::RunId>,
         /// This machine's clone of the repository.
         #[arg(long, default_value = ".")]
         repo: PathBuf,
@@ -513,6 +514,12 @@ fn execute(
     // anything is written, the state directory included: the engine is
     // built and checked on a store in memory, then given the journal.
     let engine = setup.engine(Arc::new(orch_state::MemoryStore::new()))?;
+    // Where workers on other machines find the plan in their clones.
+    let plan_file = orch_examples::path_in(&info.repo, &info.plan);
+    let engine = match &plan_file {
+        Some(rel) => engine.plan_file(rel.clone()),
+        None => engine,
+    };
     if info.workers.is_none() {
         // (A coordinator runs no agent: its workers check theirs.)
         engine.check().map_err(orch_examples::Error::from)?;
@@ -525,11 +532,15 @@ fn execute(
                 .block_on(orch_state::PgStore::connect(url))
                 .map_err(|e| Fail(6, e.to_string()))?;
             if !standby {
+                // A plan outside the repository is not in the workers'
+                // clones: they are given it.
+                let plan = match plan_file {
+                    Some(_) => String::new(),
+                    None => format!("{} --run {} ", info.plan.display(), info.run),
+                };
                 eprintln!(
-                    "coordinating run {}: start workers with `orch worker {} --run {} --database-url …`",
+                    "coordinating run {}: start workers with `orch worker {plan}--database-url … --repo CLONE`",
                     info.run,
-                    info.plan.display(),
-                    info.run
                 );
             }
             engine.workers(Arc::new(queue))
@@ -768,7 +779,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             let repo = absolute(&repo);
             let dir = absolute(&state.unwrap_or_else(|| repo.join(".orch").join("worker")));
             let worker = orch_examples::worker::Worker {
-                plan: absolute(&plan),
+                plan: plan.as_deref().map(absolute),
                 run,
                 repo,
                 state_dir: dir,

@@ -241,6 +241,7 @@ mod tests {
             parts: Default::default(),
             driver: None,
             base: None,
+            plan_file: None,
         };
         assert_eq!(finished_after(7, &started, &state), Some(2), "A and C");
         let done = EventKind::TicketDone {

@@ -110,6 +110,7 @@ pub async fn start_run(
         parts: Arc::new(parts),
         driver: None,
         base: None,
+        plan_file: None,
     });
     store
         .append_if(run, orch_core::Expect::Epoch(epoch), &[started])

@@ -1,13 +1,13 @@
 //! `orch worker`: one long-running process per machine doing the phases of
-//! a run that `orch run --workers` coordinates, as jobs claimed from the
+//! the runs `orch run --workers` coordinates, as jobs claimed from the
 //! PostgreSQL job queue, in the machine's own clone of the repository.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use orch_core::process;
-use orch_core::{Cancellation, DriverInfo, JobQueue, Plan, RoleName, RunId};
+use orch_core::{Cancellation, DriverInfo, JobQueue, Plan, RoleName, RunId, Runs};
 use orch_graph::{Engine, EngineError, Worked};
 use orch_state::PgStore;
 use tokio::time::Instant;
@@ -43,16 +43,19 @@ impl WorkerError {
     }
 }
 
-/// A worker of one run.
+/// A worker: does the jobs of the runs `orch run --workers` coordinates,
+/// one run at a time (it turns to another run only when it has no job of
+/// the one it serves running).
 #[derive(Debug, Clone)]
 pub struct Worker {
-    /// The plan file the run was started with.
-    pub plan: PathBuf,
-    /// The run.
-    pub run: RunId,
+    /// The plan file; `None`: each run's own, read in this clone where the
+    /// run's `RunStarted` says it lies.
+    pub plan: Option<PathBuf>,
+    /// Only this run's jobs; `None`: any run's.
+    pub run: Option<RunId>,
     /// This machine's clone of the repository.
     pub repo: PathBuf,
-    /// Transcripts and the worker's record.
+    /// Transcripts (a directory per run) and the worker's record.
     pub state_dir: PathBuf,
     /// Only phases of these roles (empty: any).
     pub roles: Vec<RoleName>,
@@ -64,23 +67,103 @@ pub struct Worker {
     pub lease: Duration,
 }
 
+/// Why a worker has no engine for a run ([`Worker::serve`]'s `engines`).
+#[derive(Debug)]
+pub enum NoEngine {
+    /// This worker cannot do the run (its plan is not in this clone, or
+    /// differs from the run's): the worker leaves the run alone for a
+    /// while, or stops when it serves that run only.
+    Cannot(String),
+    /// The database failed: the job is handed back, and the worker tries
+    /// again later.
+    Store(orch_core::StoreError),
+}
+
+/// Where [`Worker::serve`] gets the engine that does a run's jobs.
+#[async_trait::async_trait]
+pub trait Engines: Send + Sync {
+    /// The engine for `run`'s jobs.
+    ///
+    /// # Errors
+    /// [`NoEngine`] when there is none.
+    async fn engine(&self, run: &RunId) -> Result<Arc<Engine>, NoEngine>;
+}
+
+/// One engine for every run (of its plan).
+#[async_trait::async_trait]
+impl Engines for Arc<Engine> {
+    async fn engine(&self, _: &RunId) -> Result<Arc<Engine>, NoEngine> {
+        Ok(self.clone())
+    }
+}
+
+/// Each run's engine as `orch worker` makes it ([`Worker::engine`]).
+struct InClone<'a> {
+    worker: &'a Worker,
+    store: Arc<PgStore>,
+}
+
+#[async_trait::async_trait]
+impl Engines for InClone<'_> {
+    async fn engine(&self, run: &RunId) -> Result<Arc<Engine>, NoEngine> {
+        let engine = self.worker.engine(run, self.store.clone()).await?;
+        Ok(Arc::new(engine))
+    }
+}
+
+/// How long a worker leaves a run alone after finding it cannot do it.
+const CANNOT_RETRY: Duration = Duration::from_secs(60);
+
 impl Worker {
-    /// The engine that does this worker's jobs: the plan's agents and
-    /// gates, in the clone's git workspace sharing through the remote.
-    fn engine(&self, store: Arc<PgStore>) -> Result<Engine, WorkerError> {
-        let setup_err = |e: &dyn std::fmt::Display| WorkerError::Setup(e.to_string());
-        let plan = Plan::from_path(&self.plan).map_err(|e| setup_err(&e))?;
-        let agent =
-            plan_agents(&plan, &self.state_dir, &Default::default()).map_err(|e| setup_err(&e))?;
-        let mut setup = Setup::new(plan.clone(), &self.repo, &self.state_dir, agent.clone());
+    /// The plan file of `run`: the worker's, or the one the run names, in
+    /// this clone.
+    async fn plan_of(&self, run: &RunId, store: &PgStore) -> Result<PathBuf, NoEngine> {
+        if let Some(plan) = &self.plan {
+            return Ok(plan.clone());
+        }
+        let state = orch_core::StateStore::state(store, run)
+            .await
+            .map_err(NoEngine::Store)?;
+        let Some(file) = state.plan_file else {
+            return Err(NoEngine::Cannot(format!(
+                "run {run} does not say where its plan lies in the repository (its plan file is outside it): start a worker for it with the plan file, `orch worker PLAN`"
+            )));
+        };
+        match inside(&file) {
+            Some(rel) => Ok(self.repo.join(rel)),
+            None => Err(NoEngine::Cannot(format!(
+                "run {run} names its plan file as {file:?}, which is not a path inside the repository"
+            ))),
+        }
+    }
+
+    /// The engine that does `run`'s jobs here.
+    ///
+    /// # Errors
+    /// [`NoEngine::Cannot`] for a plan, repository or agent that cannot
+    /// work; [`NoEngine::Store`] when the run cannot be read.
+    pub async fn engine(&self, run: &RunId, store: Arc<PgStore>) -> Result<Engine, NoEngine> {
+        let plan = self.plan_of(run, &store).await?;
+        self.build(&plan, &self.state_dir.join(run.as_str()), store)
+            .map_err(NoEngine::Cannot)
+    }
+
+    /// The engine of the plan in file `plan`: its agents (transcripts in
+    /// `dir`) and gates, in the clone's git workspace sharing through the
+    /// remote.
+    fn build(&self, plan: &Path, dir: &Path, store: Arc<PgStore>) -> Result<Engine, String> {
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        let plan = Plan::from_path(plan).map_err(|e| text(&e))?;
+        let agent = plan_agents(&plan, dir, &Default::default()).map_err(|e| text(&e))?;
+        let mut setup = Setup::new(plan.clone(), &self.repo, dir, agent.clone());
         setup.remote = Some(self.remote.clone());
-        let workspace = setup.workspace().map_err(|e| setup_err(&e))?;
+        let workspace = setup.workspace().map_err(|e| text(&e))?;
         let engine = Engine::new(plan, agent, store)
-            .map_err(|e| setup_err(&e))?
+            .map_err(|e| text(&e))?
             .workspace(Arc::new(workspace))
             .gates(Arc::new(orch_gates::from_spec))
             .redactor(setup.redactor);
-        engine.check().map_err(|e| setup_err(&e))?;
+        engine.check().map_err(|e| text(&e))?;
         Ok(engine)
     }
 
@@ -111,12 +194,13 @@ impl Worker {
             .map_err(|e| WorkerError::Setup(format!("{}: {e}", path.display())))
     }
 
-    /// Claims and does the run's jobs until `cancel`, then hands back what
-    /// it holds.
+    /// Claims and does jobs until `cancel`, then hands back what it holds.
     ///
     /// # Errors
-    /// A plan, repository or agent that cannot work; a database that
-    /// cannot be reached at the start.
+    /// A plan file that cannot be read or a repository that cannot work
+    /// (checked at the start when the worker is given the plan); the
+    /// database unreachable at the start; with [`Worker::run`] set, that
+    /// run's jobs not being this worker's to do.
     pub async fn run(&self, database_url: &str, cancel: Cancellation) -> Result<(), WorkerError> {
         // Frozen (SIGSTOP, a suspended machine), this process cannot stop
         // its agents before its leases lapse: its watchdog does, after
@@ -127,7 +211,12 @@ impl Worker {
             ));
         }
         let store = Arc::new(PgStore::connect(database_url).await?);
-        let engine = Arc::new(self.engine(store.clone())?);
+        // A plan given is checked before any job is claimed: a typo in
+        // it stops the worker at once.
+        if let Some(plan) = &self.plan {
+            self.build(plan, &self.state_dir, store.clone())
+                .map_err(WorkerError::Setup)?;
+        }
         let me = process::scope().describe();
         self.take_over_clone(&me).await?;
         // Claims on a connection of their own; each job runs as a task of
@@ -136,69 +225,110 @@ impl Worker {
         // be polled for any other call on it to go on).
         let claims = PgStore::connect(database_url).await?;
         eprintln!(
-            "worker {} (pid {}) doing run {} in {}",
+            "worker {} (pid {}) doing {} in {}",
             me.host,
             me.pid,
-            self.run,
+            self.run.as_ref().map_or_else(
+                || "the runs coordinated for workers".to_owned(),
+                |r| format!("run {r}")
+            ),
             self.repo.display()
         );
-        self.serve(engine, store, &claims, &me, cancel).await
+        let engines = InClone {
+            worker: self,
+            store: store.clone(),
+        };
+        self.serve(&engines, store, &claims, &me, cancel).await
     }
 
-    /// The claim loop: claims jobs of the run (of `roles`, up to
-    /// `concurrency` at once) on `claims`, does each with `engine` as a
-    /// task of its own writing through `queue`, until `cancel`; then waits
-    /// for the jobs to hand themselves back.
+    /// The claim loop: claims jobs (of [`Worker::run`], or of the run it
+    /// serves while it has a job of it running, or of any run it has not
+    /// found it cannot do; of `roles`; up to `concurrency` at once) on
+    /// `claims`, does each with the run's engine from `engines` as a task
+    /// of its own writing through `queue`, until `cancel`; then waits for
+    /// the jobs to hand themselves back.
     ///
     /// # Errors
-    /// A job of a plan other than the engine's: the worker stops.
+    /// With [`Worker::run`] set, a job of it this worker cannot do: the
+    /// worker stops.
     pub async fn serve(
         &self,
-        engine: Arc<Engine>,
+        engines: &dyn Engines,
         queue: Arc<dyn JobQueue>,
         claims: &dyn JobQueue,
         me: &DriverInfo,
         cancel: Cancellation,
     ) -> Result<(), WorkerError> {
         let mut running = tokio::task::JoinSet::new();
-        let mut fatal = None;
+        // The run served, and its engine.
+        let mut serving: Option<(RunId, Arc<Engine>)> = None;
+        let mut refused = Refused {
+            only: self.run.is_some(),
+            until: Default::default(),
+            fatal: None,
+        };
         loop {
             while running.len() < self.concurrency.max(1) && !cancel.is_cancelled() {
+                let except = refused.current();
+                let runs = match (&self.run, &serving) {
+                    (Some(run), _) => Runs::Only(run),
+                    (None, Some((run, _))) if !running.is_empty() => Runs::Only(run),
+                    (None, _) => Runs::Except(&except),
+                };
                 let sent = Instant::now();
-                match claims
-                    .claim(me, Some(&self.run), &self.roles, self.lease)
-                    .await
-                {
-                    Ok(Some(job)) => {
-                        eprintln!("claimed {} (job {})", job.key, job.claim.job);
-                        let (engine, queue, cancel) =
-                            (engine.clone(), queue.clone(), cancel.clone());
-                        let lease = self.lease;
-                        running.spawn(async move {
-                            let worked = engine.work(queue, &job, lease, sent, cancel).await;
-                            (job, worked)
-                        });
-                    }
+                let job = match claims.claim(me, runs, &self.roles, self.lease).await {
+                    Ok(Some(job)) => job,
                     Ok(None) => break,
                     Err(e) => {
                         eprintln!("cannot claim a job (trying again): {e}");
                         break;
                     }
-                }
+                };
+                let run = job.claim.run.clone();
+                let engine = match &serving {
+                    Some((r, engine)) if *r == run => engine.clone(),
+                    // Nothing of the run served is running (else the job
+                    // would be of it): turn to this one.
+                    _ => match engines.engine(&run).await {
+                        Ok(engine) => {
+                            eprintln!("serving run {run}");
+                            serving = Some((run.clone(), engine.clone()));
+                            engine
+                        }
+                        Err(no) => {
+                            if let Err(e) = queue.give_back(&job.claim).await {
+                                eprintln!("cannot hand {} back (it lapses): {e}", job.key);
+                            }
+                            match no {
+                                NoEngine::Cannot(why) => refused.run(&run, why, &cancel),
+                                NoEngine::Store(e) => {
+                                    eprintln!("cannot read run {run} (trying again): {e}");
+                                }
+                            }
+                            break;
+                        }
+                    },
+                };
+                eprintln!("claimed {} (job {})", job.key, job.claim.job);
+                let (queue, cancel) = (queue.clone(), cancel.clone());
+                let lease = self.lease;
+                running.spawn(async move {
+                    let worked = engine.work(queue, &job, lease, sent, cancel).await;
+                    (job, worked)
+                });
             }
             if cancel.is_cancelled() && running.is_empty() {
-                return fatal.map_or(Ok(()), Err);
+                return refused.fatal.map_or(Ok(()), Err);
             }
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => match done {
                     Ok((job, Ok(Worked::Lost(why)))) => eprintln!("lost {}: {why:?}", job.key),
                     Ok((job, Ok(w))) => eprintln!("{}: {w:?}", job.key),
-                    // Not this worker's to do (another plan, say): it was
-                    // given back; claiming it again would spin. Stop.
+                    // Not this worker's to do (its clone at another
+                    // commit, another plan): it was given back; claiming
+                    // it again would spin.
                     Ok((job, Err(e @ (EngineError::PlanChanged { .. } | EngineError::Job { .. })))) => {
-                        eprintln!("{}: {e}; stopping", job.key);
-                        fatal.get_or_insert(WorkerError::Setup(e.to_string()));
-                        cancel.cancel();
+                        refused.run(&job.claim.run, format!("{}: {e}", job.key), &cancel);
                     }
                     Ok((job, Err(e))) => eprintln!("{}: {e}", job.key),
                     Err(e) => eprintln!("a job's task failed: {e}"),
@@ -207,6 +337,53 @@ impl Worker {
                 () = cancel.cancelled(), if !cancel.is_cancelled() => {}
             }
         }
+    }
+}
+
+/// `file` as a path inside a repository: names only (no root, no `..`),
+/// whatever the journal says.
+fn inside(file: &str) -> Option<&Path> {
+    let path = Path::new(file);
+    let names = path
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    (names && !file.is_empty()).then_some(path)
+}
+
+/// The runs a worker found it cannot do.
+struct Refused {
+    /// The worker serves one run only: it stops instead.
+    only: bool,
+    /// Until when it leaves each alone.
+    until: std::collections::HashMap<RunId, Instant>,
+    /// Why it stops.
+    fatal: Option<WorkerError>,
+}
+
+impl Refused {
+    /// The worker cannot do `run`, for `why`: says so once, and leaves it
+    /// alone for a while (or stops, serving only it).
+    fn run(&mut self, run: &RunId, why: String, cancel: &Cancellation) {
+        if self.only {
+            eprintln!("{why}; stopping");
+            self.fatal.get_or_insert(WorkerError::Setup(why));
+            cancel.cancel();
+        } else if (self.until)
+            .insert(run.clone(), Instant::now() + CANNOT_RETRY)
+            .is_none()
+        {
+            eprintln!(
+                "leaving run {run} alone for {} s: {why}",
+                CANNOT_RETRY.as_secs()
+            );
+        }
+    }
+
+    /// The runs left alone now.
+    fn current(&mut self) -> Vec<RunId> {
+        let now = Instant::now();
+        self.until.retain(|_, until| *until > now);
+        self.until.keys().cloned().collect()
     }
 }
 
@@ -285,6 +462,23 @@ mod tests {
             renewed_at: Some(Timestamp(now - 2_500)),
             expires_at: Timestamp(now.saturating_add_signed(expires_in_ms)),
             now: Timestamp(now),
+        }
+    }
+
+    #[test]
+    fn a_plan_file_outside_the_repository_is_refused() {
+        assert_eq!(
+            super::inside("plans/p.toml"),
+            Some(std::path::Path::new("plans/p.toml"))
+        );
+        for bad in [
+            "",
+            "/etc/p.toml",
+            "../p.toml",
+            "plans/../../p.toml",
+            "./p.toml",
+        ] {
+            assert_eq!(super::inside(bad), None, "{bad:?}");
         }
     }
 

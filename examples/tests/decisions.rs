@@ -24,6 +24,7 @@ async fn escalated(store: &dyn StateStore, tickets: usize) {
         parts: Default::default(),
         driver: None,
         base: None,
+        plan_file: None,
     })];
     for i in 0..tickets {
         events.push(Event::now(EventKind::Escalated {

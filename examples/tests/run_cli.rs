@@ -2320,15 +2320,6 @@ fn a_fleet_of_workers_survives_kills_freezes_and_a_new_coordinator() {
         assert!(out.status.success(), "git {args:?}: {out:?}");
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
-    git(top, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
-    git(top, &["clone", "-q", "remote.git", "seed"]);
-    std::fs::write(top.join("seed/README"), "fleet\n").unwrap();
-    git(&top.join("seed"), &["add", "README"]);
-    git(&top.join("seed"), &["commit", "-q", "-m", "start"]);
-    git(&top.join("seed"), &["push", "-q", "origin", "main"]);
-    for m in ["coord", "w1", "w2", "w3"] {
-        git(top, &["clone", "-q", "remote.git", m]);
-    }
     let log = top.join("agents.log");
     let line = |what: &str| {
         format!(
@@ -2381,8 +2372,18 @@ tickets = [{}]
             "[[tickets]]\nid = \"{t}\"\ntitle = \"{t}\"\neffort = \"1h\"\n{deps}"
         ));
     }
-    let plan_file = top.join("fleet.toml");
-    std::fs::write(&plan_file, plan).unwrap();
+    // The plan is in the repository: workers read it in their clones.
+    git(top, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
+    git(top, &["clone", "-q", "remote.git", "seed"]);
+    std::fs::write(top.join("seed/README"), "fleet\n").unwrap();
+    std::fs::create_dir(top.join("seed/plans")).unwrap();
+    std::fs::write(top.join("seed/plans/fleet.toml"), plan).unwrap();
+    git(&top.join("seed"), &["add", "README", "plans"]);
+    git(&top.join("seed"), &["commit", "-q", "-m", "start"]);
+    git(&top.join("seed"), &["push", "-q", "origin", "main"]);
+    for m in ["coord", "w1", "w2", "w3"] {
+        git(top, &["clone", "-q", "remote.git", m]);
+    }
     let out = top.join("processes.log");
     // `orch run`, or a standby: `orch resume --standby`, which takes the
     // run over when its driver stops.
@@ -2393,7 +2394,7 @@ tickets = [{}]
                 .arg(top.join("state"));
         } else {
             c.arg("run")
-                .arg(&plan_file)
+                .arg(top.join("coord/plans/fleet.toml"))
                 .arg("--repo")
                 .arg(top.join("coord"))
                 .arg("--state")
@@ -2405,18 +2406,15 @@ tickets = [{}]
     };
     let worker = |m: &str| {
         let mut c = orch();
-        c.arg("worker")
-            .arg(&plan_file)
-            .args(["--run", "fleet", "--repo"])
-            .arg(top.join(m))
-            .args([
-                "--database-url",
-                &url,
-                "--lease-secs",
-                "2",
-                "--concurrency",
-                "2",
-            ]);
+        // Neither plan nor run: it finds both.
+        c.args(["worker", "--repo"]).arg(top.join(m)).args([
+            "--database-url",
+            &url,
+            "--lease-secs",
+            "2",
+            "--concurrency",
+            "2",
+        ]);
         spawn_logged(&mut c, &out)
     };
     let log_file = log.clone();
@@ -2919,7 +2917,7 @@ tickets = [{}]
     let (code, single) = output(
         orch()
             .arg("run")
-            .arg(&plan_file)
+            .arg(top.join("single/plans/fleet.toml"))
             .arg("--repo")
             .arg(top.join("single"))
             .arg("--state")
@@ -2938,5 +2936,183 @@ tickets = [{}]
         ),
         "the fleet's merged batch differs from one machine's"
     );
+    sql(format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+/// `orch worker` given neither plan nor run serves whatever runs are
+/// coordinated for workers, one after another, reading each run's plan in
+/// its own clone where the run says it lies; a run whose plan it cannot
+/// find (here: a plan file outside the repository) it leaves alone,
+/// saying why once, and its jobs wait, not taken over, for a worker given
+/// that plan.
+#[test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
+fn a_worker_serves_the_runs_it_can_and_leaves_alone_one_it_cannot() {
+    let test = "a_worker_serves_the_runs_it_can_and_leaves_alone_one_it_cannot";
+    let schema = format!("orch_cli_runs_{}", std::process::id());
+    let (url, sql) = pg_schema(test, &schema);
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path();
+    let git = |cwd: &Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    // One ticket of one phase; the plans differ by name.
+    let plan = |name: &str| {
+        format!(
+            r#"name = "{name}"
+default_role = "dev"
+[agents.dev]
+backend = {{ kind = "command", argv = ["sh", "-c", "cat > /dev/null; echo {name} > {name}.txt"] }}
+[[phases]]
+name = "build"
+gates = [{{ kind = "command", name = "done", argv = ["test", "-s", "{name}.txt"] }}]
+[[tickets]]
+id = "T1"
+title = "one"
+effort = "1h"
+"#
+        )
+    };
+    git(top, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
+    git(top, &["clone", "-q", "remote.git", "seed"]);
+    std::fs::create_dir(top.join("seed/plans")).unwrap();
+    for name in ["a", "c"] {
+        std::fs::write(top.join(format!("seed/plans/{name}.toml")), plan(name)).unwrap();
+    }
+    git(&top.join("seed"), &["add", "plans"]);
+    git(&top.join("seed"), &["commit", "-q", "-m", "start"]);
+    git(&top.join("seed"), &["push", "-q", "origin", "main"]);
+    for m in ["coord", "w1", "w2"] {
+        git(top, &["clone", "-q", "remote.git", m]);
+    }
+    // Run b's plan is not in the repository.
+    let outside = top.join("b.toml");
+    std::fs::write(&outside, plan("b")).unwrap();
+    let out = top.join("processes.log");
+    let coordinate = |run: &str, plan: &Path| {
+        spawn_logged(
+            orch()
+                .arg("run")
+                .arg(plan)
+                .arg("--repo")
+                .arg(top.join("coord"))
+                .arg("--state")
+                .arg(top.join(format!("state-{run}")))
+                .args(["--workers", "--run", run, "--database-url", &url]),
+            &out,
+        )
+    };
+    /// Kills what is left when the test fails.
+    struct Kill(Vec<Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut runs = Kill(vec![
+        coordinate("a", &top.join("coord/plans/a.toml")),
+        coordinate("b", &outside),
+        coordinate("c", &top.join("coord/plans/c.toml")),
+    ]);
+    let jobs_of = |run: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = orch_state::PgStore::connect(&url).await.unwrap();
+            orch_core::JobQueue::jobs(&store, &run.parse().unwrap())
+                .await
+                .unwrap()
+        })
+    };
+    wait_for(60, "every run's job", &out, || {
+        ["a", "b", "c"].iter().all(|r| !jobs_of(r).is_empty())
+    });
+    let mut workers = Kill(vec![spawn_logged(
+        orch()
+            .args(["worker", "--repo"])
+            .arg(top.join("w1"))
+            .args(["--database-url", &url]),
+        &out,
+    )]);
+    for (run, n) in [("a", 0), ("c", 2)] {
+        let code = exit_within(&mut runs.0[n], 60, &format!("run {run}"));
+        assert_eq!(
+            code,
+            Some(0),
+            "run {run}: {}",
+            std::fs::read_to_string(&out).unwrap_or_default()
+        );
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        text.matches(
+            "leaving run b alone for 60 s: run b does not say where its plan lies in the repository"
+        )
+        .count(),
+        1,
+        "{text}"
+    );
+    let b = jobs_of("b");
+    assert!(
+        b.iter()
+            .all(|j| j.state == orch_core::JobState::Available && j.takeovers == 0),
+        "run b's jobs wait, not taken over: {b:?}"
+    );
+    // A worker given b's plan does it.
+    workers.0.push(spawn_logged(
+        orch()
+            .arg("worker")
+            .arg(&outside)
+            .args(["--run", "b", "--repo"])
+            .arg(top.join("w2"))
+            .args(["--database-url", &url]),
+        &out,
+    ));
+    let code = exit_within(&mut runs.0[1], 60, "run b");
+    assert_eq!(
+        code,
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    for w in &workers.0 {
+        signal(w, nix::sys::signal::Signal::SIGTERM);
+    }
+    for w in &mut workers.0 {
+        assert_eq!(w.wait().unwrap().code(), Some(143));
+    }
+    // Each run's work is on the remote, done by the worker that could.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = workers.0.iter().map(Child::id).collect();
+    for (run, by) in [("a", pids[0]), ("b", pids[1]), ("c", pids[0])] {
+        let events = rt.block_on(async {
+            let store = orch_state::PgStore::connect(&url).await.unwrap();
+            store.read(&run.parse().unwrap(), 0, 10_000).await.unwrap()
+        });
+        let agents: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match &e.event.kind {
+                EventKind::AgentStarted { worker, .. } => worker.as_ref().map(|w| w.pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(agents, [by], "run {run}'s agents");
+    }
+    drop(workers);
+    drop(runs);
     sql(format!("DROP SCHEMA {schema} CASCADE"));
 }

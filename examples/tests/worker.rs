@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use orch_core::{
     Agent, AgentContext, AgentError, AgentErrorKind, AgentOutcome, AgentTask, BatchId,
     Cancellation, Claim, DriverInfo, Event, EventKind, Job, JobInfo, JobQueue, JobState, Merged,
-    NewJob, Plan, Prepared, RoleName, RunId, SharedDir, StateStore, StoreError, StoreErrorKind,
-    StoredEvent, TicketId, Timestamp, Work, Workspace, WorkspaceError,
+    NewJob, Plan, Prepared, RoleName, RunId, Runs, SharedDir, StateStore, StoreError,
+    StoreErrorKind, StoredEvent, TicketId, Timestamp, Work, Workspace, WorkspaceError,
 };
 use orch_graph::{Engine, Kept, Worked};
 use orch_state::PgStore;
@@ -152,7 +152,7 @@ impl JobQueue for Cut {
     async fn claim(
         &self,
         who: &DriverInfo,
-        run: Option<&RunId>,
+        run: Runs<'_>,
         roles: &[RoleName],
         lease: Duration,
     ) -> Result<Option<Job>, StoreError> {
@@ -243,7 +243,7 @@ async fn claim_next(queue: &dyn JobQueue, who: &DriverInfo) -> (Job, Instant) {
     let deadline = Instant::now() + LEASE * 10;
     loop {
         let sent = Instant::now();
-        if let Some(job) = queue.claim(who, None, &[], LEASE).await.unwrap() {
+        if let Some(job) = queue.claim(who, Runs::Any, &[], LEASE).await.unwrap() {
             return (job, sent);
         }
         assert!(Instant::now() < deadline, "no job to claim");
@@ -541,7 +541,7 @@ async fn a_worker_shutting_down_gives_its_job_back() {
     let jobs = queue.jobs(&run).await.unwrap();
     assert_eq!((jobs[0].state, jobs[0].takeovers), (JobState::Available, 0));
     // Taken up again at once, not after a lease.
-    let again = queue.claim(&me(2), None, &[], LEASE).await.unwrap();
+    let again = queue.claim(&me(2), Runs::Any, &[], LEASE).await.unwrap();
     assert_eq!(again.map(|j| j.claim.job), Some(job.claim.job));
     db.drop().await;
 }
@@ -796,7 +796,7 @@ async fn work_roles(
 ) {
     while !stop.is_cancelled() {
         let sent = Instant::now();
-        match queue.claim(&who, None, &roles, LEASE).await.unwrap() {
+        match queue.claim(&who, Runs::Any, &roles, LEASE).await.unwrap() {
             Some(job) if !merges && matches!(job.work, Work::Merge { .. }) => {
                 assert!(queue.give_back(&job.claim).await.unwrap());
                 return;
@@ -1037,7 +1037,7 @@ async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
         // Only the merge is left for s once a and b stopped at it.
         let sent = Instant::now();
         if phases.iter().all(|p| p.is_finished())
-            && let Some(job) = queue_s.claim(&me(3), None, &[], LEASE).await.unwrap()
+            && let Some(job) = queue_s.claim(&me(3), Runs::Any, &[], LEASE).await.unwrap()
         {
             break (job, sent);
         }

@@ -207,6 +207,11 @@ pub enum EventKind {
         /// history: every worker of the run must start from the same.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         base: Option<String>,
+        /// Where the plan file lies in the repository (relative, with `/`),
+        /// when it lies inside: a worker on another machine reads the plan
+        /// there in its own clone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan_file: Option<String>,
     },
     /// All dependencies of a ticket are done.
     TicketReady {

@@ -81,6 +81,18 @@ impl NewJob {
     }
 }
 
+/// Whose jobs a [`JobQueue::claim`] may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs<'a> {
+    /// Any run's.
+    Any,
+    /// Only this run's.
+    Only(&'a RunId),
+    /// Any run's but these (runs the worker cannot do, such as one whose
+    /// plan its clone does not have).
+    Except(&'a [RunId]),
+}
+
 /// One worker's hold on one job. Every write the worker makes names it,
 /// and is refused ([`StoreErrorKind::Fenced`](crate::StoreErrorKind::Fenced))
 /// once the claim is no longer current.
@@ -194,10 +206,10 @@ pub struct JobInfo {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use orch_core::{Event, EventKind, JobQueue, Work};
+/// use orch_core::{Event, EventKind, JobQueue, Runs, Work};
 /// # async fn work(store: &dyn JobQueue, me: &orch_core::DriverInfo) -> Result<(), orch_core::StoreError> {
 /// let lease = Duration::from_secs(30);
-/// while let Some(job) = store.claim(me, None, &[], lease).await? {
+/// while let Some(job) = store.claim(me, Runs::Any, &[], lease).await? {
 ///     // ... run the work, calling `store.renew(&job.claim, lease)` every
 ///     // few seconds and stopping at once if it returns `None` ...
 ///     if let Work::Phase { ticket, .. } = &job.work {
@@ -226,9 +238,9 @@ pub trait JobQueue: Send + Sync {
         jobs: &[NewJob],
     ) -> Result<Vec<u64>, StoreError>;
 
-    /// Claims the next job (lowest priority, then oldest) of `run` (`None`:
-    /// of any run) that `worker` can do (`roles` empty: any), for `lease`.
-    /// `Ok(None)` when there is none.
+    /// Claims the next job (lowest priority, then oldest) of `runs` that
+    /// `worker` can do (`roles` empty: any), for `lease`. `Ok(None)` when
+    /// there is none.
     ///
     /// # Errors
     /// [`StoreErrorKind::TooNew`](crate::StoreErrorKind::TooNew) when the
@@ -238,7 +250,7 @@ pub trait JobQueue: Send + Sync {
     async fn claim(
         &self,
         worker: &DriverInfo,
-        run: Option<&RunId>,
+        runs: Runs<'_>,
         roles: &[RoleName],
         lease: Duration,
     ) -> Result<Option<Job>, StoreError>;

@@ -82,7 +82,7 @@ pub use gate::{
     TestFailure,
 };
 pub use id::{AgentId, BatchId, IdError, IdRule, PhaseName, RoleName, RunId, TicketId};
-pub use jobs::{Claim, Job, JobInfo, JobQueue, JobState, NewJob, Work};
+pub use jobs::{Claim, Job, JobInfo, JobQueue, JobState, NewJob, Runs, Work};
 pub use observer::Observer;
 #[cfg(feature = "plan-files")]
 pub use plan::load::{Diagnostic, Format, MAX_PLAN_BYTES, PlanError, PlanErrorKind};

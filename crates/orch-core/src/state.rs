@@ -360,6 +360,10 @@ pub struct RunState {
     /// journal from before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
+    /// Where the run's plan file lies in the repository, as its latest
+    /// `RunStarted` says (`None`: outside it, or not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_file: Option<String>,
     /// Every time the projected finish slipped too far, in order, with
     /// the person's acceptance once given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -475,6 +479,7 @@ impl RunState {
                 parts,
                 driver,
                 base,
+                plan_file,
                 ..
             } => {
                 // A new driver: agents the journal still has running
@@ -490,6 +495,7 @@ impl RunState {
                 if base.is_some() {
                     self.base = base;
                 }
+                self.plan_file = plan_file;
                 self.run = Some(run);
                 self.plan = plan;
                 self.fingerprint = fingerprint;

@@ -68,6 +68,7 @@ fn kind() -> impl Strategy<Value = EventKind> {
             parts: Default::default(),
             driver: None,
             base: None,
+            plan_file: None,
         }),
         ticket().prop_map(|ticket| EventKind::TicketReady { ticket }),
         (ticket(), phase(), 1u32..4).prop_map(|(ticket, phase, attempt)| EventKind::PhaseStarted {

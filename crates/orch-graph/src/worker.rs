@@ -42,11 +42,11 @@ pub enum Kept {
 ///
 /// ```
 /// # use std::time::Duration;
-/// # use orch_core::{Cancellation, JobQueue, DriverInfo};
+/// # use orch_core::{Cancellation, JobQueue, DriverInfo, Runs};
 /// # async fn run(queue: &dyn JobQueue, me: &DriverInfo) -> Result<(), orch_core::StoreError> {
 /// let lease = Duration::from_secs(30);
 /// let sent = tokio::time::Instant::now();
-/// if let Some(job) = queue.claim(me, None, &[], lease).await? {
+/// if let Some(job) = queue.claim(me, Runs::Any, &[], lease).await? {
 ///     let work = Cancellation::new();
 ///     let keeper = orch_graph::keep_claim(queue, &job.claim, lease, sent, &work);
 ///     let doing = async {

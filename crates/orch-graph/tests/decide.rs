@@ -21,6 +21,7 @@ async fn an_answer_the_question_did_not_offer_is_refused_and_not_recorded() {
                     parts: Default::default(),
                     driver: None,
                     base: None,
+                    plan_file: None,
                 }),
                 Event::now(EventKind::Escalated {
                     ticket: t.clone(),

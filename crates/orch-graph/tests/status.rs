@@ -83,6 +83,7 @@ impl Journal {
                 parts: Default::default(),
                 driver: None,
                 base: None,
+                plan_file: None,
             },
         );
         j

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_core::{
-    Cancellation, Claim, DriverInfo, Event, Job, JobInfo, JobQueue, NewJob, RoleName, RunId,
+    Cancellation, Claim, DriverInfo, Event, Job, JobInfo, JobQueue, NewJob, RoleName, RunId, Runs,
     StoreError, StoreErrorKind, Timestamp,
 };
 use orch_graph::{Kept, keep_claim};
@@ -53,7 +53,7 @@ impl JobQueue for Scripted {
     async fn claim(
         &self,
         _: &DriverInfo,
-        _: Option<&RunId>,
+        _: Runs<'_>,
         _: &[RoleName],
         _: Duration,
     ) -> Result<Option<Job>, StoreError> {

@@ -351,6 +351,7 @@ pub async fn folded_state(open: Open<'_>) {
             parts: Default::default(),
             driver: None,
             base: None,
+            plan_file: None,
         },
     )];
     for i in 0..30u64 {

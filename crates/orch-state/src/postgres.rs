@@ -1244,7 +1244,7 @@ mod plans {
     use std::time::Duration;
 
     use orch_core::{DriverInfo, Event, EventId, EventKind, Expect, JobQueue, NewJob, Work};
-    use orch_core::{StateStore, Timestamp};
+    use orch_core::{Runs, StateStore, Timestamp};
 
     use super::{KNOWN, PgStore, jobs};
 
@@ -1341,7 +1341,7 @@ mod plans {
         };
         for _ in 0..1000 {
             let job = store
-                .claim(&me, Some(&run), &[], Duration::from_secs(60))
+                .claim(&me, Runs::Only(&run), &[], Duration::from_secs(60))
                 .await
                 .expect("claim")
                 .expect("a job");
@@ -1352,7 +1352,7 @@ mod plans {
             .batch_execute(&format!(
                 "PREPARE known(text, bytea[]) AS {KNOWN};
                  PREPARE claim(text, text[], int8, text) AS {};
-                 PREPARE claim_any(text, text[], int8) AS {}",
+                 PREPARE claim_any(text, text[], int8, text[]) AS {}",
                 jobs::claim_sql(true),
                 jobs::claim_sql(false)
             ))
@@ -1392,7 +1392,7 @@ mod plans {
         let any = explain(
             &admin,
             jobs::CLAIM_BEGIN,
-            "EXECUTE claim_any('{}', '{}', 60000)",
+            "EXECUTE claim_any('{}', '{}', 60000, '{other}')",
         )
         .await;
         assert!(

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orch_core::{
-    DriverInfo, Event, EventId, EventKind, JobQueue, JobState, NewJob, StateStore, StoreErrorKind,
-    Timestamp, Work,
+    DriverInfo, Event, EventId, EventKind, JobQueue, JobState, NewJob, Runs, StateStore,
+    StoreErrorKind, Timestamp, Work,
 };
 use orch_state::{Fence, PG_SCHEMA_VERSION, PgStore, Written, conformance};
 use tokio_postgres::{Client, NoTls};
@@ -230,14 +230,32 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     let dev = ["dev".parse().unwrap()];
     let other: orch_core::RunId = "another-run".parse().unwrap();
     assert!(
-        a.claim(&worker(1), Some(&other), &dev, LONG)
+        a.claim(&worker(1), Runs::Only(&other), &dev, LONG)
             .await
             .unwrap()
             .is_none(),
         "a worker of another run takes none of this one's"
     );
+    assert!(
+        a.claim(
+            &worker(1),
+            Runs::Except(&[other.clone(), run.clone()]),
+            &dev,
+            LONG
+        )
+        .await
+        .unwrap()
+        .is_none(),
+        "a worker that leaves this run alone takes none of its jobs"
+    );
+    // Leaving another run alone, it takes this one's.
     let ja = a
-        .claim(&worker(1), Some(&run), &dev, LONG)
+        .claim(
+            &worker(1),
+            Runs::Except(std::slice::from_ref(&other)),
+            &dev,
+            LONG,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -255,13 +273,13 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
 
     // A claim that lapses (no time to live) is taken over.
     let jb = b
-        .claim(&worker(2), None, &dev, Duration::ZERO)
+        .claim(&worker(2), Runs::Any, &dev, Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(jb.key, "T-1/plan");
     let taken = a
-        .claim(&worker(1), None, &dev, LONG)
+        .claim(&worker(1), Runs::Any, &dev, LONG)
         .await
         .unwrap()
         .unwrap();
@@ -287,7 +305,7 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     // give its job back.
     let qa: [orch_core::RoleName; 1] = ["qa".parse().unwrap()];
     let tester = b
-        .claim(&worker(2), None, &qa, Duration::ZERO)
+        .claim(&worker(2), Runs::Any, &qa, Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
@@ -300,13 +318,21 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     assert!(!b.give_back(&tester.claim).await.unwrap());
     // Taken over, then given back while held: free again, and the give
     // back is no takeover.
-    let again = b.claim(&worker(2), None, &qa, LONG).await.unwrap().unwrap();
+    let again = b
+        .claim(&worker(2), Runs::Any, &qa, LONG)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (again.claim.token, again.takeovers),
         (tester.claim.token + 1, 1)
     );
     assert!(b.give_back(&again.claim).await.unwrap());
-    let third = b.claim(&worker(2), None, &qa, LONG).await.unwrap().unwrap();
+    let third = b
+        .claim(&worker(2), Runs::Any, &qa, LONG)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (third.claim.token, third.takeovers),
         (again.claim.token + 1, 1)
@@ -359,12 +385,12 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     fragile.max_takeovers = 1;
     coord.enqueue(&run, epoch, &[fragile]).await.unwrap();
     let first = b
-        .claim(&worker(2), None, &[], Duration::ZERO)
+        .claim(&worker(2), Runs::Any, &[], Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
     let second = b
-        .claim(&worker(2), None, &[], Duration::ZERO)
+        .claim(&worker(2), Runs::Any, &[], Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
@@ -373,7 +399,7 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
         ("T-4/plan", "T-4/plan", 1)
     );
     assert!(
-        b.claim(&worker(2), None, &[], LONG)
+        b.claim(&worker(2), Runs::Any, &[], LONG)
             .await
             .unwrap()
             .is_none()
@@ -404,7 +430,7 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
          VALUES ('r', 'future', '{\"kind\":\"teleport\"}', 0, 3);",
     )
     .await;
-    let future = a.claim(&worker(1), None, &[], LONG).await.unwrap_err();
+    let future = a.claim(&worker(1), Runs::Any, &[], LONG).await.unwrap_err();
     assert_eq!(future.kind, StoreErrorKind::TooNew, "{future}");
     assert!(future.message.contains("teleport"), "{future}");
     let row = db
@@ -500,7 +526,7 @@ async fn racing_workers_claim_each_job_once_and_a_late_finish_loses_to_a_takeove
         let store = db.store().await;
         workers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            while let Some(j) = store.claim(&worker(w), None, &[], LONG).await.unwrap() {
+            while let Some(j) = store.claim(&worker(w), Runs::Any, &[], LONG).await.unwrap() {
                 mine.push(j.claim.job);
             }
             mine
@@ -537,7 +563,7 @@ async fn racing_workers_claim_each_job_once_and_a_late_finish_loses_to_a_takeove
         let racer: [orch_core::RoleName; 1] = ["racer".parse().unwrap()];
         let lease = Duration::from_millis(3);
         let held = late
-            .claim(&worker(1), None, &racer, lease)
+            .claim(&worker(1), Runs::Any, &racer, lease)
             .await
             .unwrap()
             .unwrap();
@@ -548,7 +574,7 @@ async fn racing_workers_claim_each_job_once_and_a_late_finish_loses_to_a_takeove
         let take = tokio::spawn(async move {
             let mut took = None;
             for _ in 0..3 {
-                took = took.or(t.claim(&worker(2), None, &roles, LONG).await.unwrap());
+                took = took.or(t.claim(&worker(2), Runs::Any, &roles, LONG).await.unwrap());
             }
             took
         });
@@ -573,7 +599,7 @@ async fn racing_workers_claim_each_job_once_and_a_late_finish_loses_to_a_takeove
                 } else {
                     // Neither: the job waits, lapsed, for the next worker.
                     let t = taker
-                        .claim(&worker(2), None, &racer, LONG)
+                        .claim(&worker(2), Runs::Any, &racer, LONG)
                         .await
                         .unwrap()
                         .unwrap();
@@ -661,7 +687,7 @@ async fn a_version_1_schema_is_migrated_and_keeps_its_journal() {
         .enqueue(&run, epoch, &[NewJob::new("J", phase("T-1", "plan"))])
         .await
         .unwrap();
-    let job = store.claim(&worker(1), None, &[], LONG).await.unwrap();
+    let job = store.claim(&worker(1), Runs::Any, &[], LONG).await.unwrap();
     assert_eq!(
         job.map(|j| j.claim.token),
         Some(1),

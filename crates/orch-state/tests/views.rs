@@ -53,6 +53,7 @@ fn events() -> Vec<Event> {
         parts: Default::default(),
         driver: None,
         base: None,
+        plan_file: None,
     })];
     for id in [
         "INFRA-002",

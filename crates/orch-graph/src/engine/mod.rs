@@ -212,6 +212,8 @@ pub struct Engine {
     observers: Vec<Arc<dyn Observer>>,
     max_concurrency: u32,
     allow_plan_change: bool,
+    /// Where the plan file lies in the repository, for `RunStarted`.
+    plan_file: Option<String>,
     poll: Duration,
     redactor: Redactor,
     /// Where the run's phases go as jobs, for workers to do
@@ -279,6 +281,7 @@ impl Engine {
             gates: None,
             observers: Vec::new(),
             allow_plan_change: false,
+            plan_file: None,
             poll: Duration::from_millis(250),
             redactor: Redactor::for_plan(&plan),
             workers: None,
@@ -357,6 +360,14 @@ impl Engine {
     /// Resume even if the plan changed since the run started.
     pub fn allow_plan_change(mut self, yes: bool) -> Self {
         self.allow_plan_change = yes;
+        self
+    }
+
+    /// Records in each `RunStarted` where the plan file lies in the
+    /// repository (relative, with `/`): a worker that is not given the plan
+    /// reads it there in its own clone.
+    pub fn plan_file(mut self, path: impl Into<String>) -> Self {
+        self.plan_file = Some(path.into());
         self
     }
 
@@ -534,6 +545,7 @@ impl Engine {
             parts: parts.clone(),
             driver: Some(process::scope().describe()),
             base: self.workspace.base(),
+            plan_file: self.plan_file.clone(),
         };
         span.in_scope(|| tracing::info!(event = started.name(), resumed));
         journal.append(vec![journal.event(started)]).await?;

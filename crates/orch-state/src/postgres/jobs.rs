@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_core::{
-    Claim, DriverInfo, Event, Job, JobInfo, JobQueue, JobState, NewJob, RoleName, RunId,
+    Claim, DriverInfo, Event, Job, JobInfo, JobQueue, JobState, NewJob, RoleName, RunId, Runs,
     StoreError, StoreErrorKind, Timestamp, Work,
 };
 use tokio_postgres::types::Type;
@@ -21,8 +21,13 @@ use crate::codec::fenced;
 /// lapsed (a takeover, while any are left), of the run `$4` when `of_run`
 /// (by the index of the run's open jobs) or of any run. Rows other
 /// workers are claiming or renewing right now are skipped, not waited for.
+/// The claim: of run `$4` (`of_run`), or of any run but those in `$4`.
 pub(super) fn claim_sql(of_run: bool) -> String {
-    let run = if of_run { "run = $4 AND " } else { "" };
+    let run = if of_run {
+        "run = $4 AND "
+    } else {
+        "run <> ALL($4::text[]) AND "
+    };
     format!(
         "WITH next AS (
           SELECT id, state FROM orch_jobs
@@ -108,7 +113,7 @@ impl Statements {
             .await?,
             claim_any: prepare(
                 &claim_sql(false),
-                &[Type::TEXT, Type::TEXT_ARRAY, Type::INT8],
+                &[Type::TEXT, Type::TEXT_ARRAY, Type::INT8, Type::TEXT_ARRAY],
             )
             .await?,
             renew: prepare(
@@ -329,20 +334,24 @@ impl PgStore {
         &self,
         c: &Conn,
         who: &str,
-        run: Option<&str>,
+        runs: Runs<'_>,
         roles: &[&str],
         lease: Duration,
     ) -> Result<Option<Job>, StoreError> {
         let e = |x: tokio_postgres::Error| self.err(&x);
         c.client.batch_execute(CLAIM_BEGIN).await.map_err(e)?;
         let lease = millis(lease);
-        let row = match run {
-            Some(run) => {
-                let args: [&Param<'_>; 4] = [&who, &roles, &lease, &run];
+        let row = match runs {
+            Runs::Only(run) => {
+                let args: [&Param<'_>; 4] = [&who, &roles, &lease, &run.as_str()];
                 c.client.query_opt(&c.jobs.claim_run, &args).await
             }
-            None => {
-                let args: [&Param<'_>; 3] = [&who, &roles, &lease];
+            Runs::Any | Runs::Except(_) => {
+                let except: Vec<&str> = match runs {
+                    Runs::Except(runs) => runs.iter().map(RunId::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                let args: [&Param<'_>; 4] = [&who, &roles, &lease, &except];
                 c.client.query_opt(&c.jobs.claim_any, &args).await
             }
         }
@@ -462,7 +471,7 @@ impl JobQueue for PgStore {
     async fn claim(
         &self,
         worker: &DriverInfo,
-        run: Option<&RunId>,
+        runs: Runs<'_>,
         roles: &[RoleName],
         lease: Duration,
     ) -> Result<Option<Job>, StoreError> {
@@ -473,9 +482,7 @@ impl JobQueue for PgStore {
         // Not tried again on a new connection: a claim whose answer was
         // lost is a job no one works on, which lapses and is taken over.
         self.with_conn(async |c| {
-            let result = self
-                .claim_in(c, &who, run.map(RunId::as_str), &roles, lease)
-                .await;
+            let result = self.claim_in(c, &who, runs, &roles, lease).await;
             self.end(c, result).await
         })
         .await
