@@ -140,6 +140,30 @@ pub fn path_in(repo: &Path, file: &Path) -> Option<String> {
     names.filter(|n| !n.is_empty()).map(|n| n.join("/"))
 }
 
+/// Where the plan file `plan` lies in the git repository at `repo`, for a
+/// run to record ([`orch_graph::Engine::plan_file`]) so that workers read
+/// the plan in their own clones, at the run's base commit: only when the
+/// file is committed at `HEAD` as it is on disk, else why not.
+///
+/// # Errors
+/// Why workers could not read this plan in their clones: the repository
+/// cannot be opened, the plan lies outside it, is not committed, or
+/// differs from what is committed.
+pub fn committed_plan(repo: &Path, plan: &Path) -> Result<String, String> {
+    let repo = orch_state::git::Repo::open(repo).map_err(|e| e.to_string())?;
+    let rel = path_in(repo.root(), plan).ok_or("it lies outside the repository")?;
+    let committed = (repo.git(&["rev-parse", "--verify", "-q", &format!("HEAD:{rel}")]))
+        .map_err(|_| format!("{rel} is not committed"))?;
+    let on_disk = repo
+        .git(&["hash-object", "--", &rel])
+        .map_err(|e| e.to_string())?;
+    if committed == on_disk {
+        Ok(rel)
+    } else {
+        Err(format!("{rel} differs from the committed one"))
+    }
+}
+
 /// Everything a run needs.
 pub struct Setup {
     /// The plan.
@@ -272,5 +296,44 @@ fn status_report(plan: &Plan) -> impl Fn(&orch_core::RunState) -> String + Send 
             Ok(r) => r.to_markdown(),
             Err(e) => format!("# Status report: {}\n\nNo report: {e}\n", plan.name),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::committed_plan;
+
+    /// Workers read a plan in their clones only as committed: a run names
+    /// its plan file only when the file on disk is that.
+    #[test]
+    fn a_plan_file_is_named_only_as_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        crate::demo::init_repo(&repo, &[("plans/p.toml", "name = \"p\"\n")]).unwrap();
+        let plan = repo.join("plans/p.toml");
+        assert_eq!(committed_plan(&repo, &plan), Ok("plans/p.toml".into()));
+        // From a directory inside the repository, the path is still the
+        // repository's.
+        assert_eq!(
+            committed_plan(&repo.join("plans"), &plan),
+            Ok("plans/p.toml".into())
+        );
+        std::fs::write(&plan, "name = \"changed\"\n").unwrap();
+        assert_eq!(
+            committed_plan(&repo, &plan),
+            Err("plans/p.toml differs from the committed one".into())
+        );
+        let new = repo.join("plans/new.toml");
+        std::fs::write(&new, "name = \"new\"\n").unwrap();
+        assert_eq!(
+            committed_plan(&repo, &new),
+            Err("plans/new.toml is not committed".into())
+        );
+        let outside = dir.path().join("p.toml");
+        std::fs::write(&outside, "name = \"p\"\n").unwrap();
+        assert_eq!(
+            committed_plan(&repo, &outside),
+            Err("it lies outside the repository".into())
+        );
     }
 }

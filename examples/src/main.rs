@@ -515,10 +515,13 @@ fn execute(
     // built and checked on a store in memory, then given the journal.
     let engine = setup.engine(Arc::new(orch_state::MemoryStore::new()))?;
     // Where workers on other machines find the plan in their clones.
-    let plan_file = orch_examples::path_in(&info.repo, &info.plan);
+    let plan_file = info
+        .workers
+        .as_ref()
+        .map(|_| orch_examples::committed_plan(&info.repo, &info.plan));
     let engine = match &plan_file {
-        Some(rel) => engine.plan_file(rel.clone()),
-        None => engine,
+        Some(Ok(rel)) => engine.plan_file(rel.clone()),
+        _ => engine,
     };
     if info.workers.is_none() {
         // (A coordinator runs no agent: its workers check theirs.)
@@ -532,16 +535,19 @@ fn execute(
                 .block_on(orch_state::PgStore::connect(url))
                 .map_err(|e| Fail(6, e.to_string()))?;
             if !standby {
-                // A plan outside the repository is not in the workers'
-                // clones: they are given it.
-                let plan = match plan_file {
-                    Some(_) => String::new(),
-                    None => format!("{} --run {} ", info.plan.display(), info.run),
-                };
-                eprintln!(
-                    "coordinating run {}: start workers with `orch worker {plan}--database-url … --repo CLONE`",
-                    info.run,
-                );
+                // A plan the workers' clones do not have committed is
+                // given to them.
+                match plan_file {
+                    Some(Err(why)) => eprintln!(
+                        "coordinating run {run}: workers cannot read its plan in their clones ({why}): start them with `orch worker {} --run {run} --database-url … --repo CLONE`",
+                        info.plan.display(),
+                        run = info.run,
+                    ),
+                    _ => eprintln!(
+                        "coordinating run {}: start workers with `orch worker --database-url … --repo CLONE`",
+                        info.run,
+                    ),
+                }
             }
             engine.workers(Arc::new(queue))
         }

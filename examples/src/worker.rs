@@ -101,12 +101,15 @@ impl Engines for Arc<Engine> {
 struct InClone<'a> {
     worker: &'a Worker,
     store: Arc<PgStore>,
+    database_url: &'a str,
 }
 
 #[async_trait::async_trait]
 impl Engines for InClone<'_> {
     async fn engine(&self, run: &RunId) -> Result<Arc<Engine>, NoEngine> {
-        let engine = self.worker.engine(run, self.store.clone()).await?;
+        let engine = (self.worker)
+            .engine(run, self.store.clone(), self.database_url)
+            .await?;
         Ok(Arc::new(engine))
     }
 }
@@ -115,48 +118,82 @@ impl Engines for InClone<'_> {
 const CANNOT_RETRY: Duration = Duration::from_secs(60);
 
 impl Worker {
-    /// The plan file of `run`: the worker's, or the one the run names, in
-    /// this clone.
-    async fn plan_of(&self, run: &RunId, store: &PgStore) -> Result<PathBuf, NoEngine> {
+    /// The plan of `run`: the worker's, or the file the run names as
+    /// committed at the run's base commit in this clone (a git object:
+    /// no untracked file, no symbolic link followed, nothing an agent
+    /// wrote in a work tree).
+    async fn plan_of(&self, run: &RunId, store: &PgStore) -> Result<Plan, NoEngine> {
+        let cannot = |why: String| NoEngine::Cannot(format!("run {run}: {why}"));
         if let Some(plan) = &self.plan {
-            return Ok(plan.clone());
+            return Plan::from_path(plan).map_err(|e| cannot(e.to_string()));
         }
-        let state = orch_core::StateStore::state(store, run)
-            .await
-            .map_err(NoEngine::Store)?;
+        let state = match orch_core::StateStore::state(store, run).await {
+            Ok(state) => state,
+            Err(e) if e.kind == orch_core::StoreErrorKind::Unavailable => {
+                return Err(NoEngine::Store(e));
+            }
+            // A journal this worker cannot read will not read better soon.
+            Err(e) => return Err(cannot(e.to_string())),
+        };
         let Some(file) = state.plan_file else {
-            return Err(NoEngine::Cannot(format!(
-                "run {run} does not say where its plan lies in the repository (its plan file is outside it): start a worker for it with the plan file, `orch worker PLAN`"
+            return Err(cannot(format!(
+                "it does not name its plan file in the repository (a plan outside it, or not committed when the run started): start a worker for it with the plan, `orch worker PLAN --run {run}`"
             )));
         };
-        match inside(&file) {
-            Some(rel) => Ok(self.repo.join(rel)),
-            None => Err(NoEngine::Cannot(format!(
-                "run {run} names its plan file as {file:?}, which is not a path inside the repository"
-            ))),
-        }
+        let Some(rel) = inside(&file) else {
+            return Err(cannot(format!(
+                "its plan file {file:?} is not a path inside the repository"
+            )));
+        };
+        let Some(base) = state.base else {
+            return Err(cannot("it records no commit its tickets start from".into()));
+        };
+        let format = orch_core::Format::from_path(rel)
+            .ok_or_else(|| cannot(format!("its plan file {file:?} is of no known format")))?;
+        let repo = orch_state::git::Repo::open(&self.repo).map_err(|e| cannot(e.to_string()))?;
+        let text = repo
+            .git(&["cat-file", "blob", &format!("{base}:{file}")])
+            .map_err(|e| {
+                cannot(format!(
+                    "this clone has no {file} at the run's commit {base} (fetch it, and check it out): {e}"
+                ))
+            })?;
+        Plan::from_bytes(text.as_bytes(), format, Some(&self.repo.join(rel)))
+            .map_err(|e| cannot(e.to_string()))
     }
 
-    /// The engine that does `run`'s jobs here.
+    /// The engine that does `run`'s jobs here, its redactor knowing
+    /// `database_url`.
     ///
     /// # Errors
     /// [`NoEngine::Cannot`] for a plan, repository or agent that cannot
-    /// work; [`NoEngine::Store`] when the run cannot be read.
-    pub async fn engine(&self, run: &RunId, store: Arc<PgStore>) -> Result<Engine, NoEngine> {
+    /// work; [`NoEngine::Store`] when the database cannot be reached.
+    pub async fn engine(
+        &self,
+        run: &RunId,
+        store: Arc<PgStore>,
+        database_url: &str,
+    ) -> Result<Engine, NoEngine> {
         let plan = self.plan_of(run, &store).await?;
-        self.build(&plan, &self.state_dir.join(run.as_str()), store)
-            .map_err(NoEngine::Cannot)
+        let dir = self.state_dir.join(run.as_str());
+        (self.build(plan, &dir, store, database_url))
+            .map_err(|e| NoEngine::Cannot(format!("run {run}: {e}")))
     }
 
-    /// The engine of the plan in file `plan`: its agents (transcripts in
-    /// `dir`) and gates, in the clone's git workspace sharing through the
-    /// remote.
-    fn build(&self, plan: &Path, dir: &Path, store: Arc<PgStore>) -> Result<Engine, String> {
+    /// The engine of `plan`: its agents (transcripts in `dir`) and gates,
+    /// in the clone's git workspace sharing through the remote.
+    fn build(
+        &self,
+        plan: Plan,
+        dir: &Path,
+        store: Arc<PgStore>,
+        database_url: &str,
+    ) -> Result<Engine, String> {
         let text = |e: &dyn std::fmt::Display| e.to_string();
-        let plan = Plan::from_path(plan).map_err(|e| text(&e))?;
         let agent = plan_agents(&plan, dir, &Default::default()).map_err(|e| text(&e))?;
         let mut setup = Setup::new(plan.clone(), &self.repo, dir, agent.clone());
         setup.remote = Some(self.remote.clone());
+        setup.redactor = setup.redactor.clone().with_url(database_url);
         let workspace = setup.workspace().map_err(|e| text(&e))?;
         let engine = Engine::new(plan, agent, store)
             .map_err(|e| text(&e))?
@@ -213,9 +250,11 @@ impl Worker {
         let store = Arc::new(PgStore::connect(database_url).await?);
         // A plan given is checked before any job is claimed: a typo in
         // it stops the worker at once.
-        if let Some(plan) = &self.plan {
-            self.build(plan, &self.state_dir, store.clone())
-                .map_err(WorkerError::Setup)?;
+        if let Some(path) = &self.plan {
+            let check = Plan::from_path(path)
+                .map_err(|e| e.to_string())
+                .and_then(|plan| self.build(plan, &self.state_dir, store.clone(), database_url));
+            check.map_err(|e| WorkerError::Setup(format!("{}: {e}", path.display())))?;
         }
         let me = process::scope().describe();
         self.take_over_clone(&me).await?;
@@ -237,6 +276,7 @@ impl Worker {
         let engines = InClone {
             worker: self,
             store: store.clone(),
+            database_url,
         };
         self.serve(&engines, store, &claims, &me, cancel).await
     }
@@ -260,18 +300,26 @@ impl Worker {
         cancel: Cancellation,
     ) -> Result<(), WorkerError> {
         let mut running = tokio::task::JoinSet::new();
-        // The run served, and its engine.
-        let mut serving: Option<(RunId, Arc<Engine>)> = None;
+        // The run whose jobs are running (no other run's run with them),
+        // and its engine: `None` once this worker found it cannot do the
+        // run (made again when it tries the run again).
+        let mut serving: Option<(RunId, Option<Arc<Engine>>)> = None;
         let mut refused = Refused {
             only: self.run.is_some(),
             until: Default::default(),
             fatal: None,
         };
         loop {
+            if running.is_empty() && serving.as_ref().is_some_and(|(_, e)| e.is_none()) {
+                serving = None;
+            }
             while running.len() < self.concurrency.max(1) && !cancel.is_cancelled() {
                 let except = refused.current();
                 let runs = match (&self.run, &serving) {
                     (Some(run), _) => Runs::Only(run),
+                    // No more of a run it cannot do; another run's jobs
+                    // wait until this one's are done.
+                    (None, Some((_, None))) if !running.is_empty() => break,
                     (None, Some((run, _))) if !running.is_empty() => Runs::Only(run),
                     (None, _) => Runs::Except(&except),
                 };
@@ -286,29 +334,31 @@ impl Worker {
                 };
                 let run = job.claim.run.clone();
                 let engine = match &serving {
-                    Some((r, engine)) if *r == run => engine.clone(),
+                    Some((r, Some(engine))) if *r == run => Ok(engine.clone()),
                     // Nothing of the run served is running (else the job
                     // would be of it): turn to this one.
-                    _ => match engines.engine(&run).await {
-                        Ok(engine) => {
-                            eprintln!("serving run {run}");
-                            serving = Some((run.clone(), engine.clone()));
-                            engine
-                        }
-                        Err(no) => {
-                            if let Err(e) = queue.give_back(&job.claim).await {
-                                eprintln!("cannot hand {} back (it lapses): {e}", job.key);
-                            }
-                            match no {
-                                NoEngine::Cannot(why) => refused.run(&run, why, &cancel),
-                                NoEngine::Store(e) => {
-                                    eprintln!("cannot read run {run} (trying again): {e}");
-                                }
-                            }
-                            break;
-                        }
-                    },
+                    _ => engines.engine(&run).await,
                 };
+                let engine = match engine {
+                    Ok(engine) if !cancel.is_cancelled() => engine,
+                    no => {
+                        if let Err(e) = queue.give_back(&job.claim).await {
+                            eprintln!("cannot hand {} back (it lapses): {e}", job.key);
+                        }
+                        match no {
+                            Err(NoEngine::Cannot(why)) => refused.run(&run, why, &cancel),
+                            Err(NoEngine::Store(e)) => {
+                                eprintln!("cannot read run {run} (trying again): {e}");
+                            }
+                            Ok(_) => {} // stopping
+                        }
+                        break;
+                    }
+                };
+                if serving.as_ref().is_none_or(|(r, _)| *r != run) {
+                    eprintln!("serving run {run}");
+                }
+                serving = Some((run, Some(engine.clone())));
                 eprintln!("claimed {} (job {})", job.key, job.claim.job);
                 let (queue, cancel) = (queue.clone(), cancel.clone());
                 let lease = self.lease;
@@ -329,6 +379,13 @@ impl Worker {
                     // it again would spin.
                     Ok((job, Err(e @ (EngineError::PlanChanged { .. } | EngineError::Job { .. })))) => {
                         refused.run(&job.claim.run, format!("{}: {e}", job.key), &cancel);
+                        // Its engine is not used again: the clone or plan
+                        // may be put right before the run is tried again.
+                        if let Some((run, engine)) = &mut serving
+                            && *run == job.claim.run
+                        {
+                            *engine = None;
+                        }
                     }
                     Ok((job, Err(e))) => eprintln!("{}: {e}", job.key),
                     Err(e) => eprintln!("a job's task failed: {e}"),

@@ -2728,7 +2728,12 @@ tickets = [{}]
         "the coordinator ran no agent"
     );
 
-    // Each phase passed once, and its checkpoint is on the remote.
+    // Each phase passed once, and its checkpoint is on the remote, under
+    // a ref naming its ticket and phase.
+    let shared = git(
+        &top.join("remote.git"),
+        &["for-each-ref", "--format=%(refname)", "refs/orch/fleet/"],
+    );
     let mut passed = std::collections::HashSet::new();
     for e in &events {
         if let EventKind::PhasePassed {
@@ -2746,6 +2751,13 @@ tickets = [{}]
             git(
                 &top.join("remote.git"),
                 &["cat-file", "-e", &format!("{c}^{{commit}}")],
+            );
+            let named = format!("refs/orch/fleet/tickets/{ticket}/phases/{phase}/");
+            assert!(
+                shared
+                    .lines()
+                    .any(|r| r.starts_with(&named) && r.ends_with(&format!("/{c}"))),
+                "{ticket} {phase}'s checkpoint {c} is not under {named}: {shared}"
             );
         }
     }
@@ -2903,6 +2915,12 @@ tickets = [{}]
         [git(&top.join("remote.git"), &["rev-parse", batch]).as_str()],
         &recorded[..]
     );
+    assert!(
+        shared
+            .lines()
+            .any(|r| r == format!("refs/orch/fleet/batches/B1/{}", recorded[0])),
+        "{shared}"
+    );
     // It holds every ticket's work, each phase once.
     for t in &tickets {
         let text = git(
@@ -2940,11 +2958,12 @@ tickets = [{}]
 }
 
 /// `orch worker` given neither plan nor run serves whatever runs are
-/// coordinated for workers, one after another, reading each run's plan in
-/// its own clone where the run says it lies; a run whose plan it cannot
-/// find (here: a plan file outside the repository) it leaves alone,
-/// saying why once, and its jobs wait, not taken over, for a worker given
-/// that plan.
+/// coordinated for workers, one after another, reading each run's plan as
+/// committed in its own clone where the run says it lies. What it cannot
+/// do it hands back and leaves alone, saying why, without claiming it
+/// again and again: a run whose plan is not in the repository (its jobs
+/// wait, not taken over, for a worker given that plan), and, found only
+/// once a job of it started, a run whose commit its clone is not at.
 #[test]
 #[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
 fn a_worker_serves_the_runs_it_can_and_leaves_alone_one_it_cannot() {
@@ -2962,22 +2981,24 @@ fn a_worker_serves_the_runs_it_can_and_leaves_alone_one_it_cannot() {
             .unwrap();
         assert!(out.status.success(), "git {args:?}: {out:?}");
     };
-    // One ticket of one phase; the plans differ by name.
+    // Two independent tickets of one phase; the plans differ by name.
     let plan = |name: &str| {
-        format!(
+        let mut plan = format!(
             r#"name = "{name}"
 default_role = "dev"
 [agents.dev]
-backend = {{ kind = "command", argv = ["sh", "-c", "cat > /dev/null; echo {name} > {name}.txt"] }}
+backend = {{ kind = "command", argv = ["sh", "-c", "cat > /dev/null; echo {name} > $ORCH_TICKET.txt"] }}
 [[phases]]
 name = "build"
-gates = [{{ kind = "command", name = "done", argv = ["test", "-s", "{name}.txt"] }}]
-[[tickets]]
-id = "T1"
-title = "one"
-effort = "1h"
+gates = [{{ kind = "command", name = "done", argv = ["grep", "-qx", "{name}", "{{ticket}}.txt"] }}]
 "#
-        )
+        );
+        for t in ["T1", "T2"] {
+            plan.push_str(&format!(
+                "[[tickets]]\nid = \"{t}\"\ntitle = \"{t}\"\neffort = \"1h\"\n"
+            ));
+        }
+        plan
     };
     git(top, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
     git(top, &["clone", "-q", "remote.git", "seed"]);
@@ -2988,13 +3009,19 @@ effort = "1h"
     git(&top.join("seed"), &["add", "plans"]);
     git(&top.join("seed"), &["commit", "-q", "-m", "start"]);
     git(&top.join("seed"), &["push", "-q", "origin", "main"]);
-    for m in ["coord", "w1", "w2"] {
+    for m in ["coord", "w0", "w1", "w2"] {
         git(top, &["clone", "-q", "remote.git", m]);
     }
+    // w0 is a commit ahead of the runs.
+    git(
+        &top.join("w0"),
+        &["commit", "-q", "--allow-empty", "-m", "ahead"],
+    );
     // Run b's plan is not in the repository.
     let outside = top.join("b.toml");
     std::fs::write(&outside, plan("b")).unwrap();
-    let out = top.join("processes.log");
+    let log = |name: &str| top.join(format!("{name}.log"));
+    let text = |name: &str| std::fs::read_to_string(log(name)).unwrap_or_default();
     let coordinate = |run: &str, plan: &Path| {
         spawn_logged(
             orch()
@@ -3005,8 +3032,19 @@ effort = "1h"
                 .arg("--state")
                 .arg(top.join(format!("state-{run}")))
                 .args(["--workers", "--run", run, "--database-url", &url]),
-            &out,
+            &log(run),
         )
+    };
+    let worker = |m: &str, plan: Option<&Path>| {
+        let mut c = orch();
+        c.arg("worker");
+        if let Some(plan) = plan {
+            c.arg(plan).args(["--run", "b"]);
+        }
+        c.arg("--repo")
+            .arg(top.join(m))
+            .args(["--database-url", &url, "--concurrency", "2"]);
+        spawn_logged(&mut c, &log(m))
     };
     /// Kills what is left when the test fails.
     struct Kill(Vec<Child>);
@@ -3018,16 +3056,11 @@ effort = "1h"
             }
         }
     }
-    let mut runs = Kill(vec![
-        coordinate("a", &top.join("coord/plans/a.toml")),
-        coordinate("b", &outside),
-        coordinate("c", &top.join("coord/plans/c.toml")),
-    ]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let jobs_of = |run: &str| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         rt.block_on(async {
             let store = orch_state::PgStore::connect(&url).await.unwrap();
             orch_core::JobQueue::jobs(&store, &run.parse().unwrap())
@@ -3035,70 +3068,72 @@ effort = "1h"
                 .unwrap()
         })
     };
-    wait_for(60, "every run's job", &out, || {
-        ["a", "b", "c"].iter().all(|r| !jobs_of(r).is_empty())
+    // b's jobs are the oldest: a worker that kept claiming them would
+    // never reach the others'.
+    let mut runs = Kill(vec![coordinate("b", &outside)]);
+    wait_for(60, "run b's jobs", &log("b"), || jobs_of("b").len() == 2);
+    runs.0
+        .push(coordinate("a", &top.join("coord/plans/a.toml")));
+    runs.0
+        .push(coordinate("c", &top.join("coord/plans/c.toml")));
+    wait_for(60, "every run's jobs", &log("a"), || {
+        jobs_of("a").len() == 2 && jobs_of("c").len() == 2
     });
-    let mut workers = Kill(vec![spawn_logged(
-        orch()
-            .args(["worker", "--repo"])
-            .arg(top.join("w1"))
-            .args(["--database-url", &url]),
-        &out,
-    )]);
-    for (run, n) in [("a", 0), ("c", 2)] {
-        let code = exit_within(&mut runs.0[n], 60, &format!("run {run}"));
-        assert_eq!(
-            code,
-            Some(0),
-            "run {run}: {}",
-            std::fs::read_to_string(&out).unwrap_or_default()
-        );
-    }
-    let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(
-        text.matches(
-            "leaving run b alone for 60 s: run b does not say where its plan lies in the repository"
-        )
-        .count(),
-        1,
-        "{text}"
+    assert!(
+        text("b").contains("workers cannot read its plan in their clones (it lies outside the repository): start them with `orch worker")
+            && text("a").contains("start workers with `orch worker --database-url"),
+        "{}\n{}",
+        text("b"),
+        text("a")
     );
+
+    // The worker a commit ahead can do none of them, and claims each
+    // run's jobs once.
+    let mut workers = Kill(vec![worker("w0", None)]);
+    wait_for(60, "w0 to leave every run alone", &log("w0"), || {
+        ["a", "b", "c"]
+            .iter()
+            .all(|r| text("w0").contains(&format!("leaving run {r} alone for 60 s")))
+    });
+    let w0 = text("w0");
+    assert!(
+        w0.contains(
+            "leaving run b alone for 60 s: run b: it does not name its plan file in the repository"
+        ) && w0.contains("this machine starts tickets from commit"),
+        "{w0}"
+    );
+    // The one at the runs' commit does a and c.
+    workers.0.push(worker("w1", None));
+    for (run, n) in [("a", 1), ("c", 2)] {
+        let code = exit_within(&mut runs.0[n], 60, &format!("run {run}"));
+        assert_eq!(code, Some(0), "run {run}: {}\n{}", text(run), text("w1"));
+    }
     let b = jobs_of("b");
     assert!(
         b.iter()
-            .all(|j| j.state == orch_core::JobState::Available && j.takeovers == 0),
-        "run b's jobs wait, not taken over: {b:?}"
+            .all(|j| j.state == orch_core::JobState::Available && j.takeovers == 0 && j.token <= 3),
+        "run b's jobs wait, not taken over, claimed at most by w0, w1 and once more after a minute: {b:?}"
     );
+    for run in ["a", "c"] {
+        let jobs = jobs_of(run);
+        assert!(
+            jobs.iter().all(|j| j.token <= 3),
+            "run {run}'s jobs claimed again and again: {jobs:?}"
+        );
+    }
     // A worker given b's plan does it.
-    workers.0.push(spawn_logged(
-        orch()
-            .arg("worker")
-            .arg(&outside)
-            .args(["--run", "b", "--repo"])
-            .arg(top.join("w2"))
-            .args(["--database-url", &url]),
-        &out,
-    ));
-    let code = exit_within(&mut runs.0[1], 60, "run b");
-    assert_eq!(
-        code,
-        Some(0),
-        "{}",
-        std::fs::read_to_string(&out).unwrap_or_default()
-    );
+    workers.0.push(worker("w2", Some(&outside)));
+    let code = exit_within(&mut runs.0[0], 60, "run b");
+    assert_eq!(code, Some(0), "{}\n{}", text("b"), text("w2"));
     for w in &workers.0 {
         signal(w, nix::sys::signal::Signal::SIGTERM);
     }
     for w in &mut workers.0 {
         assert_eq!(w.wait().unwrap().code(), Some(143));
     }
-    // Each run's work is on the remote, done by the worker that could.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // Each run's agents ran on the worker that could do it, in its clone.
     let pids: Vec<u32> = workers.0.iter().map(Child::id).collect();
-    for (run, by) in [("a", pids[0]), ("b", pids[1]), ("c", pids[0])] {
+    for (run, by) in [("a", pids[1]), ("b", pids[2]), ("c", pids[1])] {
         let events = rt.block_on(async {
             let store = orch_state::PgStore::connect(&url).await.unwrap();
             store.read(&run.parse().unwrap(), 0, 10_000).await.unwrap()
@@ -3110,7 +3145,7 @@ effort = "1h"
                 _ => None,
             })
             .collect();
-        assert_eq!(agents, [by], "run {run}'s agents");
+        assert_eq!(agents, [by, by], "run {run}'s agents");
     }
     drop(workers);
     drop(runs);

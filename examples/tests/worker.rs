@@ -1453,7 +1453,7 @@ async fn a_checkpoint_found_after_a_crash_is_pushed_before_it_is_recorded() {
         .unwrap()
         .expect("a checkpoint");
     // The crash came before the push: the remote does not have it.
-    let pushed = format!("refs/orch/{run}/{made}");
+    let pushed = format!("refs/orch/{run}/tickets/{ticket}/phases/{phase}/1/{made}");
     git_in(&bare, &["update-ref", "-d", &pushed]);
     let on_remote = |c: &str| {
         std::process::Command::new("git")

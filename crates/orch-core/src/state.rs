@@ -360,8 +360,8 @@ pub struct RunState {
     /// journal from before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
-    /// Where the run's plan file lies in the repository, as its latest
-    /// `RunStarted` says (`None`: outside it, or not recorded).
+    /// Where the run's plan file lies in the repository, as the latest
+    /// `RunStarted` that names one says (`None`: none did).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_file: Option<String>,
     /// Every time the projected finish slipped too far, in order, with
@@ -495,7 +495,12 @@ impl RunState {
                 if base.is_some() {
                     self.base = base;
                 }
-                self.plan_file = plan_file;
+                // A driver that names no plan file (its plan not
+                // committed) leaves the one named before: the plan's
+                // fingerprint is checked against the run's anyway.
+                if plan_file.is_some() {
+                    self.plan_file = plan_file;
+                }
                 self.run = Some(run);
                 self.plan = plan;
                 self.fingerprint = fingerprint;

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use orch_core::secrets::Stored;
-use orch_core::{BatchId, RunId, TicketId, WorkspaceErrorKind};
+use orch_core::{BatchId, PhaseName, RunId, TicketId, WorkspaceErrorKind};
 
 /// A git command failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,17 @@ impl std::fmt::Display for GitError {
 }
 
 impl std::error::Error for GitError {}
+
+/// What a commit of a run shared on a remote is ([`Repo::shared_ref`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared<'a> {
+    /// A ticket's start: the base with its dependencies merged.
+    Start(&'a TicketId),
+    /// A ticket's checkpoint after an attempt at a phase passed.
+    Checkpoint(&'a TicketId, &'a PhaseName, u32),
+    /// A batch's merge.
+    Merge(&'a BatchId),
+}
 
 /// A repository orch works in.
 #[derive(Debug, Clone)]
@@ -385,15 +396,31 @@ impl Repo {
         self.git(&["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
     }
 
-    /// Where a run's commits are kept on a shared remote, one ref per
-    /// commit (`refs/orch/<run>/<commit>`): pushed there, a commit cannot
-    /// be overwritten or lost by anyone else's push.
-    pub fn commit_ref(run: &RunId, commit: &str) -> String {
-        format!("refs/orch/{run}/{commit}")
+    /// Where a commit of `run` is kept on a shared remote: a ref that
+    /// names what it is and ends in the commit itself, so that a push
+    /// there can neither overwrite nor lose anyone else's.
+    ///
+    /// ```
+    /// use orch_state::git::{Repo, Shared};
+    /// let (run, t) = ("r1".parse().unwrap(), "T-1".parse().unwrap());
+    /// let phase = "build".parse().unwrap();
+    /// assert_eq!(
+    ///     Repo::shared_ref(&run, Shared::Checkpoint(&t, &phase, 2), "c0ffee"),
+    ///     "refs/orch/r1/tickets/T-1/phases/build/2/c0ffee"
+    /// );
+    /// ```
+    pub fn shared_ref(run: &RunId, what: Shared<'_>, commit: &str) -> String {
+        match what {
+            Shared::Start(t) => format!("refs/orch/{run}/tickets/{t}/start/{commit}"),
+            Shared::Checkpoint(t, phase, attempt) => {
+                format!("refs/orch/{run}/tickets/{t}/phases/{phase}/{attempt}/{commit}")
+            }
+            Shared::Merge(batch) => format!("refs/orch/{run}/batches/{batch}/{commit}"),
+        }
     }
 
-    /// Pushes `commits` of `run` to `remote` (see [`Repo::commit_ref`]);
-    /// one already there is left as it is.
+    /// Pushes `commits` of `run` to `remote`, each under its
+    /// [`Repo::shared_ref`]; one already there is left as it is.
     ///
     /// # Errors
     /// When the push fails.
@@ -401,11 +428,13 @@ impl Repo {
         &self,
         remote: &str,
         run: &RunId,
-        commits: &[&str],
+        commits: &[(Shared<'_>, &str)],
     ) -> Result<(), GitError> {
-        let specs: Vec<String> = commits
-            .iter()
-            .map(|c| format!("{c}:{}", Repo::commit_ref(run, c)))
+        let refs: Vec<String> = (commits.iter())
+            .map(|(what, c)| Repo::shared_ref(run, *what, c))
+            .collect();
+        let specs: Vec<String> = (commits.iter().zip(&refs))
+            .map(|((_, c), r)| format!("{c}:{r}"))
             .collect();
         let mut args = vec!["push", "-q", "--no-verify", remote];
         args.extend(specs.iter().map(String::as_str));
@@ -415,11 +444,10 @@ impl Repo {
         // Another machine pushing the same commit at the same moment (two
         // tickets starting from the run's base) wins the race to make the
         // ref: what counts is that the remote has each one.
-        let refs: Vec<String> = commits.iter().map(|c| Repo::commit_ref(run, c)).collect();
         let mut ls = vec!["ls-remote", remote];
         ls.extend(refs.iter().map(String::as_str));
         let there = self.git(&ls)?;
-        let all = commits.iter().zip(&refs).all(|(c, r)| {
+        let all = commits.iter().zip(&refs).all(|((_, c), r)| {
             there
                 .lines()
                 .any(|l| l.split_once('\t') == Some((*c, r.as_str())))
@@ -427,9 +455,16 @@ impl Repo {
         if all { Ok(()) } else { Err(e) }
     }
 
-    /// Sets each branch of `at` to its commit of `run`, fetched from
-    /// `remote` first when this repository does not have it; a work tree
-    /// that has such a branch checked out is reset to it.
+    /// Fetches from `remote` every commit `prefix` (a [`Repo::shared_ref`]
+    /// without its last names) shares, keeping their refs.
+    fn fetch_shared(&self, remote: &str, prefix: &str) -> Result<(), GitError> {
+        self.fetch_refs(remote, &[&format!("{prefix}/*:{prefix}/*")])
+    }
+
+    /// Sets each ticket's branch of `at` to its commit of `run`, fetched
+    /// from `remote` first (with the rest the ticket shared there) when
+    /// this repository does not have it; a work tree that has such a
+    /// branch checked out is reset to it.
     ///
     /// # Errors
     /// When a commit cannot be fetched (the remote does not have it), or
@@ -438,24 +473,24 @@ impl Repo {
         &self,
         remote: &str,
         run: &RunId,
-        at: &[(String, String)],
+        at: &[(TicketId, String)],
     ) -> Result<(), GitError> {
         let mut found: Vec<Option<String>> = at.iter().map(|(_, c)| self.resolve(c).ok()).collect();
-        let missing: Vec<String> = at
-            .iter()
-            .zip(&found)
+        // What the tickets whose commits this repository lacks shared.
+        let mut missing: Vec<String> = (at.iter().zip(&found))
             .filter(|(_, f)| f.is_none())
-            .map(|((_, c), _)| {
-                let r = Repo::commit_ref(run, c);
-                format!("{r}:{r}")
-            })
+            .map(|((t, _), _)| format!("refs/orch/{run}/tickets/{t}/*"))
             .collect();
+        missing.sort();
+        missing.dedup();
         if !missing.is_empty() {
-            let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
-            self.fetch_refs(remote, &missing)?;
+            let specs: Vec<String> = missing.iter().map(|r| format!("{r}:{r}")).collect();
+            let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+            self.fetch_refs(remote, &specs)?;
         }
         let mut listed = None;
-        for ((branch, commit), f) in at.iter().zip(&mut found) {
+        for ((ticket, commit), f) in at.iter().zip(&mut found) {
+            let branch = &Repo::ticket_branch(run, ticket);
             let commit = match f.take() {
                 Some(c) => c,
                 None => self.resolve(commit)?,
@@ -475,7 +510,7 @@ impl Repo {
         Ok(())
     }
 
-    /// Moves `branch` (a batch's, merged in `merged_in`) forward to
+    /// Moves `branch` (`batch`'s, merged in `merged_in`) forward to
     /// `commit` of `run`, the merge the journal recorded: on `remote` and
     /// here, the commit fetched from `remote` first when this repository
     /// does not have it. Where the branch is missing it is made; where it
@@ -494,6 +529,7 @@ impl Repo {
         &self,
         remote: Option<&str>,
         run: &RunId,
+        batch: &BatchId,
         branch: &str,
         merged_in: &Path,
         commit: &str,
@@ -501,8 +537,7 @@ impl Repo {
         let full = format!("refs/heads/{branch}");
         if let Some(remote) = remote {
             if !self.has_commit(commit) {
-                let r = Repo::commit_ref(run, commit);
-                self.fetch_refs(remote, &[&format!("{r}:{r}")])?;
+                self.fetch_shared(remote, &format!("refs/orch/{run}/batches/{batch}"))?;
             }
             let tip = self.remote_branch(remote, &full)?;
             if self.moves_forward(&full, tip.as_deref(), commit, &format!("{remote}'s"))? {

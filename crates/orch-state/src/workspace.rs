@@ -13,7 +13,7 @@ use orch_core::{
 
 use orch_core::secrets::Redactor;
 
-use crate::git::{GitError, MergeOutcome, Repo, Worktree};
+use crate::git::{GitError, MergeOutcome, Repo, Shared, Worktree};
 
 /// Each ticket on its own branch `orch/<run>/<ticket>`, started from the
 /// base commit with its dependencies' branches merged in, checked out in a
@@ -180,7 +180,7 @@ impl GitWorkspace {
     /// Shares the run's work with other machines through the repository's
     /// remote `name` (a run whose phases workers do): a ticket's start,
     /// each checkpoint and each batch merge are pushed there (under
-    /// [`Repo::commit_ref`], before the engine records them), and what the
+    /// [`Repo::shared_ref`], before the engine records them), and what the
     /// journal says other machines made is fetched from there
     /// ([`Workspace::fetch`]).
     pub fn remote(mut self, name: impl Into<String>) -> Self {
@@ -188,15 +188,27 @@ impl GitWorkspace {
         self
     }
 
-    /// Pushes `commits` of `run` to the remote, if there is one.
-    async fn share(&self, run: &RunId, commits: Vec<String>) -> Result<(), WorkspaceError> {
+    /// Pushes `commit` of `run`'s `ticket` to the remote, if there is one,
+    /// under its [`Repo::shared_ref`]: the ticket's start, or its
+    /// checkpoint after `phase`'s `attempt`.
+    async fn share(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        phase: Option<(&PhaseName, u32)>,
+        commit: &str,
+    ) -> Result<(), WorkspaceError> {
         let Some(remote) = self.remote.clone() else {
             return Ok(());
         };
-        let run = run.clone();
+        let (run, ticket, commit) = (run.clone(), ticket.clone(), commit.to_owned());
+        let phase = phase.map(|(p, a)| (p.clone(), a));
         self.blocking(false, move |repo| {
-            let commits: Vec<&str> = commits.iter().map(String::as_str).collect();
-            repo.push_commits(&remote, &run, &commits)
+            let what = match &phase {
+                Some((p, a)) => Shared::Checkpoint(&ticket, p, *a),
+                None => Shared::Start(&ticket),
+            };
+            repo.push_commits(&remote, &run, &[(what, &commit)])
         })
         .await
     }
@@ -603,7 +615,7 @@ impl Workspace for GitWorkspace {
         let prepared = self.prepare_tree(run, ticket, deps).await?;
         if let Some(start) = &prepared.base {
             // Another machine may take the ticket up from its start.
-            self.share(run, vec![start.clone()]).await?;
+            self.share(run, ticket, None, start).await?;
             let mut starts = lock(&self.starts);
             starts.insert(Repo::ticket_branch(run, ticket), start.clone());
         }
@@ -632,7 +644,8 @@ impl Workspace for GitWorkspace {
             })
             .await?;
         // On the remote before the journal records it.
-        self.share(run, vec![commit.clone()]).await?;
+        self.share(run, ticket, Some((phase, attempt)), &commit)
+            .await?;
         Ok(Some(commit))
     }
 
@@ -640,11 +653,7 @@ impl Workspace for GitWorkspace {
         let Some(remote) = self.remote.clone() else {
             return Ok(());
         };
-        let at: Vec<(String, String)> = at
-            .iter()
-            .map(|(t, c)| (Repo::ticket_branch(run, t), c.clone()))
-            .collect();
-        let run = run.clone();
+        let (run, at) = (run.clone(), at.to_vec());
         self.blocking(true, move |repo| repo.fetch_at(&remote, &run, &at))
             .await
     }
@@ -676,7 +685,7 @@ impl Workspace for GitWorkspace {
         // Made just before a crash, maybe not pushed: on the remote
         // before the engine records it.
         if let Some(c) = &found {
-            self.share(run, vec![c.clone()]).await?;
+            self.share(run, ticket, Some((phase, attempt)), c).await?;
         }
         Ok(found)
     }
@@ -753,7 +762,7 @@ impl Workspace for GitWorkspace {
                         // Shared before the journal records it; the
                         // branch names it once recorded (`publish`).
                         if let Some(remote) = &remote {
-                            repo.push_commits(remote, &run, &[&commit])?;
+                            repo.push_commits(remote, &run, &[(Shared::Merge(&batch), &commit)])?;
                         }
                         Merged::Clean {
                             commit: Some(commit),
@@ -789,7 +798,14 @@ impl Workspace for GitWorkspace {
         let remote = self.remote.clone();
         self.blocking(true, move |repo| {
             let merged_in = repo.batch_worktree(&run, &batch);
-            repo.publish(remote.as_deref(), &run, &branch, &merged_in, &commit)
+            repo.publish(
+                remote.as_deref(),
+                &run,
+                &batch,
+                &branch,
+                &merged_in,
+                &commit,
+            )
         })
         .await
     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use orch_state::git::{MergeOutcome, Repo};
+use orch_state::git::{MergeOutcome, Repo, Shared};
 
 fn sh(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -668,12 +668,13 @@ fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
         let Ok(MergeOutcome::Merged { commit }) = out else {
             panic!("{out:?}")
         };
-        w.push_commits("origin", &run, &[&commit]).unwrap();
+        w.push_commits("origin", &run, &[(Shared::Merge(&batch), &commit)])
+            .unwrap();
         commit
     };
     let publish = |repo: &Repo, commit: &str| {
         let merged_in = repo.batch_worktree(&run, &batch);
-        repo.publish(Some("origin"), &run, "orch/pr1", &merged_in, commit)
+        repo.publish(Some("origin"), &run, &batch, "orch/pr1", &merged_in, commit)
     };
     let first = merged(&["A"]);
     // Merging shares the commit, not the branch.
@@ -773,7 +774,8 @@ fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
     sh(&w_tree, &["reset", "-q", "--hard", &first]);
     publish(&w, &second).unwrap_err(); // the remote was rewritten
     assert_eq!(sh(&w_tree, &["rev-parse", "HEAD"]), first);
-    w.publish(None, &run, "orch/pr1", &w_tree, &second).unwrap();
+    w.publish(None, &run, &batch, "orch/pr1", &w_tree, &second)
+        .unwrap();
     assert_eq!(sh(&w_tree, &["rev-parse", "HEAD"]), second);
     assert!(w_tree.join("B.txt").is_file());
     assert_eq!(sh(&w_tree, &["status", "--porcelain"]), "");

@@ -228,9 +228,16 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     // A developer gets the first developer's job: T-3 (priority 2), not
     // T-2 (a tester's, though it comes first).
     let dev = ["dev".parse().unwrap()];
+    // Another run's job, first in claim order: skipped by a worker that
+    // leaves that run alone.
     let other: orch_core::RunId = "another-run".parse().unwrap();
+    let other_lock = coord.lock_run(&other).await.unwrap();
+    let other_epoch = other_lock.epoch().unwrap();
+    let first = job("O-1/plan", phase("O-1", "plan"), Some("dev"), 0);
+    coord.enqueue(&other, other_epoch, &[first]).await.unwrap();
+    let nobody: orch_core::RunId = "no-jobs".parse().unwrap();
     assert!(
-        a.claim(&worker(1), Runs::Only(&other), &dev, LONG)
+        a.claim(&worker(1), Runs::Only(&nobody), &dev, LONG)
             .await
             .unwrap()
             .is_none(),
@@ -246,9 +253,9 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
         .await
         .unwrap()
         .is_none(),
-        "a worker that leaves this run alone takes none of its jobs"
+        "a worker that leaves both runs alone takes none of their jobs"
     );
-    // Leaving another run alone, it takes this one's.
+    // Leaving the other run alone, it takes this one's.
     let ja = a
         .claim(
             &worker(1),
@@ -259,6 +266,8 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(coord.cancel(&other, other_epoch).await.unwrap(), 1);
+    drop(other_lock);
     assert_eq!(
         (ja.key.as_str(), ja.claim.token, ja.takeovers),
         ("T-3/plan", 1, 0)
