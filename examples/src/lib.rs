@@ -143,7 +143,8 @@ pub fn path_in(repo: &Path, file: &Path) -> Option<String> {
 /// Where the plan file `plan` lies in the git repository at `repo`, for a
 /// run to record ([`orch_graph::Engine::plan_file`]) so that workers read
 /// the plan in their own clones, at the run's base commit: only when the
-/// file is committed at `HEAD` as it is on disk, else why not.
+/// file is committed at `HEAD` byte for byte as it is on disk, else why
+/// not.
 ///
 /// # Errors
 /// Why workers could not read this plan in their clones: the repository
@@ -152,11 +153,9 @@ pub fn path_in(repo: &Path, file: &Path) -> Option<String> {
 pub fn committed_plan(repo: &Path, plan: &Path) -> Result<String, String> {
     let repo = orch_state::git::Repo::open(repo).map_err(|e| e.to_string())?;
     let rel = path_in(repo.root(), plan).ok_or("it lies outside the repository")?;
-    let committed = (repo.git(&["rev-parse", "--verify", "-q", &format!("HEAD:{rel}")]))
-        .map_err(|_| format!("{rel} is not committed"))?;
-    let on_disk = repo
-        .git(&["hash-object", "--", &rel])
-        .map_err(|e| e.to_string())?;
+    // The very bytes workers read: no filter (line endings, LFS) between.
+    let committed = (repo.blob("HEAD", &rel)).map_err(|_| format!("{rel} is not committed"))?;
+    let on_disk = std::fs::read(plan).map_err(|e| format!("{}: {e}", plan.display()))?;
     if committed == on_disk {
         Ok(rel)
     } else {

@@ -112,8 +112,8 @@ enum Command {
     /// at a time, in this machine's clone of the repository, until stopped
     /// (SIGTERM or Ctrl-C hand the jobs in progress back).
     Worker {
-        /// The plan file (default: each run's own, read in this clone where
-        /// the run says its plan lies in the repository).
+        /// The plan file (default: each run's own, the file it names in the
+        /// repository, as committed at the run's commit in this clone).
         plan: Option<PathBuf>,
         /// Only this run's jobs (default: any run's).
         #[arg(long)]

@@ -48,8 +48,8 @@ impl WorkerError {
 /// the one it serves running).
 #[derive(Debug, Clone)]
 pub struct Worker {
-    /// The plan file; `None`: each run's own, read in this clone where the
-    /// run's `RunStarted` says it lies.
+    /// The plan file; `None`: each run's own, the file its `RunStarted`
+    /// names, as committed at the run's base commit in this clone.
     pub plan: Option<PathBuf>,
     /// Only this run's jobs; `None`: any run's.
     pub run: Option<RunId>,
@@ -151,14 +151,12 @@ impl Worker {
         let format = orch_core::Format::from_path(rel)
             .ok_or_else(|| cannot(format!("its plan file {file:?} is of no known format")))?;
         let repo = orch_state::git::Repo::open(&self.repo).map_err(|e| cannot(e.to_string()))?;
-        let text = repo
-            .git(&["cat-file", "blob", &format!("{base}:{file}")])
-            .map_err(|e| {
-                cannot(format!(
-                    "this clone has no {file} at the run's commit {base} (fetch it, and check it out): {e}"
-                ))
-            })?;
-        Plan::from_bytes(text.as_bytes(), format, Some(&self.repo.join(rel)))
+        let bytes = repo.blob(&base, &file).map_err(|e| {
+            cannot(format!(
+                "this clone has no {file} at the run's commit {base} (fetch it, and check it out): {e}"
+            ))
+        })?;
+        Plan::from_bytes(&bytes, format, Some(&self.repo.join(rel)))
             .map_err(|e| cannot(e.to_string()))
     }
 
@@ -333,11 +331,16 @@ impl Worker {
                     }
                 };
                 let run = job.claim.run.clone();
+                // An engine made for this job (not one an earlier job used).
+                let mut fresh = false;
                 let engine = match &serving {
                     Some((r, Some(engine))) if *r == run => Ok(engine.clone()),
                     // Nothing of the run served is running (else the job
                     // would be of it): turn to this one.
-                    _ => engines.engine(&run).await,
+                    _ => {
+                        fresh = true;
+                        engines.engine(&run).await
+                    }
                 };
                 let engine = match engine {
                     Ok(engine) if !cancel.is_cancelled() => engine,
@@ -364,7 +367,7 @@ impl Worker {
                 let lease = self.lease;
                 running.spawn(async move {
                     let worked = engine.work(queue, &job, lease, sent, cancel).await;
-                    (job, worked)
+                    (job, worked, fresh)
                 });
             }
             if cancel.is_cancelled() && running.is_empty() {
@@ -372,22 +375,28 @@ impl Worker {
             }
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => match done {
-                    Ok((job, Ok(Worked::Lost(why)))) => eprintln!("lost {}: {why:?}", job.key),
-                    Ok((job, Ok(w))) => eprintln!("{}: {w:?}", job.key),
+                    Ok((job, Ok(Worked::Lost(why)), _)) => eprintln!("lost {}: {why:?}", job.key),
+                    Ok((job, Ok(w), _)) => eprintln!("{}: {w:?}", job.key),
                     // Not this worker's to do (its clone at another
-                    // commit, another plan): it was given back; claiming
-                    // it again would spin.
-                    Ok((job, Err(e @ (EngineError::PlanChanged { .. } | EngineError::Job { .. })))) => {
-                        refused.run(&job.claim.run, format!("{}: {e}", job.key), &cancel);
-                        // Its engine is not used again: the clone or plan
-                        // may be put right before the run is tried again.
+                    // commit, another plan): it was given back. Its
+                    // engine is not used again: the run may have moved
+                    // on (resumed at another commit) since it was made, or
+                    // the clone or plan be put right before the run is
+                    // tried again. Made for this job, it says this worker
+                    // cannot do the run: claiming it again would spin.
+                    Ok((job, Err(e @ (EngineError::PlanChanged { .. } | EngineError::Job { .. })), fresh)) => {
+                        if fresh {
+                            refused.run(&job.claim.run, format!("{}: {e}", job.key), &cancel);
+                        } else {
+                            eprintln!("{}: {e}; making the run's engine again", job.key);
+                        }
                         if let Some((run, engine)) = &mut serving
                             && *run == job.claim.run
                         {
                             *engine = None;
                         }
                     }
-                    Ok((job, Err(e))) => eprintln!("{}: {e}", job.key),
+                    Ok((job, Err(e), _)) => eprintln!("{}: {e}", job.key),
                     Err(e) => eprintln!("a job's task failed: {e}"),
                 },
                 () = tokio::time::sleep(IDLE) => {}

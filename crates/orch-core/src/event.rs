@@ -208,8 +208,8 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         base: Option<String>,
         /// Where the plan file lies in the repository (relative, with `/`),
-        /// when it lies inside: a worker on another machine reads the plan
-        /// there in its own clone.
+        /// when it is committed there: a worker on another machine reads
+        /// the plan as committed at `base` in its own clone.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         plan_file: Option<String>,
     },

@@ -245,8 +245,9 @@ pub trait JobQueue: Send + Sync {
     /// # Errors
     /// [`StoreErrorKind::TooNew`](crate::StoreErrorKind::TooNew) when the
     /// next job's work is of a kind this build does not know (the job is
-    /// left unclaimed, for a newer worker); [`StoreError`] when the store
-    /// cannot be reached.
+    /// left unclaimed, for a newer worker; claiming from more than one
+    /// run, a store may pass over that run and claim another's instead);
+    /// [`StoreError`] when the store cannot be reached.
     async fn claim(
         &self,
         worker: &DriverInfo,

@@ -91,6 +91,16 @@ fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
 /// Runs git: its exit code (-1 when killed), standard output (trailing
 /// space cut) and standard error.
 fn git_exit(dir: &Path, args: &[&str]) -> Result<(i32, String, String), GitError> {
+    let out = git_output(dir, args)?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Runs git, as it ran: exit status, standard output and error untouched.
+fn git_output(dir: &Path, args: &[&str]) -> Result<std::process::Output, GitError> {
     // Contained like every process orch starts: a git killed with orch
     // does not finish a merge or commit under a later driver's feet, and
     // what its hooks start (the repository's config is the agents' to
@@ -112,16 +122,11 @@ fn git_exit(dir: &Path, args: &[&str]) -> Result<(i32, String, String), GitError
     {
         git.env("GIT_CEILING_DIRECTORIES", parent);
     }
-    let out = orch_core::process::output(&git).map_err(|e| GitError {
+    orch_core::process::output(&git).map_err(|e| GitError {
         kind: WorkspaceErrorKind::Tool,
         command: format!("git {}", args.join(" ")),
         message: format!("cannot run git: {e}"),
-    })?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    })
 }
 
 /// The directory a frozen glob's matches are all under (its components
@@ -388,6 +393,26 @@ impl Repo {
         run_git(&self.root, args)
     }
 
+    /// The bytes of file `path` as committed at `rev`, exactly (no filter,
+    /// nothing trimmed; a symbolic link's are its target's name).
+    ///
+    /// # Errors
+    /// When `rev` has no such file.
+    pub fn blob(&self, rev: &str, path: &str) -> Result<Vec<u8>, GitError> {
+        let spec = format!("{rev}:{path}");
+        let args = ["cat-file", "blob", spec.as_str()];
+        let out = git_output(&self.root, &args)?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(GitError {
+                kind: WorkspaceErrorKind::Tool,
+                command: format!("git {}", args.join(" ")),
+                message: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
+            })
+        }
+    }
+
     /// The commit `rev` names.
     ///
     /// # Errors
@@ -441,9 +466,10 @@ impl Repo {
         let Err(e) = self.git(&args) else {
             return Ok(());
         };
-        // Another machine pushing the same commit at the same moment (two
-        // tickets starting from the run's base) wins the race to make the
-        // ref: what counts is that the remote has each one.
+        // Another machine pushing the same commit under the same name at
+        // the same moment (the same ticket's start, taken up twice) wins
+        // the race to make the ref: what counts is that the remote has
+        // each one.
         let mut ls = vec!["ls-remote", remote];
         ls.extend(refs.iter().map(String::as_str));
         let there = self.git(&ls)?;
@@ -455,10 +481,43 @@ impl Repo {
         if all { Ok(()) } else { Err(e) }
     }
 
-    /// Fetches from `remote` every commit `prefix` (a [`Repo::shared_ref`]
-    /// without its last names) shares, keeping their refs.
-    fn fetch_shared(&self, remote: &str, prefix: &str) -> Result<(), GitError> {
-        self.fetch_refs(remote, &[&format!("{prefix}/*:{prefix}/*")])
+    /// Fetches from `remote` every commit shared under `prefixes` (refs
+    /// of [`Repo::shared_ref`] without their last names), then, for each of
+    /// `commits` still missing here, the ref an older orch shared it under
+    /// (`refs/orch/<run>/<commit>`).
+    ///
+    /// # Errors
+    /// When git fails, or a commit is still missing: the remote does not
+    /// have it where it was looked for.
+    fn fetch_shared(
+        &self,
+        remote: &str,
+        run: &RunId,
+        prefixes: &[String],
+        commits: &[&str],
+    ) -> Result<(), GitError> {
+        let specs: Vec<String> = prefixes.iter().map(|p| format!("{p}/*:{p}/*")).collect();
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        self.fetch_refs(remote, &specs)?;
+        for c in commits {
+            if self.has_commit(c) {
+                continue;
+            }
+            let old = format!("refs/orch/{run}/{c}");
+            // A remote without it fails this; the check below says why.
+            let _ = self.fetch_refs(remote, &[&format!("{old}:{old}")]);
+            if !self.has_commit(c) {
+                return Err(GitError {
+                    kind: WorkspaceErrorKind::Tool,
+                    command: format!("git fetch {remote}"),
+                    message: format!(
+                        "{remote} has no commit {c}: nothing under {}/ or at {old} holds it",
+                        prefixes.join("/, ")
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Sets each ticket's branch of `at` to its commit of `run`, fetched
@@ -477,16 +536,18 @@ impl Repo {
     ) -> Result<(), GitError> {
         let mut found: Vec<Option<String>> = at.iter().map(|(_, c)| self.resolve(c).ok()).collect();
         // What the tickets whose commits this repository lacks shared.
-        let mut missing: Vec<String> = (at.iter().zip(&found))
+        let lacking: Vec<&(TicketId, String)> = (at.iter().zip(&found))
             .filter(|(_, f)| f.is_none())
-            .map(|((t, _), _)| format!("refs/orch/{run}/tickets/{t}/*"))
+            .map(|(a, _)| a)
             .collect();
-        missing.sort();
-        missing.dedup();
-        if !missing.is_empty() {
-            let specs: Vec<String> = missing.iter().map(|r| format!("{r}:{r}")).collect();
-            let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
-            self.fetch_refs(remote, &specs)?;
+        if !lacking.is_empty() {
+            let mut prefixes: Vec<String> = (lacking.iter())
+                .map(|(t, _)| format!("refs/orch/{run}/tickets/{t}"))
+                .collect();
+            prefixes.sort();
+            prefixes.dedup();
+            let commits: Vec<&str> = lacking.iter().map(|(_, c)| c.as_str()).collect();
+            self.fetch_shared(remote, run, &prefixes, &commits)?;
         }
         let mut listed = None;
         for ((ticket, commit), f) in at.iter().zip(&mut found) {
@@ -537,7 +598,8 @@ impl Repo {
         let full = format!("refs/heads/{branch}");
         if let Some(remote) = remote {
             if !self.has_commit(commit) {
-                self.fetch_shared(remote, &format!("refs/orch/{run}/batches/{batch}"))?;
+                let prefix = format!("refs/orch/{run}/batches/{batch}");
+                self.fetch_shared(remote, run, &[prefix], &[commit])?;
             }
             let tip = self.remote_branch(remote, &full)?;
             if self.moves_forward(&full, tip.as_deref(), commit, &format!("{remote}'s"))? {

@@ -780,3 +780,80 @@ fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
     assert!(w_tree.join("B.txt").is_file());
     assert_eq!(sh(&w_tree, &["status", "--porcelain"]), "");
 }
+
+/// A committed file's bytes are read exactly (a plan workers parse must be
+/// the coordinator's, trailing blank lines and all).
+#[test]
+fn a_blob_is_read_byte_for_byte() {
+    let (d, repo) = repo();
+    let text = "tickets:\n  - description: |\n      x\n\n\n";
+    std::fs::write(d.path().join("plan.yaml"), text).unwrap();
+    sh(d.path(), &["add", "plan.yaml"]);
+    sh(d.path(), &["commit", "-q", "-m", "plan"]);
+    assert_eq!(repo.blob("HEAD", "plan.yaml").unwrap(), text.as_bytes());
+    let missing = repo.blob("HEAD", "nothing.yaml").unwrap_err();
+    assert!(missing.message.contains("nothing.yaml"), "{missing}");
+}
+
+/// A machine lacking a ticket's commit fetches what the ticket shared on
+/// the remote, or, from an older orch, the commit's own ref; when the
+/// remote has it nowhere, the error says where it looked.
+#[test]
+fn a_tickets_commit_is_fetched_where_it_was_shared() {
+    let (d, seed) = repo();
+    let top = tempfile::tempdir().unwrap();
+    let origin = d.path().to_string_lossy().into_owned();
+    sh(
+        top.path(),
+        &["clone", "-q", "--bare", &origin, "remote.git"],
+    );
+    let clone = |name: &str| {
+        sh(top.path(), &["clone", "-q", "remote.git", name]);
+        sh(&top.path().join(name), &["config", "user.email", "t@t"]);
+        sh(&top.path().join(name), &["config", "user.name", "t"]);
+        Repo::open(top.path().join(name)).unwrap()
+    };
+    let (a, b) = (clone("a"), clone("b"));
+    drop(seed);
+    let run = "r1".parse().unwrap();
+    let commit_on = |repo: &Repo, t: &str| {
+        let wt = repo.worktree(&run, &t.parse().unwrap(), "main").unwrap();
+        std::fs::write(wt.path.join(format!("{t}.txt")), t).unwrap();
+        repo.checkpoint(&wt, &format!("r1/{t}/build/1"), t).unwrap()
+    };
+    let (t1, t2, t3): (
+        orch_core::TicketId,
+        orch_core::TicketId,
+        orch_core::TicketId,
+    ) = (
+        "T1".parse().unwrap(),
+        "T2".parse().unwrap(),
+        "T3".parse().unwrap(),
+    );
+    let phase = "build".parse().unwrap();
+    // T1 shared as this orch does, T2 as an older one did, T3 not at all.
+    let c1 = commit_on(&a, "T1");
+    a.push_commits("origin", &run, &[(Shared::Checkpoint(&t1, &phase, 1), &c1)])
+        .unwrap();
+    let c2 = commit_on(&a, "T2");
+    sh(
+        a.root(),
+        &["push", "-q", "origin", &format!("{c2}:refs/orch/r1/{c2}")],
+    );
+    let c3 = commit_on(&a, "T3");
+    b.fetch_at(
+        "origin",
+        &run,
+        &[(t1.clone(), c1.clone()), (t2.clone(), c2.clone())],
+    )
+    .unwrap();
+    assert_eq!(sh(b.root(), &["rev-parse", "orch/r1/T1"]), c1);
+    assert_eq!(sh(b.root(), &["rev-parse", "orch/r1/T2"]), c2);
+    let e = b.fetch_at("origin", &run, &[(t3, c3.clone())]).unwrap_err();
+    assert!(
+        e.message.contains(&format!(
+            "has no commit {c3}: nothing under refs/orch/r1/tickets/T3/"
+        )),
+        "{e}"
+    );
+}

@@ -449,6 +449,25 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
         (row[0].get::<_, &str>(0), row[0].get::<_, i64>(1)),
         ("available", 0)
     );
+    // It holds up no other run's: a claim of any run passes over it (a
+    // claim of its run alone still says why it took nothing).
+    let other_lock = coord.lock_run(&other).await.unwrap();
+    let later = job("O-2/plan", phase("O-2", "plan"), None, 5);
+    (coord.enqueue(&other, other_lock.epoch().unwrap(), &[later]))
+        .await
+        .unwrap();
+    let passed_over = a.claim(&worker(1), Runs::Any, &[], LONG).await.unwrap();
+    assert_eq!(passed_over.map(|j| j.key), Some("O-2/plan".to_owned()));
+    let only = a.claim(&worker(1), Runs::Only(&run), &[], LONG).await;
+    assert_eq!(only.unwrap_err().kind, StoreErrorKind::TooNew);
+    let row = db
+        .sql("SELECT state, token FROM orch_jobs WHERE key = 'future'")
+        .await;
+    assert_eq!(
+        (row[0].get::<_, &str>(0), row[0].get::<_, i64>(1)),
+        ("available", 0)
+    );
+    drop(other_lock);
     let gone = a.finish(&ja.claim, &[ev(8)]).await.unwrap_err();
     assert_eq!(gone.kind, StoreErrorKind::Fenced);
     assert_eq!(journal(&coord).await, 3);

@@ -364,8 +364,10 @@ impl Engine {
     }
 
     /// Records in each `RunStarted` where the plan file lies in the
-    /// repository (relative, with `/`): a worker that is not given the plan
-    /// reads it there in its own clone.
+    /// repository (relative, with `/`; name it only when the file is
+    /// committed at the workspace's base as the engine's plan): a worker
+    /// that is not given the plan reads it as committed there in its own
+    /// clone.
     pub fn plan_file(mut self, path: impl Into<String>) -> Self {
         self.plan_file = Some(path.into());
         self

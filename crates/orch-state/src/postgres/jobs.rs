@@ -48,6 +48,10 @@ pub(super) fn claim_sql(of_run: bool) -> String {
     )
 }
 
+/// How many runs with a job this build cannot read one claim of any run
+/// passes over before it gives up.
+const TOO_NEW_RUNS: usize = 8;
+
 /// Opens a claim's transaction. The claim must walk the open jobs' index
 /// (`orch_jobs_run_open` for a run's, `orch_jobs_open` for any run's) in
 /// claim order and stop at the first job it can take. A planner that
@@ -329,7 +333,11 @@ impl PgStore {
 
     /// Claims in a transaction it leaves open, so that a job this build
     /// cannot read is rolled back to unclaimed (for a newer worker)
-    /// instead of lapsing and using up its takeovers.
+    /// instead of lapsing and using up its takeovers. Claiming from more
+    /// than one run, it then leaves that run alone and claims on (up to
+    /// [`TOO_NEW_RUNS`] runs), so that one newer run does not stop an
+    /// older worker's work on the others; it answers `TooNew` only when
+    /// it found nothing else.
     async fn claim_in(
         &self,
         c: &Conn,
@@ -341,32 +349,51 @@ impl PgStore {
         let e = |x: tokio_postgres::Error| self.err(&x);
         c.client.batch_execute(CLAIM_BEGIN).await.map_err(e)?;
         let lease = millis(lease);
-        let row = match runs {
-            Runs::Only(run) => {
-                let args: [&Param<'_>; 4] = [&who, &roles, &lease, &run.as_str()];
-                c.client.query_opt(&c.jobs.claim_run, &args).await
+        let mut except: Vec<String> = match runs {
+            Runs::Except(runs) => runs.iter().map(|r| r.as_str().to_owned()).collect(),
+            _ => Vec::new(),
+        };
+        let mut too_new = None;
+        for _ in 0..=TOO_NEW_RUNS {
+            let row = match runs {
+                Runs::Only(run) => {
+                    let args: [&Param<'_>; 4] = [&who, &roles, &lease, &run.as_str()];
+                    c.client.query_opt(&c.jobs.claim_run, &args).await
+                }
+                Runs::Any | Runs::Except(_) => {
+                    c.client.batch_execute("SAVEPOINT claim").await.map_err(e)?;
+                    let args: [&Param<'_>; 4] = [&who, &roles, &lease, &except];
+                    c.client.query_opt(&c.jobs.claim_any, &args).await
+                }
             }
-            Runs::Any | Runs::Except(_) => {
-                let except: Vec<&str> = match runs {
-                    Runs::Except(runs) => runs.iter().map(RunId::as_str).collect(),
-                    _ => Vec::new(),
-                };
-                let args: [&Param<'_>; 4] = [&who, &roles, &lease, &except];
-                c.client.query_opt(&c.jobs.claim_any, &args).await
+            .map_err(e)?;
+            let Some(r) = row else {
+                return too_new.map_or(Ok(None), Err);
+            };
+            match self.job(&r) {
+                Ok(job) => return Ok(Some(job)),
+                Err(mut x) => {
+                    x.kind = StoreErrorKind::TooNew;
+                    x.message = format!(
+                        "{}; it is left unclaimed (was it enqueued by a newer orch?)",
+                        x.message
+                    );
+                    if matches!(runs, Runs::Only(_)) {
+                        return Err(x);
+                    }
+                    tracing::warn!(error = %x, "leaving a run's job for a newer worker");
+                    c.client
+                        .batch_execute("ROLLBACK TO SAVEPOINT claim")
+                        .await
+                        .map_err(e)?;
+                    except.push(r.get::<_, String>(1));
+                    too_new.get_or_insert(x);
+                }
             }
         }
-        .map_err(e)?;
-        row.map(|r| {
-            self.job(&r).map_err(|mut x| {
-                x.kind = StoreErrorKind::TooNew;
-                x.message = format!(
-                    "{}; it is left unclaimed (was it enqueued by a newer orch?)",
-                    x.message
-                );
-                x
-            })
-        })
-        .transpose()
+        Err(too_new.unwrap_or_else(|| {
+            StoreError::new(StoreErrorKind::TooNew, "jobs a newer orch enqueued")
+        }))
     }
 
     async fn cancel_in(&self, c: &Conn, run: &RunId, epoch: u64) -> Result<u64, StoreError> {
