@@ -2193,6 +2193,43 @@ effort = "1h"
 }
 
 /// A process of the fleet test, with its output in a file.
+/// Runs git in `cwd` as a user named t; its output, trimmed.
+fn git(cwd: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Processes a test started, killed when it ends (fails) before them.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Children {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Children {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
 fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -2310,16 +2347,6 @@ fn a_fleet_of_workers_survives_kills_freezes_and_a_new_coordinator() {
     let (proxy, url) = Partition::before(&url);
     let dir = tempfile::tempdir().unwrap();
     let top = dir.path();
-    let git = |cwd: &Path, args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-            .args(args)
-            .current_dir(cwd)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
     let log = top.join("agents.log");
     let line = |what: &str| {
         format!(
@@ -2422,29 +2449,8 @@ tickets = [{}]
         let log = log_file.clone();
         move || executions(&log).iter().filter(|e| e.ended).count() >= n
     };
-    /// Kills what is left of the fleet when the test fails.
-    struct Fleet(Vec<Child>);
-    impl Drop for Fleet {
-        fn drop(&mut self) {
-            for c in &mut self.0 {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-    impl std::ops::Deref for Fleet {
-        type Target = Vec<Child>;
-        fn deref(&self) -> &Vec<Child> {
-            &self.0
-        }
-    }
-    impl std::ops::DerefMut for Fleet {
-        fn deref_mut(&mut self) -> &mut Vec<Child> {
-            &mut self.0
-        }
-    }
-    let mut coords = Fleet(vec![coordinator(false)]);
-    let mut workers = Fleet(["w1", "w2", "w3"].iter().map(|m| worker(m)).collect());
+    let mut coords = Children(vec![coordinator(false)]);
+    let mut workers = Children(["w1", "w2", "w3"].iter().map(|m| worker(m)).collect());
     let mut worker_pids: std::collections::HashSet<u32> = workers.iter().map(Child::id).collect();
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -2972,15 +2978,6 @@ fn a_worker_serves_the_runs_it_can_and_leaves_alone_one_it_cannot() {
     let (url, sql) = pg_schema(test, &schema);
     let dir = tempfile::tempdir().unwrap();
     let top = dir.path();
-    let git = |cwd: &Path, args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-            .args(args)
-            .current_dir(cwd)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
     // Two independent tickets of one phase; the plans differ by name.
     let plan = |name: &str| {
         let mut plan = format!(
@@ -3046,16 +3043,6 @@ gates = [{{ kind = "command", name = "done", argv = ["grep", "-qx", "{name}", "{
             .args(["--database-url", &url, "--concurrency", "2"]);
         spawn_logged(&mut c, &log(m))
     };
-    /// Kills what is left when the test fails.
-    struct Kill(Vec<Child>);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            for c in &mut self.0 {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -3070,7 +3057,7 @@ gates = [{{ kind = "command", name = "done", argv = ["grep", "-qx", "{name}", "{
     };
     // b's jobs are the oldest: a worker that kept claiming them would
     // never reach the others'.
-    let mut runs = Kill(vec![coordinate("b", &outside)]);
+    let mut runs = Children(vec![coordinate("b", &outside)]);
     wait_for(60, "run b's jobs", &log("b"), || jobs_of("b").len() == 2);
     runs.0
         .push(coordinate("a", &top.join("coord/plans/a.toml")));
@@ -3089,7 +3076,7 @@ gates = [{{ kind = "command", name = "done", argv = ["grep", "-qx", "{name}", "{
 
     // The worker a commit ahead can do none of them, and claims each
     // run's jobs once.
-    let mut workers = Kill(vec![worker("w0", None)]);
+    let mut workers = Children(vec![worker("w0", None)]);
     wait_for(60, "w0 to leave every run alone", &log("w0"), || {
         ["a", "b", "c"]
             .iter()

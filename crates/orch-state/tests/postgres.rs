@@ -442,13 +442,16 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     let future = a.claim(&worker(1), Runs::Any, &[], LONG).await.unwrap_err();
     assert_eq!(future.kind, StoreErrorKind::TooNew, "{future}");
     assert!(future.message.contains("teleport"), "{future}");
-    let row = db
-        .sql("SELECT state, token FROM orch_jobs WHERE key = 'future'")
-        .await;
-    assert_eq!(
-        (row[0].get::<_, &str>(0), row[0].get::<_, i64>(1)),
-        ("available", 0)
-    );
+    let unclaimed = async || {
+        let row = db
+            .sql("SELECT state, token FROM orch_jobs WHERE key = 'future'")
+            .await;
+        assert_eq!(
+            (row[0].get::<_, &str>(0), row[0].get::<_, i64>(1)),
+            ("available", 0)
+        );
+    };
+    unclaimed().await;
     // It holds up no other run's: a claim of any run passes over it (a
     // claim of its run alone still says why it took nothing).
     let other_lock = coord.lock_run(&other).await.unwrap();
@@ -460,13 +463,7 @@ async fn jobs_go_to_one_worker_and_a_lapsed_claim_writes_nothing() {
     assert_eq!(passed_over.map(|j| j.key), Some("O-2/plan".to_owned()));
     let only = a.claim(&worker(1), Runs::Only(&run), &[], LONG).await;
     assert_eq!(only.unwrap_err().kind, StoreErrorKind::TooNew);
-    let row = db
-        .sql("SELECT state, token FROM orch_jobs WHERE key = 'future'")
-        .await;
-    assert_eq!(
-        (row[0].get::<_, &str>(0), row[0].get::<_, i64>(1)),
-        ("available", 0)
-    );
+    unclaimed().await;
     drop(other_lock);
     let gone = a.finish(&ja.claim, &[ev(8)]).await.unwrap_err();
     assert_eq!(gone.kind, StoreErrorKind::Fenced);
