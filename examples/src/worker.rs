@@ -145,7 +145,7 @@ impl Worker {
                 "its plan file {file:?} is not a path inside the repository"
             )));
         };
-        let Some(base) = state.base else {
+        let Some(base) = state.base.filter(|b| orch_state::git::is_commit_id(b)) else {
             return Err(cannot("it records no commit its tickets start from".into()));
         };
         let format = orch_core::Format::from_path(rel)
@@ -367,7 +367,7 @@ impl Worker {
                 let lease = self.lease;
                 running.spawn(async move {
                     let worked = engine.work(queue, &job, lease, sent, cancel).await;
-                    (job, worked, fresh)
+                    (job, worked, fresh, engine)
                 });
             }
             if cancel.is_cancelled() && running.is_empty() {
@@ -375,8 +375,8 @@ impl Worker {
             }
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => match done {
-                    Ok((job, Ok(Worked::Lost(why)), _)) => eprintln!("lost {}: {why:?}", job.key),
-                    Ok((job, Ok(w), _)) => eprintln!("{}: {w:?}", job.key),
+                    Ok((job, Ok(Worked::Lost(why)), ..)) => eprintln!("lost {}: {why:?}", job.key),
+                    Ok((job, Ok(w), ..)) => eprintln!("{}: {w:?}", job.key),
                     // Not this worker's to do (its clone at another
                     // commit, another plan): it was given back. Its
                     // engine is not used again: the run may have moved
@@ -384,19 +384,20 @@ impl Worker {
                     // the clone or plan be put right before the run is
                     // tried again. Made for this job, it says this worker
                     // cannot do the run: claiming it again would spin.
-                    Ok((job, Err(e @ (EngineError::PlanChanged { .. } | EngineError::Job { .. })), fresh)) => {
+                    Ok((job, Err(e @ (EngineError::PlanChanged { .. } | EngineError::Job { .. })), fresh, used)) => {
                         if fresh {
                             refused.run(&job.claim.run, format!("{}: {e}", job.key), &cancel);
                         } else {
                             eprintln!("{}: {e}; making the run's engine again", job.key);
                         }
-                        if let Some((run, engine)) = &mut serving
-                            && *run == job.claim.run
+                        // (Not one made since, for a later job.)
+                        if let Some((_, engine)) = &mut serving
+                            && engine.as_ref().is_some_and(|e| Arc::ptr_eq(e, &used))
                         {
                             *engine = None;
                         }
                     }
-                    Ok((job, Err(e), _)) => eprintln!("{}: {e}", job.key),
+                    Ok((job, Err(e), ..)) => eprintln!("{}: {e}", job.key),
                     Err(e) => eprintln!("a job's task failed: {e}"),
                 },
                 () = tokio::time::sleep(IDLE) => {}

@@ -88,6 +88,12 @@ fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     }
 }
 
+/// Whether `s` is a full commit id (SHA-1 or SHA-256, in hex): what the
+/// journal records, and nothing git could take for an option or a ref.
+pub fn is_commit_id(s: &str) -> bool {
+    matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Runs git: its exit code (-1 when killed), standard output (trailing
 /// space cut) and standard error.
 fn git_exit(dir: &Path, args: &[&str]) -> Result<(i32, String, String), GitError> {
@@ -481,40 +487,53 @@ impl Repo {
         if all { Ok(()) } else { Err(e) }
     }
 
-    /// Fetches from `remote` every commit shared under `prefixes` (refs
-    /// of [`Repo::shared_ref`] without their last names), then, for each of
-    /// `commits` still missing here, the ref an older orch shared it under
-    /// (`refs/orch/<run>/<commit>`).
+    /// Fetches from `remote` each commit of `wanted` this repository
+    /// lacks: every commit shared under its prefix (a [`Repo::shared_ref`]
+    /// without its last names), then, still missing, the ref an older orch
+    /// shared it under (`refs/orch/<run>/<commit>`).
     ///
     /// # Errors
-    /// When git fails, or a commit is still missing: the remote does not
-    /// have it where it was looked for.
+    /// When git fails, or a commit is still missing (or is no commit id):
+    /// the remote does not have it where it was looked for.
     fn fetch_shared(
         &self,
         remote: &str,
         run: &RunId,
-        prefixes: &[String],
-        commits: &[&str],
+        wanted: &[(String, &str)],
     ) -> Result<(), GitError> {
-        let specs: Vec<String> = prefixes.iter().map(|p| format!("{p}/*:{p}/*")).collect();
+        let missing = |message: String| GitError {
+            kind: WorkspaceErrorKind::Tool,
+            command: format!("git fetch {remote}"),
+            message,
+        };
+        let wanted: Vec<&(String, &str)> =
+            wanted.iter().filter(|(_, c)| !self.has_commit(c)).collect();
+        if let Some((_, c)) = wanted.iter().find(|(_, c)| !is_commit_id(c)) {
+            return Err(missing(format!("{c:?} is not a commit id")));
+        }
+        let mut specs: Vec<String> = (wanted.iter())
+            .map(|(p, _)| format!("{p}/*:{p}/*"))
+            .collect();
+        specs.sort();
+        specs.dedup();
+        if specs.is_empty() {
+            return Ok(());
+        }
         let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
         self.fetch_refs(remote, &specs)?;
-        for c in commits {
+        for (prefix, c) in wanted {
             if self.has_commit(c) {
                 continue;
             }
             let old = format!("refs/orch/{run}/{c}");
-            // A remote without it fails this; the check below says why.
-            let _ = self.fetch_refs(remote, &[&format!("{old}:{old}")]);
-            if !self.has_commit(c) {
-                return Err(GitError {
-                    kind: WorkspaceErrorKind::Tool,
-                    command: format!("git fetch {remote}"),
-                    message: format!(
-                        "{remote} has no commit {c}: nothing under {}/ or at {old} holds it",
-                        prefixes.join("/, ")
-                    ),
-                });
+            match self.fetch_refs(remote, &[&format!("{old}:{old}")]) {
+                Err(e) if !e.message.contains("couldn't find remote ref") => return Err(e),
+                _ if self.has_commit(c) => {}
+                _ => {
+                    return Err(missing(format!(
+                        "{remote} has no commit {c}: nothing under {prefix}/ or at {old} holds it"
+                    )));
+                }
             }
         }
         Ok(())
@@ -536,19 +555,11 @@ impl Repo {
     ) -> Result<(), GitError> {
         let mut found: Vec<Option<String>> = at.iter().map(|(_, c)| self.resolve(c).ok()).collect();
         // What the tickets whose commits this repository lacks shared.
-        let lacking: Vec<&(TicketId, String)> = (at.iter().zip(&found))
+        let lacking: Vec<(String, &str)> = (at.iter().zip(&found))
             .filter(|(_, f)| f.is_none())
-            .map(|(a, _)| a)
+            .map(|((t, c), _)| (format!("refs/orch/{run}/tickets/{t}"), c.as_str()))
             .collect();
-        if !lacking.is_empty() {
-            let mut prefixes: Vec<String> = (lacking.iter())
-                .map(|(t, _)| format!("refs/orch/{run}/tickets/{t}"))
-                .collect();
-            prefixes.sort();
-            prefixes.dedup();
-            let commits: Vec<&str> = lacking.iter().map(|(_, c)| c.as_str()).collect();
-            self.fetch_shared(remote, run, &prefixes, &commits)?;
-        }
+        self.fetch_shared(remote, run, &lacking)?;
         let mut listed = None;
         for ((ticket, commit), f) in at.iter().zip(&mut found) {
             let branch = &Repo::ticket_branch(run, ticket);
@@ -597,10 +608,8 @@ impl Repo {
     ) -> Result<(), GitError> {
         let full = format!("refs/heads/{branch}");
         if let Some(remote) = remote {
-            if !self.has_commit(commit) {
-                let prefix = format!("refs/orch/{run}/batches/{batch}");
-                self.fetch_shared(remote, run, &[prefix], &[commit])?;
-            }
+            let prefix = format!("refs/orch/{run}/batches/{batch}");
+            self.fetch_shared(remote, run, &[(prefix, commit)])?;
             let tip = self.remote_branch(remote, &full)?;
             if self.moves_forward(&full, tip.as_deref(), commit, &format!("{remote}'s"))? {
                 // Not forced: a push that raced another one is refused.

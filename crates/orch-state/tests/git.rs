@@ -849,6 +849,11 @@ fn a_tickets_commit_is_fetched_where_it_was_shared() {
     .unwrap();
     assert_eq!(sh(b.root(), &["rev-parse", "orch/r1/T1"]), c1);
     assert_eq!(sh(b.root(), &["rev-parse", "orch/r1/T2"]), c2);
+    // What the journal says is no commit id: never handed to git.
+    let odd = b
+        .fetch_at("origin", &run, &[(t1.clone(), "--upload-pack=x".into())])
+        .unwrap_err();
+    assert!(odd.message.contains("is not a commit id"), "{odd}");
     let e = b.fetch_at("origin", &run, &[(t3, c3.clone())]).unwrap_err();
     assert!(
         e.message.contains(&format!(

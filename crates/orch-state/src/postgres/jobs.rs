@@ -48,8 +48,8 @@ pub(super) fn claim_sql(of_run: bool) -> String {
     )
 }
 
-/// How many runs with a job this build cannot read one claim of any run
-/// passes over before it gives up.
+/// How many times one claim of any run tries, passing over a run whose
+/// job this build cannot read each time, before it gives up.
 const TOO_NEW_RUNS: usize = 8;
 
 /// Opens a claim's transaction. The claim must walk the open jobs' index
@@ -334,8 +334,8 @@ impl PgStore {
     /// Claims in a transaction it leaves open, so that a job this build
     /// cannot read is rolled back to unclaimed (for a newer worker)
     /// instead of lapsing and using up its takeovers. Claiming from more
-    /// than one run, it then leaves that run alone and claims on (up to
-    /// [`TOO_NEW_RUNS`] runs), so that one newer run does not stop an
+    /// than one run, it then leaves that run alone and claims on (in up to
+    /// [`TOO_NEW_RUNS`] tries), so that one newer run does not stop an
     /// older worker's work on the others; it answers `TooNew` only when
     /// it found nothing else.
     async fn claim_in(
@@ -354,7 +354,7 @@ impl PgStore {
             _ => Vec::new(),
         };
         let mut too_new = None;
-        for _ in 0..=TOO_NEW_RUNS {
+        for _ in 0..TOO_NEW_RUNS {
             let row = match runs {
                 Runs::Only(run) => {
                     let args: [&Param<'_>; 4] = [&who, &roles, &lease, &run.as_str()];
@@ -381,7 +381,7 @@ impl PgStore {
                     if matches!(runs, Runs::Only(_)) {
                         return Err(x);
                     }
-                    tracing::warn!(error = %x, "leaving a run's job for a newer worker");
+                    tracing::debug!(error = %x, "leaving a run's job for a newer worker");
                     c.client
                         .batch_execute("ROLLBACK TO SAVEPOINT claim")
                         .await
