@@ -80,11 +80,16 @@ pub enum MergeOutcome {
 fn run_git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     match git_exit(dir, args)? {
         (0, out, _) => Ok(out),
-        (_, _, err) => Err(GitError {
-            kind: WorkspaceErrorKind::Tool,
-            command: format!("git {}", args.join(" ")),
-            message: err,
-        }),
+        (_, _, err) => Err(git_failed(args, err)),
+    }
+}
+
+/// git `args` failed, saying `err`.
+fn git_failed(args: &[&str], err: String) -> GitError {
+    GitError {
+        kind: WorkspaceErrorKind::Tool,
+        command: format!("git {}", args.join(" ")),
+        message: err,
     }
 }
 
@@ -411,11 +416,8 @@ impl Repo {
         if out.status.success() {
             Ok(out.stdout)
         } else {
-            Err(GitError {
-                kind: WorkspaceErrorKind::Tool,
-                command: format!("git {}", args.join(" ")),
-                message: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
-            })
+            let err = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
+            Err(git_failed(&args, err))
         }
     }
 

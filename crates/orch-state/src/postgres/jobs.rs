@@ -19,9 +19,9 @@ use crate::codec::fenced;
 
 /// The next job a worker can do: waiting, or claimed under a lease that
 /// lapsed (a takeover, while any are left), of the run `$4` when `of_run`
-/// (by the index of the run's open jobs) or of any run. Rows other
-/// workers are claiming or renewing right now are skipped, not waited for.
-/// The claim: of run `$4` (`of_run`), or of any run but those in `$4`.
+/// (by the index of the run's open jobs) or of any run but those in the
+/// array `$4`. Rows other workers are claiming or renewing right now are
+/// skipped, not waited for.
 pub(super) fn claim_sql(of_run: bool) -> String {
     let run = if of_run {
         "run = $4 AND "
@@ -347,7 +347,13 @@ impl PgStore {
         lease: Duration,
     ) -> Result<Option<Job>, StoreError> {
         let e = |x: tokio_postgres::Error| self.err(&x);
-        c.client.batch_execute(CLAIM_BEGIN).await.map_err(e)?;
+        // A claim of more than one run may go back to here (and claim on);
+        // in the same round trip as the transaction's start.
+        let begin = match runs {
+            Runs::Only(_) => CLAIM_BEGIN.to_owned(),
+            Runs::Any | Runs::Except(_) => format!("{CLAIM_BEGIN}; SAVEPOINT claim"),
+        };
+        c.client.batch_execute(&begin).await.map_err(e)?;
         let lease = millis(lease);
         let mut except: Vec<String> = match runs {
             Runs::Except(runs) => runs.iter().map(|r| r.as_str().to_owned()).collect(),
@@ -361,7 +367,6 @@ impl PgStore {
                     c.client.query_opt(&c.jobs.claim_run, &args).await
                 }
                 Runs::Any | Runs::Except(_) => {
-                    c.client.batch_execute("SAVEPOINT claim").await.map_err(e)?;
                     let args: [&Param<'_>; 4] = [&who, &roles, &lease, &except];
                     c.client.query_opt(&c.jobs.claim_any, &args).await
                 }
@@ -382,6 +387,7 @@ impl PgStore {
                         return Err(x);
                     }
                     tracing::debug!(error = %x, "leaving a run's job for a newer worker");
+                    // (The savepoint stays, for the next try.)
                     c.client
                         .batch_execute("ROLLBACK TO SAVEPOINT claim")
                         .await
