@@ -253,7 +253,7 @@ async fn prepare(files: usize) -> Result<(), Error> {
             let p = ws.prepare(&run, &id, &[]).await?;
             let mut took = t.elapsed();
             std::fs::write(p.path.join(format!("new-{i}.txt")), "work\n")?;
-            ws.checkpoint(&run, &id, &phase, 1, &[]).await?;
+            ws.checkpoint(&run, &id, &phase, 1, &[], None).await?;
             let t = Instant::now();
             ws.release(&run, &id).await?;
             took += t.elapsed();

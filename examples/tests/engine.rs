@@ -1355,9 +1355,10 @@ impl orch_core::Workspace for MergePanics {
         phase: &orch_core::PhaseName,
         attempt: u32,
         records: &[String],
+        claim: Option<&orch_core::Claim>,
     ) -> Result<Option<String>, orch_core::WorkspaceError> {
         self.0
-            .checkpoint(run, ticket, phase, attempt, records)
+            .checkpoint(run, ticket, phase, attempt, records, claim)
             .await
     }
     async fn rollback(
@@ -1373,6 +1374,7 @@ impl orch_core::Workspace for MergePanics {
         _: &RunId,
         _: &orch_core::BatchId,
         _: &[orch_core::TicketId],
+        _: Option<&orch_core::Claim>,
     ) -> Result<orch_core::Merged, orch_core::WorkspaceError> {
         panic!("a bug in the workspace")
     }

@@ -2741,10 +2741,11 @@ tickets = [{}]
         &["for-each-ref", "--format=%(refname)", "refs/orch/fleet/"],
     );
     let mut passed = std::collections::HashSet::new();
-    for e in &events {
+    for (e, w) in events.iter().zip(&fences) {
         if let EventKind::PhasePassed {
             ticket,
             phase,
+            attempt,
             checkpoint,
             ..
         } = &e.event.kind
@@ -2758,12 +2759,16 @@ tickets = [{}]
                 &top.join("remote.git"),
                 &["cat-file", "-e", &format!("{c}^{{commit}}")],
             );
-            let named = format!("refs/orch/fleet/tickets/{ticket}/phases/{phase}/");
+            // Shared under the claim that recorded it.
+            let Some(orch_state::Fence::Claim { job, token }) = w.fence else {
+                panic!("{ticket} {phase} passed under {:?}, not a claim", w.fence)
+            };
+            let named = format!(
+                "refs/orch/fleet/tickets/{ticket}/phases/{phase}/{attempt}/jobs/{job}/claims/{token}/{c}"
+            );
             assert!(
-                shared
-                    .lines()
-                    .any(|r| r.starts_with(&named) && r.ends_with(&format!("/{c}"))),
-                "{ticket} {phase}'s checkpoint {c} is not under {named}: {shared}"
+                shared.lines().any(|r| r == named),
+                "{ticket} {phase}'s checkpoint is not at {named}: {shared}"
             );
         }
     }
@@ -2921,12 +2926,22 @@ tickets = [{}]
         [git(&top.join("remote.git"), &["rev-parse", batch]).as_str()],
         &recorded[..]
     );
-    assert!(
-        shared
-            .lines()
-            .any(|r| r == format!("refs/orch/fleet/batches/B1/{}", recorded[0])),
-        "{shared}"
+    // Shared under the claim that recorded it.
+    let merged = events
+        .iter()
+        .zip(&fences)
+        .find_map(|(e, w)| match e.event.kind {
+            EventKind::BatchMerged { .. } => w.fence,
+            _ => None,
+        });
+    let Some(orch_state::Fence::Claim { job, token }) = merged else {
+        panic!("the merge was recorded under {merged:?}, not a claim")
+    };
+    let named = format!(
+        "refs/orch/fleet/batches/B1/jobs/{job}/claims/{token}/{}",
+        recorded[0]
     );
+    assert!(shared.lines().any(|r| r == named), "{named}: {shared}");
     // It holds every ticket's work, each phase once.
     for t in &tickets {
         let text = git(

@@ -934,9 +934,10 @@ impl Workspace for Faulty {
         phase: &orch_core::PhaseName,
         attempt: u32,
         records: &[String],
+        claim: Option<&orch_core::Claim>,
     ) -> Result<Option<String>, WorkspaceError> {
         self.inner
-            .checkpoint(run, ticket, phase, attempt, records)
+            .checkpoint(run, ticket, phase, attempt, records, claim)
             .await
     }
     async fn rollback(
@@ -958,8 +959,9 @@ impl Workspace for Faulty {
         run: &RunId,
         batch: &BatchId,
         tickets: &[TicketId],
+        claim: Option<&orch_core::Claim>,
     ) -> Result<Merged, WorkspaceError> {
-        self.inner.merge(run, batch, tickets).await
+        self.inner.merge(run, batch, tickets, claim).await
     }
     async fn publish(
         &self,
@@ -1447,14 +1449,23 @@ async fn a_checkpoint_found_after_a_crash_is_pushed_before_it_is_recorded() {
     let phase: orch_core::PhaseName = "build".parse().unwrap();
     let tree = ws.prepare(&run, &ticket, &[]).await.unwrap();
     std::fs::write(tree.path.join("work.txt"), "done\n").unwrap();
+    let claim = |token| orch_core::Claim {
+        job: 5,
+        run: run.clone(),
+        token,
+        expires_at: orch_core::Timestamp(0),
+    };
     let made = ws
-        .checkpoint(&run, &ticket, &phase, 1, &[])
+        .checkpoint(&run, &ticket, &phase, 1, &[], Some(&claim(1)))
         .await
         .unwrap()
         .expect("a checkpoint");
-    // The crash came before the push: the remote does not have it.
-    let pushed = format!("refs/orch/{run}/tickets/{ticket}/phases/{phase}/1/{made}");
-    git_in(&bare, &["update-ref", "-d", &pushed]);
+    // Pushed under the claim that made it; then the crash: say it came
+    // before the push, so the remote does not have it.
+    let under = |token| {
+        format!("refs/orch/{run}/tickets/{ticket}/phases/{phase}/1/jobs/5/claims/{token}/{made}")
+    };
+    git_in(&bare, &["update-ref", "-d", &under(1)]);
     let on_remote = |c: &str| {
         std::process::Command::new("git")
             .args(["cat-file", "-e", &format!("{c}^{{commit}}")])
@@ -1465,11 +1476,21 @@ async fn a_checkpoint_found_after_a_crash_is_pushed_before_it_is_recorded() {
     };
     git_in(&bare, &["gc", "-q", "--prune=now"]);
     assert!(!on_remote(&made), "the crash left it unpushed");
+    // The job taken up again, under its next claim.
     let found = ws
-        .find_checkpoint(&run, &ticket, &phase, 1)
+        .find_checkpoint(&run, &ticket, &phase, 1, Some(&claim(2)))
         .await
         .unwrap()
         .expect("found after the crash");
     assert_eq!(found, made);
     assert!(on_remote(&found), "found, recorded, and not on the remote");
+    let shared = git_in(&bare, &["for-each-ref", "--format=%(refname)"]);
+    assert_eq!(
+        shared
+            .lines()
+            .filter(|r| r.contains(&*made))
+            .collect::<Vec<_>>(),
+        [under(2)],
+        "shared under the claim that records it"
+    );
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{BatchId, PhaseName, RunId, TicketId};
+use crate::{BatchId, Claim, PhaseName, RunId, TicketId};
 
 /// A ticket's prepared work tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +126,7 @@ impl WorkspaceError {
 ///     let p = ws.prepare(&run, &t, &[]).await.unwrap();
 ///     assert_eq!(&*p.path, std::env::temp_dir());
 ///     let plan = "plan".parse().unwrap();
-///     assert_eq!(ws.checkpoint(&run, &t, &plan, 1, &[]).await.unwrap(), None);
+///     assert_eq!(ws.checkpoint(&run, &t, &plan, 1, &[], None).await.unwrap(), None);
 /// });
 /// ```
 #[async_trait]
@@ -149,6 +149,11 @@ pub trait Workspace: Send + Sync {
     /// one that is not is an error. Called again for the same run, ticket,
     /// phase and attempt (the engine resuming after a crash), it returns
     /// the checkpoint made the first time instead of making another.
+    /// `claim` is the worker's claim on the job the attempt is done under
+    /// (a run whose phases workers do; `None` for a run's own driver): a
+    /// workspace that shares its checkpoints with other machines names it
+    /// where it shares them, so that what a worker whose claim was lost
+    /// pushed is told apart from what the journal recorded.
     async fn checkpoint(
         &self,
         run: &RunId,
@@ -156,13 +161,16 @@ pub trait Workspace: Send + Sync {
         phase: &PhaseName,
         attempt: u32,
         records: &[String],
+        claim: Option<&Claim>,
     ) -> Result<Option<String>, WorkspaceError>;
 
     /// The checkpoint of `phase` passing on `attempt`, if
     /// [`Workspace::checkpoint`] made it: the engine asks before it rolls
     /// back a ticket that a crash interrupted, since the checkpoint may be
     /// made and the pass not yet recorded. `None` when there is none (the
-    /// default, for workspaces that keep no history).
+    /// default, for workspaces that keep no history). A checkpoint found
+    /// is shared, where the workspace shares them, under `claim` (as for
+    /// [`Workspace::checkpoint`]): the claim that will record it.
     ///
     /// # Errors
     /// When the workspace cannot be read.
@@ -172,8 +180,9 @@ pub trait Workspace: Send + Sync {
         ticket: &TicketId,
         phase: &PhaseName,
         attempt: u32,
+        claim: Option<&Claim>,
     ) -> Result<Option<String>, WorkspaceError> {
-        let _ = (run, ticket, phase, attempt);
+        let _ = (run, ticket, phase, attempt, claim);
         Ok(None)
     }
 
@@ -242,12 +251,14 @@ pub trait Workspace: Send + Sync {
         None
     }
 
-    /// Merges the work of `tickets` for `batch`.
+    /// Merges the work of `tickets` for `batch`. `claim`: the worker's
+    /// claim on the merge's job, as for [`Workspace::checkpoint`].
     async fn merge(
         &self,
         run: &RunId,
         batch: &BatchId,
         tickets: &[TicketId],
+        claim: Option<&Claim>,
     ) -> Result<Merged, WorkspaceError>;
 
     /// Moves `batch`'s branch forward to `commit`, the merge the journal
@@ -332,6 +343,7 @@ impl Workspace for SharedDir {
         _: &PhaseName,
         _: u32,
         _: &[String],
+        _: Option<&Claim>,
     ) -> Result<Option<String>, WorkspaceError> {
         Ok(None)
     }
@@ -343,6 +355,7 @@ impl Workspace for SharedDir {
         _: &RunId,
         _: &BatchId,
         _: &[TicketId],
+        _: Option<&Claim>,
     ) -> Result<Merged, WorkspaceError> {
         Ok(Merged::Clean {
             commit: None,

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use orch_core::secrets::Stored;
-use orch_core::{BatchId, PhaseName, RunId, TicketId, WorkspaceErrorKind};
+use orch_core::{BatchId, Claim, PhaseName, RunId, TicketId, WorkspaceErrorKind};
 
 /// A git command failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,10 +35,12 @@ impl std::error::Error for GitError {}
 pub enum Shared<'a> {
     /// A ticket's start: the base with its dependencies merged.
     Start(&'a TicketId),
-    /// A ticket's checkpoint after an attempt at a phase passed.
-    Checkpoint(&'a TicketId, &'a PhaseName, u32),
-    /// A batch's merge.
-    Merge(&'a BatchId),
+    /// A ticket's checkpoint after an attempt at a phase passed, made
+    /// under a worker's claim (`None`: by the run's own driver).
+    Checkpoint(&'a TicketId, &'a PhaseName, u32, Option<&'a Claim>),
+    /// A batch's merge, made under a worker's claim (`None`: by the run's
+    /// own driver).
+    Merge(&'a BatchId, Option<&'a Claim>),
 }
 
 /// A repository orch works in.
@@ -430,7 +432,8 @@ impl Repo {
     }
 
     /// Where a commit of `run` is kept on a shared remote: a ref that
-    /// names what it is and ends in the commit itself, so that a push
+    /// names what it is (a checkpoint or a merge: also the job and the
+    /// claim's token it was made under) and ends in the commit itself, so that a push
     /// there can neither overwrite nor lose anyone else's.
     ///
     /// ```
@@ -438,17 +441,35 @@ impl Repo {
     /// let (run, t) = ("r1".parse().unwrap(), "T-1".parse().unwrap());
     /// let phase = "build".parse().unwrap();
     /// assert_eq!(
-    ///     Repo::shared_ref(&run, Shared::Checkpoint(&t, &phase, 2), "c0ffee"),
+    ///     Repo::shared_ref(&run, Shared::Checkpoint(&t, &phase, 2, None), "c0ffee"),
     ///     "refs/orch/r1/tickets/T-1/phases/build/2/c0ffee"
+    /// );
+    /// let claim = orch_core::Claim {
+    ///     job: 17,
+    ///     run: run.clone(),
+    ///     token: 3,
+    ///     expires_at: orch_core::Timestamp(0),
+    /// };
+    /// assert_eq!(
+    ///     Repo::shared_ref(&run, Shared::Checkpoint(&t, &phase, 2, Some(&claim)), "c0ffee"),
+    ///     "refs/orch/r1/tickets/T-1/phases/build/2/jobs/17/claims/3/c0ffee"
     /// );
     /// ```
     pub fn shared_ref(run: &RunId, what: Shared<'_>, commit: &str) -> String {
+        let by = |claim: Option<&Claim>| {
+            claim.map_or_else(String::new, |c| {
+                format!("jobs/{}/claims/{}/", c.job, c.token)
+            })
+        };
         match what {
             Shared::Start(t) => format!("refs/orch/{run}/tickets/{t}/start/{commit}"),
-            Shared::Checkpoint(t, phase, attempt) => {
-                format!("refs/orch/{run}/tickets/{t}/phases/{phase}/{attempt}/{commit}")
+            Shared::Checkpoint(t, phase, attempt, claim) => format!(
+                "refs/orch/{run}/tickets/{t}/phases/{phase}/{attempt}/{}{commit}",
+                by(claim)
+            ),
+            Shared::Merge(batch, claim) => {
+                format!("refs/orch/{run}/batches/{batch}/{}{commit}", by(claim))
             }
-            Shared::Merge(batch) => format!("refs/orch/{run}/batches/{batch}/{commit}"),
         }
     }
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orch_core::{
-    BatchId, Changes, Merged, PhaseName, Prepared, RunId, TicketId, Workspace, WorkspaceError,
-    WorkspaceErrorKind, WorkspaceSpec, Worktrees,
+    BatchId, Changes, Claim, Merged, PhaseName, Prepared, RunId, TicketId, Workspace,
+    WorkspaceError, WorkspaceErrorKind, WorkspaceSpec, Worktrees,
 };
 
 use orch_core::secrets::Redactor;
@@ -190,22 +190,22 @@ impl GitWorkspace {
 
     /// Pushes `commit` of `run`'s `ticket` to the remote, if there is one,
     /// under its [`Repo::shared_ref`]: the ticket's start, or its
-    /// checkpoint after `phase`'s `attempt`.
+    /// checkpoint after `phase`'s `attempt` (under the claim, if any).
     async fn share(
         &self,
         run: &RunId,
         ticket: &TicketId,
-        phase: Option<(&PhaseName, u32)>,
+        phase: Option<(&PhaseName, u32, Option<&Claim>)>,
         commit: &str,
     ) -> Result<(), WorkspaceError> {
         let Some(remote) = self.remote.clone() else {
             return Ok(());
         };
         let (run, ticket, commit) = (run.clone(), ticket.clone(), commit.to_owned());
-        let phase = phase.map(|(p, a)| (p.clone(), a));
+        let phase = phase.map(|(p, a, c)| (p.clone(), a, c.cloned()));
         self.blocking(false, move |repo| {
             let what = match &phase {
-                Some((p, a)) => Shared::Checkpoint(&ticket, p, *a),
+                Some((p, a, c)) => Shared::Checkpoint(&ticket, p, *a, c.as_ref()),
                 None => Shared::Start(&ticket),
             };
             repo.push_commits(&remote, &run, &[(what, &commit)])
@@ -629,6 +629,7 @@ impl Workspace for GitWorkspace {
         phase: &PhaseName,
         attempt: u32,
         records: &[String],
+        claim: Option<&Claim>,
     ) -> Result<Option<String>, WorkspaceError> {
         let wt = self.worktree(run, ticket)?;
         let records = records.to_vec();
@@ -644,7 +645,7 @@ impl Workspace for GitWorkspace {
             })
             .await?;
         // On the remote before the journal records it.
-        self.share(run, ticket, Some((phase, attempt)), &commit)
+        self.share(run, ticket, Some((phase, attempt, claim)), &commit)
             .await?;
         Ok(Some(commit))
     }
@@ -676,6 +677,7 @@ impl Workspace for GitWorkspace {
         ticket: &TicketId,
         phase: &PhaseName,
         attempt: u32,
+        claim: Option<&Claim>,
     ) -> Result<Option<String>, WorkspaceError> {
         let wt = self.worktree(run, ticket)?;
         let key = checkpoint_key(run, ticket, phase, attempt);
@@ -685,7 +687,8 @@ impl Workspace for GitWorkspace {
         // Made just before a crash, maybe not pushed: on the remote
         // before the engine records it.
         if let Some(c) = &found {
-            self.share(run, ticket, Some((phase, attempt)), c).await?;
+            self.share(run, ticket, Some((phase, attempt, claim)), c)
+                .await?;
         }
         Ok(found)
     }
@@ -723,6 +726,7 @@ impl Workspace for GitWorkspace {
         run: &RunId,
         batch: &BatchId,
         tickets: &[TicketId],
+        claim: Option<&Claim>,
     ) -> Result<Merged, WorkspaceError> {
         let branch = self.batch_branch(run, batch);
         let branches: Vec<String> = tickets
@@ -731,7 +735,7 @@ impl Workspace for GitWorkspace {
             .collect();
         let (run, batch, base) = (run.clone(), batch.clone(), self.base.clone());
         let redactor = self.redactor.clone();
-        let remote = self.remote.clone();
+        let (remote, claim) = (self.remote.clone(), claim.cloned());
         self.blocking(true, move |repo| {
             // What each branch brings must hold no secret (its checkpoints
             // were scanned; a branch changed outside orch may not be).
@@ -762,7 +766,8 @@ impl Workspace for GitWorkspace {
                         // Shared before the journal records it; the
                         // branch names it once recorded (`publish`).
                         if let Some(remote) = &remote {
-                            repo.push_commits(remote, &run, &[(Shared::Merge(&batch), &commit)])?;
+                            let what = Shared::Merge(&batch, claim.as_ref());
+                            repo.push_commits(remote, &run, &[(what, &commit)])?;
                         }
                         Merged::Clean {
                             commit: Some(commit),

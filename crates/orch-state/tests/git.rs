@@ -421,7 +421,7 @@ fn a_slot_taken_by_an_orch_that_died_before_the_branch_was_made_is_switched() {
     let t = |s: &str| -> orch_core::TicketId { s.parse().unwrap() };
     let a = rt.block_on(ws.prepare(&run, &t("A"), &[])).unwrap();
     std::fs::write(a.path.join("a.txt"), "A\n").unwrap();
-    rt.block_on(ws.checkpoint(&run, &t("A"), &"do".parse().unwrap(), 1, &[]))
+    rt.block_on(ws.checkpoint(&run, &t("A"), &"do".parse().unwrap(), 1, &[], None))
         .unwrap();
     rt.block_on(ws.release(&run, &t("A"))).unwrap();
     // What the killed orch left: slot 0 recorded as B's, B's branch not
@@ -668,7 +668,7 @@ fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
         let Ok(MergeOutcome::Merged { commit }) = out else {
             panic!("{out:?}")
         };
-        w.push_commits("origin", &run, &[(Shared::Merge(&batch), &commit)])
+        w.push_commits("origin", &run, &[(Shared::Merge(&batch, None), &commit)])
             .unwrap();
         commit
     };
@@ -831,10 +831,21 @@ fn a_tickets_commit_is_fetched_where_it_was_shared() {
         "T3".parse().unwrap(),
     );
     let phase = "build".parse().unwrap();
-    // T1 shared as this orch does, T2 as an older one did, T3 not at all.
+    // T1 shared as this orch's workers do (under a claim), T2 as an older
+    // orch did, T3 not at all.
     let c1 = commit_on(&a, "T1");
-    a.push_commits("origin", &run, &[(Shared::Checkpoint(&t1, &phase, 1), &c1)])
-        .unwrap();
+    let claim = orch_core::Claim {
+        job: 4,
+        run: run.clone(),
+        token: 2,
+        expires_at: orch_core::Timestamp(0),
+    };
+    a.push_commits(
+        "origin",
+        &run,
+        &[(Shared::Checkpoint(&t1, &phase, 1, Some(&claim)), &c1)],
+    )
+    .unwrap();
     let c2 = commit_on(&a, "T2");
     sh(
         a.root(),

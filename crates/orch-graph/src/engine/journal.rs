@@ -107,6 +107,15 @@ impl Journal {
         }
     }
 
+    /// The claim appends go through, when a worker of a fleet appends
+    /// ([`Writer::Worker`]).
+    pub(crate) fn claim(&self) -> Option<&Claim> {
+        match &self.writer {
+            Writer::Worker(_, claim, _) => Some(claim),
+            Writer::Driver(_) => None,
+        }
+    }
+
     /// An event of `kind`, now, with the secrets it quotes removed: the
     /// one way the engine makes events, so nothing the journal, the state
     /// files or a prompt holds carries a secret the redactor knows.

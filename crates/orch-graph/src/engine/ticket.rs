@@ -260,7 +260,7 @@ async fn pipeline(
                 .is_some_and(|spec| attempt_earned_pass(sh, &id, spec, attempt));
             let found = if earned {
                 sh.workspace
-                    .find_checkpoint(&run, &id, &phase, attempt)
+                    .find_checkpoint(&run, &id, &phase, attempt, sh.journal.claim())
                     .await
             } else {
                 Ok(None)
@@ -495,7 +495,7 @@ async fn pass(
         out.write(std::iter::empty()).await?;
         match sh
             .workspace
-            .checkpoint(run, id, &phase.name, attempt, &records)
+            .checkpoint(run, id, &phase.name, attempt, &records, sh.journal.claim())
             .await
         {
             Ok(c) => checkpoint = c,
@@ -1185,7 +1185,11 @@ pub(crate) async fn merge_batch(
             .write([fail(format!("cannot fetch its tickets' work: {e}"))])
             .await;
     }
-    let merged = match sh.workspace.merge(&j.run, &batch, &tickets).await {
+    let merged = match sh
+        .workspace
+        .merge(&j.run, &batch, &tickets, sh.journal.claim())
+        .await
+    {
         Err(e) => return out.write([fail(format!("cannot merge: {e}"))]).await,
         Ok(Merged::Conflict { ticket, files }) => {
             let why = format!("{ticket} conflicts in {}", files.join(", "));
