@@ -1361,6 +1361,18 @@ impl orch_core::Workspace for MergePanics {
             .checkpoint(run, ticket, phase, attempt, records, claim)
             .await
     }
+    async fn find_checkpoint(
+        &self,
+        run: &RunId,
+        ticket: &orch_core::TicketId,
+        phase: &orch_core::PhaseName,
+        attempt: u32,
+        claim: Option<&orch_core::Claim>,
+    ) -> Result<Option<String>, orch_core::WorkspaceError> {
+        self.0
+            .find_checkpoint(run, ticket, phase, attempt, claim)
+            .await
+    }
     async fn rollback(
         &self,
         run: &RunId,

@@ -2740,6 +2740,9 @@ tickets = [{}]
         &top.join("remote.git"),
         &["for-each-ref", "--format=%(refname)", "refs/orch/fleet/"],
     );
+    // One fence record an event, in step.
+    assert_eq!(fences.len(), events.len());
+    assert!(fences.iter().zip(&events).all(|(w, e)| w.seq == e.seq));
     let mut passed = std::collections::HashSet::new();
     for (e, w) in events.iter().zip(&fences) {
         if let EventKind::PhasePassed {
@@ -2816,7 +2819,6 @@ tickets = [{}]
     // (the coordinator's epoch, or a worker's claim of one job), by the
     // process holding it: one process a fence, a coordinator for an
     // epoch, a worker for a claim.
-    assert_eq!(fences.len(), events.len());
     let by_id: std::collections::HashMap<u64, &orch_core::JobInfo> =
         jobs.iter().map(|j| (j.id, j)).collect();
     let coord_pids: std::collections::HashSet<u32> = coords.iter().map(Child::id).collect();
@@ -2825,7 +2827,6 @@ tickets = [{}]
     let mut writers: std::collections::HashMap<orch_state::Fence, u32> = Default::default();
     for (w, e) in fences.iter().zip(&events) {
         let seq = w.seq;
-        assert_eq!(seq, e.seq);
         let Some(fence) = w.fence else {
             panic!(
                 "event {seq} was appended under no fence: {:?}",

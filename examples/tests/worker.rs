@@ -940,6 +940,18 @@ impl Workspace for Faulty {
             .checkpoint(run, ticket, phase, attempt, records, claim)
             .await
     }
+    async fn find_checkpoint(
+        &self,
+        run: &RunId,
+        ticket: &TicketId,
+        phase: &orch_core::PhaseName,
+        attempt: u32,
+        claim: Option<&orch_core::Claim>,
+    ) -> Result<Option<String>, WorkspaceError> {
+        self.inner
+            .find_checkpoint(run, ticket, phase, attempt, claim)
+            .await
+    }
     async fn rollback(
         &self,
         run: &RunId,
@@ -1050,6 +1062,7 @@ async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(matches!(job.work, Work::Merge { .. }), "{job:?}");
+    let s_claim = job.claim.clone();
     let s_work = tokio::spawn({
         let queue_s = queue_s.clone();
         async move {
@@ -1088,6 +1101,27 @@ async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
     assert_ne!(stale, recorded);
     git_in(&bare, &["cat-file", "-e", &format!("{stale}^{{commit}}")]);
     assert_eq!(git_in(&bare, &["branch", "--list", "orch/r/batch-B1"]), "");
+    // Each merge is shared under the claim that made it: the stale one
+    // under s's, the recorded one under b's, which took the job over.
+    let under = |claim: &orch_core::Claim, c: &str| {
+        format!(
+            "refs/orch/r/batches/B1/jobs/{}/claims/{}/{c}",
+            claim.job, claim.token
+        )
+    };
+    let shared = git_in(
+        &bare,
+        &[
+            "for-each-ref",
+            "--format=%(refname)",
+            "refs/orch/r/batches/",
+        ],
+    );
+    let mut shared: Vec<&str> = shared.lines().collect();
+    shared.sort_unstable();
+    let mut expected = [under(&s_claim, &stale), under(&job_b.claim, &recorded)];
+    expected.sort_unstable();
+    assert_eq!(shared, expected);
 
     // The coordinator publishes the recorded merge, and the run ends.
     publish.notify_one();

@@ -668,8 +668,15 @@ fn a_batch_branch_is_published_only_forward_and_where_orch_may_move_it() {
         let Ok(MergeOutcome::Merged { commit }) = out else {
             panic!("{out:?}")
         };
-        w.push_commits("origin", &run, &[(Shared::Merge(&batch, None), &commit)])
-            .unwrap();
+        // Shared as a worker does: under its claim on the merge's job.
+        let claim = orch_core::Claim {
+            job: 9,
+            run: run.clone(),
+            token: 1,
+            expires_at: orch_core::Timestamp(0),
+        };
+        let what = Shared::Merge(&batch, Some(&claim));
+        w.push_commits("origin", &run, &[(what, &commit)]).unwrap();
         commit
     };
     let publish = |repo: &Repo, commit: &str| {
