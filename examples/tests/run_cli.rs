@@ -2529,11 +2529,13 @@ tickets = [{}]
     worker_pids.insert(workers[0].id());
 
     // A worker frozen mid-agent until another has taken its job over: its
-    // agent must have been stopped by then.
+    // agent must have been stopped by then. Soon after its lease lapses,
+    // even if it froze in the middle of a write (the server ends its
+    // session, and with it the locks it held, within seconds).
     wait_for(120, "more phases", &out, ended(12));
     let (marker, (ticket, phase, pid, from)) = slow_agent_on("w2");
     signal(&workers[1], nix::sys::signal::Signal::SIGSTOP);
-    wait_for(60, "the frozen job taken over", &out, || {
+    wait_for(30, "the frozen job taken over", &out, || {
         executions(&log)
             .iter()
             .any(|e| (&e.ticket, &e.phase) == (&ticket, &phase) && e.from > from)

@@ -203,6 +203,15 @@ const KNOWN: &str = "SELECT e.id, e.seq, e.body FROM unnest($2::bytea[]) AS k(id
       WHERE run = (SELECT n FROM orch_runs WHERE run = $1) AND id = k.id
       LIMIT 1) e";
 
+/// How long the server keeps a session of the store that sits idle in a
+/// transaction before it ends it. A client stops between the statements
+/// of one transaction only when something stopped it (frozen, cut off):
+/// a live one sends the next at once. The run's row (an append) or a
+/// job's (a claim, a renewal) stays locked that long, and everyone who
+/// writes to the run, or would take the job over, waits: well under a
+/// job's lease and the run lock's.
+const IDLE_IN_TRANSACTION: &str = "5s";
+
 /// How long one store call may wait for the server.
 const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -539,13 +548,16 @@ impl PgStore {
 
     async fn open(&self) -> Result<Conn, StoreError> {
         let (mut client, driver) = self.session().await?;
-        // A client cut off in the middle of an append holds its run's row
-        // (and the epoch, for a share): the server ends such a session
-        // soon, instead of when TCP notices (hours), so that the run's
-        // other writers and a driver taking over are not held up. Older
-        // servers without the setting say so; that is fine.
+        // A client frozen or cut off in the middle of an append holds its
+        // run's row (and the epoch, for a share; a job's row, in a claim):
+        // the server ends such a session soon, instead of when TCP notices
+        // (hours) or the client goes on, so that the run's other writers,
+        // a driver taking over and a worker taking the job over are not
+        // held up. Older servers without the setting say so; that is fine.
         let _ = client
-            .batch_execute("SET idle_in_transaction_session_timeout = '30s'")
+            .batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"
+            ))
             .await;
         self.set_up(&mut client).await?;
         let prepare = |sql: &'static str, types: &'static [Type]| {

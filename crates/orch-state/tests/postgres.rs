@@ -921,6 +921,60 @@ async fn a_cancelled_append_leaves_no_transaction_open() {
     db.drop().await;
 }
 
+/// A client frozen in the middle of an append (its run's row locked, the
+/// rest never sent) holds the run's other writers up only until the
+/// server ends its session, seconds later, not a whole call deadline.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: ORCH_TEST_DATABASE_URL (.ci/run sets it)"]
+async fn a_client_frozen_mid_append_holds_the_run_up_for_seconds() {
+    let db = Scratch::new("a_client_frozen_mid_append_holds_the_run_up_for_seconds").await;
+    let (frozen, other) = (db.store().await, db.store().await);
+    let run: orch_core::RunId = "r".parse().unwrap();
+    assert_eq!(frozen.append(&run, &[ready(1)]).await.unwrap(), [1]);
+    // Polled once (BEGIN and the look-ups that lock the run's row go
+    // out), then never again: a process stopped there.
+    let two = [ready(2)];
+    let mut stopped = Box::pin(frozen.append(&run, &two));
+    std::future::poll_fn(|cx| {
+        assert!(
+            stopped.as_mut().poll(cx).is_pending(),
+            "cannot finish in one poll"
+        );
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let holding = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}' AND state LIKE 'idle in transaction%'",
+        db.schema
+    );
+    let mut held = 0;
+    for _ in 0..250 {
+        held = db.sql(&holding).await[0].get::<_, i64>(0);
+        if held == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held, 1, "the frozen append holds the run's row");
+    let t = std::time::Instant::now();
+    assert_eq!(other.append(&run, &[ready(3)]).await.unwrap(), [2]);
+    let waited = t.elapsed();
+    assert!(
+        waited < Duration::from_secs(12),
+        "another writer waited {waited:?} for the frozen one"
+    );
+    drop(stopped);
+    // The frozen store writes again, on a new session.
+    assert_eq!(frozen.append(&run, &[ready(4)]).await.unwrap(), [3]);
+    let all = other.read(&run, 0, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.event.id.0).collect::<Vec<_>>(),
+        [1, 3, 4],
+        "the frozen append stored nothing"
+    );
+    db.drop().await;
+}
+
 /// Bad connection strings and unreachable servers fail clearly; the
 /// message never repeats a password.
 #[tokio::test]
