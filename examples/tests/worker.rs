@@ -506,6 +506,91 @@ async fn a_worker_frozen_past_its_lease_writes_nothing_after_the_takeover() {
     db.drop().await;
 }
 
+/// A worker whose claim lapsed while its job's agent would not stop, and
+/// that claims the same job again itself (its other slot was free): the
+/// new claim waits, its lease renewed, until the old job's work has wound
+/// down, so the ticket's tree is never worked on twice at once in one
+/// worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
+async fn a_job_claimed_again_by_its_own_worker_waits_for_the_lost_one() {
+    let db = Db::new("again").await;
+    let store = db.store().await;
+    let run: RunId = "r".parse().unwrap();
+    let (_lock, epoch) = start(&store, &run).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut agent = Logged::new("w", &log);
+    agent.deaf = true;
+    agent.hold.store(true, Ordering::SeqCst);
+    let agent = Arc::new(agent);
+    let w = Arc::new(worker(store.clone(), agent.clone(), dir.path()));
+    // The first claim's renewals never come back.
+    let queue_a: Arc<dyn JobQueue> = Arc::new(Cut {
+        inner: store.clone(),
+        cut: AtomicBool::new(true),
+        hang: true,
+    });
+    let queue_b: Arc<dyn JobQueue> = store.clone();
+    queue_b
+        .enqueue(&run, epoch, &[phase_job("T1/plan/0/0", "plan")])
+        .await
+        .unwrap();
+    let (job, sent) = claim_next(&*queue_a, &me(1)).await;
+    let first = tokio::spawn({
+        let (w, queue_a) = (w.clone(), queue_a.clone());
+        async move {
+            w.work(queue_a, &job, LEASE, sent, Cancellation::new())
+                .await
+        }
+    });
+    // Taken again by the same worker once the lease lapsed.
+    let (job_b, sent) = claim_next(&*queue_b, &me(1)).await;
+    assert_eq!(job_b.takeovers, 1);
+    let id = job_b.claim.job;
+    let second = tokio::spawn({
+        let (w, queue_b) = (w.clone(), queue_b.clone());
+        async move {
+            w.work(queue_b, &job_b, LEASE, sent, Cancellation::new())
+                .await
+        }
+    });
+    // Until the second claim has been renewed twice (it is alive and
+    // waiting), or its agent started beside the first's.
+    let renewed = || async { store.job(id).await.unwrap().unwrap().renewed_at };
+    let mut seen = vec![renewed().await];
+    while seen.len() < 3 && log.lock().unwrap().len() < 2 {
+        let now = renewed().await;
+        if Some(&now) != seen.last() {
+            seen.push(now);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "the second claim ran its agent while the first's still ran"
+    );
+    // The first agent ends at last: its job is lost, the second does the
+    // phase.
+    agent.hold.store(false, Ordering::SeqCst);
+    agent.release.notify_one();
+    let worked = within(first).await.unwrap().unwrap();
+    assert!(matches!(worked, Worked::Lost(_)), "{worked:?}");
+    assert_eq!(within(second).await.unwrap().unwrap(), Worked::Finished);
+    {
+        let ran = log.lock().unwrap();
+        assert_eq!(ran.len(), 2);
+        assert!(ran[0].ended.is_some() && ran[1].ended.is_some());
+    }
+    let events = journal(&store, &run).await;
+    assert_eq!(
+        count(&events, |k| matches!(k, EventKind::PhasePassed { .. })),
+        1
+    );
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL: set ORCH_TEST_DATABASE_URL (.ci/run does)"]
 async fn a_worker_shutting_down_gives_its_job_back() {

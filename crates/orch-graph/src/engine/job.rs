@@ -173,6 +173,19 @@ impl Engine {
         let shared = self.shared(journal.clone(), work.clone());
         let span = tracing::info_span!("job", run = %run, job = job.claim.job, work = %job.work);
         let doing = async {
+            // A job of this worker whose claim was lost may still be
+            // winding down (a git its pipeline waits for) on the tree this
+            // job is about to take up, say the same ticket's, claimed again
+            // by this worker: this one waits for it, its lease renewed.
+            let _alone = tokio::select! {
+                alone = self.hold(run, &task) => alone,
+                // Stopped, or the claim lost, while it waited.
+                () = cancel.cancelled() => {
+                    work.cancel();
+                    return Ok(End::Interrupted);
+                }
+                () = work.cancelled() => return Ok(End::Interrupted),
+            };
             let pipeline: Pin<Box<dyn Future<Output = End> + Send + '_>> = match &task {
                 Task::Phase(t, _, phase) => {
                     Box::pin(ticket::run_ticket(&shared, *t, true, Some(phase)))
@@ -294,6 +307,27 @@ fn ended(s: &orch_core::RunState, batch: &BatchId) -> bool {
 }
 
 impl Engine {
+    /// Waits until no other job of this engine works on what `task` works
+    /// on (a ticket's tree, or a batch's merge), and holds it until the
+    /// guard is dropped.
+    async fn hold(
+        &self,
+        run: &orch_core::RunId,
+        task: &Task<'_>,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let key = match task {
+            Task::Phase(_, ticket, _) => format!("{run}/tickets/{ticket}"),
+            Task::Merge(batch, _) => format!("{run}/batches/{batch}"),
+        };
+        let one = {
+            let mut working = self.working.lock().unwrap_or_else(|p| p.into_inner());
+            // What no job holds or waits for any more.
+            working.retain(|_, m| Arc::strong_count(m) > 1);
+            working.entry(key).or_default().clone()
+        };
+        one.lock_owned().await
+    }
+
     /// `run`'s state as its journal has it now: a state an earlier job of
     /// this engine left ([`Engine::put_back`]) caught up with what was
     /// appended since, so a worker's job reads the events since its last

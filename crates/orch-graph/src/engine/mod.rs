@@ -6,6 +6,7 @@ mod journal;
 mod prompt;
 mod ticket;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -223,6 +224,9 @@ pub struct Engine {
     /// done at once: each job takes one and reads only what was appended
     /// since.
     folded: std::sync::Mutex<Vec<orch_core::RunState>>,
+    /// What a worker's jobs work on now (a ticket's tree, a batch's
+    /// merge), each held by one job at a time ([`Engine::work`]).
+    working: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -286,6 +290,7 @@ impl Engine {
             redactor: Redactor::for_plan(&plan),
             workers: None,
             folded: std::sync::Mutex::new(Vec::new()),
+            working: std::sync::Mutex::default(),
             plan: Arc::new(plan),
         })
     }
