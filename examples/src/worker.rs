@@ -257,10 +257,9 @@ impl Worker {
         let me = process::scope().describe();
         self.take_over_clone(&me).await?;
         // Claims on a connection of their own; each job runs as a task of
-        // its own, its journal appends on the engine's connection and its
-        // lease renewals on that store's connection for leases (a job
-        // half-way through a call on a connection must be polled for any
-        // other call on it to go on).
+        // its own, its journal appends and lease renewals on the engine's
+        // connection (a job half-way through a call on a connection must
+        // be polled for any other call on it to go on).
         let claims = PgStore::connect(database_url).await?;
         eprintln!(
             "worker {} (pid {}) doing {} in {}",

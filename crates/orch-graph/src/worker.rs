@@ -37,9 +37,8 @@ pub enum Kept {
 /// `since` is when the claim (or its last renewal) was sent. Returns when
 /// `work` is cancelled, by the caller (the work ended) or by this.
 ///
-/// Renewals must not wait behind the work's appends (which wait for
-/// their run's row while another writer holds it): `PgStore` renews on a
-/// connection of its own; a queue of yours should too.
+/// Renew on a store value of its own: one busy with the work's appends
+/// would hold the renewals up.
 ///
 /// ```
 /// # use std::time::Duration;

@@ -295,10 +295,6 @@ pub struct PgStore {
     /// The database as messages name it (never the password).
     name: String,
     conn: Mutex<Option<Conn>>,
-    /// The connection lease renewals go on, opened by the first: one
-    /// queued behind an append that waits for its run's row (another
-    /// writer of the run stopped mid-append) would let the lease lapse.
-    leases: Mutex<Option<Conn>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -481,7 +477,6 @@ impl PgStore {
             tls: pg_tls::connector(&tls).map_err(|e| unusable(&e))?,
             config,
             conn: Mutex::new(None),
-            leases: Mutex::new(None),
         })
     }
 
@@ -895,16 +890,7 @@ impl PgStore {
         &self,
         f: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.on(&self.conn, f).await
-    }
-
-    /// [`PgStore::with_conn`] on the connection in `slot`.
-    async fn on<T>(
-        &self,
-        slot: &Mutex<Option<Conn>>,
-        f: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut guard = slot.lock().await;
+        let mut guard = self.conn.lock().await;
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = None;
             *guard = Some(self.open().await?);

@@ -523,7 +523,7 @@ impl JobQueue for PgStore {
 
     async fn renew(&self, claim: &Claim, lease: Duration) -> Result<Option<Timestamp>, StoreError> {
         let row = self
-            .on(&self.leases, async |c| {
+            .with_conn(async |c| {
                 let args: [&Param<'_>; 3] = [&int(claim.job), &int(claim.token), &millis(lease)];
                 c.client
                     .query_opt(&c.jobs.renew, &args)
