@@ -2457,24 +2457,39 @@ tickets = [{}]
         .enable_all()
         .build()
         .unwrap();
-    // Once `slow-<m>` exists, the next agent to start on worker `m`: its
-    // ticket, phase, pid and start.
-    let slow_agent_on = |m: &str| {
-        let marker = top.join(format!("slow-{m}"));
-        std::fs::write(&marker, "").unwrap();
+    // Once `slow-<m>` exists for each worker `m` of `ms`, the next agent
+    // to start on one of them: its ticket, phase, pid and start. The
+    // markers go with `slow_no_more`.
+    let slow_agent_on = |ms: &[&str]| {
+        let markers: Vec<PathBuf> = ms.iter().map(|m| top.join(format!("slow-{m}"))).collect();
+        for marker in &markers {
+            std::fs::write(marker, "").unwrap();
+        }
         let before: std::collections::HashSet<u128> =
             executions(&log).iter().map(|e| e.from).collect();
         let mut found = None;
-        wait_for(120, &format!("a slow agent running on {m}"), &out, || {
-            found = executions(&log)
-                .into_iter()
-                .find(|e| {
-                    e.dir.contains(&format!("/{m}/")) && !e.ended && !before.contains(&e.from)
-                })
-                .map(|e| (e.ticket, e.phase, e.pid, e.from));
-            found.is_some()
-        });
-        (marker, found.unwrap())
+        wait_for(
+            120,
+            &format!("a slow agent running on {ms:?}"),
+            &out,
+            || {
+                found = executions(&log)
+                    .into_iter()
+                    .find(|e| {
+                        ms.iter().any(|m| e.dir.contains(&format!("/{m}/")))
+                            && !e.ended
+                            && !before.contains(&e.from)
+                    })
+                    .map(|e| (e.ticket, e.phase, e.pid, e.from));
+                found.is_some()
+            },
+        );
+        (markers, found.unwrap())
+    };
+    let slow_no_more = |markers: Vec<PathBuf>| {
+        for marker in markers {
+            std::fs::remove_file(marker).unwrap();
+        }
     };
     // Dead or a zombie its frozen parent cannot reap, not merely held up.
     let dead = |pid: &str| !alive(pid.parse().unwrap());
@@ -2515,7 +2530,7 @@ tickets = [{}]
         }
     };
     wait_for(60, "the standby", &out, standing_by(1));
-    let (marker, (ticket, phase, pid, from)) = slow_agent_on("w1");
+    let (marker, (ticket, phase, pid, from)) = slow_agent_on(&["w1"]);
     signal(&workers[0], nix::sys::signal::Signal::SIGKILL);
     workers[0].wait().unwrap();
     wait_for(30, "the killed worker's agent to die", &out, || dead(&pid));
@@ -2523,7 +2538,7 @@ tickets = [{}]
         cut_short(from),
         "the killed worker's agent {pid} ran to its end"
     );
-    std::fs::remove_file(&marker).unwrap();
+    slow_no_more(marker);
     caught.push((ticket, phase, from));
     workers[0] = worker("w1");
     worker_pids.insert(workers[0].id());
@@ -2533,7 +2548,7 @@ tickets = [{}]
     // even if it froze in the middle of a write (the server ends its
     // session, and with it the locks it held, within seconds).
     wait_for(120, "more phases", &out, ended(12));
-    let (marker, (ticket, phase, pid, from)) = slow_agent_on("w2");
+    let (marker, (ticket, phase, pid, from)) = slow_agent_on(&["w2"]);
     signal(&workers[1], nix::sys::signal::Signal::SIGSTOP);
     wait_for(30, "the frozen job taken over", &out, || {
         executions(&log)
@@ -2544,13 +2559,13 @@ tickets = [{}]
         dead(&pid) && cut_short(from),
         "the frozen worker's agent {pid} was not stopped before its job was taken over"
     );
-    std::fs::remove_file(&marker).unwrap();
+    slow_no_more(marker);
     caught.push((ticket, phase, from));
     signal(&workers[1], nix::sys::signal::Signal::SIGCONT);
 
     // A worker told to stop mid-agent stops it and hands its job back: no
     // takeover, and it runs again elsewhere.
-    let (marker, (ticket, phase, pid, from)) = slow_agent_on("w3");
+    let (marker, (ticket, phase, pid, from)) = slow_agent_on(&["w3"]);
     let takeovers = job_of(&ticket, &phase).map(|j| j.takeovers);
     signal(&workers[2], nix::sys::signal::Signal::SIGTERM);
     let code = exit_within(&mut workers[2], 30, "the worker told to stop");
@@ -2564,7 +2579,7 @@ tickets = [{}]
         dead(&pid) && cut_short(from),
         "the stopped worker's agent {pid} outlived it, or was waited for"
     );
-    std::fs::remove_file(&marker).unwrap();
+    slow_no_more(marker);
     let returned = job_of(&ticket, &phase);
     // Available, or claimed by another worker without a takeover (a
     // lease cannot lapse that fast): not still the stopped worker's.
@@ -2581,9 +2596,11 @@ tickets = [{}]
     workers[2] = worker("w3");
     worker_pids.insert(workers[2].id());
 
-    // The coordinator killed: the standby takes the run over (a new
-    // epoch), and another stands by.
+    // The coordinator killed while a worker's agent runs: the standby
+    // takes the run over (a new epoch), and another stands by; the agent
+    // runs on to its end, its worker's claim untouched.
     wait_for(120, "still more phases", &out, ended(20));
+    let (marker, (slow_ticket, slow_phase, _, from)) = slow_agent_on(&["w1", "w2", "w3"]);
     let epochs = || {
         rt.block_on(async {
             let store = orch_state::PgStore::connect(&url).await.unwrap();
@@ -2629,6 +2646,19 @@ tickets = [{}]
         status.contains("## Workers") && taken.is_some_and(|n| n >= 2),
         "{status}"
     );
+    // The slow agent's job, with its worker and how fresh its lease is.
+    let key = format!(" | {slow_ticket}/{slow_phase}/");
+    assert!(
+        status.lines().any(|l| l.contains(&key)
+            && l.contains(" pid ")
+            && l.contains(" ago | ")
+            && !l.ends_with("| lapsed |")),
+        "the slow agent's job, its worker and its lease: {status}"
+    );
+    slow_no_more(marker);
+    wait_for(60, "the agent running through the takeover", &out, || {
+        executions(&log).iter().any(|e| e.from == from && e.ended)
+    });
 
     // PostgreSQL cut off from every process at once, as a partition: the
     // server ends every session, the processes' sides go silent. The
@@ -2638,7 +2668,16 @@ tickets = [{}]
     // standby, its own connections silent too, takes the run over and
     // finishes it.
     wait_for(120, "phases under the new coordinator", &out, ended(28));
+    let (marker, (ticket, phase, pid, from)) = slow_agent_on(&["w1", "w2", "w3"]);
     proxy.cut();
+    // The worker cut off stops its agent before its lease could lapse.
+    wait_for(30, "the cut-off worker's agent to die", &out, || dead(&pid));
+    assert!(
+        cut_short(from),
+        "the cut-off worker's agent {pid} ran to its end"
+    );
+    slow_no_more(marker);
+    let cut_off = (ticket, phase, from);
     let code = exit_within(
         &mut coords[1],
         30,
@@ -2745,6 +2784,23 @@ tickets = [{}]
     // One fence record an event, in step.
     assert_eq!(fences.len(), events.len());
     assert!(fences.iter().zip(&events).all(|(w, e)| w.seq == e.seq));
+    // Every commit the journal names is on the remote: tickets' starts,
+    // rollback points, checkpoints (below) and merges.
+    for e in &events {
+        let named = match &e.event.kind {
+            EventKind::WorkspaceReady { base, .. } => base.as_deref(),
+            EventKind::RolledBack { commit, .. } | EventKind::BatchMerged { commit, .. } => {
+                Some(commit.as_str())
+            }
+            _ => None,
+        };
+        if let Some(c) = named {
+            git(
+                &top.join("remote.git"),
+                &["cat-file", "-e", &format!("{c}^{{commit}}")],
+            );
+        }
+    }
     let mut passed = std::collections::HashSet::new();
     for (e, w) in events.iter().zip(&fences) {
         if let EventKind::PhasePassed {
@@ -2811,11 +2867,13 @@ tickets = [{}]
             "{ticket} {phase} ran again after its worker's fault"
         );
     }
-    let (ticket, phase, _) = &handed_back;
-    assert!(
-        ran_again(&handed_back),
-        "{ticket} {phase} ran again after its worker handed it back"
-    );
+    for (again, how) in [
+        (&handed_back, "its worker handed it back"),
+        (&cut_off, "its worker was cut off"),
+    ] {
+        let (ticket, phase, _) = again;
+        assert!(ran_again(again), "{ticket} {phase} ran again after {how}");
+    }
 
     // Nothing stale was recorded. Every event was appended under a fence
     // (the coordinator's epoch, or a worker's claim of one job), by the
