@@ -74,6 +74,15 @@ impl Logged {
             release: Arc::new(tokio::sync::Notify::new()),
         }
     }
+
+    /// One that ignores being stopped and runs until `release` (a frozen
+    /// process's agent).
+    fn deaf(worker: &'static str, log: &Arc<Mutex<Vec<Ran>>>) -> Self {
+        let mut agent = Logged::new(worker, log);
+        agent.deaf = true;
+        agent.hold.store(true, Ordering::SeqCst);
+        agent
+    }
 }
 
 #[async_trait]
@@ -137,6 +146,17 @@ struct Cut {
     inner: Arc<PgStore>,
     cut: AtomicBool,
     hang: bool,
+}
+
+impl Cut {
+    /// A frozen worker's queue: its renewals never come back.
+    fn frozen(store: &Arc<PgStore>) -> Arc<Cut> {
+        Arc::new(Cut {
+            inner: store.clone(),
+            cut: AtomicBool::new(true),
+            hang: true,
+        })
+    }
 }
 
 #[async_trait]
@@ -452,19 +472,13 @@ async fn a_worker_frozen_past_its_lease_writes_nothing_after_the_takeover() {
     let (_lock, epoch) = start(&store, &run).await;
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let mut agent_a = Logged::new("a", &log);
-    agent_a.deaf = true;
-    agent_a.hold.store(true, Ordering::SeqCst);
+    let agent_a = Logged::deaf("a", &log);
     let release = agent_a.release.clone();
     let a = worker(store.clone(), Arc::new(agent_a), dir.path());
     let b = worker(store.clone(), Arc::new(Logged::new("b", &log)), dir.path());
     // a's renewals never come back, and its agent ignores being stopped:
     // a frozen process. Its work is left to finish after b took over.
-    let cut = Arc::new(Cut {
-        inner: store.clone(),
-        cut: AtomicBool::new(true),
-        hang: true,
-    });
+    let cut = Cut::frozen(&store);
     let queue_a: Arc<dyn JobQueue> = cut.clone();
     let queue_b: Arc<dyn JobQueue> = store.clone();
     queue_b
@@ -520,17 +534,10 @@ async fn a_job_claimed_again_by_its_own_worker_waits_for_the_lost_one() {
     let (_lock, epoch) = start(&store, &run).await;
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let mut agent = Logged::new("w", &log);
-    agent.deaf = true;
-    agent.hold.store(true, Ordering::SeqCst);
-    let agent = Arc::new(agent);
+    let agent = Arc::new(Logged::deaf("w", &log));
     let w = Arc::new(worker(store.clone(), agent.clone(), dir.path()));
     // The first claim's renewals never come back.
-    let queue_a: Arc<dyn JobQueue> = Arc::new(Cut {
-        inner: store.clone(),
-        cut: AtomicBool::new(true),
-        hang: true,
-    });
+    let queue_a: Arc<dyn JobQueue> = Cut::frozen(&store);
     let queue_b: Arc<dyn JobQueue> = store.clone();
     queue_b
         .enqueue(&run, epoch, &[phase_job("T1/plan/0/0", "plan")])
@@ -1126,11 +1133,7 @@ async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
     let release = s_ws.release.clone();
     let s = on_machine("s", Arc::new(s_ws), &store, &log);
     // s's renewals never come back: it is frozen.
-    let queue_s: Arc<dyn JobQueue> = Arc::new(Cut {
-        inner: store.clone(),
-        cut: AtomicBool::new(true),
-        hang: true,
-    });
+    let queue_s: Arc<dyn JobQueue> = Cut::frozen(&store);
     let deadline = Instant::now() + Duration::from_secs(60);
     let (job, sent) = loop {
         // Only the merge is left for s once a and b stopped at it.

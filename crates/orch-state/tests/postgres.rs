@@ -69,12 +69,44 @@ impl Scratch {
         self.admin.query(sql, &[]).await.unwrap()
     }
 
+    /// Waits (a few seconds at most) until `n` of the stores' sessions
+    /// are idle in a transaction; how many are at the end.
+    async fn idle_in_transaction(&self, n: i64) -> i64 {
+        let open = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}' AND state LIKE 'idle in transaction%'",
+            self.schema
+        );
+        let mut now = -1;
+        for _ in 0..250 {
+            now = self.sql(&open).await[0].get::<_, i64>(0);
+            if now == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        now
+    }
+
     async fn drop(self) {
         self.admin
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
             .await
             .unwrap();
     }
+}
+
+/// `call` polled once (what it sends first goes out) and left pending.
+async fn polled_once<F: std::future::Future>(call: F) -> std::pin::Pin<Box<F>> {
+    let mut call = Box::pin(call);
+    std::future::poll_fn(|cx| {
+        assert!(
+            call.as_mut().poll(cx).is_pending(),
+            "cannot finish in one poll"
+        );
+        std::task::Poll::Ready(())
+    })
+    .await;
+    call
 }
 
 fn ready(i: u128) -> Event {
@@ -888,29 +920,12 @@ async fn a_cancelled_append_leaves_no_transaction_open() {
     // Polled once (BEGIN and the look-ups go out, nothing is written),
     // then dropped, as a cancelled caller does.
     let two = [ready(2)];
-    let mut cut = Box::pin(store.append(&run, &two));
-    std::future::poll_fn(|cx| {
-        assert!(
-            cut.as_mut().poll(cx).is_pending(),
-            "cannot finish in one poll"
-        );
-        std::task::Poll::Ready(())
-    })
-    .await;
-    drop(cut);
-    let open_tx = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}' AND state LIKE 'idle in transaction%'",
-        db.schema
+    drop(polled_once(store.append(&run, &two)).await);
+    assert_eq!(
+        db.idle_in_transaction(0).await,
+        0,
+        "a transaction was left open"
     );
-    let mut left = -1;
-    for _ in 0..100 {
-        left = db.sql(&open_tx).await[0].get::<_, i64>(0);
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(left, 0, "a transaction was left open");
     assert_eq!(store.append(&run, &[ready(3)]).await.unwrap(), [2]);
     let all = store.read(&run, 0, 10).await.unwrap();
     assert_eq!(
@@ -934,28 +949,12 @@ async fn a_client_frozen_mid_append_holds_the_run_up_for_seconds() {
     // Polled once (BEGIN and the look-ups that lock the run's row go
     // out), then never again: a process stopped there.
     let two = [ready(2)];
-    let mut stopped = Box::pin(frozen.append(&run, &two));
-    std::future::poll_fn(|cx| {
-        assert!(
-            stopped.as_mut().poll(cx).is_pending(),
-            "cannot finish in one poll"
-        );
-        std::task::Poll::Ready(())
-    })
-    .await;
-    let holding = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}' AND state LIKE 'idle in transaction%'",
-        db.schema
+    let stopped = polled_once(frozen.append(&run, &two)).await;
+    assert_eq!(
+        db.idle_in_transaction(1).await,
+        1,
+        "the frozen append holds the run's row"
     );
-    let mut held = 0;
-    for _ in 0..250 {
-        held = db.sql(&holding).await[0].get::<_, i64>(0);
-        if held == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(held, 1, "the frozen append holds the run's row");
     let t = std::time::Instant::now();
     assert_eq!(other.append(&run, &[ready(3)]).await.unwrap(), [2]);
     let waited = t.elapsed();
