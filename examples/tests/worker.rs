@@ -149,12 +149,13 @@ struct Cut {
 }
 
 impl Cut {
-    /// A frozen worker's queue: its renewals never come back.
-    fn frozen(store: &Arc<PgStore>) -> Arc<Cut> {
+    /// The queue of a worker cut off from the start: its renewals fail or
+    /// (`hang`: a frozen worker's) never come back.
+    fn off(store: &Arc<PgStore>, hang: bool) -> Arc<Cut> {
         Arc::new(Cut {
             inner: store.clone(),
             cut: AtomicBool::new(true),
-            hang: true,
+            hang,
         })
     }
 }
@@ -419,11 +420,7 @@ async fn a_worker_cut_off_stops_its_agent_before_another_takes_the_job_over() {
     agent_a.hold.store(true, Ordering::SeqCst);
     let a = worker(store.clone(), agent_a, dir.path());
     let b = worker(store.clone(), Arc::new(Logged::new("b", &log)), dir.path());
-    let cut = Arc::new(Cut {
-        inner: store.clone(),
-        cut: AtomicBool::new(true),
-        hang: false,
-    });
+    let cut = Cut::off(&store, false);
     let queue_a: Arc<dyn JobQueue> = cut.clone();
     let queue_b: Arc<dyn JobQueue> = store.clone();
     queue_b
@@ -478,7 +475,7 @@ async fn a_worker_frozen_past_its_lease_writes_nothing_after_the_takeover() {
     let b = worker(store.clone(), Arc::new(Logged::new("b", &log)), dir.path());
     // a's renewals never come back, and its agent ignores being stopped:
     // a frozen process. Its work is left to finish after b took over.
-    let cut = Cut::frozen(&store);
+    let cut = Cut::off(&store, true);
     let queue_a: Arc<dyn JobQueue> = cut.clone();
     let queue_b: Arc<dyn JobQueue> = store.clone();
     queue_b
@@ -537,7 +534,7 @@ async fn a_job_claimed_again_by_its_own_worker_waits_for_the_lost_one() {
     let agent = Arc::new(Logged::deaf("w", &log));
     let w = Arc::new(worker(store.clone(), agent.clone(), dir.path()));
     // The first claim's renewals never come back.
-    let queue_a: Arc<dyn JobQueue> = Cut::frozen(&store);
+    let queue_a: Arc<dyn JobQueue> = Cut::off(&store, true);
     let queue_b: Arc<dyn JobQueue> = store.clone();
     queue_b
         .enqueue(&run, epoch, &[phase_job("T1/plan/0/0", "plan")])
@@ -1133,7 +1130,7 @@ async fn a_merge_by_a_worker_whose_claim_was_lost_names_no_branch() {
     let release = s_ws.release.clone();
     let s = on_machine("s", Arc::new(s_ws), &store, &log);
     // s's renewals never come back: it is frozen.
-    let queue_s: Arc<dyn JobQueue> = Cut::frozen(&store);
+    let queue_s: Arc<dyn JobQueue> = Cut::off(&store, true);
     let deadline = Instant::now() + Duration::from_secs(60);
     let (job, sent) = loop {
         // Only the merge is left for s once a and b stopped at it.

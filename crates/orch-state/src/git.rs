@@ -524,11 +524,7 @@ impl Repo {
         run: &RunId,
         wanted: &[(String, &str)],
     ) -> Result<(), GitError> {
-        let missing = |message: String| GitError {
-            kind: WorkspaceErrorKind::Tool,
-            command: format!("git fetch {remote}"),
-            message,
-        };
+        let missing = |message: String| git_failed(&["fetch", remote], message);
         let wanted: Vec<&(String, &str)> =
             wanted.iter().filter(|(_, c)| !self.has_commit(c)).collect();
         if let Some((_, c)) = wanted.iter().find(|(_, c)| !is_commit_id(c)) {
